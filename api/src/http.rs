@@ -1,0 +1,285 @@
+//! HTTP plumbing shared by every role that serves HTTP (admin API, inbox): the one mapping from
+//! error kind to status and error body, the JSON extractor whose rejections use that body, the
+//! admin bearer check, request metrics, and the operations endpoints.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use herald_core::{Context, Error, ErrorKind};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+
+/// Every error an HTTP handler can return. [`ApiError::status`] is the single place where an
+/// error becomes a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Core(#[from] Error),
+    /// The body is not JSON (or not NDJSON), or the request is malformed.
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("request body is larger than the {0} bytes allowed")]
+    TooLarge(u64),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Core(e) => match e.kind {
+                ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorKind::NotFound => StatusCode::NOT_FOUND,
+                ErrorKind::Conflict => StatusCode::CONFLICT,
+                ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Core(e) => e.kind.code(),
+            ApiError::Malformed(_) => "malformed_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::TooLarge(_) => "body_too_large",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        ApiError::Core(Error::not_found(what))
+    }
+
+    pub fn invalid(what: impl Into<String>) -> Self {
+        ApiError::Core(Error::invalid(what))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // Clients see the message; causes (SQL, hosts) stay in the log.
+        let message = match &self {
+            ApiError::Core(e) => {
+                if status.is_server_error() {
+                    tracing::error!(error = %e, source = ?e.source, "request failed");
+                }
+                e.message.clone()
+            }
+            other => other.to_string(),
+        };
+        let body = json!({"error": {"code": self.code(), "message": message}});
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body whose rejections are API errors: unparsable JSON is 400, JSON of the wrong shape
+/// or type is 422 (with the path of the bad field), a body over the limit is 413. The
+/// content type is not checked, so `curl -d` works as written.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(bytes_rejection)?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn bytes_rejection(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(0)
+    } else {
+        ApiError::Malformed(format!("could not read the request body: {e}"))
+    }
+}
+
+/// Parses one JSON document with the API's error classes (also used for NDJSON lines).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::Malformed("request body is empty; JSON expected".into()));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        use serde_json::error::Category;
+        match inner.classify() {
+            Category::Data => {
+                let at = if path == "." { String::new() } else { format!("{path}: ") };
+                ApiError::invalid(format!("{at}{}", strip_position(&inner.to_string())))
+            }
+            _ => ApiError::Malformed(format!("malformed JSON: {inner}")),
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::Malformed(format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+/// serde_json appends " at line 1 column 42" to data errors; the path says more.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// Reads a bearer token from the `Authorization` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Middleware: the admin API needs `Authorization: Bearer <admin key>`. Keys are compared as
+/// SHA-256 digests in constant time, so neither content nor length leaks through timing.
+pub async fn require_admin(State(ctx): State<Context>, req: Request, next: Next) -> Response {
+    let Some(given) = bearer(req.headers()) else {
+        return ApiError::Unauthorized("missing `Authorization: Bearer <admin key>` header".into())
+            .into_response();
+    };
+    let want = Sha256::digest(ctx.secrets.admin_key.expose().as_bytes());
+    let got = Sha256::digest(given.as_bytes());
+    if bool::from(want.ct_eq(&got)) {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized("the admin key is not valid".into()).into_response()
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ])
+            .expect("static buckets");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (e.g. by an embedding program); then this
+        // handle renders an empty page rather than failing the process.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Middleware: request count and latency per route template (never per raw path, so ids do
+/// not explode the label set).
+pub async fn track_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("herald_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("herald_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, without auth.
+pub fn ops_router(ctx: Context) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics_handle().render(),
+                )
+            }),
+        )
+        .with_state(ctx)
+}
+
+async fn readyz(State(ctx): State<Context>) -> ApiResult<Json<serde_json::Value>> {
+    ctx.ports.ping().await?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+/// Answers unknown paths and methods with the error body instead of axum's empty responses.
+pub fn with_fallbacks(router: Router) -> Router {
+    router
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
+        })
+}
+
+/// Path parameters whose rejections use the API error body.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for PathParams<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|e| ApiError::Malformed(format!("bad path parameter: {e}")))
+    }
+}
+
+/// Query parameters whose rejections use the API error body.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for QueryParams<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::invalid(format!("bad query parameter: {}", e.body_text())))
+    }
+}

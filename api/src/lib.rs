@@ -1,0 +1,101 @@
+//! Herald's admin REST API: users and their preferences and devices, segments, templates, inbox
+//! token minting, and (with the Campaigns issue) campaigns and dead letters. It also owns the
+//! HTTP plumbing every HTTP role shares ([`http`]).
+//!
+//! Handlers validate input and call the ports in `herald_core::Context`; they hold no state of
+//! their own and never touch a database driver. Fan-out, inbox reads and deliveries belong to
+//! the other role crates.
+
+pub mod http;
+mod import;
+mod pages;
+mod segments;
+mod templates;
+mod users;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use herald_core::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+/// The admin routes (`/v1/users…`, `/v1/segments…`, `/v1/templates…`), behind the admin key.
+pub fn admin_router(ctx: Context) -> Router {
+    let max_body = ctx.config.api.max_body_bytes;
+    let import = Router::new()
+        .route("/v1/users/import", post(import::import_users))
+        // The import streams its body and enforces `api.max_import_bytes` itself.
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route(
+            "/v1/users/{user_id}",
+            put(users::put_user).get(users::get_user).delete(users::delete_user),
+        )
+        .route(
+            "/v1/users/{user_id}/preferences",
+            put(users::put_preferences).get(users::get_preferences),
+        )
+        .route(
+            "/v1/users/{user_id}/devices",
+            post(users::add_device).get(users::list_devices),
+        )
+        .route(
+            "/v1/users/{user_id}/devices/{token}",
+            delete(users::delete_device),
+        )
+        .route("/v1/users/{user_id}/token", post(users::mint_token))
+        .route("/v1/segments", get(segments::list))
+        .route(
+            "/v1/segments/{name}",
+            put(segments::put).get(segments::get).delete(segments::delete),
+        )
+        .route("/v1/templates", get(templates::list))
+        .route(
+            "/v1/templates/{template_id}",
+            put(templates::put).get(templates::get).delete(templates::delete),
+        )
+        .layer(DefaultBodyLimit::max(max_body))
+        .merge(import)
+        .route_layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            http::require_admin,
+        ))
+        .with_state(ctx)
+}
+
+/// The full HTTP surface of the `api` role: admin routes, operations endpoints, fallbacks
+/// and the layers every request goes through.
+pub fn router(ctx: Context) -> Router {
+    finish(admin_router(ctx.clone()).merge(http::ops_router(ctx)))
+}
+
+/// Adds the fallbacks and the shared layers to a composed router (used by `herald serve` too).
+pub fn finish(router: Router) -> Router {
+    http::with_fallbacks(router)
+        .layer(axum::middleware::from_fn(http::track_requests))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::new())
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Runs the `api` role: the admin API on `listener` until `shutdown`.
+pub async fn run(
+    ctx: Context,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve(listener, router(ctx), shutdown).await
+}

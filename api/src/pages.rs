@@ -1,0 +1,50 @@
+//! Keyset pagination parameters: `?limit=&cursor=`, the cursor an opaque token wrapping the
+//! last key of the previous page.
+
+use crate::http::{ApiError, ApiResult};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use serde::Deserialize;
+
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 1000;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PageParams {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    pub fn limit(&self) -> ApiResult<u32> {
+        match self.limit {
+            None => Ok(DEFAULT_LIMIT),
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::invalid(format!(
+                "limit must be between 1 and {MAX_LIMIT}"
+            ))),
+        }
+    }
+
+    /// The key the cursor wraps, if any.
+    pub fn after(&self) -> ApiResult<Option<String>> {
+        self.cursor
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                B64.decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| ApiError::invalid("cursor is not valid"))
+            })
+            .transpose()
+    }
+}
+
+/// The cursor of the next page: the last key, if the page was full.
+pub fn next_cursor(last_key: Option<&str>, page_len: usize, limit: u32) -> Option<String> {
+    (page_len as u32 == limit)
+        .then_some(last_key)
+        .flatten()
+        .map(|k| B64.encode(k))
+}

@@ -1,0 +1,72 @@
+//! `/v1/templates`: per-channel content with `{{ user.x }}` / `{{ data.y }}` placeholders.
+
+use crate::http::{ApiError, ApiResult, JsonBody, PathParams, QueryParams};
+use crate::pages::{next_cursor, PageParams};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use herald_core::ids::validate_key;
+use herald_core::model::{Template, TemplateContent};
+use herald_core::Context;
+use serde_json::{json, Value};
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("template `{id}` not found"))
+}
+
+pub async fn put(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+    JsonBody(content): JsonBody<TemplateContent>,
+) -> ApiResult<Json<Template>> {
+    validate_key("template id", &id)?;
+    content.validate()?;
+    let now = ctx.clock.now();
+    let template = Template {
+        id: id.clone(),
+        content,
+        created_at: now,
+        updated_at: now,
+    };
+    ctx.ports.directory.put_template(&template).await?;
+    let stored = ctx.ports.directory.get_template(&id).await?;
+    Ok(Json(stored.unwrap_or(template)))
+}
+
+pub async fn get(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<Template>> {
+    ctx.ports
+        .directory
+        .get_template(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
+}
+
+pub async fn list(
+    State(ctx): State<Context>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> ApiResult<Json<Value>> {
+    let limit = page.limit()?;
+    let after = page.after()?;
+    let templates = ctx
+        .ports
+        .directory
+        .list_templates(after.as_deref(), limit)
+        .await?;
+    let next = next_cursor(templates.last().map(|t| t.id.as_str()), templates.len(), limit);
+    Ok(Json(json!({ "templates": templates, "next_cursor": next })))
+}
+
+pub async fn delete(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<StatusCode> {
+    if ctx.ports.directory.delete_template(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(&id))
+    }
+}

@@ -1,0 +1,343 @@
+//! Configuration: compiled defaults, then a TOML file, then `HERALD_` environment variables
+//! (nested keys split by `__`, e.g. `HERALD_FANOUT__BATCH_SIZE=500`). Secrets are wrapped in
+//! [`Secret`], whose `Debug` never shows the value, so a logged config leaks nothing.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A string that must never appear in logs.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Environment values that look like numbers arrive as numbers; a key is a string.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            S(String),
+            U(u64),
+            I(i64),
+            F(f64),
+            B(bool),
+        }
+        Ok(Secret(match Any::deserialize(d)? {
+            Any::S(s) => s,
+            Any::U(n) => n.to_string(),
+            Any::I(n) => n.to_string(),
+            Any::F(n) => n.to_string(),
+            Any::B(b) => b.to_string(),
+        }))
+    }
+}
+
+/// Everything `herald` reads at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address the HTTP server binds (`HERALD_LISTEN`).
+    pub listen: String,
+    /// Where embedded backends keep their files (`HERALD_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Bearer key of the admin API (`HERALD_ADMIN_KEY`); generated and kept in the data
+    /// directory on first start when not set.
+    pub admin_key: Option<Secret>,
+    pub backends: Backends,
+    pub api: ApiConfig,
+    pub inbox: InboxConfig,
+    pub fanout: FanoutConfig,
+    pub strategy: StrategyConfig,
+    pub throttle: ThrottleConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./herald-data"),
+            admin_key: None,
+            backends: Backends::default(),
+            api: ApiConfig::default(),
+            inbox: InboxConfig::default(),
+            fanout: FanoutConfig::default(),
+            strategy: StrategyConfig::default(),
+            throttle: ThrottleConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Backend URL per port. Unset means the embedded default: SQLite in the data directory, or
+/// in-process for the preference cache and live hub. Schemes: `sqlite://`, `mysql://`,
+/// `memory://` (preference cache, live hub); later `scylla://`, `redis://`, `kafka://`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Backends {
+    pub directory: Option<Secret>,
+    pub campaigns: Option<Secret>,
+    pub inbox: Option<Secret>,
+    pub broadcasts: Option<Secret>,
+    pub preference_cache: Option<Secret>,
+    pub bus: Option<Secret>,
+    pub live: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// Largest JSON body accepted (413 past it).
+    pub max_body_bytes: usize,
+    /// Largest NDJSON body of `POST /v1/users/import`.
+    pub max_import_bytes: u64,
+    /// Users written per batched upsert during an import.
+    pub import_batch_size: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_import_bytes: 4 * 1024 * 1024 * 1024,
+            import_batch_size: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InboxConfig {
+    /// HS256 secret of inbox tokens; generated and kept like the admin key when not set.
+    pub token_secret: Option<Secret>,
+    /// Lifetime of tokens minted by `POST /v1/users/{id}/token`.
+    pub token_ttl_secs: u64,
+    /// Personal rows older than this are purged.
+    pub retention_days: u32,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            token_secret: None,
+            token_ttl_secs: 24 * 3600,
+            retention_days: 90,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FanoutConfig {
+    /// Users per fan-out batch.
+    pub batch_size: u32,
+    /// Batch workers per process; unset means the number of cores.
+    pub workers: Option<usize>,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            workers: None,
+        }
+    }
+}
+
+/// Audience-size thresholds of seed 004's decision matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StrategyConfig {
+    /// Audiences above this are batched with `throttle.users_per_s`.
+    pub batch_max: u64,
+    /// Audiences above this use `throttle.large_users_per_s`.
+    pub throttled_max: u64,
+    /// Audiences above this are stored once as a broadcast.
+    pub broadcast_threshold: u64,
+}
+
+impl Default for StrategyConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: 1_000,
+            throttled_max: 100_000,
+            broadcast_threshold: 1_000_000,
+        }
+    }
+}
+
+/// Fan-out pacing in users per second; 0 lifts the limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ThrottleConfig {
+    pub users_per_s: u32,
+    pub large_users_per_s: u32,
+    pub background_users_per_s: u32,
+    /// Channel queue depth above which the batcher slows down.
+    pub max_queue_depth: u64,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            users_per_s: 200_000,
+            large_users_per_s: 50_000,
+            background_users_per_s: 20_000,
+            max_queue_depth: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `tracing` filter directives, e.g. `info,herald_api=debug`. `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// A configuration that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Defaults, then the TOML file at `path` (it must exist if given), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::figment(path).extract().map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The layered sources, for callers that add their own layer on top.
+    pub fn figment(path: Option<&Path>) -> Figment {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // HERALD_CONFIG names the file itself; HERALD_TEST_* belong to the test suites.
+        fig.merge(
+            Env::prefixed("HERALD_")
+                .split("__")
+                .filter(|k| k.as_str() != "config" && !k.as_str().starts_with("test_")),
+        )
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.fanout.batch_size == 0 || self.fanout.batch_size > 100_000 {
+            return Err(ConfigError(
+                "fanout.batch_size must be between 1 and 100000".into(),
+            ));
+        }
+        if self.api.import_batch_size == 0 {
+            return Err(ConfigError("api.import_batch_size must be at least 1".into()));
+        }
+        if !(self.strategy.batch_max <= self.strategy.throttled_max
+            && self.strategy.throttled_max <= self.strategy.broadcast_threshold)
+        {
+            return Err(ConfigError(
+                "strategy thresholds must satisfy batch_max <= throttled_max <= broadcast_threshold"
+                    .into(),
+            ));
+        }
+        if let Some(key) = &self.admin_key {
+            if key.expose().len() < 16 {
+                return Err(ConfigError("admin_key must be at least 16 characters".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_which_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "herald.toml",
+                "listen = \"0.0.0.0:9000\"\n[fanout]\nbatch_size = 500\nworkers = 3\n",
+            )?;
+            jail.set_env("HERALD_FANOUT__BATCH_SIZE", "250");
+            jail.set_env("HERALD_DATA_DIR", "/tmp/hd");
+            jail.set_env("HERALD_ADMIN_KEY", "1234567890123456");
+            jail.set_env("HERALD_CONFIG", "ignored-here");
+            jail.set_env("HERALD_TEST_MYSQL_URL", "mysql://ignored");
+            let cfg = Config::load(Some(Path::new("herald.toml"))).expect("loads");
+            assert_eq!(cfg.listen, "0.0.0.0:9000");
+            assert_eq!(cfg.fanout.batch_size, 250);
+            assert_eq!(cfg.fanout.workers, Some(3));
+            assert_eq!(cfg.data_dir, PathBuf::from("/tmp/hd"));
+            // A numeric-looking key is still a string.
+            assert_eq!(
+                cfg.admin_key.as_ref().map(Secret::expose),
+                Some("1234567890123456")
+            );
+            assert_eq!(cfg.inbox.retention_days, 90);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_environment() {
+        figment::Jail::expect_with(|_jail| {
+            let cfg = Config::load(None).expect("loads");
+            assert_eq!(cfg, Config::default());
+            assert_eq!(cfg.listen, "127.0.0.1:8080");
+            assert!(cfg.validate().is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        figment::Jail::expect_with(|_jail| {
+            assert!(Config::load(Some(Path::new("nope.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let cfg = Config {
+            admin_key: Some(Secret::new("super-secret-admin-key")),
+            ..Config::default()
+        };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("super-secret"), "{shown}");
+    }
+}

@@ -1,0 +1,49 @@
+//! What every role is handed: the configuration, the opened ports, the clock and the
+//! resolved secrets. Built once by the binary (or a test's `spawn_app`) and cloned cheaply.
+
+use crate::clock::Clock;
+use crate::config::{Config, Secret};
+use crate::ports::*;
+use std::sync::Arc;
+
+/// One handle per port, whatever engine is behind it.
+#[derive(Clone)]
+pub struct Ports {
+    pub directory: Arc<dyn Directory>,
+    pub campaigns: Arc<dyn CampaignStore>,
+    pub inbox: Arc<dyn InboxStore>,
+    pub broadcasts: Arc<dyn BroadcastStore>,
+    pub preference_cache: Arc<dyn PreferenceCache>,
+    pub bus: Arc<dyn Bus>,
+    pub live: Arc<dyn LiveHub>,
+}
+
+impl Ports {
+    /// Succeeds when every remote backend answers (what `/readyz` reports).
+    pub async fn ping(&self) -> crate::Result<()> {
+        self.directory.ping().await?;
+        self.campaigns.ping().await?;
+        self.inbox.ping().await?;
+        self.broadcasts.ping().await?;
+        self.bus.ping().await?;
+        Ok(())
+    }
+}
+
+/// Secrets resolved at start (configured, or generated and kept in the data directory).
+#[derive(Clone, Debug)]
+pub struct Secrets {
+    /// Bearer key of the admin API.
+    pub admin_key: Secret,
+    /// HS256 key of inbox tokens.
+    pub token_secret: Secret,
+}
+
+/// The shared state of a Herald process.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub ports: Ports,
+    pub clock: Arc<dyn Clock>,
+    pub secrets: Secrets,
+}

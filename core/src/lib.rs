@@ -1,0 +1,21 @@
+//! Herald's core: the domain types, configuration, the backend traits (ports), the audience
+//! filter DSL, the clock and the error type.
+//!
+//! This crate owns the vocabulary every role speaks. It must not touch the network or a
+//! database: adapters live in `herald-storage`, HTTP in the role crates. Anything here is pure
+//! and can be unit-tested without I/O.
+
+pub mod clock;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod filter;
+pub mod ids;
+pub mod model;
+pub mod ports;
+pub mod template;
+pub mod token;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use context::{Context, Ports};
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,902 @@
+//! The domain types: users and what hangs off them (preferences, devices), segments, templates,
+//! campaigns, personal notifications, broadcasts, bus messages and live events.
+//!
+//! These are the shapes stored by the ports and, where they are client-facing, serialised
+//! as-is by the HTTP layer, so field names follow `../shared/API.md`.
+
+use crate::filter::Filter;
+use crate::{Error, Result};
+use chrono::{DateTime, NaiveTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// Free-form user attributes (`tier`, `locale`, `timezone`, ...).
+pub type Attributes = Map<String, Value>;
+
+// ---------------------------------------------------------------------------------------------
+// Channels and priorities
+
+/// A delivery channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    InApp,
+    Push,
+    Email,
+    Sms,
+    Webhook,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 5] = [
+        Channel::InApp,
+        Channel::Push,
+        Channel::Email,
+        Channel::Sms,
+        Channel::Webhook,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::InApp => "in_app",
+            Channel::Push => "push",
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Webhook => "webhook",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Channel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown channel `{s}`; expected one of in_app, push, email, sms, webhook"
+                ))
+            })
+    }
+}
+
+/// How urgent a notification is; high and urgent ones go through quiet hours.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+    Urgent,
+}
+
+impl Priority {
+    /// Whether a notification of this priority is delivered during quiet hours.
+    pub fn bypasses_quiet_hours(self) -> bool {
+        matches!(self, Priority::High | Priority::Urgent)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users
+
+/// A user of the client application, as the directory stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub attributes: Attributes,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl User {
+    /// The IANA time zone of the user's `timezone` attribute, if set and known.
+    pub fn timezone(&self) -> Option<chrono_tz::Tz> {
+        self.attributes
+            .get("timezone")
+            .and_then(Value::as_str)
+            .and_then(|tz| tz.parse().ok())
+    }
+}
+
+/// Limits on what one user record may hold, so a single bad client cannot bloat every row.
+pub const MAX_ATTRIBUTES: usize = 64;
+pub const MAX_ATTRIBUTES_BYTES: usize = 8 * 1024;
+
+/// Checks the client-supplied parts of a user (id, contact fields, attributes).
+pub fn validate_user_fields(
+    id: &str,
+    email: Option<&str>,
+    phone: Option<&str>,
+    attributes: &Attributes,
+) -> Result<()> {
+    crate::ids::validate_key("user id", id)?;
+    if let Some(email) = email {
+        let at = email.find('@');
+        if email.len() > 254 || at.is_none_or(|i| i == 0 || i + 1 == email.len()) {
+            return Err(Error::invalid(format!(
+                "user `{id}`: email must look like name@domain"
+            )));
+        }
+    }
+    if let Some(phone) = phone {
+        let digits = phone.trim_start_matches('+');
+        if phone.len() > 32
+            || digits.is_empty()
+            || !digits
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ' ' || c == '-')
+        {
+            return Err(Error::invalid(format!(
+                "user `{id}`: phone must be digits, optionally starting with +"
+            )));
+        }
+    }
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(Error::invalid(format!(
+            "user `{id}`: at most {MAX_ATTRIBUTES} attributes"
+        )));
+    }
+    for (key, value) in attributes {
+        if key.is_empty() || key.len() > 64 {
+            return Err(Error::invalid(format!(
+                "user `{id}`: attribute names must be 1 to 64 characters"
+            )));
+        }
+        if matches!(value, Value::Object(_)) {
+            return Err(Error::invalid(format!(
+                "user `{id}`: attribute `{key}` must be a string, number, boolean, array or null"
+            )));
+        }
+    }
+    if let Some(Value::String(tz)) = attributes.get("timezone") {
+        if tz.parse::<chrono_tz::Tz>().is_err() {
+            return Err(Error::invalid(format!(
+                "user `{id}`: unknown time zone `{tz}` (use an IANA name like Europe/Paris)"
+            )));
+        }
+    }
+    let size = serde_json::to_vec(attributes).map(|v| v.len()).unwrap_or(0);
+    if size > MAX_ATTRIBUTES_BYTES {
+        return Err(Error::invalid(format!(
+            "user `{id}`: attributes take {size} bytes, at most {MAX_ATTRIBUTES_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preferences
+
+/// A user's delivery preferences. Anything not mentioned is allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    /// Channel switches: `{"email": false}` turns email off for every category.
+    #[serde(default)]
+    pub channels: BTreeMap<Channel, bool>,
+    /// Per-category channel switches: `{"marketing": {"email": false}}`.
+    #[serde(default)]
+    pub categories: BTreeMap<String, BTreeMap<Channel, bool>>,
+    /// A daily window, in the user's time zone, in which low and normal priority
+    /// notifications are held back until it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
+}
+
+impl Preferences {
+    /// Whether this user accepts `channel` for `category`. The category switch, when present,
+    /// wins over the channel switch, so "no email, except for security" can be expressed.
+    pub fn allows(&self, channel: Channel, category: Option<&str>) -> bool {
+        if let Some(switch) = category
+            .and_then(|c| self.categories.get(c))
+            .and_then(|per| per.get(&channel))
+        {
+            return *switch;
+        }
+        self.channels.get(&channel).copied().unwrap_or(true)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.categories.len() > 256 {
+            return Err(Error::invalid("preferences: at most 256 categories"));
+        }
+        for name in self.categories.keys() {
+            validate_category(name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Category names are short identifiers such as `marketing` or `security`.
+pub fn validate_category(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "category `{name}` must be 1 to 64 letters, digits, _ - or ."
+        )))
+    }
+}
+
+/// A daily quiet window such as 22:00–07:00 (it may wrap past midnight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuietHours {
+    #[serde(with = "hhmm")]
+    pub start: NaiveTime,
+    #[serde(with = "hhmm")]
+    pub end: NaiveTime,
+}
+
+impl QuietHours {
+    /// If `now` falls inside the window in time zone `tz`, the instant the window ends.
+    pub fn ends_after(&self, now: DateTime<Utc>, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+        use chrono::{Days, TimeZone};
+        if self.start == self.end {
+            return None;
+        }
+        let local = now.with_timezone(&tz);
+        let t = local.time();
+        let inside = if self.start < self.end {
+            t >= self.start && t < self.end
+        } else {
+            t >= self.start || t < self.end
+        };
+        if !inside {
+            return None;
+        }
+        let mut day = local.date_naive();
+        if t >= self.end {
+            day = day.checked_add_days(Days::new(1))?;
+        }
+        // A DST gap can swallow the end time; an ambiguous one takes the earlier instant.
+        let end = tz
+            .from_local_datetime(&day.and_time(self.end))
+            .earliest()
+            .or_else(|| {
+                tz.from_local_datetime(&(day.and_time(self.end) + chrono::Duration::hours(1)))
+                    .earliest()
+            })?;
+        Some(end.with_timezone(&Utc))
+    }
+}
+
+mod hhmm {
+    use chrono::NaiveTime;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &NaiveTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.format("%H:%M").to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveTime, D::Error> {
+        let s = String::deserialize(d)?;
+        NaiveTime::parse_from_str(&s, "%H:%M").map_err(|_| {
+            serde::de::Error::custom(format!("quiet hours time `{s}` must be HH:MM"))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices
+
+/// A push provider family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    Fcm,
+    Apns,
+    Web,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Fcm => "fcm",
+            Platform::Apns => "apns",
+            Platform::Web => "web",
+        }
+    }
+}
+
+impl FromStr for Platform {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fcm" => Ok(Platform::Fcm),
+            "apns" => Ok(Platform::Apns),
+            "web" => Ok(Platform::Web),
+            _ => Err(Error::invalid(format!(
+                "unknown platform `{s}`; expected fcm, apns or web"
+            ))),
+        }
+    }
+}
+
+/// A push token registered for a user. A token belongs to at most one user: registering it
+/// again for another user moves it (the device changed hands or accounts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub user_id: String,
+    pub platform: Platform,
+    pub token: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+}
+
+pub fn validate_device_token(token: &str) -> Result<()> {
+    if token.is_empty() || token.len() > 4096 || token.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(
+            "device token must be 1 to 4096 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segments and templates
+
+/// A named audience, defined by a filter over user attributes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub name: String,
+    pub filter: Filter,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Title and body, for the in-app and push channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TitleBody {
+    pub title: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailContent {
+    pub subject: String,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsContent {
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookContent {
+    pub body: String,
+}
+
+/// What a template says per channel; each field holds `{{ user.x }}` / `{{ data.y }}` placeholders.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateContent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_app: Option<TitleBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<TitleBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<SmsContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookContent>,
+}
+
+impl TemplateContent {
+    /// The channels this content has text for.
+    pub fn channels(&self) -> Vec<Channel> {
+        let mut out = Vec::new();
+        if self.in_app.is_some() {
+            out.push(Channel::InApp);
+        }
+        if self.push.is_some() {
+            out.push(Channel::Push);
+        }
+        if self.email.is_some() {
+            out.push(Channel::Email);
+        }
+        if self.sms.is_some() {
+            out.push(Channel::Sms);
+        }
+        if self.webhook.is_some() {
+            out.push(Channel::Webhook);
+        }
+        out
+    }
+
+    /// Every text field with a dotted name, for validation and rendering.
+    pub fn fields(&self) -> Vec<(&'static str, &str)> {
+        let mut out: Vec<(&'static str, &str)> = Vec::new();
+        if let Some(c) = &self.in_app {
+            out.push(("in_app.title", &c.title));
+            out.push(("in_app.body", &c.body));
+        }
+        if let Some(c) = &self.push {
+            out.push(("push.title", &c.title));
+            out.push(("push.body", &c.body));
+        }
+        if let Some(c) = &self.email {
+            out.push(("email.subject", &c.subject));
+            out.push(("email.text", &c.text));
+            if let Some(html) = &c.html {
+                out.push(("email.html", html));
+            }
+        }
+        if let Some(c) = &self.sms {
+            out.push(("sms.text", &c.text));
+        }
+        if let Some(c) = &self.webhook {
+            out.push(("webhook.body", &c.body));
+        }
+        out
+    }
+
+    /// Rejects empty content, oversized fields and placeholders that do not compile.
+    pub fn validate(&self) -> Result<()> {
+        let fields = self.fields();
+        if fields.is_empty() {
+            return Err(Error::invalid(
+                "template needs content for at least one channel (in_app, push, email, sms, webhook)",
+            ));
+        }
+        for (name, text) in fields {
+            if text.len() > 64 * 1024 {
+                return Err(Error::invalid(format!("{name} is longer than 64 KiB")));
+            }
+            crate::template::check(name, text)?;
+        }
+        Ok(())
+    }
+}
+
+/// A stored, reusable template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub id: String,
+    #[serde(flatten)]
+    pub content: TemplateContent,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Campaigns
+
+/// Who a campaign is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    User(String),
+    Users(Vec<String>),
+    Segment(String),
+    All(bool),
+}
+
+/// How a campaign reaches its audience (seed 004's decision matrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Direct,
+    Batch,
+    Throttled,
+    Broadcast,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Direct => "direct",
+            Strategy::Batch => "batch",
+            Strategy::Throttled => "throttled",
+            Strategy::Broadcast => "broadcast",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignStatus {
+    Scheduled,
+    Sizing,
+    FanningOut,
+    Active,
+    Completed,
+    Cancelled,
+    Failed,
+}
+
+impl CampaignStatus {
+    pub const ALL: [CampaignStatus; 7] = [
+        CampaignStatus::Scheduled,
+        CampaignStatus::Sizing,
+        CampaignStatus::FanningOut,
+        CampaignStatus::Active,
+        CampaignStatus::Completed,
+        CampaignStatus::Cancelled,
+        CampaignStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CampaignStatus::Scheduled => "scheduled",
+            CampaignStatus::Sizing => "sizing",
+            CampaignStatus::FanningOut => "fanning_out",
+            CampaignStatus::Active => "active",
+            CampaignStatus::Completed => "completed",
+            CampaignStatus::Cancelled => "cancelled",
+            CampaignStatus::Failed => "failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            CampaignStatus::Completed | CampaignStatus::Cancelled | CampaignStatus::Failed
+        )
+    }
+}
+
+impl FromStr for CampaignStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        CampaignStatus::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| Error::invalid(format!("unknown campaign status `{s}`")))
+    }
+}
+
+/// What a campaign sends: a stored template or inline content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignContent {
+    Template(String),
+    Inline(TitleBody),
+}
+
+/// Fan-out counters of a campaign.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub batches_total: u64,
+    pub batches_done: u64,
+    pub notifications_written: u64,
+    pub skipped_opted_out: u64,
+    pub deferred_quiet_hours: u64,
+}
+
+/// Per-channel delivery counters of a campaign.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryCounts {
+    pub queued: u64,
+    pub sent: u64,
+    pub failed: u64,
+}
+
+/// A campaign: one event sent to an audience over some channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub id: String,
+    pub audience: Audience,
+    pub content: CampaignContent,
+    pub channels: Vec<Channel>,
+    pub category: Option<String>,
+    pub priority: Priority,
+    pub data: Value,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub strategy: Strategy,
+    pub status: CampaignStatus,
+    pub audience_size: u64,
+    pub progress: Progress,
+    pub deliveries: BTreeMap<Channel, DeliveryCounts>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// What an idempotency key maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    /// A hash of the request body, to tell a replay from a conflicting reuse of the key.
+    pub request_hash: String,
+    /// The first response (status and body) once it is known; `None` while in flight.
+    pub response: Option<(u16, Vec<u8>)>,
+    pub expires_at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inbox
+
+/// A personal notification row in a user's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: uuid::Uuid,
+    pub user_id: String,
+    pub campaign_id: Option<String>,
+    pub title: String,
+    pub body: String,
+    pub category: Option<String>,
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+/// Where an item sits in a user's inbox: newest first by `created_at`, ties broken by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InboxKey {
+    pub created_at: DateTime<Utc>,
+    pub id: uuid::Uuid,
+}
+
+impl Notification {
+    pub fn key(&self) -> InboxKey {
+        InboxKey {
+            created_at: self.created_at,
+            id: self.id,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broadcasts
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BroadcastStatus {
+    Scheduled,
+    Active,
+    Completed,
+    Cancelled,
+}
+
+impl BroadcastStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BroadcastStatus::Scheduled => "scheduled",
+            BroadcastStatus::Active => "active",
+            BroadcastStatus::Completed => "completed",
+            BroadcastStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl FromStr for BroadcastStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "scheduled" => Ok(BroadcastStatus::Scheduled),
+            "active" => Ok(BroadcastStatus::Active),
+            "completed" => Ok(BroadcastStatus::Completed),
+            "cancelled" => Ok(BroadcastStatus::Cancelled),
+            _ => Err(Error::invalid(format!("unknown broadcast status `{s}`"))),
+        }
+    }
+}
+
+/// A notification stored once and merged into every matching inbox at read time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Broadcast {
+    pub id: uuid::Uuid,
+    pub campaign_id: Option<String>,
+    pub title: String,
+    pub body: String,
+    pub category: Option<String>,
+    pub data: Value,
+    /// The segment name it was sent to (`None` for everyone).
+    pub segment: Option<String>,
+    /// The segment's filter as it was when the broadcast was created.
+    pub filter: Filter,
+    pub channels: Vec<Channel>,
+    pub priority: Priority,
+    pub starts_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub status: BroadcastStatus,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Broadcast {
+    /// Whether the broadcast shows in inboxes at `now` (status and time window).
+    pub fn is_live_at(&self, now: DateTime<Utc>) -> bool {
+        matches!(
+            self.status,
+            BroadcastStatus::Scheduled | BroadcastStatus::Active
+        ) && self.starts_at <= now
+            && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+/// One user's sparse state for one broadcast: stored only once the user acts on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastUserState {
+    pub broadcast_id: uuid::Uuid,
+    pub user_id: String,
+    pub read_at: Option<DateTime<Utc>>,
+    pub dismissed_at: Option<DateTime<Utc>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bus and live events
+
+/// A message to publish on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutMessage {
+    /// Partitioning key: messages with the same key keep their order where the bus can.
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// A message handed to a consumer. It stays leased to that consumer until acked; an unacked
+/// message is delivered again once its lease runs out (at-least-once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Opaque handle for `ack` / `nack`, meaningful to the bus that handed it out.
+    pub receipt: String,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    /// 1 on first delivery, then one more per redelivery.
+    pub attempt: u32,
+    pub published_at: DateTime<Utc>,
+}
+
+/// An event for connected clients, carried between nodes by the [`crate::ports::LiveHub`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveEvent {
+    /// New personal notifications (one batch: one per user).
+    Notifications { items: Vec<Notification> },
+    /// A broadcast became active.
+    BroadcastActivated { broadcast: Box<Broadcast> },
+    /// An item was read on one of the user's devices.
+    Read { user_id: String, id: String },
+    /// An item was dismissed on one of the user's devices.
+    Dismiss { user_id: String, id: String },
+    /// Everything was marked read on one of the user's devices.
+    ReadAll { user_id: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_category_switch_wins_over_the_channel_switch() {
+        let prefs: Preferences = serde_json::from_value(serde_json::json!({
+            "channels": {"email": false},
+            "categories": {"security": {"email": true}, "marketing": {"push": false}}
+        }))
+        .unwrap();
+        assert!(!prefs.allows(Channel::Email, None));
+        assert!(!prefs.allows(Channel::Email, Some("marketing")));
+        assert!(prefs.allows(Channel::Email, Some("security")));
+        assert!(!prefs.allows(Channel::Push, Some("marketing")));
+        assert!(prefs.allows(Channel::Push, None));
+        assert!(prefs.allows(Channel::Sms, Some("anything")));
+    }
+
+    #[test]
+    fn unknown_preference_fields_and_bad_times_are_rejected() {
+        assert!(
+            serde_json::from_value::<Preferences>(serde_json::json!({"chanels": {}})).is_err()
+        );
+        assert!(serde_json::from_value::<Preferences>(
+            serde_json::json!({"quiet_hours": {"start": "25:00", "end": "07:00"}})
+        )
+        .is_err());
+        assert!(serde_json::from_value::<Preferences>(
+            serde_json::json!({"channels": {"pigeon": true}})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn quiet_hours_that_wrap_midnight_end_the_next_local_morning() {
+        let q = QuietHours {
+            start: NaiveTime::from_hms_opt(22, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(7, 0, 0).unwrap(),
+        };
+        let paris: chrono_tz::Tz = "Europe/Paris".parse().unwrap();
+        // 21:30 UTC in January is 22:30 in Paris: quiet until 07:00 Paris = 06:00 UTC.
+        assert_eq!(
+            q.ends_after(utc("2026-01-10T21:30:00Z"), paris),
+            Some(utc("2026-01-11T06:00:00Z"))
+        );
+        // 05:00 UTC is 06:00 in Paris: still quiet, same morning.
+        assert_eq!(
+            q.ends_after(utc("2026-01-11T05:00:00Z"), paris),
+            Some(utc("2026-01-11T06:00:00Z"))
+        );
+        // 06:00 UTC is 07:00 in Paris: the window just ended.
+        assert_eq!(q.ends_after(utc("2026-01-11T06:00:00Z"), paris), None);
+        // Noon is never quiet.
+        assert_eq!(q.ends_after(utc("2026-01-11T11:00:00Z"), paris), None);
+    }
+
+    #[test]
+    fn quiet_hours_depend_on_the_users_time_zone() {
+        let q = QuietHours {
+            start: NaiveTime::from_hms_opt(22, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(7, 0, 0).unwrap(),
+        };
+        let now = utc("2026-01-10T23:00:00Z");
+        let tokyo: chrono_tz::Tz = "Asia/Tokyo".parse().unwrap(); // 08:00 there
+        let ny: chrono_tz::Tz = "America/New_York".parse().unwrap(); // 18:00 there
+        let london: chrono_tz::Tz = "Europe/London".parse().unwrap(); // 23:00 there
+        assert_eq!(q.ends_after(now, tokyo), None);
+        assert_eq!(q.ends_after(now, ny), None);
+        assert_eq!(
+            q.ends_after(now, london),
+            Some(utc("2026-01-11T07:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn user_fields_are_validated() {
+        let attrs = Attributes::new();
+        assert!(validate_user_fields("u1", Some("a@b.c"), Some("+33 1 23"), &attrs).is_ok());
+        assert!(validate_user_fields("u1", Some("nope"), None, &attrs).is_err());
+        assert!(validate_user_fields("u1", None, Some("call me"), &attrs).is_err());
+        let mut bad_tz = Attributes::new();
+        bad_tz.insert("timezone".into(), "Mars/Olympus".into());
+        assert!(validate_user_fields("u1", None, None, &bad_tz).is_err());
+        let mut nested = Attributes::new();
+        nested.insert("x".into(), serde_json::json!({"y": 1}));
+        assert!(validate_user_fields("u1", None, None, &nested).is_err());
+    }
+
+    #[test]
+    fn templates_without_content_or_with_broken_placeholders_are_invalid() {
+        assert!(TemplateContent::default().validate().is_err());
+        let ok = TemplateContent {
+            in_app: Some(TitleBody {
+                title: "Hi {{ user.name }}".into(),
+                body: "Order {{ data.order_id }}".into(),
+            }),
+            ..Default::default()
+        };
+        assert!(ok.validate().is_ok());
+        let broken = TemplateContent {
+            sms: Some(SmsContent {
+                text: "Hi {{ user.name ".into(),
+            }),
+            ..Default::default()
+        };
+        let err = broken.validate().unwrap_err();
+        assert!(err.message.contains("sms.text"), "{}", err.message);
+    }
+}

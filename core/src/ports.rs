@@ -1,0 +1,248 @@
+//! The ports: one trait per backend role of DESIGN.md's table. Adapters live in `herald-storage`.
+//!
+//! The traits are written for the distributed engines (MySQL, ScyllaDB, Redis, Kafka), not for
+//! SQLite:
+//! - no call and no transaction spans two ports;
+//! - writes are idempotent: notification ids are derived from campaign and user, upserts
+//!   overwrite, and a replayed write leaves the same state as the first one;
+//! - listings are keyset-paged (`after` the last key seen, never an offset);
+//! - the bus is at-least-once: a delivery is leased, acked explicitly, and redelivered when the
+//!   lease runs out without an ack.
+
+use crate::filter::Filter;
+use crate::model::*;
+use crate::Result;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Users, segments, devices, preferences and templates.
+#[async_trait]
+pub trait Directory: Send + Sync + 'static {
+    /// Succeeds when the backend answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Inserts or replaces users (email, phone and attributes are replaced as a whole;
+    /// `created_at` of an existing user is kept). Returns how many were written.
+    async fn upsert_users(&self, users: &[User]) -> Result<u64>;
+    async fn get_user(&self, id: &str) -> Result<Option<User>>;
+    /// The users among `ids` that exist, in no particular order.
+    async fn get_users(&self, ids: &[String]) -> Result<Vec<User>>;
+    /// Deletes the user with their preferences and devices. `false` if there was none.
+    async fn delete_user(&self, id: &str) -> Result<bool>;
+    /// Users matching `filter` with id greater than `after`, by id, at most `limit`.
+    async fn page_users(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<User>>;
+    /// Like [`Directory::page_users`] but ids only: what the fan-out batcher pages through.
+    async fn page_user_ids(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
+    async fn count_users(&self, filter: &Filter, now: DateTime<Utc>) -> Result<u64>;
+
+    /// Inserts or replaces a segment (`created_at` of an existing one is kept).
+    async fn put_segment(&self, segment: &Segment) -> Result<()>;
+    async fn get_segment(&self, name: &str) -> Result<Option<Segment>>;
+    /// Segments with name greater than `after`, by name.
+    async fn list_segments(&self, after: Option<&str>, limit: u32) -> Result<Vec<Segment>>;
+    async fn delete_segment(&self, name: &str) -> Result<bool>;
+
+    /// Replaces a user's preferences. `false` if the user does not exist.
+    async fn put_preferences(&self, user_id: &str, prefs: &Preferences) -> Result<bool>;
+    /// Stored preferences of the users among `user_ids` that have any; the others use defaults.
+    async fn get_preferences(&self, user_ids: &[String]) -> Result<HashMap<String, Preferences>>;
+
+    /// Registers a device token for its user (moving it if another user had it; keeping
+    /// `created_at` if this user had it). `false` if the user does not exist.
+    async fn put_device(&self, device: &Device) -> Result<bool>;
+    async fn delete_device(&self, user_id: &str, token: &str) -> Result<bool>;
+    /// Devices of all `user_ids`, in no particular order.
+    async fn list_devices(&self, user_ids: &[String]) -> Result<Vec<Device>>;
+    /// Removes tokens a provider reported invalid, whoever holds them. Returns how many.
+    async fn delete_tokens(&self, tokens: &[String]) -> Result<u64>;
+    /// Records a successful send to these tokens.
+    async fn touch_tokens(&self, tokens: &[String], at: DateTime<Utc>) -> Result<()>;
+    /// Removes devices not used since `before` (stale-token cleanup). Returns how many.
+    async fn delete_devices_unused_since(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    /// Inserts or replaces a template (`created_at` of an existing one is kept).
+    async fn put_template(&self, template: &Template) -> Result<()>;
+    async fn get_template(&self, id: &str) -> Result<Option<Template>>;
+    async fn list_templates(&self, after: Option<&str>, limit: u32) -> Result<Vec<Template>>;
+    async fn delete_template(&self, id: &str) -> Result<bool>;
+}
+
+/// Outcome of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key was free and is now held by this request.
+    Claimed,
+    /// The key was already used; the record says with which request and response.
+    Existing(IdempotencyRecord),
+}
+
+/// Campaigns, their progress counters and idempotency keys.
+#[async_trait]
+pub trait CampaignStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+
+    /// Stores a new campaign; `Conflict` if the id exists.
+    async fn insert_campaign(&self, campaign: &Campaign) -> Result<()>;
+    async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>>;
+    /// Newest first; `before` is the id of the last campaign of the previous page
+    /// (ids are time-ordered UUIDv7 strings).
+    async fn list_campaigns(
+        &self,
+        status: Option<CampaignStatus>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Campaign>>;
+    /// Moves the status if it is currently one of `from` (compare-and-set), stamping
+    /// `started_at` / `completed_at` as the new status implies. `false` if it was not.
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[CampaignStatus],
+        to: CampaignStatus,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Sets the audience size and the number of batches it was cut into.
+    async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()>;
+    /// Records batch `batch_no` as done: adds one to `batches_done` and the other counters of
+    /// `delta` (its `batches_*` fields are ignored), once. A batch number already recorded is
+    /// ignored and `false` returned, so a redelivered batch never double counts.
+    async fn record_batch(&self, id: &str, batch_no: u64, delta: &Progress) -> Result<bool>;
+    /// Adds to a channel's delivery counters.
+    async fn add_deliveries(&self, id: &str, channel: Channel, delta: &DeliveryCounts)
+        -> Result<()>;
+    /// Scheduled campaigns whose `starts_at` has come, oldest first.
+    async fn due_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Campaign>>;
+
+    /// Claims `key` for a request with `request_hash`, or returns who had it.
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        request_hash: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<IdempotencyClaim>;
+    /// Stores the response of the request that claimed `key`.
+    async fn complete_idempotency_key(&self, key: &str, status: u16, body: &[u8]) -> Result<()>;
+    /// Frees a key whose request failed, so a retry can claim it.
+    async fn release_idempotency_key(&self, key: &str) -> Result<()>;
+    /// Removes keys that expired before `now`. Returns how many.
+    async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
+}
+
+/// Per-user personal notification rows and their read state.
+#[async_trait]
+pub trait InboxStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+
+    /// Writes rows in one batched write. A row whose id exists is left as it is (a replayed
+    /// batch keeps the read and dismiss state the user gave it).
+    async fn write_batch(&self, rows: &[Notification]) -> Result<()>;
+    /// The user's visible rows strictly older than `before` (newest first), at most `limit`.
+    async fn page(
+        &self,
+        user_id: &str,
+        before: Option<InboxKey>,
+        limit: u32,
+        unread_only: bool,
+    ) -> Result<Vec<Notification>>;
+    /// The user's visible rows strictly newer than `after` (oldest first): resume replay.
+    async fn after(&self, user_id: &str, after: InboxKey, limit: u32)
+        -> Result<Vec<Notification>>;
+    async fn get(&self, user_id: &str, id: uuid::Uuid) -> Result<Option<Notification>>;
+    /// Marks a row read (keeping an earlier read time). `false` if the user has no such row.
+    async fn mark_read(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<bool>;
+    /// Marks every row of the user read. Returns how many changed.
+    async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64>;
+    /// Hides a row from the user for good. `false` if the user has no such row.
+    async fn dismiss(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<bool>;
+    async fn unread_count(&self, user_id: &str) -> Result<u64>;
+    /// Deletes rows created before `before` (retention). Returns how many.
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64>;
+}
+
+/// Broadcasts (stored once) and the sparse per-user state of each.
+#[async_trait]
+pub trait BroadcastStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+
+    /// Stores a new broadcast; `Conflict` if the id exists.
+    async fn insert(&self, broadcast: &Broadcast) -> Result<()>;
+    async fn get(&self, id: uuid::Uuid) -> Result<Option<Broadcast>>;
+    /// Broadcasts in `Scheduled` or `Active` status (the ones that may show now or later).
+    async fn list_open(&self) -> Result<Vec<Broadcast>>;
+    /// Compare-and-set of the status. `false` if it was not in `from`.
+    async fn transition(
+        &self,
+        id: uuid::Uuid,
+        from: &[BroadcastStatus],
+        to: BroadcastStatus,
+    ) -> Result<bool>;
+    /// Every stored state of the user (one lookup per inbox read).
+    async fn user_states(&self, user_id: &str) -> Result<Vec<BroadcastUserState>>;
+    /// Marks read for the user (keeping an earlier read time).
+    async fn mark_read(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<()>;
+    async fn dismiss(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<()>;
+}
+
+/// Fast batch lookup of preferences in front of the directory. A miss is `None`; the caller
+/// loads the misses from the directory and puts them back.
+#[async_trait]
+pub trait PreferenceCache: Send + Sync + 'static {
+    async fn get_many(&self, user_ids: &[String]) -> Result<Vec<Option<Preferences>>>;
+    async fn put_many(&self, entries: &[(String, Preferences)]) -> Result<()>;
+    async fn invalidate(&self, user_id: &str) -> Result<()>;
+}
+
+/// Durable queues: fan-out batches, channel queues, delivery results, dead letters.
+///
+/// Every consumer group subscribed to a topic receives each message once it is published
+/// (groups are declared by [`Bus::subscribe`], idempotently, before they are used). Within a
+/// group a message goes to one consumer at a time under a lease; it is redelivered when the
+/// lease ends without an ack. Order is not guaranteed across keys.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+
+    /// Declares that `group` consumes `topic`. Idempotent.
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<()>;
+    /// Publishes messages durably: when this returns they survive a crash.
+    async fn publish(&self, topic: &str, messages: &[OutMessage]) -> Result<()>;
+    /// Leases up to `max` messages for `lease`; waits up to `wait` for the first one.
+    async fn receive(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>>;
+    /// Acknowledges deliveries: they are never delivered to this group again.
+    async fn ack(&self, topic: &str, group: &str, receipts: &[String]) -> Result<()>;
+    /// Gives deliveries back for redelivery after `delay`.
+    async fn nack(&self, topic: &str, group: &str, receipts: &[String], delay: Duration)
+        -> Result<()>;
+    /// Messages of `topic` not yet acked by `group` (the backlog the batcher throttles on).
+    async fn depth(&self, topic: &str, group: &str) -> Result<u64>;
+}
+
+/// Cross-node live events for the WebSocket hub.
+#[async_trait]
+pub trait LiveHub: Send + Sync + 'static {
+    async fn publish(&self, event: LiveEvent) -> Result<()>;
+    /// A stream of the events published from now on, by any node.
+    async fn subscribe(&self) -> Result<BoxStream<'static, LiveEvent>>;
+}

@@ -1,0 +1,232 @@
+//! `herald`: one binary, a subcommand per role. This file is wiring only: it reads the
+//! configuration, sets up logging, resolves secrets, opens the backends and hands a `Context`,
+//! a listener and a shutdown signal to the role libraries. No business logic lives here.
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use herald_core::config::{Config, Secret};
+use herald_core::context::Secrets;
+use herald_core::{Context, SystemClock};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: a self-hostable notification fan-out platform",
+    long_about = "Herald turns one event into notifications for one user or fifty million, over \
+                  in-app inbox, WebSocket, push, email, SMS and webhooks.\n\n\
+                  Configuration: compiled defaults, then the TOML file given by --config or \
+                  HERALD_CONFIG, then HERALD_* environment variables (nested keys split by __, \
+                  e.g. HERALD_FANOUT__BATCH_SIZE=500). Common ones: HERALD_LISTEN \
+                  (default 127.0.0.1:8080), HERALD_DATA_DIR (default ./herald-data), \
+                  HERALD_ADMIN_KEY."
+)]
+struct Cli {
+    /// Path of a TOML configuration file.
+    #[arg(long, global = true, env = "HERALD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run every role in one process on one port, with embedded backends unless configured
+    /// otherwise. Needs no services: data goes to HERALD_DATA_DIR (./herald-data).
+    Serve,
+    /// Run the admin REST API only (users, segments, templates, campaigns).
+    Api,
+    /// Run the fan-out role: audience-sizing dispatcher, batch workers, broadcast lifecycle.
+    Fanout,
+    /// Run the inbox role: inbox HTTP API and WebSocket live feed.
+    Inbox,
+    /// Run the push gateway: channel consumers, provider clients, retries, dead letters.
+    Push,
+    /// Apply the schemas to every configured backend, then exit.
+    Migrate,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    config.validate()?;
+    init_tracing(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli.command, config))
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate => migrate(&config).await,
+        Command::Serve | Command::Api => {
+            let ctx = build_context(config, matches!(command, Command::Serve)).await?;
+            let listener = bind(&ctx.config.listen).await?;
+            let shutdown = shutdown_signal();
+            let router = herald_api::router(ctx.clone());
+            herald_api::serve(listener, router, shutdown)
+                .await
+                .context("HTTP server failed")?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Fanout => not_yet("fanout", "#3 (Campaigns)"),
+        Command::Inbox => not_yet("inbox", "#4 (Broadcast store and merged inbox)"),
+        Command::Push => not_yet("push", "#6 (Push gateway)"),
+    }
+}
+
+/// Roles whose crates are still empty say so instead of pretending to run.
+fn not_yet(role: &str, issue: &str) -> anyhow::Result<()> {
+    bail!(
+        "the `{role}` role is not available in this build yet (it arrives with issue {issue}); \
+         `herald serve` and `herald api` run today"
+    )
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    eprintln!("herald migrate: applying schemas…");
+    let started = std::time::Instant::now();
+    let ports = herald_storage::open_ports(config).await?;
+    ports.ping().await?;
+    for (port, url) in [
+        ("directory", &config.backends.directory),
+        ("campaigns", &config.backends.campaigns),
+        ("inbox", &config.backends.inbox),
+        ("broadcasts", &config.backends.broadcasts),
+        ("bus", &config.backends.bus),
+    ] {
+        let shown = match url {
+            Some(u) => herald_storage::BackendUrl::parse(u.expose())?.redacted(),
+            None => herald_storage::BackendUrl::embedded(&config.data_dir, port).redacted(),
+        };
+        eprintln!("  {port:<11} {shown}  ok");
+    }
+    eprintln!("done in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+async fn build_context(config: Config, print_banner: bool) -> anyhow::Result<Context> {
+    let (admin_key, admin_from_file) =
+        resolve_secret(config.admin_key.as_ref(), &config.data_dir, "admin.key")?;
+    let (token_secret, _) = resolve_secret(
+        config.inbox.token_secret.as_ref(),
+        &config.data_dir,
+        "token.secret",
+    )?;
+    let ports = herald_storage::open_ports(&config)
+        .await
+        .context("opening the backends")?;
+    if print_banner {
+        // stdout, not the log: the operator needs the key once, log shippers must never see it.
+        println!("Herald is listening on http://{}", config.listen);
+        if let Some(path) = admin_from_file {
+            println!(
+                "Admin key: {}  (kept in {}; set HERALD_ADMIN_KEY to choose your own)",
+                admin_key.expose(),
+                path.display()
+            );
+        }
+    }
+    herald_api::http::metrics_handle();
+    Ok(Context {
+        config: Arc::new(config),
+        ports,
+        clock: Arc::new(SystemClock),
+        secrets: Secrets {
+            admin_key,
+            token_secret,
+        },
+    })
+}
+
+/// The configured secret, or the one kept in `data_dir/file`, generated on first start.
+/// Returns the file's path when the secret came from (or went to) it.
+fn resolve_secret(
+    configured: Option<&Secret>,
+    data_dir: &Path,
+    file: &str,
+) -> anyhow::Result<(Secret, Option<PathBuf>)> {
+    if let Some(secret) = configured {
+        return Ok((secret.clone(), None));
+    }
+    let path = data_dir.join(file);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim();
+        if !existing.is_empty() {
+            return Ok((Secret::new(existing), Some(path)));
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let bytes: [u8; 24] = rand::random();
+    let secret = format!("hk_{}", hex::encode(bytes));
+    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    Ok((Secret::new(secret), Some(path)))
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (set HERALD_LISTEN to another address)"))
+}
+
+/// Cancelled on Ctrl-C or SIGTERM, so every role drains and stops together.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    token
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,181 @@
+//! Herald's backend adapters: one implementation of each `herald_core::ports` trait per engine,
+//! chosen at start from a URL (`sqlite://`, `mysql://`, `memory://`).
+//!
+//! This crate owns SQL, connection pools, schemas (applied from `migrations/`) and the mapping
+//! of engine errors onto `herald_core::Error`. It must not know about HTTP, roles or fan-out
+//! policy: adapters store and fetch, the roles decide. Engines are cargo features; a URL whose
+//! engine was compiled out fails at start with a message naming the feature.
+
+use herald_core::config::{Config, Secret};
+use herald_core::ports::*;
+use herald_core::{Error, Ports, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+mod url;
+
+pub use url::BackendUrl;
+
+/// The URL configured for a port, or the embedded default under the data directory.
+fn url_for(configured: &Option<Secret>, data_dir: &Path, embedded: &str) -> Result<BackendUrl> {
+    match configured {
+        Some(url) => BackendUrl::parse(url.expose()),
+        None => Ok(BackendUrl::embedded(data_dir, embedded)),
+    }
+}
+
+/// Opens every port from the configuration and applies the schemas (idempotent), as
+/// `herald serve` and `herald migrate` do on start.
+pub async fn open_ports(config: &Config) -> Result<Ports> {
+        let dir = &config.data_dir;
+        let b = &config.backends;
+        let embedded = [&b.directory, &b.campaigns, &b.inbox, &b.broadcasts, &b.bus];
+        if embedded.iter().any(|url| url.is_none()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::invalid(format!("cannot create data dir {}", dir.display())).with_source(e)
+            })?;
+        }
+        Ok(Ports {
+            directory: open_directory(&url_for(&b.directory, dir, "directory")?).await?,
+            campaigns: open_campaigns(&url_for(&b.campaigns, dir, "campaigns")?).await?,
+            inbox: open_inbox(&url_for(&b.inbox, dir, "inbox")?).await?,
+            broadcasts: open_broadcasts(&url_for(&b.broadcasts, dir, "broadcasts")?).await?,
+            preference_cache: open_preference_cache(b.preference_cache.as_ref())?,
+            bus: open_bus(&url_for(&b.bus, dir, "bus")?).await?,
+            live: open_live_hub(b.live.as_ref())?,
+        })
+    }
+
+
+#[cfg_attr(all(feature = "sqlite", feature = "mysql"), allow(dead_code))]
+fn compiled_out(engine: &str, feature: &str) -> Error {
+    Error::invalid(format!(
+        "this herald was built without the `{feature}` cargo feature, so `{engine}://` backends \
+         are not available; rebuild with `--features {feature}`"
+    ))
+}
+
+fn unsupported(port: &str, url: &BackendUrl, supported: &str) -> Error {
+    Error::invalid(format!(
+        "the {port} cannot be stored on `{}://` backends; supported here: {supported}",
+        url.scheme
+    ))
+}
+
+pub async fn open_directory(url: &BackendUrl) -> Result<Arc<dyn Directory>> {
+    match url.scheme.as_str() {
+        "sqlite" => {
+            #[cfg(feature = "sqlite")]
+            return Ok(Arc::new(sqlite::SqliteDirectory::open(url).await?));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(compiled_out("sqlite", "sqlite"));
+        }
+        "mysql" => {
+            #[cfg(feature = "mysql")]
+            return Ok(Arc::new(mysql::MysqlDirectory::open(url).await?));
+            #[cfg(not(feature = "mysql"))]
+            return Err(compiled_out("mysql", "mysql"));
+        }
+        _ => Err(unsupported("directory", url, "sqlite, mysql")),
+    }
+}
+
+pub async fn open_campaigns(url: &BackendUrl) -> Result<Arc<dyn CampaignStore>> {
+    match url.scheme.as_str() {
+        "sqlite" => {
+            #[cfg(feature = "sqlite")]
+            return Ok(Arc::new(sqlite::SqliteCampaigns::open(url).await?));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(compiled_out("sqlite", "sqlite"));
+        }
+        _ => Err(unsupported("campaign store", url, "sqlite")),
+    }
+}
+
+pub async fn open_inbox(url: &BackendUrl) -> Result<Arc<dyn InboxStore>> {
+    match url.scheme.as_str() {
+        "sqlite" => {
+            #[cfg(feature = "sqlite")]
+            return Ok(Arc::new(sqlite::SqliteInbox::open(url).await?));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(compiled_out("sqlite", "sqlite"));
+        }
+        _ => Err(unsupported("inbox store", url, "sqlite")),
+    }
+}
+
+pub async fn open_broadcasts(url: &BackendUrl) -> Result<Arc<dyn BroadcastStore>> {
+    match url.scheme.as_str() {
+        "sqlite" => {
+            #[cfg(feature = "sqlite")]
+            return Ok(Arc::new(sqlite::SqliteBroadcasts::open(url).await?));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(compiled_out("sqlite", "sqlite"));
+        }
+        _ => Err(unsupported("broadcast store", url, "sqlite")),
+    }
+}
+
+pub async fn open_bus(url: &BackendUrl) -> Result<Arc<dyn Bus>> {
+    match url.scheme.as_str() {
+        "sqlite" => {
+            #[cfg(feature = "sqlite")]
+            return Ok(Arc::new(sqlite::SqliteBus::open(url).await?));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(compiled_out("sqlite", "sqlite"));
+        }
+        _ => Err(unsupported("bus", url, "sqlite")),
+    }
+}
+
+pub fn open_preference_cache(url: Option<&Secret>) -> Result<Arc<dyn PreferenceCache>> {
+    let url = match url {
+        None => return Ok(Arc::new(memory::MemoryPreferenceCache::default())),
+        Some(u) => BackendUrl::parse(u.expose())?,
+    };
+    match url.scheme.as_str() {
+        "memory" => Ok(Arc::new(memory::MemoryPreferenceCache::default())),
+        _ => Err(unsupported("preference cache", &url, "memory")),
+    }
+}
+
+pub fn open_live_hub(url: Option<&Secret>) -> Result<Arc<dyn LiveHub>> {
+    let url = match url {
+        None => return Ok(Arc::new(memory::MemoryLiveHub::default())),
+        Some(u) => BackendUrl::parse(u.expose())?,
+    };
+    match url.scheme.as_str() {
+        "memory" => Ok(Arc::new(memory::MemoryLiveHub::default())),
+        _ => Err(unsupported("live hub", &url, "memory")),
+    }
+}
+
+mod migrations;
+mod time;
+
+/// Maps an engine error onto a core error: unique violations are conflicts, everything else
+/// means the backend is unavailable (the cause stays in the source, out of API responses).
+#[allow(dead_code)]
+pub(crate) fn db_error(e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            Error::conflict("already exists").with_source(e)
+        }
+        sqlx::Error::RowNotFound => Error::not_found("not found").with_source(e),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            Error::internal("stored data could not be decoded").with_source(e)
+        }
+        _ => Error::unavailable("database unavailable", e),
+    }
+}
+
+/// A stored JSON column that does not parse is a bug or corruption, not a client error.
+#[allow(dead_code)]
+pub(crate) fn corrupt(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::internal(format!("stored {what} could not be decoded")).with_source(e)
+}

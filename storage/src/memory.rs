@@ -1,0 +1,106 @@
+//! In-process adapters: the preference cache and the live hub of a single-node Herald.
+//! Redis takes their place when several nodes run side by side.
+
+use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
+use herald_core::model::{LiveEvent, Preferences};
+use herald_core::ports::{LiveHub, PreferenceCache};
+use herald_core::Result;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+
+/// A bounded in-process preference cache. When full it is cleared whole: cheaper than LRU
+/// bookkeeping on the hot path, and a miss only costs one batched directory read.
+#[derive(Debug)]
+pub struct MemoryPreferenceCache {
+    entries: Mutex<HashMap<String, Arc<Preferences>>>,
+    capacity: usize,
+}
+
+impl Default for MemoryPreferenceCache {
+    fn default() -> Self {
+        Self::with_capacity(1_000_000)
+    }
+}
+
+impl MemoryPreferenceCache {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+}
+
+#[async_trait]
+impl PreferenceCache for MemoryPreferenceCache {
+    async fn get_many(&self, user_ids: &[String]) -> Result<Vec<Option<Preferences>>> {
+        let entries = self.entries.lock();
+        Ok(user_ids
+            .iter()
+            .map(|id| entries.get(id).map(|p| Preferences::clone(p)))
+            .collect())
+    }
+
+    async fn put_many(&self, new: &[(String, Preferences)]) -> Result<()> {
+        let mut entries = self.entries.lock();
+        if entries.len() + new.len() > self.capacity {
+            entries.clear();
+        }
+        for (id, prefs) in new.iter().take(self.capacity) {
+            entries.insert(id.clone(), Arc::new(prefs.clone()));
+        }
+        Ok(())
+    }
+
+    async fn invalidate(&self, user_id: &str) -> Result<()> {
+        self.entries.lock().remove(user_id);
+        Ok(())
+    }
+}
+
+/// The in-process live hub: a broadcast channel. A subscriber that falls more than
+/// `capacity` events behind skips the ones it missed, with a warning in the log; clients
+/// recover what they missed from the inbox store by resuming with `since`.
+pub struct MemoryLiveHub {
+    tx: broadcast::Sender<LiveEvent>,
+}
+
+impl Default for MemoryLiveHub {
+    fn default() -> Self {
+        Self::with_capacity(4096)
+    }
+}
+
+impl MemoryLiveHub {
+    pub fn with_capacity(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        Self { tx }
+    }
+}
+
+#[async_trait]
+impl LiveHub for MemoryLiveHub {
+    async fn publish(&self, event: LiveEvent) -> Result<()> {
+        // No subscriber is not an error: nobody is connected.
+        let _ = self.tx.send(event);
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<BoxStream<'static, LiveEvent>> {
+        let stream = BroadcastStream::new(self.tx.subscribe()).filter_map(|item| async move {
+            match item {
+                Ok(event) => Some(event),
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    tracing::warn!(skipped = n, "live hub subscriber lagged");
+                    None
+                }
+            }
+        });
+        Ok(stream.boxed())
+    }
+}

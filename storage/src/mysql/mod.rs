@@ -1,0 +1,184 @@
+//! MySQL 8 / MariaDB 10.11 adapters (the `mysql://` scheme): for now the directory.
+//!
+//! This module owns what every MySQL port shares: opening a pool from a [`BackendUrl`] (utf8mb4,
+//! strict SQL mode, bounded connection count, timeouts), retrying a transaction that InnoDB
+//! chose as a deadlock victim, and the migration runner.
+//!
+//! Migrations are safe when several processes (or tests) open the same database at once: the
+//! runner holds the server-wide advisory lock `GET_LOCK('herald_migrations')` on a connection of
+//! its own, applies the missing versions, and records each with `INSERT IGNORE` in
+//! `herald_migrations`, keyed by port *and* version since every port may share one database.
+//! MySQL commits each DDL statement on its own (there is no transactional DDL), so the
+//! statements of a version are run one by one and must each be idempotent (`CREATE TABLE IF NOT
+//! EXISTS` with the indexes inside): a run cut short is completed by the next one.
+
+mod directory;
+
+pub use directory::MysqlDirectory;
+
+use crate::{db_error, migrations::Migration, BackendUrl};
+use herald_core::{Error, Result};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// MySQL's limit on placeholders per prepared statement is 65,535; stay below it.
+pub(crate) const MAX_PARAMS: usize = 60_000;
+
+/// Bytes of bound values per multi-row statement: well under `max_allowed_packet` (16 MiB by
+/// default on MariaDB, 64 MiB on MySQL 8), so a batch of users with large attributes is cut
+/// into several statements instead of failing.
+pub(crate) const MAX_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The advisory lock serialising migration runs on one server.
+const MIGRATION_LOCK: &str = "herald_migrations";
+/// How long a process waits for another one's migration run before giving up.
+const MIGRATION_LOCK_WAIT_SECS: i64 = 60;
+
+/// How many times a transaction is attempted when InnoDB rolls it back as a deadlock victim.
+const DEADLOCK_ATTEMPTS: u32 = 4;
+
+/// Opens a pool on `url` and applies `port`'s migrations not yet recorded.
+pub(crate) async fn open_pool(
+    url: &BackendUrl,
+    port: &str,
+    max_connections: u32,
+    migrations: &[Migration],
+) -> Result<MySqlPool> {
+    let opts = MySqlConnectOptions::from_str(&url.raw)
+        .map_err(|e| Error::invalid(format!("bad MySQL URL {url}")).with_source(e))?
+        .charset("utf8mb4");
+    let pool = MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .idle_timeout(Duration::from_secs(10 * 60))
+        // Below the server's wait_timeout (8 hours by default) and short enough to follow a
+        // failover or a proxy's connection rebalancing.
+        .max_lifetime(Duration::from_secs(30 * 60))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // Strict mode everywhere: an oversized or invalid value is an error, never a
+                // silent truncation (sqlx keeps the server's modes and appends its own).
+                conn.execute(
+                    "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES')",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot open MySQL database {url}"), e))?;
+    migrate(&pool, port, migrations).await?;
+    Ok(pool)
+}
+
+/// Applies `port`'s migrations not yet recorded in `herald_migrations`, in order, under the
+/// migration lock.
+async fn migrate(pool: &MySqlPool, port: &str, migrations: &[Migration]) -> Result<()> {
+    // GET_LOCK belongs to a session: take a connection out of the pool for good, so the lock
+    // can never be left behind on a pooled connection. Closing it releases the lock whatever
+    // happened.
+    let mut conn = pool.acquire().await.map_err(db_error)?.detach();
+    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(MIGRATION_LOCK)
+        .bind(MIGRATION_LOCK_WAIT_SECS)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(db_error)?;
+    if locked != Some(1) {
+        return Err(Error::internal(format!(
+            "timed out after {MIGRATION_LOCK_WAIT_SECS}s waiting for another herald to finish \
+             migrating the MySQL {port} schema"
+        )));
+    }
+    let applied = apply(&mut conn, port, migrations).await;
+    let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut conn)
+        .await;
+    if let Err(e) = released {
+        tracing::debug!(error = %e, "RELEASE_LOCK failed; closing the connection releases it");
+    }
+    let _ = conn.close().await;
+    applied
+}
+
+async fn apply(conn: &mut MySqlConnection, port: &str, migrations: &[Migration]) -> Result<()> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS herald_migrations (
+             port       VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+             version    VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+             applied_at BIGINT NOT NULL,
+             PRIMARY KEY (port, version)
+         ) ENGINE = InnoDB",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    for m in migrations {
+        let done = sqlx::query("SELECT 1 FROM herald_migrations WHERE port = ? AND version = ?")
+            .bind(port)
+            .bind(m.version)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        if done.is_some() {
+            continue;
+        }
+        for statement in m.statements() {
+            sqlx::raw_sql(&statement)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| {
+                    Error::internal(format!("MySQL {port} migration {} failed", m.version))
+                        .with_source(e)
+                })?;
+        }
+        sqlx::query(
+            "INSERT IGNORE INTO herald_migrations (port, version, applied_at) VALUES (?, ?, ?)",
+        )
+        .bind(port)
+        .bind(m.version)
+        .bind(chrono::Utc::now().timestamp_micros())
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        tracing::info!(port, version = m.version, "applied MySQL migration");
+    }
+    Ok(())
+}
+
+/// Whether InnoDB rolled the transaction back to break a deadlock (error 1213, SQLSTATE
+/// 40001): the whole transaction may simply be run again.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| m.number() == 1213),
+        _ => false,
+    }
+}
+
+/// Runs `attempt` (one whole transaction) again when it fails as a deadlock victim. Only for
+/// idempotent writes, which every directory write is.
+pub(crate) async fn retry_deadlocks<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, sqlx::Error>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(e) if tries < DEADLOCK_ATTEMPTS && is_deadlock(&e) => {
+                tracing::debug!(tries, "MySQL deadlock; retrying the transaction");
+                tokio::time::sleep(Duration::from_millis(5 << tries)).await;
+                tries += 1;
+            }
+            other => return other.map_err(db_error),
+        }
+    }
+}

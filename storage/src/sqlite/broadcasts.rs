@@ -1,0 +1,172 @@
+//! The broadcast store on SQLite: each broadcast is one row whatever its audience; per-user
+//! state exists only for users who read or dismissed it.
+
+use super::open_pool;
+use crate::migrations::{migration, Migration};
+use crate::time::{micros, opt_from_micros};
+use crate::{corrupt, db_error, BackendUrl};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::model::{Broadcast, BroadcastStatus, BroadcastUserState};
+use herald_core::ports::BroadcastStore;
+use herald_core::{Error, ErrorKind, Result};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use uuid::Uuid;
+
+const MIGRATIONS: &[Migration] = &[migration!("sqlite", "broadcasts", "0001_init")];
+
+pub struct SqliteBroadcasts {
+    pool: SqlitePool,
+}
+
+impl SqliteBroadcasts {
+    pub async fn open(url: &BackendUrl) -> Result<Self> {
+        Ok(Self {
+            pool: open_pool(url, 4, MIGRATIONS).await?,
+        })
+    }
+}
+
+fn broadcast_from_row(row: &SqliteRow) -> Result<Broadcast> {
+    let spec: String = row.get("spec");
+    let mut b: Broadcast = serde_json::from_str(&spec).map_err(|e| corrupt("broadcast", e))?;
+    // The status column is the source of truth; the JSON copy is from creation time.
+    let status: String = row.get("status");
+    b.status = status.parse().map_err(|e| corrupt("broadcast status", e))?;
+    Ok(b)
+}
+
+#[async_trait]
+impl BroadcastStore for SqliteBroadcasts {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn insert(&self, b: &Broadcast) -> Result<()> {
+        let spec = serde_json::to_string(b).map_err(|e| corrupt("broadcast", e))?;
+        sqlx::query(
+            "INSERT INTO broadcasts (id, status, starts_at, expires_at, spec, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(b.id.as_bytes().to_vec())
+        .bind(b.status.as_str())
+        .bind(micros(b.starts_at))
+        .bind(b.expires_at.map(micros))
+        .bind(spec)
+        .bind(micros(b.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match db_error(e) {
+            err if err.kind == ErrorKind::Conflict => {
+                Error::conflict(format!("broadcast `{}` already exists", b.id))
+            }
+            err => err,
+        })?;
+        Ok(())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Broadcast>> {
+        let row = sqlx::query("SELECT status, spec FROM broadcasts WHERE id = ?")
+            .bind(id.as_bytes().to_vec())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(broadcast_from_row).transpose()
+    }
+
+    async fn list_open(&self) -> Result<Vec<Broadcast>> {
+        let rows = sqlx::query(
+            "SELECT status, spec FROM broadcasts WHERE status IN ('scheduled', 'active') \
+             ORDER BY starts_at",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(broadcast_from_row).collect()
+    }
+
+    async fn transition(
+        &self,
+        id: Uuid,
+        from: &[BroadcastStatus],
+        to: BroadcastStatus,
+    ) -> Result<bool> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE broadcasts SET status = ");
+        qb.push_bind(to.as_str())
+            .push(" WHERE id = ")
+            .push_bind(id.as_bytes().to_vec())
+            .push(" AND status IN (");
+        let mut sep = qb.separated(", ");
+        for s in from {
+            sep.push_bind(s.as_str());
+        }
+        qb.push(")");
+        let n = qb
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn user_states(&self, user_id: &str) -> Result<Vec<BroadcastUserState>> {
+        let rows = sqlx::query(
+            "SELECT broadcast_id, read_at, dismissed_at FROM broadcast_user_state \
+             WHERE user_id = ?",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                let id: Vec<u8> = row.get("broadcast_id");
+                Ok(BroadcastUserState {
+                    broadcast_id: Uuid::from_slice(&id).map_err(|e| corrupt("broadcast id", e))?,
+                    user_id: user_id.to_owned(),
+                    read_at: opt_from_micros(row.get("read_at")),
+                    dismissed_at: opt_from_micros(row.get("dismissed_at")),
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_read(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO broadcast_user_state (user_id, broadcast_id, read_at) VALUES (?, ?, ?) \
+             ON CONFLICT (user_id, broadcast_id) DO UPDATE SET \
+             read_at = COALESCE(broadcast_user_state.read_at, excluded.read_at)",
+        )
+        .bind(user_id)
+        .bind(id.as_bytes().to_vec())
+        .bind(micros(at))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn dismiss(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO broadcast_user_state (user_id, broadcast_id, dismissed_at) \
+             VALUES (?, ?, ?) ON CONFLICT (user_id, broadcast_id) DO UPDATE SET \
+             dismissed_at = COALESCE(broadcast_user_state.dismissed_at, excluded.dismissed_at)",
+        )
+        .bind(user_id)
+        .bind(id.as_bytes().to_vec())
+        .bind(micros(at))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,403 @@
+//! The campaign store on SQLite: campaigns, counters, recorded batches, idempotency keys.
+
+use super::open_pool;
+use crate::migrations::{migration, Migration};
+use crate::time::{from_micros, micros, opt_from_micros};
+use crate::{corrupt, db_error, BackendUrl};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::model::*;
+use herald_core::ports::{CampaignStore, IdempotencyClaim};
+use herald_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+const MIGRATIONS: &[Migration] = &[migration!("sqlite", "campaigns", "0001_init")];
+
+pub struct SqliteCampaigns {
+    pool: SqlitePool,
+}
+
+impl SqliteCampaigns {
+    pub async fn open(url: &BackendUrl) -> Result<Self> {
+        Ok(Self {
+            pool: open_pool(url, 8, MIGRATIONS).await?,
+        })
+    }
+}
+
+/// The parts of a campaign that never change after creation, stored as one JSON column.
+#[derive(Serialize, Deserialize)]
+struct Spec {
+    audience: Audience,
+    content: CampaignContent,
+    channels: Vec<Channel>,
+    category: Option<String>,
+    priority: Priority,
+    data: serde_json::Value,
+}
+
+const COLUMNS: &str = "id, status, strategy, spec, starts_at, expires_at, audience_size, \
+    batches_total, batches_done, notifications_written, skipped_opted_out, deferred_quiet_hours, \
+    created_at, started_at, completed_at";
+
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| corrupt(what, e))
+}
+
+fn campaign_from_row(row: &SqliteRow) -> Result<Campaign> {
+    let spec: String = row.get("spec");
+    let spec: Spec = serde_json::from_str(&spec).map_err(|e| corrupt("campaign", e))?;
+    let n = |c: &str| row.get::<i64, _>(c) as u64;
+    Ok(Campaign {
+        id: row.get("id"),
+        audience: spec.audience,
+        content: spec.content,
+        channels: spec.channels,
+        category: spec.category,
+        priority: spec.priority,
+        data: spec.data,
+        starts_at: opt_from_micros(row.get("starts_at")),
+        expires_at: opt_from_micros(row.get("expires_at")),
+        strategy: parse_enum("campaign strategy", row.get("strategy"))?,
+        status: parse_enum("campaign status", row.get("status"))?,
+        audience_size: n("audience_size"),
+        progress: Progress {
+            batches_total: n("batches_total"),
+            batches_done: n("batches_done"),
+            notifications_written: n("notifications_written"),
+            skipped_opted_out: n("skipped_opted_out"),
+            deferred_quiet_hours: n("deferred_quiet_hours"),
+        },
+        deliveries: Default::default(),
+        created_at: from_micros(row.get("created_at")),
+        started_at: opt_from_micros(row.get("started_at")),
+        completed_at: opt_from_micros(row.get("completed_at")),
+    })
+}
+
+impl SqliteCampaigns {
+    /// Fills in the per-channel delivery counters of `campaigns` with one query.
+    async fn with_deliveries(&self, mut campaigns: Vec<Campaign>) -> Result<Vec<Campaign>> {
+        if campaigns.is_empty() {
+            return Ok(campaigns);
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT campaign_id, channel, queued, sent, failed FROM campaign_deliveries \
+             WHERE campaign_id IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for c in &campaigns {
+            sep.push_bind(&c.id);
+        }
+        qb.push(")");
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        for row in rows {
+            let id: String = row.get("campaign_id");
+            let channel: Channel = parse_enum("channel", row.get("channel"))?;
+            let counts = DeliveryCounts {
+                queued: row.get::<i64, _>("queued") as u64,
+                sent: row.get::<i64, _>("sent") as u64,
+                failed: row.get::<i64, _>("failed") as u64,
+            };
+            if let Some(c) = campaigns.iter_mut().find(|c| c.id == id) {
+                c.deliveries.insert(channel, counts);
+            }
+        }
+        Ok(campaigns)
+    }
+}
+
+#[async_trait]
+impl CampaignStore for SqliteCampaigns {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn insert_campaign(&self, c: &Campaign) -> Result<()> {
+        let spec = Spec {
+            audience: c.audience.clone(),
+            content: c.content.clone(),
+            channels: c.channels.clone(),
+            category: c.category.clone(),
+            priority: c.priority,
+            data: c.data.clone(),
+        };
+        let spec = serde_json::to_string(&spec).map_err(|e| corrupt("campaign", e))?;
+        sqlx::query(&format!(
+            "INSERT INTO campaigns ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&c.id)
+        .bind(c.status.as_str())
+        .bind(c.strategy.as_str())
+        .bind(spec)
+        .bind(c.starts_at.map(micros))
+        .bind(c.expires_at.map(micros))
+        .bind(c.audience_size as i64)
+        .bind(c.progress.batches_total as i64)
+        .bind(c.progress.batches_done as i64)
+        .bind(c.progress.notifications_written as i64)
+        .bind(c.progress.skipped_opted_out as i64)
+        .bind(c.progress.deferred_quiet_hours as i64)
+        .bind(micros(c.created_at))
+        .bind(c.started_at.map(micros))
+        .bind(c.completed_at.map(micros))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match db_error(e) {
+            err if err.kind == herald_core::ErrorKind::Conflict => {
+                Error::conflict(format!("campaign `{}` already exists", c.id))
+            }
+            err => err,
+        })?;
+        Ok(())
+    }
+
+    async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM campaigns WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(self
+                .with_deliveries(vec![campaign_from_row(&row)?])
+                .await?
+                .pop()),
+        }
+    }
+
+    async fn list_campaigns(
+        &self,
+        status: Option<CampaignStatus>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Campaign>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM campaigns WHERE 1 = 1"));
+        if let Some(status) = status {
+            qb.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(before) = before {
+            qb.push(" AND id < ").push_bind(before.to_owned());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        let campaigns = rows.iter().map(campaign_from_row).collect::<Result<Vec<_>>>()?;
+        self.with_deliveries(campaigns).await
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[CampaignStatus],
+        to: CampaignStatus,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE campaigns SET status = ");
+        qb.push_bind(to.as_str());
+        match to {
+            CampaignStatus::FanningOut | CampaignStatus::Active => {
+                qb.push(", started_at = COALESCE(started_at, ")
+                    .push_bind(micros(at))
+                    .push(")");
+            }
+            s if s.is_final() => {
+                qb.push(", completed_at = COALESCE(completed_at, ")
+                    .push_bind(micros(at))
+                    .push(")");
+            }
+            _ => {}
+        }
+        qb.push(" WHERE id = ").push_bind(id.to_owned());
+        qb.push(" AND status IN (");
+        let mut sep = qb.separated(", ");
+        for s in from {
+            sep.push_bind(s.as_str());
+        }
+        qb.push(")");
+        let n = qb
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()> {
+        sqlx::query("UPDATE campaigns SET audience_size = ?, batches_total = ? WHERE id = ?")
+            .bind(audience_size as i64)
+            .bind(batches_total as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn record_batch(&self, id: &str, batch_no: u64, d: &Progress) -> Result<bool> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        let fresh = sqlx::query(
+            "INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(batch_no as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected()
+            > 0;
+        if !fresh {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE campaigns SET batches_done = batches_done + 1, \
+             notifications_written = notifications_written + ?, \
+             skipped_opted_out = skipped_opted_out + ?, \
+             deferred_quiet_hours = deferred_quiet_hours + ? WHERE id = ?",
+        )
+        .bind(d.notifications_written as i64)
+        .bind(d.skipped_opted_out as i64)
+        .bind(d.deferred_quiet_hours as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn add_deliveries(
+        &self,
+        id: &str,
+        channel: Channel,
+        d: &DeliveryCounts,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO campaign_deliveries (campaign_id, channel, queued, sent, failed) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \
+             queued = queued + excluded.queued, sent = sent + excluded.sent, \
+             failed = failed + excluded.failed",
+        )
+        .bind(id)
+        .bind(channel.as_str())
+        .bind(d.queued as i64)
+        .bind(d.sent as i64)
+        .bind(d.failed as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn due_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Campaign>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM campaigns WHERE status = 'scheduled' AND starts_at <= ? \
+             ORDER BY starts_at LIMIT ?"
+        ))
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(campaign_from_row).collect()
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        request_hash: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<IdempotencyClaim> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        // An expired key is free again.
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND expires_at <= ?")
+            .bind(key)
+            .bind(micros(Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, expires_at) VALUES (?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(key)
+        .bind(request_hash)
+        .bind(micros(expires_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected()
+            > 0;
+        let outcome = if claimed {
+            IdempotencyClaim::Claimed
+        } else {
+            let row = sqlx::query(
+                "SELECT key, request_hash, status, body, expires_at FROM idempotency_keys \
+                 WHERE key = ?",
+            )
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let status: Option<i64> = row.get("status");
+            let body: Option<Vec<u8>> = row.get("body");
+            IdempotencyClaim::Existing(IdempotencyRecord {
+                key: row.get("key"),
+                request_hash: row.get("request_hash"),
+                response: status.map(|s| (s as u16, body.unwrap_or_default())),
+                expires_at: from_micros(row.get("expires_at")),
+            })
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok(outcome)
+    }
+
+    async fn complete_idempotency_key(&self, key: &str, status: u16, body: &[u8]) -> Result<()> {
+        sqlx::query("UPDATE idempotency_keys SET status = ?, body = ? WHERE key = ?")
+            .bind(i64::from(status))
+            .bind(body)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn release_idempotency_key(&self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND status IS NULL")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
+        let n = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= ?")
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n)
+    }
+}

@@ -1,0 +1,496 @@
+//! The directory on SQLite: users, preferences, devices, segments and templates.
+
+use super::{open_pool, MAX_PARAMS};
+use crate::migrations::{migration, Migration};
+use crate::time::{from_micros, micros};
+use crate::{corrupt, db_error, BackendUrl};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::filter::{Filter, SqlDialect, SqlParam};
+use herald_core::model::*;
+use herald_core::ports::Directory;
+use herald_core::Result;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::collections::HashMap;
+
+const MIGRATIONS: &[Migration] = &[migration!("sqlite", "directory", "0001_init")];
+
+/// Users written per multi-row INSERT (6 parameters each).
+const USER_CHUNK: usize = MAX_PARAMS / 6;
+/// Ids per `IN (...)` list.
+const IN_CHUNK: usize = 900;
+
+pub struct SqliteDirectory {
+    pool: SqlitePool,
+}
+
+impl SqliteDirectory {
+    pub async fn open(url: &BackendUrl) -> Result<Self> {
+        Ok(Self {
+            pool: open_pool(url, 8, MIGRATIONS).await?,
+        })
+    }
+}
+
+const USER_COLUMNS: &str = "id, email, phone, attributes, created_at, updated_at";
+
+fn user_from_row(row: &SqliteRow) -> Result<User> {
+    let attributes: String = row.get("attributes");
+    Ok(User {
+        id: row.get("id"),
+        email: row.get("email"),
+        phone: row.get("phone"),
+        attributes: serde_json::from_str(&attributes).map_err(|e| corrupt("user attributes", e))?,
+        created_at: from_micros(row.get("created_at")),
+        updated_at: from_micros(row.get("updated_at")),
+    })
+}
+
+fn segment_from_row(row: &SqliteRow) -> Result<Segment> {
+    let filter: String = row.get("filter");
+    let value: serde_json::Value =
+        serde_json::from_str(&filter).map_err(|e| corrupt("segment filter", e))?;
+    Ok(Segment {
+        name: row.get("name"),
+        filter: Filter::parse(&value).map_err(|e| corrupt("segment filter", e))?,
+        created_at: from_micros(row.get("created_at")),
+        updated_at: from_micros(row.get("updated_at")),
+    })
+}
+
+fn template_from_row(row: &SqliteRow) -> Result<Template> {
+    let content: String = row.get("content");
+    Ok(Template {
+        id: row.get("id"),
+        content: serde_json::from_str(&content).map_err(|e| corrupt("template", e))?,
+        created_at: from_micros(row.get("created_at")),
+        updated_at: from_micros(row.get("updated_at")),
+    })
+}
+
+fn device_from_row(row: &SqliteRow) -> Result<Device> {
+    let platform: String = row.get("platform");
+    Ok(Device {
+        user_id: row.get("user_id"),
+        platform: platform.parse().map_err(|e| corrupt("device platform", e))?,
+        token: row.get("token"),
+        created_at: from_micros(row.get("created_at")),
+        last_used_at: from_micros(row.get("last_used_at")),
+    })
+}
+
+/// Appends ` AND (<filter>)` with its parameters, or nothing for a match-all filter.
+fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &Filter, now: DateTime<Utc>) {
+    if filter.is_match_all() {
+        return;
+    }
+    let frag = filter.to_sql(SqlDialect::Sqlite, "attributes", now);
+    qb.push(" AND (");
+    // The fragment uses `?` placeholders in order; QueryBuilder binds in push order too.
+    let mut params = frag.params.into_iter();
+    let mut pieces = frag.sql.split('?').peekable();
+    while let Some(piece) = pieces.next() {
+        qb.push(piece);
+        if pieces.peek().is_some() {
+            match params.next() {
+                Some(SqlParam::Text(s)) => qb.push_bind(s),
+                Some(SqlParam::Int(i)) => qb.push_bind(i),
+                Some(SqlParam::Float(f)) => qb.push_bind(f),
+                None => qb.push("NULL"),
+            };
+        }
+    }
+    qb.push(")");
+}
+
+async fn fetch_in<T>(
+    pool: &SqlitePool,
+    select: &str,
+    column: &str,
+    ids: &[String],
+    map: fn(&SqliteRow) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IN_CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(select);
+        qb.push(" WHERE ").push(column).push(" IN (");
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(id);
+        }
+        qb.push(")");
+        for row in qb.build().fetch_all(pool).await.map_err(db_error)? {
+            out.push(map(&row)?);
+        }
+    }
+    Ok(out)
+}
+
+async fn user_exists(
+    conn: &mut sqlx::SqliteConnection,
+    user_id: &str,
+) -> std::result::Result<bool, sqlx::Error> {
+    Ok(sqlx::query("SELECT 1 FROM users WHERE id = ?")
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some())
+}
+
+#[async_trait]
+impl Directory for SqliteDirectory {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn upsert_users(&self, users: &[User]) -> Result<u64> {
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        for chunk in users.chunks(USER_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO users (id, email, phone, attributes, created_at, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, u| {
+                b.push_bind(&u.id)
+                    .push_bind(&u.email)
+                    .push_bind(&u.phone)
+                    .push_bind(serde_json::Value::Object(u.attributes.clone()).to_string())
+                    .push_bind(micros(u.created_at))
+                    .push_bind(micros(u.updated_at));
+            });
+            qb.push(
+                " ON CONFLICT (id) DO UPDATE SET email = excluded.email, phone = excluded.phone, \
+                 attributes = excluded.attributes, updated_at = excluded.updated_at",
+            );
+            qb.build().execute(&mut *tx).await.map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(users.len() as u64)
+    }
+
+    async fn get_user(&self, id: &str) -> Result<Option<User>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn get_users(&self, ids: &[String]) -> Result<Vec<User>> {
+        let select = format!("SELECT {USER_COLUMNS} FROM users");
+        fetch_in(&self.pool, &select, "id", ids, user_from_row).await
+    }
+
+    async fn delete_user(&self, id: &str) -> Result<bool> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        let deleted = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        for sql in [
+            "DELETE FROM preferences WHERE user_id = ?",
+            "DELETE FROM devices WHERE user_id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(deleted > 0)
+    }
+
+    async fn page_users(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<User>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id > "
+        ));
+        qb.push_bind(after.unwrap_or("").to_owned());
+        push_filter(&mut qb, filter, now);
+        qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn page_user_ids(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM users WHERE id > ");
+        qb.push_bind(after.unwrap_or("").to_owned());
+        push_filter(&mut qb, filter, now);
+        qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        Ok(rows.iter().map(|r| r.get("id")).collect())
+    }
+
+    async fn count_users(&self, filter: &Filter, now: DateTime<Utc>) -> Result<u64> {
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) AS n FROM users WHERE 1 = 1");
+        push_filter(&mut qb, filter, now);
+        let row = qb.build().fetch_one(&self.pool).await.map_err(db_error)?;
+        Ok(row.get::<i64, _>("n") as u64)
+    }
+
+    async fn put_segment(&self, segment: &Segment) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO segments (name, filter, created_at, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, updated_at = excluded.updated_at",
+        )
+        .bind(&segment.name)
+        .bind(segment.filter.to_json().to_string())
+        .bind(micros(segment.created_at))
+        .bind(micros(segment.updated_at))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn get_segment(&self, name: &str) -> Result<Option<Segment>> {
+        let row = sqlx::query(
+            "SELECT name, filter, created_at, updated_at FROM segments WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(segment_from_row).transpose()
+    }
+
+    async fn list_segments(&self, after: Option<&str>, limit: u32) -> Result<Vec<Segment>> {
+        let rows = sqlx::query(
+            "SELECT name, filter, created_at, updated_at FROM segments WHERE name > ? \
+             ORDER BY name LIMIT ?",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(segment_from_row).collect()
+    }
+
+    async fn delete_segment(&self, name: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM segments WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn put_preferences(&self, user_id: &str, prefs: &Preferences) -> Result<bool> {
+        let json = serde_json::to_string(prefs).map_err(|e| corrupt("preferences", e))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        if !user_exists(&mut tx, user_id).await.map_err(db_error)? {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO preferences (user_id, prefs) VALUES (?, ?) \
+             ON CONFLICT (user_id) DO UPDATE SET prefs = excluded.prefs",
+        )
+        .bind(user_id)
+        .bind(json)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn get_preferences(&self, user_ids: &[String]) -> Result<HashMap<String, Preferences>> {
+        let rows = fetch_in(
+            &self.pool,
+            "SELECT user_id, prefs FROM preferences",
+            "user_id",
+            user_ids,
+            |row| {
+                let prefs: String = row.get("prefs");
+                let prefs: Preferences =
+                    serde_json::from_str(&prefs).map_err(|e| corrupt("preferences", e))?;
+                Ok((row.get::<String, _>("user_id"), prefs))
+            },
+        )
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn put_device(&self, device: &Device) -> Result<bool> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        if !user_exists(&mut tx, &device.user_id)
+            .await
+            .map_err(db_error)?
+        {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO devices (token, user_id, platform, created_at, last_used_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (token) DO UPDATE SET \
+             created_at = CASE WHEN devices.user_id = excluded.user_id \
+                               THEN devices.created_at ELSE excluded.created_at END, \
+             user_id = excluded.user_id, platform = excluded.platform, \
+             last_used_at = excluded.last_used_at",
+        )
+        .bind(&device.token)
+        .bind(&device.user_id)
+        .bind(device.platform.as_str())
+        .bind(micros(device.created_at))
+        .bind(micros(device.last_used_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn delete_device(&self, user_id: &str, token: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM devices WHERE user_id = ? AND token = ?")
+            .bind(user_id)
+            .bind(token)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn list_devices(&self, user_ids: &[String]) -> Result<Vec<Device>> {
+        fetch_in(
+            &self.pool,
+            "SELECT token, user_id, platform, created_at, last_used_at FROM devices",
+            "user_id",
+            user_ids,
+            device_from_row,
+        )
+        .await
+    }
+
+    async fn delete_tokens(&self, tokens: &[String]) -> Result<u64> {
+        let mut total = 0;
+        for chunk in tokens.chunks(IN_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM devices WHERE token IN (");
+            let mut sep = qb.separated(", ");
+            for t in chunk {
+                sep.push_bind(t);
+            }
+            qb.push(")");
+            total += qb
+                .build()
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+        }
+        Ok(total)
+    }
+
+    async fn touch_tokens(&self, tokens: &[String], at: DateTime<Utc>) -> Result<()> {
+        for chunk in tokens.chunks(IN_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE devices SET last_used_at = ");
+            qb.push_bind(micros(at)).push(" WHERE token IN (");
+            let mut sep = qb.separated(", ");
+            for t in chunk {
+                sep.push_bind(t);
+            }
+            qb.push(")");
+            qb.build().execute(&self.pool).await.map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    async fn delete_devices_unused_since(&self, before: DateTime<Utc>) -> Result<u64> {
+        let n = sqlx::query("DELETE FROM devices WHERE last_used_at < ?")
+            .bind(micros(before))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n)
+    }
+
+    async fn put_template(&self, template: &Template) -> Result<()> {
+        let content =
+            serde_json::to_string(&template.content).map_err(|e| corrupt("template", e))?;
+        sqlx::query(
+            "INSERT INTO templates (id, content, created_at, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at",
+        )
+        .bind(&template.id)
+        .bind(content)
+        .bind(micros(template.created_at))
+        .bind(micros(template.updated_at))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn get_template(&self, id: &str) -> Result<Option<Template>> {
+        let row =
+            sqlx::query("SELECT id, content, created_at, updated_at FROM templates WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        row.as_ref().map(template_from_row).transpose()
+    }
+
+    async fn list_templates(&self, after: Option<&str>, limit: u32) -> Result<Vec<Template>> {
+        let rows = sqlx::query(
+            "SELECT id, content, created_at, updated_at FROM templates WHERE id > ? \
+             ORDER BY id LIMIT ?",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(template_from_row).collect()
+    }
+
+    async fn delete_template(&self, id: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM templates WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,232 @@
+//! The inbox store on SQLite: one row per personal notification, clustered by
+//! `(user_id, created_at, id)` so a page of an inbox is one index range read.
+
+use super::{open_pool, MAX_PARAMS};
+use crate::migrations::{migration, Migration};
+use crate::time::{from_micros, micros, opt_from_micros};
+use crate::{corrupt, db_error, BackendUrl};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::model::{InboxKey, Notification};
+use herald_core::ports::InboxStore;
+use herald_core::Result;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use uuid::Uuid;
+
+const MIGRATIONS: &[Migration] = &[migration!("sqlite", "inbox", "0001_init")];
+/// Rows per multi-row INSERT (9 parameters each).
+const ROW_CHUNK: usize = MAX_PARAMS / 9;
+/// Rows deleted per statement when purging, so a purge never holds the writer for long.
+const PURGE_CHUNK: i64 = 10_000;
+
+pub struct SqliteInbox {
+    pool: SqlitePool,
+}
+
+impl SqliteInbox {
+    pub async fn open(url: &BackendUrl) -> Result<Self> {
+        Ok(Self {
+            pool: open_pool(url, 8, MIGRATIONS).await?,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, user_id, campaign_id, title, body, category, data, created_at, read_at";
+
+fn row_to_notification(row: &SqliteRow) -> Result<Notification> {
+    let id: Vec<u8> = row.get("id");
+    let data: String = row.get("data");
+    Ok(Notification {
+        id: Uuid::from_slice(&id).map_err(|e| corrupt("notification id", e))?,
+        user_id: row.get("user_id"),
+        campaign_id: row.get("campaign_id"),
+        title: row.get("title"),
+        body: row.get("body"),
+        category: row.get("category"),
+        data: serde_json::from_str(&data).map_err(|e| corrupt("notification data", e))?,
+        created_at: from_micros(row.get("created_at")),
+        read_at: opt_from_micros(row.get("read_at")),
+    })
+}
+
+#[async_trait]
+impl InboxStore for SqliteInbox {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn write_batch(&self, rows: &[Notification]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        for chunk in rows.chunks(ROW_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO notifications \
+                 (id, user_id, campaign_id, title, body, category, data, created_at, read_at) ",
+            );
+            qb.push_values(chunk, |mut b, n| {
+                b.push_bind(n.id.as_bytes().to_vec())
+                    .push_bind(&n.user_id)
+                    .push_bind(&n.campaign_id)
+                    .push_bind(&n.title)
+                    .push_bind(&n.body)
+                    .push_bind(&n.category)
+                    .push_bind(n.data.to_string())
+                    .push_bind(micros(n.created_at))
+                    .push_bind(n.read_at.map(micros));
+            });
+            // A replayed batch must not reset what the user did with the rows since.
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut *tx).await.map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn page(
+        &self,
+        user_id: &str,
+        before: Option<InboxKey>,
+        limit: u32,
+        unread_only: bool,
+    ) -> Result<Vec<Notification>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {COLUMNS} FROM notifications WHERE user_id = "
+        ));
+        qb.push_bind(user_id.to_owned())
+            .push(" AND dismissed_at IS NULL");
+        if let Some(before) = before {
+            qb.push(" AND (created_at, id) < (")
+                .push_bind(micros(before.created_at))
+                .push(", ")
+                .push_bind(before.id.as_bytes().to_vec())
+                .push(")");
+        }
+        if unread_only {
+            qb.push(" AND read_at IS NULL");
+        }
+        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        rows.iter().map(row_to_notification).collect()
+    }
+
+    async fn after(
+        &self,
+        user_id: &str,
+        after: InboxKey,
+        limit: u32,
+    ) -> Result<Vec<Notification>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM notifications WHERE user_id = ? AND dismissed_at IS NULL \
+             AND (created_at, id) > (?, ?) ORDER BY created_at ASC, id ASC LIMIT ?"
+        ))
+        .bind(user_id)
+        .bind(micros(after.created_at))
+        .bind(after.id.as_bytes().to_vec())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(row_to_notification).collect()
+    }
+
+    async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Notification>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM notifications WHERE id = ? AND user_id = ? \
+             AND dismissed_at IS NULL"
+        ))
+        .bind(id.as_bytes().to_vec())
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(row_to_notification).transpose()
+    }
+
+    async fn mark_read(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE notifications SET read_at = COALESCE(read_at, ?) \
+             WHERE id = ? AND user_id = ? AND dismissed_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(id.as_bytes().to_vec())
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE notifications SET read_at = ? \
+             WHERE user_id = ? AND read_at IS NULL AND dismissed_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn dismiss(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE notifications SET dismissed_at = ? \
+             WHERE id = ? AND user_id = ? AND dismissed_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(id.as_bytes().to_vec())
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn unread_count(&self, user_id: &str) -> Result<u64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM notifications \
+             WHERE user_id = ? AND read_at IS NULL AND dismissed_at IS NULL",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(n as u64)
+    }
+
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM notifications WHERE id IN \
+                 (SELECT id FROM notifications WHERE created_at < ? LIMIT ?)",
+            )
+            .bind(micros(before))
+            .bind(PURGE_CHUNK)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+            total += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Conformance suite of the `CampaignStore` port, run against every engine.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use common::{run_id, utc};
+use herald_core::model::*;
+use herald_core::ports::{CampaignStore, IdempotencyClaim};
+use herald_core::ErrorKind;
+use std::sync::Arc;
+
+/// A campaign whose id sorts by creation: `{p}-{n}` with a zero-padded n.
+fn campaign(id: &str, status: CampaignStatus) -> Campaign {
+    Campaign {
+        id: id.to_owned(),
+        audience: Audience::Segment("premium".into()),
+        content: CampaignContent::Inline(TitleBody {
+            title: "Sale".into(),
+            body: "Today only".into(),
+        }),
+        channels: vec![Channel::InApp, Channel::Push],
+        category: Some("marketing".into()),
+        priority: Priority::High,
+        data: serde_json::json!({"code": "SALE"}),
+        starts_at: None,
+        expires_at: Some(utc("2026-02-01T00:00:00Z")),
+        strategy: Strategy::Batch,
+        status,
+        audience_size: 0,
+        progress: Progress::default(),
+        deliveries: Default::default(),
+        created_at: utc("2026-01-01T00:00:00Z"),
+        started_at: None,
+        completed_at: None,
+    }
+}
+
+pub mod cases {
+    use super::*;
+
+    pub async fn a_campaign_reads_back_as_written_and_ids_are_unique(s: Arc<dyn CampaignStore>) {
+        let p = run_id();
+        let c = campaign(&format!("{p}-1"), CampaignStatus::Sizing);
+        s.insert_campaign(&c).await.unwrap();
+        assert_eq!(s.get_campaign(&c.id).await.unwrap(), Some(c.clone()));
+        let err = s.insert_campaign(&c).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        assert!(s.get_campaign(&format!("{p}-none")).await.unwrap().is_none());
+    }
+
+    pub async fn transitions_are_compare_and_set_and_stamp_times(s: Arc<dyn CampaignStore>) {
+        let p = run_id();
+        let c = campaign(&format!("{p}-1"), CampaignStatus::Sizing);
+        s.insert_campaign(&c).await.unwrap();
+        let t1 = utc("2026-01-01T00:01:00Z");
+        let t2 = utc("2026-01-01T00:02:00Z");
+        assert!(!s
+            .transition(&c.id, &[CampaignStatus::Scheduled], CampaignStatus::FanningOut, t1)
+            .await
+            .unwrap());
+        assert!(s
+            .transition(&c.id, &[CampaignStatus::Sizing], CampaignStatus::FanningOut, t1)
+            .await
+            .unwrap());
+        assert!(s
+            .transition(&c.id, &[CampaignStatus::FanningOut], CampaignStatus::Completed, t2)
+            .await
+            .unwrap());
+        // A cancel racing the completion loses.
+        assert!(!s
+            .transition(
+                &c.id,
+                &[CampaignStatus::Sizing, CampaignStatus::FanningOut],
+                CampaignStatus::Cancelled,
+                t2
+            )
+            .await
+            .unwrap());
+        let got = s.get_campaign(&c.id).await.unwrap().unwrap();
+        assert_eq!(got.status, CampaignStatus::Completed);
+        assert_eq!(got.started_at, Some(t1));
+        assert_eq!(got.completed_at, Some(t2));
+    }
+
+    pub async fn a_batch_is_counted_once_however_often_it_is_recorded(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let c = campaign(&format!("{p}-1"), CampaignStatus::FanningOut);
+        s.insert_campaign(&c).await.unwrap();
+        s.set_sizing(&c.id, 2_500, 3).await.unwrap();
+        let delta = Progress {
+            notifications_written: 990,
+            skipped_opted_out: 7,
+            deferred_quiet_hours: 3,
+            ..Default::default()
+        };
+        assert!(s.record_batch(&c.id, 0, &delta).await.unwrap());
+        assert!(!s.record_batch(&c.id, 0, &delta).await.unwrap(), "replay ignored");
+        assert!(s.record_batch(&c.id, 1, &delta).await.unwrap());
+        let got = s.get_campaign(&c.id).await.unwrap().unwrap();
+        assert_eq!(got.audience_size, 2_500);
+        assert_eq!(
+            got.progress,
+            Progress {
+                batches_total: 3,
+                batches_done: 2,
+                notifications_written: 1_980,
+                skipped_opted_out: 14,
+                deferred_quiet_hours: 6,
+            }
+        );
+    }
+
+    pub async fn delivery_counters_add_up_per_channel(s: Arc<dyn CampaignStore>) {
+        let p = run_id();
+        let c = campaign(&format!("{p}-1"), CampaignStatus::FanningOut);
+        s.insert_campaign(&c).await.unwrap();
+        let queued = DeliveryCounts {
+            queued: 10,
+            ..Default::default()
+        };
+        let sent = DeliveryCounts {
+            sent: 8,
+            failed: 2,
+            ..Default::default()
+        };
+        s.add_deliveries(&c.id, Channel::Push, &queued).await.unwrap();
+        s.add_deliveries(&c.id, Channel::Push, &sent).await.unwrap();
+        s.add_deliveries(&c.id, Channel::Email, &queued).await.unwrap();
+        let got = s.get_campaign(&c.id).await.unwrap().unwrap();
+        assert_eq!(
+            got.deliveries[&Channel::Push],
+            DeliveryCounts {
+                queued: 10,
+                sent: 8,
+                failed: 2
+            }
+        );
+        assert_eq!(got.deliveries[&Channel::Email].queued, 10);
+        assert!(!got.deliveries.contains_key(&Channel::Sms));
+    }
+
+    pub async fn listing_pages_newest_first_and_filters_by_status(s: Arc<dyn CampaignStore>) {
+        // Ids of real campaigns are UUIDv7, time-ordered; here a shared prefix and a counter.
+        let p = format!("zz{}", run_id());
+        for i in 0..5 {
+            let status = if i % 2 == 0 {
+                CampaignStatus::Completed
+            } else {
+                CampaignStatus::Cancelled
+            };
+            s.insert_campaign(&campaign(&format!("{p}-{i}"), status))
+                .await
+                .unwrap();
+        }
+        // Other tests' campaigns sort below "zz…", ours come first from the top.
+        let before = format!("{p}-9");
+        let page = s.list_campaigns(None, Some(&before), 2).await.unwrap();
+        let ids: Vec<&str> = page.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, vec![format!("{p}-4"), format!("{p}-3")]);
+        let next = s.list_campaigns(None, Some(&ids[1].to_owned()), 2).await.unwrap();
+        assert_eq!(next[0].id, format!("{p}-2"));
+        let done = s
+            .list_campaigns(Some(CampaignStatus::Completed), Some(&before), 10)
+            .await
+            .unwrap();
+        let ours: Vec<String> = done
+            .into_iter()
+            .map(|c| c.id)
+            .filter(|id| id.starts_with(&p))
+            .collect();
+        assert_eq!(ours, vec![format!("{p}-4"), format!("{p}-2"), format!("{p}-0")]);
+    }
+
+    pub async fn scheduled_campaigns_become_due_at_their_start(s: Arc<dyn CampaignStore>) {
+        let p = run_id();
+        let start = utc("2026-06-01T12:00:00Z");
+        let mut c = campaign(&format!("{p}-1"), CampaignStatus::Scheduled);
+        c.starts_at = Some(start);
+        s.insert_campaign(&c).await.unwrap();
+        let ours = |v: Vec<Campaign>| v.into_iter().any(|x| x.id == c.id);
+        assert!(!ours(
+            s.due_campaigns(start - Duration::seconds(1), 1000).await.unwrap()
+        ));
+        assert!(ours(s.due_campaigns(start, 1000).await.unwrap()));
+        s.transition(&c.id, &[CampaignStatus::Scheduled], CampaignStatus::Sizing, start)
+            .await
+            .unwrap();
+        assert!(!ours(s.due_campaigns(start, 1000).await.unwrap()));
+    }
+
+    pub async fn an_idempotency_key_is_claimed_once_and_replays_its_response(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let key = format!("{p}-key");
+        let expires = Utc::now() + Duration::hours(24);
+        assert_eq!(
+            s.claim_idempotency_key(&key, "hash-a", expires).await.unwrap(),
+            IdempotencyClaim::Claimed
+        );
+        // In flight: the second claimer sees no response yet.
+        match s.claim_idempotency_key(&key, "hash-a", expires).await.unwrap() {
+            IdempotencyClaim::Existing(r) => {
+                assert_eq!(r.request_hash, "hash-a");
+                assert_eq!(r.response, None);
+            }
+            other => panic!("expected existing, got {other:?}"),
+        }
+        s.complete_idempotency_key(&key, 202, b"{\"id\":\"x\"}")
+            .await
+            .unwrap();
+        match s.claim_idempotency_key(&key, "hash-b", expires).await.unwrap() {
+            IdempotencyClaim::Existing(r) => {
+                assert_eq!(r.request_hash, "hash-a");
+                assert_eq!(r.response, Some((202, b"{\"id\":\"x\"}".to_vec())));
+            }
+            other => panic!("expected existing, got {other:?}"),
+        }
+    }
+
+    pub async fn a_released_or_expired_idempotency_key_can_be_claimed_again(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let key = format!("{p}-key");
+        let later = Utc::now() + Duration::hours(24);
+        s.claim_idempotency_key(&key, "h", later).await.unwrap();
+        s.release_idempotency_key(&key).await.unwrap();
+        assert_eq!(
+            s.claim_idempotency_key(&key, "h2", later).await.unwrap(),
+            IdempotencyClaim::Claimed
+        );
+
+        let old_key = format!("{p}-old");
+        let past = Utc::now() - Duration::seconds(1);
+        s.claim_idempotency_key(&old_key, "h", past).await.unwrap();
+        s.complete_idempotency_key(&old_key, 202, b"{}").await.unwrap();
+        assert_eq!(
+            s.claim_idempotency_key(&old_key, "h3", later).await.unwrap(),
+            IdempotencyClaim::Claimed,
+            "an expired key is free"
+        );
+
+        let purged_key = format!("{p}-purged");
+        s.claim_idempotency_key(&purged_key, "h", past).await.unwrap();
+        assert!(s.purge_idempotency_keys(Utc::now()).await.unwrap() >= 1);
+        assert_eq!(
+            s.claim_idempotency_key(&purged_key, "h", later).await.unwrap(),
+            IdempotencyClaim::Claimed
+        );
+    }
+}
+
+macro_rules! campaign_conformance {
+    ($engine:ident, $make:expr) => {
+        mod $engine {
+            use super::*;
+            campaign_conformance!(@cases $make;
+                a_campaign_reads_back_as_written_and_ids_are_unique,
+                transitions_are_compare_and_set_and_stamp_times,
+                a_batch_is_counted_once_however_often_it_is_recorded,
+                delivery_counters_add_up_per_channel,
+                listing_pages_newest_first_and_filters_by_status,
+                scheduled_campaigns_become_due_at_their_start,
+                an_idempotency_key_is_claimed_once_and_replays_its_response,
+                a_released_or_expired_idempotency_key_can_be_claimed_again,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some(s) = $make.await {
+                    cases::$case(s).await;
+                }
+            }
+        )*
+    };
+}
+
+campaign_conformance!(sqlite, common::sqlite_campaigns());

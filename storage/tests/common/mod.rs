@@ -1,0 +1,78 @@
+//! Shared helpers of the conformance suites: engine factories and unique names.
+//!
+//! SQLite stores get a fresh file under cargo's per-target temp dir. Distributed engines are
+//! used when their `HERALD_TEST_*_URL` variable is set, and skipped (the case returns at once)
+//! when it is not; `.ci/run` sets them all, so there a missing service fails the run.
+#![allow(dead_code)]
+
+use chrono::{DateTime, Utc};
+use herald_core::ports::*;
+use herald_storage::BackendUrl;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A random prefix that keeps one case's rows apart from every other case's.
+pub fn run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+pub fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("valid RFC 3339")
+        .with_timezone(&Utc)
+}
+
+/// A URL to a new SQLite file that no other test uses.
+pub fn fresh_sqlite_url(name: &str) -> BackendUrl {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("herald-conformance");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join(format!("{name}-{}.db", run_id()));
+    BackendUrl::parse(&format!("sqlite://{}", file.display())).expect("url")
+}
+
+/// The URL of a distributed engine under test, if configured.
+pub fn env_url(var: &str) -> Option<BackendUrl> {
+    let raw = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+    Some(BackendUrl::parse(&raw).unwrap_or_else(|e| panic!("{var}: {e}")))
+}
+
+pub async fn sqlite_directory() -> Option<Arc<dyn Directory>> {
+    Some(
+        herald_storage::open_directory(&fresh_sqlite_url("directory"))
+            .await
+            .expect("open SQLite directory"),
+    )
+}
+
+pub async fn mysql_directory() -> Option<Arc<dyn Directory>> {
+    let url = env_url("HERALD_TEST_MYSQL_URL")?;
+    Some(
+        herald_storage::open_directory(&url)
+            .await
+            .unwrap_or_else(|e| panic!("HERALD_TEST_MYSQL_URL is set but MySQL is unusable: {e}")),
+    )
+}
+
+pub async fn sqlite_campaigns() -> Option<Arc<dyn CampaignStore>> {
+    Some(
+        herald_storage::open_campaigns(&fresh_sqlite_url("campaigns"))
+            .await
+            .expect("open SQLite campaign store"),
+    )
+}
+
+pub async fn sqlite_inbox() -> Option<Arc<dyn InboxStore>> {
+    Some(
+        herald_storage::open_inbox(&fresh_sqlite_url("inbox"))
+            .await
+            .expect("open SQLite inbox store"),
+    )
+}
+
+pub async fn sqlite_broadcasts() -> Option<Arc<dyn BroadcastStore>> {
+    Some(
+        herald_storage::open_broadcasts(&fresh_sqlite_url("broadcasts"))
+            .await
+            .expect("open SQLite broadcast store"),
+    )
+}

@@ -1,0 +1,392 @@
+//! Conformance suite of the `Directory` port, written once and run against every engine:
+//! always on SQLite, on MySQL/MariaDB when `HERALD_TEST_MYSQL_URL` is set.
+//!
+//! Engines share one database across tests, so every case works under its own random prefix
+//! and never assumes an empty table.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use common::{run_id, utc};
+use herald_core::filter::Filter;
+use herald_core::model::*;
+use herald_core::ports::Directory;
+use serde_json::json;
+use std::sync::Arc;
+
+fn user(id: &str, attrs: serde_json::Value) -> User {
+    let now = utc("2026-01-01T00:00:00Z");
+    User {
+        id: id.to_owned(),
+        email: Some(format!("{id}@example.com")),
+        phone: None,
+        attributes: attrs.as_object().cloned().unwrap_or_default(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn filter(v: serde_json::Value) -> Filter {
+    Filter::parse(&v).expect("valid filter")
+}
+
+pub mod cases {
+    use super::*;
+
+    pub async fn upserted_users_read_back_with_their_attributes(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let u = user(
+            &format!("{p}-a"),
+            json!({"tier": "premium", "score": 4.5, "age": 30, "beta": true, "tags": ["x", "y"], "none": null}),
+        );
+        assert_eq!(d.upsert_users(std::slice::from_ref(&u)).await.unwrap(), 1);
+        let got = d.get_user(&u.id).await.unwrap().expect("user exists");
+        assert_eq!(got, u);
+        assert!(d.get_user(&format!("{p}-missing")).await.unwrap().is_none());
+    }
+
+    pub async fn upserting_again_replaces_fields_and_keeps_created_at(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let first = user(&format!("{p}-a"), json!({"tier": "free", "locale": "en"}));
+        d.upsert_users(std::slice::from_ref(&first)).await.unwrap();
+        let mut second = user(&first.id, json!({"tier": "premium"}));
+        second.email = None;
+        second.phone = Some("+33123".into());
+        second.created_at = utc("2026-02-01T00:00:00Z");
+        second.updated_at = utc("2026-02-01T00:00:00Z");
+        d.upsert_users(std::slice::from_ref(&second)).await.unwrap();
+        let got = d.get_user(&first.id).await.unwrap().unwrap();
+        assert_eq!(got.attributes, second.attributes, "attributes replaced whole");
+        assert_eq!(got.email, None);
+        assert_eq!(got.phone.as_deref(), Some("+33123"));
+        assert_eq!(got.created_at, first.created_at, "created_at kept");
+        assert_eq!(got.updated_at, second.updated_at);
+    }
+
+    pub async fn get_users_returns_only_the_ones_that_exist(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let users: Vec<User> = (0..3)
+            .map(|i| user(&format!("{p}-{i}"), json!({})))
+            .collect();
+        d.upsert_users(&users).await.unwrap();
+        let mut ids: Vec<String> = users.iter().map(|u| u.id.clone()).collect();
+        ids.push(format!("{p}-nobody"));
+        let mut got: Vec<String> = d
+            .get_users(&ids)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.id)
+            .collect();
+        got.sort();
+        assert_eq!(got, ids[..3].to_vec());
+    }
+
+    pub async fn a_bulk_upsert_larger_than_one_statement_writes_every_user(
+        d: Arc<dyn Directory>,
+    ) {
+        let p = run_id();
+        let users: Vec<User> = (0..12_345)
+            .map(|i| user(&format!("{p}-{i:06}"), json!({"run": p, "n": i})))
+            .collect();
+        assert_eq!(d.upsert_users(&users).await.unwrap(), 12_345);
+        let f = filter(json!({"attr": "run", "eq": p}));
+        assert_eq!(d.count_users(&f, Utc::now()).await.unwrap(), 12_345);
+    }
+
+    pub async fn deleting_a_user_removes_their_preferences_and_devices(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let u = user(&format!("{p}-a"), json!({}));
+        d.upsert_users(std::slice::from_ref(&u)).await.unwrap();
+        let prefs = Preferences {
+            channels: [(Channel::Email, false)].into_iter().collect(),
+            ..Default::default()
+        };
+        assert!(d.put_preferences(&u.id, &prefs).await.unwrap());
+        let now = utc("2026-01-01T00:00:00Z");
+        let dev = Device {
+            user_id: u.id.clone(),
+            platform: Platform::Fcm,
+            token: format!("{p}-tok"),
+            created_at: now,
+            last_used_at: now,
+        };
+        assert!(d.put_device(&dev).await.unwrap());
+        assert!(d.delete_user(&u.id).await.unwrap());
+        assert!(!d.delete_user(&u.id).await.unwrap(), "second delete finds nothing");
+        assert!(d.get_user(&u.id).await.unwrap().is_none());
+        assert!(d
+            .get_preferences(std::slice::from_ref(&u.id))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(d
+            .list_devices(std::slice::from_ref(&u.id))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    pub async fn paging_by_id_visits_every_matching_user_once_in_order(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let users: Vec<User> = (0..250)
+            .map(|i| {
+                let tier = if i % 3 == 0 { "premium" } else { "free" };
+                user(&format!("{p}-{i:04}"), json!({"run": p, "tier": tier}))
+            })
+            .collect();
+        d.upsert_users(&users).await.unwrap();
+        let f = filter(json!({"all": [{"attr": "run", "eq": p}, {"attr": "tier", "eq": "premium"}]}));
+        let now = Utc::now();
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = d.page_user_ids(&f, after.as_deref(), 7, now).await.unwrap();
+            assert!(page.len() <= 7);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().cloned();
+            seen.extend(page);
+        }
+        let expected: Vec<String> = users
+            .iter()
+            .filter(|u| u.attributes["tier"] == "premium")
+            .map(|u| u.id.clone())
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(d.count_users(&f, now).await.unwrap(), expected.len() as u64);
+
+        let full = d.page_users(&f, None, 1000, now).await.unwrap();
+        let full_ids: Vec<String> = full.iter().map(|u| u.id.clone()).collect();
+        assert_eq!(full_ids, expected);
+        assert!(full.iter().all(|u| u.attributes["tier"] == "premium"));
+    }
+
+    pub async fn relative_time_filters_select_recently_active_users(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let now = utc("2026-03-01T12:00:00Z");
+        let recent = (now - Duration::days(3)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let old = (now - Duration::days(90)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        d.upsert_users(&[
+            user(&format!("{p}-recent"), json!({"run": p, "last_active_at": recent})),
+            user(&format!("{p}-old"), json!({"run": p, "last_active_at": old})),
+            user(&format!("{p}-never"), json!({"run": p})),
+        ])
+        .await
+        .unwrap();
+        let f = filter(json!({"all": [{"attr": "run", "eq": p}, {"attr": "last_active_at", "gte": "now-30d"}]}));
+        let ids = d.page_user_ids(&f, None, 10, now).await.unwrap();
+        assert_eq!(ids, vec![format!("{p}-recent")]);
+    }
+
+    pub async fn segments_are_upserted_listed_by_name_and_deleted(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let t0 = utc("2026-01-01T00:00:00Z");
+        let t1 = utc("2026-01-02T00:00:00Z");
+        for name in ["b", "a", "c"] {
+            d.put_segment(&Segment {
+                name: format!("{p}-{name}"),
+                filter: filter(json!({"attr": "tier", "eq": name})),
+                created_at: t0,
+                updated_at: t0,
+            })
+            .await
+            .unwrap();
+        }
+        d.put_segment(&Segment {
+            name: format!("{p}-a"),
+            filter: filter(json!({"attr": "tier", "eq": "changed"})),
+            created_at: t1,
+            updated_at: t1,
+        })
+        .await
+        .unwrap();
+        let a = d.get_segment(&format!("{p}-a")).await.unwrap().unwrap();
+        assert_eq!(a.filter, filter(json!({"attr": "tier", "eq": "changed"})));
+        assert_eq!(a.created_at, t0);
+        assert_eq!(a.updated_at, t1);
+
+        let first = d.list_segments(Some(&p), 2).await.unwrap();
+        let names: Vec<&str> = first.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec![format!("{p}-a"), format!("{p}-b")]);
+        let rest = d.list_segments(Some(&format!("{p}-b")), 1).await.unwrap();
+        assert_eq!(rest[0].name, format!("{p}-c"));
+
+        assert!(d.delete_segment(&format!("{p}-b")).await.unwrap());
+        assert!(!d.delete_segment(&format!("{p}-b")).await.unwrap());
+        assert!(d.get_segment(&format!("{p}-b")).await.unwrap().is_none());
+    }
+
+    pub async fn preferences_round_trip_and_unknown_users_are_refused(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let u = user(&format!("{p}-a"), json!({}));
+        d.upsert_users(std::slice::from_ref(&u)).await.unwrap();
+        let prefs: Preferences = serde_json::from_value(json!({
+            "channels": {"push": true, "email": false},
+            "categories": {"marketing": {"sms": false}},
+            "quiet_hours": {"start": "22:00", "end": "07:00"}
+        }))
+        .unwrap();
+        assert!(d.put_preferences(&u.id, &prefs).await.unwrap());
+        assert!(!d
+            .put_preferences(&format!("{p}-nobody"), &prefs)
+            .await
+            .unwrap());
+        let got = d
+            .get_preferences(&[u.id.clone(), format!("{p}-nobody")])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[&u.id], prefs);
+
+        let replaced = Preferences::default();
+        assert!(d.put_preferences(&u.id, &replaced).await.unwrap());
+        let got = d.get_preferences(std::slice::from_ref(&u.id)).await.unwrap();
+        assert_eq!(got[&u.id], replaced);
+    }
+
+    pub async fn a_device_token_belongs_to_the_user_who_registered_it_last(
+        d: Arc<dyn Directory>,
+    ) {
+        let p = run_id();
+        let (a, b) = (format!("{p}-a"), format!("{p}-b"));
+        d.upsert_users(&[user(&a, json!({})), user(&b, json!({}))])
+            .await
+            .unwrap();
+        let t0 = utc("2026-01-01T00:00:00Z");
+        let t1 = utc("2026-01-05T00:00:00Z");
+        let token = format!("{p}-token");
+        let dev = |user_id: &str, at| Device {
+            user_id: user_id.to_owned(),
+            platform: Platform::Apns,
+            token: token.clone(),
+            created_at: at,
+            last_used_at: at,
+        };
+        assert!(d.put_device(&dev(&a, t0)).await.unwrap());
+        // Registering again for the same user keeps created_at.
+        assert!(d.put_device(&dev(&a, t1)).await.unwrap());
+        let got = d.list_devices(std::slice::from_ref(&a)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].created_at, t0);
+        assert_eq!(got[0].last_used_at, t1);
+        // Another user registering the token takes it over.
+        assert!(d.put_device(&dev(&b, t1)).await.unwrap());
+        assert!(d.list_devices(std::slice::from_ref(&a)).await.unwrap().is_empty());
+        let got = d.list_devices(std::slice::from_ref(&b)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].created_at, t1);
+        // Unknown users cannot hold tokens.
+        assert!(!d.put_device(&dev(&format!("{p}-nobody"), t1)).await.unwrap());
+        // Deleting needs the right owner.
+        assert!(!d.delete_device(&a, &token).await.unwrap());
+        assert!(d.delete_device(&b, &token).await.unwrap());
+    }
+
+    pub async fn invalid_and_stale_tokens_are_removed(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let a = format!("{p}-a");
+        d.upsert_users(&[user(&a, json!({}))]).await.unwrap();
+        let old = utc("2020-01-01T00:00:00Z");
+        for i in 0..4 {
+            d.put_device(&Device {
+                user_id: a.clone(),
+                platform: Platform::Fcm,
+                token: format!("{p}-t{i}"),
+                created_at: old,
+                last_used_at: old,
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(
+            d.delete_tokens(&[format!("{p}-t0"), format!("{p}-nope")])
+                .await
+                .unwrap(),
+            1
+        );
+        let recent = Utc::now();
+        d.touch_tokens(&[format!("{p}-t1")], recent).await.unwrap();
+        // Other tests' devices may be stale too; ours must be among the deleted.
+        d.delete_devices_unused_since(utc("2021-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        let left: Vec<String> = d
+            .list_devices(std::slice::from_ref(&a))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.token)
+            .collect();
+        assert_eq!(left, vec![format!("{p}-t1")]);
+    }
+
+    pub async fn templates_are_upserted_listed_and_deleted(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let t0 = utc("2026-01-01T00:00:00Z");
+        let content: TemplateContent = serde_json::from_value(json!({
+            "in_app": {"title": "Hi {{ user.name }}", "body": "b"},
+            "email": {"subject": "s", "text": "t", "html": "<b>h</b>"},
+            "sms": {"text": "x"},
+        }))
+        .unwrap();
+        for id in ["one", "two"] {
+            d.put_template(&Template {
+                id: format!("{p}-{id}"),
+                content: content.clone(),
+                created_at: t0,
+                updated_at: t0,
+            })
+            .await
+            .unwrap();
+        }
+        let got = d.get_template(&format!("{p}-one")).await.unwrap().unwrap();
+        assert_eq!(got.content, content);
+        let listed = d.list_templates(Some(&p), 10).await.unwrap();
+        let ids: Vec<String> = listed
+            .into_iter()
+            .map(|t| t.id)
+            .filter(|id| id.starts_with(&p))
+            .collect();
+        assert_eq!(ids, vec![format!("{p}-one"), format!("{p}-two")]);
+        assert!(d.delete_template(&format!("{p}-one")).await.unwrap());
+        assert!(d.get_template(&format!("{p}-one")).await.unwrap().is_none());
+    }
+}
+
+/// Generates one `#[tokio::test]` per case for an engine.
+macro_rules! directory_conformance {
+    ($engine:ident, $make:expr) => {
+        mod $engine {
+            use super::*;
+            directory_conformance!(@cases $make;
+                upserted_users_read_back_with_their_attributes,
+                upserting_again_replaces_fields_and_keeps_created_at,
+                get_users_returns_only_the_ones_that_exist,
+                a_bulk_upsert_larger_than_one_statement_writes_every_user,
+                deleting_a_user_removes_their_preferences_and_devices,
+                paging_by_id_visits_every_matching_user_once_in_order,
+                relative_time_filters_select_recently_active_users,
+                segments_are_upserted_listed_by_name_and_deleted,
+                preferences_round_trip_and_unknown_users_are_refused,
+                a_device_token_belongs_to_the_user_who_registered_it_last,
+                invalid_and_stale_tokens_are_removed,
+                templates_are_upserted_listed_and_deleted,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some(d) = $make.await {
+                    cases::$case(d).await;
+                }
+            }
+        )*
+    };
+}
+
+directory_conformance!(sqlite, common::sqlite_directory());
+directory_conformance!(mysql, common::mysql_directory());

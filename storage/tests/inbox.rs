@@ -1,0 +1,221 @@
+//! Conformance suite of the `InboxStore` port, run against every engine (SQLite always;
+//! ScyllaDB/Cassandra adapters of later issues add their line at the bottom).
+
+mod common;
+
+use chrono::{DateTime, Datelike, Duration, Utc};
+use common::{run_id, utc};
+use herald_core::ids::notification_id;
+use herald_core::model::{InboxKey, Notification};
+use herald_core::ports::InboxStore;
+use std::sync::Arc;
+
+fn row(campaign: &str, user: &str, at: DateTime<Utc>) -> Notification {
+    Notification {
+        id: notification_id(campaign, user),
+        user_id: user.to_owned(),
+        campaign_id: Some(campaign.to_owned()),
+        title: format!("title {campaign}"),
+        body: "body".into(),
+        category: Some("orders".into()),
+        data: serde_json::json!({"campaign": campaign, "n": 1}),
+        created_at: at,
+        read_at: None,
+    }
+}
+
+/// `n` rows for `user`, one a minute from `start`, oldest first.
+fn rows(p: &str, user: &str, n: usize, start: DateTime<Utc>) -> Vec<Notification> {
+    (0..n)
+        .map(|i| row(&format!("{p}-c{i:03}"), user, start + Duration::minutes(i as i64)))
+        .collect()
+}
+
+pub mod cases {
+    use super::*;
+
+    pub async fn rows_read_back_newest_first_with_all_fields(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let written = rows(&p, &user, 5, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&written).await.unwrap();
+        let page = s.page(&user, None, 10, false).await.unwrap();
+        let mut expected = written.clone();
+        expected.reverse();
+        assert_eq!(page, expected);
+        assert_eq!(s.get(&user, written[2].id).await.unwrap(), Some(written[2].clone()));
+    }
+
+    pub async fn keyset_pages_cover_every_row_once_even_with_equal_timestamps(
+        s: Arc<dyn InboxStore>,
+    ) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let at = utc("2026-01-01T00:00:00Z");
+        // Ten rows in the same microsecond: the id breaks the tie.
+        let mut written: Vec<Notification> =
+            (0..10).map(|i| row(&format!("{p}-c{i}"), &user, at)).collect();
+        written.extend(rows(&p, &user, 7, at + Duration::seconds(1)));
+        s.write_batch(&written).await.unwrap();
+        let mut seen = Vec::new();
+        let mut before: Option<InboxKey> = None;
+        loop {
+            let page = s.page(&user, before, 3, false).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 3);
+            before = page.last().map(Notification::key);
+            seen.extend(page);
+        }
+        let keys: Vec<InboxKey> = seen.iter().map(Notification::key).collect();
+        let mut sorted = keys.clone();
+        sorted.sort_by(|a, b| b.cmp(a));
+        sorted.dedup();
+        assert_eq!(keys, sorted, "newest first, no repeats");
+        assert_eq!(keys.len(), written.len(), "no row skipped");
+    }
+
+    pub async fn rewriting_a_batch_keeps_the_read_and_dismiss_state(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let written = rows(&p, &user, 3, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&written).await.unwrap();
+        let now = utc("2026-01-02T00:00:00Z");
+        assert!(s.mark_read(&user, written[0].id, now).await.unwrap());
+        assert!(s.dismiss(&user, written[1].id, now).await.unwrap());
+        // The same batch again, as after a crash before the ack.
+        s.write_batch(&written).await.unwrap();
+        let page = s.page(&user, None, 10, false).await.unwrap();
+        assert_eq!(page.len(), 2, "no duplicates, the dismissed row stays hidden");
+        let first = page.iter().find(|n| n.id == written[0].id).unwrap();
+        assert_eq!(first.read_at, Some(now));
+        assert_eq!(s.unread_count(&user).await.unwrap(), 1);
+    }
+
+    pub async fn read_state_and_unread_count_follow_mark_read_and_read_all(
+        s: Arc<dyn InboxStore>,
+    ) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let written = rows(&p, &user, 4, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&written).await.unwrap();
+        assert_eq!(s.unread_count(&user).await.unwrap(), 4);
+        let t1 = utc("2026-01-03T00:00:00Z");
+        assert!(s.mark_read(&user, written[3].id, t1).await.unwrap());
+        // Reading again keeps the first read time.
+        assert!(s
+            .mark_read(&user, written[3].id, t1 + Duration::hours(1))
+            .await
+            .unwrap());
+        assert_eq!(
+            s.get(&user, written[3].id).await.unwrap().unwrap().read_at,
+            Some(t1)
+        );
+        assert_eq!(s.unread_count(&user).await.unwrap(), 3);
+        let unread = s.page(&user, None, 10, true).await.unwrap();
+        assert_eq!(unread.len(), 3);
+        assert!(unread.iter().all(|n| n.read_at.is_none()));
+        assert_eq!(s.mark_all_read(&user, t1).await.unwrap(), 3);
+        assert_eq!(s.unread_count(&user).await.unwrap(), 0);
+        assert!(s.page(&user, None, 10, true).await.unwrap().is_empty());
+    }
+
+    pub async fn users_cannot_touch_each_others_rows(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let (alice, bob) = (format!("{p}-alice"), format!("{p}-bob"));
+        let a = rows(&p, &alice, 2, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&a).await.unwrap();
+        let now = Utc::now();
+        assert!(!s.mark_read(&bob, a[0].id, now).await.unwrap());
+        assert!(!s.dismiss(&bob, a[0].id, now).await.unwrap());
+        assert!(s.get(&bob, a[0].id).await.unwrap().is_none());
+        assert!(s.page(&bob, None, 10, false).await.unwrap().is_empty());
+        assert_eq!(s.mark_all_read(&bob, now).await.unwrap(), 0);
+        assert_eq!(s.unread_count(&alice).await.unwrap(), 2);
+    }
+
+    pub async fn dismissed_rows_disappear_from_pages_counts_and_replays(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let written = rows(&p, &user, 3, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&written).await.unwrap();
+        let now = Utc::now();
+        assert!(s.dismiss(&user, written[1].id, now).await.unwrap());
+        assert!(!s.dismiss(&user, written[1].id, now).await.unwrap());
+        assert!(!s.mark_read(&user, written[1].id, now).await.unwrap());
+        assert!(s.get(&user, written[1].id).await.unwrap().is_none());
+        assert_eq!(s.unread_count(&user).await.unwrap(), 2);
+        let replay = s.after(&user, written[0].key(), 10).await.unwrap();
+        assert_eq!(replay, vec![written[2].clone()]);
+    }
+
+    pub async fn after_replays_newer_rows_oldest_first(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let written = rows(&p, &user, 6, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&written).await.unwrap();
+        let replay = s.after(&user, written[2].key(), 2).await.unwrap();
+        assert_eq!(replay, written[3..5].to_vec());
+        let rest = s.after(&user, written[4].key(), 10).await.unwrap();
+        assert_eq!(rest, written[5..].to_vec());
+        assert!(s.after(&user, written[5].key(), 10).await.unwrap().is_empty());
+    }
+
+    pub async fn a_large_batch_is_written_whole(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let at = utc("2026-01-01T00:00:00Z");
+        let batch: Vec<Notification> = (0..5_000)
+            .map(|i| row(&format!("{p}-c"), &format!("{p}-u{i}"), at))
+            .collect();
+        s.write_batch(&batch).await.unwrap();
+        for i in [0, 2_499, 4_999] {
+            let user = format!("{p}-u{i}");
+            assert_eq!(s.unread_count(&user).await.unwrap(), 1, "{user}");
+        }
+    }
+
+    pub async fn purging_removes_only_rows_older_than_the_cutoff(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let old = rows(&p, &user, 3, utc("2000-01-01T00:00:00Z"));
+        let new = rows(&format!("{p}n"), &user, 2, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&old).await.unwrap();
+        s.write_batch(&new).await.unwrap();
+        assert!(s.purge_before(utc("2001-01-01T00:00:00Z")).await.unwrap() >= 3);
+        let left = s.page(&user, None, 10, false).await.unwrap();
+        assert_eq!(left.len(), 2);
+        assert!(left.iter().all(|n| n.created_at.year() >= 2026));
+    }
+}
+
+macro_rules! inbox_conformance {
+    ($engine:ident, $make:expr) => {
+        mod $engine {
+            use super::*;
+            inbox_conformance!(@cases $make;
+                rows_read_back_newest_first_with_all_fields,
+                keyset_pages_cover_every_row_once_even_with_equal_timestamps,
+                rewriting_a_batch_keeps_the_read_and_dismiss_state,
+                read_state_and_unread_count_follow_mark_read_and_read_all,
+                users_cannot_touch_each_others_rows,
+                dismissed_rows_disappear_from_pages_counts_and_replays,
+                after_replays_newer_rows_oldest_first,
+                a_large_batch_is_written_whole,
+                purging_removes_only_rows_older_than_the_cutoff,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some(s) = $make.await {
+                    cases::$case(s).await;
+                }
+            }
+        )*
+    };
+}
+
+inbox_conformance!(sqlite, common::sqlite_inbox());
