@@ -134,7 +134,6 @@ async fn build_context(config: Config, print_banner: bool) -> anyhow::Result<Con
             );
         }
     }
-    herald_api::http::metrics_handle();
     Ok(Context {
         config: Arc::new(config),
         ports,

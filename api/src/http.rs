@@ -88,8 +88,10 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {"code": self.code(), "message": message}});
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
         }
         resp
     }
@@ -124,7 +126,9 @@ fn bytes_rejection(e: BytesRejection) -> ApiError {
 /// Parses one JSON document with the API's error classes (also used for NDJSON lines).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::Malformed("request body is empty; JSON expected".into()));
+        return Err(ApiError::Malformed(
+            "request body is empty; JSON expected".into(),
+        ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -133,7 +137,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         use serde_json::error::Category;
         match inner.classify() {
             Category::Data => {
-                let at = if path == "." { String::new() } else { format!("{path}: ") };
+                let at = if path == "." {
+                    String::new()
+                } else {
+                    format!("{path}: ")
+                };
                 ApiError::invalid(format!("{at}{}", strip_position(&inner.to_string())))
             }
             _ => ApiError::Malformed(format!("malformed JSON: {inner}")),
@@ -217,6 +225,8 @@ pub async fn track_requests(req: Request, next: Next) -> Response {
 
 /// `/healthz`, `/readyz` and `/metrics`, without auth.
 pub fn ops_router(ctx: Context) -> Router {
+    // Install the recorder before the first request is counted, not at the first scrape.
+    metrics_handle();
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))

@@ -109,7 +109,12 @@ pub async fn import_users(State(ctx): State<Context>, body: Body) -> ApiResult<J
         .map_err(|e| Error::internal("import writer failed").with_source(e))??;
     let secs = started.elapsed().as_secs_f64();
     metrics::counter!("herald_users_imported_total").increment(imported);
-    tracing::info!(imported, secs, rate = imported as f64 / secs.max(1e-9), "users imported");
+    tracing::info!(
+        imported,
+        secs,
+        rate = imported as f64 / secs.max(1e-9),
+        "users imported"
+    );
     Ok(Json(json!({ "imported": imported })))
 }
 

@@ -32,7 +32,9 @@ pub fn admin_router(ctx: Context) -> Router {
     Router::new()
         .route(
             "/v1/users/{user_id}",
-            put(users::put_user).get(users::get_user).delete(users::delete_user),
+            put(users::put_user)
+                .get(users::get_user)
+                .delete(users::delete_user),
         )
         .route(
             "/v1/users/{user_id}/preferences",
@@ -50,12 +52,16 @@ pub fn admin_router(ctx: Context) -> Router {
         .route("/v1/segments", get(segments::list))
         .route(
             "/v1/segments/{name}",
-            put(segments::put).get(segments::get).delete(segments::delete),
+            put(segments::put)
+                .get(segments::get)
+                .delete(segments::delete),
         )
         .route("/v1/templates", get(templates::list))
         .route(
             "/v1/templates/{template_id}",
-            put(templates::put).get(templates::get).delete(templates::delete),
+            put(templates::put)
+                .get(templates::get)
+                .delete(templates::delete),
         )
         .layer(DefaultBodyLimit::max(max_body))
         .merge(import)

@@ -74,7 +74,11 @@ pub async fn list(
         .directory
         .list_segments(after.as_deref(), limit)
         .await?;
-    let next = next_cursor(segments.last().map(|s| s.name.as_str()), segments.len(), limit);
+    let next = next_cursor(
+        segments.last().map(|s| s.name.as_str()),
+        segments.len(),
+        limit,
+    );
     Ok(Json(json!({ "segments": segments, "next_cursor": next })))
 }
 

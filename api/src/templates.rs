@@ -56,7 +56,11 @@ pub async fn list(
         .directory
         .list_templates(after.as_deref(), limit)
         .await?;
-    let next = next_cursor(templates.last().map(|t| t.id.as_str()), templates.len(), limit);
+    let next = next_cursor(
+        templates.last().map(|t| t.id.as_str()),
+        templates.len(),
+        limit,
+    );
     Ok(Json(json!({ "templates": templates, "next_cursor": next })))
 }
 

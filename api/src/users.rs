@@ -28,7 +28,12 @@ pub(crate) struct UserInput {
 impl UserInput {
     /// Validates the input and makes the user record to store under `id` at time `now`.
     pub fn into_user(self, id: String, now: chrono::DateTime<chrono::Utc>) -> ApiResult<User> {
-        validate_user_fields(&id, self.email.as_deref(), self.phone.as_deref(), &self.attributes)?;
+        validate_user_fields(
+            &id,
+            self.email.as_deref(),
+            self.phone.as_deref(),
+            &self.attributes,
+        )?;
         Ok(User {
             id,
             email: self.email,
@@ -51,7 +56,9 @@ pub async fn put_user(
 ) -> ApiResult<Json<User>> {
     validate_key("user id", &user_id)?;
     if input.id.as_deref().is_some_and(|id| id != user_id) {
-        return Err(ApiError::invalid("`id` in the body differs from the one in the path"));
+        return Err(ApiError::invalid(
+            "`id` in the body differs from the one in the path",
+        ));
     }
     let user = input.into_user(user_id, ctx.clock.now())?;
     ctx.ports
@@ -93,7 +100,12 @@ pub async fn put_preferences(
     JsonBody(prefs): JsonBody<Preferences>,
 ) -> ApiResult<Json<Preferences>> {
     prefs.validate()?;
-    if !ctx.ports.directory.put_preferences(&user_id, &prefs).await? {
+    if !ctx
+        .ports
+        .directory
+        .put_preferences(&user_id, &prefs)
+        .await?
+    {
         return Err(user_not_found(&user_id));
     }
     ctx.ports.preference_cache.invalidate(&user_id).await?;

@@ -237,7 +237,9 @@ pub struct ConfigError(String);
 impl Config {
     /// Defaults, then the TOML file at `path` (it must exist if given), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::figment(path).extract().map_err(|e| ConfigError(e.to_string()))
+        Self::figment(path)
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))
     }
 
     /// The layered sources, for callers that add their own layer on top.
@@ -262,7 +264,9 @@ impl Config {
             ));
         }
         if self.api.import_batch_size == 0 {
-            return Err(ConfigError("api.import_batch_size must be at least 1".into()));
+            return Err(ConfigError(
+                "api.import_batch_size must be at least 1".into(),
+            ));
         }
         if !(self.strategy.batch_max <= self.strategy.throttled_max
             && self.strategy.throttled_max <= self.strategy.broadcast_threshold)
@@ -274,7 +278,9 @@ impl Config {
         }
         if let Some(key) = &self.admin_key {
             if key.expose().len() < 16 {
-                return Err(ConfigError("admin_key must be at least 16 characters".into()));
+                return Err(ConfigError(
+                    "admin_key must be at least 16 characters".into(),
+                ));
             }
         }
         Ok(())
@@ -282,6 +288,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's Jail closures return its large error type; fine in tests.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -319,6 +327,19 @@ mod tests {
             assert_eq!(cfg, Config::default());
             assert_eq!(cfg.listen, "127.0.0.1:8080");
             assert!(cfg.validate().is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_config_in_deploy_lists_exactly_the_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "herald.toml",
+                include_str!("../../deploy/herald.example.toml"),
+            )?;
+            let cfg = Config::load(Some(Path::new("herald.toml"))).expect("loads");
+            assert_eq!(cfg, Config::default());
             Ok(())
         });
     }

@@ -686,7 +686,16 @@ impl serde::Serialize for Filter {
 impl<'de> serde::Deserialize<'de> for Filter {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;
-        Filter::parse(&value).map_err(|e| serde::de::Error::custom(e.message))
+        Filter::parse(&value).map_err(|e| {
+            // The deserializer's caller already names the field holding the filter, so the
+            // message drops its own `filter` root: `all[1]: unknown operator ...`.
+            let msg = e.message.strip_prefix("filter").unwrap_or(&e.message);
+            let msg = msg
+                .strip_prefix(": ")
+                .or_else(|| msg.strip_prefix('.'))
+                .unwrap_or(msg);
+            serde::de::Error::custom(msg)
+        })
     }
 }
 
@@ -1543,9 +1552,16 @@ mod tests {
         assert_eq!(back, filter);
         let err =
             serde_json::from_str::<Filter>(r#"{"attr":"tier","like":"x"}"#).expect_err("rejected");
+        // The field holding the filter is named by the caller, so the root is dropped.
         assert_eq!(
             err.to_string(),
-            "filter: unknown operator `like`; expected one of eq, ne, lt, lte, gt, gte, in, exists"
+            "unknown operator `like`; expected one of eq, ne, lt, lte, gt, gte, in, exists"
+        );
+        let nested = serde_json::from_str::<Filter>(r#"{"all":[{"attr":"tier","like":"x"}]}"#)
+            .expect_err("rejected");
+        assert!(
+            nested.to_string().starts_with("all[0]: unknown operator"),
+            "{nested}"
         );
     }
 

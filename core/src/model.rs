@@ -294,9 +294,8 @@ mod hhmm {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveTime, D::Error> {
         let s = String::deserialize(d)?;
-        NaiveTime::parse_from_str(&s, "%H:%M").map_err(|_| {
-            serde::de::Error::custom(format!("quiet hours time `{s}` must be HH:MM"))
-        })
+        NaiveTime::parse_from_str(&s, "%H:%M")
+            .map_err(|_| serde::de::Error::custom(format!("quiet hours time `{s}` must be HH:MM")))
     }
 }
 
@@ -811,9 +810,7 @@ mod tests {
 
     #[test]
     fn unknown_preference_fields_and_bad_times_are_rejected() {
-        assert!(
-            serde_json::from_value::<Preferences>(serde_json::json!({"chanels": {}})).is_err()
-        );
+        assert!(serde_json::from_value::<Preferences>(serde_json::json!({"chanels": {}})).is_err());
         assert!(serde_json::from_value::<Preferences>(
             serde_json::json!({"quiet_hours": {"start": "25:00", "end": "07:00"}})
         )
@@ -859,10 +856,7 @@ mod tests {
         let london: chrono_tz::Tz = "Europe/London".parse().unwrap(); // 23:00 there
         assert_eq!(q.ends_after(now, tokyo), None);
         assert_eq!(q.ends_after(now, ny), None);
-        assert_eq!(
-            q.ends_after(now, london),
-            Some(utc("2026-01-11T07:00:00Z"))
-        );
+        assert_eq!(q.ends_after(now, london), Some(utc("2026-01-11T07:00:00Z")));
     }
 
     #[test]

@@ -123,8 +123,12 @@ pub trait CampaignStore: Send + Sync + 'static {
     /// ignored and `false` returned, so a redelivered batch never double counts.
     async fn record_batch(&self, id: &str, batch_no: u64, delta: &Progress) -> Result<bool>;
     /// Adds to a channel's delivery counters.
-    async fn add_deliveries(&self, id: &str, channel: Channel, delta: &DeliveryCounts)
-        -> Result<()>;
+    async fn add_deliveries(
+        &self,
+        id: &str,
+        channel: Channel,
+        delta: &DeliveryCounts,
+    ) -> Result<()>;
     /// Scheduled campaigns whose `starts_at` has come, oldest first.
     async fn due_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Campaign>>;
 
@@ -160,8 +164,7 @@ pub trait InboxStore: Send + Sync + 'static {
         unread_only: bool,
     ) -> Result<Vec<Notification>>;
     /// The user's visible rows strictly newer than `after` (oldest first): resume replay.
-    async fn after(&self, user_id: &str, after: InboxKey, limit: u32)
-        -> Result<Vec<Notification>>;
+    async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>>;
     async fn get(&self, user_id: &str, id: uuid::Uuid) -> Result<Option<Notification>>;
     /// Marks a row read (keeping an earlier read time). `false` if the user has no such row.
     async fn mark_read(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<bool>;
@@ -233,8 +236,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Acknowledges deliveries: they are never delivered to this group again.
     async fn ack(&self, topic: &str, group: &str, receipts: &[String]) -> Result<()>;
     /// Gives deliveries back for redelivery after `delay`.
-    async fn nack(&self, topic: &str, group: &str, receipts: &[String], delay: Duration)
-        -> Result<()>;
+    async fn nack(
+        &self,
+        topic: &str,
+        group: &str,
+        receipts: &[String],
+        delay: Duration,
+    ) -> Result<()>;
     /// Messages of `topic` not yet acked by `group` (the backlog the batcher throttles on).
     async fn depth(&self, topic: &str, group: &str) -> Result<u64>;
 }

@@ -56,7 +56,8 @@ pub fn mint(secret: &[u8], user_id: &str, now: DateTime<Utc>, expires_at: DateTi
 /// Verifies a token and returns its claims.
 pub fn verify(secret: &[u8], token: &str, now: DateTime<Utc>) -> Result<Claims, TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed);
     };
@@ -113,9 +114,15 @@ mod tests {
         let forged_payload = B64.encode(br#"{"sub":"admin","exp":99999999999}"#);
         let mut parts: Vec<&str> = t.split('.').collect();
         parts[1] = &forged_payload;
-        assert_eq!(verify(b"secret", &parts.join("."), now), Err(TokenError::Signature));
+        assert_eq!(
+            verify(b"secret", &parts.join("."), now),
+            Err(TokenError::Signature)
+        );
         assert_eq!(verify(b"secret", "abc", now), Err(TokenError::Malformed));
         let none_alg = format!("{}.{}.", B64.encode(r#"{"alg":"none"}"#), parts[1]);
-        assert_eq!(verify(b"secret", &none_alg, now), Err(TokenError::Algorithm));
+        assert_eq!(
+            verify(b"secret", &none_alg, now),
+            Err(TokenError::Algorithm)
+        );
     }
 }

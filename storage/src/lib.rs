@@ -32,25 +32,24 @@ fn url_for(configured: &Option<Secret>, data_dir: &Path, embedded: &str) -> Resu
 /// Opens every port from the configuration and applies the schemas (idempotent), as
 /// `herald serve` and `herald migrate` do on start.
 pub async fn open_ports(config: &Config) -> Result<Ports> {
-        let dir = &config.data_dir;
-        let b = &config.backends;
-        let embedded = [&b.directory, &b.campaigns, &b.inbox, &b.broadcasts, &b.bus];
-        if embedded.iter().any(|url| url.is_none()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                Error::invalid(format!("cannot create data dir {}", dir.display())).with_source(e)
-            })?;
-        }
-        Ok(Ports {
-            directory: open_directory(&url_for(&b.directory, dir, "directory")?).await?,
-            campaigns: open_campaigns(&url_for(&b.campaigns, dir, "campaigns")?).await?,
-            inbox: open_inbox(&url_for(&b.inbox, dir, "inbox")?).await?,
-            broadcasts: open_broadcasts(&url_for(&b.broadcasts, dir, "broadcasts")?).await?,
-            preference_cache: open_preference_cache(b.preference_cache.as_ref())?,
-            bus: open_bus(&url_for(&b.bus, dir, "bus")?).await?,
-            live: open_live_hub(b.live.as_ref())?,
-        })
+    let dir = &config.data_dir;
+    let b = &config.backends;
+    let embedded = [&b.directory, &b.campaigns, &b.inbox, &b.broadcasts, &b.bus];
+    if embedded.iter().any(|url| url.is_none()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::invalid(format!("cannot create data dir {}", dir.display())).with_source(e)
+        })?;
     }
-
+    Ok(Ports {
+        directory: open_directory(&url_for(&b.directory, dir, "directory")?).await?,
+        campaigns: open_campaigns(&url_for(&b.campaigns, dir, "campaigns")?).await?,
+        inbox: open_inbox(&url_for(&b.inbox, dir, "inbox")?).await?,
+        broadcasts: open_broadcasts(&url_for(&b.broadcasts, dir, "broadcasts")?).await?,
+        preference_cache: open_preference_cache(b.preference_cache.as_ref())?,
+        bus: open_bus(&url_for(&b.bus, dir, "bus")?).await?,
+        live: open_live_hub(b.live.as_ref())?,
+    })
+}
 
 #[cfg_attr(all(feature = "sqlite", feature = "mysql"), allow(dead_code))]
 fn compiled_out(engine: &str, feature: &str) -> Error {
@@ -178,4 +177,21 @@ pub(crate) fn db_error(e: sqlx::Error) -> Error {
 #[allow(dead_code)]
 pub(crate) fn corrupt(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::internal(format!("stored {what} could not be decoded")).with_source(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn opening_the_ports_can_run_inside_a_spawned_task() {
+        let config = Config::default();
+        let fut = open_ports(&config);
+        assert_send(&fut);
+        let url = BackendUrl::embedded(Path::new("/nonexistent"), "x");
+        assert_send(&open_directory(&url));
+        assert_send(&open_bus(&url));
+    }
 }

@@ -59,6 +59,9 @@ mod tests {
             sql: "-- head\nCREATE TABLE a (x TEXT); -- trailing\nCREATE INDEX i ON a (x);\n",
         };
         let s: Vec<String> = m.statements().collect();
-        assert_eq!(s, vec!["CREATE TABLE a (x TEXT)", "CREATE INDEX i ON a (x)"]);
+        assert_eq!(
+            s,
+            vec!["CREATE TABLE a (x TEXT)", "CREATE INDEX i ON a (x)"]
+        );
     }
 }

@@ -75,7 +75,10 @@ mod tests {
         assert_eq!(u.scheme, "mysql");
         assert_eq!(u.redacted(), "mysql://root:***@db:3306/herald");
         assert!(!format!("{u:?}").contains("hunter2"));
-        assert_eq!(BackendUrl::parse("sqlite::memory:").unwrap().scheme, "sqlite");
+        assert_eq!(
+            BackendUrl::parse("sqlite::memory:").unwrap().scheme,
+            "sqlite"
+        );
         assert!(BackendUrl::parse("no-scheme").is_err());
     }
 }

@@ -48,7 +48,13 @@ pub mod cases {
         for b in [&scheduled, &active, &done] {
             s.insert(b).await.unwrap();
         }
-        let open: Vec<Uuid> = s.list_open().await.unwrap().into_iter().map(|b| b.id).collect();
+        let open: Vec<Uuid> = s
+            .list_open()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.id)
+            .collect();
         assert!(open.contains(&scheduled.id));
         assert!(open.contains(&active.id));
         assert!(!open.contains(&done.id));
@@ -156,16 +162,25 @@ pub mod cache_cases {
             channels: [(Channel::Sms, false)].into_iter().collect(),
             ..Default::default()
         };
-        assert_eq!(c.get_many(&[a.clone(), b.clone()]).await.unwrap(), vec![None, None]);
-        c.put_many(&[(a.clone(), prefs.clone()), (b.clone(), Preferences::default())])
-            .await
-            .unwrap();
+        assert_eq!(
+            c.get_many(&[a.clone(), b.clone()]).await.unwrap(),
+            vec![None, None]
+        );
+        c.put_many(&[
+            (a.clone(), prefs.clone()),
+            (b.clone(), Preferences::default()),
+        ])
+        .await
+        .unwrap();
         assert_eq!(
             c.get_many(&[a.clone(), b.clone()]).await.unwrap(),
             vec![Some(prefs), Some(Preferences::default())]
         );
         c.invalidate(&a).await.unwrap();
-        assert_eq!(c.get_many(std::slice::from_ref(&a)).await.unwrap(), vec![None]);
+        assert_eq!(
+            c.get_many(std::slice::from_ref(&a)).await.unwrap(),
+            vec![None]
+        );
     }
 
     pub async fn every_subscriber_receives_events_published_after_it_subscribed(

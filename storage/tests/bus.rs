@@ -651,3 +651,70 @@ async fn sqlite_bus() -> Arc<dyn Bus> {
 }
 
 bus_conformance!(sqlite, sqlite_bus(), sqlite_reopen());
+
+/// Rough throughput of the SQLite bus (`cargo test -p herald-storage --test bus -- --ignored
+/// --nocapture`). Prints timings, asserts only correctness: timings depend on the machine.
+#[ignore]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_throughput() {
+    use std::time::Instant;
+    for (label, n, size, batch, consumers, max) in [
+        ("small", 10_000usize, 100usize, 100usize, 4usize, 100usize),
+        ("small, 16 consumers x 10", 10_000, 100, 100, 16, 10),
+        ("small, one by one", 2_000, 100, 1, 4, 1),
+        ("40 KB", 2_000, 40 * 1024, 50, 4, 10),
+    ] {
+        let bus = sqlite_bus().await;
+        let (t, g) = (cases::name("t"), cases::name("g"));
+        bus.subscribe(&t, &g).await.unwrap();
+        let ms: Vec<_> = (0..n)
+            .map(|i| {
+                let mut payload = format!("{i:08}").into_bytes();
+                payload.resize(size, b'.');
+                cases::msg(Some(&format!("k{}", i % 16)), &payload)
+            })
+            .collect();
+
+        let start = Instant::now();
+        for chunk in ms.chunks(batch) {
+            bus.publish(&t, chunk).await.unwrap();
+        }
+        let published = start.elapsed();
+
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..consumers {
+            let (bus, t, g) = (bus.clone(), t.clone(), g.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut count = 0;
+                loop {
+                    let got = bus
+                        .receive(&t, &g, max, Duration::from_secs(60), Duration::ZERO)
+                        .await
+                        .unwrap();
+                    if got.is_empty() {
+                        return count;
+                    }
+                    count += got.len();
+                    bus.ack(&t, &g, &cases::receipts(&got)).await.unwrap();
+                }
+            }));
+        }
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.unwrap();
+        }
+        let consumed = start.elapsed();
+        assert_eq!(total, n);
+        assert_eq!(bus.depth(&t, &g).await.unwrap(), 0);
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        println!(
+            "{label}: {n} x {size} B; publish in batches of {batch}: {published:?} ({:.0}/s); \
+             {consumers} consumers receiving {max} + ack: {consumed:?} ({:.0}/s); \
+             end to end {:.0}/s",
+            rate(published),
+            rate(consumed),
+            rate(published + consumed),
+        );
+    }
+}

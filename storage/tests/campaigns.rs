@@ -45,7 +45,11 @@ pub mod cases {
         assert_eq!(s.get_campaign(&c.id).await.unwrap(), Some(c.clone()));
         let err = s.insert_campaign(&c).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
-        assert!(s.get_campaign(&format!("{p}-none")).await.unwrap().is_none());
+        assert!(s
+            .get_campaign(&format!("{p}-none"))
+            .await
+            .unwrap()
+            .is_none());
     }
 
     pub async fn transitions_are_compare_and_set_and_stamp_times(s: Arc<dyn CampaignStore>) {
@@ -55,15 +59,30 @@ pub mod cases {
         let t1 = utc("2026-01-01T00:01:00Z");
         let t2 = utc("2026-01-01T00:02:00Z");
         assert!(!s
-            .transition(&c.id, &[CampaignStatus::Scheduled], CampaignStatus::FanningOut, t1)
+            .transition(
+                &c.id,
+                &[CampaignStatus::Scheduled],
+                CampaignStatus::FanningOut,
+                t1
+            )
             .await
             .unwrap());
         assert!(s
-            .transition(&c.id, &[CampaignStatus::Sizing], CampaignStatus::FanningOut, t1)
+            .transition(
+                &c.id,
+                &[CampaignStatus::Sizing],
+                CampaignStatus::FanningOut,
+                t1
+            )
             .await
             .unwrap());
         assert!(s
-            .transition(&c.id, &[CampaignStatus::FanningOut], CampaignStatus::Completed, t2)
+            .transition(
+                &c.id,
+                &[CampaignStatus::FanningOut],
+                CampaignStatus::Completed,
+                t2
+            )
             .await
             .unwrap());
         // A cancel racing the completion loses.
@@ -82,9 +101,7 @@ pub mod cases {
         assert_eq!(got.completed_at, Some(t2));
     }
 
-    pub async fn a_batch_is_counted_once_however_often_it_is_recorded(
-        s: Arc<dyn CampaignStore>,
-    ) {
+    pub async fn a_batch_is_counted_once_however_often_it_is_recorded(s: Arc<dyn CampaignStore>) {
         let p = run_id();
         let c = campaign(&format!("{p}-1"), CampaignStatus::FanningOut);
         s.insert_campaign(&c).await.unwrap();
@@ -96,7 +113,10 @@ pub mod cases {
             ..Default::default()
         };
         assert!(s.record_batch(&c.id, 0, &delta).await.unwrap());
-        assert!(!s.record_batch(&c.id, 0, &delta).await.unwrap(), "replay ignored");
+        assert!(
+            !s.record_batch(&c.id, 0, &delta).await.unwrap(),
+            "replay ignored"
+        );
         assert!(s.record_batch(&c.id, 1, &delta).await.unwrap());
         let got = s.get_campaign(&c.id).await.unwrap().unwrap();
         assert_eq!(got.audience_size, 2_500);
@@ -125,9 +145,13 @@ pub mod cases {
             failed: 2,
             ..Default::default()
         };
-        s.add_deliveries(&c.id, Channel::Push, &queued).await.unwrap();
+        s.add_deliveries(&c.id, Channel::Push, &queued)
+            .await
+            .unwrap();
         s.add_deliveries(&c.id, Channel::Push, &sent).await.unwrap();
-        s.add_deliveries(&c.id, Channel::Email, &queued).await.unwrap();
+        s.add_deliveries(&c.id, Channel::Email, &queued)
+            .await
+            .unwrap();
         let got = s.get_campaign(&c.id).await.unwrap().unwrap();
         assert_eq!(
             got.deliveries[&Channel::Push],
@@ -159,7 +183,7 @@ pub mod cases {
         let page = s.list_campaigns(None, Some(&before), 2).await.unwrap();
         let ids: Vec<&str> = page.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, vec![format!("{p}-4"), format!("{p}-3")]);
-        let next = s.list_campaigns(None, Some(&ids[1].to_owned()), 2).await.unwrap();
+        let next = s.list_campaigns(None, Some(ids[1]), 2).await.unwrap();
         assert_eq!(next[0].id, format!("{p}-2"));
         let done = s
             .list_campaigns(Some(CampaignStatus::Completed), Some(&before), 10)
@@ -170,7 +194,10 @@ pub mod cases {
             .map(|c| c.id)
             .filter(|id| id.starts_with(&p))
             .collect();
-        assert_eq!(ours, vec![format!("{p}-4"), format!("{p}-2"), format!("{p}-0")]);
+        assert_eq!(
+            ours,
+            vec![format!("{p}-4"), format!("{p}-2"), format!("{p}-0")]
+        );
     }
 
     pub async fn scheduled_campaigns_become_due_at_their_start(s: Arc<dyn CampaignStore>) {
@@ -181,12 +208,19 @@ pub mod cases {
         s.insert_campaign(&c).await.unwrap();
         let ours = |v: Vec<Campaign>| v.into_iter().any(|x| x.id == c.id);
         assert!(!ours(
-            s.due_campaigns(start - Duration::seconds(1), 1000).await.unwrap()
+            s.due_campaigns(start - Duration::seconds(1), 1000)
+                .await
+                .unwrap()
         ));
         assert!(ours(s.due_campaigns(start, 1000).await.unwrap()));
-        s.transition(&c.id, &[CampaignStatus::Scheduled], CampaignStatus::Sizing, start)
-            .await
-            .unwrap();
+        s.transition(
+            &c.id,
+            &[CampaignStatus::Scheduled],
+            CampaignStatus::Sizing,
+            start,
+        )
+        .await
+        .unwrap();
         assert!(!ours(s.due_campaigns(start, 1000).await.unwrap()));
     }
 
@@ -197,11 +231,17 @@ pub mod cases {
         let key = format!("{p}-key");
         let expires = Utc::now() + Duration::hours(24);
         assert_eq!(
-            s.claim_idempotency_key(&key, "hash-a", expires).await.unwrap(),
+            s.claim_idempotency_key(&key, "hash-a", expires)
+                .await
+                .unwrap(),
             IdempotencyClaim::Claimed
         );
         // In flight: the second claimer sees no response yet.
-        match s.claim_idempotency_key(&key, "hash-a", expires).await.unwrap() {
+        match s
+            .claim_idempotency_key(&key, "hash-a", expires)
+            .await
+            .unwrap()
+        {
             IdempotencyClaim::Existing(r) => {
                 assert_eq!(r.request_hash, "hash-a");
                 assert_eq!(r.response, None);
@@ -211,7 +251,11 @@ pub mod cases {
         s.complete_idempotency_key(&key, 202, b"{\"id\":\"x\"}")
             .await
             .unwrap();
-        match s.claim_idempotency_key(&key, "hash-b", expires).await.unwrap() {
+        match s
+            .claim_idempotency_key(&key, "hash-b", expires)
+            .await
+            .unwrap()
+        {
             IdempotencyClaim::Existing(r) => {
                 assert_eq!(r.request_hash, "hash-a");
                 assert_eq!(r.response, Some((202, b"{\"id\":\"x\"}".to_vec())));
@@ -236,18 +280,26 @@ pub mod cases {
         let old_key = format!("{p}-old");
         let past = Utc::now() - Duration::seconds(1);
         s.claim_idempotency_key(&old_key, "h", past).await.unwrap();
-        s.complete_idempotency_key(&old_key, 202, b"{}").await.unwrap();
+        s.complete_idempotency_key(&old_key, 202, b"{}")
+            .await
+            .unwrap();
         assert_eq!(
-            s.claim_idempotency_key(&old_key, "h3", later).await.unwrap(),
+            s.claim_idempotency_key(&old_key, "h3", later)
+                .await
+                .unwrap(),
             IdempotencyClaim::Claimed,
             "an expired key is free"
         );
 
         let purged_key = format!("{p}-purged");
-        s.claim_idempotency_key(&purged_key, "h", past).await.unwrap();
+        s.claim_idempotency_key(&purged_key, "h", past)
+            .await
+            .unwrap();
         assert!(s.purge_idempotency_keys(Utc::now()).await.unwrap() >= 1);
         assert_eq!(
-            s.claim_idempotency_key(&purged_key, "h", later).await.unwrap(),
+            s.claim_idempotency_key(&purged_key, "h", later)
+                .await
+                .unwrap(),
             IdempotencyClaim::Claimed
         );
     }

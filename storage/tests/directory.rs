@@ -56,7 +56,10 @@ pub mod cases {
         second.updated_at = utc("2026-02-01T00:00:00Z");
         d.upsert_users(std::slice::from_ref(&second)).await.unwrap();
         let got = d.get_user(&first.id).await.unwrap().unwrap();
-        assert_eq!(got.attributes, second.attributes, "attributes replaced whole");
+        assert_eq!(
+            got.attributes, second.attributes,
+            "attributes replaced whole"
+        );
         assert_eq!(got.email, None);
         assert_eq!(got.phone.as_deref(), Some("+33123"));
         assert_eq!(got.created_at, first.created_at, "created_at kept");
@@ -82,9 +85,7 @@ pub mod cases {
         assert_eq!(got, ids[..3].to_vec());
     }
 
-    pub async fn a_bulk_upsert_larger_than_one_statement_writes_every_user(
-        d: Arc<dyn Directory>,
-    ) {
+    pub async fn a_bulk_upsert_larger_than_one_statement_writes_every_user(d: Arc<dyn Directory>) {
         let p = run_id();
         let users: Vec<User> = (0..12_345)
             .map(|i| user(&format!("{p}-{i:06}"), json!({"run": p, "n": i})))
@@ -113,7 +114,10 @@ pub mod cases {
         };
         assert!(d.put_device(&dev).await.unwrap());
         assert!(d.delete_user(&u.id).await.unwrap());
-        assert!(!d.delete_user(&u.id).await.unwrap(), "second delete finds nothing");
+        assert!(
+            !d.delete_user(&u.id).await.unwrap(),
+            "second delete finds nothing"
+        );
         assert!(d.get_user(&u.id).await.unwrap().is_none());
         assert!(d
             .get_preferences(std::slice::from_ref(&u.id))
@@ -136,7 +140,8 @@ pub mod cases {
             })
             .collect();
         d.upsert_users(&users).await.unwrap();
-        let f = filter(json!({"all": [{"attr": "run", "eq": p}, {"attr": "tier", "eq": "premium"}]}));
+        let f =
+            filter(json!({"all": [{"attr": "run", "eq": p}, {"attr": "tier", "eq": "premium"}]}));
         let now = Utc::now();
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
@@ -166,16 +171,28 @@ pub mod cases {
     pub async fn relative_time_filters_select_recently_active_users(d: Arc<dyn Directory>) {
         let p = run_id();
         let now = utc("2026-03-01T12:00:00Z");
-        let recent = (now - Duration::days(3)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let old = (now - Duration::days(90)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let recent = (now - Duration::days(3))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let old = (now - Duration::days(90))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
         d.upsert_users(&[
-            user(&format!("{p}-recent"), json!({"run": p, "last_active_at": recent})),
-            user(&format!("{p}-old"), json!({"run": p, "last_active_at": old})),
+            user(
+                &format!("{p}-recent"),
+                json!({"run": p, "last_active_at": recent}),
+            ),
+            user(
+                &format!("{p}-old"),
+                json!({"run": p, "last_active_at": old}),
+            ),
             user(&format!("{p}-never"), json!({"run": p})),
         ])
         .await
         .unwrap();
-        let f = filter(json!({"all": [{"attr": "run", "eq": p}, {"attr": "last_active_at", "gte": "now-30d"}]}));
+        let f = filter(
+            json!({"all": [{"attr": "run", "eq": p}, {"attr": "last_active_at", "gte": "now-30d"}]}),
+        );
         let ids = d.page_user_ids(&f, None, 10, now).await.unwrap();
         assert_eq!(ids, vec![format!("{p}-recent")]);
     }
@@ -242,13 +259,14 @@ pub mod cases {
 
         let replaced = Preferences::default();
         assert!(d.put_preferences(&u.id, &replaced).await.unwrap());
-        let got = d.get_preferences(std::slice::from_ref(&u.id)).await.unwrap();
+        let got = d
+            .get_preferences(std::slice::from_ref(&u.id))
+            .await
+            .unwrap();
         assert_eq!(got[&u.id], replaced);
     }
 
-    pub async fn a_device_token_belongs_to_the_user_who_registered_it_last(
-        d: Arc<dyn Directory>,
-    ) {
+    pub async fn a_device_token_belongs_to_the_user_who_registered_it_last(d: Arc<dyn Directory>) {
         let p = run_id();
         let (a, b) = (format!("{p}-a"), format!("{p}-b"));
         d.upsert_users(&[user(&a, json!({})), user(&b, json!({}))])
@@ -273,12 +291,19 @@ pub mod cases {
         assert_eq!(got[0].last_used_at, t1);
         // Another user registering the token takes it over.
         assert!(d.put_device(&dev(&b, t1)).await.unwrap());
-        assert!(d.list_devices(std::slice::from_ref(&a)).await.unwrap().is_empty());
+        assert!(d
+            .list_devices(std::slice::from_ref(&a))
+            .await
+            .unwrap()
+            .is_empty());
         let got = d.list_devices(std::slice::from_ref(&b)).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].created_at, t1);
         // Unknown users cannot hold tokens.
-        assert!(!d.put_device(&dev(&format!("{p}-nobody"), t1)).await.unwrap());
+        assert!(!d
+            .put_device(&dev(&format!("{p}-nobody"), t1))
+            .await
+            .unwrap());
         // Deleting needs the right owner.
         assert!(!d.delete_device(&a, &token).await.unwrap());
         assert!(d.delete_device(&b, &token).await.unwrap());

@@ -27,7 +27,13 @@ fn row(campaign: &str, user: &str, at: DateTime<Utc>) -> Notification {
 /// `n` rows for `user`, one a minute from `start`, oldest first.
 fn rows(p: &str, user: &str, n: usize, start: DateTime<Utc>) -> Vec<Notification> {
     (0..n)
-        .map(|i| row(&format!("{p}-c{i:03}"), user, start + Duration::minutes(i as i64)))
+        .map(|i| {
+            row(
+                &format!("{p}-c{i:03}"),
+                user,
+                start + Duration::minutes(i as i64),
+            )
+        })
         .collect()
 }
 
@@ -43,7 +49,10 @@ pub mod cases {
         let mut expected = written.clone();
         expected.reverse();
         assert_eq!(page, expected);
-        assert_eq!(s.get(&user, written[2].id).await.unwrap(), Some(written[2].clone()));
+        assert_eq!(
+            s.get(&user, written[2].id).await.unwrap(),
+            Some(written[2].clone())
+        );
     }
 
     pub async fn keyset_pages_cover_every_row_once_even_with_equal_timestamps(
@@ -53,8 +62,9 @@ pub mod cases {
         let user = format!("{p}-u");
         let at = utc("2026-01-01T00:00:00Z");
         // Ten rows in the same microsecond: the id breaks the tie.
-        let mut written: Vec<Notification> =
-            (0..10).map(|i| row(&format!("{p}-c{i}"), &user, at)).collect();
+        let mut written: Vec<Notification> = (0..10)
+            .map(|i| row(&format!("{p}-c{i}"), &user, at))
+            .collect();
         written.extend(rows(&p, &user, 7, at + Duration::seconds(1)));
         s.write_batch(&written).await.unwrap();
         let mut seen = Vec::new();
@@ -87,15 +97,17 @@ pub mod cases {
         // The same batch again, as after a crash before the ack.
         s.write_batch(&written).await.unwrap();
         let page = s.page(&user, None, 10, false).await.unwrap();
-        assert_eq!(page.len(), 2, "no duplicates, the dismissed row stays hidden");
+        assert_eq!(
+            page.len(),
+            2,
+            "no duplicates, the dismissed row stays hidden"
+        );
         let first = page.iter().find(|n| n.id == written[0].id).unwrap();
         assert_eq!(first.read_at, Some(now));
         assert_eq!(s.unread_count(&user).await.unwrap(), 1);
     }
 
-    pub async fn read_state_and_unread_count_follow_mark_read_and_read_all(
-        s: Arc<dyn InboxStore>,
-    ) {
+    pub async fn read_state_and_unread_count_follow_mark_read_and_read_all(s: Arc<dyn InboxStore>) {
         let p = run_id();
         let user = format!("{p}-u");
         let written = rows(&p, &user, 4, utc("2026-01-01T00:00:00Z"));
@@ -159,7 +171,11 @@ pub mod cases {
         assert_eq!(replay, written[3..5].to_vec());
         let rest = s.after(&user, written[4].key(), 10).await.unwrap();
         assert_eq!(rest, written[5..].to_vec());
-        assert!(s.after(&user, written[5].key(), 10).await.unwrap().is_empty());
+        assert!(s
+            .after(&user, written[5].key(), 10)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     pub async fn a_large_batch_is_written_whole(s: Arc<dyn InboxStore>) {

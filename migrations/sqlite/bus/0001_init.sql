@@ -8,8 +8,11 @@ CREATE TABLE IF NOT EXISTS bus_subscriptions (
 
 -- AUTOINCREMENT: a seq is never reused, even after the newest row is acked, so a stale
 -- receipt ("seq:attempt") can never match a different message.
--- Column order: the lease state (visible_at, attempts) comes before the payload so that leasing
--- a row whose payload spills into overflow pages rewrites only the row's first page.
+-- Column order: the lease state (visible_at, attempts) comes before the payload. SQLite rewrites
+-- a row in place, writing only the pages that changed, when its size stays the same, as it does
+-- on the first lease (attempts 0 -> 1 are both zero-byte integers); with the lease state first,
+-- that is the row's first page and not the payload's overflow pages (measured for 40 KB
+-- payloads: about 0.5 KB of WAL per lease instead of 4.6 KB with the payload in the middle).
 CREATE TABLE IF NOT EXISTS bus_queue (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     topic        TEXT NOT NULL,

@@ -29,7 +29,7 @@ const USER_CHUNK: usize = MAX_PARAMS / 6;
 const IN_CHUNK: usize = 1000;
 /// Devices removed per statement by the stale-token cleanup, so one run never holds locks on
 /// millions of rows (or blows up the undo log) at once.
-const CLEANUP_BATCH: i64 = 5000;
+const CLEANUP_BATCH: u64 = 5000;
 
 /// The device key: SHA-256 of the token's UTF-8 bytes (see the schema).
 const TOKEN_HASH: &str = "UNHEX(SHA2(?, 256))";
@@ -507,17 +507,19 @@ impl Directory for MysqlDirectory {
     async fn delete_devices_unused_since(&self, before: DateTime<Utc>) -> Result<u64> {
         let mut total = 0;
         loop {
-            let n = sqlx::query(
-                "DELETE FROM devices WHERE last_used_at < ? ORDER BY last_used_at LIMIT ?",
-            )
+            // Oldest first, a batch per statement and transaction; the batch size is our own
+            // constant, so it is written into the SQL.
+            let n = sqlx::query(&format!(
+                "DELETE FROM devices WHERE last_used_at < ? ORDER BY last_used_at \
+                 LIMIT {CLEANUP_BATCH}"
+            ))
             .bind(micros(before))
-            .bind(CLEANUP_BATCH)
             .execute(&self.pool)
             .await
             .map_err(db_error)?
             .rows_affected();
             total += n;
-            if n < CLEANUP_BATCH as u64 {
+            if n < CLEANUP_BATCH {
                 return Ok(total);
             }
         }

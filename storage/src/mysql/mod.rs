@@ -108,7 +108,9 @@ async fn migrate(pool: &MySqlPool, port: &str, migrations: &[Migration]) -> Resu
 }
 
 async fn apply(conn: &mut MySqlConnection, port: &str, migrations: &[Migration]) -> Result<()> {
-    sqlx::raw_sql(
+    // Plain `&str` statements (the text protocol): `raw_sql` futures are not provably `Send`.
+    sqlx::Executor::execute(
+        &mut *conn,
         "CREATE TABLE IF NOT EXISTS herald_migrations (
              port       VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
              version    VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
@@ -116,7 +118,6 @@ async fn apply(conn: &mut MySqlConnection, port: &str, migrations: &[Migration])
              PRIMARY KEY (port, version)
          ) ENGINE = InnoDB",
     )
-    .execute(&mut *conn)
     .await
     .map_err(db_error)?;
     for m in migrations {
@@ -130,8 +131,7 @@ async fn apply(conn: &mut MySqlConnection, port: &str, migrations: &[Migration])
             continue;
         }
         for statement in m.statements() {
-            sqlx::raw_sql(&statement)
-                .execute(&mut *conn)
+            sqlx::Executor::execute(&mut *conn, statement.as_str())
                 .await
                 .map_err(|e| {
                     Error::internal(format!("MySQL {port} migration {} failed", m.version))

@@ -10,7 +10,9 @@
 //!   in-memory cache, so a group subscribed by another process is never missed, whatever this
 //!   process saw before. **Publishing to a topic nobody subscribed to stores nothing**, and a
 //!   group subscribed later does not see earlier messages: subscribe consumer groups before
-//!   publishing (the roles do it on start).
+//!   publishing (the roles do it on start). Each group gets its own copy of the payload, the
+//!   price of independent per-group leases without a shared row to reference-count; Herald's
+//!   topics have one consumer group or a few.
 //! - [`Bus::receive`] leases rows with one `UPDATE ... RETURNING` that picks the ready rows
 //!   (`visible_at <= now`), pushes their `visible_at` to the end of the lease and counts the
 //!   attempt. A single statement takes SQLite's write lock for its whole run, so two consumers
@@ -37,11 +39,17 @@
 //!
 //! # Performance
 //!
-//! Writers of this process queue on an in-process gate before they touch SQLite: SQLite lets
-//! one writer in at a time anyway, and its busy handler retries by sleeping (up to 100 ms per
-//! retry), which would turn a contended write lock into idle time. The gate hands the lock over
-//! in FIFO order instead. Waiting consumers poll with a read-only probe (readers never block
-//! in WAL mode) and only take the write lock when something is ready.
+//! Every write is one short statement or transaction: nothing is read or computed while the
+//! write lock is held except the subscription lookup of `publish`. Writers of this process
+//! queue on an in-process gate before they touch SQLite: SQLite lets one writer in at a time
+//! anyway, and its busy handler retries by sleeping (up to 100 ms per retry), which turns a
+//! contended write lock into idle time and unfairness. The gate hands the lock over in FIFO
+//! order instead. Measured with 16 consumers draining a backlog on 2 cores, it bounds the
+//! slowest receive or ack at about 45 ms instead of about 1 s, for 5-10% less peak throughput.
+//! Waiting consumers poll with a read-only probe (readers never block in WAL mode) and only
+//! take the write lock when something is ready. Throughput on the same machine (debug build):
+//! about 25,000 small messages/s published, received and acked end to end in batches of 100,
+//! and about 2,500 messages/s of 40 KB (`sqlite_throughput` in `tests/bus.rs`).
 
 use super::{open_pool, MAX_PARAMS};
 use crate::migrations::{migration, Migration};
@@ -53,11 +61,12 @@ use herald_core::model::{Delivery, OutMessage};
 use herald_core::ports::Bus;
 use herald_core::{Error, Result};
 use parking_lot::Mutex;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqlitePool};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{MutexGuard, Notify};
 use tokio::time::Instant;
 
 const MIGRATIONS: &[Migration] = &[migration!("sqlite", "bus", "0001_init")];
@@ -68,13 +77,10 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Parameters bound per queue row on publish.
 const ROW_PARAMS: usize = 6;
-/// Rows per multi-row INSERT. Well under SQLite's parameter limit; larger statements gain
-/// nothing measurable and each distinct row count is one more cached prepared statement.
-const PUBLISH_CHUNK_ROWS: usize = if 1_000 * ROW_PARAMS < MAX_PARAMS {
-    1_000
-} else {
-    MAX_PARAMS / ROW_PARAMS
-};
+/// Rows per multi-row INSERT: enough to amortise a statement, and each distinct row count is
+/// one more prepared statement in sqlx's per-connection cache.
+const PUBLISH_CHUNK_ROWS: usize = 1_000;
+const _: () = assert!(PUBLISH_CHUNK_ROWS * ROW_PARAMS <= MAX_PARAMS);
 /// Payload bytes per INSERT statement: SQLite copies every bound blob, so this caps the memory
 /// of one statement when batches carry large payloads.
 const PUBLISH_CHUNK_BYTES: usize = 8 << 20;
@@ -96,6 +102,16 @@ impl SqliteBus {
             write_gate: tokio::sync::Mutex::new(()),
             wakers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A connection to write with, and this process's turn to write (see the module doc,
+    /// Performance). Always in this order: the connection first, so a writer never holds the
+    /// gate while it waits for a connection (held, perhaps, by writers waiting for the gate),
+    /// and the gated section is only the statement itself.
+    async fn writer(&self) -> Result<(PoolConnection<Sqlite>, MutexGuard<'_, ()>)> {
+        let conn = self.pool.acquire().await.map_err(db_error)?;
+        let gate = self.write_gate.lock().await;
+        Ok((conn, gate))
     }
 
     fn waker(&self, topic: &str) -> Arc<Notify> {
@@ -124,7 +140,7 @@ impl SqliteBus {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<Delivery>> {
-        let gate = self.write_gate.lock().await;
+        let (mut conn, gate) = self.writer().await?;
         let now = micros(Utc::now());
         // ORDER BY visible_at, seq follows the index (seq is the rowid at the end of every
         // entry), so SQLite stops after `max` entries instead of sorting the whole backlog.
@@ -140,7 +156,7 @@ impl SqliteBus {
         .bind(group)
         .bind(now)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;
         drop(gate);
@@ -224,8 +240,8 @@ impl SqliteBus {
                     .push_unseparated(")");
             }
             qb.push(")");
-            let gate = self.write_gate.lock().await;
-            qb.build().execute(&self.pool).await.map_err(db_error)?;
+            let (mut conn, gate) = self.writer().await?;
+            qb.build().execute(&mut *conn).await.map_err(db_error)?;
             drop(gate);
         }
         Ok(())
@@ -275,13 +291,13 @@ impl Bus for SqliteBus {
     }
 
     async fn subscribe(&self, topic: &str, group: &str) -> Result<()> {
-        let _gate = self.write_gate.lock().await;
+        let (mut conn, _gate) = self.writer().await?;
         sqlx::query(
             "INSERT INTO bus_subscriptions (topic, grp) VALUES (?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(topic)
         .bind(group)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await
         .map_err(db_error)?;
         Ok(())
@@ -291,12 +307,8 @@ impl Bus for SqliteBus {
         if messages.is_empty() {
             return Ok(());
         }
-        let gate = self.write_gate.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)?;
+        let (mut conn, gate) = self.writer().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
         // Read under the write lock: no subscribe can commit between this read and our
         // inserts, whichever process makes it.
         let groups: Vec<String> =
@@ -347,7 +359,8 @@ impl Bus for SqliteBus {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + wait;
+        // `wait` may be huge (Duration::MAX meaning "forever"): cap the deadline at a year.
+        let deadline = Instant::now() + wait.min(Duration::from_secs(365 * 24 * 3600));
         let waker = self.waker(topic);
         // The first try goes straight to the lease: on a busy queue something is ready and a
         // probe would only add a round trip.

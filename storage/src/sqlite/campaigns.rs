@@ -179,16 +179,21 @@ impl CampaignStore for SqliteCampaigns {
         before: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Campaign>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM campaigns WHERE 1 = 1"));
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM campaigns WHERE 1 = 1"));
         if let Some(status) = status {
             qb.push(" AND status = ").push_bind(status.as_str());
         }
         if let Some(before) = before {
             qb.push(" AND id < ").push_bind(before.to_owned());
         }
-        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit));
         let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
-        let campaigns = rows.iter().map(campaign_from_row).collect::<Result<Vec<_>>>()?;
+        let campaigns = rows
+            .iter()
+            .map(campaign_from_row)
+            .collect::<Result<Vec<_>>>()?;
         self.with_deliveries(campaigns).await
     }
 
@@ -281,12 +286,7 @@ impl CampaignStore for SqliteCampaigns {
         Ok(true)
     }
 
-    async fn add_deliveries(
-        &self,
-        id: &str,
-        channel: Channel,
-        d: &DeliveryCounts,
-    ) -> Result<()> {
+    async fn add_deliveries(&self, id: &str, channel: Channel, d: &DeliveryCounts) -> Result<()> {
         sqlx::query(
             "INSERT INTO campaign_deliveries (campaign_id, channel, queued, sent, failed) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \

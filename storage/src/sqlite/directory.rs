@@ -73,7 +73,9 @@ fn device_from_row(row: &SqliteRow) -> Result<Device> {
     let platform: String = row.get("platform");
     Ok(Device {
         user_id: row.get("user_id"),
-        platform: platform.parse().map_err(|e| corrupt("device platform", e))?,
+        platform: platform
+            .parse()
+            .map_err(|e| corrupt("device platform", e))?,
         token: row.get("token"),
         created_at: from_micros(row.get("created_at")),
         last_used_at: from_micros(row.get("last_used_at")),
@@ -226,9 +228,8 @@ impl Directory for SqliteDirectory {
         limit: u32,
         now: DateTime<Utc>,
     ) -> Result<Vec<User>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE id > "
-        ));
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {USER_COLUMNS} FROM users WHERE id > "));
         qb.push_bind(after.unwrap_or("").to_owned());
         push_filter(&mut qb, filter, now);
         qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
@@ -274,13 +275,12 @@ impl Directory for SqliteDirectory {
     }
 
     async fn get_segment(&self, name: &str) -> Result<Option<Segment>> {
-        let row = sqlx::query(
-            "SELECT name, filter, created_at, updated_at FROM segments WHERE name = ?",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
+        let row =
+            sqlx::query("SELECT name, filter, created_at, updated_at FROM segments WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
         row.as_ref().map(segment_from_row).transpose()
     }
 

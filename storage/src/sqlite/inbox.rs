@@ -121,12 +121,7 @@ impl InboxStore for SqliteInbox {
         rows.iter().map(row_to_notification).collect()
     }
 
-    async fn after(
-        &self,
-        user_id: &str,
-        after: InboxKey,
-        limit: u32,
-    ) -> Result<Vec<Notification>> {
+    async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM notifications WHERE user_id = ? AND dismissed_at IS NULL \
              AND (created_at, id) > (?, ?) ORDER BY created_at ASC, id ASC LIMIT ?"

@@ -70,8 +70,8 @@ async fn migrate(pool: &SqlitePool, migrations: &[Migration]) -> Result<()> {
             continue;
         }
         for statement in m.statements() {
-            sqlx::raw_sql(&statement)
-                .execute(&mut *tx)
+            // Plain `&str` statements: `raw_sql` futures are not provably `Send`.
+            sqlx::Executor::execute(&mut *tx, statement.as_str())
                 .await
                 .map_err(|e| {
                     Error::internal(format!("migration {} failed", m.version)).with_source(e)
