@@ -194,4 +194,18 @@ mod tests {
         assert_send(&open_directory(&url));
         assert_send(&open_bus(&url));
     }
+
+    #[tokio::test]
+    async fn a_scheme_a_port_cannot_use_is_refused_with_the_supported_ones() {
+        let url = BackendUrl::parse("scylla://127.0.0.1:9042/herald").unwrap();
+        let err = open_directory(&url).await.err().expect("refused");
+        assert!(
+            err.message.contains("supported here: sqlite, mysql"),
+            "{}",
+            err.message
+        );
+        assert!(compiled_out("kafka", "kafka")
+            .message
+            .contains("--features kafka"));
+    }
 }

@@ -42,10 +42,10 @@ impl BackendUrl {
     pub fn redacted(&self) -> String {
         match self.raw.split_once("://") {
             Some((scheme, rest)) => match rest.split_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split(':').next().unwrap_or("");
-                    format!("{scheme}://{user}:***@{host}")
-                }
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                    None => self.raw.clone(),
+                },
                 None => self.raw.clone(),
             },
             None => self.raw.clone(),
