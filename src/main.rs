@@ -65,18 +65,40 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => migrate(&config).await,
-        Command::Serve | Command::Api => {
-            let ctx = build_context(config, matches!(command, Command::Serve)).await?;
+        Command::Serve => {
+            let ctx = build_context(config, true).await?;
             let listener = bind(&ctx.config.listen).await?;
             let shutdown = shutdown_signal();
+            let fanout = tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
             let router = herald_api::router(ctx.clone());
-            herald_api::serve(listener, router, shutdown)
+            herald_api::serve(listener, router, shutdown.clone())
                 .await
                 .context("HTTP server failed")?;
+            shutdown.cancel();
+            // Let the dispatchers checkpoint and hand back what they hold.
+            let _ = fanout.await;
             tracing::info!("stopped");
             Ok(())
         }
-        Command::Fanout => not_yet("fanout", "#3 (Campaigns)"),
+        Command::Api => {
+            let ctx = build_context(config, false).await?;
+            let listener = bind(&ctx.config.listen).await?;
+            herald_api::run(ctx, listener, shutdown_signal())
+                .await
+                .context("HTTP server failed")?;
+            Ok(())
+        }
+        Command::Fanout => {
+            let ctx = build_context(config, false).await?;
+            let listener = bind(&ctx.config.listen).await?;
+            let shutdown = shutdown_signal();
+            let role = tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
+            // Worker roles serve only /healthz, /readyz and /metrics.
+            let ops = herald_api::finish(herald_api::http::ops_router(ctx));
+            herald_api::serve(listener, ops, shutdown).await?;
+            let _ = role.await;
+            Ok(())
+        }
         Command::Inbox => not_yet("inbox", "#4 (Broadcast store and merged inbox)"),
         Command::Push => not_yet("push", "#6 (Push gateway)"),
     }

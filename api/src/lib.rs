@@ -6,9 +6,11 @@
 //! their own and never touch a database driver. Fan-out, inbox reads and deliveries belong to
 //! the other role crates.
 
+mod campaigns;
 pub mod http;
 mod import;
 mod pages;
+mod rules;
 mod segments;
 mod templates;
 mod users;
@@ -49,6 +51,18 @@ pub fn admin_router(ctx: Context) -> Router {
             delete(users::delete_device),
         )
         .route("/v1/users/{user_id}/token", post(users::mint_token))
+        .route(
+            "/v1/campaigns",
+            post(campaigns::create).get(campaigns::list),
+        )
+        .route("/v1/campaigns/{id}", get(campaigns::get))
+        .route("/v1/campaigns/{id}/cancel", post(campaigns::cancel))
+        .route("/v1/rules", get(rules::list))
+        .route(
+            "/v1/rules/{event_type}",
+            put(rules::put).get(rules::get).delete(rules::delete),
+        )
+        .route("/v1/events", post(rules::event))
         .route("/v1/segments", get(segments::list))
         .route(
             "/v1/segments/{name}",

@@ -116,6 +116,8 @@ pub struct ApiConfig {
     pub max_import_bytes: u64,
     /// Users written per batched upsert during an import.
     pub import_batch_size: usize,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_hours: u32,
 }
 
 impl Default for ApiConfig {
@@ -124,6 +126,7 @@ impl Default for ApiConfig {
             max_body_bytes: 1024 * 1024,
             max_import_bytes: 4 * 1024 * 1024 * 1024,
             import_batch_size: 2000,
+            idempotency_ttl_hours: 24,
         }
     }
 }

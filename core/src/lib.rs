@@ -13,8 +13,10 @@ pub mod filter;
 pub mod ids;
 pub mod model;
 pub mod ports;
+pub mod strategy;
 pub mod template;
 pub mod token;
+pub mod topics;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{Context, Ports};

@@ -622,6 +622,43 @@ pub struct Campaign {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Where the dispatcher is in the audience, so a restarted dispatcher resumes there.
+    pub checkpoint: Checkpoint,
+}
+
+/// The dispatcher's progress through a campaign's audience.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The number of the next batch to publish.
+    pub next_batch: u64,
+    /// The last user id of the last published batch (keyset cursor of the audience).
+    pub after_user: Option<String>,
+    /// Every batch has been published; `progress.batches_total` is final.
+    pub batching_done: bool,
+}
+
+impl Campaign {
+    /// Whether every batch has been published and processed.
+    pub fn all_batches_done(&self) -> bool {
+        self.checkpoint.batching_done && self.progress.batches_done >= self.progress.batches_total
+    }
+}
+
+/// An event-triggered notification: events of `event_type` whose data match `condition`
+/// become targeted campaigns with this template, channels and priority.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    pub event_type: String,
+    pub template: String,
+    pub channels: Vec<Channel>,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Filter>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// What an idempotency key maps to.

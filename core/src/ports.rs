@@ -116,12 +116,22 @@ pub trait CampaignStore: Send + Sync + 'static {
         to: CampaignStatus,
         at: DateTime<Utc>,
     ) -> Result<bool>;
-    /// Sets the audience size and the number of batches it was cut into.
+    /// Sets the audience size and the (estimated) number of batches it will be cut into.
     async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()>;
-    /// Records batch `batch_no` as done: adds one to `batches_done` and the other counters of
-    /// `delta` (its `batches_*` fields are ignored), once. A batch number already recorded is
-    /// ignored and `false` returned, so a redelivered batch never double counts.
-    async fn record_batch(&self, id: &str, batch_no: u64, delta: &Progress) -> Result<bool>;
+    /// Saves the dispatcher's position after publishing batches up to `checkpoint.next_batch`;
+    /// when `batching_done`, also fixes `batches_total` to `checkpoint.next_batch`.
+    async fn save_checkpoint(&self, id: &str, checkpoint: &Checkpoint) -> Result<()>;
+    /// Records batch `batch_no` as done: adds one to `batches_done`, the other counters of
+    /// `delta` (its `batches_*` fields are ignored) and `queued` to the channels' `queued`
+    /// counters, in one atomic step, once. A batch number already recorded is ignored and
+    /// `false` returned, so a redelivered batch never double counts.
+    async fn record_batch(
+        &self,
+        id: &str,
+        batch_no: u64,
+        delta: &Progress,
+        queued: &[(Channel, u64)],
+    ) -> Result<bool>;
     /// Adds to a channel's delivery counters.
     async fn add_deliveries(
         &self,
@@ -145,6 +155,13 @@ pub trait CampaignStore: Send + Sync + 'static {
     async fn release_idempotency_key(&self, key: &str) -> Result<()>;
     /// Removes keys that expired before `now`. Returns how many.
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
+
+    /// Inserts or replaces the rule of an event type (`created_at` of an existing one kept).
+    async fn put_rule(&self, rule: &Rule) -> Result<()>;
+    async fn get_rule(&self, event_type: &str) -> Result<Option<Rule>>;
+    /// Rules with event type greater than `after`, by event type.
+    async fn list_rules(&self, after: Option<&str>, limit: u32) -> Result<Vec<Rule>>;
+    async fn delete_rule(&self, event_type: &str) -> Result<bool>;
 }
 
 /// Per-user personal notification rows and their read state.
@@ -243,6 +260,18 @@ pub trait Bus: Send + Sync + 'static {
         receipts: &[String],
         delay: Duration,
     ) -> Result<()>;
+    /// Extends leases still held, for work that outlasts one lease (the dispatcher paging a
+    /// large audience). On a leased bus this is a nack with the new lease as the delay: the
+    /// receipts stay valid. Buses without leases may override it with a no-op.
+    async fn extend(
+        &self,
+        topic: &str,
+        group: &str,
+        receipts: &[String],
+        lease: Duration,
+    ) -> Result<()> {
+        self.nack(topic, group, receipts, lease).await
+    }
     /// Messages of `topic` not yet acked by `group` (the backlog the batcher throttles on).
     async fn depth(&self, topic: &str, group: &str) -> Result<u64>;
 }

@@ -84,3 +84,96 @@ mod tests {
         assert!(check("push.title", "Hello {{ user.name }}").is_ok());
     }
 }
+
+/// A campaign's content compiled once and rendered for many users: fields without
+/// placeholders are copied, the others rendered from templates parsed a single time.
+#[derive(Debug)]
+pub struct Compiled {
+    env: Environment<'static>,
+    content: crate::model::TemplateContent,
+}
+
+impl Compiled {
+    /// Compiles every field of `content`; errors name the field.
+    pub fn new(content: crate::model::TemplateContent) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        for (name, text) in content.fields() {
+            if text.contains("{{") || text.contains("{%") {
+                env.add_template_owned(name.to_owned(), text.to_owned())
+                    .map_err(|e| {
+                        Error::invalid(format!("{name}: template does not compile: {e}"))
+                    })?;
+            }
+        }
+        Ok(Self { env, content })
+    }
+
+    /// Inline campaign content (a title and a body) as content for every channel.
+    pub fn inline(title: &str, body: &str) -> Result<Self> {
+        use crate::model::*;
+        let tb = TitleBody {
+            title: title.to_owned(),
+            body: body.to_owned(),
+        };
+        Self::new(TemplateContent {
+            in_app: Some(tb.clone()),
+            push: Some(tb),
+            email: Some(EmailContent {
+                subject: title.to_owned(),
+                text: body.to_owned(),
+                html: None,
+            }),
+            sms: Some(SmsContent {
+                text: body.to_owned(),
+            }),
+            webhook: Some(WebhookContent {
+                body: body.to_owned(),
+            }),
+        })
+    }
+
+    pub fn content(&self) -> &crate::model::TemplateContent {
+        &self.content
+    }
+
+    /// Renders field `name` (e.g. `push.title`) whose source is `text`, for one user's context.
+    pub fn render(&self, name: &str, text: &str, ctx: &Value) -> Result<String> {
+        match self.env.get_template(name) {
+            Ok(t) => t
+                .render(ctx)
+                .map_err(|e| Error::invalid(format!("{name}: template does not render: {e}"))),
+            Err(_) => Ok(text.to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod compiled_tests {
+    use super::*;
+    use crate::model::*;
+
+    #[test]
+    fn compiled_content_renders_per_user_and_copies_plain_fields() {
+        let c = Compiled::new(TemplateContent {
+            push: Some(TitleBody {
+                title: "Plain title".into(),
+                body: "Hi {{ user.id }}, order {{ data.n }}".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let ctx = serde_json::json!({"user": {"id": "u7"}, "data": {"n": 3}});
+        let push = c.content().push.clone().unwrap();
+        assert_eq!(
+            c.render("push.title", &push.title, &ctx).unwrap(),
+            "Plain title"
+        );
+        assert_eq!(
+            c.render("push.body", &push.body, &ctx).unwrap(),
+            "Hi u7, order 3"
+        );
+        assert!(Compiled::inline("{{ broken", "b").is_err());
+    }
+}

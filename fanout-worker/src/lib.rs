@@ -1,9 +1,58 @@
-//! Herald's fan-out role (DESIGN.md flows 1–3): the audience-sizing dispatcher that picks a
-//! strategy per campaign, the batcher that pages through an audience by key and cuts
-//! 1,000-user batches onto the bus under a rate limiter, the batch workers that turn a batch
-//! into notification rows and channel messages, and the broadcast lifecycle.
+//! Herald's fan-out role (DESIGN.md flows 1–3): the scheduler that releases campaigns when
+//! they are due, the dispatcher that pages through a campaign's audience by key and cuts
+//! batches onto the bus under a rate limiter, the batch workers that turn a batch into
+//! notification rows and channel messages, and the broadcast store-once path.
 //!
 //! It talks to the world only through the ports of `herald_core::Context`; it owns no HTTP
-//! routes (campaign endpoints live in `herald-api`) and no storage code.
-//!
-//! Filled by issue #3 (Campaigns) and #4 (broadcast lifecycle).
+//! routes (campaign endpoints live in `herald-api`) and no storage code. Every step is safe to
+//! repeat: batches are identified by campaign and number, notification ids are derived from
+//! campaign and user, and counters are added once per batch, so a crash anywhere is recovered
+//! by redelivery.
+
+mod dispatcher;
+mod pacing;
+mod scheduler;
+mod worker;
+
+pub use pacing::Pacer;
+pub use worker::process_batch;
+
+use herald_core::Context;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a dispatcher holds a campaign before another may take it over; the lease is
+/// extended while the dispatcher works, so this is the takeover delay after a crash.
+pub const DISPATCH_LEASE: Duration = Duration::from_secs(15);
+/// How long a batch worker holds a batch; a batch takes milliseconds, so this is mostly the
+/// redelivery delay after a crash.
+pub const BATCH_LEASE: Duration = Duration::from_secs(20);
+
+/// Runs the fan-out role until `shutdown`: the scheduler, two dispatchers and the batch
+/// workers (`fanout.workers`, default the number of cores).
+pub async fn run(ctx: Context, shutdown: CancellationToken) {
+    let workers = ctx.config.fanout.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(scheduler::run(ctx.clone(), shutdown.clone()));
+    for _ in 0..2 {
+        tasks.spawn(dispatcher::run(ctx.clone(), shutdown.clone()));
+    }
+    let cache = worker::CampaignCache::default();
+    for _ in 0..workers.max(1) {
+        tasks.spawn(worker::run(ctx.clone(), cache.clone(), shutdown.clone()));
+    }
+    tracing::info!(workers, "fan-out role running");
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Waits `d` unless shutdown comes first; `false` when shutting down.
+async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}

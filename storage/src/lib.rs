@@ -40,13 +40,16 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
             Error::invalid(format!("cannot create data dir {}", dir.display())).with_source(e)
         })?;
     }
+    let bus = open_bus(&url_for(&b.bus, dir, "bus")?).await?;
+    // Standard subscriptions first, so nothing published before a consumer starts is lost.
+    herald_core::topics::declare(bus.as_ref()).await?;
     Ok(Ports {
         directory: open_directory(&url_for(&b.directory, dir, "directory")?).await?,
         campaigns: open_campaigns(&url_for(&b.campaigns, dir, "campaigns")?).await?,
         inbox: open_inbox(&url_for(&b.inbox, dir, "inbox")?).await?,
         broadcasts: open_broadcasts(&url_for(&b.broadcasts, dir, "broadcasts")?).await?,
         preference_cache: open_preference_cache(b.preference_cache.as_ref())?,
-        bus: open_bus(&url_for(&b.bus, dir, "bus")?).await?,
+        bus,
         live: open_live_hub(b.live.as_ref())?,
     })
 }

@@ -32,6 +32,7 @@ fn campaign(id: &str, status: CampaignStatus) -> Campaign {
         created_at: utc("2026-01-01T00:00:00Z"),
         started_at: None,
         completed_at: None,
+        checkpoint: Checkpoint::default(),
     }
 }
 
@@ -112,12 +113,13 @@ pub mod cases {
             deferred_quiet_hours: 3,
             ..Default::default()
         };
-        assert!(s.record_batch(&c.id, 0, &delta).await.unwrap());
+        let queued = [(Channel::Push, 990), (Channel::Email, 0)];
+        assert!(s.record_batch(&c.id, 0, &delta, &queued).await.unwrap());
         assert!(
-            !s.record_batch(&c.id, 0, &delta).await.unwrap(),
+            !s.record_batch(&c.id, 0, &delta, &queued).await.unwrap(),
             "replay ignored"
         );
-        assert!(s.record_batch(&c.id, 1, &delta).await.unwrap());
+        assert!(s.record_batch(&c.id, 1, &delta, &queued).await.unwrap());
         let got = s.get_campaign(&c.id).await.unwrap().unwrap();
         assert_eq!(got.audience_size, 2_500);
         assert_eq!(
@@ -130,6 +132,85 @@ pub mod cases {
                 deferred_quiet_hours: 6,
             }
         );
+        assert_eq!(
+            got.deliveries[&Channel::Push].queued,
+            1_980,
+            "queued counted once"
+        );
+        assert!(!got.all_batches_done());
+    }
+
+    pub async fn checkpoints_survive_and_fix_the_batch_total_when_done(s: Arc<dyn CampaignStore>) {
+        let p = run_id();
+        let c = campaign(&format!("{p}-1"), CampaignStatus::FanningOut);
+        s.insert_campaign(&c).await.unwrap();
+        s.set_sizing(&c.id, 3_000, 3).await.unwrap();
+        let mid = Checkpoint {
+            next_batch: 2,
+            after_user: Some("user-02000".into()),
+            batching_done: false,
+        };
+        s.save_checkpoint(&c.id, &mid).await.unwrap();
+        let got = s.get_campaign(&c.id).await.unwrap().unwrap();
+        assert_eq!(got.checkpoint, mid);
+        assert_eq!(
+            got.progress.batches_total, 3,
+            "estimate kept while batching"
+        );
+        // The audience shrank meanwhile: two batches in the end.
+        let done = Checkpoint {
+            batching_done: true,
+            ..mid
+        };
+        s.save_checkpoint(&c.id, &done).await.unwrap();
+        for b in 0..2 {
+            s.record_batch(&c.id, b, &Progress::default(), &[])
+                .await
+                .unwrap();
+        }
+        let got = s.get_campaign(&c.id).await.unwrap().unwrap();
+        assert_eq!(got.progress.batches_total, 2);
+        assert!(got.all_batches_done());
+    }
+
+    pub async fn rules_are_upserted_listed_and_deleted(s: Arc<dyn CampaignStore>) {
+        let p = run_id();
+        let t0 = utc("2026-01-01T00:00:00Z");
+        let t1 = utc("2026-01-02T00:00:00Z");
+        let rule = |event_type: String, at| Rule {
+            event_type,
+            template: "order-shipped".into(),
+            channels: vec![Channel::InApp, Channel::Push],
+            priority: Priority::High,
+            category: Some("orders".into()),
+            condition: Some(
+                herald_core::filter::Filter::parse(
+                    &serde_json::json!({"attr": "amount", "gt": 1000}),
+                )
+                .unwrap(),
+            ),
+            created_at: at,
+            updated_at: at,
+        };
+        s.put_rule(&rule(format!("{p}.a"), t0)).await.unwrap();
+        s.put_rule(&rule(format!("{p}.b"), t0)).await.unwrap();
+        s.put_rule(&rule(format!("{p}.a"), t1)).await.unwrap();
+        let a = s.get_rule(&format!("{p}.a")).await.unwrap().unwrap();
+        assert_eq!(a.created_at, t0);
+        assert_eq!(a.updated_at, t1);
+        assert_eq!(a.condition, rule(String::new(), t0).condition);
+        let listed: Vec<String> = s
+            .list_rules(Some(&p), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event_type)
+            .filter(|e| e.starts_with(&p))
+            .collect();
+        assert_eq!(listed, vec![format!("{p}.a"), format!("{p}.b")]);
+        assert!(s.delete_rule(&format!("{p}.a")).await.unwrap());
+        assert!(!s.delete_rule(&format!("{p}.a")).await.unwrap());
+        assert!(s.get_rule(&format!("{p}.a")).await.unwrap().is_none());
     }
 
     pub async fn delivery_counters_add_up_per_channel(s: Arc<dyn CampaignStore>) {
@@ -313,6 +394,8 @@ macro_rules! campaign_conformance {
                 a_campaign_reads_back_as_written_and_ids_are_unique,
                 transitions_are_compare_and_set_and_stamp_times,
                 a_batch_is_counted_once_however_often_it_is_recorded,
+                checkpoints_survive_and_fix_the_batch_total_when_done,
+                rules_are_upserted_listed_and_deleted,
                 delivery_counters_add_up_per_channel,
                 listing_pages_newest_first_and_filters_by_status,
                 scheduled_campaigns_become_due_at_their_start,

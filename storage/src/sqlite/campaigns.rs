@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-const MIGRATIONS: &[Migration] = &[migration!("sqlite", "campaigns", "0001_init")];
+const MIGRATIONS: &[Migration] = &[
+    migration!("sqlite", "campaigns", "0001_init"),
+    migration!("sqlite", "campaigns", "0002_checkpoints_and_rules"),
+];
 
 pub struct SqliteCampaigns {
     pool: SqlitePool,
@@ -40,7 +43,7 @@ struct Spec {
 
 const COLUMNS: &str = "id, status, strategy, spec, starts_at, expires_at, audience_size, \
     batches_total, batches_done, notifications_written, skipped_opted_out, deferred_quiet_hours, \
-    created_at, started_at, completed_at";
+    created_at, started_at, completed_at, next_batch, after_user, batching_done";
 
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| corrupt(what, e))
@@ -74,6 +77,11 @@ fn campaign_from_row(row: &SqliteRow) -> Result<Campaign> {
         created_at: from_micros(row.get("created_at")),
         started_at: opt_from_micros(row.get("started_at")),
         completed_at: opt_from_micros(row.get("completed_at")),
+        checkpoint: Checkpoint {
+            next_batch: n("next_batch"),
+            after_user: row.get("after_user"),
+            batching_done: row.get::<i64, _>("batching_done") != 0,
+        },
     })
 }
 
@@ -130,7 +138,8 @@ impl CampaignStore for SqliteCampaigns {
         };
         let spec = serde_json::to_string(&spec).map_err(|e| corrupt("campaign", e))?;
         sqlx::query(&format!(
-            "INSERT INTO campaigns ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO campaigns ({COLUMNS}) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&c.id)
         .bind(c.status.as_str())
@@ -147,6 +156,9 @@ impl CampaignStore for SqliteCampaigns {
         .bind(micros(c.created_at))
         .bind(c.started_at.map(micros))
         .bind(c.completed_at.map(micros))
+        .bind(c.checkpoint.next_batch as i64)
+        .bind(&c.checkpoint.after_user)
+        .bind(i64::from(c.checkpoint.batching_done))
         .execute(&self.pool)
         .await
         .map_err(|e| match db_error(e) {
@@ -249,7 +261,29 @@ impl CampaignStore for SqliteCampaigns {
         Ok(())
     }
 
-    async fn record_batch(&self, id: &str, batch_no: u64, d: &Progress) -> Result<bool> {
+    async fn save_checkpoint(&self, id: &str, checkpoint: &Checkpoint) -> Result<()> {
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE campaigns SET next_batch = ");
+        qb.push_bind(checkpoint.next_batch as i64)
+            .push(", after_user = ")
+            .push_bind(checkpoint.after_user.clone())
+            .push(", batching_done = ")
+            .push_bind(i64::from(checkpoint.batching_done));
+        if checkpoint.batching_done {
+            qb.push(", batches_total = ")
+                .push_bind(checkpoint.next_batch as i64);
+        }
+        qb.push(" WHERE id = ").push_bind(id.to_owned());
+        qb.build().execute(&self.pool).await.map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn record_batch(
+        &self,
+        id: &str,
+        batch_no: u64,
+        d: &Progress,
+        queued: &[(Channel, u64)],
+    ) -> Result<bool> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -282,6 +316,18 @@ impl CampaignStore for SqliteCampaigns {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+        for (channel, n) in queued.iter().filter(|(_, n)| *n > 0) {
+            sqlx::query(
+                "INSERT INTO campaign_deliveries (campaign_id, channel, queued) VALUES (?, ?, ?) \
+                 ON CONFLICT (campaign_id, channel) DO UPDATE SET queued = queued + excluded.queued",
+            )
+            .bind(id)
+            .bind(channel.as_str())
+            .bind(*n as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
@@ -400,4 +446,60 @@ impl CampaignStore for SqliteCampaigns {
             .rows_affected();
         Ok(n)
     }
+
+    async fn put_rule(&self, rule: &Rule) -> Result<()> {
+        let spec = serde_json::to_string(rule).map_err(|e| corrupt("rule", e))?;
+        sqlx::query(
+            "INSERT INTO rules (event_type, spec, created_at, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (event_type) DO UPDATE SET spec = excluded.spec, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&rule.event_type)
+        .bind(spec)
+        .bind(micros(rule.created_at))
+        .bind(micros(rule.updated_at))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn get_rule(&self, event_type: &str) -> Result<Option<Rule>> {
+        let row = sqlx::query("SELECT spec, created_at FROM rules WHERE event_type = ?")
+            .bind(event_type)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(rule_from_row).transpose()
+    }
+
+    async fn list_rules(&self, after: Option<&str>, limit: u32) -> Result<Vec<Rule>> {
+        let rows = sqlx::query(
+            "SELECT spec, created_at FROM rules WHERE event_type > ? ORDER BY event_type LIMIT ?",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(rule_from_row).collect()
+    }
+
+    async fn delete_rule(&self, event_type: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM rules WHERE event_type = ?")
+            .bind(event_type)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+}
+
+fn rule_from_row(row: &SqliteRow) -> Result<Rule> {
+    let spec: String = row.get("spec");
+    let mut rule: Rule = serde_json::from_str(&spec).map_err(|e| corrupt("rule", e))?;
+    // The first creation time survives replacements.
+    rule.created_at = from_micros(row.get("created_at"));
+    Ok(rule)
 }

@@ -1,0 +1,97 @@
+//! The bus topics Herald's roles talk over, their consumer groups, and the message bodies.
+//! Messages are JSON so a person can read a queue with any tool.
+
+use crate::model::{Channel, Priority};
+use crate::ports::Bus;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A campaign to dispatch (size, batch, publish): from the API and the scheduler.
+pub const DISPATCH: &str = "campaigns.dispatch";
+pub const DISPATCHERS: &str = "dispatcher";
+/// Fan-out batches of up to `fanout.batch_size` users.
+pub const BATCHES: &str = "fanout.batches";
+pub const BATCH_WORKERS: &str = "batch-workers";
+/// Consumer group of the push gateway on every channel topic.
+pub const GATEWAY: &str = "push-gateway";
+
+/// The channel queue topic of a channel delivered outside the inbox (`channel.push`, ...).
+pub fn channel_topic(channel: Channel) -> &'static str {
+    match channel {
+        Channel::InApp => "channel.in_app",
+        Channel::Push => "channel.push",
+        Channel::Email => "channel.email",
+        Channel::Sms => "channel.sms",
+        Channel::Webhook => "channel.webhook",
+    }
+}
+
+/// The channels that leave Herald through the push gateway.
+pub const OUTBOUND: [Channel; 4] = [
+    Channel::Push,
+    Channel::Email,
+    Channel::Sms,
+    Channel::Webhook,
+];
+
+/// Declares every standard subscription, so messages published before a consumer first runs
+/// wait for it. Idempotent; `herald migrate` and every role call it on start.
+pub async fn declare(bus: &dyn Bus) -> crate::Result<()> {
+    bus.subscribe(DISPATCH, DISPATCHERS).await?;
+    bus.subscribe(BATCHES, BATCH_WORKERS).await?;
+    for channel in OUTBOUND {
+        bus.subscribe(channel_topic(channel), GATEWAY).await?;
+    }
+    Ok(())
+}
+
+/// Body of a [`DISPATCH`] message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchRequest {
+    pub campaign_id: String,
+}
+
+/// Body of a [`BATCHES`] message: one slice of a campaign's audience.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanoutBatch {
+    pub campaign_id: String,
+    /// 0-based; with the campaign id it makes the batch's identity, so a redelivered batch is
+    /// recognised and counted once.
+    pub batch_no: u64,
+    pub user_ids: Vec<String>,
+}
+
+/// Body of a channel queue message: one campaign batch's deliveries on one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelMessage {
+    pub campaign_id: String,
+    pub batch_no: u64,
+    pub channel: Channel,
+    pub category: Option<String>,
+    pub priority: Priority,
+    /// Not to be delivered before this instant (the end of the recipients' quiet hours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_after: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    pub items: Vec<ChannelItem>,
+}
+
+/// One recipient's rendered content on a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelItem {
+    pub user_id: String,
+    pub notification_id: uuid::Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// Title (push, in-app) or subject (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Body (push), text (email, SMS) or JSON body (webhook).
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    pub data: serde_json::Value,
+}

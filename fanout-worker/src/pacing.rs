@@ -1,0 +1,83 @@
+//! Pacing of the batcher: a `governor` rate limiter at the strategy's users per second, slowed
+//! to a crawl while the channel queues it feeds are deeper than `throttle.max_queue_depth`,
+//! back to full pace as soon as they drain.
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use herald_core::model::Channel;
+use herald_core::ports::Bus;
+use herald_core::topics;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+/// While a channel queue is over its limit, one batch goes out per this interval.
+const BACKPRESSURE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Pacer {
+    limiter: Option<DefaultDirectRateLimiter>,
+    max_depth: u64,
+    channels: Vec<Channel>,
+    campaign: String,
+}
+
+impl Pacer {
+    /// `users_per_s` of `None` lifts the rate limit; `max_depth` of 0 lifts the backpressure.
+    pub fn new(
+        campaign: &str,
+        users_per_s: Option<u32>,
+        batch_size: u32,
+        max_depth: u64,
+        channels: &[Channel],
+    ) -> Self {
+        let limiter = users_per_s.and_then(NonZeroU32::new).map(|rate| {
+            // A batch must fit in the bucket, or `until_n_ready` could never grant it.
+            let burst = NonZeroU32::new(rate.get().max(batch_size)).expect("non-zero");
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        metrics::gauge!("herald_fanout_pace_users_per_second", "campaign" => campaign.to_owned())
+            .set(users_per_s.map_or(-1.0, f64::from));
+        Self {
+            limiter,
+            max_depth,
+            channels: channels
+                .iter()
+                .copied()
+                .filter(|c| topics::OUTBOUND.contains(c))
+                .collect(),
+            campaign: campaign.to_owned(),
+        }
+    }
+
+    /// Waits until `users` more users may be cut into a batch.
+    pub async fn ready(&self, bus: &dyn Bus, users: u32) {
+        if self.max_depth > 0 && self.over_depth(bus).await {
+            metrics::counter!("herald_fanout_backpressure_waits_total", "campaign" => self.campaign.clone())
+                .increment(1);
+            tokio::time::sleep(BACKPRESSURE_INTERVAL).await;
+        }
+        if let (Some(limiter), Some(n)) = (&self.limiter, NonZeroU32::new(users)) {
+            // The burst is at least a batch, so this cannot fail for a batch-sized request.
+            let _ = limiter.until_n_ready(n).await;
+        }
+    }
+
+    async fn over_depth(&self, bus: &dyn Bus) -> bool {
+        for channel in &self.channels {
+            match bus
+                .depth(topics::channel_topic(*channel), topics::GATEWAY)
+                .await
+            {
+                Ok(depth) if depth > self.max_depth => return true,
+                Ok(_) => {}
+                // A depth we cannot read is no reason to stop; the publish will tell.
+                Err(e) => tracing::warn!(error = %e, "cannot read channel queue depth"),
+            }
+        }
+        false
+    }
+
+    /// Marks the end of the campaign's pacing in the metrics.
+    pub fn finish(&self) {
+        metrics::gauge!("herald_fanout_pace_users_per_second", "campaign" => self.campaign.clone())
+            .set(0.0);
+    }
+}

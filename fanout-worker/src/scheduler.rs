@@ -1,0 +1,68 @@
+//! The scheduler: releases scheduled campaigns when their `starts_at` comes, also after a
+//! restart (the campaigns wait in the store, not in memory), and purges expired idempotency
+//! keys. Several processes may run it: the status compare-and-set picks one winner, and a
+//! duplicate dispatch request is harmless.
+
+use herald_core::model::CampaignStatus;
+use herald_core::model::OutMessage;
+use herald_core::topics::{self, DispatchRequest};
+use herald_core::Context;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const TICK: Duration = Duration::from_millis(500);
+
+pub async fn run(ctx: Context, shutdown: CancellationToken) {
+    let mut ticks = 0u64;
+    while crate::pause(&shutdown, TICK).await {
+        if let Err(e) = release_due(&ctx).await {
+            tracing::warn!(error = %e, "scheduler tick failed");
+        }
+        ticks += 1;
+        if ticks % 7200 == 0 {
+            if let Err(e) = ctx
+                .ports
+                .campaigns
+                .purge_idempotency_keys(ctx.clock.now())
+                .await
+            {
+                tracing::warn!(error = %e, "purging idempotency keys failed");
+            }
+        }
+    }
+}
+
+/// Publishes a dispatch request for every due scheduled campaign, then marks it sizing.
+/// Publishing first means a crash in between re-publishes on the next tick rather than
+/// losing the campaign.
+pub async fn release_due(ctx: &Context) -> herald_core::Result<usize> {
+    let now = ctx.clock.now();
+    let due = ctx.ports.campaigns.due_campaigns(now, 100).await?;
+    for c in &due {
+        let body = serde_json::to_vec(&DispatchRequest {
+            campaign_id: c.id.clone(),
+        })
+        .map_err(|e| herald_core::Error::internal("dispatch request").with_source(e))?;
+        ctx.ports
+            .bus
+            .publish(
+                topics::DISPATCH,
+                &[OutMessage {
+                    key: Some(c.id.clone()),
+                    payload: body,
+                }],
+            )
+            .await?;
+        ctx.ports
+            .campaigns
+            .transition(
+                &c.id,
+                &[CampaignStatus::Scheduled],
+                CampaignStatus::Sizing,
+                now,
+            )
+            .await?;
+        tracing::info!(campaign = %c.id, "scheduled campaign released");
+    }
+    Ok(due.len())
+}

@@ -1,0 +1,419 @@
+//! Batch workers: one fan-out batch in, for its users: one preference lookup for the whole
+//! batch, opt-outs per channel and category, quiet hours in each user's time zone, content
+//! rendered per channel, one batched write of the inbox rows, one channel message per channel
+//! (per quiet-hours end time), one live event, then the batch's counters (once) and the ack.
+
+use crate::BATCH_LEASE;
+use herald_core::ids::notification_id;
+use herald_core::model::*;
+use herald_core::template::{self, Compiled};
+use herald_core::topics::{self, ChannelItem, ChannelMessage, FanoutBatch};
+use herald_core::{Context, Error, Result};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long a worker trusts its cached copy of a campaign (a cancel is seen within this).
+const CAMPAIGN_TTL: Duration = Duration::from_millis(500);
+
+/// Campaigns with their compiled content, shared by a process's workers.
+#[derive(Clone, Default)]
+pub struct CampaignCache(Arc<Mutex<HashMap<String, Cached>>>);
+
+#[derive(Clone)]
+struct Cached {
+    campaign: Arc<Campaign>,
+    content: Arc<Compiled>,
+    fetched: Instant,
+}
+
+impl CampaignCache {
+    async fn get(&self, ctx: &Context, id: &str) -> Result<Option<Cached>> {
+        if let Some(hit) = self.0.lock().get(id) {
+            if hit.fetched.elapsed() < CAMPAIGN_TTL {
+                return Ok(Some(hit.clone()));
+            }
+        }
+        let Some(campaign) = ctx.ports.campaigns.get_campaign(id).await? else {
+            return Ok(None);
+        };
+        // Reuse the compiled content: it never changes after creation.
+        let known = self.0.lock().get(id).map(|old| old.content.clone());
+        let content = match known {
+            Some(content) => content,
+            None => Arc::new(compiled_content(ctx, &campaign).await?),
+        };
+        let fresh = Cached {
+            campaign: Arc::new(campaign),
+            content,
+            fetched: Instant::now(),
+        };
+        let mut map = self.0.lock();
+        if map.len() > 1024 {
+            map.retain(|_, c| c.fetched.elapsed() < Duration::from_secs(60));
+        }
+        map.insert(id.to_owned(), fresh.clone());
+        Ok(Some(fresh))
+    }
+}
+
+/// The campaign's content, compiled: its template's, or its inline title and body.
+pub async fn compiled_content(ctx: &Context, campaign: &Campaign) -> Result<Compiled> {
+    match &campaign.content {
+        CampaignContent::Inline(tb) => Compiled::inline(&tb.title, &tb.body),
+        CampaignContent::Template(id) => {
+            let t = ctx
+                .ports
+                .directory
+                .get_template(id)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("template `{id}` was deleted")))?;
+            Compiled::new(t.content)
+        }
+    }
+}
+
+pub async fn run(ctx: Context, cache: CampaignCache, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = ctx.ports.bus.receive(
+                topics::BATCHES,
+                topics::BATCH_WORKERS,
+                1,
+                BATCH_LEASE,
+                Duration::from_secs(1),
+            ) => r,
+        };
+        let deliveries = match received {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "batch queue unavailable");
+                if !crate::pause(&shutdown, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        for d in deliveries {
+            let receipt = [d.receipt];
+            let outcome = match serde_json::from_slice::<FanoutBatch>(&d.payload) {
+                Ok(batch) => process_with_cache(&ctx, &cache, &batch).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "undecodable batch dropped");
+                    Ok(())
+                }
+            };
+            let bus = &ctx.ports.bus;
+            match outcome {
+                Ok(()) => {
+                    let _ = bus
+                        .ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt = d.attempt, "batch failed; retrying");
+                    metrics::counter!("herald_fanout_batch_failures_total").increment(1);
+                    let backoff = Duration::from_millis(500 * u64::from(d.attempt.min(20)));
+                    let _ = bus
+                        .nack(topics::BATCHES, topics::BATCH_WORKERS, &receipt, backoff)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Processes one batch outside the worker loop (tests, tools).
+pub async fn process_batch(ctx: &Context, batch: &FanoutBatch) -> Result<()> {
+    process_with_cache(ctx, &CampaignCache::default(), batch).await
+}
+
+async fn process_with_cache(
+    ctx: &Context,
+    cache: &CampaignCache,
+    batch: &FanoutBatch,
+) -> Result<()> {
+    let started = Instant::now();
+    let Some(cached) = cache.get(ctx, &batch.campaign_id).await? else {
+        tracing::warn!(campaign = %batch.campaign_id, "batch of an unknown campaign dropped");
+        return Ok(());
+    };
+    let campaign = &cached.campaign;
+    let now = ctx.clock.now();
+    if matches!(
+        campaign.status,
+        CampaignStatus::Cancelled | CampaignStatus::Failed
+    ) {
+        return Ok(()); // cancelled: the remaining batches do nothing
+    }
+    let expired = campaign.expires_at.is_some_and(|e| e <= now);
+    let (delta, queued) = if expired {
+        (Progress::default(), Vec::new())
+    } else {
+        deliver(ctx, campaign, &cached.content, batch, now).await?
+    };
+    let fresh = ctx
+        .ports
+        .campaigns
+        .record_batch(&campaign.id, batch.batch_no, &delta, &queued)
+        .await?;
+    if fresh {
+        metrics::counter!("herald_fanout_users_total").increment(batch.user_ids.len() as u64);
+        metrics::counter!("herald_fanout_notifications_written_total")
+            .increment(delta.notifications_written);
+        metrics::histogram!("herald_fanout_batch_seconds").record(started.elapsed().as_secs_f64());
+    }
+    complete_if_done(ctx, &campaign.id).await
+}
+
+/// Marks the campaign completed once every batch is published and processed.
+pub async fn complete_if_done(ctx: &Context, campaign_id: &str) -> Result<()> {
+    if let Some(c) = ctx.ports.campaigns.get_campaign(campaign_id).await? {
+        if c.status == CampaignStatus::FanningOut && c.all_batches_done() {
+            let done = ctx
+                .ports
+                .campaigns
+                .transition(
+                    campaign_id,
+                    &[CampaignStatus::FanningOut],
+                    CampaignStatus::Completed,
+                    ctx.clock.now(),
+                )
+                .await?;
+            if done {
+                tracing::info!(campaign = campaign_id, "campaign completed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The work on one batch's users. Every write here is idempotent, so a redelivered batch
+/// repeats it harmlessly; its counters are added by the caller once.
+async fn deliver(
+    ctx: &Context,
+    campaign: &Campaign,
+    content: &Compiled,
+    batch: &FanoutBatch,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(Progress, Vec<(Channel, u64)>)> {
+    let ids = &batch.user_ids;
+    let users: HashMap<String, User> = ctx
+        .ports
+        .directory
+        .get_users(ids)
+        .await?
+        .into_iter()
+        .map(|u| (u.id.clone(), u))
+        .collect();
+    let prefs = load_preferences(ctx, ids).await?;
+    let category = campaign.category.as_deref();
+    // Rows of one campaign share one timestamp, so a replayed batch rewrites the same keys.
+    let created_at = campaign.started_at.unwrap_or(campaign.created_at);
+    let c = content.content();
+
+    let mut progress = Progress::default();
+    let mut rows = Vec::new();
+    let mut outbound: BTreeMap<(Channel, Option<chrono::DateTime<chrono::Utc>>), Vec<ChannelItem>> =
+        BTreeMap::new();
+    for (id, prefs) in ids.iter().zip(prefs.iter()) {
+        // Users named by id need not be in the directory: they get what needs no address.
+        let user = users.get(id).cloned().unwrap_or_else(|| User {
+            id: id.clone(),
+            email: None,
+            phone: None,
+            attributes: Default::default(),
+            created_at: now,
+            updated_at: now,
+        });
+        let allowed: Vec<Channel> = campaign
+            .channels
+            .iter()
+            .copied()
+            .filter(|ch| prefs.allows(*ch, category))
+            .collect();
+        if allowed.is_empty() {
+            progress.skipped_opted_out += 1;
+            continue;
+        }
+        // Quiet hours hold back what interrupts (push, email, SMS) for low and normal
+        // priority; the inbox row and webhooks are not interruptions.
+        let quiet_until = if campaign.priority.bypasses_quiet_hours() {
+            None
+        } else {
+            prefs
+                .quiet_hours
+                .and_then(|q| q.ends_after(now, user.timezone().unwrap_or(chrono_tz::UTC)))
+        };
+        let render_ctx = template::context(&user, &campaign.data);
+        let nid = notification_id(&campaign.id, id);
+        let mut deferred = false;
+        for ch in allowed {
+            match ch {
+                Channel::InApp => {
+                    let tb = c.in_app.as_ref().ok_or_else(|| missing(ch))?;
+                    rows.push(Notification {
+                        id: nid,
+                        user_id: id.clone(),
+                        campaign_id: Some(campaign.id.clone()),
+                        title: content.render("in_app.title", &tb.title, &render_ctx)?,
+                        body: content.render("in_app.body", &tb.body, &render_ctx)?,
+                        category: campaign.category.clone(),
+                        data: campaign.data.clone(),
+                        created_at,
+                        read_at: None,
+                    });
+                }
+                Channel::Push | Channel::Email | Channel::Sms | Channel::Webhook => {
+                    let Some(item) =
+                        render_item(ch, content, &user, nid, &campaign.data, &render_ctx)?
+                    else {
+                        continue; // no address for this channel
+                    };
+                    let after = match ch {
+                        Channel::Webhook => None,
+                        _ => quiet_until,
+                    };
+                    deferred |= after.is_some();
+                    outbound.entry((ch, after)).or_default().push(item);
+                }
+            }
+        }
+        if deferred {
+            progress.deferred_quiet_hours += 1;
+        }
+    }
+
+    ctx.ports.inbox.write_batch(&rows).await?;
+    progress.notifications_written = rows.len() as u64;
+
+    let mut queued: BTreeMap<Channel, u64> = BTreeMap::new();
+    for ((channel, deliver_after), items) in outbound {
+        *queued.entry(channel).or_default() += items.len() as u64;
+        let msg = ChannelMessage {
+            campaign_id: campaign.id.clone(),
+            batch_no: batch.batch_no,
+            channel,
+            category: campaign.category.clone(),
+            priority: campaign.priority,
+            deliver_after,
+            expires_at: campaign.expires_at,
+            items,
+        };
+        let payload = serde_json::to_vec(&msg)
+            .map_err(|e| Error::internal("channel message").with_source(e))?;
+        ctx.ports
+            .bus
+            .publish(
+                topics::channel_topic(channel),
+                &[OutMessage {
+                    key: Some(campaign.id.clone()),
+                    payload,
+                }],
+            )
+            .await?;
+    }
+    if !rows.is_empty() {
+        // Live delivery is best effort: the rows are stored and clients resume from them.
+        if let Err(e) = ctx
+            .ports
+            .live
+            .publish(LiveEvent::Notifications { items: rows })
+            .await
+        {
+            tracing::debug!(error = %e, "live event not published");
+        }
+    }
+    Ok((progress, queued.into_iter().collect()))
+}
+
+fn missing(ch: Channel) -> Error {
+    Error::invalid(format!("the campaign's template has no {ch} content"))
+}
+
+/// One user's item on an outbound channel; `None` when the user has no address for it.
+fn render_item(
+    ch: Channel,
+    content: &Compiled,
+    user: &User,
+    nid: uuid::Uuid,
+    data: &serde_json::Value,
+    render_ctx: &serde_json::Value,
+) -> Result<Option<ChannelItem>> {
+    let c = content.content();
+    let mut item = ChannelItem {
+        user_id: user.id.clone(),
+        notification_id: nid,
+        email: None,
+        phone: None,
+        title: None,
+        body: String::new(),
+        html: None,
+        data: data.clone(),
+    };
+    match ch {
+        Channel::Push => {
+            let tb = c.push.as_ref().ok_or_else(|| missing(ch))?;
+            item.title = Some(content.render("push.title", &tb.title, render_ctx)?);
+            item.body = content.render("push.body", &tb.body, render_ctx)?;
+        }
+        Channel::Email => {
+            let Some(email) = &user.email else {
+                return Ok(None);
+            };
+            let e = c.email.as_ref().ok_or_else(|| missing(ch))?;
+            item.email = Some(email.clone());
+            item.title = Some(content.render("email.subject", &e.subject, render_ctx)?);
+            item.body = content.render("email.text", &e.text, render_ctx)?;
+            if let Some(html) = &e.html {
+                item.html = Some(content.render("email.html", html, render_ctx)?);
+            }
+        }
+        Channel::Sms => {
+            let Some(phone) = &user.phone else {
+                return Ok(None);
+            };
+            let s = c.sms.as_ref().ok_or_else(|| missing(ch))?;
+            item.phone = Some(phone.clone());
+            item.body = content.render("sms.text", &s.text, render_ctx)?;
+        }
+        Channel::Webhook => {
+            let w = c.webhook.as_ref().ok_or_else(|| missing(ch))?;
+            item.body = content.render("webhook.body", &w.body, render_ctx)?;
+        }
+        Channel::InApp => return Ok(None),
+    }
+    Ok(Some(item))
+}
+
+/// Preferences of every user of the batch, in order: one cache lookup for the whole batch,
+/// one directory read for the misses, which then go into the cache.
+async fn load_preferences(ctx: &Context, ids: &[String]) -> Result<Vec<Preferences>> {
+    let cached = ctx.ports.preference_cache.get_many(ids).await?;
+    let misses: Vec<String> = ids
+        .iter()
+        .zip(cached.iter())
+        .filter(|(_, p)| p.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut loaded = if misses.is_empty() {
+        HashMap::new()
+    } else {
+        ctx.ports.directory.get_preferences(&misses).await?
+    };
+    if !misses.is_empty() {
+        let fill: Vec<(String, Preferences)> = misses
+            .iter()
+            .map(|id| (id.clone(), loaded.get(id).cloned().unwrap_or_default()))
+            .collect();
+        ctx.ports.preference_cache.put_many(&fill).await?;
+    }
+    Ok(ids
+        .iter()
+        .zip(cached)
+        .map(|(id, hit)| hit.or_else(|| loaded.remove(id)).unwrap_or_default())
+        .collect())
+}
