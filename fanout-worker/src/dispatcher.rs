@@ -227,7 +227,7 @@ async fn cut_batches(
                 return Ok(Outcome::Interrupted);
             }
             // Cancel stops the remaining batches at once.
-            if cp.next_batch % 4 == 0 {
+            if cp.next_batch.is_multiple_of(4) {
                 let status = ctx
                     .ports
                     .campaigns
@@ -283,7 +283,7 @@ async fn cut_batches(
             metrics::counter!("herald_fanout_batches_published_total").increment(1);
             cp.next_batch += 1;
             cp.after_user = Some(last);
-            if cp.next_batch % CHECKPOINT_EVERY == 0 {
+            if cp.next_batch.is_multiple_of(CHECKPOINT_EVERY) {
                 ctx.ports
                     .campaigns
                     .save_checkpoint(&campaign.id, &cp)

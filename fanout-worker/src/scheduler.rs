@@ -19,7 +19,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
             tracing::warn!(error = %e, "scheduler tick failed");
         }
         ticks += 1;
-        if ticks % 7200 == 0 {
+        if ticks.is_multiple_of(7200) {
             if let Err(e) = ctx
                 .ports
                 .campaigns
