@@ -9,10 +9,10 @@
 //! campaign and user, and counters are added once per batch, so a crash anywhere is recovered
 //! by redelivery.
 
-mod dispatcher;
+pub mod dispatcher;
 mod pacing;
-mod scheduler;
-mod worker;
+pub mod scheduler;
+pub mod worker;
 
 pub use pacing::Pacer;
 pub use worker::process_batch;
