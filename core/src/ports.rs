@@ -169,8 +169,9 @@ pub trait CampaignStore: Send + Sync + 'static {
 pub trait InboxStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 
-    /// Writes rows in one batched write. A row whose id exists is left as it is (a replayed
-    /// batch keeps the read and dismiss state the user gave it).
+    /// Writes rows in one batched write. A row that exists (same user, `created_at` and id)
+    /// is left as it is, so a replayed batch keeps the read and dismiss state the user gave
+    /// it; writers give a replayed row the same `created_at` (the campaign's start).
     async fn write_batch(&self, rows: &[Notification]) -> Result<()>;
     /// The user's visible rows strictly older than `before` (newest first), at most `limit`.
     async fn page(

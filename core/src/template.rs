@@ -28,21 +28,37 @@ pub fn check(field: &str, text: &str) -> Result<()> {
         .map_err(|e| Error::invalid(format!("{field}: template does not compile: {e}")))
 }
 
-/// The rendering context of one user: `user` (id, email, phone, attributes by name) and `data`.
-pub fn context(user: &User, data: &Value) -> Value {
-    let mut u = user.attributes.clone();
-    u.insert("id".into(), Value::String(user.id.clone()));
+/// The campaign's data as a template value: convert it once per batch, not once per user.
+pub fn data_value(data: &Value) -> minijinja::Value {
+    minijinja::Value::from_serialize(data)
+}
+
+/// The rendering context of one user: `user` (id, email, phone, attributes by name) and
+/// `data` (from [`data_value`]). Built straight as a template value, so a render does not
+/// serialise the context again.
+pub fn context(user: &User, data: &minijinja::Value) -> minijinja::Value {
+    let mut u: std::collections::BTreeMap<&str, minijinja::Value> = user
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), minijinja::Value::from_serialize(v)))
+        .collect();
+    u.insert("id", minijinja::Value::from(user.id.as_str()));
     if let Some(email) = &user.email {
-        u.insert("email".into(), Value::String(email.clone()));
+        u.insert("email", minijinja::Value::from(email.as_str()));
     }
     if let Some(phone) = &user.phone {
-        u.insert("phone".into(), Value::String(phone.clone()));
+        u.insert("phone", minijinja::Value::from(phone.as_str()));
     }
-    serde_json::json!({ "user": Value::Object(u), "data": data })
+    minijinja::context! { user => minijinja::Value::from_iter(u), data => data.clone() }
+}
+
+/// The context of content that is the same for everyone (broadcasts): data only.
+pub fn context_without_user(data: &Value) -> minijinja::Value {
+    minijinja::context! { user => minijinja::Value::from(()), data => data_value(data) }
 }
 
 /// Renders `text` against a context made by [`context`].
-pub fn render(field: &str, text: &str, ctx: &Value) -> Result<String> {
+pub fn render(field: &str, text: &str, ctx: &minijinja::Value) -> Result<String> {
     if !text.contains("{{") && !text.contains("{%") {
         return Ok(text.to_owned());
     }
@@ -67,7 +83,7 @@ mod tests {
             updated_at: Utc::now(),
         };
         user.attributes.insert("tier".into(), "premium".into());
-        let ctx = context(&user, &serde_json::json!({"order_id": 42}));
+        let ctx = context(&user, &data_value(&serde_json::json!({"order_id": 42})));
         let out = render(
             "t",
             "{{ user.id }} {{ user.tier }} {{ user.email }} #{{ data.order_id }}{{ user.missing }}",
@@ -139,7 +155,7 @@ impl Compiled {
     }
 
     /// Renders field `name` (e.g. `push.title`) whose source is `text`, for one user's context.
-    pub fn render(&self, name: &str, text: &str, ctx: &Value) -> Result<String> {
+    pub fn render(&self, name: &str, text: &str, ctx: &minijinja::Value) -> Result<String> {
         match self.env.get_template(name) {
             Ok(t) => t
                 .render(ctx)
@@ -164,7 +180,9 @@ mod compiled_tests {
             ..Default::default()
         })
         .unwrap();
-        let ctx = serde_json::json!({"user": {"id": "u7"}, "data": {"n": 3}});
+        let ctx = minijinja::Value::from_serialize(
+            serde_json::json!({"user": {"id": "u7"}, "data": {"n": 3}}),
+        );
         let push = c.content().push.clone().unwrap();
         assert_eq!(
             c.render("push.title", &push.title, &ctx).unwrap(),

@@ -226,19 +226,22 @@ async fn cut_batches(
                     .await?;
                 return Ok(Outcome::Interrupted);
             }
-            // Cancel stops the remaining batches at once.
-            if cp.next_batch.is_multiple_of(4) {
-                let status = ctx
-                    .ports
+            // Cancel stops the remaining batches at once: the status is read before every
+            // batch (one indexed read per thousand users).
+            let status = ctx
+                .ports
+                .campaigns
+                .get_campaign(&campaign.id)
+                .await?
+                .map(|c| c.status);
+            if status != Some(CampaignStatus::FanningOut) {
+                tracing::info!(campaign = %campaign.id, ?status, "batching stopped");
+                ctx.ports
                     .campaigns
-                    .get_campaign(&campaign.id)
-                    .await?
-                    .map(|c| c.status);
-                if status != Some(CampaignStatus::FanningOut) {
-                    tracing::info!(campaign = %campaign.id, ?status, "batching stopped");
-                    pacer.finish();
-                    return Ok(Outcome::Done);
-                }
+                    .save_checkpoint(&campaign.id, &cp)
+                    .await?;
+                pacer.finish();
+                return Ok(Outcome::Done);
             }
             let ids = match &source {
                 Source::List(all) => {
@@ -325,7 +328,7 @@ async fn store_broadcast(ctx: &Context, campaign: &Campaign) -> Result<()> {
     };
     let content = crate::worker::compiled_content(ctx, campaign).await?;
     // A broadcast is the same for everyone: placeholders see the campaign data only.
-    let render_ctx = serde_json::json!({"user": {}, "data": campaign.data});
+    let render_ctx = herald_core::template::context_without_user(&campaign.data);
     let c = content.content();
     let (title, body, title_field, body_field) = if let Some(tb) = &c.in_app {
         (&tb.title, &tb.body, "in_app.title", "in_app.body")

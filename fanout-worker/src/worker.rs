@@ -155,18 +155,22 @@ async fn process_with_cache(
     } else {
         deliver(ctx, campaign, &cached.content, batch, now).await?
     };
+    let mut stage = Stages::start();
     let fresh = ctx
         .ports
         .campaigns
         .record_batch(&campaign.id, batch.batch_no, &delta, &queued)
         .await?;
+    stage.done("record_batch");
     if fresh {
         metrics::counter!("herald_fanout_users_total").increment(batch.user_ids.len() as u64);
         metrics::counter!("herald_fanout_notifications_written_total")
             .increment(delta.notifications_written);
         metrics::histogram!("herald_fanout_batch_seconds").record(started.elapsed().as_secs_f64());
     }
-    complete_if_done(ctx, &campaign.id).await
+    complete_if_done(ctx, &campaign.id).await?;
+    stage.done("complete_check");
+    Ok(())
 }
 
 /// Marks the campaign completed once every batch is published and processed.
@@ -201,6 +205,7 @@ async fn deliver(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(Progress, Vec<(Channel, u64)>)> {
     let ids = &batch.user_ids;
+    let mut stage = Stages::start();
     let users: HashMap<String, User> = ctx
         .ports
         .directory
@@ -209,11 +214,14 @@ async fn deliver(
         .into_iter()
         .map(|u| (u.id.clone(), u))
         .collect();
+    stage.done("load_users");
     let prefs = load_preferences(ctx, ids).await?;
+    stage.done("load_preferences");
     let category = campaign.category.as_deref();
     // Rows of one campaign share one timestamp, so a replayed batch rewrites the same keys.
     let created_at = campaign.started_at.unwrap_or(campaign.created_at);
     let c = content.content();
+    let data = template::data_value(&campaign.data);
 
     let mut progress = Progress::default();
     let mut rows = Vec::new();
@@ -248,7 +256,7 @@ async fn deliver(
                 .quiet_hours
                 .and_then(|q| q.ends_after(now, user.timezone().unwrap_or(chrono_tz::UTC)))
         };
-        let render_ctx = template::context(&user, &campaign.data);
+        let render_ctx = template::context(&user, &data);
         let nid = notification_id(&campaign.id, id);
         let mut deferred = false;
         for ch in allowed {
@@ -287,8 +295,10 @@ async fn deliver(
         }
     }
 
+    stage.done("render");
     ctx.ports.inbox.write_batch(&rows).await?;
     progress.notifications_written = rows.len() as u64;
+    stage.done("write_inbox");
 
     let mut queued: BTreeMap<Channel, u64> = BTreeMap::new();
     for ((channel, deliver_after), items) in outbound {
@@ -316,6 +326,7 @@ async fn deliver(
             )
             .await?;
     }
+    stage.done("publish_channels");
     if !rows.is_empty() {
         // Live delivery is best effort: the rows are stored and clients resume from them.
         if let Err(e) = ctx
@@ -327,7 +338,24 @@ async fn deliver(
             tracing::debug!(error = %e, "live event not published");
         }
     }
+    stage.done("publish_live");
     Ok((progress, queued.into_iter().collect()))
+}
+
+/// Per-stage timing of a batch, exported as `herald_fanout_stage_seconds{stage}`.
+struct Stages(Instant);
+
+impl Stages {
+    fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    fn done(&mut self, stage: &'static str) {
+        let now = Instant::now();
+        metrics::histogram!("herald_fanout_stage_seconds", "stage" => stage)
+            .record((now - self.0).as_secs_f64());
+        self.0 = now;
+    }
 }
 
 fn missing(ch: Channel) -> Error {
@@ -341,7 +369,7 @@ fn render_item(
     user: &User,
     nid: uuid::Uuid,
     data: &serde_json::Value,
-    render_ctx: &serde_json::Value,
+    render_ctx: &minijinja::Value,
 ) -> Result<Option<ChannelItem>> {
     let c = content.content();
     let mut item = ChannelItem {

@@ -1,6 +1,6 @@
 //! The campaign store on SQLite: campaigns, counters, recorded batches, idempotency keys.
 
-use super::open_pool;
+use super::Db;
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
 use crate::{corrupt, db_error, BackendUrl};
@@ -19,13 +19,16 @@ const MIGRATIONS: &[Migration] = &[
 ];
 
 pub struct SqliteCampaigns {
+    db: Db,
     pool: SqlitePool,
 }
 
 impl SqliteCampaigns {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
+        let db = Db::open(url, 8, MIGRATIONS).await?;
         Ok(Self {
-            pool: open_pool(url, 8, MIGRATIONS).await?,
+            pool: db.pool.clone(),
+            db,
         })
     }
 }
@@ -128,6 +131,7 @@ impl CampaignStore for SqliteCampaigns {
     }
 
     async fn insert_campaign(&self, c: &Campaign) -> Result<()> {
+        let _gate = self.db.gate().await;
         let spec = Spec {
             audience: c.audience.clone(),
             content: c.content.clone(),
@@ -241,6 +245,7 @@ impl CampaignStore for SqliteCampaigns {
             sep.push_bind(s.as_str());
         }
         qb.push(")");
+        let _gate = self.db.gate().await;
         let n = qb
             .build()
             .execute(&self.pool)
@@ -251,6 +256,7 @@ impl CampaignStore for SqliteCampaigns {
     }
 
     async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()> {
+        let _gate = self.db.gate().await;
         sqlx::query("UPDATE campaigns SET audience_size = ?, batches_total = ? WHERE id = ?")
             .bind(audience_size as i64)
             .bind(batches_total as i64)
@@ -262,6 +268,7 @@ impl CampaignStore for SqliteCampaigns {
     }
 
     async fn save_checkpoint(&self, id: &str, checkpoint: &Checkpoint) -> Result<()> {
+        let _gate = self.db.gate().await;
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE campaigns SET next_batch = ");
         qb.push_bind(checkpoint.next_batch as i64)
             .push(", after_user = ")
@@ -284,11 +291,7 @@ impl CampaignStore for SqliteCampaigns {
         d: &Progress,
         queued: &[(Channel, u64)],
     ) -> Result<bool> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)?;
+        let (_gate, mut tx) = self.db.begin().await?;
         let fresh = sqlx::query(
             "INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?) \
              ON CONFLICT DO NOTHING",
@@ -333,6 +336,7 @@ impl CampaignStore for SqliteCampaigns {
     }
 
     async fn add_deliveries(&self, id: &str, channel: Channel, d: &DeliveryCounts) -> Result<()> {
+        let _gate = self.db.gate().await;
         sqlx::query(
             "INSERT INTO campaign_deliveries (campaign_id, channel, queued, sent, failed) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \
@@ -369,11 +373,7 @@ impl CampaignStore for SqliteCampaigns {
         request_hash: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<IdempotencyClaim> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)?;
+        let (_gate, mut tx) = self.db.begin().await?;
         // An expired key is free again.
         sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND expires_at <= ?")
             .bind(key)
@@ -418,6 +418,7 @@ impl CampaignStore for SqliteCampaigns {
     }
 
     async fn complete_idempotency_key(&self, key: &str, status: u16, body: &[u8]) -> Result<()> {
+        let _gate = self.db.gate().await;
         sqlx::query("UPDATE idempotency_keys SET status = ?, body = ? WHERE key = ?")
             .bind(i64::from(status))
             .bind(body)
@@ -429,6 +430,7 @@ impl CampaignStore for SqliteCampaigns {
     }
 
     async fn release_idempotency_key(&self, key: &str) -> Result<()> {
+        let _gate = self.db.gate().await;
         sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND status IS NULL")
             .bind(key)
             .execute(&self.pool)

@@ -18,7 +18,7 @@ const MIGRATIONS: &[Migration] = &[migration!("sqlite", "directory", "0001_init"
 
 /// Users written per multi-row INSERT (6 parameters each).
 const USER_CHUNK: usize = MAX_PARAMS / 6;
-/// Ids per `IN (...)` list.
+/// Tokens per `IN (...)` list of a delete or update.
 const IN_CHUNK: usize = 900;
 
 pub struct SqliteDirectory {
@@ -106,6 +106,9 @@ fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &Filter, now: DateTime
     qb.push(")");
 }
 
+/// Rows whose `column` is one of `ids`, in one statement: the ids travel as a single JSON
+/// array parameter (`json_each`), so neither the statement text nor the bind count depends on
+/// how many there are, and the prepared statement is reused.
 async fn fetch_in<T>(
     pool: &SqlitePool,
     select: &str,
@@ -113,20 +116,17 @@ async fn fetch_in<T>(
     ids: &[String],
     map: fn(&SqliteRow) -> Result<T>,
 ) -> Result<Vec<T>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(IN_CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(select);
-        qb.push(" WHERE ").push(column).push(" IN (");
-        let mut sep = qb.separated(", ");
-        for id in chunk {
-            sep.push_bind(id);
-        }
-        qb.push(")");
-        for row in qb.build().fetch_all(pool).await.map_err(db_error)? {
-            out.push(map(&row)?);
-        }
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    let list = serde_json::to_string(ids).map_err(|e| corrupt("id list", e))?;
+    let sql = format!("{select} WHERE {column} IN (SELECT value FROM json_each(?))");
+    let rows = sqlx::query(&sql)
+        .bind(list)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+    rows.iter().map(map).collect()
 }
 
 async fn user_exists(

@@ -1,7 +1,7 @@
 //! The inbox store on SQLite: one row per personal notification, clustered by
 //! `(user_id, created_at, id)` so a page of an inbox is one index range read.
 
-use super::{open_pool, MAX_PARAMS};
+use super::{Db, MAX_PARAMS};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
 use crate::{corrupt, db_error, BackendUrl};
@@ -21,13 +21,16 @@ const ROW_CHUNK: usize = MAX_PARAMS / 9;
 const PURGE_CHUNK: i64 = 10_000;
 
 pub struct SqliteInbox {
+    db: Db,
     pool: SqlitePool,
 }
 
 impl SqliteInbox {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
+        let db = Db::open(url, 8, MIGRATIONS).await?;
         Ok(Self {
-            pool: open_pool(url, 8, MIGRATIONS).await?,
+            pool: db.pool.clone(),
+            db,
         })
     }
 }
@@ -64,11 +67,7 @@ impl InboxStore for SqliteInbox {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)?;
+        let (_gate, mut tx) = self.db.begin().await?;
         for chunk in rows.chunks(ROW_CHUNK) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO notifications \
@@ -138,11 +137,11 @@ impl InboxStore for SqliteInbox {
 
     async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Notification>> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM notifications WHERE id = ? AND user_id = ? \
+            "SELECT {COLUMNS} FROM notifications WHERE user_id = ? AND id = ? \
              AND dismissed_at IS NULL"
         ))
-        .bind(id.as_bytes().to_vec())
         .bind(user_id)
+        .bind(id.as_bytes().to_vec())
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?;
@@ -150,13 +149,14 @@ impl InboxStore for SqliteInbox {
     }
 
     async fn mark_read(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+        let _gate = self.db.gate().await;
         let n = sqlx::query(
             "UPDATE notifications SET read_at = COALESCE(read_at, ?) \
-             WHERE id = ? AND user_id = ? AND dismissed_at IS NULL",
+             WHERE user_id = ? AND id = ? AND dismissed_at IS NULL",
         )
         .bind(micros(at))
-        .bind(id.as_bytes().to_vec())
         .bind(user_id)
+        .bind(id.as_bytes().to_vec())
         .execute(&self.pool)
         .await
         .map_err(db_error)?
@@ -165,6 +165,7 @@ impl InboxStore for SqliteInbox {
     }
 
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
+        let _gate = self.db.gate().await;
         let n = sqlx::query(
             "UPDATE notifications SET read_at = ? \
              WHERE user_id = ? AND read_at IS NULL AND dismissed_at IS NULL",
@@ -179,13 +180,14 @@ impl InboxStore for SqliteInbox {
     }
 
     async fn dismiss(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+        let _gate = self.db.gate().await;
         let n = sqlx::query(
             "UPDATE notifications SET dismissed_at = ? \
-             WHERE id = ? AND user_id = ? AND dismissed_at IS NULL",
+             WHERE user_id = ? AND id = ? AND dismissed_at IS NULL",
         )
         .bind(micros(at))
-        .bind(id.as_bytes().to_vec())
         .bind(user_id)
+        .bind(id.as_bytes().to_vec())
         .execute(&self.pool)
         .await
         .map_err(db_error)?
@@ -208,9 +210,10 @@ impl InboxStore for SqliteInbox {
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
         let mut total = 0;
         loop {
+            let _gate = self.db.gate().await;
             let n = sqlx::query(
-                "DELETE FROM notifications WHERE id IN \
-                 (SELECT id FROM notifications WHERE created_at < ? LIMIT ?)",
+                "DELETE FROM notifications WHERE (user_id, created_at, id) IN \
+                 (SELECT user_id, created_at, id FROM notifications WHERE created_at < ? LIMIT ?)",
             )
             .bind(micros(before))
             .bind(PURGE_CHUNK)

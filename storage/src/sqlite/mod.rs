@@ -26,6 +26,50 @@ use std::time::Duration;
 /// SQLite's limit on bound parameters per statement is 32766; stay well below it.
 pub(crate) const MAX_PARAMS: usize = 30_000;
 
+/// One database file: its pool, and this process's queue of writers.
+///
+/// SQLite admits one writer at a time; a second one spins in the busy handler, which sleeps
+/// with backoff (up to 100 ms a try) and so turns contention into idle time. Writers of this
+/// process therefore queue on an async FIFO gate first and reach SQLite one after the other;
+/// writers of other processes still meet the busy timeout. Nothing waits for the gate while
+/// holding a pooled connection, so the gate and the pool cannot deadlock.
+#[derive(Clone)]
+pub(crate) struct Db {
+    pub pool: SqlitePool,
+    gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+pub(crate) type Gate = tokio::sync::OwnedMutexGuard<()>;
+
+impl Db {
+    pub async fn open(
+        url: &BackendUrl,
+        max_connections: u32,
+        migrations: &[Migration],
+    ) -> Result<Db> {
+        Ok(Db {
+            pool: open_pool(url, max_connections, migrations).await?,
+            gate: Default::default(),
+        })
+    }
+
+    /// This process's turn to write; hold it for the whole write.
+    pub async fn gate(&self) -> Gate {
+        self.gate.clone().lock_owned().await
+    }
+
+    /// A write transaction (`BEGIN IMMEDIATE`), with the turn that must outlive it.
+    pub async fn begin(&self) -> Result<(Gate, sqlx::Transaction<'static, sqlx::Sqlite>)> {
+        let gate = self.gate().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        Ok((gate, tx))
+    }
+}
+
 pub(crate) async fn open_pool(
     url: &BackendUrl,
     max_connections: u32,
