@@ -408,16 +408,21 @@ pub async fn get(
 #[derive(Debug, Deserialize)]
 pub struct ListParams {
     status: Option<String>,
-    #[serde(flatten)]
-    page: PageParams,
+    // Not `#[serde(flatten)] PageParams`: flattened query values arrive as strings only.
+    limit: Option<u32>,
+    cursor: Option<String>,
 }
 
 pub async fn list(
     State(ctx): State<Context>,
     QueryParams(params): QueryParams<ListParams>,
 ) -> ApiResult<Json<Value>> {
-    let limit = params.page.limit()?;
-    let before = params.page.after()?;
+    let page = PageParams {
+        limit: params.limit,
+        cursor: params.cursor,
+    };
+    let limit = page.limit()?;
+    let before = page.after()?;
     let status = params
         .status
         .as_deref()
@@ -469,6 +474,17 @@ pub async fn cancel(
         .get_campaign(&id)
         .await?
         .ok_or_else(|| not_found(&id))?;
+    if c.strategy == Strategy::Broadcast {
+        // The broadcast leaves every inbox with its campaign.
+        ctx.ports
+            .broadcasts
+            .transition(
+                herald_core::ids::broadcast_id(&c.id),
+                &[BroadcastStatus::Scheduled, BroadcastStatus::Active],
+                BroadcastStatus::Cancelled,
+            )
+            .await?;
+    }
     metrics::counter!("herald_campaigns_cancelled_total").increment(1);
     Ok(Json(campaign_json(&c)))
 }

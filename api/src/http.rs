@@ -123,33 +123,56 @@ fn bytes_rejection(e: BytesRejection) -> ApiError {
     }
 }
 
-/// Parses one JSON document with the API's error classes (also used for NDJSON lines).
+/// Parses one JSON object with the API's error classes (also used for NDJSON lines): text
+/// that is not JSON is 400; JSON that is not an object, or an object of the wrong shape or
+/// types, is 422 naming the field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::Malformed(
-            "request body is empty; JSON expected".into(),
-        ));
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => {
+            return Err(ApiError::Malformed(
+                "request body is empty; JSON expected".into(),
+            ))
+        }
+        Some(b'{') => {}
+        Some(_) => {
+            // Valid JSON of another kind is well-formed but not what any endpoint takes.
+            return match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(_) => Err(ApiError::invalid("the body must be a JSON object")),
+                Err(e) => Err(ApiError::Malformed(format!("malformed JSON: {e}"))),
+            };
+        }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        use serde_json::error::Category;
-        match inner.classify() {
-            Category::Data => {
+    match serde_path_to_error::deserialize(&mut de) {
+        Ok(value) => {
+            de.end()
+                .map_err(|e| ApiError::Malformed(format!("malformed JSON: {e}")))?;
+            Ok(value)
+        }
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            use serde_json::error::Category;
+            // serde_json reports some type errors (a number where an enum name belongs) as
+            // syntax errors; whether the text is JSON at all decides between 400 and 422.
+            let is_json = inner.classify() == Category::Data
+                || serde_json::from_slice::<serde_json::Value>(bytes).is_ok();
+            if is_json {
                 let at = if path == "." {
                     String::new()
                 } else {
                     format!("{path}: ")
                 };
-                ApiError::invalid(format!("{at}{}", strip_position(&inner.to_string())))
+                Err(ApiError::invalid(format!(
+                    "{at}{}",
+                    strip_position(&inner.to_string())
+                )))
+            } else {
+                Err(ApiError::Malformed(format!("malformed JSON: {inner}")))
             }
-            _ => ApiError::Malformed(format!("malformed JSON: {inner}")),
         }
-    })?;
-    de.end()
-        .map_err(|e| ApiError::Malformed(format!("malformed JSON: {e}")))?;
-    Ok(value)
+    }
 }
 
 /// serde_json appends " at line 1 column 42" to data errors; the path says more.

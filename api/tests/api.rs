@@ -268,7 +268,7 @@ async fn wrong_types_and_unknown_fields_are_422_naming_the_field_and_write_nothi
         ),
         (json!({"attributes": {"nested": {"a": 1}}}), "nested"),
         (json!({"id": "someone-else"}), "id"),
-        (json!([1, 2]), "invalid type"),
+        (json!([1, 2]), "JSON object"),
     ];
     for (body, mentions) in cases {
         let (s, err) = app

@@ -532,8 +532,8 @@ async fn invalid_campaigns_are_422_with_the_error_body_and_store_nothing() {
         (with(&base, json!({"priority": "critical"})), "critical"),
         (with(&base, json!({"category": "bad name!"})), "category"),
         (with(&base, json!({"starts_at": "tomorrow"})), "starts_at"),
-        (json!("a campaign"), "invalid type"),
-        (json!(null), "invalid type"),
+        (json!("a campaign"), "JSON object"),
+        (json!(null), "JSON object"),
     ];
     for (body, mentions) in cases {
         let (s, err) = app.create(body.clone()).await;

@@ -16,6 +16,15 @@ pub fn notification_id(campaign_id: &str, user_id: &str) -> Uuid {
     Uuid::new_v5(&NOTIFICATION_NS, &name)
 }
 
+/// The id of the broadcast a broadcast campaign is stored as: derived, so storing it again
+/// after a crash finds the first copy.
+pub fn broadcast_id(campaign_id: &str) -> Uuid {
+    Uuid::new_v5(
+        &NOTIFICATION_NS,
+        format!("broadcast\0{campaign_id}").as_bytes(),
+    )
+}
+
 /// A fresh, time-ordered id (UUID v7) for campaigns, broadcasts and dead letters.
 pub fn new_id() -> Uuid {
     Uuid::now_v7()

@@ -135,7 +135,22 @@ pub async fn dispatch(
     }
     if campaign.strategy == Strategy::Broadcast {
         store_broadcast(ctx, &campaign).await?;
-        return Ok(Outcome::Done);
+        // In-app is served from the broadcast store; push, email, SMS and webhooks still go
+        // per user, in the background, through the same batches (DESIGN.md flow 3).
+        if !campaign
+            .channels
+            .iter()
+            .any(|c| topics::OUTBOUND.contains(c))
+        {
+            return Ok(Outcome::Done);
+        }
+        let campaign = ctx
+            .ports
+            .campaigns
+            .get_campaign(&campaign.id)
+            .await?
+            .ok_or_else(|| Error::not_found("campaign vanished"))?;
+        return cut_batches(ctx, &campaign, shutdown).await;
     }
     ctx.ports
         .campaigns
@@ -234,7 +249,10 @@ async fn cut_batches(
                 .get_campaign(&campaign.id)
                 .await?
                 .map(|c| c.status);
-            if status != Some(CampaignStatus::FanningOut) {
+            if !matches!(
+                status,
+                Some(CampaignStatus::FanningOut | CampaignStatus::Active)
+            ) {
                 tracing::info!(campaign = %campaign.id, ?status, "batching stopped");
                 ctx.ports
                     .campaigns
@@ -343,7 +361,7 @@ async fn store_broadcast(ctx: &Context, campaign: &Campaign) -> Result<()> {
     };
     let starts_at = campaign.starts_at.unwrap_or(now);
     let broadcast = Broadcast {
-        id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, campaign.id.as_bytes()),
+        id: herald_core::ids::broadcast_id(&campaign.id),
         campaign_id: Some(campaign.id.clone()),
         title: content.render(title_field, title, &render_ctx)?,
         body: content.render(body_field, body, &render_ctx)?,

@@ -222,6 +222,7 @@ async fn deliver(
     let created_at = campaign.started_at.unwrap_or(campaign.created_at);
     let c = content.content();
     let data = template::data_value(&campaign.data);
+    let broadcast = campaign.strategy == Strategy::Broadcast;
 
     let mut progress = Progress::default();
     let mut rows = Vec::new();
@@ -241,6 +242,8 @@ async fn deliver(
             .channels
             .iter()
             .copied()
+            // A broadcast's in-app item is the stored broadcast, merged at read time.
+            .filter(|ch| !(broadcast && *ch == Channel::InApp))
             .filter(|ch| prefs.allows(*ch, category))
             .collect();
         if allowed.is_empty() {
