@@ -47,12 +47,19 @@ impl PreferenceCache for MemoryPreferenceCache {
     }
 
     async fn put_many(&self, new: &[(String, Preferences)]) -> Result<()> {
+        // Most users never set preferences: they all share one allocation of the defaults.
+        let default = Arc::new(Preferences::default());
         let mut entries = self.entries.lock();
         if entries.len() + new.len() > self.capacity {
             entries.clear();
         }
         for (id, prefs) in new.iter().take(self.capacity) {
-            entries.insert(id.clone(), Arc::new(prefs.clone()));
+            let value = if *prefs == *default {
+                default.clone()
+            } else {
+                Arc::new(prefs.clone())
+            };
+            entries.insert(id.clone(), value);
         }
         Ok(())
     }

@@ -81,7 +81,9 @@ pub(crate) async fn open_pool(
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(30))
-        .pragma("cache_size", "-65536")
+        // 8 MiB of page cache per connection: several pools of several connections each
+        // share the machine, and the OS page cache holds the hot pages anyway.
+        .pragma("cache_size", "-8192")
         .pragma("temp_store", "memory");
     let pool = SqlitePoolOptions::new()
         .max_connections(max_connections)
