@@ -2,105 +2,13 @@
 //! temp dir (`spawn_app`). Every bad input must get a clear 4xx with the error body and write
 //! nothing.
 
-use herald_core::config::{Config, Secret};
-use herald_core::context::Secrets;
-use herald_core::{Context, SystemClock};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{json, Value};
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
-const ADMIN_KEY: &str = "test-admin-key-0123456789";
-const TOKEN_SECRET: &str = "test-token-secret";
-
-struct TestApp {
-    base: String,
-    client: reqwest::Client,
-    ctx: Context,
-    shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
-}
-
-async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = Config {
-        data_dir: dir.path().to_owned(),
-        admin_key: Some(Secret::new(ADMIN_KEY)),
-        ..Config::default()
-    };
-    configure(&mut config);
-    let ports = herald_storage::open_ports(&config)
-        .await
-        .expect("open embedded backends");
-    let ctx = Context {
-        config: Arc::new(config),
-        ports,
-        clock: Arc::new(SystemClock),
-        secrets: Secrets {
-            admin_key: Secret::new(ADMIN_KEY),
-            token_secret: Secret::new(TOKEN_SECRET),
-        },
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind port 0");
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(herald_api::run(ctx.clone(), listener, shutdown.clone()));
-    TestApp {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        ctx,
-        shutdown,
-        _dir: dir,
-    }
-}
+mod common;
+use common::*;
 
 impl TestApp {
-    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(ADMIN_KEY)
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.req(method, path);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, value)
-    }
-
-    async fn raw(&self, method: Method, path: &str, body: &'static str) -> (StatusCode, Value) {
-        let resp = self
-            .req(method, path)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status();
-        (status, resp.json().await.expect("JSON error body"))
-    }
-
     async fn user_count(&self) -> u64 {
         self.ctx
             .ports
@@ -112,17 +20,6 @@ impl TestApp {
             .await
             .unwrap()
     }
-}
-
-/// Asserts the API error body shape and returns its message.
-fn error_message(body: &Value, code: &str) -> String {
-    assert_eq!(body["error"]["code"], code, "{body}");
-    let msg = body["error"]["message"]
-        .as_str()
-        .expect("message")
-        .to_owned();
-    assert!(!msg.is_empty());
-    msg
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 //! by redelivery.
 
 pub mod dispatcher;
+pub mod lifecycle;
 mod pacing;
 pub mod scheduler;
 pub mod worker;

@@ -1,8 +1,10 @@
 //! The scheduler: releases scheduled campaigns when their `starts_at` comes, also after a
-//! restart (the campaigns wait in the store, not in memory), and purges expired idempotency
-//! keys. Several processes may run it: the status compare-and-set picks one winner, and a
-//! duplicate dispatch request is harmless.
+//! restart (the campaigns wait in the store, not in memory), moves broadcasts through their
+//! lifecycle ([`crate::lifecycle::tick`]), purges inbox rows past retention (hourly) and
+//! expired idempotency keys. Several processes may run it: the status compare-and-set picks one
+//! winner, and a duplicate dispatch request or purge is harmless.
 
+use crate::lifecycle::{self, RetentionSchedule};
 use herald_core::model::CampaignStatus;
 use herald_core::model::OutMessage;
 use herald_core::topics::{self, DispatchRequest};
@@ -14,9 +16,23 @@ const TICK: Duration = Duration::from_millis(500);
 
 pub async fn run(ctx: Context, shutdown: CancellationToken) {
     let mut ticks = 0u64;
+    let mut retention = RetentionSchedule::new(ctx.clock.now());
+    // The purge runs beside the loop, so a long one never delays a broadcast's activation.
+    let mut purge: Option<tokio::task::JoinHandle<()>> = None;
     while crate::pause(&shutdown, TICK).await {
         if let Err(e) = release_due(&ctx).await {
             tracing::warn!(error = %e, "scheduler tick failed");
+        }
+        if let Err(e) = lifecycle::tick(&ctx).await {
+            tracing::warn!(error = %e, "broadcast lifecycle tick failed");
+        }
+        if purge.as_ref().is_none_or(|p| p.is_finished()) && retention.due(ctx.clock.now()) {
+            let ctx = ctx.clone();
+            purge = Some(tokio::spawn(async move {
+                if let Err(e) = lifecycle::purge_inbox(&ctx).await {
+                    tracing::warn!(error = %e, "inbox retention purge failed");
+                }
+            }));
         }
         ticks += 1;
         if ticks.is_multiple_of(7200) {
@@ -29,6 +45,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
                 tracing::warn!(error = %e, "purging idempotency keys failed");
             }
         }
+    }
+    if let Some(p) = purge {
+        p.abort();
     }
 }
 

@@ -33,6 +33,30 @@ impl SqliteDirectory {
     }
 }
 
+/// A user as `get_users` reads it back from SQLite's JSON.
+#[derive(serde::Deserialize)]
+struct UserOut {
+    id: String,
+    email: Option<String>,
+    phone: Option<String>,
+    attributes: herald_core::model::Attributes,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl UserOut {
+    fn into_user(self) -> User {
+        User {
+            id: self.id,
+            email: self.email,
+            phone: self.phone,
+            attributes: self.attributes,
+            created_at: from_micros(self.created_at),
+            updated_at: from_micros(self.updated_at),
+        }
+    }
+}
+
 const USER_COLUMNS: &str = "id, email, phone, attributes, created_at, updated_at";
 
 fn user_from_row(row: &SqliteRow) -> Result<User> {
@@ -191,8 +215,24 @@ impl Directory for SqliteDirectory {
     }
 
     async fn get_users(&self, ids: &[String]) -> Result<Vec<User>> {
-        let select = format!("SELECT {USER_COLUMNS} FROM users");
-        fetch_in(&self.pool, &select, "id", ids, user_from_row).await
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The fan-out's hot read: the users come back as ONE row holding a JSON array, so
+        // sqlx hands over one value instead of a thousand rows across its thread boundary.
+        let list = serde_json::to_string(ids).map_err(|e| corrupt("id list", e))?;
+        let (json,): (Option<String>,) = sqlx::query_as(
+            "SELECT json_group_array(json_object('id', id, 'email', email, 'phone', phone, \
+             'attributes', json(attributes), 'created_at', created_at, 'updated_at', updated_at)) \
+             FROM users WHERE id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(list)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let rows: Vec<UserOut> = serde_json::from_str(json.as_deref().unwrap_or("[]"))
+            .map_err(|e| corrupt("users", e))?;
+        Ok(rows.into_iter().map(UserOut::into_user).collect())
     }
 
     async fn delete_user(&self, id: &str) -> Result<bool> {

@@ -15,7 +15,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
 
 const MIGRATIONS: &[Migration] = &[migration!("sqlite", "inbox", "0001_init")];
-/// Rows per multi-row INSERT (9 parameters each).
+/// Rows per multi-row INSERT (9 parameters each). Measured faster than one JSON parameter
+/// unpacked with `json_each`, which re-parses each row object once per column.
 const ROW_CHUNK: usize = MAX_PARAMS / 9;
 /// Rows deleted per statement when purging, so a purge never holds the writer for long.
 const PURGE_CHUNK: i64 = 10_000;
