@@ -47,9 +47,11 @@ impl Pacer {
         }
     }
 
-    /// Waits until `users` more users may be cut into a batch.
-    pub async fn ready(&self, bus: &dyn Bus, users: u32) {
-        if self.max_depth > 0 && self.over_depth(bus).await {
+    /// Waits until `users` more users may be cut into a batch. Returns whether it slowed down
+    /// because a channel queue was over its limit.
+    pub async fn ready(&self, bus: &dyn Bus, users: u32) -> bool {
+        let backpressure = self.max_depth > 0 && self.over_depth(bus).await;
+        if backpressure {
             metrics::counter!("herald_fanout_backpressure_waits_total", "campaign" => self.campaign.clone())
                 .increment(1);
             tokio::time::sleep(BACKPRESSURE_INTERVAL).await;
@@ -58,6 +60,7 @@ impl Pacer {
             // The burst is at least a batch, so this cannot fail for a batch-sized request.
             let _ = limiter.until_n_ready(n).await;
         }
+        backpressure
     }
 
     async fn over_depth(&self, bus: &dyn Bus) -> bool {
@@ -79,5 +82,46 @@ impl Pacer {
     pub fn finish(&self) {
         metrics::gauge!("herald_fanout_pace_users_per_second", "campaign" => self.campaign.clone())
             .set(0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::model::OutMessage;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_batcher_slows_while_a_channel_queue_is_over_its_limit_and_resumes_when_it_drains(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = herald_storage::BackendUrl::embedded(dir.path(), "bus");
+        let bus = herald_storage::open_bus(&url).await.unwrap();
+        herald_core::topics::declare(bus.as_ref()).await.unwrap();
+        let push = topics::channel_topic(Channel::Push);
+        let msg = OutMessage {
+            key: None,
+            payload: b"{}".to_vec(),
+        };
+        bus.publish(push, &[msg.clone(), msg.clone(), msg]).await.unwrap();
+
+        let pacer = Pacer::new("c1", None, 1000, 2, &[Channel::InApp, Channel::Push]);
+        assert!(pacer.ready(bus.as_ref(), 1000).await, "3 queued > limit 2");
+
+        // An in-app-only campaign does not feed the push queue: no reason to slow down.
+        let in_app_only = Pacer::new("c2", None, 1000, 2, &[Channel::InApp]);
+        assert!(!in_app_only.ready(bus.as_ref(), 1000).await);
+
+        let got = bus
+            .receive(push, topics::GATEWAY, 10, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap();
+        let receipts: Vec<String> = got.into_iter().map(|d| d.receipt).collect();
+        bus.ack(push, topics::GATEWAY, &receipts).await.unwrap();
+        assert!(!pacer.ready(bus.as_ref(), 1000).await, "drained: full pace again");
+
+        // A limit of 0 lifts the backpressure altogether.
+        let unlimited = Pacer::new("c3", None, 1000, 0, &[Channel::Push]);
+        assert!(!unlimited.ready(bus.as_ref(), 1000).await);
     }
 }
