@@ -65,6 +65,43 @@ enum Scenario {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Open-loop inbox reads (`GET /v1/inbox`) at a fixed rate over many users' tokens.
+    /// Latency runs from each request's scheduled start, so a slow server cannot hide behind
+    /// fewer requests (no coordinated omission).
+    Inbox {
+        /// Requests per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// How many distinct users (ids `<prefix>-00000000` …, as made by `seed`) to read as.
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
+        #[arg(long, default_value = "user")]
+        prefix: String,
+        /// Users to spread the reads over: their ids are `prefix-i` for i below this.
+        #[arg(long, default_value_t = 1_000_000)]
+        population: u64,
+        /// Page size of each read.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Most requests in flight; a request that finds no slot counts as an error.
+        #[arg(long, default_value_t = 512)]
+        max_in_flight: usize,
+    },
+    /// A broadcast to `all`: time from the create request until it shows in every sampled
+    /// inbox, and the personal rows it wrote.
+    Broadcast {
+        /// Inboxes to watch.
+        #[arg(long, default_value_t = 20)]
+        sample: u64,
+        #[arg(long, default_value = "user")]
+        prefix: String,
+        /// Sampled user ids are spread over `prefix-i` for i below this.
+        #[arg(long, default_value_t = 1_000_000)]
+        population: u64,
+    },
 }
 
 #[tokio::main]
@@ -90,7 +127,197 @@ async fn main() -> anyhow::Result<()> {
             channels,
             timeout_secs,
         } => fanout_sweep(&cli.url, &key, &sizes, &channels, timeout_secs).await,
+        Scenario::Inbox {
+            rate,
+            duration_secs,
+            users,
+            prefix,
+            population,
+            limit,
+            max_in_flight,
+        } => {
+            let ids = spread_ids(&prefix, users, population);
+            inbox_load(&cli.url, &key, &ids, rate, duration_secs, limit, max_in_flight).await
+        }
+        Scenario::Broadcast {
+            sample,
+            prefix,
+            population,
+        } => broadcast_visibility(&cli.url, &key, &spread_ids(&prefix, sample, population)).await,
     }
+}
+
+/// `n` user ids spread evenly over the first `population` seeded users.
+fn spread_ids(prefix: &str, n: u64, population: u64) -> Vec<String> {
+    let n = n.clamp(1, population.max(1));
+    let step = (population / n).max(1);
+    (0..n).map(|i| format!("{prefix}-{:08}", i * step)).collect()
+}
+
+/// Inbox tokens for `ids`, minted through the admin API.
+async fn tokens(client: &reqwest::Client, url: &str, key: &str, ids: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let resp = client
+            .post(format!("{url}/v1/users/{id}/token"))
+            .bearer_auth(key)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("minting a token for {id}: {status} {body}");
+        }
+        out.push(body["token"].as_str().context("token")?.to_owned());
+    }
+    Ok(out)
+}
+
+async fn inbox_load(
+    url: &str,
+    key: &str,
+    ids: &[String],
+    rate: u32,
+    duration_secs: u64,
+    limit: u32,
+    max_in_flight: usize,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(max_in_flight)
+        .build()?;
+    eprintln!("minting {} tokens…", ids.len());
+    let tokens = std::sync::Arc::new(tokens(&client, url, key, ids).await?);
+    let total = u64::from(rate) * duration_secs;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, ()>>();
+    let start = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    let collector = tokio::spawn(async move {
+        let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+            .expect("histogram bounds");
+        let mut errors = 0u64;
+        while let Some(r) = rx.recv().await {
+            match r {
+                Ok(us) => {
+                    let _ = hist.record(us.max(1));
+                }
+                Err(()) => errors += 1,
+            }
+        }
+        (hist, errors)
+    });
+    for i in 0..total {
+        let scheduled = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let _ = tx.send(Err(()));
+            continue;
+        };
+        let token = tokens[(i as usize) % tokens.len()].clone();
+        let req = client
+            .get(format!("{url}/v1/inbox?limit={limit}"))
+            .bearer_auth(token);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let outcome = match req.send().await {
+                Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+                    Ok(_) => Ok(scheduled.elapsed().as_micros() as u64),
+                    Err(_) => Err(()),
+                },
+                _ => Err(()),
+            };
+            let _ = tx.send(outcome);
+            drop(permit);
+        });
+        sent += 1;
+    }
+    drop(tx);
+    let (hist, errors) = collector.await?;
+    let secs = start.elapsed().as_secs_f64();
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    println!(
+        "inbox: {} requests scheduled at {rate}/s over {duration_secs} s ({} users, limit {limit}): \
+         {:.0} req/s done, errors {errors} ({:.2}%)",
+        sent,
+        ids.len(),
+        hist.len() as f64 / secs,
+        errors as f64 * 100.0 / total.max(1) as f64
+    );
+    println!(
+        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        q(0.50),
+        q(0.90),
+        q(0.99),
+        q(0.999),
+        hist.max() as f64 / 1000.0
+    );
+    Ok(())
+}
+
+async fn broadcast_visibility(url: &str, key: &str, ids: &[String]) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let tokens = tokens(&client, url, key, ids).await?;
+    let title = format!("Broadcast {}", rand::random::<u32>());
+    let started = Instant::now();
+    let resp = client
+        .post(format!("{url}/v1/campaigns"))
+        .bearer_auth(key)
+        .json(&json!({
+            "audience": {"all": true},
+            "content": {"title": title, "body": "Visible to everyone"},
+            "channels": ["in_app"],
+        }))
+        .send()
+        .await?;
+    let created: Value = resp.json().await?;
+    let accepted = started.elapsed();
+    let id = created["id"].as_str().context("campaign id")?.to_owned();
+    let mut pending: Vec<usize> = (0..tokens.len()).collect();
+    let mut seen_at = vec![Duration::ZERO; tokens.len()];
+    while !pending.is_empty() {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("{} sampled inboxes never showed the broadcast", pending.len());
+        }
+        let mut still = Vec::new();
+        for &i in &pending {
+            let inbox: Value = client
+                .get(format!("{url}/v1/inbox?limit=5"))
+                .bearer_auth(&tokens[i])
+                .send()
+                .await?
+                .json()
+                .await?;
+            let found = inbox["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|it| it["title"] == title.as_str()));
+            if found {
+                seen_at[i] = started.elapsed();
+            } else {
+                still.push(i);
+            }
+        }
+        pending = still;
+    }
+    let campaign: Value = client
+        .get(format!("{url}/v1/campaigns/{id}"))
+        .bearer_auth(key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let last = seen_at.iter().max().copied().unwrap_or_default();
+    println!(
+        "broadcast to all ({} users): accepted in {:.1} ms (sizing included), visible in all {} \
+         sampled inboxes {:.1} ms after the request; personal rows written: {}; strategy {}",
+        campaign["audience_size"],
+        accepted.as_secs_f64() * 1000.0,
+        tokens.len(),
+        last.as_secs_f64() * 1000.0,
+        campaign["progress"]["notifications_written"],
+        campaign["strategy"],
+    );
+    Ok(())
 }
 
 /// Load goes to loopback or to a host the operator names explicitly; never anywhere by default.
