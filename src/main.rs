@@ -70,7 +70,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let listener = bind(&ctx.config.listen).await?;
             let shutdown = shutdown_signal();
             let fanout = tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
-            let router = herald_api::router(ctx.clone());
+            // One port for everything: admin API, inbox API and the operations endpoints.
+            let router = herald_api::finish(
+                herald_api::admin_router(ctx.clone())
+                    .merge(herald_inbox::router(ctx.clone()))
+                    .merge(herald_api::http::ops_router(ctx.clone())),
+            );
             herald_api::serve(listener, router, shutdown.clone())
                 .await
                 .context("HTTP server failed")?;
@@ -99,7 +104,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let _ = role.await;
             Ok(())
         }
-        Command::Inbox => not_yet("inbox", "#4 (Broadcast store and merged inbox)"),
+        Command::Inbox => {
+            let ctx = build_context(config, false).await?;
+            let listener = bind(&ctx.config.listen).await?;
+            herald_inbox::run(ctx, listener, shutdown_signal())
+                .await
+                .context("HTTP server failed")?;
+            Ok(())
+        }
         Command::Push => not_yet("push", "#6 (Push gateway)"),
     }
 }

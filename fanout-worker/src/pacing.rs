@@ -92,8 +92,8 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn the_batcher_slows_while_a_channel_queue_is_over_its_limit_and_resumes_when_it_drains(
-    ) {
+    async fn the_batcher_slows_while_a_channel_queue_is_over_its_limit_and_resumes_when_it_drains()
+    {
         let dir = tempfile::tempdir().unwrap();
         let url = herald_storage::BackendUrl::embedded(dir.path(), "bus");
         let bus = herald_storage::open_bus(&url).await.unwrap();
@@ -103,7 +103,9 @@ mod tests {
             key: None,
             payload: b"{}".to_vec(),
         };
-        bus.publish(push, &[msg.clone(), msg.clone(), msg]).await.unwrap();
+        bus.publish(push, &[msg.clone(), msg.clone(), msg])
+            .await
+            .unwrap();
 
         let pacer = Pacer::new("c1", None, 1000, 2, &[Channel::InApp, Channel::Push]);
         assert!(pacer.ready(bus.as_ref(), 1000).await, "3 queued > limit 2");
@@ -113,12 +115,21 @@ mod tests {
         assert!(!in_app_only.ready(bus.as_ref(), 1000).await);
 
         let got = bus
-            .receive(push, topics::GATEWAY, 10, Duration::from_secs(30), Duration::ZERO)
+            .receive(
+                push,
+                topics::GATEWAY,
+                10,
+                Duration::from_secs(30),
+                Duration::ZERO,
+            )
             .await
             .unwrap();
         let receipts: Vec<String> = got.into_iter().map(|d| d.receipt).collect();
         bus.ack(push, topics::GATEWAY, &receipts).await.unwrap();
-        assert!(!pacer.ready(bus.as_ref(), 1000).await, "drained: full pace again");
+        assert!(
+            !pacer.ready(bus.as_ref(), 1000).await,
+            "drained: full pace again"
+        );
 
         // A limit of 0 lifts the backpressure altogether.
         let unlimited = Pacer::new("c3", None, 1000, 0, &[Channel::Push]);

@@ -137,7 +137,16 @@ async fn main() -> anyhow::Result<()> {
             max_in_flight,
         } => {
             let ids = spread_ids(&prefix, users, population);
-            inbox_load(&cli.url, &key, &ids, rate, duration_secs, limit, max_in_flight).await
+            inbox_load(
+                &cli.url,
+                &key,
+                &ids,
+                rate,
+                duration_secs,
+                limit,
+                max_in_flight,
+            )
+            .await
         }
         Scenario::Broadcast {
             sample,
@@ -151,11 +160,18 @@ async fn main() -> anyhow::Result<()> {
 fn spread_ids(prefix: &str, n: u64, population: u64) -> Vec<String> {
     let n = n.clamp(1, population.max(1));
     let step = (population / n).max(1);
-    (0..n).map(|i| format!("{prefix}-{:08}", i * step)).collect()
+    (0..n)
+        .map(|i| format!("{prefix}-{:08}", i * step))
+        .collect()
 }
 
 /// Inbox tokens for `ids`, minted through the admin API.
-async fn tokens(client: &reqwest::Client, url: &str, key: &str, ids: &[String]) -> anyhow::Result<Vec<String>> {
+async fn tokens(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    ids: &[String],
+) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let resp = client
@@ -277,7 +293,10 @@ async fn broadcast_visibility(url: &str, key: &str, ids: &[String]) -> anyhow::R
     let mut seen_at = vec![Duration::ZERO; tokens.len()];
     while !pending.is_empty() {
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("{} sampled inboxes never showed the broadcast", pending.len());
+            bail!(
+                "{} sampled inboxes never showed the broadcast",
+                pending.len()
+            );
         }
         let mut still = Vec::new();
         for &i in &pending {

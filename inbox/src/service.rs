@@ -1,0 +1,567 @@
+//! The merged inbox (DESIGN.md flow 4, seed 004's "Inbox Merge Algorithm"): a user's personal
+//! rows plus the live broadcasts whose filter matches the user, minus the ones the user
+//! dismissed, newest first by `(created_at, id)`, keyset-paged.
+//!
+//! [`InboxService`] is built once per router and cloned cheaply into every request. It owns the
+//! caches of [`crate::cache`] and the task that keeps the broadcast cache current from the
+//! live hub. All operations answer in `herald_core::Result`; the HTTP layer maps errors.
+
+use crate::cache::{broadcast_key, BroadcastCache, UserCache};
+use crate::cursor;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use herald_core::model::{Broadcast, BroadcastUserState, InboxKey, LiveEvent, Notification};
+use herald_core::Context;
+use herald_core::Result;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
+
+/// How old the cached list of open broadcasts may get before a read reloads it.
+pub const BROADCAST_REFRESH: Duration = Duration::from_millis(500);
+/// How long user attributes are cached: a change of attributes (and so of segment membership)
+/// shows in inboxes within this time.
+pub const USER_TTL: Duration = Duration::from_secs(5);
+/// How many users' attributes are cached per process.
+pub const USER_CACHE_CAPACITY: usize = 100_000;
+
+/// Default and largest page size of `GET /v1/inbox`.
+pub const DEFAULT_LIMIT: u32 = 20;
+pub const MAX_LIMIT: u32 = 100;
+
+/// Whether an item is a personal row or a broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemKind {
+    Personal,
+    Broadcast,
+}
+
+/// One item of an inbox, as the API shows it (and as the live feed sends it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InboxItem {
+    pub id: Uuid,
+    /// The position of this item: `cursor=` pages on after it, `since=` resumes after it.
+    pub cursor: String,
+    pub kind: ItemKind,
+    pub title: String,
+    pub body: String,
+    pub category: Option<String>,
+    pub data: Value,
+    /// For a broadcast, its `starts_at`.
+    pub created_at: DateTime<Utc>,
+    pub read: bool,
+    #[serde(skip)]
+    pub key: InboxKey,
+}
+
+impl InboxItem {
+    pub fn personal(n: &Notification) -> Self {
+        let key = n.key();
+        Self {
+            id: n.id,
+            cursor: cursor::encode(&key),
+            kind: ItemKind::Personal,
+            title: n.title.clone(),
+            body: n.body.clone(),
+            category: n.category.clone(),
+            data: n.data.clone(),
+            created_at: n.created_at,
+            read: n.read_at.is_some(),
+            key,
+        }
+    }
+
+    pub fn broadcast(b: &Broadcast, read: bool) -> Self {
+        let key = broadcast_key(b);
+        Self {
+            id: b.id,
+            cursor: cursor::encode(&key),
+            kind: ItemKind::Broadcast,
+            title: b.title.clone(),
+            body: b.body.clone(),
+            category: b.category.clone(),
+            data: b.data.clone(),
+            created_at: b.starts_at,
+            read,
+            key,
+        }
+    }
+}
+
+/// One page of an inbox: the body of `GET /v1/inbox`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InboxPage {
+    pub items: Vec<InboxItem>,
+    /// The cursor of the last item when older items exist, else `None`.
+    pub next_cursor: Option<String>,
+    /// Unread personal rows plus unread visible broadcasts, over the whole inbox.
+    pub unread_count: u64,
+}
+
+/// What to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Only items strictly older than this key.
+    pub before: Option<InboxKey>,
+    pub limit: u32,
+    pub unread_only: bool,
+}
+
+/// A broadcast the user sees now, with the user's read state of it.
+#[derive(Debug, Clone)]
+pub struct VisibleBroadcast {
+    pub broadcast: Arc<Broadcast>,
+    pub read: bool,
+}
+
+/// The merged inbox over the ports of a [`Context`]. Cheap to clone.
+#[derive(Clone)]
+pub struct InboxService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: Context,
+    broadcasts: Arc<BroadcastCache>,
+    users: UserCache,
+    /// Stops the cache watcher when the last clone of the service is dropped.
+    _watcher: Option<DropGuard>,
+}
+
+impl InboxService {
+    /// Builds the service and, inside a Tokio runtime, starts the task that follows
+    /// `LiveEvent::BroadcastActivated` on the live hub (it ends with the service).
+    pub fn new(ctx: Context) -> Self {
+        Self::with_broadcast_refresh(ctx, BROADCAST_REFRESH)
+    }
+
+    /// Like [`InboxService::new`] with another refresh interval for the open broadcasts.
+    pub fn with_broadcast_refresh(ctx: Context, refresh_every: Duration) -> Self {
+        let broadcasts = Arc::new(BroadcastCache::new(
+            ctx.ports.broadcasts.clone(),
+            refresh_every,
+        ));
+        let users = UserCache::new(ctx.ports.directory.clone(), USER_TTL, USER_CACHE_CAPACITY);
+        let watcher = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let stop = CancellationToken::new();
+            // A hub that subscribes at once (the in-process one) is followed from before the
+            // first read; others are subscribed to in the background.
+            let subscribed = ctx.ports.live.subscribe().now_or_never();
+            rt.spawn(watch_activations(
+                ctx.clone(),
+                Arc::downgrade(&broadcasts),
+                stop.clone(),
+                subscribed,
+            ));
+            stop.drop_guard()
+        });
+        Self {
+            inner: Arc::new(Inner {
+                ctx,
+                broadcasts,
+                users,
+                _watcher: watcher,
+            }),
+        }
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.inner.ctx
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.ctx.clock.now()
+    }
+
+    /// One page of the user's merged inbox.
+    pub async fn page(&self, user_id: &str, req: PageRequest) -> Result<InboxPage> {
+        let ctx = &self.inner.ctx;
+        let now = self.now();
+        let fetch = req.limit.saturating_add(1);
+        // A first page that holds every personal row of the user gives their unread count
+        // for free; a later page never does, so its count query runs alongside.
+        let count_needed_anyway = req.before.is_some();
+        let (personal, visible, counted) = tokio::try_join!(
+            ctx.ports
+                .inbox
+                .page(user_id, req.before, fetch, req.unread_only),
+            self.visible_broadcasts(user_id, now),
+            async {
+                if count_needed_anyway {
+                    ctx.ports.inbox.unread_count(user_id).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+        )?;
+        let unread_broadcasts = visible.iter().filter(|v| !v.read).count() as u64;
+        let unread_personal = match counted {
+            Some(n) => n,
+            None if personal.len() < fetch as usize => {
+                personal.iter().filter(|n| n.read_at.is_none()).count() as u64
+            }
+            None => ctx.ports.inbox.unread_count(user_id).await?,
+        };
+        let broadcasts: Vec<VisibleBroadcast> = visible
+            .into_iter()
+            .filter(|v| req.before.is_none_or(|b| broadcast_key(&v.broadcast) < b))
+            .filter(|v| !(req.unread_only && v.read))
+            .collect();
+        let (items, more) = merge(&personal, &broadcasts, req.limit as usize);
+        let next_cursor = more
+            .then(|| items.last().map(|i| i.cursor.clone()))
+            .flatten();
+        metrics::counter!("herald_inbox_reads_total").increment(1);
+        Ok(InboxPage {
+            items,
+            next_cursor,
+            unread_count: unread_personal + unread_broadcasts,
+        })
+    }
+
+    /// Unread personal rows plus live matching broadcasts neither read nor dismissed.
+    pub async fn unread_count(&self, user_id: &str) -> Result<u64> {
+        let now = self.now();
+        let (personal, visible) = tokio::try_join!(
+            self.inner.ctx.ports.inbox.unread_count(user_id),
+            self.visible_broadcasts(user_id, now),
+        )?;
+        Ok(personal + visible.iter().filter(|v| !v.read).count() as u64)
+    }
+
+    /// Marks an item read. `false` if the user has no such item (never read, dismissed, or
+    /// someone else's).
+    pub async fn mark_read(&self, user_id: &str, id: Uuid) -> Result<bool> {
+        let ctx = &self.inner.ctx;
+        let now = self.now();
+        let found = if ctx.ports.inbox.mark_read(user_id, id, now).await? {
+            true
+        } else if let Some(v) = self.visible_broadcast(user_id, id, now).await? {
+            if !v.read {
+                ctx.ports.broadcasts.mark_read(user_id, id, now).await?;
+            }
+            true
+        } else {
+            false
+        };
+        if found {
+            self.publish(LiveEvent::Read {
+                user_id: user_id.to_owned(),
+                id: id.to_string(),
+            })
+            .await;
+        }
+        Ok(found)
+    }
+
+    /// Hides an item from the user for good. `false` if the user has no such item.
+    pub async fn dismiss(&self, user_id: &str, id: Uuid) -> Result<bool> {
+        let ctx = &self.inner.ctx;
+        let now = self.now();
+        let found = if ctx.ports.inbox.dismiss(user_id, id, now).await? {
+            true
+        } else if self.visible_broadcast(user_id, id, now).await?.is_some() {
+            ctx.ports.broadcasts.dismiss(user_id, id, now).await?;
+            true
+        } else {
+            false
+        };
+        if found {
+            self.publish(LiveEvent::Dismiss {
+                user_id: user_id.to_owned(),
+                id: id.to_string(),
+            })
+            .await;
+        }
+        Ok(found)
+    }
+
+    /// Marks every personal row and every visible broadcast read. Returns how many items
+    /// changed.
+    pub async fn mark_all_read(&self, user_id: &str) -> Result<u64> {
+        let ctx = &self.inner.ctx;
+        let now = self.now();
+        let (personal, visible) = tokio::try_join!(
+            ctx.ports.inbox.mark_all_read(user_id, now),
+            self.visible_broadcasts(user_id, now),
+        )?;
+        let mut changed = personal;
+        for v in visible.iter().filter(|v| !v.read) {
+            ctx.ports
+                .broadcasts
+                .mark_read(user_id, v.broadcast.id, now)
+                .await?;
+            changed += 1;
+        }
+        self.publish(LiveEvent::ReadAll {
+            user_id: user_id.to_owned(),
+        })
+        .await;
+        Ok(changed)
+    }
+
+    /// Whether `broadcast` is one the user may see at `now` by time and segment (dismissals
+    /// aside): what the live feed checks before sending a broadcast to a connection.
+    pub async fn broadcast_matches(
+        &self,
+        user_id: &str,
+        broadcast: &Broadcast,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        if !broadcast.is_live_at(now) {
+            return Ok(false);
+        }
+        if broadcast.filter.is_match_all() {
+            return Ok(true);
+        }
+        let attrs = self.inner.users.attributes(user_id).await?;
+        Ok(broadcast.filter.matches(&attrs, now))
+    }
+
+    /// The live broadcasts the user sees at `now`, newest first, with their read state:
+    /// open broadcasts (cached) that are live, whose filter matches the user's attributes
+    /// (cached) and that the user has not dismissed (one state lookup, skipped when no
+    /// broadcast is live).
+    pub async fn visible_broadcasts(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<VisibleBroadcast>> {
+        let open = self.inner.broadcasts.open().await?;
+        let live: Vec<&Arc<Broadcast>> = open.iter().filter(|b| b.is_live_at(now)).collect();
+        if live.is_empty() {
+            return Ok(Vec::new());
+        }
+        let needs_attrs = live.iter().any(|b| !b.filter.is_match_all());
+        let ports = &self.inner.ctx.ports;
+        let (states, attrs) = tokio::try_join!(ports.broadcasts.user_states(user_id), async {
+            if needs_attrs {
+                self.inner.users.attributes(user_id).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        })?;
+        let states: HashMap<Uuid, BroadcastUserState> =
+            states.into_iter().map(|s| (s.broadcast_id, s)).collect();
+        Ok(live
+            .into_iter()
+            .filter(|b| {
+                b.filter.is_match_all() || attrs.as_ref().is_some_and(|a| b.filter.matches(a, now))
+            })
+            .filter_map(|b| {
+                let state = states.get(&b.id);
+                if state.is_some_and(|s| s.dismissed_at.is_some()) {
+                    return None;
+                }
+                Some(VisibleBroadcast {
+                    broadcast: b.clone(),
+                    read: state.is_some_and(|s| s.read_at.is_some()),
+                })
+            })
+            .collect())
+    }
+
+    /// The broadcast `id` if the user sees it now (live, matching, not dismissed).
+    async fn visible_broadcast(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<VisibleBroadcast>> {
+        let open = self.inner.broadcasts.open().await?;
+        let broadcast = match open.iter().find(|b| b.id == id) {
+            Some(b) => b.clone(),
+            // Not in the copy: it may have been stored since the last reload.
+            None => match self.inner.ctx.ports.broadcasts.get(id).await? {
+                Some(b) => Arc::new(b),
+                None => return Ok(None),
+            },
+        };
+        if !self.broadcast_matches(user_id, &broadcast, now).await? {
+            return Ok(None);
+        }
+        let states = self.inner.ctx.ports.broadcasts.user_states(user_id).await?;
+        let state = states.iter().find(|s| s.broadcast_id == id);
+        if state.is_some_and(|s| s.dismissed_at.is_some()) {
+            return Ok(None);
+        }
+        Ok(Some(VisibleBroadcast {
+            broadcast,
+            read: state.is_some_and(|s| s.read_at.is_some()),
+        }))
+    }
+
+    /// Publishes a read-state change for the user's other devices; best effort.
+    async fn publish(&self, event: LiveEvent) {
+        if let Err(e) = self.inner.ctx.ports.live.publish(event).await {
+            tracing::warn!(error = %e, "publishing an inbox live event failed");
+        }
+    }
+}
+
+/// Merges personal rows (newest first, as the store returns them) and broadcasts (newest
+/// first) by key, descending. Returns at most `limit` items and whether more were left.
+fn merge(
+    personal: &[Notification],
+    broadcasts: &[VisibleBroadcast],
+    limit: usize,
+) -> (Vec<InboxItem>, bool) {
+    let mut items = Vec::with_capacity(limit.min(personal.len() + broadcasts.len()));
+    let (mut p, mut b) = (personal.iter().peekable(), broadcasts.iter().peekable());
+    loop {
+        let take_personal = match (p.peek(), b.peek()) {
+            (None, None) => return (items, false),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(n), Some(v)) => n.key() > broadcast_key(&v.broadcast),
+        };
+        if items.len() == limit {
+            return (items, true);
+        }
+        let item = if take_personal {
+            p.next().map(InboxItem::personal)
+        } else {
+            b.next().map(|v| InboxItem::broadcast(&v.broadcast, v.read))
+        };
+        items.extend(item);
+    }
+}
+
+/// Follows the live hub for activated broadcasts until `stop` is cancelled or the cache is
+/// gone, starting with `subscribed` if the subscription was made already. A subscription made
+/// here invalidates the cache, since events published before it were not seen; after a
+/// failure it resubscribes a second later (the periodic reload covers the gap meanwhile).
+async fn watch_activations(
+    ctx: Context,
+    cache: Weak<BroadcastCache>,
+    stop: CancellationToken,
+    mut subscribed: Option<Result<BoxStream<'static, LiveEvent>>>,
+) {
+    loop {
+        let subscription = match subscribed.take() {
+            Some(s) => s,
+            None => {
+                let s = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    s = ctx.ports.live.subscribe() => s,
+                };
+                match cache.upgrade() {
+                    Some(cache) => cache.invalidate(),
+                    None => return,
+                }
+                s
+            }
+        };
+        match subscription {
+            Ok(mut events) => loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    e = events.next() => e,
+                };
+                match event {
+                    Some(LiveEvent::BroadcastActivated { broadcast }) => match cache.upgrade() {
+                        Some(cache) => cache.activated(*broadcast),
+                        None => return,
+                    },
+                    Some(_) => {}
+                    None => {
+                        tracing::warn!("the live hub subscription ended; resubscribing");
+                        break;
+                    }
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "subscribing to the live hub failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use herald_core::filter::Filter;
+    use herald_core::model::{BroadcastStatus, Priority};
+
+    fn at(minute: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, minute, 0).unwrap()
+    }
+
+    fn personal(minute: u32) -> Notification {
+        Notification {
+            id: Uuid::now_v7(),
+            user_id: "u1".into(),
+            campaign_id: None,
+            title: format!("p{minute}"),
+            body: String::new(),
+            category: None,
+            data: Value::Null,
+            created_at: at(minute),
+            read_at: None,
+        }
+    }
+
+    fn broadcast(minute: u32) -> VisibleBroadcast {
+        VisibleBroadcast {
+            broadcast: Arc::new(Broadcast {
+                id: Uuid::now_v7(),
+                campaign_id: None,
+                title: format!("b{minute}"),
+                body: String::new(),
+                category: None,
+                data: Value::Null,
+                segment: None,
+                filter: Filter::match_all(),
+                channels: Vec::new(),
+                priority: Priority::Normal,
+                starts_at: at(minute),
+                expires_at: None,
+                status: BroadcastStatus::Active,
+                created_at: at(minute),
+            }),
+            read: false,
+        }
+    }
+
+    fn titles(items: &[InboxItem]) -> Vec<&str> {
+        items.iter().map(|i| i.title.as_str()).collect()
+    }
+
+    #[test]
+    fn merge_interleaves_by_key_and_says_whether_more_are_left() {
+        let p = [personal(9), personal(5), personal(1)];
+        let b = [broadcast(7), broadcast(3)];
+        let (items, more) = merge(&p, &b, 10);
+        assert_eq!(titles(&items), ["p9", "b7", "p5", "b3", "p1"]);
+        assert!(!more);
+        let (items, more) = merge(&p, &b, 5);
+        assert_eq!(items.len(), 5);
+        assert!(!more);
+        let (items, more) = merge(&p, &b, 3);
+        assert_eq!(titles(&items), ["p9", "b7", "p5"]);
+        assert!(more);
+        assert_eq!(items[1].kind, ItemKind::Broadcast);
+        assert_eq!(cursor::decode(&items[1].cursor), Some(items[1].key));
+        let (items, more) = merge(&[], &[], 3);
+        assert!(items.is_empty() && !more);
+    }
+
+    #[test]
+    fn equal_times_are_ordered_by_id() {
+        let mut p = personal(5);
+        let mut b = broadcast(5);
+        p.id = Uuid::from_u128(1);
+        Arc::get_mut(&mut b.broadcast).unwrap().id = Uuid::from_u128(2);
+        let (items, _) = merge(&[p], &[b], 10);
+        assert_eq!(titles(&items), ["b5", "p5"]);
+    }
+}
