@@ -35,6 +35,11 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
             }));
         }
         ticks += 1;
+        if ticks.is_multiple_of(60) {
+            if let Err(e) = redispatch_stuck(&ctx).await {
+                tracing::warn!(error = %e, "re-dispatching stuck campaigns failed");
+            }
+        }
         if ticks.is_multiple_of(7200) {
             if let Err(e) = ctx
                 .ports
@@ -51,6 +56,47 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
     }
 }
 
+/// How long a campaign may sit in `sizing` before its dispatch request is presumed lost.
+pub const STUCK_AFTER: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Publishes a dispatch request again for campaigns still in `sizing` long after creation:
+/// the API stores a campaign and then publishes its request, so a crash in between would
+/// otherwise strand it. A duplicate request is harmless (dispatch is idempotent).
+pub async fn redispatch_stuck(ctx: &Context) -> herald_core::Result<usize> {
+    let now = ctx.clock.now();
+    let sizing = ctx
+        .ports
+        .campaigns
+        .list_campaigns(Some(CampaignStatus::Sizing), None, 100)
+        .await?;
+    let stuck: Vec<_> = sizing
+        .iter()
+        .filter(|c| c.created_at.max(c.starts_at.unwrap_or(c.created_at)) + STUCK_AFTER <= now)
+        .collect();
+    for c in &stuck {
+        publish_dispatch(ctx, &c.id).await?;
+        tracing::warn!(campaign = %c.id, "campaign stuck in sizing: dispatch request re-published");
+    }
+    Ok(stuck.len())
+}
+
+async fn publish_dispatch(ctx: &Context, campaign_id: &str) -> herald_core::Result<()> {
+    let body = serde_json::to_vec(&DispatchRequest {
+        campaign_id: campaign_id.to_owned(),
+    })
+    .map_err(|e| herald_core::Error::internal("dispatch request").with_source(e))?;
+    ctx.ports
+        .bus
+        .publish(
+            topics::DISPATCH,
+            &[OutMessage {
+                key: Some(campaign_id.to_owned()),
+                payload: body,
+            }],
+        )
+        .await
+}
+
 /// Publishes a dispatch request for every due scheduled campaign, then marks it sizing.
 /// Publishing first means a crash in between re-publishes on the next tick rather than
 /// losing the campaign.
@@ -58,20 +104,7 @@ pub async fn release_due(ctx: &Context) -> herald_core::Result<usize> {
     let now = ctx.clock.now();
     let due = ctx.ports.campaigns.due_campaigns(now, 100).await?;
     for c in &due {
-        let body = serde_json::to_vec(&DispatchRequest {
-            campaign_id: c.id.clone(),
-        })
-        .map_err(|e| herald_core::Error::internal("dispatch request").with_source(e))?;
-        ctx.ports
-            .bus
-            .publish(
-                topics::DISPATCH,
-                &[OutMessage {
-                    key: Some(c.id.clone()),
-                    payload: body,
-                }],
-            )
-            .await?;
+        publish_dispatch(ctx, &c.id).await?;
         ctx.ports
             .campaigns
             .transition(

@@ -1323,3 +1323,46 @@ async fn an_inline_user_list_with_duplicates_is_deduplicated() {
     assert_eq!(done.progress.notifications_written, 3);
     assert_eq!(queued(&done, Channel::Push), 3);
 }
+
+#[tokio::test]
+async fn a_campaign_whose_dispatch_request_was_lost_is_dispatched_again_after_a_minute() {
+    let h = harness("2026-03-01T12:00:00Z").await;
+    // Stored but never published: as if the API crashed between insert and publish.
+    let mut c = campaign(
+        &h.ctx,
+        "stuck",
+        Audience::User("u-stuck".into()),
+        &[Channel::InApp],
+    );
+    c.created_at = h.clock.now();
+    h.ctx.ports.campaigns.insert_campaign(&c).await.unwrap();
+    assert_eq!(
+        scheduler::redispatch_stuck(&h.ctx).await.unwrap(),
+        0,
+        "too early"
+    );
+    h.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(scheduler::redispatch_stuck(&h.ctx).await.unwrap(), 1);
+    let got = h
+        .ctx
+        .ports
+        .bus
+        .receive(
+            topics::DISPATCH,
+            topics::DISPATCHERS,
+            10,
+            std::time::Duration::from_secs(30),
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|d| {
+            serde_json::from_slice::<topics::DispatchRequest>(&d.payload)
+                .unwrap()
+                .campaign_id
+        })
+        .collect();
+    assert_eq!(ids, vec![c.id.clone()]);
+}
