@@ -70,16 +70,24 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let listener = bind(&ctx.config.listen).await?;
             let shutdown = shutdown_signal();
             let fanout = tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
-            // One port for everything: admin API, inbox API and the operations endpoints.
+            // One port for everything: admin API, inbox API with its live feed, operations.
+            let (inbox, live) = herald_inbox::router_with_feed(
+                ctx.clone(),
+                herald_inbox::LiveConfig::default(),
+                shutdown.clone(),
+            );
             let router = herald_api::finish(
                 herald_api::admin_router(ctx.clone())
-                    .merge(herald_inbox::router(ctx.clone()))
+                    .merge(inbox)
                     .merge(herald_api::http::ops_router(ctx.clone())),
             );
             herald_api::serve(listener, router, shutdown.clone())
                 .await
                 .context("HTTP server failed")?;
             shutdown.cancel();
+            // Upgraded sockets outlive the HTTP server's drain: give their "going away"
+            // close frames a moment to leave.
+            live.drained(std::time::Duration::from_secs(2)).await;
             // Let the dispatchers checkpoint and hand back what they hold.
             let _ = fanout.await;
             tracing::info!("stopped");

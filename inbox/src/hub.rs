@@ -1,0 +1,477 @@
+//! The live hub of one inbox process: ONE subscription to the cross-node `LiveHub` port,
+//! routing each event to the WebSocket connections it concerns (see [`crate::live`] for the
+//! connections themselves).
+//!
+//! Connections are indexed by user id in a sharded map (`SHARDS` maps, each behind its own
+//! lock, picked by a hash of the user id), so routing an event for one user touches one
+//! shard, and registering or dropping a connection never contends with routing to another
+//! shard. Routing never waits: a frame goes into the connection's bounded queue with
+//! `try_send`, and a connection whose queue is full is marked too slow and closed by its own
+//! task ([`Conn::close`]). Each frame is serialised once and shared by every connection that
+//! gets it (`Utf8Bytes` is a reference-counted buffer).
+//!
+//! - `Notifications` → each item to its user's connections;
+//! - `BroadcastActivated` → every connection whose user the broadcast's filter matches (a
+//!   match-all broadcast goes to all of them at once; a filtered one is matched per user on
+//!   the cached user attributes in a background task, so the routing loop keeps up);
+//! - `Read` / `Dismiss` / `ReadAll` → that user's connections.
+//!
+//! The hub also remembers the broadcasts it saw activated in the last
+//! [`RECENT_ACTIVATIONS_KEPT`]: a resuming connection replays them too, which closes the gap
+//! between an activation and the inbox's broadcast cache catching up with it.
+//!
+//! When the subscription ends (a distributed hub lost its connection), events may have been
+//! missed, so every connection is closed with 1012 and told to resume with `since`; new
+//! connections are refused with 503 until the hub is subscribed again.
+
+use crate::service::{InboxItem, InboxService};
+use axum::extract::ws::Utf8Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use herald_core::model::{Broadcast, LiveEvent};
+use herald_core::Result;
+use metrics::{Counter, Gauge};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Number of independently locked parts of the connection map.
+const SHARDS: usize = 64;
+/// How long an activated broadcast is remembered for resuming connections.
+pub const RECENT_ACTIVATIONS_KEPT: Duration = Duration::from_secs(30);
+/// At most this many recent activations are remembered.
+const RECENT_ACTIVATIONS_MAX: usize = 1024;
+/// How far ahead of this node's clock an activated broadcast may start and still be sent.
+const ACTIVATION_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+/// How many users a filtered broadcast is matched for at once.
+const MATCH_CONCURRENCY: usize = 32;
+
+/// A server frame as it goes on the wire (API.md, `GET /v1/inbox/live`).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Wire<'a> {
+    Notification { item: &'a InboxItem },
+    Read { id: &'a str },
+    Dismiss { id: &'a str },
+    ReadAll,
+}
+
+impl Wire<'_> {
+    pub(crate) fn encode(&self) -> Utf8Bytes {
+        let text = serde_json::to_string(self).expect("a live frame serialises");
+        Utf8Bytes::from(text)
+    }
+}
+
+/// One serialised frame, shared by every connection it goes to.
+#[derive(Clone, Debug)]
+pub(crate) struct Frame {
+    pub text: Utf8Bytes,
+    /// The item of a `notification` frame, for de-duplication.
+    pub item: Option<Uuid>,
+}
+
+impl Frame {
+    pub(crate) fn notification(item: &InboxItem) -> Self {
+        Frame {
+            text: Wire::Notification { item }.encode(),
+            item: Some(item.id),
+        }
+    }
+
+    fn other(wire: Wire<'_>) -> Self {
+        Frame {
+            text: wire.encode(),
+            item: None,
+        }
+    }
+}
+
+/// Why the hub wants a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kill {
+    /// Its send queue was full.
+    TooSlow,
+    /// The hub's subscription ended: events may have been missed.
+    HubLost,
+}
+
+/// A registered connection, as the hub sees it.
+pub(crate) struct Conn {
+    id: u64,
+    user: Arc<str>,
+    tx: mpsc::Sender<Frame>,
+    /// Cancelled when the hub wants the connection closed; `why` says why.
+    pub kill: CancellationToken,
+    why: OnceLock<Kill>,
+}
+
+impl Conn {
+    /// Asks the connection's task to close it. The first reason given wins.
+    pub(crate) fn close(&self, why: Kill) {
+        if self.why.set(why).is_ok() {
+            self.kill.cancel();
+        }
+    }
+
+    pub(crate) fn why(&self) -> Option<Kill> {
+        self.why.get().copied()
+    }
+}
+
+struct HubMetrics {
+    connections: Gauge,
+    frames_sent: Counter,
+    slow_closed: Counter,
+}
+
+type Shard = RwLock<HashMap<Arc<str>, Vec<Arc<Conn>>>>;
+
+/// The connections of this process and the routing of live events to them.
+pub(crate) struct Hub {
+    svc: InboxService,
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    max_connections: usize,
+    /// Connections reserved or open (reserved before the upgrade, released when it ends).
+    connections: AtomicUsize,
+    next_id: AtomicU64,
+    /// Whether the hub's subscription is live (connections are refused while it is not).
+    subscribed: AtomicBool,
+    recent: Mutex<VecDeque<(Instant, Arc<Broadcast>)>>,
+    metrics: HubMetrics,
+}
+
+impl Hub {
+    pub(crate) fn new(svc: InboxService, max_connections: usize) -> Self {
+        // Install the process's recorder before taking metric handles (a handle taken
+        // before would count into nothing).
+        herald_api::http::metrics_handle();
+        Self {
+            svc,
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            max_connections,
+            connections: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            subscribed: AtomicBool::new(false),
+            recent: Mutex::new(VecDeque::new()),
+            metrics: HubMetrics {
+                connections: metrics::gauge!("herald_live_connections"),
+                frames_sent: metrics::counter!("herald_live_frames_sent_total"),
+                slow_closed: metrics::counter!("herald_live_slow_consumers_closed_total"),
+            },
+        }
+    }
+
+    pub(crate) fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
+    }
+
+    /// Open (or reserved) connections.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn frame_sent(&self) {
+        self.metrics.frames_sent.increment(1);
+    }
+
+    fn shard(&self, user: &str) -> &Shard {
+        &self.shards[(self.hasher.hash_one(user) as usize) % SHARDS]
+    }
+
+    /// Takes one of the `max_connections` places, or `None` when all are taken.
+    pub(crate) fn reserve(self: &Arc<Self>) -> Option<Slot> {
+        let taken = self
+            .connections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_connections).then_some(n + 1)
+            });
+        taken.ok().map(|_| {
+            self.metrics.connections.increment(1.0);
+            Slot { hub: self.clone() }
+        })
+    }
+
+    /// Registers a connection of `user` whose frames go to `tx`. From this call on it gets
+    /// every event routed for its user; dropping the registration unregisters it (its place,
+    /// a [`Slot`], is held apart, until the socket is closed).
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        user: Arc<str>,
+        tx: mpsc::Sender<Frame>,
+    ) -> Registration {
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user: user.clone(),
+            tx,
+            kill: CancellationToken::new(),
+            why: OnceLock::new(),
+        });
+        self.shard(&user)
+            .write()
+            .entry(user)
+            .or_default()
+            .push(conn.clone());
+        Registration {
+            conn,
+            hub: self.clone(),
+        }
+    }
+
+    /// Closes a connection that did not keep up, and counts it.
+    pub(crate) fn too_slow(&self, conn: &Conn) {
+        if conn.why().is_none() {
+            tracing::debug!(user = %conn.user, "live connection too slow; closing it");
+            self.metrics.slow_closed.increment(1);
+        }
+        conn.close(Kill::TooSlow);
+    }
+
+    fn unregister(&self, conn: &Conn) {
+        let mut shard = self.shard(&conn.user).write();
+        if let Some(list) = shard.get_mut(&conn.user) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                shard.remove(&conn.user);
+            }
+        }
+    }
+
+    /// The broadcasts activated in the last [`RECENT_ACTIVATIONS_KEPT`].
+    pub(crate) fn recent_activations(&self) -> Vec<Arc<Broadcast>> {
+        let mut recent = self.recent.lock();
+        prune(&mut recent);
+        recent.iter().map(|(_, b)| b.clone()).collect()
+    }
+
+    /// Queues a frame for a connection without waiting; a full queue closes the connection.
+    fn deliver(&self, conn: &Conn, frame: Frame) {
+        if conn.kill.is_cancelled() {
+            return;
+        }
+        match conn.tx.try_send(frame) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.too_slow(conn),
+            // The connection is ending; it unregisters itself.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn deliver_to_user(&self, user: &str, frame: impl FnOnce() -> Frame) {
+        let shard = self.shard(user).read();
+        let Some(conns) = shard.get(user) else {
+            return;
+        };
+        // Serialised only when someone is connected, and then once.
+        let frame = frame();
+        for conn in conns {
+            self.deliver(conn, frame.clone());
+        }
+    }
+
+    /// Routes one event to the connections it concerns.
+    pub(crate) fn route(self: &Arc<Self>, event: LiveEvent) {
+        match event {
+            LiveEvent::Notifications { items } => {
+                for n in &items {
+                    self.deliver_to_user(&n.user_id, || {
+                        Frame::notification(&InboxItem::personal(n))
+                    });
+                }
+            }
+            LiveEvent::Read { user_id, id } => {
+                self.deliver_to_user(&user_id, || Frame::other(Wire::Read { id: &id }));
+            }
+            LiveEvent::Dismiss { user_id, id } => {
+                self.deliver_to_user(&user_id, || Frame::other(Wire::Dismiss { id: &id }));
+            }
+            LiveEvent::ReadAll { user_id } => {
+                self.deliver_to_user(&user_id, || Frame::other(Wire::ReadAll));
+            }
+            LiveEvent::BroadcastActivated { broadcast } => {
+                self.broadcast_activated(Arc::new(*broadcast));
+            }
+        }
+    }
+
+    fn broadcast_activated(self: &Arc<Self>, broadcast: Arc<Broadcast>) {
+        {
+            let mut recent = self.recent.lock();
+            recent.retain(|(_, b)| b.id != broadcast.id);
+            recent.push_back((Instant::now(), broadcast.clone()));
+            prune(&mut recent);
+        }
+        let now = activation_time(self.svc.context().clock.now(), &broadcast);
+        if !broadcast.is_live_at(now) {
+            return;
+        }
+        // A new broadcast is unread for everyone.
+        let frame = Frame::notification(&InboxItem::broadcast(&broadcast, false));
+        if broadcast.filter.is_match_all() {
+            for shard in self.shards.iter() {
+                for conn in shard.read().values().flatten() {
+                    self.deliver(conn, frame.clone());
+                }
+            }
+            return;
+        }
+        // Matching needs each user's attributes (cached, else one directory read): done
+        // off the routing loop, a bounded number of users at a time.
+        let users: Vec<(Arc<str>, Vec<Arc<Conn>>)> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .iter()
+                    .map(|(u, c)| (u.clone(), c.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if users.is_empty() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(users)
+                .for_each_concurrent(MATCH_CONCURRENCY, |(user, conns)| {
+                    let hub = &hub;
+                    let broadcast = &broadcast;
+                    let frame = &frame;
+                    async move {
+                        match hub.svc.broadcast_matches(&user, broadcast, now).await {
+                            Ok(true) => {
+                                for conn in &conns {
+                                    hub.deliver(conn, frame.clone());
+                                }
+                            }
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(
+                                error = %e, user = %user,
+                                "matching a broadcast for a live connection failed"
+                            ),
+                        }
+                    }
+                })
+                .await;
+        });
+    }
+
+    /// Closes every connection (the subscription was lost: they may have missed events).
+    fn close_all(&self, why: Kill) {
+        for shard in self.shards.iter() {
+            for conn in shard.read().values().flatten() {
+                conn.close(why);
+            }
+        }
+    }
+}
+
+/// The time at which to judge an activated broadcast: the activation is authoritative about
+/// the start, so a clock up to [`ACTIVATION_SKEW`] behind the activating node's does not hold
+/// the broadcast back. Status and expiry still count.
+pub(crate) fn activation_time(now: DateTime<Utc>, broadcast: &Broadcast) -> DateTime<Utc> {
+    if broadcast.starts_at <= now + ACTIVATION_SKEW {
+        now.max(broadcast.starts_at)
+    } else {
+        now
+    }
+}
+
+fn prune(recent: &mut VecDeque<(Instant, Arc<Broadcast>)>) {
+    while recent.len() > RECENT_ACTIVATIONS_MAX
+        || recent
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > RECENT_ACTIVATIONS_KEPT)
+    {
+        recent.pop_front();
+    }
+}
+
+/// One of the hub's `max_connections` places; given back when dropped.
+pub(crate) struct Slot {
+    hub: Arc<Hub>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.hub.connections.fetch_sub(1, Ordering::SeqCst);
+        self.hub.metrics.connections.decrement(1.0);
+    }
+}
+
+/// A connection registered in the hub; unregistered when dropped.
+pub(crate) struct Registration {
+    pub conn: Arc<Conn>,
+    hub: Arc<Hub>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.conn);
+    }
+}
+
+/// Starts the hub's subscription. A hub port that subscribes at once (the in-process one) is
+/// subscribed before this returns, so connections can be taken at once; others are
+/// subscribed in the background. The task ends when `stop` is cancelled.
+pub(crate) fn start(hub: Arc<Hub>, stop: CancellationToken) {
+    let ctx = hub.svc.context().clone();
+    let subscribed = ctx.ports.live.subscribe().now_or_never();
+    if matches!(subscribed, Some(Ok(_))) {
+        hub.subscribed.store(true, Ordering::SeqCst);
+    }
+    tokio::spawn(follow(hub, stop, subscribed));
+}
+
+async fn follow(
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+    mut subscribed: Option<Result<BoxStream<'static, LiveEvent>>>,
+) {
+    let live = hub.svc.context().ports.live.clone();
+    loop {
+        let subscription = match subscribed.take() {
+            Some(s) => s,
+            None => tokio::select! {
+                _ = stop.cancelled() => return,
+                s = live.subscribe() => s,
+            },
+        };
+        match subscription {
+            Ok(mut events) => {
+                hub.subscribed.store(true, Ordering::SeqCst);
+                loop {
+                    let event = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        e = events.next() => e,
+                    };
+                    match event {
+                        Some(event) => hub.route(event),
+                        None => break,
+                    }
+                }
+                tracing::warn!("the live hub subscription ended; closing live connections");
+                hub.subscribed.store(false, Ordering::SeqCst);
+                hub.close_all(Kill::HubLost);
+            }
+            Err(e) => tracing::warn!(error = %e, "subscribing to the live hub failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
