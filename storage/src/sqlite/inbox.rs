@@ -21,6 +21,36 @@ const ROW_CHUNK: usize = MAX_PARAMS / 9;
 /// Rows deleted per statement when purging, so a purge never holds the writer for long.
 const PURGE_CHUNK: i64 = 10_000;
 
+/// A notification as `page` reads it back from SQLite's JSON.
+#[derive(serde::Deserialize)]
+struct RowOut {
+    id: String,
+    user_id: String,
+    campaign_id: Option<String>,
+    title: String,
+    body: String,
+    category: Option<String>,
+    data: serde_json::Value,
+    created_at: i64,
+    read_at: Option<i64>,
+}
+
+impl RowOut {
+    fn into_notification(self) -> Result<Notification> {
+        Ok(Notification {
+            id: Uuid::parse_str(&self.id).map_err(|e| corrupt("notification id", e))?,
+            user_id: self.user_id,
+            campaign_id: self.campaign_id,
+            title: self.title,
+            body: self.body,
+            category: self.category,
+            data: self.data,
+            created_at: from_micros(self.created_at),
+            read_at: opt_from_micros(self.read_at),
+        })
+    }
+}
+
 pub struct SqliteInbox {
     db: Db,
     pool: SqlitePool,
@@ -100,9 +130,14 @@ impl InboxStore for SqliteInbox {
         limit: u32,
         unread_only: bool,
     ) -> Result<Vec<Notification>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLUMNS} FROM notifications WHERE user_id = "
-        ));
+        // The hot inbox read: the page comes back as ONE row holding a JSON array, so sqlx
+        // hands over one value instead of a row (and a thread hop) per notification.
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT json_group_array(json_object('id', hex(id), 'user_id', user_id, \
+             'campaign_id', campaign_id, 'title', title, 'body', body, 'category', category, \
+             'data', json(data), 'created_at', created_at, 'read_at', read_at)) FROM \
+             (SELECT * FROM notifications WHERE user_id = ",
+        );
         qb.push_bind(user_id.to_owned())
             .push(" AND dismissed_at IS NULL");
         if let Some(before) = before {
@@ -116,9 +151,22 @@ impl InboxStore for SqliteInbox {
             qb.push(" AND read_at IS NULL");
         }
         qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit));
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
-        rows.iter().map(row_to_notification).collect()
+            .push_bind(i64::from(limit))
+            .push(")");
+        let (json,): (Option<String>,) = qb
+            .build_query_as()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let rows: Vec<RowOut> = serde_json::from_str(json.as_deref().unwrap_or("[]"))
+            .map_err(|e| corrupt("notifications", e))?;
+        let mut page = rows
+            .into_iter()
+            .map(RowOut::into_notification)
+            .collect::<Result<Vec<_>>>()?;
+        // The aggregate's order follows the subquery in practice; sorting makes it a guarantee.
+        page.sort_by_key(|n| std::cmp::Reverse(n.key()));
+        Ok(page)
     }
 
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
