@@ -1,9 +1,12 @@
 //! `herald-loadtest`: drives a running Herald through its public HTTP API only, and reports
 //! what it measured. It targets loopback or explicitly given hosts, with bounded request counts.
 //!
-//! Scenarios so far: `seed` (bulk-import synthetic users) and `fanout` (seed 004's sweep of
-//! campaign sizes). The broadcast, inbox, live and push scenarios arrive with the load-test
-//! issue.
+//! Scenarios so far: `seed` (bulk-import synthetic users), `fanout` (seed 004's sweep of
+//! campaign sizes), `inbox` (open-loop inbox reads), `broadcast` (visibility of a broadcast in
+//! sampled inboxes) and `live` (N WebSockets, server RSS per socket, broadcast latency to all
+//! of them; in `live.rs`). The push scenario arrives with the load-test issue.
+
+mod live;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -102,6 +105,38 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000_000)]
         population: u64,
     },
+    /// N WebSockets on `GET /v1/inbox/live`: time to open them, the server's RSS per socket
+    /// (with --server-pid), then broadcasts to `all` and their latency to every socket.
+    Live {
+        /// Sockets to open, one per user.
+        #[arg(long, default_value_t = 1000)]
+        connections: u64,
+        #[arg(long, default_value = "user")]
+        prefix: String,
+        /// Users are spread over `prefix-i` for i below this (default: --connections, i.e.
+        /// the first N seeded users).
+        #[arg(long)]
+        population: Option<u64>,
+        /// Client source addresses 127.0.0.2, 127.0.0.3, … to cycle through (each gives about
+        /// 28K ephemeral ports); 0 lets the kernel pick.
+        #[arg(long, default_value_t = 8)]
+        source_addrs: u8,
+        /// Broadcasts to send, one after the other.
+        #[arg(long, default_value_t = 3)]
+        broadcasts: u32,
+        /// The server's process id, to read its VmRSS before and after the sockets open.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Sockets being opened at once.
+        #[arg(long, default_value_t = 256)]
+        open_concurrency: usize,
+        /// Token requests in flight.
+        #[arg(long, default_value_t = 64)]
+        mint_concurrency: usize,
+        /// Most seconds to wait for a broadcast to reach every socket.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+    },
 }
 
 #[tokio::main]
@@ -153,6 +188,30 @@ async fn main() -> anyhow::Result<()> {
             prefix,
             population,
         } => broadcast_visibility(&cli.url, &key, &spread_ids(&prefix, sample, population)).await,
+        Scenario::Live {
+            connections,
+            prefix,
+            population,
+            source_addrs,
+            broadcasts,
+            server_pid,
+            open_concurrency,
+            mint_concurrency,
+            wait_secs,
+        } => {
+            let opts = live::LiveOpts {
+                connections,
+                prefix,
+                population,
+                source_addrs,
+                broadcasts,
+                server_pid,
+                open_concurrency,
+                mint_concurrency,
+                wait_secs,
+            };
+            live::run(&cli.url, &key, opts).await
+        }
     }
 }
 

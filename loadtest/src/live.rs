@@ -1,0 +1,796 @@
+//! Scenario `live`: N WebSockets on `GET /v1/inbox/live`, the server's memory per socket, and
+//! how long a broadcast to `all` takes to reach every one of them.
+//!
+//! Steps: raise RLIMIT_NOFILE; mint N inbox tokens (bounded concurrency); open N sockets, each
+//! bound to a source address cycling through 127.0.0.2, 127.0.0.3, … so that N can pass the
+//! ~28K ephemeral ports of one source address; read the server's VmRSS before and after; send
+//! `--broadcasts` campaigns to `all` and time, from the moment each POST returns 202, the
+//! arrival of its notification frame on every socket; close every socket with a close
+//! handshake; print a markdown summary.
+//!
+//! Each socket lives in one small task that opens it (under a semaphore), then reads frames:
+//! reading is what answers the server's pings (tungstenite queues the pong and flushes it on
+//! the next read). A notification whose title carries this run's marker is sent, with the
+//! `Instant` it was read, to the collector over an unbounded channel.
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Options of the `live` scenario (see `Scenario::Live` for their meaning).
+pub struct LiveOpts {
+    pub connections: u64,
+    pub prefix: String,
+    pub population: Option<u64>,
+    pub source_addrs: u8,
+    pub broadcasts: u32,
+    pub server_pid: Option<u32>,
+    pub open_concurrency: usize,
+    pub mint_concurrency: usize,
+    pub wait_secs: u64,
+}
+
+/// File descriptors kept aside for everything but the sockets (HTTP pool, stdio, runtime).
+const FD_MARGIN: u64 = 256;
+/// Each socket's read buffer: the client reads a few small frames, and N of them must fit.
+const READ_BUFFER: usize = 4 * 1024;
+/// Give up on one socket's TCP connect plus WebSocket handshake after this long.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the close handshake of all sockets may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Progress lines every this many tokens or sockets.
+const PROGRESS_EVERY: u64 = 10_000;
+
+/// One notification of this run read by one socket.
+struct Arrival {
+    broadcast: u32,
+    conn: u32,
+    at: Instant,
+}
+
+/// What the socket tasks share with the driver.
+struct Shared {
+    /// Titles of this run's broadcasts start with this; the broadcast's number follows.
+    marker: String,
+    arrivals: mpsc::UnboundedSender<Arrival>,
+    /// Text frames that were not one of this run's notifications.
+    other_frames: AtomicU64,
+    /// Sockets that ended before we closed them, by reason.
+    ended_early: Mutex<HashMap<String, u64>>,
+    /// Sockets whose close handshake, started by us, completed.
+    closed_clean: AtomicU64,
+    /// Sockets that ended some other way once we started closing.
+    closed_unclean: AtomicU64,
+}
+
+impl Shared {
+    fn on_text(&self, conn: u32, text: &str) {
+        let at = Instant::now();
+        let broadcast = serde_json::from_str::<Value>(text).ok().and_then(|v| {
+            if v["type"] != "notification" {
+                return None;
+            }
+            v["item"]["title"]
+                .as_str()?
+                .strip_prefix(self.marker.as_str())?
+                .parse::<u32>()
+                .ok()
+        });
+        match broadcast {
+            Some(broadcast) => {
+                let _ = self.arrivals.send(Arrival {
+                    broadcast,
+                    conn,
+                    at,
+                });
+            }
+            None => {
+                self.other_frames.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn ended_early(&self, why: String) {
+        *self
+            .ended_early
+            .lock()
+            .expect("ended_early lock")
+            .entry(why)
+            .or_default() += 1;
+    }
+
+    fn ended_early_total(&self) -> u64 {
+        self.ended_early
+            .lock()
+            .expect("ended_early lock")
+            .values()
+            .sum()
+    }
+}
+
+pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
+    let n = o.connections;
+    if n == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if o.source_addrs > 250 {
+        bail!("--source-addrs is at most 250 (127.0.0.2 … 127.0.0.251)");
+    }
+    let population = o.population.unwrap_or(n);
+    if population < n {
+        bail!("--population {population} is smaller than --connections {n}: each socket needs its own user");
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
+
+    // 1. File descriptors.
+    let (fd_before, fd_now) = raise_nofile(n + FD_MARGIN)?;
+    let needed = n + FD_MARGIN;
+    if fd_now > fd_before {
+        println!("RLIMIT_NOFILE: soft limit raised from {fd_before} to the hard limit {fd_now} (needs {needed} = {n} sockets + {FD_MARGIN})");
+    } else {
+        println!("RLIMIT_NOFILE: soft limit already at the hard limit {fd_now} (needs {needed} = {n} sockets + {FD_MARGIN})");
+    }
+
+    // The server, its address, and whether the source addresses can carry N sockets.
+    let base = reqwest::Url::parse(url).context("--url")?;
+    let host = base.host_str().context("--url has no host")?.to_owned();
+    let port = base.port_or_known_default().context("--url has no port")?;
+    let server = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} resolves to nothing"))?;
+    let sources: Vec<IpAddr> = (0..o.source_addrs)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i)))
+        .collect();
+    if !sources.is_empty() && !server.is_ipv4() {
+        bail!("--source-addrs binds IPv4 loopback addresses, but {host} is {server}: use an IPv4 --url or --source-addrs 0");
+    }
+    let ports = ephemeral_ports();
+    let capacity = ports * (sources.len() as u64).max(1);
+    if n > capacity {
+        eprintln!(
+            "warning: {n} sockets but only about {capacity} ephemeral ports ({ports} per source address × {}): raise --source-addrs",
+            sources.len().max(1)
+        );
+    }
+    let ws_base = format!(
+        "ws://{}{}/v1/inbox/live?token=",
+        match server {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => a.to_string(),
+        },
+        base.path().trim_end_matches('/'),
+    );
+    let server_pid = o.server_pid.map(|p| p.to_string());
+    if let Some(pid) = &server_pid {
+        match server_nofile(pid) {
+            Some(limit) if limit < n + 64 => eprintln!(
+                "warning: the server (pid {pid}) may open only {limit} files, fewer than {n} sockets: \
+                 start it under a higher `ulimit -n`"
+            ),
+            Some(_) => {}
+            None => bail!("--server-pid {pid}: no such process readable in /proc"),
+        }
+    }
+
+    // 2. Tokens.
+    let ids = crate::spread_ids(&o.prefix, n, population);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(o.mint_concurrency.max(1))
+        .build()?;
+    let minted_at = Instant::now();
+    let tokens = mint_tokens(&client, url, key, &ids, o.mint_concurrency.max(1)).await?;
+    let mint_secs = minted_at.elapsed().as_secs_f64();
+    println!(
+        "minted {} tokens in {mint_secs:.2} s ({:.0}/s, {} in flight)",
+        tokens.len(),
+        tokens.len() as f64 / mint_secs.max(1e-6),
+        o.mint_concurrency.max(1)
+    );
+    drop(ids);
+
+    // 3. Sockets (with the server's RSS around them: 4).
+    let rss_before = server_pid.as_deref().and_then(vm_rss_kib);
+    let self_before = vm_rss_kib("self");
+    let run_id = format!(
+        "{:08x}-{}",
+        rand::random::<u32>(),
+        chrono::Utc::now().format("%H%M%S")
+    );
+    let (arrival_tx, mut arrivals) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        marker: format!("loadtest-live {run_id} #"),
+        arrivals: arrival_tx,
+        other_frames: AtomicU64::new(0),
+        ended_early: Mutex::new(HashMap::new()),
+        closed_clean: AtomicU64::new(0),
+        closed_unclean: AtomicU64::new(0),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (open_tx, mut opened_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let slots = Arc::new(Semaphore::new(o.open_concurrency.max(1)));
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20));
+    println!(
+        "opening {n} WebSockets to {ws_base}… ({} in flight, source addresses {})",
+        o.open_concurrency.max(1),
+        describe_sources(&sources)
+    );
+    let open_started = Instant::now();
+    let mut tasks = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.into_iter().enumerate() {
+        let slots = slots.clone();
+        let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+        let url = format!("{ws_base}{token}");
+        let shared = shared.clone();
+        let stop = stop_rx.clone();
+        let open_tx = open_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            // The semaphore is fair: sockets open in order, `open_concurrency` at a time.
+            let Ok(permit) = slots.acquire_owned().await else {
+                return;
+            };
+            let opened = match tokio::time::timeout(
+                OPEN_TIMEOUT,
+                open(url, source, server, ws_config),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(format!("timed out after {} s", OPEN_TIMEOUT.as_secs())),
+            };
+            drop(permit);
+            let _ = open_tx.send(opened.as_ref().map(|_| ()).map_err(Clone::clone));
+            drop(open_tx);
+            let Ok(ws) = opened else {
+                return;
+            };
+            socket(i as u32, ws, &shared, stop).await;
+        }));
+    }
+    drop(open_tx);
+    let mut established = 0u64;
+    let mut open_failures: HashMap<String, u64> = HashMap::new();
+    let mut done = 0u64;
+    let mut next_progress = PROGRESS_EVERY;
+    // Each task holds a sender for its whole life: count the results rather than wait for
+    // the channel to close.
+    while done < n {
+        let Some(r) = opened_rx.recv().await else {
+            break;
+        };
+        match r {
+            Ok(()) => established += 1,
+            Err(e) => *open_failures.entry(e).or_default() += 1,
+        }
+        done += 1;
+        if done == next_progress && done < n {
+            next_progress += PROGRESS_EVERY;
+            eprintln!(
+                "  {done:>8} / {n} sockets attempted ({established} open) after {:.1} s",
+                open_started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let open_secs = open_started.elapsed().as_secs_f64();
+    let failed = n - established;
+    println!(
+        "sockets: {established} established, {failed} failed, in {open_secs:.2} s ({:.0}/s)",
+        established as f64 / open_secs.max(1e-6)
+    );
+    print_counts("  open failure", &open_failures);
+    // Let the server finish registering the last sockets before its memory is read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = server_pid.as_deref().and_then(vm_rss_kib);
+    let self_after = vm_rss_kib("self");
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if established > 0 => {
+            Some((a as f64 - b as f64) * 1024.0 / established as f64)
+        }
+        _ => None,
+    };
+    if let (Some(b), Some(a)) = (rss_before, rss_after) {
+        println!(
+            "server RSS: {} before, {} after {established} sockets = {} per socket",
+            kib(b),
+            kib(a),
+            per_conn.map_or("?".into(), bytes)
+        );
+    }
+
+    // 5. Broadcasts.
+    let mut rows = Vec::new();
+    let outcome = broadcasts(
+        &client,
+        url,
+        key,
+        &o,
+        &shared,
+        &mut arrivals,
+        established,
+        &mut rows,
+    )
+    .await;
+
+    // Close every socket: a close frame, then read until the server's close and EOF.
+    let early = shared.ended_early_total();
+    let closing = Instant::now();
+    let _ = stop_tx.send(true);
+    let all_closed = tokio::time::timeout(CLOSE_TIMEOUT, futures::future::join_all(tasks))
+        .await
+        .is_ok();
+    let close_secs = closing.elapsed().as_secs_f64();
+    let clean = shared.closed_clean.load(Ordering::Relaxed);
+    let unclean = shared.closed_unclean.load(Ordering::Relaxed);
+    println!(
+        "closed: {clean} with a clean close handshake, {unclean} otherwise, in {close_secs:.2} s{}",
+        if all_closed {
+            String::new()
+        } else {
+            format!(
+                "; gave up waiting after {} s (the rest are dropped)",
+                CLOSE_TIMEOUT.as_secs()
+            )
+        }
+    );
+    if early > 0 {
+        println!("sockets that ended before the close:");
+        print_counts("  ", &shared.ended_early.lock().expect("ended_early lock"));
+    }
+    let other = shared.other_frames.load(Ordering::Relaxed);
+    if other > 0 {
+        println!("{other} other text frames (not this run's broadcasts) were read");
+    }
+
+    // 6. Summary.
+    println!();
+    println!("### live: {n} WebSockets on `GET /v1/inbox/live`, broadcast to `all`");
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| machine | {cores} cores (`available_parallelism`), client and server on the same host |"
+    );
+    println!(
+        "| sockets | {n} requested, {established} established, {failed} failed; {early} ended early, {clean} closed cleanly |"
+    );
+    println!(
+        "| source addresses | {}: {} |",
+        sources.len(),
+        describe_sources(&sources)
+    );
+    println!(
+        "| tokens minted | {mint_secs:.2} s ({} in flight) |",
+        o.mint_concurrency.max(1)
+    );
+    println!(
+        "| open time | {open_secs:.2} s = {:.0} sockets/s ({} in flight) |",
+        established as f64 / open_secs.max(1e-6),
+        o.open_concurrency.max(1)
+    );
+    match (rss_before, rss_after) {
+        (Some(b), Some(a)) => println!(
+            "| server RSS (pid {}) | before {}, after {}, {} per socket (design target: 100,000 sockets in ≤ 2 GiB, ≈ 21 KiB each) |",
+            server_pid.as_deref().unwrap_or("?"),
+            kib(b),
+            kib(a),
+            per_conn.map_or("?".into(), bytes)
+        ),
+        _ => println!("| server RSS | not measured (pass --server-pid) |"),
+    }
+    if let (Some(b), Some(a)) = (self_before, self_after) {
+        println!(
+            "| load-test client RSS | before {}, after {} |",
+            kib(b),
+            kib(a)
+        );
+    }
+    println!();
+    println!("| broadcast | POST → 202 | received | p50 | p90 | p99 | max = last socket | last, from POST start |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!("{r}");
+    }
+    println!();
+    println!(
+        "Latencies run from the moment the POST returned 202 to the frame's read on each socket \
+         (waiting at most {} s); design target p99 ≤ 1 s.",
+        o.wait_secs
+    );
+    outcome
+}
+
+/// Sends `o.broadcasts` campaigns to `all` one after the other and waits for each to reach
+/// every open socket; pushes one markdown row per broadcast.
+#[allow(clippy::too_many_arguments)]
+async fn broadcasts(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    o: &LiveOpts,
+    shared: &Shared,
+    arrivals: &mut mpsc::UnboundedReceiver<Arrival>,
+    established: u64,
+    rows: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let total = o.broadcasts as usize;
+    // Which sockets got which broadcast, to count each once and to see duplicates.
+    let mut got: Vec<Vec<bool>> = vec![Vec::new(); total];
+    let mut times: Vec<Vec<Instant>> = vec![Vec::new(); total];
+    let mut duplicates = 0u64;
+    let mut late = 0u64;
+    let wait = Duration::from_secs(o.wait_secs);
+    for b in 0..total {
+        // Whatever arrived between broadcasts (late frames of the previous ones) is drained.
+        while let Ok(a) = arrivals.try_recv() {
+            record(&a, &mut got, &mut times, &mut duplicates);
+            late += 1;
+        }
+        let title = format!("{}{b}", shared.marker);
+        let started = Instant::now();
+        let resp = client
+            .post(format!("{url}/v1/campaigns"))
+            .bearer_auth(key)
+            .json(&json!({
+                "audience": {"all": true},
+                "content": {"title": title, "body": "Live load test: one broadcast to every socket"},
+                "channels": ["in_app"],
+            }))
+            .send()
+            .await
+            .context("creating the broadcast")?;
+        let accepted = Instant::now();
+        let status = resp.status();
+        let created: Value = resp.json().await.unwrap_or(Value::Null);
+        if status != reqwest::StatusCode::ACCEPTED {
+            bail!("creating broadcast #{b}: {status} {created}");
+        }
+        let post_ms = accepted.duration_since(started).as_secs_f64() * 1000.0;
+        let deadline = tokio::time::Instant::from_std(accepted + wait);
+        loop {
+            let alive = established.saturating_sub(shared.ended_early_total());
+            if times[b].len() as u64 >= alive {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+                Ok(Some(a)) => record(&a, &mut got, &mut times, &mut duplicates),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let received = times[b].len() as u64;
+        let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+            .expect("histogram bounds");
+        let mut before_202 = 0u64;
+        for &at in &times[b] {
+            if at < accepted {
+                before_202 += 1;
+            }
+            let _ = hist.record((at.saturating_duration_since(accepted).as_micros() as u64).max(1));
+        }
+        let last = times[b].iter().max().copied();
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+        let q = |p: f64| {
+            if received == 0 {
+                "–".to_owned()
+            } else {
+                format!("{:.1} ms", hist.value_at_quantile(p) as f64 / 1000.0)
+            }
+        };
+        let row = format!(
+            "| #{b} ({} {}) | {post_ms:.1} ms | {received} / {established}{} | {} | {} | {} | {} | {} |",
+            created["strategy"].as_str().unwrap_or("?"),
+            created["id"].as_str().unwrap_or("?"),
+            if before_202 > 0 {
+                format!(" ({before_202} before the 202)")
+            } else {
+                String::new()
+            },
+            q(0.50),
+            q(0.90),
+            q(0.99),
+            last.map_or("–".into(), |l| ms(l.saturating_duration_since(accepted))),
+            last.map_or("–".into(), |l| ms(l.duration_since(started))),
+        );
+        println!(
+            "broadcast #{b}: POST {post_ms:.1} ms, received by {received} / {established}, p50 {} p90 {} p99 {} last {}",
+            q(0.50),
+            q(0.90),
+            q(0.99),
+            last.map_or("–".into(), |l| ms(l.saturating_duration_since(accepted))),
+        );
+        rows.push(row);
+    }
+    // Frames still on their way once the last wait ended.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Ok(a) = arrivals.try_recv() {
+        record(&a, &mut got, &mut times, &mut duplicates);
+        late += 1;
+    }
+    if late > 0 {
+        println!("{late} frames arrived after their broadcast's wait ended (not in the latencies)");
+    }
+    if duplicates > 0 {
+        println!("{duplicates} duplicate frames: a socket got the same broadcast twice");
+    } else {
+        println!("no socket got a broadcast twice");
+    }
+    Ok(())
+}
+
+/// Counts one arrival once per socket and broadcast.
+fn record(a: &Arrival, got: &mut [Vec<bool>], times: &mut [Vec<Instant>], duplicates: &mut u64) {
+    let Some(seen) = got.get_mut(a.broadcast as usize) else {
+        return;
+    };
+    let conn = a.conn as usize;
+    if seen.len() <= conn {
+        seen.resize(conn + 1, false);
+    }
+    if seen[conn] {
+        *duplicates += 1;
+    } else {
+        seen[conn] = true;
+        times[a.broadcast as usize].push(a.at);
+    }
+}
+
+/// TCP connect from `source` (port chosen by the kernel), then the WebSocket handshake.
+async fn open(
+    url: String,
+    source: Option<IpAddr>,
+    server: SocketAddr,
+    config: WebSocketConfig,
+) -> Result<WebSocketStream<TcpStream>, String> {
+    let sock = if server.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    if let Some(source) = source {
+        sock.bind(SocketAddr::new(source, 0))
+            .map_err(|e| format!("bind {source}: {e}"))?;
+    }
+    let stream = sock
+        .connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                format!("handshake refused: HTTP {}", resp.status())
+            }
+            e => format!("handshake: {e}"),
+        })?;
+    Ok(ws)
+}
+
+/// Reads one socket's frames until told to stop, then closes it with a close handshake.
+async fn socket(
+    conn: u32,
+    mut ws: WebSocketStream<TcpStream>,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => shared.on_text(conn, text.as_str()),
+                Some(Ok(Message::Close(frame))) => {
+                    shared.ended_early(match frame {
+                        Some(f) => format!("closed by the server: {} {}", u16::from(f.code), f.reason),
+                        None => "closed by the server without a code".into(),
+                    });
+                    // Reading on flushes the protocol's close reply.
+                    while let Some(Ok(_)) = ws.next().await {}
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    shared.ended_early(format!("read error: {e}"));
+                    return;
+                }
+                None => {
+                    shared.ended_early("stream ended without a close frame".into());
+                    return;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    let clean = async {
+        if ws.close(None).await.is_err() {
+            return false;
+        }
+        loop {
+            match ws.next().await {
+                None => return true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return false,
+            }
+        }
+    }
+    .await;
+    let counter = if clean {
+        &shared.closed_clean
+    } else {
+        &shared.closed_unclean
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Mints one inbox token per id, `concurrency` requests in flight, in the order of `ids`.
+async fn mint_tokens(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    ids: &[String],
+    concurrency: usize,
+) -> anyhow::Result<Vec<String>> {
+    let started = Instant::now();
+    let total = ids.len();
+    println!("minting {total} tokens ({concurrency} in flight)…");
+    let mut stream = futures::stream::iter(ids)
+        .map(|id| async move {
+            let resp = client
+                .post(format!("{url}/v1/users/{id}/token"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .with_context(|| format!("minting a token for {id}"))?;
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                bail!("minting a token for {id}: {status} {body} (were the users seeded? see --prefix/--population)");
+            }
+            Ok(body["token"]
+                .as_str()
+                .context("token in the mint response")?
+                .to_owned())
+        })
+        .buffered(concurrency);
+    let mut out = Vec::with_capacity(total);
+    let mut next_progress = PROGRESS_EVERY;
+    while let Some(token) = stream.next().await {
+        out.push(token?);
+        if out.len() as u64 == next_progress && out.len() < total {
+            next_progress += PROGRESS_EVERY;
+            eprintln!(
+                "  {:>8} / {total} tokens after {:.1} s",
+                out.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit (and the hard limit to `needed`, if it
+/// is lower and the process may raise it). Returns the soft limit before and after.
+fn raise_nofile(needed: u64) -> anyhow::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        bail!(
+            "getrlimit(RLIMIT_NOFILE): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let before: u64 = lim.rlim_cur;
+    let mut hard: u64 = lim.rlim_max;
+    if hard < needed {
+        // Only a privileged process (CAP_SYS_RESOURCE) may raise the hard limit.
+        let raised = libc::rlimit {
+            rlim_cur: needed as libc::rlim_t,
+            rlim_max: needed as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            bail!(
+                "{needed} file descriptors needed but the hard RLIMIT_NOFILE is {hard} and could not be raised ({}): \
+                 run under a higher `ulimit -Hn`, or ask for fewer --connections",
+                std::io::Error::last_os_error()
+            );
+        }
+        println!("RLIMIT_NOFILE: hard limit raised from {hard} to {needed}");
+        hard = needed;
+    }
+    let soft = libc::rlimit {
+        rlim_cur: hard as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } != 0 {
+        bail!(
+            "setrlimit(RLIMIT_NOFILE, {hard}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok((before, hard))
+}
+
+/// Ports in the kernel's ephemeral range (what one source address can open to one server).
+fn ephemeral_ports() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u64>().ok());
+            let (lo, hi) = (it.next()??, it.next()??);
+            Some(hi.saturating_sub(lo) + 1)
+        })
+        .unwrap_or(28_232)
+}
+
+/// VmRSS of `/proc/<pid>/status` in KiB (`pid` may be `self`).
+fn vm_rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The soft "Max open files" of a process.
+fn server_nofile(pid: &str) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    Some(soft.parse().unwrap_or(u64::MAX))
+}
+
+fn describe_sources(sources: &[IpAddr]) -> String {
+    match sources {
+        [] => "none (the kernel picks)".into(),
+        [one] => one.to_string(),
+        [first, .., last] => format!("{first} … {last}"),
+    }
+}
+
+fn print_counts(prefix: &str, counts: &HashMap<String, u64>) {
+    let mut counts: Vec<_> = counts.iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(a.1));
+    for (what, count) in counts.into_iter().take(10) {
+        println!("{prefix}: {count} × {what}");
+    }
+}
+
+fn kib(k: u64) -> String {
+    if k >= 1024 * 1024 {
+        format!("{:.2} GiB", k as f64 / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} MiB", k as f64 / 1024.0)
+    }
+}
+
+fn bytes(b: f64) -> String {
+    if b.abs() >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
