@@ -71,8 +71,9 @@ impl PreferenceCache for MemoryPreferenceCache {
 }
 
 /// The in-process live hub: a broadcast channel. A subscriber that falls more than
-/// `capacity` events behind skips the ones it missed, with a warning in the log; clients
-/// recover what they missed from the inbox store by resuming with `since`.
+/// `capacity` events behind would miss events; instead its stream ends, which its consumer
+/// treats as a lost subscription: it resubscribes, and the live feed closes its sockets so the
+/// clients resume from the inbox store with `since` (nothing is silently lost).
 pub struct MemoryLiveHub {
     tx: broadcast::Sender<LiveEvent>,
 }
@@ -99,15 +100,14 @@ impl LiveHub for MemoryLiveHub {
     }
 
     async fn subscribe(&self) -> Result<BoxStream<'static, LiveEvent>> {
-        let stream = BroadcastStream::new(self.tx.subscribe()).filter_map(|item| async move {
-            match item {
-                Ok(event) => Some(event),
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    tracing::warn!(skipped = n, "live hub subscriber lagged");
-                    None
+        let stream = BroadcastStream::new(self.tx.subscribe())
+            .take_while(|item| {
+                if let Err(BroadcastStreamRecvError::Lagged(n)) = item {
+                    tracing::warn!(skipped = n, "live hub subscriber lagged; ending its stream");
                 }
-            }
-        });
+                futures::future::ready(item.is_ok())
+            })
+            .filter_map(|item| futures::future::ready(item.ok()));
         Ok(stream.boxed())
     }
 }

@@ -239,6 +239,36 @@ mod memory {
     }
 
     #[tokio::test]
+    async fn a_subscriber_that_falls_too_far_behind_sees_its_stream_end_instead_of_a_gap() {
+        use futures::StreamExt;
+        let hub = MemoryLiveHub::with_capacity(4);
+        let mut slow = hub.subscribe().await.unwrap();
+        for i in 0..10 {
+            hub.publish(LiveEvent::ReadAll {
+                user_id: format!("u{i}"),
+            })
+            .await
+            .unwrap();
+        }
+        // It lost events: rather than skipping them silently, the stream ends.
+        let within = std::time::Duration::from_secs(5);
+        let got = tokio::time::timeout(within, slow.next())
+            .await
+            .expect("answers");
+        assert_eq!(got, None);
+        // A new subscription works.
+        let mut fresh = hub.subscribe().await.unwrap();
+        let ev = LiveEvent::ReadAll {
+            user_id: "after".into(),
+        };
+        hub.publish(ev.clone()).await.unwrap();
+        let got = tokio::time::timeout(within, fresh.next())
+            .await
+            .expect("answers");
+        assert_eq!(got, Some(ev));
+    }
+
+    #[tokio::test]
     async fn a_full_preference_cache_starts_over_instead_of_growing() {
         let c = MemoryPreferenceCache::with_capacity(2);
         let entries: Vec<(String, Preferences)> = (0..3)
