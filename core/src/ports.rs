@@ -181,6 +181,18 @@ pub trait InboxStore: Send + Sync + 'static {
         limit: u32,
         unread_only: bool,
     ) -> Result<Vec<Notification>>;
+    /// [`InboxStore::page`] and [`InboxStore::unread_count`] together: what an inbox read
+    /// needs, in one round trip where the engine can.
+    async fn page_with_unread(
+        &self,
+        user_id: &str,
+        before: Option<InboxKey>,
+        limit: u32,
+        unread_only: bool,
+    ) -> Result<(Vec<Notification>, u64)> {
+        let page = self.page(user_id, before, limit, unread_only).await?;
+        Ok((page, self.unread_count(user_id).await?))
+    }
     /// The user's visible rows strictly newer than `after` (oldest first): resume replay.
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>>;
     async fn get(&self, user_id: &str, id: uuid::Uuid) -> Result<Option<Notification>>;

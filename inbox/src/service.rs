@@ -184,30 +184,15 @@ impl InboxService {
         let ctx = &self.inner.ctx;
         let now = self.now();
         let fetch = req.limit.saturating_add(1);
-        // A first page that holds every personal row of the user gives their unread count
-        // for free; a later page never does, so its count query runs alongside.
-        let count_needed_anyway = req.before.is_some();
-        let (personal, visible, counted) = tokio::try_join!(
+        // The page and the unread count come in one round trip (one statement on SQLite),
+        // beside the one broadcast-state lookup.
+        let ((personal, unread_personal), visible) = tokio::try_join!(
             ctx.ports
                 .inbox
-                .page(user_id, req.before, fetch, req.unread_only),
+                .page_with_unread(user_id, req.before, fetch, req.unread_only),
             self.visible_broadcasts(user_id, now),
-            async {
-                if count_needed_anyway {
-                    ctx.ports.inbox.unread_count(user_id).await.map(Some)
-                } else {
-                    Ok(None)
-                }
-            },
         )?;
         let unread_broadcasts = visible.iter().filter(|v| !v.read).count() as u64;
-        let unread_personal = match counted {
-            Some(n) => n,
-            None if personal.len() < fetch as usize => {
-                personal.iter().filter(|n| n.read_at.is_none()).count() as u64
-            }
-            None => ctx.ports.inbox.unread_count(user_id).await?,
-        };
         let broadcasts: Vec<VisibleBroadcast> = visible
             .into_iter()
             .filter(|v| req.before.is_none_or(|b| broadcast_key(&v.broadcast) < b))

@@ -162,6 +162,36 @@ pub mod cases {
         assert_eq!(replay, vec![written[2].clone()]);
     }
 
+    pub async fn a_page_with_its_unread_count_agrees_with_the_two_separate_reads(
+        s: Arc<dyn InboxStore>,
+    ) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let written = rows(&p, &user, 30, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&written).await.unwrap();
+        let now = utc("2026-01-02T00:00:00Z");
+        s.mark_read(&user, written[29].id, now).await.unwrap();
+        s.dismiss(&user, written[28].id, now).await.unwrap();
+        for (before, unread_only) in [
+            (None, false),
+            (Some(written[20].key()), false),
+            (None, true),
+        ] {
+            let (page, unread) = s
+                .page_with_unread(&user, before, 10, unread_only)
+                .await
+                .unwrap();
+            assert_eq!(page, s.page(&user, before, 10, unread_only).await.unwrap());
+            assert_eq!(unread, 28, "30 rows, one read, one dismissed");
+        }
+        let (empty, none) = s
+            .page_with_unread(&format!("{p}-nobody"), None, 10, false)
+            .await
+            .unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(none, 0);
+    }
+
     pub async fn after_replays_newer_rows_oldest_first(s: Arc<dyn InboxStore>) {
         let p = run_id();
         let user = format!("{p}-u");
@@ -216,6 +246,7 @@ macro_rules! inbox_conformance {
                 read_state_and_unread_count_follow_mark_read_and_read_all,
                 users_cannot_touch_each_others_rows,
                 dismissed_rows_disappear_from_pages_counts_and_replays,
+                a_page_with_its_unread_count_agrees_with_the_two_separate_reads,
                 after_replays_newer_rows_oldest_first,
                 a_large_batch_is_written_whole,
                 purging_removes_only_rows_older_than_the_cutoff,

@@ -51,6 +51,51 @@ impl RowOut {
     }
 }
 
+/// Appends the page subquery: the user's visible rows older than `before`, newest first, as
+/// ONE JSON array value, so sqlx hands over one value instead of a row (and a thread hop) per
+/// notification.
+fn push_page_json(
+    qb: &mut QueryBuilder<'_, Sqlite>,
+    user_id: &str,
+    before: Option<InboxKey>,
+    limit: u32,
+    unread_only: bool,
+) {
+    qb.push(
+        "(SELECT json_group_array(json_object('id', hex(id), 'user_id', user_id, \
+         'campaign_id', campaign_id, 'title', title, 'body', body, 'category', category, \
+         'data', json(data), 'created_at', created_at, 'read_at', read_at)) FROM \
+         (SELECT * FROM notifications WHERE user_id = ",
+    );
+    qb.push_bind(user_id.to_owned())
+        .push(" AND dismissed_at IS NULL");
+    if let Some(before) = before {
+        qb.push(" AND (created_at, id) < (")
+            .push_bind(micros(before.created_at))
+            .push(", ")
+            .push_bind(before.id.as_bytes().to_vec())
+            .push(")");
+    }
+    if unread_only {
+        qb.push(" AND read_at IS NULL");
+    }
+    qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(i64::from(limit))
+        .push("))");
+}
+
+fn parse_page(json: Option<String>) -> Result<Vec<Notification>> {
+    let rows: Vec<RowOut> = serde_json::from_str(json.as_deref().unwrap_or("[]"))
+        .map_err(|e| corrupt("notifications", e))?;
+    let mut page = rows
+        .into_iter()
+        .map(RowOut::into_notification)
+        .collect::<Result<Vec<_>>>()?;
+    // The aggregate's order follows the subquery in practice; sorting makes it a guarantee.
+    page.sort_by_key(|n| std::cmp::Reverse(n.key()));
+    Ok(page)
+}
+
 pub struct SqliteInbox {
     db: Db,
     pool: SqlitePool,
@@ -130,43 +175,35 @@ impl InboxStore for SqliteInbox {
         limit: u32,
         unread_only: bool,
     ) -> Result<Vec<Notification>> {
-        // The hot inbox read: the page comes back as ONE row holding a JSON array, so sqlx
-        // hands over one value instead of a row (and a thread hop) per notification.
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT json_group_array(json_object('id', hex(id), 'user_id', user_id, \
-             'campaign_id', campaign_id, 'title', title, 'body', body, 'category', category, \
-             'data', json(data), 'created_at', created_at, 'read_at', read_at)) FROM \
-             (SELECT * FROM notifications WHERE user_id = ",
-        );
-        qb.push_bind(user_id.to_owned())
-            .push(" AND dismissed_at IS NULL");
-        if let Some(before) = before {
-            qb.push(" AND (created_at, id) < (")
-                .push_bind(micros(before.created_at))
-                .push(", ")
-                .push_bind(before.id.as_bytes().to_vec())
-                .push(")");
-        }
-        if unread_only {
-            qb.push(" AND read_at IS NULL");
-        }
-        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit))
-            .push(")");
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
+        push_page_json(&mut qb, user_id, before, limit, unread_only);
         let (json,): (Option<String>,) = qb
             .build_query_as()
             .fetch_one(&self.pool)
             .await
             .map_err(db_error)?;
-        let rows: Vec<RowOut> = serde_json::from_str(json.as_deref().unwrap_or("[]"))
-            .map_err(|e| corrupt("notifications", e))?;
-        let mut page = rows
-            .into_iter()
-            .map(RowOut::into_notification)
-            .collect::<Result<Vec<_>>>()?;
-        // The aggregate's order follows the subquery in practice; sorting makes it a guarantee.
-        page.sort_by_key(|n| std::cmp::Reverse(n.key()));
-        Ok(page)
+        parse_page(json)
+    }
+
+    async fn page_with_unread(
+        &self,
+        user_id: &str,
+        before: Option<InboxKey>,
+        limit: u32,
+        unread_only: bool,
+    ) -> Result<(Vec<Notification>, u64)> {
+        // Both in one statement: one trip to sqlx's connection thread instead of two.
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
+        push_page_json(&mut qb, user_id, before, limit, unread_only);
+        qb.push(", (SELECT COUNT(*) FROM notifications WHERE user_id = ")
+            .push_bind(user_id.to_owned())
+            .push(" AND read_at IS NULL AND dismissed_at IS NULL)");
+        let (json, unread): (Option<String>, i64) = qb
+            .build_query_as()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok((parse_page(json)?, unread as u64))
     }
 
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
