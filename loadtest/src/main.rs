@@ -4,7 +4,7 @@
 //! Scenarios so far: `seed` (bulk-import synthetic users), `fanout` (seed 004's sweep of
 //! campaign sizes), `inbox` (open-loop inbox reads), `broadcast` (visibility of a broadcast in
 //! sampled inboxes) and `live` (N WebSockets, server RSS per socket, broadcast latency to all
-//! of them; in `live.rs`). The push scenario arrives with the load-test issue.
+//! of them; in `live.rs`). The push scenario arrives with the push gateway.
 
 mod live;
 
