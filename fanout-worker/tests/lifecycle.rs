@@ -3,10 +3,11 @@
 //! moves only through the `ManualClock`, and live events are read off a
 //! `ctx.ports.live.subscribe()` stream without waiting. Nothing here sleeps.
 
+mod common;
+use common::*;
+
 use chrono::{DateTime, Duration, Utc};
 use futures::{FutureExt, StreamExt};
-use herald_core::config::{Config, Secret};
-use herald_core::context::Secrets;
 use herald_core::filter::Filter;
 use herald_core::model::*;
 use herald_core::ports::BroadcastStore;
@@ -17,7 +18,6 @@ use herald_fanout::lifecycle::{self, Summary};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -25,46 +25,10 @@ use tokio_util::sync::CancellationToken;
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("RFC 3339 time")
-        .with_timezone(&Utc)
-}
-
 const NOW: &str = "2026-01-10T12:00:00Z";
 
-/// Opens the embedded backends in `dir` with a manual clock, like a process starting there.
-async fn open_ctx(dir: &Path, clock: &ManualClock, configure: impl FnOnce(&mut Config)) -> Context {
-    let mut config = Config {
-        data_dir: dir.to_owned(),
-        ..Config::default()
-    };
-    configure(&mut config);
-    let ports = herald_storage::open_ports(&config)
-        .await
-        .expect("open embedded backends");
-    Context {
-        config: Arc::new(config),
-        ports,
-        clock: Arc::new(clock.clone()),
-        secrets: Secrets {
-            admin_key: Secret::new("test-admin-key-0123456789"),
-            token_secret: Secret::new("test-token-secret"),
-        },
-    }
-}
-
-struct Harness {
-    ctx: Context,
-    clock: ManualClock,
-    dir: tempfile::TempDir,
-}
-
 async fn harness() -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let clock = ManualClock::new(at(NOW));
-    let ctx = open_ctx(dir.path(), &clock, |_| {}).await;
-    Harness { ctx, clock, dir }
+    harness_at(NOW, |_| {}).await
 }
 
 fn campaign(

@@ -7,9 +7,11 @@
 //! Crashes and cancels that must happen *inside* a dispatch are injected by a bus wrapper
 //! (`ScriptedBus`) that fails or cancels at a chosen batch number.
 
+mod common;
+use common::*;
+
 use chrono::{DateTime, Duration, Utc};
-use herald_core::config::{Config, Secret};
-use herald_core::context::Secrets;
+use herald_core::config::Config;
 use herald_core::filter::Filter;
 use herald_core::model::*;
 use herald_core::ports::{Bus, CampaignStore};
@@ -20,7 +22,6 @@ use herald_fanout::{scheduler, worker};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,47 +30,11 @@ use tokio_util::sync::CancellationToken;
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("RFC 3339 time")
-        .with_timezone(&Utc)
-}
-
 /// A morning when nobody in the test zones (Paris, New York, Tokyo, UTC) is in quiet hours.
 const MORNING: &str = "2026-01-10T12:00:00Z";
 
-struct Harness {
-    ctx: Context,
-    clock: ManualClock,
-    dir: tempfile::TempDir,
-}
-
-/// Opens the embedded backends in `dir` with a manual clock, like a process starting there.
-async fn open_ctx(dir: &Path, clock: &ManualClock, configure: impl FnOnce(&mut Config)) -> Context {
-    let mut config = Config {
-        data_dir: dir.to_owned(),
-        ..Config::default()
-    };
-    configure(&mut config);
-    let ports = herald_storage::open_ports(&config)
-        .await
-        .expect("open embedded backends");
-    Context {
-        config: Arc::new(config),
-        ports,
-        clock: Arc::new(clock.clone()),
-        secrets: Secrets {
-            admin_key: Secret::new("test-admin-key-0123456789"),
-            token_secret: Secret::new("test-token-secret"),
-        },
-    }
-}
-
 async fn harness_with(now: &str, configure: impl FnOnce(&mut Config)) -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let clock = ManualClock::new(at(now));
-    let ctx = open_ctx(dir.path(), &clock, configure).await;
-    Harness { ctx, clock, dir }
+    harness_at(now, configure).await
 }
 
 async fn harness(now: &str) -> Harness {

@@ -6,83 +6,23 @@
 //! test stores its broadcasts before that read; a broadcast added later is announced with
 //! `LiveEvent::BroadcastActivated`, as the fan-out role does.
 
+mod common;
+use common::*;
+
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
-use herald_core::config::{Config, Secret};
-use herald_core::context::Secrets;
 use herald_core::filter::Filter;
 use herald_core::ids::{broadcast_id, notification_id};
 use herald_core::model::*;
-use herald_core::{Clock, Context, ManualClock};
+use herald_core::Clock;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const TOKEN_SECRET: &str = "test-token-secret";
-const NOW: &str = "2026-03-01T12:00:00Z";
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("RFC 3339 time")
-        .with_timezone(&Utc)
-}
-
-/// `NOW` minus `minutes`: every fixture sits in the past of the clock.
-fn ago(minutes: i64) -> DateTime<Utc> {
-    at(NOW) - Duration::minutes(minutes)
-}
-
-struct TestApp {
-    base: String,
-    client: reqwest::Client,
-    ctx: Context,
-    clock: ManualClock,
-    shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 async fn spawn_app() -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config {
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let ports = herald_storage::open_ports(&config)
-        .await
-        .expect("open embedded backends");
-    let clock = ManualClock::new(at(NOW));
-    let ctx = Context {
-        config: Arc::new(config),
-        ports,
-        clock: Arc::new(clock.clone()),
-        secrets: Secrets {
-            admin_key: Secret::new("test-admin-key-0123456789"),
-            token_secret: Secret::new(TOKEN_SECRET),
-        },
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind port 0");
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(herald_inbox::run(ctx.clone(), listener, shutdown.clone()));
-    TestApp {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        ctx,
-        clock,
-        shutdown,
-        _dir: dir,
-    }
+    spawn_app_with(herald_inbox::LiveConfig::default()).await
 }
 
 /// A token for `user`, valid for a day from the app's current time.

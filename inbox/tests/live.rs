@@ -5,17 +5,17 @@
 //! `LiveEvent::BroadcastActivated`. Waits are bounded by deadlines; the only fixed waits are
 //! the short quiet periods that check nothing more arrives.
 
+mod common;
+use common::*;
+
 use chrono::{DateTime, Duration, Utc};
 use futures::{SinkExt, StreamExt};
-use herald_core::config::{Config, Secret};
-use herald_core::context::Secrets;
 use herald_core::filter::Filter;
 use herald_core::ids::{broadcast_id, notification_id};
 use herald_core::model::*;
-use herald_core::{Clock, Context, ManualClock};
-use herald_inbox::{LiveConfig, LiveFeed};
+use herald_core::{Clock, Context};
+use herald_inbox::LiveConfig;
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Duration as StdDuration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -23,42 +23,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
 
-const TOKEN_SECRET: &str = "test-token-secret";
-const NOW: &str = "2026-03-01T12:00:00Z";
 /// How long a frame that should come may take.
 const FRAME_WAIT: StdDuration = StdDuration::from_secs(10);
 /// How long to watch for a frame that should not come.
 const QUIET: StdDuration = StdDuration::from_millis(300);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("RFC 3339 time")
-        .with_timezone(&Utc)
-}
-
-fn ago(minutes: i64) -> DateTime<Utc> {
-    at(NOW) - Duration::minutes(minutes)
-}
-
-struct TestApp {
-    addr: std::net::SocketAddr,
-    client: reqwest::Client,
-    ctx: Context,
-    clock: ManualClock,
-    feed: LiveFeed,
-    shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 /// Test settings: fast enough, with room for the bursts the tests make.
 fn test_config() -> LiveConfig {
@@ -71,42 +42,7 @@ fn test_config() -> LiveConfig {
 }
 
 async fn spawn_app(live: LiveConfig) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config {
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let ports = herald_storage::open_ports(&config)
-        .await
-        .expect("open embedded backends");
-    let clock = ManualClock::new(at(NOW));
-    let ctx = Context {
-        config: Arc::new(config),
-        ports,
-        clock: Arc::new(clock.clone()),
-        secrets: Secrets {
-            admin_key: Secret::new("test-admin-key-0123456789"),
-            token_secret: Secret::new(TOKEN_SECRET),
-        },
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind port 0");
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    // What `herald_inbox::run_with` does, keeping the feed for the tests to look at.
-    let (routes, feed) = herald_inbox::router_with_feed(ctx.clone(), live, shutdown.clone());
-    let app = herald_api::finish(routes.merge(herald_api::http::ops_router(ctx.clone())));
-    tokio::spawn(herald_api::serve(listener, app, shutdown.clone()));
-    TestApp {
-        addr,
-        client: reqwest::Client::new(),
-        ctx,
-        clock,
-        feed,
-        shutdown,
-        _dir: dir,
-    }
+    spawn_app_with(live).await
 }
 
 fn token(app: &TestApp, user: &str) -> String {
