@@ -141,25 +141,6 @@ impl TestApp {
         .await
         .id
     }
-
-    async fn add_user(&self, id: &str, attributes: Value) {
-        let Value::Object(attributes) = attributes else {
-            panic!("attributes must be an object");
-        };
-        self.ctx
-            .ports
-            .directory
-            .upsert_users(&[User {
-                id: id.into(),
-                email: None,
-                phone: None,
-                attributes,
-                created_at: at(NOW),
-                updated_at: at(NOW),
-            }])
-            .await
-            .expect("upsert user");
-    }
 }
 
 fn titles(page: &Value) -> Vec<String> {

@@ -167,25 +167,6 @@ impl TestApp {
             .expect("publish activation");
     }
 
-    async fn add_user(&self, id: &str, attributes: Value) {
-        let Value::Object(attributes) = attributes else {
-            panic!("attributes must be an object");
-        };
-        self.ctx
-            .ports
-            .directory
-            .upsert_users(&[User {
-                id: id.into(),
-                email: None,
-                phone: None,
-                attributes,
-                created_at: at(NOW),
-                updated_at: at(NOW),
-            }])
-            .await
-            .expect("upsert user");
-    }
-
     /// Waits until the feed has `n` sockets open.
     async fn wait_connections(&self, n: usize) {
         let deadline = Instant::now() + FRAME_WAIT;

@@ -5,8 +5,10 @@
 use chrono::{DateTime, Duration, Utc};
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
+use herald_core::model::User;
 use herald_core::{Context, ManualClock};
 use herald_inbox::{LiveConfig, LiveFeed};
+use serde_json::Value;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -78,5 +80,27 @@ pub async fn spawn_app_with(live: LiveConfig) -> TestApp {
         feed,
         shutdown,
         _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// A user in the directory with these attributes (a JSON object).
+    pub async fn add_user(&self, id: &str, attributes: Value) {
+        let Value::Object(attributes) = attributes else {
+            panic!("attributes must be an object");
+        };
+        self.ctx
+            .ports
+            .directory
+            .upsert_users(&[User {
+                id: id.into(),
+                email: None,
+                phone: None,
+                attributes,
+                created_at: at(NOW),
+                updated_at: at(NOW),
+            }])
+            .await
+            .expect("upsert user");
     }
 }
