@@ -2,7 +2,7 @@
 //! configuration, sets up logging, resolves secrets, opens the backends and hands a `Context`,
 //! a listener and a shutdown signal to the role libraries. No business logic lives here.
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
@@ -70,6 +70,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let listener = bind(&ctx.config.listen).await?;
             let shutdown = shutdown_signal();
             let fanout = tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
+            let providers = herald_push::Providers::from_config(&ctx.config.push)
+                .context("setting up the push providers")?;
+            let push = tokio::spawn(herald_push::run_with(
+                ctx.clone(),
+                providers,
+                shutdown.clone(),
+            ));
             // One port for everything: admin API, inbox API with its live feed, operations.
             let (inbox, live) = herald_inbox::router_with_feed(
                 ctx.clone(),
@@ -90,6 +97,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             live.drained(std::time::Duration::from_secs(2)).await;
             // Let the dispatchers checkpoint and hand back what they hold.
             let _ = fanout.await;
+            let _ = push.await;
             tracing::info!("stopped");
             Ok(())
         }
@@ -120,16 +128,23 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .context("HTTP server failed")?;
             Ok(())
         }
-        Command::Push => not_yet("push", "#6 (Push gateway)"),
+        Command::Push => {
+            let ctx = build_context(config, false).await?;
+            let providers = herald_push::Providers::from_config(&ctx.config.push)
+                .context("setting up the push providers")?;
+            let listener = bind(&ctx.config.listen).await?;
+            let shutdown = shutdown_signal();
+            let role = tokio::spawn(herald_push::run_with(
+                ctx.clone(),
+                providers,
+                shutdown.clone(),
+            ));
+            let ops = herald_api::finish(herald_api::http::ops_router(ctx));
+            herald_api::serve(listener, ops, shutdown).await?;
+            let _ = role.await;
+            Ok(())
+        }
     }
-}
-
-/// Roles whose crates are still empty say so instead of pretending to run.
-fn not_yet(role: &str, issue: &str) -> anyhow::Result<()> {
-    bail!(
-        "the `{role}` role is not available in this build yet (it arrives with issue {issue}); \
-         `herald serve` and `herald api` run today"
-    )
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 //! Herald's admin REST API: users and their preferences and devices, segments, templates, inbox
-//! token minting, and (with the Campaigns issue) campaigns and dead letters. It also owns the
+//! token minting, campaigns and event rules, webhook subscriptions and dead letters. It also owns the
 //! HTTP plumbing every HTTP role shares ([`http`]).
 //!
 //! Handlers validate input and call the ports in `herald_core::Context`; they hold no state of
@@ -7,6 +7,7 @@
 //! the other role crates.
 
 mod campaigns;
+mod deliveries;
 pub mod http;
 mod import;
 mod pages;
@@ -69,6 +70,18 @@ pub fn admin_router(ctx: Context) -> Router {
             put(segments::put)
                 .get(segments::get)
                 .delete(segments::delete),
+        )
+        .route("/v1/webhooks", get(deliveries::list_webhooks))
+        .route(
+            "/v1/webhooks/{id}",
+            put(deliveries::put_webhook)
+                .get(deliveries::get_webhook)
+                .delete(deliveries::delete_webhook),
+        )
+        .route("/v1/dead-letters", get(deliveries::list_dead_letters))
+        .route(
+            "/v1/dead-letters/{id}/replay",
+            post(deliveries::replay_dead_letter),
         )
         .route("/v1/templates", get(templates::list))
         .route(

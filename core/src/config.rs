@@ -72,6 +72,7 @@ pub struct Config {
     pub fanout: FanoutConfig,
     pub strategy: StrategyConfig,
     pub throttle: ThrottleConfig,
+    pub push: PushConfig,
     pub log: LogConfig,
 }
 
@@ -87,6 +88,7 @@ impl Default for Config {
             fanout: FanoutConfig::default(),
             strategy: StrategyConfig::default(),
             throttle: ThrottleConfig::default(),
+            push: PushConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -105,6 +107,8 @@ pub struct Backends {
     pub preference_cache: Option<Secret>,
     pub bus: Option<Secret>,
     pub live: Option<Secret>,
+    /// Webhook subscriptions, dead letters and processed-message marks of the push gateway.
+    pub deliveries: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,6 +218,199 @@ impl Default for ThrottleConfig {
     }
 }
 
+/// The push gateway (`herald push`): retries, token hygiene and one section per provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PushConfig {
+    /// Sends of one recipient tried at most this many times before the dead-letter queue.
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt, with full jitter, capped at `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Devices not used for this long are removed by the stale-token job.
+    pub token_ttl_days: u32,
+    /// Channel messages each channel consumer works on at once.
+    pub consumers_per_channel: usize,
+    pub fcm: FcmConfig,
+    pub apns: ApnsConfig,
+    pub email: EmailConfig,
+    pub sms: SmsConfig,
+    pub webhook: WebhookConfig,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            token_ttl_days: 90,
+            consumers_per_channel: 4,
+            fcm: FcmConfig::default(),
+            apns: ApnsConfig::default(),
+            email: EmailConfig::default(),
+            sms: SmsConfig::default(),
+            webhook: WebhookConfig::default(),
+        }
+    }
+}
+
+/// Limits every provider has: requests in flight, requests per second (0 = unlimited) and the
+/// timeout of one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderLimits {
+    pub concurrency: usize,
+    pub rate_per_s: u32,
+    pub timeout_ms: u64,
+}
+
+impl ProviderLimits {
+    const fn new(concurrency: usize, rate_per_s: u32, timeout_ms: u64) -> Self {
+        Self {
+            concurrency,
+            rate_per_s,
+            timeout_ms,
+        }
+    }
+}
+
+impl Default for ProviderLimits {
+    fn default() -> Self {
+        Self::new(100, 0, 10_000)
+    }
+}
+
+/// Firebase Cloud Messaging, HTTP v1 API (devices of platform `fcm` and `web`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FcmConfig {
+    /// `https://fcm.googleapis.com`; tests point it at a fake server.
+    pub endpoint: String,
+    /// Service-account JSON (private key, client email, token_uri). Unset: FCM sends go to the
+    /// dead-letter queue as "not configured", to be replayed once it is.
+    pub credentials_file: Option<PathBuf>,
+    /// Defaults to the `project_id` of the credentials file.
+    pub project_id: Option<String>,
+    /// Sends grouped per provider call: up to `batch_size` tokens or `batch_window_ms`.
+    pub batch_size: usize,
+    pub batch_window_ms: u64,
+    /// Speak HTTP/2 without TLS (h2c) to an `http://` endpoint; `https://` negotiates HTTP/2.
+    pub h2c: bool,
+    #[serde(flatten)]
+    pub limits: ProviderLimits,
+}
+
+impl Default for FcmConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://fcm.googleapis.com".into(),
+            credentials_file: None,
+            project_id: None,
+            batch_size: 500,
+            batch_window_ms: 100,
+            h2c: false,
+            // FCM's default quota is 600,000 messages a minute per project.
+            limits: ProviderLimits::new(1_000, 10_000, 10_000),
+        }
+    }
+}
+
+/// Apple Push Notification service over HTTP/2 with an ES256 provider token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApnsConfig {
+    /// `https://api.push.apple.com` (sandbox: `https://api.sandbox.push.apple.com`); an
+    /// `http://` endpoint is spoken to as h2c.
+    pub endpoint: String,
+    /// The `.p8` signing key; unset means APNs is not configured.
+    pub key_file: Option<PathBuf>,
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    /// `apns-topic`: the app's bundle id.
+    pub topic: Option<String>,
+    #[serde(flatten)]
+    pub limits: ProviderLimits,
+}
+
+impl Default for ApnsConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://api.push.apple.com".into(),
+            key_file: None,
+            key_id: None,
+            team_id: None,
+            topic: None,
+            limits: ProviderLimits::new(1_000, 0, 10_000),
+        }
+    }
+}
+
+/// Email over SMTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmailConfig {
+    /// `smtp://user:pass@host:587` (STARTTLS), `smtps://...:465`, or
+    /// `smtp://127.0.0.1:2525?tls=none` for a local sink. Unset means email is not configured.
+    pub smtp_url: Option<Secret>,
+    /// The `From` address.
+    pub from: String,
+    #[serde(flatten)]
+    pub limits: ProviderLimits,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            from: "Herald <herald@localhost>".into(),
+            limits: ProviderLimits::new(16, 0, 30_000),
+        }
+    }
+}
+
+/// SMS over a Twilio-style HTTP API (form POST, basic auth).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SmsConfig {
+    pub endpoint: String,
+    /// Unset means SMS is not configured.
+    pub account_sid: Option<String>,
+    pub auth_token: Option<Secret>,
+    /// The sender number (`From`).
+    pub from: Option<String>,
+    #[serde(flatten)]
+    pub limits: ProviderLimits,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://api.twilio.com".into(),
+            account_sid: None,
+            auth_token: None,
+            from: None,
+            limits: ProviderLimits::new(50, 100, 10_000),
+        }
+    }
+}
+
+/// Webhook subscribers (`PUT /v1/webhooks/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookConfig {
+    #[serde(flatten)]
+    pub limits: ProviderLimits,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            limits: ProviderLimits::new(200, 0, 10_000),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LogConfig {
@@ -279,6 +476,19 @@ impl Config {
                     .into(),
             ));
         }
+        if self.push.max_attempts == 0 {
+            return Err(ConfigError("push.max_attempts must be at least 1".into()));
+        }
+        if self.push.fcm.batch_size == 0 || self.push.fcm.batch_size > 10_000 {
+            return Err(ConfigError(
+                "push.fcm.batch_size must be between 1 and 10000".into(),
+            ));
+        }
+        if self.push.consumers_per_channel == 0 {
+            return Err(ConfigError(
+                "push.consumers_per_channel must be at least 1".into(),
+            ));
+        }
         if let Some(key) = &self.admin_key {
             if key.expose().len() < 16 {
                 return Err(ConfigError(
@@ -319,6 +529,30 @@ mod tests {
                 Some("1234567890123456")
             );
             assert_eq!(cfg.inbox.retention_days, 90);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn provider_settings_nest_under_push_in_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_PUSH__FCM__ENDPOINT", "http://127.0.0.1:9999");
+            jail.set_env("HERALD_PUSH__FCM__CREDENTIALS_FILE", "/tmp/sa.json");
+            jail.set_env("HERALD_PUSH__FCM__PROJECT_ID", "demo");
+            jail.set_env("HERALD_PUSH__FCM__CONCURRENCY", "64");
+            jail.set_env("HERALD_PUSH__SMS__AUTH_TOKEN", "12345");
+            jail.set_env("HERALD_PUSH__MAX_ATTEMPTS", "3");
+            let cfg = Config::load(None).expect("loads");
+            assert_eq!(cfg.push.fcm.endpoint, "http://127.0.0.1:9999");
+            assert_eq!(
+                cfg.push.fcm.credentials_file,
+                Some(PathBuf::from("/tmp/sa.json"))
+            );
+            assert_eq!(cfg.push.fcm.project_id.as_deref(), Some("demo"));
+            assert_eq!(cfg.push.fcm.limits.concurrency, 64);
+            assert_eq!(cfg.push.fcm.limits.timeout_ms, 10_000);
+            assert_eq!(cfg.push.sms.auth_token.as_ref().map(Secret::expose), Some("12345"));
+            assert_eq!(cfg.push.max_attempts, 3);
             Ok(())
         });
     }

@@ -16,6 +16,7 @@ pub struct Ports {
     pub preference_cache: Arc<dyn PreferenceCache>,
     pub bus: Arc<dyn Bus>,
     pub live: Arc<dyn LiveHub>,
+    pub deliveries: Arc<dyn DeliveryStore>,
 }
 
 impl Ports {
@@ -26,6 +27,7 @@ impl Ports {
         self.inbox.ping().await?;
         self.broadcasts.ping().await?;
         self.bus.ping().await?;
+        self.deliveries.ping().await?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod config;
 pub mod context;
+pub mod delivery;
 pub mod error;
 pub mod filter;
 pub mod ids;

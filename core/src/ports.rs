@@ -9,6 +9,7 @@
 //! - the bus is at-least-once: a delivery is leased, acked explicitly, and redelivered when the
 //!   lease runs out without an ack.
 
+use crate::delivery::{DeadLetter, Webhook};
 use crate::filter::Filter;
 use crate::model::*;
 use crate::Result;
@@ -131,6 +132,15 @@ pub trait CampaignStore: Send + Sync + 'static {
         batch_no: u64,
         delta: &Progress,
         queued: &[(Channel, u64)],
+    ) -> Result<bool>;
+    /// Adds a delivery report's counts to a channel's counters once per `key`: a report
+    /// already recorded is ignored and `false` returned.
+    async fn record_deliveries(
+        &self,
+        id: &str,
+        key: &str,
+        channel: Channel,
+        delta: &DeliveryCounts,
     ) -> Result<bool>;
     /// Adds to a channel's delivery counters.
     async fn add_deliveries(
@@ -287,6 +297,43 @@ pub trait Bus: Send + Sync + 'static {
     }
     /// Messages of `topic` not yet acked by `group` (the backlog the batcher throttles on).
     async fn depth(&self, topic: &str, group: &str) -> Result<u64>;
+}
+
+/// What the push gateway keeps: webhook subscriptions, dead letters and the marks of channel
+/// messages already delivered (so a redelivered message is not sent twice).
+#[async_trait]
+pub trait DeliveryStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+
+    /// Inserts or replaces a subscription (`created_at` of an existing one is kept).
+    async fn put_webhook(&self, webhook: &Webhook) -> Result<()>;
+    async fn get_webhook(&self, id: &str) -> Result<Option<Webhook>>;
+    /// Subscriptions with id greater than `after`, by id.
+    async fn list_webhooks(&self, after: Option<&str>, limit: u32) -> Result<Vec<Webhook>>;
+    async fn delete_webhook(&self, id: &str) -> Result<bool>;
+
+    /// Whether the channel message with this delivery key was delivered already.
+    async fn is_processed(&self, key: &str) -> Result<bool>;
+    /// Marks a delivery key done. Idempotent.
+    async fn mark_processed(&self, key: &str, at: DateTime<Utc>) -> Result<()>;
+    /// Forgets marks older than `before` (a redelivery comes within minutes). Returns how many.
+    async fn purge_processed(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    /// Stores a dead letter; storing the same id again changes nothing.
+    async fn insert_dead_letter(&self, letter: &DeadLetter) -> Result<()>;
+    async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>>;
+    /// Newest first, optionally of one channel; `before` is the id of the last letter of the
+    /// previous page.
+    async fn list_dead_letters(
+        &self,
+        channel: Option<Channel>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>>;
+    /// Sets `replayed_at` if it is unset (compare-and-set). `false` if it was set already.
+    async fn mark_replayed(&self, id: &str, at: DateTime<Utc>) -> Result<bool>;
+    /// Clears `replayed_at` again, when the replay could not be published.
+    async fn unmark_replayed(&self, id: &str) -> Result<()>;
 }
 
 /// Cross-node live events for the WebSocket hub.

@@ -14,6 +14,10 @@ pub const BATCHES: &str = "fanout.batches";
 pub const BATCH_WORKERS: &str = "batch-workers";
 /// Consumer group of the push gateway on every channel topic.
 pub const GATEWAY: &str = "push-gateway";
+/// Delivery reports ([`crate::delivery::DeliveryReport`]) of the push gateway.
+pub const RESULTS: &str = "delivery.results";
+/// The group that adds delivery reports to the campaigns' counters.
+pub const RESULT_COUNTERS: &str = "delivery-counters";
 
 /// The channel queue topic of a channel delivered outside the inbox (`channel.push`, ...).
 pub fn channel_topic(channel: Channel) -> &'static str {
@@ -42,6 +46,7 @@ pub async fn declare(bus: &dyn Bus) -> crate::Result<()> {
     for channel in OUTBOUND {
         bus.subscribe(channel_topic(channel), GATEWAY).await?;
     }
+    bus.subscribe(RESULTS, RESULT_COUNTERS).await?;
     Ok(())
 }
 
@@ -74,7 +79,34 @@ pub struct ChannelMessage {
     pub deliver_after: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// 0 for the fan-out's message; the push gateway republishes the sends that failed for a
+    /// while as attempt 1, 2, ...
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// Set on a message replayed from the dead-letter queue: the dead letter's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
     pub items: Vec<ChannelItem>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl ChannelMessage {
+    /// The identity of this message's deliveries: a redelivered copy has the same key (and is
+    /// recognised), a retry or a replay has its own.
+    pub fn delivery_key(&self) -> String {
+        let mut key = format!(
+            "{}/{}/{}/{}",
+            self.campaign_id, self.batch_no, self.channel, self.attempt
+        );
+        if let Some(replay) = &self.replay_of {
+            key.push_str("/replay/");
+            key.push_str(replay);
+        }
+        key
+    }
 }
 
 /// One recipient's rendered content on a channel.
@@ -94,4 +126,8 @@ pub struct ChannelItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub html: Option<String>,
     pub data: serde_json::Value,
+    /// Only these targets (device tokens for push, webhook ids for webhooks): set on retries
+    /// and dead letters so what was delivered is not delivered again. `None` means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<String>>,
 }

@@ -314,6 +314,8 @@ async fn deliver(
             priority: campaign.priority,
             deliver_after,
             expires_at: campaign.expires_at,
+            attempt: 0,
+            replay_of: None,
             items,
         };
         let payload = serde_json::to_vec(&msg)
@@ -384,6 +386,7 @@ fn render_item(
         body: String::new(),
         html: None,
         data: data.clone(),
+        targets: None,
     };
     match ch {
         Channel::Push => {

@@ -34,7 +34,14 @@ fn url_for(configured: &Option<Secret>, data_dir: &Path, embedded: &str) -> Resu
 pub async fn open_ports(config: &Config) -> Result<Ports> {
     let dir = &config.data_dir;
     let b = &config.backends;
-    let embedded = [&b.directory, &b.campaigns, &b.inbox, &b.broadcasts, &b.bus];
+    let embedded = [
+        &b.directory,
+        &b.campaigns,
+        &b.inbox,
+        &b.broadcasts,
+        &b.bus,
+        &b.deliveries,
+    ];
     if embedded.iter().any(|url| url.is_none()) {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::invalid(format!("cannot create data dir {}", dir.display())).with_source(e)
@@ -51,6 +58,7 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
         preference_cache: open_preference_cache(b.preference_cache.as_ref())?,
         bus,
         live: open_live_hub(b.live.as_ref())?,
+        deliveries: open_deliveries(&url_for(&b.deliveries, dir, "deliveries")?).await?,
     })
 }
 
@@ -132,6 +140,18 @@ pub async fn open_bus(url: &BackendUrl) -> Result<Arc<dyn Bus>> {
             return Err(compiled_out("sqlite", "sqlite"));
         }
         _ => Err(unsupported("bus", url, "sqlite")),
+    }
+}
+
+pub async fn open_deliveries(url: &BackendUrl) -> Result<Arc<dyn DeliveryStore>> {
+    match url.scheme.as_str() {
+        "sqlite" => {
+            #[cfg(feature = "sqlite")]
+            return Ok(Arc::new(sqlite::SqliteDeliveries::open(url).await?));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(compiled_out("sqlite", "sqlite"));
+        }
+        _ => Err(unsupported("delivery store", url, "sqlite")),
     }
 }
 

@@ -213,6 +213,41 @@ pub mod cases {
         assert!(s.get_rule(&format!("{p}.a")).await.unwrap().is_none());
     }
 
+    pub async fn a_delivery_report_is_counted_once_however_often_it_is_recorded(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let c = campaign(&format!("{}-1", run_id()), CampaignStatus::Completed);
+        s.insert_campaign(&c).await.unwrap();
+        let report = DeliveryCounts {
+            queued: 0,
+            sent: 7,
+            failed: 3,
+        };
+        assert!(s
+            .record_deliveries(&c.id, "c/0/push/0", Channel::Push, &report)
+            .await
+            .unwrap());
+        assert!(
+            !s.record_deliveries(&c.id, "c/0/push/0", Channel::Push, &report)
+                .await
+                .unwrap(),
+            "a redelivered report is ignored"
+        );
+        assert!(s
+            .record_deliveries(&c.id, "c/0/push/1", Channel::Push, &report)
+            .await
+            .unwrap());
+        let got = s.get_campaign(&c.id).await.unwrap().unwrap();
+        assert_eq!(
+            got.deliveries[&Channel::Push],
+            DeliveryCounts {
+                queued: 0,
+                sent: 14,
+                failed: 6
+            }
+        );
+    }
+
     pub async fn delivery_counters_add_up_per_channel(s: Arc<dyn CampaignStore>) {
         let p = run_id();
         let c = campaign(&format!("{p}-1"), CampaignStatus::FanningOut);
@@ -397,6 +432,7 @@ macro_rules! campaign_conformance {
                 checkpoints_survive_and_fix_the_batch_total_when_done,
                 rules_are_upserted_listed_and_deleted,
                 delivery_counters_add_up_per_channel,
+                a_delivery_report_is_counted_once_however_often_it_is_recorded,
                 listing_pages_newest_first_and_filters_by_status,
                 scheduled_campaigns_become_due_at_their_start,
                 an_idempotency_key_is_claimed_once_and_replays_its_response,

@@ -16,6 +16,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "campaigns", "0001_init"),
     migration!("sqlite", "campaigns", "0002_checkpoints_and_rules"),
+    migration!("sqlite", "campaigns", "0003_delivery_reports"),
 ];
 
 pub struct SqliteCampaigns {
@@ -331,6 +332,46 @@ impl CampaignStore for SqliteCampaigns {
             .await
             .map_err(db_error)?;
         }
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn record_deliveries(
+        &self,
+        id: &str,
+        key: &str,
+        channel: Channel,
+        d: &DeliveryCounts,
+    ) -> Result<bool> {
+        let (_gate, mut tx) = self.db.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO campaign_delivery_reports (campaign_id, key) VALUES (?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected()
+            > 0;
+        if !fresh {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO campaign_deliveries (campaign_id, channel, queued, sent, failed) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \
+             queued = queued + excluded.queued, sent = sent + excluded.sent, \
+             failed = failed + excluded.failed",
+        )
+        .bind(id)
+        .bind(channel.as_str())
+        .bind(d.queued as i64)
+        .bind(d.sent as i64)
+        .bind(d.failed as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }

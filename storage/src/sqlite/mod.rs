@@ -7,12 +7,14 @@
 mod broadcasts;
 mod bus;
 mod campaigns;
+mod deliveries;
 mod directory;
 mod inbox;
 
 pub use broadcasts::SqliteBroadcasts;
 pub use bus::SqliteBus;
 pub use campaigns::SqliteCampaigns;
+pub use deliveries::SqliteDeliveries;
 pub use directory::SqliteDirectory;
 pub use inbox::SqliteInbox;
 

@@ -76,3 +76,11 @@ pub async fn sqlite_broadcasts() -> Option<Arc<dyn BroadcastStore>> {
             .expect("open SQLite broadcast store"),
     )
 }
+
+pub async fn sqlite_deliveries() -> Option<Arc<dyn DeliveryStore>> {
+    Some(
+        herald_storage::open_deliveries(&fresh_sqlite_url("deliveries"))
+            .await
+            .expect("open SQLite delivery store"),
+    )
+}

@@ -1,0 +1,206 @@
+//! `/v1/webhooks` (HTTP subscribers of the webhook channel) and `/v1/dead-letters` (sends the
+//! push gateway gave up on, listed and replayed by an admin).
+
+use crate::http::{ApiError, ApiResult, JsonBody, PathParams, QueryParams};
+use crate::pages::{next_cursor, PageParams};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use herald_core::config::Secret;
+use herald_core::delivery::{DeadLetter, Webhook};
+use herald_core::ids::validate_key;
+use herald_core::model::{Channel, OutMessage};
+use herald_core::topics::{self, ChannelMessage};
+use herald_core::{Context, Error};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookBody {
+    url: String,
+    secret: String,
+    #[serde(default)]
+    categories: Option<Vec<String>>,
+}
+
+/// A subscription as shown: everything but the secret.
+fn webhook_json(w: &Webhook) -> Value {
+    json!({
+        "id": w.id,
+        "url": w.url,
+        "categories": w.categories,
+        "created_at": w.created_at,
+        "updated_at": w.updated_at,
+    })
+}
+
+pub async fn put_webhook(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody<WebhookBody>,
+) -> ApiResult<Json<Value>> {
+    validate_key("webhook id", &id)?;
+    let now = ctx.clock.now();
+    let webhook = Webhook {
+        id: id.clone(),
+        url: body.url.trim().to_owned(),
+        secret: Secret::new(body.secret),
+        categories: body.categories,
+        created_at: now,
+        updated_at: now,
+    };
+    webhook.validate()?;
+    ctx.ports.deliveries.put_webhook(&webhook).await?;
+    let stored = ctx.ports.deliveries.get_webhook(&id).await?;
+    Ok(Json(webhook_json(stored.as_ref().unwrap_or(&webhook))))
+}
+
+pub async fn get_webhook(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<Value>> {
+    ctx.ports
+        .deliveries
+        .get_webhook(&id)
+        .await?
+        .map(|w| Json(webhook_json(&w)))
+        .ok_or_else(|| ApiError::not_found(format!("webhook `{id}` not found")))
+}
+
+pub async fn list_webhooks(
+    State(ctx): State<Context>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> ApiResult<Json<Value>> {
+    let limit = page.limit()?;
+    let after = page.after()?;
+    let hooks = ctx
+        .ports
+        .deliveries
+        .list_webhooks(after.as_deref(), limit)
+        .await?;
+    let next = next_cursor(hooks.last().map(|w| w.id.as_str()), hooks.len(), limit);
+    let items: Vec<Value> = hooks.iter().map(webhook_json).collect();
+    Ok(Json(json!({ "webhooks": items, "next_cursor": next })))
+}
+
+pub async fn delete_webhook(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<StatusCode> {
+    if ctx.ports.deliveries.delete_webhook(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("webhook `{id}` not found")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeadLetterParams {
+    channel: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+fn letter_json(l: &DeadLetter) -> Value {
+    json!({
+        "id": l.id,
+        "channel": l.channel,
+        "campaign_id": l.campaign_id,
+        "reason": l.reason,
+        "attempts": l.attempts,
+        "sends": l.sends,
+        "recipients": l.message.items.iter().map(|i| json!({
+            "user_id": i.user_id,
+            "notification_id": i.notification_id,
+            "targets": i.targets,
+        })).collect::<Vec<_>>(),
+        "created_at": l.created_at,
+        "replayed_at": l.replayed_at,
+    })
+}
+
+pub async fn list_dead_letters(
+    State(ctx): State<Context>,
+    QueryParams(params): QueryParams<DeadLetterParams>,
+) -> ApiResult<Json<Value>> {
+    let page = PageParams {
+        limit: params.limit,
+        cursor: params.cursor,
+    };
+    let limit = page.limit()?;
+    let before = page.after()?;
+    let channel = params
+        .channel
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(str::parse::<Channel>)
+        .transpose()?;
+    if channel.is_some_and(|c| !topics::OUTBOUND.contains(&c)) {
+        return Err(ApiError::invalid(
+            "channel must be one of push, email, sms, webhook",
+        ));
+    }
+    let letters = ctx
+        .ports
+        .deliveries
+        .list_dead_letters(channel, before.as_deref(), limit)
+        .await?;
+    let next = next_cursor(letters.last().map(|l| l.id.as_str()), letters.len(), limit);
+    let items: Vec<Value> = letters.iter().map(letter_json).collect();
+    Ok(Json(json!({ "dead_letters": items, "next_cursor": next })))
+}
+
+/// Puts a dead letter's sends back on their channel queue as a fresh first attempt (with its
+/// own delivery key, so it is not mistaken for what was already processed). A letter is
+/// replayed once; if it fails again, the gateway files a new dead letter.
+pub async fn replay_dead_letter(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let deliveries = &ctx.ports.deliveries;
+    let letter = deliveries
+        .get_dead_letter(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("dead letter `{id}` not found")))?;
+    let now = ctx.clock.now();
+    if !deliveries.mark_replayed(&id, now).await? {
+        return Err(Error::conflict(format!("dead letter `{id}` was already replayed")).into());
+    }
+    let message = ChannelMessage {
+        attempt: 0,
+        deliver_after: None,
+        replay_of: Some(letter.id.clone()),
+        ..letter.message.clone()
+    };
+    let published = match serde_json::to_vec(&message) {
+        Ok(payload) => {
+            ctx.ports
+                .bus
+                .publish(
+                    topics::channel_topic(letter.channel),
+                    &[OutMessage {
+                        key: Some(letter.campaign_id.clone()),
+                        payload,
+                    }],
+                )
+                .await
+        }
+        Err(e) => Err(Error::internal("channel message").with_source(e)),
+    };
+    if let Err(e) = published {
+        // Let the admin try again.
+        deliveries.unmark_replayed(&id).await?;
+        return Err(e.into());
+    }
+    tracing::info!(dead_letter = %id, channel = %letter.channel, sends = letter.sends, "dead letter replayed");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": id,
+            "channel": letter.channel,
+            "sends": letter.sends,
+            "replayed_at": now,
+        })),
+    ))
+}

@@ -1,0 +1,54 @@
+//! Housekeeping of the gateway: removes device tokens unused for `push.token_ttl_days` (a
+//! token that has not taken a send for months belongs to an uninstalled app more often than
+//! not) and forgets processed-message marks older than a week. Safe to run on every gateway
+//! instance at once: both are idempotent deletes.
+
+use crate::consumer::pause;
+use herald_core::{Context, Result};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the job runs.
+pub const INTERVAL: Duration = Duration::from_secs(3600);
+/// Marks are needed only until a redelivered copy could come; a week is ample.
+const MARK_RETENTION: chrono::Duration = chrono::Duration::days(7);
+
+/// What one run removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub stale_devices: u64,
+    pub processed_marks: u64,
+}
+
+/// One pass of the job.
+pub async fn run_once(ctx: &Context) -> Result<Swept> {
+    let now = ctx.clock.now();
+    let ttl = chrono::Duration::days(i64::from(ctx.config.push.token_ttl_days));
+    let stale_devices = ctx
+        .ports
+        .directory
+        .delete_devices_unused_since(now - ttl)
+        .await?;
+    let processed_marks = ctx
+        .ports
+        .deliveries
+        .purge_processed(now - MARK_RETENTION)
+        .await?;
+    metrics::counter!("herald_push_stale_tokens_removed_total").increment(stale_devices);
+    if stale_devices > 0 {
+        tracing::info!(stale_devices, "removed device tokens unused for too long");
+    }
+    Ok(Swept {
+        stale_devices,
+        processed_marks,
+    })
+}
+
+pub async fn run(ctx: Context, shutdown: CancellationToken) {
+    // Not right at start: a fleet restarting together need not sweep at once.
+    while pause(&shutdown, INTERVAL).await {
+        if let Err(e) = run_once(&ctx).await {
+            tracing::warn!(error = %e, "token cleanup failed; next run in an hour");
+        }
+    }
+}

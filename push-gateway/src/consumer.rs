@@ -1,0 +1,643 @@
+//! The channel consumers: one loop per `push.consumers_per_channel` on each channel topic
+//! (`channel.push`, `channel.email`, `channel.sms`, `channel.webhook`), in the `push-gateway`
+//! consumer group.
+//!
+//! For each channel message: wait out `deliver_after` (quiet hours, retry backoff) by giving it
+//! back to the bus with that delay; skip it if its delivery key was processed already (a
+//! redelivery after a crash); expand it into one send per device token, address or webhook
+//! subscriber; send through the providers' lanes; then act on each outcome (delete dead
+//! tokens, republish the transient failures as the next attempt, dead-letter what is out of
+//! attempts), publish the delivery report, mark the key processed and ack. Every step can be
+//! repeated after a crash without losing a send; a crash between sending and marking can
+//! repeat sends, which is the at-least-once promise providers and receivers are built for.
+
+use crate::backoff::Backoff;
+use crate::lanes::Lane;
+use crate::provider::{Destination, Dispatch, Envelope, Outcome, Provider};
+use chrono::{DateTime, Utc};
+use herald_core::config::PushConfig;
+use herald_core::delivery::{DeadLetter, DeliveryReport, SendFailure, Webhook};
+use herald_core::model::{Channel, Device, OutMessage, Platform};
+use herald_core::topics::{self, ChannelItem, ChannelMessage};
+use herald_core::{Context, Error, Result};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long a consumer holds a channel message; extended while the sends are in flight, so
+/// this is the redelivery delay after a crash.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// A device used this recently is not touched again (saves a write per send).
+const TOUCH_AFTER: chrono::Duration = chrono::Duration::hours(24);
+/// Webhook subscriptions are re-read this often.
+const WEBHOOK_TTL: Duration = Duration::from_secs(2);
+/// At most this many per-send failures go into a delivery report.
+const REPORTED_FAILURES: usize = 100;
+
+/// The provider clients the gateway sends through; `None` means not configured (its sends go
+/// to the dead-letter queue, to be replayed once it is).
+#[derive(Clone, Default)]
+pub struct Providers {
+    /// Devices of platform `fcm` and `web`.
+    pub fcm: Option<Arc<dyn Provider>>,
+    pub apns: Option<Arc<dyn Provider>>,
+    pub email: Option<Arc<dyn Provider>>,
+    pub sms: Option<Arc<dyn Provider>>,
+    pub webhook: Option<Arc<dyn Provider>>,
+}
+
+impl Providers {
+    /// The providers the configuration sets up.
+    pub fn from_config(cfg: &PushConfig) -> Result<Self> {
+        use crate::providers::*;
+        let arc = |p: Arc<dyn Provider>| Some(p);
+        Ok(Providers {
+            fcm: match cfg.fcm.credentials_file {
+                Some(_) => arc(Arc::new(fcm::FcmProvider::new(&cfg.fcm)?)),
+                None => None,
+            },
+            apns: match cfg.apns.key_file {
+                Some(_) => arc(Arc::new(apns::ApnsProvider::new(&cfg.apns)?)),
+                None => None,
+            },
+            email: match cfg.email.smtp_url {
+                Some(_) => arc(Arc::new(email::EmailProvider::new(&cfg.email)?)),
+                None => None,
+            },
+            sms: match cfg.sms.account_sid {
+                Some(_) => arc(Arc::new(sms::SmsProvider::new(&cfg.sms)?)),
+                None => None,
+            },
+            webhook: arc(Arc::new(webhook::WebhookProvider::new(&cfg.webhook)?)),
+        })
+    }
+}
+
+/// One lane per configured provider.
+struct Lanes {
+    fcm: Option<Lane>,
+    apns: Option<Lane>,
+    email: Option<Lane>,
+    sms: Option<Lane>,
+    webhook: Option<Lane>,
+}
+
+/// Which lane a send takes: (slot, provider name for "not configured").
+fn route(d: &Destination) -> (usize, &'static str) {
+    match d {
+        Destination::Device {
+            platform: Platform::Fcm | Platform::Web,
+            ..
+        } => (0, "fcm"),
+        Destination::Device {
+            platform: Platform::Apns,
+            ..
+        } => (1, "apns"),
+        Destination::Email(_) => (2, "email"),
+        Destination::Phone(_) => (3, "sms"),
+        Destination::Webhook(_) => (4, "webhook"),
+    }
+}
+
+impl Lanes {
+    fn start(p: &Providers, cfg: &PushConfig) -> Lanes {
+        let window = Duration::from_millis(cfg.fcm.batch_window_ms);
+        let lane = |p: &Option<Arc<dyn Provider>>, size: usize, window: Duration, rate: u32| {
+            p.as_ref()
+                .map(|p| Lane::start(p.clone(), size, window, rate))
+        };
+        Lanes {
+            fcm: lane(
+                &p.fcm,
+                cfg.fcm.batch_size,
+                window,
+                cfg.fcm.limits.rate_per_s,
+            ),
+            apns: lane(
+                &p.apns,
+                cfg.fcm.batch_size,
+                window,
+                cfg.apns.limits.rate_per_s,
+            ),
+            email: lane(
+                &p.email,
+                cfg.email.limits.concurrency,
+                Duration::ZERO,
+                cfg.email.limits.rate_per_s,
+            ),
+            sms: lane(
+                &p.sms,
+                cfg.sms.limits.concurrency,
+                Duration::ZERO,
+                cfg.sms.limits.rate_per_s,
+            ),
+            webhook: lane(
+                &p.webhook,
+                cfg.webhook.limits.concurrency,
+                Duration::ZERO,
+                cfg.webhook.limits.rate_per_s,
+            ),
+        }
+    }
+
+    fn slot(&self, i: usize) -> Option<&Lane> {
+        [&self.fcm, &self.apns, &self.email, &self.sms, &self.webhook][i].as_ref()
+    }
+}
+
+/// Webhook subscriptions, re-read every [`WEBHOOK_TTL`].
+#[derive(Default)]
+struct WebhookCache(Mutex<Option<(Instant, Arc<Vec<Arc<Webhook>>>)>>);
+
+impl WebhookCache {
+    async fn get(&self, ctx: &Context) -> Result<Arc<Vec<Arc<Webhook>>>> {
+        if let Some((at, list)) = &*self.0.lock() {
+            if at.elapsed() < WEBHOOK_TTL {
+                return Ok(list.clone());
+            }
+        }
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = ctx
+                .ports
+                .deliveries
+                .list_webhooks(after.as_deref(), 500)
+                .await?;
+            let done = page.len() < 500;
+            after = page.last().map(|w| w.id.clone());
+            all.extend(page.into_iter().map(Arc::new));
+            if done {
+                break;
+            }
+        }
+        let list = Arc::new(all);
+        *self.0.lock() = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+}
+
+/// The push gateway's shared state: the context, the lanes, the retry policy.
+pub struct Gateway {
+    ctx: Context,
+    lanes: Lanes,
+    backoff: Backoff,
+    max_attempts: u32,
+    webhooks: WebhookCache,
+}
+
+/// What to do with a received message.
+#[derive(Debug, PartialEq, Eq)]
+enum Handled {
+    Ack,
+    /// Give it back, to come again after this delay.
+    Later(Duration),
+}
+
+impl Gateway {
+    /// Starts the lanes of `providers`; must be called inside a tokio runtime.
+    pub fn new(ctx: Context, providers: &Providers) -> Gateway {
+        let cfg = &ctx.config.push;
+        Gateway {
+            lanes: Lanes::start(providers, cfg),
+            backoff: Backoff {
+                base: Duration::from_millis(cfg.backoff_base_ms),
+                max: Duration::from_millis(cfg.backoff_max_ms),
+            },
+            max_attempts: cfg.max_attempts.max(1),
+            webhooks: WebhookCache::default(),
+            ctx,
+        }
+    }
+
+    /// Consumes one channel topic until `shutdown`.
+    pub async fn consume(self: Arc<Self>, channel: Channel, shutdown: CancellationToken) {
+        let topic = topics::channel_topic(channel);
+        let bus = self.ctx.ports.bus.clone();
+        while !shutdown.is_cancelled() {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = bus.receive(topic, topics::GATEWAY, 1, LEASE, Duration::from_secs(1)) => r,
+            };
+            let deliveries = match received {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "channel queue unavailable");
+                    if !pause(&shutdown, Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            for d in deliveries {
+                let receipt = [d.receipt.clone()];
+                // Keep the lease while the sends are in flight.
+                let keeper = {
+                    let bus = bus.clone();
+                    let receipt = receipt.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(LEASE / 3).await;
+                            let _ = bus.extend(topic, topics::GATEWAY, &receipt, LEASE).await;
+                        }
+                    })
+                };
+                let handled = self.handle(channel, &d.payload).await;
+                keeper.abort();
+                let done = match handled {
+                    Ok(Handled::Ack) => bus.ack(topic, topics::GATEWAY, &receipt).await,
+                    Ok(Handled::Later(delay)) => {
+                        bus.nack(topic, topics::GATEWAY, &receipt, delay).await
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, topic, "channel message failed; retrying");
+                        bus.nack(topic, topics::GATEWAY, &receipt, Duration::from_secs(5))
+                            .await
+                    }
+                };
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, topic, "cannot settle channel message");
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, channel: Channel, payload: &[u8]) -> Result<Handled> {
+        let msg: ChannelMessage = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                // Nothing can ever make it decodable: drop it loudly rather than loop on it.
+                tracing::error!(error = %e, %channel, "undecodable channel message dropped");
+                metrics::counter!("herald_push_undecodable_messages_total", "channel" => channel.as_str())
+                    .increment(1);
+                return Ok(Handled::Ack);
+            }
+        };
+        let now = self.ctx.clock.now();
+        if let Some(after) = msg.deliver_after {
+            if after > now {
+                let wait = (after - now).to_std().unwrap_or(Duration::ZERO);
+                return Ok(Handled::Later(wait.max(Duration::from_millis(10))));
+            }
+        }
+        let key = msg.delivery_key();
+        if self.ctx.ports.deliveries.is_processed(&key).await? {
+            metrics::counter!("herald_push_duplicate_messages_total", "channel" => channel.as_str())
+                .increment(1);
+            return Ok(Handled::Ack);
+        }
+        let started = Instant::now();
+        let report = self.deliver(&msg, key.clone()).await?;
+        let payload = serde_json::to_vec(&report)
+            .map_err(|e| Error::internal("delivery report").with_source(e))?;
+        self.ctx
+            .ports
+            .bus
+            .publish(
+                topics::RESULTS,
+                &[OutMessage {
+                    key: Some(msg.campaign_id.clone()),
+                    payload,
+                }],
+            )
+            .await?;
+        self.ctx
+            .ports
+            .deliveries
+            .mark_processed(&key, self.ctx.clock.now())
+            .await?;
+        metrics::histogram!("herald_push_message_seconds", "channel" => channel.as_str())
+            .record(started.elapsed().as_secs_f64());
+        Ok(Handled::Ack)
+    }
+
+    /// Sends everything a message holds and acts on the outcomes; returns the report.
+    pub async fn deliver(&self, msg: &ChannelMessage, key: String) -> Result<DeliveryReport> {
+        let now = self.ctx.clock.now();
+        let channel = msg.channel;
+        let mut report = DeliveryReport {
+            key,
+            campaign_id: msg.campaign_id.clone(),
+            channel,
+            attempt: msg.attempt,
+            sent: 0,
+            failed: 0,
+            retried: 0,
+            invalid_tokens: 0,
+            dead_lettered: 0,
+            failures: Vec::new(),
+            at: now,
+        };
+        let mut failures: Vec<SendFailure> = Vec::new();
+        let mut fail = |report: &mut DeliveryReport, f: SendFailure| {
+            report.failed += 1;
+            if failures.len() < REPORTED_FAILURES {
+                failures.push(f);
+            }
+        };
+
+        if msg.expires_at.is_some_and(|e| e <= now) {
+            for item in &msg.items {
+                fail(&mut report, failure(item, "-", "expired before delivery"));
+            }
+            count(channel, "failed", report.failed);
+            report.failures = failures;
+            return Ok(report);
+        }
+
+        let envelope = Arc::new(Envelope {
+            campaign_id: msg.campaign_id.clone(),
+            channel,
+            category: msg.category.clone(),
+            priority: msg.priority,
+            expires_at: msg.expires_at,
+        });
+        let Expanded {
+            dispatches,
+            item_of,
+            unreachable,
+            last_used,
+        } = self.expand(msg, &envelope).await?;
+        for (i, reason) in unreachable {
+            fail(&mut report, failure(&msg.items[i], "-", reason));
+        }
+
+        let outcomes = self.send_all(&dispatches).await;
+
+        // Act on the outcomes.
+        let mut invalid_tokens = Vec::new();
+        let mut touch = Vec::new();
+        let mut retry: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        let mut retry_after: Option<Duration> = None;
+        let mut dead: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        let mut dead_reason: Option<String> = None;
+        let last_attempt = msg.attempt + 1 >= self.max_attempts;
+        for ((d, outcome), item) in dispatches.iter().zip(&outcomes).zip(&item_of) {
+            let target = d.destination.target().to_owned();
+            match outcome {
+                Outcome::Sent => {
+                    report.sent += 1;
+                    if let Destination::Device { token, .. } = &d.destination {
+                        let stale = last_used.get(token).is_none_or(|t| now - *t > TOUCH_AFTER);
+                        if stale {
+                            touch.push(token.clone());
+                        }
+                    }
+                }
+                Outcome::InvalidToken { reason } => {
+                    report.invalid_tokens += 1;
+                    invalid_tokens.push(target.clone());
+                    fail(&mut report, failure(&msg.items[*item], &target, reason));
+                }
+                Outcome::Failed { reason } => {
+                    fail(&mut report, failure(&msg.items[*item], &target, reason));
+                }
+                Outcome::Retry { reason, after } if !last_attempt => {
+                    report.retried += 1;
+                    retry.entry(*item).or_default().push(target);
+                    retry_after = retry_after.max(*after);
+                    tracing::debug!(%reason, %channel, "send will be retried");
+                }
+                Outcome::Retry { reason, .. } | Outcome::NotConfigured { reason } => {
+                    report.dead_lettered += 1;
+                    dead_reason.get_or_insert_with(|| reason.clone());
+                    dead.entry(*item).or_default().push(target.clone());
+                    fail(&mut report, failure(&msg.items[*item], &target, reason));
+                }
+            }
+        }
+        report.failures = failures;
+
+        let directory = &self.ctx.ports.directory;
+        if !invalid_tokens.is_empty() {
+            let n = directory.delete_tokens(&invalid_tokens).await?;
+            tracing::info!(deleted = n, %channel, "removed device tokens the provider rejected");
+        }
+        if !touch.is_empty() {
+            directory.touch_tokens(&touch, now).await?;
+        }
+        if !retry.is_empty() {
+            let delay = self.backoff.delay(msg.attempt, retry_after);
+            let next = ChannelMessage {
+                attempt: msg.attempt + 1,
+                deliver_after: Some(now + chrono::Duration::from_std(delay).unwrap_or_default()),
+                items: narrowed(msg, &retry),
+                ..msg.clone()
+            };
+            let payload = serde_json::to_vec(&next)
+                .map_err(|e| Error::internal("channel message").with_source(e))?;
+            self.ctx
+                .ports
+                .bus
+                .publish(
+                    topics::channel_topic(channel),
+                    &[OutMessage {
+                        key: Some(msg.campaign_id.clone()),
+                        payload,
+                    }],
+                )
+                .await?;
+        }
+        if !dead.is_empty() {
+            let letter = DeadLetter {
+                id: herald_core::ids::new_id().to_string(),
+                channel,
+                campaign_id: msg.campaign_id.clone(),
+                reason: dead_reason.unwrap_or_default(),
+                attempts: msg.attempt + 1,
+                sends: report.dead_lettered,
+                message: ChannelMessage {
+                    deliver_after: None,
+                    items: narrowed(msg, &dead),
+                    ..msg.clone()
+                },
+                created_at: now,
+                replayed_at: None,
+            };
+            self.ctx
+                .ports
+                .deliveries
+                .insert_dead_letter(&letter)
+                .await?;
+            tracing::warn!(
+                dead_letter = %letter.id,
+                campaign = %letter.campaign_id,
+                %channel,
+                sends = letter.sends,
+                reason = %letter.reason,
+                "sends moved to the dead-letter queue"
+            );
+        }
+
+        count(channel, "sent", report.sent);
+        count(channel, "failed", report.failed);
+        count(channel, "retried", report.retried);
+        count(channel, "invalid_token", report.invalid_tokens);
+        count(channel, "dead_lettered", report.dead_lettered);
+        Ok(report)
+    }
+
+    /// One dispatch per device token / address / subscriber of the message's items.
+    async fn expand(&self, msg: &ChannelMessage, envelope: &Arc<Envelope>) -> Result<Expanded> {
+        let mut x = Expanded::default();
+        let wanted = |item: &ChannelItem, target: &str| {
+            item.targets
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|x| x == target))
+        };
+        let push = |x: &mut Expanded, i: usize, item: &ChannelItem, to: Destination| {
+            x.dispatches.push(Dispatch {
+                envelope: envelope.clone(),
+                user_id: item.user_id.clone(),
+                notification_id: item.notification_id,
+                destination: to,
+                title: item.title.clone(),
+                body: item.body.clone(),
+                html: item.html.clone(),
+                data: item.data.clone(),
+            });
+            x.item_of.push(i);
+        };
+        match msg.channel {
+            Channel::Push => {
+                let ids: Vec<String> = msg.items.iter().map(|i| i.user_id.clone()).collect();
+                let devices = self.ctx.ports.directory.list_devices(&ids).await?;
+                let mut by_user: HashMap<&str, Vec<&Device>> = HashMap::new();
+                for d in &devices {
+                    by_user.entry(d.user_id.as_str()).or_default().push(d);
+                    x.last_used.insert(d.token.clone(), d.last_used_at);
+                }
+                for (i, item) in msg.items.iter().enumerate() {
+                    let mine = by_user.get(item.user_id.as_str());
+                    let mut any = false;
+                    for d in mine.into_iter().flatten() {
+                        if wanted(item, &d.token) {
+                            any = true;
+                            let to = Destination::Device {
+                                platform: d.platform,
+                                token: d.token.clone(),
+                            };
+                            push(&mut x, i, item, to);
+                        }
+                    }
+                    // A retry whose tokens were deleted meanwhile has nothing left to do.
+                    if !any && item.targets.is_none() {
+                        x.unreachable.push((i, "no registered device"));
+                    }
+                }
+            }
+            Channel::Email | Channel::Sms => {
+                for (i, item) in msg.items.iter().enumerate() {
+                    let address = match msg.channel {
+                        Channel::Email => item.email.clone().map(Destination::Email),
+                        _ => item.phone.clone().map(Destination::Phone),
+                    };
+                    match address {
+                        Some(to) => push(&mut x, i, item, to),
+                        None => x.unreachable.push((i, "no address")),
+                    }
+                }
+            }
+            Channel::Webhook => {
+                let hooks = self.webhooks.get(&self.ctx).await?;
+                let category = msg.category.as_deref();
+                for (i, item) in msg.items.iter().enumerate() {
+                    for hook in hooks.iter().filter(|h| h.wants(category)) {
+                        if wanted(item, &hook.id) {
+                            push(&mut x, i, item, Destination::Webhook(hook.clone()));
+                        }
+                    }
+                }
+            }
+            Channel::InApp => {}
+        }
+        Ok(x)
+    }
+
+    /// Sends through each provider's lane at once; outcomes in dispatch order.
+    async fn send_all(&self, dispatches: &[Dispatch]) -> Vec<Outcome> {
+        let mut per_slot: [Vec<usize>; 5] = Default::default();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; dispatches.len()];
+        for (i, d) in dispatches.iter().enumerate() {
+            let (slot, name) = route(&d.destination);
+            if self.lanes.slot(slot).is_some() {
+                per_slot[slot].push(i);
+            } else {
+                outcomes[i] = Some(Outcome::NotConfigured {
+                    reason: format!("{name} is not configured"),
+                });
+            }
+        }
+        let sends = per_slot
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(slot, indices)| {
+                let lane = self.lanes.slot(slot).expect("checked above");
+                let batch: Vec<Dispatch> = indices.iter().map(|i| dispatches[*i].clone()).collect();
+                async move { (indices, lane.send(batch).await) }
+            });
+        for (indices, got) in futures::future::join_all(sends).await {
+            for (i, o) in indices.iter().zip(got) {
+                outcomes[*i] = Some(o);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::retry("no outcome", None)))
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Expanded {
+    dispatches: Vec<Dispatch>,
+    /// The item each dispatch came from.
+    item_of: Vec<usize>,
+    /// Items with nothing to send to, and why.
+    unreachable: Vec<(usize, &'static str)>,
+    /// Last use of each device token seen.
+    last_used: HashMap<String, DateTime<Utc>>,
+}
+
+/// The items of `msg` named in `which`, each narrowed to the given targets (device tokens and
+/// webhook ids; an address is the item itself, so email and SMS keep no target list).
+fn narrowed(msg: &ChannelMessage, which: &BTreeMap<usize, Vec<String>>) -> Vec<ChannelItem> {
+    which
+        .iter()
+        .map(|(i, targets)| {
+            let mut item = msg.items[*i].clone();
+            item.targets = match msg.channel {
+                Channel::Push | Channel::Webhook => Some(targets.clone()),
+                _ => None,
+            };
+            item
+        })
+        .collect()
+}
+
+fn failure(item: &ChannelItem, target: &str, reason: &str) -> SendFailure {
+    SendFailure {
+        user_id: item.user_id.clone(),
+        notification_id: item.notification_id,
+        target: target.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn count(channel: Channel, result: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!("herald_push_deliveries_total", "channel" => channel.as_str(), "result" => result)
+            .increment(n);
+    }
+}
+
+/// Waits `d` unless shutdown comes first; `false` when shutting down.
+pub(crate) async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}

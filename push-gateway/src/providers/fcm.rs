@@ -1,0 +1,391 @@
+//! Firebase Cloud Messaging over the HTTP v1 API: one `messages:send` request per device
+//! token, authorised by a service-account access token (see [`super::oauth`]), all of a call's
+//! requests in flight together up to the provider's concurrency. FCM's answers are mapped to
+//! outcomes: a dead token is `InvalidToken`, quota and server trouble are `Retry`, a rejected
+//! payload is `Failed`.
+
+use super::oauth::{root_cause, ServiceAccount, TokenSource};
+use crate::provider::{record_request, retry_after, Destination, Dispatch, Outcome, Provider};
+use async_trait::async_trait;
+use chrono::Utc;
+use herald_core::config::FcmConfig;
+use herald_core::model::Priority;
+use herald_core::{Error, Result};
+use reqwest::header::RETRY_AFTER;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// FCM keeps a message at most four weeks.
+const MAX_TTL_SECS: i64 = 28 * 24 * 3600;
+
+/// Data keys FCM rejects (or reserves for itself), besides those starting with `google` or
+/// `gcm`.
+const RESERVED_DATA_KEYS: [&str; 3] = ["from", "notification", "message_type"];
+
+/// FCM v1 client.
+pub struct FcmProvider {
+    http: reqwest::Client,
+    /// `{endpoint}/v1/projects/{project_id}/messages:send`.
+    send_url: String,
+    tokens: Arc<TokenSource>,
+    /// Requests in flight, shared by every caller of this provider.
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for FcmProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FcmProvider")
+            .field("send_url", &self.send_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FcmProvider {
+    /// Builds the client from `push.fcm`; the credentials file must be set and readable.
+    pub fn new(cfg: &FcmConfig) -> Result<Self> {
+        let path = cfg.credentials_file.as_deref().ok_or_else(|| {
+            Error::invalid("push.fcm.credentials_file is required to send through FCM")
+        })?;
+        let account = ServiceAccount::from_file(path)?;
+        let project_id = cfg
+            .project_id
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| account.project_id.clone());
+        if project_id.is_empty() {
+            return Err(Error::invalid(format!(
+                "push.fcm.project_id is unset and {} names no project_id",
+                path.display()
+            )));
+        }
+        let timeout = Duration::from_millis(cfg.limits.timeout_ms);
+        let concurrency = cfg.limits.concurrency.max(1);
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            // Over HTTP/1.1 every request in flight needs a connection of its own; keep them
+            // all rather than reconnecting after each burst.
+            .pool_max_idle_per_host(concurrency.max(32))
+            .http2_adaptive_window(true);
+        if cfg.h2c {
+            builder = builder.http2_prior_knowledge();
+        }
+        let http = builder
+            .build()
+            .map_err(|e| Error::internal("cannot build the FCM HTTP client").with_source(e))?;
+        Ok(Self {
+            http,
+            send_url: format!(
+                "{}/v1/projects/{project_id}/messages:send",
+                cfg.endpoint.trim_end_matches('/')
+            ),
+            tokens: Arc::new(TokenSource::new(&account, timeout)?),
+            permits: Arc::new(Semaphore::new(concurrency)),
+        })
+    }
+
+    async fn send_one(&self, dispatch: &Dispatch) -> Outcome {
+        let Destination::Device { token, .. } = &dispatch.destination else {
+            return Outcome::failed("not a device");
+        };
+        let body = message_body(dispatch, token);
+        // The semaphore is never closed, so acquiring only fails if that invariant breaks.
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Outcome::retry("fcm: provider shutting down", None);
+        };
+        let started = Instant::now();
+        let outcome = self.post(&body).await;
+        record_request("fcm", started, &outcome);
+        outcome
+    }
+
+    /// Sends one message; on a 401 drops the access token and tries once more with a new one.
+    async fn post(&self, body: &Value) -> Outcome {
+        let mut refreshed = false;
+        loop {
+            let access = match self.tokens.token().await {
+                Ok(t) => t,
+                Err(e) => return Outcome::retry(format!("oauth: {e}"), None),
+            };
+            let resp = match self
+                .http
+                .post(&self.send_url)
+                .bearer_auth(&access)
+                .json(body)
+                .send()
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return transport_outcome("fcm", &e),
+            };
+            let status = resp.status();
+            let after = retry_after(resp.headers().get(RETRY_AFTER));
+            let bytes = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => return transport_outcome("fcm", &e),
+            };
+            match classify(status, after, &bytes) {
+                Classified::Done(outcome) => return outcome,
+                Classified::Unauthorized(reason) => {
+                    if refreshed {
+                        return Outcome::retry(reason, after);
+                    }
+                    self.tokens.reject(&access);
+                    refreshed = true;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for FcmProvider {
+    fn name(&self) -> &'static str {
+        "fcm"
+    }
+
+    async fn send(&self, dispatches: &[Dispatch]) -> Vec<Outcome> {
+        // join_all keeps input order; the semaphore bounds what is actually in flight.
+        futures::future::join_all(dispatches.iter().map(|d| self.send_one(d))).await
+    }
+}
+
+/// The `messages:send` body of one dispatch.
+fn message_body(dispatch: &Dispatch, token: &str) -> Value {
+    let envelope = &dispatch.envelope;
+    let high = matches!(envelope.priority, Priority::High | Priority::Urgent);
+
+    let mut notification = Map::new();
+    if let Some(title) = &dispatch.title {
+        notification.insert("title".into(), title.clone().into());
+    }
+    notification.insert("body".into(), dispatch.body.clone().into());
+
+    let mut android = Map::new();
+    android.insert(
+        "priority".into(),
+        (if high { "HIGH" } else { "NORMAL" }).into(),
+    );
+    if let Some(expires_at) = envelope.expires_at {
+        let secs = (expires_at - Utc::now())
+            .num_seconds()
+            .clamp(0, MAX_TTL_SECS);
+        android.insert("ttl".into(), format!("{secs}s").into());
+    }
+
+    json!({
+        "message": {
+            "token": token,
+            "notification": notification,
+            "data": data_strings(dispatch),
+            "android": android,
+            "apns": {"headers": {"apns-priority": if high { "10" } else { "5" }}},
+            "webpush": {"headers": {"Urgency": if high { "high" } else { "normal" }}},
+        }
+    })
+}
+
+/// FCM data is a map of strings: the campaign data flattened (non-strings JSON-encoded, keys
+/// FCM rejects left out) plus the ids the app needs to report opens.
+fn data_strings(dispatch: &Dispatch) -> Map<String, Value> {
+    let mut data = Map::new();
+    if let Value::Object(fields) = &dispatch.data {
+        for (key, value) in fields {
+            if RESERVED_DATA_KEYS.contains(&key.as_str())
+                || key.starts_with("google")
+                || key.starts_with("gcm")
+            {
+                continue;
+            }
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            data.insert(key.clone(), text.into());
+        }
+    }
+    let envelope = &dispatch.envelope;
+    data.insert(
+        "notification_id".into(),
+        dispatch.notification_id.to_string().into(),
+    );
+    data.insert("campaign_id".into(), envelope.campaign_id.clone().into());
+    if let Some(category) = &envelope.category {
+        data.insert("category".into(), category.clone().into());
+    }
+    data
+}
+
+/// FCM's error body: `{"error": {"code", "message", "status", "details": [...]}}`.
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: ErrorStatus,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorStatus {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    details: Vec<ErrorDetail>,
+}
+
+/// One entry of `details`: an `FcmError` (`errorCode`) or a `BadRequest` (`fieldViolations`).
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(rename = "@type", default)]
+    kind: String,
+    #[serde(rename = "errorCode", default)]
+    error_code: Option<String>,
+    #[serde(rename = "fieldViolations", default)]
+    field_violations: Vec<FieldViolation>,
+}
+
+#[derive(Deserialize)]
+struct FieldViolation {
+    #[serde(default)]
+    field: String,
+}
+
+impl ErrorStatus {
+    /// The FCM error code, falling back to the canonical status (`INVALID_ARGUMENT`).
+    fn code(&self) -> &str {
+        self.details
+            .iter()
+            .filter(|d| d.kind.ends_with("google.firebase.fcm.v1.FcmError"))
+            .find_map(|d| d.error_code.as_deref())
+            .unwrap_or(&self.status)
+    }
+
+    /// Whether an `INVALID_ARGUMENT` is about the registration token rather than the payload.
+    fn blames_token(&self) -> bool {
+        self.details
+            .iter()
+            .flat_map(|d| &d.field_violations)
+            .any(|v| v.field == "message.token")
+            || self
+                .message
+                .to_ascii_lowercase()
+                .contains("registration token")
+    }
+}
+
+enum Classified {
+    Done(Outcome),
+    /// The access token was refused: refresh it and try again (once).
+    Unauthorized(String),
+}
+
+/// Maps one FCM answer to an outcome.
+fn classify(status: StatusCode, after: Option<Duration>, body: &[u8]) -> Classified {
+    if status.is_success() {
+        return Classified::Done(Outcome::Sent);
+    }
+    // A body that is not FCM's error JSON (a proxy's HTML page) still has a status to go by.
+    let err = serde_json::from_slice::<ErrorBody>(body)
+        .unwrap_or_default()
+        .error;
+    let code = err.code();
+    let n = status.as_u16();
+    let reason = if code.is_empty() {
+        format!("fcm {n}")
+    } else {
+        format!("fcm {n} {code}")
+    };
+
+    if n == 401 || matches!(code, "THIRD_PARTY_AUTH_ERROR" | "UNAUTHENTICATED") {
+        return Classified::Unauthorized(reason);
+    }
+    Classified::Done(match code {
+        "UNREGISTERED" | "SENDER_ID_MISMATCH" => Outcome::invalid_token(format!("fcm {code}")),
+        "INVALID_ARGUMENT" if err.blames_token() => {
+            Outcome::invalid_token("fcm INVALID_ARGUMENT message.token")
+        }
+        "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL" => Outcome::retry(reason, after),
+        _ if n == 429 || status.is_server_error() => Outcome::retry(reason, after),
+        _ => {
+            // The message says what about the payload was wrong; keep it short for logs.
+            let mut reason = reason;
+            if !err.message.is_empty() {
+                reason.push_str(": ");
+                reason.extend(err.message.chars().take(120));
+            }
+            Outcome::failed(reason)
+        }
+    })
+}
+
+/// A request that got no answer: worth trying again.
+pub(crate) fn transport_outcome(provider: &str, e: &reqwest::Error) -> Outcome {
+    if e.is_timeout() {
+        Outcome::retry(format!("{provider} timeout"), None)
+    } else if e.is_connect() {
+        Outcome::retry(format!("{provider} connect: {}", root_cause(e)), None)
+    } else {
+        Outcome::retry(format!("{provider} transport: {}", root_cause(e)), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify_json(status: u16, body: Value) -> Outcome {
+        match classify(
+            StatusCode::from_u16(status).unwrap(),
+            None,
+            body.to_string().as_bytes(),
+        ) {
+            Classified::Done(o) => o,
+            Classified::Unauthorized(r) => panic!("unauthorized: {r}"),
+        }
+    }
+
+    #[test]
+    fn invalid_argument_blames_the_token_only_when_fcm_says_so() {
+        let token = json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "The registration token is not a valid FCM registration token"}});
+        assert!(matches!(
+            classify_json(400, token),
+            Outcome::InvalidToken { .. }
+        ));
+        let payload = json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "Invalid value at 'message.android.ttl'"}});
+        assert_eq!(
+            classify_json(400, payload),
+            Outcome::failed("fcm 400 INVALID_ARGUMENT: Invalid value at 'message.android.ttl'")
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_classified_by_status() {
+        let o = match classify(StatusCode::BAD_GATEWAY, None, b"<html>") {
+            Classified::Done(o) => o,
+            Classified::Unauthorized(_) => unreachable!(),
+        };
+        assert_eq!(o, Outcome::retry("fcm 502", None));
+        let o = match classify(StatusCode::FORBIDDEN, None, b"") {
+            Classified::Done(o) => o,
+            Classified::Unauthorized(_) => unreachable!(),
+        };
+        assert_eq!(o, Outcome::failed("fcm 403"));
+    }
+
+    #[test]
+    fn sender_id_mismatch_is_a_dead_token() {
+        let body = json!({"error": {"code": 403, "status": "PERMISSION_DENIED", "details": [
+            {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+             "errorCode": "SENDER_ID_MISMATCH"}]}});
+        assert_eq!(
+            classify_json(403, body),
+            Outcome::invalid_token("fcm SENDER_ID_MISMATCH")
+        );
+    }
+}

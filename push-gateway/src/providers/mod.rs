@@ -1,0 +1,9 @@
+//! One client per provider API. Each is built from its config section and implements
+//! [`crate::provider::Provider`].
+
+pub mod apns;
+pub mod email;
+pub mod fcm;
+pub mod oauth;
+pub mod sms;
+pub mod webhook;

@@ -1,0 +1,275 @@
+//! The push gateway end to end: campaigns created over HTTP, fanned out, and delivered by the
+//! gateway to the fake FCM, with every result class acted on.
+
+mod common;
+
+use common::{eventually, push_to, spawn_gateway};
+use herald_core::model::{Channel, Device, Platform, Priority};
+use herald_core::ports::Bus;
+use herald_core::topics::{self, ChannelItem, ChannelMessage};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_of_every_recipient_gets_the_push_and_the_campaign_counts_it() {
+    let app = spawn_gateway(|_| {}).await;
+    app.user_with_devices("u1", &["ok-phone-1", "ok-tablet-1"]).await;
+    app.user_with_devices("u2", &["ok-phone-2"]).await;
+    let id = app.campaign(push_to(&["u1", "u2"])).await;
+
+    app.wait_for_deliveries(&id, "push", (3, 0)).await;
+    assert_eq!(app.fcm.sent(), 3);
+    for t in ["ok-phone-1", "ok-tablet-1", "ok-phone-2"] {
+        assert_eq!(app.fcm.requests_for(t), 1, "{t}");
+    }
+    // One OAuth exchange serves every send.
+    assert_eq!(app.fcm.token_exchanges(), 1);
+    assert!(app.dead_letters("").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_token_is_deleted_and_counted_failed_while_the_others_are_sent() {
+    let app = spawn_gateway(|_| {}).await;
+    app.user_with_devices("u1", &["ok-1", "unreg-1", "badtoken-1"])
+        .await;
+    let id = app.campaign(push_to(&["u1"])).await;
+
+    app.wait_for_deliveries(&id, "push", (1, 2)).await;
+    assert_eq!(app.tokens("u1").await, vec!["ok-1".to_owned()]);
+    // Not retried: one request each.
+    assert_eq!(app.fcm.requests_for("unreg-1"), 1);
+    assert_eq!(app.fcm.requests_for("badtoken-1"), 1);
+    assert!(app.dead_letters("").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_until_it_goes_through() {
+    let app = spawn_gateway(|c| c.push.max_attempts = 3).await;
+    app.user_with_devices("u1", &["flaky2-a", "ok-b"]).await;
+    let id = app.campaign(push_to(&["u1"])).await;
+
+    app.wait_for_deliveries(&id, "push", (2, 0)).await;
+    assert_eq!(app.fcm.requests_for("flaky2-a"), 3, "two failures, then success");
+    // The retries resend only what failed.
+    assert_eq!(app.fcm.requests_for("ok-b"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_out_of_attempts_are_dead_lettered_and_a_replay_delivers_them() {
+    let app = spawn_gateway(|c| c.push.max_attempts = 2).await;
+    app.user_with_devices("u1", &["flaky3-x", "ok-y"]).await;
+    let id = app.campaign(push_to(&["u1"])).await;
+
+    app.wait_for_deliveries(&id, "push", (1, 1)).await;
+    assert_eq!(app.fcm.requests_for("flaky3-x"), 2);
+    let letters = app.dead_letters("?channel=push").await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["campaign_id"], id.as_str());
+    assert_eq!(letter["attempts"], 2);
+    assert_eq!(letter["sends"], 1);
+    assert_eq!(letter["recipients"][0]["targets"], json!(["flaky3-x"]));
+    assert!(letter["reason"].as_str().unwrap().contains("UNAVAILABLE"), "{letter}");
+    assert!(letter["replayed_at"].is_null());
+    assert!(app.dead_letters("?channel=email").await.is_empty());
+
+    let letter_id = letter["id"].as_str().unwrap().to_owned();
+    let (s, b) = app
+        .call(Method::POST, &format!("/v1/dead-letters/{letter_id}/replay"), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let (again, _) = app
+        .call(Method::POST, &format!("/v1/dead-letters/{letter_id}/replay"), None)
+        .await;
+    assert_eq!(again, StatusCode::CONFLICT, "a letter is replayed once");
+
+    // The replay fails once more (third request), is retried, and the fourth goes through.
+    app.wait_for_deliveries(&id, "push", (2, 1)).await;
+    assert_eq!(app.fcm.requests_for("flaky3-x"), 4);
+    assert_eq!(app.fcm.requests_for("ok-y"), 1, "the replay sends only the dead letter");
+    let letters = app.dead_letters("").await;
+    assert_eq!(letters.len(), 1);
+    assert!(letters[0]["replayed_at"].is_string());
+
+    let (s, _) = app
+        .call(Method::POST, "/v1/dead-letters/nope/replay", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app
+        .call(Method::GET, "/v1/dead-letters?channel=in_app", None)
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_is_not_configured_dead_letters_its_sends_at_once() {
+    let app = spawn_gateway(|_| {}).await;
+    app.user_with_devices("u1", &["ok-android", "apns:iphone-token"]).await;
+    app.user_with_devices("u2", &[]).await;
+    let id = app.campaign(push_to(&["u1", "u2"])).await;
+
+    // The FCM device is sent; the APNs device is dead-lettered; u2 has no device at all.
+    app.wait_for_deliveries(&id, "push", (1, 2)).await;
+    let letters = app.dead_letters("").await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["reason"], "apns is not configured");
+    assert_eq!(letters[0]["attempts"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_from_the_provider_holds_the_retry_back() {
+    let app = spawn_gateway(|c| c.push.max_attempts = 2).await;
+    app.user_with_devices("u1", &["quota-1"]).await;
+    let id = app.campaign(push_to(&["u1"])).await;
+
+    eventually("the first attempt", || async { app.fcm.requests_for("quota-1") == 1 }).await;
+    // The fake asks for 2 s; backoff alone would be under 100 ms.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(app.fcm.requests_for("quota-1"), 1);
+    app.wait_for_deliveries(&id, "push", (0, 1)).await;
+    assert_eq!(app.fcm.requests_for("quota-1"), 2);
+    assert_eq!(app.dead_letters("").await.len(), 1);
+}
+
+/// A channel message straight onto the push queue, as the fan-out would publish it.
+fn message(campaign: &str, user: &str, deliver_after: Option<chrono::DateTime<chrono::Utc>>) -> ChannelMessage {
+    ChannelMessage {
+        campaign_id: campaign.into(),
+        batch_no: 0,
+        channel: Channel::Push,
+        category: None,
+        priority: Priority::Normal,
+        deliver_after,
+        expires_at: None,
+        attempt: 0,
+        replay_of: None,
+        items: vec![ChannelItem {
+            user_id: user.into(),
+            notification_id: herald_core::ids::notification_id(campaign, user),
+            email: None,
+            phone: None,
+            title: Some("t".into()),
+            body: "b".into(),
+            html: None,
+            data: json!({}),
+            targets: None,
+        }],
+    }
+}
+
+async fn publish(bus: &dyn Bus, msg: &ChannelMessage) {
+    bus.publish(
+        topics::channel_topic(Channel::Push),
+        &[herald_core::model::OutMessage {
+            key: None,
+            payload: serde_json::to_vec(msg).unwrap(),
+        }],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_is_not_sent_twice() {
+    let app = spawn_gateway(|_| {}).await;
+    app.user_with_devices("u1", &["ok-once"]).await;
+    let msg = message("c-redelivered", "u1", None);
+    publish(app.ctx.ports.bus.as_ref(), &msg).await;
+    eventually("the first copy", || async { app.fcm.requests_for("ok-once") == 1 }).await;
+    eventually("the delivery key marked", || async {
+        app.ctx
+            .ports
+            .deliveries
+            .is_processed(&msg.delivery_key())
+            .await
+            .unwrap()
+    })
+    .await;
+    // The same message again, as a crashed consumer's redelivery would bring it.
+    publish(app.ctx.ports.bus.as_ref(), &msg).await;
+    eventually("the copy consumed", || async {
+        app.ctx
+            .ports
+            .bus
+            .depth(topics::channel_topic(Channel::Push), topics::GATEWAY)
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.fcm.requests_for("ok-once"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_held_for_quiet_hours_goes_out_when_they_end() {
+    let app = spawn_gateway(|_| {}).await;
+    app.user_with_devices("u1", &["ok-later"]).await;
+    let after = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    publish(
+        app.ctx.ports.bus.as_ref(),
+        &message("c-quiet", "u1", Some(after)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(app.fcm.requests_for("ok-later"), 0, "held back");
+    eventually("sent after the quiet hours", || async {
+        app.fcm.requests_for("ok-later") == 1
+    })
+    .await;
+    assert!(chrono::Utc::now() >= after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stale_token_job_removes_devices_unused_for_the_ttl() {
+    let app = spawn_gateway(|c| c.push.token_ttl_days = 90).await;
+    app.user_with_devices("u1", &[]).await;
+    let now = chrono::Utc::now();
+    let dir = &app.ctx.ports.directory;
+    for (token, days) in [("fresh", 1), ("old", 91)] {
+        let used = now - chrono::Duration::days(days);
+        assert!(dir
+            .put_device(&Device {
+                user_id: "u1".into(),
+                platform: Platform::Fcm,
+                token: token.into(),
+                created_at: used,
+                last_used_at: used,
+            })
+            .await
+            .unwrap());
+    }
+    let swept = herald_push::cleanup::run_once(&app.ctx).await.unwrap();
+    assert_eq!(swept.stale_devices, 1);
+    assert_eq!(app.tokens("u1").await, vec!["fresh".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_send_refreshes_the_last_use_of_an_old_device() {
+    let app = spawn_gateway(|_| {}).await;
+    app.user_with_devices("u1", &[]).await;
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(60);
+    app.ctx
+        .ports
+        .directory
+        .put_device(&Device {
+            user_id: "u1".into(),
+            platform: Platform::Web,
+            token: "ok-browser".into(),
+            created_at: long_ago,
+            last_used_at: long_ago,
+        })
+        .await
+        .unwrap();
+    let id = app.campaign(push_to(&["u1"])).await;
+    app.wait_for_deliveries(&id, "push", (1, 0)).await;
+    let devices = app
+        .ctx
+        .ports
+        .directory
+        .list_devices(&["u1".to_owned()])
+        .await
+        .unwrap();
+    assert!(devices[0].last_used_at > chrono::Utc::now() - chrono::Duration::minutes(1));
+}

@@ -1,0 +1,447 @@
+//! The webhook provider against a receiver that checks signatures the way receivers are told to
+//! (with `verify`), and the receiver-side helpers themselves.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use herald_core::config::{ProviderLimits, Secret, WebhookConfig};
+use herald_core::delivery::Webhook;
+use herald_core::model::{Channel, Priority};
+use herald_push::provider::{Destination, Dispatch, Envelope, Outcome, Provider};
+use herald_push::providers::webhook::{sign, verify, SignatureError, WebhookProvider};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SECRET: &str = "whsec-test-0123456789abcdef";
+const TOLERANCE: i64 = 300;
+
+/// One post the receiver accepted.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+#[derive(Default)]
+struct Receiver {
+    accepted: Vec<Received>,
+    /// Posts refused for a bad signature.
+    unauthorized: usize,
+    /// Posts seen, whatever became of them.
+    hits: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Receiver>>;
+
+/// Verifies the signature like a receiver does, then answers by path: `ok`, `down` (503 with
+/// `Retry-After: 7`), `gone` (410), `bad` (400), `moved` (302 to `ok`), `hang` (too late).
+async fn receive(
+    State(receiver): State<Shared>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    receiver.lock().hits.push(path.clone());
+    let signature = headers
+        .get("herald-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if verify(
+        SECRET.as_bytes(),
+        signature,
+        &body,
+        Utc::now().timestamp(),
+        TOLERANCE,
+    )
+    .is_err()
+    {
+        receiver.lock().unauthorized += 1;
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match path.as_str() {
+        "down" => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "7")],
+            )
+                .into_response()
+        }
+        "gone" => return StatusCode::GONE.into_response(),
+        "bad" => return StatusCode::BAD_REQUEST.into_response(),
+        "moved" => return (StatusCode::FOUND, [(header::LOCATION, "/hooks/ok")]).into_response(),
+        "hang" => tokio::time::sleep(Duration::from_secs(5)).await,
+        _ => {}
+    }
+    receiver.lock().accepted.push(Received {
+        path,
+        headers,
+        body,
+    });
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn receiver() -> (SocketAddr, Shared) {
+    let shared = Shared::default();
+    let app = Router::new()
+        .route("/hooks/{path}", post(receive))
+        .with_state(Arc::clone(&shared));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, shared)
+}
+
+fn provider(timeout_ms: u64) -> WebhookProvider {
+    WebhookProvider::new(&WebhookConfig {
+        limits: ProviderLimits {
+            concurrency: 8,
+            rate_per_s: 0,
+            timeout_ms,
+        },
+    })
+    .expect("webhook provider")
+}
+
+fn subscription(id: &str, url: String, secret: &str) -> Arc<Webhook> {
+    let at = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    Arc::new(Webhook {
+        id: id.into(),
+        url,
+        secret: Secret::new(secret),
+        categories: None,
+        created_at: at,
+        updated_at: at,
+    })
+}
+
+fn dispatch(hook: Arc<Webhook>, body: &str) -> Dispatch {
+    Dispatch {
+        envelope: Arc::new(Envelope {
+            campaign_id: "cmp-7".into(),
+            channel: Channel::Webhook,
+            category: Some("billing".into()),
+            priority: Priority::High,
+            expires_at: None,
+        }),
+        user_id: "u-42".into(),
+        notification_id: uuid::Uuid::new_v4(),
+        destination: Destination::Webhook(hook),
+        title: Some("Invoice ready".into()),
+        body: body.into(),
+        html: None,
+        data: json!({"invoice": 42, "amount": "12.50"}),
+    }
+}
+
+fn to(addr: SocketAddr, path: &str) -> Dispatch {
+    let hook = subscription("wh-1", format!("http://{addr}/hooks/{path}"), SECRET);
+    dispatch(hook, r#"{"text":"hello"}"#)
+}
+
+#[tokio::test]
+async fn a_delivery_is_accepted_with_its_fields_and_a_valid_signature() {
+    let (addr, receiver) = receiver().await;
+    let d = to(addr, "ok");
+
+    let before = Utc::now().timestamp();
+    let outcomes = provider(5_000).send(std::slice::from_ref(&d)).await;
+
+    assert_eq!(outcomes, vec![Outcome::Sent]);
+    let got = receiver.lock().accepted.clone();
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(r.path, "ok");
+    let h = |name: &str| r.headers.get(name).unwrap().to_str().unwrap().to_owned();
+    assert_eq!(h("content-type"), "application/json");
+    assert_eq!(h("user-agent"), "Herald-Webhooks/1");
+    assert_eq!(h("herald-webhook-id"), "wh-1");
+    assert_eq!(h("herald-notification-id"), d.notification_id.to_string());
+    let timestamp: i64 = h("herald-timestamp").parse().unwrap();
+    assert!((before..=Utc::now().timestamp()).contains(&timestamp));
+    // The signature is over the exact bytes received and carries the timestamp header's value.
+    assert_eq!(
+        h("herald-signature"),
+        sign(SECRET.as_bytes(), timestamp, &r.body)
+    );
+
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    let sent_at = body["sent_at"].as_str().unwrap();
+    let sent_at = DateTime::parse_from_rfc3339(sent_at).unwrap();
+    assert_eq!(sent_at.timestamp(), timestamp);
+    assert_eq!(
+        body,
+        json!({
+            "id": d.notification_id.to_string(),
+            "webhook_id": "wh-1",
+            "campaign_id": "cmp-7",
+            "user_id": "u-42",
+            "category": "billing",
+            "priority": "high",
+            "title": "Invoice ready",
+            "body": {"text": "hello"},
+            "data": {"invoice": 42, "amount": "12.50"},
+            "sent_at": body["sent_at"],
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_sent_as_a_string_and_absent_fields_as_null() {
+    let (addr, receiver) = receiver().await;
+    let mut d = dispatch(
+        subscription("wh-2", format!("http://{addr}/hooks/ok"), SECRET),
+        "Your invoice is ready",
+    );
+    d.title = None;
+    let mut envelope = (*d.envelope).clone();
+    envelope.category = None;
+    d.envelope = Arc::new(envelope);
+
+    assert_eq!(provider(5_000).send(&[d]).await, vec![Outcome::Sent]);
+
+    let r = receiver.lock().accepted[0].clone();
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["body"], json!("Your invoice is ready"));
+    assert_eq!(body["title"], Value::Null);
+    assert_eq!(body["category"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_delivery_signed_with_another_secret_is_refused_by_the_receiver() {
+    let (addr, receiver) = receiver().await;
+    let hook = subscription(
+        "wh-1",
+        format!("http://{addr}/hooks/ok"),
+        "not-the-receivers-secret",
+    );
+
+    let outcomes = provider(5_000).send(&[dispatch(hook, "{}")]).await;
+
+    assert_eq!(outcomes, vec![Outcome::failed("webhook 401")]);
+    let r = receiver.lock();
+    assert_eq!(r.unauthorized, 1);
+    assert!(r.accepted.is_empty());
+}
+
+#[tokio::test]
+async fn an_unavailable_receiver_is_retried_after_retry_after() {
+    let (addr, _receiver) = receiver().await;
+
+    let outcomes = provider(5_000).send(&[to(addr, "down")]).await;
+
+    assert_eq!(
+        outcomes,
+        vec![Outcome::retry("webhook 503", Some(Duration::from_secs(7)))]
+    );
+}
+
+#[tokio::test]
+async fn a_gone_receiver_fails() {
+    let (addr, _receiver) = receiver().await;
+
+    let outcomes = provider(5_000).send(&[to(addr, "gone")]).await;
+
+    assert_eq!(outcomes, vec![Outcome::failed("webhook 410 gone")]);
+}
+
+#[tokio::test]
+async fn a_bad_request_fails_without_retry() {
+    let (addr, _receiver) = receiver().await;
+
+    let outcomes = provider(5_000).send(&[to(addr, "bad")]).await;
+
+    assert_eq!(outcomes, vec![Outcome::failed("webhook 400")]);
+}
+
+#[tokio::test]
+async fn a_redirect_fails_and_is_not_followed() {
+    let (addr, receiver) = receiver().await;
+
+    let outcomes = provider(5_000).send(&[to(addr, "moved")]).await;
+
+    assert_eq!(
+        outcomes,
+        vec![Outcome::failed("webhook 302 redirect not followed")]
+    );
+    let r = receiver.lock();
+    assert_eq!(r.hits, ["moved"]);
+    assert!(r.accepted.is_empty());
+}
+
+#[tokio::test]
+async fn a_receiver_that_answers_too_late_is_retried() {
+    let (addr, _receiver) = receiver().await;
+
+    let started = std::time::Instant::now();
+    let outcomes = provider(300).send(&[to(addr, "hang")]).await;
+
+    assert_eq!(outcomes, vec![Outcome::retry("webhook timeout", None)]);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn an_unreachable_receiver_is_retried() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+
+    let outcomes = provider(5_000).send(&[to(addr, "ok")]).await;
+
+    assert!(
+        matches!(&outcomes[..], [Outcome::Retry { after: None, .. }]),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn outcomes_of_a_mixed_group_come_back_in_order() {
+    let (addr, receiver) = receiver().await;
+    let mut phone = to(addr, "ok");
+    phone.destination = Destination::Phone("+15550000001".into());
+
+    let outcomes = provider(5_000)
+        .send(&[
+            to(addr, "down"),
+            to(addr, "ok"),
+            phone,
+            to(addr, "gone"),
+            to(addr, "ok"),
+        ])
+        .await;
+
+    assert_eq!(outcomes.len(), 5);
+    assert!(matches!(outcomes[0], Outcome::Retry { .. }), "{outcomes:?}");
+    assert_eq!(outcomes[1], Outcome::Sent);
+    assert!(
+        matches!(outcomes[2], Outcome::Failed { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[3], Outcome::failed("webhook 410 gone"));
+    assert_eq!(outcomes[4], Outcome::Sent);
+    assert_eq!(receiver.lock().accepted.len(), 2);
+}
+
+// Receiver-side helpers.
+
+const T: i64 = 1_700_000_000;
+const BODY: &[u8] = br#"{"id":"n-1","body":{"text":"hello"}}"#;
+
+#[test]
+fn a_signature_verifies_against_the_same_body_and_secret() {
+    let header = sign(SECRET.as_bytes(), T, BODY);
+    assert_eq!(
+        verify(SECRET.as_bytes(), &header, BODY, T + 10, TOLERANCE),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_tampered_body_is_a_mismatch() {
+    let header = sign(SECRET.as_bytes(), T, BODY);
+    let tampered = br#"{"id":"n-1","body":{"text":"hell0"}}"#;
+    assert_eq!(
+        verify(SECRET.as_bytes(), &header, tampered, T, TOLERANCE),
+        Err(SignatureError::Mismatch)
+    );
+}
+
+#[test]
+fn a_wrong_secret_is_a_mismatch() {
+    let header = sign(b"some-other-secret-value", T, BODY);
+    assert_eq!(
+        verify(SECRET.as_bytes(), &header, BODY, T, TOLERANCE),
+        Err(SignatureError::Mismatch)
+    );
+}
+
+#[test]
+fn a_changed_timestamp_is_a_mismatch() {
+    let header = sign(SECRET.as_bytes(), T, BODY).replace("t=1700000000", "t=1700000001");
+    assert_eq!(
+        verify(SECRET.as_bytes(), &header, BODY, T, TOLERANCE),
+        Err(SignatureError::Mismatch)
+    );
+}
+
+#[test]
+fn a_timestamp_outside_the_tolerance_is_stale() {
+    let header = sign(SECRET.as_bytes(), T, BODY);
+    // Replayed later.
+    assert_eq!(
+        verify(
+            SECRET.as_bytes(),
+            &header,
+            BODY,
+            T + TOLERANCE + 1,
+            TOLERANCE
+        ),
+        Err(SignatureError::Stale)
+    );
+    // From the future.
+    assert_eq!(
+        verify(
+            SECRET.as_bytes(),
+            &header,
+            BODY,
+            T - TOLERANCE - 1,
+            TOLERANCE
+        ),
+        Err(SignatureError::Stale)
+    );
+    // At the edge it still passes.
+    assert_eq!(
+        verify(SECRET.as_bytes(), &header, BODY, T + TOLERANCE, TOLERANCE),
+        Ok(())
+    );
+}
+
+#[test]
+fn malformed_headers_are_refused() {
+    let good = sign(SECRET.as_bytes(), T, BODY);
+    let v1 = good.split_once(",v1=").unwrap().1;
+    for header in [
+        String::new(),
+        "garbage".into(),
+        format!("v1={v1}"),
+        format!("t={T}"),
+        format!("t=soon,v1={v1}"),
+        format!("t={T},v1=not-hex"),
+        format!("t={T},t={T},v1={v1}"),
+        format!("t={T};v1={v1}"),
+    ] {
+        assert_eq!(
+            verify(SECRET.as_bytes(), &header, BODY, T, TOLERANCE),
+            Err(SignatureError::Malformed),
+            "{header:?}"
+        );
+    }
+}
+
+#[test]
+fn any_of_several_signatures_verifies_during_a_secret_rotation() {
+    let old = b"old-secret-0123456789";
+    let new = b"new-secret-9876543210";
+    let with_new = sign(new, T, BODY);
+    let new_v1 = with_new.split_once(",v1=").unwrap().1;
+    // Signed with both secrets while receivers move from the old one to the new one.
+    let header = format!("{},v1={new_v1}", sign(old, T, BODY));
+    assert_eq!(verify(old, &header, BODY, T, TOLERANCE), Ok(()));
+    assert_eq!(verify(new, &header, BODY, T, TOLERANCE), Ok(()));
+    assert_eq!(
+        verify(SECRET.as_bytes(), &header, BODY, T, TOLERANCE),
+        Err(SignatureError::Mismatch)
+    );
+    // Unknown schemes next to v1 are ignored.
+    let header = format!("{with_new},v2=abcdef");
+    assert_eq!(verify(new, &header, BODY, T, TOLERANCE), Ok(()));
+}

@@ -1,0 +1,210 @@
+//! The push gateway's store on SQLite: webhook subscriptions, dead letters (JSON rows keyed by
+//! a time-ordered id) and processed-message marks.
+
+use super::Db;
+use crate::migrations::{migration, Migration};
+use crate::time::micros;
+use crate::{corrupt, db_error, BackendUrl};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::delivery::{DeadLetter, Webhook};
+use herald_core::model::Channel;
+use herald_core::ports::DeliveryStore;
+use herald_core::Result;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+const MIGRATIONS: &[Migration] = &[migration!("sqlite", "deliveries", "0001_init")];
+
+pub struct SqliteDeliveries {
+    db: Db,
+}
+
+impl SqliteDeliveries {
+    pub async fn open(url: &BackendUrl) -> Result<Self> {
+        Ok(Self {
+            db: Db::open(url, 4, MIGRATIONS).await?,
+        })
+    }
+}
+
+fn webhook_from(spec: &str) -> Result<Webhook> {
+    serde_json::from_str(spec).map_err(|e| corrupt("webhook", e))
+}
+
+fn letter_from(spec: &str, replayed_at: Option<i64>) -> Result<DeadLetter> {
+    let mut letter: DeadLetter = serde_json::from_str(spec).map_err(|e| corrupt("dead letter", e))?;
+    // The column is the source of truth; the JSON copy is from when it was stored.
+    letter.replayed_at = crate::time::opt_from_micros(replayed_at);
+    Ok(letter)
+}
+
+#[async_trait]
+impl DeliveryStore for SqliteDeliveries {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.db.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn put_webhook(&self, w: &Webhook) -> Result<()> {
+        let (_gate, mut tx) = self.db.begin().await?;
+        let existing: Option<(String,)> = sqlx::query_as("SELECT spec FROM webhooks WHERE id = ?")
+            .bind(&w.id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let mut w = w.clone();
+        if let Some((spec,)) = existing {
+            w.created_at = webhook_from(&spec)?.created_at;
+        }
+        let spec = serde_json::to_string(&w).map_err(|e| corrupt("webhook", e))?;
+        sqlx::query(
+            "INSERT INTO webhooks (id, spec, created_at, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+        )
+        .bind(&w.id)
+        .bind(spec)
+        .bind(micros(w.created_at))
+        .bind(micros(w.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn get_webhook(&self, id: &str) -> Result<Option<Webhook>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT spec FROM webhooks WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(|(spec,)| webhook_from(&spec)).transpose()
+    }
+
+    async fn list_webhooks(&self, after: Option<&str>, limit: u32) -> Result<Vec<Webhook>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT spec FROM webhooks WHERE id > ? ORDER BY id LIMIT ?")
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(&self.db.pool)
+                .await
+                .map_err(db_error)?;
+        rows.iter().map(|(spec,)| webhook_from(spec)).collect()
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        let _gate = self.db.gate().await;
+        let n = sqlx::query("DELETE FROM webhooks WHERE id = ?")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn is_processed(&self, key: &str) -> Result<bool> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM processed_messages WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.db.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(row.is_some())
+    }
+
+    async fn mark_processed(&self, key: &str, at: DateTime<Utc>) -> Result<()> {
+        let _gate = self.db.gate().await;
+        sqlx::query("INSERT INTO processed_messages (key, at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(key)
+            .bind(micros(at))
+            .execute(&self.db.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn purge_processed(&self, before: DateTime<Utc>) -> Result<u64> {
+        let _gate = self.db.gate().await;
+        let n = sqlx::query("DELETE FROM processed_messages WHERE at < ?")
+            .bind(micros(before))
+            .execute(&self.db.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n)
+    }
+
+    async fn insert_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+        let spec = serde_json::to_string(letter).map_err(|e| corrupt("dead letter", e))?;
+        let _gate = self.db.gate().await;
+        sqlx::query(
+            "INSERT INTO dead_letters (id, channel, spec, replayed_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&letter.id)
+        .bind(letter.channel.as_str())
+        .bind(spec)
+        .bind(letter.replayed_at.map(micros))
+        .execute(&self.db.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>> {
+        let row = sqlx::query("SELECT spec, replayed_at FROM dead_letters WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(|r| letter_from(r.get("spec"), r.get("replayed_at")))
+            .transpose()
+    }
+
+    async fn list_dead_letters(
+        &self,
+        channel: Option<Channel>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>> {
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT spec, replayed_at FROM dead_letters WHERE 1=1");
+        if let Some(channel) = channel {
+            qb.push(" AND channel = ").push_bind(channel.as_str());
+        }
+        if let Some(before) = before {
+            qb.push(" AND id < ").push_bind(before.to_owned());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.db.pool).await.map_err(db_error)?;
+        rows.iter()
+            .map(|r| letter_from(r.get("spec"), r.get("replayed_at")))
+            .collect()
+    }
+
+    async fn mark_replayed(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
+        let _gate = self.db.gate().await;
+        let n = sqlx::query(
+            "UPDATE dead_letters SET replayed_at = ? WHERE id = ? AND replayed_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(id)
+        .execute(&self.db.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn unmark_replayed(&self, id: &str) -> Result<()> {
+        let _gate = self.db.gate().await;
+        sqlx::query("UPDATE dead_letters SET replayed_at = NULL WHERE id = ?")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
