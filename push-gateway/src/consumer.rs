@@ -147,12 +147,14 @@ impl Lanes {
     }
 }
 
+type Subscribers = Arc<Vec<Arc<Webhook>>>;
+
 /// Webhook subscriptions, re-read every [`WEBHOOK_TTL`].
 #[derive(Default)]
-struct WebhookCache(Mutex<Option<(Instant, Arc<Vec<Arc<Webhook>>>)>>);
+struct WebhookCache(Mutex<Option<(Instant, Subscribers)>>);
 
 impl WebhookCache {
-    async fn get(&self, ctx: &Context) -> Result<Arc<Vec<Arc<Webhook>>>> {
+    async fn get(&self, ctx: &Context) -> Result<Subscribers> {
         if let Some((at, list)) = &*self.0.lock() {
             if at.elapsed() < WEBHOOK_TTL {
                 return Ok(list.clone());

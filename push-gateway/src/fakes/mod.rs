@@ -93,16 +93,7 @@ impl FakeFcm {
     /// `push.fcm.credentials_file`.
     pub fn write_credentials(&self, dir: &Path) -> std::io::Result<PathBuf> {
         let path = dir.join("fake-fcm-service-account.json");
-        let file = json!({
-            "type": "service_account",
-            "project_id": PROJECT_ID,
-            "private_key_id": "fake-key-1",
-            "private_key": TEST_PRIVATE_KEY,
-            "client_email": CLIENT_EMAIL,
-            "client_id": "1",
-            "token_uri": format!("{}/token", self.endpoint()),
-        });
-        std::fs::write(&path, serde_json::to_vec_pretty(&file)?)?;
+        std::fs::write(&path, credentials(&self.endpoint()).to_string())?;
         Ok(path)
     }
 
@@ -129,6 +120,19 @@ impl FakeFcm {
             .and_then(|m| m.lock().get(token).copied())
             .unwrap_or(0)
     }
+}
+
+/// The service-account file of a fake FCM at `endpoint` (`http://host:port`).
+pub fn credentials(endpoint: &str) -> serde_json::Value {
+    json!({
+        "type": "service_account",
+        "project_id": PROJECT_ID,
+        "private_key_id": "fake-key-1",
+        "private_key": TEST_PRIVATE_KEY,
+        "client_email": CLIENT_EMAIL,
+        "client_id": "1",
+        "token_uri": format!("{endpoint}/token"),
+    })
 }
 
 #[derive(serde::Deserialize)]

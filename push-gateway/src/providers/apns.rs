@@ -120,6 +120,8 @@ impl ApnsProvider {
         let Ok(_permit) = self.permits.acquire().await else {
             return Outcome::retry("apns: provider shutting down", None);
         };
+        // Timed from the permit on, so the histogram shows the provider's latency rather than
+        // our queue; a send retried inline after a token refresh counts once, with its end.
         let started = Instant::now();
         let outcome = self.post(&url, &request).await;
         record_request("apns", started, &outcome);

@@ -97,6 +97,8 @@ impl FcmProvider {
         let Ok(_permit) = self.permits.acquire().await else {
             return Outcome::retry("fcm: provider shutting down", None);
         };
+        // Timed from the permit on, so the histogram shows the provider's latency rather than
+        // our queue; a send retried inline after a token refresh counts once, with its end.
         let started = Instant::now();
         let outcome = self.post(&body).await;
         record_request("fcm", started, &outcome);

@@ -1,0 +1,164 @@
+//! `/v1/webhooks` and `/v1/dead-letters` over HTTP.
+
+mod common;
+
+use common::{error_message, spawn_app};
+use herald_core::config::Secret;
+use herald_core::delivery::DeadLetter;
+use herald_core::model::{Channel, Priority};
+use herald_core::topics::{self, ChannelItem, ChannelMessage};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_webhook_is_subscribed_shown_without_its_secret_listed_and_removed() {
+    let app = spawn_app().await;
+    let (s, b) = app
+        .call(
+            Method::PUT,
+            "/v1/webhooks/crm",
+            Some(json!({"url": "https://crm.example.com/herald", "secret": "whsec-0123456789abcdef", "categories": ["orders"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["id"], "crm");
+    assert_eq!(b["categories"], json!(["orders"]));
+    assert!(b.get("secret").is_none(), "the secret is never shown: {b}");
+
+    let (s, b) = app.call(Method::GET, "/v1/webhooks/crm", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["url"], "https://crm.example.com/herald");
+    assert!(b.get("secret").is_none());
+    let stored = app.ctx.ports.deliveries.get_webhook("crm").await.unwrap().unwrap();
+    assert_eq!(stored.secret, Secret::new("whsec-0123456789abcdef"));
+
+    let (s, b) = app.call(Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["webhooks"].as_array().unwrap().len(), 1);
+    assert!(b["next_cursor"].is_null());
+
+    let (s, _) = app.call(Method::DELETE, "/v1/webhooks/crm", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, b) = app.call(Method::GET, "/v1/webhooks/crm", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    error_message(&b, "not_found");
+}
+
+#[tokio::test]
+async fn a_bad_webhook_is_refused_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let cases = [
+        json!({"url": "ftp://x.example.com", "secret": "whsec-0123456789abcdef"}),
+        json!({"url": "https://x.example.com", "secret": "short"}),
+        json!({"url": "https://x.example.com", "secret": "whsec-0123456789abcdef", "categories": []}),
+        json!({"url": "https://x.example.com", "secret": "whsec-0123456789abcdef", "colour": "red"}),
+        json!({"url": "https://x.example.com"}),
+        json!({"url": 5, "secret": "whsec-0123456789abcdef"}),
+    ];
+    for body in cases {
+        let (s, b) = app.call(Method::PUT, "/v1/webhooks/w1", Some(body.clone())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body} -> {b}");
+        error_message(&b, "invalid");
+    }
+    let (s, b) = app.raw(Method::PUT, "/v1/webhooks/w1", "{not json").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    error_message(&b, "malformed_request");
+    assert!(app.ctx.ports.deliveries.get_webhook("w1").await.unwrap().is_none());
+}
+
+fn letter(id: &str) -> DeadLetter {
+    DeadLetter {
+        id: id.into(),
+        channel: Channel::Sms,
+        campaign_id: "c1".into(),
+        reason: "sms 503".into(),
+        attempts: 5,
+        sends: 1,
+        message: ChannelMessage {
+            campaign_id: "c1".into(),
+            batch_no: 2,
+            channel: Channel::Sms,
+            category: None,
+            priority: Priority::Normal,
+            deliver_after: None,
+            expires_at: None,
+            attempt: 4,
+            replay_of: None,
+            items: vec![ChannelItem {
+                user_id: "u1".into(),
+                notification_id: herald_core::ids::notification_id("c1", "u1"),
+                email: None,
+                phone: Some("+15550001111".into()),
+                title: None,
+                body: "Your code is 1234".into(),
+                html: None,
+                data: json!({}),
+                targets: None,
+            }],
+        },
+        created_at: chrono::Utc::now(),
+        replayed_at: None,
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_listed_and_replayed_once_onto_its_channel_queue() {
+    let app = spawn_app().await;
+    let id = uuid::Uuid::now_v7().to_string();
+    app.ctx.ports.deliveries.insert_dead_letter(&letter(&id)).await.unwrap();
+
+    let (s, b) = app.call(Method::GET, "/v1/dead-letters?channel=sms", None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let listed = &b["dead_letters"][0];
+    assert_eq!(listed["id"], id.as_str());
+    assert_eq!(listed["reason"], "sms 503");
+    assert_eq!(listed["recipients"][0]["user_id"], "u1");
+    let (_, b) = app.call(Method::GET, "/v1/dead-letters?channel=push", None).await;
+    assert_eq!(b["dead_letters"], json!([]));
+
+    let (s, b) = app
+        .call(Method::POST, &format!("/v1/dead-letters/{id}/replay"), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    assert_eq!(b["sends"], 1);
+    let (s, b) = app
+        .call(Method::POST, &format!("/v1/dead-letters/{id}/replay"), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    error_message(&b, "conflict");
+
+    let got = app
+        .ctx
+        .ports
+        .bus
+        .receive(
+            topics::channel_topic(Channel::Sms),
+            topics::GATEWAY,
+            10,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "published once");
+    let msg: ChannelMessage = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(msg.attempt, 0, "a replay starts over");
+    assert_eq!(msg.replay_of.as_deref(), Some(id.as_str()));
+    assert_eq!(msg.items[0].phone.as_deref(), Some("+15550001111"));
+    assert_ne!(msg.delivery_key(), letter(&id).message.delivery_key());
+}
+
+#[tokio::test]
+async fn dead_letter_queries_are_checked() {
+    let app = spawn_app().await;
+    let (s, b) = app.call(Method::GET, "/v1/dead-letters", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b, json!({"dead_letters": [], "next_cursor": null}));
+    for q in ["?channel=pigeon", "?channel=in_app", "?limit=0", "?cursor=%%%"] {
+        let (s, b) = app.call(Method::GET, &format!("/v1/dead-letters{q}"), None).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{q}: {b}");
+    }
+    let (s, _) = app.call(Method::POST, "/v1/dead-letters/nope/replay", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
