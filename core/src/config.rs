@@ -297,6 +297,8 @@ pub struct FcmConfig {
     pub batch_window_ms: u64,
     /// Speak HTTP/2 without TLS (h2c) to an `http://` endpoint; `https://` negotiates HTTP/2.
     pub h2c: bool,
+    /// Connections (HTTP/2) or connection pools (HTTP/1.1) the sends are spread over.
+    pub connections: usize,
     #[serde(flatten)]
     pub limits: ProviderLimits,
 }
@@ -310,6 +312,7 @@ impl Default for FcmConfig {
             batch_size: 500,
             batch_window_ms: 100,
             h2c: false,
+            connections: 4,
             // FCM's default quota is 600,000 messages a minute per project.
             limits: ProviderLimits::new(1_000, 10_000, 10_000),
         }
