@@ -30,7 +30,14 @@ async fn a_webhook_is_subscribed_shown_without_its_secret_listed_and_removed() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b["url"], "https://crm.example.com/herald");
     assert!(b.get("secret").is_none());
-    let stored = app.ctx.ports.deliveries.get_webhook("crm").await.unwrap().unwrap();
+    let stored = app
+        .ctx
+        .ports
+        .deliveries
+        .get_webhook("crm")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.secret, Secret::new("whsec-0123456789abcdef"));
 
     let (s, b) = app.call(Method::GET, "/v1/webhooks", None).await;
@@ -57,14 +64,23 @@ async fn a_bad_webhook_is_refused_and_nothing_is_stored() {
         json!({"url": 5, "secret": "whsec-0123456789abcdef"}),
     ];
     for body in cases {
-        let (s, b) = app.call(Method::PUT, "/v1/webhooks/w1", Some(body.clone())).await;
+        let (s, b) = app
+            .call(Method::PUT, "/v1/webhooks/w1", Some(body.clone()))
+            .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body} -> {b}");
         error_message(&b, "invalid");
     }
     let (s, b) = app.raw(Method::PUT, "/v1/webhooks/w1", "{not json").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     error_message(&b, "malformed_request");
-    assert!(app.ctx.ports.deliveries.get_webhook("w1").await.unwrap().is_none());
+    assert!(app
+        .ctx
+        .ports
+        .deliveries
+        .get_webhook("w1")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 fn letter(id: &str) -> DeadLetter {
@@ -106,15 +122,24 @@ fn letter(id: &str) -> DeadLetter {
 async fn a_dead_letter_is_listed_and_replayed_once_onto_its_channel_queue() {
     let app = spawn_app().await;
     let id = uuid::Uuid::now_v7().to_string();
-    app.ctx.ports.deliveries.insert_dead_letter(&letter(&id)).await.unwrap();
+    app.ctx
+        .ports
+        .deliveries
+        .insert_dead_letter(&letter(&id))
+        .await
+        .unwrap();
 
-    let (s, b) = app.call(Method::GET, "/v1/dead-letters?channel=sms", None).await;
+    let (s, b) = app
+        .call(Method::GET, "/v1/dead-letters?channel=sms", None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let listed = &b["dead_letters"][0];
     assert_eq!(listed["id"], id.as_str());
     assert_eq!(listed["reason"], "sms 503");
     assert_eq!(listed["recipients"][0]["user_id"], "u1");
-    let (_, b) = app.call(Method::GET, "/v1/dead-letters?channel=push", None).await;
+    let (_, b) = app
+        .call(Method::GET, "/v1/dead-letters?channel=push", None)
+        .await;
     assert_eq!(b["dead_letters"], json!([]));
 
     let (s, b) = app
@@ -155,10 +180,19 @@ async fn dead_letter_queries_are_checked() {
     let (s, b) = app.call(Method::GET, "/v1/dead-letters", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b, json!({"dead_letters": [], "next_cursor": null}));
-    for q in ["?channel=pigeon", "?channel=in_app", "?limit=0", "?cursor=%%%"] {
-        let (s, b) = app.call(Method::GET, &format!("/v1/dead-letters{q}"), None).await;
+    for q in [
+        "?channel=pigeon",
+        "?channel=in_app",
+        "?limit=0",
+        "?cursor=%%%",
+    ] {
+        let (s, b) = app
+            .call(Method::GET, &format!("/v1/dead-letters{q}"), None)
+            .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{q}: {b}");
     }
-    let (s, _) = app.call(Method::POST, "/v1/dead-letters/nope/replay", None).await;
+    let (s, _) = app
+        .call(Method::POST, "/v1/dead-letters/nope/replay", None)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }

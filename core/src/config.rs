@@ -554,7 +554,10 @@ mod tests {
             assert_eq!(cfg.push.fcm.project_id.as_deref(), Some("demo"));
             assert_eq!(cfg.push.fcm.limits.concurrency, 64);
             assert_eq!(cfg.push.fcm.limits.timeout_ms, 10_000);
-            assert_eq!(cfg.push.sms.auth_token.as_ref().map(Secret::expose), Some("12345"));
+            assert_eq!(
+                cfg.push.sms.auth_token.as_ref().map(Secret::expose),
+                Some("12345")
+            );
             assert_eq!(cfg.push.max_attempts, 3);
             Ok(())
         });

@@ -143,11 +143,17 @@ mod tests {
         assert!(hook("ftp://example.com", "0123456789abcdef", None)
             .validate()
             .is_err());
-        assert!(hook("https://", "0123456789abcdef", None).validate().is_err());
-        assert!(hook("https://example.com", "short", None).validate().is_err());
-        assert!(hook("https://example.com", "0123456789abcdef", Some(vec![]))
+        assert!(hook("https://", "0123456789abcdef", None)
             .validate()
             .is_err());
+        assert!(hook("https://example.com", "short", None)
+            .validate()
+            .is_err());
+        assert!(
+            hook("https://example.com", "0123456789abcdef", Some(vec![]))
+                .validate()
+                .is_err()
+        );
         assert!(
             hook("https://example.com", "0123456789abcdef", Some(vec!["a b"]))
                 .validate()

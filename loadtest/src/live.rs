@@ -6,15 +6,18 @@
 //! ~28K ephemeral ports of one source address; read the server's VmRSS before and after; send
 //! `--broadcasts` campaigns to `all` and time, from the moment each POST returns 202, the
 //! arrival of its notification frame on every socket; close every socket with a close
-//! handshake; print a markdown summary.
+//! handshake; return a report with a summary table and one row per broadcast.
 //!
 //! Each socket lives in one small task that opens it (under a semaphore), then reads frames:
 //! reading is what answers the server's pings (tungstenite queues the pong and flushes it on
 //! the next read). A notification whose title carries this run's marker is sent, with the
 //! `Instant` it was read, to the collector over an unbounded channel.
 
+use crate::report::{Report, Table};
+use crate::stats::{self, LatencySummary, SpectrumPoint};
 use anyhow::{bail, Context};
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -27,16 +30,36 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// Options of the `live` scenario (see `Scenario::Live` for their meaning).
+/// Options of `live`.
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 pub struct LiveOpts {
+    /// Sockets to open, one per user.
+    #[arg(long, default_value_t = 1000)]
     pub connections: u64,
+    #[arg(long, default_value = "user")]
     pub prefix: String,
+    /// Users are spread over `prefix-i` for i below this (default: --connections, i.e.
+    /// the first N seeded users).
+    #[arg(long)]
     pub population: Option<u64>,
+    /// Client source addresses 127.0.0.2, 127.0.0.3, … to cycle through (each gives about
+    /// 28K ephemeral ports); 0 lets the kernel pick.
+    #[arg(long, default_value_t = 8)]
     pub source_addrs: u8,
+    /// Broadcasts to send, one after the other.
+    #[arg(long, default_value_t = 3)]
     pub broadcasts: u32,
+    /// The server's process id, to read its VmRSS before and after the sockets open.
+    #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Sockets being opened at once.
+    #[arg(long, default_value_t = 256)]
     pub open_concurrency: usize,
+    /// Token requests in flight.
+    #[arg(long, default_value_t = 64)]
     pub mint_concurrency: usize,
+    /// Most seconds to wait for a broadcast to reach every socket.
+    #[arg(long, default_value_t = 30)]
     pub wait_secs: u64,
 }
 
@@ -100,25 +123,49 @@ impl Shared {
         }
     }
 
-    fn ended_early(&self, why: String) {
-        *self
-            .ended_early
+    /// The early endings by reason. A task that panicked while holding the lock poisoned it;
+    /// the counts are still good, so read through the poison.
+    fn ended_early_counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.ended_early
             .lock()
-            .expect("ended_early lock")
-            .entry(why)
-            .or_default() += 1;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn ended_early(&self, why: String) {
+        *self.ended_early_counts().entry(why).or_default() += 1;
     }
 
     fn ended_early_total(&self) -> u64 {
-        self.ended_early
-            .lock()
-            .expect("ended_early lock")
-            .values()
-            .sum()
+        self.ended_early_counts().values().sum()
     }
 }
 
-pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
+/// What one broadcast measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BroadcastFigures {
+    index: u32,
+    campaign_id: String,
+    strategy: String,
+    /// The create request, from its start to the 202.
+    post_ms: f64,
+    /// Sockets that read it within the wait, each counted once.
+    received: u64,
+    /// Sockets open when it was sent.
+    expected: u64,
+    /// Sockets that read it before the 202 came back (latency 0 for them).
+    before_202: u64,
+    /// From the 202 to the frame's read on each socket.
+    latency_ms: LatencySummary,
+    latency_spectrum: Vec<SpectrumPoint>,
+    /// The last socket's read, from the 202 and from the start of the create request.
+    last_ms: Option<f64>,
+    last_from_post_start_ms: Option<f64>,
+}
+
+/// Opens `o.connections` WebSockets, sends `o.broadcasts` broadcasts and times their arrival.
+pub async fn live(url: &str, key: &str, o: &LiveOpts) -> anyhow::Result<Report> {
+    let mut report = Report::new("live", url, o);
+    let run_started = Instant::now();
     let n = o.connections;
     if n == 0 {
         bail!("--connections must be at least 1");
@@ -130,16 +177,17 @@ pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
     if population < n {
         bail!("--population {population} is smaller than --connections {n}: each socket needs its own user");
     }
-    let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
 
     // 1. File descriptors.
     let (fd_before, fd_now) = raise_nofile(n + FD_MARGIN)?;
     let needed = n + FD_MARGIN;
-    if fd_now > fd_before {
-        println!("RLIMIT_NOFILE: soft limit raised from {fd_before} to the hard limit {fd_now} (needs {needed} = {n} sockets + {FD_MARGIN})");
+    let nofile = if fd_now > fd_before {
+        format!("RLIMIT_NOFILE: soft limit raised from {fd_before} to the hard limit {fd_now} (needs {needed} = {n} sockets + {FD_MARGIN})")
     } else {
-        println!("RLIMIT_NOFILE: soft limit already at the hard limit {fd_now} (needs {needed} = {n} sockets + {FD_MARGIN})");
-    }
+        format!("RLIMIT_NOFILE: soft limit already at the hard limit {fd_now} (needs {needed} = {n} sockets + {FD_MARGIN})")
+    };
+    eprintln!("{nofile}");
+    report.note(nofile);
 
     // The server, its address, and whether the source addresses can carry N sockets.
     let base = reqwest::Url::parse(url).context("--url")?;
@@ -159,10 +207,12 @@ pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
     let ports = ephemeral_ports();
     let capacity = ports * (sources.len() as u64).max(1);
     if n > capacity {
-        eprintln!(
+        let warning = format!(
             "warning: {n} sockets but only about {capacity} ephemeral ports ({ports} per source address × {}): raise --source-addrs",
             sources.len().max(1)
         );
+        eprintln!("{warning}");
+        report.note(warning);
     }
     let ws_base = format!(
         "ws://{}{}/v1/inbox/live?token=",
@@ -175,10 +225,14 @@ pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
     let server_pid = o.server_pid.map(|p| p.to_string());
     if let Some(pid) = &server_pid {
         match server_nofile(pid) {
-            Some(limit) if limit < n + 64 => eprintln!(
-                "warning: the server (pid {pid}) may open only {limit} files, fewer than {n} sockets: \
-                 start it under a higher `ulimit -n`"
-            ),
+            Some(limit) if limit < n + 64 => {
+                let warning = format!(
+                    "warning: the server (pid {pid}) may open only {limit} files, fewer than {n} sockets: \
+                     start it under a higher `ulimit -n`"
+                );
+                eprintln!("{warning}");
+                report.note(warning);
+            }
             Some(_) => {}
             None => bail!("--server-pid {pid}: no such process readable in /proc"),
         }
@@ -192,10 +246,10 @@ pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
     let minted_at = Instant::now();
     let tokens = mint_tokens(&client, url, key, &ids, o.mint_concurrency.max(1)).await?;
     let mint_secs = minted_at.elapsed().as_secs_f64();
-    println!(
+    eprintln!(
         "minted {} tokens in {mint_secs:.2} s ({:.0}/s, {} in flight)",
         tokens.len(),
-        tokens.len() as f64 / mint_secs.max(1e-6),
+        stats::per_second(tokens.len() as u64, mint_secs),
         o.mint_concurrency.max(1)
     );
     drop(ids);
@@ -225,7 +279,7 @@ pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
         .write_buffer_size(0)
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20));
-    println!(
+    eprintln!(
         "opening {n} WebSockets to {ws_base}… ({} in flight, source addresses {})",
         o.open_concurrency.max(1),
         describe_sources(&sources)
@@ -288,11 +342,14 @@ pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
     }
     let open_secs = open_started.elapsed().as_secs_f64();
     let failed = n - established;
-    println!(
+    eprintln!(
         "sockets: {established} established, {failed} failed, in {open_secs:.2} s ({:.0}/s)",
-        established as f64 / open_secs.max(1e-6)
+        stats::per_second(established, open_secs)
     );
-    print_counts("  open failure", &open_failures);
+    for line in top_counts(&open_failures) {
+        eprintln!("  open failure: {line}");
+        report.note(format!("open failure: {line}"));
+    }
     // Let the server finish registering the last sockets before its memory is read.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = server_pid.as_deref().and_then(vm_rss_kib);
@@ -304,7 +361,7 @@ pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
         _ => None,
     };
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
-        println!(
+        eprintln!(
             "server RSS: {} before, {} after {established} sockets = {} per socket",
             kib(b),
             kib(a),
@@ -313,16 +370,16 @@ pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
     }
 
     // 5. Broadcasts.
-    let mut rows = Vec::new();
+    let mut sent = Vec::new();
     let outcome = broadcasts(
         &client,
         url,
         key,
-        &o,
+        o,
         &shared,
         &mut arrivals,
         established,
-        &mut rows,
+        &mut sent,
     )
     .await;
 
@@ -336,86 +393,178 @@ pub async fn run(url: &str, key: &str, o: LiveOpts) -> anyhow::Result<()> {
     let close_secs = closing.elapsed().as_secs_f64();
     let clean = shared.closed_clean.load(Ordering::Relaxed);
     let unclean = shared.closed_unclean.load(Ordering::Relaxed);
-    println!(
-        "closed: {clean} with a clean close handshake, {unclean} otherwise, in {close_secs:.2} s{}",
-        if all_closed {
-            String::new()
-        } else {
-            format!(
-                "; gave up waiting after {} s (the rest are dropped)",
-                CLOSE_TIMEOUT.as_secs()
-            )
-        }
+    eprintln!(
+        "closed: {clean} with a clean close handshake, {unclean} otherwise, in {close_secs:.2} s"
     );
+    if !all_closed {
+        report.note(format!(
+            "gave up waiting for the close handshakes after {} s (the rest were dropped)",
+            CLOSE_TIMEOUT.as_secs()
+        ));
+    }
     if early > 0 {
-        println!("sockets that ended before the close:");
-        print_counts("  ", &shared.ended_early.lock().expect("ended_early lock"));
+        for line in top_counts(&shared.ended_early_counts()) {
+            report.note(format!("ended before the close: {line}"));
+        }
     }
     let other = shared.other_frames.load(Ordering::Relaxed);
     if other > 0 {
-        println!("{other} other text frames (not this run's broadcasts) were read");
+        report.note(format!(
+            "{other} other text frames (not this run's broadcasts) were read"
+        ));
+    }
+    let extra = match &outcome {
+        Ok(extra) => *extra,
+        Err(_) => ArrivalStats::default(),
+    };
+    if extra.late > 0 {
+        report.note(format!(
+            "{} frames arrived after their broadcast's wait ended (not in the latencies)",
+            extra.late
+        ));
+    }
+    if extra.duplicates > 0 {
+        report.note(format!(
+            "{} duplicate frames: a socket got the same broadcast twice",
+            extra.duplicates
+        ));
+    } else {
+        report.note("no socket got a broadcast twice");
     }
 
     // 6. Summary.
-    println!();
-    println!("### live: {n} WebSockets on `GET /v1/inbox/live`, broadcast to `all`");
-    println!();
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!(
-        "| machine | {cores} cores (`available_parallelism`), client and server on the same host |"
+    report.figures = json!({
+        "requested": n,
+        "established": established,
+        "failed": failed,
+        "ended_early": early,
+        "closed_clean": clean,
+        "closed_unclean": unclean,
+        "source_addrs": sources.len(),
+        "mint_secs": mint_secs,
+        "open_secs": open_secs,
+        "sockets_per_s": stats::per_second(established, open_secs),
+        "close_secs": close_secs,
+        "server_rss_before_kib": rss_before,
+        "server_rss_after_kib": rss_after,
+        "server_bytes_per_socket": per_conn,
+        "client_rss_before_kib": self_before,
+        "client_rss_after_kib": self_after,
+        "duplicates": extra.duplicates,
+        "late": extra.late,
+        "other_frames": other,
+        "broadcasts": sent,
+    });
+    let mut summary = Table::new(
+        format!("live: {n} WebSockets on `GET /v1/inbox/live`, broadcast to `all`"),
+        &["measure", "value"],
     );
-    println!(
-        "| sockets | {n} requested, {established} established, {failed} failed; {early} ended early, {clean} closed cleanly |"
+    let mut row = |what: &str, value: String| summary.row(vec![what.to_owned(), value]);
+    row(
+        "sockets",
+        format!("{n} requested, {established} established, {failed} failed; {early} ended early, {clean} closed cleanly"),
     );
-    println!(
-        "| source addresses | {}: {} |",
-        sources.len(),
-        describe_sources(&sources)
+    row(
+        "source addresses",
+        format!("{}: {}", sources.len(), describe_sources(&sources)),
     );
-    println!(
-        "| tokens minted | {mint_secs:.2} s ({} in flight) |",
-        o.mint_concurrency.max(1)
+    row(
+        "tokens minted",
+        format!("{mint_secs:.2} s ({} in flight)", o.mint_concurrency.max(1)),
     );
-    println!(
-        "| open time | {open_secs:.2} s = {:.0} sockets/s ({} in flight) |",
-        established as f64 / open_secs.max(1e-6),
-        o.open_concurrency.max(1)
+    row(
+        "open time",
+        format!(
+            "{open_secs:.2} s = {:.0} sockets/s ({} in flight)",
+            stats::per_second(established, open_secs),
+            o.open_concurrency.max(1)
+        ),
     );
     match (rss_before, rss_after) {
-        (Some(b), Some(a)) => println!(
-            "| server RSS (pid {}) | before {}, after {}, {} per socket (design target: 100,000 sockets in ≤ 2 GiB, ≈ 21 KiB each) |",
-            server_pid.as_deref().unwrap_or("?"),
-            kib(b),
-            kib(a),
-            per_conn.map_or("?".into(), bytes)
+        (Some(b), Some(a)) => row(
+            &format!("server RSS (pid {})", server_pid.as_deref().unwrap_or("?")),
+            format!(
+                "before {}, after {}, {} per socket (design target: 100,000 sockets in ≤ 2 GiB, ≈ 21 KiB each)",
+                kib(b),
+                kib(a),
+                per_conn.map_or("?".into(), bytes)
+            ),
         ),
-        _ => println!("| server RSS | not measured (pass --server-pid) |"),
+        _ => row("server RSS", "not measured (pass --server-pid)".into()),
     }
     if let (Some(b), Some(a)) = (self_before, self_after) {
-        println!(
-            "| load-test client RSS | before {}, after {} |",
-            kib(b),
-            kib(a)
+        row(
+            "load-test client RSS",
+            format!("before {}, after {}", kib(b), kib(a)),
         );
     }
-    println!();
-    println!("| broadcast | POST → 202 | received | p50 | p90 | p99 | max = last socket | last, from POST start |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        println!("{r}");
+    row(
+        "close",
+        format!("{clean} clean, {unclean} otherwise, in {close_secs:.2} s"),
+    );
+    report.tables.push(summary);
+    let mut table = Table::new(
+        "Broadcasts",
+        &[
+            "broadcast",
+            "POST → 202",
+            "received",
+            "p50",
+            "p90",
+            "p99",
+            "max = last socket",
+            "last, from POST start",
+        ],
+    );
+    let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1} ms"));
+    for b in &sent {
+        let l = &b.latency_ms;
+        table.row(vec![
+            format!("#{} ({} {})", b.index, b.strategy, b.campaign_id),
+            format!("{:.1} ms", b.post_ms),
+            format!(
+                "{} / {}{}",
+                b.received,
+                b.expected,
+                if b.before_202 > 0 {
+                    format!(" ({} before the 202)", b.before_202)
+                } else {
+                    String::new()
+                }
+            ),
+            l.show(l.p50_ms),
+            l.show(l.p90_ms),
+            l.show(l.p99_ms),
+            ms(b.last_ms),
+            ms(b.last_from_post_start_ms),
+        ]);
     }
-    println!();
-    println!(
+    report.tables.push(table);
+    report.note(format!(
         "Latencies run from the moment the POST returned 202 to the frame's read on each socket \
          (waiting at most {} s); design target p99 ≤ 1 s.",
         o.wait_secs
-    );
-    outcome
+    ));
+    let report = report.finish(run_started);
+    match outcome {
+        Ok(_) => Ok(report),
+        Err(e) => {
+            // What was measured before the failure is still worth seeing.
+            eprintln!("{}", report.to_markdown());
+            Err(e)
+        }
+    }
+}
+
+/// Frames that did not count in a broadcast's latencies.
+#[derive(Debug, Clone, Copy, Default)]
+struct ArrivalStats {
+    late: u64,
+    duplicates: u64,
 }
 
 /// Sends `o.broadcasts` campaigns to `all` one after the other and waits for each to reach
-/// every open socket; pushes one markdown row per broadcast.
+/// every open socket; pushes the figures of each broadcast to `out`.
 #[allow(clippy::too_many_arguments)]
 async fn broadcasts(
     client: &reqwest::Client,
@@ -425,20 +574,19 @@ async fn broadcasts(
     shared: &Shared,
     arrivals: &mut mpsc::UnboundedReceiver<Arrival>,
     established: u64,
-    rows: &mut Vec<String>,
-) -> anyhow::Result<()> {
+    out: &mut Vec<BroadcastFigures>,
+) -> anyhow::Result<ArrivalStats> {
     let total = o.broadcasts as usize;
     // Which sockets got which broadcast, to count each once and to see duplicates.
     let mut got: Vec<Vec<bool>> = vec![Vec::new(); total];
     let mut times: Vec<Vec<Instant>> = vec![Vec::new(); total];
-    let mut duplicates = 0u64;
-    let mut late = 0u64;
+    let mut extra = ArrivalStats::default();
     let wait = Duration::from_secs(o.wait_secs);
     for b in 0..total {
         // Whatever arrived between broadcasts (late frames of the previous ones) is drained.
         while let Ok(a) = arrivals.try_recv() {
-            record(&a, &mut got, &mut times, &mut duplicates);
-            late += 1;
+            record(&a, &mut got, &mut times, &mut extra.duplicates);
+            extra.late += 1;
         }
         let title = format!("{}{b}", shared.marker);
         let started = Instant::now();
@@ -467,68 +615,51 @@ async fn broadcasts(
                 break;
             }
             match tokio::time::timeout_at(deadline, arrivals.recv()).await {
-                Ok(Some(a)) => record(&a, &mut got, &mut times, &mut duplicates),
+                Ok(Some(a)) => record(&a, &mut got, &mut times, &mut extra.duplicates),
                 Ok(None) | Err(_) => break,
             }
         }
         let received = times[b].len() as u64;
-        let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-            .expect("histogram bounds");
+        let mut hist = stats::histogram();
         let mut before_202 = 0u64;
         for &at in &times[b] {
             if at < accepted {
                 before_202 += 1;
             }
-            let _ = hist.record((at.saturating_duration_since(accepted).as_micros() as u64).max(1));
+            stats::record(&mut hist, at.saturating_duration_since(accepted));
         }
         let last = times[b].iter().max().copied();
-        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
-        let q = |p: f64| {
-            if received == 0 {
-                "–".to_owned()
-            } else {
-                format!("{:.1} ms", hist.value_at_quantile(p) as f64 / 1000.0)
-            }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let figures = BroadcastFigures {
+            index: b as u32,
+            campaign_id: created["id"].as_str().unwrap_or("?").to_owned(),
+            strategy: created["strategy"].as_str().unwrap_or("?").to_owned(),
+            post_ms,
+            received,
+            expected: established,
+            before_202,
+            latency_ms: LatencySummary::from_micros(&hist),
+            latency_spectrum: stats::spectrum(&hist),
+            last_ms: last.map(|l| ms(l.saturating_duration_since(accepted))),
+            last_from_post_start_ms: last.map(|l| ms(l.duration_since(started))),
         };
-        let row = format!(
-            "| #{b} ({} {}) | {post_ms:.1} ms | {received} / {established}{} | {} | {} | {} | {} | {} |",
-            created["strategy"].as_str().unwrap_or("?"),
-            created["id"].as_str().unwrap_or("?"),
-            if before_202 > 0 {
-                format!(" ({before_202} before the 202)")
-            } else {
-                String::new()
-            },
-            q(0.50),
-            q(0.90),
-            q(0.99),
-            last.map_or("–".into(), |l| ms(l.saturating_duration_since(accepted))),
-            last.map_or("–".into(), |l| ms(l.duration_since(started))),
-        );
-        println!(
+        let l = &figures.latency_ms;
+        eprintln!(
             "broadcast #{b}: POST {post_ms:.1} ms, received by {received} / {established}, p50 {} p90 {} p99 {} last {}",
-            q(0.50),
-            q(0.90),
-            q(0.99),
-            last.map_or("–".into(), |l| ms(l.saturating_duration_since(accepted))),
+            l.show(l.p50_ms),
+            l.show(l.p90_ms),
+            l.show(l.p99_ms),
+            figures.last_ms.map_or("–".into(), |v| format!("{v:.1} ms")),
         );
-        rows.push(row);
+        out.push(figures);
     }
     // Frames still on their way once the last wait ended.
     tokio::time::sleep(Duration::from_millis(200)).await;
     while let Ok(a) = arrivals.try_recv() {
-        record(&a, &mut got, &mut times, &mut duplicates);
-        late += 1;
+        record(&a, &mut got, &mut times, &mut extra.duplicates);
+        extra.late += 1;
     }
-    if late > 0 {
-        println!("{late} frames arrived after their broadcast's wait ended (not in the latencies)");
-    }
-    if duplicates > 0 {
-        println!("{duplicates} duplicate frames: a socket got the same broadcast twice");
-    } else {
-        println!("no socket got a broadcast twice");
-    }
-    Ok(())
+    Ok(extra)
 }
 
 /// Counts one arrival once per socket and broadcast.
@@ -645,7 +776,7 @@ async fn mint_tokens(
 ) -> anyhow::Result<Vec<String>> {
     let started = Instant::now();
     let total = ids.len();
-    println!("minting {total} tokens ({concurrency} in flight)…");
+    eprintln!("minting {total} tokens ({concurrency} in flight)…");
     let mut stream = futures::stream::iter(ids)
         .map(|id| async move {
             let resp = client
@@ -711,7 +842,7 @@ fn raise_nofile(needed: u64) -> anyhow::Result<(u64, u64)> {
                 std::io::Error::last_os_error()
             );
         }
-        println!("RLIMIT_NOFILE: hard limit raised from {hard} to {needed}");
+        eprintln!("RLIMIT_NOFILE: hard limit raised from {hard} to {needed}");
         hard = needed;
     }
     let soft = libc::rlimit {
@@ -771,12 +902,15 @@ fn describe_sources(sources: &[IpAddr]) -> String {
     }
 }
 
-fn print_counts(prefix: &str, counts: &HashMap<String, u64>) {
+/// The ten most frequent reasons, most frequent first, as "count × reason".
+fn top_counts(counts: &HashMap<String, u64>) -> Vec<String> {
     let mut counts: Vec<_> = counts.iter().collect();
-    counts.sort_by(|a, b| b.1.cmp(a.1));
-    for (what, count) in counts.into_iter().take(10) {
-        println!("{prefix}: {count} × {what}");
-    }
+    counts.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    counts
+        .into_iter()
+        .take(10)
+        .map(|(what, count)| format!("{count} × {what}"))
+        .collect()
 }
 
 fn kib(k: u64) -> String {

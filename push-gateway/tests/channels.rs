@@ -110,12 +110,23 @@ async fn webhook_subscribers_get_the_notifications_of_their_categories_signed() 
     let app = spawn_gateway(|_| {}).await;
     let url = format!("http://{addr}/hook");
     for (id, body) in [
-        ("orders-crm", json!({"url": url, "secret": SECRET, "categories": ["orders"]})),
+        (
+            "orders-crm",
+            json!({"url": url, "secret": SECRET, "categories": ["orders"]}),
+        ),
         ("everything", json!({"url": url, "secret": SECRET})),
-        ("marketing", json!({"url": url, "secret": SECRET, "categories": ["marketing"]})),
-        ("wrong-secret", json!({"url": url, "secret": "whsec-not-the-receivers-secret"})),
+        (
+            "marketing",
+            json!({"url": url, "secret": SECRET, "categories": ["marketing"]}),
+        ),
+        (
+            "wrong-secret",
+            json!({"url": url, "secret": "whsec-not-the-receivers-secret"}),
+        ),
     ] {
-        let (s, b) = app.call(Method::PUT, &format!("/v1/webhooks/{id}"), Some(body)).await;
+        let (s, b) = app
+            .call(Method::PUT, &format!("/v1/webhooks/{id}"), Some(body))
+            .await;
         assert_eq!(s, StatusCode::OK, "{b}");
     }
     app.user_with_devices("u1", &[]).await;
@@ -139,7 +150,11 @@ async fn webhook_subscribers_get_the_notifications_of_their_categories_signed() 
     assert_eq!(body["campaign_id"], id.as_str());
     assert_eq!(body["user_id"], "u1");
     assert_eq!(body["category"], "orders");
-    assert_eq!(body["body"], json!({"order": 7}), "a JSON body is sent as JSON");
+    assert_eq!(
+        body["body"],
+        json!({"order": 7}),
+        "a JSON body is sent as JSON"
+    );
     assert_eq!(*receiver.bad_signatures.lock(), 1);
     eventually("no retries of the refused post", || async {
         *receiver.bad_signatures.lock() == 1

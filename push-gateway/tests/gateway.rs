@@ -14,7 +14,8 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_device_of_every_recipient_gets_the_push_and_the_campaign_counts_it() {
     let app = spawn_gateway(|_| {}).await;
-    app.user_with_devices("u1", &["ok-phone-1", "ok-tablet-1"]).await;
+    app.user_with_devices("u1", &["ok-phone-1", "ok-tablet-1"])
+        .await;
     app.user_with_devices("u2", &["ok-phone-2"]).await;
     let id = app.campaign(push_to(&["u1", "u2"])).await;
 
@@ -26,6 +27,22 @@ async fn every_device_of_every_recipient_gets_the_push_and_the_campaign_counts_i
     // One OAuth exchange serves every send.
     assert_eq!(app.fcm.token_exchanges(), 1);
     assert!(app.dead_letters("").await.is_empty());
+
+    // The numbers reach /metrics: per-channel results and provider latency.
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"herald_push_deliveries_total{channel="push",result="sent"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("herald_push_request_seconds"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +67,11 @@ async fn a_transient_failure_is_retried_until_it_goes_through() {
     let id = app.campaign(push_to(&["u1"])).await;
 
     app.wait_for_deliveries(&id, "push", (2, 0)).await;
-    assert_eq!(app.fcm.requests_for("flaky2-a"), 3, "two failures, then success");
+    assert_eq!(
+        app.fcm.requests_for("flaky2-a"),
+        3,
+        "two failures, then success"
+    );
     // The retries resend only what failed.
     assert_eq!(app.fcm.requests_for("ok-b"), 1);
 }
@@ -70,24 +91,39 @@ async fn sends_out_of_attempts_are_dead_lettered_and_a_replay_delivers_them() {
     assert_eq!(letter["attempts"], 2);
     assert_eq!(letter["sends"], 1);
     assert_eq!(letter["recipients"][0]["targets"], json!(["flaky3-x"]));
-    assert!(letter["reason"].as_str().unwrap().contains("UNAVAILABLE"), "{letter}");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("UNAVAILABLE"),
+        "{letter}"
+    );
     assert!(letter["replayed_at"].is_null());
     assert!(app.dead_letters("?channel=email").await.is_empty());
 
     let letter_id = letter["id"].as_str().unwrap().to_owned();
     let (s, b) = app
-        .call(Method::POST, &format!("/v1/dead-letters/{letter_id}/replay"), None)
+        .call(
+            Method::POST,
+            &format!("/v1/dead-letters/{letter_id}/replay"),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{b}");
     let (again, _) = app
-        .call(Method::POST, &format!("/v1/dead-letters/{letter_id}/replay"), None)
+        .call(
+            Method::POST,
+            &format!("/v1/dead-letters/{letter_id}/replay"),
+            None,
+        )
         .await;
     assert_eq!(again, StatusCode::CONFLICT, "a letter is replayed once");
 
     // The replay fails once more (third request), is retried, and the fourth goes through.
     app.wait_for_deliveries(&id, "push", (2, 1)).await;
     assert_eq!(app.fcm.requests_for("flaky3-x"), 4);
-    assert_eq!(app.fcm.requests_for("ok-y"), 1, "the replay sends only the dead letter");
+    assert_eq!(
+        app.fcm.requests_for("ok-y"),
+        1,
+        "the replay sends only the dead letter"
+    );
     let letters = app.dead_letters("").await;
     assert_eq!(letters.len(), 1);
     assert!(letters[0]["replayed_at"].is_string());
@@ -105,7 +141,8 @@ async fn sends_out_of_attempts_are_dead_lettered_and_a_replay_delivers_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_is_not_configured_dead_letters_its_sends_at_once() {
     let app = spawn_gateway(|_| {}).await;
-    app.user_with_devices("u1", &["ok-android", "apns:iphone-token"]).await;
+    app.user_with_devices("u1", &["ok-android", "apns:iphone-token"])
+        .await;
     app.user_with_devices("u2", &[]).await;
     let id = app.campaign(push_to(&["u1", "u2"])).await;
 
@@ -123,7 +160,10 @@ async fn retry_after_from_the_provider_holds_the_retry_back() {
     app.user_with_devices("u1", &["quota-1"]).await;
     let id = app.campaign(push_to(&["u1"])).await;
 
-    eventually("the first attempt", || async { app.fcm.requests_for("quota-1") == 1 }).await;
+    eventually("the first attempt", || async {
+        app.fcm.requests_for("quota-1") == 1
+    })
+    .await;
     // The fake asks for 2 s; backoff alone would be under 100 ms.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(app.fcm.requests_for("quota-1"), 1);
@@ -133,7 +173,11 @@ async fn retry_after_from_the_provider_holds_the_retry_back() {
 }
 
 /// A channel message straight onto the push queue, as the fan-out would publish it.
-fn message(campaign: &str, user: &str, deliver_after: Option<chrono::DateTime<chrono::Utc>>) -> ChannelMessage {
+fn message(
+    campaign: &str,
+    user: &str,
+    deliver_after: Option<chrono::DateTime<chrono::Utc>>,
+) -> ChannelMessage {
     ChannelMessage {
         campaign_id: campaign.into(),
         batch_no: 0,
@@ -176,7 +220,10 @@ async fn a_redelivered_message_is_not_sent_twice() {
     app.user_with_devices("u1", &["ok-once"]).await;
     let msg = message("c-redelivered", "u1", None);
     publish(app.ctx.ports.bus.as_ref(), &msg).await;
-    eventually("the first copy", || async { app.fcm.requests_for("ok-once") == 1 }).await;
+    eventually("the first copy", || async {
+        app.fcm.requests_for("ok-once") == 1
+    })
+    .await;
     eventually("the delivery key marked", || async {
         app.ctx
             .ports

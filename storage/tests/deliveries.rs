@@ -98,7 +98,11 @@ pub mod cases {
         s.mark_processed(&key, at).await.unwrap();
         s.mark_processed(&key, at).await.unwrap(); // idempotent
         assert!(s.is_processed(&key).await.unwrap());
-        assert_eq!(s.purge_processed(at).await.unwrap(), 0, "not older than itself");
+        assert_eq!(
+            s.purge_processed(at).await.unwrap(),
+            0,
+            "not older than itself"
+        );
         assert!(s.purge_processed(at + Duration::seconds(1)).await.unwrap() >= 1);
         assert!(!s.is_processed(&key).await.unwrap());
     }
@@ -112,7 +116,10 @@ pub mod cases {
             s.insert_dead_letter(l).await.unwrap();
         }
         s.insert_dead_letter(&push1).await.unwrap(); // same id: no change, no error
-        assert_eq!(s.get_dead_letter(&push1.id).await.unwrap(), Some(push1.clone()));
+        assert_eq!(
+            s.get_dead_letter(&push1.id).await.unwrap(),
+            Some(push1.clone())
+        );
         assert!(s.get_dead_letter("nope").await.unwrap().is_none());
 
         let all = s.list_dead_letters(None, None, 1000).await.unwrap();
@@ -147,7 +154,13 @@ pub mod cases {
             Some(at)
         );
         s.unmark_replayed(&l.id).await.unwrap();
-        assert!(s.get_dead_letter(&l.id).await.unwrap().unwrap().replayed_at.is_none());
+        assert!(s
+            .get_dead_letter(&l.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .replayed_at
+            .is_none());
         assert!(s.mark_replayed(&l.id, at).await.unwrap());
         assert!(!s.mark_replayed("unknown", at).await.unwrap());
     }

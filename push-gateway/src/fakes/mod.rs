@@ -79,7 +79,9 @@ impl FakeFcm {
         let stop = CancellationToken::new();
         let until = stop.clone().cancelled_owned();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(until).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(until)
+                .await;
         });
         Ok(FakeFcm { addr, state, stop })
     }
@@ -149,7 +151,10 @@ struct Claims {
 
 async fn token(State(s): State<Arc<Fcm>>, Form(form): Form<TokenForm>) -> Response {
     if form.grant_type != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "unsupported_grant_type"})))
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "unsupported_grant_type"})),
+        )
             .into_response();
     }
     let key = match jsonwebtoken::DecodingKey::from_rsa_pem(TEST_PUBLIC_KEY.as_bytes()) {
@@ -162,12 +167,19 @@ async fn token(State(s): State<Arc<Fcm>>, Form(form): Form<TokenForm>) -> Respon
     let claims = match jsonwebtoken::decode::<Claims>(&form.assertion, &key, &validation) {
         Ok(t) => t.claims,
         Err(_) => {
-            return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"})))
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "invalid_grant"})),
+            )
                 .into_response()
         }
     };
     if claims.iss != CLIENT_EMAIL || !claims.scope.contains("firebase.messaging") {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_scope"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_scope"})),
+        )
+            .into_response();
     }
     let n = s.exchanges.fetch_add(1, Ordering::Relaxed) + 1;
     let access = format!("fake-access-{n}");

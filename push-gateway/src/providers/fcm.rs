@@ -414,8 +414,8 @@ pub(crate) fn transport_outcome(provider: &str, e: &reqwest::Error) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
     use super::*;
+    use serde_json::json;
 
     fn classify_json(status: u16, body: Value) -> Outcome {
         match classify(

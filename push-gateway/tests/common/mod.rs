@@ -69,7 +69,11 @@ pub async fn spawn_gateway(configure: impl FnOnce(&mut Config)) -> TestGateway {
     let shutdown = CancellationToken::new();
     tokio::spawn(herald_api::run(ctx.clone(), listener, shutdown.clone()));
     tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
-    tokio::spawn(herald_push::run_with(ctx.clone(), providers, shutdown.clone()));
+    tokio::spawn(herald_push::run_with(
+        ctx.clone(),
+        providers,
+        shutdown.clone(),
+    ));
     TestGateway {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
@@ -82,7 +86,12 @@ pub async fn spawn_gateway(configure: impl FnOnce(&mut Config)) -> TestGateway {
 
 impl TestGateway {
     /// A JSON request with the admin key; the status and JSON body (`Null` if empty).
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -136,7 +145,9 @@ impl TestGateway {
 
     /// The campaign's delivery counters of `channel`: (queued, sent, failed).
     pub async fn deliveries(&self, id: &str, channel: &str) -> (u64, u64, u64) {
-        let (_, c) = self.call(Method::GET, &format!("/v1/campaigns/{id}"), None).await;
+        let (_, c) = self
+            .call(Method::GET, &format!("/v1/campaigns/{id}"), None)
+            .await;
         let d = &c["deliveries"][channel];
         let n = |k: &str| d[k].as_u64().unwrap_or(0);
         (n("queued"), n("sent"), n("failed"))
@@ -169,7 +180,11 @@ impl TestGateway {
         let (_, b) = self
             .call(Method::GET, &format!("/v1/users/{user}/devices"), None)
             .await;
-        let list = b["devices"].as_array().or_else(|| b.as_array()).cloned().unwrap_or_default();
+        let list = b["devices"]
+            .as_array()
+            .or_else(|| b.as_array())
+            .cloned()
+            .unwrap_or_default();
         list.iter()
             .filter_map(|d| d["token"].as_str().map(String::from))
             .collect()

@@ -32,7 +32,8 @@ fn webhook_from(spec: &str) -> Result<Webhook> {
 }
 
 fn letter_from(spec: &str, replayed_at: Option<i64>) -> Result<DeadLetter> {
-    let mut letter: DeadLetter = serde_json::from_str(spec).map_err(|e| corrupt("dead letter", e))?;
+    let mut letter: DeadLetter =
+        serde_json::from_str(spec).map_err(|e| corrupt("dead letter", e))?;
     // The column is the source of truth; the JSON copy is from when it was stored.
     letter.replayed_at = crate::time::opt_from_micros(replayed_at);
     Ok(letter)
@@ -117,12 +118,14 @@ impl DeliveryStore for SqliteDeliveries {
 
     async fn mark_processed(&self, key: &str, at: DateTime<Utc>) -> Result<()> {
         let _gate = self.db.gate().await;
-        sqlx::query("INSERT INTO processed_messages (key, at) VALUES (?, ?) ON CONFLICT DO NOTHING")
-            .bind(key)
-            .bind(micros(at))
-            .execute(&self.db.pool)
-            .await
-            .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO processed_messages (key, at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(key)
+        .bind(micros(at))
+        .execute(&self.db.pool)
+        .await
+        .map_err(db_error)?;
         Ok(())
     }
 
@@ -170,15 +173,21 @@ impl DeliveryStore for SqliteDeliveries {
         before: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeadLetter>> {
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT spec, replayed_at FROM dead_letters WHERE 1=1");
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("SELECT spec, replayed_at FROM dead_letters WHERE 1=1");
         if let Some(channel) = channel {
             qb.push(" AND channel = ").push_bind(channel.as_str());
         }
         if let Some(before) = before {
             qb.push(" AND id < ").push_bind(before.to_owned());
         }
-        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
-        let rows = qb.build().fetch_all(&self.db.pool).await.map_err(db_error)?;
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb
+            .build()
+            .fetch_all(&self.db.pool)
+            .await
+            .map_err(db_error)?;
         rows.iter()
             .map(|r| letter_from(r.get("spec"), r.get("replayed_at")))
             .collect()
