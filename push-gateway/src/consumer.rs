@@ -366,7 +366,15 @@ impl Gateway {
             fail(&mut report, failure(&msg.items[i], "-", reason));
         }
 
-        let outcomes = self.send_all(&dispatches).await;
+        // What the outcomes are acted on by; the dispatches themselves move into the lanes.
+        let targets: Vec<(String, bool)> = dispatches
+            .iter()
+            .map(|d| {
+                let device = matches!(d.destination, Destination::Device { .. });
+                (d.destination.target().to_owned(), device)
+            })
+            .collect();
+        let outcomes = self.send_all(dispatches).await;
 
         // Act on the outcomes.
         let mut invalid_tokens = Vec::new();
@@ -376,15 +384,17 @@ impl Gateway {
         let mut dead: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         let mut dead_reason: Option<String> = None;
         let last_attempt = msg.attempt + 1 >= self.max_attempts;
-        for ((d, outcome), item) in dispatches.iter().zip(&outcomes).zip(&item_of) {
-            let target = d.destination.target().to_owned();
+        for (((target, device), outcome), item) in targets.into_iter().zip(&outcomes).zip(&item_of)
+        {
             match outcome {
                 Outcome::Sent => {
                     report.sent += 1;
-                    if let Destination::Device { token, .. } = &d.destination {
-                        let stale = last_used.get(token).is_none_or(|t| now - *t > TOUCH_AFTER);
+                    if device {
+                        let stale = last_used
+                            .get(&target)
+                            .is_none_or(|t| now - *t > TOUCH_AFTER);
                         if stale {
-                            touch.push(token.clone());
+                            touch.push(target);
                         }
                     }
                 }
@@ -559,13 +569,13 @@ impl Gateway {
     }
 
     /// Sends through each provider's lane at once; outcomes in dispatch order.
-    async fn send_all(&self, dispatches: &[Dispatch]) -> Vec<Outcome> {
-        let mut per_slot: [Vec<usize>; 5] = Default::default();
+    async fn send_all(&self, dispatches: Vec<Dispatch>) -> Vec<Outcome> {
+        let mut per_slot: [Vec<(usize, Dispatch)>; 5] = Default::default();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; dispatches.len()];
-        for (i, d) in dispatches.iter().enumerate() {
+        for (i, d) in dispatches.into_iter().enumerate() {
             let (slot, name) = route(&d.destination);
             if self.lanes.slot(slot).is_some() {
-                per_slot[slot].push(i);
+                per_slot[slot].push((i, d));
             } else {
                 outcomes[i] = Some(Outcome::NotConfigured {
                     reason: format!("{name} is not configured"),
@@ -573,12 +583,12 @@ impl Gateway {
             }
         }
         let sends = per_slot
-            .iter()
+            .into_iter()
             .enumerate()
             .filter(|(_, v)| !v.is_empty())
-            .map(|(slot, indices)| {
+            .map(|(slot, batch)| {
                 let lane = self.lanes.slot(slot).expect("checked above");
-                let batch: Vec<Dispatch> = indices.iter().map(|i| dispatches[*i].clone()).collect();
+                let (indices, batch): (Vec<usize>, Vec<Dispatch>) = batch.into_iter().unzip();
                 async move { (indices, lane.send(batch).await) }
             });
         for (indices, got) in futures::future::join_all(sends).await {

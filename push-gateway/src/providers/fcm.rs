@@ -33,8 +33,8 @@ pub struct FcmProvider {
     /// handled by one task on each side, which caps what a single connection carries).
     http: Vec<reqwest::Client>,
     next: std::sync::atomic::AtomicUsize,
-    /// `{endpoint}/v1/projects/{project_id}/messages:send`.
-    send_url: String,
+    /// `{endpoint}/v1/projects/{project_id}/messages:send`, parsed once (not per send).
+    send_url: reqwest::Url,
     tokens: Arc<TokenSource>,
     /// Requests in flight, shared by every caller of this provider.
     permits: Arc<Semaphore>,
@@ -43,7 +43,7 @@ pub struct FcmProvider {
 impl std::fmt::Debug for FcmProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FcmProvider")
-            .field("send_url", &self.send_url)
+            .field("send_url", &self.send_url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -89,10 +89,14 @@ impl FcmProvider {
         Ok(Self {
             http,
             next: Default::default(),
-            send_url: format!(
+            send_url: reqwest::Url::parse(&format!(
                 "{}/v1/projects/{project_id}/messages:send",
                 cfg.endpoint.trim_end_matches('/')
-            ),
+            ))
+            .map_err(|e| {
+                Error::invalid(format!("push.fcm.endpoint `{}` is not a URL", cfg.endpoint))
+                    .with_source(e)
+            })?,
             tokens: Arc::new(TokenSource::new(&account, timeout)?),
             permits: Arc::new(Semaphore::new(concurrency)),
         })
@@ -130,7 +134,7 @@ impl FcmProvider {
             };
             let resp = match self
                 .client()
-                .post(&self.send_url)
+                .post(self.send_url.clone())
                 .bearer_auth(&access)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone())
