@@ -75,7 +75,11 @@ impl FcmProvider {
                 // Over HTTP/1.1 every request in flight needs a connection of its own; keep
                 // them all rather than reconnecting after each burst.
                 .pool_max_idle_per_host(concurrency.max(32))
-                .http2_adaptive_window(true);
+                .http2_adaptive_window(true)
+                // FCM neither redirects nor wants the client's own retries (the gateway
+                // retries with backoff), and skipping both saves a URL round trip per send.
+                .redirect(reqwest::redirect::Policy::none())
+                .retry(reqwest::retry::never());
             if cfg.h2c {
                 builder = builder.http2_prior_knowledge();
             }
