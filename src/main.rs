@@ -71,12 +71,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => migrate(&config).await,
         Command::Serve => {
+            // A provider misconfigured (unreadable key file, ...) stops the start before
+            // anything is opened or announced.
+            let providers = herald_push::Providers::from_config(&config.push)
+                .context("setting up the push providers")?;
             let ctx = build_context(config, true).await?;
             let listener = bind(&ctx.config.listen).await?;
             let shutdown = shutdown_signal();
             let fanout = tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
-            let providers = herald_push::Providers::from_config(&ctx.config.push)
-                .context("setting up the push providers")?;
             let push = tokio::spawn(herald_push::run_with(
                 ctx.clone(),
                 providers,
@@ -134,9 +136,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Push => {
-            let ctx = build_context(config, false).await?;
-            let providers = herald_push::Providers::from_config(&ctx.config.push)
+            let providers = herald_push::Providers::from_config(&config.push)
                 .context("setting up the push providers")?;
+            let ctx = build_context(config, false).await?;
             let listener = bind(&ctx.config.listen).await?;
             let shutdown = shutdown_signal();
             let role = tokio::spawn(herald_push::run_with(
