@@ -19,6 +19,25 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "campaigns", "0003_delivery_reports"),
 ];
 
+/// Adds `d` to a campaign's counters of `channel` (creating the row on first use).
+fn add_counts<'q>(
+    id: &'q str,
+    channel: Channel,
+    d: &DeliveryCounts,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    sqlx::query(
+        "INSERT INTO campaign_deliveries (campaign_id, channel, queued, sent, failed) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \
+         queued = queued + excluded.queued, sent = sent + excluded.sent, \
+         failed = failed + excluded.failed",
+    )
+    .bind(id)
+    .bind(channel.as_str())
+    .bind(d.queued as i64)
+    .bind(d.sent as i64)
+    .bind(d.failed as i64)
+}
+
 pub struct SqliteCampaigns {
     db: Db,
     pool: SqlitePool,
@@ -358,40 +377,20 @@ impl CampaignStore for SqliteCampaigns {
         if !fresh {
             return Ok(false);
         }
-        sqlx::query(
-            "INSERT INTO campaign_deliveries (campaign_id, channel, queued, sent, failed) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \
-             queued = queued + excluded.queued, sent = sent + excluded.sent, \
-             failed = failed + excluded.failed",
-        )
-        .bind(id)
-        .bind(channel.as_str())
-        .bind(d.queued as i64)
-        .bind(d.sent as i64)
-        .bind(d.failed as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        add_counts(id, channel, d)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
 
     async fn add_deliveries(&self, id: &str, channel: Channel, d: &DeliveryCounts) -> Result<()> {
         let _gate = self.db.gate().await;
-        sqlx::query(
-            "INSERT INTO campaign_deliveries (campaign_id, channel, queued, sent, failed) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \
-             queued = queued + excluded.queued, sent = sent + excluded.sent, \
-             failed = failed + excluded.failed",
-        )
-        .bind(id)
-        .bind(channel.as_str())
-        .bind(d.queued as i64)
-        .bind(d.sent as i64)
-        .bind(d.failed as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
+        add_counts(id, channel, d)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
         Ok(())
     }
 
