@@ -229,6 +229,8 @@ pub struct PushConfig {
     pub backoff_max_ms: u64,
     /// Devices not used for this long are removed by the stale-token job.
     pub token_ttl_days: u32,
+    /// How often the stale-token job runs (its first run is one interval after start).
+    pub cleanup_interval_secs: u64,
     /// Channel messages each channel consumer works on at once.
     pub consumers_per_channel: usize,
     pub fcm: FcmConfig,
@@ -245,6 +247,7 @@ impl Default for PushConfig {
             backoff_base_ms: 1_000,
             backoff_max_ms: 300_000,
             token_ttl_days: 90,
+            cleanup_interval_secs: 3600,
             consumers_per_channel: 4,
             fcm: FcmConfig::default(),
             apns: ApnsConfig::default(),

@@ -1,6 +1,6 @@
-//! Housekeeping of the gateway: removes device tokens unused for `push.token_ttl_days` (a
-//! token that has not taken a send for months belongs to an uninstalled app more often than
-//! not) and forgets processed-message marks older than a week. Safe to run on every gateway
+//! Housekeeping of the gateway, every `push.cleanup_interval_secs`: removes device tokens
+//! unused for `push.token_ttl_days` (a token that has not taken a send for months belongs to an
+//! uninstalled app more often than not) and forgets processed-message marks older than a week. Safe to run on every gateway
 //! instance at once: both are idempotent deletes.
 
 use crate::consumer::pause;
@@ -8,8 +8,6 @@ use herald_core::{Context, Result};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How often the job runs.
-pub const INTERVAL: Duration = Duration::from_secs(3600);
 /// Marks are needed only until a redelivered copy could come; a week is ample.
 const MARK_RETENTION: chrono::Duration = chrono::Duration::days(7);
 
@@ -44,11 +42,13 @@ pub async fn run_once(ctx: &Context) -> Result<Swept> {
     })
 }
 
+/// Runs the job every `push.cleanup_interval_secs` until `shutdown`.
 pub async fn run(ctx: Context, shutdown: CancellationToken) {
+    let every = Duration::from_secs(ctx.config.push.cleanup_interval_secs.max(1));
     // Not right at start: a fleet restarting together need not sweep at once.
-    while pause(&shutdown, INTERVAL).await {
+    while pause(&shutdown, every).await {
         if let Err(e) = run_once(&ctx).await {
-            tracing::warn!(error = %e, "token cleanup failed; next run in an hour");
+            tracing::warn!(error = %e, "token cleanup failed; trying again next interval");
         }
     }
 }

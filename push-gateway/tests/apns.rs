@@ -2,13 +2,23 @@
 //! provider token is verified with the fixture key's public half, the `apns-*` headers are
 //! checked as APNs checks them, and the answer depends on the device-token prefix.
 
+#[path = "support/dispatch.rs"]
+mod dispatch;
+#[path = "support/fake_server.rs"]
+mod fake_server;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
-use herald_core::config::{ApnsConfig, ProviderLimits};
+use dispatch::{
+    assert_all_sent, assert_concurrent_within, assert_timed_out, assert_unreachable, device,
+    envelope, labels, limits, numbered,
+};
+use fake_server::{closed_addr, InFlight};
+use herald_core::config::ApnsConfig;
 use herald_core::model::{Channel, Platform, Priority};
 use herald_push::provider::{Destination, Dispatch, Envelope, Outcome, Provider};
 use herald_push::providers::apns::ApnsProvider;
@@ -46,8 +56,7 @@ struct FakeState {
     /// 403 answers about the provider token.
     refusals: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
+    in_flight: InFlight,
 }
 
 impl FakeState {
@@ -119,23 +128,6 @@ fn check_headers(headers: &HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Counts requests in flight for as long as it lives.
-struct InFlight<'a>(&'a FakeState);
-
-impl<'a> InFlight<'a> {
-    fn enter(s: &'a FakeState) -> Self {
-        let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        s.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        Self(s)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 async fn device_endpoint(
     State(s): State<Arc<FakeState>>,
     Path(device): Path<String>,
@@ -143,7 +135,7 @@ async fn device_endpoint(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let _guard = InFlight::enter(&s);
+    let _guard = s.in_flight.enter();
     let jwt = match check_jwt(&s, &headers) {
         Ok(jwt) => jwt,
         Err(reason) => {
@@ -207,10 +199,6 @@ struct Fake {
 
 impl Fake {
     async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
         let state = Arc::new(FakeState {
             public_key: DecodingKey::from_ec_pem(include_bytes!("fixtures/apns_public.pem"))
                 .expect("public key"),
@@ -218,33 +206,38 @@ impl Fake {
             expired: Mutex::new(HashSet::new()),
             refusals: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
+            in_flight: InFlight::default(),
         });
         let app = Router::new()
             .route("/3/device/{device}", post(device_endpoint))
             .with_state(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, state }
-    }
-
-    fn config(&self) -> ApnsConfig {
-        ApnsConfig {
-            endpoint: self.url.clone(),
-            key_file: Some(key_file()),
-            key_id: Some(KEY_ID.into()),
-            team_id: Some(TEAM_ID.into()),
-            topic: Some(TOPIC.into()),
-            limits: ProviderLimits {
-                concurrency: 16,
-                rate_per_s: 0,
-                timeout_ms: 2_000,
-            },
+        let addr = fake_server::serve(app).await;
+        Self {
+            url: format!("http://{addr}"),
+            state,
         }
     }
 
+    /// A complete configuration pointed at the fake, changed by `configure`.
+    fn config_with(&self, configure: impl FnOnce(&mut ApnsConfig)) -> ApnsConfig {
+        let mut config = ApnsConfig {
+            endpoint: self.url.clone(),
+            key_file: Some(fixture("apns_key.p8")),
+            key_id: Some(KEY_ID.into()),
+            team_id: Some(TEAM_ID.into()),
+            topic: Some(TOPIC.into()),
+            limits: limits(16, 2_000),
+        };
+        configure(&mut config);
+        config
+    }
+
+    fn provider_with(&self, configure: impl FnOnce(&mut ApnsConfig)) -> ApnsProvider {
+        ApnsProvider::new(&self.config_with(configure)).expect("provider")
+    }
+
     fn provider(&self) -> ApnsProvider {
-        ApnsProvider::new(&self.config()).expect("provider")
+        self.provider_with(|_| {})
     }
 
     fn distinct_jwts(&self) -> usize {
@@ -256,46 +249,34 @@ impl Fake {
     }
 }
 
-fn key_file() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apns_key.p8")
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 // ---- dispatches --------------------------------------------------------------------------------
 
-fn envelope(priority: Priority) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        campaign_id: "cmp-1".into(),
-        channel: Channel::Push,
-        category: None,
-        priority,
-        expires_at: None,
-    })
-}
-
 fn dispatch_in(envelope: &Arc<Envelope>, token: &str) -> Dispatch {
     Dispatch {
-        envelope: envelope.clone(),
-        user_id: "u-1".into(),
-        notification_id: uuid::Uuid::new_v4(),
-        destination: Destination::Device {
-            platform: Platform::Apns,
-            token: token.into(),
-        },
         title: Some("Hello".into()),
-        body: "World".into(),
-        html: None,
         data: json!({"order": "A-17", "count": 3}),
+        ..dispatch::to(envelope, device(Platform::Apns, token), "World")
     }
 }
 
-fn dispatch(token: &str) -> Dispatch {
-    dispatch_in(&envelope(Priority::Normal), token)
+fn push(token: &str) -> Dispatch {
+    dispatch_in(&Arc::new(envelope(Channel::Push, Priority::Normal)), token)
 }
 
 async fn send_one(provider: &ApnsProvider, token: &str) -> Outcome {
-    let mut outcomes = provider.send(&[dispatch(token)]).await;
-    assert_eq!(outcomes.len(), 1);
-    outcomes.remove(0)
+    dispatch::send_one(provider, push(token)).await
+}
+
+/// A fresh fake's answer to `token` becomes `want`.
+async fn assert_outcome(token: &str, want: Outcome) {
+    let fake = Fake::start().await;
+    assert_eq!(send_one(&fake.provider(), token).await, want);
 }
 
 fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
@@ -309,7 +290,7 @@ async fn an_accepted_notification_is_reported_sent_over_http2() {
     let fake = Fake::start().await;
     let provider = fake.provider();
     assert_eq!(provider.name(), "apns");
-    let d = dispatch("ok-1");
+    let d = push("ok-1");
     assert_eq!(
         provider.send(std::slice::from_ref(&d)).await,
         vec![Outcome::Sent]
@@ -346,7 +327,7 @@ async fn the_headers_carry_topic_priority_expiration_and_collapse_id() {
         priority: Priority::Urgent,
         expires_at: Some(expires_at),
     });
-    let mut quiet = dispatch_in(&envelope(Priority::Low), "ok-low");
+    let mut quiet = dispatch_in(&Arc::new(envelope(Channel::Push, Priority::Low)), "ok-low");
     quiet.title = None;
     let outcomes = fake
         .provider()
@@ -379,85 +360,43 @@ async fn the_headers_carry_topic_priority_expiration_and_collapse_id() {
 
 #[tokio::test]
 async fn a_bad_device_token_is_reported_invalid() {
-    let fake = Fake::start().await;
-    assert_eq!(
-        send_one(&fake.provider(), "bad-1").await,
-        Outcome::invalid_token("apns 400 BadDeviceToken")
-    );
+    assert_outcome("bad-1", Outcome::invalid_token("apns 400 BadDeviceToken")).await;
 }
 
 #[tokio::test]
 async fn an_unregistered_device_is_reported_invalid() {
-    let fake = Fake::start().await;
-    assert_eq!(
-        send_one(&fake.provider(), "gone-1").await,
-        Outcome::invalid_token("apns 410 Unregistered")
-    );
+    assert_outcome("gone-1", Outcome::invalid_token("apns 410 Unregistered")).await;
 }
 
 #[tokio::test]
 async fn too_many_requests_is_retried_after_the_servers_retry_after() {
-    let fake = Fake::start().await;
-    assert_eq!(
-        send_one(&fake.provider(), "busy-1").await,
-        Outcome::retry("apns 429 TooManyRequests", Some(Duration::from_secs(30)))
-    );
+    let want = Outcome::retry("apns 429 TooManyRequests", Some(Duration::from_secs(30)));
+    assert_outcome("busy-1", want).await;
 }
 
 #[tokio::test]
 async fn an_unavailable_service_is_retried() {
-    let fake = Fake::start().await;
-    assert_eq!(
-        send_one(&fake.provider(), "down-1").await,
-        Outcome::retry("apns 503 ServiceUnavailable", None)
-    );
+    let want = Outcome::retry("apns 503 ServiceUnavailable", None);
+    assert_outcome("down-1", want).await;
 }
 
 #[tokio::test]
 async fn a_payload_too_large_is_a_permanent_failure() {
-    let fake = Fake::start().await;
-    assert_eq!(
-        send_one(&fake.provider(), "big-1").await,
-        Outcome::failed("apns 400 PayloadTooLarge")
-    );
+    assert_outcome("big-1", Outcome::failed("apns 400 PayloadTooLarge")).await;
 }
 
 #[tokio::test]
 async fn a_request_past_the_timeout_is_retried() {
     let fake = Fake::start().await;
-    let provider = ApnsProvider::new(&ApnsConfig {
-        limits: ProviderLimits {
-            concurrency: 4,
-            rate_per_s: 0,
-            timeout_ms: 300,
-        },
-        ..fake.config()
-    })
-    .expect("provider");
-    assert_eq!(
-        send_one(&provider, "slow-1").await,
-        Outcome::retry("apns timeout", None)
-    );
+    let provider = fake.provider_with(|c| c.limits = limits(4, 300));
+    assert_timed_out(&provider, push("slow-1")).await;
 }
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_retried() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let endpoint = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
     let fake = Fake::start().await;
-    let provider = ApnsProvider::new(&ApnsConfig {
-        endpoint,
-        ..fake.config()
-    })
-    .expect("provider");
-    match send_one(&provider, "ok-1").await {
-        Outcome::Retry {
-            reason,
-            after: None,
-        } => assert!(reason.starts_with("apns "), "{reason}"),
-        other => panic!("{other:?}"),
-    }
+    let provider = fake.provider_with(|c| c.endpoint = format!("http://{}", closed_addr()));
+    assert_unreachable(&provider, push("ok-1")).await;
 }
 
 #[tokio::test]
@@ -479,7 +418,7 @@ async fn a_malformed_device_token_is_rejected_without_a_request() {
 #[tokio::test]
 async fn a_destination_that_is_not_a_device_fails() {
     let fake = Fake::start().await;
-    let mut d = dispatch("ok-1");
+    let mut d = push("ok-1");
     d.destination = Destination::Phone("+15550100".into());
     assert_eq!(
         fake.provider().send(&[d]).await,
@@ -491,16 +430,9 @@ async fn a_destination_that_is_not_a_device_fails() {
 async fn outcomes_come_back_in_input_order() {
     let fake = Fake::start().await;
     let tokens = ["hold-1", "gone-1", "ok-1", "busy-1", "big-1", "hold-2"];
-    let batch: Vec<Dispatch> = tokens.iter().map(|t| dispatch(t)).collect();
-    let labels: Vec<&str> = fake
-        .provider()
-        .send(&batch)
-        .await
-        .iter()
-        .map(Outcome::label)
-        .collect();
+    let batch: Vec<Dispatch> = tokens.into_iter().map(push).collect();
     assert_eq!(
-        labels,
+        labels(&fake.provider().send(&batch).await),
         ["sent", "invalid_token", "sent", "retry", "failed", "sent"]
     );
 }
@@ -508,23 +440,9 @@ async fn outcomes_come_back_in_input_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_never_exceed_the_concurrency_limit() {
     let fake = Fake::start().await;
-    let provider = ApnsProvider::new(&ApnsConfig {
-        limits: ProviderLimits {
-            concurrency: 3,
-            rate_per_s: 0,
-            timeout_ms: 5_000,
-        },
-        ..fake.config()
-    })
-    .expect("provider");
-    let batch: Vec<Dispatch> = (0..15).map(|i| dispatch(&format!("hold-{i}"))).collect();
-    let outcomes = provider.send(&batch).await;
-    assert!(outcomes.iter().all(|o| *o == Outcome::Sent), "{outcomes:?}");
-    let max = fake.state.max_in_flight.load(Ordering::SeqCst);
-    assert!(
-        (2..=3).contains(&max),
-        "{max} requests were in flight at once"
-    );
+    let provider = fake.provider_with(|c| c.limits = limits(3, 5_000));
+    assert_all_sent(&provider.send(&numbered("hold", 15, push)).await);
+    assert_concurrent_within(fake.state.in_flight.max(), 3);
 }
 
 // ---- provider tokens ---------------------------------------------------------------------------
@@ -533,12 +451,7 @@ async fn requests_in_flight_never_exceed_the_concurrency_limit() {
 async fn the_provider_token_is_signed_once_and_reused() {
     let fake = Fake::start().await;
     let provider = fake.provider();
-    let batch: Vec<Dispatch> = (0..10).map(|i| dispatch(&format!("ok-{i}"))).collect();
-    assert!(provider
-        .send(&batch)
-        .await
-        .iter()
-        .all(|o| *o == Outcome::Sent));
+    assert_all_sent(&provider.send(&numbered("ok", 10, push)).await);
     assert_eq!(send_one(&provider, "ok-last").await, Outcome::Sent);
     assert_eq!(fake.distinct_jwts(), 1);
 }
@@ -551,12 +464,7 @@ async fn an_expired_provider_token_is_replaced_once_and_the_sends_succeed() {
     fake.state.expire_seen();
 
     // Refused together, they still cause one new token between them.
-    let batch: Vec<Dispatch> = (0..5).map(|i| dispatch(&format!("ok-{i}"))).collect();
-    assert!(provider
-        .send(&batch)
-        .await
-        .iter()
-        .all(|o| *o == Outcome::Sent));
+    assert_all_sent(&provider.send(&numbered("ok", 5, push)).await);
     assert_eq!(fake.distinct_jwts(), 2);
     assert_eq!(fake.state.refusals.load(Ordering::SeqCst), 5);
 
@@ -580,38 +488,15 @@ async fn a_provider_token_refused_after_a_refresh_is_retried() {
 #[tokio::test]
 async fn missing_settings_are_named_in_the_error() {
     let fake = Fake::start().await;
-    let cases: [(&str, ApnsConfig); 4] = [
-        (
-            "push.apns.key_file",
-            ApnsConfig {
-                key_file: None,
-                ..fake.config()
-            },
-        ),
-        (
-            "push.apns.key_id",
-            ApnsConfig {
-                key_id: None,
-                ..fake.config()
-            },
-        ),
-        (
-            "push.apns.team_id",
-            ApnsConfig {
-                team_id: Some(String::new()),
-                ..fake.config()
-            },
-        ),
-        (
-            "push.apns.topic",
-            ApnsConfig {
-                topic: None,
-                ..fake.config()
-            },
-        ),
+    type Unset = fn(&mut ApnsConfig);
+    let cases: [(&str, Unset); 4] = [
+        ("push.apns.key_file", |c| c.key_file = None),
+        ("push.apns.key_id", |c| c.key_id = None),
+        ("push.apns.team_id", |c| c.team_id = Some(String::new())),
+        ("push.apns.topic", |c| c.topic = None),
     ];
-    for (key, cfg) in cases {
-        let err = ApnsProvider::new(&cfg).expect_err(key);
+    for (key, unset) in cases {
+        let err = ApnsProvider::new(&fake.config_with(unset)).expect_err(key);
         assert!(err.message.contains(key), "{key}: {err}");
     }
 }
@@ -620,20 +505,14 @@ async fn missing_settings_are_named_in_the_error() {
 async fn a_key_file_that_is_not_a_p256_key_is_refused() {
     let fake = Fake::start().await;
     // The FCM fixture is a JSON file, not a PEM key.
-    let wrong =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fcm_service_account.json");
-    let err = ApnsProvider::new(&ApnsConfig {
-        key_file: Some(wrong.clone()),
-        ..fake.config()
-    })
-    .expect_err("not a key");
+    let wrong = fixture("fcm_service_account.json");
+    let err = ApnsProvider::new(&fake.config_with(|c| c.key_file = Some(wrong.clone())))
+        .expect_err("not a key");
     assert!(err.message.contains(&wrong.display().to_string()), "{err}");
     assert!(!err.to_string().contains("PRIVATE KEY"), "{err}");
 
-    let err = ApnsProvider::new(&ApnsConfig {
-        key_file: Some("/nonexistent/key.p8".into()),
-        ..fake.config()
-    })
-    .expect_err("missing");
+    let err =
+        ApnsProvider::new(&fake.config_with(|c| c.key_file = Some("/nonexistent/key.p8".into())))
+            .expect_err("missing");
     assert!(err.message.contains("/nonexistent/key.p8"), "{err}");
 }

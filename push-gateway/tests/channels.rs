@@ -2,6 +2,8 @@
 //! gateway to a local SMTP sink and to a webhook receiver that checks the signature.
 
 mod common;
+#[path = "support/fake_server.rs"]
+mod fake_server;
 #[path = "support/smtp_sink.rs"]
 mod smtp_sink;
 
@@ -100,12 +102,12 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_subscribers_get_the_notifications_of_their_categories_signed() {
     let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app_router = axum::Router::new()
-        .route("/hook", axum::routing::post(receive))
-        .with_state(receiver.clone());
-    tokio::spawn(async move { axum::serve(listener, app_router).await });
+    let addr = fake_server::serve(
+        axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(receiver.clone()),
+    )
+    .await;
 
     let app = spawn_gateway(|_| {}).await;
     let url = format!("http://{addr}/hook");

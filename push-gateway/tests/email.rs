@@ -1,25 +1,29 @@
 //! The SMTP provider against a local SMTP sink.
 
+#[path = "support/dispatch.rs"]
+mod dispatch;
+#[path = "support/fake_server.rs"]
+mod fake_server;
 #[path = "support/smtp_sink.rs"]
 mod smtp_sink;
 
-use herald_core::config::{EmailConfig, ProviderLimits, Secret};
+use dispatch::{
+    assert_all_sent, assert_concurrent_within, assert_timed_out, assert_unreachable, envelope,
+    labels, limits, send_from_two_callers, send_one,
+};
+use herald_core::config::{EmailConfig, Secret};
 use herald_core::model::{Channel, Priority};
 use herald_push::provider::{Destination, Dispatch, Envelope, Outcome, Provider};
 use herald_push::providers::email::EmailProvider;
 use smtp_sink::SmtpSink;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn config(url: &str, concurrency: usize, timeout_ms: u64) -> EmailConfig {
     EmailConfig {
         smtp_url: Some(Secret::new(url)),
         from: "Herald <herald@example.com>".into(),
-        limits: ProviderLimits {
-            concurrency,
-            rate_per_s: 0,
-            timeout_ms,
-        },
+        limits: limits(concurrency, timeout_ms),
     }
 }
 
@@ -27,35 +31,30 @@ fn provider(url: &str) -> EmailProvider {
     EmailProvider::new(&config(url, 4, 5_000)).expect("email provider")
 }
 
-fn envelope() -> Arc<Envelope> {
-    Arc::new(Envelope {
-        campaign_id: "cmp-1".into(),
-        channel: Channel::Email,
-        category: Some("billing".into()),
-        priority: Priority::Normal,
-        expires_at: None,
-    })
-}
-
 fn dispatch(to: &str, html: Option<&str>) -> Dispatch {
+    let envelope = Arc::new(Envelope {
+        category: Some("billing".into()),
+        ..envelope(Channel::Email, Priority::Normal)
+    });
     Dispatch {
-        envelope: envelope(),
-        user_id: "u-1".into(),
-        notification_id: uuid::Uuid::new_v4(),
-        destination: Destination::Email(to.into()),
         title: Some("Your invoice is ready".into()),
-        body: "Invoice 42 is ready to download.".into(),
         html: html.map(str::to_owned),
-        data: serde_json::json!({}),
+        ..dispatch::to(
+            &envelope,
+            Destination::Email(to.into()),
+            "Invoice 42 is ready to download.",
+        )
     }
 }
 
-/// A port nothing listens on.
-async fn closed_port_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("smtp://{addr}")
+/// The sink refuses a text-only message to `to` with `want`, and keeps nothing.
+async fn assert_refused(to: &str, want: Outcome) {
+    let sink = SmtpSink::start().await;
+
+    let outcome = send_one(&provider(&sink.url()), dispatch(to, None)).await;
+
+    assert_eq!(outcome, want);
+    assert!(sink.messages().is_empty());
 }
 
 #[tokio::test]
@@ -148,30 +147,14 @@ async fn the_tls_none_url_of_the_config_docs_reaches_a_plain_sink() {
 
 #[tokio::test]
 async fn a_rejected_mailbox_fails_without_retry() {
-    let sink = SmtpSink::start().await;
-    let email = provider(&sink.url());
-
-    let outcomes = email.send(&[dispatch("reject.me@example.com", None)]).await;
-
-    assert_eq!(
-        outcomes,
-        vec![Outcome::failed("smtp 550 5.1.1 mailbox unavailable")]
-    );
-    assert!(sink.messages().is_empty());
+    let want = Outcome::failed("smtp 550 5.1.1 mailbox unavailable");
+    assert_refused("reject.me@example.com", want).await;
 }
 
 #[tokio::test]
 async fn a_busy_mailbox_is_retried() {
-    let sink = SmtpSink::start().await;
-    let email = provider(&sink.url());
-
-    let outcomes = email.send(&[dispatch("busy@example.com", None)]).await;
-
-    assert_eq!(
-        outcomes,
-        vec![Outcome::retry("smtp 451 4.3.0 try again later", None)]
-    );
-    assert!(sink.messages().is_empty());
+    let want = Outcome::retry("smtp 451 4.3.0 try again later", None);
+    assert_refused("busy@example.com", want).await;
 }
 
 #[tokio::test]
@@ -187,14 +170,9 @@ async fn an_unparsable_address_fails_as_invalid() {
 
 #[tokio::test]
 async fn a_server_that_is_not_listening_is_retried() {
-    let email = provider(&closed_port_url().await);
+    let email = provider(&format!("smtp://{}", fake_server::closed_addr()));
 
-    let outcomes = email.send(&[dispatch("alice@example.com", None)]).await;
-
-    assert!(
-        matches!(&outcomes[..], [Outcome::Retry { after: None, .. }]),
-        "{outcomes:?}"
-    );
+    assert_unreachable(&email, dispatch("alice@example.com", None)).await;
 }
 
 #[tokio::test]
@@ -210,17 +188,7 @@ async fn a_server_that_never_answers_times_out_and_is_retried() {
     });
     let email = EmailProvider::new(&config(&format!("smtp://{addr}"), 4, 300)).unwrap();
 
-    let started = Instant::now();
-    let outcomes = email.send(&[dispatch("alice@example.com", None)]).await;
-
-    assert!(
-        matches!(&outcomes[..], [Outcome::Retry { after: None, .. }]),
-        "{outcomes:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "bounded by the timeout"
-    );
+    assert_timed_out(&email, dispatch("alice@example.com", None)).await;
     held.abort();
 }
 
@@ -241,19 +209,11 @@ async fn outcomes_of_a_mixed_group_come_back_in_order() {
 
     let outcomes = email.send(&group).await;
 
-    assert_eq!(outcomes.len(), group.len());
-    assert_eq!(outcomes[0], Outcome::Sent);
-    assert!(
-        matches!(outcomes[1], Outcome::Failed { .. }),
-        "{outcomes:?}"
+    assert_eq!(
+        labels(&outcomes),
+        ["sent", "failed", "retry", "failed", "failed", "sent"]
     );
-    assert!(matches!(outcomes[2], Outcome::Retry { .. }), "{outcomes:?}");
     assert_eq!(outcomes[3], Outcome::failed("invalid address"));
-    assert!(
-        matches!(outcomes[4], Outcome::Failed { .. }),
-        "{outcomes:?}"
-    );
-    assert_eq!(outcomes[5], Outcome::Sent);
     let mut delivered: Vec<String> = sink
         .messages()
         .into_iter()
@@ -272,15 +232,13 @@ async fn concurrency_is_limited_across_callers() {
         .collect();
 
     let started = Instant::now();
-    let (a, b) = tokio::join!(email.send(&group), email.send(&group));
+    let outcomes = send_from_two_callers(&email, &group).await;
 
-    assert!(
-        a.iter().chain(&b).all(|o| *o == Outcome::Sent),
-        "{a:?} {b:?}"
-    );
+    assert_eq!(outcomes.len(), 6);
+    assert_all_sent(&outcomes);
     assert_eq!(sink.messages().len(), 6);
     // Two at a time, never more, and both permits used.
-    assert_eq!(sink.max_in_flight(), 2);
+    assert_concurrent_within(sink.max_in_flight(), 2);
     // Six slow messages, two at a time: at least three rounds of the sink's delay.
     assert!(started.elapsed() >= smtp_sink::SLOW_DELAY * 3);
 }

@@ -2,13 +2,23 @@
 //! and h2c): the token exchange is verified with the fixture key's public half, and the send
 //! endpoint answers by device-token prefix with FCM's real error bodies.
 
+#[path = "support/dispatch.rs"]
+mod dispatch;
+#[path = "support/fake_server.rs"]
+mod fake_server;
+
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
-use herald_core::config::{FcmConfig, ProviderLimits};
+use dispatch::{
+    assert_all_sent, assert_concurrent_within, assert_timed_out, assert_unreachable, device,
+    envelope, failed_reason, labels, limits, numbered, retry_reason, send_from_two_callers,
+};
+use fake_server::{closed_addr, InFlight};
+use herald_core::config::FcmConfig;
 use herald_core::model::{Channel, Platform, Priority};
 use herald_push::provider::{Destination, Dispatch, Envelope, Outcome, Provider};
 use herald_push::providers::fcm::FcmProvider;
@@ -45,8 +55,7 @@ struct FakeState {
     refuse_all: AtomicBool,
     /// Accepted send requests: project, HTTP version, body.
     sends: Mutex<Vec<(String, Version, Value)>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
+    in_flight: InFlight,
 }
 
 #[derive(Deserialize)]
@@ -105,23 +114,6 @@ async fn token_endpoint(
     .into_response()
 }
 
-/// Counts requests in flight for as long as it lives.
-struct InFlight<'a>(&'a FakeState);
-
-impl<'a> InFlight<'a> {
-    fn enter(s: &'a FakeState) -> Self {
-        let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        s.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        Self(s)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 fn fcm_error(status: StatusCode, grpc: &str, message: &str, details: Value) -> Response {
     let body = json!({"error": {
         "code": status.as_u16(), "message": message, "status": grpc, "details": details,
@@ -133,6 +125,19 @@ fn fcm_code(code: &str) -> Value {
     json!({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code})
 }
 
+/// FCM's 400 `INVALID_ARGUMENT`, with the violation of `field` in its details.
+fn invalid_argument(message: &str, field: &str, description: &str) -> Response {
+    fcm_error(
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        message,
+        json!([fcm_code("INVALID_ARGUMENT"), {
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"field": field, "description": description}],
+        }]),
+    )
+}
+
 async fn send_endpoint(
     State(s): State<Arc<FakeState>>,
     Path(project): Path<String>,
@@ -140,7 +145,7 @@ async fn send_endpoint(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let _guard = InFlight::enter(&s);
+    let _guard = s.in_flight.enter();
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -188,26 +193,16 @@ async fn send_endpoint(
             "SenderId mismatch",
             json!([fcm_code("SENDER_ID_MISMATCH")]),
         ),
-        "badtoken" => fcm_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_ARGUMENT",
+        "badtoken" => invalid_argument(
             // FCM's generic message: only the field violation tells it is about the token.
             "Request contains an invalid argument.",
-            json!([fcm_code("INVALID_ARGUMENT"), {
-                "@type": "type.googleapis.com/google.rpc.BadRequest",
-                "fieldViolations": [{"field": "message.token",
-                    "description": "Invalid registration token"}],
-            }]),
+            "message.token",
+            "Invalid registration token",
         ),
-        "badpayload" => fcm_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_ARGUMENT",
+        "badpayload" => invalid_argument(
             "Invalid value at 'message.data[0].value'",
-            json!([fcm_code("INVALID_ARGUMENT"), {
-                "@type": "type.googleapis.com/google.rpc.BadRequest",
-                "fieldViolations": [{"field": "message.data[0].value",
-                    "description": "Invalid value"}],
-            }]),
+            "message.data[0].value",
+            "Invalid value",
         ),
         "denied" => fcm_error(
             StatusCode::FORBIDDEN,
@@ -255,10 +250,7 @@ struct Fake {
 
 impl Fake {
     async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (listener, url) = fake_server::bind().await;
         let token_uri = format!("{url}/token");
         let state = Arc::new(FakeState {
             token_uri: token_uri.clone(),
@@ -271,23 +263,20 @@ impl Fake {
             revoked: Mutex::new(HashSet::new()),
             refuse_all: AtomicBool::new(false),
             sends: Mutex::new(Vec::new()),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
+            in_flight: InFlight::default(),
         });
         let app = Router::new()
             .route("/token", post(token_endpoint))
             .route("/v1/projects/{project}/messages:send", post(send_endpoint))
             .with_state(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        fake_server::spawn(listener, app);
 
         // The fixture's token_uri points nowhere; each test's copy points at its fake.
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut account: Value =
-            serde_json::from_str(include_str!("fixtures/fcm_service_account.json"))
-                .expect("fixture");
+        let mut account = service_account();
         account["token_uri"] = token_uri.into();
         let credentials = dir.path().join("service-account.json");
-        std::fs::write(&credentials, account.to_string()).expect("write credentials");
+        write_json(&credentials, &account);
         Self {
             url,
             state,
@@ -296,22 +285,21 @@ impl Fake {
         }
     }
 
-    fn config(&self) -> FcmConfig {
-        FcmConfig {
+    /// A provider pointed at the fake, its configuration changed by `configure`.
+    fn provider_with(&self, configure: impl FnOnce(&mut FcmConfig)) -> FcmProvider {
+        let mut config = FcmConfig {
             endpoint: self.url.clone(),
             credentials_file: Some(self.credentials.clone()),
             h2c: true,
-            limits: ProviderLimits {
-                concurrency: 16,
-                rate_per_s: 0,
-                timeout_ms: 2_000,
-            },
+            limits: limits(16, 2_000),
             ..FcmConfig::default()
-        }
+        };
+        configure(&mut config);
+        FcmProvider::new(&config).expect("provider")
     }
 
     fn provider(&self) -> FcmProvider {
-        FcmProvider::new(&self.config()).expect("provider")
+        self.provider_with(|_| {})
     }
 
     fn exchanges(&self) -> usize {
@@ -328,42 +316,43 @@ impl Fake {
     }
 }
 
-// ---- dispatches --------------------------------------------------------------------------------
-
-fn envelope(priority: Priority) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        campaign_id: "cmp-1".into(),
-        channel: Channel::Push,
-        category: None,
-        priority,
-        expires_at: None,
-    })
+/// The service-account fixture.
+fn service_account() -> Value {
+    serde_json::from_str(include_str!("fixtures/fcm_service_account.json")).expect("fixture")
 }
+
+fn write_json(path: &std::path::Path, value: &Value) {
+    std::fs::write(path, value.to_string()).expect("write");
+}
+
+// ---- dispatches --------------------------------------------------------------------------------
 
 fn dispatch_in(envelope: &Arc<Envelope>, token: &str) -> Dispatch {
     Dispatch {
-        envelope: envelope.clone(),
-        user_id: "u-1".into(),
-        notification_id: uuid::Uuid::new_v4(),
-        destination: Destination::Device {
-            platform: Platform::Fcm,
-            token: token.into(),
-        },
         title: Some("Hello".into()),
-        body: "World".into(),
-        html: None,
-        data: json!({}),
+        ..dispatch::to(envelope, device(Platform::Fcm, token), "World")
     }
 }
 
-fn dispatch(token: &str) -> Dispatch {
-    dispatch_in(&envelope(Priority::Normal), token)
+fn push(token: &str) -> Dispatch {
+    dispatch_in(&Arc::new(envelope(Channel::Push, Priority::Normal)), token)
 }
 
 async fn send_one(provider: &FcmProvider, token: &str) -> Outcome {
-    let mut outcomes = provider.send(&[dispatch(token)]).await;
-    assert_eq!(outcomes.len(), 1);
-    outcomes.remove(0)
+    dispatch::send_one(provider, push(token)).await
+}
+
+/// A fresh fake's answer to `token` becomes `want`.
+async fn assert_outcome(token: &str, want: Outcome) {
+    let fake = Fake::start().await;
+    assert_eq!(send_one(&fake.provider(), token).await, want);
+}
+
+/// A fresh fake's answer to `token` is a permanent failure whose reason starts with `prefix`.
+async fn assert_failed_with(token: &str, prefix: &str) {
+    let fake = Fake::start().await;
+    let reason = failed_reason(send_one(&fake.provider(), token).await);
+    assert!(reason.starts_with(prefix), "{reason}");
 }
 
 // ---- results -----------------------------------------------------------------------------------
@@ -386,31 +375,19 @@ async fn an_accepted_message_is_reported_sent() {
 #[tokio::test]
 async fn a_configured_project_id_overrides_the_credentials_file() {
     let fake = Fake::start().await;
-    let provider = FcmProvider::new(&FcmConfig {
-        project_id: Some("other-project".into()),
-        ..fake.config()
-    })
-    .expect("provider");
+    let provider = fake.provider_with(|c| c.project_id = Some("other-project".into()));
     assert_eq!(send_one(&provider, "ok-1").await, Outcome::Sent);
     assert_eq!(fake.state.sends.lock()[0].0, "other-project");
 }
 
 #[tokio::test]
 async fn an_unregistered_token_is_reported_invalid() {
-    let fake = Fake::start().await;
-    assert_eq!(
-        send_one(&fake.provider(), "unreg-1").await,
-        Outcome::invalid_token("fcm UNREGISTERED")
-    );
+    assert_outcome("unreg-1", Outcome::invalid_token("fcm UNREGISTERED")).await;
 }
 
 #[tokio::test]
 async fn a_sender_id_mismatch_is_reported_invalid() {
-    let fake = Fake::start().await;
-    assert_eq!(
-        send_one(&fake.provider(), "sender-1").await,
-        Outcome::invalid_token("fcm SENDER_ID_MISMATCH")
-    );
+    assert_outcome("sender-1", Outcome::invalid_token("fcm SENDER_ID_MISMATCH")).await;
 }
 
 #[tokio::test]
@@ -424,33 +401,18 @@ async fn an_invalid_argument_about_the_token_is_reported_invalid() {
 
 #[tokio::test]
 async fn an_invalid_argument_about_the_payload_is_a_permanent_failure() {
-    let fake = Fake::start().await;
-    match send_one(&fake.provider(), "badpayload-1").await {
-        Outcome::Failed { reason } => {
-            assert!(reason.starts_with("fcm 400 INVALID_ARGUMENT"), "{reason}")
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_failed_with("badpayload-1", "fcm 400 INVALID_ARGUMENT").await;
 }
 
 #[tokio::test]
 async fn another_client_error_is_a_failure_naming_status_and_code() {
-    let fake = Fake::start().await;
-    match send_one(&fake.provider(), "denied-1").await {
-        Outcome::Failed { reason } => {
-            assert!(reason.starts_with("fcm 403 PERMISSION_DENIED"), "{reason}")
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_failed_with("denied-1", "fcm 403 PERMISSION_DENIED").await;
 }
 
 #[tokio::test]
 async fn an_exceeded_quota_is_retried_after_the_servers_retry_after() {
-    let fake = Fake::start().await;
-    assert_eq!(
-        send_one(&fake.provider(), "quota-1").await,
-        Outcome::retry("fcm 429 QUOTA_EXCEEDED", Some(Duration::from_secs(7)))
-    );
+    let want = Outcome::retry("fcm 429 QUOTA_EXCEEDED", Some(Duration::from_secs(7)));
+    assert_outcome("quota-1", want).await;
 }
 
 #[tokio::test]
@@ -458,7 +420,7 @@ async fn unavailable_and_internal_errors_are_retried() {
     let fake = Fake::start().await;
     let outcomes = fake
         .provider()
-        .send(&[dispatch("unavail-1"), dispatch("internal-1")])
+        .send(&[push("unavail-1"), push("internal-1")])
         .await;
     assert_eq!(
         outcomes,
@@ -472,48 +434,21 @@ async fn unavailable_and_internal_errors_are_retried() {
 #[tokio::test]
 async fn a_request_past_the_timeout_is_retried() {
     let fake = Fake::start().await;
-    let provider = FcmProvider::new(&FcmConfig {
-        limits: ProviderLimits {
-            concurrency: 4,
-            rate_per_s: 0,
-            timeout_ms: 300,
-        },
-        ..fake.config()
-    })
-    .expect("provider");
-    let started = std::time::Instant::now();
-    assert_eq!(
-        send_one(&provider, "slow-1").await,
-        Outcome::retry("fcm timeout", None)
-    );
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let provider = fake.provider_with(|c| c.limits = limits(4, 300));
+    assert_timed_out(&provider, push("slow-1")).await;
 }
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_retried() {
     let fake = Fake::start().await;
-    // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let endpoint = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
-    let provider = FcmProvider::new(&FcmConfig {
-        endpoint,
-        ..fake.config()
-    })
-    .expect("provider");
-    match send_one(&provider, "ok-1").await {
-        Outcome::Retry {
-            reason,
-            after: None,
-        } => assert!(reason.starts_with("fcm "), "{reason}"),
-        other => panic!("{other:?}"),
-    }
+    let provider = fake.provider_with(|c| c.endpoint = format!("http://{}", closed_addr()));
+    assert_unreachable(&provider, push("ok-1")).await;
 }
 
 #[tokio::test]
 async fn a_destination_that_is_not_a_device_fails() {
     let fake = Fake::start().await;
-    let mut d = dispatch("ok-1");
+    let mut d = push("ok-1");
     d.destination = Destination::Email("a@example.com".into());
     assert_eq!(
         fake.provider().send(&[d]).await,
@@ -528,11 +463,9 @@ async fn a_destination_that_is_not_a_device_fails() {
 async fn one_access_token_serves_many_concurrent_sends() {
     let fake = Fake::start().await;
     let provider = fake.provider();
-    let batch: Vec<Dispatch> = (0..40).map(|i| dispatch(&format!("ok-{i}"))).collect();
-    let outcomes = provider.send(&batch).await;
-    assert!(outcomes.iter().all(|o| *o == Outcome::Sent), "{outcomes:?}");
-    let again = provider.send(&batch[..5]).await;
-    assert!(again.iter().all(|o| *o == Outcome::Sent));
+    let batch = numbered("ok", 40, push);
+    assert_all_sent(&provider.send(&batch).await);
+    assert_all_sent(&provider.send(&batch[..5]).await);
     assert_eq!(fake.exchanges(), 1, "one exchange for all 45 sends");
 }
 
@@ -574,16 +507,9 @@ async fn an_access_token_rejected_after_a_refresh_is_retried() {
 async fn a_failed_token_exchange_is_retried_with_an_oauth_reason() {
     let fake = Fake::start().await;
     fake.state.refuse_exchange.store(true, Ordering::SeqCst);
-    match send_one(&fake.provider(), "ok-1").await {
-        Outcome::Retry {
-            reason,
-            after: None,
-        } => {
-            assert!(reason.starts_with("oauth: "), "{reason}");
-            assert!(reason.contains("invalid_grant"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let reason = retry_reason(send_one(&fake.provider(), "ok-1").await);
+    assert!(reason.starts_with("oauth: "), "{reason}");
+    assert!(reason.contains("invalid_grant"), "{reason}");
     assert!(fake.state.sends.lock().is_empty());
 }
 
@@ -592,8 +518,7 @@ async fn a_failed_token_exchange_is_shared_by_the_sends_waiting_for_it() {
     let fake = Fake::start().await;
     fake.state.refuse_exchange.store(true, Ordering::SeqCst);
     let provider = fake.provider();
-    let batch: Vec<Dispatch> = (0..10).map(|i| dispatch(&format!("ok-{i}"))).collect();
-    let outcomes = provider.send(&batch).await;
+    let outcomes = provider.send(&numbered("ok", 10, push)).await;
     assert!(
         outcomes.iter().all(|o| o.label() == "retry"),
         "{outcomes:?}"
@@ -611,10 +536,7 @@ async fn a_failed_token_exchange_is_shared_by_the_sends_waiting_for_it() {
 #[tokio::test]
 async fn with_h2c_requests_arrive_as_http2() {
     let fake = Fake::start().await;
-    let outcomes = fake
-        .provider()
-        .send(&[dispatch("ok-1"), dispatch("ok-2")])
-        .await;
+    let outcomes = fake.provider().send(&[push("ok-1"), push("ok-2")]).await;
     assert_eq!(outcomes, vec![Outcome::Sent, Outcome::Sent]);
     for (_, version, _) in fake.state.sends.lock().iter() {
         assert_eq!(*version, Version::HTTP_2);
@@ -624,11 +546,7 @@ async fn with_h2c_requests_arrive_as_http2() {
 #[tokio::test]
 async fn without_h2c_requests_arrive_as_http1() {
     let fake = Fake::start().await;
-    let provider = FcmProvider::new(&FcmConfig {
-        h2c: false,
-        ..fake.config()
-    })
-    .expect("provider");
+    let provider = fake.provider_with(|c| c.h2c = false);
     assert_eq!(send_one(&provider, "ok-1").await, Outcome::Sent);
     assert_eq!(fake.state.sends.lock()[0].1, Version::HTTP_11);
 }
@@ -636,24 +554,12 @@ async fn without_h2c_requests_arrive_as_http1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_never_exceed_the_concurrency_limit() {
     let fake = Fake::start().await;
-    let provider = Arc::new(
-        FcmProvider::new(&FcmConfig {
-            limits: ProviderLimits {
-                concurrency: 3,
-                rate_per_s: 0,
-                timeout_ms: 5_000,
-            },
-            ..fake.config()
-        })
-        .expect("provider"),
-    );
+    let provider = fake.provider_with(|c| c.limits = limits(3, 5_000));
     // Two callers share the provider, hence its semaphore.
-    let batch: Vec<Dispatch> = (0..12).map(|i| dispatch(&format!("hold-{i}"))).collect();
-    let (a, b) = tokio::join!(provider.send(&batch), provider.send(&batch));
-    assert!(a.iter().chain(&b).all(|o| *o == Outcome::Sent));
-    let max = fake.state.max_in_flight.load(Ordering::SeqCst);
-    assert!(max <= 3, "{max} requests were in flight at once");
-    assert!(max >= 2, "requests were not concurrent at all ({max})");
+    let outcomes = send_from_two_callers(&provider, &numbered("hold", 12, push)).await;
+    assert_eq!(outcomes.len(), 24);
+    assert_all_sent(&outcomes);
+    assert_concurrent_within(fake.state.in_flight.max(), 3);
 }
 
 // ---- the message -------------------------------------------------------------------------------
@@ -680,7 +586,7 @@ async fn the_body_carries_priority_ttl_and_data_as_strings() {
         "google.c.a.e": "reserved",
         "gcm.n.e": "reserved",
     });
-    let mut low = dispatch_in(&envelope(Priority::Low), "ok-low");
+    let mut low = dispatch_in(&Arc::new(envelope(Channel::Push, Priority::Low)), "ok-low");
     low.title = None;
 
     let outcomes = fake.provider().send(&[high.clone(), low.clone()]).await;
@@ -742,16 +648,9 @@ async fn outcomes_come_back_in_input_order() {
         "hold-2",
         "ok-2",
     ];
-    let batch: Vec<Dispatch> = tokens.iter().map(|t| dispatch(t)).collect();
-    let labels: Vec<&str> = fake
-        .provider()
-        .send(&batch)
-        .await
-        .iter()
-        .map(Outcome::label)
-        .collect();
+    let batch: Vec<Dispatch> = tokens.into_iter().map(push).collect();
     assert_eq!(
-        labels,
+        labels(&fake.provider().send(&batch).await),
         [
             "sent",
             "invalid_token",
@@ -766,16 +665,21 @@ async fn outcomes_come_back_in_input_order() {
 
 // ---- configuration -----------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_missing_credentials_file_is_a_configuration_error() {
-    let err = FcmProvider::new(&FcmConfig::default()).expect_err("no credentials");
-    assert!(err.message.contains("push.fcm.credentials_file"), "{err}");
-
-    let err = FcmProvider::new(&FcmConfig {
-        credentials_file: Some("/nonexistent/sa.json".into()),
+/// The error of a provider whose credentials file is `path` (`None`: not configured).
+fn credentials_error(path: Option<&std::path::Path>) -> herald_core::Error {
+    FcmProvider::new(&FcmConfig {
+        credentials_file: path.map(PathBuf::from),
         ..FcmConfig::default()
     })
-    .expect_err("unreadable");
+    .expect_err("a configuration error")
+}
+
+#[tokio::test]
+async fn a_missing_credentials_file_is_a_configuration_error() {
+    let err = credentials_error(None);
+    assert!(err.message.contains("push.fcm.credentials_file"), "{err}");
+
+    let err = credentials_error(Some("/nonexistent/sa.json".as_ref()));
     assert!(err.message.contains("/nonexistent/sa.json"), "{err}");
 }
 
@@ -783,29 +687,18 @@ async fn a_missing_credentials_file_is_a_configuration_error() {
 async fn a_malformed_credentials_file_is_named_without_its_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("sa.json");
-    let mut account: Value =
-        serde_json::from_str(include_str!("fixtures/fcm_service_account.json")).expect("fixture");
+    let mut account = service_account();
     // A wrong type next to the key: serde would quote a string value in its message.
     account["client_email"] = json!(42);
     account["private_key_id"] = json!(["-----BEGIN PRIVATE KEY-----"]);
-    std::fs::write(&path, account.to_string()).expect("write");
-    let err = FcmProvider::new(&FcmConfig {
-        credentials_file: Some(path.clone()),
-        ..FcmConfig::default()
-    })
-    .expect_err("malformed");
-    let shown = err.to_string();
+    write_json(&path, &account);
+    let shown = credentials_error(Some(&path)).to_string();
     assert!(shown.contains(&path.display().to_string()), "{shown}");
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
 
-    let mut account: Value =
-        serde_json::from_str(include_str!("fixtures/fcm_service_account.json")).expect("fixture");
+    let mut account = service_account();
     account["private_key"] = json!("-----BEGIN PRIVATE KEY-----\nnot a key\n");
-    std::fs::write(&path, account.to_string()).expect("write");
-    let err = FcmProvider::new(&FcmConfig {
-        credentials_file: Some(path),
-        ..FcmConfig::default()
-    })
-    .expect_err("bad key");
+    write_json(&path, &account);
+    let err = credentials_error(Some(&path));
     assert!(!err.to_string().contains("not a key"), "{err}");
 }

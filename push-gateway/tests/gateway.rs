@@ -3,12 +3,12 @@
 
 mod common;
 
-use common::{eventually, push_to, spawn_gateway};
+use common::{eventually, push_to, spawn_gateway, TestGateway};
 use herald_core::model::{Channel, Device, Platform, Priority};
 use herald_core::ports::Bus;
 use herald_core::topics::{self, ChannelItem, ChannelMessage};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,6 +76,12 @@ async fn a_transient_failure_is_retried_until_it_goes_through() {
     assert_eq!(app.fcm.requests_for("ok-b"), 1);
 }
 
+/// Asks for a replay of the dead letter `letter_id`: the status and body.
+async fn replay(app: &TestGateway, letter_id: &str) -> (StatusCode, Value) {
+    let path = format!("/v1/dead-letters/{letter_id}/replay");
+    app.call(Method::POST, &path, None).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_out_of_attempts_are_dead_lettered_and_a_replay_delivers_them() {
     let app = spawn_gateway(|c| c.push.max_attempts = 2).await;
@@ -99,21 +105,9 @@ async fn sends_out_of_attempts_are_dead_lettered_and_a_replay_delivers_them() {
     assert!(app.dead_letters("?channel=email").await.is_empty());
 
     let letter_id = letter["id"].as_str().unwrap().to_owned();
-    let (s, b) = app
-        .call(
-            Method::POST,
-            &format!("/v1/dead-letters/{letter_id}/replay"),
-            None,
-        )
-        .await;
+    let (s, b) = replay(&app, &letter_id).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{b}");
-    let (again, _) = app
-        .call(
-            Method::POST,
-            &format!("/v1/dead-letters/{letter_id}/replay"),
-            None,
-        )
-        .await;
+    let (again, _) = replay(&app, &letter_id).await;
     assert_eq!(again, StatusCode::CONFLICT, "a letter is replayed once");
 
     // The replay fails once more (third request), is retried, and the fourth goes through.
@@ -128,9 +122,7 @@ async fn sends_out_of_attempts_are_dead_lettered_and_a_replay_delivers_them() {
     assert_eq!(letters.len(), 1);
     assert!(letters[0]["replayed_at"].is_string());
 
-    let (s, _) = app
-        .call(Method::POST, "/v1/dead-letters/nope/replay", None)
-        .await;
+    let (s, _) = replay(&app, "nope").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = app
         .call(Method::GET, "/v1/dead-letters?channel=in_app", None)
@@ -290,6 +282,29 @@ async fn the_stale_token_job_removes_devices_unused_for_the_ttl() {
     let swept = herald_push::cleanup::run_once(&app.ctx).await.unwrap();
     assert_eq!(swept.stale_devices, 1);
     assert_eq!(app.tokens("u1").await, vec!["fresh".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_gateway_sweeps_stale_tokens_on_its_interval() {
+    let app = spawn_gateway(|c| c.push.cleanup_interval_secs = 1).await;
+    app.user_with_devices("u1", &["ok-new"]).await;
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(365);
+    app.ctx
+        .ports
+        .directory
+        .put_device(&Device {
+            user_id: "u1".into(),
+            platform: Platform::Fcm,
+            token: "ok-forgotten".into(),
+            created_at: long_ago,
+            last_used_at: long_ago,
+        })
+        .await
+        .unwrap();
+    eventually("the forgotten device removed", || async {
+        app.tokens("u1").await == vec!["ok-new".to_owned()]
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,24 @@
 //! The SMS provider against a fake Twilio Messages API.
 
+#[path = "support/dispatch.rs"]
+mod dispatch;
+#[path = "support/fake_server.rs"]
+mod fake_server;
+
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Form, Json, Router};
 use base64::Engine as _;
-use herald_core::config::{ProviderLimits, Secret, SmsConfig};
+use dispatch::{
+    assert_all_sent, assert_concurrent_within, assert_timed_out, assert_unreachable, envelope,
+    failed_reason, labels, limits, send_from_two_callers, send_one,
+};
+use fake_server::{closed_addr, InFlight};
+use herald_core::config::{Secret, SmsConfig};
 use herald_core::model::{Channel, Priority};
-use herald_push::provider::{Destination, Dispatch, Envelope, Outcome, Provider};
+use herald_push::provider::{Destination, Dispatch, Outcome, Provider};
 use herald_push::providers::sms::SmsProvider;
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -35,12 +45,11 @@ struct Sms {
 
 #[derive(Default)]
 struct Fake {
-    accepted: Vec<Sms>,
-    in_flight: usize,
-    max_in_flight: usize,
+    accepted: Mutex<Vec<Sms>>,
+    in_flight: InFlight,
 }
 
-type Shared = Arc<Mutex<Fake>>;
+type Shared = Arc<Fake>;
 
 /// Answers by the `To` number: `…0400` invalid number, `…0429` rate limited, `…0503` down,
 /// `…hang` never in time, `…slow` late but fine; anything else is queued.
@@ -61,16 +70,12 @@ async fn messages(
         let body = json!({"code": 20003, "message": "Authenticate", "status": 401});
         return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
     }
-    {
-        let mut f = fake.lock();
-        f.in_flight += 1;
-        f.max_in_flight = f.max_in_flight.max(f.in_flight);
-    }
-    let response = answer(&sms).await;
-    let mut f = fake.lock();
-    f.in_flight -= 1;
+    let response = {
+        let _guard = fake.in_flight.enter();
+        answer(&sms).await
+    };
     if response.status() == StatusCode::CREATED {
-        f.accepted.push(sms);
+        fake.accepted.lock().push(sms);
     }
     response
 }
@@ -113,10 +118,7 @@ async fn fake_twilio() -> (SocketAddr, Shared) {
     let app = Router::new()
         .route("/2010-04-01/Accounts/{sid}/Messages.json", post(messages))
         .with_state(Arc::clone(&fake));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, fake)
+    (fake_server::serve(app).await, fake)
 }
 
 fn config(addr: SocketAddr, token: &str, concurrency: usize, timeout_ms: u64) -> SmsConfig {
@@ -125,11 +127,7 @@ fn config(addr: SocketAddr, token: &str, concurrency: usize, timeout_ms: u64) ->
         account_sid: Some(SID.into()),
         auth_token: Some(Secret::new(token)),
         from: Some(FROM.into()),
-        limits: ProviderLimits {
-            concurrency,
-            rate_per_s: 0,
-            timeout_ms,
-        },
+        limits: limits(concurrency, timeout_ms),
     }
 }
 
@@ -137,23 +135,19 @@ fn provider(addr: SocketAddr) -> SmsProvider {
     SmsProvider::new(&config(addr, TOKEN, 8, 5_000)).expect("sms provider")
 }
 
-fn dispatch(to: &str) -> Dispatch {
-    Dispatch {
-        envelope: Arc::new(Envelope {
-            campaign_id: "cmp-1".into(),
-            channel: Channel::Sms,
-            category: None,
-            priority: Priority::High,
-            expires_at: None,
-        }),
-        user_id: "u-1".into(),
-        notification_id: uuid::Uuid::new_v4(),
-        destination: Destination::Phone(to.into()),
-        title: None,
-        body: format!("Your code is 123456 & expires soon ({to})"),
-        html: None,
-        data: json!({}),
-    }
+fn sms_to(to: &str) -> Dispatch {
+    let body = format!("Your code is 123456 & expires soon ({to})");
+    dispatch::to(
+        &Arc::new(envelope(Channel::Sms, Priority::High)),
+        Destination::Phone(to.into()),
+        &body,
+    )
+}
+
+/// The fake API's answer to a message to `to` becomes `want`.
+async fn assert_outcome(to: &str, want: Outcome) {
+    let (addr, _fake) = fake_twilio().await;
+    assert_eq!(send_one(&provider(addr), sms_to(to)).await, want);
 }
 
 #[tokio::test]
@@ -161,11 +155,11 @@ async fn an_accepted_message_is_sent_with_basic_auth_and_form_fields() {
     let (addr, fake) = fake_twilio().await;
     let sms = provider(addr);
 
-    let outcomes = sms.send(&[dispatch("+15550000001")]).await;
+    let outcomes = sms.send(&[sms_to("+15550000001")]).await;
 
     assert_eq!(outcomes, vec![Outcome::Sent]);
     assert_eq!(
-        fake.lock().accepted,
+        *fake.accepted.lock(),
         vec![Sms {
             to: "+15550000001".into(),
             from: FROM.into(),
@@ -176,40 +170,20 @@ async fn an_accepted_message_is_sent_with_basic_auth_and_form_fields() {
 
 #[tokio::test]
 async fn an_invalid_number_fails_with_the_twilio_code() {
-    let (addr, _fake) = fake_twilio().await;
-    let sms = provider(addr);
-
-    let outcomes = sms.send(&[dispatch("+15550000400")]).await;
-
-    assert_eq!(
-        outcomes,
-        vec![Outcome::failed(
-            "sms 21211 The 'To' number +15550000400 is not a valid phone number."
-        )]
-    );
+    let want =
+        Outcome::failed("sms 21211 The 'To' number +15550000400 is not a valid phone number.");
+    assert_outcome("+15550000400", want).await;
 }
 
 #[tokio::test]
 async fn a_rate_limited_request_is_retried_after_retry_after() {
-    let (addr, _fake) = fake_twilio().await;
-    let sms = provider(addr);
-
-    let outcomes = sms.send(&[dispatch("+15550000429")]).await;
-
-    assert_eq!(
-        outcomes,
-        vec![Outcome::retry("sms 429", Some(Duration::from_secs(3)))]
-    );
+    let want = Outcome::retry("sms 429", Some(Duration::from_secs(3)));
+    assert_outcome("+15550000429", want).await;
 }
 
 #[tokio::test]
 async fn an_unavailable_api_is_retried() {
-    let (addr, _fake) = fake_twilio().await;
-    let sms = provider(addr);
-
-    let outcomes = sms.send(&[dispatch("+15550000503")]).await;
-
-    assert_eq!(outcomes, vec![Outcome::retry("sms 503", None)]);
+    assert_outcome("+15550000503", Outcome::retry("sms 503", None)).await;
 }
 
 #[tokio::test]
@@ -217,10 +191,10 @@ async fn rejected_credentials_are_retried_and_never_reported() {
     let (addr, fake) = fake_twilio().await;
     let sms = SmsProvider::new(&config(addr, "wrong-token", 8, 5_000)).unwrap();
 
-    let outcomes = sms.send(&[dispatch("+15550000001")]).await;
+    let outcome = send_one(&sms, sms_to("+15550000001")).await;
 
-    assert_eq!(outcomes, vec![Outcome::retry("sms 401 unauthorized", None)]);
-    assert!(fake.lock().accepted.is_empty());
+    assert_eq!(outcome, Outcome::retry("sms 401 unauthorized", None));
+    assert!(fake.accepted.lock().is_empty());
 }
 
 #[tokio::test]
@@ -228,57 +202,37 @@ async fn a_slow_api_times_out_and_is_retried() {
     let (addr, _fake) = fake_twilio().await;
     let sms = SmsProvider::new(&config(addr, TOKEN, 8, 300)).unwrap();
 
-    let started = std::time::Instant::now();
-    let outcomes = sms.send(&[dispatch("+1555000hang")]).await;
-
-    assert_eq!(outcomes, vec![Outcome::retry("sms timeout", None)]);
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_timed_out(&sms, sms_to("+1555000hang")).await;
 }
 
 #[tokio::test]
 async fn an_unreachable_api_is_retried() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let sms = provider(addr);
-
-    let outcomes = sms.send(&[dispatch("+15550000001")]).await;
-
-    assert!(
-        matches!(&outcomes[..], [Outcome::Retry { after: None, .. }]),
-        "{outcomes:?}"
-    );
+    assert_unreachable(&provider(closed_addr()), sms_to("+15550000001")).await;
 }
 
 #[tokio::test]
 async fn outcomes_come_back_in_order_with_wrong_destinations_failed() {
     let (addr, _fake) = fake_twilio().await;
     let sms = provider(addr);
-    let mut email = dispatch("ignored");
+    let mut email = sms_to("ignored");
     email.destination = Destination::Email("a@example.com".into());
 
     let outcomes = sms
         .send(&[
-            dispatch("+1555000slow1"),
-            dispatch("+15550000400"),
+            sms_to("+1555000slow1"),
+            sms_to("+15550000400"),
             email,
-            dispatch("+15550000503"),
-            dispatch("+15550000002"),
+            sms_to("+15550000503"),
+            sms_to("+15550000002"),
         ])
         .await;
 
-    assert_eq!(outcomes.len(), 5);
-    assert_eq!(outcomes[0], Outcome::Sent);
-    assert!(
-        matches!(&outcomes[1], Outcome::Failed { reason } if reason.starts_with("sms 21211")),
-        "{outcomes:?}"
+    assert_eq!(
+        labels(&outcomes),
+        ["sent", "failed", "failed", "retry", "sent"]
     );
-    assert!(
-        matches!(outcomes[2], Outcome::Failed { .. }),
-        "{outcomes:?}"
-    );
-    assert!(matches!(outcomes[3], Outcome::Retry { .. }), "{outcomes:?}");
-    assert_eq!(outcomes[4], Outcome::Sent);
+    let reason = failed_reason(outcomes[1].clone());
+    assert!(reason.starts_with("sms 21211"), "{reason}");
 }
 
 #[tokio::test]
@@ -286,22 +240,20 @@ async fn concurrency_is_limited_across_callers() {
     let (addr, fake) = fake_twilio().await;
     let sms = SmsProvider::new(&config(addr, TOKEN, 2, 5_000)).unwrap();
     let group: Vec<Dispatch> = (0..3)
-        .map(|i| dispatch(&format!("+1555000slow{i}")))
+        .map(|i| sms_to(&format!("+1555000slow{i}")))
         .collect();
 
     let started = std::time::Instant::now();
-    let (a, b) = tokio::join!(sms.send(&group), sms.send(&group));
+    let outcomes = send_from_two_callers(&sms, &group).await;
 
-    assert!(
-        a.iter().chain(&b).all(|o| *o == Outcome::Sent),
-        "{a:?} {b:?}"
-    );
-    let f = fake.lock();
-    assert_eq!(f.accepted.len(), 6);
-    assert_eq!(f.max_in_flight, 2);
+    assert_eq!(outcomes.len(), 6);
+    assert_all_sent(&outcomes);
+    let accepted = fake.accepted.lock();
+    assert_eq!(accepted.len(), 6);
+    assert_concurrent_within(fake.in_flight.max(), 2);
     assert!(started.elapsed() >= SLOW * 3);
     let mut per_number: HashMap<&str, usize> = HashMap::new();
-    for s in &f.accepted {
+    for s in accepted.iter() {
         *per_number.entry(s.to.as_str()).or_default() += 1;
     }
     assert!(per_number.values().all(|n| *n == 2), "{per_number:?}");
