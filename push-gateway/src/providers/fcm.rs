@@ -26,13 +26,20 @@ const MAX_TTL_SECS: i64 = 28 * 24 * 3600;
 /// `gcm`.
 const RESERVED_DATA_KEYS: [&str; 3] = ["from", "notification", "message_type"];
 
+/// How requests travel: HTTP/2 (FCM itself over TLS, or h2c) on `push.fcm.connections`
+/// connections taken in turn (one connection's frames are handled by one task on each side,
+/// which caps what a single connection carries); plain HTTP/1.1 endpoints through reqwest.
+enum Transport {
+    H2 {
+        pool: super::h2::H2Pool,
+        uri: hyper::Uri,
+    },
+    Http1(reqwest::Client),
+}
+
 /// FCM v1 client.
 pub struct FcmProvider {
-    /// `push.fcm.connections` clients, taken in turn: each keeps its own connection pool, so
-    /// an HTTP/2 endpoint is spoken to over several connections (one connection's frames are
-    /// handled by one task on each side, which caps what a single connection carries).
-    http: Vec<reqwest::Client>,
-    next: std::sync::atomic::AtomicUsize,
+    transport: Transport,
     /// `{endpoint}/v1/projects/{project_id}/messages:send`, parsed once (not per send).
     send_url: reqwest::Url,
     tokens: Arc<TokenSource>,
@@ -68,47 +75,45 @@ impl FcmProvider {
         }
         let timeout = Duration::from_millis(cfg.limits.timeout_ms);
         let concurrency = cfg.limits.concurrency.max(1);
-        let build = || {
-            let mut builder = reqwest::Client::builder()
+        let send_url = reqwest::Url::parse(&format!(
+            "{}/v1/projects/{project_id}/messages:send",
+            cfg.endpoint.trim_end_matches('/')
+        ))
+        .map_err(|e| {
+            Error::invalid(format!("push.fcm.endpoint `{}` is not a URL", cfg.endpoint))
+                .with_source(e)
+        })?;
+        let bad_endpoint =
+            |why: String| Error::invalid(format!("push.fcm.endpoint `{}`: {why}", cfg.endpoint));
+        let transport = if send_url.scheme() == "https" || cfg.h2c {
+            let uri: hyper::Uri = send_url
+                .as_str()
+                .parse()
+                .map_err(|e: hyper::http::uri::InvalidUri| bad_endpoint(e.to_string()))?;
+            let pool =
+                super::h2::H2Pool::new(&uri, cfg.connections, timeout).map_err(bad_endpoint)?;
+            Transport::H2 { pool, uri }
+        } else {
+            let client = reqwest::Client::builder()
                 .timeout(timeout)
                 .tcp_nodelay(true)
                 // Over HTTP/1.1 every request in flight needs a connection of its own; keep
                 // them all rather than reconnecting after each burst.
                 .pool_max_idle_per_host(concurrency.max(32))
-                .http2_adaptive_window(true)
                 // FCM neither redirects nor wants the client's own retries (the gateway
-                // retries with backoff), and skipping both saves a URL round trip per send.
+                // retries with backoff).
                 .redirect(reqwest::redirect::Policy::none())
-                .retry(reqwest::retry::never());
-            if cfg.h2c {
-                builder = builder.http2_prior_knowledge();
-            }
-            builder
+                .retry(reqwest::retry::never())
                 .build()
-                .map_err(|e| Error::internal("cannot build the FCM HTTP client").with_source(e))
+                .map_err(|e| Error::internal("cannot build the FCM HTTP client").with_source(e))?;
+            Transport::Http1(client)
         };
-        let http = (0..cfg.connections.max(1))
-            .map(|_| build())
-            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            http,
-            next: Default::default(),
-            send_url: reqwest::Url::parse(&format!(
-                "{}/v1/projects/{project_id}/messages:send",
-                cfg.endpoint.trim_end_matches('/')
-            ))
-            .map_err(|e| {
-                Error::invalid(format!("push.fcm.endpoint `{}` is not a URL", cfg.endpoint))
-                    .with_source(e)
-            })?,
+            transport,
+            send_url,
             tokens: Arc::new(TokenSource::new(&account, timeout)?),
             permits: Arc::new(Semaphore::new(concurrency)),
         })
-    }
-
-    fn client(&self) -> &reqwest::Client {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        &self.http[i % self.http.len()]
     }
 
     async fn send_one(&self, dispatch: &Dispatch) -> Outcome {
@@ -128,6 +133,42 @@ impl FcmProvider {
         outcome
     }
 
+    /// One request: the status, `Retry-After` and body, or the outcome of a transport failure.
+    async fn exchange(
+        &self,
+        access: &str,
+        body: &bytes::Bytes,
+    ) -> std::result::Result<(StatusCode, Option<Duration>, bytes::Bytes), Outcome> {
+        match &self.transport {
+            Transport::H2 { pool, uri } => {
+                let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {access}"))
+                    .map_err(|_| Outcome::retry("fcm: access token is not a header value", None))?;
+                match pool.post_json(uri, &bearer, body.clone()).await {
+                    Ok(r) => Ok((r.status, retry_after(r.headers.get(RETRY_AFTER)), r.body)),
+                    Err(super::h2::H2Error::Timeout) => Err(Outcome::retry("fcm timeout", None)),
+                    Err(e) => Err(Outcome::retry(format!("fcm {e}"), None)),
+                }
+            }
+            Transport::Http1(client) => {
+                let resp = client
+                    .post(self.send_url.clone())
+                    .bearer_auth(access)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| transport_outcome("fcm", &e))?;
+                let status = resp.status();
+                let after = retry_after(resp.headers().get(RETRY_AFTER));
+                let bytes = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| transport_outcome("fcm", &e))?;
+                Ok((status, after, bytes))
+            }
+        }
+    }
+
     /// Sends one message; on a 401 drops the access token and tries once more with a new one.
     async fn post(&self, body: &bytes::Bytes) -> Outcome {
         let mut refreshed = false;
@@ -136,23 +177,9 @@ impl FcmProvider {
                 Ok(t) => t,
                 Err(e) => return Outcome::retry(format!("oauth: {e}"), None),
             };
-            let resp = match self
-                .client()
-                .post(self.send_url.clone())
-                .bearer_auth(&access)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-                .send()
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => return transport_outcome("fcm", &e),
-            };
-            let status = resp.status();
-            let after = retry_after(resp.headers().get(RETRY_AFTER));
-            let bytes = match resp.bytes().await {
-                Ok(b) => b,
-                Err(e) => return transport_outcome("fcm", &e),
+            let (status, after, bytes) = match self.exchange(&access, body).await {
+                Ok(answer) => answer,
+                Err(outcome) => return outcome,
             };
             match classify(status, after, &bytes) {
                 Classified::Done(outcome) => return outcome,

@@ -4,6 +4,7 @@
 pub mod apns;
 pub mod email;
 pub mod fcm;
+pub mod h2;
 pub mod oauth;
 pub mod sms;
 pub mod webhook;

@@ -44,6 +44,8 @@ pub async fn spawn_gateway(configure: impl FnOnce(&mut Config)) -> TestGateway {
     config.push.fcm.endpoint = fcm.endpoint();
     config.push.fcm.credentials_file = Some(fcm.write_credentials(dir.path()).expect("write"));
     config.push.fcm.batch_window_ms = 5;
+    // HTTP/2 without TLS, as FCM itself is spoken to (over TLS).
+    config.push.fcm.h2c = true;
     config.push.max_attempts = 3;
     config.push.backoff_base_ms = 20;
     config.push.backoff_max_ms = 100;
