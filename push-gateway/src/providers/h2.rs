@@ -189,3 +189,40 @@ impl H2Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_https_origin_that_does_not_speak_tls_is_a_connect_error() {
+        // A listener that accepts and hangs up: the TLS handshake must fail, not hang.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let uri: Uri = format!("https://localhost:{port}/v1/x").parse().unwrap();
+        let pool = H2Pool::new(&uri, 2, Duration::from_secs(5)).unwrap();
+        let bearer = HeaderValue::from_static("Bearer t");
+        match pool
+            .post_json(&uri, &bearer, Bytes::from_static(b"{}"))
+            .await
+        {
+            Err(H2Error::Connect(why)) => assert!(why.starts_with("TLS"), "{why}"),
+            Err(other) => panic!("expected a TLS connect error, got {other}"),
+            Ok(r) => panic!("expected an error, got {}", r.status),
+        }
+    }
+
+    #[test]
+    fn only_http_and_https_origins_are_accepted() {
+        let t = Duration::from_secs(1);
+        assert!(H2Pool::new(&"ftp://example.com/x".parse().unwrap(), 1, t).is_err());
+        assert!(H2Pool::new(&"/relative".parse().unwrap(), 1, t).is_err());
+        assert!(H2Pool::new(&"https://fcm.googleapis.com/v1".parse().unwrap(), 1, t).is_ok());
+        assert!(H2Pool::new(&"http://127.0.0.1:9/v1".parse().unwrap(), 1, t).is_ok());
+    }
+}
