@@ -302,6 +302,9 @@ pub struct FcmConfig {
     pub h2c: bool,
     /// Connections (HTTP/2) or connection pools (HTTP/1.1) the sends are spread over.
     pub connections: usize,
+    /// Extra CA certificates (PEM) trusted for an `https://` endpoint besides the public
+    /// roots: a private FCM-compatible endpoint, or a test server.
+    pub ca_file: Option<PathBuf>,
     #[serde(flatten)]
     pub limits: ProviderLimits,
 }
@@ -316,6 +319,7 @@ impl Default for FcmConfig {
             batch_window_ms: 100,
             h2c: false,
             connections: 4,
+            ca_file: None,
             // FCM's default quota is 600,000 messages a minute per project.
             limits: ProviderLimits::new(1_000, 10_000, 10_000),
         }

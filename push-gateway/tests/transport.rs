@@ -1,5 +1,6 @@
-//! The FCM provider's HTTP/2 connections survive the server going away: a restarted FCM is
-//! reconnected to (and its new access token fetched) without restarting the gateway.
+//! The FCM provider's HTTP/2 transport: TLS with ALPN h2 to an `https://` endpoint (trusting a
+//! `ca_file` besides the public roots), and connections that survive the server going away (a
+//! restarted FCM is reconnected to without restarting the gateway).
 
 use herald_core::config::FcmConfig;
 use herald_core::model::{Channel, Platform, Priority};
@@ -66,4 +67,113 @@ async fn a_restarted_fcm_is_reconnected_to_without_restarting_the_gateway() {
     assert!(delivered, "the restarted server was never reached");
     assert_eq!(second.requests_for("ok-again"), 1);
     assert_eq!(second.token_exchanges(), 1);
+}
+
+/// An FCM send endpoint over TLS (HTTP/2 by ALPN), signed by the test CA of `fixtures/`;
+/// answers every send 200 and records the HTTP version it was spoken to in.
+async fn tls_fcm() -> (u16, Arc<parking_lot::Mutex<Vec<hyper::Version>>>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(format!("{fixtures}/tls_localhost.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{fixtures}/tls_localhost.key")).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let versions = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = versions.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    seen.lock().push(req.version());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(
+                                br#"{"name":"projects/p/messages/1"}"#,
+                            )),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, versions)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_endpoint_is_spoken_to_over_tls_with_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    // The fake FCM only hands out access tokens here; the sends go to the TLS endpoint.
+    let oauth = FakeFcm::start().await.unwrap();
+    let (port, versions) = tls_fcm().await;
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls_ca.pem");
+    let config = FcmConfig {
+        endpoint: format!("https://localhost:{port}"),
+        credentials_file: Some(oauth.write_credentials(dir.path()).unwrap()),
+        ca_file: Some(ca.into()),
+        ..FcmConfig::default()
+    };
+    let provider = FcmProvider::new(&config).unwrap();
+    let sends: Vec<Dispatch> = (0..10).map(|i| dispatch(&format!("ok-{i}"))).collect();
+    assert_eq!(provider.send(&sends).await, vec![Outcome::Sent; 10]);
+    assert_eq!(versions.lock().len(), 10);
+    assert!(versions.lock().iter().all(|v| *v == hyper::Version::HTTP_2));
+
+    // Without the test CA the same endpoint is not trusted: the sends are retried, not sent.
+    let untrusted = FcmProvider::new(&FcmConfig {
+        ca_file: None,
+        ..config.clone()
+    })
+    .unwrap();
+    match &untrusted.send(&sends[..1]).await[0] {
+        Outcome::Retry { reason, .. } => assert!(reason.contains("TLS"), "{reason}"),
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    assert_eq!(versions.lock().len(), 10);
+}
+
+#[test]
+fn a_ca_file_that_is_not_pem_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("ca.pem");
+    std::fs::write(&bogus, "not a certificate").unwrap();
+    let config = FcmConfig {
+        endpoint: "https://localhost:1".into(),
+        credentials_file: Some(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/fcm_service_account.json"
+            )
+            .into(),
+        ),
+        ca_file: Some(bogus),
+        ..FcmConfig::default()
+    };
+    let err = FcmProvider::new(&config).unwrap_err();
+    assert!(err.message.contains("push.fcm.ca_file"), "{}", err.message);
 }

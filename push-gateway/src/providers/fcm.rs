@@ -90,8 +90,13 @@ impl FcmProvider {
                 .as_str()
                 .parse()
                 .map_err(|e: hyper::http::uri::InvalidUri| bad_endpoint(e.to_string()))?;
-            let pool =
-                super::h2::H2Pool::new(&uri, cfg.connections, timeout).map_err(bad_endpoint)?;
+            let extra_roots = match &cfg.ca_file {
+                Some(path) => super::h2::read_certificates(path)
+                    .map_err(|why| Error::invalid(format!("push.fcm.ca_file: {why}")))?,
+                None => Vec::new(),
+            };
+            let pool = super::h2::H2Pool::new(&uri, cfg.connections, timeout, &extra_roots)
+                .map_err(bad_endpoint)?;
             Transport::H2 { pool, uri }
         } else {
             let client = reqwest::Client::builder()

@@ -14,6 +14,8 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{HeaderMap, Request, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,18 @@ pub struct H2Response {
     pub body: Bytes,
 }
 
+/// The certificates of a PEM file (for `ca_file` settings).
+pub fn read_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not PEM certificates: {e:?}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
 /// Connections to one origin.
 pub struct H2Pool {
     host: String,
@@ -51,8 +65,14 @@ pub struct H2Pool {
 }
 
 impl H2Pool {
-    /// A pool of `connections` to the origin of `uri` (connected lazily).
-    pub fn new(uri: &Uri, connections: usize, timeout: Duration) -> Result<H2Pool, String> {
+    /// A pool of `connections` to the origin of `uri` (connected lazily). An `https://` origin
+    /// must present a certificate from the public roots or from `extra_roots`.
+    pub fn new(
+        uri: &Uri,
+        connections: usize,
+        timeout: Duration,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<H2Pool, String> {
         let host = uri.host().ok_or("the URL has no host")?.to_owned();
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -63,6 +83,11 @@ impl H2Pool {
         let tls = if https {
             let mut roots = rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            for cert in extra_roots {
+                roots
+                    .add(cert.clone())
+                    .map_err(|e| format!("extra CA certificate: {e}"))?;
+            }
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let mut config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
@@ -205,7 +230,7 @@ mod tests {
             }
         });
         let uri: Uri = format!("https://localhost:{port}/v1/x").parse().unwrap();
-        let pool = H2Pool::new(&uri, 2, Duration::from_secs(5)).unwrap();
+        let pool = H2Pool::new(&uri, 2, Duration::from_secs(5), &[]).unwrap();
         let bearer = HeaderValue::from_static("Bearer t");
         match pool
             .post_json(&uri, &bearer, Bytes::from_static(b"{}"))
@@ -220,9 +245,9 @@ mod tests {
     #[test]
     fn only_http_and_https_origins_are_accepted() {
         let t = Duration::from_secs(1);
-        assert!(H2Pool::new(&"ftp://example.com/x".parse().unwrap(), 1, t).is_err());
-        assert!(H2Pool::new(&"/relative".parse().unwrap(), 1, t).is_err());
-        assert!(H2Pool::new(&"https://fcm.googleapis.com/v1".parse().unwrap(), 1, t).is_ok());
-        assert!(H2Pool::new(&"http://127.0.0.1:9/v1".parse().unwrap(), 1, t).is_ok());
+        assert!(H2Pool::new(&"ftp://example.com/x".parse().unwrap(), 1, t, &[]).is_err());
+        assert!(H2Pool::new(&"/relative".parse().unwrap(), 1, t, &[]).is_err());
+        assert!(H2Pool::new(&"https://fcm.googleapis.com/v1".parse().unwrap(), 1, t, &[]).is_ok());
+        assert!(H2Pool::new(&"http://127.0.0.1:9/v1".parse().unwrap(), 1, t, &[]).is_ok());
     }
 }
