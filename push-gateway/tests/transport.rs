@@ -2,34 +2,20 @@
 //! `ca_file` besides the public roots), and connections that survive the server going away (a
 //! restarted FCM is reconnected to without restarting the gateway).
 
+#[path = "support/dispatch.rs"]
+mod support;
+
 use herald_core::config::FcmConfig;
 use herald_core::model::{Channel, Platform, Priority};
 use herald_push::fakes::FakeFcm;
-use herald_push::provider::{Destination, Dispatch, Envelope, Outcome, Provider};
+use herald_push::provider::{Dispatch, Outcome, Provider};
 use herald_push::providers::fcm::FcmProvider;
 use std::sync::Arc;
 use std::time::Duration;
 
 fn dispatch(token: &str) -> Dispatch {
-    Dispatch {
-        envelope: Arc::new(Envelope {
-            campaign_id: "c".into(),
-            channel: Channel::Push,
-            category: None,
-            priority: Priority::Normal,
-            expires_at: None,
-        }),
-        user_id: "u".into(),
-        notification_id: uuid::Uuid::now_v7(),
-        destination: Destination::Device {
-            platform: Platform::Fcm,
-            token: token.into(),
-        },
-        title: Some("t".into()),
-        body: "b".into(),
-        html: None,
-        data: serde_json::json!({}),
-    }
+    let envelope = Arc::new(support::envelope(Channel::Push, Priority::Normal));
+    support::to(&envelope, support::device(Platform::Fcm, token), "b")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
