@@ -163,3 +163,37 @@ fn a_ca_file_that_is_not_pem_is_a_configuration_error() {
     let err = FcmProvider::new(&config).unwrap_err();
     assert!(err.message.contains("push.fcm.ca_file"), "{}", err.message);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_file_without_project_or_key_id_works_with_a_configured_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let fcm = FakeFcm::start().await.unwrap();
+    let mut account = herald_push::fakes::credentials(&fcm.endpoint());
+    let fields = account.as_object_mut().unwrap();
+    fields.remove("project_id");
+    fields.remove("private_key_id");
+    let path = dir.path().join("sa.json");
+    std::fs::write(&path, account.to_string()).unwrap();
+    let config = FcmConfig {
+        endpoint: fcm.endpoint(),
+        credentials_file: Some(path.clone()),
+        project_id: Some("from-config".into()),
+        ..FcmConfig::default()
+    };
+    let provider = FcmProvider::new(&config).unwrap();
+    assert_eq!(
+        provider.send(&[dispatch("ok-1")]).await,
+        vec![Outcome::Sent]
+    );
+    // Without a project anywhere, the provider refuses to start, naming the setting.
+    let err = FcmProvider::new(&FcmConfig {
+        project_id: None,
+        ..config
+    })
+    .unwrap_err();
+    assert!(
+        err.message.contains("push.fcm.project_id"),
+        "{}",
+        err.message
+    );
+}

@@ -27,7 +27,11 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// The fields of a service-account key file that the token exchange needs.
 #[derive(Clone, Deserialize)]
 pub struct ServiceAccount {
+    /// May be left out when `push.fcm.project_id` names the project.
+    #[serde(default)]
     pub project_id: String,
+    /// The key's id, sent as the assertion's `kid` when present.
+    #[serde(default)]
     pub private_key_id: String,
     /// PEM (PKCS#8) RSA private key.
     pub private_key: String,
@@ -233,7 +237,7 @@ impl TokenSource {
             .map_err(|_| "system clock is before 1970".to_owned())?
             .as_secs();
         let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.key_id.clone());
+        header.kid = (!self.key_id.is_empty()).then(|| self.key_id.clone());
         let claims = AssertionClaims {
             iss: &self.client_email,
             scope: FCM_SCOPE,
