@@ -417,18 +417,8 @@ pub async fn list(
     State(ctx): State<Context>,
     QueryParams(params): QueryParams<ListParams>,
 ) -> ApiResult<Json<Value>> {
-    let page = PageParams {
-        limit: params.limit,
-        cursor: params.cursor,
-    };
-    let limit = page.limit()?;
-    let before = page.after()?;
-    let status = params
-        .status
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .map(str::parse::<CampaignStatus>)
-        .transpose()?;
+    let (limit, before) = PageParams::keyset(params.limit, params.cursor)?;
+    let status: Option<CampaignStatus> = crate::pages::filter_param(params.status.as_deref())?;
     let campaigns = ctx
         .ports
         .campaigns

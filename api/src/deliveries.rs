@@ -2,7 +2,7 @@
 //! push gateway gave up on, listed and replayed by an admin).
 
 use crate::http::{ApiError, ApiResult, JsonBody, PathParams, QueryParams};
-use crate::pages::{next_cursor, PageParams};
+use crate::pages::{filter_param, next_cursor, PageParams};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -124,18 +124,8 @@ pub async fn list_dead_letters(
     State(ctx): State<Context>,
     QueryParams(params): QueryParams<DeadLetterParams>,
 ) -> ApiResult<Json<Value>> {
-    let page = PageParams {
-        limit: params.limit,
-        cursor: params.cursor,
-    };
-    let limit = page.limit()?;
-    let before = page.after()?;
-    let channel = params
-        .channel
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(str::parse::<Channel>)
-        .transpose()?;
+    let (limit, before) = PageParams::keyset(params.limit, params.cursor)?;
+    let channel: Option<Channel> = filter_param(params.channel.as_deref())?;
     if channel.is_some_and(|c| !topics::OUTBOUND.contains(&c)) {
         return Err(ApiError::invalid(
             "channel must be one of push, email, sms, webhook",

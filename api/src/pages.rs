@@ -16,6 +16,13 @@ pub struct PageParams {
 }
 
 impl PageParams {
+    /// The page limit and the key the cursor wraps, for handlers whose query struct holds
+    /// `limit` and `cursor` next to filters of their own.
+    pub fn keyset(limit: Option<u32>, cursor: Option<String>) -> ApiResult<(u32, Option<String>)> {
+        let page = PageParams { limit, cursor };
+        Ok((page.limit()?, page.after()?))
+    }
+
     pub fn limit(&self) -> ApiResult<u32> {
         match self.limit {
             None => Ok(DEFAULT_LIMIT),
@@ -47,4 +54,15 @@ pub fn next_cursor(last_key: Option<&str>, page_len: usize, limit: u32) -> Optio
         .then_some(last_key)
         .flatten()
         .map(|k| B64.encode(k))
+}
+
+/// An optional filter parameter (`?status=`, `?channel=`): absent or empty means no filter.
+pub fn filter_param<T>(value: Option<&str>) -> ApiResult<Option<T>>
+where
+    T: std::str::FromStr<Err = herald_core::Error>,
+{
+    Ok(value
+        .filter(|v| !v.is_empty())
+        .map(str::parse)
+        .transpose()?)
 }

@@ -332,20 +332,11 @@ impl Gateway {
             failures: Vec::new(),
             at: now,
         };
-        let mut failures: Vec<SendFailure> = Vec::new();
-        let mut fail = |report: &mut DeliveryReport, f: SendFailure| {
-            report.failed += 1;
-            if failures.len() < REPORTED_FAILURES {
-                failures.push(f);
-            }
-        };
-
         if msg.expires_at.is_some_and(|e| e <= now) {
             for item in &msg.items {
                 fail(&mut report, failure(item, "-", "expired before delivery"));
             }
             count(channel, "failed", report.failed);
-            report.failures = failures;
             return Ok(report);
         }
 
@@ -420,7 +411,6 @@ impl Gateway {
                 }
             }
         }
-        report.failures = failures;
 
         let directory = &self.ctx.ports.directory;
         if !invalid_tokens.is_empty() {
@@ -628,6 +618,14 @@ fn narrowed(msg: &ChannelMessage, which: &BTreeMap<usize, Vec<String>>) -> Vec<C
             item
         })
         .collect()
+}
+
+/// Counts one failed send, keeping its details while the report has room for them.
+fn fail(report: &mut DeliveryReport, f: SendFailure) {
+    report.failed += 1;
+    if report.failures.len() < REPORTED_FAILURES {
+        report.failures.push(f);
+    }
 }
 
 fn failure(item: &ChannelItem, target: &str, reason: &str) -> SendFailure {

@@ -34,14 +34,16 @@ enum Transport {
         pool: super::h2::H2Pool,
         uri: hyper::Uri,
     },
-    Http1(reqwest::Client),
+    Http1 {
+        client: reqwest::Client,
+        url: reqwest::Url,
+    },
 }
 
 /// FCM v1 client.
 pub struct FcmProvider {
+    /// Carries `{endpoint}/v1/projects/{project_id}/messages:send`, parsed once (not per send).
     transport: Transport,
-    /// `{endpoint}/v1/projects/{project_id}/messages:send`, parsed once (not per send).
-    send_url: reqwest::Url,
     tokens: Arc<TokenSource>,
     /// Requests in flight, shared by every caller of this provider.
     permits: Arc<Semaphore>,
@@ -50,7 +52,13 @@ pub struct FcmProvider {
 impl std::fmt::Debug for FcmProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FcmProvider")
-            .field("send_url", &self.send_url.as_str())
+            .field(
+                "send_url",
+                &match &self.transport {
+                    Transport::H2 { uri, .. } => uri.to_string(),
+                    Transport::Http1 { url, .. } => url.to_string(),
+                },
+            )
             .finish_non_exhaustive()
     }
 }
@@ -111,11 +119,13 @@ impl FcmProvider {
                 .retry(reqwest::retry::never())
                 .build()
                 .map_err(|e| Error::internal("cannot build the FCM HTTP client").with_source(e))?;
-            Transport::Http1(client)
+            Transport::Http1 {
+                client,
+                url: send_url,
+            }
         };
         Ok(Self {
             transport,
-            send_url,
             tokens: Arc::new(TokenSource::new(&account, timeout)?),
             permits: Arc::new(Semaphore::new(concurrency)),
         })
@@ -154,9 +164,9 @@ impl FcmProvider {
                     Err(e) => Err(Outcome::retry(format!("fcm {e}"), None)),
                 }
             }
-            Transport::Http1(client) => {
+            Transport::Http1 { client, url } => {
                 let resp = client
-                    .post(self.send_url.clone())
+                    .post(url.clone())
                     .bearer_auth(access)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
