@@ -90,12 +90,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 herald_inbox::LiveConfig::default(),
                 shutdown.clone(),
             );
-            let router = herald_api::finish(
+            let router = herald_http::finish(
                 herald_api::admin_router(ctx.clone())
                     .merge(inbox)
-                    .merge(herald_api::http::ops_router(ctx.clone())),
+                    .merge(herald_http::ops_router(ctx.clone())),
             );
-            herald_api::serve(listener, router, shutdown.clone())
+            herald_http::serve(listener, router, shutdown.clone())
                 .await
                 .context("HTTP server failed")?;
             shutdown.cancel();
@@ -122,8 +122,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let shutdown = shutdown_signal();
             let role = tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
             // Worker roles serve only /healthz, /readyz and /metrics.
-            let ops = herald_api::finish(herald_api::http::ops_router(ctx));
-            herald_api::serve(listener, ops, shutdown).await?;
+            let ops = herald_http::finish(herald_http::ops_router(ctx));
+            herald_http::serve(listener, ops, shutdown).await?;
             let _ = role.await;
             Ok(())
         }
@@ -146,8 +146,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 providers,
                 shutdown.clone(),
             ));
-            let ops = herald_api::finish(herald_api::http::ops_router(ctx));
-            herald_api::serve(listener, ops, shutdown).await?;
+            let ops = herald_http::finish(herald_http::ops_router(ctx));
+            herald_http::serve(listener, ops, shutdown).await?;
             let _ = role.await;
             Ok(())
         }
@@ -206,6 +206,7 @@ async fn build_context(config: Config, print_banner: bool) -> anyhow::Result<Con
             admin_key,
             token_secret,
         },
+        workers: Default::default(),
     })
 }
 

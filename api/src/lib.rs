@@ -1,14 +1,13 @@
 //! Herald's admin REST API: users and their preferences and devices, segments, templates, inbox
-//! token minting, campaigns and event rules, webhook subscriptions and dead letters. It also owns the
-//! HTTP plumbing every HTTP role shares ([`http`]).
+//! token minting, campaigns and event rules, webhook subscriptions and dead letters.
 //!
-//! Handlers validate input and call the ports in `herald_core::Context`; they hold no state of
-//! their own and never touch a database driver. Fan-out, inbox reads and deliveries belong to
-//! the other role crates.
+//! Handlers parse and check input, call a use case (`herald-usecases`) or a port of
+//! `herald_core::Context`, and shape the answer; they hold no state of their own and never
+//! touch a database driver. The HTTP plumbing they share with the other roles is
+//! `herald-http`. Fan-out, inbox reads and deliveries belong to the other role crates.
 
 mod campaigns;
 mod deliveries;
-pub mod http;
 mod import;
 mod pages;
 mod rules;
@@ -22,8 +21,10 @@ use axum::Router;
 use herald_core::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+
+/// The shared plumbing, under the name the handlers use.
+pub(crate) use herald_http as http;
+use herald_http::{finish, serve};
 
 /// The admin routes (`/v1/users…`, `/v1/segments…`, `/v1/templates…`), behind the admin key.
 pub fn admin_router(ctx: Context) -> Router {
@@ -103,25 +104,6 @@ pub fn admin_router(ctx: Context) -> Router {
 /// and the layers every request goes through.
 pub fn router(ctx: Context) -> Router {
     finish(admin_router(ctx.clone()).merge(http::ops_router(ctx)))
-}
-
-/// Adds the fallbacks and the shared layers to a composed router (used by `herald serve` too).
-pub fn finish(router: Router) -> Router {
-    http::with_fallbacks(router)
-        .layer(axum::middleware::from_fn(http::track_requests))
-        .layer(TraceLayer::new_for_http())
-        .layer(CatchPanicLayer::new())
-}
-
-/// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }
 
 /// Runs the `api` role: the admin API on `listener` until `shutdown`.

@@ -1,9 +1,8 @@
 //! `/v1/rules` and `/v1/events`: event-triggered notifications. A rule maps an event type to a
 //! template, channels, priority, category and an optional condition on the event's data; an
-//! event whose rule matches becomes a one-user campaign through the same path as
-//! `POST /v1/campaigns` ([`create_campaign`]).
+//! event whose rule matches becomes a one-user campaign through the same use case as
+//! `POST /v1/campaigns` (`herald_usecases::events`).
 
-use crate::campaigns::{create_campaign, CampaignInput};
 use crate::http::{ApiError, ApiResult, JsonBody, PathParams, QueryParams};
 use crate::pages::{next_cursor, PageParams};
 use axum::extract::State;
@@ -11,9 +10,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use herald_core::filter::Filter;
 use herald_core::ids::validate_key;
-use herald_core::model::{validate_category, Audience, Channel, Priority, Rule};
-use herald_core::strategy::RequestedStrategy;
+use herald_core::model::{validate_category, Channel, Priority, Rule};
 use herald_core::Context;
+use herald_usecases::events::{self, EventOutcome};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -166,16 +165,8 @@ pub struct EventInput {
     data: Value,
 }
 
-fn not_matched(reason: String) -> (StatusCode, Json<Value>) {
-    metrics::counter!("herald_events_total", "matched" => "false").increment(1);
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({"matched": false, "reason": reason})),
-    )
-}
-
 /// Receives an event: if a rule for its type exists and its condition holds on the event's
-/// data, creates a campaign for the event's user.
+/// data, creates a campaign for the event's user (`herald_usecases::events`).
 pub async fn event(
     State(ctx): State<Context>,
     JsonBody(input): JsonBody<EventInput>,
@@ -187,43 +178,14 @@ pub async fn event(
         Value::Object(o) => o,
         _ => return Err(ApiError::invalid("data: must be a JSON object")),
     };
-
-    let Some(rule) = ctx.ports.campaigns.get_rule(&input.event_type).await? else {
-        return Ok(not_matched(format!(
-            "no rule for event type `{}`",
-            input.event_type
-        )));
-    };
-    if let Some(condition) = &rule.condition {
-        if !condition.matches(&data, ctx.clock.now()) {
-            return Ok(not_matched("condition not met".to_owned()));
-        }
-    }
-
-    let campaign = create_campaign(
-        &ctx,
-        CampaignInput {
-            audience: Audience::User(input.user_id),
-            template: Some(rule.template),
-            content: None,
-            channels: rule.channels,
-            category: rule.category,
-            priority: rule.priority,
-            data: Value::Object(data),
-            starts_at: None,
-            expires_at: None,
-            strategy: RequestedStrategy::default(),
-        },
-    )
-    .await?;
-    metrics::counter!("herald_events_total", "matched" => "true").increment(1);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
+    let body = match events::trigger(&ctx, &input.event_type, input.user_id, data).await? {
+        EventOutcome::NotMatched(reason) => json!({"matched": false, "reason": reason}),
+        EventOutcome::Matched(campaign) => json!({
             "matched": true,
             "campaign_id": campaign.id,
             "strategy": campaign.strategy,
             "status": campaign.status,
-        })),
-    ))
+        }),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }

@@ -95,6 +95,7 @@ fn letter(id: &str) -> DeadLetter {
             campaign_id: "c1".into(),
             batch_no: 2,
             channel: Channel::Sms,
+            part: 0,
             category: None,
             priority: Priority::Normal,
             deliver_after: None,

@@ -48,4 +48,6 @@ pub struct Context {
     pub ports: Ports,
     pub clock: Arc<dyn Clock>,
     pub secrets: Secrets,
+    /// The background loops this process runs, and their health (what `/readyz` reads).
+    pub workers: crate::worker::Workers,
 }

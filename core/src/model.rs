@@ -637,6 +637,16 @@ pub struct Checkpoint {
     pub batching_done: bool,
 }
 
+/// A dispatcher's hold on a campaign (see [`crate::ports::CampaignStore::acquire_lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignLease {
+    pub campaign_id: String,
+    pub owner: String,
+    /// Raised by every acquisition; fenced writes succeed only with the current one.
+    pub fence: u64,
+    pub until: DateTime<Utc>,
+}
+
 impl Campaign {
     /// Whether every batch has been published and processed.
     pub fn all_batches_done(&self) -> bool {
@@ -667,6 +677,8 @@ pub struct IdempotencyRecord {
     pub key: String,
     /// A hash of the request body, to tell a replay from a conflicting reuse of the key.
     pub request_hash: String,
+    /// The id of the resource the key creates, bound when the key is claimed.
+    pub resource_id: String,
     /// The first response (status and body) once it is known; `None` while in flight.
     pub response: Option<(u16, Vec<u8>)>,
     pub expires_at: DateTime<Utc>,

@@ -7,7 +7,10 @@
 //!   overwrite, and a replayed write leaves the same state as the first one;
 //! - listings are keyset-paged (`after` the last key seen, never an offset);
 //! - the bus is at-least-once: a delivery is leased, acked explicitly, and redelivered when the
-//!   lease runs out without an ack.
+//!   lease runs out without an ack;
+//! - a campaign is owned by one dispatcher at a time through a lease in the campaign store
+//!   (heartbeat, expiry, fencing token), never through a bus lease: the bus carries only short
+//!   messages.
 
 use crate::delivery::{DeadLetter, Webhook};
 use crate::filter::Filter;
@@ -120,8 +123,37 @@ pub trait CampaignStore: Send + Sync + 'static {
     /// Sets the audience size and the (estimated) number of batches it will be cut into.
     async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()>;
     /// Saves the dispatcher's position after publishing batches up to `checkpoint.next_batch`;
-    /// when `batching_done`, also fixes `batches_total` to `checkpoint.next_batch`.
-    async fn save_checkpoint(&self, id: &str, checkpoint: &Checkpoint) -> Result<()>;
+    /// when `batching_done`, also fixes `batches_total` to `checkpoint.next_batch`. Fenced:
+    /// only while `lease` is the campaign's current lease (its fence unchanged); `false`, and
+    /// nothing saved, when another dispatcher has taken the campaign over since.
+    async fn save_checkpoint(&self, lease: &CampaignLease, checkpoint: &Checkpoint)
+        -> Result<bool>;
+
+    /// Campaigns that need a dispatcher and have none: status `sizing`, `fanning_out` or
+    /// `active`, batching not done, and no lease or an expired one (`until <= now`). Oldest
+    /// first. A dispatcher then takes one with [`CampaignStore::acquire_lease`].
+    async fn claimable_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<String>>;
+    /// Takes the dispatch lease of campaign `id` for `owner` until `now + ttl`, if nobody
+    /// holds it (no lease, or an expired one). Every acquisition gets a higher fence, which the
+    /// fenced writes check, so a dispatcher that stalled past its lease cannot overwrite its
+    /// successor's work. `None` if another owner holds a live lease or the campaign is unknown.
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Option<CampaignLease>>;
+    /// Extends a lease still held (same fence) to `now + ttl`; `false` if it was taken over.
+    async fn renew_lease(
+        &self,
+        lease: &CampaignLease,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<bool>;
+    /// Gives a lease up: the campaign is claimable again from `retry_at` (now, or later after
+    /// a failure). Does nothing if the lease was taken over already.
+    async fn release_lease(&self, lease: &CampaignLease, retry_at: DateTime<Utc>) -> Result<()>;
     /// Records batch `batch_no` as done: adds one to `batches_done`, the other counters of
     /// `delta` (its `batches_*` fields are ignored) and `queued` to the channels' `queued`
     /// counters, in one atomic step, once. A batch number already recorded is ignored and
@@ -152,17 +184,23 @@ pub trait CampaignStore: Send + Sync + 'static {
     /// Scheduled campaigns whose `starts_at` has come, oldest first.
     async fn due_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Campaign>>;
 
-    /// Claims `key` for a request with `request_hash`, or returns who had it.
+    /// Claims `key` for a request with `request_hash` that creates the resource `resource_id`,
+    /// or returns the record of whoever claimed it first (with their resource id). A retry
+    /// after any failure finds the resource id bound to the key and creates that very resource
+    /// (or finds it created), so one key makes at most one resource.
     async fn claim_idempotency_key(
         &self,
         key: &str,
         request_hash: &str,
+        resource_id: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<IdempotencyClaim>;
     /// Stores the response of the request that claimed `key`.
     async fn complete_idempotency_key(&self, key: &str, status: u16, body: &[u8]) -> Result<()>;
-    /// Frees a key whose request failed, so a retry can claim it.
-    async fn release_idempotency_key(&self, key: &str) -> Result<()>;
+    /// Gives `key` back, only while it is still unanswered and bound to `resource_id`: for a
+    /// request refused as invalid before anything was written, so the client may fix it and
+    /// retry with the same key.
+    async fn release_idempotency_key(&self, key: &str, resource_id: &str) -> Result<()>;
     /// Removes keys that expired before `now`. Returns how many.
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
 

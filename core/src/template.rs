@@ -14,10 +14,20 @@ fn env() -> &'static Environment<'static> {
     ENV.get_or_init(|| {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
-        // Notification text is not HTML; email HTML parts escape at render time by the caller.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env
     })
+}
+
+/// Notification text is not HTML and is sent as it renders; an HTML field (`email.html`)
+/// escapes every value it inserts, so user attributes and event data cannot inject markup.
+/// A template author who means to insert trusted HTML says so with `|safe`.
+fn auto_escape(name: &str) -> minijinja::AutoEscape {
+    if name.ends_with(".html") {
+        minijinja::AutoEscape::Html
+    } else {
+        minijinja::AutoEscape::None
+    }
 }
 
 /// Checks that `text` compiles; the error names the field and the problem.
@@ -114,7 +124,7 @@ impl Compiled {
     pub fn new(content: crate::model::TemplateContent) -> Result<Self> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        env.set_auto_escape_callback(auto_escape);
         for (name, text) in content.fields() {
             if text.contains("{{") || text.contains("{%") {
                 env.add_template_owned(name.to_owned(), text.to_owned())
@@ -193,5 +203,30 @@ mod compiled_tests {
             "Hi u7, order 3"
         );
         assert!(Compiled::inline("{{ broken", "b").is_err());
+    }
+
+    #[test]
+    fn html_email_escapes_inserted_values_and_text_fields_do_not() {
+        let c = Compiled::new(TemplateContent {
+            email: Some(EmailContent {
+                subject: "Hi {{ user.name }}".into(),
+                text: "Hi {{ user.name }}".into(),
+                html: Some("<p>Hi {{ user.name }}</p>".into()),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let ctx = minijinja::Value::from_serialize(
+            serde_json::json!({"user": {"name": "<script>alert(1)</script>"}, "data": {}}),
+        );
+        let email = c.content().email.clone().unwrap();
+        let html = c
+            .render("email.html", email.html.as_deref().unwrap(), &ctx)
+            .unwrap();
+        assert_eq!(html, "<p>Hi &lt;script&gt;alert(1)&lt;&#x2f;script&gt;</p>");
+        assert_eq!(
+            c.render("email.text", &email.text, &ctx).unwrap(),
+            "Hi <script>alert(1)</script>"
+        );
     }
 }

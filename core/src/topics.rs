@@ -6,7 +6,8 @@ use crate::ports::Bus;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// A campaign to dispatch (size, batch, publish): from the API and the scheduler.
+/// Hints that a campaign needs a dispatcher (from the API and the scheduler); ownership itself
+/// is a lease in the campaign store.
 pub const DISPATCH: &str = "campaigns.dispatch";
 pub const DISPATCHERS: &str = "dispatcher";
 /// Fan-out batches of up to `fanout.batch_size` users.
@@ -50,7 +51,24 @@ pub async fn declare(bus: &dyn Bus) -> crate::Result<()> {
     Ok(())
 }
 
-/// Body of a [`DISPATCH`] message.
+/// Puts a dispatch hint for `campaign_id` on the bus, so an idle dispatcher looks at once.
+/// Best effort, and said so in the log only: dispatchers find claimable campaigns in the
+/// campaign store without it (the store, not the bus, is the source of truth).
+pub async fn hint_dispatch(bus: &dyn Bus, campaign_id: &str) {
+    let payload = serde_json::to_vec(&DispatchRequest {
+        campaign_id: campaign_id.to_owned(),
+    })
+    .expect("a dispatch request encodes");
+    let hint = crate::model::OutMessage {
+        key: Some(campaign_id.to_owned()),
+        payload,
+    };
+    if let Err(e) = bus.publish(DISPATCH, &[hint]).await {
+        tracing::debug!(campaign = campaign_id, error = %e, "dispatch hint not published");
+    }
+}
+
+/// Body of a [`DISPATCH`] message: a hint that a campaign needs a dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DispatchRequest {
     pub campaign_id: String,
@@ -72,6 +90,12 @@ pub struct ChannelMessage {
     pub campaign_id: String,
     pub batch_no: u64,
     pub channel: Channel,
+    /// Which of the batch's messages on this channel: a batch becomes one message per
+    /// channel and quiet-hours end, and each must be told apart from its siblings. It is the
+    /// end of the recipients' quiet hours in Unix seconds (0 for those sent at once), so the
+    /// same batch processed again yields the same parts; retries and replays keep it.
+    #[serde(default)]
+    pub part: i64,
     pub category: Option<String>,
     pub priority: Priority,
     /// Not to be delivered before this instant (the end of the recipients' quiet hours).
@@ -95,11 +119,11 @@ fn is_zero(n: &u32) -> bool {
 
 impl ChannelMessage {
     /// The identity of this message's deliveries: a redelivered copy has the same key (and is
-    /// recognised), a retry or a replay has its own.
+    /// recognised), a sibling part of the same batch, a retry or a replay has its own.
     pub fn delivery_key(&self) -> String {
         let mut key = format!(
-            "{}/{}/{}/{}",
-            self.campaign_id, self.batch_no, self.channel, self.attempt
+            "{}/{}/{}/{}/{}",
+            self.campaign_id, self.batch_no, self.channel, self.part, self.attempt
         );
         if let Some(replay) = &self.replay_of {
             key.push_str("/replay/");

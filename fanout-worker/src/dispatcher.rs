@@ -1,140 +1,202 @@
-//! The dispatcher: takes a campaign off the dispatch queue and cuts its audience into batches.
+//! The dispatcher: owns a campaign through a lease in the campaign store and cuts its
+//! audience into batches.
 //!
-//! It pages through the audience by key (user id, never OFFSET), publishes one bus message per
-//! batch at the strategy's pace, and checkpoints its position in the campaign store, so a
-//! dispatcher that dies is replaced (lease expiry) by one that resumes from the checkpoint.
-//! Batches republished after the checkpoint are recognised downstream by their number.
-//! Broadcasts are stored once instead.
+//! Ownership lives in the campaign store, not on the bus: a dispatcher takes a claimable
+//! campaign's lease (one owner at a time, a fencing token raised per acquisition), keeps it
+//! with a heartbeat while it works, and gives it back when done. It pages through the audience
+//! by key (user id, never OFFSET), publishes one bus message per batch at the strategy's pace,
+//! and checkpoints its position with fenced writes, so a dispatcher that dies is replaced
+//! (lease expiry) by one that resumes from the checkpoint, and one that stalled past its lease
+//! stops at its next checkpoint. Batches republished after the checkpoint are recognised
+//! downstream by their number. Broadcasts are stored once instead.
 
 use crate::pacing::Pacer;
 use crate::DISPATCH_LEASE;
+use chrono::Utc;
 use herald_core::filter::Filter;
 use herald_core::model::*;
-use herald_core::topics::{self, DispatchRequest, FanoutBatch};
+use herald_core::topics::{self, FanoutBatch};
+use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
 use herald_core::{strategy, Context, Error, ErrorKind, Result};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Batches published between two checkpoints.
 const CHECKPOINT_EVERY: u64 = 16;
+/// How long an idle dispatcher waits for a dispatch hint before it looks for claimable
+/// campaigns again (the hint only shortens the wait; the store is the source of truth).
+const HINT_WAIT: Duration = Duration::from_secs(1);
 
-pub async fn run(ctx: Context, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        let received = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = ctx.ports.bus.receive(
+/// A dispatcher: takes campaigns that need one from the campaign store under a lease (wall
+/// clock: the lease is shared with other processes), cuts them, and gives the lease back.
+/// Dispatch hints on the bus ([`topics::DISPATCH`]) only wake it early.
+pub struct Dispatcher {
+    ctx: Context,
+    owner: String,
+}
+
+impl Dispatcher {
+    pub fn new(ctx: Context) -> Self {
+        Self {
+            ctx,
+            owner: format!("dispatcher-{}", uuid::Uuid::new_v4()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for Dispatcher {
+    fn name(&self) -> &'static str {
+        "dispatcher"
+    }
+
+    async fn step(&mut self, shutdown: &CancellationToken) -> Result<WorkerState> {
+        let ctx = &self.ctx;
+        for id in ctx
+            .ports
+            .campaigns
+            .claimable_campaigns(Utc::now(), 8)
+            .await?
+        {
+            let Some(lease) = ctx
+                .ports
+                .campaigns
+                .acquire_lease(&id, &self.owner, Utc::now(), DISPATCH_LEASE)
+                .await?
+            else {
+                continue; // another dispatcher was quicker
+            };
+            run_owned(ctx, lease, shutdown).await?;
+            return Ok(WorkerState::Busy);
+        }
+        // Nothing to take: wait for a hint (or the timeout), then look again.
+        let hints = ctx
+            .ports
+            .bus
+            .receive(
                 topics::DISPATCH,
                 topics::DISPATCHERS,
-                1,
-                DISPATCH_LEASE,
-                Duration::from_secs(1),
-            ) => r,
-        };
-        let deliveries = match received {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "dispatch queue unavailable");
-                if !crate::pause(&shutdown, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        for d in deliveries {
-            let receipt = [d.receipt.clone()];
-            // Keep the lease while this campaign is being cut, however long that takes.
-            let keep = ctx.clone();
-            let keep_receipt = receipt.clone();
-            let keeper = tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(DISPATCH_LEASE / 3).await;
-                    let _ = keep
-                        .ports
-                        .bus
-                        .extend(
-                            topics::DISPATCH,
-                            topics::DISPATCHERS,
-                            &keep_receipt,
-                            DISPATCH_LEASE,
-                        )
-                        .await;
-                }
-            });
-            let outcome = match serde_json::from_slice::<DispatchRequest>(&d.payload) {
-                Ok(req) => dispatch(&ctx, &req.campaign_id, &shutdown).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "undecodable dispatch request dropped");
-                    Ok(Outcome::Done)
-                }
-            };
-            keeper.abort();
-            match outcome {
-                Ok(Outcome::Done) => {
-                    let _ = ctx
-                        .ports
-                        .bus
-                        .ack(topics::DISPATCH, topics::DISPATCHERS, &receipt)
-                        .await;
-                }
-                // Shutting down mid-campaign: hand it to the next dispatcher at once.
-                Ok(Outcome::Interrupted) => {
-                    let _ = ctx
-                        .ports
-                        .bus
-                        .nack(
-                            topics::DISPATCH,
-                            topics::DISPATCHERS,
-                            &receipt,
-                            Duration::ZERO,
-                        )
-                        .await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "dispatch failed; retrying shortly");
-                    let _ = ctx
-                        .ports
-                        .bus
-                        .nack(
-                            topics::DISPATCH,
-                            topics::DISPATCHERS,
-                            &receipt,
-                            Duration::from_secs(2),
-                        )
-                        .await;
-                }
-            }
+                64,
+                Duration::from_secs(30),
+                HINT_WAIT,
+            )
+            .await?;
+        if !hints.is_empty() {
+            let receipts: Vec<String> = hints.into_iter().map(|d| d.receipt).collect();
+            ctx.ports
+                .bus
+                .ack(topics::DISPATCH, topics::DISPATCHERS, &receipts)
+                .await?;
         }
+        Ok(WorkerState::Busy)
     }
 }
 
 pub enum Outcome {
     Done,
+    /// Stopped before the end (shutdown, or the lease was lost): the next owner resumes.
     Interrupted,
+    /// Another dispatcher holds the campaign.
+    Busy,
 }
 
-/// Cuts one campaign into batches (or stores its broadcast). Safe to call again at any point.
-pub async fn dispatch(
+/// Dispatches campaign `id` now, if no other dispatcher holds it (tools and tests; the
+/// dispatcher workers find their campaigns themselves).
+pub async fn dispatch(ctx: &Context, id: &str, shutdown: &CancellationToken) -> Result<Outcome> {
+    let owner = format!("direct-{}", uuid::Uuid::new_v4());
+    match ctx
+        .ports
+        .campaigns
+        .acquire_lease(id, &owner, Utc::now(), DISPATCH_LEASE)
+        .await?
+    {
+        Some(lease) => run_owned(ctx, lease, shutdown).await,
+        None => Ok(Outcome::Busy),
+    }
+}
+
+/// Cuts the leased campaign while a heartbeat keeps the lease, then gives the lease back.
+async fn run_owned(
     ctx: &Context,
-    campaign_id: &str,
+    lease: CampaignLease,
     shutdown: &CancellationToken,
 ) -> Result<Outcome> {
+    // Cancelled at shutdown, or by the heartbeat when the lease is lost.
+    let stop = shutdown.child_token();
+    let _heartbeat = AbortOnDrop::spawn(heartbeat(ctx.clone(), lease.clone(), stop.clone()));
+    let outcome = dispatch_owned(ctx, &lease, &stop).await;
+    let campaigns = &ctx.ports.campaigns;
+    let mut retry_at = Utc::now();
+    if matches!(outcome, Ok(Outcome::Done)) {
+        // A campaign left claimable after a finished dispatch would be taken again at once:
+        // hold it back instead (a bug guard; every Done path ends batching or the campaign).
+        if let Some(c) = campaigns.get_campaign(&lease.campaign_id).await? {
+            let dispatchable = matches!(
+                c.status,
+                CampaignStatus::Sizing | CampaignStatus::FanningOut | CampaignStatus::Active
+            );
+            if dispatchable && !c.checkpoint.batching_done {
+                tracing::warn!(campaign = %c.id, status = %c.status.as_str(), "dispatch ended without finishing batching; retrying later");
+                retry_at += chrono::Duration::seconds(30);
+            }
+        }
+    }
+    campaigns.release_lease(&lease, retry_at).await?;
+    outcome
+}
+
+/// Renews `lease` every third of its time; cancels `lost` when another owner has it (or the
+/// store cannot be reached for longer than the lease).
+async fn heartbeat(ctx: Context, lease: CampaignLease, lost: CancellationToken) {
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::time::sleep(DISPATCH_LEASE / 3).await;
+        match ctx
+            .ports
+            .campaigns
+            .renew_lease(&lease, Utc::now(), DISPATCH_LEASE)
+            .await
+        {
+            Ok(true) => last_ok = Instant::now(),
+            Ok(false) => {
+                tracing::warn!(campaign = %lease.campaign_id, "campaign lease taken over; stopping");
+                lost.cancel();
+                return;
+            }
+            Err(e) if last_ok.elapsed() >= DISPATCH_LEASE => {
+                tracing::warn!(campaign = %lease.campaign_id, error = %e, "campaign lease not renewed in time; stopping");
+                lost.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing a campaign lease failed; retrying"),
+        }
+    }
+}
+
+/// Cuts one leased campaign into batches (or stores its broadcast). Safe to call again at
+/// any point.
+async fn dispatch_owned(
+    ctx: &Context,
+    lease: &CampaignLease,
+    stop: &CancellationToken,
+) -> Result<Outcome> {
+    let campaign_id = lease.campaign_id.as_str();
     let Some(campaign) = ctx.ports.campaigns.get_campaign(campaign_id).await? else {
-        tracing::warn!(
-            campaign = campaign_id,
-            "dispatch request for an unknown campaign"
-        );
+        tracing::warn!(campaign = campaign_id, "dispatch of an unknown campaign");
         return Ok(Outcome::Done);
     };
     let now = ctx.clock.now();
     match campaign.status {
-        s if s.is_final() || s == CampaignStatus::Active => return Ok(Outcome::Done),
+        s if s.is_final() => return Ok(Outcome::Done),
         CampaignStatus::Scheduled if campaign.starts_at.is_some_and(|s| s > now) => {
-            return Ok(Outcome::Done); // the scheduler sends it again when due
+            return Ok(Outcome::Done); // the scheduler releases it when due
         }
         _ => {}
     }
     if campaign.strategy == Strategy::Broadcast {
-        store_broadcast(ctx, &campaign).await?;
+        if campaign.status != CampaignStatus::Active {
+            store_broadcast(ctx, &campaign).await?;
+        }
         // In-app is served from the broadcast store; push, email, SMS and webhooks still go
         // per user, in the background, through the same batches (DESIGN.md flow 3).
         if !campaign
@@ -142,6 +204,11 @@ pub async fn dispatch(
             .iter()
             .any(|c| topics::OUTBOUND.contains(c))
         {
+            let done = Checkpoint {
+                batching_done: true,
+                ..campaign.checkpoint.clone()
+            };
+            ctx.ports.campaigns.save_checkpoint(lease, &done).await?;
             return Ok(Outcome::Done);
         }
         let campaign = ctx
@@ -150,7 +217,7 @@ pub async fn dispatch(
             .get_campaign(&campaign.id)
             .await?
             .ok_or_else(|| Error::not_found("campaign vanished"))?;
-        return cut_batches(ctx, &campaign, shutdown).await;
+        return cut_batches(ctx, &campaign, lease, stop).await;
     }
     ctx.ports
         .campaigns
@@ -161,7 +228,7 @@ pub async fn dispatch(
             now,
         )
         .await?;
-    cut_batches(ctx, &campaign, shutdown).await
+    cut_batches(ctx, &campaign, lease, stop).await
 }
 
 /// The audience of a campaign as something to page through.
@@ -194,7 +261,8 @@ async fn source(ctx: &Context, audience: &Audience) -> Result<Source> {
 async fn cut_batches(
     ctx: &Context,
     campaign: &Campaign,
-    shutdown: &CancellationToken,
+    lease: &CampaignLease,
+    stop: &CancellationToken,
 ) -> Result<Outcome> {
     let mut cp = campaign.checkpoint.clone();
     if !cp.batching_done {
@@ -211,6 +279,9 @@ async fn cut_batches(
                         ctx.clock.now(),
                     )
                     .await?;
+                // A broadcast stays visible; only its background sends end here.
+                cp.batching_done = true;
+                ctx.ports.campaigns.save_checkpoint(lease, &cp).await?;
                 return Ok(Outcome::Done);
             }
             Err(e) => return Err(e),
@@ -223,7 +294,7 @@ async fn cut_batches(
             &ctx.config.throttle,
         );
         let pacer = Pacer::new(
-            &campaign.id,
+            campaign.strategy,
             pace,
             batch_size,
             ctx.config.throttle.max_queue_depth,
@@ -234,11 +305,9 @@ async fn cut_batches(
         let started = Instant::now();
         let first_batch = cp.next_batch;
         loop {
-            if shutdown.is_cancelled() {
-                ctx.ports
-                    .campaigns
-                    .save_checkpoint(&campaign.id, &cp)
-                    .await?;
+            if stop.is_cancelled() {
+                // Shutting down (or taken over): the checkpoint lets the next owner resume.
+                ctx.ports.campaigns.save_checkpoint(lease, &cp).await?;
                 return Ok(Outcome::Interrupted);
             }
             // Cancel stops the remaining batches at once: the status is read before every
@@ -254,11 +323,7 @@ async fn cut_batches(
                 Some(CampaignStatus::FanningOut | CampaignStatus::Active)
             ) {
                 tracing::info!(campaign = %campaign.id, ?status, "batching stopped");
-                ctx.ports
-                    .campaigns
-                    .save_checkpoint(&campaign.id, &cp)
-                    .await?;
-                pacer.finish();
+                ctx.ports.campaigns.save_checkpoint(lease, &cp).await?;
                 return Ok(Outcome::Done);
             }
             let ids = match &source {
@@ -304,19 +369,22 @@ async fn cut_batches(
             metrics::counter!("herald_fanout_batches_published_total").increment(1);
             cp.next_batch += 1;
             cp.after_user = Some(last);
-            if cp.next_batch.is_multiple_of(CHECKPOINT_EVERY) {
-                ctx.ports
-                    .campaigns
-                    .save_checkpoint(&campaign.id, &cp)
-                    .await?;
+            if cp.next_batch.is_multiple_of(CHECKPOINT_EVERY)
+                && !ctx.ports.campaigns.save_checkpoint(lease, &cp).await?
+            {
+                // Fenced out: another dispatcher owns the campaign now and resumes from the
+                // last checkpoint; batches cut twice meanwhile carry the same numbers and
+                // are counted once downstream.
+                tracing::warn!(campaign = %campaign.id, "campaign taken over; stopping");
+                return Ok(Outcome::Interrupted);
             }
         }
         cp.batching_done = true;
-        ctx.ports
-            .campaigns
-            .save_checkpoint(&campaign.id, &cp)
-            .await?;
-        pacer.finish();
+        if !ctx.ports.campaigns.save_checkpoint(lease, &cp).await? {
+            tracing::warn!(campaign = %campaign.id, "campaign taken over at its end");
+            return Ok(Outcome::Interrupted);
+        }
+        drop(pacer);
         tracing::info!(
             campaign = %campaign.id,
             batches = cp.next_batch - first_batch,

@@ -22,38 +22,38 @@ use herald_core::Context;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How long a dispatcher holds a campaign before another may take it over; the lease is
-/// extended while the dispatcher works, so this is the takeover delay after a crash.
+/// How long a dispatcher holds a campaign's lease before another may take it over; the
+/// heartbeat renews it every third of that while the dispatcher works, so this is the takeover
+/// delay after a crash.
 pub const DISPATCH_LEASE: Duration = Duration::from_secs(15);
 /// How long a batch worker holds a batch; a batch takes milliseconds, so this is mostly the
 /// redelivery delay after a crash.
 pub const BATCH_LEASE: Duration = Duration::from_secs(20);
 
 /// Runs the fan-out role until `shutdown`: the scheduler, two dispatchers and the batch
-/// workers (`fanout.workers`, default the number of cores).
+/// workers (`fanout.workers`, default the number of cores), each under the worker runner of
+/// `herald_core::worker` (restarted after a panic, backed off after errors, reported in
+/// `/readyz`).
 pub async fn run(ctx: Context, shutdown: CancellationToken) {
     let workers = ctx.config.fanout.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(scheduler::run(ctx.clone(), shutdown.clone()));
+    let registry = ctx.workers.clone();
+    let mut tasks = vec![registry.spawn(scheduler::Scheduler::new(ctx.clone()), shutdown.clone())];
     for _ in 0..2 {
-        tasks.spawn(dispatcher::run(ctx.clone(), shutdown.clone()));
+        tasks.push(registry.spawn(dispatcher::Dispatcher::new(ctx.clone()), shutdown.clone()));
     }
     let cache = worker::CampaignCache::default();
     for _ in 0..workers.max(1) {
-        tasks.spawn(worker::run(ctx.clone(), cache.clone(), shutdown.clone()));
+        tasks.push(registry.spawn(
+            worker::BatchWorker::new(ctx.clone(), cache.clone()),
+            shutdown.clone(),
+        ));
     }
     tracing::info!(workers, "fan-out role running");
-    while tasks.join_next().await.is_some() {}
-}
-
-/// Waits `d` unless shutdown comes first; `false` when shutting down.
-async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
+    for t in tasks {
+        let _ = t.await;
     }
 }

@@ -3,7 +3,7 @@
 //! back to full pace as soon as they drain.
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use herald_core::model::Channel;
+use herald_core::model::{Channel, Strategy};
 use herald_core::ports::Bus;
 use herald_core::topics;
 use std::num::NonZeroU32;
@@ -12,17 +12,22 @@ use std::time::Duration;
 /// While a channel queue is over its limit, one batch goes out per this interval.
 const BACKPRESSURE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Metrics carry no campaign id (an unbounded label): the pace is summed per strategy over
+/// the campaigns being cut, which the gauges `herald_fanout_campaigns_cutting{strategy}` and
+/// `herald_fanout_pace_users_per_second{strategy}` show; both are given back on drop, however
+/// the cutting ends.
 pub struct Pacer {
     limiter: Option<DefaultDirectRateLimiter>,
     max_depth: u64,
     channels: Vec<Channel>,
-    campaign: String,
+    strategy: &'static str,
+    pace: f64,
 }
 
 impl Pacer {
     /// `users_per_s` of `None` lifts the rate limit; `max_depth` of 0 lifts the backpressure.
     pub fn new(
-        campaign: &str,
+        strategy: Strategy,
         users_per_s: Option<u32>,
         batch_size: u32,
         max_depth: u64,
@@ -33,8 +38,12 @@ impl Pacer {
             let burst = NonZeroU32::new(rate.get().max(batch_size)).expect("non-zero");
             RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
         });
-        metrics::gauge!("herald_fanout_pace_users_per_second", "campaign" => campaign.to_owned())
-            .set(users_per_s.map_or(-1.0, f64::from));
+        let strategy = strategy.as_str();
+        // An unthrottled campaign adds nothing to the paced rate.
+        let pace = users_per_s.map_or(0.0, f64::from);
+        metrics::gauge!("herald_fanout_campaigns_cutting", "strategy" => strategy).increment(1.0);
+        metrics::gauge!("herald_fanout_pace_users_per_second", "strategy" => strategy)
+            .increment(pace);
         Self {
             limiter,
             max_depth,
@@ -43,7 +52,8 @@ impl Pacer {
                 .copied()
                 .filter(|c| topics::OUTBOUND.contains(c))
                 .collect(),
-            campaign: campaign.to_owned(),
+            strategy,
+            pace,
         }
     }
 
@@ -52,8 +62,7 @@ impl Pacer {
     pub async fn ready(&self, bus: &dyn Bus, users: u32) -> bool {
         let backpressure = self.max_depth > 0 && self.over_depth(bus).await;
         if backpressure {
-            metrics::counter!("herald_fanout_backpressure_waits_total", "campaign" => self.campaign.clone())
-                .increment(1);
+            metrics::counter!("herald_fanout_backpressure_waits_total").increment(1);
             tokio::time::sleep(BACKPRESSURE_INTERVAL).await;
         }
         if let (Some(limiter), Some(n)) = (&self.limiter, NonZeroU32::new(users)) {
@@ -77,11 +86,14 @@ impl Pacer {
         }
         false
     }
+}
 
-    /// Marks the end of the campaign's pacing in the metrics.
-    pub fn finish(&self) {
-        metrics::gauge!("herald_fanout_pace_users_per_second", "campaign" => self.campaign.clone())
-            .set(0.0);
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        let strategy = self.strategy;
+        metrics::gauge!("herald_fanout_campaigns_cutting", "strategy" => strategy).decrement(1.0);
+        metrics::gauge!("herald_fanout_pace_users_per_second", "strategy" => strategy)
+            .decrement(self.pace);
     }
 }
 
@@ -107,11 +119,17 @@ mod tests {
             .await
             .unwrap();
 
-        let pacer = Pacer::new("c1", None, 1000, 2, &[Channel::InApp, Channel::Push]);
+        let pacer = Pacer::new(
+            Strategy::Batch,
+            None,
+            1000,
+            2,
+            &[Channel::InApp, Channel::Push],
+        );
         assert!(pacer.ready(bus.as_ref(), 1000).await, "3 queued > limit 2");
 
         // An in-app-only campaign does not feed the push queue: no reason to slow down.
-        let in_app_only = Pacer::new("c2", None, 1000, 2, &[Channel::InApp]);
+        let in_app_only = Pacer::new(Strategy::Batch, None, 1000, 2, &[Channel::InApp]);
         assert!(!in_app_only.ready(bus.as_ref(), 1000).await);
 
         let got = bus
@@ -132,7 +150,7 @@ mod tests {
         );
 
         // A limit of 0 lifts the backpressure altogether.
-        let unlimited = Pacer::new("c3", None, 1000, 0, &[Channel::Push]);
+        let unlimited = Pacer::new(Strategy::Batch, None, 1000, 0, &[Channel::Push]);
         assert!(!unlimited.ready(bus.as_ref(), 1000).await);
     }
 }

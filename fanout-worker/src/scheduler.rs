@@ -2,110 +2,96 @@
 //! restart (the campaigns wait in the store, not in memory), moves broadcasts through their
 //! lifecycle ([`crate::lifecycle::tick`]), purges inbox rows past retention (hourly) and
 //! expired idempotency keys. Several processes may run it: the status compare-and-set picks one
-//! winner, and a duplicate dispatch request or purge is harmless.
+//! winner, and a duplicate purge is harmless. It publishes nothing before its compare-and-set:
+//! a released campaign is claimable in the store, and the bus only carries a wake-up hint.
 
 use crate::lifecycle::{self, RetentionSchedule};
 use herald_core::model::CampaignStatus;
-use herald_core::model::OutMessage;
-use herald_core::topics::{self, DispatchRequest};
-use herald_core::Context;
+use herald_core::topics;
+use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
+use herald_core::{Context, Result};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const TICK: Duration = Duration::from_millis(500);
+/// Expired idempotency keys are purged once per this many ticks (an hour).
+const KEY_PURGE_TICKS: u64 = 7200;
 
-pub async fn run(ctx: Context, shutdown: CancellationToken) {
-    let mut ticks = 0u64;
-    let mut retention = RetentionSchedule::new(ctx.clock.now());
-    // The purge runs beside the loop, so a long one never delays a broadcast's activation.
-    let mut purge: Option<tokio::task::JoinHandle<()>> = None;
-    while crate::pause(&shutdown, TICK).await {
-        if let Err(e) = release_due(&ctx).await {
-            tracing::warn!(error = %e, "scheduler tick failed");
+/// The scheduler as a worker: one tick per step.
+pub struct Scheduler {
+    ctx: Context,
+    ticks: u64,
+    retention: RetentionSchedule,
+    /// The retention purge runs beside the ticks, so a long one never delays a broadcast's
+    /// activation; it ends with the scheduler.
+    purge: Option<AbortOnDrop<()>>,
+}
+
+impl Scheduler {
+    pub fn new(ctx: Context) -> Self {
+        let retention = RetentionSchedule::new(ctx.clock.now());
+        Self {
+            ctx,
+            ticks: 0,
+            retention,
+            purge: None,
         }
-        if let Err(e) = lifecycle::tick(&ctx).await {
-            tracing::warn!(error = %e, "broadcast lifecycle tick failed");
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for Scheduler {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    async fn step(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState> {
+        let ctx = &self.ctx;
+        // Every duty runs each tick even when another fails; the first failure is reported.
+        let mut first_error = None;
+        if let Err(e) = release_due(ctx).await {
+            first_error.get_or_insert(e);
         }
-        if purge.as_ref().is_none_or(|p| p.is_finished()) && retention.due(ctx.clock.now()) {
+        if let Err(e) = lifecycle::tick(ctx).await {
+            first_error.get_or_insert(e);
+        }
+        let idle = self.purge.as_ref().is_none_or(|p| p.is_finished());
+        if idle && self.retention.due(ctx.clock.now()) {
             let ctx = ctx.clone();
-            purge = Some(tokio::spawn(async move {
+            self.purge = Some(AbortOnDrop::spawn(async move {
                 if let Err(e) = lifecycle::purge_inbox(&ctx).await {
                     tracing::warn!(error = %e, "inbox retention purge failed");
                 }
             }));
         }
-        ticks += 1;
-        if ticks.is_multiple_of(60) {
-            if let Err(e) = redispatch_stuck(&ctx).await {
-                tracing::warn!(error = %e, "re-dispatching stuck campaigns failed");
-            }
-        }
-        if ticks.is_multiple_of(7200) {
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(KEY_PURGE_TICKS) {
             if let Err(e) = ctx
                 .ports
                 .campaigns
                 .purge_idempotency_keys(ctx.clock.now())
                 .await
             {
-                tracing::warn!(error = %e, "purging idempotency keys failed");
+                first_error.get_or_insert(e);
             }
         }
-    }
-    if let Some(p) = purge {
-        p.abort();
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(WorkerState::Idle(TICK)),
+        }
     }
 }
 
-/// How long a campaign may sit in `sizing` before its dispatch request is presumed lost.
-pub const STUCK_AFTER: chrono::Duration = chrono::Duration::seconds(60);
-
-/// Publishes a dispatch request again for campaigns still in `sizing` long after creation:
-/// the API stores a campaign and then publishes its request, so a crash in between would
-/// otherwise strand it. A duplicate request is harmless (dispatch is idempotent).
-pub async fn redispatch_stuck(ctx: &Context) -> herald_core::Result<usize> {
-    let now = ctx.clock.now();
-    let sizing = ctx
-        .ports
-        .campaigns
-        .list_campaigns(Some(CampaignStatus::Sizing), None, 100)
-        .await?;
-    let stuck: Vec<_> = sizing
-        .iter()
-        .filter(|c| c.created_at.max(c.starts_at.unwrap_or(c.created_at)) + STUCK_AFTER <= now)
-        .collect();
-    for c in &stuck {
-        publish_dispatch(ctx, &c.id).await?;
-        tracing::warn!(campaign = %c.id, "campaign stuck in sizing: dispatch request re-published");
-    }
-    Ok(stuck.len())
-}
-
-async fn publish_dispatch(ctx: &Context, campaign_id: &str) -> herald_core::Result<()> {
-    let body = serde_json::to_vec(&DispatchRequest {
-        campaign_id: campaign_id.to_owned(),
-    })
-    .map_err(|e| herald_core::Error::internal("dispatch request").with_source(e))?;
-    ctx.ports
-        .bus
-        .publish(
-            topics::DISPATCH,
-            &[OutMessage {
-                key: Some(campaign_id.to_owned()),
-                payload: body,
-            }],
-        )
-        .await
-}
-
-/// Publishes a dispatch request for every due scheduled campaign, then marks it sizing.
-/// Publishing first means a crash in between re-publishes on the next tick rather than
-/// losing the campaign.
-pub async fn release_due(ctx: &Context) -> herald_core::Result<usize> {
+/// Releases every due scheduled campaign: a compare-and-set from `scheduled` to `sizing`
+/// makes it claimable by one dispatcher (whichever scheduler wins the set; the others do
+/// nothing), then a hint wakes a dispatcher.
+pub async fn release_due(ctx: &Context) -> Result<usize> {
     let now = ctx.clock.now();
     let due = ctx.ports.campaigns.due_campaigns(now, 100).await?;
+    let mut released = 0;
     for c in &due {
-        publish_dispatch(ctx, &c.id).await?;
-        ctx.ports
+        let won = ctx
+            .ports
             .campaigns
             .transition(
                 &c.id,
@@ -114,7 +100,11 @@ pub async fn release_due(ctx: &Context) -> herald_core::Result<usize> {
                 now,
             )
             .await?;
-        tracing::info!(campaign = %c.id, "scheduled campaign released");
+        if won {
+            released += 1;
+            topics::hint_dispatch(ctx.ports.bus.as_ref(), &c.id).await;
+            tracing::info!(campaign = %c.id, "scheduled campaign released");
+        }
     }
-    Ok(due.len())
+    Ok(released)
 }

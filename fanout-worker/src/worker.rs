@@ -8,6 +8,7 @@ use herald_core::ids::notification_id;
 use herald_core::model::*;
 use herald_core::template::{self, Compiled};
 use herald_core::topics::{self, ChannelItem, ChannelMessage, FanoutBatch};
+use herald_core::worker::{Worker, WorkerState};
 use herald_core::{Context, Error, Result};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -75,54 +76,61 @@ pub async fn compiled_content(ctx: &Context, campaign: &Campaign) -> Result<Comp
     }
 }
 
-pub async fn run(ctx: Context, cache: CampaignCache, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        let received = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = ctx.ports.bus.receive(
+/// A batch worker: one batch off [`topics::BATCHES`] per step.
+pub struct BatchWorker {
+    ctx: Context,
+    cache: CampaignCache,
+}
+
+impl BatchWorker {
+    pub fn new(ctx: Context, cache: CampaignCache) -> Self {
+        Self { ctx, cache }
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for BatchWorker {
+    fn name(&self) -> &'static str {
+        "batch-worker"
+    }
+
+    async fn step(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState> {
+        let ctx = &self.ctx;
+        let bus = &ctx.ports.bus;
+        let deliveries = bus
+            .receive(
                 topics::BATCHES,
                 topics::BATCH_WORKERS,
                 1,
                 BATCH_LEASE,
                 Duration::from_secs(1),
-            ) => r,
-        };
-        let deliveries = match received {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "batch queue unavailable");
-                if !crate::pause(&shutdown, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-        };
+            )
+            .await?;
         for d in deliveries {
             let receipt = [d.receipt];
             let outcome = match serde_json::from_slice::<FanoutBatch>(&d.payload) {
-                Ok(batch) => process_with_cache(&ctx, &cache, &batch).await,
+                Ok(batch) => process_with_cache(ctx, &self.cache, &batch).await,
                 Err(e) => {
                     tracing::error!(error = %e, "undecodable batch dropped");
                     Ok(())
                 }
             };
-            let bus = &ctx.ports.bus;
             match outcome {
                 Ok(()) => {
-                    let _ = bus
-                        .ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)
-                        .await;
+                    bus.ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)
+                        .await?;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt = d.attempt, "batch failed; retrying");
                     metrics::counter!("herald_fanout_batch_failures_total").increment(1);
                     let backoff = Duration::from_millis(500 * u64::from(d.attempt.min(20)));
-                    let _ = bus
-                        .nack(topics::BATCHES, topics::BATCH_WORKERS, &receipt, backoff)
-                        .await;
+                    bus.nack(topics::BATCHES, topics::BATCH_WORKERS, &receipt, backoff)
+                        .await?;
+                    // The runner counts it: a worker whose batches keep failing is reported.
+                    return Err(e);
                 }
             }
         }
+        Ok(WorkerState::Busy)
     }
 }
 
@@ -226,8 +234,9 @@ async fn deliver(
 
     let mut progress = Progress::default();
     let mut rows = Vec::new();
-    let mut outbound: BTreeMap<(Channel, Option<chrono::DateTime<chrono::Utc>>), Vec<ChannelItem>> =
-        BTreeMap::new();
+    // One channel message per channel and quiet-hours end (the part; 0 for "at once").
+    type Part = (Option<chrono::DateTime<chrono::Utc>>, Vec<ChannelItem>);
+    let mut outbound: BTreeMap<(Channel, i64), Part> = BTreeMap::new();
     for (id, prefs) in ids.iter().zip(prefs.iter()) {
         // Users named by id need not be in the directory: they get what needs no address.
         let user = users.get(id).cloned().unwrap_or_else(|| User {
@@ -289,7 +298,10 @@ async fn deliver(
                         _ => quiet_until,
                     };
                     deferred |= after.is_some();
-                    outbound.entry((ch, after)).or_default().push(item);
+                    let part = after.map_or(0, |t| t.timestamp());
+                    let entry = outbound.entry((ch, part)).or_default();
+                    entry.0 = entry.0.max(after);
+                    entry.1.push(item);
                 }
             }
         }
@@ -304,12 +316,13 @@ async fn deliver(
     stage.done("write_inbox");
 
     let mut queued: BTreeMap<Channel, u64> = BTreeMap::new();
-    for ((channel, deliver_after), items) in outbound {
+    for ((channel, part), (deliver_after, items)) in outbound {
         *queued.entry(channel).or_default() += items.len() as u64;
         let msg = ChannelMessage {
             campaign_id: campaign.id.clone(),
             batch_no: batch.batch_no,
             channel,
+            part,
             category: campaign.category.clone(),
             priority: campaign.priority,
             deliver_after,

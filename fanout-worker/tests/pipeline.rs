@@ -16,6 +16,7 @@ use herald_core::filter::Filter;
 use herald_core::model::*;
 use herald_core::ports::{Bus, CampaignStore};
 use herald_core::topics::{self, ChannelItem, ChannelMessage, DispatchRequest, FanoutBatch};
+use herald_core::worker::{Worker, WorkerState};
 use herald_core::{Clock, Context, Error, ManualClock};
 use herald_fanout::dispatcher::{self, Outcome};
 use herald_fanout::{scheduler, worker};
@@ -134,6 +135,33 @@ async fn get(ctx: &Context, id: &str) -> Campaign {
         .await
         .expect("get campaign")
         .expect("campaign exists")
+}
+
+/// Sets a campaign's checkpoint as a dispatcher that died would have left it.
+async fn force_checkpoint(ctx: &Context, id: &str, cp: &Checkpoint) {
+    let lease = ctx
+        .ports
+        .campaigns
+        .acquire_lease(
+            id,
+            "test",
+            chrono::Utc::now(),
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap()
+        .expect("no dispatcher holds the campaign");
+    assert!(ctx
+        .ports
+        .campaigns
+        .save_checkpoint(&lease, cp)
+        .await
+        .unwrap());
+    ctx.ports
+        .campaigns
+        .release_lease(&lease, chrono::Utc::now())
+        .await
+        .unwrap();
 }
 
 async fn dispatch(ctx: &Context, id: &str) {
@@ -902,18 +930,16 @@ async fn a_redelivered_dispatch_after_a_crash_resumes_from_the_checkpoint_and_co
     let crashing = ScriptedBus::wrap(ctx, &h.clock, Some(3), None);
     let crashed = dispatcher::dispatch(&crashing, &c.id, &CancellationToken::new()).await;
     assert!(crashed.is_err(), "the scripted crash surfaces");
-    ctx.ports
-        .campaigns
-        .save_checkpoint(
-            &c.id,
-            &Checkpoint {
-                next_batch: 2,
-                after_user: Some("u03".into()),
-                batching_done: false,
-            },
-        )
-        .await
-        .unwrap();
+    force_checkpoint(
+        ctx,
+        &c.id,
+        &Checkpoint {
+            next_batch: 2,
+            after_user: Some("u03".into()),
+            batching_done: false,
+        },
+    )
+    .await;
     let before_crash = take_batches(ctx).await;
     let numbers: Vec<u64> = before_crash.iter().map(|b| b.batch_no).collect();
     assert_eq!(numbers, [0, 1, 2]);
@@ -982,18 +1008,16 @@ async fn after_a_cancel_mid_way_dispatch_publishes_nothing_more_and_remaining_ba
             .await
             .is_err()
     );
-    ctx.ports
-        .campaigns
-        .save_checkpoint(
-            &c.id,
-            &Checkpoint {
-                next_batch: 3,
-                after_user: Some("u05".into()),
-                batching_done: false,
-            },
-        )
-        .await
-        .unwrap();
+    force_checkpoint(
+        ctx,
+        &c.id,
+        &Checkpoint {
+            next_batch: 3,
+            after_user: Some("u05".into()),
+            batching_done: false,
+        },
+    )
+    .await;
     let published = take_batches(ctx).await;
     assert_eq!(published.len(), 3);
     process(ctx, &published[..1]).await;
@@ -1290,44 +1314,40 @@ async fn an_inline_user_list_with_duplicates_is_deduplicated() {
 }
 
 #[tokio::test]
-async fn a_campaign_whose_dispatch_request_was_lost_is_dispatched_again_after_a_minute() {
+async fn a_campaign_whose_dispatch_hint_was_lost_is_found_and_cut_by_a_dispatcher() {
     let h = harness("2026-03-01T12:00:00Z").await;
-    // Stored but never published: as if the API crashed between insert and publish.
-    let mut c = campaign(
+    // Stored, no hint on the bus: as if the API crashed between insert and hint.
+    let c = campaign(
         &h.ctx,
         "stuck",
         Audience::User("u-stuck".into()),
         &[Channel::InApp],
     );
-    c.created_at = h.clock.now();
     h.ctx.ports.campaigns.insert_campaign(&c).await.unwrap();
-    assert_eq!(
-        scheduler::redispatch_stuck(&h.ctx).await.unwrap(),
-        0,
-        "too early"
-    );
-    h.clock.advance(chrono::Duration::seconds(61));
-    assert_eq!(scheduler::redispatch_stuck(&h.ctx).await.unwrap(), 1);
-    let got = h
+    assert!(take_dispatch_requests(&h.ctx).await.is_empty());
+    let claimable = h
         .ctx
         .ports
-        .bus
-        .receive(
-            topics::DISPATCH,
-            topics::DISPATCHERS,
-            10,
-            std::time::Duration::from_secs(30),
-            std::time::Duration::ZERO,
-        )
+        .campaigns
+        .claimable_campaigns(chrono::Utc::now(), 10)
         .await
         .unwrap();
-    let ids: Vec<String> = got
-        .iter()
-        .map(|d| {
-            serde_json::from_slice::<topics::DispatchRequest>(&d.payload)
-                .unwrap()
-                .campaign_id
-        })
-        .collect();
-    assert_eq!(ids, vec![c.id.clone()]);
+    assert_eq!(claimable, [c.id.clone()]);
+    // One step of a dispatcher takes it from the store and cuts it.
+    let mut dispatcher = dispatcher::Dispatcher::new(h.ctx.clone());
+    let state = dispatcher.step(&CancellationToken::new()).await.unwrap();
+    assert_eq!(state, WorkerState::Busy);
+    let batches = take_batches(&h.ctx).await;
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].user_ids, ["u-stuck"]);
+    let c = get(&h.ctx, &c.id).await;
+    assert!(c.checkpoint.batching_done);
+    assert!(h
+        .ctx
+        .ports
+        .campaigns
+        .claimable_campaigns(chrono::Utc::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }

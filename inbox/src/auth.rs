@@ -6,8 +6,8 @@ use crate::service::InboxService;
 use axum::extract::{FromRequestParts, Query};
 use axum::http::header;
 use axum::http::request::Parts;
-use herald_api::http::{bearer, ApiError};
 use herald_core::token::{self, TokenError};
+use herald_http::{bearer, ApiError};
 use serde::Deserialize;
 
 /// The user an inbox request is for, from a verified inbox token.

@@ -156,7 +156,7 @@ impl Hub {
     pub(crate) fn new(svc: InboxService, max_connections: usize) -> Self {
         // Install the process's recorder before taking metric handles (a handle taken
         // before would count into nothing).
-        herald_api::http::metrics_handle();
+        herald_http::metrics_handle();
         Self {
             svc,
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),

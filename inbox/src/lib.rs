@@ -30,7 +30,7 @@
 //! 500 ms, and a change of a user's attributes shows within 5 s.
 //!
 //! It reads through the ports of `herald_core::Context` and shares HTTP plumbing with
-//! `herald_api::http`; it never writes campaigns or talks to push providers.
+//! every other role through `herald-http`; it never writes campaigns or talks to push providers.
 
 pub mod auth;
 pub mod cache;
@@ -117,8 +117,8 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let (routes, feed) = router_with_feed(ctx.clone(), live, shutdown.clone());
-    let app = herald_api::finish(routes.merge(herald_api::http::ops_router(ctx)));
-    let served = herald_api::serve(listener, app, shutdown).await;
+    let app = herald_http::finish(routes.merge(herald_http::ops_router(ctx)));
+    let served = herald_http::serve(listener, app, shutdown).await;
     // Upgraded sockets are not the HTTP server's to drain: let them send their close frames.
     feed.drained(LIVE_DRAIN_TIMEOUT).await;
     served

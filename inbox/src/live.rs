@@ -50,9 +50,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use futures::SinkExt;
-use herald_api::http::{ApiError, ApiResult, QueryParams};
 use herald_core::model::InboxKey;
 use herald_core::{Error, ErrorKind};
+use herald_http::{ApiError, ApiResult, QueryParams};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use crate::service::{InboxPage, InboxService, PageRequest, DEFAULT_LIMIT, MAX_LI
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use herald_api::http::{ApiError, ApiResult, PathParams, QueryParams};
+use herald_http::{ApiError, ApiResult, PathParams, QueryParams};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;

@@ -58,6 +58,7 @@ async fn start_herald() -> Herald {
             admin_key: Secret::new(ADMIN_KEY),
             token_secret: Secret::new("smoke-token-secret"),
         },
+        workers: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -76,12 +77,12 @@ async fn start_herald() -> Herald {
         herald_inbox::LiveConfig::default(),
         shutdown.clone(),
     );
-    let router = herald_api::finish(
+    let router = herald_http::finish(
         herald_api::admin_router(ctx.clone())
             .merge(inbox)
-            .merge(herald_api::http::ops_router(ctx.clone())),
+            .merge(herald_http::ops_router(ctx.clone())),
     );
-    tokio::spawn(herald_api::serve(listener, router, shutdown.clone()));
+    tokio::spawn(herald_http::serve(listener, router, shutdown.clone()));
     Herald {
         url: format!("http://{addr}"),
         fcm,

@@ -3,7 +3,7 @@
 //! uninstalled app more often than not) and forgets processed-message marks older than a week. Safe to run on every gateway
 //! instance at once: both are idempotent deletes.
 
-use crate::consumer::pause;
+use herald_core::worker::{Worker, WorkerState};
 use herald_core::{Context, Result};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -42,13 +42,33 @@ pub async fn run_once(ctx: &Context) -> Result<Swept> {
     })
 }
 
-/// Runs the job every `push.cleanup_interval_secs` until `shutdown`.
-pub async fn run(ctx: Context, shutdown: CancellationToken) {
-    let every = Duration::from_secs(ctx.config.push.cleanup_interval_secs.max(1));
-    // Not right at start: a fleet restarting together need not sweep at once.
-    while pause(&shutdown, every).await {
-        if let Err(e) = run_once(&ctx).await {
-            tracing::warn!(error = %e, "token cleanup failed; trying again next interval");
+/// The job as a worker: one sweep every `push.cleanup_interval_secs`, the first one interval
+/// after start (a fleet restarting together need not sweep at once).
+pub struct Cleanup {
+    ctx: Context,
+    started: bool,
+}
+
+impl Cleanup {
+    pub fn new(ctx: Context) -> Self {
+        Self {
+            ctx,
+            started: false,
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for Cleanup {
+    fn name(&self) -> &'static str {
+        "token-cleanup"
+    }
+
+    async fn step(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState> {
+        let every = Duration::from_secs(self.ctx.config.push.cleanup_interval_secs.max(1));
+        if std::mem::replace(&mut self.started, true) {
+            run_once(&self.ctx).await?;
+        }
+        Ok(WorkerState::Idle(every))
     }
 }

@@ -19,6 +19,7 @@ use herald_core::config::PushConfig;
 use herald_core::delivery::{DeadLetter, DeliveryReport, SendFailure, Webhook};
 use herald_core::model::{Channel, Device, OutMessage, Platform};
 use herald_core::topics::{self, ChannelItem, ChannelMessage};
+use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
 use herald_core::{Context, Error, Result};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -214,58 +215,6 @@ impl Gateway {
         }
     }
 
-    /// Consumes one channel topic until `shutdown`.
-    pub async fn consume(self: Arc<Self>, channel: Channel, shutdown: CancellationToken) {
-        let topic = topics::channel_topic(channel);
-        let bus = self.ctx.ports.bus.clone();
-        while !shutdown.is_cancelled() {
-            let received = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = bus.receive(topic, topics::GATEWAY, 1, LEASE, Duration::from_secs(1)) => r,
-            };
-            let deliveries = match received {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, topic, "channel queue unavailable");
-                    if !pause(&shutdown, Duration::from_secs(1)).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            for d in deliveries {
-                let receipt = [d.receipt.clone()];
-                // Keep the lease while the sends are in flight.
-                let keeper = {
-                    let bus = bus.clone();
-                    let receipt = receipt.clone();
-                    tokio::spawn(async move {
-                        loop {
-                            tokio::time::sleep(LEASE / 3).await;
-                            let _ = bus.extend(topic, topics::GATEWAY, &receipt, LEASE).await;
-                        }
-                    })
-                };
-                let handled = self.handle(channel, &d.payload).await;
-                keeper.abort();
-                let done = match handled {
-                    Ok(Handled::Ack) => bus.ack(topic, topics::GATEWAY, &receipt).await,
-                    Ok(Handled::Later(delay)) => {
-                        bus.nack(topic, topics::GATEWAY, &receipt, delay).await
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, topic, "channel message failed; retrying");
-                        bus.nack(topic, topics::GATEWAY, &receipt, Duration::from_secs(5))
-                            .await
-                    }
-                };
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, topic, "cannot settle channel message");
-                }
-            }
-        }
-    }
-
     async fn handle(&self, channel: Channel, payload: &[u8]) -> Result<Handled> {
         let msg: ChannelMessage = match serde_json::from_slice(payload) {
             Ok(m) => m,
@@ -281,7 +230,10 @@ impl Gateway {
         if let Some(after) = msg.deliver_after {
             if after > now {
                 let wait = (after - now).to_std().unwrap_or(Duration::ZERO);
-                return Ok(Handled::Later(wait.max(Duration::from_millis(10))));
+                let recheck = Duration::from_millis(self.ctx.config.push.deferral_recheck_ms);
+                return Ok(Handled::Later(
+                    wait.min(recheck).max(Duration::from_millis(10)),
+                ));
             }
         }
         let key = msg.delivery_key();
@@ -593,6 +545,60 @@ impl Gateway {
     }
 }
 
+/// One consumer of one channel topic, in the `push-gateway` group: one message per step.
+pub struct ChannelConsumer {
+    gateway: Arc<Gateway>,
+    channel: Channel,
+}
+
+impl ChannelConsumer {
+    pub fn new(gateway: Arc<Gateway>, channel: Channel) -> Self {
+        Self { gateway, channel }
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for ChannelConsumer {
+    fn name(&self) -> &'static str {
+        topics::channel_topic(self.channel)
+    }
+
+    async fn step(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState> {
+        let topic = topics::channel_topic(self.channel);
+        let bus = &self.gateway.ctx.ports.bus;
+        let deliveries = bus
+            .receive(topic, topics::GATEWAY, 1, LEASE, Duration::from_secs(1))
+            .await?;
+        for d in deliveries {
+            let receipt = [d.receipt.clone()];
+            // Keep the lease while the sends are in flight; the keeper ends with this step
+            // however it ends (a panic in a handler included), so the message is redelivered.
+            let _keeper = {
+                let bus = bus.clone();
+                let receipt = receipt.clone();
+                AbortOnDrop::spawn(async move {
+                    loop {
+                        tokio::time::sleep(LEASE / 3).await;
+                        let _ = bus.extend(topic, topics::GATEWAY, &receipt, LEASE).await;
+                    }
+                })
+            };
+            match self.gateway.handle(self.channel, &d.payload).await {
+                Ok(Handled::Ack) => bus.ack(topic, topics::GATEWAY, &receipt).await?,
+                Ok(Handled::Later(delay)) => {
+                    bus.nack(topic, topics::GATEWAY, &receipt, delay).await?
+                }
+                Err(e) => {
+                    bus.nack(topic, topics::GATEWAY, &receipt, Duration::from_secs(5))
+                        .await?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(WorkerState::Busy)
+    }
+}
+
 #[derive(Default)]
 struct Expanded {
     dispatches: Vec<Dispatch>,
@@ -641,13 +647,5 @@ fn count(channel: Channel, result: &'static str, n: u64) {
     if n > 0 {
         metrics::counter!("herald_push_deliveries_total", "channel" => channel.as_str(), "result" => result)
             .increment(n);
-    }
-}
-
-/// Waits `d` unless shutdown comes first; `false` when shutting down.
-pub(crate) async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
     }
 }

@@ -38,14 +38,18 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
 pub async fn run_with(ctx: Context, providers: Providers, shutdown: CancellationToken) {
     let gateway = Arc::new(Gateway::new(ctx.clone(), &providers));
     let consumers = ctx.config.push.consumers_per_channel.max(1);
-    let mut tasks = tokio::task::JoinSet::new();
+    let registry = ctx.workers.clone();
+    let mut tasks = Vec::new();
     for channel in topics::OUTBOUND {
         for _ in 0..consumers {
-            tasks.spawn(gateway.clone().consume(channel, shutdown.clone()));
+            tasks.push(registry.spawn(
+                consumer::ChannelConsumer::new(gateway.clone(), channel),
+                shutdown.clone(),
+            ));
         }
     }
-    tasks.spawn(results::run(ctx.clone(), shutdown.clone()));
-    tasks.spawn(cleanup::run(ctx.clone(), shutdown.clone()));
+    tasks.push(registry.spawn(results::ResultCounter::new(ctx.clone()), shutdown.clone()));
+    tasks.push(registry.spawn(cleanup::Cleanup::new(ctx.clone()), shutdown.clone()));
     tracing::info!(
         consumers_per_channel = consumers,
         fcm = providers.fcm.is_some(),
@@ -54,5 +58,7 @@ pub async fn run_with(ctx: Context, providers: Providers, shutdown: Cancellation
         sms = providers.sms.is_some(),
         "push gateway running"
     );
-    while tasks.join_next().await.is_some() {}
+    for t in tasks {
+        let _ = t.await;
+    }
 }

@@ -2,54 +2,68 @@
 //! per-channel `sent` / `failed` counters, once per report key (a redelivered report is
 //! recognised by the campaign store and ignored).
 
-use crate::consumer::pause;
 use herald_core::delivery::DeliveryReport;
 use herald_core::model::DeliveryCounts;
 use herald_core::topics;
+use herald_core::worker::{Worker, WorkerState};
 use herald_core::{Context, Result};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const LEASE: Duration = Duration::from_secs(30);
 
-pub async fn run(ctx: Context, shutdown: CancellationToken) {
-    let bus = ctx.ports.bus.clone();
-    while !shutdown.is_cancelled() {
-        let received = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = bus.receive(topics::RESULTS, topics::RESULT_COUNTERS, 100, LEASE, Duration::from_secs(1)) => r,
-        };
-        let deliveries = match received {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "delivery results queue unavailable");
-                if !pause(&shutdown, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-        };
+/// The result counter: up to 100 delivery reports per step.
+pub struct ResultCounter {
+    ctx: Context,
+}
+
+impl ResultCounter {
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for ResultCounter {
+    fn name(&self) -> &'static str {
+        "result-counter"
+    }
+
+    async fn step(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState> {
+        let ctx = &self.ctx;
+        let bus = &ctx.ports.bus;
+        let deliveries = bus
+            .receive(
+                topics::RESULTS,
+                topics::RESULT_COUNTERS,
+                100,
+                LEASE,
+                Duration::from_secs(1),
+            )
+            .await?;
+        let mut failed = None;
         for d in deliveries {
             let receipt = [d.receipt];
-            let settled = match apply(&ctx, &d.payload).await {
+            match apply(ctx, &d.payload).await {
                 Ok(()) => {
                     bus.ack(topics::RESULTS, topics::RESULT_COUNTERS, &receipt)
-                        .await
+                        .await?
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot record delivery report; retrying");
                     bus.nack(
                         topics::RESULTS,
                         topics::RESULT_COUNTERS,
                         &receipt,
                         Duration::from_secs(5),
                     )
-                    .await
+                    .await?;
+                    failed.get_or_insert(e);
                 }
-            };
-            if let Err(e) = settled {
-                tracing::warn!(error = %e, "cannot settle delivery report");
             }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(WorkerState::Busy),
         }
     }
 }

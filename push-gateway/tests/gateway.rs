@@ -174,6 +174,7 @@ fn message(
         campaign_id: campaign.into(),
         batch_no: 0,
         channel: Channel::Push,
+        part: 0,
         category: None,
         priority: Priority::Normal,
         deliver_after,

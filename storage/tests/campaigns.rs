@@ -150,7 +150,17 @@ pub mod cases {
             after_user: Some("user-02000".into()),
             batching_done: false,
         };
-        s.save_checkpoint(&c.id, &mid).await.unwrap();
+        let lease = s
+            .acquire_lease(
+                &c.id,
+                "owner-a",
+                Utc::now(),
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+            .expect("a free lease");
+        assert!(s.save_checkpoint(&lease, &mid).await.unwrap());
         let got = s.get_campaign(&c.id).await.unwrap().unwrap();
         assert_eq!(got.checkpoint, mid);
         assert_eq!(
@@ -162,7 +172,7 @@ pub mod cases {
             batching_done: true,
             ..mid
         };
-        s.save_checkpoint(&c.id, &done).await.unwrap();
+        assert!(s.save_checkpoint(&lease, &done).await.unwrap());
         for b in 0..2 {
             s.record_batch(&c.id, b, &Progress::default(), &[])
                 .await
@@ -347,19 +357,20 @@ pub mod cases {
         let key = format!("{p}-key");
         let expires = Utc::now() + Duration::hours(24);
         assert_eq!(
-            s.claim_idempotency_key(&key, "hash-a", expires)
+            s.claim_idempotency_key(&key, "hash-a", "campaign-1", expires)
                 .await
                 .unwrap(),
             IdempotencyClaim::Claimed
         );
-        // In flight: the second claimer sees no response yet.
+        // In flight: the second claimer sees no response yet, and the first one's resource.
         match s
-            .claim_idempotency_key(&key, "hash-a", expires)
+            .claim_idempotency_key(&key, "hash-a", "campaign-2", expires)
             .await
             .unwrap()
         {
             IdempotencyClaim::Existing(r) => {
                 assert_eq!(r.request_hash, "hash-a");
+                assert_eq!(r.resource_id, "campaign-1");
                 assert_eq!(r.response, None);
             }
             other => panic!("expected existing, got {other:?}"),
@@ -368,39 +379,65 @@ pub mod cases {
             .await
             .unwrap();
         match s
-            .claim_idempotency_key(&key, "hash-b", expires)
+            .claim_idempotency_key(&key, "hash-b", "campaign-3", expires)
             .await
             .unwrap()
         {
             IdempotencyClaim::Existing(r) => {
                 assert_eq!(r.request_hash, "hash-a");
+                assert_eq!(r.resource_id, "campaign-1");
                 assert_eq!(r.response, Some((202, b"{\"id\":\"x\"}".to_vec())));
             }
             other => panic!("expected existing, got {other:?}"),
         }
     }
 
-    pub async fn a_released_or_expired_idempotency_key_can_be_claimed_again(
+    pub async fn an_invalid_requests_or_expired_idempotency_key_can_be_claimed_again(
         s: Arc<dyn CampaignStore>,
     ) {
         let p = run_id();
         let key = format!("{p}-key");
         let later = Utc::now() + Duration::hours(24);
-        s.claim_idempotency_key(&key, "h", later).await.unwrap();
-        s.release_idempotency_key(&key).await.unwrap();
+        s.claim_idempotency_key(&key, "h", "r1", later)
+            .await
+            .unwrap();
+        // Only the claim bound to that resource, and only while unanswered, is given back.
+        s.release_idempotency_key(&key, "someone-else")
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.claim_idempotency_key(&key, "h", "r2", later)
+                .await
+                .unwrap(),
+            IdempotencyClaim::Existing(_)
+        ));
+        s.release_idempotency_key(&key, "r1").await.unwrap();
         assert_eq!(
-            s.claim_idempotency_key(&key, "h2", later).await.unwrap(),
+            s.claim_idempotency_key(&key, "h2", "r3", later)
+                .await
+                .unwrap(),
             IdempotencyClaim::Claimed
+        );
+        s.complete_idempotency_key(&key, 202, b"{}").await.unwrap();
+        s.release_idempotency_key(&key, "r3").await.unwrap();
+        assert!(
+            matches!(
+                s.claim_idempotency_key(&key, "h2", "r4", later).await.unwrap(),
+                IdempotencyClaim::Existing(r) if r.response.is_some()
+            ),
+            "an answered key is never released"
         );
 
         let old_key = format!("{p}-old");
         let past = Utc::now() - Duration::seconds(1);
-        s.claim_idempotency_key(&old_key, "h", past).await.unwrap();
+        s.claim_idempotency_key(&old_key, "h", "r", past)
+            .await
+            .unwrap();
         s.complete_idempotency_key(&old_key, 202, b"{}")
             .await
             .unwrap();
         assert_eq!(
-            s.claim_idempotency_key(&old_key, "h3", later)
+            s.claim_idempotency_key(&old_key, "h3", "r", later)
                 .await
                 .unwrap(),
             IdempotencyClaim::Claimed,
@@ -408,15 +445,147 @@ pub mod cases {
         );
 
         let purged_key = format!("{p}-purged");
-        s.claim_idempotency_key(&purged_key, "h", past)
+        s.claim_idempotency_key(&purged_key, "h", "r", past)
             .await
             .unwrap();
         assert!(s.purge_idempotency_keys(Utc::now()).await.unwrap() >= 1);
         assert_eq!(
-            s.claim_idempotency_key(&purged_key, "h", later)
+            s.claim_idempotency_key(&purged_key, "h", "r", later)
                 .await
                 .unwrap(),
             IdempotencyClaim::Claimed
+        );
+    }
+
+    pub async fn a_campaign_lease_has_one_owner_is_renewed_and_taken_over_when_it_expires(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let ttl = std::time::Duration::from_secs(10);
+        let c = campaign(&format!("{p}-lease"), CampaignStatus::FanningOut);
+        s.insert_campaign(&c).await.unwrap();
+        let t0 = Utc::now();
+        let a = s
+            .acquire_lease(&c.id, "a", t0, ttl)
+            .await
+            .unwrap()
+            .expect("free");
+        assert_eq!(a.owner, "a");
+        assert!(
+            s.acquire_lease(&c.id, "b", t0 + Duration::seconds(5), ttl)
+                .await
+                .unwrap()
+                .is_none(),
+            "held by a"
+        );
+        // Renewed at +5 s, it holds at +12 s; expired at +16 s, b takes it with a higher fence.
+        assert!(s
+            .renew_lease(&a, t0 + Duration::seconds(5), ttl)
+            .await
+            .unwrap());
+        assert!(s
+            .acquire_lease(&c.id, "b", t0 + Duration::seconds(12), ttl)
+            .await
+            .unwrap()
+            .is_none());
+        let b = s
+            .acquire_lease(&c.id, "b", t0 + Duration::seconds(16), ttl)
+            .await
+            .unwrap()
+            .expect("expired: taken over");
+        assert!(b.fence > a.fence);
+        // a is fenced out: no renewal, no checkpoint, no release of b's lease.
+        assert!(!s
+            .renew_lease(&a, t0 + Duration::seconds(16), ttl)
+            .await
+            .unwrap());
+        let cp = Checkpoint {
+            next_batch: 7,
+            after_user: Some("u7".into()),
+            batching_done: false,
+        };
+        assert!(!s.save_checkpoint(&a, &cp).await.unwrap());
+        assert_eq!(
+            s.get_campaign(&c.id).await.unwrap().unwrap().checkpoint,
+            Checkpoint::default()
+        );
+        s.release_lease(&a, t0).await.unwrap();
+        assert!(s
+            .acquire_lease(&c.id, "c", t0 + Duration::seconds(17), ttl)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s.save_checkpoint(&b, &cp).await.unwrap());
+        // Released by its owner, it is free from the given time on.
+        let retry_at = t0 + Duration::seconds(20);
+        s.release_lease(&b, retry_at).await.unwrap();
+        assert!(s
+            .acquire_lease(&c.id, "c", t0 + Duration::seconds(19), ttl)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .acquire_lease(&c.id, "c", retry_at, ttl)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(s
+            .acquire_lease("no-such-campaign", "c", retry_at, ttl)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    pub async fn claimable_campaigns_are_the_dispatchable_ones_without_a_live_lease(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let ttl = std::time::Duration::from_secs(10);
+        let sizing = campaign(&format!("{p}-a-sizing"), CampaignStatus::Sizing);
+        let fanning = campaign(&format!("{p}-b-fanning"), CampaignStatus::FanningOut);
+        let active = campaign(&format!("{p}-c-active"), CampaignStatus::Active);
+        let scheduled = campaign(&format!("{p}-d-scheduled"), CampaignStatus::Scheduled);
+        let done = campaign(&format!("{p}-e-done"), CampaignStatus::Completed);
+        let batched = campaign(&format!("{p}-f-batched"), CampaignStatus::FanningOut);
+        for c in [&sizing, &fanning, &active, &scheduled, &done, &batched] {
+            s.insert_campaign(c).await.unwrap();
+        }
+        let t0 = Utc::now();
+        let lease = s
+            .acquire_lease(&batched.id, "x", t0, ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        let all_done = Checkpoint {
+            batching_done: true,
+            ..Checkpoint::default()
+        };
+        assert!(s.save_checkpoint(&lease, &all_done).await.unwrap());
+        s.release_lease(&lease, t0).await.unwrap();
+        let ours = |ids: Vec<String>| -> Vec<String> {
+            ids.into_iter().filter(|id| id.starts_with(&p)).collect()
+        };
+        assert_eq!(
+            ours(s.claimable_campaigns(t0, 1000).await.unwrap()),
+            [sizing.id.clone(), fanning.id.clone(), active.id.clone()]
+        );
+        s.acquire_lease(&fanning.id, "y", t0, ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ours(s.claimable_campaigns(t0, 1000).await.unwrap()),
+            [sizing.id.clone(), active.id.clone()],
+            "leased: not claimable"
+        );
+        assert_eq!(
+            ours(
+                s.claimable_campaigns(t0 + Duration::seconds(11), 1000)
+                    .await
+                    .unwrap()
+            ),
+            [sizing.id.clone(), fanning.id.clone(), active.id.clone()],
+            "its lease expired: claimable again"
         );
     }
 }
@@ -427,6 +596,8 @@ macro_rules! campaign_conformance {
             use super::*;
             campaign_conformance!(@cases $make;
                 a_campaign_reads_back_as_written_and_ids_are_unique,
+                a_campaign_lease_has_one_owner_is_renewed_and_taken_over_when_it_expires,
+                claimable_campaigns_are_the_dispatchable_ones_without_a_live_lease,
                 transitions_are_compare_and_set_and_stamp_times,
                 a_batch_is_counted_once_however_often_it_is_recorded,
                 checkpoints_survive_and_fix_the_batch_total_when_done,
@@ -436,7 +607,7 @@ macro_rules! campaign_conformance {
                 listing_pages_newest_first_and_filters_by_status,
                 scheduled_campaigns_become_due_at_their_start,
                 an_idempotency_key_is_claimed_once_and_replays_its_response,
-                a_released_or_expired_idempotency_key_can_be_claimed_again,
+                an_invalid_requests_or_expired_idempotency_key_can_be_claimed_again,
             );
         }
     };

@@ -35,6 +35,7 @@ fn letter(channel: Channel, campaign: &str) -> DeadLetter {
             campaign_id: campaign.into(),
             batch_no: 3,
             channel,
+            part: 0,
             category: Some("orders".into()),
             priority: Priority::High,
             deliver_after: None,

@@ -61,6 +61,7 @@ async fn spawn(configure: impl FnOnce(&mut Config), fanout: bool) -> TestApp {
             admin_key: Secret::new(ADMIN_KEY),
             token_secret: Secret::new(TOKEN_SECRET),
         },
+        workers: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

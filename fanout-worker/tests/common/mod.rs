@@ -44,6 +44,7 @@ pub async fn open_ctx(
             admin_key: Secret::new("test-admin-key-0123456789"),
             token_secret: Secret::new("test-token-secret"),
         },
+        workers: Default::default(),
     }
 }
 

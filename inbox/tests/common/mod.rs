@@ -62,6 +62,7 @@ pub async fn spawn_app_with(live: LiveConfig) -> TestApp {
             admin_key: Secret::new("test-admin-key-0123456789"),
             token_secret: Secret::new(TOKEN_SECRET),
         },
+        workers: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -69,8 +70,8 @@ pub async fn spawn_app_with(live: LiveConfig) -> TestApp {
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
     let (routes, feed) = herald_inbox::router_with_feed(ctx.clone(), live, shutdown.clone());
-    let app = herald_api::finish(routes.merge(herald_api::http::ops_router(ctx.clone())));
-    tokio::spawn(herald_api::serve(listener, app, shutdown.clone()));
+    let app = herald_http::finish(routes.merge(herald_http::ops_router(ctx.clone())));
+    tokio::spawn(herald_http::serve(listener, app, shutdown.clone()));
     TestApp {
         addr,
         base: format!("http://{addr}"),

@@ -61,6 +61,7 @@ pub async fn spawn_gateway(configure: impl FnOnce(&mut Config)) -> TestGateway {
             admin_key: Secret::new(ADMIN_KEY),
             token_secret: Secret::new("test-token-secret"),
         },
+        workers: Default::default(),
     };
     let providers =
         herald_push::Providers::from_config(&ctx.config.push).expect("providers from config");

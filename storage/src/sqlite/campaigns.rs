@@ -17,7 +17,15 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "campaigns", "0001_init"),
     migration!("sqlite", "campaigns", "0002_checkpoints_and_rules"),
     migration!("sqlite", "campaigns", "0003_delivery_reports"),
+    migration!("sqlite", "campaigns", "0004_leases"),
 ];
+
+/// Statuses in which a campaign may need a dispatcher (see `claimable_campaigns`).
+const DISPATCHABLE: &str = "('sizing', 'fanning_out', 'active')";
+
+fn ttl_micros(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
+}
 
 /// Adds `d` to a campaign's counters of `channel` (creating the row on first use).
 fn add_counts<'q>(
@@ -287,7 +295,11 @@ impl CampaignStore for SqliteCampaigns {
         Ok(())
     }
 
-    async fn save_checkpoint(&self, id: &str, checkpoint: &Checkpoint) -> Result<()> {
+    async fn save_checkpoint(
+        &self,
+        lease: &CampaignLease,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool> {
         let _gate = self.db.gate().await;
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE campaigns SET next_batch = ");
         qb.push_bind(checkpoint.next_batch as i64)
@@ -299,8 +311,95 @@ impl CampaignStore for SqliteCampaigns {
             qb.push(", batches_total = ")
                 .push_bind(checkpoint.next_batch as i64);
         }
-        qb.push(" WHERE id = ").push_bind(id.to_owned());
-        qb.build().execute(&self.pool).await.map_err(db_error)?;
+        qb.push(" WHERE id = ")
+            .push_bind(lease.campaign_id.clone())
+            .push(" AND lease_fence = ")
+            .push_bind(lease.fence as i64);
+        let n = qb
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn claimable_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<String>> {
+        let rows = sqlx::query(&format!(
+            "SELECT id FROM campaigns WHERE status IN {DISPATCHABLE} AND batching_done = 0 \
+             AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id LIMIT ?"
+        ))
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows.iter().map(|r| r.get("id")).collect())
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<Option<CampaignLease>> {
+        let until = micros(now).saturating_add(ttl_micros(ttl));
+        let _gate = self.db.gate().await;
+        let row = sqlx::query(
+            "UPDATE campaigns SET lease_owner = ?, lease_until = ?, lease_fence = lease_fence + 1 \
+             WHERE id = ? AND (lease_until IS NULL OR lease_until <= ?) RETURNING lease_fence",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(id)
+        .bind(micros(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(row.map(|r| CampaignLease {
+            campaign_id: id.to_owned(),
+            owner: owner.to_owned(),
+            fence: r.get::<i64, _>("lease_fence") as u64,
+            until: from_micros(until),
+        }))
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &CampaignLease,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let _gate = self.db.gate().await;
+        let n = sqlx::query(
+            "UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_fence = ? \
+             AND lease_owner = ?",
+        )
+        .bind(micros(now).saturating_add(ttl_micros(ttl)))
+        .bind(&lease.campaign_id)
+        .bind(lease.fence as i64)
+        .bind(&lease.owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn release_lease(&self, lease: &CampaignLease, retry_at: DateTime<Utc>) -> Result<()> {
+        let _gate = self.db.gate().await;
+        sqlx::query(
+            "UPDATE campaigns SET lease_owner = NULL, lease_until = ? WHERE id = ? \
+             AND lease_fence = ? AND lease_owner = ?",
+        )
+        .bind(micros(retry_at))
+        .bind(&lease.campaign_id)
+        .bind(lease.fence as i64)
+        .bind(&lease.owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
         Ok(())
     }
 
@@ -411,6 +510,7 @@ impl CampaignStore for SqliteCampaigns {
         &self,
         key: &str,
         request_hash: &str,
+        resource_id: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<IdempotencyClaim> {
         let (_gate, mut tx) = self.db.begin().await?;
@@ -422,11 +522,12 @@ impl CampaignStore for SqliteCampaigns {
             .await
             .map_err(db_error)?;
         let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, expires_at) VALUES (?, ?, ?) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO idempotency_keys (key, request_hash, resource_id, expires_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(key)
         .bind(request_hash)
+        .bind(resource_id)
         .bind(micros(expires_at))
         .execute(&mut *tx)
         .await
@@ -437,8 +538,8 @@ impl CampaignStore for SqliteCampaigns {
             IdempotencyClaim::Claimed
         } else {
             let row = sqlx::query(
-                "SELECT key, request_hash, status, body, expires_at FROM idempotency_keys \
-                 WHERE key = ?",
+                "SELECT key, request_hash, resource_id, status, body, expires_at \
+                 FROM idempotency_keys WHERE key = ?",
             )
             .bind(key)
             .fetch_one(&mut *tx)
@@ -449,6 +550,7 @@ impl CampaignStore for SqliteCampaigns {
             IdempotencyClaim::Existing(IdempotencyRecord {
                 key: row.get("key"),
                 request_hash: row.get("request_hash"),
+                resource_id: row.get("resource_id"),
                 response: status.map(|s| (s as u16, body.unwrap_or_default())),
                 expires_at: from_micros(row.get("expires_at")),
             })
@@ -469,13 +571,16 @@ impl CampaignStore for SqliteCampaigns {
         Ok(())
     }
 
-    async fn release_idempotency_key(&self, key: &str) -> Result<()> {
+    async fn release_idempotency_key(&self, key: &str, resource_id: &str) -> Result<()> {
         let _gate = self.db.gate().await;
-        sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND status IS NULL")
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE key = ? AND resource_id = ? AND status IS NULL",
+        )
+        .bind(key)
+        .bind(resource_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
         Ok(())
     }
 

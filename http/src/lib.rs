@@ -1,10 +1,15 @@
-//! HTTP plumbing shared by every role that serves HTTP (admin API, inbox): the one mapping from
-//! error kind to status and error body, the JSON extractor whose rejections use that body, the
-//! admin bearer check, request metrics, and the operations endpoints.
+//! HTTP plumbing shared by every role that serves HTTP (admin API, inbox, and the operations
+//! port of the worker roles): the one mapping from error kind to status and error body, the
+//! JSON extractor whose rejections use that body, the admin bearer check, request metrics, the
+//! operations endpoints (`/healthz`, `/readyz` with the ports and the background workers,
+//! `/metrics`), and the layers and graceful serving every router shares.
+//!
+//! It depends on `herald-core` only: no role crate, no use case, no storage driver. Routers of
+//! the roles build on it; it never names their routes.
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,6 +23,10 @@ use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
 
 /// Every error an HTTP handler can return. [`ApiError::status`] is the single place where an
 /// error becomes a status code.
@@ -235,7 +244,18 @@ pub async fn track_requests(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    // Clients may send any method token; only the standard ones become label values.
+    let method = match *req.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::HEAD
+        | Method::OPTIONS => req.method().as_str(),
+        _ => "other",
+    }
+    .to_owned();
     let start = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
@@ -265,9 +285,53 @@ pub fn ops_router(ctx: Context) -> Router {
         .with_state(ctx)
 }
 
-async fn readyz(State(ctx): State<Context>) -> ApiResult<Json<serde_json::Value>> {
-    ctx.ports.ping().await?;
-    Ok(Json(json!({"status": "ready"})))
+/// Ready when every backend answers and no background worker of this process keeps failing
+/// (a worker whose last steps all failed: a store that cannot take writes, a handler that
+/// panics); otherwise 503 naming what is wrong.
+async fn readyz(State(ctx): State<Context>) -> Response {
+    if let Err(e) = ctx.ports.ping().await {
+        return ApiError::Core(e).into_response();
+    }
+    let failing = ctx.workers.failing();
+    if failing.is_empty() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    let names: Vec<String> = failing
+        .iter()
+        .map(|w| {
+            format!(
+                "{} ({} failed steps: {})",
+                w.name,
+                w.consecutive_failures,
+                w.last_error.as_deref().unwrap_or("unknown")
+            )
+        })
+        .collect();
+    let body = json!({"error": {
+        "code": "unavailable",
+        "message": format!("background workers failing: {}", names.join("; ")),
+    }, "workers": failing});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// Adds the fallbacks and the shared layers to a composed router (every role's, and
+/// `herald serve`'s composition of them).
+pub fn finish(router: Router) -> Router {
+    with_fallbacks(router)
+        .layer(axum::middleware::from_fn(track_requests))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::new())
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 /// Answers unknown paths and methods with the error body instead of axum's empty responses.
