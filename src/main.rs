@@ -109,6 +109,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Api => {
+            require_shared_secrets("api", &config)?;
             let ctx = build_context(config, false).await?;
             let listener = bind(&ctx.config.listen).await?;
             herald_api::run(ctx, listener, shutdown_signal())
@@ -128,6 +129,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inbox => {
+            require_shared_secrets("inbox", &config)?;
             let ctx = build_context(config, false).await?;
             let listener = bind(&ctx.config.listen).await?;
             herald_inbox::run(ctx, listener, shutdown_signal())
@@ -208,6 +210,21 @@ async fn build_context(config: Config, print_banner: bool) -> anyhow::Result<Con
         },
         workers: Default::default(),
     })
+}
+
+/// A role run apart shares the inbox token secret with the other processes: `api` mints the
+/// tokens that every `inbox` verifies. A secret generated per process (or per data directory)
+/// would make one refuse what another minted, so these roles start only with it configured.
+fn require_shared_secrets(role: &str, config: &Config) -> anyhow::Result<()> {
+    if config.inbox.token_secret.is_none() {
+        anyhow::bail!(
+            "`herald {role}` runs apart from the other roles, and inbox tokens minted by `herald api` \
+             must verify on every `herald inbox`: set the same inbox.token_secret \
+             (HERALD_INBOX__TOKEN_SECRET, at least 32 bytes) on every api and inbox process, \
+             or run `herald serve`"
+        );
+    }
+    Ok(())
 }
 
 /// The configured secret, or the one kept in `data_dir/file`, generated on first start.

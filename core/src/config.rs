@@ -163,6 +163,10 @@ pub struct FanoutConfig {
     pub batch_size: u32,
     /// Batch workers per process; unset means the number of cores.
     pub workers: Option<usize>,
+    /// How long an in-process preference cache (`memory://`) trusts an entry. A preference
+    /// written through this process's API invalidates its entry at once; one written through
+    /// another process (roles run apart) is seen by the next batch after at most this long.
+    pub preference_ttl_secs: u64,
 }
 
 impl Default for FanoutConfig {
@@ -170,6 +174,7 @@ impl Default for FanoutConfig {
         Self {
             batch_size: 1000,
             workers: None,
+            preference_ttl_secs: 10,
         }
     }
 }
@@ -510,9 +515,21 @@ impl Config {
                 ));
             }
         }
+        if let Some(secret) = &self.inbox.token_secret {
+            // Anyone who knows or guesses it reads every inbox: an HS256 key needs 256 bits.
+            if secret.expose().len() < MIN_TOKEN_SECRET_BYTES {
+                return Err(ConfigError(format!(
+                    "inbox.token_secret must be at least {MIN_TOKEN_SECRET_BYTES} bytes \
+                     (HERALD_INBOX__TOKEN_SECRET); generate one with `openssl rand -hex 32`"
+                )));
+            }
+        }
         Ok(())
     }
 }
+
+/// The shortest inbox token secret accepted (an HS256 key of 256 bits).
+pub const MIN_TOKEN_SECRET_BYTES: usize = 32;
 
 #[cfg(test)]
 // figment's Jail closures return its large error type; fine in tests.

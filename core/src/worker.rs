@@ -95,13 +95,11 @@ impl Workers {
     }
 
     /// Runs `worker` until `shutdown` (or until it says it is done), on a task of its own.
-    pub fn spawn<W: Worker>(
-        &self,
-        worker: W,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
+    /// Dropping the returned handle aborts the worker: a role whose future is dropped takes
+    /// its workers with it, as a process that dies would.
+    pub fn spawn<W: Worker>(&self, worker: W, shutdown: CancellationToken) -> AbortOnDrop<()> {
         let status = self.register(worker.name());
-        tokio::spawn(run(worker, status, shutdown))
+        AbortOnDrop::spawn(run(worker, status, shutdown))
     }
 }
 
@@ -234,6 +232,11 @@ impl<T> AbortOnDrop<T> {
     pub fn is_finished(&self) -> bool {
         self.0.is_finished()
     }
+
+    /// Waits for the task to end (it is not aborted while waited for).
+    pub async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
 }
 
 impl<T> Drop for AbortOnDrop<T> {
@@ -298,7 +301,7 @@ mod tests {
         }
         assert!(workers.failing().is_empty(), "{:?}", workers.snapshot());
         shutdown.cancel();
-        handle.await.unwrap();
+        handle.join().await.unwrap();
         assert_eq!(workers.snapshot()[0].state, "stopped");
     }
 

@@ -53,7 +53,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
         ));
     }
     tracing::info!(workers, "fan-out role running");
+    // Dropping this future (a test standing for a node that dies) drops the handles, and
+    // with them the workers.
     for t in tasks {
-        let _ = t.await;
+        let _ = t.join().await;
     }
 }

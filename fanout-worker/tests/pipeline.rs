@@ -1332,7 +1332,7 @@ async fn a_campaign_whose_dispatch_hint_was_lost_is_found_and_cut_by_a_dispatche
         .claimable_campaigns(chrono::Utc::now(), 10)
         .await
         .unwrap();
-    assert_eq!(claimable, [c.id.clone()]);
+    assert_eq!(claimable, vec![c.id.clone()]);
     // One step of a dispatcher takes it from the store and cuts it.
     let mut dispatcher = dispatcher::Dispatcher::new(h.ctx.clone());
     let state = dispatcher.step(&CancellationToken::new()).await.unwrap();

@@ -58,7 +58,9 @@ pub async fn run_with(ctx: Context, providers: Providers, shutdown: Cancellation
         sms = providers.sms.is_some(),
         "push gateway running"
     );
+    // Dropping this future (a test standing for a node that dies) drops the handles, and
+    // with them the workers.
     for t in tasks {
-        let _ = t.await;
+        let _ = t.join().await;
     }
 }

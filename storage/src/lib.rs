@@ -55,7 +55,10 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
         campaigns: open_campaigns(&url_for(&b.campaigns, dir, "campaigns")?).await?,
         inbox: open_inbox(&url_for(&b.inbox, dir, "inbox")?).await?,
         broadcasts: open_broadcasts(&url_for(&b.broadcasts, dir, "broadcasts")?).await?,
-        preference_cache: open_preference_cache(b.preference_cache.as_ref())?,
+        preference_cache: open_preference_cache(
+            b.preference_cache.as_ref(),
+            std::time::Duration::from_secs(config.fanout.preference_ttl_secs),
+        )?,
         bus,
         live: open_live_hub(b.live.as_ref())?,
         deliveries: open_deliveries(&url_for(&b.deliveries, dir, "deliveries")?).await?,
@@ -155,13 +158,19 @@ pub async fn open_deliveries(url: &BackendUrl) -> Result<Arc<dyn DeliveryStore>>
     }
 }
 
-pub fn open_preference_cache(url: Option<&Secret>) -> Result<Arc<dyn PreferenceCache>> {
+/// The preference cache at `url` (in-process when unset); entries of an in-process cache
+/// expire after `ttl`.
+pub fn open_preference_cache(
+    url: Option<&Secret>,
+    ttl: std::time::Duration,
+) -> Result<Arc<dyn PreferenceCache>> {
+    let memory = || Arc::new(memory::MemoryPreferenceCache::new(1_000_000, ttl));
     let url = match url {
-        None => return Ok(Arc::new(memory::MemoryPreferenceCache::default())),
+        None => return Ok(memory()),
         Some(u) => BackendUrl::parse(u.expose())?,
     };
     match url.scheme.as_str() {
-        "memory" => Ok(Arc::new(memory::MemoryPreferenceCache::default())),
+        "memory" => Ok(memory()),
         _ => Err(unsupported("preference cache", &url, "memory")),
     }
 }

@@ -9,29 +9,36 @@ use herald_core::Result;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
 /// A bounded in-process preference cache. When full it is cleared whole: cheaper than LRU
 /// bookkeeping on the hot path, and a miss only costs one batched directory read.
+///
+/// Its invalidation reaches only its own process, so every entry also expires after `ttl`:
+/// with roles run apart, a preference written through another process's API is seen within
+/// that time.
 #[derive(Debug)]
 pub struct MemoryPreferenceCache {
-    entries: Mutex<HashMap<String, Arc<Preferences>>>,
+    entries: Mutex<HashMap<String, (Arc<Preferences>, Instant)>>,
     capacity: usize,
+    ttl: Duration,
 }
 
 impl Default for MemoryPreferenceCache {
     fn default() -> Self {
-        Self::with_capacity(1_000_000)
+        Self::new(1_000_000, Duration::from_secs(10))
     }
 }
 
 impl MemoryPreferenceCache {
-    pub fn with_capacity(capacity: usize) -> Self {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
+            ttl,
         }
     }
 }
@@ -40,15 +47,20 @@ impl MemoryPreferenceCache {
 impl PreferenceCache for MemoryPreferenceCache {
     async fn get_many(&self, user_ids: &[String]) -> Result<Vec<Option<Preferences>>> {
         let entries = self.entries.lock();
+        let now = Instant::now();
         Ok(user_ids
             .iter()
-            .map(|id| entries.get(id).map(|p| Preferences::clone(p)))
+            .map(|id| match entries.get(id) {
+                Some((p, at)) if now.duration_since(*at) < self.ttl => Some(Preferences::clone(p)),
+                _ => None,
+            })
             .collect())
     }
 
     async fn put_many(&self, new: &[(String, Preferences)]) -> Result<()> {
         // Most users never set preferences: they all share one allocation of the defaults.
         let default = Arc::new(Preferences::default());
+        let now = Instant::now();
         let mut entries = self.entries.lock();
         if entries.len() + new.len() > self.capacity {
             entries.clear();
@@ -59,7 +71,7 @@ impl PreferenceCache for MemoryPreferenceCache {
             } else {
                 Arc::new(prefs.clone())
             };
-            entries.insert(id.clone(), value);
+            entries.insert(id.clone(), (value, now));
         }
         Ok(())
     }

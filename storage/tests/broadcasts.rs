@@ -270,7 +270,7 @@ mod memory {
 
     #[tokio::test]
     async fn a_full_preference_cache_starts_over_instead_of_growing() {
-        let c = MemoryPreferenceCache::with_capacity(2);
+        let c = MemoryPreferenceCache::new(2, std::time::Duration::from_secs(60));
         let entries: Vec<(String, Preferences)> = (0..3)
             .map(|i| (format!("u{i}"), Preferences::default()))
             .collect();
@@ -282,5 +282,20 @@ mod memory {
             .unwrap();
         assert_eq!(got.iter().filter(|p| p.is_some()).count(), 1);
         assert!(got[2].is_some());
+    }
+
+    #[tokio::test]
+    async fn an_in_process_preference_entry_expires_so_a_write_elsewhere_is_seen() {
+        let c = MemoryPreferenceCache::new(10, std::time::Duration::from_millis(50));
+        c.put_many(&[("u1".into(), Preferences::default())])
+            .await
+            .unwrap();
+        assert!(c.get_many(&["u1".into()]).await.unwrap()[0].is_some());
+        tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+        assert_eq!(
+            c.get_many(&["u1".into()]).await.unwrap(),
+            vec![None],
+            "expired: the next batch reads the directory"
+        );
     }
 }

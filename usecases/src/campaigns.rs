@@ -207,7 +207,7 @@ impl IdempotencyKey {
 #[derive(Debug)]
 pub enum Created {
     /// Created by this call.
-    New(Campaign),
+    New(Box<Campaign>),
     /// The key's first request created it (or is creating it); this is its answer: the
     /// status code and body it was answered with.
     Replayed { status: u16, body: Vec<u8> },
@@ -286,7 +286,7 @@ pub async fn create_campaign(
             .complete_idempotency_key(&k.key, CREATED_STATUS, body.as_bytes())
             .await?;
     }
-    Ok(Created::New(campaign))
+    Ok(Created::New(Box::new(campaign)))
 }
 
 /// The status a created campaign is answered with (202 Accepted: it is dispatched later).

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 pub enum EventOutcome {
     /// No campaign: why not (no rule for the type, or the condition did not hold).
     NotMatched(String),
-    Matched(Campaign),
+    Matched(Box<Campaign>),
 }
 
 /// Turns an event of `event_type` for `user_id` with `data` into a campaign if its rule says
