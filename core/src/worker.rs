@@ -21,6 +21,8 @@ pub const FAILING_AFTER: u32 = 3;
 /// First pause after a failed step; doubled per consecutive failure up to [`MAX_BACKOFF`].
 pub const BASE_BACKOFF: Duration = Duration::from_millis(200);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a step under way at shutdown may take to finish (it sees the shutdown token).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the runner does after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,9 +115,20 @@ async fn run<W: Worker>(
     let mut failures: u32 = 0;
     while !shutdown.is_cancelled() {
         let started = Instant::now();
+        let step = AssertUnwindSafe(worker.step(&shutdown)).catch_unwind();
+        tokio::pin!(step);
         let outcome = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = AssertUnwindSafe(worker.step(&shutdown)).catch_unwind() => r,
+            r = &mut step => r,
+            // A step under way at shutdown may finish what it holds (a dispatcher saves its
+            // checkpoint and hands its campaign back) for a grace period; then it is dropped,
+            // and what it held is redelivered when its lease runs out.
+            _ = shutdown.cancelled() => match tokio::time::timeout(SHUTDOWN_GRACE, &mut step).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(worker = name, "step still running after the shutdown grace; dropped");
+                    break;
+                }
+            },
         };
         let pause = match outcome {
             Ok(Ok(state)) => {

@@ -41,6 +41,14 @@ impl Node {
     fn kill(&mut self) {
         self.role.take();
     }
+
+    /// Stops as `herald fanout` does on SIGTERM, and waits until it has.
+    async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(role) = self.role.take() {
+            role.join().await.expect("the role stops");
+        }
+    }
 }
 
 impl Drop for Node {
@@ -153,4 +161,43 @@ async fn when_the_owning_fanout_node_dies_mid_campaign_the_other_takes_it_over_a
     let (_, metrics) = app.call(Method::GET, "/metrics", None).await;
     let metrics = metrics.as_str().unwrap_or_default().to_owned();
     assert!(!metrics.contains(&id), "no campaign id in a metric label");
+}
+
+#[tokio::test]
+async fn a_fanout_node_stopped_gracefully_checkpoints_and_hands_its_campaign_over_at_once() {
+    let app = setup().await;
+    let published = Publications::default();
+    let mut a = Node::start(&app, &published).await;
+    let id = create(&app).await;
+    eventually("A under way", Duration::from_secs(60), || async {
+        published.of(&id).len() >= 10
+    })
+    .await;
+    a.stop().await;
+
+    // A saved where it stopped and gave the lease back: the campaign is claimable now, not
+    // after the lease would have run out.
+    let campaigns = &app.ctx.ports.campaigns;
+    let c = campaigns.get_campaign(&id).await.unwrap().unwrap();
+    assert!(!c.checkpoint.batching_done, "stopped mid-campaign");
+    assert_eq!(
+        c.checkpoint.next_batch,
+        published.of(&id).len() as u64,
+        "the checkpoint is the last batch published"
+    );
+    let claimable = campaigns
+        .claimable_campaigns(chrono::Utc::now(), 10)
+        .await
+        .unwrap();
+    assert!(claimable.contains(&id), "{claimable:?}");
+
+    let _b = Node::start(&app, &published).await;
+    let done = app.wait_completed(&id, Duration::from_secs(120)).await;
+    assert_exactly_once(&app, &id, &done).await;
+    let published = published.of(&id);
+    assert_eq!(published.len() as u64, USERS / BATCH);
+    assert!(
+        published.values().all(|n| *n == 1),
+        "resumed exactly where A stopped: {published:?}"
+    );
 }
