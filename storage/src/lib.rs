@@ -189,6 +189,28 @@ pub fn open_live_hub(url: Option<&Secret>) -> Result<Arc<dyn LiveHub>> {
 mod migrations;
 mod time;
 
+/// The pools' `after_release` check: a connection goes back to its pool only outside a
+/// transaction. A future dropped at an `.await` (a client that went away, a timeout, a
+/// shutdown) can leave its connection inside one: a `BEGIN` whose answer was never awaited,
+/// a rollback still queued. Such a connection would hold SQLite's write lock (or a MySQL
+/// transaction's row locks) for whoever takes it next, and make their `BEGIN` fail with
+/// "non-zero transaction depth". The ping waits for every command already sent to the
+/// connection (so a pending `BEGIN` or `ROLLBACK` has run); a connection still in a
+/// transaction then is closed, which ends the transaction on the server, and the pool opens
+/// a fresh one.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) async fn release_outside_transaction<C: sqlx::Connection>(
+    conn: &mut C,
+) -> std::result::Result<bool, sqlx::Error> {
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("a connection came back inside a transaction; closing it");
+        metrics::counter!("herald_storage_connections_closed_in_transaction_total").increment(1);
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Maps an engine error onto a core error: unique violations are conflicts, everything else
 /// means the backend is unavailable (the cause stays in the source, out of API responses).
 #[allow(dead_code)]

@@ -588,6 +588,37 @@ pub mod cases {
             "its lease expired: claimable again"
         );
     }
+
+    /// Futures dropped at any `.await` (clients that went away, timeouts) must leave no
+    /// transaction or lock behind: the store takes writes at once afterwards.
+    pub async fn writes_dropped_at_any_await_leave_the_store_writable(s: Arc<dyn CampaignStore>) {
+        let p = run_id();
+        let expires = Utc::now() + Duration::hours(1);
+        // One after the other, each cut short a little later (0 to 3 ms, in 5 µs steps):
+        // before, during or after the BEGIN, the statements or the COMMIT.
+        for i in 0..600u64 {
+            let key = format!("{p}-dropped-{i}");
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_micros(i * 5),
+                s.claim_idempotency_key(&key, "h", "r", expires),
+            )
+            .await;
+        }
+        let c = campaign(&format!("{p}-after"), CampaignStatus::Sizing);
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            s.insert_campaign(&c).await.unwrap();
+            let key = format!("{p}-after-key");
+            assert_eq!(
+                s.claim_idempotency_key(&key, "h", "r", expires)
+                    .await
+                    .unwrap(),
+                IdempotencyClaim::Claimed
+            );
+            s.complete_idempotency_key(&key, 202, b"{}").await.unwrap();
+        })
+        .await
+        .expect("the store takes writes after dropped ones");
+    }
 }
 
 macro_rules! campaign_conformance {
@@ -596,6 +627,7 @@ macro_rules! campaign_conformance {
             use super::*;
             campaign_conformance!(@cases $make;
                 a_campaign_reads_back_as_written_and_ids_are_unique,
+                writes_dropped_at_any_await_leave_the_store_writable,
                 a_campaign_lease_has_one_owner_is_renewed_and_taken_over_when_it_expires,
                 claimable_campaigns_are_the_dispatchable_ones_without_a_live_lease,
                 transitions_are_compare_and_set_and_stamp_times,

@@ -58,6 +58,7 @@ pub(crate) async fn open_pool(
         // Below the server's wait_timeout (8 hours by default) and short enough to follow a
         // failover or a proxy's connection rebalancing.
         .max_lifetime(Duration::from_secs(30 * 60))
+        .after_release(|conn, _meta| Box::pin(crate::release_outside_transaction(conn)))
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 // Strict mode everywhere: an oversized or invalid value is an error, never a

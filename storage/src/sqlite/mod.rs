@@ -91,6 +91,7 @@ pub(crate) async fn open_pool(
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(30))
+        .after_release(|conn, _meta| Box::pin(crate::release_outside_transaction(conn)))
         .connect_with(opts)
         .await
         .map_err(|e| Error::unavailable(format!("cannot open SQLite database {url}"), e))?;

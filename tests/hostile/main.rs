@@ -1,0 +1,8 @@
+//! Hostile input and faults against the real roles: the server stays up, answers clearly and
+//! loses nothing. Shares the harness of the correctness suite.
+
+#[path = "../correctness/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+mod aborted_requests;
