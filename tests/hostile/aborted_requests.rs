@@ -23,6 +23,8 @@ async fn post_and_reset(addr: &str, key: &str) {
     );
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(request.as_bytes()).await.expect("send");
+    // Linger 0 makes the close a reset; the socket is closed at once, so nothing blocks.
+    #[allow(deprecated)]
     s.set_linger(Some(Duration::ZERO)).expect("linger 0");
     drop(s); // RST
 }
