@@ -97,7 +97,10 @@ pub async fn get(
         .get_campaign(&id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    Ok(Json(campaign_json(&c)))
+    let mut body = campaign_json(&c);
+    // The sample of recipients (or batches) the fan-out could not serve, and why.
+    body["failures"] = json!(ctx.ports.campaigns.campaign_failures(&id).await?);
+    Ok(Json(body))
 }
 
 #[derive(Debug, Deserialize)]

@@ -698,7 +698,7 @@ async fn a_campaign_reads_back_with_its_request_and_zero_progress() {
     assert_eq!(
         got["progress"],
         json!({"batches_total": 1, "batches_done": 0, "notifications_written": 0,
-               "skipped_opted_out": 0, "deferred_quiet_hours": 0})
+               "skipped_opted_out": 0, "deferred_quiet_hours": 0, "failed_render": 0, "failed_batches": 0})
     );
     assert_eq!(got["deliveries"], json!({}));
     assert!(got["created_at"].is_string(), "{got}");
@@ -967,7 +967,7 @@ async fn a_campaign_to_a_2500_user_segment_is_fanned_out_to_completion() {
     assert_eq!(
         done["progress"],
         json!({"batches_total": 3, "batches_done": 3, "notifications_written": 2_500,
-               "skipped_opted_out": 0, "deferred_quiet_hours": 0}),
+               "skipped_opted_out": 0, "deferred_quiet_hours": 0, "failed_render": 0, "failed_batches": 0}),
         "{done:#}"
     );
     assert_eq!(done["deliveries"]["push"]["queued"], 2_500, "{done:#}");
@@ -1028,7 +1028,7 @@ async fn opted_out_users_are_left_out_per_channel_and_per_category() {
     assert_eq!(
         done["progress"],
         json!({"batches_total": 3, "batches_done": 3, "notifications_written": 2_499,
-               "skipped_opted_out": 1, "deferred_quiet_hours": 0}),
+               "skipped_opted_out": 1, "deferred_quiet_hours": 0, "failed_render": 0, "failed_batches": 0}),
         "{done:#}"
     );
     assert_eq!(done["deliveries"]["push"]["queued"], 2_498, "{done:#}");

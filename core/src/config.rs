@@ -167,6 +167,9 @@ pub struct FanoutConfig {
     /// written through this process's API invalidates its entry at once; one written through
     /// another process (roles run apart) is seen by the next batch after at most this long.
     pub preference_ttl_secs: u64,
+    /// A batch that fails this many times (a store down for long, a bug) is given up:
+    /// counted in `progress.failed_batches` with its reason, so its campaign still ends.
+    pub max_batch_attempts: u32,
 }
 
 impl Default for FanoutConfig {
@@ -175,6 +178,7 @@ impl Default for FanoutConfig {
             batch_size: 1000,
             workers: None,
             preference_ttl_secs: 10,
+            max_batch_attempts: 10,
         }
     }
 }

@@ -475,7 +475,7 @@ impl TemplateContent {
             }
             crate::template::check(name, text)?;
         }
-        Ok(())
+        crate::template::Compiled::new(self.clone())?.check_limits()
     }
 }
 
@@ -592,6 +592,24 @@ pub struct Progress {
     pub notifications_written: u64,
     pub skipped_opted_out: u64,
     pub deferred_quiet_hours: u64,
+    /// Recipients skipped because their content did not render (a limit, or an error their
+    /// data caused); a sample of the reasons is kept with the campaign.
+    #[serde(default)]
+    pub failed_render: u64,
+    /// Batches given up after `fanout.max_batch_attempts` failed attempts (their users got
+    /// nothing); counted done so the campaign still ends.
+    #[serde(default)]
+    pub failed_batches: u64,
+}
+
+/// A recipient, or a whole batch (`user_id` unset), the fan-out could not serve, and why: the
+/// sample of failures kept with a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientFailure {
+    pub batch_no: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub reason: String,
 }
 
 /// Per-channel delivery counters of a campaign.

@@ -86,6 +86,9 @@ pub trait Directory: Send + Sync + 'static {
     async fn delete_template(&self, id: &str) -> Result<bool>;
 }
 
+/// How many failures a campaign keeps as its sample.
+pub const KEPT_FAILURES: usize = 20;
+
 /// Outcome of claiming an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyClaim {
@@ -155,8 +158,9 @@ pub trait CampaignStore: Send + Sync + 'static {
     /// a failure). Does nothing if the lease was taken over already.
     async fn release_lease(&self, lease: &CampaignLease, retry_at: DateTime<Utc>) -> Result<()>;
     /// Records batch `batch_no` as done: adds one to `batches_done`, the other counters of
-    /// `delta` (its `batches_*` fields are ignored) and `queued` to the channels' `queued`
-    /// counters, in one atomic step, once. A batch number already recorded is ignored and
+    /// `delta` (its `batches_total` / `batches_done` are ignored) and `queued` to the channels'
+    /// `queued` counters, and keeps `failures` while the campaign's sample has room, in one
+    /// atomic step, once. A batch number already recorded is ignored and
     /// `false` returned, so a redelivered batch never double counts.
     async fn record_batch(
         &self,
@@ -164,7 +168,10 @@ pub trait CampaignStore: Send + Sync + 'static {
         batch_no: u64,
         delta: &Progress,
         queued: &[(Channel, u64)],
+        failures: &[RecipientFailure],
     ) -> Result<bool>;
+    /// The sample of failures kept with a campaign (at most [`KEPT_FAILURES`]), oldest first.
+    async fn campaign_failures(&self, id: &str) -> Result<Vec<RecipientFailure>>;
     /// Adds a delivery report's counts to a channel's counters once per `key`: a report
     /// already recorded is ignored and `false` returned.
     async fn record_deliveries(

@@ -2,6 +2,14 @@
 //! minijinja in a sandbox that cannot read files or call out. Undefined variables render as
 //! empty strings (a missing attribute must not fail a whole batch), but syntax errors are caught
 //! when a template is stored or a campaign is created.
+//!
+//! Template work is bounded, since templates and the values they insert come from users: each
+//! render of a field gets [`FUEL`] instructions, at most [`RECURSION_LIMIT`] levels of nesting,
+//! and [`MAX_FIELD_OUTPUT`] bytes of output. A template that exceeds a limit whatever the data
+//! (nested loops, `{{ "x" * 100000000 }}`) is refused when it is stored or a campaign is
+//! created ([`Compiled::check_limits`]); one that exceeds it for some recipients' data fails
+//! for those recipients only, with a reason naming the limit. Rendering is CPU work: callers on
+//! an async runtime run it on a blocking thread.
 
 use crate::model::User;
 use crate::{Error, Result};
@@ -9,14 +17,87 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 use std::sync::OnceLock;
 
+/// Instructions one render of one field may execute.
+pub const FUEL: u64 = 100_000;
+/// Nesting one render may reach (loops, conditions, macro calls).
+pub const RECURSION_LIMIT: usize = 64;
+/// Bytes one rendered field may have.
+pub const MAX_FIELD_OUTPUT: usize = 128 * 1024;
+
+/// An environment with Herald's settings and limits.
+fn limited_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(RECURSION_LIMIT);
+    env
+}
+
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        let mut env = limited_env();
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env
     })
+}
+
+/// Output that refuses to grow past [`MAX_FIELD_OUTPUT`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_FIELD_OUTPUT {
+            return Err(std::io::Error::other(OUTPUT_LIMIT));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const OUTPUT_LIMIT: &str = "output limit";
+
+/// Whether a render error is one of the limits (and so would hit every recipient alike when
+/// the data plays no part).
+fn is_limit(e: &minijinja::Error) -> bool {
+    use minijinja::ErrorKind as K;
+    match e.kind() {
+        K::OutOfFuel | K::WriteFailure => true,
+        _ => {
+            let text = e.to_string();
+            text.contains("recursion") || text.contains("too large") || text.contains("too many")
+        }
+    }
+}
+
+/// The message of a render error: the limits named with their values.
+fn render_error(field: &str, e: &minijinja::Error) -> Error {
+    use minijinja::ErrorKind as K;
+    let why = match e.kind() {
+        K::OutOfFuel => format!("uses more than the {FUEL} template instructions a render may"),
+        K::WriteFailure => format!("renders more than {MAX_FIELD_OUTPUT} bytes"),
+        _ if e.to_string().contains("recursion") => {
+            format!("nests deeper than {RECURSION_LIMIT} levels")
+        }
+        _ => format!("does not render: {e}"),
+    };
+    Error::invalid(format!("{field}: template {why}"))
+}
+
+/// Renders `tmpl` into bounded output.
+fn render_bounded(
+    field: &str,
+    tmpl: &minijinja::Template<'_, '_>,
+    ctx: &minijinja::Value,
+) -> Result<String> {
+    let mut out = Bounded(Vec::new());
+    tmpl.render_captured_to(ctx, &mut out)
+        .map_err(|e| render_error(field, &e))?;
+    String::from_utf8(out.0).map_err(|_| Error::invalid(format!("{field}: rendered invalid UTF-8")))
 }
 
 /// Notification text is not HTML and is sent as it renders; an HTML field (`email.html`)
@@ -67,14 +148,15 @@ pub fn context_without_user(data: &Value) -> minijinja::Value {
     minijinja::context! { user => minijinja::Value::from(()), data => data_value(data) }
 }
 
-/// Renders `text` against a context made by [`context`].
+/// Renders `text` against a context made by [`context`], within the limits.
 pub fn render(field: &str, text: &str, ctx: &minijinja::Value) -> Result<String> {
     if !text.contains("{{") && !text.contains("{%") {
         return Ok(text.to_owned());
     }
-    env()
-        .render_str(text, ctx)
-        .map_err(|e| Error::invalid(format!("{field}: template does not render: {e}")))
+    let tmpl = env()
+        .template_from_str(text)
+        .map_err(|e| Error::invalid(format!("{field}: template does not compile: {e}")))?;
+    render_bounded(field, &tmpl, ctx)
 }
 
 #[cfg(test)]
@@ -122,8 +204,7 @@ pub struct Compiled {
 impl Compiled {
     /// Compiles every field of `content`; errors name the field.
     pub fn new(content: crate::model::TemplateContent) -> Result<Self> {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        let mut env = limited_env();
         env.set_auto_escape_callback(auto_escape);
         for (name, text) in content.fields() {
             if text.contains("{{") || text.contains("{%") {
@@ -164,14 +245,36 @@ impl Compiled {
         &self.content
     }
 
-    /// Renders field `name` (e.g. `push.title`) whose source is `text`, for one user's context.
+    /// Renders field `name` (e.g. `push.title`) whose source is `text`, for one user's
+    /// context, within the limits.
     pub fn render(&self, name: &str, text: &str, ctx: &minijinja::Value) -> Result<String> {
         match self.env.get_template(name) {
-            Ok(t) => t
-                .render(ctx)
-                .map_err(|e| Error::invalid(format!("{name}: template does not render: {e}"))),
+            Ok(t) => render_bounded(name, &t, ctx),
             Err(_) => Ok(text.to_owned()),
         }
+    }
+
+    /// Refuses content that exceeds a limit whatever the data: every field is rendered once
+    /// for a user with no attributes and empty data, and a limit hit there is an error. Other
+    /// render errors are left to the real data (they may depend on it).
+    pub fn check_limits(&self) -> Result<()> {
+        let ctx = minijinja::context! {
+            user => minijinja::context! { id => "example" },
+            data => minijinja::context! {},
+        };
+        for (name, text) in self.content.fields() {
+            if let Ok(t) = self.env.get_template(name) {
+                let mut out = Bounded(Vec::new());
+                if let Err(e) = t.render_captured_to(&ctx, &mut out) {
+                    if is_limit(&e) {
+                        return Err(render_error(name, &e));
+                    }
+                }
+            } else {
+                debug_assert!(!text.contains("{{") && !text.contains("{%"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -203,6 +306,85 @@ mod compiled_tests {
             "Hi u7, order 3"
         );
         assert!(Compiled::inline("{{ broken", "b").is_err());
+    }
+
+    fn push(body: &str) -> Compiled {
+        Compiled::new(TemplateContent {
+            push: Some(TitleBody {
+                title: "t".into(),
+                body: body.into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn data_ctx(data: serde_json::Value) -> minijinja::Value {
+        minijinja::Value::from_serialize(serde_json::json!({"user": {"id": "u"}, "data": data}))
+    }
+
+    #[test]
+    fn templates_that_exceed_a_limit_whatever_the_data_are_refused_with_the_limit_named() {
+        let loops = push(
+            "{% for a in range(1000) %}{% for b in range(1000) %}{{ a }}{% endfor %}{% endfor %}",
+        );
+        let err = loops.check_limits().unwrap_err();
+        assert!(
+            err.message.contains("template instructions"),
+            "{}",
+            err.message
+        );
+
+        let huge = push(r#"{{ "x" * 100000000 }}"#);
+        let err = huge.check_limits().unwrap_err();
+        assert!(
+            err.message.contains("renders more than 131072 bytes"),
+            "{}",
+            err.message
+        );
+
+        let deep = push(
+            "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(10000) }}",
+        );
+        let err = deep.check_limits().unwrap_err();
+        assert!(
+            err.message.contains("levels") || err.message.contains("instructions"),
+            "{}",
+            err.message
+        );
+
+        // Data-dependent failures are left to the render (and so to the recipient).
+        let divides = push("{{ 10 / data.n }}");
+        assert!(divides.check_limits().is_ok());
+        assert!(push("Hello {{ user.id }}").check_limits().is_ok());
+    }
+
+    #[test]
+    fn a_render_that_exceeds_a_limit_for_some_data_fails_for_that_data_only() {
+        let c = push(r#"{{ "ab" * data.n }}"#);
+        let body = c.content().push.clone().unwrap().body;
+        assert_eq!(
+            c.render("push.body", &body, &data_ctx(serde_json::json!({"n": 3})))
+                .unwrap(),
+            "ababab"
+        );
+        let err = c
+            .render(
+                "push.body",
+                &body,
+                &data_ctx(serde_json::json!({"n": 1_000_000})),
+            )
+            .unwrap_err();
+        assert!(
+            err.message
+                .starts_with("push.body: template renders more than"),
+            "{}",
+            err.message
+        );
+        let err = c
+            .render("push.body", &body, &data_ctx(serde_json::json!({"n": "x"})))
+            .unwrap_err();
+        assert!(err.message.contains("does not render"), "{}", err.message);
     }
 
     #[test]

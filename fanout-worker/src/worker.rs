@@ -9,7 +9,7 @@ use herald_core::model::*;
 use herald_core::template::{self, Compiled};
 use herald_core::topics::{self, ChannelItem, ChannelMessage, FanoutBatch};
 use herald_core::worker::{Worker, WorkerState};
-use herald_core::{Context, Error, Result};
+use herald_core::{Context, Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -106,9 +106,18 @@ impl Worker for BatchWorker {
                 Duration::from_secs(1),
             )
             .await?;
+        let max = ctx.config.fanout.max_batch_attempts.max(1);
         for d in deliveries {
             let receipt = [d.receipt];
             let outcome = match serde_json::from_slice::<FanoutBatch>(&d.payload) {
+                // Its earlier attempts ended without an answer (a panic, a crash): give it up
+                // rather than let it take a worker down again and again.
+                Ok(batch) if d.attempt > max => {
+                    let reason =
+                        format!("{max} attempts ended without finishing (a crash or a panic)");
+                    give_up_batch(ctx, &batch, &reason).await?;
+                    Ok(())
+                }
                 Ok(batch) => process_with_cache(ctx, &self.cache, &batch).await,
                 Err(e) => {
                     tracing::error!(error = %e, "undecodable batch dropped");
@@ -122,9 +131,17 @@ impl Worker for BatchWorker {
                 }
                 Err(e) => {
                     metrics::counter!("herald_fanout_batch_failures_total").increment(1);
-                    let backoff = Duration::from_millis(500 * u64::from(d.attempt.min(20)));
-                    bus.nack(topics::BATCHES, topics::BATCH_WORKERS, &receipt, backoff)
-                        .await?;
+                    let batch = serde_json::from_slice::<FanoutBatch>(&d.payload).ok();
+                    if let (Some(batch), true) = (batch, d.attempt >= max) {
+                        // Out of attempts: counted as failed so the campaign still ends.
+                        give_up_batch(ctx, &batch, &e.to_string()).await?;
+                        bus.ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)
+                            .await?;
+                    } else {
+                        let backoff = Duration::from_millis(500 * u64::from(d.attempt.min(20)));
+                        bus.nack(topics::BATCHES, topics::BATCH_WORKERS, &receipt, backoff)
+                            .await?;
+                    }
                     // The runner counts it: a worker whose batches keep failing is reported.
                     return Err(e);
                 }
@@ -145,9 +162,27 @@ async fn process_with_cache(
     batch: &FanoutBatch,
 ) -> Result<()> {
     let started = Instant::now();
-    let Some(cached) = cache.get(ctx, &batch.campaign_id).await? else {
-        tracing::warn!(campaign = %batch.campaign_id, "batch of an unknown campaign dropped");
-        return Ok(());
+    let cached = match cache.get(ctx, &batch.campaign_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            tracing::warn!(campaign = %batch.campaign_id, "batch of an unknown campaign dropped");
+            return Ok(());
+        }
+        // The campaign's template was deleted: no batch of it can ever render.
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            tracing::warn!(campaign = %batch.campaign_id, error = %e, "campaign failed");
+            ctx.ports
+                .campaigns
+                .transition(
+                    &batch.campaign_id,
+                    &[CampaignStatus::FanningOut, CampaignStatus::Active],
+                    CampaignStatus::Failed,
+                    ctx.clock.now(),
+                )
+                .await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
     };
     let campaign = &cached.campaign;
     let now = ctx.clock.now();
@@ -158,16 +193,16 @@ async fn process_with_cache(
         return Ok(()); // cancelled: the remaining batches do nothing
     }
     let expired = campaign.expires_at.is_some_and(|e| e <= now);
-    let (delta, queued) = if expired {
-        (Progress::default(), Vec::new())
+    let (delta, queued, failures) = if expired {
+        (Progress::default(), Vec::new(), Vec::new())
     } else {
-        deliver(ctx, campaign, &cached.content, batch, now).await?
+        deliver(ctx, &cached, batch, now).await?
     };
     let mut stage = Stages::start();
     let fresh = ctx
         .ports
         .campaigns
-        .record_batch(&campaign.id, batch.batch_no, &delta, &queued)
+        .record_batch(&campaign.id, batch.batch_no, &delta, &queued, &failures)
         .await?;
     stage.done("record_batch");
     if fresh {
@@ -179,6 +214,31 @@ async fn process_with_cache(
     complete_if_done(ctx, &campaign.id).await?;
     stage.done("complete_check");
     Ok(())
+}
+
+/// Gives a batch up after its last attempt: counted done and failed (its users get nothing),
+/// with the reason in the campaign's failure sample, so the campaign still ends.
+pub async fn give_up_batch(ctx: &Context, batch: &FanoutBatch, reason: &str) -> Result<()> {
+    let delta = Progress {
+        failed_batches: 1,
+        ..Progress::default()
+    };
+    let failure = RecipientFailure {
+        batch_no: batch.batch_no,
+        user_id: None,
+        reason: format!(
+            "batch {} ({} users) given up: {reason}",
+            batch.batch_no,
+            batch.user_ids.len()
+        ),
+    };
+    tracing::error!(campaign = %batch.campaign_id, batch = batch.batch_no, %reason, "batch given up after its last attempt");
+    metrics::counter!("herald_fanout_batches_given_up_total").increment(1);
+    ctx.ports
+        .campaigns
+        .record_batch(&batch.campaign_id, batch.batch_no, &delta, &[], &[failure])
+        .await?;
+    complete_if_done(ctx, &batch.campaign_id).await
 }
 
 /// Marks the campaign completed once every batch is published and processed.
@@ -203,15 +263,26 @@ pub async fn complete_if_done(ctx: &Context, campaign_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// What rendering a batch produced.
+struct Rendered {
+    progress: Progress,
+    rows: Vec<Notification>,
+    /// One channel message per channel and quiet-hours end (the part; 0 for "at once").
+    outbound: BTreeMap<(Channel, i64), Part>,
+    failures: Vec<RecipientFailure>,
+}
+
+type Part = (Option<chrono::DateTime<chrono::Utc>>, Vec<ChannelItem>);
+
 /// The work on one batch's users. Every write here is idempotent, so a redelivered batch
 /// repeats it harmlessly; its counters are added by the caller once.
 async fn deliver(
     ctx: &Context,
-    campaign: &Campaign,
-    content: &Compiled,
+    cached: &Cached,
     batch: &FanoutBatch,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(Progress, Vec<(Channel, u64)>)> {
+) -> Result<(Progress, Vec<(Channel, u64)>, Vec<RecipientFailure>)> {
+    let campaign = &cached.campaign;
     let ids = &batch.user_ids;
     let mut stage = Stages::start();
     let users: HashMap<String, User> = ctx
@@ -225,92 +296,27 @@ async fn deliver(
     stage.done("load_users");
     let prefs = load_preferences(ctx, ids).await?;
     stage.done("load_preferences");
-    let category = campaign.category.as_deref();
-    // Rows of one campaign share one timestamp, so a replayed batch rewrites the same keys.
-    let created_at = campaign.started_at.unwrap_or(campaign.created_at);
-    let c = content.content();
-    let data = template::data_value(&campaign.data);
-    let broadcast = campaign.strategy == Strategy::Broadcast;
 
-    let mut progress = Progress::default();
-    let mut rows = Vec::new();
-    // One channel message per channel and quiet-hours end (the part; 0 for "at once").
-    type Part = (Option<chrono::DateTime<chrono::Utc>>, Vec<ChannelItem>);
-    let mut outbound: BTreeMap<(Channel, i64), Part> = BTreeMap::new();
-    for (id, prefs) in ids.iter().zip(prefs.iter()) {
-        // Users named by id need not be in the directory: they get what needs no address.
-        let user = users.get(id).cloned().unwrap_or_else(|| User {
-            id: id.clone(),
-            email: None,
-            phone: None,
-            attributes: Default::default(),
-            created_at: now,
-            updated_at: now,
-        });
-        let allowed: Vec<Channel> = campaign
-            .channels
-            .iter()
-            .copied()
-            // A broadcast's in-app item is the stored broadcast, merged at read time.
-            .filter(|ch| !(broadcast && *ch == Channel::InApp))
-            .filter(|ch| prefs.allows(*ch, category))
-            .collect();
-        if allowed.is_empty() {
-            progress.skipped_opted_out += 1;
-            continue;
-        }
-        // Quiet hours hold back what interrupts (push, email, SMS) for low and normal
-        // priority; the inbox row and webhooks are not interruptions.
-        let quiet_until = if campaign.priority.bypasses_quiet_hours() {
-            None
-        } else {
-            prefs
-                .quiet_hours
-                .and_then(|q| q.ends_after(now, user.timezone().unwrap_or(chrono_tz::UTC)))
-        };
-        let render_ctx = template::context(&user, &data);
-        let nid = notification_id(&campaign.id, id);
-        let mut deferred = false;
-        for ch in allowed {
-            match ch {
-                Channel::InApp => {
-                    let tb = c.in_app.as_ref().ok_or_else(|| missing(ch))?;
-                    rows.push(Notification {
-                        id: nid,
-                        user_id: id.clone(),
-                        campaign_id: Some(campaign.id.clone()),
-                        title: content.render("in_app.title", &tb.title, &render_ctx)?,
-                        body: content.render("in_app.body", &tb.body, &render_ctx)?,
-                        category: campaign.category.clone(),
-                        data: campaign.data.clone(),
-                        created_at,
-                        read_at: None,
-                    });
-                }
-                Channel::Push | Channel::Email | Channel::Sms | Channel::Webhook => {
-                    let Some(item) =
-                        render_item(ch, content, &user, nid, &campaign.data, &render_ctx)?
-                    else {
-                        continue; // no address for this channel
-                    };
-                    let after = match ch {
-                        Channel::Webhook => None,
-                        _ => quiet_until,
-                    };
-                    deferred |= after.is_some();
-                    let part = after.map_or(0, |t| t.timestamp());
-                    let entry = outbound.entry((ch, part)).or_default();
-                    entry.0 = entry.0.max(after);
-                    entry.1.push(item);
-                }
-            }
-        }
-        if deferred {
-            progress.deferred_quiet_hours += 1;
-        }
-    }
-
+    // Rendering is CPU work bounded per field (see herald_core::template): it runs on a
+    // blocking thread, so a heavy template never stalls the runtime's workers.
+    let (c, content, batch_no, ids) = (
+        campaign.clone(),
+        cached.content.clone(),
+        batch.batch_no,
+        ids.clone(),
+    );
+    let Rendered {
+        mut progress,
+        rows,
+        outbound,
+        failures,
+    } = tokio::task::spawn_blocking(move || {
+        render_batch(&c, &content, batch_no, &ids, users, prefs, now)
+    })
+    .await
+    .map_err(|e| Error::internal("rendering a batch panicked").with_source(e))?;
     stage.done("render");
+
     ctx.ports.inbox.write_batch(&rows).await?;
     progress.notifications_written = rows.len() as u64;
     stage.done("write_inbox");
@@ -357,7 +363,151 @@ async fn deliver(
         }
     }
     stage.done("publish_live");
-    Ok((progress, queued.into_iter().collect()))
+    Ok((progress, queued.into_iter().collect(), failures))
+}
+
+/// Decides and renders every user's notification of a batch: preferences, quiet hours,
+/// content. A user whose content does not render (a template limit, or an error their data
+/// causes) is skipped whole and counted in `failed_render`, the first reasons kept; the others
+/// go on.
+fn render_batch(
+    campaign: &Campaign,
+    content: &Compiled,
+    batch_no: u64,
+    ids: &[String],
+    users: HashMap<String, User>,
+    prefs: Vec<Preferences>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Rendered {
+    let category = campaign.category.as_deref();
+    // Rows of one campaign share one timestamp, so a replayed batch rewrites the same keys.
+    let created_at = campaign.started_at.unwrap_or(campaign.created_at);
+    let data = template::data_value(&campaign.data);
+    let broadcast = campaign.strategy == Strategy::Broadcast;
+    let mut out = Rendered {
+        progress: Progress::default(),
+        rows: Vec::new(),
+        outbound: BTreeMap::new(),
+        failures: Vec::new(),
+    };
+    for (id, prefs) in ids.iter().zip(prefs.iter()) {
+        // Users named by id need not be in the directory: they get what needs no address.
+        let user = users.get(id).cloned().unwrap_or_else(|| User {
+            id: id.clone(),
+            email: None,
+            phone: None,
+            attributes: Default::default(),
+            created_at: now,
+            updated_at: now,
+        });
+        let allowed: Vec<Channel> = campaign
+            .channels
+            .iter()
+            .copied()
+            // A broadcast's in-app item is the stored broadcast, merged at read time.
+            .filter(|ch| !(broadcast && *ch == Channel::InApp))
+            .filter(|ch| prefs.allows(*ch, category))
+            .collect();
+        if allowed.is_empty() {
+            out.progress.skipped_opted_out += 1;
+            continue;
+        }
+        // Quiet hours hold back what interrupts (push, email, SMS) for low and normal
+        // priority; the inbox row and webhooks are not interruptions.
+        let quiet_until = if campaign.priority.bypasses_quiet_hours() {
+            None
+        } else {
+            prefs
+                .quiet_hours
+                .and_then(|q| q.ends_after(now, user.timezone().unwrap_or(chrono_tz::UTC)))
+        };
+        let render_ctx = template::context(&user, &data);
+        let nid = notification_id(&campaign.id, id);
+        // Everything of this user first, so a render error skips the user whole.
+        let rendered: Result<Vec<Rendition>> = allowed
+            .iter()
+            .map(|&ch| render_for(ch, campaign, content, &user, nid, created_at, &render_ctx))
+            .collect();
+        let rendered = match rendered {
+            Ok(r) => r,
+            Err(e) => {
+                out.progress.failed_render += 1;
+                if out.failures.len() < herald_core::ports::KEPT_FAILURES {
+                    out.failures.push(RecipientFailure {
+                        batch_no,
+                        user_id: Some(id.clone()),
+                        reason: e.message,
+                    });
+                }
+                continue;
+            }
+        };
+        let mut deferred = false;
+        for r in rendered {
+            match r {
+                Rendition::Row(row) => out.rows.push(row),
+                Rendition::Item(ch, item) => {
+                    let after = match ch {
+                        Channel::Webhook => None,
+                        _ => quiet_until,
+                    };
+                    deferred |= after.is_some();
+                    let part = after.map_or(0, |t| t.timestamp());
+                    let entry = out.outbound.entry((ch, part)).or_default();
+                    entry.0 = entry.0.max(after);
+                    entry.1.push(item);
+                }
+                Rendition::NoAddress => {}
+            }
+        }
+        if deferred {
+            out.progress.deferred_quiet_hours += 1;
+        }
+    }
+    out
+}
+
+/// One user's content on one channel.
+enum Rendition {
+    Row(Notification),
+    Item(Channel, ChannelItem),
+    /// The user has no address for the channel (no email, no phone).
+    NoAddress,
+}
+
+fn render_for(
+    ch: Channel,
+    campaign: &Campaign,
+    content: &Compiled,
+    user: &User,
+    nid: uuid::Uuid,
+    created_at: chrono::DateTime<chrono::Utc>,
+    render_ctx: &minijinja::Value,
+) -> Result<Rendition> {
+    if ch == Channel::InApp {
+        let tb = content
+            .content()
+            .in_app
+            .as_ref()
+            .ok_or_else(|| missing(ch))?;
+        return Ok(Rendition::Row(Notification {
+            id: nid,
+            user_id: user.id.clone(),
+            campaign_id: Some(campaign.id.clone()),
+            title: content.render("in_app.title", &tb.title, render_ctx)?,
+            body: content.render("in_app.body", &tb.body, render_ctx)?,
+            category: campaign.category.clone(),
+            data: campaign.data.clone(),
+            created_at,
+            read_at: None,
+        }));
+    }
+    Ok(
+        match render_item(ch, content, user, nid, &campaign.data, render_ctx)? {
+            Some(item) => Rendition::Item(ch, item),
+            None => Rendition::NoAddress,
+        },
+    )
 }
 
 /// Per-stage timing of a batch, exported as `herald_fanout_stage_seconds{stage}`.

@@ -111,15 +111,35 @@ pub mod cases {
             notifications_written: 990,
             skipped_opted_out: 7,
             deferred_quiet_hours: 3,
+            failed_render: 2,
             ..Default::default()
         };
         let queued = [(Channel::Push, 990), (Channel::Email, 0)];
-        assert!(s.record_batch(&c.id, 0, &delta, &queued).await.unwrap());
+        let failure = |b: u64, u: &str| RecipientFailure {
+            batch_no: b,
+            user_id: Some(u.to_owned()),
+            reason: format!("push.body: template does not render for {u}"),
+        };
+        let f0 = [failure(0, "a"), failure(0, "b")];
+        assert!(s
+            .record_batch(&c.id, 0, &delta, &queued, &f0)
+            .await
+            .unwrap());
         assert!(
-            !s.record_batch(&c.id, 0, &delta, &queued).await.unwrap(),
+            !s.record_batch(&c.id, 0, &delta, &queued, &f0)
+                .await
+                .unwrap(),
             "replay ignored"
         );
-        assert!(s.record_batch(&c.id, 1, &delta, &queued).await.unwrap());
+        assert!(s
+            .record_batch(&c.id, 1, &delta, &queued, &[failure(1, "c")])
+            .await
+            .unwrap());
+        assert_eq!(
+            s.campaign_failures(&c.id).await.unwrap(),
+            [failure(0, "a"), failure(0, "b"), failure(1, "c")],
+            "the sample, once, in order"
+        );
         let got = s.get_campaign(&c.id).await.unwrap().unwrap();
         assert_eq!(got.audience_size, 2_500);
         assert_eq!(
@@ -130,6 +150,8 @@ pub mod cases {
                 notifications_written: 1_980,
                 skipped_opted_out: 14,
                 deferred_quiet_hours: 6,
+                failed_render: 4,
+                failed_batches: 0,
             }
         );
         assert_eq!(
@@ -174,13 +196,41 @@ pub mod cases {
         };
         assert!(s.save_checkpoint(&lease, &done).await.unwrap());
         for b in 0..2 {
-            s.record_batch(&c.id, b, &Progress::default(), &[])
+            s.record_batch(&c.id, b, &Progress::default(), &[], &[])
                 .await
                 .unwrap();
         }
         let got = s.get_campaign(&c.id).await.unwrap().unwrap();
         assert_eq!(got.progress.batches_total, 2);
         assert!(got.all_batches_done());
+    }
+
+    pub async fn a_campaign_keeps_a_bounded_sample_of_failures(s: Arc<dyn CampaignStore>) {
+        let p = run_id();
+        let c = campaign(&format!("{p}-1"), CampaignStatus::FanningOut);
+        s.insert_campaign(&c).await.unwrap();
+        for b in 0..5u64 {
+            let failures: Vec<RecipientFailure> = (0..8)
+                .map(|i| RecipientFailure {
+                    batch_no: b,
+                    user_id: Some(format!("u{b}-{i}")),
+                    reason: "x".into(),
+                })
+                .collect();
+            let delta = Progress {
+                failed_render: 8,
+                ..Default::default()
+            };
+            s.record_batch(&c.id, b, &delta, &[], &failures)
+                .await
+                .unwrap();
+        }
+        let kept = s.campaign_failures(&c.id).await.unwrap();
+        assert_eq!(kept.len(), herald_core::ports::KEPT_FAILURES);
+        assert_eq!(kept[0].user_id.as_deref(), Some("u0-0"));
+        let got = s.get_campaign(&c.id).await.unwrap().unwrap();
+        assert_eq!(got.progress.failed_render, 40, "every failure counted");
+        assert!(s.campaign_failures("no-such").await.unwrap().is_empty());
     }
 
     pub async fn rules_are_upserted_listed_and_deleted(s: Arc<dyn CampaignStore>) {
@@ -628,6 +678,7 @@ macro_rules! campaign_conformance {
             campaign_conformance!(@cases $make;
                 a_campaign_reads_back_as_written_and_ids_are_unique,
                 writes_dropped_at_any_await_leave_the_store_writable,
+                a_campaign_keeps_a_bounded_sample_of_failures,
                 a_campaign_lease_has_one_owner_is_renewed_and_taken_over_when_it_expires,
                 claimable_campaigns_are_the_dispatchable_ones_without_a_live_lease,
                 transitions_are_compare_and_set_and_stamp_times,

@@ -140,6 +140,27 @@ pub async fn spawn(opts: Options) -> App {
     }
 }
 
+/// Spawns with the inbox store wrapped in a [`PanickyInbox`], handed back to the test.
+pub async fn spawn_faulty_inbox(
+    configure: impl FnOnce(&mut Config) + Send + 'static,
+) -> (App, Arc<PanickyInbox>) {
+    let slot = Arc::new(Mutex::new(None::<Arc<PanickyInbox>>));
+    let keep = slot.clone();
+    let app = spawn(Options {
+        configure: Box::new(configure),
+        wrap: Box::new(move |mut ports| {
+            let faulty = PanickyInbox::wrap(ports.inbox.clone());
+            *keep.lock() = Some(faulty.clone());
+            ports.inbox = faulty;
+            ports
+        }),
+        ..Options::default()
+    })
+    .await;
+    let faulty = slot.lock().clone().expect("wrapped");
+    (app, faulty)
+}
+
 impl App {
     /// A request with the admin key; the status and JSON body (`Null` if empty).
     pub async fn call(
@@ -375,10 +396,12 @@ impl Bus for FaultyBus {
     }
 }
 
-/// The real inbox store, whose batched write panics on demand (a handler bug).
+/// The real inbox store, whose batched write panics (a handler bug) or fails (a store that
+/// cannot take writes) on demand.
 pub struct PanickyInbox {
     inner: Arc<dyn InboxStore>,
     pub panic_on_write: AtomicBool,
+    pub fail_on_write: AtomicBool,
 }
 
 impl PanickyInbox {
@@ -386,6 +409,7 @@ impl PanickyInbox {
         Arc::new(PanickyInbox {
             inner,
             panic_on_write: AtomicBool::new(false),
+            fail_on_write: AtomicBool::new(false),
         })
     }
 }
@@ -398,6 +422,12 @@ impl InboxStore for PanickyInbox {
     async fn write_batch(&self, rows: &[Notification]) -> Result<()> {
         if self.panic_on_write.load(Ordering::SeqCst) {
             panic!("injected panic in the inbox write");
+        }
+        if self.fail_on_write.load(Ordering::SeqCst) {
+            return Err(Error::unavailable(
+                "database unavailable",
+                std::io::Error::other("injected: disk I/O error"),
+            ));
         }
         self.inner.write_batch(rows).await
     }

@@ -6,29 +6,16 @@ use crate::harness::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test]
 async fn a_batch_worker_that_panics_is_restarted_reported_not_ready_and_its_batches_still_land_once(
 ) {
-    let inbox = Arc::new(std::sync::Mutex::new(None::<Arc<PanickyInbox>>));
-    let keep = inbox.clone();
-    let app = spawn(Options {
-        configure: Box::new(|c| {
-            c.fanout.batch_size = 1;
-            c.fanout.workers = Some(1);
-        }),
-        wrap: Box::new(move |mut ports| {
-            let panicky = PanickyInbox::wrap(ports.inbox.clone());
-            *keep.lock().unwrap() = Some(panicky.clone());
-            ports.inbox = panicky;
-            ports
-        }),
-        ..Options::default()
+    let (app, inbox) = spawn_faulty_inbox(|c| {
+        c.fanout.batch_size = 1;
+        c.fanout.workers = Some(1);
     })
     .await;
-    let inbox = inbox.lock().unwrap().clone().expect("wrapped");
     let ready = || async {
         let resp = reqwest::get(format!("{}/readyz", app.base)).await.unwrap();
         let status = resp.status();

@@ -6,3 +6,4 @@
 mod harness;
 
 mod aborted_requests;
+mod templates;

@@ -106,6 +106,8 @@ async fn validate_and_size(
         (None, Some(content)) => {
             herald_core::template::check("content.title", &content.title)?;
             herald_core::template::check("content.body", &content.body)?;
+            herald_core::template::Compiled::inline(&content.title, &content.body)?
+                .check_limits()?;
             if content.title.len() > 1024 || content.body.len() > 16 * 1024 {
                 return Err(Error::invalid(
                     "content: title at most 1 KiB, body at most 16 KiB",

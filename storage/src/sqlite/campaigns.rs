@@ -7,7 +7,7 @@ use crate::{corrupt, db_error, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::model::*;
-use herald_core::ports::{CampaignStore, IdempotencyClaim};
+use herald_core::ports::{CampaignStore, IdempotencyClaim, KEPT_FAILURES};
 use herald_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteRow;
@@ -18,6 +18,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "campaigns", "0002_checkpoints_and_rules"),
     migration!("sqlite", "campaigns", "0003_delivery_reports"),
     migration!("sqlite", "campaigns", "0004_leases"),
+    migration!("sqlite", "campaigns", "0005_failures"),
 ];
 
 /// Statuses in which a campaign may need a dispatcher (see `claimable_campaigns`).
@@ -74,7 +75,8 @@ struct Spec {
 
 const COLUMNS: &str = "id, status, strategy, spec, starts_at, expires_at, audience_size, \
     batches_total, batches_done, notifications_written, skipped_opted_out, deferred_quiet_hours, \
-    created_at, started_at, completed_at, next_batch, after_user, batching_done";
+    created_at, started_at, completed_at, next_batch, after_user, batching_done, failed_render, \
+    failed_batches";
 
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| corrupt(what, e))
@@ -103,6 +105,8 @@ fn campaign_from_row(row: &SqliteRow) -> Result<Campaign> {
             notifications_written: n("notifications_written"),
             skipped_opted_out: n("skipped_opted_out"),
             deferred_quiet_hours: n("deferred_quiet_hours"),
+            failed_render: n("failed_render"),
+            failed_batches: n("failed_batches"),
         },
         deliveries: Default::default(),
         created_at: from_micros(row.get("created_at")),
@@ -171,7 +175,7 @@ impl CampaignStore for SqliteCampaigns {
         let spec = serde_json::to_string(&spec).map_err(|e| corrupt("campaign", e))?;
         sqlx::query(&format!(
             "INSERT INTO campaigns ({COLUMNS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&c.id)
         .bind(c.status.as_str())
@@ -191,6 +195,8 @@ impl CampaignStore for SqliteCampaigns {
         .bind(c.checkpoint.next_batch as i64)
         .bind(&c.checkpoint.after_user)
         .bind(i64::from(c.checkpoint.batching_done))
+        .bind(c.progress.failed_render as i64)
+        .bind(c.progress.failed_batches as i64)
         .execute(&self.pool)
         .await
         .map_err(|e| match db_error(e) {
@@ -409,6 +415,7 @@ impl CampaignStore for SqliteCampaigns {
         batch_no: u64,
         d: &Progress,
         queued: &[(Channel, u64)],
+        failures: &[RecipientFailure],
     ) -> Result<bool> {
         let (_gate, mut tx) = self.db.begin().await?;
         let fresh = sqlx::query(
@@ -429,15 +436,41 @@ impl CampaignStore for SqliteCampaigns {
             "UPDATE campaigns SET batches_done = batches_done + 1, \
              notifications_written = notifications_written + ?, \
              skipped_opted_out = skipped_opted_out + ?, \
-             deferred_quiet_hours = deferred_quiet_hours + ? WHERE id = ?",
+             deferred_quiet_hours = deferred_quiet_hours + ?, \
+             failed_render = failed_render + ?, failed_batches = failed_batches + ? WHERE id = ?",
         )
         .bind(d.notifications_written as i64)
         .bind(d.skipped_opted_out as i64)
         .bind(d.deferred_quiet_hours as i64)
+        .bind(d.failed_render as i64)
+        .bind(d.failed_batches as i64)
         .bind(id)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+        if !failures.is_empty() {
+            let kept: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM campaign_failures WHERE campaign_id = ?")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            let room = KEPT_FAILURES.saturating_sub(kept as usize);
+            for (i, f) in failures.iter().take(room).enumerate() {
+                sqlx::query(
+                    "INSERT INTO campaign_failures (campaign_id, seq, batch_no, user_id, reason) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(id)
+                .bind(kept + i as i64)
+                .bind(f.batch_no as i64)
+                .bind(&f.user_id)
+                .bind(&f.reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            }
+        }
         for (channel, n) in queued.iter().filter(|(_, n)| *n > 0) {
             sqlx::query(
                 "INSERT INTO campaign_deliveries (campaign_id, channel, queued) VALUES (?, ?, ?) \
@@ -452,6 +485,25 @@ impl CampaignStore for SqliteCampaigns {
         }
         tx.commit().await.map_err(db_error)?;
         Ok(true)
+    }
+
+    async fn campaign_failures(&self, id: &str) -> Result<Vec<RecipientFailure>> {
+        let rows = sqlx::query(
+            "SELECT batch_no, user_id, reason FROM campaign_failures WHERE campaign_id = ? \
+             ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| RecipientFailure {
+                batch_no: r.get::<i64, _>("batch_no") as u64,
+                user_id: r.get("user_id"),
+                reason: r.get("reason"),
+            })
+            .collect())
     }
 
     async fn record_deliveries(
