@@ -2,9 +2,8 @@
 //! chosen, idempotent), read with progress, list, cancel. The fan-out itself runs in
 //! `herald-fanout`.
 
-use crate::http::{ApiError, ApiResult, PathParams, QueryParams};
+use crate::http::{ApiError, ApiResult, BodyBytes, PathParams, QueryParams};
 use crate::pages::PageParams;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -50,7 +49,11 @@ pub fn campaign_json(c: &Campaign) -> Value {
     })
 }
 
-pub async fn create(State(ctx): State<Context>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn create(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Response {
     match create_inner(&ctx, &headers, &body).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),

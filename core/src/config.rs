@@ -120,6 +120,11 @@ pub struct ApiConfig {
     pub max_import_bytes: u64,
     /// Users written per batched upsert during an import.
     pub import_batch_size: usize,
+    /// Longest NDJSON line of an import (one user).
+    pub max_import_line_bytes: usize,
+    /// How long an import's body may take to arrive, whole (any body that pauses for 30 s is
+    /// cut off before that).
+    pub import_read_timeout_secs: u64,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl_hours: u32,
 }
@@ -130,6 +135,8 @@ impl Default for ApiConfig {
             max_body_bytes: 1024 * 1024,
             max_import_bytes: 4 * 1024 * 1024 * 1024,
             import_batch_size: 2000,
+            max_import_line_bytes: 1024 * 1024,
+            import_read_timeout_secs: 3600,
             idempotency_ttl_hours: 24,
         }
     }

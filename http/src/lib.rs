@@ -8,7 +8,7 @@
 //! the roles build on it; it never names their routes.
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::extract::{FromRef, FromRequest, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,11 +21,12 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// Every error an HTTP handler can return. [`ApiError::status`] is the single place where an
@@ -39,8 +40,12 @@ pub enum ApiError {
     Malformed(String),
     #[error("{0}")]
     Unauthorized(String),
-    #[error("request body is larger than the {0} bytes allowed")]
-    TooLarge(u64),
+    /// The limit, and the message naming it.
+    #[error("{1}")]
+    TooLarge(u64, String),
+    /// The request (its body) did not arrive in time.
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     MethodNotAllowed(String),
 }
@@ -57,7 +62,8 @@ impl ApiError {
             },
             ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -67,7 +73,8 @@ impl ApiError {
             ApiError::Core(e) => e.kind.code(),
             ApiError::Malformed(_) => "malformed_request",
             ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::TooLarge(_) => "body_too_large",
+            ApiError::TooLarge(..) => "body_too_large",
+            ApiError::Timeout(_) => "request_timeout",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
@@ -78,6 +85,14 @@ impl ApiError {
 
     pub fn invalid(what: impl Into<String>) -> Self {
         ApiError::Core(Error::invalid(what))
+    }
+
+    /// 413 for a body over `limit` bytes, naming the limit.
+    pub fn too_large(limit: u64) -> Self {
+        ApiError::TooLarge(
+            limit,
+            format!("request body is larger than the {limit} bytes allowed"),
+        )
     }
 }
 
@@ -109,27 +124,67 @@ impl IntoResponse for ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// A JSON body whose rejections are API errors: unparsable JSON is 400, JSON of the wrong shape
-/// or type is 422 (with the path of the bad field), a body over the limit is 413. The
-/// content type is not checked, so `curl -d` works as written.
+/// or type is 422 (with the path of the bad field), a body over the limit is 413 naming the
+/// limit (`api.max_body_bytes`). The content type is not checked, so `curl -d` works as written.
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    Context: FromRef<S>,
+    T: DeserializeOwned,
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(bytes_rejection)?;
+        let BodyBytes(bytes) = BodyBytes::from_request(req, state).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
 
-fn bytes_rejection(e: BytesRejection) -> ApiError {
+/// The raw body, with the API's rejections (413 naming the limit, 400 for a body that could
+/// not be read, such as a broken chunked encoding): for handlers that parse it themselves.
+pub struct BodyBytes(pub Bytes);
+
+impl<S> FromRequest<S> for BodyBytes
+where
+    S: Send + Sync,
+    Context: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = Context::from_ref(state).config.api.max_body_bytes as u64;
+        Bytes::from_request(req, state)
+            .await
+            .map(BodyBytes)
+            .map_err(|e| bytes_rejection(e, limit))
+    }
+}
+
+fn bytes_rejection(e: BytesRejection, limit: u64) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::TooLarge(0)
+        ApiError::too_large(limit)
+    } else if is_body_timeout(&e) {
+        ApiError::Timeout(format!(
+            "the request body paused for more than {} s",
+            BODY_IDLE_TIMEOUT.as_secs()
+        ))
     } else {
         ApiError::Malformed(format!("could not read the request body: {e}"))
     }
+}
+
+/// Whether reading a body failed because it paused past [`BODY_IDLE_TIMEOUT`].
+pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Parses one JSON object with the API's error classes (also used for NDJSON lines): text
@@ -314,24 +369,98 @@ async fn readyz(State(ctx): State<Context>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
+/// How long a client may take to send a request's headers; a connection still sending them
+/// then is closed (half-sent headers must not hold a connection open forever).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request body may pause between two chunks before the request fails with 408.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Adds the fallbacks and the shared layers to a composed router (every role's, and
-/// `herald serve`'s composition of them).
+/// `herald serve`'s composition of them): request metrics, tracing with secrets kept out of
+/// the logged URI, the body idle timeout, and panics turned into 500s.
 pub fn finish(router: Router) -> Router {
     with_fallbacks(router)
         .layer(axum::middleware::from_fn(track_requests))
-        .layer(TraceLayer::new_for_http())
-        .layer(CatchPanicLayer::new())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            tracing::debug_span!(
+                "request",
+                method = %req.method(),
+                uri = %redacted_uri(req.uri()),
+                version = ?req.version(),
+            )
+        }))
+        .layer(RequestBodyTimeoutLayer::new(BODY_IDLE_TIMEOUT))
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError::Core(Error::internal("the request failed unexpectedly")).into_response()
+            },
+        ))
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+/// A URI as it may be logged: the values of query parameters that carry credentials
+/// (`token`, `access_token`, `key`, ...) are replaced by `REDACTED`.
+pub fn redacted_uri(uri: &axum::http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.to_string();
+    };
+    let secret = |name: &str| {
+        let n = name.to_ascii_lowercase();
+        n.contains("token") || n.contains("key") || n.contains("secret") || n.contains("password")
+    };
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if secret(name) => format!("{name}=REDACTED"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), redacted.join("&"))
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests
+/// (upgraded WebSockets are the live feed's to close). HTTP/1.1 and HTTP/2; headers must
+/// arrive within [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Answers unknown paths and methods with the error body instead of axum's empty responses.
@@ -378,5 +507,26 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts
             .await
             .map(|q| QueryParams(q.0))
             .map_err(|e| ApiError::invalid(format!("bad query parameter: {}", e.body_text())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_query_strings_never_reach_the_log() {
+        let uri: axum::http::Uri =
+            "/v1/inbox/live?since=abc&token=eyJhbGciOi.secret.sig&Access_Token=x"
+                .parse()
+                .unwrap();
+        let shown = redacted_uri(&uri);
+        assert_eq!(
+            shown,
+            "/v1/inbox/live?since=abc&token=REDACTED&Access_Token=REDACTED"
+        );
+        assert!(!shown.contains("secret"));
+        let plain: axum::http::Uri = "/v1/inbox?limit=20".parse().unwrap();
+        assert_eq!(redacted_uri(&plain), "/v1/inbox?limit=20");
     }
 }

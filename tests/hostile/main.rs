@@ -6,4 +6,5 @@
 mod harness;
 
 mod aborted_requests;
+mod limits;
 mod templates;
