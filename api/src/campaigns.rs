@@ -118,7 +118,7 @@ pub async fn list(
     State(ctx): State<Context>,
     QueryParams(params): QueryParams<ListParams>,
 ) -> ApiResult<Json<Value>> {
-    let (limit, before) = PageParams::keyset(params.limit, params.cursor)?;
+    let (limit, before) = PageParams::id_keyset(params.limit, params.cursor)?;
     let status: Option<CampaignStatus> = crate::pages::filter_param(params.status.as_deref())?;
     let campaigns = ctx
         .ports

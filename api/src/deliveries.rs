@@ -124,7 +124,7 @@ pub async fn list_dead_letters(
     State(ctx): State<Context>,
     QueryParams(params): QueryParams<DeadLetterParams>,
 ) -> ApiResult<Json<Value>> {
-    let (limit, before) = PageParams::keyset(params.limit, params.cursor)?;
+    let (limit, before) = PageParams::id_keyset(params.limit, params.cursor)?;
     let channel: Option<Channel> = filter_param(params.channel.as_deref())?;
     if channel.is_some_and(|c| !topics::OUTBOUND.contains(&c)) {
         return Err(ApiError::invalid(

@@ -23,6 +23,20 @@ impl PageParams {
         Ok((page.limit()?, page.after()?))
     }
 
+    /// [`PageParams::keyset`] for lists keyed by a time-ordered id (campaigns, dead
+    /// letters): a cursor that does not wrap such an id is refused, not answered with an
+    /// empty page.
+    pub fn id_keyset(
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> ApiResult<(u32, Option<String>)> {
+        let (limit, key) = Self::keyset(limit, cursor)?;
+        if let Some(k) = &key {
+            uuid::Uuid::parse_str(k).map_err(|_| ApiError::invalid("cursor is not valid"))?;
+        }
+        Ok((limit, key))
+    }
+
     pub fn limit(&self) -> ApiResult<u32> {
         match self.limit {
             None => Ok(DEFAULT_LIMIT),

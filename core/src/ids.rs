@@ -37,11 +37,14 @@ pub fn validate_key(what: &str, id: &str) -> Result<(), crate::Error> {
     let ok_chars = id
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':' | b'+'));
-    if ok_len && ok_chars {
+    // `.` and `..` are path segments, not names: in a URL they never reach the resource.
+    let ok_name = id.bytes().any(|b| b != b'.');
+    if ok_len && ok_chars && ok_name {
         Ok(())
     } else {
         Err(crate::Error::invalid(format!(
-            "{what} must be 1 to 128 characters of letters, digits and - _ . @ : +"
+            "{what} must be 1 to 128 characters of letters, digits and - _ . @ : +, \
+             and not only dots"
         )))
     }
 }
@@ -49,6 +52,16 @@ pub fn validate_key(what: &str, id: &str) -> Result<(), crate::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_names_not_path_segments() {
+        assert!(validate_key("user id", "alice.smith").is_ok());
+        assert!(validate_key("user id", "a").is_ok());
+        for bad in [".", "..", "...", "", "a/b", "a b", "a\n"] {
+            assert!(validate_key("user id", bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_key("user id", &"x".repeat(129)).is_err());
+    }
 
     #[test]
     fn notification_ids_are_stable_and_distinct_per_campaign_and_user() {

@@ -131,9 +131,13 @@ pub fn validate_user_fields(
     crate::ids::validate_key("user id", id)?;
     if let Some(email) = email {
         let at = email.find('@');
-        if email.len() > 254 || at.is_none_or(|i| i == 0 || i + 1 == email.len()) {
+        // Control characters (CR, LF, NUL...) and spaces would reach SMTP commands and
+        // headers: an address has none.
+        let clean = !email.chars().any(|c| c.is_control() || c.is_whitespace());
+        if email.len() > 254 || !clean || at.is_none_or(|i| i == 0 || i + 1 == email.len()) {
             return Err(Error::invalid(format!(
-                "user `{id}`: email must look like name@domain"
+                "user `{id}`: email must look like name@domain, without spaces or control \
+                 characters"
             )));
         }
     }

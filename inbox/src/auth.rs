@@ -58,6 +58,10 @@ impl FromRequestParts<InboxService> for InboxUser {
                 }
                 TokenError::Signature => "the inbox token's signature does not verify".into(),
                 TokenError::Expired => "the inbox token has expired".into(),
+                TokenError::NotYetValid => "the inbox token is not valid yet (nbf)".into(),
+                TokenError::Critical => {
+                    "the inbox token marks extensions critical (crit); none are supported".into()
+                }
             })
         })?;
         Ok(InboxUser(claims.sub))

@@ -75,6 +75,14 @@ pub const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 /// Read buffer of a connection: clients send little, and 100,000 sockets must stay small.
 const READ_BUFFER: usize = 4 * 1024;
 
+/// Whether a read failed because the client's message or frame was over the size limit.
+fn over_limit(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Message too long")
+        || text.contains("Frame too long")
+        || text.contains("Space limit")
+}
+
 /// Close codes and reasons of the live feed.
 pub mod close {
     /// Idle for the idle timeout.
@@ -87,6 +95,8 @@ pub mod close {
     pub const HUB_LOST: (u16, &str) = (1012, "live feed interrupted; resume with since");
     /// The client did not keep up with its frames.
     pub const TOO_SLOW: (u16, &str) = (1013, "too slow; resume with since");
+    /// The client sent a message over [`super::MAX_CLIENT_MESSAGE`] bytes.
+    pub const TOO_BIG: (u16, &str) = (1009, "message too big (16384 bytes at most)");
 }
 
 /// Settings of the live feed, per inbox router.
@@ -222,6 +232,8 @@ enum End {
     HubLost,
     Idle,
     Failed,
+    /// The client sent a message over the size limit.
+    TooBig,
     /// The client sent a close frame: the reply (queued by the protocol) is flushed.
     ClientClosed,
     /// The socket broke: nothing more to send.
@@ -236,6 +248,7 @@ impl End {
             End::HubLost => Some(close::HUB_LOST),
             End::Idle => Some(close::IDLE),
             End::Failed => Some(close::ERROR),
+            End::TooBig => Some(close::TOO_BIG),
             End::ClientClosed | End::Gone => None,
         }
     }
@@ -341,6 +354,9 @@ async fn connection(
             },
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
+                // The protocol refused a frame or message over the limit; the socket is
+                // still open to say why.
+                Some(Err(e)) if over_limit(&e) => Err(End::TooBig),
                 Some(Err(_)) | None => Err(End::Gone),
                 Some(Ok(_)) => {
                     heard = Instant::now();

@@ -735,3 +735,17 @@ async fn a_client_may_send_and_close_on_its_own() {
     }
     app.wait_connections(0).await;
 }
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_answered_with_close_code_1009() {
+    let app = spawn_app(test_config()).await;
+    let mut ws = app.connect("u1", "").await;
+    let big = "x".repeat(herald_inbox::live::MAX_CLIENT_MESSAGE + 1);
+    ws.send(Message::text(big)).await.unwrap();
+    let (code, reason) = until_closed(&mut ws, FRAME_WAIT)
+        .await
+        .expect("a close frame saying why");
+    assert_eq!(code, CloseCode::Size, "{reason}");
+    assert!(reason.contains("16384"), "{reason}");
+    app.wait_connections(0).await;
+}
