@@ -198,7 +198,7 @@ fn check_line(line: &[u8], line_no: u64, now: chrono::DateTime<chrono::Utc>) -> 
     })
 }
 
-fn parse_user(line: &[u8], now: chrono::DateTime<chrono::Utc>) -> ApiResult<User> {
+pub(crate) fn parse_user(line: &[u8], now: chrono::DateTime<chrono::Utc>) -> ApiResult<User> {
     let input: UserInput = parse_json(line)?;
     let id = input
         .id

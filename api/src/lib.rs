@@ -9,7 +9,7 @@
 mod campaigns;
 mod deliveries;
 mod import;
-mod pages;
+pub mod pages;
 mod rules;
 mod segments;
 mod templates;
@@ -25,6 +25,15 @@ use tokio_util::sync::CancellationToken;
 /// The shared plumbing, under the name the handlers use.
 pub(crate) use herald_http as http;
 use herald_http::{finish, serve};
+
+/// One NDJSON line of `POST /v1/users/import` as the import reads it: the user, or the error
+/// the line would be answered with (what the fuzz target of the import reader drives).
+pub fn parse_import_line(
+    line: &[u8],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<herald_core::model::User, herald_http::ApiError> {
+    import::parse_user(line, now)
+}
 
 /// The admin routes (`/v1/users…`, `/v1/segments…`, `/v1/templates…`), behind the admin key.
 pub fn admin_router(ctx: Context) -> Router {
