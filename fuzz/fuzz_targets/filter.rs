@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
             sql.sql
         );
     }
-    let attrs = serde_json::json!({"tier": "premium", "n": 3, "ok": true, "at": "2026-01-01T00:00:00Z"});
+    let attrs =
+        serde_json::json!({"tier": "premium", "n": 3, "ok": true, "at": "2026-01-01T00:00:00Z"});
     let _ = filter.matches(attrs.as_object().unwrap(), now);
 });
