@@ -10,64 +10,10 @@ use herald_core::model::User;
 use herald_core::ports::Directory;
 use herald_storage::sqlite::SqliteDirectory;
 use herald_storage::BackendUrl;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct SmallDisk {
-    dir: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Option<SmallDisk> {
-        if std::env::var("HERALD_TEST_FAULTS").as_deref() != Ok("1") {
-            eprintln!("skipped: set HERALD_TEST_FAULTS=1 (as root) to run the storage fault cases");
-            return None;
-        }
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("herald-disk-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs failed (HERALD_TEST_FAULTS needs root)"
-        );
-        Some(SmallDisk { dir })
-    }
-
-    /// Fills the disk with a file, leaving about `leave` bytes free.
-    fn fill(&self, leave: u64) -> PathBuf {
-        let path = self.dir.join("filler");
-        let free = free_bytes(&self.dir);
-        let size = free.saturating_sub(leave);
-        std::fs::write(&path, vec![0u8; size as usize]).unwrap();
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_bytes(dir: &Path) -> u64 {
-    let out = Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(dir)
-        .output()
-        .expect("df");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .expect("df output")
-}
+#[path = "support/small_disk.rs"]
+mod small_disk;
+use small_disk::SmallDisk;
 
 fn users(prefix: &str, n: usize) -> Vec<User> {
     let now = Utc::now();
@@ -87,7 +33,7 @@ fn users(prefix: &str, n: usize) -> Vec<User> {
 
 #[tokio::test]
 async fn a_write_that_fills_the_disk_fails_whole_and_every_connection_writes_again_after() {
-    let Some(disk) = SmallDisk::mount("8m") else {
+    let Some(disk) = SmallDisk::mount("8m", env!("CARGO_TARGET_TMPDIR")) else {
         return;
     };
     let url = BackendUrl::parse(&format!(

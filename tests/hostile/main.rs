@@ -5,6 +5,10 @@
 #[allow(dead_code)]
 mod harness;
 
+#[path = "../../storage/tests/support/small_disk.rs"]
+mod small_disk;
+
 mod aborted_requests;
+mod faults;
 mod limits;
 mod templates;

@@ -11,6 +11,10 @@
 //! | `flaky<N>-`   | 503 for the first N sends to that token, then 200          |
 //! | anything else | 200 `{"name": "projects/<p>/messages/<n>"}`                |
 //!
+//! A test can also put the whole service into a storm ([`FakeFcm::set_storm`]): every send
+//! answered 503 `UNAVAILABLE`, 429 `QUOTA_EXCEEDED`, or held without an answer (a timeout on
+//! the client's side), until the storm is lifted.
+//!
 //! The token endpoint checks the RS256 assertion against the public half of the throwaway key
 //! pair in this folder (test-only keys: they protect nothing) and hands out `fake-access-N`;
 //! the send endpoint refuses any other bearer with 401.
@@ -35,8 +39,20 @@ const TEST_PUBLIC_KEY: &str = include_str!("fcm_test_key.pub.pem");
 pub const PROJECT_ID: &str = "herald-fake";
 const CLIENT_EMAIL: &str = "herald@herald-fake.iam.gserviceaccount.com";
 
+/// What a storm does to every send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storm {
+    /// 503 `UNAVAILABLE` with `Retry-After: 1`.
+    Unavailable,
+    /// 429 `QUOTA_EXCEEDED` with `Retry-After: 1`.
+    Quota,
+    /// No answer for 30 s (the client times out first).
+    Hang,
+}
+
 #[derive(Default)]
 struct Fcm {
+    storm: Mutex<Option<Storm>>,
     sent: AtomicU64,
     rejected: AtomicU64,
     exchanges: AtomicU64,
@@ -112,6 +128,11 @@ impl FakeFcm {
     /// OAuth token exchanges.
     pub fn token_exchanges(&self) -> u64 {
         self.state.exchanges.load(Ordering::Relaxed)
+    }
+
+    /// Puts every send into `storm`, or (with `None`) back to answering by token.
+    pub fn set_storm(&self, storm: Option<Storm>) {
+        *self.state.storm.lock() = storm;
     }
 
     /// Requests for `token` so far (0 when not recording).
@@ -256,6 +277,31 @@ async fn send(
         return (StatusCode::BAD_REQUEST, "bad body").into_response();
     };
     let token = message.token;
+    let storm = *s.storm.lock();
+    match storm {
+        Some(Storm::Unavailable) => {
+            s.rejected.fetch_add(1, Ordering::Relaxed);
+            return fcm_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                Some(("retry-after", "1")),
+            );
+        }
+        Some(Storm::Quota) => {
+            s.rejected.fetch_add(1, Ordering::Relaxed);
+            return fcm_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "QUOTA_EXCEEDED",
+                Some(("retry-after", "1")),
+            );
+        }
+        Some(Storm::Hang) => {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            s.rejected.fetch_add(1, Ordering::Relaxed);
+            return fcm_error(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", None);
+        }
+        None => {}
+    }
     let nth = match &s.per_token {
         Some(m) => {
             let mut m = m.lock();

@@ -1,0 +1,578 @@
+//! Faults injected into a running Herald: the provider in a storm, the disk full mid fan-out
+//! and mid import, roles killed (SIGKILL) or stopped (SIGTERM) mid-work. After each, nothing
+//! is lost and nothing doubled: the campaign completes, every user has exactly one row, and
+//! every send is counted sent or failed (dead letters count as failed).
+//!
+//! The disk cases mount a small tmpfs, which needs root: they run when `HERALD_TEST_FAULTS=1`
+//! (as `.ci/run` sets it, where a mount that fails fails the run) and are skipped otherwise.
+
+use crate::harness::*;
+use herald_push::fakes::Storm;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_provider_storm_of_503s_429s_and_timeouts_ends_with_every_push_sent_once_or_failed() {
+    let app = spawn(Options {
+        configure: Box::new(|c| {
+            c.push.max_attempts = 12;
+            c.push.backoff_base_ms = 100;
+            c.push.backoff_max_ms = 1_000;
+            c.push.fcm.limits.timeout_ms = 300;
+            c.push.deferral_recheck_ms = 100;
+        }),
+        ..Options::default()
+    })
+    .await;
+    let users: Vec<String> = (0..60).map(|i| format!("s{i:02}")).collect();
+    for u in &users {
+        app.ok(
+            Method::PUT,
+            &format!("/v1/users/{u}"),
+            json!({"attributes": {}}),
+        )
+        .await;
+        app.ok(
+            Method::POST,
+            &format!("/v1/users/{u}/devices"),
+            json!({"platform": "fcm", "token": format!("tok-{u}")}),
+        )
+        .await;
+    }
+    // The storm starts before the campaign and goes through each kind of failure.
+    app.fcm.set_storm(Some(Storm::Unavailable));
+    let id = app
+        .campaign(
+            json!({"audience": {"users": users}, "content": {"title": "t", "body": "b"},
+                         "channels": ["push"], "priority": "high"}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.fcm.set_storm(Some(Storm::Quota));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.fcm.set_storm(Some(Storm::Hang));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.fcm.sent(), 0, "nothing got through the storm");
+    app.fcm.set_storm(None);
+
+    eventually("every push settled", Duration::from_secs(60), || async {
+        let (queued, sent, failed) = app.deliveries(&id, "push").await;
+        queued == 60 && sent + failed == 60
+    })
+    .await;
+    let (_, sent, failed) = app.deliveries(&id, "push").await;
+    let dead: u64 = {
+        let (_, letters) = app
+            .call(
+                Method::GET,
+                "/v1/dead-letters?channel=push&limit=1000",
+                None,
+            )
+            .await;
+        letters["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["sends"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        failed, dead,
+        "what failed is in the dead-letter queue, to replay"
+    );
+    assert_eq!(sent, app.fcm.sent(), "counted as the provider saw it");
+    for u in &users {
+        assert!(
+            app.fcm.requests_for(&format!("tok-{u}")) <= 1,
+            "{u}: at most one delivery"
+        );
+    }
+    let ready = reqwest::get(format!("{}/readyz", app.base)).await.unwrap();
+    assert_eq!(
+        ready.status(),
+        StatusCode::OK,
+        "a provider storm is no fault of Herald's"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: the real binary, roles run apart on one data directory.
+
+const SECRET: &str = "faults-token-secret-0123456789abcdef-xyz";
+
+/// A running `herald <role>`, killed and reaped on drop.
+struct Role {
+    child: Option<Child>,
+    base: String,
+    log: PathBuf,
+}
+
+impl Role {
+    fn start(role: &str, data: &Path, fcm: &str, extra: &[(&str, &str)]) -> Role {
+        let port = free_port();
+        let log = data.join(format!("{role}-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg(role);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("HERALD_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("HERALD_DATA_DIR", data)
+            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HERALD_ADMIN_KEY", ADMIN_KEY)
+            .env("HERALD_INBOX__TOKEN_SECRET", SECRET)
+            .env("HERALD_PUSH__FCM__ENDPOINT", fcm)
+            .env(
+                "HERALD_PUSH__FCM__CREDENTIALS_FILE",
+                data.join("fake-fcm-service-account.json"),
+            )
+            .env("HERALD_PUSH__FCM__H2C", "true")
+            .env("HERALD_PUSH__FCM__BATCH_WINDOW_MS", "5")
+            .env("HERALD_PUSH__BACKOFF_BASE_MS", "50")
+            .env("HERALD_PUSH__BACKOFF_MAX_MS", "500")
+            .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+        Role {
+            child: Some(cmd.spawn().expect("spawn herald")),
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            for _ in 0..200 {
+                if let Ok(Some(status)) = c.try_wait() {
+                    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!(
+                "did not stop within 10 s of SIGTERM; log: {}",
+                self.log.display()
+            );
+        }
+    }
+
+    async fn wait_ready(&self) {
+        eventually(
+            "the role answers /healthz",
+            Duration::from_secs(30),
+            || async {
+                reqwest::get(format!("{}/healthz", self.base))
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An admin client of a role's API.
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    async fn campaign(&self, id: &str) -> serde_json::Value {
+        self.call(Method::GET, &format!("/v1/campaigns/{id}"), None)
+            .await
+            .1
+    }
+}
+
+#[tokio::test]
+async fn fanout_killed_and_push_stopped_mid_work_lose_and_double_nothing() {
+    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    fcm.write_credentials(data).unwrap();
+    let mut api = Role::start("api", data, &fcm.endpoint(), &[]);
+    api.wait_ready().await;
+    let client = Api {
+        base: api.base.clone(),
+        client: reqwest::Client::new(),
+    };
+    // 20,000 users, 500 of them with a device.
+    let mut ndjson = String::new();
+    for i in 0..20_000 {
+        ndjson.push_str(&format!(
+            "{{\"id\": \"k{i:05}\", \"attributes\": {{\"cohort\": \"k\"}}}}\n"
+        ));
+    }
+    let resp = client
+        .client
+        .post(format!("{}/v1/users/import", api.base))
+        .bearer_auth(ADMIN_KEY)
+        .body(ndjson)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    for i in 0..500 {
+        let (s, b) = client
+            .call(
+                Method::POST,
+                &format!("/v1/users/k{:05}/devices", i * 40),
+                Some(json!({"platform": "fcm", "token": format!("tok-{i}")})),
+            )
+            .await;
+        assert!(s.is_success(), "{b}");
+    }
+    client
+        .call(
+            Method::PUT,
+            "/v1/segments/k",
+            Some(json!({"filter": {"attr": "cohort", "eq": "k"}})),
+        )
+        .await;
+
+    let slow = [
+        ("HERALD_THROTTLE__USERS_PER_S", "4000"),
+        ("HERALD_FANOUT__BATCH_SIZE", "500"),
+    ];
+    let mut fanout = Role::start("fanout", data, &fcm.endpoint(), &slow);
+    let mut push = Role::start("push", data, &fcm.endpoint(), &[]);
+    fanout.wait_ready().await;
+    push.wait_ready().await;
+    let (s, created) = client
+        .call(
+            Method::POST,
+            "/v1/campaigns",
+            Some(
+                json!({"audience": {"segment": "k"}, "content": {"title": "t", "body": "b"},
+                        "channels": ["in_app", "push"], "priority": "high"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    // A quarter in: the fan-out process dies (SIGKILL) and the push gateway is stopped (SIGTERM).
+    eventually("a quarter fanned out", Duration::from_secs(60), || async {
+        client.campaign(&id).await["progress"]["batches_done"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 10
+    })
+    .await;
+    fanout.kill9();
+    push.stop();
+    let at_fault = client.campaign(&id).await;
+    assert_ne!(
+        at_fault["status"], "completed",
+        "faulted mid-campaign: {at_fault}"
+    );
+
+    // Both come back; the new fan-out process takes the campaign over once the dead one's
+    // lease runs out, and the gateway delivers what waited on the bus.
+    let fanout = Role::start("fanout", data, &fcm.endpoint(), &slow);
+    let push = Role::start("push", data, &fcm.endpoint(), &[]);
+    fanout.wait_ready().await;
+    push.wait_ready().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    let done = loop {
+        let c = client.campaign(&id).await;
+        if c["status"] == "completed" {
+            break c;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not completed: {c}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["progress"]["notifications_written"], 20_000, "{done}");
+    assert_eq!(done["progress"]["batches_done"], 40, "{done}");
+    assert_eq!(
+        inbox_rows(data, &id).await,
+        (20_000, 20_000),
+        "one row per user"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = client.campaign(&id).await["deliveries"]["push"].clone();
+        let n = |k: &str| d[k].as_u64().unwrap_or(0);
+        // Every recipient is queued; the 19,500 without a device count failed ("no
+        // registered device"), the 500 devices sent.
+        if n("queued") == 20_000 && n("sent") + n("failed") == 20_000 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let logs: Vec<String> = std::fs::read_dir(data)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .map(|e| {
+                    format!(
+                        "{}:\n{}",
+                        e.path().display(),
+                        std::fs::read_to_string(e.path()).unwrap_or_default()
+                    )
+                })
+                .collect();
+            panic!(
+                "pushes not settled: {d}, fake FCM sent {}\n{}",
+                fcm.sent(),
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d = client.campaign(&id).await["deliveries"]["push"].clone();
+    assert_eq!(d["sent"], 500, "{d}");
+    assert_eq!(d["failed"], 19_500, "{d}");
+    assert_eq!(fcm.sent(), 500, "each device exactly once");
+    for i in 0..500 {
+        assert_eq!(fcm.requests_for(&format!("tok-{i}")), 1, "tok-{i}");
+    }
+    drop((fanout, push));
+    api.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The disk: full mid fan-out, full mid import.
+
+use crate::small_disk::SmallDisk;
+
+/// A Herald whose data directory is on a small tmpfs; `None` when the disk cases are skipped.
+async fn on_small_disk(throttle: u32) -> Option<(App, SmallDisk)> {
+    let disk = SmallDisk::mount("24m", env!("CARGO_TARGET_TMPDIR"))?;
+    let data = disk.dir.clone();
+    let app = spawn(Options {
+        configure: Box::new(move |c| {
+            c.data_dir = data;
+            c.fanout.batch_size = 500;
+            c.throttle.users_per_s = throttle;
+            c.throttle.large_users_per_s = throttle;
+        }),
+        ..Options::default()
+    })
+    .await;
+    Some((app, disk))
+}
+
+async fn seed_cohort(app: &App, n: usize) {
+    let now = chrono::Utc::now();
+    let users: Vec<herald_core::model::User> = (0..n)
+        .map(|i| herald_core::model::User {
+            id: format!("d{i:05}"),
+            email: None,
+            phone: None,
+            attributes: [("cohort".to_owned(), json!("d"))].into_iter().collect(),
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    app.ctx.ports.directory.upsert_users(&users).await.unwrap();
+    app.ok(
+        Method::PUT,
+        "/v1/segments/d",
+        json!({"filter": {"attr": "cohort", "eq": "d"}}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_disk_that_fills_mid_fanout_turns_readyz_red_and_the_campaign_completes_once_there_is_room(
+) {
+    let Some((app, disk)) = on_small_disk(5_000).await else {
+        return;
+    };
+    seed_cohort(&app, 20_000).await;
+    let id = app
+        .campaign(
+            json!({"audience": {"segment": "d"}, "content": {"title": "t", "body": "b"},
+                         "channels": ["in_app"]}),
+        )
+        .await;
+    eventually("under way", Duration::from_secs(30), || async {
+        app.get_campaign(&id).await["progress"]["batches_done"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    })
+    .await;
+    let filler = disk.fill(0);
+    let ready = || async {
+        reqwest::get(format!("{}/readyz", app.base))
+            .await
+            .unwrap()
+            .status()
+    };
+    eventually(
+        "readyz red while the disk is full",
+        Duration::from_secs(60),
+        || async { ready().await == StatusCode::SERVICE_UNAVAILABLE },
+    )
+    .await;
+    std::fs::remove_file(filler).unwrap();
+    let done = app.wait_completed(&id, Duration::from_secs(180)).await;
+    assert_eq!(done["progress"]["notifications_written"], 20_000, "{done}");
+    assert_eq!(inbox_rows(&disk.dir, &id).await, (20_000, 20_000));
+    eventually("readyz green again", Duration::from_secs(60), || async {
+        ready().await == StatusCode::OK
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_import_that_fills_the_disk_says_what_it_wrote_and_the_same_file_imports_once_there_is_room(
+) {
+    let Some((app, disk)) = on_small_disk(0).await else {
+        return;
+    };
+    let mut ndjson = String::new();
+    for i in 0..40_000 {
+        ndjson.push_str(&format!(
+            "{{\"id\": \"i{i:05}\", \"attributes\": {{\"bio\": \"{}\"}}}}\n",
+            "x".repeat(300)
+        ));
+    }
+    let filler = disk.fill(2 * 1024 * 1024);
+    let import = || async {
+        app.client
+            .post(format!("{}/v1/users/import", app.base))
+            .bearer_auth(ADMIN_KEY)
+            .body(ndjson.clone())
+            .send()
+            .await
+            .unwrap()
+    };
+    let resp = import().await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("the import stopped after writing the first")
+            && msg.contains("of 40000 users"),
+        "{msg}"
+    );
+    std::fs::remove_file(filler).unwrap();
+    let resp = import().await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["imported"], 40_000);
+    let all = herald_core::filter::Filter::match_all();
+    assert_eq!(
+        app.ctx
+            .ports
+            .directory
+            .count_users(&all, chrono::Utc::now())
+            .await
+            .unwrap(),
+        40_000
+    );
+}
+
+/// A store that stops taking writes mid-run (what a file made read-only does to SQLite). The
+/// filesystem cannot be remounted read-only under open SQLite files (the kernel answers EBUSY
+/// while files are open for writing), so the fault is injected at the inbox port: every write
+/// fails as `attempt to write a readonly database` would.
+#[tokio::test]
+async fn an_inbox_store_that_refuses_writes_mid_fanout_turns_readyz_red_and_the_campaign_completes_once_it_takes_them(
+) {
+    let (app, inbox) = spawn_faulty_inbox(|c| {
+        c.fanout.batch_size = 500;
+        c.throttle.users_per_s = 5_000;
+        c.throttle.large_users_per_s = 5_000;
+        c.fanout.max_batch_attempts = 1_000;
+    })
+    .await;
+    seed_cohort(&app, 20_000).await;
+    let id = app
+        .campaign(
+            json!({"audience": {"segment": "d"}, "content": {"title": "t", "body": "b"},
+                         "channels": ["in_app"]}),
+        )
+        .await;
+    eventually("under way", Duration::from_secs(30), || async {
+        app.get_campaign(&id).await["progress"]["batches_done"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    })
+    .await;
+    inbox
+        .fail_on_write
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let ready = || async {
+        reqwest::get(format!("{}/readyz", app.base))
+            .await
+            .unwrap()
+            .status()
+    };
+    eventually(
+        "readyz red while nothing can be written",
+        Duration::from_secs(60),
+        || async { ready().await == StatusCode::SERVICE_UNAVAILABLE },
+    )
+    .await;
+    inbox
+        .fail_on_write
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let done = app.wait_completed(&id, Duration::from_secs(180)).await;
+    assert_eq!(done["progress"]["notifications_written"], 20_000, "{done}");
+    assert_eq!(done["progress"]["failed_batches"], 0, "{done}");
+    assert_eq!(inbox_rows(app.dir.path(), &id).await, (20_000, 20_000));
+    eventually("readyz green again", Duration::from_secs(60), || async {
+        ready().await == StatusCode::OK
+    })
+    .await;
+}
