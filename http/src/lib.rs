@@ -372,6 +372,8 @@ async fn readyz(State(ctx): State<Context>) -> Response {
 /// How long a client may take to send a request's headers; a connection still sending them
 /// then is closed (half-sent headers must not hold a connection open forever).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight requests may run on after shutdown begins.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 /// How long a request body may pause between two chunks before the request fails with 408.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -459,7 +461,17 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // In-flight requests get a while to finish; one that hangs (a backend that does not
+    // answer) must not keep the process from stopping.
+    if tokio::time::timeout(SHUTDOWN_DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            secs = SHUTDOWN_DRAIN.as_secs(),
+            "requests still running at the end of the shutdown drain; stopping anyway"
+        );
+    }
     Ok(())
 }
 

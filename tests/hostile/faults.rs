@@ -576,3 +576,157 @@ async fn an_inbox_store_that_refuses_writes_mid_fanout_turns_readyz_red_and_the_
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_store_whose_write_lock_is_held_elsewhere_turns_readyz_red_naming_its_file() {
+    use sqlx::{ConnectOptions, Connection};
+    let app = spawn(Options::default()).await;
+    let ready = || async {
+        let resp = reqwest::get(format!("{}/readyz", app.base)).await.unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    };
+    assert_eq!(ready().await.0, StatusCode::OK);
+    // Another process holds the campaign store's write lock (a transaction left open).
+    let mut other = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(app.dir.path().join("campaigns.db"))
+        .connect()
+        .await
+        .unwrap();
+    let tx = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let (status, body) = ready().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body.contains("campaigns.db") && body.contains("locked for writing"),
+        "{body}"
+    );
+    drop(tx);
+    eventually(
+        "ready once the lock is gone",
+        Duration::from_secs(10),
+        || async { ready().await.0 == StatusCode::OK },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_api_killed_mid_keyed_creates_and_the_push_gateway_killed_mid_delivery_lose_nothing() {
+    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    fcm.write_credentials(data).unwrap();
+    let api = Role::start("api", data, &fcm.endpoint(), &[]);
+    api.wait_ready().await;
+    let client = Api {
+        base: api.base.clone(),
+        client: reqwest::Client::new(),
+    };
+    for i in 0..300 {
+        let u = format!("p{i:03}");
+        client
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{u}"),
+                Some(json!({"attributes": {}})),
+            )
+            .await;
+        client
+            .call(
+                Method::POST,
+                &format!("/v1/users/{u}/devices"),
+                Some(json!({"platform": "fcm", "token": format!("tok-{u}")})),
+            )
+            .await;
+    }
+    let users: Vec<String> = (0..300).map(|i| format!("p{i:03}")).collect();
+    let body = json!({"audience": {"users": users}, "content": {"title": "t", "body": "b"},
+                      "channels": ["in_app", "push"], "priority": "high"});
+
+    // Keyed creates fired at the API, which is killed while they are in flight.
+    let keys: Vec<String> = (0..30).map(|i| format!("kill-{i}")).collect();
+    let mut api = api;
+    let in_flight = {
+        let (base, keys, body) = (api.base.clone(), keys.clone(), body.clone());
+        tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            for k in keys {
+                let _ = c
+                    .post(format!("{base}/v1/campaigns"))
+                    .bearer_auth(ADMIN_KEY)
+                    .header("idempotency-key", k)
+                    .json(&body)
+                    .send()
+                    .await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    api.kill9();
+    let _ = in_flight.await;
+
+    // The API comes back; every key is retried: one campaign per key, whatever got through.
+    let api = Role::start("api", data, &fcm.endpoint(), &[]);
+    api.wait_ready().await;
+    let client = Api {
+        base: api.base.clone(),
+        client: reqwest::Client::new(),
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    for k in &keys {
+        let resp = client
+            .client
+            .post(format!("{}/v1/campaigns", api.base))
+            .bearer_auth(ADMIN_KEY)
+            .header("idempotency-key", k.as_str())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "{k}");
+        let b: serde_json::Value = resp.json().await.unwrap();
+        ids.insert(b["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), keys.len(), "one campaign per key");
+    let (_, list) = client
+        .call(Method::GET, "/v1/campaigns?limit=1000", None)
+        .await;
+    assert_eq!(list["campaigns"].as_array().unwrap().len(), keys.len());
+
+    // Fan-out and push run; the gateway is killed (SIGKILL) in the middle of the sends.
+    let fanout = Role::start("fanout", data, &fcm.endpoint(), &[]);
+    let mut push = Role::start("push", data, &fcm.endpoint(), &[]);
+    fanout.wait_ready().await;
+    push.wait_ready().await;
+    let total = 300 * keys.len() as u64;
+    eventually("sends under way", Duration::from_secs(60), || async {
+        fcm.sent() >= total / 4
+    })
+    .await;
+    push.kill9();
+    let push = Role::start("push", data, &fcm.endpoint(), &[]);
+    push.wait_ready().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        loop {
+            let c = client.campaign(id).await;
+            let d = &c["deliveries"]["push"];
+            let n = |k: &str| d[k].as_u64().unwrap_or(0);
+            if c["status"] == "completed" && n("queued") == 300 && n("sent") + n("failed") == 300 {
+                assert_eq!(n("sent"), 300, "{c}");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not settled: {c}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(inbox_rows(data, id).await, (300, 300));
+    }
+    // At least once: every device got every campaign; a crash between a send and its mark may
+    // repeat a send (receivers dedupe on the notification id), and nothing else does.
+    assert!(fcm.sent() >= total, "{} of {total}", fcm.sent());
+    for u in &users {
+        assert!(
+            fcm.requests_for(&format!("tok-{u}")) >= keys.len() as u32,
+            "{u}"
+        );
+    }
+    drop((fanout, push, api));
+}

@@ -40,11 +40,7 @@ fn broadcast_from_row(row: &SqliteRow) -> Result<Broadcast> {
 #[async_trait]
 impl BroadcastStore for SqliteBroadcasts {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        super::ping_writable(&self.pool).await
     }
 
     async fn insert(&self, b: &Broadcast) -> Result<()> {

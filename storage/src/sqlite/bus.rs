@@ -283,11 +283,7 @@ fn publish_chunks(messages: &[OutMessage]) -> Vec<&[OutMessage]> {
 #[async_trait]
 impl Bus for SqliteBus {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        super::ping_writable(&self.pool).await
     }
 
     async fn subscribe(&self, topic: &str, group: &str) -> Result<()> {

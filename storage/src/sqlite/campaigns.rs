@@ -155,11 +155,7 @@ impl SqliteCampaigns {
 #[async_trait]
 impl CampaignStore for SqliteCampaigns {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        super::ping_writable(&self.pool).await
     }
 
     async fn insert_campaign(&self, c: &Campaign) -> Result<()> {

@@ -42,11 +42,7 @@ fn letter_from(spec: &str, replayed_at: Option<i64>) -> Result<DeadLetter> {
 #[async_trait]
 impl DeliveryStore for SqliteDeliveries {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.db.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        super::ping_writable(&self.db.pool).await
     }
 
     async fn put_webhook(&self, w: &Webhook) -> Result<()> {

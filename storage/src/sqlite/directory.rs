@@ -167,11 +167,7 @@ async fn user_exists(
 #[async_trait]
 impl Directory for SqliteDirectory {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        super::ping_writable(&self.pool).await
     }
 
     async fn upsert_users(&self, users: &[User]) -> Result<u64> {

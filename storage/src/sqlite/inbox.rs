@@ -132,11 +132,7 @@ fn row_to_notification(row: &SqliteRow) -> Result<Notification> {
 #[async_trait]
 impl InboxStore for SqliteInbox {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        super::ping_writable(&self.pool).await
     }
 
     async fn write_batch(&self, rows: &[Notification]) -> Result<()> {

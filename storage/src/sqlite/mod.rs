@@ -99,6 +99,36 @@ pub(crate) async fn open_pool(
     Ok(pool)
 }
 
+/// How long the readiness probe waits for SQLite's write lock.
+const PING_WRITE_WAIT: Duration = Duration::from_secs(2);
+
+/// The readiness probe of a SQLite store: the file must answer and take its write lock
+/// (`BEGIN IMMEDIATE`, rolled back: nothing is written) within [`PING_WRITE_WAIT`]. A file
+/// that is locked for writing (a transaction left open somewhere), read-only or broken makes
+/// `/readyz` red, naming the file.
+pub(crate) async fn ping_writable(pool: &SqlitePool) -> Result<()> {
+    let file = pool.connect_options().get_filename().display().to_string();
+    let probe = async {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("SELECT 1").execute(&mut *tx).await?;
+        tx.rollback().await
+    };
+    match tokio::time::timeout(PING_WRITE_WAIT, probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::unavailable(
+            format!("SQLite database {file} takes no writes: {e}"),
+            e,
+        )),
+        Err(_) => Err(Error::unavailable(
+            format!(
+                "SQLite database {file} has been locked for writing for over {} s",
+                PING_WRITE_WAIT.as_secs()
+            ),
+            std::io::Error::other("write lock wait timed out"),
+        )),
+    }
+}
+
 /// Applies the migrations not yet recorded in `herald_migrations`, in order.
 async fn migrate(pool: &SqlitePool, migrations: &[Migration]) -> Result<()> {
     sqlx::query(
