@@ -18,9 +18,10 @@ use std::time::Duration;
 async fn a_provider_storm_of_503s_429s_and_timeouts_ends_with_every_push_sent_once_or_failed() {
     let app = spawn(Options {
         configure: Box::new(|c| {
-            c.push.max_attempts = 12;
+            // Enough attempts, backing off to at most 3 s, to outlast a minute of storm.
+            c.push.max_attempts = 40;
             c.push.backoff_base_ms = 100;
-            c.push.backoff_max_ms = 1_000;
+            c.push.backoff_max_ms = 3_000;
             c.push.fcm.limits.timeout_ms = 300;
             c.push.deferral_recheck_ms = 100;
         }),
@@ -42,7 +43,8 @@ async fn a_provider_storm_of_503s_429s_and_timeouts_ends_with_every_push_sent_on
         )
         .await;
     }
-    // The storm starts before the campaign and goes through each kind of failure.
+    // A minute of storm, from before the campaign: 20 s of 503s, 20 s of 429s, then 20 s of
+    // requests that never get an answer.
     app.fcm.set_storm(Some(Storm::Unavailable));
     let id = app
         .campaign(
@@ -50,11 +52,11 @@ async fn a_provider_storm_of_503s_429s_and_timeouts_ends_with_every_push_sent_on
                          "channels": ["push"], "priority": "high"}),
         )
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
     app.fcm.set_storm(Some(Storm::Quota));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
     app.fcm.set_storm(Some(Storm::Hang));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(app.fcm.sent(), 0, "nothing got through the storm");
     app.fcm.set_storm(None);
 
