@@ -419,6 +419,85 @@ pub fn redacted_uri(uri: &axum::http::Uri) -> String {
     format!("{}?{}", uri.path(), redacted.join("&"))
 }
 
+/// The longest request line (method, target, version) a connection may open with. Longer
+/// ones are answered here, with the JSON error body: past 64 KiB hyper would answer 414
+/// itself, with no body at all.
+pub const MAX_REQUEST_LINE: usize = 16 * 1024;
+
+/// What the start of a connection holds.
+enum RequestLine {
+    /// A whole request line within the limit (or an HTTP/2 preface): hyper takes over.
+    Complete,
+    TooLong,
+    /// No whole line within [`HEADER_READ_TIMEOUT`], or the client closed.
+    Stalled,
+}
+
+/// Reads the connection's first request line with `peek`, so that hyper still gets every
+/// byte, and says whether it is complete, over [`MAX_REQUEST_LINE`], or not coming.
+async fn first_request_line(stream: &tokio::net::TcpStream) -> RequestLine {
+    let mut buf = vec![0u8; MAX_REQUEST_LINE + 2];
+    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    let mut seen = 0;
+    loop {
+        if tokio::time::timeout_at(deadline, stream.readable())
+            .await
+            .is_err()
+        {
+            return RequestLine::Stalled;
+        }
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return RequestLine::Stalled,
+            Ok(n) => n,
+        };
+        if buf[..n].windows(2).any(|w| w == b"\r\n") {
+            return RequestLine::Complete;
+        }
+        if n > MAX_REQUEST_LINE {
+            return RequestLine::TooLong;
+        }
+        if n == seen {
+            // Nothing new yet: the rest of the line is still on its way.
+            if tokio::time::Instant::now() >= deadline {
+                return RequestLine::Stalled;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen = n;
+    }
+}
+
+/// Answers a request line over the limit with 414 and the JSON error body, then closes.
+async fn refuse_long_request_line(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = json!({"error": {
+        "code": "uri_too_long",
+        "message": format!("the request line is longer than the {MAX_REQUEST_LINE} bytes allowed"),
+    }})
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        // Read what the client is still sending before closing: closing on unread bytes
+        // would reset the connection, and the client could lose the answer.
+        use tokio::io::AsyncReadExt;
+        let mut sink = vec![0u8; 64 * 1024];
+        let mut drained = 0;
+        while drained < 4 * 1024 * 1024 {
+            match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests
 /// (upgraded WebSockets are the live feed's to close). HTTP/1.1 and HTTP/2; headers must
 /// arrive within [`HEADER_READ_TIMEOUT`].
@@ -450,12 +529,19 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut stream = stream;
+            match first_request_line(&stream).await {
+                RequestLine::Complete => {}
+                RequestLine::TooLong => return refuse_long_request_line(&mut stream).await,
+                // Nothing usable within the header timeout, or the client left: close.
+                RequestLine::Stalled => return,
+            }
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

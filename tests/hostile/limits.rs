@@ -124,3 +124,30 @@ async fn half_sent_headers_are_cut_off_and_a_stalled_body_is_answered_408() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "nothing stored");
 }
+
+#[tokio::test]
+async fn a_request_line_over_the_limit_is_answered_414_in_the_json_error_body() {
+    let app = spawn(Options::default()).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /v1/users/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+        .await
+        .expect("answered and closed")
+        .ok();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 414"), "{text}");
+    assert!(text.contains("application/json"), "{text}");
+    assert!(
+        text.contains(r#""code":"uri_too_long""#) && text.contains("16384 bytes"),
+        "{text}"
+    );
+    // An ordinary request on a new connection is served as ever.
+    let ok = reqwest::get(format!("{}/healthz", app.base)).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+}
