@@ -248,6 +248,34 @@ impl App {
     }
 }
 
+/// Seeds `n` users (`<cohort>00000`...) with the attribute `cohort` and a segment of the same
+/// name selecting them.
+pub async fn seed_cohort(app: &App, cohort: &str, n: usize) {
+    let now = chrono::Utc::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let users: Vec<herald_core::model::User> = chunk
+            .iter()
+            .map(|i| herald_core::model::User {
+                id: format!("{cohort}{i:06}"),
+                email: None,
+                phone: None,
+                attributes: [("cohort".to_owned(), Value::from(cohort))]
+                    .into_iter()
+                    .collect(),
+                created_at: now,
+                updated_at: now,
+            })
+            .collect();
+        app.ctx.ports.directory.upsert_users(&users).await.unwrap();
+    }
+    app.ok(
+        Method::PUT,
+        &format!("/v1/segments/{cohort}"),
+        serde_json::json!({"filter": {"attr": "cohort", "eq": cohort}}),
+    )
+    .await;
+}
+
 /// Polls `check` until it holds, up to `within`.
 pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
 where

@@ -4,7 +4,6 @@
 //! takes the campaign over and finishes it.
 
 use crate::harness::*;
-use herald_core::model::User;
 use herald_core::worker::AbortOnDrop;
 use herald_core::{Context, SystemClock};
 use reqwest::Method;
@@ -57,29 +56,6 @@ impl Drop for Node {
     }
 }
 
-async fn seed(app: &App) {
-    let now = chrono::Utc::now();
-    for chunk in 0..(USERS / 10_000) {
-        let users: Vec<User> = (chunk * 10_000..(chunk + 1) * 10_000)
-            .map(|i| User {
-                id: format!("u{i:06}"),
-                email: None,
-                phone: None,
-                attributes: [("cohort".to_owned(), json!("c1"))].into_iter().collect(),
-                created_at: now,
-                updated_at: now,
-            })
-            .collect();
-        app.ctx.ports.directory.upsert_users(&users).await.unwrap();
-    }
-    app.ok(
-        Method::PUT,
-        "/v1/segments/cohort-1",
-        json!({"filter": {"attr": "cohort", "eq": "c1"}}),
-    )
-    .await;
-}
-
 async fn setup() -> App {
     let app = spawn(Options {
         fanout: false,
@@ -92,7 +68,7 @@ async fn setup() -> App {
         ..Options::default()
     })
     .await;
-    seed(&app).await;
+    seed_cohort(&app, "cohort-1", USERS as usize).await;
     app
 }
 

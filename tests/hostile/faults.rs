@@ -412,24 +412,41 @@ async fn on_small_disk(throttle: u32) -> Option<(App, SmallDisk)> {
     Some((app, disk))
 }
 
-async fn seed_cohort(app: &App, n: usize) {
-    let now = chrono::Utc::now();
-    let users: Vec<herald_core::model::User> = (0..n)
-        .map(|i| herald_core::model::User {
-            id: format!("d{i:05}"),
-            email: None,
-            phone: None,
-            attributes: [("cohort".to_owned(), json!("d"))].into_iter().collect(),
-            created_at: now,
-            updated_at: now,
-        })
-        .collect();
-    app.ctx.ports.directory.upsert_users(&users).await.unwrap();
-    app.ok(
-        Method::PUT,
-        "/v1/segments/d",
-        json!({"filter": {"attr": "cohort", "eq": "d"}}),
+/// A 20,000-user in-app campaign that meets a fault a little way in: `/readyz` must turn red
+/// while the fault holds, and once `heal` has run the campaign must complete with exactly one
+/// row per user and `/readyz` turn green again.
+async fn fault_mid_fanout(app: &App, inbox_dir: &Path, fault: impl FnOnce(), heal: impl FnOnce()) {
+    seed_cohort(app, "d", 20_000).await;
+    let id = app
+        .campaign(
+            json!({"audience": {"segment": "d"}, "content": {"title": "t", "body": "b"},
+                         "channels": ["in_app"]}),
+        )
+        .await;
+    eventually("under way", Duration::from_secs(30), || async {
+        let c = app.get_campaign(&id).await;
+        c["progress"]["batches_done"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
+    fault();
+    let ready = || async {
+        let resp = reqwest::get(format!("{}/readyz", app.base)).await.unwrap();
+        resp.status()
+    };
+    eventually(
+        "readyz red while the fault holds",
+        Duration::from_secs(60),
+        || async { ready().await == StatusCode::SERVICE_UNAVAILABLE },
     )
+    .await;
+    heal();
+    let done = app.wait_completed(&id, Duration::from_secs(180)).await;
+    assert_eq!(done["progress"]["notifications_written"], 20_000, "{done}");
+    assert_eq!(done["progress"]["failed_batches"], 0, "{done}");
+    assert_eq!(inbox_rows(inbox_dir, &id).await, (20_000, 20_000));
+    eventually("readyz green again", Duration::from_secs(60), || async {
+        ready().await == StatusCode::OK
+    })
     .await;
 }
 
@@ -439,40 +456,13 @@ async fn a_disk_that_fills_mid_fanout_turns_readyz_red_and_the_campaign_complete
     let Some((app, disk)) = on_small_disk(5_000).await else {
         return;
     };
-    seed_cohort(&app, 20_000).await;
-    let id = app
-        .campaign(
-            json!({"audience": {"segment": "d"}, "content": {"title": "t", "body": "b"},
-                         "channels": ["in_app"]}),
-        )
-        .await;
-    eventually("under way", Duration::from_secs(30), || async {
-        app.get_campaign(&id).await["progress"]["batches_done"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 2
-    })
-    .await;
-    let filler = disk.fill(0);
-    let ready = || async {
-        reqwest::get(format!("{}/readyz", app.base))
-            .await
-            .unwrap()
-            .status()
-    };
-    eventually(
-        "readyz red while the disk is full",
-        Duration::from_secs(60),
-        || async { ready().await == StatusCode::SERVICE_UNAVAILABLE },
+    let filler = std::cell::RefCell::new(None);
+    fault_mid_fanout(
+        &app,
+        &disk.dir,
+        || *filler.borrow_mut() = Some(disk.fill(0)),
+        || std::fs::remove_file(filler.borrow_mut().take().unwrap()).unwrap(),
     )
-    .await;
-    std::fs::remove_file(filler).unwrap();
-    let done = app.wait_completed(&id, Duration::from_secs(180)).await;
-    assert_eq!(done["progress"]["notifications_written"], 20_000, "{done}");
-    assert_eq!(inbox_rows(&disk.dir, &id).await, (20_000, 20_000));
-    eventually("readyz green again", Duration::from_secs(60), || async {
-        ready().await == StatusCode::OK
-    })
     .await;
 }
 
@@ -539,46 +529,12 @@ async fn an_inbox_store_that_refuses_writes_mid_fanout_turns_readyz_red_and_the_
         c.fanout.max_batch_attempts = 1_000;
     })
     .await;
-    seed_cohort(&app, 20_000).await;
-    let id = app
-        .campaign(
-            json!({"audience": {"segment": "d"}, "content": {"title": "t", "body": "b"},
-                         "channels": ["in_app"]}),
-        )
-        .await;
-    eventually("under way", Duration::from_secs(30), || async {
-        app.get_campaign(&id).await["progress"]["batches_done"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 2
-    })
-    .await;
-    inbox
-        .fail_on_write
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let ready = || async {
-        reqwest::get(format!("{}/readyz", app.base))
-            .await
-            .unwrap()
-            .status()
+    let refuse = |on: bool| {
+        inbox
+            .fail_on_write
+            .store(on, std::sync::atomic::Ordering::SeqCst)
     };
-    eventually(
-        "readyz red while nothing can be written",
-        Duration::from_secs(60),
-        || async { ready().await == StatusCode::SERVICE_UNAVAILABLE },
-    )
-    .await;
-    inbox
-        .fail_on_write
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    let done = app.wait_completed(&id, Duration::from_secs(180)).await;
-    assert_eq!(done["progress"]["notifications_written"], 20_000, "{done}");
-    assert_eq!(done["progress"]["failed_batches"], 0, "{done}");
-    assert_eq!(inbox_rows(app.dir.path(), &id).await, (20_000, 20_000));
-    eventually("readyz green again", Duration::from_secs(60), || async {
-        ready().await == StatusCode::OK
-    })
-    .await;
+    fault_mid_fanout(&app, app.dir.path(), || refuse(true), || refuse(false)).await;
 }
 
 #[tokio::test]
