@@ -179,3 +179,72 @@ pub async fn cancel(
     metrics::counter!("herald_campaigns_cancelled_total").increment(1);
     Ok(Json(campaign_json(&c)))
 }
+
+/// `GET /v1/campaigns/{id}/failed-batches`: the batches given up after their attempts.
+pub async fn failed_batches(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<Value>> {
+    if ctx.ports.campaigns.get_campaign(&id).await?.is_none() {
+        return Err(not_found(&id));
+    }
+    let batches = ctx.ports.campaigns.failed_batches(&id).await?;
+    Ok(Json(json!({ "failed_batches": batches })))
+}
+
+/// `POST /v1/campaigns/{id}/failed-batches/{batch_no}/replay`: puts a given-up batch back on
+/// the fan-out queue, once; its counters are added when it is processed.
+pub async fn replay_failed_batch(
+    State(ctx): State<Context>,
+    PathParams((id, batch_no)): PathParams<(String, u64)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let campaigns = &ctx.ports.campaigns;
+    let missing = || ApiError::not_found(format!("campaign `{id}` has no failed batch {batch_no}"));
+    let batch = campaigns
+        .failed_batches(&id)
+        .await?
+        .into_iter()
+        .find(|b| b.batch_no == batch_no)
+        .ok_or_else(missing)?;
+    let now = ctx.clock.now();
+    match campaigns.mark_batch_replayed(&id, batch_no, now).await? {
+        None => return Err(missing()),
+        Some(false) => {
+            return Err(ApiError::Core(Error::conflict(format!(
+                "failed batch {batch_no} of campaign `{id}` was replayed already"
+            ))))
+        }
+        Some(true) => {}
+    }
+    let message = herald_core::topics::FanoutBatch {
+        campaign_id: id.clone(),
+        batch_no,
+        user_ids: batch.user_ids.clone(),
+        replay: true,
+    };
+    let payload = serde_json::to_vec(&message)
+        .map_err(|e| Error::internal("batch encoding").with_source(e))?;
+    let out = OutMessage {
+        key: Some(id.clone()),
+        payload,
+    };
+    if let Err(e) = ctx
+        .ports
+        .bus
+        .publish(herald_core::topics::BATCHES, &[out])
+        .await
+    {
+        // Not queued: replayable again.
+        campaigns.reset_batch_replay(&id, batch_no).await?;
+        return Err(e.into());
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "campaign_id": id,
+            "batch_no": batch_no,
+            "users": batch.user_ids.len(),
+            "replayed_at": now,
+        })),
+    ))
+}

@@ -68,6 +68,14 @@ pub fn admin_router(ctx: Context) -> Router {
         )
         .route("/v1/campaigns/{id}", get(campaigns::get))
         .route("/v1/campaigns/{id}/cancel", post(campaigns::cancel))
+        .route(
+            "/v1/campaigns/{id}/failed-batches",
+            get(campaigns::failed_batches),
+        )
+        .route(
+            "/v1/campaigns/{id}/failed-batches/{batch_no}/replay",
+            post(campaigns::replay_failed_batch),
+        )
         .route("/v1/rules", get(rules::list))
         .route(
             "/v1/rules/{event_type}",

@@ -606,6 +606,18 @@ pub struct Progress {
     pub failed_batches: u64,
 }
 
+/// A batch given up after its attempts, kept whole so it can be replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedBatch {
+    pub campaign_id: String,
+    pub batch_no: u64,
+    pub user_ids: Vec<String>,
+    pub reason: String,
+    pub failed_at: DateTime<Utc>,
+    #[serde(default)]
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
 /// A recipient, or a whole batch (`user_id` unset), the fan-out could not serve, and why: the
 /// sample of failures kept with a campaign.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

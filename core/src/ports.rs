@@ -172,6 +172,34 @@ pub trait CampaignStore: Send + Sync + 'static {
     ) -> Result<bool>;
     /// The sample of failures kept with a campaign (at most [`KEPT_FAILURES`]), oldest first.
     async fn campaign_failures(&self, id: &str) -> Result<Vec<RecipientFailure>>;
+    /// Gives batch `batch.batch_no` up, once: records it done and failed (`failed_batches`
+    /// + 1, `reason` in the failure sample) and keeps it whole for a replay, in one atomic
+    /// step. `false` if the batch number was recorded already.
+    async fn record_failed_batch(&self, batch: &FailedBatch) -> Result<bool>;
+    /// The batches of a campaign given up, by batch number.
+    async fn failed_batches(&self, id: &str) -> Result<Vec<FailedBatch>>;
+    /// Sets a failed batch's `replayed_at` if unset (compare-and-set); `None` if there is no
+    /// such failed batch, `Some(false)` if it was replayed already.
+    async fn mark_batch_replayed(
+        &self,
+        id: &str,
+        batch_no: u64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<bool>>;
+    /// Makes a failed batch replayable again (clears `replayed_at`), when its replay failed
+    /// too.
+    async fn reset_batch_replay(&self, id: &str, batch_no: u64) -> Result<()>;
+    /// Records the replay of a failed batch, once: adds `delta` and `queued` like
+    /// [`CampaignStore::record_batch`] and takes one off `failed_batches`. `false` if this
+    /// replay was recorded already (or the batch never failed).
+    async fn record_replayed_batch(
+        &self,
+        id: &str,
+        batch_no: u64,
+        delta: &Progress,
+        queued: &[(Channel, u64)],
+        failures: &[RecipientFailure],
+    ) -> Result<bool>;
     /// Adds a delivery report's counts to a channel's counters once per `key`: a report
     /// already recorded is ignored and `false` returned.
     async fn record_deliveries(

@@ -82,6 +82,10 @@ pub struct FanoutBatch {
     /// recognised and counted once.
     pub batch_no: u64,
     pub user_ids: Vec<String>,
+    /// A replay of a batch given up earlier (`POST /v1/campaigns/{id}/failed-batches/{n}/
+    /// replay`): its counters are added as a replay, once, instead of as a new batch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
 }
 
 /// Body of a channel queue message: one campaign batch's deliveries on one channel.

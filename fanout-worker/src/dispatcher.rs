@@ -353,6 +353,7 @@ async fn cut_batches(
                 campaign_id: campaign.id.clone(),
                 batch_no: cp.next_batch,
                 user_ids: ids,
+                replay: false,
             };
             let payload = serde_json::to_vec(&batch)
                 .map_err(|e| Error::internal("batch encoding").with_source(e))?;

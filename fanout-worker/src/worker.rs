@@ -199,11 +199,16 @@ async fn process_with_cache(
         deliver(ctx, &cached, batch, now).await?
     };
     let mut stage = Stages::start();
-    let fresh = ctx
-        .ports
-        .campaigns
-        .record_batch(&campaign.id, batch.batch_no, &delta, &queued, &failures)
-        .await?;
+    let campaigns = &ctx.ports.campaigns;
+    let fresh = if batch.replay {
+        campaigns
+            .record_replayed_batch(&campaign.id, batch.batch_no, &delta, &queued, &failures)
+            .await?
+    } else {
+        campaigns
+            .record_batch(&campaign.id, batch.batch_no, &delta, &queued, &failures)
+            .await?
+    };
     stage.done("record_batch");
     if fresh {
         metrics::counter!("herald_fanout_users_total").increment(batch.user_ids.len() as u64);
@@ -216,28 +221,34 @@ async fn process_with_cache(
     Ok(())
 }
 
-/// Gives a batch up after its last attempt: counted done and failed (its users get nothing),
-/// with the reason in the campaign's failure sample, so the campaign still ends.
+/// Gives a batch up after its last attempt: counted done and failed (its users got nothing),
+/// with the reason in the campaign's failure sample, and kept whole so that an operator can
+/// replay it once the cause is fixed (`POST /v1/campaigns/{id}/failed-batches/{n}/replay`).
+/// The campaign still ends.
 pub async fn give_up_batch(ctx: &Context, batch: &FanoutBatch, reason: &str) -> Result<()> {
-    let delta = Progress {
-        failed_batches: 1,
-        ..Progress::default()
-    };
-    let failure = RecipientFailure {
+    let failed = FailedBatch {
+        campaign_id: batch.campaign_id.clone(),
         batch_no: batch.batch_no,
-        user_id: None,
+        user_ids: batch.user_ids.clone(),
         reason: format!(
             "batch {} ({} users) given up: {reason}",
             batch.batch_no,
             batch.user_ids.len()
         ),
+        failed_at: ctx.clock.now(),
+        replayed_at: None,
     };
     tracing::error!(campaign = %batch.campaign_id, batch = batch.batch_no, %reason, "batch given up after its last attempt");
     metrics::counter!("herald_fanout_batches_given_up_total").increment(1);
-    ctx.ports
-        .campaigns
-        .record_batch(&batch.campaign_id, batch.batch_no, &delta, &[], &[failure])
-        .await?;
+    if batch.replay {
+        // The replay failed too: the batch stays failed, and replayable again.
+        return ctx
+            .ports
+            .campaigns
+            .reset_batch_replay(&batch.campaign_id, batch.batch_no)
+            .await;
+    }
+    ctx.ports.campaigns.record_failed_batch(&failed).await?;
     complete_if_done(ctx, &batch.campaign_id).await
 }
 

@@ -669,6 +669,77 @@ pub mod cases {
         .await
         .expect("the store takes writes after dropped ones");
     }
+
+    pub async fn a_failed_batch_is_kept_whole_replayed_once_and_counted_back(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let c = campaign(&format!("{p}-1"), CampaignStatus::FanningOut);
+        s.insert_campaign(&c).await.unwrap();
+        let at = utc("2026-05-01T10:00:00Z");
+        let failed = FailedBatch {
+            campaign_id: c.id.clone(),
+            batch_no: 4,
+            user_ids: vec!["a".into(), "b".into()],
+            reason: "batch 4 (2 users) given up: disk full".into(),
+            failed_at: at,
+            replayed_at: None,
+        };
+        assert!(s.record_failed_batch(&failed).await.unwrap());
+        assert!(!s.record_failed_batch(&failed).await.unwrap(), "once");
+        let got = s.get_campaign(&c.id).await.unwrap().unwrap();
+        assert_eq!(got.progress.batches_done, 1);
+        assert_eq!(got.progress.failed_batches, 1);
+        assert_eq!(s.failed_batches(&c.id).await.unwrap(), vec![failed.clone()]);
+        assert_eq!(
+            s.campaign_failures(&c.id).await.unwrap()[0].reason,
+            failed.reason
+        );
+
+        assert_eq!(s.mark_batch_replayed(&c.id, 9, at).await.unwrap(), None);
+        assert_eq!(
+            s.mark_batch_replayed(&c.id, 4, at).await.unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            s.mark_batch_replayed(&c.id, 4, at).await.unwrap(),
+            Some(false)
+        );
+        s.reset_batch_replay(&c.id, 4).await.unwrap();
+        assert_eq!(
+            s.mark_batch_replayed(&c.id, 4, at).await.unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            s.failed_batches(&c.id).await.unwrap()[0].replayed_at,
+            Some(at)
+        );
+
+        let delta = Progress {
+            notifications_written: 2,
+            ..Default::default()
+        };
+        let queued = [(Channel::Push, 2)];
+        assert!(s
+            .record_replayed_batch(&c.id, 4, &delta, &queued, &[])
+            .await
+            .unwrap());
+        assert!(
+            !s.record_replayed_batch(&c.id, 4, &delta, &queued, &[])
+                .await
+                .unwrap(),
+            "a redelivered replay counts once"
+        );
+        assert!(!s
+            .record_replayed_batch(&c.id, 5, &delta, &queued, &[])
+            .await
+            .unwrap());
+        let got = s.get_campaign(&c.id).await.unwrap().unwrap();
+        assert_eq!(got.progress.batches_done, 1, "the batch is counted once");
+        assert_eq!(got.progress.failed_batches, 0);
+        assert_eq!(got.progress.notifications_written, 2);
+        assert_eq!(got.deliveries[&Channel::Push].queued, 2);
+    }
 }
 
 macro_rules! campaign_conformance {
@@ -679,6 +750,7 @@ macro_rules! campaign_conformance {
                 a_campaign_reads_back_as_written_and_ids_are_unique,
                 writes_dropped_at_any_await_leave_the_store_writable,
                 a_campaign_keeps_a_bounded_sample_of_failures,
+                a_failed_batch_is_kept_whole_replayed_once_and_counted_back,
                 a_campaign_lease_has_one_owner_is_renewed_and_taken_over_when_it_expires,
                 claimable_campaigns_are_the_dispatchable_ones_without_a_live_lease,
                 transitions_are_compare_and_set_and_stamp_times,

@@ -135,4 +135,44 @@ async fn a_batch_that_keeps_failing_is_given_up_after_its_attempts_and_the_campa
         );
         assert!(f.get("user_id").is_none(), "a whole batch: {f}");
     }
+
+    // The given-up batches are kept whole: once the store takes writes again, each is
+    // replayed once, and the campaign's counts come out as if nothing had failed.
+    let (s, list) = app
+        .call(
+            Method::GET,
+            &format!("/v1/campaigns/{id}/failed-batches"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let batches = list["failed_batches"].as_array().unwrap().clone();
+    assert_eq!(batches.len(), 3, "{list}");
+    inbox.fail_on_write.store(false, Ordering::SeqCst);
+    for b in &batches {
+        let n = b["batch_no"].as_u64().unwrap();
+        let path = format!("/v1/campaigns/{id}/failed-batches/{n}/replay");
+        let (s, body) = app.call(Method::POST, &path, None).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["users"], 1);
+        let (s, _) = app.call(Method::POST, &path, None).await;
+        assert_eq!(s, StatusCode::CONFLICT, "replayed once");
+    }
+    let (s, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/campaigns/{id}/failed-batches/99/replay"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    eventually("the replays counted", Duration::from_secs(30), || async {
+        let c = app.get_campaign(&id).await;
+        c["progress"]["notifications_written"] == 3 && c["progress"]["failed_batches"] == 0
+    })
+    .await;
+    assert_eq!(inbox_rows(app.dir.path(), &id).await, (3, 3));
+    let done = app.get_campaign(&id).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["progress"]["batches_done"], 3, "{done}");
 }

@@ -19,6 +19,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "campaigns", "0003_delivery_reports"),
     migration!("sqlite", "campaigns", "0004_leases"),
     migration!("sqlite", "campaigns", "0005_failures"),
+    migration!("sqlite", "campaigns", "0006_failed_batches"),
 ];
 
 /// Statuses in which a campaign may need a dispatcher (see `claimable_campaigns`).
@@ -26,6 +27,71 @@ const DISPATCHABLE: &str = "('sizing', 'fanning_out', 'active')";
 
 fn ttl_micros(ttl: std::time::Duration) -> i64 {
     i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Adds a batch's counters inside `tx`: `batches` to `batches_done`, the other counters of
+/// `d`, the channels' `queued`, and `failures` while the sample has room.
+async fn add_batch(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    id: &str,
+    batches: i64,
+    d: &Progress,
+    queued: &[(Channel, u64)],
+    failures: &[RecipientFailure],
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE campaigns SET batches_done = batches_done + ?, \
+             notifications_written = notifications_written + ?, \
+             skipped_opted_out = skipped_opted_out + ?, \
+             deferred_quiet_hours = deferred_quiet_hours + ?, \
+             failed_render = failed_render + ?, failed_batches = failed_batches + ? WHERE id = ?",
+    )
+    .bind(batches)
+    .bind(d.notifications_written as i64)
+    .bind(d.skipped_opted_out as i64)
+    .bind(d.deferred_quiet_hours as i64)
+    .bind(d.failed_render as i64)
+    .bind(d.failed_batches as i64)
+    .bind(id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    if !failures.is_empty() {
+        let kept: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM campaign_failures WHERE campaign_id = ?")
+                .bind(id)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db_error)?;
+        let room = KEPT_FAILURES.saturating_sub(kept as usize);
+        for (i, f) in failures.iter().take(room).enumerate() {
+            sqlx::query(
+                "INSERT INTO campaign_failures (campaign_id, seq, batch_no, user_id, reason) \
+                     VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(kept + i as i64)
+            .bind(f.batch_no as i64)
+            .bind(&f.user_id)
+            .bind(&f.reason)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        }
+    }
+    for (channel, n) in queued.iter().filter(|(_, n)| *n > 0) {
+        sqlx::query(
+                "INSERT INTO campaign_deliveries (campaign_id, channel, queued) VALUES (?, ?, ?) \
+                 ON CONFLICT (campaign_id, channel) DO UPDATE SET queued = queued + excluded.queued",
+            )
+            .bind(id)
+            .bind(channel.as_str())
+            .bind(*n as i64)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(())
 }
 
 /// Adds `d` to a campaign's counters of `channel` (creating the row on first use).
@@ -428,57 +494,158 @@ impl CampaignStore for SqliteCampaigns {
         if !fresh {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE campaigns SET batches_done = batches_done + 1, \
-             notifications_written = notifications_written + ?, \
-             skipped_opted_out = skipped_opted_out + ?, \
-             deferred_quiet_hours = deferred_quiet_hours + ?, \
-             failed_render = failed_render + ?, failed_batches = failed_batches + ? WHERE id = ?",
+        add_batch(&mut tx, id, 1, d, queued, failures).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn record_failed_batch(&self, b: &FailedBatch) -> Result<bool> {
+        let (_gate, mut tx) = self.db.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?) \
+             ON CONFLICT DO NOTHING",
         )
-        .bind(d.notifications_written as i64)
-        .bind(d.skipped_opted_out as i64)
-        .bind(d.deferred_quiet_hours as i64)
-        .bind(d.failed_render as i64)
-        .bind(d.failed_batches as i64)
-        .bind(id)
+        .bind(&b.campaign_id)
+        .bind(b.batch_no as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected()
+            > 0;
+        if !fresh {
+            return Ok(false);
+        }
+        let delta = Progress {
+            failed_batches: 1,
+            ..Progress::default()
+        };
+        let failure = RecipientFailure {
+            batch_no: b.batch_no,
+            user_id: None,
+            reason: b.reason.clone(),
+        };
+        add_batch(&mut tx, &b.campaign_id, 1, &delta, &[], &[failure]).await?;
+        let users = serde_json::to_string(&b.user_ids).map_err(|e| corrupt("failed batch", e))?;
+        sqlx::query(
+            "INSERT INTO campaign_failed_batches \
+             (campaign_id, batch_no, user_ids, reason, failed_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&b.campaign_id)
+        .bind(b.batch_no as i64)
+        .bind(users)
+        .bind(&b.reason)
+        .bind(micros(b.failed_at))
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        if !failures.is_empty() {
-            let kept: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM campaign_failures WHERE campaign_id = ?")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-            let room = KEPT_FAILURES.saturating_sub(kept as usize);
-            for (i, f) in failures.iter().take(room).enumerate() {
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn failed_batches(&self, id: &str) -> Result<Vec<FailedBatch>> {
+        let rows = sqlx::query(
+            "SELECT batch_no, user_ids, reason, failed_at, replayed_at \
+             FROM campaign_failed_batches WHERE campaign_id = ? ORDER BY batch_no",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                let users: String = r.get("user_ids");
+                Ok(FailedBatch {
+                    campaign_id: id.to_owned(),
+                    batch_no: r.get::<i64, _>("batch_no") as u64,
+                    user_ids: serde_json::from_str(&users)
+                        .map_err(|e| corrupt("failed batch", e))?,
+                    reason: r.get("reason"),
+                    failed_at: from_micros(r.get("failed_at")),
+                    replayed_at: opt_from_micros(r.get("replayed_at")),
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_batch_replayed(
+        &self,
+        id: &str,
+        batch_no: u64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<bool>> {
+        let (_gate, mut tx) = self.db.begin().await?;
+        let exists: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT replayed_at FROM campaign_failed_batches WHERE campaign_id = ? AND batch_no = ?",
+        )
+        .bind(id)
+        .bind(batch_no as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let outcome = match exists {
+            None => None,
+            Some(Some(_)) => Some(false),
+            Some(None) => {
                 sqlx::query(
-                    "INSERT INTO campaign_failures (campaign_id, seq, batch_no, user_id, reason) \
-                     VALUES (?, ?, ?, ?, ?)",
+                    "UPDATE campaign_failed_batches SET replayed_at = ? \
+                     WHERE campaign_id = ? AND batch_no = ?",
                 )
+                .bind(micros(at))
                 .bind(id)
-                .bind(kept + i as i64)
-                .bind(f.batch_no as i64)
-                .bind(&f.user_id)
-                .bind(&f.reason)
+                .bind(batch_no as i64)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
+                Some(true)
             }
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok(outcome)
+    }
+
+    async fn reset_batch_replay(&self, id: &str, batch_no: u64) -> Result<()> {
+        let _gate = self.db.gate().await;
+        sqlx::query(
+            "UPDATE campaign_failed_batches SET replayed_at = NULL \
+             WHERE campaign_id = ? AND batch_no = ? AND replay_done = 0",
+        )
+        .bind(id)
+        .bind(batch_no as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn record_replayed_batch(
+        &self,
+        id: &str,
+        batch_no: u64,
+        d: &Progress,
+        queued: &[(Channel, u64)],
+        failures: &[RecipientFailure],
+    ) -> Result<bool> {
+        let (_gate, mut tx) = self.db.begin().await?;
+        let fresh = sqlx::query(
+            "UPDATE campaign_failed_batches SET replay_done = 1 \
+             WHERE campaign_id = ? AND batch_no = ? AND replay_done = 0",
+        )
+        .bind(id)
+        .bind(batch_no as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected()
+            > 0;
+        if !fresh {
+            return Ok(false);
         }
-        for (channel, n) in queued.iter().filter(|(_, n)| *n > 0) {
-            sqlx::query(
-                "INSERT INTO campaign_deliveries (campaign_id, channel, queued) VALUES (?, ?, ?) \
-                 ON CONFLICT (campaign_id, channel) DO UPDATE SET queued = queued + excluded.queued",
-            )
+        add_batch(&mut tx, id, 0, d, queued, failures).await?;
+        sqlx::query("UPDATE campaigns SET failed_batches = failed_batches - 1 WHERE id = ?")
             .bind(id)
-            .bind(channel.as_str())
-            .bind(*n as i64)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        }
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
