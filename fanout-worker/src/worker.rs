@@ -109,20 +109,19 @@ impl Worker for BatchWorker {
         let max = ctx.config.fanout.max_batch_attempts.max(1);
         for d in deliveries {
             let receipt = [d.receipt];
-            let outcome = match serde_json::from_slice::<FanoutBatch>(&d.payload) {
+            let Ok(batch) = serde_json::from_slice::<FanoutBatch>(&d.payload) else {
+                tracing::error!("undecodable batch dropped");
+                bus.ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)
+                    .await?;
+                continue;
+            };
+            let outcome = if d.attempt > max {
                 // Its earlier attempts ended without an answer (a panic, a crash): give it up
                 // rather than let it take a worker down again and again.
-                Ok(batch) if d.attempt > max => {
-                    let reason =
-                        format!("{max} attempts ended without finishing (a crash or a panic)");
-                    give_up_batch(ctx, &batch, &reason).await?;
-                    Ok(())
-                }
-                Ok(batch) => process_with_cache(ctx, &self.cache, &batch).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "undecodable batch dropped");
-                    Ok(())
-                }
+                let reason = format!("{max} attempts ended without finishing (a crash or a panic)");
+                give_up_batch(ctx, &batch, &reason).await
+            } else {
+                process_with_cache(ctx, &self.cache, &batch).await
             };
             match outcome {
                 Ok(()) => {
@@ -131,8 +130,7 @@ impl Worker for BatchWorker {
                 }
                 Err(e) => {
                     metrics::counter!("herald_fanout_batch_failures_total").increment(1);
-                    let batch = serde_json::from_slice::<FanoutBatch>(&d.payload).ok();
-                    if let (Some(batch), true) = (batch, d.attempt >= max) {
+                    if d.attempt >= max {
                         // Out of attempts: counted as failed so the campaign still ends.
                         give_up_batch(ctx, &batch, &e.to_string()).await?;
                         bus.ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)

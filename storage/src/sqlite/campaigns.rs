@@ -29,6 +29,26 @@ fn ttl_micros(ttl: std::time::Duration) -> i64 {
     i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// Marks batch `batch_no` of campaign `id` recorded inside `tx`; `false` if it was already
+/// (a redelivered batch, whatever its outcome, is counted once).
+async fn first_record(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    id: &str,
+    batch_no: u64,
+) -> Result<bool> {
+    let n = sqlx::query(
+        "INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(batch_no as i64)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?
+    .rows_affected();
+    Ok(n > 0)
+}
+
 /// Adds a batch's counters inside `tx`: `batches` to `batches_done`, the other counters of
 /// `d`, the channels' `queued`, and `failures` while the sample has room.
 async fn add_batch(
@@ -480,18 +500,7 @@ impl CampaignStore for SqliteCampaigns {
         failures: &[RecipientFailure],
     ) -> Result<bool> {
         let (_gate, mut tx) = self.db.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(batch_no as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .rows_affected()
-            > 0;
-        if !fresh {
+        if !first_record(&mut tx, id, batch_no).await? {
             return Ok(false);
         }
         add_batch(&mut tx, id, 1, d, queued, failures).await?;
@@ -501,18 +510,7 @@ impl CampaignStore for SqliteCampaigns {
 
     async fn record_failed_batch(&self, b: &FailedBatch) -> Result<bool> {
         let (_gate, mut tx) = self.db.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&b.campaign_id)
-        .bind(b.batch_no as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .rows_affected()
-            > 0;
-        if !fresh {
+        if !first_record(&mut tx, &b.campaign_id, b.batch_no).await? {
             return Ok(false);
         }
         let delta = Progress {
