@@ -515,10 +515,8 @@ async fn an_import_that_fills_the_disk_says_what_it_wrote_and_the_same_file_impo
     );
 }
 
-/// A store that stops taking writes mid-run (what a file made read-only does to SQLite). The
-/// filesystem cannot be remounted read-only under open SQLite files (the kernel answers EBUSY
-/// while files are open for writing), so the fault is injected at the inbox port: every write
-/// fails as `attempt to write a readonly database` would.
+/// A store that stops taking writes mid-run, injected at the inbox port: every write fails as
+/// `attempt to write a readonly database` would (the real file made read-only is the next case).
 #[tokio::test]
 async fn an_inbox_store_that_refuses_writes_mid_fanout_turns_readyz_red_and_the_campaign_completes_once_it_takes_them(
 ) {
@@ -535,6 +533,63 @@ async fn an_inbox_store_that_refuses_writes_mid_fanout_turns_readyz_red_and_the_
             .store(on, std::sync::atomic::Ordering::SeqCst)
     };
     fault_mid_fanout(&app, app.dir.path(), || refuse(true), || refuse(false)).await;
+}
+
+/// Files made immutable (`chattr +i`): writes to them fail even for root, as they do on a
+/// file made read-only under a running process. (A file system cannot be remounted read-only
+/// while SQLite holds files open for writing: the kernel answers EBUSY.) The `-shm` file is
+/// left alone: SQLite maps it into memory, and a page fault on an immutable mapping is a
+/// SIGBUS, not an error. Cleared on drop, so a failed test leaves nothing undeletable.
+struct ReadOnlyFiles(Vec<PathBuf>);
+
+impl ReadOnlyFiles {
+    fn set(paths: &[PathBuf]) -> ReadOnlyFiles {
+        let status = Command::new("chattr")
+            .arg("+i")
+            .args(paths)
+            .status()
+            .expect("run chattr");
+        assert!(
+            status.success(),
+            "chattr +i failed (needs root and a file system with attributes, such as ext4)"
+        );
+        ReadOnlyFiles(paths.to_vec())
+    }
+}
+
+impl Drop for ReadOnlyFiles {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").args(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn an_inbox_file_made_read_only_mid_fanout_turns_readyz_red_and_the_campaign_completes_once_it_is_writable(
+) {
+    if std::env::var("HERALD_TEST_FAULTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set HERALD_TEST_FAULTS=1 (as root) to run the read-only file case");
+        return;
+    }
+    let app = spawn(Options {
+        configure: Box::new(|c| {
+            c.fanout.batch_size = 500;
+            c.throttle.users_per_s = 5_000;
+            c.throttle.large_users_per_s = 5_000;
+            c.fanout.max_batch_attempts = 1_000;
+        }),
+        ..Options::default()
+    })
+    .await;
+    let dir = app.dir.path().to_path_buf();
+    let files = [dir.join("inbox.db"), dir.join("inbox.db-wal")];
+    let read_only = std::cell::RefCell::new(None);
+    fault_mid_fanout(
+        &app,
+        &dir,
+        || *read_only.borrow_mut() = Some(ReadOnlyFiles::set(&files)),
+        || drop(read_only.borrow_mut().take()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -689,4 +744,198 @@ async fn the_api_killed_mid_keyed_creates_and_the_push_gateway_killed_mid_delive
         );
     }
     drop((fanout, push, api));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The inbox node: killed under a live client, then stopped with one connected. The live hub
+// is in-process on the embedded engines (a live event reaches the sockets of the process that
+// wrote it), so the node is `herald serve` (fan-out and inbox together) beside an `api` role.
+
+/// A live client as an app would write one: it keeps the cursor of the newest item it has and,
+/// whenever its socket drops, reconnects to wherever the inbox now runs with `since=` that
+/// cursor. Every notification frame it gets is recorded (id and cursor), duplicates included.
+async fn live_client(
+    base: tokio::sync::watch::Receiver<String>,
+    token: String,
+    seen: std::sync::Arc<parking_lot::Mutex<Vec<(String, String)>>>,
+    closes: std::sync::Arc<parking_lot::Mutex<Vec<u16>>>,
+) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let since = seen.lock().last().map(|(_, c)| c.clone());
+        let ws = base.borrow().replace("http://", "ws://");
+        let url = match since {
+            Some(c) => format!("{ws}/v1/inbox/live?since={c}"),
+            None => format!("{ws}/v1/inbox/live"),
+        };
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut socket = match tokio_tungstenite::connect_async(req).await {
+            Ok((socket, _)) => socket,
+            Err(e) => {
+                eprintln!("live client: connecting: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        while let Some(frame) = socket.next().await {
+            match frame {
+                Ok(Message::Text(text)) => {
+                    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    if v["type"] == "notification" {
+                        let item = &v["item"];
+                        seen.lock().push((
+                            item["id"].as_str().unwrap().to_owned(),
+                            item["cursor"].as_str().unwrap().to_owned(),
+                        ));
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    closes
+                        .lock()
+                        .push(frame.map(|f| u16::from(f.code)).unwrap_or(1005));
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_inbox_node_killed_under_a_live_client_loses_nothing_and_stopped_closes_with_1001() {
+    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    fcm.write_credentials(data).unwrap();
+    let api = Role::start("api", data, &fcm.endpoint(), &[]);
+    let mut inbox = Role::start("serve", data, &fcm.endpoint(), &[]);
+    for r in [&api, &inbox] {
+        r.wait_ready().await;
+    }
+    let client = Api {
+        base: api.base.clone(),
+        client: reqwest::Client::new(),
+    };
+    let (s, b) = client
+        .call(
+            Method::PUT,
+            "/v1/users/watcher",
+            Some(json!({"attributes": {}})),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    let now = chrono::Utc::now();
+    let token = herald_core::token::mint(
+        SECRET.as_bytes(),
+        "watcher",
+        now,
+        now + chrono::Duration::hours(1),
+    );
+    let (base_tx, base_rx) = tokio::sync::watch::channel(inbox.base.clone());
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let closes = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let _client_task = herald_core::worker::AbortOnDrop::spawn(live_client(
+        base_rx,
+        token,
+        seen.clone(),
+        closes.clone(),
+    ));
+
+    // One campaign to the watcher at a time, each completed and received live before the next
+    // (so rows are written in creation order); after the 8th the node is killed, six more are
+    // created while it is down, and it comes back on a new port.
+    let create = |n: u32| {
+        let client = &client;
+        async move {
+            let (s, b) = client
+                .call(
+                    Method::POST,
+                    "/v1/campaigns",
+                    Some(json!({"audience": {"user": "watcher"},
+                                "content": {"title": format!("n{n}"), "body": "b"},
+                                "channels": ["in_app"]})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+            b["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let mut created = Vec::new();
+    for n in (1..=8).chain(15..=20) {
+        created.push(create(n).await);
+        for id in &created {
+            eventually(
+                "the campaign completes",
+                Duration::from_secs(30),
+                || async { client.campaign(id).await["status"] == "completed" },
+            )
+            .await;
+        }
+        eventually(
+            "the client has it live",
+            Duration::from_secs(30),
+            || async { seen.lock().len() >= created.len() },
+        )
+        .await;
+        if n == 8 {
+            inbox.kill9();
+            for m in 9..=14 {
+                created.push(create(m).await);
+            }
+            inbox = Role::start("serve", data, &fcm.endpoint(), &[]);
+            inbox.wait_ready().await;
+            base_tx.send(inbox.base.clone()).unwrap();
+        }
+    }
+    eventually(
+        "the client has all 20 after resuming",
+        Duration::from_secs(30),
+        || async { seen.lock().len() >= 20 },
+    )
+    .await;
+    // A moment for any duplicate to show up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: Vec<String> = seen.lock().iter().map(|(id, _)| id.clone()).collect();
+    let distinct: std::collections::BTreeSet<&String> = got.iter().collect();
+    assert_eq!(got.len(), 20, "each notification once: {got:?}");
+    assert_eq!(distinct.len(), 20);
+    // They are the watcher's inbox, every campaign once.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/inbox?limit=100", inbox.base))
+        .bearer_auth(herald_core::token::mint(
+            SECRET.as_bytes(),
+            "watcher",
+            now,
+            now + chrono::Duration::hours(1),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let list: serde_json::Value = resp.json().await.unwrap();
+    let listed: std::collections::BTreeSet<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 20, "{list}");
+    assert_eq!(
+        listed,
+        distinct.iter().map(|s| s.as_str()).collect(),
+        "what came live is what the inbox holds"
+    );
+
+    // SIGTERM with the client connected: it is told 1001 "going away" and the node exits 0.
+    inbox.stop();
+    eventually("the client saw 1001", Duration::from_secs(10), || async {
+        closes.lock().contains(&1001)
+    })
+    .await;
+    drop(api);
 }

@@ -2,9 +2,10 @@
 //! state exists only for users who read or dismissed it.
 
 use super::open_pool;
+use super::SqliteFile;
 use crate::migrations::{migration, Migration};
 use crate::time::{micros, opt_from_micros};
-use crate::{corrupt, db_error, BackendUrl};
+use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::model::{Broadcast, BroadcastStatus, BroadcastUserState};
@@ -18,6 +19,12 @@ const MIGRATIONS: &[Migration] = &[migration!("sqlite", "broadcasts", "0001_init
 
 pub struct SqliteBroadcasts {
     pool: SqlitePool,
+}
+
+impl SqliteFile for SqliteBroadcasts {
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 impl SqliteBroadcasts {
@@ -57,7 +64,7 @@ impl BroadcastStore for SqliteBroadcasts {
         .bind(micros(b.created_at))
         .execute(&self.pool)
         .await
-        .map_err(|e| match db_error(e) {
+        .map_err(|e| match self.db_error(e) {
             err if err.kind == ErrorKind::Conflict => {
                 Error::conflict(format!("broadcast `{}` already exists", b.id))
             }
@@ -71,7 +78,7 @@ impl BroadcastStore for SqliteBroadcasts {
             .bind(id.as_bytes().to_vec())
             .fetch_optional(&self.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         row.as_ref().map(broadcast_from_row).transpose()
     }
 
@@ -82,7 +89,7 @@ impl BroadcastStore for SqliteBroadcasts {
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         rows.iter().map(broadcast_from_row).collect()
     }
 
@@ -109,7 +116,7 @@ impl BroadcastStore for SqliteBroadcasts {
             .build()
             .execute(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n > 0)
     }
@@ -122,7 +129,7 @@ impl BroadcastStore for SqliteBroadcasts {
         .bind(user_id)
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         rows.iter()
             .map(|row| {
                 let id: Vec<u8> = row.get("broadcast_id");
@@ -147,7 +154,7 @@ impl BroadcastStore for SqliteBroadcasts {
         .bind(micros(at))
         .execute(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -162,7 +169,7 @@ impl BroadcastStore for SqliteBroadcasts {
         .bind(micros(at))
         .execute(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 }

@@ -51,10 +51,11 @@
 //! about 25,000 small messages/s published, received and acked end to end in batches of 100,
 //! and about 2,500 messages/s of 40 KB (`sqlite_throughput` in `tests/bus.rs`).
 
+use super::SqliteFile;
 use super::{open_pool, MAX_PARAMS};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros};
-use crate::{corrupt, db_error, BackendUrl};
+use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::Utc;
 use herald_core::model::{Delivery, OutMessage};
@@ -95,6 +96,12 @@ pub struct SqliteBus {
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
+impl SqliteFile for SqliteBus {
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
 impl SqliteBus {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
         Ok(Self {
@@ -109,7 +116,7 @@ impl SqliteBus {
     /// gate while it waits for a connection (held, perhaps, by writers waiting for the gate),
     /// and the gated section is only the statement itself.
     async fn writer(&self) -> Result<(PoolConnection<Sqlite>, MutexGuard<'_, ()>)> {
-        let conn = self.pool.acquire().await.map_err(db_error)?;
+        let conn = self.pool.acquire().await.map_err(|e| self.db_error(e))?;
         let gate = self.write_gate.lock().await;
         Ok((conn, gate))
     }
@@ -158,7 +165,7 @@ impl SqliteBus {
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
         .fetch_all(&mut *conn)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         drop(gate);
 
         let mut out = Vec::with_capacity(rows.len());
@@ -192,7 +199,7 @@ impl SqliteBus {
         .bind(micros(Utc::now()))
         .fetch_optional(&self.pool)
         .await
-        .map_err(db_error)?
+        .map_err(|e| self.db_error(e))?
         .is_some())
     }
 
@@ -241,7 +248,10 @@ impl SqliteBus {
             }
             qb.push(")");
             let (mut conn, gate) = self.writer().await?;
-            qb.build().execute(&mut *conn).await.map_err(db_error)?;
+            qb.build()
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.db_error(e))?;
             drop(gate);
         }
         Ok(())
@@ -295,7 +305,7 @@ impl Bus for SqliteBus {
         .bind(group)
         .execute(&mut *conn)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -304,7 +314,10 @@ impl Bus for SqliteBus {
             return Ok(());
         }
         let (mut conn, gate) = self.writer().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.db_error(e))?;
         // Read under the write lock: no subscribe can commit between this read and our
         // inserts, whichever process makes it.
         let groups: Vec<String> =
@@ -312,10 +325,10 @@ impl Bus for SqliteBus {
                 .bind(topic)
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(db_error)?;
+                .map_err(|e| self.db_error(e))?;
         if groups.is_empty() {
             // Nobody subscribed: nothing to store (see the module doc).
-            tx.rollback().await.map_err(db_error)?;
+            tx.rollback().await.map_err(|e| self.db_error(e))?;
             return Ok(());
         }
         let now = micros(Utc::now());
@@ -335,10 +348,13 @@ impl Bus for SqliteBus {
                         .push_bind(m.key.as_deref())
                         .push_bind(m.payload.as_slice());
                 });
-                qb.build().execute(&mut *tx).await.map_err(db_error)?;
+                qb.build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_error(e))?;
             }
         }
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         drop(gate);
         self.wake(topic);
         Ok(())
@@ -422,7 +438,7 @@ impl Bus for SqliteBus {
                 .bind(group)
                 .fetch_one(&self.pool)
                 .await
-                .map_err(db_error)?;
+                .map_err(|e| self.db_error(e))?;
         Ok(n.max(0) as u64)
     }
 }

@@ -1,9 +1,10 @@
 //! The campaign store on SQLite: campaigns, counters, recorded batches, idempotency keys.
 
 use super::Db;
+use super::SqliteFile;
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
-use crate::{corrupt, db_error, BackendUrl};
+use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::model::*;
@@ -32,6 +33,7 @@ fn ttl_micros(ttl: std::time::Duration) -> i64 {
 /// Marks batch `batch_no` of campaign `id` recorded inside `tx`; `false` if it was already
 /// (a redelivered batch, whatever its outcome, is counted once).
 async fn first_record(
+    store: &SqliteCampaigns,
     tx: &mut sqlx::Transaction<'static, Sqlite>,
     id: &str,
     batch_no: u64,
@@ -44,7 +46,7 @@ async fn first_record(
     .bind(batch_no as i64)
     .execute(&mut **tx)
     .await
-    .map_err(db_error)?
+    .map_err(|e| store.db_error(e))?
     .rows_affected();
     Ok(n > 0)
 }
@@ -52,6 +54,7 @@ async fn first_record(
 /// Adds a batch's counters inside `tx`: `batches` to `batches_done`, the other counters of
 /// `d`, the channels' `queued`, and `failures` while the sample has room.
 async fn add_batch(
+    store: &SqliteCampaigns,
     tx: &mut sqlx::Transaction<'static, Sqlite>,
     id: &str,
     batches: i64,
@@ -75,14 +78,14 @@ async fn add_batch(
     .bind(id)
     .execute(&mut **tx)
     .await
-    .map_err(db_error)?;
+    .map_err(|e| store.db_error(e))?;
     if !failures.is_empty() {
         let kept: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM campaign_failures WHERE campaign_id = ?")
                 .bind(id)
                 .fetch_one(&mut **tx)
                 .await
-                .map_err(db_error)?;
+                .map_err(|e| store.db_error(e))?;
         let room = KEPT_FAILURES.saturating_sub(kept as usize);
         for (i, f) in failures.iter().take(room).enumerate() {
             sqlx::query(
@@ -96,7 +99,7 @@ async fn add_batch(
             .bind(&f.reason)
             .execute(&mut **tx)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| store.db_error(e))?;
         }
     }
     for (channel, n) in queued.iter().filter(|(_, n)| *n > 0) {
@@ -109,7 +112,7 @@ async fn add_batch(
             .bind(*n as i64)
             .execute(&mut **tx)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| store.db_error(e))?;
     }
     Ok(())
 }
@@ -136,6 +139,12 @@ fn add_counts<'q>(
 pub struct SqliteCampaigns {
     db: Db,
     pool: SqlitePool,
+}
+
+impl SqliteFile for SqliteCampaigns {
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 impl SqliteCampaigns {
@@ -221,7 +230,11 @@ impl SqliteCampaigns {
             sep.push_bind(&c.id);
         }
         qb.push(")");
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         for row in rows {
             let id: String = row.get("campaign_id");
             let channel: Channel = parse_enum("channel", row.get("channel"))?;
@@ -281,7 +294,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(c.progress.failed_batches as i64)
         .execute(&self.pool)
         .await
-        .map_err(|e| match db_error(e) {
+        .map_err(|e| match self.db_error(e) {
             err if err.kind == herald_core::ErrorKind::Conflict => {
                 Error::conflict(format!("campaign `{}` already exists", c.id))
             }
@@ -295,7 +308,7 @@ impl CampaignStore for SqliteCampaigns {
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         match row {
             None => Ok(None),
             Some(row) => Ok(self
@@ -321,7 +334,11 @@ impl CampaignStore for SqliteCampaigns {
         }
         qb.push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit));
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         let campaigns = rows
             .iter()
             .map(campaign_from_row)
@@ -366,7 +383,7 @@ impl CampaignStore for SqliteCampaigns {
             .build()
             .execute(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n > 0)
     }
@@ -379,7 +396,7 @@ impl CampaignStore for SqliteCampaigns {
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -407,7 +424,7 @@ impl CampaignStore for SqliteCampaigns {
             .build()
             .execute(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n > 0)
     }
@@ -421,7 +438,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(rows.iter().map(|r| r.get("id")).collect())
     }
 
@@ -444,7 +461,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(micros(now))
         .fetch_optional(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(row.map(|r| CampaignLease {
             campaign_id: id.to_owned(),
             owner: owner.to_owned(),
@@ -470,7 +487,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(&lease.owner)
         .execute(&self.pool)
         .await
-        .map_err(db_error)?
+        .map_err(|e| self.db_error(e))?
         .rows_affected();
         Ok(n > 0)
     }
@@ -487,7 +504,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(&lease.owner)
         .execute(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -500,17 +517,17 @@ impl CampaignStore for SqliteCampaigns {
         failures: &[RecipientFailure],
     ) -> Result<bool> {
         let (_gate, mut tx) = self.db.begin().await?;
-        if !first_record(&mut tx, id, batch_no).await? {
+        if !first_record(self, &mut tx, id, batch_no).await? {
             return Ok(false);
         }
-        add_batch(&mut tx, id, 1, d, queued, failures).await?;
-        tx.commit().await.map_err(db_error)?;
+        add_batch(self, &mut tx, id, 1, d, queued, failures).await?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(true)
     }
 
     async fn record_failed_batch(&self, b: &FailedBatch) -> Result<bool> {
         let (_gate, mut tx) = self.db.begin().await?;
-        if !first_record(&mut tx, &b.campaign_id, b.batch_no).await? {
+        if !first_record(self, &mut tx, &b.campaign_id, b.batch_no).await? {
             return Ok(false);
         }
         let delta = Progress {
@@ -522,7 +539,7 @@ impl CampaignStore for SqliteCampaigns {
             user_id: None,
             reason: b.reason.clone(),
         };
-        add_batch(&mut tx, &b.campaign_id, 1, &delta, &[], &[failure]).await?;
+        add_batch(self, &mut tx, &b.campaign_id, 1, &delta, &[], &[failure]).await?;
         let users = serde_json::to_string(&b.user_ids).map_err(|e| corrupt("failed batch", e))?;
         sqlx::query(
             "INSERT INTO campaign_failed_batches \
@@ -535,8 +552,8 @@ impl CampaignStore for SqliteCampaigns {
         .bind(micros(b.failed_at))
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(true)
     }
 
@@ -548,7 +565,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(id)
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         rows.iter()
             .map(|r| {
                 let users: String = r.get("user_ids");
@@ -579,7 +596,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(batch_no as i64)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         let outcome = match exists {
             None => None,
             Some(Some(_)) => Some(false),
@@ -593,11 +610,11 @@ impl CampaignStore for SqliteCampaigns {
                 .bind(batch_no as i64)
                 .execute(&mut *tx)
                 .await
-                .map_err(db_error)?;
+                .map_err(|e| self.db_error(e))?;
                 Some(true)
             }
         };
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(outcome)
     }
 
@@ -611,7 +628,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(batch_no as i64)
         .execute(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -632,19 +649,19 @@ impl CampaignStore for SqliteCampaigns {
         .bind(batch_no as i64)
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?
+        .map_err(|e| self.db_error(e))?
         .rows_affected()
             > 0;
         if !fresh {
             return Ok(false);
         }
-        add_batch(&mut tx, id, 0, d, queued, failures).await?;
+        add_batch(self, &mut tx, id, 0, d, queued, failures).await?;
         sqlx::query("UPDATE campaigns SET failed_batches = failed_batches - 1 WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
             .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(true)
     }
 
@@ -656,7 +673,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(id)
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(rows
             .iter()
             .map(|r| RecipientFailure {
@@ -683,7 +700,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(key)
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?
+        .map_err(|e| self.db_error(e))?
         .rows_affected()
             > 0;
         if !fresh {
@@ -692,8 +709,8 @@ impl CampaignStore for SqliteCampaigns {
         add_counts(id, channel, d)
             .execute(&mut *tx)
             .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(true)
     }
 
@@ -702,7 +719,7 @@ impl CampaignStore for SqliteCampaigns {
         add_counts(id, channel, d)
             .execute(&self.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -715,7 +732,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         rows.iter().map(campaign_from_row).collect()
     }
 
@@ -733,7 +750,7 @@ impl CampaignStore for SqliteCampaigns {
             .bind(micros(Utc::now()))
             .execute(&mut *tx)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         let claimed = sqlx::query(
             "INSERT INTO idempotency_keys (key, request_hash, resource_id, expires_at) \
              VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -744,7 +761,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(micros(expires_at))
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?
+        .map_err(|e| self.db_error(e))?
         .rows_affected()
             > 0;
         let outcome = if claimed {
@@ -757,7 +774,7 @@ impl CampaignStore for SqliteCampaigns {
             .bind(key)
             .fetch_one(&mut *tx)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
             let status: Option<i64> = row.get("status");
             let body: Option<Vec<u8>> = row.get("body");
             IdempotencyClaim::Existing(IdempotencyRecord {
@@ -768,7 +785,7 @@ impl CampaignStore for SqliteCampaigns {
                 expires_at: from_micros(row.get("expires_at")),
             })
         };
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(outcome)
     }
 
@@ -780,7 +797,7 @@ impl CampaignStore for SqliteCampaigns {
             .bind(key)
             .execute(&self.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -793,7 +810,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(resource_id)
         .execute(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -802,7 +819,7 @@ impl CampaignStore for SqliteCampaigns {
             .bind(micros(now))
             .execute(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n)
     }
@@ -820,7 +837,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(micros(rule.updated_at))
         .execute(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -829,7 +846,7 @@ impl CampaignStore for SqliteCampaigns {
             .bind(event_type)
             .fetch_optional(&self.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         row.as_ref().map(rule_from_row).transpose()
     }
 
@@ -841,7 +858,7 @@ impl CampaignStore for SqliteCampaigns {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         rows.iter().map(rule_from_row).collect()
     }
 
@@ -850,7 +867,7 @@ impl CampaignStore for SqliteCampaigns {
             .bind(event_type)
             .execute(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n > 0)
     }

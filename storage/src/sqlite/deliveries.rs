@@ -2,21 +2,28 @@
 //! a time-ordered id) and processed-message marks.
 
 use super::Db;
+use super::SqliteFile;
 use crate::migrations::{migration, Migration};
 use crate::time::micros;
-use crate::{corrupt, db_error, BackendUrl};
+use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::delivery::{DeadLetter, Webhook};
 use herald_core::model::Channel;
 use herald_core::ports::DeliveryStore;
 use herald_core::Result;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 const MIGRATIONS: &[Migration] = &[migration!("sqlite", "deliveries", "0001_init")];
 
 pub struct SqliteDeliveries {
     db: Db,
+}
+
+impl SqliteFile for SqliteDeliveries {
+    fn pool(&self) -> &SqlitePool {
+        &self.db.pool
+    }
 }
 
 impl SqliteDeliveries {
@@ -51,7 +58,7 @@ impl DeliveryStore for SqliteDeliveries {
             .bind(&w.id)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         let mut w = w.clone();
         if let Some((spec,)) = existing {
             w.created_at = webhook_from(&spec)?.created_at;
@@ -67,8 +74,8 @@ impl DeliveryStore for SqliteDeliveries {
         .bind(micros(w.updated_at))
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -77,7 +84,7 @@ impl DeliveryStore for SqliteDeliveries {
             .bind(id)
             .fetch_optional(&self.db.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         row.map(|(spec,)| webhook_from(&spec)).transpose()
     }
 
@@ -88,7 +95,7 @@ impl DeliveryStore for SqliteDeliveries {
                 .bind(i64::from(limit))
                 .fetch_all(&self.db.pool)
                 .await
-                .map_err(db_error)?;
+                .map_err(|e| self.db_error(e))?;
         rows.iter().map(|(spec,)| webhook_from(spec)).collect()
     }
 
@@ -98,7 +105,7 @@ impl DeliveryStore for SqliteDeliveries {
             .bind(id)
             .execute(&self.db.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n > 0)
     }
@@ -108,7 +115,7 @@ impl DeliveryStore for SqliteDeliveries {
             .bind(key)
             .fetch_optional(&self.db.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         Ok(row.is_some())
     }
 
@@ -121,7 +128,7 @@ impl DeliveryStore for SqliteDeliveries {
         .bind(micros(at))
         .execute(&self.db.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -131,7 +138,7 @@ impl DeliveryStore for SqliteDeliveries {
             .bind(micros(before))
             .execute(&self.db.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n)
     }
@@ -149,7 +156,7 @@ impl DeliveryStore for SqliteDeliveries {
         .bind(letter.replayed_at.map(micros))
         .execute(&self.db.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -158,7 +165,7 @@ impl DeliveryStore for SqliteDeliveries {
             .bind(id)
             .fetch_optional(&self.db.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         row.map(|r| letter_from(r.get("spec"), r.get("replayed_at")))
             .transpose()
     }
@@ -183,7 +190,7 @@ impl DeliveryStore for SqliteDeliveries {
             .build()
             .fetch_all(&self.db.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         rows.iter()
             .map(|r| letter_from(r.get("spec"), r.get("replayed_at")))
             .collect()
@@ -198,7 +205,7 @@ impl DeliveryStore for SqliteDeliveries {
         .bind(id)
         .execute(&self.db.pool)
         .await
-        .map_err(db_error)?
+        .map_err(|e| self.db_error(e))?
         .rows_affected();
         Ok(n > 0)
     }
@@ -209,7 +216,7 @@ impl DeliveryStore for SqliteDeliveries {
             .bind(id)
             .execute(&self.db.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! The directory on SQLite: users, preferences, devices, segments and templates.
 
+use super::SqliteFile;
 use super::{open_pool, MAX_PARAMS};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros};
-use crate::{corrupt, db_error, BackendUrl};
+use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::filter::{Filter, SqlDialect, SqlParam};
@@ -23,6 +24,12 @@ const IN_CHUNK: usize = 900;
 
 pub struct SqliteDirectory {
     pool: SqlitePool,
+}
+
+impl SqliteFile for SqliteDirectory {
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 impl SqliteDirectory {
@@ -149,7 +156,7 @@ async fn fetch_in<T>(
         .bind(list)
         .fetch_all(pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| super::file_error(pool, e))?;
     rows.iter().map(map).collect()
 }
 
@@ -178,7 +185,7 @@ impl Directory for SqliteDirectory {
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         for chunk in users.chunks(USER_CHUNK) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO users (id, email, phone, attributes, created_at, updated_at) ",
@@ -195,9 +202,12 @@ impl Directory for SqliteDirectory {
                 " ON CONFLICT (id) DO UPDATE SET email = excluded.email, phone = excluded.phone, \
                  attributes = excluded.attributes, updated_at = excluded.updated_at",
             );
-            qb.build().execute(&mut *tx).await.map_err(db_error)?;
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
         }
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(users.len() as u64)
     }
 
@@ -206,7 +216,7 @@ impl Directory for SqliteDirectory {
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         row.as_ref().map(user_from_row).transpose()
     }
 
@@ -225,7 +235,7 @@ impl Directory for SqliteDirectory {
         .bind(list)
         .fetch_one(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         let rows: Vec<UserOut> = serde_json::from_str(json.as_deref().unwrap_or("[]"))
             .map_err(|e| corrupt("users", e))?;
         Ok(rows.into_iter().map(UserOut::into_user).collect())
@@ -236,12 +246,12 @@ impl Directory for SqliteDirectory {
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         let deleted = sqlx::query("DELETE FROM users WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         for sql in [
             "DELETE FROM preferences WHERE user_id = ?",
@@ -251,9 +261,9 @@ impl Directory for SqliteDirectory {
                 .bind(id)
                 .execute(&mut *tx)
                 .await
-                .map_err(db_error)?;
+                .map_err(|e| self.db_error(e))?;
         }
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(deleted > 0)
     }
 
@@ -269,7 +279,11 @@ impl Directory for SqliteDirectory {
         qb.push_bind(after.unwrap_or("").to_owned());
         push_filter(&mut qb, filter, now);
         qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         rows.iter().map(user_from_row).collect()
     }
 
@@ -284,14 +298,22 @@ impl Directory for SqliteDirectory {
         qb.push_bind(after.unwrap_or("").to_owned());
         push_filter(&mut qb, filter, now);
         qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         Ok(rows.iter().map(|r| r.get("id")).collect())
     }
 
     async fn count_users(&self, filter: &Filter, now: DateTime<Utc>) -> Result<u64> {
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) AS n FROM users WHERE 1 = 1");
         push_filter(&mut qb, filter, now);
-        let row = qb.build().fetch_one(&self.pool).await.map_err(db_error)?;
+        let row = qb
+            .build()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         Ok(row.get::<i64, _>("n") as u64)
     }
 
@@ -306,7 +328,7 @@ impl Directory for SqliteDirectory {
         .bind(micros(segment.updated_at))
         .execute(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -316,7 +338,7 @@ impl Directory for SqliteDirectory {
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(db_error)?;
+                .map_err(|e| self.db_error(e))?;
         row.as_ref().map(segment_from_row).transpose()
     }
 
@@ -329,7 +351,7 @@ impl Directory for SqliteDirectory {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         rows.iter().map(segment_from_row).collect()
     }
 
@@ -338,7 +360,7 @@ impl Directory for SqliteDirectory {
             .bind(name)
             .execute(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n > 0)
     }
@@ -349,8 +371,11 @@ impl Directory for SqliteDirectory {
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(db_error)?;
-        if !user_exists(&mut tx, user_id).await.map_err(db_error)? {
+            .map_err(|e| self.db_error(e))?;
+        if !user_exists(&mut tx, user_id)
+            .await
+            .map_err(|e| self.db_error(e))?
+        {
             return Ok(false);
         }
         sqlx::query(
@@ -361,8 +386,8 @@ impl Directory for SqliteDirectory {
         .bind(json)
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(true)
     }
 
@@ -388,10 +413,10 @@ impl Directory for SqliteDirectory {
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         if !user_exists(&mut tx, &device.user_id)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
         {
             return Ok(false);
         }
@@ -410,8 +435,8 @@ impl Directory for SqliteDirectory {
         .bind(micros(device.last_used_at))
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(true)
     }
 
@@ -421,7 +446,7 @@ impl Directory for SqliteDirectory {
             .bind(token)
             .execute(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n > 0)
     }
@@ -450,7 +475,7 @@ impl Directory for SqliteDirectory {
                 .build()
                 .execute(&self.pool)
                 .await
-                .map_err(db_error)?
+                .map_err(|e| self.db_error(e))?
                 .rows_affected();
         }
         Ok(total)
@@ -465,7 +490,10 @@ impl Directory for SqliteDirectory {
                 sep.push_bind(t);
             }
             qb.push(")");
-            qb.build().execute(&self.pool).await.map_err(db_error)?;
+            qb.build()
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?;
         }
         Ok(())
     }
@@ -475,7 +503,7 @@ impl Directory for SqliteDirectory {
             .bind(micros(before))
             .execute(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n)
     }
@@ -493,7 +521,7 @@ impl Directory for SqliteDirectory {
         .bind(micros(template.updated_at))
         .execute(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -503,7 +531,7 @@ impl Directory for SqliteDirectory {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(db_error)?;
+                .map_err(|e| self.db_error(e))?;
         row.as_ref().map(template_from_row).transpose()
     }
 
@@ -516,7 +544,7 @@ impl Directory for SqliteDirectory {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         rows.iter().map(template_from_row).collect()
     }
 
@@ -525,7 +553,7 @@ impl Directory for SqliteDirectory {
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n > 0)
     }

@@ -1,10 +1,11 @@
 //! The inbox store on SQLite: one row per personal notification, clustered by
 //! `(user_id, created_at, id)` so a page of an inbox is one index range read.
 
+use super::SqliteFile;
 use super::{Db, MAX_PARAMS};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
-use crate::{corrupt, db_error, BackendUrl};
+use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::model::{InboxKey, Notification};
@@ -101,6 +102,12 @@ pub struct SqliteInbox {
     pool: SqlitePool,
 }
 
+impl SqliteFile for SqliteInbox {
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
 impl SqliteInbox {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
         let db = Db::open(url, 8, MIGRATIONS).await?;
@@ -158,9 +165,12 @@ impl InboxStore for SqliteInbox {
             });
             // A replayed batch must not reset what the user did with the rows since.
             qb.push(" ON CONFLICT DO NOTHING");
-            qb.build().execute(&mut *tx).await.map_err(db_error)?;
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
         }
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -177,7 +187,7 @@ impl InboxStore for SqliteInbox {
             .build_query_as()
             .fetch_one(&self.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         parse_page(json)
     }
 
@@ -198,7 +208,7 @@ impl InboxStore for SqliteInbox {
             .build_query_as()
             .fetch_one(&self.pool)
             .await
-            .map_err(db_error)?;
+            .map_err(|e| self.db_error(e))?;
         Ok((parse_page(json)?, unread as u64))
     }
 
@@ -213,7 +223,7 @@ impl InboxStore for SqliteInbox {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         rows.iter().map(row_to_notification).collect()
     }
 
@@ -226,7 +236,7 @@ impl InboxStore for SqliteInbox {
         .bind(id.as_bytes().to_vec())
         .fetch_optional(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         row.as_ref().map(row_to_notification).transpose()
     }
 
@@ -241,7 +251,7 @@ impl InboxStore for SqliteInbox {
         .bind(id.as_bytes().to_vec())
         .execute(&self.pool)
         .await
-        .map_err(db_error)?
+        .map_err(|e| self.db_error(e))?
         .rows_affected();
         Ok(n > 0)
     }
@@ -256,7 +266,7 @@ impl InboxStore for SqliteInbox {
         .bind(user_id)
         .execute(&self.pool)
         .await
-        .map_err(db_error)?
+        .map_err(|e| self.db_error(e))?
         .rows_affected();
         Ok(n)
     }
@@ -272,7 +282,7 @@ impl InboxStore for SqliteInbox {
         .bind(id.as_bytes().to_vec())
         .execute(&self.pool)
         .await
-        .map_err(db_error)?
+        .map_err(|e| self.db_error(e))?
         .rows_affected();
         Ok(n > 0)
     }
@@ -285,7 +295,7 @@ impl InboxStore for SqliteInbox {
         .bind(user_id)
         .fetch_one(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| self.db_error(e))?;
         Ok(n as u64)
     }
 
@@ -301,7 +311,7 @@ impl InboxStore for SqliteInbox {
             .bind(PURGE_CHUNK)
             .execute(&self.pool)
             .await
-            .map_err(db_error)?
+            .map_err(|e| self.db_error(e))?
             .rows_affected();
             total += n;
             if n < PURGE_CHUNK as u64 {

@@ -67,9 +67,53 @@ impl Db {
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(db_error)?;
+            .map_err(|e| file_error(&self.pool, e))?;
         Ok((gate, tx))
     }
+}
+
+/// A store kept in one SQLite file: its driver errors name that file where the file itself is
+/// at fault (see [`file_error`]).
+pub(crate) trait SqliteFile {
+    fn pool(&self) -> &SqlitePool;
+
+    fn db_error(&self, e: sqlx::Error) -> Error {
+        file_error(self.pool(), e)
+    }
+}
+
+impl SqliteFile for Db {
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// A driver error as Herald's. When the file itself is at fault (corrupt, not a database, an
+/// I/O error, read-only, on a full disk, not openable) the message names the file (its name
+/// only: clients see it; the log has the full path), so an operator knows which of the
+/// stores to look at; other errors map as [`db_error`] does.
+pub(crate) fn file_error(pool: &SqlitePool, e: sqlx::Error) -> Error {
+    let code = match &e {
+        sqlx::Error::Database(d) => d.code().and_then(|c| c.parse::<i32>().ok()),
+        _ => None,
+    };
+    // Primary result codes (the low byte of the extended code SQLite reports).
+    let what = match code.map(|c| c & 0xff) {
+        Some(11) | Some(26) => "is corrupt: restore it from a backup",
+        Some(10) => "failed a disk operation",
+        Some(8) => "is read-only",
+        Some(13) => "is on a full disk",
+        Some(14) => "cannot be opened",
+        _ => return db_error(e),
+    };
+    let options = pool.connect_options();
+    let path = options.get_filename();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    tracing::error!(file = %path.display(), error = %e, "SQLite database {what}");
+    Error::unavailable(format!("SQLite database {name} {what} ({e})"), e)
 }
 
 pub(crate) async fn open_pool(
@@ -91,12 +135,34 @@ pub(crate) async fn open_pool(
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(30))
+        .before_acquire(|conn, _meta| Box::pin(writable(conn)))
         .after_release(|conn, _meta| Box::pin(crate::release_outside_transaction(conn)))
         .connect_with(opts)
         .await
         .map_err(|e| Error::unavailable(format!("cannot open SQLite database {url}"), e))?;
     migrate(&pool, migrations).await?;
     Ok(pool)
+}
+
+/// The pools' `before_acquire` check: a connection that SQLite opened read-only is closed.
+/// SQLite opens a file read-only when it cannot open it for writing (made read-only or
+/// immutable for a while), and such a connection stays read-only for its whole life, so
+/// without this a fault that has passed would keep failing writes ("attempt to write a
+/// readonly database") on every connection opened while it held. The check reads a flag of
+/// the connection; it does no I/O.
+async fn writable(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is a live connection, locked for the duration of the call, and the
+    // schema name is a NUL-terminated string.
+    let read_only = unsafe {
+        libsqlite3_sys::sqlite3_db_readonly(handle.as_raw_handle().as_ptr(), c"main".as_ptr())
+    };
+    if read_only == 1 {
+        tracing::warn!("a pooled SQLite connection was opened read-only; closing it");
+        metrics::counter!("herald_storage_read_only_connections_closed_total").increment(1);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// How long the readiness probe waits for SQLite's write lock.
@@ -136,15 +202,18 @@ async fn migrate(pool: &SqlitePool, migrations: &[Migration]) -> Result<()> {
     )
     .execute(pool)
     .await
-    .map_err(db_error)?;
+    .map_err(|e| file_error(pool, e))?;
     for m in migrations {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| file_error(pool, e))?;
         let done: Option<(String,)> =
             sqlx::query_as("SELECT version FROM herald_migrations WHERE version = ?")
                 .bind(m.version)
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(db_error)?;
+                .map_err(|e| file_error(pool, e))?;
         if done.is_some() {
             continue;
         }
@@ -161,8 +230,8 @@ async fn migrate(pool: &SqlitePool, migrations: &[Migration]) -> Result<()> {
             .bind(chrono::Utc::now().timestamp_micros())
             .execute(&mut *tx)
             .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+            .map_err(|e| file_error(pool, e))?;
+        tx.commit().await.map_err(|e| file_error(pool, e))?;
         tracing::info!(version = m.version, "applied SQLite migration");
     }
     Ok(())
