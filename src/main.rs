@@ -167,6 +167,8 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         ("inbox", &config.backends.inbox),
         ("broadcasts", &config.backends.broadcasts),
         ("bus", &config.backends.bus),
+        ("deliveries", &config.backends.deliveries),
+        ("delays", &config.backends.delays),
     ] {
         let shown = match url {
             Some(u) => herald_storage::BackendUrl::parse(u.expose())?.redacted(),

@@ -221,6 +221,7 @@ pub async fn replay_failed_batch(
         batch_no,
         user_ids: batch.user_ids.clone(),
         replay: true,
+        failed_attempts: 0,
     };
     let payload = serde_json::to_vec(&message)
         .map_err(|e| Error::internal("batch encoding").with_source(e))?;

@@ -109,6 +109,8 @@ pub struct Backends {
     pub live: Option<Secret>,
     /// Webhook subscriptions, dead letters and processed-message marks of the push gateway.
     pub deliveries: Option<Secret>,
+    /// Messages kept until they are due (retry backoff, quiet hours), then published.
+    pub delays: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,9 +251,6 @@ pub struct PushConfig {
     pub cleanup_interval_secs: u64,
     /// Channel messages each channel consumer works on at once.
     pub consumers_per_channel: usize,
-    /// A message held back (quiet hours, retry backoff) is looked at again at least this
-    /// often, so a clock step or a shortened hold is honoured within this time.
-    pub deferral_recheck_ms: u64,
     pub fcm: FcmConfig,
     pub apns: ApnsConfig,
     pub email: EmailConfig,
@@ -268,7 +267,6 @@ impl Default for PushConfig {
             token_ttl_days: 90,
             cleanup_interval_secs: 3600,
             consumers_per_channel: 4,
-            deferral_recheck_ms: 60_000,
             fcm: FcmConfig::default(),
             apns: ApnsConfig::default(),
             email: EmailConfig::default(),

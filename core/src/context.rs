@@ -17,6 +17,7 @@ pub struct Ports {
     pub bus: Arc<dyn Bus>,
     pub live: Arc<dyn LiveHub>,
     pub deliveries: Arc<dyn DeliveryStore>,
+    pub delays: Arc<dyn DelayStore>,
 }
 
 impl Ports {
@@ -28,7 +29,33 @@ impl Ports {
         self.broadcasts.ping().await?;
         self.bus.ping().await?;
         self.deliveries.ping().await?;
+        self.delays.ping().await?;
         Ok(())
+    }
+
+    /// Publishes `message` on `topic` now, or keeps it in the delay store until `due` when
+    /// that is later than `now` (under the stable `delay_id`, see [`DelayedMessage::id`]).
+    pub async fn publish_at(
+        &self,
+        topic: &str,
+        message: crate::model::OutMessage,
+        due: Option<chrono::DateTime<chrono::Utc>>,
+        now: chrono::DateTime<chrono::Utc>,
+        delay_id: impl FnOnce() -> String,
+    ) -> crate::Result<()> {
+        match due {
+            Some(due) if due > now => {
+                self.delays
+                    .schedule(&[DelayedMessage {
+                        id: delay_id(),
+                        topic: topic.to_owned(),
+                        message,
+                        due,
+                    }])
+                    .await
+            }
+            _ => self.bus.publish(topic, &[message]).await,
+        }
     }
 }
 

@@ -10,7 +10,10 @@
 //!   lease runs out without an ack;
 //! - a campaign is owned by one dispatcher at a time through a lease in the campaign store
 //!   (heartbeat, expiry, fencing token), never through a bus lease: the bus carries only short
-//!   messages.
+//!   messages;
+//! - delays (a retry's backoff, a send deferred to the end of quiet hours, a fan-out batch
+//!   retried later) are kept in the [`DelayStore`], from which due messages are published: the
+//!   bus holds no timers (Kafka has none), and a delay survives the loss of a consumer.
 
 use crate::delivery::{DeadLetter, Webhook};
 use crate::filter::Filter;
@@ -321,6 +324,54 @@ pub trait PreferenceCache: Send + Sync + 'static {
     async fn get_many(&self, user_ids: &[String]) -> Result<Vec<Option<Preferences>>>;
     async fn put_many(&self, entries: &[(String, Preferences)]) -> Result<()>;
     async fn invalidate(&self, user_id: &str) -> Result<()>;
+}
+
+/// A message to publish on `topic` once `due` has come (see [`DelayStore`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DelayedMessage {
+    /// Stable for the same scheduling (a delivery key and its attempt): scheduling the same id
+    /// again replaces the message instead of adding a second one.
+    pub id: String,
+    pub topic: String,
+    pub message: OutMessage,
+    pub due: DateTime<Utc>,
+}
+
+/// Messages claimed from a [`DelayStore`]; `token` fences their removal.
+#[derive(Debug, Clone, Default)]
+pub struct DelayClaim {
+    pub token: String,
+    pub messages: Vec<DelayedMessage>,
+}
+
+/// Durable delays: messages kept until they are due, then published on the bus by a publisher
+/// loop ([`DelayStore::claim_due`], publish, [`DelayStore::remove`]). A SQLite or MySQL
+/// table indexed by due time, or a Redis sorted set scored by it.
+///
+/// At least once, never lost: a claim moves the claimed messages' due time to the end of the
+/// claim's lease, so a publisher that dies between claiming and removing leaves them to the
+/// next one, which publishes them again (consumers skip what they processed already, by
+/// delivery key). Removal is fenced by the claim's token: a message scheduled again under the
+/// same id after it was claimed (its consumer deferred it once more) is kept.
+#[async_trait]
+pub trait DelayStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+    /// Keeps messages until they are due; an id already kept is replaced (and unclaimed).
+    async fn schedule(&self, messages: &[DelayedMessage]) -> Result<()>;
+    /// Claims up to `limit` messages due at `now`, the earliest first, for `lease`. Each is
+    /// returned with the due time it was scheduled for.
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<DelayClaim>;
+    /// Forgets the published messages of a claim (those not scheduled again since).
+    async fn remove(&self, token: &str, ids: &[String]) -> Result<()>;
+    /// The earliest due time kept, claimed or not (the publisher sleeps until then).
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
+    /// How many messages are kept (a gauge for operators).
+    async fn pending(&self) -> Result<u64>;
 }
 
 /// Durable queues: fan-out batches, channel queues, delivery results, dead letters.

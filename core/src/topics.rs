@@ -86,6 +86,10 @@ pub struct FanoutBatch {
     /// replay`): its counters are added as a replay, once, instead of as a new batch.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replay: bool,
+    /// Attempts of this batch that failed before this message (a failed attempt is retried
+    /// through the delay store as a new message carrying the count).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_attempts: u32,
 }
 
 /// Body of a channel queue message: one campaign batch's deliveries on one channel.

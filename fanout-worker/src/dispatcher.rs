@@ -354,6 +354,7 @@ async fn cut_batches(
                 batch_no: cp.next_batch,
                 user_ids: ids,
                 replay: false,
+                failed_attempts: 0,
             };
             let payload = serde_json::to_vec(&batch)
                 .map_err(|e| Error::internal("batch encoding").with_source(e))?;

@@ -45,6 +45,11 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
     for _ in 0..2 {
         tasks.push(registry.spawn(dispatcher::Dispatcher::new(ctx.clone()), shutdown.clone()));
     }
+    // Batches retried after a backoff wait in the delay store; this publishes them when due.
+    tasks.push(registry.spawn(
+        herald_usecases::delays::DelayPublisher::new(ctx.clone()),
+        shutdown.clone(),
+    ));
     let cache = worker::CampaignCache::default();
     for _ in 0..workers.max(1) {
         tasks.push(registry.spawn(

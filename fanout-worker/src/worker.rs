@@ -115,7 +115,10 @@ impl Worker for BatchWorker {
                     .await?;
                 continue;
             };
-            let outcome = if d.attempt > max {
+            // Attempts so far: the failed ones before this message, and this message's
+            // deliveries (more than one when an attempt ended without an answer).
+            let attempt = batch.failed_attempts + d.attempt;
+            let outcome = if attempt > max {
                 // Its earlier attempts ended without an answer (a panic, a crash): give it up
                 // rather than let it take a worker down again and again.
                 let reason = format!("{max} attempts ended without finishing (a crash or a panic)");
@@ -130,16 +133,17 @@ impl Worker for BatchWorker {
                 }
                 Err(e) => {
                     metrics::counter!("herald_fanout_batch_failures_total").increment(1);
-                    if d.attempt >= max {
+                    if attempt >= max {
                         // Out of attempts: counted as failed so the campaign still ends.
                         give_up_batch(ctx, &batch, &e.to_string()).await?;
-                        bus.ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)
-                            .await?;
                     } else {
-                        let backoff = Duration::from_millis(500 * u64::from(d.attempt.min(20)));
-                        bus.nack(topics::BATCHES, topics::BATCH_WORKERS, &receipt, backoff)
-                            .await?;
+                        // Retried after a backoff, through the delay store (the bus keeps no
+                        // timers): the same batch, carrying the count of failed attempts.
+                        let backoff = Duration::from_millis(500 * u64::from(attempt.min(20)));
+                        retry_later(ctx, &batch, attempt, backoff).await?;
                     }
+                    bus.ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)
+                        .await?;
                     // The runner counts it: a worker whose batches keep failing is reported.
                     return Err(e);
                 }
@@ -147,6 +151,44 @@ impl Worker for BatchWorker {
         }
         Ok(WorkerState::Busy)
     }
+}
+
+/// Schedules `batch` again after `backoff`, as attempt `failed + 1`. The delay id is the
+/// batch and its attempt: a redelivered failure schedules the same retry, not a second one.
+async fn retry_later(
+    ctx: &Context,
+    batch: &FanoutBatch,
+    failed: u32,
+    backoff: Duration,
+) -> Result<()> {
+    let next = FanoutBatch {
+        failed_attempts: failed,
+        ..batch.clone()
+    };
+    let payload =
+        serde_json::to_vec(&next).map_err(|e| Error::internal("batch encoding").with_source(e))?;
+    let now = ctx.clock.now();
+    let due = now + chrono::Duration::from_std(backoff).unwrap_or_default();
+    let replay = if batch.replay { "/replay" } else { "" };
+    ctx.ports
+        .publish_at(
+            topics::BATCHES,
+            OutMessage {
+                key: Some(batch.campaign_id.clone()),
+                payload,
+            },
+            Some(due),
+            now,
+            || {
+                format!(
+                    "{}/{}/{}/{failed}{replay}",
+                    topics::BATCHES,
+                    batch.campaign_id,
+                    batch.batch_no
+                )
+            },
+        )
+        .await
 }
 
 /// Processes one batch outside the worker loop (tests, tools).
@@ -348,14 +390,18 @@ async fn deliver(
         };
         let payload = serde_json::to_vec(&msg)
             .map_err(|e| Error::internal("channel message").with_source(e))?;
+        // Recipients in quiet hours: the message waits in the delay store until they end.
+        let topic = topics::channel_topic(channel);
         ctx.ports
-            .bus
-            .publish(
-                topics::channel_topic(channel),
-                &[OutMessage {
+            .publish_at(
+                topic,
+                OutMessage {
                     key: Some(campaign.id.clone()),
                     payload,
-                }],
+                },
+                deliver_after,
+                now,
+                || format!("{topic}/{}", msg.delivery_key()),
             )
             .await?;
     }

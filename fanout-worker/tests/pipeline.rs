@@ -230,16 +230,47 @@ async fn take_channel(ctx: &Context, channel: Channel) -> Vec<ChannelMessage> {
             .await
             .expect("receive channel messages");
         if got.is_empty() {
-            return out;
+            break;
         }
         let receipts: Vec<String> = got.iter().map(|d| d.receipt.clone()).collect();
         for d in got {
-            out.push(serde_json::from_slice(&d.payload).expect("channel message payload"));
+            let m: ChannelMessage =
+                serde_json::from_slice(&d.payload).expect("channel message payload");
+            assert!(
+                m.deliver_after.is_none_or(|a| a <= ctx.clock.now()),
+                "a deferred message went to the bus before it was due: {m:?}"
+            );
+            out.push(m);
         }
         bus.ack(topic, topics::GATEWAY, &receipts)
             .await
             .expect("ack channel messages");
     }
+    // Messages deferred to the end of quiet hours wait in the delay store, due then.
+    let far = ctx.clock.now() + chrono::Duration::days(3650);
+    let claim = ctx
+        .ports
+        .delays
+        .claim_due(far, 100_000, std::time::Duration::from_secs(60))
+        .await
+        .expect("claim delayed messages");
+    let (mine, others): (Vec<_>, Vec<_>) =
+        claim.messages.into_iter().partition(|m| m.topic == topic);
+    for m in &mine {
+        let msg: ChannelMessage =
+            serde_json::from_slice(&m.message.payload).expect("channel message payload");
+        assert_eq!(
+            msg.deliver_after,
+            Some(m.due),
+            "kept until its deliver_after"
+        );
+        out.push(msg);
+    }
+    let ids: Vec<String> = mine.iter().map(|m| m.id.clone()).collect();
+    ctx.ports.delays.remove(&claim.token, &ids).await.unwrap();
+    // Other topics' messages are put back as they were.
+    ctx.ports.delays.schedule(&others).await.unwrap();
+    out
 }
 
 /// The items of `messages` by user, each with its message's `deliver_after`; a user must

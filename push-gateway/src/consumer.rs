@@ -2,8 +2,9 @@
 //! (`channel.push`, `channel.email`, `channel.sms`, `channel.webhook`), in the `push-gateway`
 //! consumer group.
 //!
-//! For each channel message: wait out `deliver_after` (quiet hours, retry backoff) by giving it
-//! back to the bus with that delay; skip it if its delivery key was processed already (a
+//! For each channel message: one that arrives well before its `deliver_after` (quiet hours,
+//! retry backoff) goes back to the delay store (messages normally wait there before they are
+//! published, so this is for clocks that disagree); skip it if its delivery key was processed already (a
 //! redelivery after a crash); expand it into one send per device token, address or webhook
 //! subscriber; send through the providers' lanes; then act on each outcome (delete dead
 //! tokens, republish the transient failures as the next attempt, dead-letter what is out of
@@ -191,13 +192,11 @@ pub struct Gateway {
     webhooks: WebhookCache,
 }
 
-/// What to do with a received message.
-#[derive(Debug, PartialEq, Eq)]
-enum Handled {
-    Ack,
-    /// Give it back, to come again after this delay.
-    Later(Duration),
-}
+/// How early a channel message may arrive before its `deliver_after` and still be sent at
+/// once: the delay publisher and this node read different clocks. One arriving earlier than
+/// that (a clock far behind, a message published straight to the bus) goes back to the delay
+/// store.
+const EARLY_TOLERANCE: chrono::Duration = chrono::Duration::milliseconds(250);
 
 impl Gateway {
     /// Starts the lanes of `providers`; must be called inside a tokio runtime.
@@ -215,7 +214,8 @@ impl Gateway {
         }
     }
 
-    async fn handle(&self, channel: Channel, payload: &[u8]) -> Result<Handled> {
+    /// Handles one channel message; when this returns `Ok` the message may be acked.
+    async fn handle(&self, channel: Channel, payload: &[u8]) -> Result<()> {
         let msg: ChannelMessage = match serde_json::from_slice(payload) {
             Ok(m) => m,
             Err(e) => {
@@ -223,24 +223,34 @@ impl Gateway {
                 tracing::error!(error = %e, %channel, "undecodable channel message dropped");
                 metrics::counter!("herald_push_undecodable_messages_total", "channel" => channel.as_str())
                     .increment(1);
-                return Ok(Handled::Ack);
+                return Ok(());
             }
         };
         let now = self.ctx.clock.now();
-        if let Some(after) = msg.deliver_after {
-            if after > now {
-                let wait = (after - now).to_std().unwrap_or(Duration::ZERO);
-                let recheck = Duration::from_millis(self.ctx.config.push.deferral_recheck_ms);
-                return Ok(Handled::Later(
-                    wait.min(recheck).max(Duration::from_millis(10)),
-                ));
-            }
+        if let Some(after) = msg.deliver_after.filter(|a| *a > now + EARLY_TOLERANCE) {
+            // Too early: kept in the delay store until it is due (under its delivery key, so
+            // a redelivery of this message schedules it once).
+            let topic = topics::channel_topic(channel);
+            return self
+                .ctx
+                .ports
+                .publish_at(
+                    topic,
+                    OutMessage {
+                        key: Some(msg.campaign_id.clone()),
+                        payload: payload.to_vec(),
+                    },
+                    Some(after),
+                    now,
+                    || format!("{topic}/{}", msg.delivery_key()),
+                )
+                .await;
         }
         let key = msg.delivery_key();
         if self.ctx.ports.deliveries.is_processed(&key).await? {
             metrics::counter!("herald_push_duplicate_messages_total", "channel" => channel.as_str())
                 .increment(1);
-            return Ok(Handled::Ack);
+            return Ok(());
         }
         let started = Instant::now();
         let report = self.deliver(&msg, key.clone()).await?;
@@ -264,7 +274,7 @@ impl Gateway {
             .await?;
         metrics::histogram!("herald_push_message_seconds", "channel" => channel.as_str())
             .record(started.elapsed().as_secs_f64());
-        Ok(Handled::Ack)
+        Ok(())
     }
 
     /// Sends everything a message holds and acts on the outcomes; returns the report.
@@ -382,15 +392,19 @@ impl Gateway {
             };
             let payload = serde_json::to_vec(&next)
                 .map_err(|e| Error::internal("channel message").with_source(e))?;
+            // The next attempt waits out its backoff in the delay store.
+            let topic = topics::channel_topic(channel);
             self.ctx
                 .ports
-                .bus
-                .publish(
-                    topics::channel_topic(channel),
-                    &[OutMessage {
+                .publish_at(
+                    topic,
+                    OutMessage {
                         key: Some(msg.campaign_id.clone()),
                         payload,
-                    }],
+                    },
+                    next.deliver_after,
+                    now,
+                    || format!("{topic}/{}", next.delivery_key()),
                 )
                 .await?;
         }
@@ -584,10 +598,7 @@ impl Worker for ChannelConsumer {
                 })
             };
             match self.gateway.handle(self.channel, &d.payload).await {
-                Ok(Handled::Ack) => bus.ack(topic, topics::GATEWAY, &receipt).await?,
-                Ok(Handled::Later(delay)) => {
-                    bus.nack(topic, topics::GATEWAY, &receipt, delay).await?
-                }
+                Ok(()) => bus.ack(topic, topics::GATEWAY, &receipt).await?,
                 Err(e) => {
                     bus.nack(topic, topics::GATEWAY, &receipt, Duration::from_secs(5))
                         .await?;

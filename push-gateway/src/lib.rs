@@ -48,6 +48,11 @@ pub async fn run_with(ctx: Context, providers: Providers, shutdown: Cancellation
             ));
         }
     }
+    // Retries and quiet-hours deferrals wait in the delay store; this publishes them when due.
+    tasks.push(registry.spawn(
+        herald_usecases::delays::DelayPublisher::new(ctx.clone()),
+        shutdown.clone(),
+    ));
     tasks.push(registry.spawn(results::ResultCounter::new(ctx.clone()), shutdown.clone()));
     tasks.push(registry.spawn(cleanup::Cleanup::new(ctx.clone()), shutdown.clone()));
     tracing::info!(

@@ -41,6 +41,7 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
         &b.broadcasts,
         &b.bus,
         &b.deliveries,
+        &b.delays,
     ];
     if embedded.iter().any(|url| url.is_none()) {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -62,6 +63,7 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
         bus,
         live: open_live_hub(b.live.as_ref())?,
         deliveries: open_deliveries(&url_for(&b.deliveries, dir, "deliveries")?).await?,
+        delays: open_delays(&url_for(&b.delays, dir, "delays")?).await?,
     })
 }
 
@@ -155,6 +157,18 @@ pub async fn open_deliveries(url: &BackendUrl) -> Result<Arc<dyn DeliveryStore>>
             return Err(compiled_out("sqlite", "sqlite"));
         }
         _ => Err(unsupported("delivery store", url, "sqlite")),
+    }
+}
+
+pub async fn open_delays(url: &BackendUrl) -> Result<Arc<dyn DelayStore>> {
+    match url.scheme.as_str() {
+        "sqlite" => {
+            #[cfg(feature = "sqlite")]
+            return Ok(Arc::new(sqlite::SqliteDelays::open(url).await?));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(compiled_out("sqlite", "sqlite"));
+        }
+        _ => Err(unsupported("delay store", url, "sqlite")),
     }
 }
 

@@ -26,8 +26,6 @@ async fn a_batch_mixing_immediate_and_deferred_recipients_across_time_zones_deli
     let clock = ManualClock::new(utc(NOW));
     let app = spawn(Options {
         clock: Arc::new(clock.clone()),
-        // Held-back messages are looked at again often, so the test can move the clock.
-        configure: Box::new(|c| c.push.deferral_recheck_ms = 50),
         ..Options::default()
     })
     .await;

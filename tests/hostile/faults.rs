@@ -23,7 +23,6 @@ async fn a_provider_storm_of_503s_429s_and_timeouts_ends_with_every_push_sent_on
             c.push.backoff_base_ms = 100;
             c.push.backoff_max_ms = 3_000;
             c.push.fcm.limits.timeout_ms = 300;
-            c.push.deferral_recheck_ms = 100;
         }),
         ..Options::default()
     })
@@ -181,16 +180,19 @@ impl Role {
     }
 
     async fn wait_ready(&self) {
-        eventually(
-            "the role answers /healthz",
-            Duration::from_secs(30),
-            || async {
-                reqwest::get(format!("{}/healthz", self.base))
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(format!("{}/healthz", self.base))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the role at {} did not answer /healthz within 30 s; its log:\n{}",
+                self.base,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -440,6 +442,20 @@ async fn fault_mid_fanout(app: &App, inbox_dir: &Path, fault: impl FnOnce(), hea
     )
     .await;
     heal();
+    // What `/readyz` says while the campaign finishes, in the output of a failed run.
+    let base = app.base.clone();
+    let _report = herald_core::worker::AbortOnDrop::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Ok(r) = reqwest::get(format!("{base}/readyz")).await {
+                eprintln!(
+                    "after the fault: /readyz {} {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                );
+            }
+        }
+    });
     let done = app.wait_completed(&id, Duration::from_secs(180)).await;
     assert_eq!(done["progress"]["notifications_written"], 20_000, "{done}");
     assert_eq!(done["progress"]["failed_batches"], 0, "{done}");

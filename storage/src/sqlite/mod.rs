@@ -7,6 +7,7 @@
 mod broadcasts;
 mod bus;
 mod campaigns;
+mod delays;
 mod deliveries;
 mod directory;
 mod inbox;
@@ -14,6 +15,7 @@ mod inbox;
 pub use broadcasts::SqliteBroadcasts;
 pub use bus::SqliteBus;
 pub use campaigns::SqliteCampaigns;
+pub use delays::SqliteDelays;
 pub use deliveries::SqliteDeliveries;
 pub use directory::SqliteDirectory;
 pub use inbox::SqliteInbox;

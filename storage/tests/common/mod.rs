@@ -84,3 +84,11 @@ pub async fn sqlite_deliveries() -> Option<Arc<dyn DeliveryStore>> {
             .expect("open SQLite delivery store"),
     )
 }
+
+pub async fn sqlite_delays() -> Option<Arc<dyn DelayStore>> {
+    Some(
+        herald_storage::open_delays(&fresh_sqlite_url("delays"))
+            .await
+            .expect("open SQLite delay store"),
+    )
+}

@@ -37,7 +37,21 @@ impl SmallDisk {
         let path = self.dir.join("filler");
         let free = free_bytes(&self.dir);
         let size = free.saturating_sub(leave);
-        std::fs::write(&path, vec![0u8; size as usize]).unwrap();
+        // The stores under test keep writing while this runs, so the disk may fill before
+        // the filler does: that is the point, and not an error here.
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let mut written = 0u64;
+        while written < size {
+            let n = chunk.len().min((size - written) as usize);
+            match file.write_all(&chunk[..n]) {
+                Ok(()) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        let _ = file.sync_all();
         path
     }
 }
