@@ -955,3 +955,102 @@ async fn the_inbox_node_killed_under_a_live_client_loses_nothing_and_stopped_clo
     .await;
     drop(api);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retries waiting out their backoff: kept in the delay store, so a gateway killed meanwhile
+// loses none of them.
+
+/// Messages of `topic` waiting in the delay store of the data directory.
+async fn delayed_rows(data: &Path, topic: &str) -> u64 {
+    use sqlx::ConnectOptions;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(data.join("delays.db"))
+        .read_only(true)
+        .connect()
+        .await
+        .expect("open delays.db");
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delayed_messages WHERE topic = ?")
+        .bind(topic)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count delayed messages");
+    n as u64
+}
+
+#[tokio::test]
+async fn retries_waiting_in_the_delay_store_outlive_a_push_gateway_killed_meanwhile() {
+    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    fcm.write_credentials(data).unwrap();
+    let api = Role::start("api", data, &fcm.endpoint(), &[]);
+    api.wait_ready().await;
+    let client = Api {
+        base: api.base.clone(),
+        client: reqwest::Client::new(),
+    };
+    let users: Vec<String> = (0..50).map(|i| format!("r{i:02}")).collect();
+    for u in &users {
+        client
+            .call(Method::PUT, &format!("/v1/users/{u}"), Some(json!({})))
+            .await;
+        let (s, b) = client
+            .call(
+                Method::POST,
+                &format!("/v1/users/{u}/devices"),
+                Some(json!({"platform": "fcm", "token": format!("tok-{u}")})),
+            )
+            .await;
+        assert!(s.is_success(), "{b}");
+    }
+    // Every first attempt meets a 503; the retries back off for seconds.
+    fcm.set_storm(Some(Storm::Unavailable));
+    let slow_retries = [
+        ("HERALD_PUSH__BACKOFF_BASE_MS", "4000"),
+        ("HERALD_PUSH__BACKOFF_MAX_MS", "6000"),
+    ];
+    let fanout = Role::start("fanout", data, &fcm.endpoint(), &[]);
+    let mut push = Role::start("push", data, &fcm.endpoint(), &slow_retries);
+    fanout.wait_ready().await;
+    push.wait_ready().await;
+    let (s, created) = client
+        .call(
+            Method::POST,
+            "/v1/campaigns",
+            Some(
+                json!({"audience": {"users": users}, "content": {"title": "t", "body": "b"},
+                        "channels": ["push"], "priority": "high"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    eventually(
+        "the retries wait in the delay store",
+        Duration::from_secs(30),
+        || async { delayed_rows(data, "channel.push").await > 0 },
+    )
+    .await;
+    // The gateway dies while they wait; the provider recovers; a new gateway starts.
+    push.kill9();
+    fcm.set_storm(None);
+    let push = Role::start("push", data, &fcm.endpoint(), &slow_retries);
+    push.wait_ready().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = client.campaign(&id).await;
+        let d = &c["deliveries"]["push"];
+        if d["sent"].as_u64() == Some(50) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not all sent: {c}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(fcm.sent(), 50, "each device once");
+    assert_eq!(
+        delayed_rows(data, "channel.push").await,
+        0,
+        "nothing left waiting"
+    );
+    drop((api, fanout, push));
+}
