@@ -168,7 +168,13 @@ pub async fn open_delays(url: &BackendUrl) -> Result<Arc<dyn DelayStore>> {
             #[cfg(not(feature = "sqlite"))]
             return Err(compiled_out("sqlite", "sqlite"));
         }
-        _ => Err(unsupported("delay store", url, "sqlite")),
+        "mysql" => {
+            #[cfg(feature = "mysql")]
+            return Ok(Arc::new(mysql::MysqlDelays::open(url).await?));
+            #[cfg(not(feature = "mysql"))]
+            return Err(compiled_out("mysql", "mysql"));
+        }
+        _ => Err(unsupported("delay store", url, "sqlite, mysql")),
     }
 }
 

@@ -1,9 +1,9 @@
 //! Conformance suite of the `DelayStore` port: messages kept until due, claimed under a lease,
 //! removed under the claim's token.
 //!
-//! A claim takes every due message of the store, so each case needs a store of its own (a
-//! fresh SQLite file here; a distributed engine's factory must hand out a fresh table or key
-//! prefix per case).
+//! Always on SQLite, on MySQL/MariaDB when `HERALD_TEST_MYSQL_URL` is set. A claim takes every
+//! due message of the store, so each case has a store of its own: a fresh SQLite file, a fresh
+//! MySQL database.
 
 mod common;
 
@@ -167,6 +167,41 @@ pub mod cases {
         assert_eq!(next.messages, vec![again]);
     }
 
+    pub async fn concurrent_claims_never_hand_out_a_message_twice(d: Arc<dyn DelayStore>) {
+        let all: Vec<DelayedMessage> = (0..200)
+            .map(|i| delayed(&format!("c{i:03}"), "channel.email", "2026-05-01T10:00:00Z"))
+            .collect();
+        d.schedule(&all).await.unwrap();
+        let now = at("2026-05-01T10:00:01Z");
+        let publishers: Vec<_> = (0..4)
+            .map(|_| {
+                let d = d.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        let claim = d.claim_due(now, 15, LEASE).await.unwrap();
+                        if claim.messages.is_empty() {
+                            return got;
+                        }
+                        let ids: Vec<String> =
+                            claim.messages.iter().map(|m| m.id.clone()).collect();
+                        d.remove(&claim.token, &ids).await.unwrap();
+                        got.extend(ids);
+                    }
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for p in publishers {
+            seen.extend(p.await.unwrap());
+        }
+        let total = seen.len();
+        seen.sort();
+        seen.dedup();
+        assert_eq!((total, seen.len()), (200, 200), "each message claimed once");
+        assert_eq!(d.pending().await.unwrap(), 0);
+    }
+
     pub async fn payloads_and_keys_read_back_byte_for_byte(d: Arc<dyn DelayStore>) {
         let mut m = delayed("bin", "channel.webhook", "2026-05-01T10:00:00Z");
         m.message.payload = (0..=255u8).collect();
@@ -189,6 +224,7 @@ macro_rules! delay_conformance {
                 a_claim_takes_at_most_its_limit,
                 a_claim_not_removed_within_its_lease_is_claimed_again,
                 scheduling_an_id_again_replaces_it_even_while_it_is_claimed,
+                concurrent_claims_never_hand_out_a_message_twice,
                 payloads_and_keys_read_back_byte_for_byte,
             );
         }
@@ -206,3 +242,4 @@ macro_rules! delay_conformance {
 }
 
 delay_conformance!(sqlite, common::sqlite_delays());
+delay_conformance!(mysql, common::mysql_delays());

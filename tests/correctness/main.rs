@@ -4,6 +4,8 @@
 //! that once passed every per-crate test.
 
 mod harness;
+#[path = "../../storage/tests/support/mysql.rs"]
+mod mysql_support;
 #[path = "../../push-gateway/tests/support/smtp_sink.rs"]
 mod smtp_sink;
 

@@ -23,9 +23,28 @@ const ZONES: [(&str, &str); 5] = [
 #[tokio::test]
 async fn a_batch_mixing_immediate_and_deferred_recipients_across_time_zones_delivers_each_push_once_when_due(
 ) {
+    mixed_quiet_hours(Box::new(|_| {})).await;
+}
+
+/// The same with the deferred sends kept in a MySQL delay store (when `HERALD_TEST_MYSQL_URL`
+/// is set, as in `.ci/run`).
+#[tokio::test]
+async fn deferred_sends_kept_in_a_mysql_delay_store_are_delivered_once_when_due() {
+    let Some(url) = crate::mysql_support::fresh_mysql_database("herald_qh").await else {
+        eprintln!("HERALD_TEST_MYSQL_URL is not set; skipping the MySQL delay store case");
+        return;
+    };
+    mixed_quiet_hours(Box::new(move |c| {
+        c.backends.delays = Some(herald_core::config::Secret::new(url))
+    }))
+    .await;
+}
+
+async fn mixed_quiet_hours(configure: Box<dyn FnOnce(&mut herald_core::config::Config) + Send>) {
     let clock = ManualClock::new(utc(NOW));
     let app = spawn(Options {
         clock: Arc::new(clock.clone()),
+        configure,
         ..Options::default()
     })
     .await;

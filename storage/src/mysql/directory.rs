@@ -7,7 +7,7 @@
 //! values with `VALUES(col)`, which both engines accept (MySQL 8.0.20+ deprecates it in favour
 //! of a row alias that MariaDB does not have). Devices are keyed by `UNHEX(SHA2(token, 256))`.
 
-use super::{open_pool, retry_deadlocks, MAX_PARAMS, MAX_STATEMENT_BYTES};
+use super::{chunks_by_size, open_pool, retry_deadlocks, MAX_PARAMS, MAX_STATEMENT_BYTES};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros};
 use crate::{corrupt, db_error, BackendUrl};
@@ -187,38 +187,10 @@ async fn lock_user(
     )
 }
 
-/// Cuts `items` into runs of at most `max_rows` items and about `max_bytes` bytes (a single
-/// larger item still gets a run of its own).
-fn chunks_by_size<T>(
-    items: &[T],
-    max_rows: usize,
-    max_bytes: usize,
-    size: impl Fn(&T) -> usize,
-) -> Vec<&[T]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, item) in items.iter().enumerate() {
-        let s = size(item);
-        if i > start && (i - start == max_rows || bytes + s > max_bytes) {
-            out.push(&items[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += s;
-    }
-    if start < items.len() {
-        out.push(&items[start..]);
-    }
-    out
-}
-
 #[async_trait]
 impl Directory for MysqlDirectory {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        super::ping(&self.pool).await
     }
 
     async fn upsert_users(&self, users: &[User]) -> Result<u64> {

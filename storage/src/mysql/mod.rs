@@ -1,4 +1,4 @@
-//! MySQL 8 / MariaDB 10.11 adapters (the `mysql://` scheme): for now the directory.
+//! MySQL 8 / MariaDB 10.11 adapters (the `mysql://` scheme): the directory and the delay store.
 //!
 //! This module owns what every MySQL port shares: opening a pool from a [`BackendUrl`] (utf8mb4,
 //! strict SQL mode, bounded connection count, timeouts), retrying a transaction that InnoDB
@@ -12,8 +12,10 @@
 //! statements of a version are run one by one and must each be idempotent (`CREATE TABLE IF NOT
 //! EXISTS` with the indexes inside): a run cut short is completed by the next one.
 
+mod delays;
 mod directory;
 
+pub use delays::MysqlDelays;
 pub use directory::MysqlDirectory;
 
 use crate::{db_error, migrations::Migration, BackendUrl};
@@ -182,4 +184,37 @@ where
             other => return other.map_err(db_error),
         }
     }
+}
+
+/// Cuts `items` into runs of at most `max_rows` items and about `max_bytes` bytes (a single
+/// larger item still gets a run of its own).
+pub(crate) fn chunks_by_size<T>(
+    items: &[T],
+    max_rows: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let s = size(item);
+        if i > start && (i - start == max_rows || bytes + s > max_bytes) {
+            out.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += s;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+/// The readiness probe of a MySQL store.
+pub(crate) async fn ping(pool: &MySqlPool) -> Result<()> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
+    Ok(())
 }

@@ -82,7 +82,7 @@ impl DelayStore for SqliteDelays {
         let (_gate, mut tx) = self.db.begin().await?;
         let rows = sqlx::query(
             "UPDATE delayed_messages SET due = ?, claim = ? WHERE id IN \
-             (SELECT id FROM delayed_messages WHERE due <= ? ORDER BY due LIMIT ?) \
+             (SELECT id FROM delayed_messages WHERE due <= ? ORDER BY due, id LIMIT ?) \
              RETURNING id, scheduled_due, topic, msg_key, payload",
         )
         .bind(micros(until))

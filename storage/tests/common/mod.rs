@@ -11,6 +11,9 @@ use herald_storage::BackendUrl;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[path = "../support/mysql.rs"]
+mod mysql_support;
+
 /// A random prefix that keeps one case's rows apart from every other case's.
 pub fn run_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
@@ -90,5 +93,16 @@ pub async fn sqlite_delays() -> Option<Arc<dyn DelayStore>> {
         herald_storage::open_delays(&fresh_sqlite_url("delays"))
             .await
             .expect("open SQLite delay store"),
+    )
+}
+
+/// A delay store on a database of its own (a claim takes every due message of a store, so
+/// cases cannot share one), when `HERALD_TEST_MYSQL_URL` is set.
+pub async fn mysql_delays() -> Option<Arc<dyn DelayStore>> {
+    let raw = mysql_support::fresh_mysql_database("herald_delays").await?;
+    Some(
+        herald_storage::open_delays(&BackendUrl::parse(&raw).unwrap())
+            .await
+            .expect("open MySQL delay store"),
     )
 }
