@@ -1,5 +1,5 @@
 //! Herald's backend adapters: one implementation of each `herald_core::ports` trait per engine,
-//! chosen at start from a URL (`sqlite://`, `mysql://`, `memory://`).
+//! chosen at start from a URL (`sqlite://`, `mysql://`, `redis://`, `memory://`).
 //!
 //! This crate owns SQL, connection pools, schemas (applied from `migrations/`) and the mapping
 //! of engine errors onto `herald_core::Error`. It must not know about HTTP, roles or fan-out
@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub mod memory;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod url;
@@ -67,7 +69,10 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
     })
 }
 
-#[cfg_attr(all(feature = "sqlite", feature = "mysql"), allow(dead_code))]
+#[cfg_attr(
+    all(feature = "sqlite", feature = "mysql", feature = "redis"),
+    allow(dead_code)
+)]
 fn compiled_out(engine: &str, feature: &str) -> Error {
     Error::invalid(format!(
         "this herald was built without the `{feature}` cargo feature, so `{engine}://` backends \
@@ -174,7 +179,13 @@ pub async fn open_delays(url: &BackendUrl) -> Result<Arc<dyn DelayStore>> {
             #[cfg(not(feature = "mysql"))]
             return Err(compiled_out("mysql", "mysql"));
         }
-        _ => Err(unsupported("delay store", url, "sqlite, mysql")),
+        "redis" => {
+            #[cfg(feature = "redis")]
+            return Ok(Arc::new(redis::RedisDelays::open(url).await?));
+            #[cfg(not(feature = "redis"))]
+            return Err(compiled_out("redis", "redis"));
+        }
+        _ => Err(unsupported("delay store", url, "sqlite, mysql, redis")),
     }
 }
 

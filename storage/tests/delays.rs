@@ -1,9 +1,9 @@
 //! Conformance suite of the `DelayStore` port: messages kept until due, claimed under a lease,
 //! removed under the claim's token.
 //!
-//! Always on SQLite, on MySQL/MariaDB when `HERALD_TEST_MYSQL_URL` is set. A claim takes every
-//! due message of the store, so each case has a store of its own: a fresh SQLite file, a fresh
-//! MySQL database.
+//! Always on SQLite, on MySQL/MariaDB when `HERALD_TEST_MYSQL_URL` is set, on Redis when
+//! `HERALD_TEST_REDIS_URL` is set. A claim takes every due message of the store, so each case
+//! has a store of its own: a fresh SQLite file, a fresh MySQL database, a fresh Redis key prefix.
 
 mod common;
 
@@ -243,3 +243,4 @@ macro_rules! delay_conformance {
 
 delay_conformance!(sqlite, common::sqlite_delays());
 delay_conformance!(mysql, common::mysql_delays());
+delay_conformance!(redis, common::redis_delays());

@@ -40,6 +40,28 @@ async fn deferred_sends_kept_in_a_mysql_delay_store_are_delivered_once_when_due(
     .await;
 }
 
+/// The same with the deferred sends kept in a Redis delay store (when `HERALD_TEST_REDIS_URL`
+/// is set, as in `.ci/run`), under a key prefix of its own.
+#[tokio::test]
+async fn deferred_sends_kept_in_a_redis_delay_store_are_delivered_once_when_due() {
+    let Some(raw) = std::env::var("HERALD_TEST_REDIS_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        eprintln!("HERALD_TEST_REDIS_URL is not set; skipping the Redis delay store case");
+        return;
+    };
+    let sep = if raw.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{raw}{sep}prefix=herald-test-qh-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    mixed_quiet_hours(Box::new(move |c| {
+        c.backends.delays = Some(herald_core::config::Secret::new(url))
+    }))
+    .await;
+}
+
 async fn mixed_quiet_hours(configure: Box<dyn FnOnce(&mut herald_core::config::Config) + Send>) {
     let clock = ManualClock::new(utc(NOW));
     let app = spawn(Options {

@@ -106,3 +106,17 @@ pub async fn mysql_delays() -> Option<Arc<dyn DelayStore>> {
             .expect("open MySQL delay store"),
     )
 }
+
+/// A delay store under a key prefix of its own on the server of `HERALD_TEST_REDIS_URL`.
+pub async fn redis_delays() -> Option<Arc<dyn DelayStore>> {
+    let raw = std::env::var("HERALD_TEST_REDIS_URL")
+        .ok()
+        .filter(|v| !v.is_empty())?;
+    let sep = if raw.contains('?') { '&' } else { '?' };
+    let url = BackendUrl::parse(&format!("{raw}{sep}prefix=herald-test-{}", run_id())).unwrap();
+    Some(
+        herald_storage::open_delays(&url)
+            .await
+            .unwrap_or_else(|e| panic!("HERALD_TEST_REDIS_URL is set but Redis is unusable: {e}")),
+    )
+}
