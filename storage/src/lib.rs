@@ -258,6 +258,19 @@ pub(crate) fn db_error(e: sqlx::Error) -> Error {
     }
 }
 
+/// A delay store claim's token and the end of its lease.
+#[allow(dead_code)]
+pub(crate) fn new_claim(
+    now: chrono::DateTime<chrono::Utc>,
+    lease: std::time::Duration,
+) -> (String, chrono::DateTime<chrono::Utc>) {
+    let until = chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    (herald_core::ids::new_id().to_string(), until)
+}
+
 /// A stored JSON column that does not parse is a bug or corruption, not a client error.
 #[allow(dead_code)]
 pub(crate) fn corrupt(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {

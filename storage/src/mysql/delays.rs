@@ -79,8 +79,7 @@ impl DelayStore for MysqlDelays {
         limit: u32,
         lease: Duration,
     ) -> Result<DelayClaim> {
-        let token = herald_core::ids::new_id().to_string();
-        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let (token, until) = crate::new_claim(now, lease);
         let messages = retry_deadlocks(|| async {
             let mut tx = self.pool.begin().await?;
             let rows = sqlx::query(

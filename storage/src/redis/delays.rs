@@ -131,8 +131,7 @@ impl DelayStore for RedisDelays {
         limit: u32,
         lease: Duration,
     ) -> Result<DelayClaim> {
-        let token = herald_core::ids::new_id().to_string();
-        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let (token, until) = crate::new_claim(now, lease);
         let rows: Vec<ClaimedRow> = self
             .claim
             .key(&self.due_key)

@@ -77,8 +77,7 @@ impl DelayStore for SqliteDelays {
         limit: u32,
         lease: Duration,
     ) -> Result<DelayClaim> {
-        let token = herald_core::ids::new_id().to_string();
-        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let (token, until) = crate::new_claim(now, lease);
         let (_gate, mut tx) = self.db.begin().await?;
         let rows = sqlx::query(
             "UPDATE delayed_messages SET due = ?, claim = ? WHERE id IN \
