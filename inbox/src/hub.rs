@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use herald_core::model::{Broadcast, LiveEvent};
+use herald_core::worker::{Worker, WorkerState};
 use herald_core::Result;
 use metrics::{Counter, Gauge};
 use parking_lot::{Mutex, RwLock};
@@ -433,45 +434,72 @@ pub(crate) fn start(hub: Arc<Hub>, stop: CancellationToken) {
     if matches!(subscribed, Some(Ok(_))) {
         hub.subscribed.store(true, Ordering::SeqCst);
     }
-    tokio::spawn(follow(hub, stop, subscribed));
+    // Under the worker runner: a panic while routing one event is caught and counted, the
+    // follower goes on, and a subscription that keeps failing turns `/readyz` red. The task
+    // ends with `stop` (the live feed's lifetime), not with this call.
+    let task = ctx.workers.spawn(
+        Follower {
+            hub,
+            first: subscribed,
+            events: None,
+        },
+        stop,
+    );
+    tokio::spawn(task.join());
 }
 
-async fn follow(
+/// Follows the live hub for this process: one event routed per step.
+struct Follower {
     hub: Arc<Hub>,
-    stop: CancellationToken,
-    mut subscribed: Option<Result<BoxStream<'static, LiveEvent>>>,
-) {
-    let live = hub.svc.context().ports.live.clone();
-    loop {
-        let subscription = match subscribed.take() {
-            Some(s) => s,
-            None => tokio::select! {
-                _ = stop.cancelled() => return,
-                s = live.subscribe() => s,
-            },
-        };
-        match subscription {
-            Ok(mut events) => {
-                hub.subscribed.store(true, Ordering::SeqCst);
-                loop {
-                    let event = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        e = events.next() => e,
-                    };
-                    match event {
-                        Some(event) => hub.route(event),
-                        None => break,
+    /// A subscription made before the follower started (the in-process hub subscribes at once).
+    first: Option<Result<BoxStream<'static, LiveEvent>>>,
+    events: Option<BoxStream<'static, LiveEvent>>,
+}
+
+#[async_trait::async_trait]
+impl Worker for Follower {
+    fn name(&self) -> &'static str {
+        "live-hub"
+    }
+
+    async fn step(&mut self, stop: &CancellationToken) -> Result<WorkerState> {
+        if self.events.is_none() {
+            let subscription = match self.first.take() {
+                Some(s) => s,
+                None => {
+                    let live = self.hub.svc.context().ports.live.clone();
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(WorkerState::Done),
+                        s = live.subscribe() => s,
                     }
                 }
-                tracing::warn!("the live hub subscription ended; closing live connections");
-                hub.subscribed.store(false, Ordering::SeqCst);
-                hub.close_all(Kill::HubLost);
-            }
-            Err(e) => tracing::warn!(error = %e, "subscribing to the live hub failed; retrying"),
+            };
+            // An error goes to the runner, which backs off before the next attempt.
+            let subscription = subscription.inspect_err(|_| {
+                self.hub.subscribed.store(false, Ordering::SeqCst);
+            })?;
+            self.hub.subscribed.store(true, Ordering::SeqCst);
+            self.events = Some(subscription);
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        let Some(events) = self.events.as_mut() else {
+            return Ok(WorkerState::Busy);
+        };
+        let event = tokio::select! {
+            _ = stop.cancelled() => return Ok(WorkerState::Done),
+            e = events.next() => e,
+        };
+        match event {
+            Some(event) => {
+                self.hub.route(event);
+                Ok(WorkerState::Busy)
+            }
+            None => {
+                tracing::warn!("the live hub subscription ended; closing live connections");
+                self.events = None;
+                self.hub.subscribed.store(false, Ordering::SeqCst);
+                self.hub.close_all(Kill::HubLost);
+                Ok(WorkerState::Idle(Duration::from_secs(1)))
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use herald_core::model::{Broadcast, BroadcastUserState, InboxKey, LiveEvent, Notification};
+use herald_core::worker::{Worker, WorkerState};
 use herald_core::Context;
 use herald_core::Result;
 use serde::Serialize;
@@ -153,12 +154,19 @@ impl InboxService {
             // A hub that subscribes at once (the in-process one) is followed from before the
             // first read; others are subscribed to in the background.
             let subscribed = ctx.ports.live.subscribe().now_or_never();
-            rt.spawn(watch_activations(
-                ctx.clone(),
-                Arc::downgrade(&broadcasts),
+            // Under the worker runner (a panic is caught and the watcher goes on; a
+            // subscription that keeps failing shows in `/readyz`); it ends with the service.
+            let _enter = rt.enter();
+            let task = ctx.workers.spawn(
+                ActivationWatcher {
+                    ctx: ctx.clone(),
+                    cache: Arc::downgrade(&broadcasts),
+                    first: subscribed,
+                    events: None,
+                },
                 stop.clone(),
-                subscribed,
-            ));
+            );
+            rt.spawn(task.join());
             stop.drop_guard()
         });
         Self {
@@ -418,54 +426,63 @@ fn merge(
     }
 }
 
-/// Follows the live hub for activated broadcasts until `stop` is cancelled or the cache is
-/// gone, starting with `subscribed` if the subscription was made already. A subscription made
-/// here invalidates the cache, since events published before it were not seen; after a
-/// failure it resubscribes a second later (the periodic reload covers the gap meanwhile).
-async fn watch_activations(
+/// Follows the live hub for `LiveEvent::BroadcastActivated` and feeds the broadcast cache,
+/// until the cache is gone, one event per step. A subscription made here invalidates the
+/// cache, since events published before it were not seen; after a failure the runner backs
+/// off before resubscribing (the periodic reload covers the gap meanwhile).
+struct ActivationWatcher {
     ctx: Context,
     cache: Weak<BroadcastCache>,
-    stop: CancellationToken,
-    mut subscribed: Option<Result<BoxStream<'static, LiveEvent>>>,
-) {
-    loop {
-        let subscription = match subscribed.take() {
-            Some(s) => s,
-            None => {
-                let s = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    s = ctx.ports.live.subscribe() => s,
-                };
-                match cache.upgrade() {
-                    Some(cache) => cache.invalidate(),
-                    None => return,
-                }
-                s
-            }
-        };
-        match subscription {
-            Ok(mut events) => loop {
-                let event = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    e = events.next() => e,
-                };
-                match event {
-                    Some(LiveEvent::BroadcastActivated { broadcast }) => match cache.upgrade() {
-                        Some(cache) => cache.activated(*broadcast),
-                        None => return,
-                    },
-                    Some(_) => {}
-                    None => {
-                        tracing::warn!("the live hub subscription ended; resubscribing");
-                        break;
+    /// A subscription made before the watcher started (the in-process hub subscribes at once).
+    first: Option<Result<BoxStream<'static, LiveEvent>>>,
+    events: Option<BoxStream<'static, LiveEvent>>,
+}
+
+#[async_trait::async_trait]
+impl Worker for ActivationWatcher {
+    fn name(&self) -> &'static str {
+        "broadcast-activations"
+    }
+
+    async fn step(&mut self, stop: &CancellationToken) -> Result<WorkerState> {
+        if self.events.is_none() {
+            let subscription = match self.first.take() {
+                Some(s) => s,
+                None => {
+                    let s = tokio::select! {
+                        _ = stop.cancelled() => return Ok(WorkerState::Done),
+                        s = self.ctx.ports.live.subscribe() => s,
+                    };
+                    match self.cache.upgrade() {
+                        Some(cache) => cache.invalidate(),
+                        None => return Ok(WorkerState::Done),
                     }
+                    s
                 }
-            },
-            Err(e) => tracing::warn!(error = %e, "subscribing to the live hub failed; retrying"),
+            };
+            self.events = Some(subscription?);
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        let Some(events) = self.events.as_mut() else {
+            return Ok(WorkerState::Busy);
+        };
+        let event = tokio::select! {
+            _ = stop.cancelled() => return Ok(WorkerState::Done),
+            e = events.next() => e,
+        };
+        match event {
+            Some(LiveEvent::BroadcastActivated { broadcast }) => match self.cache.upgrade() {
+                Some(cache) => {
+                    cache.activated(*broadcast);
+                    Ok(WorkerState::Busy)
+                }
+                None => Ok(WorkerState::Done),
+            },
+            Some(_) => Ok(WorkerState::Busy),
+            None => {
+                tracing::warn!("the live hub subscription ended; resubscribing");
+                self.events = None;
+                Ok(WorkerState::Idle(Duration::from_secs(1)))
+            }
         }
     }
 }
