@@ -53,6 +53,22 @@ enum Command {
     Push,
     /// Apply the schemas to every configured backend, then exit.
     Migrate,
+    /// Look at the bus (what the consumer groups have left to do).
+    Bus {
+        #[command(subcommand)]
+        command: BusCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BusCommand {
+    /// Print each consumer group's lag (messages published and not yet acknowledged by the
+    /// group) and what waits in the delay store.
+    Lag {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +86,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => migrate(&config).await,
+        Command::Bus {
+            command: BusCommand::Lag { json },
+        } => bus_lag(&config, json).await,
         Command::Serve => {
             // A provider misconfigured (unreadable key file, ...) stops the start before
             // anything is opened or announced.
@@ -154,6 +173,26 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn bus_lag(config: &Config, json: bool) -> anyhow::Result<()> {
+    let ports = herald_storage::open_ports(config).await?;
+    let report = herald_usecases::ops::lag(&ports).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("{:<20} {:<18} {:>10}", "topic", "group", "lag");
+    for g in &report.groups {
+        println!("{:<20} {:<18} {:>10}", g.topic, g.group, g.lag);
+    }
+    let next = report
+        .delays
+        .next_due
+        .map(|t| format!(", next due {}", t.to_rfc3339()))
+        .unwrap_or_default();
+    println!("delay store: {} waiting{next}", report.delays.waiting);
+    Ok(())
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

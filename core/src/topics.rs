@@ -42,13 +42,18 @@ pub const OUTBOUND: [Channel; 4] = [
 /// Declares every standard subscription, so messages published before a consumer first runs
 /// wait for it. Idempotent; `herald migrate` and every role call it on start.
 pub async fn declare(bus: &dyn Bus) -> crate::Result<()> {
-    bus.subscribe(DISPATCH, DISPATCHERS).await?;
-    bus.subscribe(BATCHES, BATCH_WORKERS).await?;
-    for channel in OUTBOUND {
-        bus.subscribe(channel_topic(channel), GATEWAY).await?;
+    for (topic, group) in subscriptions() {
+        bus.subscribe(topic, group).await?;
     }
-    bus.subscribe(RESULTS, RESULT_COUNTERS).await?;
     Ok(())
+}
+
+/// The standard subscriptions, as (topic, consumer group), in the order of the flows.
+pub fn subscriptions() -> Vec<(&'static str, &'static str)> {
+    let mut all = vec![(DISPATCH, DISPATCHERS), (BATCHES, BATCH_WORKERS)];
+    all.extend(OUTBOUND.map(|c| (channel_topic(c), GATEWAY)));
+    all.push((RESULTS, RESULT_COUNTERS));
+    all
 }
 
 /// Puts a dispatch hint for `campaign_id` on the bus, so an idle dispatcher looks at once.

@@ -9,3 +9,4 @@
 pub mod campaigns;
 pub mod delays;
 pub mod events;
+pub mod ops;
