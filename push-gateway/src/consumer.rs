@@ -4,8 +4,8 @@
 //!
 //! For each channel message: one that arrives well before its `deliver_after` (quiet hours,
 //! retry backoff) goes back to the delay store (messages normally wait there before they are
-//! published, so this is for clocks that disagree); skip it if its delivery key was processed already (a
-//! redelivery after a crash); expand it into one send per device token, address or webhook
+//! published, so this is for clocks that disagree); skip it if its delivery key was processed
+//! already (a redelivery after a crash); expand it into one send per device token, address or webhook
 //! subscriber; send through the providers' lanes; then act on each outcome (delete dead
 //! tokens, republish the transient failures as the next attempt, dead-letter what is out of
 //! attempts), publish the delivery report, mark the key processed and ack. Every step can be
