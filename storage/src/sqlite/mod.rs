@@ -27,6 +27,9 @@ use sqlx::SqlitePool;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// How long a writer waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// SQLite's limit on bound parameters per statement is 32766; stay well below it.
 pub(crate) const MAX_PARAMS: usize = 30_000;
 
@@ -95,6 +98,7 @@ impl SqliteFile for Db {
 /// only: clients see it; the log has the full path), so an operator knows which of the
 /// stores to look at; other errors map as [`db_error`] does.
 pub(crate) fn file_error(pool: &SqlitePool, e: sqlx::Error) -> Error {
+    note_error(&e);
     let code = match &e {
         sqlx::Error::Database(d) => d.code().and_then(|c| c.parse::<i32>().ok()),
         _ => None,
@@ -128,7 +132,7 @@ pub(crate) async fn open_pool(
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(30))
+        .busy_timeout(BUSY_TIMEOUT)
         // 8 MiB of page cache per connection: several pools of several connections each
         // share the machine, and the OS page cache holds the hot pages anyway.
         .pragma("cache_size", "-8192")
@@ -146,25 +150,82 @@ pub(crate) async fn open_pool(
     Ok(pool)
 }
 
-/// The pools' `before_acquire` check: a connection that SQLite opened read-only is closed.
-/// SQLite opens a file read-only when it cannot open it for writing (made read-only or
-/// immutable for a while), and such a connection stays read-only for its whole life, so
-/// without this a fault that has passed would keep failing writes ("attempt to write a
-/// readonly database") on every connection opened while it held. The check reads a flag of
-/// the connection; it does no I/O.
+/// The pools' `before_acquire` check: a connection that cannot write is closed.
+///
+/// SQLite falls back to read-only when it cannot open a file for writing (made read-only or
+/// immutable for a while), and the connection stays so for its whole life: either the whole
+/// connection (`sqlite3_db_readonly`, a flag, checked on every acquire) or only its WAL file,
+/// when the database file's descriptor was reused from a connection closed earlier in this
+/// process (SQLite keeps such descriptors so as not to drop other connections' locks) while the
+/// WAL could not be opened for writing. No flag tells the second case, so for a while after any
+/// "readonly" error (see [`note_error`]) each acquired connection is probed with
+/// `BEGIN IMMEDIATE` without waiting for the lock (a read-only WAL answers at once; a busy lock
+/// says nothing and keeps the connection). Without this, a fault that has passed would keep
+/// failing writes ("attempt to write a readonly database") on the connections opened while it
+/// held.
 async fn writable(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
-    let mut handle = conn.lock_handle().await?;
-    // SAFETY: the handle is a live connection, locked for the duration of the call, and the
-    // schema name is a NUL-terminated string.
-    let read_only = unsafe {
-        libsqlite3_sys::sqlite3_db_readonly(handle.as_raw_handle().as_ptr(), c"main".as_ptr())
+    let read_only = {
+        let mut handle = conn.lock_handle().await?;
+        // SAFETY: the handle is a live connection, locked for the duration of the call, and
+        // the schema name is a NUL-terminated string.
+        unsafe {
+            libsqlite3_sys::sqlite3_db_readonly(handle.as_raw_handle().as_ptr(), c"main".as_ptr())
+        }
     };
-    if read_only == 1 {
-        tracing::warn!("a pooled SQLite connection was opened read-only; closing it");
+    if read_only == 1 || (readonly_seen_lately() && !probe_write(conn).await?) {
+        tracing::warn!("a pooled SQLite connection cannot write; closing it");
         metrics::counter!("herald_storage_read_only_connections_closed_total").increment(1);
         return Ok(false);
     }
     Ok(true)
+}
+
+/// When a "readonly" error was last seen by any SQLite store of this process (Unix seconds).
+static READONLY_SEEN_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+/// How long after such an error acquired connections are probed.
+const READONLY_PROBE_WINDOW_SECS: i64 = 120;
+
+fn readonly_seen_lately() -> bool {
+    let seen = READONLY_SEEN_AT.load(std::sync::atomic::Ordering::Relaxed);
+    seen > 0 && chrono::Utc::now().timestamp() - seen < READONLY_PROBE_WINDOW_SECS
+}
+
+/// Remembers a "readonly" error (SQLITE_READONLY and its extended codes), which opens the
+/// probe window of [`writable`].
+pub(crate) fn note_error(e: &sqlx::Error) {
+    if let sqlx::Error::Database(d) = e {
+        if d.code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .map(|c| c & 0xff)
+            == Some(8)
+        {
+            READONLY_SEEN_AT.store(
+                chrono::Utc::now().timestamp(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// Whether `conn` can start a write transaction; `true` when the lock is merely busy.
+async fn probe_write(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
+    use sqlx::Executor;
+    conn.execute("PRAGMA busy_timeout = 0").await?;
+    let verdict = match conn.execute("BEGIN IMMEDIATE").await {
+        Ok(_) => {
+            conn.execute("ROLLBACK").await?;
+            true
+        }
+        Err(sqlx::Error::Database(d)) => {
+            let code = d.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
+            // 5 and 6: SQLITE_BUSY / SQLITE_LOCKED, another writer holds the lock.
+            code == 5 || code == 6
+        }
+        Err(e) => return Err(e),
+    };
+    conn.execute(format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis()).as_str())
+        .await?;
+    Ok(verdict)
 }
 
 /// How long the readiness probe waits for SQLite's write lock.
@@ -183,10 +244,13 @@ pub(crate) async fn ping_writable(pool: &SqlitePool) -> Result<()> {
     };
     match tokio::time::timeout(PING_WRITE_WAIT, probe).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Error::unavailable(
-            format!("SQLite database {file} takes no writes: {e}"),
-            e,
-        )),
+        Ok(Err(e)) => {
+            note_error(&e);
+            Err(Error::unavailable(
+                format!("SQLite database {file} takes no writes: {e}"),
+                e,
+            ))
+        }
         Err(_) => Err(Error::unavailable(
             format!(
                 "SQLite database {file} has been locked for writing for over {} s",
