@@ -247,7 +247,7 @@ impl Api {
 }
 
 #[tokio::test]
-async fn fanout_killed_and_push_stopped_mid_work_lose_and_double_nothing() {
+async fn fanout_killed_then_stopped_and_push_stopped_mid_work_lose_and_double_nothing() {
     let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
@@ -331,10 +331,22 @@ async fn fanout_killed_and_push_stopped_mid_work_lose_and_double_nothing() {
 
     // Both come back; the new fan-out process takes the campaign over once the dead one's
     // lease runs out, and the gateway delivers what waited on the bus.
-    let fanout = Role::start("fanout", data, &fcm.endpoint(), &slow);
+    let mut fanout = Role::start("fanout", data, &fcm.endpoint(), &slow);
     let push = Role::start("push", data, &fcm.endpoint(), &[]);
     fanout.wait_ready().await;
     push.wait_ready().await;
+    // Half-way, the new fan-out process is stopped (SIGTERM: it checkpoints, hands the
+    // campaign back and exits cleanly) and a third one finishes the campaign.
+    eventually("half fanned out", Duration::from_secs(90), || async {
+        client.campaign(&id).await["progress"]["batches_done"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 20
+    })
+    .await;
+    fanout.stop();
+    let fanout = Role::start("fanout", data, &fcm.endpoint(), &slow);
+    fanout.wait_ready().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
     let done = loop {
         let c = client.campaign(&id).await;
