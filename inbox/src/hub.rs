@@ -25,10 +25,10 @@
 //! connections are refused with 503 until the hub is subscribed again.
 
 use crate::service::{InboxItem, InboxService};
+use crate::subscription::{Next, Subscription};
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
-use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use herald_core::model::{Broadcast, LiveEvent};
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::Result;
@@ -430,30 +430,21 @@ impl Drop for Registration {
 /// subscribed in the background. The task ends when `stop` is cancelled.
 pub(crate) fn start(hub: Arc<Hub>, stop: CancellationToken) {
     let ctx = hub.svc.context().clone();
-    let subscribed = ctx.ports.live.subscribe().now_or_never();
-    if matches!(subscribed, Some(Ok(_))) {
+    let subscription = Subscription::new(ctx.ports.live.clone());
+    if subscription.subscribed_at_once() {
         hub.subscribed.store(true, Ordering::SeqCst);
     }
     // Under the worker runner: a panic while routing one event is caught and counted, the
     // follower goes on, and a subscription that keeps failing turns `/readyz` red. The task
     // ends with `stop` (the live feed's lifetime), not with this call.
-    let task = ctx.workers.spawn(
-        Follower {
-            hub,
-            first: subscribed,
-            events: None,
-        },
-        stop,
-    );
+    let task = ctx.workers.spawn(Follower { hub, subscription }, stop);
     tokio::spawn(task.join());
 }
 
 /// Follows the live hub for this process: one event routed per step.
 struct Follower {
     hub: Arc<Hub>,
-    /// A subscription made before the follower started (the in-process hub subscribes at once).
-    first: Option<Result<BoxStream<'static, LiveEvent>>>,
-    events: Option<BoxStream<'static, LiveEvent>>,
+    subscription: Subscription,
 }
 
 #[async_trait::async_trait]
@@ -463,43 +454,25 @@ impl Worker for Follower {
     }
 
     async fn step(&mut self, stop: &CancellationToken) -> Result<WorkerState> {
-        if self.events.is_none() {
-            let subscription = match self.first.take() {
-                Some(s) => s,
-                None => {
-                    let live = self.hub.svc.context().ports.live.clone();
-                    tokio::select! {
-                        _ = stop.cancelled() => return Ok(WorkerState::Done),
-                        s = live.subscribe() => s,
-                    }
-                }
-            };
-            // An error goes to the runner, which backs off before the next attempt.
-            let subscription = subscription.inspect_err(|_| {
-                self.hub.subscribed.store(false, Ordering::SeqCst);
-            })?;
-            self.hub.subscribed.store(true, Ordering::SeqCst);
-            self.events = Some(subscription);
-        }
-        let Some(events) = self.events.as_mut() else {
-            return Ok(WorkerState::Busy);
-        };
-        let event = tokio::select! {
-            _ = stop.cancelled() => return Ok(WorkerState::Done),
-            e = events.next() => e,
-        };
-        match event {
-            Some(event) => {
+        let next = self.subscription.next(stop).await.inspect_err(|_| {
+            self.hub.subscribed.store(false, Ordering::SeqCst);
+        })?;
+        match next {
+            Next::Event(event) => {
                 self.hub.route(event);
                 Ok(WorkerState::Busy)
             }
-            None => {
+            Next::Subscribed => {
+                self.hub.subscribed.store(true, Ordering::SeqCst);
+                Ok(WorkerState::Busy)
+            }
+            Next::Ended => {
                 tracing::warn!("the live hub subscription ended; closing live connections");
-                self.events = None;
                 self.hub.subscribed.store(false, Ordering::SeqCst);
                 self.hub.close_all(Kill::HubLost);
                 Ok(WorkerState::Idle(Duration::from_secs(1)))
             }
+            Next::Stop => Ok(WorkerState::Done),
         }
     }
 }

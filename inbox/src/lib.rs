@@ -39,6 +39,7 @@ mod hub;
 pub mod live;
 mod routes;
 pub mod service;
+mod subscription;
 
 pub use auth::InboxUser;
 pub use live::{LiveConfig, LiveFeed};

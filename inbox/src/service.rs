@@ -8,9 +8,8 @@
 
 use crate::cache::{broadcast_key, BroadcastCache, UserCache};
 use crate::cursor;
+use crate::subscription::{Next, Subscription};
 use chrono::{DateTime, Utc};
-use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
 use herald_core::model::{Broadcast, BroadcastUserState, InboxKey, LiveEvent, Notification};
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::Context;
@@ -152,17 +151,15 @@ impl InboxService {
         let watcher = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let stop = CancellationToken::new();
             // A hub that subscribes at once (the in-process one) is followed from before the
-            // first read; others are subscribed to in the background.
-            let subscribed = ctx.ports.live.subscribe().now_or_never();
-            // Under the worker runner (a panic is caught and the watcher goes on; a
-            // subscription that keeps failing shows in `/readyz`); it ends with the service.
+            // first read; others are subscribed to in the background. Under the worker runner
+            // (a panic is caught and the watcher goes on; a subscription that keeps failing
+            // shows in `/readyz`); it ends with the service.
+            let subscription = Subscription::new(ctx.ports.live.clone());
             let _enter = rt.enter();
             let task = ctx.workers.spawn(
                 ActivationWatcher {
-                    ctx: ctx.clone(),
                     cache: Arc::downgrade(&broadcasts),
-                    first: subscribed,
-                    events: None,
+                    subscription,
                 },
                 stop.clone(),
             );
@@ -431,11 +428,8 @@ fn merge(
 /// cache, since events published before it were not seen; after a failure the runner backs
 /// off before resubscribing (the periodic reload covers the gap meanwhile).
 struct ActivationWatcher {
-    ctx: Context,
     cache: Weak<BroadcastCache>,
-    /// A subscription made before the watcher started (the in-process hub subscribes at once).
-    first: Option<Result<BoxStream<'static, LiveEvent>>>,
-    events: Option<BoxStream<'static, LiveEvent>>,
+    subscription: Subscription,
 }
 
 #[async_trait::async_trait]
@@ -445,44 +439,28 @@ impl Worker for ActivationWatcher {
     }
 
     async fn step(&mut self, stop: &CancellationToken) -> Result<WorkerState> {
-        if self.events.is_none() {
-            let subscription = match self.first.take() {
-                Some(s) => s,
-                None => {
-                    let s = tokio::select! {
-                        _ = stop.cancelled() => return Ok(WorkerState::Done),
-                        s = self.ctx.ports.live.subscribe() => s,
-                    };
-                    match self.cache.upgrade() {
-                        Some(cache) => cache.invalidate(),
-                        None => return Ok(WorkerState::Done),
-                    }
-                    s
-                }
-            };
-            self.events = Some(subscription?);
+        if self.cache.strong_count() == 0 {
+            return Ok(WorkerState::Done);
         }
-        let Some(events) = self.events.as_mut() else {
-            return Ok(WorkerState::Busy);
-        };
-        let event = tokio::select! {
-            _ = stop.cancelled() => return Ok(WorkerState::Done),
-            e = events.next() => e,
-        };
-        match event {
-            Some(LiveEvent::BroadcastActivated { broadcast }) => match self.cache.upgrade() {
-                Some(cache) => {
+        match self.subscription.next(stop).await? {
+            Next::Event(LiveEvent::BroadcastActivated { broadcast }) => {
+                if let Some(cache) = self.cache.upgrade() {
                     cache.activated(*broadcast);
-                    Ok(WorkerState::Busy)
                 }
-                None => Ok(WorkerState::Done),
-            },
-            Some(_) => Ok(WorkerState::Busy),
-            None => {
+                Ok(WorkerState::Busy)
+            }
+            Next::Event(_) => Ok(WorkerState::Busy),
+            Next::Subscribed => {
+                if let Some(cache) = self.cache.upgrade() {
+                    cache.invalidate();
+                }
+                Ok(WorkerState::Busy)
+            }
+            Next::Ended => {
                 tracing::warn!("the live hub subscription ended; resubscribing");
-                self.events = None;
                 Ok(WorkerState::Idle(Duration::from_secs(1)))
             }
+            Next::Stop => Ok(WorkerState::Done),
         }
     }
 }
