@@ -113,7 +113,13 @@ pub async fn open_campaigns(url: &BackendUrl) -> Result<Arc<dyn CampaignStore>> 
             #[cfg(not(feature = "sqlite"))]
             return Err(compiled_out("sqlite", "sqlite"));
         }
-        _ => Err(unsupported("campaign store", url, "sqlite")),
+        "mysql" => {
+            #[cfg(feature = "mysql")]
+            return Ok(Arc::new(mysql::MysqlCampaigns::open(url).await?));
+            #[cfg(not(feature = "mysql"))]
+            return Err(compiled_out("mysql", "mysql"));
+        }
+        _ => Err(unsupported("campaign store", url, "sqlite, mysql")),
     }
 }
 
@@ -125,7 +131,13 @@ pub async fn open_inbox(url: &BackendUrl) -> Result<Arc<dyn InboxStore>> {
             #[cfg(not(feature = "sqlite"))]
             return Err(compiled_out("sqlite", "sqlite"));
         }
-        _ => Err(unsupported("inbox store", url, "sqlite")),
+        "mysql" => {
+            #[cfg(feature = "mysql")]
+            return Ok(Arc::new(mysql::MysqlInbox::open(url).await?));
+            #[cfg(not(feature = "mysql"))]
+            return Err(compiled_out("mysql", "mysql"));
+        }
+        _ => Err(unsupported("inbox store", url, "sqlite, mysql")),
     }
 }
 
@@ -137,7 +149,13 @@ pub async fn open_broadcasts(url: &BackendUrl) -> Result<Arc<dyn BroadcastStore>
             #[cfg(not(feature = "sqlite"))]
             return Err(compiled_out("sqlite", "sqlite"));
         }
-        _ => Err(unsupported("broadcast store", url, "sqlite")),
+        "mysql" => {
+            #[cfg(feature = "mysql")]
+            return Ok(Arc::new(mysql::MysqlBroadcasts::open(url).await?));
+            #[cfg(not(feature = "mysql"))]
+            return Err(compiled_out("mysql", "mysql"));
+        }
+        _ => Err(unsupported("broadcast store", url, "sqlite, mysql")),
     }
 }
 
@@ -161,7 +179,13 @@ pub async fn open_deliveries(url: &BackendUrl) -> Result<Arc<dyn DeliveryStore>>
             #[cfg(not(feature = "sqlite"))]
             return Err(compiled_out("sqlite", "sqlite"));
         }
-        _ => Err(unsupported("delivery store", url, "sqlite")),
+        "mysql" => {
+            #[cfg(feature = "mysql")]
+            return Ok(Arc::new(mysql::MysqlDeliveries::open(url).await?));
+            #[cfg(not(feature = "mysql"))]
+            return Err(compiled_out("mysql", "mysql"));
+        }
+        _ => Err(unsupported("delivery store", url, "sqlite, mysql")),
     }
 }
 

@@ -149,6 +149,7 @@ macro_rules! broadcast_conformance {
 }
 
 broadcast_conformance!(sqlite, common::sqlite_broadcasts());
+broadcast_conformance!(mysql, common::mysql_broadcasts());
 
 /// The in-process preference cache and live hub (Redis adapters of later issues reuse these).
 pub mod cache_cases {

@@ -740,6 +740,64 @@ pub mod cases {
         assert_eq!(got.progress.notifications_written, 2);
         assert_eq!(got.deliveries[&Channel::Push].queued, 2);
     }
+    /// Fan-out workers and push gateways on many nodes record batches and delivery reports of
+    /// one campaign at the same time, each possibly twice (a redelivery): every batch and
+    /// report counts once, none is lost to a lock conflict, the failure sample stays bounded.
+    pub async fn concurrent_writers_count_every_batch_and_report_exactly_once(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let c = campaign(&format!("{p}-1"), CampaignStatus::FanningOut);
+        s.insert_campaign(&c).await.unwrap();
+        let writers = (0..8u64).map(|w| {
+            let (s, id) = (s.clone(), c.id.clone());
+            tokio::spawn(async move {
+                for i in 0..40u64 {
+                    // Writers overlap: each batch is recorded by two of them.
+                    let batch_no = (w / 2) * 40 + i;
+                    let delta = Progress {
+                        notifications_written: 10,
+                        failed_render: 1,
+                        ..Default::default()
+                    };
+                    let failure = RecipientFailure {
+                        batch_no,
+                        user_id: Some(format!("u{batch_no}")),
+                        reason: "does not render".into(),
+                    };
+                    s.record_batch(&id, batch_no, &delta, &[(Channel::Push, 10)], &[failure])
+                        .await
+                        .unwrap();
+                    let sent = DeliveryCounts {
+                        sent: 9,
+                        failed: 1,
+                        ..Default::default()
+                    };
+                    let key = format!("{id}/{batch_no}/push/0/0");
+                    s.record_deliveries(&id, &key, Channel::Push, &sent)
+                        .await
+                        .unwrap();
+                }
+            })
+        });
+        for w in futures::future::join_all(writers).await {
+            w.expect("writer");
+        }
+        let got = s.get_campaign(&c.id).await.unwrap().unwrap();
+        assert_eq!(got.progress.batches_done, 160);
+        assert_eq!(got.progress.notifications_written, 1_600);
+        assert_eq!(got.progress.failed_render, 160);
+        assert_eq!(
+            got.deliveries[&Channel::Push],
+            DeliveryCounts {
+                queued: 1_600,
+                sent: 1_440,
+                failed: 160
+            }
+        );
+        let sample = s.campaign_failures(&c.id).await.unwrap();
+        assert_eq!(sample.len(), herald_core::ports::KEPT_FAILURES);
+    }
 }
 
 macro_rules! campaign_conformance {
@@ -755,6 +813,7 @@ macro_rules! campaign_conformance {
                 claimable_campaigns_are_the_dispatchable_ones_without_a_live_lease,
                 transitions_are_compare_and_set_and_stamp_times,
                 a_batch_is_counted_once_however_often_it_is_recorded,
+                concurrent_writers_count_every_batch_and_report_exactly_once,
                 checkpoints_survive_and_fix_the_batch_total_when_done,
                 rules_are_upserted_listed_and_deleted,
                 delivery_counters_add_up_per_channel,
@@ -779,3 +838,4 @@ macro_rules! campaign_conformance {
 }
 
 campaign_conformance!(sqlite, common::sqlite_campaigns());
+campaign_conformance!(mysql, common::mysql_campaigns());

@@ -192,3 +192,4 @@ macro_rules! delivery_conformance {
 }
 
 delivery_conformance!(sqlite, common::sqlite_deliveries());
+delivery_conformance!(mysql, common::mysql_deliveries());

@@ -266,3 +266,4 @@ macro_rules! inbox_conformance {
 }
 
 inbox_conformance!(sqlite, common::sqlite_inbox());
+inbox_conformance!(mysql, common::mysql_inbox());

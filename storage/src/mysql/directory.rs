@@ -7,9 +7,12 @@
 //! values with `VALUES(col)`, which both engines accept (MySQL 8.0.20+ deprecates it in favour
 //! of a row alias that MariaDB does not have). Devices are keyed by `UNHEX(SHA2(token, 256))`.
 
-use super::{chunks_by_size, open_pool, retry_deadlocks, MAX_PARAMS, MAX_STATEMENT_BYTES};
+use super::{
+    chunks_by_size, open_pool, opt_text, retry_deadlocks, text, time, MAX_PARAMS,
+    MAX_STATEMENT_BYTES,
+};
 use crate::migrations::{migration, Migration};
-use crate::time::{from_micros, micros};
+use crate::time::micros;
 use crate::{corrupt, db_error, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -48,23 +51,6 @@ impl MysqlDirectory {
 
 const USER_COLUMNS: &str = "id, email, phone, attributes, created_at, updated_at";
 const DEVICE_COLUMNS: &str = "token, user_id, platform, created_at, last_used_at";
-
-/// A text column. Decoded without sqlx's type check: columns in a binary collation
-/// (`utf8mb4_bin`, `ascii_bin`) carry the BINARY flag, which sqlx takes for VARBINARY.
-fn text(row: &MySqlRow, column: &str) -> Result<String> {
-    row.try_get_unchecked::<String, _>(column).map_err(db_error)
-}
-
-fn opt_text(row: &MySqlRow, column: &str) -> Result<Option<String>> {
-    row.try_get_unchecked::<Option<String>, _>(column)
-        .map_err(db_error)
-}
-
-fn time(row: &MySqlRow, column: &str) -> Result<DateTime<Utc>> {
-    Ok(from_micros(
-        row.try_get::<i64, _>(column).map_err(db_error)?,
-    ))
-}
 
 fn user_from_row(row: &MySqlRow) -> Result<User> {
     Ok(User {

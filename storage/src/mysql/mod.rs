@@ -1,4 +1,5 @@
-//! MySQL 8 / MariaDB 10.11 adapters (the `mysql://` scheme): the directory and the delay store.
+//! MySQL 8 / MariaDB 10.11 adapters (the `mysql://` scheme): the directory, the campaign,
+//! inbox, broadcast, delivery and delay stores.
 //!
 //! This module owns what every MySQL port shares: opening a pool from a [`BackendUrl`] (utf8mb4,
 //! strict SQL mode, bounded connection count, timeouts), retrying a transaction that InnoDB
@@ -12,15 +13,27 @@
 //! statements of a version are run one by one and must each be idempotent (`CREATE TABLE IF NOT
 //! EXISTS` with the indexes inside): a run cut short is completed by the next one.
 
+mod broadcasts;
+mod campaigns;
 mod delays;
+mod deliveries;
 mod directory;
+mod inbox;
 
+pub use broadcasts::MysqlBroadcasts;
+pub use campaigns::MysqlCampaigns;
 pub use delays::MysqlDelays;
+pub use deliveries::MysqlDeliveries;
 pub use directory::MysqlDirectory;
+pub use inbox::MysqlInbox;
 
+use crate::time::from_micros;
 use crate::{db_error, migrations::Migration, BackendUrl};
+use chrono::{DateTime, Utc};
 use herald_core::{Error, Result};
+use sqlx::mysql::MySqlRow;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::Row;
 use sqlx::{Connection, Executor, MySqlConnection, MySqlPool};
 use std::future::Future;
 use std::str::FromStr;
@@ -217,4 +230,21 @@ pub(crate) async fn ping(pool: &MySqlPool) -> Result<()> {
         .await
         .map_err(db_error)?;
     Ok(())
+}
+
+/// A text column. Decoded without sqlx's type check: columns in a binary collation
+/// (`utf8mb4_bin`, `ascii_bin`) carry the BINARY flag, which sqlx takes for VARBINARY.
+pub(crate) fn text(row: &MySqlRow, column: &str) -> Result<String> {
+    row.try_get_unchecked::<String, _>(column).map_err(db_error)
+}
+
+pub(crate) fn opt_text(row: &MySqlRow, column: &str) -> Result<Option<String>> {
+    row.try_get_unchecked::<Option<String>, _>(column)
+        .map_err(db_error)
+}
+
+pub(crate) fn time(row: &MySqlRow, column: &str) -> Result<DateTime<Utc>> {
+    Ok(from_micros(
+        row.try_get::<i64, _>(column).map_err(db_error)?,
+    ))
 }

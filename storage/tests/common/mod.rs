@@ -96,14 +96,55 @@ pub async fn sqlite_delays() -> Option<Arc<dyn DelayStore>> {
     )
 }
 
-/// A delay store on a database of its own (a claim takes every due message of a store, so
-/// cases cannot share one), when `HERALD_TEST_MYSQL_URL` is set.
+/// A new, empty MySQL database of its own (cases that list or purge a whole store cannot
+/// share one), when `HERALD_TEST_MYSQL_URL` is set.
+pub async fn fresh_mysql_url(prefix: &str) -> Option<BackendUrl> {
+    let raw = mysql_support::fresh_mysql_database(prefix).await?;
+    Some(BackendUrl::parse(&raw).expect("MySQL URL"))
+}
+
 pub async fn mysql_delays() -> Option<Arc<dyn DelayStore>> {
-    let raw = mysql_support::fresh_mysql_database("herald_delays").await?;
+    let url = fresh_mysql_url("herald_delays").await?;
     Some(
-        herald_storage::open_delays(&BackendUrl::parse(&raw).unwrap())
+        herald_storage::open_delays(&url)
             .await
             .expect("open MySQL delay store"),
+    )
+}
+
+pub async fn mysql_campaigns() -> Option<Arc<dyn CampaignStore>> {
+    let url = fresh_mysql_url("herald_campaigns").await?;
+    Some(
+        herald_storage::open_campaigns(&url)
+            .await
+            .expect("open MySQL campaign store"),
+    )
+}
+
+pub async fn mysql_inbox() -> Option<Arc<dyn InboxStore>> {
+    let url = fresh_mysql_url("herald_inbox").await?;
+    Some(
+        herald_storage::open_inbox(&url)
+            .await
+            .expect("open MySQL inbox store"),
+    )
+}
+
+pub async fn mysql_broadcasts() -> Option<Arc<dyn BroadcastStore>> {
+    let url = fresh_mysql_url("herald_broadcasts").await?;
+    Some(
+        herald_storage::open_broadcasts(&url)
+            .await
+            .expect("open MySQL broadcast store"),
+    )
+}
+
+pub async fn mysql_deliveries() -> Option<Arc<dyn DeliveryStore>> {
+    let url = fresh_mysql_url("herald_deliveries").await?;
+    Some(
+        herald_storage::open_deliveries(&url)
+            .await
+            .expect("open MySQL delivery store"),
     )
 }
 

@@ -1,0 +1,1030 @@
+//! The campaign store on MySQL 8 / MariaDB 10.11 (schema and its reasons in
+//! `migrations/mysql/campaigns/0001_init.sql`): campaigns, their progress counters, recorded
+//! batches and delivery reports, failures, dispatch leases, idempotency keys and rules.
+//!
+//! Progress counters are spread over [`COUNTER_SHARDS`] rows per campaign (and per channel),
+//! so fan-out workers and push gateways on many nodes add to them without queueing on one
+//! row lock; a read sums the shards. Each recording is one transaction that takes its locks in
+//! one order (recorded-batch or report row, counter shard, the campaign row only when the
+//! failure sample grows, channel shards by channel), and runs again when InnoDB picks it as a
+//! deadlock victim: the dedupe row makes a rerun add nothing twice.
+//!
+//! "Was it new" is asked of a plain `INSERT` (a duplicate key error means no), never of
+//! `INSERT IGNORE` (which turns strict mode's errors into warnings) nor of the affected-row
+//! count of `ON DUPLICATE KEY UPDATE` (sqlx sets CLIENT_FOUND_ROWS, under which an unchanged
+//! duplicate reports one row, like an insert). `UPDATE` counts are rows matched, which is what
+//! the compare-and-set methods need.
+
+use super::{open_pool, opt_text, retry_deadlocks, text};
+use crate::migrations::{migration, Migration};
+use crate::time::{from_micros, micros, opt_from_micros};
+use crate::{corrupt, db_error, BackendUrl};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::model::*;
+use herald_core::ports::{CampaignStore, IdempotencyClaim, KEPT_FAILURES};
+use herald_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sqlx::mysql::MySqlRow;
+use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MIGRATIONS: &[Migration] = &[migration!("mysql", "campaigns", "0001_init")];
+
+/// Counter rows per campaign (and per campaign and channel).
+pub const COUNTER_SHARDS: u64 = 16;
+
+/// Statuses in which a campaign may need a dispatcher (see `claimable_campaigns`).
+const DISPATCHABLE: &str = "('sizing', 'fanning_out', 'active')";
+
+const COLUMNS: &str = "id, status, strategy, spec, starts_at, expires_at, audience_size, \
+    batches_total, created_at, started_at, completed_at, next_batch, after_user, batching_done";
+
+/// Campaign ids per `IN (...)` list when loading counters.
+const IN_CHUNK: usize = 500;
+
+pub struct MysqlCampaigns {
+    pool: MySqlPool,
+    /// Spreads `add_deliveries` calls, which carry no key, over the shards.
+    next_shard: AtomicU64,
+}
+
+impl MysqlCampaigns {
+    pub async fn open(url: &BackendUrl) -> Result<Self> {
+        Ok(Self {
+            pool: open_pool(url, "campaigns", 16, MIGRATIONS).await?,
+            next_shard: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The parts of a campaign that never change after creation, stored as one JSON column.
+#[derive(Serialize, Deserialize)]
+struct Spec {
+    audience: Audience,
+    content: CampaignContent,
+    channels: Vec<Channel>,
+    category: Option<String>,
+    priority: Priority,
+    data: serde_json::Value,
+}
+
+fn ttl_micros(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: String) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s)).map_err(|e| corrupt(what, e))
+}
+
+fn int(row: &MySqlRow, column: &str) -> Result<i64> {
+    row.try_get::<i64, _>(column).map_err(db_error)
+}
+
+fn opt_int(row: &MySqlRow, column: &str) -> Result<Option<i64>> {
+    row.try_get::<Option<i64>, _>(column).map_err(db_error)
+}
+
+/// A counter read back: negative only if the shards were edited by hand.
+fn count(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// The shard a report key's counters go to: FNV-1a of the key, so a key always lands on the
+/// same shard and different keys spread.
+fn key_shard(key: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % COUNTER_SHARDS) as i64
+}
+
+fn batch_shard(batch_no: u64) -> i64 {
+    (batch_no % COUNTER_SHARDS) as i64
+}
+
+fn campaign_from_row(row: &MySqlRow) -> Result<Campaign> {
+    let spec: Spec =
+        serde_json::from_str(&text(row, "spec")?).map_err(|e| corrupt("campaign", e))?;
+    Ok(Campaign {
+        id: text(row, "id")?,
+        audience: spec.audience,
+        content: spec.content,
+        channels: spec.channels,
+        category: spec.category,
+        priority: spec.priority,
+        data: spec.data,
+        starts_at: opt_from_micros(opt_int(row, "starts_at")?),
+        expires_at: opt_from_micros(opt_int(row, "expires_at")?),
+        strategy: parse_enum("campaign strategy", text(row, "strategy")?)?,
+        status: parse_enum("campaign status", text(row, "status")?)?,
+        audience_size: count(int(row, "audience_size")?),
+        progress: Progress {
+            batches_total: count(int(row, "batches_total")?),
+            ..Progress::default()
+        },
+        deliveries: Default::default(),
+        created_at: from_micros(int(row, "created_at")?),
+        started_at: opt_from_micros(opt_int(row, "started_at")?),
+        completed_at: opt_from_micros(opt_int(row, "completed_at")?),
+        checkpoint: Checkpoint {
+            next_batch: count(int(row, "next_batch")?),
+            after_user: opt_text(row, "after_user")?,
+            batching_done: row.try_get::<i8, _>("batching_done").map_err(db_error)? != 0,
+        },
+    })
+}
+
+/// Runs a plain INSERT; `false` if the row existed (a duplicate key), the error otherwise.
+async fn insert_once(
+    conn: &mut MySqlConnection,
+    query: sqlx::query::Query<'_, MySql, sqlx::mysql::MySqlArguments>,
+) -> std::result::Result<bool, sqlx::Error> {
+    match query.execute(conn).await {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds `d` (all but `batches_total`) and `batches` done to counter shard `shard`.
+async fn add_progress(
+    conn: &mut MySqlConnection,
+    id: &str,
+    shard: i64,
+    batches: i64,
+    d: &Progress,
+    failed_batches: i64,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO campaign_counters (campaign_id, shard, batches_done, notifications_written, \
+         skipped_opted_out, deferred_quiet_hours, failed_render, failed_batches) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+         batches_done = batches_done + VALUES(batches_done), \
+         notifications_written = notifications_written + VALUES(notifications_written), \
+         skipped_opted_out = skipped_opted_out + VALUES(skipped_opted_out), \
+         deferred_quiet_hours = deferred_quiet_hours + VALUES(deferred_quiet_hours), \
+         failed_render = failed_render + VALUES(failed_render), \
+         failed_batches = failed_batches + VALUES(failed_batches)",
+    )
+    .bind(id)
+    .bind(shard)
+    .bind(batches)
+    .bind(d.notifications_written as i64)
+    .bind(d.skipped_opted_out as i64)
+    .bind(d.deferred_quiet_hours as i64)
+    .bind(d.failed_render as i64)
+    .bind(failed_batches)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds `d` to the counters of `channel` in shard `shard`.
+async fn add_channel_counts(
+    conn: &mut MySqlConnection,
+    id: &str,
+    channel: Channel,
+    shard: i64,
+    d: &DeliveryCounts,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO campaign_channel_counters (campaign_id, channel, shard, queued, sent, failed) \
+         VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE queued = queued + VALUES(queued), \
+         sent = sent + VALUES(sent), failed = failed + VALUES(failed)",
+    )
+    .bind(id)
+    .bind(channel.as_str())
+    .bind(shard)
+    .bind(d.queued as i64)
+    .bind(d.sent as i64)
+    .bind(d.failed as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Keeps `failures` while the campaign's sample has room. The campaign row is locked first,
+/// so two writers never read the same count and the sample never outgrows its bound; this is
+/// the only time a recording touches that row, and failures are rare.
+async fn keep_failures(
+    conn: &mut MySqlConnection,
+    id: &str,
+    failures: &[RecipientFailure],
+) -> std::result::Result<(), sqlx::Error> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT id FROM campaigns WHERE id = ? FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let kept: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM campaign_failures WHERE campaign_id = ?")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let room = KEPT_FAILURES.saturating_sub(kept as usize);
+    for (i, f) in failures.iter().take(room).enumerate() {
+        sqlx::query(
+            "INSERT INTO campaign_failures (campaign_id, seq, batch_no, user_id, reason) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(kept + i as i64)
+        .bind(f.batch_no as i64)
+        .bind(&f.user_id)
+        .bind(&f.reason)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A batch's (or a replay's) additions: progress, failures, then the channels' `queued`, in
+/// channel order (one lock order for every writer).
+#[allow(clippy::too_many_arguments)]
+async fn add_batch(
+    conn: &mut MySqlConnection,
+    id: &str,
+    batch_no: u64,
+    batches: i64,
+    d: &Progress,
+    failed_batches: i64,
+    queued: &[(Channel, u64)],
+    failures: &[RecipientFailure],
+) -> std::result::Result<(), sqlx::Error> {
+    let shard = batch_shard(batch_no);
+    add_progress(conn, id, shard, batches, d, failed_batches).await?;
+    keep_failures(conn, id, failures).await?;
+    let mut queued: Vec<(Channel, u64)> = queued.iter().filter(|(_, n)| *n > 0).copied().collect();
+    queued.sort_by_key(|(c, _)| c.as_str());
+    for (channel, n) in queued {
+        let counts = DeliveryCounts {
+            queued: n,
+            ..DeliveryCounts::default()
+        };
+        add_channel_counts(conn, id, channel, shard, &counts).await?;
+    }
+    Ok(())
+}
+
+impl MysqlCampaigns {
+    /// Fills in the summed counters and per-channel counts of `campaigns`.
+    async fn with_counters(&self, mut campaigns: Vec<Campaign>) -> Result<Vec<Campaign>> {
+        if campaigns.is_empty() {
+            return Ok(campaigns);
+        }
+        let index: HashMap<String, usize> = campaigns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), i))
+            .collect();
+        let ids: Vec<String> = campaigns.iter().map(|c| c.id.clone()).collect();
+        for part in ids.chunks(IN_CHUNK) {
+            let mut qb = QueryBuilder::<MySql>::new(
+                "SELECT campaign_id, CAST(SUM(batches_done) AS SIGNED) AS batches_done, \
+                 CAST(SUM(notifications_written) AS SIGNED) AS notifications_written, \
+                 CAST(SUM(skipped_opted_out) AS SIGNED) AS skipped_opted_out, \
+                 CAST(SUM(deferred_quiet_hours) AS SIGNED) AS deferred_quiet_hours, \
+                 CAST(SUM(failed_render) AS SIGNED) AS failed_render, \
+                 CAST(SUM(failed_batches) AS SIGNED) AS failed_batches \
+                 FROM campaign_counters WHERE campaign_id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in part {
+                sep.push_bind(id);
+            }
+            qb.push(") GROUP BY campaign_id");
+            for row in qb.build().fetch_all(&self.pool).await.map_err(db_error)? {
+                let Some(&i) = index.get(&text(&row, "campaign_id")?) else {
+                    continue;
+                };
+                let p = &mut campaigns[i].progress;
+                p.batches_done = count(int(&row, "batches_done")?);
+                p.notifications_written = count(int(&row, "notifications_written")?);
+                p.skipped_opted_out = count(int(&row, "skipped_opted_out")?);
+                p.deferred_quiet_hours = count(int(&row, "deferred_quiet_hours")?);
+                p.failed_render = count(int(&row, "failed_render")?);
+                p.failed_batches = count(int(&row, "failed_batches")?);
+            }
+            let mut qb = QueryBuilder::<MySql>::new(
+                "SELECT campaign_id, channel, CAST(SUM(queued) AS SIGNED) AS queued, \
+                 CAST(SUM(sent) AS SIGNED) AS sent, CAST(SUM(failed) AS SIGNED) AS failed \
+                 FROM campaign_channel_counters WHERE campaign_id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in part {
+                sep.push_bind(id);
+            }
+            qb.push(") GROUP BY campaign_id, channel");
+            for row in qb.build().fetch_all(&self.pool).await.map_err(db_error)? {
+                let Some(&i) = index.get(&text(&row, "campaign_id")?) else {
+                    continue;
+                };
+                let channel: Channel = parse_enum("channel", text(&row, "channel")?)?;
+                campaigns[i].deliveries.insert(
+                    channel,
+                    DeliveryCounts {
+                        queued: count(int(&row, "queued")?),
+                        sent: count(int(&row, "sent")?),
+                        failed: count(int(&row, "failed")?),
+                    },
+                );
+            }
+        }
+        Ok(campaigns)
+    }
+
+    async fn load(&self, rows: Vec<MySqlRow>) -> Result<Vec<Campaign>> {
+        let campaigns = rows
+            .iter()
+            .map(campaign_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        self.with_counters(campaigns).await
+    }
+}
+
+#[async_trait]
+impl CampaignStore for MysqlCampaigns {
+    async fn ping(&self) -> Result<()> {
+        super::ping(&self.pool).await
+    }
+
+    async fn insert_campaign(&self, c: &Campaign) -> Result<()> {
+        let spec = Spec {
+            audience: c.audience.clone(),
+            content: c.content.clone(),
+            channels: c.channels.clone(),
+            category: c.category.clone(),
+            priority: c.priority,
+            data: c.data.clone(),
+        };
+        let spec = serde_json::to_string(&spec).map_err(|e| corrupt("campaign", e))?;
+        let inserted = retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            let fresh = insert_once(
+                &mut tx,
+                sqlx::query(&format!(
+                    "INSERT INTO campaigns ({COLUMNS}) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ))
+                .bind(&c.id)
+                .bind(c.status.as_str())
+                .bind(c.strategy.as_str())
+                .bind(&spec)
+                .bind(c.starts_at.map(micros))
+                .bind(c.expires_at.map(micros))
+                .bind(c.audience_size as i64)
+                .bind(c.progress.batches_total as i64)
+                .bind(micros(c.created_at))
+                .bind(c.started_at.map(micros))
+                .bind(c.completed_at.map(micros))
+                .bind(c.checkpoint.next_batch as i64)
+                .bind(&c.checkpoint.after_user)
+                .bind(i8::from(c.checkpoint.batching_done)),
+            )
+            .await?;
+            if !fresh {
+                return Ok(false);
+            }
+            let p = &c.progress;
+            add_progress(
+                &mut tx,
+                &c.id,
+                0,
+                p.batches_done as i64,
+                p,
+                p.failed_batches as i64,
+            )
+            .await?;
+            for (channel, counts) in &c.deliveries {
+                add_channel_counts(&mut tx, &c.id, *channel, 0, counts).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await?;
+        if !inserted {
+            return Err(Error::conflict(format!(
+                "campaign `{}` already exists",
+                c.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM campaigns WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(self.load(row.into_iter().collect()).await?.pop())
+    }
+
+    async fn list_campaigns(
+        &self,
+        status: Option<CampaignStatus>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Campaign>> {
+        let mut qb =
+            QueryBuilder::<MySql>::new(format!("SELECT {COLUMNS} FROM campaigns WHERE 1 = 1"));
+        if let Some(status) = status {
+            qb.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(before) = before {
+            qb.push(" AND id < ").push_bind(before.to_owned());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        self.load(rows).await
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[CampaignStatus],
+        to: CampaignStatus,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let mut qb = QueryBuilder::<MySql>::new("UPDATE campaigns SET status = ");
+        qb.push_bind(to.as_str());
+        match to {
+            CampaignStatus::FanningOut | CampaignStatus::Active => {
+                qb.push(", started_at = COALESCE(started_at, ")
+                    .push_bind(micros(at))
+                    .push(")");
+            }
+            s if s.is_final() => {
+                qb.push(", completed_at = COALESCE(completed_at, ")
+                    .push_bind(micros(at))
+                    .push(")");
+            }
+            _ => {}
+        }
+        qb.push(" WHERE id = ").push_bind(id.to_owned());
+        qb.push(" AND status IN (");
+        let mut sep = qb.separated(", ");
+        for s in from {
+            sep.push_bind(s.as_str());
+        }
+        qb.push(")");
+        let n = qb
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()> {
+        sqlx::query("UPDATE campaigns SET audience_size = ?, batches_total = ? WHERE id = ?")
+            .bind(audience_size as i64)
+            .bind(batches_total as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn save_checkpoint(
+        &self,
+        lease: &CampaignLease,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool> {
+        let mut qb = QueryBuilder::<MySql>::new("UPDATE campaigns SET next_batch = ");
+        qb.push_bind(checkpoint.next_batch as i64)
+            .push(", after_user = ")
+            .push_bind(checkpoint.after_user.clone())
+            .push(", batching_done = ")
+            .push_bind(i8::from(checkpoint.batching_done));
+        if checkpoint.batching_done {
+            qb.push(", batches_total = ")
+                .push_bind(checkpoint.next_batch as i64);
+        }
+        qb.push(" WHERE id = ")
+            .push_bind(lease.campaign_id.clone())
+            .push(" AND lease_fence = ")
+            .push_bind(lease.fence as i64);
+        let n = qb
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn claimable_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<String>> {
+        let rows = sqlx::query(&format!(
+            "SELECT id FROM campaigns WHERE status IN {DISPATCHABLE} AND batching_done = 0 \
+             AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id LIMIT ?"
+        ))
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(|r| text(r, "id")).collect()
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<Option<CampaignLease>> {
+        let until = micros(now).saturating_add(ttl_micros(ttl));
+        let fence = retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            let taken = sqlx::query(
+                "UPDATE campaigns SET lease_owner = ?, lease_until = ?, \
+                 lease_fence = lease_fence + 1 \
+                 WHERE id = ? AND (lease_until IS NULL OR lease_until <= ?)",
+            )
+            .bind(owner)
+            .bind(until)
+            .bind(id)
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if !taken {
+                return Ok(None);
+            }
+            // The row stays locked by this transaction: the fence read is the one just set.
+            let fence: i64 = sqlx::query_scalar("SELECT lease_fence FROM campaigns WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(fence))
+        })
+        .await?;
+        Ok(fence.map(|fence| CampaignLease {
+            campaign_id: id.to_owned(),
+            owner: owner.to_owned(),
+            fence: fence as u64,
+            until: from_micros(until),
+        }))
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &CampaignLease,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_fence = ? \
+             AND lease_owner = ?",
+        )
+        .bind(micros(now).saturating_add(ttl_micros(ttl)))
+        .bind(&lease.campaign_id)
+        .bind(lease.fence as i64)
+        .bind(&lease.owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn release_lease(&self, lease: &CampaignLease, retry_at: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE campaigns SET lease_owner = NULL, lease_until = ? WHERE id = ? \
+             AND lease_fence = ? AND lease_owner = ?",
+        )
+        .bind(micros(retry_at))
+        .bind(&lease.campaign_id)
+        .bind(lease.fence as i64)
+        .bind(&lease.owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn record_batch(
+        &self,
+        id: &str,
+        batch_no: u64,
+        d: &Progress,
+        queued: &[(Channel, u64)],
+        failures: &[RecipientFailure],
+    ) -> Result<bool> {
+        retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            let fresh = insert_once(
+                &mut tx,
+                sqlx::query("INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?)")
+                    .bind(id)
+                    .bind(batch_no as i64),
+            )
+            .await?;
+            if !fresh {
+                return Ok(false);
+            }
+            let failed = d.failed_batches as i64;
+            add_batch(&mut tx, id, batch_no, 1, d, failed, queued, failures).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn record_failed_batch(&self, b: &FailedBatch) -> Result<bool> {
+        let users = serde_json::to_string(&b.user_ids).map_err(|e| corrupt("failed batch", e))?;
+        let failure = RecipientFailure {
+            batch_no: b.batch_no,
+            user_id: None,
+            reason: b.reason.clone(),
+        };
+        let failure = std::slice::from_ref(&failure);
+        retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            let fresh = insert_once(
+                &mut tx,
+                sqlx::query("INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?)")
+                    .bind(&b.campaign_id)
+                    .bind(b.batch_no as i64),
+            )
+            .await?;
+            if !fresh {
+                return Ok(false);
+            }
+            let none = Progress::default();
+            add_batch(
+                &mut tx,
+                &b.campaign_id,
+                b.batch_no,
+                1,
+                &none,
+                1,
+                &[],
+                failure,
+            )
+            .await?;
+            sqlx::query(
+                "INSERT INTO campaign_failed_batches \
+                 (campaign_id, batch_no, user_ids, reason, failed_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&b.campaign_id)
+            .bind(b.batch_no as i64)
+            .bind(&users)
+            .bind(&b.reason)
+            .bind(micros(b.failed_at))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn failed_batches(&self, id: &str) -> Result<Vec<FailedBatch>> {
+        let rows = sqlx::query(
+            "SELECT batch_no, user_ids, reason, failed_at, replayed_at \
+             FROM campaign_failed_batches WHERE campaign_id = ? ORDER BY batch_no",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailedBatch {
+                    campaign_id: id.to_owned(),
+                    batch_no: count(int(r, "batch_no")?),
+                    user_ids: serde_json::from_str(&text(r, "user_ids")?)
+                        .map_err(|e| corrupt("failed batch", e))?,
+                    reason: text(r, "reason")?,
+                    failed_at: from_micros(int(r, "failed_at")?),
+                    replayed_at: opt_from_micros(opt_int(r, "replayed_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_batch_replayed(
+        &self,
+        id: &str,
+        batch_no: u64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<bool>> {
+        let set = sqlx::query(
+            "UPDATE campaign_failed_batches SET replayed_at = ? \
+             WHERE campaign_id = ? AND batch_no = ? AND replayed_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(id)
+        .bind(batch_no as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected()
+            > 0;
+        if set {
+            return Ok(Some(true));
+        }
+        let exists = sqlx::query(
+            "SELECT 1 FROM campaign_failed_batches WHERE campaign_id = ? AND batch_no = ?",
+        )
+        .bind(id)
+        .bind(batch_no as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?
+        .is_some();
+        Ok(exists.then_some(false))
+    }
+
+    async fn reset_batch_replay(&self, id: &str, batch_no: u64) -> Result<()> {
+        sqlx::query(
+            "UPDATE campaign_failed_batches SET replayed_at = NULL \
+             WHERE campaign_id = ? AND batch_no = ? AND replay_done = 0",
+        )
+        .bind(id)
+        .bind(batch_no as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn record_replayed_batch(
+        &self,
+        id: &str,
+        batch_no: u64,
+        d: &Progress,
+        queued: &[(Channel, u64)],
+        failures: &[RecipientFailure],
+    ) -> Result<bool> {
+        retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            let fresh = sqlx::query(
+                "UPDATE campaign_failed_batches SET replay_done = 1 \
+                 WHERE campaign_id = ? AND batch_no = ? AND replay_done = 0",
+            )
+            .bind(id)
+            .bind(batch_no as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if !fresh {
+                return Ok(false);
+            }
+            // The batch stops counting as failed: one off `failed_batches`, in the same shard
+            // row as any other addition for this batch.
+            let failed = d.failed_batches as i64 - 1;
+            add_batch(&mut tx, id, batch_no, 0, d, failed, queued, failures).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn campaign_failures(&self, id: &str) -> Result<Vec<RecipientFailure>> {
+        let rows = sqlx::query(
+            "SELECT batch_no, user_id, reason FROM campaign_failures WHERE campaign_id = ? \
+             ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(RecipientFailure {
+                    batch_no: count(int(r, "batch_no")?),
+                    user_id: opt_text(r, "user_id")?,
+                    reason: text(r, "reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_deliveries(
+        &self,
+        id: &str,
+        key: &str,
+        channel: Channel,
+        d: &DeliveryCounts,
+    ) -> Result<bool> {
+        retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            let fresh = insert_once(
+                &mut tx,
+                sqlx::query(
+                    "INSERT INTO campaign_delivery_reports (campaign_id, report_key) VALUES (?, ?)",
+                )
+                .bind(id)
+                .bind(key),
+            )
+            .await?;
+            if !fresh {
+                return Ok(false);
+            }
+            add_channel_counts(&mut tx, id, channel, key_shard(key), d).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn add_deliveries(&self, id: &str, channel: Channel, d: &DeliveryCounts) -> Result<()> {
+        let shard = (self.next_shard.fetch_add(1, Ordering::Relaxed) % COUNTER_SHARDS) as i64;
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        add_channel_counts(&mut conn, id, channel, shard, d)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn due_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Campaign>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM campaigns WHERE status = 'scheduled' AND starts_at <= ? \
+             ORDER BY starts_at LIMIT ?"
+        ))
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        self.load(rows).await
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        request_hash: &str,
+        resource_id: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<IdempotencyClaim> {
+        retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            // An expired key is free again.
+            sqlx::query("DELETE FROM idempotency_keys WHERE idem_key = ? AND expires_at <= ?")
+                .bind(key)
+                .bind(micros(Utc::now()))
+                .execute(&mut *tx)
+                .await?;
+            let claimed = insert_once(
+                &mut tx,
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (idem_key, request_hash, resource_id, expires_at) \
+                     VALUES (?, ?, ?, ?)",
+                )
+                .bind(key)
+                .bind(request_hash)
+                .bind(resource_id)
+                .bind(micros(expires_at)),
+            )
+            .await?;
+            let outcome = if claimed {
+                IdempotencyClaim::Claimed
+            } else {
+                let row = sqlx::query(
+                    "SELECT idem_key, request_hash, resource_id, status, body, expires_at \
+                     FROM idempotency_keys WHERE idem_key = ?",
+                )
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                let status: Option<i32> = row.try_get("status")?;
+                let body: Option<Vec<u8>> = row.try_get("body")?;
+                IdempotencyClaim::Existing(IdempotencyRecord {
+                    key: row.try_get_unchecked("idem_key")?,
+                    request_hash: row.try_get_unchecked("request_hash")?,
+                    resource_id: row.try_get_unchecked("resource_id")?,
+                    response: status.map(|s| (s as u16, body.unwrap_or_default())),
+                    expires_at: from_micros(row.try_get("expires_at")?),
+                })
+            };
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn complete_idempotency_key(&self, key: &str, status: u16, body: &[u8]) -> Result<()> {
+        sqlx::query("UPDATE idempotency_keys SET status = ?, body = ? WHERE idem_key = ?")
+            .bind(i32::from(status))
+            .bind(body)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn release_idempotency_key(&self, key: &str, resource_id: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE idem_key = ? AND resource_id = ? \
+             AND status IS NULL",
+        )
+        .bind(key)
+        .bind(resource_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
+        let n = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= ?")
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n)
+    }
+
+    async fn put_rule(&self, rule: &Rule) -> Result<()> {
+        let spec = serde_json::to_string(rule).map_err(|e| corrupt("rule", e))?;
+        sqlx::query(
+            "INSERT INTO rules (event_type, spec, created_at, updated_at) VALUES (?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE spec = VALUES(spec), updated_at = VALUES(updated_at)",
+        )
+        .bind(&rule.event_type)
+        .bind(spec)
+        .bind(micros(rule.created_at))
+        .bind(micros(rule.updated_at))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn get_rule(&self, event_type: &str) -> Result<Option<Rule>> {
+        sqlx::query("SELECT spec, created_at FROM rules WHERE event_type = ?")
+            .bind(event_type)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .as_ref()
+            .map(rule_from_row)
+            .transpose()
+    }
+
+    async fn list_rules(&self, after: Option<&str>, limit: u32) -> Result<Vec<Rule>> {
+        sqlx::query(
+            "SELECT spec, created_at FROM rules WHERE event_type > ? ORDER BY event_type LIMIT ?",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?
+        .iter()
+        .map(rule_from_row)
+        .collect()
+    }
+
+    async fn delete_rule(&self, event_type: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM rules WHERE event_type = ?")
+            .bind(event_type)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+}
+
+fn rule_from_row(row: &MySqlRow) -> Result<Rule> {
+    let mut rule: Rule =
+        serde_json::from_str(&text(row, "spec")?).map_err(|e| corrupt("rule", e))?;
+    // The first creation time survives replacements.
+    rule.created_at = from_micros(int(row, "created_at")?);
+    Ok(rule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_keys_always_land_on_the_same_shard_and_spread_over_all_of_them() {
+        assert_eq!(key_shard("c1/3/email/0/0"), key_shard("c1/3/email/0/0"));
+        let used: std::collections::BTreeSet<i64> = (0..1000)
+            .map(|i| key_shard(&format!("c1/{i}/push/0/0")))
+            .collect();
+        assert_eq!(used.len() as u64, COUNTER_SHARDS);
+        assert!(used.iter().all(|s| (0..COUNTER_SHARDS as i64).contains(s)));
+    }
+}

@@ -1,0 +1,250 @@
+//! The inbox store on MySQL 8 / MariaDB 10.11 (schema and its reasons in
+//! `migrations/mysql/inbox/0001_init.sql`): one row per personal notification, clustered by
+//! `(user_id, created_at, id)` in a table partitioned by user, so a page of an inbox is one
+//! index range read in one partition.
+//!
+//! Keyset conditions are spelled out (`created_at < ? OR (created_at = ? AND id < ?)`) rather
+//! than as row comparisons, which older optimizers do not turn into index ranges. Writes keep
+//! an existing row with a no-op `ON DUPLICATE KEY UPDATE`, never `INSERT IGNORE` (which would
+//! turn strict mode's errors into warnings and truncate).
+
+use super::{
+    chunks_by_size, open_pool, opt_text, retry_deadlocks, text, MAX_PARAMS, MAX_STATEMENT_BYTES,
+};
+use crate::migrations::{migration, Migration};
+use crate::time::{from_micros, micros, opt_from_micros};
+use crate::{corrupt, db_error, BackendUrl};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::model::{InboxKey, Notification};
+use herald_core::ports::InboxStore;
+use herald_core::Result;
+use sqlx::mysql::MySqlRow;
+use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
+use uuid::Uuid;
+
+const MIGRATIONS: &[Migration] = &[migration!("mysql", "inbox", "0001_init")];
+
+/// Rows per multi-row INSERT at most (9 parameters each).
+const ROW_CHUNK: usize = MAX_PARAMS / 9;
+/// Rows deleted per statement when purging, so a purge never holds locks on millions of rows.
+const PURGE_CHUNK: i64 = 5000;
+
+const COLUMNS: &str = "id, user_id, campaign_id, title, body, category, data, created_at, read_at";
+
+pub struct MysqlInbox {
+    pool: MySqlPool,
+}
+
+impl MysqlInbox {
+    pub async fn open(url: &BackendUrl) -> Result<Self> {
+        Ok(Self {
+            pool: open_pool(url, "inbox", 16, MIGRATIONS).await?,
+        })
+    }
+}
+
+fn notification_from_row(row: &MySqlRow) -> Result<Notification> {
+    let id: Vec<u8> = row.try_get("id").map_err(db_error)?;
+    Ok(Notification {
+        id: Uuid::from_slice(&id).map_err(|e| corrupt("notification id", e))?,
+        user_id: text(row, "user_id")?,
+        campaign_id: opt_text(row, "campaign_id")?,
+        title: text(row, "title")?,
+        body: text(row, "body")?,
+        category: opt_text(row, "category")?,
+        data: serde_json::from_str(&text(row, "data")?)
+            .map_err(|e| corrupt("notification data", e))?,
+        created_at: from_micros(row.try_get("created_at").map_err(db_error)?),
+        read_at: opt_from_micros(row.try_get("read_at").map_err(db_error)?),
+    })
+}
+
+/// ` AND (created_at, id) <op> (key)`, spelled out for the optimizer.
+fn push_key_bound(qb: &mut QueryBuilder<'_, MySql>, op: &str, key: InboxKey) {
+    let at = micros(key.created_at);
+    qb.push(format!(" AND (created_at {op} "))
+        .push_bind(at)
+        .push(" OR (created_at = ")
+        .push_bind(at)
+        .push(format!(" AND id {op} "))
+        .push_bind(key.id.as_bytes().to_vec())
+        .push("))");
+}
+
+#[async_trait]
+impl InboxStore for MysqlInbox {
+    async fn ping(&self) -> Result<()> {
+        super::ping(&self.pool).await
+    }
+
+    async fn write_batch(&self, rows: &[Notification]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let data: Vec<String> = rows.iter().map(|n| n.data.to_string()).collect();
+        let indexed: Vec<(&Notification, &String)> = rows.iter().zip(&data).collect();
+        let parts = chunks_by_size(&indexed, ROW_CHUNK, MAX_STATEMENT_BYTES, |(n, data)| {
+            n.user_id.len() + n.title.len() + n.body.len() + data.len() + 96
+        });
+        retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            for part in &parts {
+                let mut qb = QueryBuilder::<MySql>::new(
+                    "INSERT INTO notifications \
+                     (id, user_id, campaign_id, title, body, category, data, created_at, read_at) ",
+                );
+                qb.push_values(part.iter(), |mut b, (n, data)| {
+                    b.push_bind(n.id.as_bytes().as_slice())
+                        .push_bind(&n.user_id)
+                        .push_bind(&n.campaign_id)
+                        .push_bind(&n.title)
+                        .push_bind(&n.body)
+                        .push_bind(&n.category)
+                        .push_bind(data.as_str())
+                        .push_bind(micros(n.created_at))
+                        .push_bind(n.read_at.map(micros));
+                });
+                // A replayed batch must not reset what the user did with the rows since.
+                qb.push(" ON DUPLICATE KEY UPDATE id = id");
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    async fn page(
+        &self,
+        user_id: &str,
+        before: Option<InboxKey>,
+        limit: u32,
+        unread_only: bool,
+    ) -> Result<Vec<Notification>> {
+        let mut qb = QueryBuilder::<MySql>::new(format!(
+            "SELECT {COLUMNS} FROM notifications WHERE user_id = "
+        ));
+        qb.push_bind(user_id).push(" AND dismissed_at IS NULL");
+        if let Some(before) = before {
+            push_key_bound(&mut qb, "<", before);
+        }
+        if unread_only {
+            qb.push(" AND read_at IS NULL");
+        }
+        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        qb.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(notification_from_row)
+            .collect()
+    }
+
+    async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
+        let mut qb = QueryBuilder::<MySql>::new(format!(
+            "SELECT {COLUMNS} FROM notifications WHERE user_id = "
+        ));
+        qb.push_bind(user_id).push(" AND dismissed_at IS NULL");
+        push_key_bound(&mut qb, ">", after);
+        qb.push(" ORDER BY created_at ASC, id ASC LIMIT ")
+            .push_bind(i64::from(limit));
+        qb.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(notification_from_row)
+            .collect()
+    }
+
+    async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Notification>> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM notifications WHERE user_id = ? AND id = ? \
+             AND dismissed_at IS NULL"
+        ))
+        .bind(user_id)
+        .bind(id.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?
+        .as_ref()
+        .map(notification_from_row)
+        .transpose()
+    }
+
+    async fn mark_read(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+        // Rows matched, not changed (sqlx sets CLIENT_FOUND_ROWS): a row read already counts.
+        let n = sqlx::query(
+            "UPDATE notifications SET read_at = COALESCE(read_at, ?) \
+             WHERE user_id = ? AND id = ? AND dismissed_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(user_id)
+        .bind(id.as_bytes().as_slice())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE notifications SET read_at = ? \
+             WHERE user_id = ? AND read_at IS NULL AND dismissed_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn dismiss(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE notifications SET dismissed_at = ? \
+             WHERE user_id = ? AND id = ? AND dismissed_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(user_id)
+        .bind(id.as_bytes().as_slice())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn unread_count(&self, user_id: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM notifications \
+             WHERE user_id = ? AND read_at IS NULL AND dismissed_at IS NULL",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(n as u64)
+    }
+
+    async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query("DELETE FROM notifications WHERE created_at < ? LIMIT ?")
+                .bind(micros(before))
+                .bind(PURGE_CHUNK)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+            total += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
