@@ -101,6 +101,7 @@ pub async fn spawn(opts: Options) -> App {
     let dir = tempfile::tempdir().expect("temp dir");
     let fcm = FakeFcm::start().await.expect("fake FCM");
     let mut config = base_config(dir.path(), &fcm);
+    crate::mysql_support::configure_backends(&mut config).await;
     (opts.configure)(&mut config);
     let mut ctx = open_ctx(config, opts.clock).await;
     ctx.ports = (opts.wrap)(ctx.ports);
@@ -298,8 +299,37 @@ pub fn utc(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// `(rows, distinct users)` of a campaign in the inbox store, read from its SQLite file.
-pub async fn inbox_rows(dir: &Path, campaign_id: &str) -> (u64, u64) {
+const INBOX_COUNT: &str = "SELECT COUNT(*) AS n, COUNT(DISTINCT user_id) AS users \
+                           FROM notifications WHERE campaign_id = ?";
+
+/// `(rows, distinct users)` of a campaign in the inbox store, counted by SQL beside the
+/// adapter: in the SQLite file under the data directory, or in the MySQL database the app's
+/// inbox is configured on.
+pub async fn inbox_rows(app: &App, campaign_id: &str) -> (u64, u64) {
+    use sqlx::{ConnectOptions, Row};
+    let (n, users): (i64, i64) = match &app.ctx.config.backends.inbox {
+        Some(url) if url.expose().starts_with("mysql://") => {
+            let mut conn = url
+                .expose()
+                .parse::<sqlx::mysql::MySqlConnectOptions>()
+                .expect("MySQL inbox URL")
+                .connect()
+                .await
+                .expect("connect to the MySQL inbox");
+            let row = sqlx::query(INBOX_COUNT)
+                .bind(campaign_id)
+                .fetch_one(&mut conn)
+                .await
+                .expect("count rows");
+            (row.get("n"), row.get("users"))
+        }
+        _ => return sqlite_inbox_rows(app.dir.path(), campaign_id).await,
+    };
+    (n as u64, users as u64)
+}
+
+/// [`inbox_rows`] in the SQLite inbox of data directory `dir` (another process's).
+pub async fn sqlite_inbox_rows(dir: &Path, campaign_id: &str) -> (u64, u64) {
     use sqlx::{ConnectOptions, Row};
     let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(dir.join("inbox.db"))
@@ -307,14 +337,11 @@ pub async fn inbox_rows(dir: &Path, campaign_id: &str) -> (u64, u64) {
         .connect()
         .await
         .expect("open inbox.db");
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n, COUNT(DISTINCT user_id) AS users FROM notifications \
-         WHERE campaign_id = ?",
-    )
-    .bind(campaign_id)
-    .fetch_one(&mut conn)
-    .await
-    .expect("count rows");
+    let row = sqlx::query(INBOX_COUNT)
+        .bind(campaign_id)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count rows");
     (
         row.get::<i64, _>("n") as u64,
         row.get::<i64, _>("users") as u64,

@@ -75,7 +75,7 @@ async fn a_retry_after_the_dispatch_hint_failed_replays_the_one_campaign_and_the
     let done = app.wait_completed(id, Duration::from_secs(20)).await;
     assert_eq!(done["progress"]["notifications_written"], 3);
     assert_eq!(campaign_count(&app).await, 1, "one key, one campaign");
-    assert_eq!(inbox_rows(app.dir.path(), id).await, (3, 3));
+    assert_eq!(inbox_rows(&app, id).await, (3, 3));
 }
 
 #[tokio::test]
@@ -109,7 +109,7 @@ async fn a_request_that_died_after_claiming_its_key_is_completed_by_the_retry_wi
     assert_eq!(replay["id"], bound.as_str());
     app.wait_completed(&bound, Duration::from_secs(20)).await;
     assert_eq!(campaign_count(&app).await, 1);
-    assert_eq!(inbox_rows(app.dir.path(), &bound).await, (3, 3));
+    assert_eq!(inbox_rows(&app, &bound).await, (3, 3));
 }
 
 #[tokio::test]

@@ -88,7 +88,7 @@ async fn assert_exactly_once(app: &App, id: &str, done: &serde_json::Value) {
     assert_eq!(done["progress"]["batches_done"], USERS / BATCH, "{done}");
     assert_eq!(done["progress"]["notifications_written"], USERS, "{done}");
     assert_eq!(
-        inbox_rows(app.dir.path(), id).await,
+        inbox_rows(app, id).await,
         (USERS, USERS),
         "every user exactly one row"
     );

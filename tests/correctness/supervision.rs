@@ -56,5 +56,5 @@ async fn a_batch_worker_that_panics_is_restarted_reported_not_ready_and_its_batc
     .await;
     let done = app.wait_completed(&id, Duration::from_secs(60)).await;
     assert_eq!(done["progress"]["notifications_written"], 8, "{done}");
-    assert_eq!(inbox_rows(app.dir.path(), &id).await, (8, 8));
+    assert_eq!(inbox_rows(&app, &id).await, (8, 8));
 }

@@ -359,7 +359,7 @@ async fn fanout_killed_then_stopped_and_push_stopped_mid_work_lose_and_double_no
     assert_eq!(done["progress"]["notifications_written"], 20_000, "{done}");
     assert_eq!(done["progress"]["batches_done"], 40, "{done}");
     assert_eq!(
-        inbox_rows(data, &id).await,
+        sqlite_inbox_rows(data, &id).await,
         (20_000, 20_000),
         "one row per user"
     );
@@ -471,7 +471,7 @@ async fn fault_mid_fanout(app: &App, inbox_dir: &Path, fault: impl FnOnce(), hea
     let done = app.wait_completed(&id, Duration::from_secs(180)).await;
     assert_eq!(done["progress"]["notifications_written"], 20_000, "{done}");
     assert_eq!(done["progress"]["failed_batches"], 0, "{done}");
-    assert_eq!(inbox_rows(inbox_dir, &id).await, (20_000, 20_000));
+    assert_eq!(sqlite_inbox_rows(inbox_dir, &id).await, (20_000, 20_000));
     eventually("readyz green again", Duration::from_secs(60), || async {
         ready().await == StatusCode::OK
     })
@@ -760,7 +760,7 @@ async fn the_api_killed_mid_keyed_creates_and_the_push_gateway_killed_mid_delive
             assert!(tokio::time::Instant::now() < deadline, "not settled: {c}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(inbox_rows(data, id).await, (300, 300));
+        assert_eq!(sqlite_inbox_rows(data, id).await, (300, 300));
     }
     // At least once: every device got every campaign; a crash between a send and its mark may
     // repeat a send (receivers dedupe on the notification id), and nothing else does.

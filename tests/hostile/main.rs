@@ -5,6 +5,8 @@
 #[allow(dead_code)]
 mod harness;
 
+#[path = "../../storage/tests/support/mysql.rs"]
+mod mysql_support;
 #[path = "../../storage/tests/support/small_disk.rs"]
 mod small_disk;
 

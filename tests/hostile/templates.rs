@@ -105,7 +105,7 @@ async fn a_recipient_whose_data_breaks_the_template_is_skipped_and_counted_and_t
         "{}",
         reason_of("huge")
     );
-    assert_eq!(inbox_rows(app.dir.path(), &id).await, (2, 2));
+    assert_eq!(inbox_rows(&app, &id).await, (2, 2));
 }
 
 #[tokio::test]
@@ -171,7 +171,7 @@ async fn a_batch_that_keeps_failing_is_given_up_after_its_attempts_and_the_campa
         c["progress"]["notifications_written"] == 3 && c["progress"]["failed_batches"] == 0
     })
     .await;
-    assert_eq!(inbox_rows(app.dir.path(), &id).await, (3, 3));
+    assert_eq!(inbox_rows(&app, &id).await, (3, 3));
     let done = app.get_campaign(&id).await;
     assert_eq!(done["status"], "completed");
     assert_eq!(done["progress"]["batches_done"], 3, "{done}");

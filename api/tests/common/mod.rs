@@ -4,6 +4,9 @@
 //! `impl TestApp` block.
 #![allow(dead_code)]
 
+#[path = "../../../storage/tests/support/mysql.rs"]
+mod mysql_support;
+
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
 use herald_core::{Context, SystemClock};
@@ -49,6 +52,7 @@ async fn spawn(configure: impl FnOnce(&mut Config), fanout: bool) -> TestApp {
         admin_key: Some(Secret::new(ADMIN_KEY)),
         ..Config::default()
     };
+    mysql_support::configure_backends(&mut config).await;
     configure(&mut config);
     let ports = herald_storage::open_ports(&config)
         .await

@@ -2,6 +2,9 @@
 //! so the engine is driven step by step and time moves only when a test says so.
 #![allow(dead_code)]
 
+#[path = "../../../storage/tests/support/mysql.rs"]
+mod mysql_support;
+
 use chrono::{DateTime, Utc};
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
@@ -32,6 +35,7 @@ pub async fn open_ctx(
         data_dir: dir.to_owned(),
         ..Config::default()
     };
+    mysql_support::configure_backends(&mut config).await;
     configure(&mut config);
     let ports = herald_storage::open_ports(&config)
         .await

@@ -2,6 +2,9 @@
 //! embedded backends in a temp dir, with a manual clock; fixtures go straight into the ports.
 #![allow(dead_code)]
 
+#[path = "../../../storage/tests/support/mysql.rs"]
+mod mysql_support;
+
 use chrono::{DateTime, Duration, Utc};
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
@@ -46,10 +49,11 @@ impl Drop for TestApp {
 /// The inbox role as `herald_inbox::run_with` serves it, keeping the live feed to look at.
 pub async fn spawn_app_with(live: LiveConfig) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config {
+    let mut config = Config {
         data_dir: dir.path().to_owned(),
         ..Config::default()
     };
+    mysql_support::configure_backends(&mut config).await;
     let ports = herald_storage::open_ports(&config)
         .await
         .expect("open embedded backends");

@@ -3,6 +3,9 @@
 //! FCM of `herald_push::fakes`. Campaigns go in through HTTP like a client's would.
 #![allow(dead_code)]
 
+#[path = "../../../storage/tests/support/mysql.rs"]
+mod mysql_support;
+
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
 use herald_core::{Context, SystemClock};
@@ -49,6 +52,7 @@ pub async fn spawn_gateway(configure: impl FnOnce(&mut Config)) -> TestGateway {
     config.push.max_attempts = 3;
     config.push.backoff_base_ms = 20;
     config.push.backoff_max_ms = 100;
+    mysql_support::configure_backends(&mut config).await;
     configure(&mut config);
     let ports = herald_storage::open_ports(&config)
         .await

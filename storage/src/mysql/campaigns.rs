@@ -15,7 +15,7 @@
 //! duplicate reports one row, like an insert). `UPDATE` counts are rows matched, which is what
 //! the compare-and-set methods need.
 
-use super::{open_pool, opt_text, retry_deadlocks, text};
+use super::{open_pool, opt_text, retry_transient, text};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
 use crate::{corrupt, db_error, BackendUrl};
@@ -364,7 +364,7 @@ impl CampaignStore for MysqlCampaigns {
             data: c.data.clone(),
         };
         let spec = serde_json::to_string(&spec).map_err(|e| corrupt("campaign", e))?;
-        let inserted = retry_deadlocks(|| async {
+        let inserted = retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
             let fresh = insert_once(
                 &mut tx,
@@ -547,7 +547,7 @@ impl CampaignStore for MysqlCampaigns {
         ttl: std::time::Duration,
     ) -> Result<Option<CampaignLease>> {
         let until = micros(now).saturating_add(ttl_micros(ttl));
-        let fence = retry_deadlocks(|| async {
+        let fence = retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
             let taken = sqlx::query(
                 "UPDATE campaigns SET lease_owner = ?, lease_until = ?, \
@@ -626,7 +626,7 @@ impl CampaignStore for MysqlCampaigns {
         queued: &[(Channel, u64)],
         failures: &[RecipientFailure],
     ) -> Result<bool> {
-        retry_deadlocks(|| async {
+        retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
             let fresh = insert_once(
                 &mut tx,
@@ -654,7 +654,7 @@ impl CampaignStore for MysqlCampaigns {
             reason: b.reason.clone(),
         };
         let failure = std::slice::from_ref(&failure);
-        retry_deadlocks(|| async {
+        retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
             let fresh = insert_once(
                 &mut tx,
@@ -773,7 +773,7 @@ impl CampaignStore for MysqlCampaigns {
         queued: &[(Channel, u64)],
         failures: &[RecipientFailure],
     ) -> Result<bool> {
-        retry_deadlocks(|| async {
+        retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
             let fresh = sqlx::query(
                 "UPDATE campaign_failed_batches SET replay_done = 1 \
@@ -825,7 +825,7 @@ impl CampaignStore for MysqlCampaigns {
         channel: Channel,
         d: &DeliveryCounts,
     ) -> Result<bool> {
-        retry_deadlocks(|| async {
+        retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
             let fresh = insert_once(
                 &mut tx,
@@ -874,7 +874,7 @@ impl CampaignStore for MysqlCampaigns {
         resource_id: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<IdempotencyClaim> {
-        retry_deadlocks(|| async {
+        retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
             // An expired key is free again.
             sqlx::query("DELETE FROM idempotency_keys WHERE idem_key = ? AND expires_at <= ?")

@@ -4,7 +4,7 @@
 //! for), then moved to the end of the lease and stamped with the claim's token. Removal deletes
 //! only rows still stamped with it.
 
-use super::{chunks_by_size, open_pool, retry_deadlocks, MAX_PARAMS, MAX_STATEMENT_BYTES};
+use super::{chunks_by_size, open_pool, retry_transient, MAX_PARAMS, MAX_STATEMENT_BYTES};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros};
 use crate::{db_error, BackendUrl};
@@ -46,7 +46,7 @@ impl DelayStore for MysqlDelays {
         let parts = chunks_by_size(messages, MAX_PARAMS / 6, MAX_STATEMENT_BYTES, |m| {
             m.id.len() + m.topic.len() + m.message.payload.len() + 64
         });
-        retry_deadlocks(|| async {
+        retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
             for part in &parts {
                 let mut q: QueryBuilder<MySql> = QueryBuilder::new(
@@ -80,7 +80,7 @@ impl DelayStore for MysqlDelays {
         lease: Duration,
     ) -> Result<DelayClaim> {
         let (token, until) = crate::new_claim(now, lease);
-        let messages = retry_deadlocks(|| async {
+        let messages = retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
             let rows = sqlx::query(
                 "SELECT id, scheduled_due, topic, msg_key, payload FROM delayed_messages \

@@ -8,7 +8,7 @@
 //! of a row alias that MariaDB does not have). Devices are keyed by `UNHEX(SHA2(token, 256))`.
 
 use super::{
-    chunks_by_size, open_pool, opt_text, retry_deadlocks, text, time, MAX_PARAMS,
+    chunks_by_size, open_pool, opt_text, retry_transient, text, time, MAX_PARAMS,
     MAX_STATEMENT_BYTES,
 };
 use crate::migrations::{migration, Migration};
@@ -202,7 +202,7 @@ impl Directory for MysqlDirectory {
                 + 64
         });
         let (pool, chunks) = (&self.pool, &chunks);
-        retry_deadlocks(move || async move {
+        retry_transient(move || async move {
             let mut tx = pool.begin().await?;
             for chunk in chunks {
                 let mut qb = QueryBuilder::<MySql>::new(
@@ -245,7 +245,7 @@ impl Directory for MysqlDirectory {
 
     async fn delete_user(&self, id: &str) -> Result<bool> {
         let pool = &self.pool;
-        retry_deadlocks(move || async move {
+        retry_transient(move || async move {
             let mut tx = pool.begin().await?;
             let deleted = sqlx::query("DELETE FROM users WHERE id = ?")
                 .bind(id)
@@ -353,7 +353,7 @@ impl Directory for MysqlDirectory {
     async fn put_preferences(&self, user_id: &str, prefs: &Preferences) -> Result<bool> {
         let json = serde_json::to_string(prefs).map_err(|e| corrupt("preferences", e))?;
         let (pool, json) = (&self.pool, json.as_str());
-        retry_deadlocks(move || async move {
+        retry_transient(move || async move {
             let mut tx = pool.begin().await?;
             if !lock_user(&mut tx, user_id).await? {
                 return Ok(false);
@@ -390,7 +390,7 @@ impl Directory for MysqlDirectory {
 
     async fn put_device(&self, device: &Device) -> Result<bool> {
         let pool = &self.pool;
-        retry_deadlocks(move || async move {
+        retry_transient(move || async move {
             let mut tx = pool.begin().await?;
             if !lock_user(&mut tx, &device.user_id).await? {
                 return Ok(false);

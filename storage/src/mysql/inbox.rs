@@ -9,7 +9,7 @@
 //! turn strict mode's errors into warnings and truncate).
 
 use super::{
-    chunks_by_size, open_pool, opt_text, retry_deadlocks, text, MAX_PARAMS, MAX_STATEMENT_BYTES,
+    chunks_by_size, open_pool, opt_text, retry_transient, text, MAX_PARAMS, MAX_STATEMENT_BYTES,
 };
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
@@ -87,7 +87,7 @@ impl InboxStore for MysqlInbox {
         let parts = chunks_by_size(&indexed, ROW_CHUNK, MAX_STATEMENT_BYTES, |(n, data)| {
             n.user_id.len() + n.title.len() + n.body.len() + data.len() + 96
         });
-        retry_deadlocks(|| async {
+        retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
             for part in &parts {
                 let mut qb = QueryBuilder::<MySql>::new(

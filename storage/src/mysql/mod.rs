@@ -2,8 +2,13 @@
 //! inbox, broadcast, delivery and delay stores.
 //!
 //! This module owns what every MySQL port shares: opening a pool from a [`BackendUrl`] (utf8mb4,
-//! strict SQL mode, bounded connection count, timeouts), retrying a transaction that InnoDB
-//! chose as a deadlock victim, and the migration runner.
+//! strict SQL mode, bounded connection count, timeouts), retrying a transaction that failed
+//! for a transient reason (a deadlock, a lock wait timeout, a lost connection), and the
+//! migration runner.
+//!
+//! URL: `mysql://user:password@host:3306/database[?max_connections=N][&ssl-mode=...]`.
+//! `max_connections` (Herald's own parameter, taken out before the rest goes to sqlx) sizes
+//! the pool of each store opened on the URL; without it each store has its own default.
 //!
 //! Migrations are safe when several processes (or tests) open the same database at once: the
 //! runner holds the server-wide advisory lock `GET_LOCK('herald_migrations')` on a connection of
@@ -52,8 +57,8 @@ const MIGRATION_LOCK: &str = "herald_migrations";
 /// How long a process waits for another one's migration run before giving up.
 const MIGRATION_LOCK_WAIT_SECS: i64 = 60;
 
-/// How many times a transaction is attempted when InnoDB rolls it back as a deadlock victim.
-const DEADLOCK_ATTEMPTS: u32 = 4;
+/// How many times a transaction is attempted when it fails for a transient reason.
+const TRANSIENT_ATTEMPTS: u32 = 4;
 
 /// Opens a pool on `url` and applies `port`'s migrations not yet recorded.
 pub(crate) async fn open_pool(
@@ -62,11 +67,13 @@ pub(crate) async fn open_pool(
     max_connections: u32,
     migrations: &[Migration],
 ) -> Result<MySqlPool> {
-    let opts = MySqlConnectOptions::from_str(&url.raw)
+    let (raw, configured) = split_pool_size(&url.raw)
+        .map_err(|reason| Error::invalid(format!("bad MySQL URL {url}: {reason}")))?;
+    let opts = MySqlConnectOptions::from_str(&raw)
         .map_err(|e| Error::invalid(format!("bad MySQL URL {url}")).with_source(e))?
         .charset("utf8mb4");
     let pool = MySqlPoolOptions::new()
-        .max_connections(max_connections)
+        .max_connections(configured.unwrap_or(max_connections))
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(30))
         .idle_timeout(Duration::from_secs(10 * 60))
@@ -90,6 +97,30 @@ pub(crate) async fn open_pool(
         .map_err(|e| Error::unavailable(format!("cannot open MySQL database {url}"), e))?;
     migrate(&pool, port, migrations).await?;
     Ok(pool)
+}
+
+/// Takes Herald's `max_connections=N` out of a MySQL URL's query: the URL sqlx gets, and N.
+fn split_pool_size(raw: &str) -> std::result::Result<(String, Option<u32>), String> {
+    let Some((base, query)) = raw.split_once('?') else {
+        return Ok((raw.to_owned(), None));
+    };
+    let mut size = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("max_connections", v)) => match v.parse::<u32>() {
+                Ok(n) if (1..=10_000).contains(&n) => size = Some(n),
+                _ => return Err(format!("max_connections must be 1 to 10000, not `{v}`")),
+            },
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, size))
 }
 
 /// Applies `port`'s migrations not yet recorded in `herald_migrations`, in order, under the
@@ -168,20 +199,26 @@ async fn apply(conn: &mut MySqlConnection, port: &str, migrations: &[Migration])
     Ok(())
 }
 
-/// Whether InnoDB rolled the transaction back to break a deadlock (error 1213, SQLSTATE
-/// 40001): the whole transaction may simply be run again.
-fn is_deadlock(e: &sqlx::Error) -> bool {
+/// Whether a failed transaction may simply be run again: InnoDB rolled it back to break a
+/// deadlock (1213) or gave up waiting for a lock (1205), or the connection was lost under it
+/// (an I/O error, "server has gone away" 2006, "lost connection" 2013: a failover, a restart,
+/// a proxy dropping the connection). The pool tests a connection before handing it out again,
+/// so the rerun gets a live one.
+fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => d
             .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .is_some_and(|m| m.number() == 1213),
+            .is_some_and(|m| matches!(m.number(), 1205 | 1213 | 2006 | 2013)),
+        sqlx::Error::Io(_) => true,
         _ => false,
     }
 }
 
-/// Runs `attempt` (one whole transaction) again when it fails as a deadlock victim. Only for
-/// idempotent writes, which every directory write is.
-pub(crate) async fn retry_deadlocks<T, F, Fut>(mut attempt: F) -> Result<T>
+/// Runs `attempt` (one whole transaction) again when it fails for a transient reason (see
+/// [`is_transient`]), a few times with a short backoff. Only for idempotent writes: a rerun
+/// after a commit whose answer was lost must find its own work done (every MySQL adapter
+/// writes that way: upserts, dedupe rows inserted in the same transaction as what they guard).
+pub(crate) async fn retry_transient<T, F, Fut>(mut attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, sqlx::Error>>,
@@ -189,8 +226,9 @@ where
     let mut tries = 1;
     loop {
         match attempt().await {
-            Err(e) if tries < DEADLOCK_ATTEMPTS && is_deadlock(&e) => {
-                tracing::debug!(tries, "MySQL deadlock; retrying the transaction");
+            Err(e) if tries < TRANSIENT_ATTEMPTS && is_transient(&e) => {
+                tracing::debug!(tries, error = %e, "transient MySQL failure; running the transaction again");
+                metrics::counter!("herald_storage_mysql_retries_total").increment(1);
                 tokio::time::sleep(Duration::from_millis(5 << tries)).await;
                 tries += 1;
             }
@@ -247,4 +285,30 @@ pub(crate) fn time(row: &MySqlRow, column: &str) -> Result<DateTime<Utc>> {
     Ok(from_micros(
         row.try_get::<i64, _>(column).map_err(db_error)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_size_is_taken_out_of_the_url_and_other_parameters_stay() {
+        assert_eq!(
+            split_pool_size("mysql://u:p@db/herald").unwrap(),
+            ("mysql://u:p@db/herald".to_owned(), None)
+        );
+        assert_eq!(
+            split_pool_size("mysql://u:p@db/herald?max_connections=64&ssl-mode=required").unwrap(),
+            (
+                "mysql://u:p@db/herald?ssl-mode=required".to_owned(),
+                Some(64)
+            )
+        );
+        assert_eq!(
+            split_pool_size("mysql://db/herald?max_connections=8").unwrap(),
+            ("mysql://db/herald".to_owned(), Some(8))
+        );
+        assert!(split_pool_size("mysql://db/herald?max_connections=0").is_err());
+        assert!(split_pool_size("mysql://db/herald?max_connections=lots").is_err());
+    }
 }

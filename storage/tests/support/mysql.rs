@@ -29,3 +29,64 @@ pub async fn fresh_mysql_database(prefix: &str) -> Option<String> {
         .expect("HERALD_TEST_MYSQL_URL names a database");
     Some(format!("{server}/{db}"))
 }
+
+/// Puts the stores of an end-to-end test on the engines `HERALD_TEST_BACKENDS` names, so the
+/// same suites run on the embedded and on the distributed adapters:
+/// - unset or `embedded`: SQLite files under the test's data directory, as `herald serve`;
+/// - `mysql`: every store Herald has a MySQL adapter for (directory, campaigns, inbox,
+///   broadcasts, deliveries, delays) in one database on the server of `HERALD_TEST_MYSQL_URL`;
+///   the bus stays embedded.
+///
+/// The database is named after the data directory, so processes of one test that share a
+/// data directory (a restart, a second node) share the database too, as they would share the
+/// SQLite files. Stores a test configured itself are left as they are.
+pub async fn configure_backends(config: &mut herald_core::config::Config) {
+    use herald_core::config::Secret;
+    use sqlx::{ConnectOptions, Connection};
+    match std::env::var("HERALD_TEST_BACKENDS").ok().as_deref() {
+        None | Some("") | Some("embedded") => return,
+        Some("mysql") => {}
+        Some(other) => panic!("HERALD_TEST_BACKENDS={other}: expected `embedded` or `mysql`"),
+    }
+    let raw = std::env::var("HERALD_TEST_MYSQL_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("HERALD_TEST_BACKENDS=mysql needs HERALD_TEST_MYSQL_URL");
+    // FNV-1a of the data directory's path: stable for the directory, distinct between tests.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in config.data_dir.to_string_lossy().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let db = format!("herald_e2e_{h:016x}");
+    let mut conn = raw
+        .parse::<sqlx::mysql::MySqlConnectOptions>()
+        .expect("HERALD_TEST_MYSQL_URL")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("HERALD_TEST_MYSQL_URL is set but MySQL is unusable: {e}"));
+    sqlx::query(&format!(
+        "CREATE DATABASE IF NOT EXISTS {db} CHARACTER SET utf8mb4"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("create a database");
+    conn.close().await.ok();
+    let (server, _) = raw
+        .rsplit_once('/')
+        .expect("HERALD_TEST_MYSQL_URL names a database");
+    let url = format!("{server}/{db}");
+    let b = &mut config.backends;
+    for store in [
+        &mut b.directory,
+        &mut b.campaigns,
+        &mut b.inbox,
+        &mut b.broadcasts,
+        &mut b.deliveries,
+        &mut b.delays,
+    ] {
+        if store.is_none() {
+            *store = Some(Secret::new(url.clone()));
+        }
+    }
+}
