@@ -47,6 +47,8 @@ pub struct BroadcastCache {
     stale: AtomicBool,
     /// One reload at a time; readers that find one under way keep using the current copy.
     reload: tokio::sync::Mutex<()>,
+    /// Whether activations are followed on the live hub (a subscription is held).
+    following: AtomicBool,
 }
 
 impl BroadcastCache {
@@ -60,7 +62,18 @@ impl BroadcastCache {
             }),
             stale: AtomicBool::new(false),
             reload: tokio::sync::Mutex::new(()),
+            following: AtomicBool::new(false),
         }
+    }
+
+    /// Whether activations reach this copy as they happen (the watcher holds a subscription);
+    /// without it, a new broadcast shows at the next periodic reload.
+    pub fn is_following(&self) -> bool {
+        self.following.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_following(&self, following: bool) {
+        self.following.store(following, Ordering::SeqCst);
     }
 
     /// The open broadcasts, newest key first; reloads them first if the copy is due.

@@ -158,6 +158,12 @@ impl LiveFeed {
         }
     }
 
+    /// Whether the feed's hub holds a live hub subscription: until it does (a hub that
+    /// subscribes in the background, or one reconnecting), sockets are refused with 503.
+    pub fn is_subscribed(&self) -> bool {
+        self.inner.hub.is_subscribed()
+    }
+
     /// Sockets open (or being opened) on this feed.
     pub fn connections(&self) -> usize {
         self.inner.hub.connections()

@@ -155,6 +155,7 @@ impl InboxService {
             // (a panic is caught and the watcher goes on; a subscription that keeps failing
             // shows in `/readyz`); it ends with the service.
             let subscription = Subscription::new(ctx.ports.live.clone());
+            broadcasts.set_following(subscription.subscribed_at_once());
             let _enter = rt.enter();
             let task = ctx.workers.spawn(
                 ActivationWatcher {
@@ -174,6 +175,13 @@ impl InboxService {
                 _watcher: watcher,
             }),
         }
+    }
+
+    /// Whether broadcast activations reach this service as they happen (its watcher holds a
+    /// live hub subscription). A hub that subscribes in the background (Redis) is followed a
+    /// moment after the service starts.
+    pub fn follows_activations(&self) -> bool {
+        self.inner.broadcasts.is_following()
     }
 
     pub fn context(&self) -> &Context {
@@ -453,10 +461,14 @@ impl Worker for ActivationWatcher {
             Next::Subscribed => {
                 if let Some(cache) = self.cache.upgrade() {
                     cache.invalidate();
+                    cache.set_following(true);
                 }
                 Ok(WorkerState::Busy)
             }
             Next::Ended => {
+                if let Some(cache) = self.cache.upgrade() {
+                    cache.set_following(false);
+                }
                 tracing::warn!("the live hub subscription ended; resubscribing");
                 Ok(WorkerState::Idle(Duration::from_secs(1)))
             }

@@ -894,6 +894,15 @@ async fn an_activated_broadcast_shows_at_once_without_a_reload() {
         app.ctx.clone(),
         std::time::Duration::from_secs(3600),
     );
+    // A hub that subscribes in the background (Redis) is followed a moment later.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !svc.follows_activations() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "activations followed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let req = herald_inbox::PageRequest {
         before: None,
         limit: 20,

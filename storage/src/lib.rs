@@ -61,9 +61,10 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
         preference_cache: open_preference_cache(
             b.preference_cache.as_ref(),
             std::time::Duration::from_secs(config.fanout.preference_ttl_secs),
-        )?,
+        )
+        .await?,
         bus,
-        live: open_live_hub(b.live.as_ref())?,
+        live: open_live_hub(b.live.as_ref()).await?,
         deliveries: open_deliveries(&url_for(&b.deliveries, dir, "deliveries")?).await?,
         delays: open_delays(&url_for(&b.delays, dir, "delays")?).await?,
     })
@@ -213,9 +214,8 @@ pub async fn open_delays(url: &BackendUrl) -> Result<Arc<dyn DelayStore>> {
     }
 }
 
-/// The preference cache at `url` (in-process when unset); entries of an in-process cache
-/// expire after `ttl`.
-pub fn open_preference_cache(
+/// The preference cache at `url` (in-process when unset); entries expire after `ttl`.
+pub async fn open_preference_cache(
     url: Option<&Secret>,
     ttl: std::time::Duration,
 ) -> Result<Arc<dyn PreferenceCache>> {
@@ -226,18 +226,33 @@ pub fn open_preference_cache(
     };
     match url.scheme.as_str() {
         "memory" => Ok(memory()),
-        _ => Err(unsupported("preference cache", &url, "memory")),
+        "redis" => {
+            #[cfg(feature = "redis")]
+            return Ok(Arc::new(
+                redis::RedisPreferenceCache::open(&url, ttl).await?,
+            ));
+            #[cfg(not(feature = "redis"))]
+            return Err(compiled_out("redis", "redis"));
+        }
+        _ => Err(unsupported("preference cache", &url, "memory, redis")),
     }
 }
 
-pub fn open_live_hub(url: Option<&Secret>) -> Result<Arc<dyn LiveHub>> {
+/// The live hub at `url` (in-process when unset).
+pub async fn open_live_hub(url: Option<&Secret>) -> Result<Arc<dyn LiveHub>> {
     let url = match url {
         None => return Ok(Arc::new(memory::MemoryLiveHub::default())),
         Some(u) => BackendUrl::parse(u.expose())?,
     };
     match url.scheme.as_str() {
         "memory" => Ok(Arc::new(memory::MemoryLiveHub::default())),
-        _ => Err(unsupported("live hub", &url, "memory")),
+        "redis" => {
+            #[cfg(feature = "redis")]
+            return Ok(Arc::new(redis::RedisLiveHub::open(&url).await?));
+            #[cfg(not(feature = "redis"))]
+            return Err(compiled_out("redis", "redis"));
+        }
+        _ => Err(unsupported("live hub", &url, "memory, redis")),
     }
 }
 

@@ -300,3 +300,156 @@ mod memory {
         );
     }
 }
+
+/// The Redis preference cache and live hub, each under a key prefix of its own on the server
+/// of `HERALD_TEST_REDIS_URL`.
+mod redis {
+    use super::*;
+
+    fn url() -> Option<herald_core::config::Secret> {
+        let raw = std::env::var("HERALD_TEST_REDIS_URL")
+            .ok()
+            .filter(|v| !v.is_empty())?;
+        let sep = if raw.contains('?') { '&' } else { '?' };
+        Some(herald_core::config::Secret::new(format!(
+            "{raw}{sep}prefix=herald-test-{}",
+            run_id()
+        )))
+    }
+
+    #[tokio::test]
+    async fn cached_preferences_are_returned_until_invalidated() {
+        let Some(url) = url() else { return };
+        let cache =
+            herald_storage::open_preference_cache(Some(&url), std::time::Duration::from_secs(60))
+                .await
+                .expect("HERALD_TEST_REDIS_URL is set but Redis is unusable");
+        cache_cases::cached_preferences_are_returned_until_invalidated(cache).await;
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_receives_events_published_after_it_subscribed() {
+        let Some(url) = url() else { return };
+        let hub = herald_storage::open_live_hub(Some(&url))
+            .await
+            .expect("HERALD_TEST_REDIS_URL is set but Redis is unusable");
+        cache_cases::every_subscriber_receives_events_published_after_it_subscribed(hub).await;
+    }
+
+    /// Two processes share one cache: a preference written through one is never hidden by
+    /// an older copy the other loaded before the write and puts back after it.
+    #[tokio::test]
+    async fn an_invalidated_entry_cannot_be_put_back_by_a_slower_reader() {
+        let Some(url) = url() else { return };
+        let ttl = std::time::Duration::from_secs(60);
+        let a = herald_storage::open_preference_cache(Some(&url), ttl)
+            .await
+            .unwrap();
+        let b = herald_storage::open_preference_cache(Some(&url), ttl)
+            .await
+            .unwrap();
+        let user = format!("{}-u", run_id());
+        let old = Preferences::default();
+        // `b` loaded the old preferences from the directory; then `a`'s API wrote new ones.
+        a.invalidate(&user).await.unwrap();
+        b.put_many(&[(user.clone(), old)]).await.unwrap();
+        assert_eq!(
+            a.get_many(std::slice::from_ref(&user)).await.unwrap(),
+            vec![None],
+            "the stale copy is not served"
+        );
+    }
+}
+
+/// The Redis live hub across a Redis restart, on a `redis-server` of the test's own (run when
+/// `HERALD_TEST_REDIS_URL` says Redis is installed here).
+mod redis_restart {
+    use super::*;
+    use futures::StreamExt;
+    use std::process::{Child, Command, Stdio};
+
+    struct Server(Child);
+
+    impl Server {
+        fn start(port: u16) -> Server {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH");
+            Server(child)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    async fn open_when_up(url: &herald_core::config::Secret) -> Arc<dyn LiveHub> {
+        for _ in 0..100 {
+            if let Ok(hub) = herald_storage::open_live_hub(Some(url)).await {
+                return hub;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the test's redis-server did not come up");
+    }
+
+    /// Pub/sub keeps nothing for a subscriber that is away: when Redis goes, the stream ends
+    /// (the consumer's signal to resubscribe and have its sockets resume with `since`), and a
+    /// new subscription after the restart receives again.
+    #[tokio::test]
+    async fn a_subscription_ends_when_redis_goes_away_and_a_new_one_works_after_the_restart() {
+        if std::env::var("HERALD_TEST_REDIS_URL").is_err() {
+            return;
+        }
+        let port = free_port();
+        let url = herald_core::config::Secret::new(format!("redis://127.0.0.1:{port}"));
+        let server = Server::start(port);
+        let hub = open_when_up(&url).await;
+        let mut events = hub.subscribe().await.unwrap();
+        drop(server);
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+            .await
+            .expect("the stream ends when the server goes");
+        assert_eq!(end, None);
+
+        let _server = Server::start(port);
+        let mut events = loop {
+            match hub.subscribe().await {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        let ev = LiveEvent::ReadAll {
+            user_id: "ola".into(),
+        };
+        // The publishing connection reconnects on its own; its first try may fail while it
+        // does.
+        let mut published = false;
+        for _ in 0..100 {
+            if hub.publish(ev.clone()).await.is_ok() {
+                published = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(published, "publishing works again after the restart");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+            .await
+            .expect("event after the restart");
+        assert_eq!(got, Some(ev));
+    }
+}

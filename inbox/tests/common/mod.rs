@@ -76,6 +76,15 @@ pub async fn spawn_app_with(live: LiveConfig) -> TestApp {
     let (routes, feed) = herald_inbox::router_with_feed(ctx.clone(), live, shutdown.clone());
     let app = herald_http::finish(routes.merge(herald_http::ops_router(ctx.clone())));
     tokio::spawn(herald_http::serve(listener, app, shutdown.clone()));
+    // A hub that subscribes in the background (Redis) refuses sockets until it has.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !feed.is_subscribed() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the live feed subscribed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     TestApp {
         addr,
         base: format!("http://{addr}"),

@@ -1,4 +1,5 @@
-//! Redis adapters (the `redis://` scheme): for now the delay store.
+//! Redis adapters (the `redis://` scheme): the delay store, the preference cache and the live
+//! hub.
 //!
 //! URL: `redis://[:password@]host:port[/db][?prefix=NAME]`. `prefix` (default `herald`) keeps
 //! several deployments (or test cases) apart on one server; every key of a store carries it as
@@ -7,9 +8,13 @@
 //! crate's `ConnectionManager`, which multiplexes requests on one connection and reconnects
 //! when it drops; a cluster client is not built yet.
 
+mod cache;
 mod delays;
+mod live;
 
+pub use cache::RedisPreferenceCache;
 pub use delays::RedisDelays;
+pub use live::RedisLiveHub;
 
 use crate::BackendUrl;
 use herald_core::{Error, Result};

@@ -33,25 +33,30 @@ pub async fn fresh_mysql_database(prefix: &str) -> Option<String> {
 /// Puts the stores of an end-to-end test on the engines `HERALD_TEST_BACKENDS` names, so the
 /// same suites run on the embedded and on the distributed adapters:
 /// - unset or `embedded`: SQLite files under the test's data directory, as `herald serve`;
-/// - `mysql`: every store Herald has a MySQL adapter for (directory, campaigns, inbox,
-///   broadcasts, deliveries, delays) in one database on the server of `HERALD_TEST_MYSQL_URL`;
-///   the bus stays embedded.
+/// - `distributed`: every store Herald has a MySQL adapter for (directory, campaigns, inbox,
+///   broadcasts, deliveries, delays) in one database on the server of `HERALD_TEST_MYSQL_URL`,
+///   and the preference cache and the live hub on the Redis of `HERALD_TEST_REDIS_URL` (under a
+///   key prefix of the test's own); the bus stays embedded.
 ///
-/// The database is named after the data directory, so processes of one test that share a
-/// data directory (a restart, a second node) share the database too, as they would share the
-/// SQLite files. Stores a test configured itself are left as they are.
+/// The database and the key prefix are named after the data directory, so processes of one
+/// test that share a data directory (a restart, a second node) share them too, as they would
+/// share the SQLite files. Stores a test configured itself are left as they are.
 pub async fn configure_backends(config: &mut herald_core::config::Config) {
     use herald_core::config::Secret;
     use sqlx::{ConnectOptions, Connection};
     match std::env::var("HERALD_TEST_BACKENDS").ok().as_deref() {
         None | Some("") | Some("embedded") => return,
-        Some("mysql") => {}
-        Some(other) => panic!("HERALD_TEST_BACKENDS={other}: expected `embedded` or `mysql`"),
+        Some("distributed") => {}
+        Some(other) => panic!("HERALD_TEST_BACKENDS={other}: expected `embedded` or `distributed`"),
     }
     let raw = std::env::var("HERALD_TEST_MYSQL_URL")
         .ok()
         .filter(|v| !v.is_empty())
-        .expect("HERALD_TEST_BACKENDS=mysql needs HERALD_TEST_MYSQL_URL");
+        .expect("HERALD_TEST_BACKENDS=distributed needs HERALD_TEST_MYSQL_URL");
+    let redis = std::env::var("HERALD_TEST_REDIS_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("HERALD_TEST_BACKENDS=distributed needs HERALD_TEST_REDIS_URL");
     // FNV-1a of the data directory's path: stable for the directory, distinct between tests.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in config.data_dir.to_string_lossy().bytes() {
@@ -87,6 +92,13 @@ pub async fn configure_backends(config: &mut herald_core::config::Config) {
     ] {
         if store.is_none() {
             *store = Some(Secret::new(url.clone()));
+        }
+    }
+    let sep = if redis.contains('?') { '&' } else { '?' };
+    let redis = format!("{redis}{sep}prefix=herald-test-{h:016x}");
+    for shared in [&mut b.preference_cache, &mut b.live] {
+        if shared.is_none() {
+            *shared = Some(Secret::new(redis.clone()));
         }
     }
 }
