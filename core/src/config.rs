@@ -111,6 +111,9 @@ pub struct Backends {
     pub deliveries: Option<Secret>,
     /// Messages kept until they are due (retry backoff, quiet hours), then published.
     pub delays: Option<Secret>,
+    /// Provider rate limits: in-process (each node applies the whole rate) unless shared
+    /// through Redis (`redis://`), where every node's sends count against one rate.
+    pub throttle: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

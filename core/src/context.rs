@@ -18,6 +18,8 @@ pub struct Ports {
     pub live: Arc<dyn LiveHub>,
     pub deliveries: Arc<dyn DeliveryStore>,
     pub delays: Arc<dyn DelayStore>,
+    /// Provider rate limits (in-process unless shared through Redis).
+    pub throttle: Arc<dyn Throttle>,
 }
 
 impl Ports {

@@ -326,6 +326,29 @@ pub trait PreferenceCache: Send + Sync + 'static {
     async fn invalidate(&self, user_id: &str) -> Result<()>;
 }
 
+/// A rate limit: at most `per_second` a second on average, with bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// Rate limits shared by every process that sends through one provider account: N push
+/// gateways on N nodes share one rate instead of each applying the whole of it.
+///
+/// A generic cell rate algorithm (GCRA): the store keeps, per limit key, the theoretical
+/// arrival time of the next send. A reservation of `n` sends moves it `n` intervals on and
+/// says how long the caller must wait before sending (zero within the burst); the sends are
+/// the caller's from then on, whether it makes them or not (a reservation is not given back).
+/// One round trip per reservation, no background refill, no clock shared between nodes
+/// beyond the store's own.
+#[async_trait]
+pub trait Throttle: Send + Sync + 'static {
+    /// Reserves `n` sends (`1..=rate.burst`) under the limit `key` and returns how long to
+    /// wait before making them.
+    async fn reserve(&self, key: &str, n: u32, rate: Rate) -> Result<Duration>;
+}
+
 /// A message to publish on `topic` once `due` has come (see [`DelayStore`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DelayedMessage {

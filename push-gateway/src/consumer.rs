@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use herald_core::config::PushConfig;
 use herald_core::delivery::{DeadLetter, DeliveryReport, SendFailure, Webhook};
 use herald_core::model::{Channel, Device, OutMessage, Platform};
+use herald_core::ports::Throttle;
 use herald_core::topics::{self, ChannelItem, ChannelMessage};
 use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
 use herald_core::{Context, Error, Result};
@@ -104,11 +105,11 @@ fn route(d: &Destination) -> (usize, &'static str) {
 }
 
 impl Lanes {
-    fn start(p: &Providers, cfg: &PushConfig) -> Lanes {
+    fn start(p: &Providers, cfg: &PushConfig, throttle: &Arc<dyn Throttle>) -> Lanes {
         let window = Duration::from_millis(cfg.fcm.batch_window_ms);
         let lane = |p: &Option<Arc<dyn Provider>>, size: usize, window: Duration, rate: u32| {
             p.as_ref()
-                .map(|p| Lane::start(p.clone(), size, window, rate))
+                .map(|p| Lane::start(p.clone(), size, window, rate, throttle.clone()))
         };
         Lanes {
             fcm: lane(
@@ -203,7 +204,7 @@ impl Gateway {
     pub fn new(ctx: Context, providers: &Providers) -> Gateway {
         let cfg = &ctx.config.push;
         Gateway {
-            lanes: Lanes::start(providers, cfg),
+            lanes: Lanes::start(providers, cfg, &ctx.ports.throttle),
             backoff: Backoff {
                 base: Duration::from_millis(cfg.backoff_base_ms),
                 max: Duration::from_millis(cfg.backoff_max_ms),

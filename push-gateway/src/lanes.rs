@@ -2,9 +2,15 @@
 //! what arrived within `window` of the first one), paced by the provider's rate limit and
 //! handed to the provider one group at a time, a few groups in flight. Grouping is what lets a
 //! handful of small campaigns share one burst of HTTP/2 streams instead of trickling out.
+//!
+//! The rate is reserved from the [`Throttle`] port, keyed by provider: in-process it is this
+//! node's alone; on Redis every gateway node's sends count against the one rate. While the
+//! throttle cannot be reached, the lane paces itself with a local limiter at the whole rate
+//! (as a single node would), so sending neither stops nor runs unlimited.
 
 use crate::provider::{Dispatch, Outcome, Provider};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use herald_core::ports::{Rate, Throttle};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,19 +36,28 @@ impl Lane {
         size: usize,
         window: Duration,
         rate_per_s: u32,
+        throttle: Arc<dyn Throttle>,
     ) -> Lane {
         let size = size.max(1);
         let (tx, rx) = mpsc::channel(size * 4);
-        let limiter = NonZeroU32::new(rate_per_s).map(|rate| {
-            // A tenth of a second of sends may go at once, and at least a whole group, so
-            // `until_n_ready` can always grant a group.
-            let burst = (rate.get() / 10).max(size as u32).max(1);
-            Arc::new(RateLimiter::direct(
-                Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).expect("non-zero")),
-            ))
+        let pacing = NonZeroU32::new(rate_per_s).map(|per_second| {
+            // A tenth of a second of sends may go at once, and at least a whole group, so a
+            // group can always be granted.
+            let burst = (per_second.get() / 10).max(size as u32).max(1);
+            Pacing {
+                throttle,
+                rate: Rate {
+                    per_second: per_second.get(),
+                    burst,
+                },
+                fallback: RateLimiter::direct(
+                    Quota::per_second(per_second)
+                        .allow_burst(NonZeroU32::new(burst).expect("non-zero")),
+                ),
+            }
         });
         let name = provider.name();
-        tokio::spawn(group_loop(provider, rx, size, window, limiter));
+        tokio::spawn(group_loop(provider, rx, size, window, pacing.map(Arc::new)));
         Lane { name, tx }
     }
 
@@ -74,12 +89,42 @@ impl Lane {
     }
 }
 
+/// A lane's rate: reserved from the throttle, or from the local limiter while the throttle
+/// fails.
+struct Pacing {
+    throttle: Arc<dyn Throttle>,
+    rate: Rate,
+    fallback: DefaultDirectRateLimiter,
+}
+
+impl Pacing {
+    /// Waits until `n` sends (at most the burst) may go to provider `name`.
+    async fn ready(&self, name: &'static str, n: u32) {
+        match self.throttle.reserve(name, n, self.rate).await {
+            Ok(wait) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(provider = name, error = %e, "the throttle is unavailable; pacing this node alone");
+                metrics::counter!("herald_push_throttle_fallbacks_total", "provider" => name)
+                    .increment(1);
+                if let Some(n) = NonZeroU32::new(n) {
+                    // The burst is at least a group, so this cannot fail.
+                    let _ = self.fallback.until_n_ready(n).await;
+                }
+            }
+        }
+    }
+}
+
 async fn group_loop(
     provider: Arc<dyn Provider>,
     mut rx: mpsc::Receiver<Job>,
     size: usize,
     window: Duration,
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    pacing: Option<Arc<Pacing>>,
 ) {
     let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
@@ -106,9 +151,8 @@ async fn group_loop(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        if let (Some(limiter), Some(n)) = (&limiter, NonZeroU32::new(group.len() as u32)) {
-            // The burst is at least a group, so this cannot fail.
-            let _ = limiter.until_n_ready(n).await;
+        if let Some(pacing) = &pacing {
+            pacing.ready(provider.name(), group.len() as u32).await;
         }
         let provider = provider.clone();
         tokio::spawn(async move {
@@ -132,6 +176,10 @@ async fn group_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn throttle() -> Arc<dyn Throttle> {
+        Arc::new(herald_storage::memory::MemoryThrottle::default())
+    }
     use crate::provider::{Destination, Envelope};
     use async_trait::async_trait;
     use herald_core::model::{Channel, Platform, Priority};
@@ -185,7 +233,7 @@ mod tests {
     #[tokio::test]
     async fn sends_are_cut_into_groups_of_at_most_the_size_and_outcomes_keep_order() {
         let rec = Arc::new(Recorder::default());
-        let lane = Lane::start(rec.clone(), 500, Duration::from_millis(100), 0);
+        let lane = Lane::start(rec.clone(), 500, Duration::from_millis(100), 0, throttle());
         let tokens: Vec<String> = (0..1200)
             .map(|i| {
                 if i % 7 == 0 {
@@ -209,7 +257,7 @@ mod tests {
     #[tokio::test]
     async fn small_sends_arriving_within_the_window_share_a_group() {
         let rec = Arc::new(Recorder::default());
-        let lane = Lane::start(rec.clone(), 500, Duration::from_millis(200), 0);
+        let lane = Lane::start(rec.clone(), 500, Duration::from_millis(200), 0, throttle());
         let mut tasks = Vec::new();
         for i in 0..5 {
             let lane = lane.clone();
@@ -228,11 +276,43 @@ mod tests {
     async fn the_rate_limit_spaces_groups_out() {
         let rec = Arc::new(Recorder::default());
         // 1,000 sends/s with a burst of 100: 1,050 sends need about 0.95 s.
-        let lane = Lane::start(rec.clone(), 50, Duration::ZERO, 1000);
+        let lane = Lane::start(rec.clone(), 50, Duration::ZERO, 1000, throttle());
         let started = Instant::now();
         lane.send((0..1050).map(|i| dispatch(&format!("ok-{i}"))).collect())
             .await;
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(800), "{took:?}");
+    }
+
+    /// Two gateway nodes (two lanes, each with its own handle on one Redis) send through one
+    /// provider account: together they keep its one rate instead of each using all of it.
+    #[tokio::test]
+    async fn lanes_on_two_nodes_sharing_a_redis_throttle_keep_one_rate() {
+        let Ok(raw) = std::env::var("HERALD_TEST_REDIS_URL") else {
+            return;
+        };
+        let sep = if raw.contains('?') { '&' } else { '?' };
+        let url = herald_core::config::Secret::new(format!(
+            "{raw}{sep}prefix=herald-test-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let rec = Arc::new(Recorder::default());
+        let mut nodes = Vec::new();
+        for _ in 0..2 {
+            let throttle = herald_storage::open_throttle(Some(&url))
+                .await
+                .expect("HERALD_TEST_REDIS_URL is set but Redis is unusable");
+            nodes.push(Lane::start(rec.clone(), 50, Duration::ZERO, 1000, throttle));
+        }
+        // 1,000 sends/s with a burst of 100 for both together: 1,050 sends need about 0.95 s
+        // (each node alone would be done with its 525 in about 0.43 s).
+        let started = Instant::now();
+        let sends = nodes.iter().enumerate().map(|(n, lane)| {
+            lane.send((0..525).map(|i| dispatch(&format!("ok-{n}-{i}"))).collect())
+        });
+        futures::future::join_all(sends).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(800), "{took:?}");
+        assert_eq!(rec.0.lock().iter().sum::<usize>(), 1050);
     }
 }

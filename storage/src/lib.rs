@@ -67,6 +67,7 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
         live: open_live_hub(b.live.as_ref()).await?,
         deliveries: open_deliveries(&url_for(&b.deliveries, dir, "deliveries")?).await?,
         delays: open_delays(&url_for(&b.delays, dir, "delays")?).await?,
+        throttle: open_throttle(b.throttle.as_ref()).await?,
     })
 }
 
@@ -253,6 +254,24 @@ pub async fn open_live_hub(url: Option<&Secret>) -> Result<Arc<dyn LiveHub>> {
             return Err(compiled_out("redis", "redis"));
         }
         _ => Err(unsupported("live hub", &url, "memory, redis")),
+    }
+}
+
+/// The throttle at `url` (in-process when unset).
+pub async fn open_throttle(url: Option<&Secret>) -> Result<Arc<dyn Throttle>> {
+    let url = match url {
+        None => return Ok(Arc::new(memory::MemoryThrottle::default())),
+        Some(u) => BackendUrl::parse(u.expose())?,
+    };
+    match url.scheme.as_str() {
+        "memory" => Ok(Arc::new(memory::MemoryThrottle::default())),
+        "redis" => {
+            #[cfg(feature = "redis")]
+            return Ok(Arc::new(redis::RedisThrottle::open(&url).await?));
+            #[cfg(not(feature = "redis"))]
+            return Err(compiled_out("redis", "redis"));
+        }
+        _ => Err(unsupported("throttle", &url, "memory, redis")),
     }
 }
 

@@ -1,10 +1,10 @@
-//! In-process adapters: the preference cache and the live hub of a single-node Herald.
-//! Redis takes their place when several nodes run side by side.
+//! In-process adapters: the preference cache, the live hub and the throttle of a single-node
+//! Herald. Redis takes their place when several nodes run side by side.
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use herald_core::model::{LiveEvent, Preferences};
-use herald_core::ports::{LiveHub, PreferenceCache};
+use herald_core::ports::{LiveHub, PreferenceCache, Rate, Throttle};
 use herald_core::Result;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -121,5 +121,78 @@ impl LiveHub for MemoryLiveHub {
             })
             .filter_map(|item| futures::future::ready(item.ok()));
         Ok(stream.boxed())
+    }
+}
+
+/// The in-process throttle: the GCRA of [`Throttle`] over a map of limit keys, so each
+/// process applies the whole rate on its own.
+#[derive(Debug, Default)]
+pub struct MemoryThrottle {
+    /// Per key, the theoretical arrival time of the next send.
+    next: Mutex<HashMap<String, Instant>>,
+}
+
+#[async_trait]
+impl Throttle for MemoryThrottle {
+    async fn reserve(&self, key: &str, n: u32, rate: Rate) -> Result<Duration> {
+        Ok(gcra(&mut self.next.lock(), key, n, rate, Instant::now()))
+    }
+}
+
+/// One GCRA reservation at `now` (shared with the tests of the algorithm).
+pub(crate) fn gcra(
+    next: &mut HashMap<String, Instant>,
+    key: &str,
+    n: u32,
+    rate: Rate,
+    now: Instant,
+) -> Duration {
+    let interval = Duration::from_secs(1) / rate.per_second.max(1);
+    let tat = next.get(key).copied().filter(|t| *t > now).unwrap_or(now);
+    let new_tat = tat + interval * n;
+    next.insert(key.to_owned(), new_tat);
+    // Conforming once the burst's worth of intervals before `new_tat` has come.
+    let allowed_at = new_tat
+        .checked_sub(interval * rate.burst.max(1))
+        .unwrap_or(now);
+    allowed_at.saturating_duration_since(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_goes_at_once_and_the_rest_is_spaced_at_the_rate() {
+        let rate = Rate {
+            per_second: 100,
+            burst: 10,
+        };
+        let mut next = HashMap::new();
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(gcra(&mut next, "fcm", 1, rate, now), Duration::ZERO);
+        }
+        assert_eq!(
+            gcra(&mut next, "fcm", 1, rate, now),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            gcra(&mut next, "fcm", 5, rate, now),
+            Duration::from_millis(60)
+        );
+        assert_eq!(
+            gcra(&mut next, "apns", 10, rate, now),
+            Duration::ZERO,
+            "keys apart"
+        );
+        // A second later the debt of 0.06 s is paid and 0.94 s of credit has built up, of
+        // which only the burst counts.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(gcra(&mut next, "fcm", 10, rate, later), Duration::ZERO);
+        assert_eq!(
+            gcra(&mut next, "fcm", 1, rate, later),
+            Duration::from_millis(10)
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Redis adapters (the `redis://` scheme): the delay store, the preference cache and the live
-//! hub.
+//! Redis adapters (the `redis://` scheme): the delay store, the preference cache, the live
+//! hub and the shared throttle.
 //!
 //! URL: `redis://[:password@]host:port[/db][?prefix=NAME]`. `prefix` (default `herald`) keeps
 //! several deployments (or test cases) apart on one server; every key of a store carries it as
@@ -11,10 +11,12 @@
 mod cache;
 mod delays;
 mod live;
+mod throttle;
 
 pub use cache::RedisPreferenceCache;
 pub use delays::RedisDelays;
 pub use live::RedisLiveHub;
+pub use throttle::RedisThrottle;
 
 use crate::BackendUrl;
 use herald_core::{Error, Result};
