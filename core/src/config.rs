@@ -114,6 +114,9 @@ pub struct Backends {
     /// Provider rate limits: in-process (each node applies the whole rate) unless shared
     /// through Redis (`redis://`), where every node's sends count against one rate.
     pub throttle: Option<Secret>,
+    /// Seed 004's read path: the open broadcasts kept in Redis (`redis://`) in front of the
+    /// broadcast store, which stays the source of truth. Unset: read from the store.
+    pub broadcast_cache: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

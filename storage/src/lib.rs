@@ -57,7 +57,11 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
         directory: open_directory(&url_for(&b.directory, dir, "directory")?).await?,
         campaigns: open_campaigns(&url_for(&b.campaigns, dir, "campaigns")?).await?,
         inbox: open_inbox(&url_for(&b.inbox, dir, "inbox")?).await?,
-        broadcasts: open_broadcasts(&url_for(&b.broadcasts, dir, "broadcasts")?).await?,
+        broadcasts: with_broadcast_cache(
+            b.broadcast_cache.as_ref(),
+            open_broadcasts(&url_for(&b.broadcasts, dir, "broadcasts")?).await?,
+        )
+        .await?,
         preference_cache: open_preference_cache(
             b.preference_cache.as_ref(),
             std::time::Duration::from_secs(config.fanout.preference_ttl_secs),
@@ -254,6 +258,28 @@ pub async fn open_live_hub(url: Option<&Secret>) -> Result<Arc<dyn LiveHub>> {
             return Err(compiled_out("redis", "redis"));
         }
         _ => Err(unsupported("live hub", &url, "memory, redis")),
+    }
+}
+
+/// `store` behind the broadcast cache at `url`, or as it is when unset.
+pub async fn with_broadcast_cache(
+    url: Option<&Secret>,
+    store: Arc<dyn BroadcastStore>,
+) -> Result<Arc<dyn BroadcastStore>> {
+    let url = match url {
+        None => return Ok(store),
+        Some(u) => BackendUrl::parse(u.expose())?,
+    };
+    match url.scheme.as_str() {
+        "redis" => {
+            #[cfg(feature = "redis")]
+            return Ok(Arc::new(
+                redis::RedisBroadcastCache::open(&url, store).await?,
+            ));
+            #[cfg(not(feature = "redis"))]
+            return Err(compiled_out("redis", "redis"));
+        }
+        _ => Err(unsupported("broadcast cache", &url, "redis")),
     }
 }
 

@@ -150,6 +150,130 @@ macro_rules! broadcast_conformance {
 
 broadcast_conformance!(sqlite, common::sqlite_broadcasts());
 broadcast_conformance!(mysql, common::mysql_broadcasts());
+broadcast_conformance!(redis_in_front, redis_cache::cached());
+
+/// Seed 004's read path: Redis in front of the broadcast store (MySQL when
+/// `HERALD_TEST_MYSQL_URL` is set, SQLite otherwise), when `HERALD_TEST_REDIS_URL` is set.
+mod redis_cache {
+    use super::*;
+    use herald_core::config::Secret;
+
+    pub fn url() -> Option<Secret> {
+        let raw = std::env::var("HERALD_TEST_REDIS_URL")
+            .ok()
+            .filter(|v| !v.is_empty())?;
+        let sep = if raw.contains('?') { '&' } else { '?' };
+        Some(Secret::new(format!(
+            "{raw}{sep}prefix=herald-test-{}",
+            run_id()
+        )))
+    }
+
+    /// A broadcast store with Redis in front, and the store alone.
+    type Pair = (Arc<dyn BroadcastStore>, Arc<dyn BroadcastStore>);
+
+    /// A store of its own with Redis in front, and the store alone.
+    pub async fn in_front(url: Option<Secret>) -> Option<Pair> {
+        let url = url?;
+        let store = match common::mysql_broadcasts().await {
+            Some(s) => s,
+            None => common::sqlite_broadcasts().await.unwrap(),
+        };
+        let cached = herald_storage::with_broadcast_cache(Some(&url), store.clone())
+            .await
+            .expect("HERALD_TEST_REDIS_URL is set but Redis is unusable");
+        Some((cached, store))
+    }
+
+    pub async fn cached() -> Option<Arc<dyn BroadcastStore>> {
+        in_front(url()).await.map(|(cached, _)| cached)
+    }
+
+    /// Keys of the cache under `url`'s prefix, deleted as a flushed or new Redis would have.
+    async fn forget(url: &Secret) {
+        let (base, prefix) = url.expose().rsplit_once("prefix=").unwrap();
+        let client = ::redis::Client::open(base.trim_end_matches(['?', '&'])).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = ::redis::cmd("DEL")
+            .arg(format!("{{{prefix}}}:broadcasts:active"))
+            .arg(format!("{{{prefix}}}:broadcasts:built"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    fn ids(list: &[Broadcast]) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = list.iter().map(|b| b.id).collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn the_open_broadcasts_are_rebuilt_from_the_store_when_redis_lost_them() {
+        let url = url();
+        let Some((cached, _)) = in_front(url.clone()).await else {
+            return;
+        };
+        let (a, b) = (
+            broadcast(BroadcastStatus::Active),
+            broadcast(BroadcastStatus::Scheduled),
+        );
+        cached.insert(&a).await.unwrap();
+        cached.insert(&b).await.unwrap();
+        forget(url.as_ref().unwrap()).await;
+        assert_eq!(ids(&cached.list_open().await.unwrap()), ids(&[a, b]));
+    }
+
+    #[tokio::test]
+    async fn what_one_node_writes_another_node_lists_and_ended_ones_leave() {
+        let url = url();
+        let Some((one, store)) = in_front(url.clone()).await else {
+            return;
+        };
+        let other = herald_storage::with_broadcast_cache(url.as_ref(), store)
+            .await
+            .unwrap();
+        let (a, b) = (
+            broadcast(BroadcastStatus::Active),
+            broadcast(BroadcastStatus::Scheduled),
+        );
+        one.insert(&a).await.unwrap();
+        one.insert(&b).await.unwrap();
+        assert_eq!(
+            ids(&other.list_open().await.unwrap()),
+            ids(&[a.clone(), b.clone()])
+        );
+        assert!(one
+            .transition(
+                b.id,
+                &[BroadcastStatus::Scheduled],
+                BroadcastStatus::Cancelled
+            )
+            .await
+            .unwrap());
+        assert_eq!(ids(&other.list_open().await.unwrap()), ids(&[a]));
+    }
+
+    /// A node that died between its store write and its Redis write leaves Redis behind, until
+    /// the next rebuild (at most `BUILT_TTL` later, or at once on a node's start).
+    #[tokio::test]
+    async fn a_write_that_reached_only_the_store_shows_after_a_rebuild() {
+        let url = url();
+        let Some((cached, store)) = in_front(url.clone()).await else {
+            return;
+        };
+        let a = broadcast(BroadcastStatus::Active);
+        store.insert(&a).await.unwrap();
+        assert!(
+            cached.list_open().await.unwrap().is_empty(),
+            "served from Redis"
+        );
+        let restarted = herald_storage::with_broadcast_cache(url.as_ref(), store)
+            .await
+            .unwrap();
+        assert_eq!(ids(&restarted.list_open().await.unwrap()), ids(&[a]));
+    }
+}
 
 /// The in-process preference cache and live hub (Redis adapters of later issues reuse these).
 pub mod cache_cases {

@@ -1,5 +1,5 @@
 //! Redis adapters (the `redis://` scheme): the delay store, the preference cache, the live
-//! hub and the shared throttle.
+//! hub, the shared throttle, and the open broadcasts in front of the broadcast store.
 //!
 //! URL: `redis://[:password@]host:port[/db][?prefix=NAME]`. `prefix` (default `herald`) keeps
 //! several deployments (or test cases) apart on one server; every key of a store carries it as
@@ -8,11 +8,13 @@
 //! crate's `ConnectionManager`, which multiplexes requests on one connection and reconnects
 //! when it drops; a cluster client is not built yet.
 
+mod broadcasts;
 mod cache;
 mod delays;
 mod live;
 mod throttle;
 
+pub use broadcasts::RedisBroadcastCache;
 pub use cache::RedisPreferenceCache;
 pub use delays::RedisDelays;
 pub use live::RedisLiveHub;

@@ -35,8 +35,8 @@ pub async fn fresh_mysql_database(prefix: &str) -> Option<String> {
 /// - unset or `embedded`: SQLite files under the test's data directory, as `herald serve`;
 /// - `distributed`: every store Herald has a MySQL adapter for (directory, campaigns, inbox,
 ///   broadcasts, deliveries, delays) in one database on the server of `HERALD_TEST_MYSQL_URL`,
-///   and the preference cache, the live hub and the throttle on the Redis of
-///   `HERALD_TEST_REDIS_URL` (under a key prefix of the test's own); the bus stays embedded.
+///   and the preference cache, the live hub, the throttle and the broadcast cache on the Redis
+///   of `HERALD_TEST_REDIS_URL` (under a key prefix of the test's own); the bus stays embedded.
 ///
 /// The database and the key prefix are named after the data directory, so processes of one
 /// test that share a data directory (a restart, a second node) share them too, as they would
@@ -96,7 +96,12 @@ pub async fn configure_backends(config: &mut herald_core::config::Config) {
     }
     let sep = if redis.contains('?') { '&' } else { '?' };
     let redis = format!("{redis}{sep}prefix=herald-test-{h:016x}");
-    for shared in [&mut b.preference_cache, &mut b.live, &mut b.throttle] {
+    for shared in [
+        &mut b.preference_cache,
+        &mut b.live,
+        &mut b.throttle,
+        &mut b.broadcast_cache,
+    ] {
         if shared.is_none() {
             *shared = Some(Secret::new(redis.clone()));
         }
