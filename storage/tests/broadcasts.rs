@@ -192,14 +192,22 @@ mod redis_cache {
     /// Keys of the cache under `url`'s prefix, deleted as a flushed or new Redis would have.
     async fn forget(url: &Secret) {
         let (base, prefix) = url.expose().rsplit_once("prefix=").unwrap();
-        let client = ::redis::Client::open(base.trim_end_matches(['?', '&'])).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let _: () = ::redis::cmd("DEL")
-            .arg(format!("{{{prefix}}}:broadcasts:active"))
-            .arg(format!("{{{prefix}}}:broadcasts:built"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let keys = [
+            format!("{{{prefix}}}:broadcasts:active"),
+            format!("{{{prefix}}}:broadcasts:built"),
+        ];
+        let mut del = ::redis::cmd("DEL");
+        del.arg(&keys);
+        let base = base.trim_end_matches(['?', '&']);
+        if let Some(seed) = base.strip_suffix("?cluster=true") {
+            let client = ::redis::cluster::ClusterClient::new(vec![seed]).unwrap();
+            let mut conn = client.get_async_connection().await.unwrap();
+            let _: () = del.query_async(&mut conn).await.unwrap();
+        } else {
+            let client = ::redis::Client::open(base).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = del.query_async(&mut conn).await.unwrap();
+        }
     }
 
     fn ids(list: &[Broadcast]) -> Vec<Uuid> {

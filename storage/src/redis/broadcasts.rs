@@ -13,10 +13,10 @@
 //! Redis write leaves Redis behind for at most `BUILT_TTL`. Per-user reads and dismissals
 //! are read from the store (one primary-key range per user).
 
+use super::Conn;
 use super::{connect, redis_error};
 use crate::time::micros;
 use crate::{corrupt, BackendUrl};
-use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::model::{Broadcast, BroadcastStatus, BroadcastUserState};
@@ -33,7 +33,7 @@ const HASH_TTL: Duration = Duration::from_secs(3600);
 
 pub struct RedisBroadcastCache {
     store: Arc<dyn BroadcastStore>,
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
 }
 

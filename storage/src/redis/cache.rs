@@ -9,9 +9,9 @@
 //! load the new ones. (A put that arrives more than [`TOMBSTONE_TTL`] late can still restore an
 //! old entry until it expires: the TTL bounds that.)
 
+use super::Conn;
 use super::{connect, redis_error};
 use crate::{corrupt, BackendUrl};
-use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
 use herald_core::model::Preferences;
 use herald_core::ports::PreferenceCache;
@@ -25,7 +25,7 @@ const TOMBSTONE: &str = "-";
 const CHUNK: usize = 1000;
 
 pub struct RedisPreferenceCache {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     ttl: Duration,
 }

@@ -5,10 +5,10 @@
 //! rescores the due members to the end of the lease and stamps their hashes; a removal deletes
 //! only members whose hash still carries the claim's token.
 
+use super::Conn;
 use super::{connect, redis_error};
 use crate::time::{from_micros, micros};
 use crate::BackendUrl;
-use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::model::OutMessage;
@@ -68,7 +68,7 @@ return n
 "#;
 
 pub struct RedisDelays {
-    conn: ConnectionManager,
+    conn: Conn,
     /// The sorted set of ids by due time.
     due_key: String,
     /// Prefix of the per-message hashes (the id follows).

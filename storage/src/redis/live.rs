@@ -7,10 +7,14 @@
 //! they subscribe again (the runner backs off while Redis is away), and the WebSocket hub closes
 //! its sockets so clients resume from the inbox store with `since`. Nothing is lost silently.
 //! Publishing goes through the connection manager, which reconnects on its own.
+//!
+//! On a Redis Cluster this is classic pub/sub, which the cluster relays to every node; the
+//! subscription is held on the URL's (seed) host. Sharded pub/sub (`SSUBSCRIBE` per user
+//! shard, so a message travels only within its shard's nodes) is the step beyond.
 
+use super::Conn;
 use super::{redis_error, split_url};
 use crate::{corrupt, BackendUrl};
-use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use herald_core::model::LiveEvent;
@@ -22,16 +26,18 @@ pub const SHARDS: u32 = 16;
 
 pub struct RedisLiveHub {
     client: ::redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
 }
 
 impl RedisLiveHub {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
-        let (base, prefix) = split_url(url)?;
-        let client = ::redis::Client::open(base.as_str())
+        // Subscriptions are made on the URL's host itself, also on a cluster: a classic
+        // `PUBLISH` on any node of a cluster reaches subscribers on every node.
+        let target = split_url(url)?;
+        let client = ::redis::Client::open(target.base.as_str())
             .map_err(|e| Error::invalid(format!("bad Redis URL {url}")).with_source(e))?;
-        let (conn, _) = super::connect(url).await?;
+        let (conn, prefix) = super::connect(url).await?;
         Ok(Self {
             client,
             conn,

@@ -4,9 +4,7 @@
 //! URL: `redis://[:password@]host:port[/db][?prefix=NAME]`. `prefix` (default `herald`) keeps
 //! several deployments (or test cases) apart on one server; every key of a store carries it as
 //! a hash tag (`{NAME}:...`), so a store's keys share one slot and its scripts would stay valid
-//! on a Redis Cluster. The adapter connects to one server (or a proxy) through the `redis`
-//! crate's `ConnectionManager`, which multiplexes requests on one connection and reconnects
-//! when it drops; a cluster client is not built yet.
+//! on a Redis Cluster. `cluster=true` makes the host a cluster's seed node (see [`Conn`]).
 
 mod broadcasts;
 mod cache;
@@ -23,13 +21,23 @@ pub use throttle::RedisThrottle;
 use crate::BackendUrl;
 use herald_core::{Error, Result};
 
-/// The part of the URL the `redis` crate understands, and the key prefix.
-pub(crate) fn split_url(url: &BackendUrl) -> Result<(String, String)> {
+/// Where a Redis URL points: the part the `redis` crate understands, the key prefix, and
+/// whether it is a cluster (`cluster=true`: the host is a seed node, the rest are found).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub base: String,
+    pub prefix: String,
+    pub cluster: bool,
+}
+
+/// Takes Herald's parameters (`prefix`, `cluster`) out of a Redis URL.
+pub(crate) fn split_url(url: &BackendUrl) -> Result<Target> {
     let (base, query) = match url.raw.split_once('?') {
         Some((b, q)) => (b.to_owned(), q),
         None => (url.raw.clone(), ""),
     };
     let mut prefix = "herald".to_owned();
+    let mut cluster = false;
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
@@ -41,6 +49,17 @@ pub(crate) fn split_url(url: &BackendUrl) -> Result<(String, String)> {
                     "bad Redis URL {url}: prefix must be non-empty and hold no braces"
                 )))
             }
+            Some(("cluster", v)) => {
+                cluster = match v {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "bad Redis URL {url}: cluster must be true or false"
+                        )))
+                    }
+                }
+            }
             _ => rest.push(pair),
         }
     }
@@ -49,23 +68,72 @@ pub(crate) fn split_url(url: &BackendUrl) -> Result<(String, String)> {
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    Ok((base, prefix))
+    Ok(Target {
+        base,
+        prefix,
+        cluster,
+    })
 }
 
-/// A connection manager on `url`, checked with a PING.
-pub(crate) async fn connect(url: &BackendUrl) -> Result<(::redis::aio::ConnectionManager, String)> {
-    let (base, prefix) = split_url(url)?;
-    let client = ::redis::Client::open(base.as_str())
-        .map_err(|e| Error::invalid(format!("bad Redis URL {url}")).with_source(e))?;
-    let mut conn = client
-        .get_connection_manager()
-        .await
-        .map_err(|e| Error::unavailable(format!("cannot connect to Redis at {url}"), e))?;
+/// A connection to one Redis server (through the connection manager, which multiplexes and
+/// reconnects) or to a Redis Cluster (the cluster client, which routes each command by its
+/// keys' slot and follows slot moves). Every key of a store carries the store's prefix as a
+/// hash tag, so a store's scripts, `MGET`s and transactions stay within one slot.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(::redis::aio::ConnectionManager),
+    Cluster(::redis::cluster_async::ClusterConnection),
+}
+
+impl ::redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a ::redis::Cmd,
+    ) -> ::redis::RedisFuture<'a, ::redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a ::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> ::redis::RedisFuture<'a, Vec<::redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A connection on `url`, checked with a PING, and the key prefix.
+pub(crate) async fn connect(url: &BackendUrl) -> Result<(Conn, String)> {
+    let target = split_url(url)?;
+    let unavailable = |e| Error::unavailable(format!("cannot connect to Redis at {url}"), e);
+    let mut conn = if target.cluster {
+        let client = ::redis::cluster::ClusterClient::new(vec![target.base.as_str()])
+            .map_err(|e| Error::invalid(format!("bad Redis URL {url}")).with_source(e))?;
+        Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+    } else {
+        let client = ::redis::Client::open(target.base.as_str())
+            .map_err(|e| Error::invalid(format!("bad Redis URL {url}")).with_source(e))?;
+        Conn::Single(client.get_connection_manager().await.map_err(unavailable)?)
+    };
     let _: String = ::redis::cmd("PING")
         .query_async(&mut conn)
         .await
         .map_err(redis_error)?;
-    Ok((conn, prefix))
+    Ok((conn, target.prefix))
 }
 
 pub(crate) fn redis_error(e: ::redis::RedisError) -> Error {
@@ -82,16 +150,25 @@ mod tests {
             BackendUrl::parse("redis://:pw@127.0.0.1:6379/2?prefix=eu1&protocol=resp3").unwrap();
         assert_eq!(
             split_url(&url).unwrap(),
-            (
-                "redis://:pw@127.0.0.1:6379/2?protocol=resp3".to_owned(),
-                "eu1".to_owned()
-            )
+            Target {
+                base: "redis://:pw@127.0.0.1:6379/2?protocol=resp3".to_owned(),
+                prefix: "eu1".to_owned(),
+                cluster: false,
+            }
         );
         let plain = BackendUrl::parse("redis://127.0.0.1:6379").unwrap();
         assert_eq!(
             split_url(&plain).unwrap(),
-            ("redis://127.0.0.1:6379".to_owned(), "herald".to_owned())
+            Target {
+                base: "redis://127.0.0.1:6379".to_owned(),
+                prefix: "herald".to_owned(),
+                cluster: false,
+            }
         );
+        let cluster = BackendUrl::parse("redis://127.0.0.1:7000?cluster=true").unwrap();
+        assert!(split_url(&cluster).unwrap().cluster);
+        let wrong = BackendUrl::parse("redis://127.0.0.1:7000?cluster=maybe").unwrap();
+        assert!(split_url(&wrong).is_err());
         let bad = BackendUrl::parse("redis://127.0.0.1?prefix={x}").unwrap();
         assert!(split_url(&bad).is_err());
     }

@@ -4,9 +4,9 @@
 //! one rate; the server's `TIME` is the only clock, so the nodes' clocks do not matter. The
 //! key expires once its arrival time has passed (an idle limit takes no memory).
 
+use super::Conn;
 use super::{connect, redis_error};
 use crate::BackendUrl;
-use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
 use herald_core::ports::{Rate, Throttle};
 use herald_core::Result;
@@ -28,7 +28,7 @@ return wait
 "#;
 
 pub struct RedisThrottle {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     script: ::redis::Script,
 }
