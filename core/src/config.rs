@@ -631,6 +631,42 @@ mod tests {
     }
 
     #[test]
+    fn the_distributed_example_puts_every_store_but_the_bus_on_mysql_and_redis() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "herald.toml",
+                include_str!("../../deploy/herald.distributed.toml"),
+            )?;
+            let cfg = Config::load(Some(Path::new("herald.toml"))).expect("loads");
+            let b = &cfg.backends;
+            let scheme = |s: &Option<Secret>| {
+                s.as_ref()
+                    .map(|s| s.expose().split("://").next().unwrap_or("").to_owned())
+            };
+            for store in [
+                &b.directory,
+                &b.campaigns,
+                &b.inbox,
+                &b.broadcasts,
+                &b.deliveries,
+                &b.delays,
+            ] {
+                assert_eq!(scheme(store).as_deref(), Some("mysql"));
+            }
+            for shared in [
+                &b.preference_cache,
+                &b.live,
+                &b.throttle,
+                &b.broadcast_cache,
+            ] {
+                assert_eq!(scheme(shared).as_deref(), Some("redis"));
+            }
+            assert_eq!(b.bus, None);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_missing_config_file_is_an_error() {
         figment::Jail::expect_with(|_jail| {
             assert!(Config::load(Some(Path::new("nope.toml"))).is_err());

@@ -1,5 +1,6 @@
 //! Herald's backend adapters: one implementation of each `herald_core::ports` trait per engine,
-//! chosen at start from a URL (`sqlite://`, `mysql://`, `redis://`, `memory://`).
+//! chosen at start from a URL (`sqlite://`, `mysql://`, `redis://`, `memory://`), and the
+//! Redis read path put in front of the broadcast store.
 //!
 //! This crate owns SQL, connection pools, schemas (applied from `migrations/`) and the mapping
 //! of engine errors onto `herald_core::Error`. It must not know about HTTP, roles or fan-out

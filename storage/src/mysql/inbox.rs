@@ -142,6 +142,45 @@ impl InboxStore for MysqlInbox {
             .collect()
     }
 
+    async fn page_with_unread(
+        &self,
+        user_id: &str,
+        before: Option<InboxKey>,
+        limit: u32,
+        unread_only: bool,
+    ) -> Result<(Vec<Notification>, u64)> {
+        // One round trip: the count as an uncorrelated scalar subquery beside the page's
+        // columns (evaluated once per statement). Not a derived table: MariaDB materialises one
+        // holding TEXT columns as an on-disk temporary table, once per read. An empty page
+        // brings no row, and so no count: then it is asked on its own.
+        let mut qb = QueryBuilder::<MySql>::new("SELECT ");
+        qb.push(COLUMNS)
+            .push(", (SELECT COUNT(*) FROM notifications WHERE user_id = ")
+            .push_bind(user_id)
+            .push(" AND read_at IS NULL AND dismissed_at IS NULL) AS unread")
+            .push(" FROM notifications WHERE user_id = ")
+            .push_bind(user_id)
+            .push(" AND dismissed_at IS NULL");
+        if let Some(before) = before {
+            push_key_bound(&mut qb, "<", before);
+        }
+        if unread_only {
+            qb.push(" AND read_at IS NULL");
+        }
+        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        let unread = match rows.first() {
+            Some(row) => row.try_get::<i64, _>("unread").map_err(db_error)? as u64,
+            None => self.unread_count(user_id).await?,
+        };
+        let page = rows
+            .iter()
+            .map(notification_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((page, unread))
+    }
+
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
         let mut qb = QueryBuilder::<MySql>::new(format!(
             "SELECT {COLUMNS} FROM notifications WHERE user_id = "

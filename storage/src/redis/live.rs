@@ -1,16 +1,19 @@
-//! The live hub on Redis pub/sub: events cross nodes on [`SHARDS`] channels,
-//! `{prefix}:live:<shard>`, a user's events always on the shard their id hashes to (events of
-//! one user stay in order; a node could subscribe to the shards of its users only).
+//! The live hub on Redis pub/sub: events cross nodes on [`SHARDS`] channels, a user's events
+//! always on the shard their id hashes to (events of one user stay in order; a node could
+//! subscribe to the shards of its users only).
+//!
+//! On one server: `PUBLISH` / `SUBSCRIBE` on `{prefix}:live:<shard>`. On a Redis Cluster:
+//! sharded pub/sub, `SPUBLISH` / `SSUBSCRIBE` on `<prefix>:live:{<prefix>-<shard>}`, each shard's
+//! channel in a slot of its own, so a message travels only among the nodes of its shard
+//! instead of over the whole cluster bus.
 //!
 //! Pub/sub is at most once: a subscriber that is disconnected misses what is published
 //! meanwhile. Its stream then ends, which the port's consumers treat as a lost subscription:
 //! they subscribe again (the runner backs off while Redis is away), and the WebSocket hub closes
 //! its sockets so clients resume from the inbox store with `since`. Nothing is lost silently.
-//! Publishing goes through the connection manager, which reconnects on its own.
-//!
-//! On a Redis Cluster this is classic pub/sub, which the cluster relays to every node; the
-//! subscription is held on the URL's (seed) host. Sharded pub/sub (`SSUBSCRIBE` per user
-//! shard, so a message travels only within its shard's nodes) is the step beyond.
+//! (The cluster client resubscribes by itself after a node's connection drops; a second
+//! confirmation of a channel is therefore taken as a gap and ends the stream too.) Publishing
+//! reconnects on its own.
 
 use super::Conn;
 use super::{redis_error, split_url};
@@ -24,29 +27,96 @@ use herald_core::{Error, Result};
 /// Channels events are spread over.
 pub const SHARDS: u32 = 16;
 
+enum Subscriber {
+    /// Classic pub/sub on one server.
+    Single(::redis::Client),
+    /// Sharded pub/sub on a cluster found from this seed URL.
+    Cluster(String),
+}
+
 pub struct RedisLiveHub {
-    client: ::redis::Client,
+    subscriber: Subscriber,
     conn: Conn,
     prefix: String,
 }
 
 impl RedisLiveHub {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
-        // Subscriptions are made on the URL's host itself, also on a cluster: a classic
-        // `PUBLISH` on any node of a cluster reaches subscribers on every node.
         let target = split_url(url)?;
-        let client = ::redis::Client::open(target.base.as_str())
-            .map_err(|e| Error::invalid(format!("bad Redis URL {url}")).with_source(e))?;
+        let subscriber = if target.cluster {
+            Subscriber::Cluster(target.base.clone())
+        } else {
+            Subscriber::Single(
+                ::redis::Client::open(target.base.as_str())
+                    .map_err(|e| Error::invalid(format!("bad Redis URL {url}")).with_source(e))?,
+            )
+        };
         let (conn, prefix) = super::connect(url).await?;
         Ok(Self {
-            client,
+            subscriber,
             conn,
             prefix,
         })
     }
 
     fn channel(&self, shard: u32) -> String {
-        format!("{{{}}}:live:{shard}", self.prefix)
+        match self.subscriber {
+            Subscriber::Single(_) => format!("{{{}}}:live:{shard}", self.prefix),
+            Subscriber::Cluster(_) => format!("{p}:live:{{{p}-{shard}}}", p = self.prefix),
+        }
+    }
+
+    /// A sharded subscription to every shard's channel on the cluster.
+    async fn subscribe_sharded(&self, seed: &str) -> Result<BoxStream<'static, LiveEvent>> {
+        use ::redis::{PushInfo, PushKind};
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
+        let client = ::redis::cluster::ClusterClientBuilder::new(vec![seed])
+            .use_protocol(::redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .build()
+            .map_err(|e| Error::invalid("bad Redis cluster URL").with_source(e))?;
+        let mut conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| Error::unavailable("cannot subscribe to the Redis Cluster", e))?;
+        // One command per channel: the channels are in different slots.
+        for shard in 0..SHARDS {
+            conn.ssubscribe(self.channel(shard))
+                .await
+                .map_err(redis_error)?;
+        }
+        let state = (rx, conn, 0u32);
+        let events = futures::stream::unfold(state, |(mut rx, conn, mut confirmed)| async move {
+            loop {
+                let push = rx.recv().await?;
+                match push.kind {
+                    PushKind::SMessage => {
+                        let payload = match push.data.get(1) {
+                            Some(::redis::Value::BulkString(b)) => b.clone(),
+                            _ => continue,
+                        };
+                        match serde_json::from_slice::<LiveEvent>(&payload) {
+                            Ok(event) => return Some((event, (rx, conn, confirmed))),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "skipping a live event that does not parse");
+                            }
+                        }
+                    }
+                    PushKind::SSubscribe => {
+                        confirmed += 1;
+                        if confirmed > SHARDS {
+                            tracing::warn!(
+                                "a sharded live channel was resubscribed; ending the subscription"
+                            );
+                            return None;
+                        }
+                    }
+                    PushKind::Disconnection => return None,
+                    _ => {}
+                }
+            }
+        });
+        Ok(events.boxed())
     }
 }
 
@@ -76,7 +146,11 @@ impl LiveHub for RedisLiveHub {
     async fn publish(&self, event: LiveEvent) -> Result<()> {
         let payload = serde_json::to_vec(&event).map_err(|e| corrupt("live event", e))?;
         let channel = self.channel(shard_of(user_of(&event)));
-        ::redis::cmd("PUBLISH")
+        let command = match self.subscriber {
+            Subscriber::Single(_) => "PUBLISH",
+            Subscriber::Cluster(_) => "SPUBLISH",
+        };
+        ::redis::cmd(command)
             .arg(channel)
             .arg(payload)
             .query_async::<i64>(&mut self.conn.clone())
@@ -86,8 +160,11 @@ impl LiveHub for RedisLiveHub {
     }
 
     async fn subscribe(&self) -> Result<BoxStream<'static, LiveEvent>> {
-        let mut pubsub = self
-            .client
+        let client = match &self.subscriber {
+            Subscriber::Single(client) => client,
+            Subscriber::Cluster(seed) => return self.subscribe_sharded(seed).await,
+        };
+        let mut pubsub = client
             .get_async_pubsub()
             .await
             .map_err(|e| Error::unavailable("cannot subscribe to Redis", e))?;
