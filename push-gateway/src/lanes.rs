@@ -17,6 +17,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
+/// How long a reservation may take before the lane paces itself instead.
+const THROTTLE_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Groups handed to a provider at once; each is bounded by the provider's own concurrency.
 const GROUPS_IN_FLIGHT: usize = 8;
 
@@ -100,7 +103,18 @@ struct Pacing {
 impl Pacing {
     /// Waits until `n` sends (at most the burst) may go to provider `name`.
     async fn ready(&self, name: &'static str, n: u32) {
-        match self.throttle.reserve(name, n, self.rate).await {
+        // A throttle that does not answer (a partition: no error, no reply) must not stall
+        // the lane; after this long it counts as unreachable.
+        let reserved =
+            tokio::time::timeout(THROTTLE_TIMEOUT, self.throttle.reserve(name, n, self.rate))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(herald_core::Error::new(
+                        herald_core::ErrorKind::Unavailable,
+                        "the throttle did not answer in time",
+                    ))
+                });
+        match reserved {
             Ok(wait) => {
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
@@ -314,5 +328,28 @@ mod tests {
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(800), "{took:?}");
         assert_eq!(rec.0.lock().iter().sum::<usize>(), 1050);
+    }
+
+    /// A throttle that never answers (a partition: no error, no reply).
+    struct Silent;
+
+    #[async_trait::async_trait]
+    impl Throttle for Silent {
+        async fn reserve(&self, _: &str, _: u32, _: Rate) -> herald_core::Result<Duration> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_throttle_that_does_not_answer_does_not_stall_the_lane() {
+        let rec = Arc::new(Recorder::default());
+        let lane = Lane::start(rec.clone(), 50, Duration::ZERO, 1000, Arc::new(Silent));
+        let outcomes = tokio::time::timeout(
+            Duration::from_secs(10),
+            lane.send((0..100).map(|i| dispatch(&format!("ok-{i}"))).collect()),
+        )
+        .await
+        .expect("sends go on, paced locally");
+        assert!(outcomes.iter().all(|o| *o == Outcome::Sent));
     }
 }

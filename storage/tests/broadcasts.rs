@@ -262,6 +262,96 @@ mod redis_cache {
         assert_eq!(ids(&other.list_open().await.unwrap()), ids(&[a]));
     }
 
+    /// A store whose `list_open` lets another node write a broadcast (store, then Redis) after
+    /// it has read the list and before it returns it: the rebuild that asked holds a list
+    /// without that broadcast.
+    struct RacingStore {
+        inner: Arc<dyn BroadcastStore>,
+        other: tokio::sync::OnceCell<Arc<dyn BroadcastStore>>,
+        late: Broadcast,
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl BroadcastStore for RacingStore {
+        async fn ping(&self) -> herald_core::Result<()> {
+            self.inner.ping().await
+        }
+        async fn insert(&self, b: &Broadcast) -> herald_core::Result<()> {
+            self.inner.insert(b).await
+        }
+        async fn get(&self, id: Uuid) -> herald_core::Result<Option<Broadcast>> {
+            self.inner.get(id).await
+        }
+        async fn list_open(&self) -> herald_core::Result<Vec<Broadcast>> {
+            let list = self.inner.list_open().await?;
+            if let Some(other) = self.other.get() {
+                if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    other.insert(&self.late).await?;
+                }
+            }
+            Ok(list)
+        }
+        async fn transition(
+            &self,
+            id: Uuid,
+            from: &[BroadcastStatus],
+            to: BroadcastStatus,
+        ) -> herald_core::Result<bool> {
+            self.inner.transition(id, from, to).await
+        }
+        async fn user_states(&self, user_id: &str) -> herald_core::Result<Vec<BroadcastUserState>> {
+            self.inner.user_states(user_id).await
+        }
+        async fn mark_read(
+            &self,
+            user_id: &str,
+            id: Uuid,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> herald_core::Result<()> {
+            self.inner.mark_read(user_id, id, at).await
+        }
+        async fn dismiss(
+            &self,
+            user_id: &str,
+            id: Uuid,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> herald_core::Result<()> {
+            self.inner.dismiss(user_id, id, at).await
+        }
+    }
+
+    /// A rebuild never undoes a write that reached Redis while it was reading the store.
+    #[tokio::test]
+    async fn a_rebuild_does_not_undo_a_write_made_while_it_read_the_store() {
+        let url = url();
+        let Some((_, store)) = in_front(url.clone()).await else {
+            return;
+        };
+        let late = broadcast(BroadcastStatus::Active);
+        let racing = Arc::new(RacingStore {
+            inner: store.clone(),
+            other: tokio::sync::OnceCell::new(),
+            late: late.clone(),
+            raced: std::sync::atomic::AtomicBool::new(true),
+        });
+        let cached = herald_storage::with_broadcast_cache(url.as_ref(), racing.clone())
+            .await
+            .unwrap();
+        let other = herald_storage::with_broadcast_cache(url.as_ref(), store)
+            .await
+            .unwrap();
+        racing.other.set(other.clone()).ok().unwrap();
+        racing
+            .raced
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        forget(url.as_ref().unwrap()).await;
+        // This rebuild read the list before `late` was written; it must not replace the set.
+        let during = cached.list_open().await.unwrap();
+        assert!(during.iter().all(|b| b.id != late.id));
+        assert_eq!(ids(&other.list_open().await.unwrap()), ids(&[late]));
+    }
+
     /// A node that died between its store write and its Redis write leaves Redis behind, until
     /// the next rebuild (at most `BUILT_TTL` later, or at once on a node's start).
     #[tokio::test]

@@ -43,6 +43,21 @@ pub mod cases {
         );
     }
 
+    /// At 400,000 sends a second the interval is 2.5 µs: kept exactly, not rounded to whole
+    /// microseconds (which would let 500,000 a second through).
+    pub async fn fractions_of_a_microsecond_are_kept(t: Arc<dyn Throttle>) {
+        let fast = Rate {
+            per_second: 400_000,
+            burst: 4_000,
+        };
+        assert_eq!(t.reserve("sms", 4_000, fast).await.unwrap(), Duration::ZERO);
+        let wait = t.reserve("sms", 4_000, fast).await.unwrap();
+        assert!(
+            wait <= Duration::from_millis(10) && wait >= Duration::from_micros(9_000),
+            "waited {wait:?}, expected about 10 ms"
+        );
+    }
+
     pub async fn limits_are_kept_apart_per_key(t: Arc<dyn Throttle>) {
         assert_eq!(t.reserve("fcm", 10, RATE).await.unwrap(), Duration::ZERO);
         assert_eq!(t.reserve("apns", 10, RATE).await.unwrap(), Duration::ZERO);
@@ -62,6 +77,13 @@ macro_rules! throttle_conformance {
             async fn a_burst_goes_at_once_then_sends_are_spaced_at_the_rate() {
                 if let Some(t) = $make.await {
                     cases::a_burst_goes_at_once_then_sends_are_spaced_at_the_rate(t).await;
+                }
+            }
+
+            #[tokio::test]
+            async fn fractions_of_a_microsecond_are_kept() {
+                if let Some(t) = $make.await {
+                    cases::fractions_of_a_microsecond_are_kept(t).await;
                 }
             }
 

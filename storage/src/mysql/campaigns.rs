@@ -364,7 +364,9 @@ impl CampaignStore for MysqlCampaigns {
             data: c.data.clone(),
         };
         let spec = serde_json::to_string(&spec).map_err(|e| corrupt("campaign", e))?;
+        let attempts = std::sync::atomic::AtomicU32::new(0);
         let inserted = retry_transient(|| async {
+            let rerun = attempts.fetch_add(1, Ordering::Relaxed) > 0;
             let mut tx = self.pool.begin().await?;
             let fresh = insert_once(
                 &mut tx,
@@ -389,6 +391,21 @@ impl CampaignStore for MysqlCampaigns {
             )
             .await?;
             if !fresh {
+                // A rerun after a lost answer to our own COMMIT finds our campaign: the same
+                // spec and creation time is ours, not a conflict.
+                if rerun {
+                    let row = sqlx::query("SELECT spec, created_at FROM campaigns WHERE id = ?")
+                        .bind(&c.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(row) = row {
+                        let stored: String = row.try_get_unchecked("spec")?;
+                        let created: i64 = row.try_get("created_at")?;
+                        if stored == spec && created == micros(c.created_at) {
+                            return Ok(true);
+                        }
+                    }
+                }
                 return Ok(false);
             }
             let p = &c.progress;
@@ -549,15 +566,20 @@ impl CampaignStore for MysqlCampaigns {
         let until = micros(now).saturating_add(ttl_micros(ttl));
         let fence = retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
+            // The last clause recognises this very acquisition when it is rerun after a lost
+            // answer to its COMMIT (same owner, same end): it is taken again, fence raised.
             let taken = sqlx::query(
                 "UPDATE campaigns SET lease_owner = ?, lease_until = ?, \
                  lease_fence = lease_fence + 1 \
-                 WHERE id = ? AND (lease_until IS NULL OR lease_until <= ?)",
+                 WHERE id = ? AND (lease_until IS NULL OR lease_until <= ? \
+                 OR (lease_owner = ? AND lease_until = ?))",
             )
             .bind(owner)
             .bind(until)
             .bind(id)
             .bind(micros(now))
+            .bind(owner)
+            .bind(until)
             .execute(&mut *tx)
             .await?
             .rows_affected()

@@ -200,24 +200,27 @@ async fn apply(conn: &mut MySqlConnection, port: &str, migrations: &[Migration])
 }
 
 /// Whether a failed transaction may simply be run again: InnoDB rolled it back to break a
-/// deadlock (1213) or gave up waiting for a lock (1205), or the connection was lost under it
-/// (an I/O error, "server has gone away" 2006, "lost connection" 2013: a failover, a restart,
-/// a proxy dropping the connection). The pool tests a connection before handing it out again,
-/// so the rerun gets a live one.
+/// deadlock (1213) or gave up waiting for a lock (1205), the server is shutting down (1053)
+/// or closed the connection as idle (4031, MySQL 8), or the connection was lost under it (an
+/// I/O error: a failover, a restart, a proxy dropping the connection; the client-side "gone
+/// away" / "lost connection" conditions surface as these). The pool tests a connection before
+/// handing it out again, so the rerun gets a live one.
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => d
             .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .is_some_and(|m| matches!(m.number(), 1205 | 1213 | 2006 | 2013)),
+            .is_some_and(|m| matches!(m.number(), 1053 | 1205 | 1213 | 4031)),
         sqlx::Error::Io(_) => true,
         _ => false,
     }
 }
 
 /// Runs `attempt` (one whole transaction) again when it fails for a transient reason (see
-/// [`is_transient`]), a few times with a short backoff. Only for idempotent writes: a rerun
-/// after a commit whose answer was lost must find its own work done (every MySQL adapter
-/// writes that way: upserts, dedupe rows inserted in the same transaction as what they guard).
+/// [`is_transient`]), a few times with a short backoff. Only for idempotent writes. A lost
+/// connection may have lost the answer to a `COMMIT` that took effect: the rerun then finds
+/// its own work done, and a write whose result says "was it new" must recognise its own
+/// earlier attempt (the campaign insert and the lease acquisition do; a dedupe row found on a
+/// rerun is reported as a replay, which is what it is to the caller's counters).
 pub(crate) async fn retry_transient<T, F, Fut>(mut attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,

@@ -7,11 +7,16 @@
 //! `{prefix}:broadcasts:built`, set while the set is known to match the store. Listing the
 //! open broadcasts costs one `ZRANGEBYSCORE` and one pipeline of hash reads.
 //!
-//! Writes go to the store first, then to Redis. The set is rebuilt from the store (one
-//! `MULTI`) when `built` is missing (a new or flushed Redis, or its [`BUILT_TTL`] ran out)
-//! or a member's hash is missing, so a process that died between its store write and its
-//! Redis write leaves Redis behind for at most `BUILT_TTL`. Per-user reads and dismissals
-//! are read from the store (one primary-key range per user).
+//! Writes go to the store first, then to Redis; once the store has a write, a failure to
+//! mirror it in Redis is not the caller's error (the write happened): Redis is marked for a
+//! rebuild instead. The set is rebuilt from the store when `built` is missing (a new or
+//! flushed Redis, or its [`BUILT_TTL`] ran out) or a member's hash is missing, so a process
+//! that died between its store write and its Redis write leaves Redis behind for at most
+//! `BUILT_TTL`. Every writer bumps `{prefix}:broadcasts:gen` with its Redis write, and a
+//! rebuild replaces the set only if the generation it read before reading the store is still
+//! the current one (one script), so a rebuild never undoes a write that reached Redis while
+//! it was reading the store. Per-user reads and dismissals are read from the store (one
+//! primary-key range per user).
 
 use super::Conn;
 use super::{connect, redis_error};
@@ -30,6 +35,23 @@ use uuid::Uuid;
 pub const BUILT_TTL: Duration = Duration::from_secs(30);
 /// Hashes outlive any rebuild interval; a rebuild refreshes them.
 const HASH_TTL: Duration = Duration::from_secs(3600);
+
+/// Replaces the open set if the generation is still `ARGV[1]`: KEYS = active set, built
+/// marker, generation; ARGV = generation, built TTL (ms), hash TTL (ms), hash key prefix, then
+/// (id, score, spec, status) per open broadcast. Returns whether it replaced the set.
+const REBUILD: &str = r#"
+local gen = redis.call('GET', KEYS[3]) or ''
+if gen ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 5, #ARGV, 4 do
+  local h = ARGV[4] .. ARGV[i]
+  redis.call('HSET', h, 'spec', ARGV[i + 2], 'status', ARGV[i + 3])
+  redis.call('PEXPIRE', h, ARGV[3])
+  redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+end
+redis.call('SET', KEYS[2], 1, 'PX', ARGV[2])
+return 1
+"#;
 
 pub struct RedisBroadcastCache {
     store: Arc<dyn BroadcastStore>,
@@ -62,8 +84,40 @@ impl RedisBroadcastCache {
         format!("{{{}}}:broadcasts:built", self.prefix)
     }
 
+    fn gen_key(&self) -> String {
+        format!("{{{}}}:broadcasts:gen", self.prefix)
+    }
+
+    fn hash_prefix(&self) -> String {
+        format!("{{{}}}:broadcast:", self.prefix)
+    }
+
     fn hash_key(&self, id: Uuid) -> String {
-        format!("{{{}}}:broadcast:{id}", self.prefix)
+        format!("{}{id}", self.hash_prefix())
+    }
+
+    /// Runs a writer's Redis mirror of a store write that succeeded: bumps the generation
+    /// with it; on failure, asks for a rebuild (best effort) and logs, without failing.
+    async fn mirror(&self, mut pipe: ::redis::Pipeline) {
+        pipe.cmd("INCR").arg(self.gen_key()).ignore();
+        let mut conn = self.conn.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %e, "could not mirror a broadcast write in Redis; it will be rebuilt from the store");
+            metrics::counter!("herald_broadcast_cache_mirror_failures_total").increment(1);
+            let _ = ::redis::cmd("DEL")
+                .arg(self.built_key())
+                .query_async::<()>(&mut conn)
+                .await;
+        }
+    }
+
+    /// Adds the writes that take broadcast `id` out of the open set to `pipe`.
+    fn remove(&self, pipe: &mut ::redis::Pipeline, id: Uuid) {
+        pipe.cmd("ZREM")
+            .arg(self.active_key())
+            .arg(id.to_string())
+            .ignore();
+        pipe.cmd("DEL").arg(self.hash_key(id)).ignore();
     }
 
     /// Adds the writes that make `b` open in Redis to `pipe`.
@@ -89,25 +143,36 @@ impl RedisBroadcastCache {
         Ok(())
     }
 
-    /// Replaces the set by the store's open broadcasts, in one transaction.
+    /// Replaces the set by the store's open broadcasts, unless a writer changed Redis while
+    /// the store was read (then the next read rebuilds again). Returns the store's list.
     async fn rebuild(&self) -> Result<Vec<Broadcast>> {
-        let open = self.store.list_open().await?;
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
-        pipe.cmd("DEL").arg(self.active_key()).ignore();
-        for b in &open {
-            self.put(&mut pipe, b)?;
-        }
-        pipe.cmd("SET")
-            .arg(self.built_key())
-            .arg(1)
-            .arg("PX")
-            .arg(BUILT_TTL.as_millis() as u64)
-            .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone())
+        let mut conn = self.conn.clone();
+        let gen: Option<String> = ::redis::cmd("GET")
+            .arg(self.gen_key())
+            .query_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        metrics::counter!("herald_broadcast_cache_rebuilds_total").increment(1);
+        let open = self.store.list_open().await?;
+        let script = ::redis::Script::new(REBUILD);
+        let mut call = script.prepare_invoke();
+        call.key(self.active_key())
+            .key(self.built_key())
+            .key(self.gen_key())
+            .arg(gen.unwrap_or_default())
+            .arg(BUILT_TTL.as_millis() as u64)
+            .arg(HASH_TTL.as_millis() as u64)
+            .arg(self.hash_prefix());
+        for b in &open {
+            let spec = serde_json::to_string(b).map_err(|e| corrupt("broadcast", e))?;
+            call.arg(b.id.to_string())
+                .arg(micros(b.starts_at))
+                .arg(spec)
+                .arg(b.status.as_str());
+        }
+        let replaced: i64 = call.invoke_async(&mut conn).await.map_err(redis_error)?;
+        if replaced == 1 {
+            metrics::counter!("herald_broadcast_cache_rebuilds_total").increment(1);
+        }
         Ok(open)
     }
 
@@ -165,9 +230,7 @@ impl BroadcastStore for RedisBroadcastCache {
         if is_open(b.status) {
             let mut pipe = ::redis::pipe();
             self.put(&mut pipe, b)?;
-            pipe.query_async::<()>(&mut self.conn.clone())
-                .await
-                .map_err(redis_error)?;
+            self.mirror(pipe).await;
         }
         Ok(())
     }
@@ -193,21 +256,17 @@ impl BroadcastStore for RedisBroadcastCache {
             return Ok(false);
         }
         let mut pipe = ::redis::pipe();
-        if is_open(to) {
-            // The whole broadcast again (its hash may be gone): one read of the store.
-            if let Some(b) = self.store.get(id).await? {
-                self.put(&mut pipe, &b)?;
+        // The whole broadcast again (its hash may be gone), as the store has it now: a
+        // transition that closed it meanwhile must not be undone by putting it back.
+        match self.store.get(id).await {
+            Ok(Some(b)) if is_open(b.status) => self.put(&mut pipe, &b)?,
+            Ok(_) => self.remove(&mut pipe, id),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-read a transitioned broadcast; it will be rebuilt from the store");
+                pipe.cmd("DEL").arg(self.built_key()).ignore();
             }
-        } else {
-            pipe.cmd("ZREM")
-                .arg(self.active_key())
-                .arg(id.to_string())
-                .ignore();
-            pipe.cmd("DEL").arg(self.hash_key(id)).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)?;
+        self.mirror(pipe).await;
         Ok(true)
     }
 

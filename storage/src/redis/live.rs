@@ -111,6 +111,13 @@ impl RedisLiveHub {
                             return None;
                         }
                     }
+                    // A slot of ours moved to another node (resharding, a failover): Redis
+                    // unsubscribes us from its channels, and the client does not subscribe
+                    // again until a reconnect, so that shard would go quiet.
+                    PushKind::SUnsubscribe => {
+                        tracing::warn!("a sharded live channel was unsubscribed by the cluster; ending the subscription");
+                        return None;
+                    }
                     PushKind::Disconnection => return None,
                     _ => {}
                 }
@@ -120,7 +127,8 @@ impl RedisLiveHub {
     }
 }
 
-/// The user an event is about (a batch of notifications: its first item's user).
+/// The user an event is about (a batch of notifications is cut per shard before publishing,
+/// see [`per_shard`]: its first item's user stands for all).
 fn user_of(event: &LiveEvent) -> &str {
     match event {
         LiveEvent::Notifications { items } => items.first().map_or("", |n| n.user_id.as_str()),
@@ -141,21 +149,41 @@ fn shard_of(user_id: &str) -> u32 {
     (h % u64::from(SHARDS)) as u32
 }
 
+/// An event as the events to publish, one per shard: a batch of notifications for users of
+/// several shards is cut so that each user's notifications travel on that user's shard, in
+/// order with the user's reads and dismissals.
+fn per_shard(event: LiveEvent) -> Vec<(u32, LiveEvent)> {
+    match event {
+        LiveEvent::Notifications { items } => {
+            let mut shards: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
+            for n in items {
+                shards.entry(shard_of(&n.user_id)).or_default().push(n);
+            }
+            shards
+                .into_iter()
+                .map(|(shard, items)| (shard, LiveEvent::Notifications { items }))
+                .collect()
+        }
+        other => vec![(shard_of(user_of(&other)), other)],
+    }
+}
+
 #[async_trait]
 impl LiveHub for RedisLiveHub {
     async fn publish(&self, event: LiveEvent) -> Result<()> {
-        let payload = serde_json::to_vec(&event).map_err(|e| corrupt("live event", e))?;
-        let channel = self.channel(shard_of(user_of(&event)));
         let command = match self.subscriber {
             Subscriber::Single(_) => "PUBLISH",
             Subscriber::Cluster(_) => "SPUBLISH",
         };
-        ::redis::cmd(command)
-            .arg(channel)
-            .arg(payload)
-            .query_async::<i64>(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)?;
+        for (shard, event) in per_shard(event) {
+            let payload = serde_json::to_vec(&event).map_err(|e| corrupt("live event", e))?;
+            ::redis::cmd(command)
+                .arg(self.channel(shard))
+                .arg(payload)
+                .query_async::<i64>(&mut self.conn.clone())
+                .await
+                .map_err(redis_error)?;
+        }
         Ok(())
     }
 
@@ -200,5 +228,33 @@ mod tests {
             id: "n1".into(),
         };
         assert_eq!(user_of(&read), "ola");
+    }
+
+    #[test]
+    fn a_batch_of_notifications_is_cut_so_each_user_travels_on_their_own_shard() {
+        let n = |user: &str| herald_core::model::Notification {
+            id: uuid::Uuid::now_v7(),
+            user_id: user.to_owned(),
+            campaign_id: None,
+            title: "t".into(),
+            body: "b".into(),
+            category: None,
+            data: serde_json::Value::Null,
+            created_at: chrono::Utc::now(),
+            read_at: None,
+        };
+        let users: Vec<String> = (0..100).map(|i| format!("user-{i}")).collect();
+        let items = users.iter().map(|u| n(u)).collect();
+        let parts = per_shard(LiveEvent::Notifications { items });
+        let mut seen = 0;
+        for (shard, event) in &parts {
+            let LiveEvent::Notifications { items } = event else {
+                panic!("{event:?}")
+            };
+            assert!(items.iter().all(|i| shard_of(&i.user_id) == *shard));
+            seen += items.len();
+        }
+        assert_eq!(seen, 100);
+        assert!(parts.len() > 1);
     }
 }
