@@ -343,6 +343,18 @@ pub(crate) fn db_error(e: sqlx::Error) -> Error {
     }
 }
 
+/// FNV-1a of `s`: a stable, well-spread hash for picking a counter shard or a channel shard
+/// (the same on every node and every release, unlike `std`'s randomly keyed hasher).
+#[allow(dead_code)]
+pub(crate) fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// A delay store claim's token and the end of its lease.
 #[allow(dead_code)]
 pub(crate) fn new_claim(

@@ -159,14 +159,7 @@ mod redis_cache {
     use herald_core::config::Secret;
 
     pub fn url() -> Option<Secret> {
-        let raw = std::env::var("HERALD_TEST_REDIS_URL")
-            .ok()
-            .filter(|v| !v.is_empty())?;
-        let sep = if raw.contains('?') { '&' } else { '?' };
-        Some(Secret::new(format!(
-            "{raw}{sep}prefix=herald-test-{}",
-            run_id()
-        )))
+        common::redis_test_url()
     }
 
     /// A broadcast store with Redis in front, and the store alone.
@@ -529,14 +522,7 @@ mod redis {
     use super::*;
 
     fn url() -> Option<herald_core::config::Secret> {
-        let raw = std::env::var("HERALD_TEST_REDIS_URL")
-            .ok()
-            .filter(|v| !v.is_empty())?;
-        let sep = if raw.contains('?') { '&' } else { '?' };
-        Some(herald_core::config::Secret::new(format!(
-            "{raw}{sep}prefix=herald-test-{}",
-            run_id()
-        )))
+        common::redis_test_url()
     }
 
     #[tokio::test]

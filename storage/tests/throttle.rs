@@ -6,8 +6,6 @@
 
 mod common;
 
-use common::run_id;
-use herald_core::config::Secret;
 use herald_core::ports::{Rate, Throttle};
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,20 +99,8 @@ async fn memory() -> Option<Arc<dyn Throttle>> {
     Some(herald_storage::open_throttle(None).await.unwrap())
 }
 
-/// A Redis URL with a key prefix of its own, when `HERALD_TEST_REDIS_URL` is set.
-fn redis_url() -> Option<Secret> {
-    let raw = std::env::var("HERALD_TEST_REDIS_URL")
-        .ok()
-        .filter(|v| !v.is_empty())?;
-    let sep = if raw.contains('?') { '&' } else { '?' };
-    Some(Secret::new(format!(
-        "{raw}{sep}prefix=herald-test-{}",
-        run_id()
-    )))
-}
-
 async fn redis() -> Option<Arc<dyn Throttle>> {
-    let url = redis_url()?;
+    let url = common::redis_test_url()?;
     Some(
         herald_storage::open_throttle(Some(&url))
             .await
@@ -129,7 +115,9 @@ throttle_conformance!(redis, redis());
 /// node's send waits for what the first one used, so together they keep the one rate.
 #[tokio::test]
 async fn nodes_sharing_a_redis_throttle_share_one_rate() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = common::redis_test_url() else {
+        return;
+    };
     let a = herald_storage::open_throttle(Some(&url)).await.unwrap();
     let b = herald_storage::open_throttle(Some(&url)).await.unwrap();
     assert_eq!(a.reserve("fcm", 10, RATE).await.unwrap(), Duration::ZERO);

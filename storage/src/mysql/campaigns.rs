@@ -94,12 +94,7 @@ fn count(v: i64) -> u64 {
 /// The shard a report key's counters go to: FNV-1a of the key, so a key always lands on the
 /// same shard and different keys spread.
 fn key_shard(key: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % COUNTER_SHARDS) as i64
+    (crate::fnv1a(key) % COUNTER_SHARDS) as i64
 }
 
 fn batch_shard(batch_no: u64) -> i64 {
@@ -148,6 +143,22 @@ async fn insert_once(
         Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Marks batch `batch_no` of campaign `id` recorded inside the transaction; `false` if it
+/// was already (a redelivered batch, whatever its outcome, is counted once).
+async fn first_record(
+    conn: &mut MySqlConnection,
+    id: &str,
+    batch_no: u64,
+) -> std::result::Result<bool, sqlx::Error> {
+    insert_once(
+        conn,
+        sqlx::query("INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?)")
+            .bind(id)
+            .bind(batch_no as i64),
+    )
+    .await
 }
 
 /// Adds `d` (all but `batches_total`) and `batches` done to counter shard `shard`.
@@ -650,14 +661,7 @@ impl CampaignStore for MysqlCampaigns {
     ) -> Result<bool> {
         retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
-            let fresh = insert_once(
-                &mut tx,
-                sqlx::query("INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?)")
-                    .bind(id)
-                    .bind(batch_no as i64),
-            )
-            .await?;
-            if !fresh {
+            if !first_record(&mut tx, id, batch_no).await? {
                 return Ok(false);
             }
             let failed = d.failed_batches as i64;
@@ -678,14 +682,7 @@ impl CampaignStore for MysqlCampaigns {
         let failure = std::slice::from_ref(&failure);
         retry_transient(|| async {
             let mut tx = self.pool.begin().await?;
-            let fresh = insert_once(
-                &mut tx,
-                sqlx::query("INSERT INTO campaign_batches (campaign_id, batch_no) VALUES (?, ?)")
-                    .bind(&b.campaign_id)
-                    .bind(b.batch_no as i64),
-            )
-            .await?;
-            if !fresh {
+            if !first_record(&mut tx, &b.campaign_id, b.batch_no).await? {
                 return Ok(false);
             }
             let none = Progress::default();

@@ -130,20 +130,13 @@ impl DeliveryStore for MysqlDeliveries {
     }
 
     async fn purge_processed(&self, before: DateTime<Utc>) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let n = sqlx::query("DELETE FROM processed_messages WHERE at < ? LIMIT ?")
-                .bind(micros(before))
-                .bind(PURGE_BATCH)
-                .execute(&self.pool)
-                .await
-                .map_err(db_error)?
-                .rows_affected();
-            total += n;
-            if n < PURGE_BATCH as u64 {
-                return Ok(total);
-            }
-        }
+        super::delete_in_chunks(
+            &self.pool,
+            "DELETE FROM processed_messages WHERE at < ? LIMIT ?",
+            micros(before),
+            PURGE_BATCH,
+        )
+        .await
     }
 
     async fn insert_dead_letter(&self, letter: &DeadLetter) -> Result<()> {

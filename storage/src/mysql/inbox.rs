@@ -271,19 +271,12 @@ impl InboxStore for MysqlInbox {
     }
 
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let n = sqlx::query("DELETE FROM notifications WHERE created_at < ? LIMIT ?")
-                .bind(micros(before))
-                .bind(PURGE_CHUNK)
-                .execute(&self.pool)
-                .await
-                .map_err(db_error)?
-                .rows_affected();
-            total += n;
-            if n < PURGE_CHUNK as u64 {
-                return Ok(total);
-            }
-        }
+        super::delete_in_chunks(
+            &self.pool,
+            "DELETE FROM notifications WHERE created_at < ? LIMIT ?",
+            micros(before),
+            PURGE_CHUNK,
+        )
+        .await
     }
 }

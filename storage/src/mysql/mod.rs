@@ -264,6 +264,31 @@ pub(crate) fn chunks_by_size<T>(
     out
 }
 
+/// Runs `delete` (a `DELETE ... WHERE <time column> < ? LIMIT ?`) with `before` and `chunk`
+/// until it deletes fewer than `chunk` rows, so a purge never holds locks on millions of rows
+/// (or grows the undo log) at once. Returns how many rows went.
+pub(crate) async fn delete_in_chunks(
+    pool: &MySqlPool,
+    delete: &str,
+    before: i64,
+    chunk: i64,
+) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(delete)
+            .bind(before)
+            .bind(chunk)
+            .execute(pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        total += n;
+        if n < chunk as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 /// The readiness probe of a MySQL store.
 pub(crate) async fn ping(pool: &MySqlPool) -> Result<()> {
     sqlx::query("SELECT 1")

@@ -57,6 +57,7 @@ pub struct RedisBroadcastCache {
     store: Arc<dyn BroadcastStore>,
     conn: Conn,
     prefix: String,
+    rebuild_script: ::redis::Script,
 }
 
 fn is_open(status: BroadcastStatus) -> bool {
@@ -71,6 +72,7 @@ impl RedisBroadcastCache {
             store,
             conn,
             prefix,
+            rebuild_script: ::redis::Script::new(REBUILD),
         };
         cache.rebuild().await?;
         Ok(cache)
@@ -153,8 +155,7 @@ impl RedisBroadcastCache {
             .await
             .map_err(redis_error)?;
         let open = self.store.list_open().await?;
-        let script = ::redis::Script::new(REBUILD);
-        let mut call = script.prepare_invoke();
+        let mut call = self.rebuild_script.prepare_invoke();
         call.key(self.active_key())
             .key(self.built_key())
             .key(self.gen_key())

@@ -141,12 +141,7 @@ fn user_of(event: &LiveEvent) -> &str {
 
 /// FNV-1a of the user id, onto a shard.
 fn shard_of(user_id: &str) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in user_id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % u64::from(SHARDS)) as u32
+    (crate::fnv1a(user_id) % u64::from(SHARDS)) as u32
 }
 
 /// An event as the events to publish, one per shard: a batch of notifications for users of
@@ -175,16 +170,18 @@ impl LiveHub for RedisLiveHub {
             Subscriber::Single(_) => "PUBLISH",
             Subscriber::Cluster(_) => "SPUBLISH",
         };
+        // One round trip for every shard the event was cut into.
+        let mut pipe = ::redis::pipe();
         for (shard, event) in per_shard(event) {
             let payload = serde_json::to_vec(&event).map_err(|e| corrupt("live event", e))?;
-            ::redis::cmd(command)
+            pipe.cmd(command)
                 .arg(self.channel(shard))
                 .arg(payload)
-                .query_async::<i64>(&mut self.conn.clone())
-                .await
-                .map_err(redis_error)?;
+                .ignore();
         }
-        Ok(())
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)
     }
 
     async fn subscribe(&self) -> Result<BoxStream<'static, LiveEvent>> {

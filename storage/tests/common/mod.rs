@@ -148,13 +148,21 @@ pub async fn mysql_deliveries() -> Option<Arc<dyn DeliveryStore>> {
     )
 }
 
-/// A delay store under a key prefix of its own on the server of `HERALD_TEST_REDIS_URL`.
-pub async fn redis_delays() -> Option<Arc<dyn DelayStore>> {
+/// The URL of `HERALD_TEST_REDIS_URL` with a key prefix no other case uses, if set.
+pub fn redis_test_url() -> Option<herald_core::config::Secret> {
     let raw = std::env::var("HERALD_TEST_REDIS_URL")
         .ok()
         .filter(|v| !v.is_empty())?;
     let sep = if raw.contains('?') { '&' } else { '?' };
-    let url = BackendUrl::parse(&format!("{raw}{sep}prefix=herald-test-{}", run_id())).unwrap();
+    Some(herald_core::config::Secret::new(format!(
+        "{raw}{sep}prefix=herald-test-{}",
+        run_id()
+    )))
+}
+
+/// A delay store under a key prefix of its own on the server of `HERALD_TEST_REDIS_URL`.
+pub async fn redis_delays() -> Option<Arc<dyn DelayStore>> {
+    let url = BackendUrl::parse(redis_test_url()?.expose()).unwrap();
     Some(
         herald_storage::open_delays(&url)
             .await
