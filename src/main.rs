@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
+use herald_core::ports::ReplayFrom;
 use herald_core::{Context, SystemClock};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,7 +54,7 @@ enum Command {
     Push,
     /// Apply the schemas to every configured backend, then exit.
     Migrate,
-    /// Look at the bus (what the consumer groups have left to do).
+    /// Look at the bus (what the consumer groups have left to do) and replay it.
     Bus {
         #[command(subcommand)]
         command: BusCommand,
@@ -62,13 +63,43 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BusCommand {
-    /// Print each consumer group's lag (messages published and not yet acknowledged by the
+    /// Print each consumer group's lag (messages published and not yet committed by the
     /// group) and what waits in the delay store.
     Lag {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Move a consumer group back (or forward) so it receives again what was published from
+    /// a point on (event replay). Stop the group's consumers first where the engine needs it
+    /// (Kafka).
+    Replay {
+        /// The topic, such as `channel.email`.
+        #[arg(long)]
+        topic: String,
+        /// The consumer group, such as `push-gateway`.
+        #[arg(long)]
+        group: String,
+        /// Where to start: `earliest`, an RFC 3339 time, or an engine offset (log sequence on
+        /// SQLite, stream sequence on JetStream, offset in every partition on Kafka).
+        #[arg(long, value_parser = parse_replay_from)]
+        from: ReplayFrom,
+        /// Only say how many messages the group would receive.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn parse_replay_from(raw: &str) -> Result<ReplayFrom, String> {
+    if raw.eq_ignore_ascii_case("earliest") {
+        return Ok(ReplayFrom::Earliest);
+    }
+    if let Ok(offset) = raw.parse::<u64>() {
+        return Ok(ReplayFrom::Offset(offset));
+    }
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|t| ReplayFrom::Time(t.with_timezone(&chrono::Utc)))
+        .map_err(|_| format!("`{raw}` is not `earliest`, an offset or an RFC 3339 time"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +120,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Bus {
             command: BusCommand::Lag { json },
         } => bus_lag(&config, json).await,
+        Command::Bus {
+            command:
+                BusCommand::Replay {
+                    topic,
+                    group,
+                    from,
+                    dry_run,
+                },
+        } => bus_replay(&config, &topic, &group, from, dry_run).await,
         Command::Serve => {
             // A provider misconfigured (unreadable key file, ...) stops the start before
             // anything is opened or announced.
@@ -192,6 +232,28 @@ async fn bus_lag(config: &Config, json: bool) -> anyhow::Result<()> {
         .map(|t| format!(", next due {}", t.to_rfc3339()))
         .unwrap_or_default();
     println!("delay store: {} waiting{next}", report.delays.waiting);
+    Ok(())
+}
+
+async fn bus_replay(
+    config: &Config,
+    topic: &str,
+    group: &str,
+    from: ReplayFrom,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let bus = herald_storage::open_configured_bus(config).await?;
+    let n = bus.replay(topic, group, from.clone(), dry_run).await?;
+    let start = match &from {
+        ReplayFrom::Earliest => "the earliest message kept".to_owned(),
+        ReplayFrom::Time(t) => t.to_rfc3339(),
+        ReplayFrom::Offset(o) => format!("offset {o}"),
+    };
+    if dry_run {
+        println!("dry run: group `{group}` would receive {n} messages of `{topic}` from {start}");
+    } else {
+        println!("group `{group}` moved to {start} on `{topic}`: {n} messages to receive");
+    }
     Ok(())
 }
 

@@ -57,7 +57,7 @@ impl TestApp {
         self.ctx
             .ports
             .bus
-            .depth(topics::DISPATCH, topics::DISPATCHERS)
+            .lag(topics::DISPATCH, topics::DISPATCHERS)
             .await
             .unwrap()
     }

@@ -661,7 +661,7 @@ mod tests {
             ] {
                 assert_eq!(scheme(shared).as_deref(), Some("redis"));
             }
-            assert_eq!(b.bus, None);
+            assert_eq!(scheme(&b.bus).as_deref(), Some("kafka"));
             Ok(())
         });
     }

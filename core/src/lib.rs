@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod consume;
 pub mod context;
 pub mod delivery;
 pub mod error;

@@ -839,15 +839,18 @@ pub struct OutMessage {
     pub payload: Vec<u8>,
 }
 
-/// A message handed to a consumer. It stays leased to that consumer until acked; an unacked
-/// message is delivered again once its lease runs out (at-least-once).
+/// A message handed to a consumer. It stays with that group member until committed or
+/// released; one the member never settles is delivered again once the member is gone
+/// (at-least-once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    /// Opaque handle for `ack` / `nack`, meaningful to the bus that handed it out.
+    /// Opaque handle for `commit` / `release`, meaningful to the consumer that handed it out.
     pub receipt: String,
     pub key: Option<String>,
     pub payload: Vec<u8>,
-    /// 1 on first delivery, then one more per redelivery.
+    /// 1 on first delivery, then one more per redelivery the engine counts: SQLite and
+    /// JetStream count every delivery, crashes included; Kafka keeps no count, so there it
+    /// counts the releases of this member only.
     pub attempt: u32,
     pub published_at: DateTime<Utc>,
 }

@@ -6,8 +6,9 @@
 //! - writes are idempotent: notification ids are derived from campaign and user, upserts
 //!   overwrite, and a replayed write leaves the same state as the first one;
 //! - listings are keyset-paged (`after` the last key seen, never an offset);
-//! - the bus is at-least-once: a delivery is leased, acked explicitly, and redelivered when the
-//!   lease runs out without an ack;
+//! - the bus is at-least-once and shaped like Kafka: consumer groups over topics, a member
+//!   keeps what it polled until it commits it (or is gone), a group's lag is what it has not
+//!   committed, and its position can be moved back to replay;
 //! - a campaign is owned by one dispatcher at a time through a lease in the campaign store
 //!   (heartbeat, expiry, fencing token), never through a bus lease: the bus carries only short
 //!   messages;
@@ -23,6 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Users, segments, devices, preferences and templates.
@@ -397,53 +399,78 @@ pub trait DelayStore: Send + Sync + 'static {
     async fn pending(&self) -> Result<u64>;
 }
 
-/// Durable queues: fan-out batches, channel queues, delivery results, dead letters.
+/// Where `herald bus replay` moves a consumer group to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// The oldest message the bus still keeps.
+    Earliest,
+    /// The first message published at or after this instant.
+    Time(DateTime<Utc>),
+    /// An engine position: the log sequence on SQLite, the stream sequence on JetStream, the
+    /// offset in every partition on Kafka.
+    Offset(u64),
+}
+
+/// Durable, partitioned topics read by consumer groups: fan-out batches, channel queues,
+/// delivery results, dead letters. Shaped like Kafka (and JetStream, and the embedded SQLite
+/// log), not like a per-message lease queue:
 ///
-/// Every consumer group subscribed to a topic receives each message once it is published
-/// (groups are declared by [`Bus::subscribe`], idempotently, before they are used). Within a
-/// group a message goes to one consumer at a time under a lease; it is redelivered when the
-/// lease ends without an ack. Order is not guaranteed across keys.
+/// - every consumer group subscribed to a topic receives each message published after it
+///   subscribed ([`Bus::subscribe`] declares the group and creates the topic; idempotent);
+/// - within a group, each message goes to one member ([`Bus::consumer`]) at a time and stays
+///   with it until the member commits it, gives it back, or is gone (dropped, crashed, or
+///   rebalanced away), when it goes to another member: at least once, so consumers are
+///   idempotent;
+/// - a group's position is what it committed; [`Bus::lag`] is what it has not, and
+///   [`Bus::replay`] moves it (event replay);
+/// - messages with the same key keep their publish order;
+/// - there are no broker-side timers: delays and retry backoff live in the [`DelayStore`].
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 
-    /// Declares that `group` consumes `topic`. Idempotent.
+    /// Creates `topic` where the engine needs it and declares that `group` consumes it: what
+    /// is published from then on waits for the group's first member. Idempotent. `topic` may
+    /// be a family pattern (`channel.>`) for a group that reads every topic of the family (an
+    /// audit tool).
     async fn subscribe(&self, topic: &str, group: &str) -> Result<()>;
     /// Publishes messages durably: when this returns they survive a crash.
     async fn publish(&self, topic: &str, messages: &[OutMessage]) -> Result<()>;
-    /// Leases up to `max` messages for `lease`; waits up to `wait` for the first one.
-    async fn receive(
+    /// Joins `group` on `topic` (subscribed before) as one member. Members of one process
+    /// share one consumer between their tasks.
+    async fn consumer(&self, topic: &str, group: &str) -> Result<Arc<dyn Consumer>>;
+    /// Messages of `topic` that `group` has not committed yet (the backlog the batcher
+    /// throttles on, and what `herald bus lag` prints).
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64>;
+    /// Moves `group`'s position on `topic` to `from`: what was published from there on is
+    /// delivered to the group again. Returns how many messages that is; with `dry_run` it
+    /// only counts. Engines that cannot move a group while members are connected say so
+    /// (`Conflict`).
+    async fn replay(
         &self,
         topic: &str,
         group: &str,
-        max: usize,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>>;
-    /// Acknowledges deliveries: they are never delivered to this group again.
-    async fn ack(&self, topic: &str, group: &str, receipts: &[String]) -> Result<()>;
-    /// Gives deliveries back for redelivery after `delay`.
-    async fn nack(
-        &self,
-        topic: &str,
-        group: &str,
-        receipts: &[String],
-        delay: Duration,
-    ) -> Result<()>;
-    /// Extends leases still held, for work that outlasts one lease (the dispatcher paging a
-    /// large audience). On a leased bus this is a nack with the new lease as the delay: the
-    /// receipts stay valid. Buses without leases may override it with a no-op.
-    async fn extend(
-        &self,
-        topic: &str,
-        group: &str,
-        receipts: &[String],
-        lease: Duration,
-    ) -> Result<()> {
-        self.nack(topic, group, receipts, lease).await
-    }
-    /// Messages of `topic` not yet acked by `group` (the backlog the batcher throttles on).
-    async fn depth(&self, topic: &str, group: &str) -> Result<u64>;
+        from: ReplayFrom,
+        dry_run: bool,
+    ) -> Result<u64>;
+}
+
+/// One member of a consumer group on one topic (see [`Bus`]). Shared by the tasks of a
+/// process: every method takes `&self`.
+#[async_trait]
+pub trait Consumer: Send + Sync + 'static {
+    /// Up to `max` messages, waiting up to `wait` for the first one. They are this member's
+    /// until it commits or releases them; the adapter keeps them (lease renewal, in-progress
+    /// signals) while the member lives, however long the work takes.
+    async fn poll(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+    /// The deliveries are done: the group never receives them again. Completions may come in
+    /// any order; an adapter with offsets commits the contiguous prefix of done messages.
+    /// Receipts no longer this member's (its partition was rebalanced away) are ignored.
+    async fn commit(&self, receipts: &[String]) -> Result<()>;
+    /// Gives deliveries back at once: a later poll of the group hands them out again, with
+    /// `attempt` one higher. (Backoff is the caller's: it waits before releasing, or
+    /// schedules a new message in the delay store and commits.)
+    async fn release(&self, receipts: &[String]) -> Result<()>;
 }
 
 /// What the push gateway keeps: webhook subscriptions, dead letters and the marks of channel

@@ -31,6 +31,37 @@ pub fn channel_topic(channel: Channel) -> &'static str {
     }
 }
 
+/// Consumer group that keeps the dead letters of every topic until an operator reads them
+/// (`herald bus lag` shows how many wait).
+pub const DEAD_LETTERS: &str = "dead-letters";
+
+/// The topic a consumer moves a message to after too many failed attempts
+/// ([`crate::consume`]): `deadletter.<topic>`.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("deadletter.{topic}")
+}
+
+/// The topics Herald publishes to, consumes from, and their dead letters.
+pub fn all() -> Vec<String> {
+    let mut all: Vec<String> = [DISPATCH, BATCHES, RESULTS]
+        .into_iter()
+        .chain(OUTBOUND.map(channel_topic))
+        .map(str::to_owned)
+        .collect();
+    let dead: Vec<String> = all.iter().map(|t| dead_letter_topic(t)).collect();
+    all.extend(dead);
+    all
+}
+
+/// `topic` as a metric label: one of the standard topics, or `other` (labels stay bounded).
+pub fn known(topic: &str) -> &'static str {
+    [DISPATCH, BATCHES, RESULTS]
+        .into_iter()
+        .chain(OUTBOUND.map(channel_topic))
+        .find(|t| *t == topic)
+        .unwrap_or("other")
+}
+
 /// The channels that leave Herald through the push gateway.
 pub const OUTBOUND: [Channel; 4] = [
     Channel::Push,
@@ -43,17 +74,25 @@ pub const OUTBOUND: [Channel; 4] = [
 /// wait for it. Idempotent; `herald migrate` and every role call it on start.
 pub async fn declare(bus: &dyn Bus) -> crate::Result<()> {
     for (topic, group) in subscriptions() {
-        bus.subscribe(topic, group).await?;
+        bus.subscribe(&topic, group).await?;
     }
     Ok(())
 }
 
-/// The standard subscriptions, as (topic, consumer group), in the order of the flows.
-pub fn subscriptions() -> Vec<(&'static str, &'static str)> {
+/// The standard subscriptions, as (topic, consumer group), in the order of the flows, then
+/// the dead-letter topics of each.
+pub fn subscriptions() -> Vec<(String, &'static str)> {
     let mut all = vec![(DISPATCH, DISPATCHERS), (BATCHES, BATCH_WORKERS)];
     all.extend(OUTBOUND.map(|c| (channel_topic(c), GATEWAY)));
     all.push((RESULTS, RESULT_COUNTERS));
-    all
+    let dead: Vec<(String, &'static str)> = all
+        .iter()
+        .map(|(topic, _)| (dead_letter_topic(topic), DEAD_LETTERS))
+        .collect();
+    all.into_iter()
+        .map(|(t, g)| (t.to_owned(), g))
+        .chain(dead)
+        .collect()
 }
 
 /// Puts a dispatch hint for `campaign_id` on the bus, so an idle dispatcher looks at once.

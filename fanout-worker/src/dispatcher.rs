@@ -13,11 +13,13 @@
 use crate::pacing::Pacer;
 use crate::DISPATCH_LEASE;
 use chrono::Utc;
+use herald_core::consume::SharedConsumer;
 use herald_core::filter::Filter;
 use herald_core::model::*;
 use herald_core::topics::{self, FanoutBatch};
 use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
 use herald_core::{strategy, Context, Error, ErrorKind, Result};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -33,13 +35,25 @@ const HINT_WAIT: Duration = Duration::from_secs(1);
 pub struct Dispatcher {
     ctx: Context,
     owner: String,
+    hints: Arc<SharedConsumer>,
 }
 
 impl Dispatcher {
     pub fn new(ctx: Context) -> Self {
+        let hints = Self::hints(&ctx);
+        Self::with_hints(ctx, hints)
+    }
+
+    /// The member of [`topics::DISPATCHERS`] the dispatchers of a process share.
+    pub fn hints(ctx: &Context) -> Arc<SharedConsumer> {
+        SharedConsumer::new(ctx.ports.bus.clone(), topics::DISPATCH, topics::DISPATCHERS)
+    }
+
+    pub fn with_hints(ctx: Context, hints: Arc<SharedConsumer>) -> Self {
         Self {
             ctx,
             owner: format!("dispatcher-{}", uuid::Uuid::new_v4()),
+            hints,
         }
     }
 }
@@ -70,23 +84,8 @@ impl Worker for Dispatcher {
             return Ok(WorkerState::Busy);
         }
         // Nothing to take: wait for a hint (or the timeout), then look again.
-        let hints = ctx
-            .ports
-            .bus
-            .receive(
-                topics::DISPATCH,
-                topics::DISPATCHERS,
-                64,
-                Duration::from_secs(30),
-                HINT_WAIT,
-            )
-            .await?;
-        if !hints.is_empty() {
-            let receipts: Vec<String> = hints.into_iter().map(|d| d.receipt).collect();
-            ctx.ports
-                .bus
-                .ack(topics::DISPATCH, topics::DISPATCHERS, &receipts)
-                .await?;
+        for hint in self.hints.poll(64, HINT_WAIT).await? {
+            hint.commit().await?;
         }
         Ok(WorkerState::Busy)
     }

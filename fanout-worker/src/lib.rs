@@ -26,9 +26,6 @@ use tokio_util::sync::CancellationToken;
 /// heartbeat renews it every third of that while the dispatcher works, so this is the takeover
 /// delay after a crash.
 pub const DISPATCH_LEASE: Duration = Duration::from_secs(15);
-/// How long a batch worker holds a batch; a batch takes milliseconds, so this is mostly the
-/// redelivery delay after a crash.
-pub const BATCH_LEASE: Duration = Duration::from_secs(20);
 
 /// Runs the fan-out role until `shutdown`: the scheduler, two dispatchers and the batch
 /// workers (`fanout.workers`, default the number of cores), each under the worker runner of
@@ -42,8 +39,12 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
     });
     let registry = ctx.workers.clone();
     let mut tasks = vec![registry.spawn(scheduler::Scheduler::new(ctx.clone()), shutdown.clone())];
+    let hints = dispatcher::Dispatcher::hints(&ctx);
     for _ in 0..2 {
-        tasks.push(registry.spawn(dispatcher::Dispatcher::new(ctx.clone()), shutdown.clone()));
+        tasks.push(registry.spawn(
+            dispatcher::Dispatcher::with_hints(ctx.clone(), hints.clone()),
+            shutdown.clone(),
+        ));
     }
     // Batches retried after a backoff wait in the delay store; this publishes them when due.
     tasks.push(registry.spawn(
@@ -51,12 +52,17 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
         shutdown.clone(),
     ));
     let cache = worker::CampaignCache::default();
+    let batches = worker::BatchWorker::consumer(&ctx);
     for _ in 0..workers.max(1) {
         tasks.push(registry.spawn(
-            worker::BatchWorker::new(ctx.clone(), cache.clone()),
+            worker::BatchWorker::new(ctx.clone(), cache.clone(), batches.clone()),
             shutdown.clone(),
         ));
     }
+    tasks.push(registry.spawn(
+        herald_usecases::ops::LagGauges::new(ctx.ports.clone()),
+        shutdown.clone(),
+    ));
     tracing::info!(workers, "fan-out role running");
     // Dropping this future (a test standing for a node that dies) drops the handles, and
     // with them the workers.

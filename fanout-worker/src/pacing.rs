@@ -11,6 +11,10 @@ use std::time::Duration;
 
 /// While a channel queue is over its limit, one batch goes out per this interval.
 const BACKPRESSURE_INTERVAL: Duration = Duration::from_secs(1);
+/// A queue found under its limit is not looked at again for this long: reading a group's lag
+/// costs round trips on a broker (metadata, committed offsets, watermarks per partition), and
+/// a batch is cut every few milliseconds.
+const UNDER_LIMIT_FOR: Duration = Duration::from_millis(250);
 
 /// Metrics carry no campaign id (an unbounded label): the pace is summed per strategy over
 /// the campaigns being cut, which the gauges `herald_fanout_campaigns_cutting{strategy}` and
@@ -22,6 +26,8 @@ pub struct Pacer {
     channels: Vec<Channel>,
     strategy: &'static str,
     pace: f64,
+    /// When the queues were last found under their limit.
+    under_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Pacer {
@@ -54,6 +60,7 @@ impl Pacer {
                 .collect(),
             strategy,
             pace,
+            under_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -73,9 +80,22 @@ impl Pacer {
     }
 
     async fn over_depth(&self, bus: &dyn Bus) -> bool {
+        let fresh =
+            |at: &Option<std::time::Instant>| at.is_some_and(|t| t.elapsed() < UNDER_LIMIT_FOR);
+        if fresh(&self.under_at.lock().expect("not poisoned")) {
+            return false;
+        }
+        let over = self.read_over_depth(bus).await;
+        if !over {
+            *self.under_at.lock().expect("not poisoned") = Some(std::time::Instant::now());
+        }
+        over
+    }
+
+    async fn read_over_depth(&self, bus: &dyn Bus) -> bool {
         for channel in &self.channels {
             match bus
-                .depth(topics::channel_topic(*channel), topics::GATEWAY)
+                .lag(topics::channel_topic(*channel), topics::GATEWAY)
                 .await
             {
                 Ok(depth) if depth > self.max_depth => return true,
@@ -132,18 +152,10 @@ mod tests {
         let in_app_only = Pacer::new(Strategy::Batch, None, 1000, 2, &[Channel::InApp]);
         assert!(!in_app_only.ready(bus.as_ref(), 1000).await);
 
-        let got = bus
-            .receive(
-                push,
-                topics::GATEWAY,
-                10,
-                Duration::from_secs(30),
-                Duration::ZERO,
-            )
-            .await
-            .unwrap();
+        let member = bus.consumer(push, topics::GATEWAY).await.unwrap();
+        let got = member.poll(10, Duration::ZERO).await.unwrap();
         let receipts: Vec<String> = got.into_iter().map(|d| d.receipt).collect();
-        bus.ack(push, topics::GATEWAY, &receipts).await.unwrap();
+        member.commit(&receipts).await.unwrap();
         assert!(
             !pacer.ready(bus.as_ref(), 1000).await,
             "drained: full pace again"

@@ -3,7 +3,7 @@
 //! rendered per channel, one batched write of the inbox rows, one channel message per channel
 //! (per quiet-hours end time), one live event, then the batch's counters (once) and the ack.
 
-use crate::BATCH_LEASE;
+use herald_core::consume::{dead_letter, SharedConsumer};
 use herald_core::ids::notification_id;
 use herald_core::model::*;
 use herald_core::template::{self, Compiled};
@@ -80,11 +80,26 @@ pub async fn compiled_content(ctx: &Context, campaign: &Campaign) -> Result<Comp
 pub struct BatchWorker {
     ctx: Context,
     cache: CampaignCache,
+    batches: Arc<SharedConsumer>,
 }
 
 impl BatchWorker {
-    pub fn new(ctx: Context, cache: CampaignCache) -> Self {
-        Self { ctx, cache }
+    /// A worker reading `batches` (one member shared by the process's batch workers).
+    pub fn new(ctx: Context, cache: CampaignCache, batches: Arc<SharedConsumer>) -> Self {
+        Self {
+            ctx,
+            cache,
+            batches,
+        }
+    }
+
+    /// The member of [`topics::BATCH_WORKERS`] the batch workers of a process share.
+    pub fn consumer(ctx: &Context) -> Arc<SharedConsumer> {
+        SharedConsumer::new(
+            ctx.ports.bus.clone(),
+            topics::BATCHES,
+            topics::BATCH_WORKERS,
+        )
     }
 }
 
@@ -96,28 +111,26 @@ impl Worker for BatchWorker {
 
     async fn step(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState> {
         let ctx = &self.ctx;
-        let bus = &ctx.ports.bus;
-        let deliveries = bus
-            .receive(
-                topics::BATCHES,
-                topics::BATCH_WORKERS,
-                1,
-                BATCH_LEASE,
-                Duration::from_secs(1),
-            )
-            .await?;
+        let deliveries = self.batches.poll(1, Duration::from_secs(1)).await?;
         let max = ctx.config.fanout.max_batch_attempts.max(1);
         for d in deliveries {
-            let receipt = [d.receipt];
-            let Ok(batch) = serde_json::from_slice::<FanoutBatch>(&d.payload) else {
-                tracing::error!("undecodable batch dropped");
-                bus.ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)
-                    .await?;
+            let Ok(batch) = serde_json::from_slice::<FanoutBatch>(d.payload()) else {
+                tracing::error!("undecodable batch dead-lettered");
+                let bus = self.batches.bus();
+                dead_letter(
+                    bus.as_ref(),
+                    topics::BATCHES,
+                    topics::BATCH_WORKERS,
+                    d.delivery(),
+                    "undecodable batch",
+                )
+                .await?;
+                d.commit().await?;
                 continue;
             };
             // Attempts so far: the failed ones before this message, and this message's
             // deliveries (more than one when an attempt ended without an answer).
-            let attempt = batch.failed_attempts + d.attempt;
+            let attempt = batch.failed_attempts + d.attempt();
             let outcome = if attempt > max {
                 // Its earlier attempts ended without an answer (a panic, a crash): give it up
                 // rather than let it take a worker down again and again.
@@ -127,10 +140,7 @@ impl Worker for BatchWorker {
                 process_with_cache(ctx, &self.cache, &batch).await
             };
             match outcome {
-                Ok(()) => {
-                    bus.ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)
-                        .await?;
-                }
+                Ok(()) => d.commit().await?,
                 Err(e) => {
                     metrics::counter!("herald_fanout_batch_failures_total").increment(1);
                     if attempt >= max {
@@ -142,8 +152,7 @@ impl Worker for BatchWorker {
                         let backoff = Duration::from_millis(500 * u64::from(attempt.min(20)));
                         retry_later(ctx, &batch, attempt, backoff).await?;
                     }
-                    bus.ack(topics::BATCHES, topics::BATCH_WORKERS, &receipt)
-                        .await?;
+                    d.commit().await?;
                     // The runner counts it: a worker whose batches keep failing is reported.
                     return Err(e);
                 }

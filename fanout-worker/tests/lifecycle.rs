@@ -755,7 +755,7 @@ async fn a_broadcast_to_everyone_writes_one_row_whatever_the_audience() {
         h.ctx
             .ports
             .bus
-            .depth(topics::BATCHES, topics::BATCH_WORKERS)
+            .lag(topics::BATCHES, topics::BATCH_WORKERS)
             .await
             .unwrap(),
         0

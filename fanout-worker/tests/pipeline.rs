@@ -14,7 +14,7 @@ use chrono::{DateTime, Duration, Utc};
 use herald_core::config::Config;
 use herald_core::filter::Filter;
 use herald_core::model::*;
-use herald_core::ports::{Bus, CampaignStore};
+use herald_core::ports::{Bus, CampaignStore, Consumer, ReplayFrom};
 use herald_core::topics::{self, ChannelItem, ChannelMessage, DispatchRequest, FanoutBatch};
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::{Clock, Context, Error, ManualClock};
@@ -173,29 +173,33 @@ async fn dispatch(ctx: &Context, id: &str) {
 
 /// Every batch waiting on `fanout.batches`, acked, in bus order.
 async fn take_batches(ctx: &Context) -> Vec<FanoutBatch> {
-    let bus = &ctx.ports.bus;
+    drain(ctx, topics::BATCHES, topics::BATCH_WORKERS)
+        .await
+        .iter()
+        .map(|d| serde_json::from_slice(&d.payload).expect("batch payload"))
+        .collect()
+}
+
+/// Every message waiting on `topic` for `group`, committed, in bus order. On a broker (the
+/// harness's `HERALD_TEST_BUS_URL`) a new member first waits for its group to form, then for
+/// a quiet second; the embedded bus answers at once.
+async fn drain(ctx: &Context, topic: &str, group: &str) -> Vec<Delivery> {
+    use std::time::Duration as Wait;
+    let (forming, quiet) = match &ctx.config.backends.bus {
+        Some(_) => (Wait::from_secs(10), Wait::from_secs(1)),
+        None => (Wait::ZERO, Wait::ZERO),
+    };
+    let member = ctx.ports.bus.consumer(topic, group).await.expect("join");
     let mut out = Vec::new();
     loop {
-        let got = bus
-            .receive(
-                topics::BATCHES,
-                topics::BATCH_WORKERS,
-                100,
-                std::time::Duration::from_secs(60),
-                std::time::Duration::ZERO,
-            )
-            .await
-            .expect("receive batches");
+        let wait = if out.is_empty() { forming } else { quiet };
+        let got = member.poll(100, wait).await.expect("poll");
         if got.is_empty() {
             return out;
         }
         let receipts: Vec<String> = got.iter().map(|d| d.receipt.clone()).collect();
-        for d in got {
-            out.push(serde_json::from_slice(&d.payload).expect("batch payload"));
-        }
-        bus.ack(topics::BATCHES, topics::BATCH_WORKERS, &receipts)
-            .await
-            .expect("ack batches");
+        member.commit(&receipts).await.expect("commit");
+        out.extend(got);
     }
 }
 
@@ -215,36 +219,16 @@ async fn run_campaign(ctx: &Context, id: &str) -> Vec<FanoutBatch> {
 
 /// Every message waiting on a channel queue for the gateway, acked, in bus order.
 async fn take_channel(ctx: &Context, channel: Channel) -> Vec<ChannelMessage> {
-    let bus = &ctx.ports.bus;
     let topic = topics::channel_topic(channel);
     let mut out = Vec::new();
-    loop {
-        let got = bus
-            .receive(
-                topic,
-                topics::GATEWAY,
-                100,
-                std::time::Duration::from_secs(60),
-                std::time::Duration::ZERO,
-            )
-            .await
-            .expect("receive channel messages");
-        if got.is_empty() {
-            break;
-        }
-        let receipts: Vec<String> = got.iter().map(|d| d.receipt.clone()).collect();
-        for d in got {
-            let m: ChannelMessage =
-                serde_json::from_slice(&d.payload).expect("channel message payload");
-            assert!(
-                m.deliver_after.is_none_or(|a| a <= ctx.clock.now()),
-                "a deferred message went to the bus before it was due: {m:?}"
-            );
-            out.push(m);
-        }
-        bus.ack(topic, topics::GATEWAY, &receipts)
-            .await
-            .expect("ack channel messages");
+    for d in drain(ctx, topic, topics::GATEWAY).await {
+        let m: ChannelMessage =
+            serde_json::from_slice(&d.payload).expect("channel message payload");
+        assert!(
+            m.deliver_after.is_none_or(|a| a <= ctx.clock.now()),
+            "a deferred message went to the bus before it was due: {m:?}"
+        );
+        out.push(m);
     }
     // Messages deferred to the end of quiet hours wait in the delay store, due then.
     let far = ctx.clock.now() + chrono::Duration::days(3650);
@@ -418,57 +402,21 @@ impl Bus for ScriptedBus {
         })
     }
 
-    fn receive<'life0, 'life1, 'life2, 'async_trait>(
+    fn consumer<'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
         topic: &'life1 str,
         group: &'life2 str,
-        max: usize,
-        lease: std::time::Duration,
-        wait: std::time::Duration,
-    ) -> BusFuture<'async_trait, Vec<Delivery>>
+    ) -> BusFuture<'async_trait, Arc<dyn Consumer>>
     where
         'life0: 'async_trait,
         'life1: 'async_trait,
         'life2: 'async_trait,
         Self: 'async_trait,
     {
-        self.inner.receive(topic, group, max, lease, wait)
+        self.inner.consumer(topic, group)
     }
 
-    fn ack<'life0, 'life1, 'life2, 'life3, 'async_trait>(
-        &'life0 self,
-        topic: &'life1 str,
-        group: &'life2 str,
-        receipts: &'life3 [String],
-    ) -> BusFuture<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.ack(topic, group, receipts)
-    }
-
-    fn nack<'life0, 'life1, 'life2, 'life3, 'async_trait>(
-        &'life0 self,
-        topic: &'life1 str,
-        group: &'life2 str,
-        receipts: &'life3 [String],
-        delay: std::time::Duration,
-    ) -> BusFuture<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.nack(topic, group, receipts, delay)
-    }
-
-    fn depth<'life0, 'life1, 'life2, 'async_trait>(
+    fn lag<'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
         topic: &'life1 str,
         group: &'life2 str,
@@ -479,7 +427,23 @@ impl Bus for ScriptedBus {
         'life2: 'async_trait,
         Self: 'async_trait,
     {
-        self.inner.depth(topic, group)
+        self.inner.lag(topic, group)
+    }
+
+    fn replay<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        topic: &'life1 str,
+        group: &'life2 str,
+        from: ReplayFrom,
+        dry_run: bool,
+    ) -> BusFuture<'async_trait, u64>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.inner.replay(topic, group, from, dry_run)
     }
 }
 
@@ -1115,22 +1079,9 @@ async fn a_cancel_between_two_batches_stops_the_dispatcher_before_the_next_one()
 // 6. Scheduling
 
 async fn take_dispatch_requests(ctx: &Context) -> Vec<DispatchRequest> {
-    let bus = &ctx.ports.bus;
-    let got = bus
-        .receive(
-            topics::DISPATCH,
-            topics::DISPATCHERS,
-            100,
-            std::time::Duration::from_secs(60),
-            std::time::Duration::ZERO,
-        )
+    drain(ctx, topics::DISPATCH, topics::DISPATCHERS)
         .await
-        .expect("receive dispatch requests");
-    let receipts: Vec<String> = got.iter().map(|d| d.receipt.clone()).collect();
-    bus.ack(topics::DISPATCH, topics::DISPATCHERS, &receipts)
-        .await
-        .expect("ack");
-    got.iter()
+        .iter()
         .map(|d| serde_json::from_slice(&d.payload).expect("dispatch request"))
         .collect()
 }

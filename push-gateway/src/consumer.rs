@@ -17,11 +17,12 @@ use crate::lanes::Lane;
 use crate::provider::{Destination, Dispatch, Envelope, Outcome, Provider};
 use chrono::{DateTime, Utc};
 use herald_core::config::PushConfig;
+use herald_core::consume::{SharedConsumer, MAX_DELIVERIES};
 use herald_core::delivery::{DeadLetter, DeliveryReport, SendFailure, Webhook};
 use herald_core::model::{Channel, Device, OutMessage, Platform};
 use herald_core::ports::Throttle;
 use herald_core::topics::{self, ChannelItem, ChannelMessage};
-use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
+use herald_core::worker::{Worker, WorkerState};
 use herald_core::{Context, Error, Result};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a consumer holds a channel message; extended while the sends are in flight, so
 /// this is the redelivery delay after a crash.
-pub const LEASE: Duration = Duration::from_secs(30);
 /// A device used this recently is not touched again (saves a write per send).
 const TOUCH_AFTER: chrono::Duration = chrono::Duration::hours(24);
 /// Webhook subscriptions are re-read this often.
@@ -564,11 +564,27 @@ impl Gateway {
 pub struct ChannelConsumer {
     gateway: Arc<Gateway>,
     channel: Channel,
+    member: Arc<SharedConsumer>,
 }
 
 impl ChannelConsumer {
-    pub fn new(gateway: Arc<Gateway>, channel: Channel) -> Self {
-        Self { gateway, channel }
+    /// A consumer of `channel`'s topic through `member` (shared by the process's consumers
+    /// of that channel: see [`ChannelConsumer::member`]).
+    pub fn new(gateway: Arc<Gateway>, channel: Channel, member: Arc<SharedConsumer>) -> Self {
+        Self {
+            gateway,
+            channel,
+            member,
+        }
+    }
+
+    /// The member of the gateway group on `channel`'s topic.
+    pub fn member(gateway: &Gateway, channel: Channel) -> Arc<SharedConsumer> {
+        SharedConsumer::new(
+            gateway.ctx.ports.bus.clone(),
+            topics::channel_topic(channel),
+            topics::GATEWAY,
+        )
     }
 }
 
@@ -580,28 +596,16 @@ impl Worker for ChannelConsumer {
 
     async fn step(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState> {
         let topic = topics::channel_topic(self.channel);
-        let bus = &self.gateway.ctx.ports.bus;
-        let deliveries = bus
-            .receive(topic, topics::GATEWAY, 1, LEASE, Duration::from_secs(1))
-            .await?;
-        for d in deliveries {
-            let receipt = [d.receipt.clone()];
-            // Keep the lease while the sends are in flight; the keeper ends with this step
-            // however it ends (a panic in a handler included), so the message is redelivered.
-            let _keeper = {
-                let bus = bus.clone();
-                let receipt = receipt.clone();
-                AbortOnDrop::spawn(async move {
-                    loop {
-                        tokio::time::sleep(LEASE / 3).await;
-                        let _ = bus.extend(topic, topics::GATEWAY, &receipt, LEASE).await;
-                    }
-                })
-            };
-            match self.gateway.handle(self.channel, &d.payload).await {
-                Ok(()) => bus.ack(topic, topics::GATEWAY, &receipt).await?,
+        for d in self.member.poll(1, Duration::from_secs(1)).await? {
+            // The member keeps the message while the sends are in flight, however long they
+            // take; a panic in a handler drops `d`, which gives the message back.
+            match self.gateway.handle(self.channel, d.payload()).await {
+                Ok(()) => d.commit().await?,
                 Err(e) => {
-                    bus.nack(topic, topics::GATEWAY, &receipt, Duration::from_secs(5))
+                    // The gateway's own failures (a store it cannot reach): the message is
+                    // tried again after a pause, and dead-lettered once it has failed too often.
+                    let bus = self.gateway.ctx.ports.bus.clone();
+                    d.failed(bus.as_ref(), topic, topics::GATEWAY, &e, MAX_DELIVERIES)
                         .await?;
                     return Err(e);
                 }

@@ -41,9 +41,10 @@ pub async fn run_with(ctx: Context, providers: Providers, shutdown: Cancellation
     let registry = ctx.workers.clone();
     let mut tasks = Vec::new();
     for channel in topics::OUTBOUND {
+        let member = consumer::ChannelConsumer::member(&gateway, channel);
         for _ in 0..consumers {
             tasks.push(registry.spawn(
-                consumer::ChannelConsumer::new(gateway.clone(), channel),
+                consumer::ChannelConsumer::new(gateway.clone(), channel, member.clone()),
                 shutdown.clone(),
             ));
         }

@@ -232,7 +232,7 @@ async fn a_redelivered_message_is_not_sent_twice() {
         app.ctx
             .ports
             .bus
-            .depth(topics::channel_topic(Channel::Push), topics::GATEWAY)
+            .lag(topics::channel_topic(Channel::Push), topics::GATEWAY)
             .await
             .unwrap()
             == 0

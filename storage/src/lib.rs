@@ -13,9 +13,13 @@ use herald_core::{Error, Ports, Result};
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
@@ -174,8 +178,27 @@ pub async fn open_bus(url: &BackendUrl) -> Result<Arc<dyn Bus>> {
             #[cfg(not(feature = "sqlite"))]
             return Err(compiled_out("sqlite", "sqlite"));
         }
-        _ => Err(unsupported("bus", url, "sqlite")),
+        "kafka" => {
+            #[cfg(feature = "kafka")]
+            return Ok(Arc::new(kafka::KafkaBus::open(url).await?));
+            #[cfg(not(feature = "kafka"))]
+            return Err(compiled_out("kafka", "kafka"));
+        }
+        "nats" => {
+            #[cfg(feature = "nats")]
+            return Ok(Arc::new(nats::NatsBus::open(url).await?));
+            #[cfg(not(feature = "nats"))]
+            return Err(compiled_out("nats", "nats"));
+        }
+        _ => Err(unsupported("bus", url, "sqlite, kafka, nats")),
     }
+}
+
+/// The configured bus alone, with the standard subscriptions declared (`herald bus ...`).
+pub async fn open_configured_bus(config: &Config) -> Result<Arc<dyn Bus>> {
+    let bus = open_bus(&url_for(&config.backends.bus, &config.data_dir, "bus")?).await?;
+    herald_core::topics::declare(bus.as_ref()).await?;
+    Ok(bus)
 }
 
 pub async fn open_deliveries(url: &BackendUrl) -> Result<Arc<dyn DeliveryStore>> {

@@ -53,6 +53,23 @@ impl BackendUrl {
     }
 }
 
+/// Splits `base?k=v&k2=v2` into the base and its parameters (Herald's own settings on URLs of
+/// engines whose clients take no query string: Kafka, NATS).
+pub(crate) fn split_query(raw: &str) -> (&str, Vec<(String, String)>) {
+    let Some((base, query)) = raw.split_once('?') else {
+        return (raw, Vec::new());
+    };
+    let params = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (p.to_owned(), String::new()),
+        })
+        .collect();
+    (base, params)
+}
+
 impl fmt::Debug for BackendUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
 use herald_core::model::*;
-use herald_core::ports::{Bus, InboxStore};
+use herald_core::ports::{Bus, Consumer, InboxStore, ReplayFrom};
 use herald_core::topics::{self, FanoutBatch};
 use herald_core::worker::AbortOnDrop;
 use herald_core::{Clock, Context, Error, Ports, Result, SystemClock};
@@ -415,39 +415,20 @@ impl Bus for FaultyBus {
         }
         Ok(())
     }
-    async fn receive(
+    async fn consumer(&self, topic: &str, group: &str) -> Result<Arc<dyn Consumer>> {
+        self.inner.consumer(topic, group).await
+    }
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        self.inner.lag(topic, group).await
+    }
+    async fn replay(
         &self,
         topic: &str,
         group: &str,
-        max: usize,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>> {
-        self.inner.receive(topic, group, max, lease, wait).await
-    }
-    async fn ack(&self, topic: &str, group: &str, receipts: &[String]) -> Result<()> {
-        self.inner.ack(topic, group, receipts).await
-    }
-    async fn nack(
-        &self,
-        topic: &str,
-        group: &str,
-        receipts: &[String],
-        delay: Duration,
-    ) -> Result<()> {
-        self.inner.nack(topic, group, receipts, delay).await
-    }
-    async fn extend(
-        &self,
-        topic: &str,
-        group: &str,
-        receipts: &[String],
-        lease: Duration,
-    ) -> Result<()> {
-        self.inner.extend(topic, group, receipts, lease).await
-    }
-    async fn depth(&self, topic: &str, group: &str) -> Result<u64> {
-        self.inner.depth(topic, group).await
+        from: ReplayFrom,
+        dry_run: bool,
+    ) -> Result<u64> {
+        self.inner.replay(topic, group, from, dry_run).await
     }
 }
 

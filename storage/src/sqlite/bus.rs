@@ -1,41 +1,39 @@
-//! The bus on SQLite: one queue per (topic, consumer group), like SNS fanning out to one SQS
-//! queue per subscription.
+//! The bus on SQLite: a log per topic, and per consumer group the messages it has not
+//! committed.
 //!
 //! # Design
 //!
-//! - [`Bus::subscribe`] records `(topic, group)` in `bus_subscriptions` (idempotent).
-//! - [`Bus::publish`] copies every message into `bus_queue` once per group subscribed to the
-//!   topic *at that moment*, all in one `BEGIN IMMEDIATE` transaction: a batch becomes visible
-//!   all at once or not at all. The groups are read inside that transaction rather than from an
-//!   in-memory cache, so a group subscribed by another process is never missed, whatever this
-//!   process saw before. **Publishing to a topic nobody subscribed to stores nothing**, and a
-//!   group subscribed later does not see earlier messages: subscribe consumer groups before
-//!   publishing (the roles do it on start). Each group gets its own copy of the payload, the
-//!   price of independent per-group leases without a shared row to reference-count; Herald's
-//!   topics have one consumer group or a few.
-//! - [`Bus::receive`] leases rows with one `UPDATE ... RETURNING` that picks the ready rows
-//!   (`visible_at <= now`), pushes their `visible_at` to the end of the lease and counts the
-//!   attempt. A single statement takes SQLite's write lock for its whole run, so two consumers
-//!   can never lease the same row. When nothing is ready it waits up to `wait`, woken by a
-//!   per-topic [`Notify`] on publishes of this process and polling every [`POLL`] for
-//!   publishes of other processes and for leases running out.
-//! - A receipt is `"<seq>:<attempt>"`. [`Bus::ack`] deletes the row and [`Bus::nack`] sets its
-//!   `visible_at` to now + delay, both only if the row still carries that attempt: once a lease
-//!   has run out and another consumer has leased the message again, the first consumer's late
-//!   ack or nack matches nothing instead of cancelling the new lease. Receipts of rows that are
-//!   gone (acked) or of another topic or group are ignored; malformed receipts are `Invalid`.
-//! - [`Bus::depth`] counts the group's rows: acked rows are deleted, so that is the backlog,
-//!   leased and delayed messages included.
+//! - [`Bus::subscribe`] records `(topic, group)` in `bus_subscriptions` (idempotent); the
+//!   topic may be a family pattern (`channel.>`).
+//! - [`Bus::publish`] appends the messages to `bus_log` once, and adds one small row per
+//!   message to `bus_pending` for every group subscribed to the topic (or to its family) *at
+//!   that moment*, all in one `BEGIN IMMEDIATE` transaction: a batch becomes visible all at
+//!   once or not at all. The groups are read inside that transaction, so a group subscribed
+//!   by another process is never missed. A group subscribed later does not see earlier
+//!   messages unless it replays them.
+//! - A member ([`Bus::consumer`]) leases pending rows with one `UPDATE ... RETURNING` that
+//!   picks the ready rows (`visible_at <= now`), pushes their `visible_at` to the end of a
+//!   lease and counts the attempt, then reads their payloads from the log (outside the write
+//!   lock). A single statement takes SQLite's write lock for its whole run, so two members
+//!   can never lease the same row. The member renews the leases of what it holds every third
+//!   of [`LEASE`] while it lives; a member that dies (its process crashed) stops renewing, and
+//!   its messages are handed out again once their lease runs out. One dropped gives its
+//!   messages back at once.
+//! - A receipt is `"<seq>:<attempt>"`. Commit deletes the pending row and release makes it
+//!   ready now, both only if the row still carries that attempt: once a lease has run out and
+//!   another member has the message, the first member's late commit matches nothing.
+//! - [`Bus::lag`] counts the group's pending rows; [`Bus::replay`] rewrites them from the log.
+//! - The log keeps a message for [`RETENTION`] after it was published, and longer while a
+//!   group has not committed it; publishes purge what is older, at most once a minute.
 //!
 //! # Contract
 //!
-//! At least once: a message is redelivered, with `attempt` one higher, whenever its lease runs
-//! out before an ack, so consumers must be idempotent. Leases use the wall clock
-//! (`chrono::Utc::now()`) because they are shared with other processes on the same file.
-//! Within a group, messages are handed out in the order they became ready (publish order for
-//! first deliveries). A published batch survives a crash of the process once `publish`
-//! returns; the pool runs WAL with `synchronous=NORMAL`, so a power loss or OS crash may still
-//! lose the last commits.
+//! At least once: a message is redelivered, with `attempt` one higher, whenever its member
+//! releases it or is gone before committing. Leases use the wall clock (`chrono::Utc::now()`)
+//! because they are shared with other processes on the same file. Within a group, messages are
+//! handed out in the order they became ready (publish order for first deliveries). A
+//! published batch survives a crash of the process once `publish` returns; the pool runs WAL
+//! with `synchronous=NORMAL`, so a power loss or OS crash may still lose the last commits.
 //!
 //! # Performance
 //!
@@ -44,12 +42,9 @@
 //! queue on an in-process gate before they touch SQLite: SQLite lets one writer in at a time
 //! anyway, and its busy handler retries by sleeping (up to 100 ms per retry), which turns a
 //! contended write lock into idle time and unfairness. The gate hands the lock over in FIFO
-//! order instead. Measured with 16 consumers draining a backlog on 2 cores, it bounds the
-//! slowest receive or ack at about 45 ms instead of about 1 s, for 5-10% less peak throughput.
-//! Waiting consumers poll with a read-only probe (readers never block in WAL mode) and only
-//! take the write lock when something is ready. Throughput on the same machine (debug build):
-//! about 25,000 small messages/s published, received and acked end to end in batches of 100,
-//! and about 2,500 messages/s of 40 KB (`sqlite_throughput` in `tests/bus.rs`).
+//! order instead. Waiting members poll with a read-only probe (readers never block in WAL
+//! mode) and only take the write lock when something is ready. The payload is written once
+//! whatever the number of groups, and leasing rewrites only the small pending row.
 
 use super::SqliteFile;
 use super::{open_pool, MAX_PARAMS};
@@ -59,7 +54,8 @@ use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::Utc;
 use herald_core::model::{Delivery, OutMessage};
-use herald_core::ports::Bus;
+use herald_core::ports::{Bus, Consumer, ReplayFrom};
+use herald_core::worker::AbortOnDrop;
 use herald_core::{Error, Result};
 use parking_lot::Mutex;
 use sqlx::pool::PoolConnection;
@@ -70,14 +66,24 @@ use std::time::Duration;
 use tokio::sync::{MutexGuard, Notify};
 use tokio::time::Instant;
 
-const MIGRATIONS: &[Migration] = &[migration!("sqlite", "bus", "0001_init")];
+const MIGRATIONS: &[Migration] = &[
+    migration!("sqlite", "bus", "0001_init"),
+    migration!("sqlite", "bus", "0002_log"),
+];
 
-/// How often a waiting `receive` looks again for messages that no in-process publish announced
-/// (publishes of other processes, leases and nack delays running out).
+/// How often a waiting poll looks again for messages that no in-process publish announced
+/// (publishes of other processes, leases running out).
 const POLL: Duration = Duration::from_millis(50);
+/// How long a polled message stays with its member without a renewal. Members renew every
+/// third of it, so this is how long the messages of a crashed process wait.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How long the log keeps a committed message, for replays.
+pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Log rows deleted per purge statement.
+const PURGE_CHUNK: i64 = 5_000;
 
-/// Parameters bound per queue row on publish.
-const ROW_PARAMS: usize = 6;
+/// Parameters bound per log row on publish.
+const ROW_PARAMS: usize = 4;
 /// Rows per multi-row INSERT: enough to amortise a statement, and each distinct row count is
 /// one more prepared statement in sqlx's per-connection cache.
 const PUBLISH_CHUNK_ROWS: usize = 1_000;
@@ -85,18 +91,30 @@ const _: () = assert!(PUBLISH_CHUNK_ROWS * ROW_PARAMS <= MAX_PARAMS);
 /// Payload bytes per INSERT statement: SQLite copies every bound blob, so this caps the memory
 /// of one statement when batches carry large payloads.
 const PUBLISH_CHUNK_BYTES: usize = 8 << 20;
-/// Receipts per ack / nack statement (3 parameters each).
+/// Receipts per commit / release statement (3 parameters each).
 const RECEIPT_CHUNK: usize = 900;
 
 pub struct SqliteBus {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     pool: SqlitePool,
     /// Serialises this process's writes (see the module doc, Performance).
     write_gate: tokio::sync::Mutex<()>,
-    /// Per topic: woken after a publish (or an immediate nack) so waiting consumers look again.
+    /// Per subscription topic: woken after a publish (or a release) so waiting members look
+    /// again.
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    last_purge: Mutex<Option<std::time::Instant>>,
 }
 
 impl SqliteFile for SqliteBus {
+    fn pool(&self) -> &SqlitePool {
+        &self.shared.pool
+    }
+}
+
+impl SqliteFile for Shared {
     fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -105,12 +123,54 @@ impl SqliteFile for SqliteBus {
 impl SqliteBus {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
         Ok(Self {
-            pool: open_pool(url, 8, MIGRATIONS).await?,
-            write_gate: tokio::sync::Mutex::new(()),
-            wakers: Mutex::new(HashMap::new()),
+            shared: Arc::new(Shared {
+                pool: open_pool(url, 8, MIGRATIONS).await?,
+                write_gate: tokio::sync::Mutex::new(()),
+                wakers: Mutex::new(HashMap::new()),
+                last_purge: Mutex::new(None),
+            }),
         })
     }
 
+    /// Deletes log rows published before `before` that no group still has pending.
+    pub async fn purge_before(&self, before: chrono::DateTime<Utc>) -> Result<u64> {
+        self.shared.purge_before(before).await
+    }
+}
+
+/// The subscription topics a message published on `topic` reaches: the topic itself, the
+/// patterns of its families (`channel.>` for `channel.push`), and `>`.
+fn subscription_keys(topic: &str) -> Vec<String> {
+    let mut keys = vec![topic.to_owned(), ">".to_owned()];
+    let mut end = 0;
+    while let Some(dot) = topic[end..].find('.') {
+        end += dot;
+        keys.push(format!("{}.>", &topic[..end]));
+        end += 1;
+    }
+    keys
+}
+
+/// The SQL condition on `bus_log.topic` for a subscription topic (exact, or a family pattern)
+/// and its bound value.
+fn topic_condition(sub: &str) -> (&'static str, String) {
+    match sub.strip_suffix('>') {
+        Some("") => ("topic LIKE ?", "%".to_owned()),
+        Some(prefix) if prefix.ends_with('.') => (
+            "topic LIKE ? ESCAPE '\\'",
+            format!(
+                "{}%",
+                prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            ),
+        ),
+        _ => ("topic = ?", sub.to_owned()),
+    }
+}
+
+impl Shared {
     /// A connection to write with, and this process's turn to write (see the module doc,
     /// Performance). Always in this order: the connection first, so a writer never holds the
     /// gate while it waits for a connection (held, perhaps, by writers waiting for the gate),
@@ -121,45 +181,40 @@ impl SqliteBus {
         Ok((conn, gate))
     }
 
-    fn waker(&self, topic: &str) -> Arc<Notify> {
-        let mut wakers = self.wakers.lock();
-        if let Some(n) = wakers.get(topic) {
-            return n.clone();
-        }
-        let n = Arc::new(Notify::new());
-        wakers.insert(topic.to_owned(), n.clone());
-        n
+    fn waker(&self, sub: &str) -> Arc<Notify> {
+        self.wakers
+            .lock()
+            .entry(sub.to_owned())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
     }
 
-    fn wake(&self, topic: &str) {
+    fn wake(&self, sub: &str) {
         // Only topics someone waits (or waited) on have a Notify; no need to create one.
-        let waker = self.wakers.lock().get(topic).cloned();
+        let waker = self.wakers.lock().get(sub).cloned();
         if let Some(n) = waker {
             n.notify_waiters();
         }
     }
 
-    /// Leases up to `max` ready rows in one statement. Empty when none is ready.
-    async fn lease(
-        &self,
-        topic: &str,
-        group: &str,
-        max: usize,
-        lease: Duration,
-    ) -> Result<Vec<Delivery>> {
+    /// Leases up to `max` ready rows in one statement, then reads their messages. Empty when
+    /// none is ready.
+    async fn lease(&self, sub: &str, group: &str, max: usize) -> Result<Vec<Delivery>> {
         let (mut conn, gate) = self.writer().await?;
         let now = micros(Utc::now());
-        // ORDER BY visible_at, seq follows the index (seq is the rowid at the end of every
-        // entry), so SQLite stops after `max` entries instead of sorting the whole backlog.
+        // ORDER BY visible_at, seq follows the index (seq ends every entry), so SQLite stops
+        // after `max` entries instead of sorting the whole backlog.
         let rows = sqlx::query(
-            "UPDATE bus_queue SET visible_at = ?, attempts = attempts + 1 \
-             WHERE seq IN (SELECT seq FROM bus_queue \
-                           WHERE topic = ? AND grp = ? AND visible_at <= ? \
+            "UPDATE bus_pending SET visible_at = ?, attempts = attempts + 1 \
+             WHERE sub = ? AND grp = ? AND seq IN (SELECT seq FROM bus_pending \
+                           WHERE sub = ? AND grp = ? AND visible_at <= ? \
                            ORDER BY visible_at, seq LIMIT ?) \
-             RETURNING seq, attempts, msg_key, payload, published_at",
+             RETURNING seq, attempts",
         )
-        .bind(now.saturating_add(duration_micros(lease)))
-        .bind(topic)
+        .bind(now.saturating_add(duration_micros(LEASE)))
+        .bind(sub)
+        .bind(group)
+        .bind(sub)
         .bind(group)
         .bind(now)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
@@ -167,34 +222,59 @@ impl SqliteBus {
         .await
         .map_err(|e| self.db_error(e))?;
         drop(gate);
-
-        let mut out = Vec::with_capacity(rows.len());
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut leased = Vec::with_capacity(rows.len());
         for row in rows {
             let seq: i64 = row.get("seq");
             let attempts: i64 = row.get("attempts");
             let attempt = u32::try_from(attempts).map_err(|e| corrupt("bus attempt count", e))?;
-            out.push((
-                seq,
-                Delivery {
-                    receipt: format!("{seq}:{attempt}"),
-                    key: row.get("msg_key"),
-                    payload: row.get("payload"),
-                    attempt,
-                    published_at: from_micros(row.get("published_at")),
-                },
-            ));
+            leased.push((seq, attempt));
         }
         // RETURNING yields rows in no defined order; hand them out oldest first.
-        out.sort_unstable_by_key(|(seq, _)| *seq);
-        Ok(out.into_iter().map(|(_, d)| d).collect())
+        leased.sort_unstable();
+        // The log rows cannot go meanwhile: a purge keeps every row some group has pending.
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT seq, msg_key, payload, published_at FROM bus_log WHERE seq IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for (seq, _) in &leased {
+            sep.push_bind(*seq);
+        }
+        qb.push(")");
+        let rows = qb
+            .build()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let mut messages: HashMap<i64, sqlx::sqlite::SqliteRow> =
+            rows.into_iter().map(|r| (r.get("seq"), r)).collect();
+        let mut out = Vec::with_capacity(leased.len());
+        for (seq, attempt) in leased {
+            let row = messages.remove(&seq).ok_or_else(|| {
+                corrupt(
+                    "bus log",
+                    std::io::Error::other(format!("pending message {seq} has no log row")),
+                )
+            })?;
+            out.push(Delivery {
+                receipt: format!("{seq}:{attempt}"),
+                key: row.get("msg_key"),
+                payload: row.get("payload"),
+                attempt,
+                published_at: from_micros(row.get("published_at")),
+            });
+        }
+        Ok(out)
     }
 
     /// Whether a lease would find anything, without taking the write lock.
-    async fn any_ready(&self, topic: &str, group: &str) -> Result<bool> {
+    async fn any_ready(&self, sub: &str, group: &str) -> Result<bool> {
         Ok(sqlx::query(
-            "SELECT 1 FROM bus_queue WHERE topic = ? AND grp = ? AND visible_at <= ? LIMIT 1",
+            "SELECT 1 FROM bus_pending WHERE sub = ? AND grp = ? AND visible_at <= ? LIMIT 1",
         )
-        .bind(topic)
+        .bind(sub)
         .bind(group)
         .bind(micros(Utc::now()))
         .fetch_optional(&self.pool)
@@ -203,21 +283,17 @@ impl SqliteBus {
         .is_some())
     }
 
-    /// Runs `DELETE` (ack) or `UPDATE ... SET visible_at = ?` (nack) on the rows the receipts
-    /// still name. `head` is the statement up to its WHERE clause; `visible_at`, when given, is
-    /// bound to the `?` it ends with.
+    /// Runs `DELETE` (commit) or `UPDATE ... SET visible_at = ?` (release, renewal) on the rows
+    /// the receipts still name. `head` is the statement up to its WHERE clause; `visible_at`,
+    /// when given, is bound to the `?` it ends with.
     async fn settle(
         &self,
-        topic: &str,
+        sub: &str,
         group: &str,
-        receipts: &[String],
+        parsed: &[(i64, u32)],
         head: &str,
         visible_at: Option<i64>,
     ) -> Result<()> {
-        let parsed = receipts
-            .iter()
-            .map(|r| parse_receipt(r))
-            .collect::<Result<Vec<_>>>()?;
         // No transaction: each statement is atomic on its own, and settling receipts is
         // independent per receipt (a failure half way leaves some unsettled, which at-least-once
         // delivery covers), so holding the write lock across chunks would buy nothing.
@@ -226,18 +302,18 @@ impl SqliteBus {
             if let Some(v) = visible_at {
                 qb.push_bind(v);
             }
-            // `seq IN (...)` makes SQLite look rows up by rowid; the row-value test then keeps
-            // only those still carrying the receipt's attempt (a newer lease changed it).
-            qb.push(" WHERE seq IN (");
+            qb.push(" WHERE sub = ")
+                .push_bind(sub)
+                .push(" AND grp = ")
+                .push_bind(group)
+                .push(" AND seq IN (");
             let mut sep = qb.separated(", ");
             for (seq, _) in chunk {
                 sep.push_bind(*seq);
             }
-            qb.push(") AND topic = ")
-                .push_bind(topic)
-                .push(" AND grp = ")
-                .push_bind(group)
-                .push(" AND (seq, attempts) IN (VALUES ");
+            // The row-value test keeps only rows still carrying the receipt's attempt (a newer
+            // lease changed it).
+            qb.push(") AND (seq, attempts) IN (VALUES ");
             let mut sep = qb.separated(", ");
             for (seq, attempt) in chunk {
                 sep.push("(")
@@ -255,6 +331,54 @@ impl SqliteBus {
             drop(gate);
         }
         Ok(())
+    }
+
+    async fn purge_before(&self, before: chrono::DateTime<Utc>) -> Result<u64> {
+        // Rows below the lowest pending sequence are committed by every group.
+        let floor: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(m) FROM (SELECT (SELECT MIN(seq) FROM bus_pending p \
+                                         WHERE p.sub = s.topic AND p.grp = s.grp) AS m \
+                                 FROM bus_subscriptions s)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        let floor = floor.unwrap_or(i64::MAX);
+        let mut total = 0u64;
+        loop {
+            let (mut conn, gate) = self.writer().await?;
+            let n = sqlx::query(
+                "DELETE FROM bus_log WHERE seq IN (SELECT seq FROM bus_log \
+                 WHERE seq < ? AND published_at < ? ORDER BY seq LIMIT ?)",
+            )
+            .bind(floor)
+            .bind(micros(before))
+            .bind(PURGE_CHUNK)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db_error(e))?
+            .rows_affected();
+            drop(gate);
+            total += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Purges the log at most once a minute, after a publish.
+    async fn maybe_purge(&self) {
+        {
+            let mut last = self.last_purge.lock();
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let before = Utc::now() - chrono::Duration::from_std(RETENTION).unwrap_or_default();
+        if let Err(e) = self.purge_before(before).await {
+            tracing::warn!(error = %e, "purging the bus log failed; retrying later");
+        }
     }
 }
 
@@ -290,90 +414,117 @@ fn publish_chunks(messages: &[OutMessage]) -> Vec<&[OutMessage]> {
     chunks
 }
 
-#[async_trait]
-impl Bus for SqliteBus {
-    async fn ping(&self) -> Result<()> {
-        super::ping_writable(&self.pool).await
+/// One member of a group on the SQLite bus: it holds what it polled under a lease it renews.
+struct SqliteConsumer {
+    shared: Arc<Shared>,
+    sub: String,
+    group: String,
+    /// What this member holds: sequence → attempt (its lease).
+    held: Arc<Mutex<HashMap<i64, u32>>>,
+    _renewal: AbortOnDrop<()>,
+}
+
+impl SqliteConsumer {
+    fn new(shared: Arc<Shared>, sub: &str, group: &str) -> Self {
+        let held: Arc<Mutex<HashMap<i64, u32>>> = Arc::default();
+        let renewal = AbortOnDrop::spawn(renew(
+            shared.clone(),
+            sub.to_owned(),
+            group.to_owned(),
+            held.clone(),
+        ));
+        Self {
+            shared,
+            sub: sub.to_owned(),
+            group: group.to_owned(),
+            held,
+            _renewal: renewal,
+        }
     }
 
-    async fn subscribe(&self, topic: &str, group: &str) -> Result<()> {
-        let (mut conn, _gate) = self.writer().await?;
-        sqlx::query(
-            "INSERT INTO bus_subscriptions (topic, grp) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(topic)
-        .bind(group)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        Ok(())
-    }
-
-    async fn publish(&self, topic: &str, messages: &[OutMessage]) -> Result<()> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let (mut conn, gate) = self.writer().await?;
-        let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.db_error(e))?;
-        // Read under the write lock: no subscribe can commit between this read and our
-        // inserts, whichever process makes it.
-        let groups: Vec<String> =
-            sqlx::query_scalar("SELECT grp FROM bus_subscriptions WHERE topic = ? ORDER BY grp")
-                .bind(topic)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| self.db_error(e))?;
-        if groups.is_empty() {
-            // Nobody subscribed: nothing to store (see the module doc).
-            tx.rollback().await.map_err(|e| self.db_error(e))?;
-            return Ok(());
-        }
-        let now = micros(Utc::now());
-        for group in &groups {
-            for chunk in publish_chunks(messages) {
-                let mut qb = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO bus_queue \
-                     (topic, grp, visible_at, attempts, published_at, msg_key, payload) ",
-                );
-                // A multi-row VALUES inserts in list order, so seq follows publish order.
-                qb.push_values(chunk, |mut b, m| {
-                    b.push_bind(topic)
-                        .push_bind(group.as_str())
-                        .push_bind(now)
-                        .push("0")
-                        .push_bind(now)
-                        .push_bind(m.key.as_deref())
-                        .push_bind(m.payload.as_slice());
-                });
-                qb.build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.db_error(e))?;
+    fn take(&self, receipts: &[String]) -> Result<Vec<(i64, u32)>> {
+        let parsed = receipts
+            .iter()
+            .map(|r| parse_receipt(r))
+            .collect::<Result<Vec<_>>>()?;
+        let mut held = self.held.lock();
+        for (seq, attempt) in &parsed {
+            if held.get(seq) == Some(attempt) {
+                held.remove(seq);
             }
         }
-        tx.commit().await.map_err(|e| self.db_error(e))?;
-        drop(gate);
-        self.wake(topic);
-        Ok(())
+        Ok(parsed)
     }
+}
 
-    async fn receive(
-        &self,
-        topic: &str,
-        group: &str,
-        max: usize,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>> {
+/// Renews the leases of what a member holds, every third of [`LEASE`], while it lives.
+async fn renew(
+    shared: Arc<Shared>,
+    sub: String,
+    group: String,
+    held: Arc<Mutex<HashMap<i64, u32>>>,
+) {
+    loop {
+        tokio::time::sleep(LEASE / 3).await;
+        let rows: Vec<(i64, u32)> = held.lock().iter().map(|(s, a)| (*s, *a)).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let until = micros(Utc::now()).saturating_add(duration_micros(LEASE));
+        if let Err(e) = shared
+            .settle(
+                &sub,
+                &group,
+                &rows,
+                "UPDATE bus_pending SET visible_at = ",
+                Some(until),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, topic = %sub, group = %group, "renewing bus leases failed; retrying");
+        }
+    }
+}
+
+impl Drop for SqliteConsumer {
+    fn drop(&mut self) {
+        // A member that goes gives back what it still holds, so the group need not wait for
+        // the leases to run out.
+        let rows: Vec<(i64, u32)> = self.held.lock().drain().collect();
+        if rows.is_empty() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            let (sub, group) = (self.sub.clone(), self.group.clone());
+            rt.spawn(async move {
+                let now = micros(Utc::now());
+                let _ = shared
+                    .settle(
+                        &sub,
+                        &group,
+                        &rows,
+                        "UPDATE bus_pending SET visible_at = ",
+                        Some(now),
+                    )
+                    .await;
+                shared.wake(&sub);
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for SqliteConsumer {
+    async fn poll(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let shared = &self.shared;
+        let (sub, group) = (self.sub.as_str(), self.group.as_str());
         // `wait` may be huge (Duration::MAX meaning "forever"): cap the deadline at a year.
         let deadline = Instant::now() + wait.min(Duration::from_secs(365 * 24 * 3600));
-        let waker = self.waker(topic);
+        let waker = shared.waker(sub);
         // The first try goes straight to the lease: on a busy queue something is ready and a
         // probe would only add a round trip.
         let mut probe_first = false;
@@ -384,9 +535,14 @@ impl Bus for SqliteBus {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            if !probe_first || self.any_ready(topic, group).await? {
-                let got = self.lease(topic, group, max, lease).await?;
+            if !probe_first || shared.any_ready(sub, group).await? {
+                let got = shared.lease(sub, group, max).await?;
                 if !got.is_empty() {
+                    let mut held = self.held.lock();
+                    for d in &got {
+                        let (seq, attempt) = parse_receipt(&d.receipt)?;
+                        held.insert(seq, attempt);
+                    }
                     return Ok(got);
                 }
             }
@@ -404,41 +560,223 @@ impl Bus for SqliteBus {
         }
     }
 
-    async fn ack(&self, topic: &str, group: &str, receipts: &[String]) -> Result<()> {
-        self.settle(topic, group, receipts, "DELETE FROM bus_queue", None)
+    async fn commit(&self, receipts: &[String]) -> Result<()> {
+        let parsed = self.take(receipts)?;
+        self.shared
+            .settle(
+                &self.sub,
+                &self.group,
+                &parsed,
+                "DELETE FROM bus_pending",
+                None,
+            )
             .await
     }
 
-    async fn nack(
-        &self,
-        topic: &str,
-        group: &str,
-        receipts: &[String],
-        delay: Duration,
-    ) -> Result<()> {
-        let visible_at = micros(Utc::now()).saturating_add(duration_micros(delay));
-        self.settle(
-            topic,
-            group,
-            receipts,
-            "UPDATE bus_queue SET visible_at = ",
-            Some(visible_at),
+    async fn release(&self, receipts: &[String]) -> Result<()> {
+        let parsed = self.take(receipts)?;
+        let now = micros(Utc::now());
+        self.shared
+            .settle(
+                &self.sub,
+                &self.group,
+                &parsed,
+                "UPDATE bus_pending SET visible_at = ",
+                Some(now),
+            )
+            .await?;
+        self.shared.wake(&self.sub);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Bus for SqliteBus {
+    async fn ping(&self) -> Result<()> {
+        super::ping_writable(&self.shared.pool).await
+    }
+
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<()> {
+        let (mut conn, _gate) = self.shared.writer().await?;
+        sqlx::query(
+            "INSERT INTO bus_subscriptions (topic, grp) VALUES (?, ?) ON CONFLICT DO NOTHING",
         )
-        .await?;
-        if delay.is_zero() {
-            self.wake(topic);
-        }
+        .bind(topic)
+        .bind(group)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
-    async fn depth(&self, topic: &str, group: &str) -> Result<u64> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM bus_queue WHERE topic = ? AND grp = ?")
-                .bind(topic)
+    async fn publish(&self, topic: &str, messages: &[OutMessage]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let shared = &self.shared;
+        let keys = subscription_keys(topic);
+        let (mut conn, gate) = shared.writer().await?;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.db_error(e))?;
+        // Read under the write lock: no subscribe can commit between this read and our
+        // inserts, whichever process makes it.
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT topic, grp FROM bus_subscriptions WHERE topic IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for k in &keys {
+            sep.push_bind(k.as_str());
+        }
+        qb.push(") ORDER BY topic, grp");
+        let subs: Vec<(String, String)> = qb
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let now = micros(Utc::now());
+        for chunk in publish_chunks(messages) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO bus_log (topic, published_at, msg_key, payload) ",
+            );
+            // A multi-row VALUES inserts in list order, and AUTOINCREMENT under the write lock
+            // hands out consecutive sequence numbers: the chunk is last - n + 1 ..= last.
+            qb.push_values(chunk, |mut b, m| {
+                b.push_bind(topic)
+                    .push_bind(now)
+                    .push_bind(m.key.as_deref())
+                    .push_bind(m.payload.as_slice());
+            });
+            let last = qb
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?
+                .last_insert_rowid();
+            let first = last - chunk.len() as i64 + 1;
+            for (sub, group) in &subs {
+                sqlx::query(
+                    "INSERT INTO bus_pending (sub, grp, seq, visible_at, attempts) \
+                     SELECT ?, ?, seq, ?, 0 FROM bus_log WHERE seq BETWEEN ? AND ?",
+                )
+                .bind(sub)
                 .bind(group)
-                .fetch_one(&self.pool)
+                .bind(now)
+                .bind(first)
+                .bind(last)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| self.db_error(e))?;
+            }
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        drop(gate);
+        for (sub, _) in &subs {
+            shared.wake(sub);
+        }
+        shared.maybe_purge().await;
+        Ok(())
+    }
+
+    async fn consumer(&self, topic: &str, group: &str) -> Result<Arc<dyn Consumer>> {
+        Ok(Arc::new(SqliteConsumer::new(
+            self.shared.clone(),
+            topic,
+            group,
+        )))
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM bus_pending WHERE sub = ? AND grp = ?")
+                .bind(topic)
+                .bind(group)
+                .fetch_one(&self.shared.pool)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn replay(
+        &self,
+        topic: &str,
+        group: &str,
+        from: ReplayFrom,
+        dry_run: bool,
+    ) -> Result<u64> {
+        let (condition, value) = topic_condition(topic);
+        let (position, bound): (&str, i64) = match from {
+            ReplayFrom::Earliest => ("seq >= ?", 0),
+            ReplayFrom::Offset(o) => ("seq >= ?", i64::try_from(o).unwrap_or(i64::MAX)),
+            ReplayFrom::Time(t) => ("published_at >= ?", micros(t)),
+        };
+        let selection = format!("FROM bus_log WHERE {condition} AND {position}");
+        if dry_run {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) {selection}"))
+                .bind(&value)
+                .bind(bound)
+                .fetch_one(&self.shared.pool)
+                .await
+                .map_err(|e| self.db_error(e))?;
+            return Ok(n.max(0) as u64);
+        }
+        let (mut conn, gate) = self.shared.writer().await?;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let subscribed = sqlx::query("SELECT 1 FROM bus_subscriptions WHERE topic = ? AND grp = ?")
+            .bind(topic)
+            .bind(group)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?
+            .is_some();
+        if !subscribed {
+            return Err(Error::not_found(format!(
+                "group `{group}` is not subscribed to `{topic}`"
+            )));
+        }
+        // The group's position becomes `from`: what it had pending before is skipped, what
+        // the log holds from there on is pending again (leases held now are kept).
+        let first: Option<i64> = sqlx::query_scalar(&format!("SELECT MIN(seq) {selection}"))
+            .bind(&value)
+            .bind(bound)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let first = first.unwrap_or(i64::MAX);
+        sqlx::query("DELETE FROM bus_pending WHERE sub = ? AND grp = ? AND seq < ?")
+            .bind(topic)
+            .bind(group)
+            .bind(first)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let now = micros(Utc::now());
+        sqlx::query(&format!(
+            "INSERT OR IGNORE INTO bus_pending (sub, grp, seq, visible_at, attempts) \
+             SELECT ?, ?, seq, ?, 0 {selection}"
+        ))
+        .bind(topic)
+        .bind(group)
+        .bind(now)
+        .bind(&value)
+        .bind(bound)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM bus_pending WHERE sub = ? AND grp = ?")
+                .bind(topic)
+                .bind(group)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        drop(gate);
+        self.shared.wake(topic);
         Ok(n.max(0) as u64)
     }
 }
@@ -463,6 +801,34 @@ mod tests {
             let err = parse_receipt(bad).unwrap_err();
             assert_eq!(err.kind, herald_core::ErrorKind::Invalid, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_topic_reaches_its_own_subscriptions_and_those_of_its_families() {
+        assert_eq!(
+            subscription_keys("channel.push"),
+            vec!["channel.push", ">", "channel.>"]
+        );
+        assert_eq!(
+            subscription_keys("deadletter.channel.push"),
+            vec![
+                "deadletter.channel.push",
+                ">",
+                "deadletter.>",
+                "deadletter.channel.>"
+            ]
+        );
+        assert_eq!(subscription_keys("plain"), vec!["plain", ">"]);
+    }
+
+    #[test]
+    fn family_patterns_match_by_prefix_with_like_wildcards_escaped() {
+        assert_eq!(
+            topic_condition("channel.push"),
+            ("topic = ?", "channel.push".into())
+        );
+        assert_eq!(topic_condition(">").1, "%");
+        assert_eq!(topic_condition("a_b.>").1, "a\\_b.%");
     }
 
     #[test]

@@ -36,14 +36,38 @@ pub async fn fresh_mysql_database(prefix: &str) -> Option<String> {
 /// - `distributed`: every store Herald has a MySQL adapter for (directory, campaigns, inbox,
 ///   broadcasts, deliveries, delays) in one database on the server of `HERALD_TEST_MYSQL_URL`,
 ///   and the preference cache, the live hub, the throttle and the broadcast cache on the Redis
-///   of `HERALD_TEST_REDIS_URL` (under a key prefix of the test's own); the bus stays embedded.
+///   of `HERALD_TEST_REDIS_URL` (under a key prefix of the test's own);
+/// - and, whatever the stores, `HERALD_TEST_BUS_URL` (`kafka://...`, `nats://...`) puts the bus
+///   on that broker, under a topic prefix of the test's own.
 ///
 /// The database and the key prefix are named after the data directory, so processes of one
 /// test that share a data directory (a restart, a second node) share them too, as they would
 /// share the SQLite files. Stores a test configured itself are left as they are.
+/// FNV-1a of a string.
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 pub async fn configure_backends(config: &mut herald_core::config::Config) {
     use herald_core::config::Secret;
     use sqlx::{ConnectOptions, Connection};
+    // HERALD_TEST_BUS_URL (kafka://, nats://) puts the bus there, with whatever stores: each
+    // test gets its own name prefix on the shared broker.
+    if let Some(bus) = std::env::var("HERALD_TEST_BUS_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        if config.backends.bus.is_none() {
+            let sep = if bus.contains('?') { '&' } else { '?' };
+            let prefix = format!("t{:016x}", fnv1a(&config.data_dir.to_string_lossy()));
+            config.backends.bus = Some(Secret::new(format!("{bus}{sep}prefix={prefix}")));
+        }
+    }
     match std::env::var("HERALD_TEST_BACKENDS").ok().as_deref() {
         None | Some("") | Some("embedded") => return,
         Some("distributed") => {}
@@ -57,12 +81,8 @@ pub async fn configure_backends(config: &mut herald_core::config::Config) {
         .ok()
         .filter(|v| !v.is_empty())
         .expect("HERALD_TEST_BACKENDS=distributed needs HERALD_TEST_REDIS_URL");
-    // FNV-1a of the data directory's path: stable for the directory, distinct between tests.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in config.data_dir.to_string_lossy().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    // Stable for the data directory, distinct between tests.
+    let h = fnv1a(&config.data_dir.to_string_lossy());
     let db = format!("herald_e2e_{h:016x}");
     let mut conn = raw
         .parse::<sqlx::mysql::MySqlConnectOptions>()
