@@ -41,18 +41,6 @@ pub fn dead_letter_topic(topic: &str) -> String {
     format!("deadletter.{topic}")
 }
 
-/// The topics Herald publishes to, consumes from, and their dead letters.
-pub fn all() -> Vec<String> {
-    let mut all: Vec<String> = [DISPATCH, BATCHES, RESULTS]
-        .into_iter()
-        .chain(OUTBOUND.map(channel_topic))
-        .map(str::to_owned)
-        .collect();
-    let dead: Vec<String> = all.iter().map(|t| dead_letter_topic(t)).collect();
-    all.extend(dead);
-    all
-}
-
 /// `topic` as a metric label: one of the standard topics, or `other` (labels stay bounded).
 pub fn known(topic: &str) -> &'static str {
     [DISPATCH, BATCHES, RESULTS]

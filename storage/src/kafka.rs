@@ -466,6 +466,15 @@ struct Track {
 }
 
 impl Track {
+    fn new(generation: u64) -> Track {
+        Track {
+            generation,
+            open: BTreeMap::new(),
+            next: None,
+            committed: None,
+        }
+    }
+
     /// Where the group may resume: the lowest unfinished offset, or one past the highest
     /// handed out.
     fn position(&self) -> Option<i64> {
@@ -517,12 +526,7 @@ impl ConsumerContext for MemberContext {
             for e in assigned.elements() {
                 state.partitions.insert(
                     (e.topic().to_owned(), e.partition()),
-                    Track {
-                        generation,
-                        open: BTreeMap::new(),
-                        next: None,
-                        committed: None,
-                    },
+                    Track::new(generation),
                 );
             }
         }
@@ -559,17 +563,15 @@ fn timestamp(ms: Option<i64>) -> DateTime<Utc> {
 }
 
 impl KafkaMember {
-    /// Records a message handed out; None when its partition is no longer this member's.
-    fn track(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Delivery> {
+    /// Records a message handed out (under the current assignment's generation).
+    fn track(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
         let mut state = self.state.lock();
         let generation = state.generation;
         let key = (m.topic().to_owned(), m.partition());
-        let track = state.partitions.entry(key).or_insert_with(|| Track {
-            generation,
-            open: BTreeMap::new(),
-            next: None,
-            committed: None,
-        });
+        let track = state
+            .partitions
+            .entry(key)
+            .or_insert_with(|| Track::new(generation));
         let d = Delivery {
             receipt: receipt(track.generation, m.topic(), m.partition(), m.offset()),
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
@@ -579,7 +581,7 @@ impl KafkaMember {
         };
         track.open.insert(m.offset(), d.clone());
         track.next = Some(track.next.map_or(m.offset() + 1, |n| n.max(m.offset() + 1)));
-        Some(d)
+        d
     }
 
     fn settle(&self, receipts: &[String], again: bool) -> Result<TopicPartitionList> {
@@ -666,12 +668,12 @@ impl Consumer for KafkaMember {
             Err(_) => return Ok(out),
             Ok(m) => m.map_err(|e| kafka_error("receiving", e))?,
         };
-        out.extend(self.track(&first));
+        out.push(self.track(&first));
         drop(first);
         while out.len() < max {
             use futures::FutureExt;
             match self.consumer.recv().now_or_never() {
-                Some(Ok(m)) => out.extend(self.track(&m)),
+                Some(Ok(m)) => out.push(self.track(&m)),
                 Some(Err(e)) => return Err(kafka_error("receiving", e)),
                 None => break,
             }
@@ -735,12 +737,8 @@ mod tests {
             attempt: 1,
             published_at: Utc::now(),
         };
-        let mut t = Track {
-            generation: 1,
-            open: BTreeMap::new(),
-            next: Some(13),
-            committed: None,
-        };
+        let mut t = Track::new(1);
+        t.next = Some(13);
         assert_eq!(t.position(), Some(13));
         t.open.insert(10, d(10));
         t.open.insert(12, d(12));

@@ -91,6 +91,8 @@ const _: () = assert!(PUBLISH_CHUNK_ROWS * ROW_PARAMS <= MAX_PARAMS);
 /// Payload bytes per INSERT statement: SQLite copies every bound blob, so this caps the memory
 /// of one statement when batches carry large payloads.
 const PUBLISH_CHUNK_BYTES: usize = 8 << 20;
+/// The head of a release or lease renewal (see `Shared::settle`).
+const SET_VISIBLE_AT: &str = "UPDATE bus_pending SET visible_at = ";
 /// Receipts per commit / release statement (3 parameters each).
 const RECEIPT_CHUNK: usize = 900;
 
@@ -472,13 +474,7 @@ async fn renew(
         }
         let until = micros(Utc::now()).saturating_add(duration_micros(LEASE));
         if let Err(e) = shared
-            .settle(
-                &sub,
-                &group,
-                &rows,
-                "UPDATE bus_pending SET visible_at = ",
-                Some(until),
-            )
+            .settle(&sub, &group, &rows, SET_VISIBLE_AT, Some(until))
             .await
         {
             tracing::warn!(error = %e, topic = %sub, group = %group, "renewing bus leases failed; retrying");
@@ -500,13 +496,7 @@ impl Drop for SqliteConsumer {
             rt.spawn(async move {
                 let now = micros(Utc::now());
                 let _ = shared
-                    .settle(
-                        &sub,
-                        &group,
-                        &rows,
-                        "UPDATE bus_pending SET visible_at = ",
-                        Some(now),
-                    )
+                    .settle(&sub, &group, &rows, SET_VISIBLE_AT, Some(now))
                     .await;
                 shared.wake(&sub);
             });
@@ -577,13 +567,7 @@ impl Consumer for SqliteConsumer {
         let parsed = self.take(receipts)?;
         let now = micros(Utc::now());
         self.shared
-            .settle(
-                &self.sub,
-                &self.group,
-                &parsed,
-                "UPDATE bus_pending SET visible_at = ",
-                Some(now),
-            )
+            .settle(&self.sub, &self.group, &parsed, SET_VISIBLE_AT, Some(now))
             .await?;
         self.shared.wake(&self.sub);
         Ok(())
