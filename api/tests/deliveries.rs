@@ -104,7 +104,11 @@ fn letter(id: &str) -> DeadLetter {
             replay_of: None,
             items: vec![ChannelItem {
                 user_id: "u1".into(),
-                notification_id: herald_core::ids::notification_id("c1", "u1"),
+                notification_id: herald_core::ids::notification_id(
+                    "c1",
+                    "u1",
+                    chrono::DateTime::UNIX_EPOCH,
+                ),
                 email: None,
                 phone: Some("+15550001111".into()),
                 title: None,

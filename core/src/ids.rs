@@ -1,19 +1,60 @@
 //! Identifiers. Notification ids are derived, not drawn: the same campaign and user always give
 //! the same id, so a batch that is redelivered after a crash overwrites its rows instead of
 //! duplicating them.
+//!
+//! A notification id also carries its row's time: its first 48 bits are the row's
+//! `created_at` in Unix milliseconds (a UUID v8, laid out like a v7). The id alone is then the
+//! row's whole inbox key `(created_at, id)` within the user's inbox, so marking it read or
+//! dismissing it is a plain write by primary key on every engine (no lookup by id first, which
+//! a wide-column store cannot do cheaply).
 
+use chrono::{DateTime, TimeZone, Utc};
 use uuid::Uuid;
 
 /// The namespace under which notification ids are derived (a fixed random UUID).
 const NOTIFICATION_NS: Uuid = Uuid::from_u128(0x6a1f_3c2e_9b0d_4e57_8a61_0c2f_d3b4_e5f6);
 
-/// The deterministic id of `campaign_id`'s notification for `user_id`.
-pub fn notification_id(campaign_id: &str, user_id: &str) -> Uuid {
+/// The deterministic id of `campaign_id`'s notification for `user_id`, whose row is created at
+/// `created_at` (which must be whole milliseconds: see [`row_time`]). The first 48 bits hold
+/// `created_at`; the other bits come from a name-based hash of campaign and user.
+pub fn notification_id(campaign_id: &str, user_id: &str, created_at: DateTime<Utc>) -> Uuid {
+    debug_assert_eq!(
+        created_at,
+        row_time(created_at),
+        "a row time in whole milliseconds"
+    );
     let mut name = Vec::with_capacity(campaign_id.len() + 1 + user_id.len());
     name.extend_from_slice(campaign_id.as_bytes());
     name.push(0);
     name.extend_from_slice(user_id.as_bytes());
-    Uuid::new_v5(&NOTIFICATION_NS, &name)
+    let hash = Uuid::new_v5(&NOTIFICATION_NS, &name).into_bytes();
+    let ms = created_at.timestamp_millis().max(0) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&hash[6..]);
+    // Sets the version (8) and variant bits over bytes 6 and 8.
+    Uuid::new_v8(bytes)
+}
+
+/// A time as a notification row stores it: truncated to whole milliseconds, the precision its
+/// id carries.
+pub fn row_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(t.timestamp_millis())
+        .single()
+        .unwrap_or(t)
+}
+
+/// The `created_at` a notification id carries, or `None` for an id that carries none (a
+/// broadcast's id, or a row written before ids carried their time).
+pub fn time_of(id: Uuid) -> Option<DateTime<Utc>> {
+    if id.get_version_num() != 8 {
+        return None;
+    }
+    let b = id.as_bytes();
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&b[..6]);
+    Utc.timestamp_millis_opt(u64::from_be_bytes(ms) as i64)
+        .single()
 }
 
 /// The id of the broadcast a broadcast campaign is stored as: derived, so storing it again
@@ -65,11 +106,31 @@ mod tests {
 
     #[test]
     fn notification_ids_are_stable_and_distinct_per_campaign_and_user() {
-        assert_eq!(notification_id("c1", "u1"), notification_id("c1", "u1"));
-        assert_ne!(notification_id("c1", "u1"), notification_id("c1", "u2"));
-        assert_ne!(notification_id("c1", "u1"), notification_id("c2", "u1"));
+        let t = row_time(Utc::now());
+        let id = |c: &str, u: &str| notification_id(c, u, t);
+        assert_eq!(id("c1", "u1"), id("c1", "u1"));
+        assert_ne!(id("c1", "u1"), id("c1", "u2"));
+        assert_ne!(id("c1", "u1"), id("c2", "u1"));
         // The separator keeps ("c1", "1u") and ("c11", "u") apart.
-        assert_ne!(notification_id("c1", "1u"), notification_id("c11", "u"));
+        assert_ne!(id("c1", "1u"), id("c11", "u"));
+    }
+
+    #[test]
+    fn a_notification_id_carries_its_row_time_and_other_ids_carry_none() {
+        let t = row_time(
+            Utc.with_ymd_and_hms(2026, 11, 30, 3, 4, 5).unwrap()
+                + chrono::TimeDelta::microseconds(678_901),
+        );
+        assert_eq!(t.timestamp_subsec_micros(), 678_000);
+        let id = notification_id("c1", "u1", t);
+        assert_eq!(id.get_version_num(), 8);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(time_of(id), Some(t));
+        // Ids of rows created later sort later, as the inbox key does.
+        let later = notification_id("c0", "u0", t + chrono::TimeDelta::milliseconds(1));
+        assert!(later > id);
+        assert_eq!(time_of(broadcast_id("c1")), None);
+        assert_eq!(time_of(new_id()), None);
     }
 
     #[test]

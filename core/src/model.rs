@@ -742,6 +742,14 @@ pub struct InboxKey {
     pub id: uuid::Uuid,
 }
 
+impl InboxKey {
+    /// The key of the personal row whose id this is, from the time the id carries
+    /// ([`crate::ids::time_of`]); `None` for an id that carries no time.
+    pub fn of_id(id: uuid::Uuid) -> Option<Self> {
+        crate::ids::time_of(id).map(|created_at| Self { created_at, id })
+    }
+}
+
 impl Notification {
     pub fn key(&self) -> InboxKey {
         InboxKey {

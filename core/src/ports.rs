@@ -262,6 +262,9 @@ pub trait InboxStore: Send + Sync + 'static {
     /// it; writers give a replayed row the same `created_at` (the campaign's start).
     async fn write_batch(&self, rows: &[Notification]) -> Result<()>;
     /// The user's visible rows strictly older than `before` (newest first), at most `limit`.
+    /// A row is read when it was marked read or when it is at or below the user's read
+    /// watermark ([`InboxStore::mark_all_read`]); `read_at` says when. `unread_only` reads
+    /// only above the watermark.
     async fn page(
         &self,
         user_id: &str,
@@ -283,17 +286,36 @@ pub trait InboxStore: Send + Sync + 'static {
     }
     /// The user's visible rows strictly newer than `after` (oldest first): resume replay.
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>>;
-    async fn get(&self, user_id: &str, id: uuid::Uuid) -> Result<Option<Notification>>;
-    /// Marks a row read (keeping an earlier read time). `false` if the user has no such row.
-    async fn mark_read(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<bool>;
-    /// Marks every row of the user read. Returns how many changed.
+    /// The key of the user's visible row `id`, found by id alone. Only for ids that carry no
+    /// time (rows written before notification ids carried theirs, see [`crate::ids`]): every
+    /// other id is its own key ([`InboxKey::of_id`]). An engine that never held such rows
+    /// answers `None` without a read.
+    async fn locate(&self, user_id: &str, id: uuid::Uuid) -> Result<Option<InboxKey>>;
+    /// Marks a row read (keeping an earlier read time): one write by the row's whole key.
+    /// `false` if the user has no such visible row.
+    async fn mark_read(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool>;
+    /// Marks everything up to `at` read by moving the user's read watermark to `at` (one
+    /// write, whatever the inbox holds; a watermark never moves back). A row created at or
+    /// before the watermark counts as read even if it is written later (a campaign that
+    /// started before "read all" and reached this user after it). Returns how many unread rows
+    /// it covered, counted as [`InboxStore::unread_count`] counts.
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64>;
-    /// Hides a row from the user for good. `false` if the user has no such row.
-    async fn dismiss(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<bool>;
+    /// Hides a row from the user for good: one write by the row's whole key. `false` if the
+    /// user has no such visible row.
+    async fn dismiss(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool>;
+    /// The user's unread visible rows among the newest [`UNREAD_WINDOW`] rows above the read
+    /// watermark: one bounded range read on every engine, exact while the user has fewer
+    /// rows than that since they last read everything (an inbox badge shows "999+" long
+    /// before).
     async fn unread_count(&self, user_id: &str) -> Result<u64>;
-    /// Deletes rows created before `before` (retention). Returns how many.
+    /// Deletes rows created before `before` (retention), and read watermarks that no longer
+    /// cover any row. An engine with row TTLs (ScyllaDB: `USING TTL` from the retention it is
+    /// opened with) expires rows by itself and returns 0. Returns how many rows it deleted.
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64>;
 }
+
+/// How many of a user's newest rows above the read watermark the unread count looks at.
+pub const UNREAD_WINDOW: u32 = 1000;
 
 /// Broadcasts (stored once) and the sparse per-user state of each.
 #[async_trait]
@@ -510,10 +532,37 @@ pub trait DeliveryStore: Send + Sync + 'static {
     async fn unmark_replayed(&self, id: &str) -> Result<()>;
 }
 
-/// Cross-node live events for the WebSocket hub.
+/// Cross-node live events for the WebSocket hubs, routed per user: a node receives the events
+/// of the users it follows (those with a socket on it) and the events meant for every node
+/// (broadcast activations), not the whole fan-out.
+///
+/// Delivery is at most once: a subscription that loses its connection ends its stream, and
+/// whoever held it treats that as a gap (the WebSocket hub closes its sockets, and clients
+/// resume from the inbox store with `since`). Nothing is lost silently.
 #[async_trait]
 pub trait LiveHub: Send + Sync + 'static {
+    /// Publishes an event: a user's events to that user's route, a broadcast activation to
+    /// every node.
     async fn publish(&self, event: LiveEvent) -> Result<()>;
-    /// A stream of the events published from now on, by any node.
-    async fn subscribe(&self) -> Result<BoxStream<'static, LiveEvent>>;
+    /// A new subscription. It receives the events for every node published from now on, and
+    /// the events of each user from when [`LiveRoutes::follow`] for the user has completed.
+    async fn subscribe(&self) -> Result<LiveSubscription>;
+}
+
+/// One subscription to the live hub: its events and the routes it follows.
+pub struct LiveSubscription {
+    pub events: BoxStream<'static, LiveEvent>,
+    pub routes: Arc<dyn LiveRoutes>,
+}
+
+/// The users a [`LiveSubscription`] follows. Requests are applied in the order they are made,
+/// so a caller that makes them under its own lock (the hub's map of sockets) never has an
+/// unfollow overtake a later follow.
+pub trait LiveRoutes: Send + Sync + 'static {
+    /// Starts following `user_id`. The returned future completes once the user's events
+    /// reach the subscription (following a followed user again completes as well); an error
+    /// means they may not (the subscription is gone).
+    fn follow(&self, user_id: &str) -> futures::future::BoxFuture<'static, Result<()>>;
+    /// Stops following `user_id` (a few events already under way may still arrive).
+    fn unfollow(&self, user_id: &str);
 }

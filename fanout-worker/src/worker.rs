@@ -444,8 +444,9 @@ fn render_batch(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Rendered {
     let category = campaign.category.as_deref();
-    // Rows of one campaign share one timestamp, so a replayed batch rewrites the same keys.
-    let created_at = campaign.started_at.unwrap_or(campaign.created_at);
+    // Rows of one campaign share one timestamp, so a replayed batch rewrites the same keys;
+    // in whole milliseconds, the precision the rows' ids carry.
+    let created_at = herald_core::ids::row_time(campaign.started_at.unwrap_or(campaign.created_at));
     let data = template::data_value(&campaign.data);
     let broadcast = campaign.strategy == Strategy::Broadcast;
     let mut out = Rendered {
@@ -486,7 +487,7 @@ fn render_batch(
                 .and_then(|q| q.ends_after(now, user.timezone().unwrap_or(chrono_tz::UTC)))
         };
         let render_ctx = template::context(&user, &data);
-        let nid = notification_id(&campaign.id, id);
+        let nid = notification_id(&campaign.id, id, created_at);
         // Everything of this user first, so a render error skips the user whole.
         let rendered: Result<Vec<Rendition>> = allowed
             .iter()

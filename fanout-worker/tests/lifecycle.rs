@@ -133,7 +133,7 @@ async fn campaign_of(ctx: &Context, id: &str) -> Campaign {
 type Events = futures::stream::BoxStream<'static, LiveEvent>;
 
 async fn subscribe(ctx: &Context) -> Events {
-    ctx.ports.live.subscribe().await.expect("subscribe")
+    ctx.ports.live.subscribe().await.expect("subscribe").events
 }
 
 /// Every event published so far: what the stream yields until it has been quiet for a

@@ -1,6 +1,9 @@
 //! The live hub of one inbox process: ONE subscription to the cross-node `LiveHub` port,
 //! routing each event to the WebSocket connections it concerns (see [`crate::live`] for the
-//! connections themselves).
+//! connections themselves). The subscription follows exactly the users with a connection
+//! here: the first connection of a user follows the user's route (and waits until it is
+//! followed before it replays or goes live), the last one to go unfollows it, so this node
+//! receives only the events its sockets need plus broadcast activations.
 //!
 //! Connections are indexed by user id in a sharded map (`SHARDS` maps, each behind its own
 //! lock, picked by a hash of the user id), so routing an event for one user touches one
@@ -28,8 +31,10 @@ use crate::service::{InboxItem, InboxService};
 use crate::subscription::{Next, Subscription};
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use herald_core::model::{Broadcast, LiveEvent};
+use herald_core::ports::LiveRoutes;
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::Result;
 use metrics::{Counter, Gauge};
@@ -149,6 +154,8 @@ pub(crate) struct Hub {
     next_id: AtomicU64,
     /// Whether the hub's subscription is live (connections are refused while it is not).
     subscribed: AtomicBool,
+    /// The routes of the live subscription: which users it follows.
+    routes: RwLock<Option<Arc<dyn LiveRoutes>>>,
     recent: Mutex<VecDeque<(Instant, Arc<Broadcast>)>>,
     metrics: HubMetrics,
 }
@@ -166,6 +173,7 @@ impl Hub {
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             subscribed: AtomicBool::new(false),
+            routes: RwLock::new(None),
             recent: Mutex::new(VecDeque::new()),
             metrics: HubMetrics {
                 connections: metrics::gauge!("herald_live_connections"),
@@ -205,14 +213,16 @@ impl Hub {
         })
     }
 
-    /// Registers a connection of `user` whose frames go to `tx`. From this call on it gets
-    /// every event routed for its user; dropping the registration unregisters it (its place,
-    /// a [`Slot`], is held apart, until the socket is closed).
+    /// Registers a connection of `user` whose frames go to `tx`, and follows the user's route
+    /// on the live subscription. Once the returned future has completed, the connection gets
+    /// every event published for its user; an error means it may not (the subscription is
+    /// gone). Dropping the registration unregisters it (its place, a [`Slot`], is held apart,
+    /// until the socket is closed).
     pub(crate) fn register(
         self: &Arc<Self>,
         user: Arc<str>,
         tx: mpsc::Sender<Frame>,
-    ) -> Registration {
+    ) -> (Registration, BoxFuture<'static, Result<()>>) {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.clone(),
@@ -220,15 +230,29 @@ impl Hub {
             kill: CancellationToken::new(),
             why: OnceLock::new(),
         });
-        self.shard(&user)
-            .write()
-            .entry(user)
-            .or_default()
-            .push(conn.clone());
-        Registration {
-            conn,
-            hub: self.clone(),
-        }
+        let followed = {
+            let mut shard = self.shard(&user).write();
+            shard.entry(user.clone()).or_default().push(conn.clone());
+            // Under the shard's lock, so a follow and the unfollow of the user's last
+            // connection reach the subscription in the order of the map's changes. Every
+            // connection asks (and waits), so none goes on before the user is followed.
+            match self.routes.read().as_ref() {
+                Some(routes) => routes.follow(&user),
+                None => Box::pin(futures::future::ready(Err(
+                    herald_core::Error::unavailable(
+                        "the live hub is not subscribed",
+                        std::io::Error::other("no live subscription"),
+                    ),
+                ))),
+            }
+        };
+        (
+            Registration {
+                conn,
+                hub: self.clone(),
+            },
+            followed,
+        )
     }
 
     /// Closes a connection that did not keep up, and counts it.
@@ -246,8 +270,16 @@ impl Hub {
             list.retain(|c| c.id != conn.id);
             if list.is_empty() {
                 shard.remove(&conn.user);
+                if let Some(routes) = self.routes.read().as_ref() {
+                    routes.unfollow(&conn.user);
+                }
             }
         }
+    }
+
+    /// Takes the routes of a new subscription (`None`: the subscription was lost).
+    fn set_routes(&self, routes: Option<Arc<dyn LiveRoutes>>) {
+        *self.routes.write() = routes;
     }
 
     /// The broadcasts activated in the last [`RECENT_ACTIVATIONS_KEPT`].
@@ -432,6 +464,7 @@ pub(crate) fn start(hub: Arc<Hub>, stop: CancellationToken) {
     let ctx = hub.svc.context().clone();
     let subscription = Subscription::new(ctx.ports.live.clone());
     if subscription.subscribed_at_once() {
+        hub.set_routes(subscription.routes());
         hub.subscribed.store(true, Ordering::SeqCst);
     }
     // Under the worker runner: a panic while routing one event is caught and counted, the
@@ -463,12 +496,16 @@ impl Worker for Follower {
                 Ok(WorkerState::Busy)
             }
             Next::Subscribed => {
+                // The new subscription follows nobody yet, and every connection of the old
+                // one was closed: new connections follow their users on it.
+                self.hub.set_routes(self.subscription.routes());
                 self.hub.subscribed.store(true, Ordering::SeqCst);
                 Ok(WorkerState::Busy)
             }
             Next::Ended => {
                 tracing::warn!("the live hub subscription ended; closing live connections");
                 self.hub.subscribed.store(false, Ordering::SeqCst);
+                self.hub.set_routes(None);
                 self.hub.close_all(Kill::HubLost);
                 Ok(WorkerState::Idle(Duration::from_secs(1)))
             }

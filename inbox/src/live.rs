@@ -315,8 +315,16 @@ async fn connection(
 ) {
     let f = &feed.inner;
     let (tx, mut rx) = mpsc::channel::<Frame>(f.cfg.send_queue.max(1));
-    // Registered before the replay reads anything: from here on, every event is queued.
-    let registration = f.hub.register(user.clone(), tx);
+    // Registered, and the user's route followed, before the replay reads anything: from here
+    // on, every event is queued.
+    let (registration, followed) = f.hub.register(user.clone(), tx);
+    if let Err(e) = followed.await {
+        tracing::warn!(error = %e, "following a user on the live hub failed; closing the socket");
+        drop(registration);
+        finish(socket, End::HubLost).await;
+        drop(slot);
+        return;
+    }
     let idle = Duration::from_secs(f.cfg.idle_timeout_secs.max(1));
     let watch = Watch {
         hub: f.hub.clone(),

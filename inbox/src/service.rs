@@ -233,12 +233,26 @@ impl InboxService {
         Ok(personal + visible.iter().filter(|v| !v.read).count() as u64)
     }
 
+    /// The key of the user's personal row `id`: the id itself for every id that carries its
+    /// time (one write follows, no read), else a lookup for a row written before ids did.
+    /// `None` for a broadcast's id or an unknown one.
+    async fn personal_key(&self, user_id: &str, id: Uuid) -> Result<Option<InboxKey>> {
+        match InboxKey::of_id(id) {
+            Some(key) => Ok(Some(key)),
+            None => self.inner.ctx.ports.inbox.locate(user_id, id).await,
+        }
+    }
+
     /// Marks an item read. `false` if the user has no such item (never read, dismissed, or
     /// someone else's).
     pub async fn mark_read(&self, user_id: &str, id: Uuid) -> Result<bool> {
         let ctx = &self.inner.ctx;
         let now = self.now();
-        let found = if ctx.ports.inbox.mark_read(user_id, id, now).await? {
+        let personal = match self.personal_key(user_id, id).await? {
+            Some(key) => ctx.ports.inbox.mark_read(user_id, key, now).await?,
+            None => false,
+        };
+        let found = if personal {
             true
         } else if let Some(v) = self.visible_broadcast(user_id, id, now).await? {
             if !v.read {
@@ -262,7 +276,11 @@ impl InboxService {
     pub async fn dismiss(&self, user_id: &str, id: Uuid) -> Result<bool> {
         let ctx = &self.inner.ctx;
         let now = self.now();
-        let found = if ctx.ports.inbox.dismiss(user_id, id, now).await? {
+        let personal = match self.personal_key(user_id, id).await? {
+            Some(key) => ctx.ports.inbox.dismiss(user_id, key, now).await?,
+            None => false,
+        };
+        let found = if personal {
             true
         } else if self.visible_broadcast(user_id, id, now).await?.is_some() {
             ctx.ports.broadcasts.dismiss(user_id, id, now).await?;

@@ -6,7 +6,7 @@
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use herald_core::model::LiveEvent;
-use herald_core::ports::LiveHub;
+use herald_core::ports::{LiveHub, LiveRoutes, LiveSubscription};
 use herald_core::Result;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -25,18 +25,30 @@ pub(crate) struct Subscription {
     live: Arc<dyn LiveHub>,
     /// A subscription made at once by [`Subscription::new`] (the in-process hub subscribes
     /// without waiting), so that nothing published after `new` returns is missed.
-    first: Option<Result<BoxStream<'static, LiveEvent>>>,
+    first: Option<Result<LiveSubscription>>,
     events: Option<BoxStream<'static, LiveEvent>>,
+    /// The routes of the current subscription (the users it follows).
+    routes: Option<Arc<dyn LiveRoutes>>,
 }
 
 impl Subscription {
     pub(crate) fn new(live: Arc<dyn LiveHub>) -> Self {
         let first = live.subscribe().now_or_never();
+        let routes = match &first {
+            Some(Ok(s)) => Some(s.routes.clone()),
+            _ => None,
+        };
         Self {
             live,
             first,
             events: None,
+            routes,
         }
+    }
+
+    /// The routes of the current subscription, if there is one.
+    pub(crate) fn routes(&self) -> Option<Arc<dyn LiveRoutes>> {
+        self.routes.clone()
     }
 
     /// Whether [`Subscription::new`] subscribed at once.
@@ -55,7 +67,9 @@ impl Subscription {
                     s = self.live.subscribe() => (s, true),
                 },
             };
-            self.events = Some(subscription?);
+            let subscription = subscription?;
+            self.events = Some(subscription.events);
+            self.routes = Some(subscription.routes);
             if fresh {
                 return Ok(Next::Subscribed);
             }
@@ -71,6 +85,7 @@ impl Subscription {
             Some(e) => Next::Event(e),
             None => {
                 self.events = None;
+                self.routes = None;
                 Next::Ended
             }
         })

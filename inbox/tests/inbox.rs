@@ -12,7 +12,7 @@ use common::*;
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use herald_core::filter::Filter;
-use herald_core::ids::{broadcast_id, notification_id};
+use herald_core::ids::{broadcast_id, notification_id, row_time};
 use herald_core::model::*;
 use herald_core::Clock;
 use reqwest::{Method, StatusCode};
@@ -74,7 +74,8 @@ impl TestApp {
     /// Writes a personal row as a batch worker would (id derived from campaign and user).
     async fn personal(&self, user: &str, title: &str, created_at: DateTime<Utc>) -> Uuid {
         let campaign = format!("c-{title}");
-        let id = notification_id(&campaign, user);
+        let created_at = row_time(created_at);
+        let id = notification_id(&campaign, user, created_at);
         self.ctx
             .ports
             .inbox
@@ -268,14 +269,18 @@ async fn paging_across_mixed_kinds_neither_skips_nor_repeats_while_new_items_arr
                 .ports
                 .inbox
                 .write_batch(&[Notification {
-                    id: notification_id(&format!("new-{n}"), "u1"),
+                    id: notification_id(
+                        &format!("new-{n}"),
+                        "u1",
+                        row_time(ago(30) + Duration::milliseconds(n)),
+                    ),
                     user_id: "u1".into(),
                     campaign_id: None,
                     title: format!("new-{n}"),
                     body: String::new(),
                     category: None,
                     data: Value::Null,
-                    created_at: ago(30) + Duration::milliseconds(n),
+                    created_at: row_time(ago(30) + Duration::milliseconds(n)),
                     read_at: None,
                 }])
                 .await
@@ -438,6 +443,39 @@ async fn read_and_dismiss_work_for_personal_items_and_broadcasts() {
 }
 
 #[tokio::test]
+async fn an_item_written_before_ids_carried_their_time_is_read_and_dismissed_by_its_id() {
+    let app = spawn_app().await;
+    // A row as wave 1 wrote it: a name-based v5 id and a time in microseconds.
+    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, b"an old campaign\0u1");
+    app.ctx
+        .ports
+        .inbox
+        .write_batch(&[Notification {
+            id,
+            user_id: "u1".into(),
+            campaign_id: Some("old".into()),
+            title: "old".into(),
+            body: String::new(),
+            category: None,
+            data: Value::Null,
+            created_at: ago(60) + Duration::microseconds(123),
+            read_at: None,
+        }])
+        .await
+        .unwrap();
+    let fresh = app.personal("u1", "fresh", ago(1)).await;
+    assert_eq!(app.unread("u1").await, 2);
+    assert_eq!(app.post("u2", &format!("/v1/inbox/{id}/read")).await.0, 404);
+    assert_eq!(app.post("u1", &format!("/v1/inbox/{id}/read")).await.0, 204);
+    assert_eq!(app.unread("u1").await, 1);
+    assert_eq!(app.post("u1", &format!("/v1/inbox/{id}/dismiss")).await.0, 204);
+    assert_eq!(titles(&app.inbox("u1", "").await), ["fresh"]);
+    assert_eq!(app.post("u1", &format!("/v1/inbox/{id}/read")).await.0, 404);
+    // A time-carrying id of someone else's row (or of no row) is 404 too.
+    assert_eq!(app.post("u2", &format!("/v1/inbox/{fresh}/dismiss")).await.0, 404);
+}
+
+#[tokio::test]
 async fn read_all_covers_personal_rows_and_broadcasts() {
     let app = spawn_app().await;
     app.personal("u1", "p1", ago(40)).await;
@@ -516,7 +554,10 @@ async fn changes_are_published_on_the_live_hub() {
     let app = spawn_app().await;
     let p = app.personal("u1", "p", ago(20)).await;
     let b = app.broadcast("b", ago(10)).await;
-    let mut events = app.ctx.ports.live.subscribe().await.unwrap();
+    let subscription = app.ctx.ports.live.subscribe().await.unwrap();
+    subscription.routes.follow("u1").await.unwrap();
+    subscription.routes.follow("u2").await.unwrap();
+    let mut events = subscription.events;
 
     assert_eq!(app.post("u1", &format!("/v1/inbox/{p}/read")).await.0, 204);
     assert_eq!(

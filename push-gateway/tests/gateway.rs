@@ -183,7 +183,11 @@ fn message(
         replay_of: None,
         items: vec![ChannelItem {
             user_id: user.into(),
-            notification_id: herald_core::ids::notification_id(campaign, user),
+            notification_id: herald_core::ids::notification_id(
+                campaign,
+                user,
+                chrono::DateTime::UNIX_EPOCH,
+            ),
             email: None,
             phone: None,
             title: Some("t".into()),

@@ -2,12 +2,13 @@
 //! Herald. Redis takes their place when several nodes run side by side.
 
 use async_trait::async_trait;
-use futures::stream::{BoxStream, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::StreamExt;
 use herald_core::model::{LiveEvent, Preferences};
-use herald_core::ports::{LiveHub, PreferenceCache, Rate, Throttle};
+use herald_core::ports::{LiveHub, LiveRoutes, LiveSubscription, PreferenceCache, Rate, Throttle};
 use herald_core::Result;
-use parking_lot::Mutex;
-use std::collections::HashMap;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -111,7 +112,9 @@ impl LiveHub for MemoryLiveHub {
         Ok(())
     }
 
-    async fn subscribe(&self) -> Result<BoxStream<'static, LiveEvent>> {
+    async fn subscribe(&self) -> Result<LiveSubscription> {
+        let routes = Arc::new(MemoryRoutes::default());
+        let followed = routes.clone();
         let stream = BroadcastStream::new(self.tx.subscribe())
             .take_while(|item| {
                 if let Err(BroadcastStreamRecvError::Lagged(n)) = item {
@@ -119,8 +122,47 @@ impl LiveHub for MemoryLiveHub {
                 }
                 futures::future::ready(item.is_ok())
             })
-            .filter_map(|item| futures::future::ready(item.ok()));
-        Ok(stream.boxed())
+            .filter_map(move |item| {
+                futures::future::ready(item.ok().and_then(|e| followed.keep(e)))
+            });
+        Ok(LiveSubscription {
+            events: stream.boxed(),
+            routes,
+        })
+    }
+}
+
+/// The users one in-process subscription follows: events are filtered as they are read.
+#[derive(Default)]
+struct MemoryRoutes {
+    users: RwLock<HashSet<String>>,
+}
+
+impl MemoryRoutes {
+    /// The part of `event` for this subscription, if any.
+    fn keep(&self, event: LiveEvent) -> Option<LiveEvent> {
+        let users = self.users.read();
+        match event {
+            LiveEvent::Notifications { mut items } => {
+                items.retain(|n| users.contains(&n.user_id));
+                (!items.is_empty()).then_some(LiveEvent::Notifications { items })
+            }
+            LiveEvent::BroadcastActivated { .. } => Some(event),
+            LiveEvent::Read { ref user_id, .. }
+            | LiveEvent::Dismiss { ref user_id, .. }
+            | LiveEvent::ReadAll { ref user_id } => users.contains(user_id).then_some(event),
+        }
+    }
+}
+
+impl LiveRoutes for MemoryRoutes {
+    fn follow(&self, user_id: &str) -> BoxFuture<'static, Result<()>> {
+        self.users.write().insert(user_id.to_owned());
+        Box::pin(futures::future::ready(Ok(())))
+    }
+
+    fn unfollow(&self, user_id: &str) {
+        self.users.write().remove(user_id);
     }
 }
 

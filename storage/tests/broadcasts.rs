@@ -6,7 +6,7 @@ use chrono::Duration;
 use common::{run_id, utc};
 use herald_core::filter::Filter;
 use herald_core::model::*;
-use herald_core::ports::{BroadcastStore, LiveHub, PreferenceCache};
+use herald_core::ports::{BroadcastStore, LiveHub, LiveSubscription, PreferenceCache};
 use herald_core::ErrorKind;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -403,34 +403,142 @@ pub mod cache_cases {
         h: Arc<dyn LiveHub>,
     ) {
         let p = run_id();
+        let user = format!("{p}-u");
         let early = LiveEvent::ReadAll {
-            user_id: format!("{p}-early"),
+            user_id: user.clone(),
         };
         h.publish(early).await.unwrap();
         let mut s1 = h.subscribe().await.unwrap();
         let mut s2 = h.subscribe().await.unwrap();
+        for s in [&s1, &s2] {
+            s.routes.follow(&user).await.unwrap();
+        }
         let ev = LiveEvent::Read {
-            user_id: format!("{p}-u"),
+            user_id: user.clone(),
             id: "n1".into(),
         };
         h.publish(ev.clone()).await.unwrap();
-        let within = std::time::Duration::from_secs(5);
         for s in [&mut s1, &mut s2] {
-            // Other tests may publish on a shared hub; skip anything that is not ours.
-            loop {
-                let got = tokio::time::timeout(within, s.next())
-                    .await
-                    .expect("event arrives")
-                    .expect("stream open");
-                if got == ev {
-                    break;
+            assert_eq!(
+                next_of(&p, s).await,
+                ev,
+                "the early event was not delivered"
+            );
+        }
+    }
+
+    /// The next event of this test (prefix `p`): other tests may publish activations on a
+    /// shared hub.
+    async fn next_of(p: &str, s: &mut LiveSubscription) -> LiveEvent {
+        let within = std::time::Duration::from_secs(5);
+        loop {
+            let got = tokio::time::timeout(within, s.events.next())
+                .await
+                .expect("event arrives")
+                .expect("stream open");
+            let ours = match &got {
+                LiveEvent::BroadcastActivated { broadcast } => broadcast.title.starts_with(p),
+                LiveEvent::Notifications { items } => {
+                    items.iter().all(|n| n.user_id.starts_with(p))
                 }
-                assert!(
-                    !matches!(&got, LiveEvent::ReadAll { user_id } if user_id.starts_with(&p)),
-                    "an event from before subscribing was delivered"
-                );
+                LiveEvent::Read { user_id, .. }
+                | LiveEvent::Dismiss { user_id, .. }
+                | LiveEvent::ReadAll { user_id } => user_id.starts_with(p),
+            };
+            if ours {
+                return got;
             }
         }
+    }
+
+    fn activation(p: &str, n: u128) -> LiveEvent {
+        let mut b = broadcast(BroadcastStatus::Active);
+        b.id = Uuid::from_u128(n);
+        b.title = format!("{p}-act{n}");
+        LiveEvent::BroadcastActivated {
+            broadcast: Box::new(b),
+        }
+    }
+
+    fn note(user: &str) -> herald_core::model::Notification {
+        herald_core::model::Notification {
+            id: uuid::Uuid::now_v7(),
+            user_id: user.to_owned(),
+            campaign_id: None,
+            title: "t".into(),
+            body: "b".into(),
+            category: None,
+            data: serde_json::Value::Null,
+            created_at: chrono::Utc::now(),
+            read_at: None,
+        }
+    }
+
+    pub async fn a_subscription_receives_only_the_users_it_follows_and_every_activation(
+        h: Arc<dyn LiveHub>,
+    ) {
+        let p = run_id();
+        let (u1, u2, u3) = (format!("{p}-u1"), format!("{p}-u2"), format!("{p}-u3"));
+        let mut s1 = h.subscribe().await.unwrap();
+        let mut s2 = h.subscribe().await.unwrap();
+        s1.routes.follow(&u1).await.unwrap();
+        s2.routes.follow(&u2).await.unwrap();
+        // Following twice is harmless.
+        s2.routes.follow(&u2).await.unwrap();
+        let batch = vec![note(&u1), note(&u2), note(&u3), note(&u1)];
+        h.publish(LiveEvent::Notifications {
+            items: batch.clone(),
+        })
+        .await
+        .unwrap();
+        h.publish(LiveEvent::Dismiss {
+            user_id: u3.clone(),
+            id: "x".into(),
+        })
+        .await
+        .unwrap();
+        let act = activation(&p, 1);
+        h.publish(act.clone()).await.unwrap();
+        let LiveEvent::Notifications { items } = next_of(&p, &mut s1).await else {
+            panic!("notifications first")
+        };
+        assert_eq!(
+            items,
+            vec![batch[0].clone(), batch[3].clone()],
+            "u1's, in order"
+        );
+        assert_eq!(next_of(&p, &mut s1).await, act, "u3's dismiss not here");
+        let LiveEvent::Notifications { items } = next_of(&p, &mut s2).await else {
+            panic!("notifications first")
+        };
+        assert_eq!(items, vec![batch[1].clone()]);
+        assert_eq!(next_of(&p, &mut s2).await, act);
+        // After an unfollow the user's events stop (the marker after them arrives first).
+        s1.routes.unfollow(&u1);
+        // A follow made after it is applied after it: the order of requests holds.
+        s1.routes.follow(&u2).await.unwrap();
+        h.publish(LiveEvent::ReadAll {
+            user_id: u1.clone(),
+        })
+        .await
+        .unwrap();
+        h.publish(LiveEvent::ReadAll {
+            user_id: u2.clone(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            next_of(&p, &mut s1).await,
+            LiveEvent::ReadAll {
+                user_id: u2.clone()
+            }
+        );
+        assert_eq!(
+            next_of(&p, &mut s2).await,
+            LiveEvent::ReadAll {
+                user_id: u2.clone()
+            }
+        );
     }
 }
 
@@ -455,10 +563,18 @@ mod memory {
     }
 
     #[tokio::test]
+    async fn a_subscription_receives_only_the_users_it_follows_and_every_activation() {
+        cache_cases::a_subscription_receives_only_the_users_it_follows_and_every_activation(
+            Arc::new(MemoryLiveHub::default()),
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_subscriber_that_falls_too_far_behind_sees_its_stream_end_instead_of_a_gap() {
         use futures::StreamExt;
         let hub = MemoryLiveHub::with_capacity(4);
-        let mut slow = hub.subscribe().await.unwrap();
+        let mut slow = hub.subscribe().await.unwrap().events;
         for i in 0..10 {
             hub.publish(LiveEvent::ReadAll {
                 user_id: format!("u{i}"),
@@ -473,7 +589,9 @@ mod memory {
             .expect("answers");
         assert_eq!(got, None);
         // A new subscription works.
-        let mut fresh = hub.subscribe().await.unwrap();
+        let fresh = hub.subscribe().await.unwrap();
+        fresh.routes.follow("after").await.unwrap();
+        let mut fresh = fresh.events;
         let ev = LiveEvent::ReadAll {
             user_id: "after".into(),
         };
@@ -542,6 +660,16 @@ mod redis {
             .await
             .expect("HERALD_TEST_REDIS_URL is set but Redis is unusable");
         cache_cases::every_subscriber_receives_events_published_after_it_subscribed(hub).await;
+    }
+
+    #[tokio::test]
+    async fn a_subscription_receives_only_the_users_it_follows_and_every_activation() {
+        let Some(url) = url() else { return };
+        let hub = herald_storage::open_live_hub(Some(&url))
+            .await
+            .expect("HERALD_TEST_REDIS_URL is set but Redis is unusable");
+        cache_cases::a_subscription_receives_only_the_users_it_follows_and_every_activation(hub)
+            .await;
     }
 
     /// Two processes share one cache: a preference written through one is never hidden by
@@ -627,7 +755,7 @@ mod redis_restart {
         let url = herald_core::config::Secret::new(format!("redis://127.0.0.1:{port}"));
         let server = Server::start(port);
         let hub = open_when_up(&url).await;
-        let mut events = hub.subscribe().await.unwrap();
+        let mut events = hub.subscribe().await.unwrap().events;
         drop(server);
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
             .await
@@ -635,12 +763,14 @@ mod redis_restart {
         assert_eq!(end, None);
 
         let _server = Server::start(port);
-        let mut events = loop {
+        let subscription = loop {
             match hub.subscribe().await {
                 Ok(s) => break s,
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
             }
         };
+        subscription.routes.follow("ola").await.unwrap();
+        let mut events = subscription.events;
         let ev = LiveEvent::ReadAll {
             user_id: "ola".into(),
         };

@@ -7,12 +7,12 @@ use chrono::{DateTime, Datelike, Duration, Utc};
 use common::{run_id, utc};
 use herald_core::ids::notification_id;
 use herald_core::model::{InboxKey, Notification};
-use herald_core::ports::InboxStore;
+use herald_core::ports::{InboxStore, UNREAD_WINDOW};
 use std::sync::Arc;
 
 fn row(campaign: &str, user: &str, at: DateTime<Utc>) -> Notification {
     Notification {
-        id: notification_id(campaign, user),
+        id: notification_id(campaign, user, at),
         user_id: user.to_owned(),
         campaign_id: Some(campaign.to_owned()),
         title: format!("title {campaign}"),
@@ -37,6 +37,19 @@ fn rows(p: &str, user: &str, n: usize, start: DateTime<Utc>) -> Vec<Notification
         .collect()
 }
 
+/// The user's visible row `key`, as a page reads it back.
+async fn find(s: &Arc<dyn InboxStore>, user: &str, key: InboxKey) -> Option<Notification> {
+    let after = InboxKey {
+        created_at: key.created_at,
+        id: uuid::Uuid::nil(),
+    };
+    s.after(user, after, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.key() == key)
+}
+
 pub mod cases {
     use super::*;
 
@@ -50,9 +63,10 @@ pub mod cases {
         expected.reverse();
         assert_eq!(page, expected);
         assert_eq!(
-            s.get(&user, written[2].id).await.unwrap(),
+            find(&s, &user, written[2].key()).await,
             Some(written[2].clone())
         );
+        assert_eq!(InboxKey::of_id(written[2].id), Some(written[2].key()));
     }
 
     pub async fn keyset_pages_cover_every_row_once_even_with_equal_timestamps(
@@ -92,8 +106,8 @@ pub mod cases {
         let written = rows(&p, &user, 3, utc("2026-01-01T00:00:00Z"));
         s.write_batch(&written).await.unwrap();
         let now = utc("2026-01-02T00:00:00Z");
-        assert!(s.mark_read(&user, written[0].id, now).await.unwrap());
-        assert!(s.dismiss(&user, written[1].id, now).await.unwrap());
+        assert!(s.mark_read(&user, written[0].key(), now).await.unwrap());
+        assert!(s.dismiss(&user, written[1].key(), now).await.unwrap());
         // The same batch again, as after a crash before the ack.
         s.write_batch(&written).await.unwrap();
         let page = s.page(&user, None, 10, false).await.unwrap();
@@ -114,14 +128,14 @@ pub mod cases {
         s.write_batch(&written).await.unwrap();
         assert_eq!(s.unread_count(&user).await.unwrap(), 4);
         let t1 = utc("2026-01-03T00:00:00Z");
-        assert!(s.mark_read(&user, written[3].id, t1).await.unwrap());
+        assert!(s.mark_read(&user, written[3].key(), t1).await.unwrap());
         // Reading again keeps the first read time.
         assert!(s
-            .mark_read(&user, written[3].id, t1 + Duration::hours(1))
+            .mark_read(&user, written[3].key(), t1 + Duration::hours(1))
             .await
             .unwrap());
         assert_eq!(
-            s.get(&user, written[3].id).await.unwrap().unwrap().read_at,
+            find(&s, &user, written[3].key()).await.unwrap().read_at,
             Some(t1)
         );
         assert_eq!(s.unread_count(&user).await.unwrap(), 3);
@@ -139,9 +153,10 @@ pub mod cases {
         let a = rows(&p, &alice, 2, utc("2026-01-01T00:00:00Z"));
         s.write_batch(&a).await.unwrap();
         let now = Utc::now();
-        assert!(!s.mark_read(&bob, a[0].id, now).await.unwrap());
-        assert!(!s.dismiss(&bob, a[0].id, now).await.unwrap());
-        assert!(s.get(&bob, a[0].id).await.unwrap().is_none());
+        assert!(!s.mark_read(&bob, a[0].key(), now).await.unwrap());
+        assert!(!s.dismiss(&bob, a[0].key(), now).await.unwrap());
+        assert!(find(&s, &bob, a[0].key()).await.is_none());
+        assert!(s.locate(&bob, a[0].id).await.unwrap().is_none());
         assert!(s.page(&bob, None, 10, false).await.unwrap().is_empty());
         assert_eq!(s.mark_all_read(&bob, now).await.unwrap(), 0);
         assert_eq!(s.unread_count(&alice).await.unwrap(), 2);
@@ -153,10 +168,10 @@ pub mod cases {
         let written = rows(&p, &user, 3, utc("2026-01-01T00:00:00Z"));
         s.write_batch(&written).await.unwrap();
         let now = Utc::now();
-        assert!(s.dismiss(&user, written[1].id, now).await.unwrap());
-        assert!(!s.dismiss(&user, written[1].id, now).await.unwrap());
-        assert!(!s.mark_read(&user, written[1].id, now).await.unwrap());
-        assert!(s.get(&user, written[1].id).await.unwrap().is_none());
+        assert!(s.dismiss(&user, written[1].key(), now).await.unwrap());
+        assert!(!s.dismiss(&user, written[1].key(), now).await.unwrap());
+        assert!(!s.mark_read(&user, written[1].key(), now).await.unwrap());
+        assert!(find(&s, &user, written[1].key()).await.is_none());
         assert_eq!(s.unread_count(&user).await.unwrap(), 2);
         let replay = s.after(&user, written[0].key(), 10).await.unwrap();
         assert_eq!(replay, vec![written[2].clone()]);
@@ -170,8 +185,8 @@ pub mod cases {
         let written = rows(&p, &user, 30, utc("2026-01-01T00:00:00Z"));
         s.write_batch(&written).await.unwrap();
         let now = utc("2026-01-02T00:00:00Z");
-        s.mark_read(&user, written[29].id, now).await.unwrap();
-        s.dismiss(&user, written[28].id, now).await.unwrap();
+        s.mark_read(&user, written[29].key(), now).await.unwrap();
+        s.dismiss(&user, written[28].key(), now).await.unwrap();
         for (before, unread_only) in [
             (None, false),
             (Some(written[20].key()), false),
@@ -190,6 +205,109 @@ pub mod cases {
             .unwrap();
         assert!(empty.is_empty());
         assert_eq!(none, 0);
+    }
+
+    pub async fn read_all_moves_a_watermark_that_covers_rows_written_after_it(
+        s: Arc<dyn InboxStore>,
+    ) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let start = utc("2026-01-01T00:00:00Z");
+        let written = rows(&p, &user, 4, start);
+        s.write_batch(&written).await.unwrap();
+        assert!(s.mark_read(&user, written[0].key(), start).await.unwrap());
+        let mark = start + Duration::minutes(2);
+        assert_eq!(
+            s.mark_all_read(&user, mark).await.unwrap(),
+            2,
+            "rows 1 and 2"
+        );
+        assert_eq!(
+            s.unread_count(&user).await.unwrap(),
+            1,
+            "row 3 is after the mark"
+        );
+        let page = s.page(&user, None, 10, false).await.unwrap();
+        let read: Vec<_> = page.iter().map(|n| n.read_at).collect();
+        assert_eq!(read, [None, Some(mark), Some(mark), Some(start)]);
+        // A row of a campaign that started before "read all" and reached the user after it
+        // counts as read; one created after the mark does not.
+        let late = row(&format!("{p}-late"), &user, start + Duration::seconds(30));
+        let newer = row(&format!("{p}-newer"), &user, mark + Duration::seconds(1));
+        s.write_batch(&[late.clone(), newer.clone()]).await.unwrap();
+        assert_eq!(
+            find(&s, &user, late.key()).await.unwrap().read_at,
+            Some(mark)
+        );
+        assert_eq!(find(&s, &user, newer.key()).await.unwrap().read_at, None);
+        let unread = s.page(&user, None, 10, true).await.unwrap();
+        let keys: Vec<_> = unread.iter().map(Notification::key).collect();
+        assert_eq!(keys, [written[3].key(), newer.key()]);
+        assert_eq!(s.unread_count(&user).await.unwrap(), 2);
+        // The watermark never moves back.
+        assert_eq!(s.mark_all_read(&user, start).await.unwrap(), 0);
+        assert_eq!(s.unread_count(&user).await.unwrap(), 2);
+        let (_, unread) = s.page_with_unread(&user, None, 1, false).await.unwrap();
+        assert_eq!(unread, 2);
+        assert_eq!(
+            s.after(&user, written[0].key(), 10).await.unwrap()[0].read_at,
+            Some(mark),
+            "a resume replay reads the watermark too"
+        );
+    }
+
+    pub async fn the_unread_count_looks_at_a_bounded_window_above_the_watermark(
+        s: Arc<dyn InboxStore>,
+    ) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let start = utc("2026-01-01T00:00:00Z");
+        let n = UNREAD_WINDOW as usize + 50;
+        let written: Vec<Notification> = (0..n)
+            .map(|i| {
+                row(
+                    &format!("{p}-c{i:05}"),
+                    &user,
+                    start + Duration::seconds(i as i64),
+                )
+            })
+            .collect();
+        s.write_batch(&written).await.unwrap();
+        assert_eq!(
+            s.unread_count(&user).await.unwrap(),
+            u64::from(UNREAD_WINDOW)
+        );
+        // Reading the newest ten one by one: the window still holds the newest rows.
+        for r in &written[n - 10..] {
+            assert!(s.mark_read(&user, r.key(), start).await.unwrap());
+        }
+        assert_eq!(
+            s.unread_count(&user).await.unwrap(),
+            u64::from(UNREAD_WINDOW) - 10
+        );
+        // After "read all" the window starts at the watermark again.
+        let mark = start + Duration::seconds(n as i64);
+        s.mark_all_read(&user, mark).await.unwrap();
+        assert_eq!(s.unread_count(&user).await.unwrap(), 0);
+        let fresh = rows(&format!("{p}f"), &user, 3, mark + Duration::minutes(1));
+        s.write_batch(&fresh).await.unwrap();
+        assert_eq!(s.unread_count(&user).await.unwrap(), 3);
+    }
+
+    pub async fn a_row_whose_id_carries_no_time_is_found_by_id(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        // As written before ids carried their time (a name-based v5 id).
+        let mut legacy = row(&format!("{p}-c"), &user, utc("2026-01-01T00:00:00Z"));
+        legacy.created_at = utc("2026-01-01T00:00:00.123456Z");
+        legacy.id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, p.as_bytes());
+        s.write_batch(std::slice::from_ref(&legacy)).await.unwrap();
+        assert_eq!(InboxKey::of_id(legacy.id), None);
+        let key = s.locate(&user, legacy.id).await.unwrap();
+        assert_eq!(key, Some(legacy.key()));
+        assert!(s.mark_read(&user, legacy.key(), Utc::now()).await.unwrap());
+        assert!(s.dismiss(&user, legacy.key(), Utc::now()).await.unwrap());
+        assert_eq!(s.locate(&user, legacy.id).await.unwrap(), None);
     }
 
     pub async fn after_replays_newer_rows_oldest_first(s: Arc<dyn InboxStore>) {
@@ -248,6 +366,9 @@ macro_rules! inbox_conformance {
                 dismissed_rows_disappear_from_pages_counts_and_replays,
                 a_page_with_its_unread_count_agrees_with_the_two_separate_reads,
                 after_replays_newer_rows_oldest_first,
+                read_all_moves_a_watermark_that_covers_rows_written_after_it,
+                the_unread_count_looks_at_a_bounded_window_above_the_watermark,
+                a_row_whose_id_carries_no_time_is_found_by_id,
                 a_large_batch_is_written_whole,
                 purging_removes_only_rows_older_than_the_cutoff,
             );

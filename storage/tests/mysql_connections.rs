@@ -95,3 +95,38 @@ async fn a_store_whose_connections_the_server_killed_keeps_answering() {
     assert_eq!(got.progress.batches_done, 2);
     assert_eq!(got.progress.notifications_written, 20);
 }
+
+/// MySQL commits each DDL statement on its own: a migration cut short after some statements
+/// is run again whole by the next start, and a drop that finds nothing to drop counts as done.
+#[tokio::test]
+async fn a_migration_version_run_again_after_an_interruption_completes() {
+    let Some(url) = common::fresh_mysql_url("herald_migrate").await else {
+        return;
+    };
+    herald_storage::open_inbox(&url).await.unwrap();
+    // As if the run had stopped after its statements, before recording the version.
+    let mut conn = url
+        .raw
+        .parse::<sqlx::mysql::MySqlConnectOptions>()
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let deleted = sqlx::query(
+        "DELETE FROM herald_migrations WHERE port = 'inbox' AND version = '0002_read_marks'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(deleted, 1);
+    let inbox = herald_storage::open_inbox(&url).await.unwrap();
+    inbox.ping().await.unwrap();
+    let applied: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM herald_migrations WHERE port = 'inbox'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get("n");
+    assert_eq!(applied, 2);
+}

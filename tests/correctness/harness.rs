@@ -479,17 +479,17 @@ impl InboxStore for PanickyInbox {
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
         self.inner.after(user_id, after, limit).await
     }
-    async fn get(&self, user_id: &str, id: uuid::Uuid) -> Result<Option<Notification>> {
-        self.inner.get(user_id, id).await
+    async fn locate(&self, user_id: &str, id: uuid::Uuid) -> Result<Option<InboxKey>> {
+        self.inner.locate(user_id, id).await
     }
-    async fn mark_read(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<bool> {
-        self.inner.mark_read(user_id, id, at).await
+    async fn mark_read(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
+        self.inner.mark_read(user_id, key, at).await
     }
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
         self.inner.mark_all_read(user_id, at).await
     }
-    async fn dismiss(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<bool> {
-        self.inner.dismiss(user_id, id, at).await
+    async fn dismiss(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
+        self.inner.dismiss(user_id, key, at).await
     }
     async fn unread_count(&self, user_id: &str) -> Result<u64> {
         self.inner.unread_count(user_id).await

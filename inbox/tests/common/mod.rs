@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
 use herald_core::model::User;
+use herald_core::ports::LiveHub;
 use herald_core::{Context, ManualClock};
 use herald_inbox::{LiveConfig, LiveFeed};
 use serde_json::Value;
@@ -48,15 +49,24 @@ impl Drop for TestApp {
 
 /// The inbox role as `herald_inbox::run_with` serves it, keeping the live feed to look at.
 pub async fn spawn_app_with(live: LiveConfig) -> TestApp {
+    spawn_app_with_hub(live, |hub| hub).await
+}
+
+/// [`spawn_app_with`], with the live hub the backends open replaced by `wrap(hub)`.
+pub async fn spawn_app_with_hub(
+    live: LiveConfig,
+    wrap: impl FnOnce(Arc<dyn LiveHub>) -> Arc<dyn LiveHub>,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config {
         data_dir: dir.path().to_owned(),
         ..Config::default()
     };
     mysql_support::configure_backends(&mut config).await;
-    let ports = herald_storage::open_ports(&config)
+    let mut ports = herald_storage::open_ports(&config)
         .await
         .expect("open embedded backends");
+    ports.live = wrap(ports.live);
     let clock = ManualClock::new(at(NOW));
     let ctx = Context {
         config: Arc::new(config),

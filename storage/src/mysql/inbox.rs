@@ -3,6 +3,11 @@
 //! `(user_id, created_at, id)` in a table partitioned by user, so a page of an inbox is one
 //! index range read in one partition.
 //!
+//! "Mark all read" moves a per-user read watermark (`inbox_read_marks`); a row at or below it
+//! reads as read. The watermark is read first (one primary-key lookup) and bound as a literal,
+//! so every range condition on `created_at` is a range of the primary key to the optimizer
+//! (a scalar subquery there is not).
+//!
 //! Keyset conditions are spelled out (`created_at < ? OR (created_at = ? AND id < ?)`) rather
 //! than as row comparisons, which older optimizers do not turn into index ranges. Writes keep
 //! an existing row with a no-op `ON DUPLICATE KEY UPDATE`, never `INSERT IGNORE` (which would
@@ -17,20 +22,24 @@ use crate::{corrupt, db_error, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::model::{InboxKey, Notification};
-use herald_core::ports::InboxStore;
+use herald_core::ports::{InboxStore, UNREAD_WINDOW};
 use herald_core::Result;
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
 use uuid::Uuid;
 
-const MIGRATIONS: &[Migration] = &[migration!("mysql", "inbox", "0001_init")];
+const MIGRATIONS: &[Migration] = &[
+    migration!("mysql", "inbox", "0001_init"),
+    migration!("mysql", "inbox", "0002_read_marks"),
+];
 
 /// Rows per multi-row INSERT at most (9 parameters each).
 const ROW_CHUNK: usize = MAX_PARAMS / 9;
 /// Rows deleted per statement when purging, so a purge never holds locks on millions of rows.
 const PURGE_CHUNK: i64 = 5000;
 
-const COLUMNS: &str = "id, user_id, campaign_id, title, body, category, data, created_at, read_at";
+/// A time before every row: the watermark of a user who never read everything.
+const NO_MARK: i64 = -1;
 
 pub struct MysqlInbox {
     pool: MySqlPool,
@@ -70,6 +79,101 @@ fn push_key_bound(qb: &mut QueryBuilder<'_, MySql>, op: &str, key: InboxKey) {
         .push(format!(" AND id {op} "))
         .push_bind(key.id.as_bytes().to_vec())
         .push("))");
+}
+
+/// `SELECT <columns> FROM notifications WHERE user_id = ? AND dismissed_at IS NULL`, the read
+/// time of each row being its own or the watermark's.
+/// With `with_unread`, the unread count goes beside the columns as `unread`: an uncorrelated
+/// scalar subquery, evaluated once per statement (not a derived table of the page: MariaDB
+/// materialises one holding TEXT columns as an on-disk temporary table, once per read).
+fn select_rows<'a>(user_id: &'a str, mark: i64, with_unread: bool) -> QueryBuilder<'a, MySql> {
+    let mut qb = QueryBuilder::<MySql>::new(
+        "SELECT id, user_id, campaign_id, title, body, category, data, created_at, \
+         COALESCE(read_at, CASE WHEN created_at <= ",
+    );
+    qb.push_bind(mark)
+        .push(" THEN ")
+        .push_bind(mark)
+        .push(" END) AS read_at");
+    if with_unread {
+        qb.push(", ");
+        push_unread_count(&mut qb, user_id, mark, None);
+        qb.push(" AS unread");
+    }
+    qb.push(" FROM notifications WHERE user_id = ")
+        .push_bind(user_id)
+        .push(" AND dismissed_at IS NULL");
+    qb
+}
+
+/// The unread count above `mark` (and at or below `upto`): unread visible rows among the
+/// newest [`UNREAD_WINDOW`], one primary-key range (a derived table of two integer columns).
+fn push_unread_count<'a>(
+    qb: &mut QueryBuilder<'a, MySql>,
+    user_id: &'a str,
+    mark: i64,
+    upto: Option<i64>,
+) {
+    qb.push(
+        "(SELECT COUNT(*) FROM (SELECT read_at, dismissed_at FROM notifications \
+         WHERE user_id = ",
+    )
+    .push_bind(user_id)
+    .push(" AND created_at > ")
+    .push_bind(mark);
+    if let Some(upto) = upto {
+        qb.push(" AND created_at <= ").push_bind(upto);
+    }
+    qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(i64::from(UNREAD_WINDOW))
+        .push(") AS recent WHERE read_at IS NULL AND dismissed_at IS NULL)");
+}
+
+impl MysqlInbox {
+    /// The user's read watermark, or [`NO_MARK`].
+    async fn mark<'e, E: sqlx::MySqlExecutor<'e>>(executor: E, user_id: &str) -> Result<i64> {
+        let mark: Option<i64> =
+            sqlx::query_scalar("SELECT read_through FROM inbox_read_marks WHERE user_id = ?")
+                .bind(user_id)
+                .fetch_optional(executor)
+                .await
+                .map_err(db_error)?;
+        Ok(mark.unwrap_or(NO_MARK))
+    }
+
+    async fn count_unread<'e, E: sqlx::MySqlExecutor<'e>>(
+        executor: E,
+        user_id: &str,
+        mark: i64,
+    ) -> Result<u64> {
+        let mut qb = QueryBuilder::<MySql>::new("SELECT ");
+        push_unread_count(&mut qb, user_id, mark, None);
+        let n: i64 = qb
+            .build_query_scalar()
+            .fetch_one(executor)
+            .await
+            .map_err(db_error)?;
+        Ok(n as u64)
+    }
+}
+
+/// The keyset bound, the unread filter, the order and the limit of a page.
+fn push_page_bounds(
+    qb: &mut QueryBuilder<'_, MySql>,
+    before: Option<InboxKey>,
+    limit: u32,
+    unread_only: bool,
+    mark: i64,
+) {
+    if let Some(before) = before {
+        push_key_bound(qb, "<", before);
+    }
+    if unread_only {
+        qb.push(" AND read_at IS NULL AND created_at > ")
+            .push_bind(mark);
+    }
+    qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(i64::from(limit));
 }
 
 #[async_trait]
@@ -121,18 +225,9 @@ impl InboxStore for MysqlInbox {
         limit: u32,
         unread_only: bool,
     ) -> Result<Vec<Notification>> {
-        let mut qb = QueryBuilder::<MySql>::new(format!(
-            "SELECT {COLUMNS} FROM notifications WHERE user_id = "
-        ));
-        qb.push_bind(user_id).push(" AND dismissed_at IS NULL");
-        if let Some(before) = before {
-            push_key_bound(&mut qb, "<", before);
-        }
-        if unread_only {
-            qb.push(" AND read_at IS NULL");
-        }
-        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit));
+        let mark = Self::mark(&self.pool, user_id).await?;
+        let mut qb = select_rows(user_id, mark, false);
+        push_page_bounds(&mut qb, before, limit, unread_only, mark);
         qb.build()
             .fetch_all(&self.pool)
             .await
@@ -149,30 +244,15 @@ impl InboxStore for MysqlInbox {
         limit: u32,
         unread_only: bool,
     ) -> Result<(Vec<Notification>, u64)> {
-        // One round trip: the count as an uncorrelated scalar subquery beside the page's
-        // columns (evaluated once per statement). Not a derived table: MariaDB materialises one
-        // holding TEXT columns as an on-disk temporary table, once per read. An empty page
-        // brings no row, and so no count: then it is asked on its own.
-        let mut qb = QueryBuilder::<MySql>::new("SELECT ");
-        qb.push(COLUMNS)
-            .push(", (SELECT COUNT(*) FROM notifications WHERE user_id = ")
-            .push_bind(user_id)
-            .push(" AND read_at IS NULL AND dismissed_at IS NULL) AS unread")
-            .push(" FROM notifications WHERE user_id = ")
-            .push_bind(user_id)
-            .push(" AND dismissed_at IS NULL");
-        if let Some(before) = before {
-            push_key_bound(&mut qb, "<", before);
-        }
-        if unread_only {
-            qb.push(" AND read_at IS NULL");
-        }
-        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit));
+        // Two round trips: the watermark, then the page with the count beside its columns.
+        // An empty page brings no row, and so no count: then it is asked on its own.
+        let mark = Self::mark(&self.pool, user_id).await?;
+        let mut qb = select_rows(user_id, mark, true);
+        push_page_bounds(&mut qb, before, limit, unread_only, mark);
         let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
         let unread = match rows.first() {
             Some(row) => row.try_get::<i64, _>("unread").map_err(db_error)? as u64,
-            None => self.unread_count(user_id).await?,
+            None => Self::count_unread(&self.pool, user_id, mark).await?,
         };
         let page = rows
             .iter()
@@ -182,10 +262,8 @@ impl InboxStore for MysqlInbox {
     }
 
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
-        let mut qb = QueryBuilder::<MySql>::new(format!(
-            "SELECT {COLUMNS} FROM notifications WHERE user_id = "
-        ));
-        qb.push_bind(user_id).push(" AND dismissed_at IS NULL");
+        let mark = Self::mark(&self.pool, user_id).await?;
+        let mut qb = select_rows(user_id, mark, false);
         push_key_bound(&mut qb, ">", after);
         qb.push(" ORDER BY created_at ASC, id ASC LIMIT ")
             .push_bind(i64::from(limit));
@@ -198,30 +276,32 @@ impl InboxStore for MysqlInbox {
             .collect()
     }
 
-    async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Notification>> {
-        sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM notifications WHERE user_id = ? AND id = ? \
-             AND dismissed_at IS NULL"
-        ))
+    async fn locate(&self, user_id: &str, id: Uuid) -> Result<Option<InboxKey>> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT created_at FROM notifications WHERE user_id = ? AND id = ? \
+             AND dismissed_at IS NULL",
+        )
         .bind(user_id)
         .bind(id.as_bytes().as_slice())
         .fetch_optional(&self.pool)
         .await
-        .map_err(db_error)?
-        .as_ref()
-        .map(notification_from_row)
-        .transpose()
+        .map_err(db_error)?;
+        Ok(at.map(|at| InboxKey {
+            created_at: from_micros(at),
+            id,
+        }))
     }
 
-    async fn mark_read(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+    async fn mark_read(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
         // Rows matched, not changed (sqlx sets CLIENT_FOUND_ROWS): a row read already counts.
         let n = sqlx::query(
             "UPDATE notifications SET read_at = COALESCE(read_at, ?) \
-             WHERE user_id = ? AND id = ? AND dismissed_at IS NULL",
+             WHERE user_id = ? AND created_at = ? AND id = ? AND dismissed_at IS NULL",
         )
         .bind(micros(at))
         .bind(user_id)
-        .bind(id.as_bytes().as_slice())
+        .bind(micros(key.created_at))
+        .bind(key.id.as_bytes().as_slice())
         .execute(&self.pool)
         .await
         .map_err(db_error)?
@@ -230,27 +310,42 @@ impl InboxStore for MysqlInbox {
     }
 
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
-        let n = sqlx::query(
-            "UPDATE notifications SET read_at = ? \
-             WHERE user_id = ? AND read_at IS NULL AND dismissed_at IS NULL",
-        )
-        .bind(micros(at))
-        .bind(user_id)
-        .execute(&self.pool)
+        retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            // The row lock of the watermark orders concurrent "read all"s of one user.
+            let mark: Option<i64> = sqlx::query_scalar(
+                "SELECT read_through FROM inbox_read_marks WHERE user_id = ? FOR UPDATE",
+            )
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let mark = mark.unwrap_or(NO_MARK);
+            let mut qb = QueryBuilder::<MySql>::new("SELECT ");
+            push_unread_count(&mut qb, user_id, mark, Some(micros(at)));
+            let covered: i64 = qb.build_query_scalar().fetch_one(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO inbox_read_marks (user_id, read_through) VALUES (?, ?) \
+                 ON DUPLICATE KEY UPDATE read_through = GREATEST(read_through, VALUES(read_through))",
+            )
+            .bind(user_id)
+            .bind(micros(at))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(covered as u64)
+        })
         .await
-        .map_err(db_error)?
-        .rows_affected();
-        Ok(n)
     }
 
-    async fn dismiss(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+    async fn dismiss(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE notifications SET dismissed_at = ? \
-             WHERE user_id = ? AND id = ? AND dismissed_at IS NULL",
+             WHERE user_id = ? AND created_at = ? AND id = ? AND dismissed_at IS NULL",
         )
         .bind(micros(at))
         .bind(user_id)
-        .bind(id.as_bytes().as_slice())
+        .bind(micros(key.created_at))
+        .bind(key.id.as_bytes().as_slice())
         .execute(&self.pool)
         .await
         .map_err(db_error)?
@@ -259,24 +354,26 @@ impl InboxStore for MysqlInbox {
     }
 
     async fn unread_count(&self, user_id: &str) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM notifications \
-             WHERE user_id = ? AND read_at IS NULL AND dismissed_at IS NULL",
-        )
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(n as u64)
+        let mark = Self::mark(&self.pool, user_id).await?;
+        Self::count_unread(&self.pool, user_id, mark).await
     }
 
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
-        super::delete_in_chunks(
+        let purged = super::delete_in_chunks(
             &self.pool,
             "DELETE FROM notifications WHERE created_at < ? LIMIT ?",
             micros(before),
             PURGE_CHUNK,
         )
-        .await
+        .await?;
+        // A watermark below the cut covers no row any more.
+        super::delete_in_chunks(
+            &self.pool,
+            "DELETE FROM inbox_read_marks WHERE read_through < ? LIMIT ?",
+            micros(before),
+            PURGE_CHUNK,
+        )
+        .await?;
+        Ok(purged)
     }
 }

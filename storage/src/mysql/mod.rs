@@ -178,12 +178,19 @@ async fn apply(conn: &mut MySqlConnection, port: &str, migrations: &[Migration])
             continue;
         }
         for statement in m.statements() {
-            sqlx::Executor::execute(&mut *conn, statement.as_str())
-                .await
-                .map_err(|e| {
-                    Error::internal(format!("MySQL {port} migration {} failed", m.version))
-                        .with_source(e)
-                })?;
+            match sqlx::Executor::execute(&mut *conn, statement.as_str()).await {
+                Ok(_) => {}
+                // A drop that finds nothing to drop was applied by an earlier, interrupted
+                // run of this version (MySQL 8 has no `DROP INDEX IF EXISTS`).
+                Err(e) if is_already_dropped(&e) => {}
+                Err(e) => {
+                    return Err(Error::internal(format!(
+                        "MySQL {port} migration {} failed",
+                        m.version
+                    ))
+                    .with_source(e))
+                }
+            }
         }
         sqlx::query(
             "INSERT IGNORE INTO herald_migrations (port, version, applied_at) VALUES (?, ?, ?)",
@@ -205,6 +212,16 @@ async fn apply(conn: &mut MySqlConnection, port: &str, migrations: &[Migration])
 /// I/O error: a failover, a restart, a proxy dropping the connection; the client-side "gone
 /// away" / "lost connection" conditions surface as these). The pool tests a connection before
 /// handing it out again, so the rerun gets a live one.
+/// ER_CANT_DROP_FIELD_OR_KEY: the column or index to drop is not there.
+fn is_already_dropped(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| m.number() == 1091),
+        _ => false,
+    }
+}
+
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => d

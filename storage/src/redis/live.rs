@@ -1,31 +1,41 @@
-//! The live hub on Redis pub/sub: events cross nodes on [`SHARDS`] channels, a user's events
-//! always on the shard their id hashes to (events of one user stay in order; a node could
-//! subscribe to the shards of its users only).
+//! The live hub on Redis pub/sub, routed per user: a user's events travel on a channel of
+//! that user's, and a node subscribes to the channels of the users with a socket on it (plus
+//! one channel every node follows, for broadcast activations). A node receives only what its
+//! sockets need, and a user's events stay in order on their one channel.
 //!
-//! On one server: `PUBLISH` / `SUBSCRIBE` on `{prefix}:live:<shard>`. On a Redis Cluster:
-//! sharded pub/sub, `SPUBLISH` / `SSUBSCRIBE` on `<prefix>:live:{<prefix>-<shard>}`, each shard's
-//! channel in a slot of its own, so a message travels only among the nodes of its shard
-//! instead of over the whole cluster bus.
+//! On one server: `PUBLISH` / `SUBSCRIBE` on `{prefix}:live:u:<user>` and `{prefix}:live:all`.
+//! On a Redis Cluster: sharded pub/sub, `SPUBLISH` / `SSUBSCRIBE` on `{prefix}:live:u:{<user>}`
+//! (the user's slot) and `{prefix}:live:all`, so a message travels only among the nodes of its
+//! slot instead of over the whole cluster bus.
+//!
+//! Follow and unfollow requests go, in the order they are made, to one task per subscription
+//! that owns the subscribing connection; a follow completes when Redis has confirmed it, so
+//! every later `PUBLISH` for the user reaches the subscription.
 //!
 //! Pub/sub is at most once: a subscriber that is disconnected misses what is published
 //! meanwhile. Its stream then ends, which the port's consumers treat as a lost subscription:
 //! they subscribe again (the runner backs off while Redis is away), and the WebSocket hub closes
 //! its sockets so clients resume from the inbox store with `since`. Nothing is lost silently.
-//! (The cluster client resubscribes by itself after a node's connection drops; a second
-//! confirmation of a channel is therefore taken as a gap and ends the stream too.) Publishing
+//! (The cluster client resubscribes by itself after a node's connection drops; a confirmation
+//! nobody asked for is therefore taken as a gap and ends the stream too.) Publishing
 //! reconnects on its own.
 
 use super::Conn;
 use super::{redis_error, split_url};
 use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
-use futures::stream::{BoxStream, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::StreamExt;
 use herald_core::model::LiveEvent;
-use herald_core::ports::LiveHub;
+use herald_core::ports::{LiveHub, LiveRoutes, LiveSubscription};
 use herald_core::{Error, Result};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
-/// Channels events are spread over.
-pub const SHARDS: u32 = 16;
+/// Messages of one event under way at once on a cluster.
+const PUBLISH_IN_FLIGHT: usize = 256;
 
 enum Subscriber {
     /// Classic pub/sub on one server.
@@ -37,7 +47,29 @@ enum Subscriber {
 pub struct RedisLiveHub {
     subscriber: Subscriber,
     conn: Conn,
+    names: Names,
+}
+
+/// Channel names.
+#[derive(Clone)]
+struct Names {
     prefix: String,
+    cluster: bool,
+}
+
+impl Names {
+    fn user(&self, user_id: &str) -> String {
+        if self.cluster {
+            // The user id in braces: the channel's slot is the user's.
+            format!("{}:live:u:{{{user_id}}}", self.prefix)
+        } else {
+            format!("{}:live:u:{user_id}", self.prefix)
+        }
+    }
+
+    fn all(&self) -> String {
+        format!("{}:live:all", self.prefix)
+    }
 }
 
 impl RedisLiveHub {
@@ -53,160 +85,275 @@ impl RedisLiveHub {
         };
         let (conn, prefix) = super::connect(url).await?;
         Ok(Self {
+            names: Names {
+                prefix,
+                cluster: target.cluster,
+            },
             subscriber,
             conn,
-            prefix,
         })
     }
 
-    fn channel(&self, shard: u32) -> String {
-        match self.subscriber {
-            Subscriber::Single(_) => format!("{{{}}}:live:{shard}", self.prefix),
-            Subscriber::Cluster(_) => format!("{p}:live:{{{p}-{shard}}}", p = self.prefix),
-        }
+    /// A subscription on one server: the `all` channel now, users' channels on request.
+    async fn subscribe_single(&self, client: &::redis::Client) -> Result<LiveSubscription> {
+        let pubsub = client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| Error::unavailable("cannot subscribe to Redis", e))?;
+        let (mut sink, stream) = pubsub.split();
+        // Subscribed when this returns: events for every node published from now on arrive.
+        sink.subscribe(self.names.all())
+            .await
+            .map_err(redis_error)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+        tokio::spawn(async move {
+            // Ends when the subscription's routes are dropped (and with them the sender).
+            while let Some(command) = rx.recv().await {
+                match command {
+                    Command::Follow(channel, done) => {
+                        let _ = done.send(sink.subscribe(channel).await.map_err(redis_error));
+                    }
+                    Command::Unfollow(channel) => {
+                        if let Err(e) = sink.unsubscribe(channel).await {
+                            tracing::debug!(error = %e, "unsubscribing a live channel failed");
+                        }
+                    }
+                }
+            }
+        });
+        // The stream keeps a sender, so the task and its sink live as long as it does.
+        let keep = tx.clone();
+        let events = stream.filter_map(move |msg| {
+            let _keep = &keep;
+            let event = msg
+                .get_payload::<Vec<u8>>()
+                .ok()
+                .and_then(|payload| parse(&payload));
+            async move { event }
+        });
+        Ok(LiveSubscription {
+            events: events.boxed(),
+            routes: Arc::new(RedisRoutes {
+                tx,
+                names: self.names.clone(),
+            }),
+        })
     }
 
-    /// A sharded subscription to every shard's channel on the cluster.
-    async fn subscribe_sharded(&self, seed: &str) -> Result<BoxStream<'static, LiveEvent>> {
+    /// A sharded subscription on the cluster: the `all` channel now, users' channels on
+    /// request.
+    async fn subscribe_sharded(&self, seed: &str) -> Result<LiveSubscription> {
         use ::redis::{PushInfo, PushKind};
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
+        let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
         let client = ::redis::cluster::ClusterClientBuilder::new(vec![seed])
             .use_protocol(::redis::ProtocolVersion::RESP3)
-            .push_sender(tx)
+            .push_sender(push_tx)
             .build()
             .map_err(|e| Error::invalid("bad Redis cluster URL").with_source(e))?;
         let mut conn = client
             .get_async_connection()
             .await
             .map_err(|e| Error::unavailable("cannot subscribe to the Redis Cluster", e))?;
-        // One command per channel: the channels are in different slots.
-        for shard in 0..SHARDS {
-            conn.ssubscribe(self.channel(shard))
-                .await
-                .map_err(redis_error)?;
-        }
-        let state = (rx, conn, 0u32);
-        let events = futures::stream::unfold(state, |(mut rx, conn, mut confirmed)| async move {
-            loop {
-                let push = rx.recv().await?;
-                match push.kind {
-                    PushKind::SMessage => {
-                        let payload = match push.data.get(1) {
-                            Some(::redis::Value::BulkString(b)) => b.clone(),
-                            _ => continue,
-                        };
-                        match serde_json::from_slice::<LiveEvent>(&payload) {
-                            Ok(event) => return Some((event, (rx, conn, confirmed))),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "skipping a live event that does not parse");
-                            }
+        let asked = Arc::new(Asked::default());
+        asked.subscribes.fetch_add(1, Ordering::SeqCst);
+        conn.ssubscribe(self.names.all())
+            .await
+            .map_err(redis_error)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+        let task_asked = asked.clone();
+        tokio::spawn(async move {
+            while let Some(command) = rx.recv().await {
+                match command {
+                    Command::Follow(channel, done) => {
+                        task_asked.subscribes.fetch_add(1, Ordering::SeqCst);
+                        let _ = done.send(conn.ssubscribe(channel).await.map_err(redis_error));
+                    }
+                    Command::Unfollow(channel) => {
+                        task_asked.unsubscribes.fetch_add(1, Ordering::SeqCst);
+                        if let Err(e) = conn.sunsubscribe(channel).await {
+                            tracing::debug!(error = %e, "unsubscribing a live channel failed");
                         }
                     }
-                    PushKind::SSubscribe => {
-                        confirmed += 1;
-                        if confirmed > SHARDS {
-                            tracing::warn!(
-                                "a sharded live channel was resubscribed; ending the subscription"
-                            );
-                            return None;
-                        }
-                    }
-                    // A slot of ours moved to another node (resharding, a failover): Redis
-                    // unsubscribes us from its channels, and the client does not subscribe
-                    // again until a reconnect, so that shard would go quiet.
-                    PushKind::SUnsubscribe => {
-                        tracing::warn!("a sharded live channel was unsubscribed by the cluster; ending the subscription");
-                        return None;
-                    }
-                    PushKind::Disconnection => return None,
-                    _ => {}
                 }
             }
         });
-        Ok(events.boxed())
+        // The stream keeps a sender, so the task and its connection live as long as it does.
+        let state = (push_rx, asked, (0u64, 0u64), tx.clone());
+        let events = futures::stream::unfold(
+            state,
+            |(mut push_rx, asked, mut confirmed, keep)| async move {
+                loop {
+                    let push = push_rx.recv().await?;
+                    match push.kind {
+                        PushKind::SMessage => {
+                            let Some(::redis::Value::BulkString(payload)) = push.data.get(1) else {
+                                continue;
+                            };
+                            if let Some(event) = parse(payload) {
+                                return Some((event, (push_rx, asked, confirmed, keep)));
+                            }
+                        }
+                        PushKind::SSubscribe => {
+                            confirmed.0 += 1;
+                            if confirmed.0 > asked.subscribes.load(Ordering::SeqCst) {
+                                tracing::warn!(
+                                "a sharded live channel was resubscribed; ending the subscription"
+                            );
+                                return None;
+                            }
+                        }
+                        // Ours, or a slot of ours moved to another node (resharding, a failover):
+                        // Redis unsubscribes us from its channels, and the client does not
+                        // subscribe again until a reconnect, so a user would go quiet.
+                        PushKind::SUnsubscribe => {
+                            confirmed.1 += 1;
+                            if confirmed.1 > asked.unsubscribes.load(Ordering::SeqCst) {
+                                tracing::warn!("a sharded live channel was unsubscribed by the cluster; ending the subscription");
+                                return None;
+                            }
+                        }
+                        PushKind::Disconnection => return None,
+                        _ => {}
+                    }
+                }
+            },
+        );
+        Ok(LiveSubscription {
+            events: events.boxed(),
+            routes: Arc::new(RedisRoutes {
+                tx,
+                names: self.names.clone(),
+            }),
+        })
     }
 }
 
-/// The user an event is about (a batch of notifications is cut per shard before publishing,
-/// see [`per_shard`]: its first item's user stands for all).
-fn user_of(event: &LiveEvent) -> &str {
-    match event {
-        LiveEvent::Notifications { items } => items.first().map_or("", |n| n.user_id.as_str()),
-        LiveEvent::BroadcastActivated { .. } => "",
-        LiveEvent::Read { user_id, .. }
-        | LiveEvent::Dismiss { user_id, .. }
-        | LiveEvent::ReadAll { user_id } => user_id,
+/// What a subscription's task was asked to send, to tell confirmations asked for from ones
+/// the cluster client made on its own after a reconnect.
+#[derive(Default)]
+struct Asked {
+    subscribes: AtomicU64,
+    unsubscribes: AtomicU64,
+}
+
+enum Command {
+    Follow(String, oneshot::Sender<Result<()>>),
+    Unfollow(String),
+}
+
+/// The routes of one Redis subscription: requests to its task, in order.
+struct RedisRoutes {
+    tx: mpsc::UnboundedSender<Command>,
+    names: Names,
+}
+
+impl LiveRoutes for RedisRoutes {
+    fn follow(&self, user_id: &str) -> BoxFuture<'static, Result<()>> {
+        let (done, confirmed) = oneshot::channel();
+        let sent = self
+            .tx
+            .send(Command::Follow(self.names.user(user_id), done))
+            .is_ok();
+        Box::pin(async move {
+            match (sent, confirmed.await) {
+                (true, Ok(result)) => result,
+                _ => Err(Error::unavailable(
+                    "the live subscription ended",
+                    std::io::Error::other("its connection is gone"),
+                )),
+            }
+        })
+    }
+
+    fn unfollow(&self, user_id: &str) {
+        let _ = self.tx.send(Command::Unfollow(self.names.user(user_id)));
     }
 }
 
-/// FNV-1a of the user id, onto a shard.
-fn shard_of(user_id: &str) -> u32 {
-    (crate::fnv1a(user_id) % u64::from(SHARDS)) as u32
+fn parse(payload: &[u8]) -> Option<LiveEvent> {
+    match serde_json::from_slice::<LiveEvent>(payload) {
+        Ok(event) => Some(event),
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping a live event that does not parse");
+            None
+        }
+    }
 }
 
-/// An event as the events to publish, one per shard: a batch of notifications for users of
-/// several shards is cut so that each user's notifications travel on that user's shard, in
-/// order with the user's reads and dismissals.
-fn per_shard(event: LiveEvent) -> Vec<(u32, LiveEvent)> {
+/// An event as the messages to publish, each with the user whose channel it goes on (`None`:
+/// the channel every node follows). A batch of notifications is cut per user, so each user's
+/// notifications travel on that user's channel, in order with the user's reads and
+/// dismissals.
+fn per_user(event: LiveEvent) -> Vec<(Option<String>, LiveEvent)> {
     match event {
         LiveEvent::Notifications { items } => {
-            let mut shards: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
+            let mut users: BTreeMap<String, Vec<_>> = BTreeMap::new();
             for n in items {
-                shards.entry(shard_of(&n.user_id)).or_default().push(n);
+                users.entry(n.user_id.clone()).or_default().push(n);
             }
-            shards
+            users
                 .into_iter()
-                .map(|(shard, items)| (shard, LiveEvent::Notifications { items }))
+                .map(|(user, items)| (Some(user), LiveEvent::Notifications { items }))
                 .collect()
         }
-        other => vec![(shard_of(user_of(&other)), other)],
+        LiveEvent::BroadcastActivated { .. } => vec![(None, event)],
+        LiveEvent::Read { ref user_id, .. }
+        | LiveEvent::Dismiss { ref user_id, .. }
+        | LiveEvent::ReadAll { ref user_id } => vec![(Some(user_id.clone()), event)],
     }
 }
 
 #[async_trait]
 impl LiveHub for RedisLiveHub {
     async fn publish(&self, event: LiveEvent) -> Result<()> {
-        let command = match self.subscriber {
-            Subscriber::Single(_) => "PUBLISH",
-            Subscriber::Cluster(_) => "SPUBLISH",
-        };
-        // One round trip for every shard the event was cut into.
-        let mut pipe = ::redis::pipe();
-        for (shard, event) in per_shard(event) {
+        let mut messages = Vec::new();
+        for (user, event) in per_user(event) {
             let payload = serde_json::to_vec(&event).map_err(|e| corrupt("live event", e))?;
-            pipe.cmd(command)
-                .arg(self.channel(shard))
-                .arg(payload)
-                .ignore();
+            let channel = match user {
+                Some(user) => self.names.user(&user),
+                None => self.names.all(),
+            };
+            messages.push((channel, payload));
         }
-        pipe.query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)
+        match self.subscriber {
+            // One round trip for every channel the event was cut into.
+            Subscriber::Single(_) => {
+                let mut pipe = ::redis::pipe();
+                for (channel, payload) in messages {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                }
+                pipe.query_async::<()>(&mut self.conn.clone())
+                    .await
+                    .map_err(redis_error)
+            }
+            // A cluster pipeline must stay in one slot and users' channels are spread over
+            // all of them: one command each, all under way at once on the multiplexed
+            // connection.
+            Subscriber::Cluster(_) => futures::stream::iter(messages)
+                .map(|(channel, payload)| {
+                    let mut conn = self.conn.clone();
+                    async move {
+                        ::redis::cmd("SPUBLISH")
+                            .arg(channel)
+                            .arg(payload)
+                            .query_async::<()>(&mut conn)
+                            .await
+                    }
+                })
+                .buffer_unordered(PUBLISH_IN_FLIGHT)
+                .map(|r| r.map_err(redis_error))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect(),
+        }
     }
 
-    async fn subscribe(&self) -> Result<BoxStream<'static, LiveEvent>> {
-        let client = match &self.subscriber {
-            Subscriber::Single(client) => client,
-            Subscriber::Cluster(seed) => return self.subscribe_sharded(seed).await,
-        };
-        let mut pubsub = client
-            .get_async_pubsub()
-            .await
-            .map_err(|e| Error::unavailable("cannot subscribe to Redis", e))?;
-        let channels: Vec<String> = (0..SHARDS).map(|s| self.channel(s)).collect();
-        // Subscribed when this returns: events published from now on are received.
-        pubsub.subscribe(channels).await.map_err(redis_error)?;
-        let events = pubsub.into_on_message().filter_map(|msg| async move {
-            let payload: Vec<u8> = msg.get_payload().ok()?;
-            match serde_json::from_slice::<LiveEvent>(&payload) {
-                Ok(event) => Some(event),
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping a live event that does not parse");
-                    None
-                }
-            }
-        });
-        Ok(events.boxed())
+    async fn subscribe(&self) -> Result<LiveSubscription> {
+        match &self.subscriber {
+            Subscriber::Single(client) => self.subscribe_single(client).await,
+            Subscriber::Cluster(seed) => self.subscribe_sharded(seed).await,
+        }
     }
 }
 
@@ -215,20 +362,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_users_events_always_go_to_one_shard_and_users_spread_over_all() {
-        assert_eq!(shard_of("ola"), shard_of("ola"));
-        let used: std::collections::BTreeSet<u32> =
-            (0..1000).map(|i| shard_of(&format!("user-{i}"))).collect();
-        assert_eq!(used.len() as u32, SHARDS);
-        let read = LiveEvent::Read {
-            user_id: "ola".into(),
-            id: "n1".into(),
-        };
-        assert_eq!(user_of(&read), "ola");
-    }
-
-    #[test]
-    fn a_batch_of_notifications_is_cut_so_each_user_travels_on_their_own_shard() {
+    fn a_batch_of_notifications_is_cut_so_each_user_travels_on_their_own_channel() {
         let n = |user: &str| herald_core::model::Notification {
             id: uuid::Uuid::now_v7(),
             user_id: user.to_owned(),
@@ -240,18 +374,31 @@ mod tests {
             created_at: chrono::Utc::now(),
             read_at: None,
         };
-        let users: Vec<String> = (0..100).map(|i| format!("user-{i}")).collect();
+        let users: Vec<String> = (0..100).map(|i| format!("user-{}", i % 50)).collect();
         let items = users.iter().map(|u| n(u)).collect();
-        let parts = per_shard(LiveEvent::Notifications { items });
-        let mut seen = 0;
-        for (shard, event) in &parts {
+        let parts = per_user(LiveEvent::Notifications { items });
+        assert_eq!(parts.len(), 50);
+        for (user, event) in &parts {
             let LiveEvent::Notifications { items } = event else {
                 panic!("{event:?}")
             };
-            assert!(items.iter().all(|i| shard_of(&i.user_id) == *shard));
-            seen += items.len();
+            assert_eq!(items.len(), 2);
+            assert!(items.iter().all(|i| Some(&i.user_id) == user.as_ref()));
         }
-        assert_eq!(seen, 100);
-        assert!(parts.len() > 1);
+        let read = LiveEvent::Read {
+            user_id: "ola".into(),
+            id: "n1".into(),
+        };
+        assert_eq!(per_user(read)[0].0.as_deref(), Some("ola"));
+    }
+
+    #[test]
+    fn a_users_channel_on_a_cluster_hashes_by_the_user_alone() {
+        let names = Names {
+            prefix: "herald".into(),
+            cluster: true,
+        };
+        assert_eq!(names.user("ola"), "herald:live:u:{ola}");
+        assert_eq!(names.all(), "herald:live:all");
     }
 }
