@@ -468,11 +468,19 @@ async fn an_item_written_before_ids_carried_their_time_is_read_and_dismissed_by_
     assert_eq!(app.post("u2", &format!("/v1/inbox/{id}/read")).await.0, 404);
     assert_eq!(app.post("u1", &format!("/v1/inbox/{id}/read")).await.0, 204);
     assert_eq!(app.unread("u1").await, 1);
-    assert_eq!(app.post("u1", &format!("/v1/inbox/{id}/dismiss")).await.0, 204);
+    assert_eq!(
+        app.post("u1", &format!("/v1/inbox/{id}/dismiss")).await.0,
+        204
+    );
     assert_eq!(titles(&app.inbox("u1", "").await), ["fresh"]);
     assert_eq!(app.post("u1", &format!("/v1/inbox/{id}/read")).await.0, 404);
     // A time-carrying id of someone else's row (or of no row) is 404 too.
-    assert_eq!(app.post("u2", &format!("/v1/inbox/{fresh}/dismiss")).await.0, 404);
+    assert_eq!(
+        app.post("u2", &format!("/v1/inbox/{fresh}/dismiss"))
+            .await
+            .0,
+        404
+    );
 }
 
 #[tokio::test]

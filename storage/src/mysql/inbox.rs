@@ -4,9 +4,10 @@
 //! index range read in one partition.
 //!
 //! "Mark all read" moves a per-user read watermark (`inbox_read_marks`); a row at or below it
-//! reads as read. The watermark is read first (one primary-key lookup) and bound as a literal,
-//! so every range condition on `created_at` is a range of the primary key to the optimizer
-//! (a scalar subquery there is not).
+//! reads as read. Statements read the watermark through an uncorrelated scalar subquery on its
+//! primary key, which MariaDB evaluates once while optimizing, so `created_at > (watermark)` is
+//! a range of the primary key (`EXPLAIN`: `range` on `PRIMARY`) and a read stays one round
+//! trip.
 //!
 //! Keyset conditions are spelled out (`created_at < ? OR (created_at = ? AND id < ?)`) rather
 //! than as row comparisons, which older optimizers do not turn into index ranges. Writes keep
@@ -40,6 +41,28 @@ const PURGE_CHUNK: i64 = 5000;
 
 /// A time before every row: the watermark of a user who never read everything.
 const NO_MARK: i64 = -1;
+
+/// The user's read watermark in a statement: known already, or read by a scalar subquery.
+#[derive(Clone, Copy)]
+enum Mark<'a> {
+    Known(i64),
+    Of(&'a str),
+}
+
+impl<'a> Mark<'a> {
+    fn push(self, qb: &mut QueryBuilder<'a, MySql>) {
+        match self {
+            Mark::Known(at) => {
+                qb.push_bind(at);
+            }
+            Mark::Of(user_id) => {
+                qb.push("COALESCE((SELECT read_through FROM inbox_read_marks WHERE user_id = ")
+                    .push_bind(user_id)
+                    .push(format!("), {NO_MARK})"));
+            }
+        }
+    }
+}
 
 pub struct MysqlInbox {
     pool: MySqlPool,
@@ -86,15 +109,16 @@ fn push_key_bound(qb: &mut QueryBuilder<'_, MySql>, op: &str, key: InboxKey) {
 /// With `with_unread`, the unread count goes beside the columns as `unread`: an uncorrelated
 /// scalar subquery, evaluated once per statement (not a derived table of the page: MariaDB
 /// materialises one holding TEXT columns as an on-disk temporary table, once per read).
-fn select_rows<'a>(user_id: &'a str, mark: i64, with_unread: bool) -> QueryBuilder<'a, MySql> {
+fn select_rows<'a>(user_id: &'a str, with_unread: bool) -> QueryBuilder<'a, MySql> {
+    let mark = Mark::Of(user_id);
     let mut qb = QueryBuilder::<MySql>::new(
         "SELECT id, user_id, campaign_id, title, body, category, data, created_at, \
          COALESCE(read_at, CASE WHEN created_at <= ",
     );
-    qb.push_bind(mark)
-        .push(" THEN ")
-        .push_bind(mark)
-        .push(" END) AS read_at");
+    mark.push(&mut qb);
+    qb.push(" THEN ");
+    mark.push(&mut qb);
+    qb.push(" END) AS read_at");
     if with_unread {
         qb.push(", ");
         push_unread_count(&mut qb, user_id, mark, None);
@@ -111,7 +135,7 @@ fn select_rows<'a>(user_id: &'a str, mark: i64, with_unread: bool) -> QueryBuild
 fn push_unread_count<'a>(
     qb: &mut QueryBuilder<'a, MySql>,
     user_id: &'a str,
-    mark: i64,
+    mark: Mark<'a>,
     upto: Option<i64>,
 ) {
     qb.push(
@@ -119,8 +143,8 @@ fn push_unread_count<'a>(
          WHERE user_id = ",
     )
     .push_bind(user_id)
-    .push(" AND created_at > ")
-    .push_bind(mark);
+    .push(" AND created_at > ");
+    mark.push(qb);
     if let Some(upto) = upto {
         qb.push(" AND created_at <= ").push_bind(upto);
     }
@@ -130,27 +154,12 @@ fn push_unread_count<'a>(
 }
 
 impl MysqlInbox {
-    /// The user's read watermark, or [`NO_MARK`].
-    async fn mark<'e, E: sqlx::MySqlExecutor<'e>>(executor: E, user_id: &str) -> Result<i64> {
-        let mark: Option<i64> =
-            sqlx::query_scalar("SELECT read_through FROM inbox_read_marks WHERE user_id = ?")
-                .bind(user_id)
-                .fetch_optional(executor)
-                .await
-                .map_err(db_error)?;
-        Ok(mark.unwrap_or(NO_MARK))
-    }
-
-    async fn count_unread<'e, E: sqlx::MySqlExecutor<'e>>(
-        executor: E,
-        user_id: &str,
-        mark: i64,
-    ) -> Result<u64> {
+    async fn count_unread(&self, user_id: &str) -> Result<u64> {
         let mut qb = QueryBuilder::<MySql>::new("SELECT ");
-        push_unread_count(&mut qb, user_id, mark, None);
+        push_unread_count(&mut qb, user_id, Mark::Of(user_id), None);
         let n: i64 = qb
             .build_query_scalar()
-            .fetch_one(executor)
+            .fetch_one(&self.pool)
             .await
             .map_err(db_error)?;
         Ok(n as u64)
@@ -158,19 +167,19 @@ impl MysqlInbox {
 }
 
 /// The keyset bound, the unread filter, the order and the limit of a page.
-fn push_page_bounds(
-    qb: &mut QueryBuilder<'_, MySql>,
+fn push_page_bounds<'a>(
+    qb: &mut QueryBuilder<'a, MySql>,
+    user_id: &'a str,
     before: Option<InboxKey>,
     limit: u32,
     unread_only: bool,
-    mark: i64,
 ) {
     if let Some(before) = before {
         push_key_bound(qb, "<", before);
     }
     if unread_only {
-        qb.push(" AND read_at IS NULL AND created_at > ")
-            .push_bind(mark);
+        qb.push(" AND read_at IS NULL AND created_at > ");
+        Mark::Of(user_id).push(qb);
     }
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(limit));
@@ -225,9 +234,8 @@ impl InboxStore for MysqlInbox {
         limit: u32,
         unread_only: bool,
     ) -> Result<Vec<Notification>> {
-        let mark = Self::mark(&self.pool, user_id).await?;
-        let mut qb = select_rows(user_id, mark, false);
-        push_page_bounds(&mut qb, before, limit, unread_only, mark);
+        let mut qb = select_rows(user_id, false);
+        push_page_bounds(&mut qb, user_id, before, limit, unread_only);
         qb.build()
             .fetch_all(&self.pool)
             .await
@@ -244,15 +252,14 @@ impl InboxStore for MysqlInbox {
         limit: u32,
         unread_only: bool,
     ) -> Result<(Vec<Notification>, u64)> {
-        // Two round trips: the watermark, then the page with the count beside its columns.
-        // An empty page brings no row, and so no count: then it is asked on its own.
-        let mark = Self::mark(&self.pool, user_id).await?;
-        let mut qb = select_rows(user_id, mark, true);
-        push_page_bounds(&mut qb, before, limit, unread_only, mark);
+        // One round trip: the page with the count beside its columns. An empty page brings no
+        // row, and so no count: then it is asked on its own.
+        let mut qb = select_rows(user_id, true);
+        push_page_bounds(&mut qb, user_id, before, limit, unread_only);
         let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
         let unread = match rows.first() {
             Some(row) => row.try_get::<i64, _>("unread").map_err(db_error)? as u64,
-            None => Self::count_unread(&self.pool, user_id, mark).await?,
+            None => self.count_unread(user_id).await?,
         };
         let page = rows
             .iter()
@@ -262,8 +269,7 @@ impl InboxStore for MysqlInbox {
     }
 
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
-        let mark = Self::mark(&self.pool, user_id).await?;
-        let mut qb = select_rows(user_id, mark, false);
+        let mut qb = select_rows(user_id, false);
         push_key_bound(&mut qb, ">", after);
         qb.push(" ORDER BY created_at ASC, id ASC LIMIT ")
             .push_bind(i64::from(limit));
@@ -321,7 +327,7 @@ impl InboxStore for MysqlInbox {
             .await?;
             let mark = mark.unwrap_or(NO_MARK);
             let mut qb = QueryBuilder::<MySql>::new("SELECT ");
-            push_unread_count(&mut qb, user_id, mark, Some(micros(at)));
+            push_unread_count(&mut qb, user_id, Mark::Known(mark), Some(micros(at)));
             let covered: i64 = qb.build_query_scalar().fetch_one(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO inbox_read_marks (user_id, read_through) VALUES (?, ?) \
@@ -354,8 +360,7 @@ impl InboxStore for MysqlInbox {
     }
 
     async fn unread_count(&self, user_id: &str) -> Result<u64> {
-        let mark = Self::mark(&self.pool, user_id).await?;
-        Self::count_unread(&self.pool, user_id, mark).await
+        self.count_unread(user_id).await
     }
 
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
