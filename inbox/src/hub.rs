@@ -139,6 +139,11 @@ struct HubMetrics {
     connections: Gauge,
     frames_sent: Counter,
     slow_closed: Counter,
+    /// Users this node follows on the live hub (those with a socket here).
+    users_followed: Gauge,
+    /// Events this node's subscription received: with routing per user, those of its users
+    /// and the broadcast activations, not every node's.
+    events_received: Counter,
 }
 
 type Shard = RwLock<HashMap<Arc<str>, Vec<Arc<Conn>>>>;
@@ -179,6 +184,8 @@ impl Hub {
                 connections: metrics::gauge!("herald_live_connections"),
                 frames_sent: metrics::counter!("herald_live_frames_sent_total"),
                 slow_closed: metrics::counter!("herald_live_slow_consumers_closed_total"),
+                users_followed: metrics::gauge!("herald_live_users_followed"),
+                events_received: metrics::counter!("herald_live_events_received_total"),
             },
         }
     }
@@ -232,7 +239,11 @@ impl Hub {
         });
         let followed = {
             let mut shard = self.shard(&user).write();
-            shard.entry(user.clone()).or_default().push(conn.clone());
+            let conns = shard.entry(user.clone()).or_default();
+            if conns.is_empty() {
+                self.metrics.users_followed.increment(1.0);
+            }
+            conns.push(conn.clone());
             // Under the shard's lock, so a follow and the unfollow of the user's last
             // connection reach the subscription in the order of the map's changes. Every
             // connection asks (and waits), so none goes on before the user is followed.
@@ -270,6 +281,7 @@ impl Hub {
             list.retain(|c| c.id != conn.id);
             if list.is_empty() {
                 shard.remove(&conn.user);
+                self.metrics.users_followed.decrement(1.0);
                 if let Some(routes) = self.routes.read().as_ref() {
                     routes.unfollow(&conn.user);
                 }
@@ -492,6 +504,7 @@ impl Worker for Follower {
         })?;
         match next {
             Next::Event(event) => {
+                self.hub.metrics.events_received.increment(1);
                 self.hub.route(event);
                 Ok(WorkerState::Busy)
             }

@@ -38,8 +38,10 @@
 //! closed with 1013 and the reason "too slow; resume with since" (counted in
 //! `herald_live_slow_consumers_closed_total`), so memory never grows with a slow client. On
 //! shutdown every socket is closed with 1001 "going away"; when the hub's subscription is
-//! lost, with 1012 "live feed interrupted; resume with since". Metrics: the gauge
-//! `herald_live_connections` and the counter `herald_live_frames_sent_total`.
+//! lost, with 1012 "live feed interrupted; resume with since". Metrics: the gauges
+//! `herald_live_connections` and `herald_live_users_followed` (users with a socket here, whose
+//! events this node receives), the counters `herald_live_frames_sent_total` and
+//! `herald_live_events_received_total` (events the node's subscription received).
 
 use crate::auth::InboxUser;
 use crate::cursor;

@@ -5,6 +5,10 @@
 #[allow(dead_code)]
 mod harness;
 
+#[path = "../support/roles.rs"]
+mod roles;
+pub use harness::ADMIN_KEY;
+
 #[path = "../../storage/tests/support/mysql.rs"]
 mod mysql_support;
 #[path = "../../storage/tests/support/small_disk.rs"]

@@ -1,0 +1,232 @@
+//! Live events between inbox nodes: each node follows the users with a socket on it, so a
+//! notification written by the fan-out process reaches its user's devices on either node, a
+//! read on one node reaches the user's device on the other, a broadcast activation reaches
+//! every node, and a node never receives the events of users connected elsewhere.
+
+use crate::roles::*;
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long something that should happen may take.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn token(user: &str) -> String {
+    let now = chrono::Utc::now();
+    herald_core::token::mint(
+        SECRET.as_bytes(),
+        user,
+        now,
+        now + chrono::Duration::hours(1),
+    )
+}
+
+/// A live socket of `user` on the node at `base`, retried while the node is not yet
+/// subscribed to the live hub (it answers 503 until then).
+async fn connect(base: &str, user: &str) -> Ws {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut req = format!("{}/v1/inbox/live", base.replace("http://", "ws://"))
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", token(user)).parse().unwrap(),
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => return ws,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "connecting {user} to {base}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The next JSON frame (pings skipped).
+async fn next_frame(ws: &mut Ws) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket stays open")
+            .expect("a good frame");
+        match msg {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Nothing more arrives for a moment.
+async fn assert_quiet(ws: &mut Ws) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => panic!("expected nothing, got {other:?}"),
+        }
+    }
+}
+
+/// The sum of a metric's samples on a node's `/metrics`.
+async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn eventually_metric(base: &str, name: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = metric(base, name).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} on {base}: {got}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The live hub URL of this test: the server of `HERALD_TEST_REDIS_URL` under a prefix of
+/// its own.
+fn live_url(redis: &str) -> String {
+    let sep = if redis.contains('?') { '&' } else { '?' };
+    format!("{redis}{sep}prefix=xnode{}", std::process::id())
+}
+
+async fn start(role: &str, data: &Path, fcm: &str, live: &str) -> Role {
+    let r = Role::start(role, data, fcm, &[("HERALD_BACKENDS__LIVE", live)]);
+    r.wait_ready().await;
+    r
+}
+
+#[tokio::test]
+async fn live_events_cross_inbox_nodes_per_user_and_activations_reach_every_node() {
+    let Ok(redis) = std::env::var("HERALD_TEST_REDIS_URL") else {
+        eprintln!("skipped: set HERALD_TEST_REDIS_URL");
+        return;
+    };
+    let live = live_url(&redis);
+    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    fcm.write_credentials(data).unwrap();
+    let api = start("api", data, &fcm.endpoint(), &live).await;
+    let _fanout = start("fanout", data, &fcm.endpoint(), &live).await;
+    let a = start("inbox", data, &fcm.endpoint(), &live).await;
+    let b = start("inbox", data, &fcm.endpoint(), &live).await;
+    let admin = Api {
+        base: api.base.clone(),
+        client: reqwest::Client::new(),
+    };
+    for user in ["alice", "bob"] {
+        let (s, body) = admin
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{user}"),
+                Some(json!({"attributes": {}})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+    }
+    let campaign = |audience: Value, title: &str| {
+        let admin = &admin;
+        let body = json!({"audience": audience, "content": {"title": title, "body": "b"},
+                          "channels": ["in_app"]});
+        async move {
+            let (s, body) = admin.call(Method::POST, "/v1/campaigns", Some(body)).await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        }
+    };
+
+    // Alice has a device on each node, Bob one on node B.
+    let mut alice_a = connect(&a.base, "alice").await;
+    let mut alice_b = connect(&b.base, "alice").await;
+    let mut bob_b = connect(&b.base, "bob").await;
+    eventually_metric(&a.base, "herald_live_users_followed", 1.0).await;
+    eventually_metric(&b.base, "herald_live_users_followed", 2.0).await;
+
+    // Written by the fan-out process, it reaches both of Alice's devices.
+    campaign(json!({"user": "alice"}), "for alice").await;
+    let mut id = String::new();
+    for ws in [&mut alice_a, &mut alice_b] {
+        let f = next_frame(ws).await;
+        assert_eq!(f["type"], "notification", "{f}");
+        assert_eq!(f["item"]["title"], "for alice", "{f}");
+        id = f["item"]["id"].as_str().unwrap().to_owned();
+    }
+
+    // Read through node A: the device on node B hears of it.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/inbox/{id}/read", a.base))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    for ws in [&mut alice_a, &mut alice_b] {
+        assert_eq!(next_frame(ws).await, json!({"type": "read", "id": id}));
+    }
+
+    // Bob's notifications go to node B only: node A's subscription receives none of them.
+    let received_a = metric(&a.base, "herald_live_events_received_total").await;
+    for n in 0..5 {
+        campaign(json!({"user": "bob"}), &format!("for bob {n}")).await;
+    }
+    let mut titles: Vec<String> = Vec::new();
+    for _ in 0..5 {
+        let f = next_frame(&mut bob_b).await;
+        titles.push(f["item"]["title"].as_str().unwrap().to_owned());
+    }
+    titles.sort();
+    assert_eq!(
+        titles,
+        (0..5).map(|n| format!("for bob {n}")).collect::<Vec<_>>()
+    );
+    assert_quiet(&mut alice_a).await;
+    assert_quiet(&mut alice_b).await;
+    assert_eq!(
+        metric(&a.base, "herald_live_events_received_total").await,
+        received_a,
+        "node A received events of a user connected to node B only"
+    );
+
+    // A broadcast is activated once and reaches every socket on every node, once.
+    campaign(json!({"all": true}), "to everyone").await;
+    for ws in [&mut alice_a, &mut alice_b, &mut bob_b] {
+        let f = next_frame(ws).await;
+        assert_eq!(f["item"]["kind"], "broadcast", "{f}");
+        assert_eq!(f["item"]["title"], "to everyone", "{f}");
+        assert_quiet(ws).await;
+    }
+
+    // When Alice's device on node A goes, node A stops following her; Bob's node is unmoved.
+    alice_a.close(None).await.unwrap();
+    eventually_metric(&a.base, "herald_live_users_followed", 0.0).await;
+    assert_eq!(metric(&b.base, "herald_live_users_followed").await, 2.0);
+}

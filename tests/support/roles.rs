@@ -1,0 +1,153 @@
+//! The real `herald` binary as separate role processes on one data directory, for the suites
+//! that kill, stop or spread roles (`tests/hostile`, `tests/distributed`). The including crate
+//! provides `ADMIN_KEY` at its root.
+#![allow(dead_code)]
+
+use crate::ADMIN_KEY;
+use reqwest::{Method, StatusCode};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The inbox token secret every role of a test shares.
+pub const SECRET: &str = "faults-token-secret-0123456789abcdef-xyz";
+
+/// A running `herald <role>`, killed and reaped on drop.
+pub struct Role {
+    child: Option<Child>,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl Role {
+    pub fn start(role: &str, data: &Path, fcm: &str, extra: &[(&str, &str)]) -> Role {
+        let port = free_port();
+        let log = data.join(format!("{role}-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg(role);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("HERALD_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("HERALD_DATA_DIR", data)
+            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HERALD_ADMIN_KEY", ADMIN_KEY)
+            .env("HERALD_INBOX__TOKEN_SECRET", SECRET)
+            .env("HERALD_PUSH__FCM__ENDPOINT", fcm)
+            .env(
+                "HERALD_PUSH__FCM__CREDENTIALS_FILE",
+                data.join("fake-fcm-service-account.json"),
+            )
+            .env("HERALD_PUSH__FCM__H2C", "true")
+            .env("HERALD_PUSH__FCM__BATCH_WINDOW_MS", "5")
+            .env("HERALD_PUSH__BACKOFF_BASE_MS", "50")
+            .env("HERALD_PUSH__BACKOFF_MAX_MS", "500")
+            .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+        Role {
+            child: Some(cmd.spawn().expect("spawn herald")),
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            for _ in 0..200 {
+                if let Ok(Some(status)) = c.try_wait() {
+                    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!(
+                "did not stop within 10 s of SIGTERM; log: {}",
+                self.log.display()
+            );
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(format!("{}/healthz", self.base))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the role at {} did not answer /healthz within 30 s; its log:\n{}",
+                self.base,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An admin client of a role's API.
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    pub async fn campaign(&self, id: &str) -> serde_json::Value {
+        self.call(Method::GET, &format!("/v1/campaigns/{id}"), None)
+            .await
+            .1
+    }
+}
