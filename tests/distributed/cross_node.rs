@@ -112,15 +112,43 @@ async fn eventually_metric(base: &str, name: &str, want: f64) {
     }
 }
 
-/// The live hub URL of this test: the server of `HERALD_TEST_REDIS_URL` under a prefix of
-/// its own.
-fn live_url(redis: &str) -> String {
-    let sep = if redis.contains('?') { '&' } else { '?' };
-    format!("{redis}{sep}prefix=xnode{}", std::process::id())
+/// `url` with `prefix=<this test's own>` added to its query.
+fn prefixed(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}prefix=xnode{}", std::process::id())
 }
 
-async fn start(role: &str, data: &Path, fcm: &str, live: &str) -> Role {
-    let r = Role::start(role, data, fcm, &[("HERALD_BACKENDS__LIVE", live)]);
+/// The engines every role of the test shares: Redis for the live hub (and the preference
+/// cache, throttle and broadcast cache), MySQL for the stores and JetStream for the bus when
+/// their variables are set.
+async fn engines(redis: &str) -> Vec<(String, String)> {
+    let redis = prefixed(redis);
+    let mut env: Vec<(String, String)> =
+        ["LIVE", "PREFERENCE_CACHE", "THROTTLE", "BROADCAST_CACHE"]
+            .iter()
+            .map(|port| (format!("HERALD_BACKENDS__{port}"), redis.clone()))
+            .collect();
+    if let Some(mysql) = crate::mysql_support::fresh_mysql_database("herald_xnode").await {
+        for port in [
+            "DIRECTORY",
+            "CAMPAIGNS",
+            "INBOX",
+            "BROADCASTS",
+            "DELIVERIES",
+            "DELAYS",
+        ] {
+            env.push((format!("HERALD_BACKENDS__{port}"), mysql.clone()));
+        }
+    }
+    if let Ok(nats) = std::env::var("HERALD_TEST_NATS_URL") {
+        env.push(("HERALD_BACKENDS__BUS".into(), prefixed(&nats)));
+    }
+    env
+}
+
+async fn start(role: &str, data: &Path, fcm: &str, env: &[(String, String)]) -> Role {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = Role::start(role, data, fcm, &env);
     r.wait_ready().await;
     r
 }
@@ -131,7 +159,7 @@ async fn live_events_cross_inbox_nodes_per_user_and_activations_reach_every_node
         eprintln!("skipped: set HERALD_TEST_REDIS_URL");
         return;
     };
-    let live = live_url(&redis);
+    let live = engines(&redis).await;
     let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
