@@ -258,3 +258,124 @@ async fn live_events_cross_inbox_nodes_per_user_and_activations_reach_every_node
     eventually_metric(&a.base, "herald_live_users_followed", 0.0).await;
     assert_eq!(metric(&b.base, "herald_live_users_followed").await, 2.0);
 }
+
+/// Polls a campaign until it completes; returns it.
+async fn completed(admin: &Api, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = admin.campaign(id).await;
+        if c["status"] == "completed" {
+            return c;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not completed: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_preference_written_through_the_api_reaches_the_next_batch_of_every_fanout_node() {
+    let Ok(redis) = std::env::var("HERALD_TEST_REDIS_URL") else {
+        eprintln!("skipped: set HERALD_TEST_REDIS_URL");
+        return;
+    };
+    let mut env = engines(&redis).await;
+    // Small batches, so both fan-out nodes take some of each campaign.
+    env.push(("HERALD_FANOUT__BATCH_SIZE".into(), "10".into()));
+    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    fcm.write_credentials(data).unwrap();
+    let api = start("api", data, &fcm.endpoint(), &env).await;
+    let fanouts = [
+        start("fanout", data, &fcm.endpoint(), &env).await,
+        start("fanout", data, &fcm.endpoint(), &env).await,
+    ];
+    let inbox = start("inbox", data, &fcm.endpoint(), &env).await;
+    let admin = Api {
+        base: api.base.clone(),
+        client: reqwest::Client::new(),
+    };
+    let users: Vec<String> = (0..300).map(|i| format!("p{i:03}")).collect();
+    let ndjson: String = users
+        .iter()
+        .map(|u| format!("{{\"id\": \"{u}\", \"attributes\": {{}}}}\n"))
+        .collect();
+    let resp = admin
+        .client
+        .post(format!("{}/v1/users/import", api.base))
+        .bearer_auth(crate::ADMIN_KEY)
+        .body(ndjson)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    let campaign = |title: &str| {
+        let admin = &admin;
+        let body = json!({"audience": {"users": users}, "content": {"title": title, "body": "b"},
+                          "channels": ["in_app"]});
+        async move {
+            let (s, body) = admin.call(Method::POST, "/v1/campaigns", Some(body)).await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+            body["id"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // The first campaign reads (and caches) everyone's preferences on both nodes.
+    let first = campaign("first").await;
+    completed(&admin, &first).await;
+    // Every tenth user turns the inbox off, through the API process.
+    let opted: Vec<&String> = users.iter().step_by(10).collect();
+    for u in &opted {
+        let (s, body) = admin
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{u}/preferences"),
+                Some(json!({"channels": {"in_app": false}})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+    }
+    let before: Vec<f64> = futures::future::join_all(
+        fanouts
+            .iter()
+            .map(|f| metric(&f.base, "herald_fanout_users_total")),
+    )
+    .await;
+    let second = campaign("second").await;
+    let c = completed(&admin, &second).await;
+    assert_eq!(c["progress"]["skipped_opted_out"], opted.len(), "{c}");
+    assert_eq!(
+        c["progress"]["notifications_written"],
+        users.len() - opted.len(),
+        "{c}"
+    );
+    // Both nodes cut the second campaign: the change reached each of them.
+    for (f, before) in fanouts.iter().zip(before) {
+        let after = metric(&f.base, "herald_fanout_users_total").await;
+        assert!(after > before, "fan-out node {} took no batch", f.base);
+    }
+    // The inboxes say the same: the opted-out users have the first campaign only.
+    for (i, u) in users.iter().enumerate() {
+        let page: Value = reqwest::Client::new()
+            .get(format!("{}/v1/inbox?limit=10", inbox.base))
+            .bearer_auth(token(u))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let titles: Vec<&str> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["title"].as_str().unwrap())
+            .collect();
+        let want: &[&str] = if i % 10 == 0 {
+            &["first"]
+        } else {
+            &["second", "first"]
+        };
+        assert_eq!(titles, want, "{u}");
+    }
+}
