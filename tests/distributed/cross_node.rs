@@ -379,3 +379,87 @@ async fn a_preference_written_through_the_api_reaches_the_next_batch_of_every_fa
         assert_eq!(titles, want, "{u}");
     }
 }
+
+/// A live socket of `user` on `base` resuming after `since` (an item cursor).
+async fn connect_since(base: &str, user: &str, since: &str) -> Ws {
+    let mut req = format!(
+        "{}/v1/inbox/live?since={since}",
+        base.replace("http://", "ws://")
+    )
+    .into_client_request()
+    .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(user)).parse().unwrap(),
+    );
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connecting with since")
+        .0
+}
+
+#[tokio::test]
+async fn a_client_of_a_killed_inbox_node_resumes_on_the_other_with_no_gap_and_no_duplicate() {
+    let Ok(redis) = std::env::var("HERALD_TEST_REDIS_URL") else {
+        eprintln!("skipped: set HERALD_TEST_REDIS_URL");
+        return;
+    };
+    let env = engines(&redis).await;
+    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    fcm.write_credentials(data).unwrap();
+    let api = start("api", data, &fcm.endpoint(), &env).await;
+    let _fanout = start("fanout", data, &fcm.endpoint(), &env).await;
+    let mut a = start("inbox", data, &fcm.endpoint(), &env).await;
+    let b = start("inbox", data, &fcm.endpoint(), &env).await;
+    let admin = Api {
+        base: api.base.clone(),
+        client: reqwest::Client::new(),
+    };
+    let (s, body) = admin
+        .call(
+            Method::PUT,
+            "/v1/users/carol",
+            Some(json!({"attributes": {}})),
+        )
+        .await;
+    assert!(s.is_success(), "{body}");
+    let send = |n: u32| {
+        let admin = &admin;
+        let body = json!({"audience": {"user": "carol"},
+                          "content": {"title": format!("n{n}"), "body": "b"},
+                          "channels": ["in_app"]});
+        async move {
+            let (s, body) = admin.call(Method::POST, "/v1/campaigns", Some(body)).await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+            completed(admin, body["id"].as_str().unwrap()).await;
+        }
+    };
+
+    let mut ws = connect(&a.base, "carol").await;
+    eventually_metric(&a.base, "herald_live_users_followed", 1.0).await;
+    let mut cursor = String::new();
+    for n in 1..=3 {
+        send(n).await;
+        let f = next_frame(&mut ws).await;
+        assert_eq!(f["item"]["title"], format!("n{n}"), "{f}");
+        cursor = f["item"]["cursor"].as_str().unwrap().to_owned();
+    }
+    // Node A dies; two more are written while Carol has no socket anywhere.
+    a.kill9();
+    for n in 4..=5 {
+        send(n).await;
+    }
+    // She reconnects to node B from the last item she has: the two are replayed, then the
+    // next comes live, each once.
+    let mut ws = connect_since(&b.base, "carol", &cursor).await;
+    let mut titles = Vec::new();
+    for _ in 0..2 {
+        titles.push(next_frame(&mut ws).await["item"]["title"].clone());
+    }
+    assert_eq!(titles, [json!("n4"), json!("n5")]);
+    send(6).await;
+    assert_eq!(next_frame(&mut ws).await["item"]["title"], "n6");
+    assert_quiet(&mut ws).await;
+}
