@@ -463,3 +463,88 @@ async fn a_client_of_a_killed_inbox_node_resumes_on_the_other_with_no_gap_and_no
     assert_eq!(next_frame(&mut ws).await["item"]["title"], "n6");
     assert_quiet(&mut ws).await;
 }
+
+#[tokio::test]
+async fn two_push_nodes_share_one_provider_rate_instead_of_doubling_it() {
+    let Ok(redis) = std::env::var("HERALD_TEST_REDIS_URL") else {
+        eprintln!("skipped: set HERALD_TEST_REDIS_URL");
+        return;
+    };
+    const DEVICES: u64 = 300;
+    const RATE: u64 = 100;
+    let mut env = engines(&redis).await;
+    for (k, v) in [
+        // 100 sends a second for FCM, in groups of 10 (so the burst is 10 sends), and a
+        // campaign cut into batches of 10 users so both push nodes take some.
+        ("HERALD_PUSH__FCM__RATE_PER_S", RATE.to_string()),
+        ("HERALD_PUSH__FCM__BATCH_SIZE", "10".into()),
+        ("HERALD_FANOUT__BATCH_SIZE", "10".into()),
+    ] {
+        env.push((k.into(), v));
+    }
+    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    fcm.write_credentials(data).unwrap();
+    let api = start("api", data, &fcm.endpoint(), &env).await;
+    let _fanout = start("fanout", data, &fcm.endpoint(), &env).await;
+    let pushes = [
+        start("push", data, &fcm.endpoint(), &env).await,
+        start("push", data, &fcm.endpoint(), &env).await,
+    ];
+    let admin = Api {
+        base: api.base.clone(),
+        client: reqwest::Client::new(),
+    };
+    let users: Vec<String> = (0..DEVICES).map(|i| format!("d{i:03}")).collect();
+    for u in &users {
+        let (s, body) = admin
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{u}"),
+                Some(json!({"attributes": {}})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+        let (s, body) = admin
+            .call(
+                Method::POST,
+                &format!("/v1/users/{u}/devices"),
+                Some(json!({"platform": "fcm", "token": format!("tok-{u}")})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+    }
+    let started = tokio::time::Instant::now();
+    let (s, body) = admin
+        .call(
+            Method::POST,
+            "/v1/campaigns",
+            Some(json!({"audience": {"users": users},
+                        "content": {"title": "t", "body": "b"}, "channels": ["push"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let deadline = started + Duration::from_secs(60);
+    while fcm.sent() < DEVICES {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {DEVICES} sent",
+            fcm.sent()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    // At one shared rate the sends take (300 - burst) / 100 s ≈ 2.9 s at least; two nodes
+    // that each applied the whole rate would be done in about half that.
+    let floor = Duration::from_millis((DEVICES - 10) * 1000 / RATE * 8 / 10);
+    assert!(
+        elapsed >= floor,
+        "{DEVICES} sends at {RATE}/s shared took {elapsed:?} (< {floor:?})"
+    );
+    for p in &pushes {
+        let sent = metric(&p.base, "herald_push_deliveries_total").await;
+        assert!(sent > 0.0, "push node {} sent nothing", p.base);
+    }
+    assert_eq!(fcm.sent(), DEVICES, "each device once");
+}
