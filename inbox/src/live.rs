@@ -15,8 +15,9 @@
 //!
 //! **Resume.** `?since=<cursor>` (the `cursor` of the newest item the client has) replays the
 //! items after it, oldest first, then goes live, with none missing and none twice:
-//! 1. the connection is registered in the hub first, so every event from then on is queued
-//!    for it (up to [`LiveConfig::send_queue`] frames);
+//! 1. the connection is registered in the hub first and its user followed on the live hub
+//!    (the connection waits until the follow is confirmed), so every event from then on is
+//!    queued for it (up to [`LiveConfig::send_queue`] frames);
 //! 2. the replay reads the personal rows after `since` from the inbox store in pages
 //!    ([`REPLAY_PAGE`] rows, `InboxStore::after`), merged by key with the live matching
 //!    broadcasts after `since` that the user has not dismissed (the inbox's broadcasts plus

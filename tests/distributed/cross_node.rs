@@ -112,17 +112,20 @@ async fn eventually_metric(base: &str, name: &str, want: f64) {
     }
 }
 
-/// `url` with `prefix=<this test's own>` added to its query.
-fn prefixed(url: &str) -> String {
+/// `url` with `prefix=<prefix>` added to its query.
+fn prefixed(url: &str, prefix: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}prefix=xnode{}", std::process::id())
+    format!("{url}{sep}prefix={prefix}")
 }
 
 /// The engines every role of the test shares: Redis for the live hub (and the preference
 /// cache, throttle and broadcast cache), MySQL for the stores and JetStream for the bus when
 /// their variables are set.
 async fn engines(redis: &str) -> Vec<(String, String)> {
-    let redis = prefixed(redis);
+    // A prefix per test, not per process: `cargo test` runs the cases of this binary side by
+    // side in one process, and cases sharing a bus group would take each other's batches.
+    let prefix = format!("xnode{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let redis = prefixed(redis, &prefix);
     let mut env: Vec<(String, String)> =
         ["LIVE", "PREFERENCE_CACHE", "THROTTLE", "BROADCAST_CACHE"]
             .iter()
@@ -141,7 +144,7 @@ async fn engines(redis: &str) -> Vec<(String, String)> {
         }
     }
     if let Ok(nats) = std::env::var("HERALD_TEST_NATS_URL") {
-        env.push(("HERALD_BACKENDS__BUS".into(), prefixed(&nats)));
+        env.push(("HERALD_BACKENDS__BUS".into(), prefixed(&nats, &prefix)));
     }
     env
 }
