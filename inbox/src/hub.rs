@@ -146,7 +146,15 @@ struct HubMetrics {
     events_received: Counter,
 }
 
-type Shard = RwLock<HashMap<Arc<str>, Vec<Arc<Conn>>>>;
+/// The connections of one user on this node, and whether the live hub has confirmed that it
+/// follows the user (from then on the user's events reach this node).
+#[derive(Default)]
+struct UserConns {
+    conns: Vec<Arc<Conn>>,
+    confirmed: bool,
+}
+
+type Shard = RwLock<HashMap<Arc<str>, UserConns>>;
 
 /// The connections of this process and the routing of live events to them.
 pub(crate) struct Hub {
@@ -194,6 +202,21 @@ impl Hub {
         self.subscribed.load(Ordering::SeqCst)
     }
 
+    /// Registered connections whose user's follow is confirmed.
+    pub(crate) fn live_connections(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .read()
+                    .values()
+                    .filter(|u| u.confirmed)
+                    .map(|u| u.conns.len())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
     /// Open (or reserved) connections.
     pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
@@ -239,11 +262,11 @@ impl Hub {
         });
         let followed = {
             let mut shard = self.shard(&user).write();
-            let conns = shard.entry(user.clone()).or_default();
-            if conns.is_empty() {
-                self.metrics.users_followed.increment(1.0);
-            }
-            conns.push(conn.clone());
+            shard
+                .entry(user.clone())
+                .or_default()
+                .conns
+                .push(conn.clone());
             // Under the shard's lock, so a follow and the unfollow of the user's last
             // connection reach the subscription in the order of the map's changes. Every
             // connection asks (and waits), so none goes on before the user is followed.
@@ -277,14 +300,28 @@ impl Hub {
 
     fn unregister(&self, conn: &Conn) {
         let mut shard = self.shard(&conn.user).write();
-        if let Some(list) = shard.get_mut(&conn.user) {
-            list.retain(|c| c.id != conn.id);
-            if list.is_empty() {
+        if let Some(entry) = shard.get_mut(&conn.user) {
+            entry.conns.retain(|c| c.id != conn.id);
+            if entry.conns.is_empty() {
+                if entry.confirmed {
+                    self.metrics.users_followed.decrement(1.0);
+                }
                 shard.remove(&conn.user);
-                self.metrics.users_followed.decrement(1.0);
                 if let Some(routes) = self.routes.read().as_ref() {
                     routes.unfollow(&conn.user);
                 }
+            }
+        }
+    }
+
+    /// Notes that the live hub confirmed following `user` (a connection's follow completed):
+    /// counted once per user in `herald_live_users_followed` while the user has connections.
+    pub(crate) fn confirmed(&self, user: &str) {
+        let mut shard = self.shard(user).write();
+        if let Some(entry) = shard.get_mut(user) {
+            if !entry.confirmed {
+                entry.confirmed = true;
+                self.metrics.users_followed.increment(1.0);
             }
         }
     }
@@ -316,7 +353,7 @@ impl Hub {
 
     fn deliver_to_user(&self, user: &str, frame: impl FnOnce() -> Frame) {
         let shard = self.shard(user).read();
-        let Some(conns) = shard.get(user) else {
+        let Some(UserConns { conns, .. }) = shard.get(user) else {
             return;
         };
         // Serialised only when someone is connected, and then once.
@@ -366,7 +403,7 @@ impl Hub {
         let frame = Frame::notification(&InboxItem::broadcast(&broadcast, false));
         if broadcast.filter.is_match_all() {
             for shard in self.shards.iter() {
-                for conn in shard.read().values().flatten() {
+                for conn in shard.read().values().flat_map(|u| &u.conns) {
                     self.deliver(conn, frame.clone());
                 }
             }
@@ -381,7 +418,7 @@ impl Hub {
                 shard
                     .read()
                     .iter()
-                    .map(|(u, c)| (u.clone(), c.clone()))
+                    .map(|(u, c)| (u.clone(), c.conns.clone()))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -417,7 +454,7 @@ impl Hub {
     /// Closes every connection (the subscription was lost: they may have missed events).
     fn close_all(&self, why: Kill) {
         for shard in self.shards.iter() {
-            for conn in shard.read().values().flatten() {
+            for conn in shard.read().values().flat_map(|u| &u.conns) {
                 conn.close(why);
             }
         }

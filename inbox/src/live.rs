@@ -40,8 +40,8 @@
 //! `herald_live_slow_consumers_closed_total`), so memory never grows with a slow client. On
 //! shutdown every socket is closed with 1001 "going away"; when the hub's subscription is
 //! lost, with 1012 "live feed interrupted; resume with since". Metrics: the gauges
-//! `herald_live_connections` and `herald_live_users_followed` (users with a socket here, whose
-//! events this node receives), the counters `herald_live_frames_sent_total` and
+//! `herald_live_connections` and `herald_live_users_followed` (users with a socket here whose
+//! follow the live hub has confirmed: their events reach this node), the counters `herald_live_frames_sent_total` and
 //! `herald_live_events_received_total` (events the node's subscription received).
 
 use crate::auth::InboxUser;
@@ -170,6 +170,12 @@ impl LiveFeed {
     /// Sockets open (or being opened) on this feed.
     pub fn connections(&self) -> usize {
         self.inner.hub.connections()
+    }
+
+    /// Sockets that are live: registered, with their user's follow confirmed by the live hub
+    /// (every event published for the user from then on reaches them).
+    pub fn live_connections(&self) -> usize {
+        self.inner.hub.live_connections()
     }
 
     /// Waits until every socket has closed, at most `timeout`. Returns whether they did.
@@ -328,6 +334,7 @@ async fn connection(
         drop(slot);
         return;
     }
+    f.hub.confirmed(&user);
     let idle = Duration::from_secs(f.cfg.idle_timeout_secs.max(1));
     let watch = Watch {
         hub: f.hub.clone(),

@@ -168,10 +168,11 @@ impl TestApp {
             .expect("publish activation");
     }
 
-    /// Waits until the feed has `n` sockets open.
+    /// Waits until the feed has `n` sockets open, each live (its user followed on the live
+    /// hub, so events published from now on reach it).
     async fn wait_connections(&self, n: usize) {
         let deadline = Instant::now() + FRAME_WAIT;
-        while self.feed.connections() != n {
+        while self.feed.connections() != n || self.feed.live_connections() != n {
             assert!(
                 Instant::now() < deadline,
                 "expected {n} live connections, have {}",
@@ -305,9 +306,13 @@ impl herald_core::ports::LiveRoutes for RecordingRoutes {
     ) -> futures::future::BoxFuture<'static, herald_core::Result<()>> {
         self.log.lock().push(format!("+{user_id}"));
         let (inner, delay, user) = (self.inner.clone(), self.follow_delay, user_id.to_owned());
+        let log = self.log.clone();
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            inner.follow(&user).await
+            inner.follow(&user).await?;
+            // Followed: from here on the user's events reach the node.
+            log.lock().push(format!("={user}"));
+            Ok(())
         })
     }
 
@@ -374,6 +379,16 @@ async fn a_node_follows_a_user_while_one_of_their_sockets_is_open_and_receives_o
     let mut a2 = app.connect("u1", "").await;
     let mut b = app.connect("u2", "").await;
     app.wait_connections(3).await;
+    // Each socket goes live once its user is followed; events before that are not its.
+    let deadline = Instant::now() + FRAME_WAIT;
+    loop {
+        let confirmed = log.lock().iter().filter(|l| l.starts_with('=')).count();
+        if confirmed == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "follows: {:?}", log.lock());
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
     deliver(
         &app.ctx,
         vec![
