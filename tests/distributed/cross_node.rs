@@ -7,7 +7,6 @@ use crate::roles::*;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -29,12 +28,12 @@ fn token(user: &str) -> String {
     )
 }
 
-/// A live socket of `user` on the node at `base`, retried while the node is not yet
-/// subscribed to the live hub (it answers 503 until then).
-async fn connect(base: &str, user: &str) -> Ws {
+/// A live socket of `user` on the node at `base` (`query`: `""` or `"?since=<cursor>"`),
+/// retried while the node is not yet subscribed to the live hub (it answers 503 until then).
+async fn connect(base: &str, user: &str, query: &str) -> Ws {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let mut req = format!("{}/v1/inbox/live", base.replace("http://", "ws://"))
+        let mut req = format!("{}/v1/inbox/live{query}", base.replace("http://", "ws://"))
             .into_client_request()
             .unwrap();
         req.headers_mut().insert(
@@ -149,32 +148,60 @@ async fn engines(redis: &str) -> Vec<(String, String)> {
     env
 }
 
-async fn start(role: &str, data: &Path, fcm: &str, env: &[(String, String)]) -> Role {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = Role::start(role, data, fcm, &env);
-    r.wait_ready().await;
-    r
+/// What the processes of one test share: the engines, a data directory and a fake FCM.
+struct Deployment {
+    env: Vec<(String, String)>,
+    fcm: herald_push::fakes::FakeFcm,
+    dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// The engines of [`engines`] plus `extra` settings; `None` (the test is skipped) without
+    /// `HERALD_TEST_REDIS_URL`.
+    async fn new(extra: &[(&str, &str)]) -> Option<Deployment> {
+        let Ok(redis) = std::env::var("HERALD_TEST_REDIS_URL") else {
+            eprintln!("skipped: set HERALD_TEST_REDIS_URL");
+            return None;
+        };
+        let mut env = engines(&redis).await;
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fcm.write_credentials(dir.path()).unwrap();
+        Some(Deployment { env, fcm, dir })
+    }
+
+    /// `herald <role>` on this deployment, once it answers.
+    async fn start(&self, role: &str) -> Role {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let r = Role::start(role, self.dir.path(), &self.fcm.endpoint(), &env);
+        r.wait_ready().await;
+        r
+    }
+}
+
+/// An admin client of the `api` process.
+fn admin(api: &Role) -> Api {
+    Api {
+        base: api.base.clone(),
+        client: reqwest::Client::new(),
+    }
 }
 
 #[tokio::test]
 async fn live_events_cross_inbox_nodes_per_user_and_activations_reach_every_node() {
-    let Ok(redis) = std::env::var("HERALD_TEST_REDIS_URL") else {
-        eprintln!("skipped: set HERALD_TEST_REDIS_URL");
+    let Some(d) = Deployment::new(&[]).await else {
         return;
     };
-    let live = engines(&redis).await;
-    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
-    fcm.write_credentials(data).unwrap();
-    let api = start("api", data, &fcm.endpoint(), &live).await;
-    let _fanout = start("fanout", data, &fcm.endpoint(), &live).await;
-    let a = start("inbox", data, &fcm.endpoint(), &live).await;
-    let b = start("inbox", data, &fcm.endpoint(), &live).await;
-    let admin = Api {
-        base: api.base.clone(),
-        client: reqwest::Client::new(),
-    };
+    let api = d.start("api").await;
+    let _fanout = d.start("fanout").await;
+    let a = d.start("inbox").await;
+    let b = d.start("inbox").await;
+    let admin = admin(&api);
     for user in ["alice", "bob"] {
         let (s, body) = admin
             .call(
@@ -196,9 +223,9 @@ async fn live_events_cross_inbox_nodes_per_user_and_activations_reach_every_node
     };
 
     // Alice has a device on each node, Bob one on node B.
-    let mut alice_a = connect(&a.base, "alice").await;
-    let mut alice_b = connect(&b.base, "alice").await;
-    let mut bob_b = connect(&b.base, "bob").await;
+    let mut alice_a = connect(&a.base, "alice", "").await;
+    let mut alice_b = connect(&b.base, "alice", "").await;
+    let mut bob_b = connect(&b.base, "bob", "").await;
     eventually_metric(&a.base, "herald_live_users_followed", 1.0).await;
     eventually_metric(&b.base, "herald_live_users_followed", 2.0).await;
 
@@ -277,27 +304,14 @@ async fn completed(admin: &Api, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_preference_written_through_the_api_reaches_the_next_batch_of_every_fanout_node() {
-    let Ok(redis) = std::env::var("HERALD_TEST_REDIS_URL") else {
-        eprintln!("skipped: set HERALD_TEST_REDIS_URL");
+    // Small batches, so both fan-out nodes take some of each campaign.
+    let Some(d) = Deployment::new(&[("HERALD_FANOUT__BATCH_SIZE", "10")]).await else {
         return;
     };
-    let mut env = engines(&redis).await;
-    // Small batches, so both fan-out nodes take some of each campaign.
-    env.push(("HERALD_FANOUT__BATCH_SIZE".into(), "10".into()));
-    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
-    fcm.write_credentials(data).unwrap();
-    let api = start("api", data, &fcm.endpoint(), &env).await;
-    let fanouts = [
-        start("fanout", data, &fcm.endpoint(), &env).await,
-        start("fanout", data, &fcm.endpoint(), &env).await,
-    ];
-    let inbox = start("inbox", data, &fcm.endpoint(), &env).await;
-    let admin = Api {
-        base: api.base.clone(),
-        client: reqwest::Client::new(),
-    };
+    let api = d.start("api").await;
+    let fanouts = [d.start("fanout").await, d.start("fanout").await];
+    let inbox = d.start("inbox").await;
+    let admin = admin(&api);
     let users: Vec<String> = (0..300).map(|i| format!("p{i:03}")).collect();
     let ndjson: String = users
         .iter()
@@ -383,43 +397,16 @@ async fn a_preference_written_through_the_api_reaches_the_next_batch_of_every_fa
     }
 }
 
-/// A live socket of `user` on `base` resuming after `since` (an item cursor).
-async fn connect_since(base: &str, user: &str, since: &str) -> Ws {
-    let mut req = format!(
-        "{}/v1/inbox/live?since={since}",
-        base.replace("http://", "ws://")
-    )
-    .into_client_request()
-    .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", token(user)).parse().unwrap(),
-    );
-    tokio_tungstenite::connect_async(req)
-        .await
-        .expect("connecting with since")
-        .0
-}
-
 #[tokio::test]
 async fn a_client_of_a_killed_inbox_node_resumes_on_the_other_with_no_gap_and_no_duplicate() {
-    let Ok(redis) = std::env::var("HERALD_TEST_REDIS_URL") else {
-        eprintln!("skipped: set HERALD_TEST_REDIS_URL");
+    let Some(d) = Deployment::new(&[]).await else {
         return;
     };
-    let env = engines(&redis).await;
-    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
-    fcm.write_credentials(data).unwrap();
-    let api = start("api", data, &fcm.endpoint(), &env).await;
-    let _fanout = start("fanout", data, &fcm.endpoint(), &env).await;
-    let mut a = start("inbox", data, &fcm.endpoint(), &env).await;
-    let b = start("inbox", data, &fcm.endpoint(), &env).await;
-    let admin = Api {
-        base: api.base.clone(),
-        client: reqwest::Client::new(),
-    };
+    let api = d.start("api").await;
+    let _fanout = d.start("fanout").await;
+    let mut a = d.start("inbox").await;
+    let b = d.start("inbox").await;
+    let admin = admin(&api);
     let (s, body) = admin
         .call(
             Method::PUT,
@@ -440,7 +427,7 @@ async fn a_client_of_a_killed_inbox_node_resumes_on_the_other_with_no_gap_and_no
         }
     };
 
-    let mut ws = connect(&a.base, "carol").await;
+    let mut ws = connect(&a.base, "carol", "").await;
     eventually_metric(&a.base, "herald_live_users_followed", 1.0).await;
     let mut cursor = String::new();
     for n in 1..=3 {
@@ -456,7 +443,7 @@ async fn a_client_of_a_killed_inbox_node_resumes_on_the_other_with_no_gap_and_no
     }
     // She reconnects to node B from the last item she has: the two are replayed, then the
     // next comes live, each once.
-    let mut ws = connect_since(&b.base, "carol", &cursor).await;
+    let mut ws = connect(&b.base, "carol", &format!("?since={cursor}")).await;
     let mut titles = Vec::new();
     for _ in 0..2 {
         titles.push(next_frame(&mut ws).await["item"]["title"].clone());
@@ -469,36 +456,24 @@ async fn a_client_of_a_killed_inbox_node_resumes_on_the_other_with_no_gap_and_no
 
 #[tokio::test]
 async fn two_push_nodes_share_one_provider_rate_instead_of_doubling_it() {
-    let Ok(redis) = std::env::var("HERALD_TEST_REDIS_URL") else {
-        eprintln!("skipped: set HERALD_TEST_REDIS_URL");
-        return;
-    };
     const DEVICES: u64 = 300;
     const RATE: u64 = 100;
-    let mut env = engines(&redis).await;
-    for (k, v) in [
-        // 100 sends a second for FCM, in groups of 10 (so the burst is 10 sends), and a
-        // campaign cut into batches of 10 users so both push nodes take some.
-        ("HERALD_PUSH__FCM__RATE_PER_S", RATE.to_string()),
-        ("HERALD_PUSH__FCM__BATCH_SIZE", "10".into()),
-        ("HERALD_FANOUT__BATCH_SIZE", "10".into()),
-    ] {
-        env.push((k.into(), v));
-    }
-    let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
-    fcm.write_credentials(data).unwrap();
-    let api = start("api", data, &fcm.endpoint(), &env).await;
-    let _fanout = start("fanout", data, &fcm.endpoint(), &env).await;
-    let pushes = [
-        start("push", data, &fcm.endpoint(), &env).await,
-        start("push", data, &fcm.endpoint(), &env).await,
-    ];
-    let admin = Api {
-        base: api.base.clone(),
-        client: reqwest::Client::new(),
+    let rate = RATE.to_string();
+    // 100 sends a second for FCM, in groups of 10 (so the burst is 10 sends), and a campaign
+    // cut into batches of 10 users so both push nodes take some.
+    let Some(d) = Deployment::new(&[
+        ("HERALD_PUSH__FCM__RATE_PER_S", &rate),
+        ("HERALD_PUSH__FCM__BATCH_SIZE", "10"),
+        ("HERALD_FANOUT__BATCH_SIZE", "10"),
+    ])
+    .await
+    else {
+        return;
     };
+    let api = d.start("api").await;
+    let _fanout = d.start("fanout").await;
+    let pushes = [d.start("push").await, d.start("push").await];
+    let admin = admin(&api);
     let users: Vec<String> = (0..DEVICES).map(|i| format!("d{i:03}")).collect();
     for u in &users {
         let (s, body) = admin
@@ -529,11 +504,11 @@ async fn two_push_nodes_share_one_provider_rate_instead_of_doubling_it() {
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     let deadline = started + Duration::from_secs(60);
-    while fcm.sent() < DEVICES {
+    while d.fcm.sent() < DEVICES {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{} of {DEVICES} sent",
-            fcm.sent()
+            d.fcm.sent()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -549,5 +524,5 @@ async fn two_push_nodes_share_one_provider_rate_instead_of_doubling_it() {
         let sent = metric(&p.base, "herald_push_deliveries_total").await;
         assert!(sent > 0.0, "push node {} sent nothing", p.base);
     }
-    assert_eq!(fcm.sent(), DEVICES, "each device once");
+    assert_eq!(d.fcm.sent(), DEVICES, "each device once");
 }
