@@ -495,6 +495,17 @@ pub trait Consumer: Send + Sync + 'static {
     async fn release(&self, receipts: &[String]) -> Result<()>;
 }
 
+/// The answer of [`DeliveryStore::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryClaim {
+    /// The caller holds the key until the end of its lease: it may send.
+    Won,
+    /// The message was delivered already: nothing to send.
+    Processed,
+    /// Another holder has it until then (it is sending, or it died and its claim runs out).
+    Held { until: DateTime<Utc> },
+}
+
 /// What the push gateway keeps: webhook subscriptions, dead letters and the marks of channel
 /// messages already delivered (so a redelivered message is not sent twice).
 #[async_trait]
@@ -510,9 +521,29 @@ pub trait DeliveryStore: Send + Sync + 'static {
 
     /// Whether the channel message with this delivery key was delivered already.
     async fn is_processed(&self, key: &str) -> Result<bool>;
+    /// Claims the right to send the channel message with this delivery key, for `holder`,
+    /// until `now + lease`. Copies of one message (a fan-out batch redone after a crash
+    /// publishes its channel messages again; a bus redelivers) can be in the hands of two
+    /// consumers at once, and checking [`DeliveryStore::is_processed`] alone lets both send.
+    ///
+    /// - [`DeliveryClaim::Processed`] if the key is marked processed, checked after the claim
+    ///   was written (so a holder that marked it before its claim ran out is always seen);
+    /// - [`DeliveryClaim::Won`] if there was no claim, the claim had run out at `now`, or it
+    ///   was `holder`'s own (claiming again extends it: the holder renews while it sends);
+    /// - [`DeliveryClaim::Held`] with the end of the other holder's claim otherwise.
+    ///
+    /// One atomic write per engine; claims are forgotten with the processed marks.
+    async fn claim(
+        &self,
+        key: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<DeliveryClaim>;
     /// Marks a delivery key done. Idempotent.
     async fn mark_processed(&self, key: &str, at: DateTime<Utc>) -> Result<()>;
-    /// Forgets marks older than `before` (a redelivery comes within minutes). Returns how many.
+    /// Forgets marks, and claims that ran out, older than `before` (a redelivery comes within
+    /// minutes). Returns how many marks.
     async fn purge_processed(&self, before: DateTime<Utc>) -> Result<u64>;
 
     /// Stores a dead letter; storing the same id again changes nothing.

@@ -4,13 +4,16 @@
 //!
 //! For each channel message: one that arrives well before its `deliver_after` (quiet hours,
 //! retry backoff) goes back to the delay store (messages normally wait there before they are
-//! published, so this is for clocks that disagree); skip it if its delivery key was processed
-//! already (a redelivery after a crash); expand it into one send per device token, address or webhook
+//! published, so this is for clocks that disagree); claim its delivery key: skip it if the key
+//! was processed already (a redelivery after a crash), and put it back in the delay store
+//! until the claim ends if another consumer holds the key (two copies of one message in
+//! flight at once, as a fan-out batch redone after a crash publishes); expand it into one send per device token, address or webhook
 //! subscriber; send through the providers' lanes; then act on each outcome (delete dead
 //! tokens, republish the transient failures as the next attempt, dead-letter what is out of
 //! attempts), publish the delivery report, mark the key processed and ack. Every step can be
-//! repeated after a crash without losing a send; a crash between sending and marking can
-//! repeat sends, which is the at-least-once promise providers and receivers are built for.
+//! repeated after a crash without losing a send; only a crash between sending and marking
+//! repeats sends (once the dead holder's claim runs out), which is the at-least-once promise
+//! providers and receivers are built for. Copies that are merely concurrent never both send.
 
 use crate::backoff::Backoff;
 use crate::lanes::Lane;
@@ -20,9 +23,9 @@ use herald_core::config::PushConfig;
 use herald_core::consume::{SharedConsumer, MAX_DELIVERIES};
 use herald_core::delivery::{DeadLetter, DeliveryReport, SendFailure, Webhook};
 use herald_core::model::{Channel, Device, OutMessage, Platform};
-use herald_core::ports::Throttle;
+use herald_core::ports::{DeliveryClaim, Throttle};
 use herald_core::topics::{self, ChannelItem, ChannelMessage};
-use herald_core::worker::{Worker, WorkerState};
+use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
 use herald_core::{Context, Error, Result};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -30,8 +33,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// How long a consumer holds a channel message; extended while the sends are in flight, so
-/// this is the redelivery delay after a crash.
+/// How long a consumer's claim on a channel message's delivery key lasts; renewed every third
+/// of it while the sends are in flight, so after a crash this is how long a redelivered copy
+/// waits before it is sent.
+const CLAIM_LEASE: Duration = Duration::from_secs(30);
 /// A device used this recently is not touched again (saves a write per send).
 const TOUCH_AFTER: chrono::Duration = chrono::Duration::hours(24);
 /// Webhook subscriptions are re-read this often.
@@ -248,11 +253,44 @@ impl Gateway {
                 .await;
         }
         let key = msg.delivery_key();
-        if self.ctx.ports.deliveries.is_processed(&key).await? {
-            metrics::counter!("herald_push_duplicate_messages_total", "channel" => channel.as_str())
-                .increment(1);
-            return Ok(());
+        // One handling of one copy holds the key while it sends. A copy of the same message in
+        // another consumer's hands (a fan-out batch redone after a crash published it again)
+        // finds the claim and waits, instead of sending beside it.
+        let holder = herald_core::ids::new_id().to_string();
+        let deliveries = &self.ctx.ports.deliveries;
+        match deliveries.claim(&key, &holder, now, CLAIM_LEASE).await? {
+            DeliveryClaim::Won => {}
+            DeliveryClaim::Processed => {
+                metrics::counter!("herald_push_duplicate_messages_total", "channel" => channel.as_str())
+                    .increment(1);
+                return Ok(());
+            }
+            DeliveryClaim::Held { until } => {
+                // Not dropped: the holder may die before it marks the key processed, and its
+                // own copy then waits for this claim to run out like this one. Kept in the
+                // delay store until the claim ends (under the key, so any number of copies
+                // wait as one), it comes back to find the key processed, or free to send.
+                metrics::counter!("herald_push_held_copies_total", "channel" => channel.as_str())
+                    .increment(1);
+                let topic = topics::channel_topic(channel);
+                return self
+                    .ctx
+                    .ports
+                    .publish_at(
+                        topic,
+                        OutMessage {
+                            key: Some(msg.campaign_id.clone()),
+                            payload: payload.to_vec(),
+                        },
+                        Some(until),
+                        now,
+                        || format!("{topic}/{key}"),
+                    )
+                    .await;
+            }
         }
+        // Renewed while the sends are in flight, however long they take; ends with this call.
+        let _keeper = AbortOnDrop::spawn(keep_claim(self.ctx.clone(), key.clone(), holder));
         let started = Instant::now();
         let report = self.deliver(&msg, key.clone()).await?;
         let payload = serde_json::to_vec(&report)
@@ -557,6 +595,29 @@ impl Gateway {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::retry("no outcome", None)))
             .collect()
+    }
+}
+
+/// Renews `holder`'s claim on `key` every third of [`CLAIM_LEASE`] until dropped.
+async fn keep_claim(ctx: Context, key: String, holder: String) {
+    let deliveries = &ctx.ports.deliveries;
+    loop {
+        tokio::time::sleep(CLAIM_LEASE / 3).await;
+        match deliveries
+            .claim(&key, &holder, ctx.clock.now(), CLAIM_LEASE)
+            .await
+        {
+            Ok(DeliveryClaim::Won) => {}
+            Ok(DeliveryClaim::Processed) => return,
+            Ok(DeliveryClaim::Held { .. }) => {
+                // Renewals failed (the store was down) until the claim ran out and another
+                // copy of the message took it: that copy may be sending beside this one.
+                tracing::warn!(%key, "delivery claim lost before the sends finished");
+                metrics::counter!("herald_push_claims_lost_total").increment(1);
+                return;
+            }
+            Err(e) => tracing::warn!(%key, error = %e, "delivery claim not renewed; trying again"),
+        }
     }
 }
 

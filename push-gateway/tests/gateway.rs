@@ -246,6 +246,90 @@ async fn a_redelivered_message_is_not_sent_twice() {
     assert_eq!(app.fcm.requests_for("ok-once"), 1);
 }
 
+async fn lag(app: &TestGateway) -> u64 {
+    app.ctx
+        .ports
+        .bus
+        .lag(topics::channel_topic(Channel::Push), topics::GATEWAY)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_of_one_message_in_flight_at_once_are_sent_once() {
+    // A fan-out batch redone after its worker died publishes its channel messages again; with
+    // the gateway down meanwhile, both copies wait side by side and the consumers take them at
+    // once. The provider answers slowly, so the first copy is still sending when the second
+    // is looked at.
+    let app = spawn_gateway(|_| {}).await;
+    app.user_with_devices("u1", &["slow500-twin"]).await;
+    let msg = message("c-twins", "u1", None);
+    let copy = herald_core::model::OutMessage {
+        key: Some(msg.campaign_id.clone()),
+        payload: serde_json::to_vec(&msg).unwrap(),
+    };
+    app.ctx
+        .ports
+        .bus
+        .publish(
+            topics::channel_topic(Channel::Push),
+            &[copy.clone(), copy.clone(), copy],
+        )
+        .await
+        .unwrap();
+    eventually("the copies consumed", || async { lag(&app).await == 0 }).await;
+    eventually("the delivery key marked", || async {
+        app.ctx
+            .ports
+            .deliveries
+            .is_processed(&msg.delivery_key())
+            .await
+            .unwrap()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(app.fcm.requests_for("slow500-twin"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_claimed_by_a_consumer_that_died_is_sent_once_its_claim_runs_out() {
+    let app = spawn_gateway(|_| {}).await;
+    app.user_with_devices("u1", &["after-claim"]).await;
+    let msg = message("c-orphan", "u1", None);
+    // A consumer claimed the key and died before sending anything: its claim holds for 3 s.
+    let claimed = app
+        .ctx
+        .ports
+        .deliveries
+        .claim(
+            &msg.delivery_key(),
+            "dead-consumer",
+            chrono::Utc::now(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed, herald_core::ports::DeliveryClaim::Won);
+    publish(app.ctx.ports.bus.as_ref(), &msg).await;
+    eventually("the copy consumed", || async { lag(&app).await == 0 }).await;
+    assert_eq!(
+        app.fcm.requests_for("after-claim"),
+        0,
+        "not sent while the claim holds"
+    );
+    assert_eq!(app.ctx.ports.delays.pending().await.unwrap(), 1, "it waits");
+    eventually("sent once the claim ran out", || async {
+        app.fcm.requests_for("after-claim") == 1
+    })
+    .await;
+    eventually("the delay store empty", || async {
+        app.ctx.ports.delays.pending().await.unwrap() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.fcm.requests_for("after-claim"), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_held_for_quiet_hours_goes_out_when_they_end() {
     let app = spawn_gateway(|_| {}).await;

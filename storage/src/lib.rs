@@ -384,11 +384,22 @@ pub(crate) fn new_claim(
     now: chrono::DateTime<chrono::Utc>,
     lease: std::time::Duration,
 ) -> (String, chrono::DateTime<chrono::Utc>) {
-    let until = chrono::Duration::from_std(lease)
+    (
+        herald_core::ids::new_id().to_string(),
+        lease_end(now, lease),
+    )
+}
+
+/// `now + lease`, the latest representable time if that overflows.
+#[allow(dead_code)]
+pub(crate) fn lease_end(
+    now: chrono::DateTime<chrono::Utc>,
+    lease: std::time::Duration,
+) -> chrono::DateTime<chrono::Utc> {
+    chrono::Duration::from_std(lease)
         .ok()
         .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
-    (herald_core::ids::new_id().to_string(), until)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
 }
 
 /// A stored JSON column that does not parse is a bug or corruption, not a client error.

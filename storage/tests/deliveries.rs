@@ -1,5 +1,5 @@
-//! Conformance suite of the `DeliveryStore` port: webhook subscriptions, dead letters and
-//! processed-message marks.
+//! Conformance suite of the `DeliveryStore` port: webhook subscriptions, dead letters,
+//! processed-message marks and delivery claims.
 
 mod common;
 
@@ -8,7 +8,7 @@ use common::{run_id, utc};
 use herald_core::config::Secret;
 use herald_core::delivery::{DeadLetter, Webhook};
 use herald_core::model::*;
-use herald_core::ports::DeliveryStore;
+use herald_core::ports::{DeliveryClaim, DeliveryStore};
 use herald_core::topics::{ChannelItem, ChannelMessage};
 use std::sync::Arc;
 
@@ -92,9 +92,13 @@ pub mod cases {
         assert!(s.get_webhook(&a.id).await.unwrap().is_none());
     }
 
-    pub async fn a_processed_mark_is_remembered_until_purged(s: Arc<dyn DeliveryStore>) {
+    /// Times here and in the claim cases lie in the future: a purge is global, and a gateway
+    /// purging by the real clock beside this suite (same database) leaves them alone.
+    pub async fn a_processed_mark_and_a_claim_are_remembered_until_purged(
+        s: Arc<dyn DeliveryStore>,
+    ) {
         let key = format!("{}/0/push/0", run_id());
-        let at = utc("2026-03-01T10:00:00Z");
+        let at = utc("2031-03-01T10:00:00Z");
         assert!(!s.is_processed(&key).await.unwrap());
         s.mark_processed(&key, at).await.unwrap();
         s.mark_processed(&key, at).await.unwrap(); // idempotent
@@ -104,8 +108,131 @@ pub mod cases {
             0,
             "not older than itself"
         );
+        // A claim running until 20 s after the mark.
+        let claimed = format!("{key}/claimed");
+        let lease = std::time::Duration::from_secs(30);
+        let claimed_at = at - Duration::seconds(10);
+        assert_eq!(
+            s.claim(&claimed, "a", claimed_at, lease).await.unwrap(),
+            DeliveryClaim::Won
+        );
         assert!(s.purge_processed(at + Duration::seconds(1)).await.unwrap() >= 1);
         assert!(!s.is_processed(&key).await.unwrap());
+        assert!(
+            matches!(
+                s.claim(&claimed, "b", claimed_at, lease).await.unwrap(),
+                DeliveryClaim::Held { .. }
+            ),
+            "a claim that has not run out is kept"
+        );
+        s.purge_processed(at + Duration::seconds(21)).await.unwrap();
+        assert_eq!(
+            s.claim(&claimed, "b", claimed_at, lease).await.unwrap(),
+            DeliveryClaim::Won,
+            "a claim that ran out is gone (else b would wait for a at this time)"
+        );
+    }
+
+    pub async fn a_claim_is_one_holders_until_it_runs_out_and_its_holder_extends_it(
+        s: Arc<dyn DeliveryStore>,
+    ) {
+        let key = format!("{}/0/push/0/0", run_id());
+        let lease = std::time::Duration::from_secs(30);
+        let t0 = utc("2031-04-01T10:00:00Z");
+        assert_eq!(
+            s.claim(&key, "a", t0, lease).await.unwrap(),
+            DeliveryClaim::Won
+        );
+        let held = DeliveryClaim::Held {
+            until: t0 + Duration::seconds(30),
+        };
+        assert_eq!(s.claim(&key, "b", t0, lease).await.unwrap(), held);
+        assert_eq!(
+            s.claim(&key, "b", t0 + Duration::seconds(29), lease)
+                .await
+                .unwrap(),
+            held,
+            "another holder waits for the end of the lease"
+        );
+        // The holder renews: its claim now ends 30 s after the renewal.
+        let t1 = t0 + Duration::seconds(20);
+        assert_eq!(
+            s.claim(&key, "a", t1, lease).await.unwrap(),
+            DeliveryClaim::Won
+        );
+        assert_eq!(
+            s.claim(&key, "b", t0 + Duration::seconds(40), lease)
+                .await
+                .unwrap(),
+            DeliveryClaim::Held {
+                until: t1 + Duration::seconds(30)
+            },
+            "the renewal moved the end"
+        );
+        // Run out: the next holder takes it, and the first one has lost it.
+        let t2 = t1 + Duration::seconds(30);
+        assert_eq!(
+            s.claim(&key, "b", t2, lease).await.unwrap(),
+            DeliveryClaim::Won
+        );
+        assert_eq!(
+            s.claim(&key, "a", t2, lease).await.unwrap(),
+            DeliveryClaim::Held {
+                until: t2 + Duration::seconds(30)
+            }
+        );
+        // Other keys are free.
+        let other = format!("{key}/other");
+        assert_eq!(
+            s.claim(&other, "a", t2, lease).await.unwrap(),
+            DeliveryClaim::Won
+        );
+    }
+
+    pub async fn a_processed_key_is_never_claimed_again(s: Arc<dyn DeliveryStore>) {
+        let key = format!("{}/0/push/0/0", run_id());
+        let lease = std::time::Duration::from_secs(30);
+        let t0 = utc("2031-04-02T10:00:00Z");
+        assert_eq!(
+            s.claim(&key, "a", t0, lease).await.unwrap(),
+            DeliveryClaim::Won
+        );
+        s.mark_processed(&key, t0 + Duration::seconds(1))
+            .await
+            .unwrap();
+        for (holder, at) in [("a", t0), ("b", t0), ("b", t0 + Duration::hours(1))] {
+            assert_eq!(
+                s.claim(&key, holder, at, lease).await.unwrap(),
+                DeliveryClaim::Processed,
+                "{holder} at {at}"
+            );
+        }
+        // Processed without a claim (marked by a gateway of before claims) counts the same.
+        let marked = format!("{key}/marked");
+        s.mark_processed(&marked, t0).await.unwrap();
+        assert_eq!(
+            s.claim(&marked, "a", t0, lease).await.unwrap(),
+            DeliveryClaim::Processed
+        );
+    }
+
+    pub async fn holders_racing_for_one_key_leave_exactly_one_winner(s: Arc<dyn DeliveryStore>) {
+        let lease = std::time::Duration::from_secs(30);
+        let t0 = utc("2031-04-03T10:00:00Z");
+        for round in 0..20 {
+            let key = format!("{}/{round}/push/0/0", run_id());
+            let claims = (0..8).map(|h| {
+                let (s, key) = (s.clone(), key.clone());
+                tokio::spawn(async move { s.claim(&key, &format!("h{h}"), t0, lease).await })
+            });
+            let got: Vec<DeliveryClaim> = futures::future::join_all(claims)
+                .await
+                .into_iter()
+                .map(|r| r.unwrap().unwrap())
+                .collect();
+            let won = got.iter().filter(|c| **c == DeliveryClaim::Won).count();
+            assert_eq!(won, 1, "round {round}: {got:?}");
+        }
     }
 
     pub async fn dead_letters_read_back_newest_first_by_channel(s: Arc<dyn DeliveryStore>) {
@@ -173,7 +300,10 @@ macro_rules! delivery_conformance {
             use super::*;
             delivery_conformance!(@cases $make;
                 webhooks_are_upserted_listed_by_id_and_deleted,
-                a_processed_mark_is_remembered_until_purged,
+                a_processed_mark_and_a_claim_are_remembered_until_purged,
+                a_claim_is_one_holders_until_it_runs_out_and_its_holder_extends_it,
+                a_processed_key_is_never_claimed_again,
+                holders_racing_for_one_key_leave_exactly_one_winner,
                 dead_letters_read_back_newest_first_by_channel,
                 a_dead_letter_is_marked_replayed_once,
             );

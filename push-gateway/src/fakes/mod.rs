@@ -9,6 +9,7 @@
 //! | `unavail-`    | 503 `UNAVAILABLE`, `Retry-After: 1`                        |
 //! | `quota-`      | 429 `QUOTA_EXCEEDED`, `Retry-After: 2`                     |
 //! | `flaky<N>-`   | 503 for the first N sends to that token, then 200          |
+//! | `slow<MS>-`   | 200 after MS milliseconds                                  |
 //! | anything else | 200 `{"name": "projects/<p>/messages/<n>"}`                |
 //!
 //! A test can also put the whole service into a storm ([`FakeFcm::set_storm`]): every send
@@ -311,6 +312,9 @@ async fn send(
         }
         None => 1,
     };
+    if let Some(ms) = numbered(&token, "slow") {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.into())).await;
+    }
     let answer = if token.starts_with("unreg-") {
         Some(fcm_error(StatusCode::NOT_FOUND, "UNREGISTERED", None))
     } else if token.starts_with("badtoken-") {
@@ -350,7 +354,12 @@ async fn send(
 
 /// `flaky3-…` → Some(3).
 fn flaky(token: &str) -> Option<u32> {
-    let rest = token.strip_prefix("flaky")?;
+    numbered(token, "flaky")
+}
+
+/// `numbered("slow300-x", "slow")` → Some(300).
+fn numbered(token: &str, prefix: &str) -> Option<u32> {
+    let rest = token.strip_prefix(prefix)?;
     let (n, _) = rest.split_once('-')?;
     n.parse().ok()
 }

@@ -1,6 +1,6 @@
-//! The push gateway's store on MySQL 8 / MariaDB 10.11: webhook subscriptions, dead letters
-//! and processed-message marks (schema and its reasons in
-//! `migrations/mysql/deliveries/0001_init.sql`).
+//! The push gateway's store on MySQL 8 / MariaDB 10.11: webhook subscriptions, dead letters,
+//! processed-message marks and delivery claims (schema and its reasons in
+//! `migrations/mysql/deliveries/`).
 //!
 //! Every write is one statement, and nothing reads before it writes: a webhook upsert keeps
 //! the stored `created_at` column, which is the source of truth on read (the JSON copy is
@@ -15,12 +15,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::delivery::{DeadLetter, Webhook};
 use herald_core::model::Channel;
-use herald_core::ports::DeliveryStore;
+use herald_core::ports::{DeliveryClaim, DeliveryStore};
 use herald_core::Result;
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
 
-const MIGRATIONS: &[Migration] = &[migration!("mysql", "deliveries", "0001_init")];
+const MIGRATIONS: &[Migration] = &[
+    migration!("mysql", "deliveries", "0001_init"),
+    migration!("mysql", "deliveries", "0002_claims"),
+];
 
 /// Marks removed per statement by the purge, so one run never holds locks on millions of rows.
 const PURGE_BATCH: i64 = 5000;
@@ -116,6 +119,58 @@ impl DeliveryStore for MysqlDeliveries {
         Ok(row.is_some())
     }
 
+    async fn claim(
+        &self,
+        key: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<DeliveryClaim> {
+        let until = crate::lease_end(now, lease);
+        // One upsert takes the claim when it is free, run out or already ours. Both columns
+        // test the same condition, and `holder` is assigned first: evaluated left to right
+        // (MySQL, MariaDB's default) the second test sees our holder exactly when the first
+        // took the claim; evaluated on the old values (MariaDB's SIMULTANEOUS_ASSIGNMENT) it
+        // is the first test again. Either way both columns change together or not at all.
+        sqlx::query(
+            "INSERT INTO delivery_claims (msg_key, holder, held_until) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE \
+             holder = IF(held_until <= ? OR holder = VALUES(holder), VALUES(holder), holder), \
+             held_until = IF(held_until <= ? OR holder = VALUES(holder), \
+                             VALUES(held_until), held_until)",
+        )
+        .bind(key)
+        .bind(holder)
+        .bind(micros(until))
+        .bind(micros(now))
+        .bind(micros(now))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        // Read after the write: a holder that marked the key processed while its claim held
+        // is seen here, whoever holds the claim now.
+        let row = sqlx::query(
+            "SELECT c.holder, c.held_until, \
+             EXISTS (SELECT 1 FROM processed_messages p WHERE p.msg_key = c.msg_key) AS done \
+             FROM delivery_claims c WHERE c.msg_key = ?",
+        )
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let done: i64 = row.try_get_unchecked("done").map_err(db_error)?;
+        let held_by = text(&row, "holder")?;
+        Ok(if done != 0 {
+            DeliveryClaim::Processed
+        } else if held_by == holder {
+            DeliveryClaim::Won
+        } else {
+            DeliveryClaim::Held {
+                until: super::time(&row, "held_until")?,
+            }
+        })
+    }
+
     async fn mark_processed(&self, key: &str, at: DateTime<Utc>) -> Result<()> {
         sqlx::query(
             "INSERT INTO processed_messages (msg_key, at) VALUES (?, ?) \
@@ -130,6 +185,13 @@ impl DeliveryStore for MysqlDeliveries {
     }
 
     async fn purge_processed(&self, before: DateTime<Utc>) -> Result<u64> {
+        super::delete_in_chunks(
+            &self.pool,
+            "DELETE FROM delivery_claims WHERE held_until < ? LIMIT ?",
+            micros(before),
+            PURGE_BATCH,
+        )
+        .await?;
         super::delete_in_chunks(
             &self.pool,
             "DELETE FROM processed_messages WHERE at < ? LIMIT ?",

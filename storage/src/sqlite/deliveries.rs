@@ -1,20 +1,23 @@
 //! The push gateway's store on SQLite: webhook subscriptions, dead letters (JSON rows keyed by
-//! a time-ordered id) and processed-message marks.
+//! a time-ordered id), processed-message marks and delivery claims.
 
 use super::Db;
 use super::SqliteFile;
 use crate::migrations::{migration, Migration};
-use crate::time::micros;
+use crate::time::{from_micros, micros};
 use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::delivery::{DeadLetter, Webhook};
 use herald_core::model::Channel;
-use herald_core::ports::DeliveryStore;
+use herald_core::ports::{DeliveryClaim, DeliveryStore};
 use herald_core::Result;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-const MIGRATIONS: &[Migration] = &[migration!("sqlite", "deliveries", "0001_init")];
+const MIGRATIONS: &[Migration] = &[
+    migration!("sqlite", "deliveries", "0001_init"),
+    migration!("sqlite", "deliveries", "0002_claims"),
+];
 
 pub struct SqliteDeliveries {
     db: Db,
@@ -119,6 +122,52 @@ impl DeliveryStore for SqliteDeliveries {
         Ok(row.is_some())
     }
 
+    async fn claim(
+        &self,
+        key: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<DeliveryClaim> {
+        let until = crate::lease_end(now, lease);
+        // One write transaction: the claim and the processed check see the same state.
+        let (_gate, mut tx) = self.db.begin().await?;
+        sqlx::query(
+            "INSERT INTO delivery_claims (key, holder, held_until) VALUES (?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, \
+             held_until = excluded.held_until \
+             WHERE delivery_claims.held_until <= ? OR delivery_claims.holder = excluded.holder",
+        )
+        .bind(key)
+        .bind(holder)
+        .bind(micros(until))
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        let row = sqlx::query(
+            "SELECT holder, held_until, \
+             EXISTS (SELECT 1 FROM processed_messages WHERE key = ?1) AS done \
+             FROM delivery_claims WHERE key = ?1",
+        )
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        let done: bool = row.get("done");
+        let held_by: String = row.get("holder");
+        Ok(if done {
+            DeliveryClaim::Processed
+        } else if held_by == holder {
+            DeliveryClaim::Won
+        } else {
+            DeliveryClaim::Held {
+                until: from_micros(row.get("held_until")),
+            }
+        })
+    }
+
     async fn mark_processed(&self, key: &str, at: DateTime<Utc>) -> Result<()> {
         let _gate = self.db.gate().await;
         sqlx::query(
@@ -134,6 +183,11 @@ impl DeliveryStore for SqliteDeliveries {
 
     async fn purge_processed(&self, before: DateTime<Utc>) -> Result<u64> {
         let _gate = self.db.gate().await;
+        sqlx::query("DELETE FROM delivery_claims WHERE held_until < ?")
+            .bind(micros(before))
+            .execute(&self.db.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         let n = sqlx::query("DELETE FROM processed_messages WHERE at < ?")
             .bind(micros(before))
             .execute(&self.db.pool)
