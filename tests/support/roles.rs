@@ -1,9 +1,9 @@
 //! The real `herald` binary as separate role processes on one data directory, for the suites
-//! that kill, stop or spread roles (`tests/hostile`, `tests/distributed`). The including crate
-//! provides `ADMIN_KEY` at its root.
+//! that kill, stop or spread roles (`tests/hostile`, `tests/distributed`, the admin API suite
+//! with `HERALD_TEST_ROLES=processes`). The including module's parent provides `ADMIN_KEY`.
 #![allow(dead_code)]
 
-use crate::ADMIN_KEY;
+use super::ADMIN_KEY;
 use reqwest::{Method, StatusCode};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,7 +23,7 @@ impl Role {
     pub fn start(role: &str, data: &Path, fcm: &str, extra: &[(&str, &str)]) -> Role {
         let port = free_port();
         let log = data.join(format!("{role}-{port}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let mut cmd = Command::new(herald_bin());
         cmd.arg(role);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("HERALD_") {
@@ -106,6 +106,30 @@ impl Drop for Role {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The `herald` binary: cargo's own for the root package's suites; for another package's,
+/// `HERALD_TEST_BIN` or else the one the workspace build left beside the test executable's
+/// `deps/` folder (`target/debug/herald`: build it first, as `cargo test --workspace` does).
+pub fn herald_bin() -> PathBuf {
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_herald") {
+        return bin.into();
+    }
+    if let Some(bin) = std::env::var_os("HERALD_TEST_BIN").filter(|b| !b.is_empty()) {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .join("herald");
+    assert!(
+        bin.exists(),
+        "no herald binary at {}: build the workspace first or set HERALD_TEST_BIN",
+        bin.display()
+    );
+    bin
 }
 
 pub fn free_port() -> u16 {
