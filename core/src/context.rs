@@ -6,6 +6,9 @@ use crate::config::{Config, Secret};
 use crate::ports::*;
 use std::sync::Arc;
 
+/// How long `/readyz` waits for a backend to answer.
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One handle per port, whatever engine is behind it.
 #[derive(Clone)]
 pub struct Ports {
@@ -23,15 +26,36 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Succeeds when every remote backend answers (what `/readyz` reports).
+    /// Succeeds when every backend answers within [`PING_TIMEOUT`] (what `/readyz` reports);
+    /// otherwise the first failure, naming the port. The ports are asked at once, so a probe
+    /// during an outage answers within the timeout instead of waiting on each port in turn
+    /// (a pool waiting for a connection, a client between reconnects).
     pub async fn ping(&self) -> crate::Result<()> {
-        self.directory.ping().await?;
-        self.campaigns.ping().await?;
-        self.inbox.ping().await?;
-        self.broadcasts.ping().await?;
-        self.bus.ping().await?;
-        self.deliveries.ping().await?;
-        self.delays.ping().await?;
+        use futures::future::BoxFuture;
+        let pings: [(&str, BoxFuture<'_, crate::Result<()>>); 10] = [
+            ("directory", self.directory.ping()),
+            ("campaigns", self.campaigns.ping()),
+            ("inbox", self.inbox.ping()),
+            ("broadcasts", self.broadcasts.ping()),
+            ("preference cache", self.preference_cache.ping()),
+            ("bus", self.bus.ping()),
+            ("live hub", self.live.ping()),
+            ("deliveries", self.deliveries.ping()),
+            ("delays", self.delays.ping()),
+            ("throttle", self.throttle.ping()),
+        ];
+        let checks = pings.into_iter().map(|(port, ping)| async move {
+            match tokio::time::timeout(PING_TIMEOUT, ping).await {
+                Ok(r) => r,
+                Err(_) => Err(crate::Error::new(
+                    crate::ErrorKind::Unavailable,
+                    format!("the {port} backend did not answer within {PING_TIMEOUT:?}"),
+                )),
+            }
+        });
+        for r in futures::future::join_all(checks).await {
+            r?;
+        }
         Ok(())
     }
 

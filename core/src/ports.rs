@@ -345,6 +345,10 @@ pub trait BroadcastStore: Send + Sync + 'static {
 /// loads the misses from the directory and puts them back.
 #[async_trait]
 pub trait PreferenceCache: Send + Sync + 'static {
+    /// Whether the engine answers (in-process engines always do).
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
     async fn get_many(&self, user_ids: &[String]) -> Result<Vec<Option<Preferences>>>;
     async fn put_many(&self, entries: &[(String, Preferences)]) -> Result<()>;
     async fn invalidate(&self, user_id: &str) -> Result<()>;
@@ -368,6 +372,10 @@ pub struct Rate {
 /// beyond the store's own.
 #[async_trait]
 pub trait Throttle: Send + Sync + 'static {
+    /// Whether the engine answers (in-process engines always do).
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
     /// Reserves `n` sends (`1..=rate.burst`) under the limit `key` and returns how long to
     /// wait before making them.
     async fn reserve(&self, key: &str, n: u32, rate: Rate) -> Result<Duration>;
@@ -572,6 +580,10 @@ pub trait DeliveryStore: Send + Sync + 'static {
 /// resume from the inbox store with `since`). Nothing is lost silently.
 #[async_trait]
 pub trait LiveHub: Send + Sync + 'static {
+    /// Whether the engine answers (in-process engines always do).
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
     /// Publishes an event: a user's events to that user's route, a broadcast activation to
     /// every node.
     async fn publish(&self, event: LiveEvent) -> Result<()>;

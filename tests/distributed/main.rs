@@ -12,5 +12,6 @@ mod roles;
 mod mysql_support;
 
 mod cross_node;
+mod outages;
 
 pub const ADMIN_KEY: &str = "distributed-admin-key-0123456789";

@@ -219,11 +219,7 @@ impl RedisBroadcastCache {
 impl BroadcastStore for RedisBroadcastCache {
     async fn ping(&self) -> Result<()> {
         self.store.ping().await?;
-        ::redis::cmd("PING")
-            .query_async::<String>(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)?;
-        Ok(())
+        super::ping(&self.conn).await
     }
 
     async fn insert(&self, b: &Broadcast) -> Result<()> {

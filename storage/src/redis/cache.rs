@@ -48,6 +48,10 @@ impl RedisPreferenceCache {
 
 #[async_trait]
 impl PreferenceCache for RedisPreferenceCache {
+    async fn ping(&self) -> Result<()> {
+        super::ping(&self.conn).await
+    }
+
     async fn get_many(&self, user_ids: &[String]) -> Result<Vec<Option<Preferences>>> {
         let mut out = Vec::with_capacity(user_ids.len());
         for part in user_ids.chunks(CHUNK) {

@@ -98,11 +98,7 @@ type ClaimedRow = (String, String, Option<String>, Vec<u8>, i64);
 #[async_trait]
 impl DelayStore for RedisDelays {
     async fn ping(&self) -> Result<()> {
-        let _: String = ::redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)?;
-        Ok(())
+        super::ping(&self.conn).await
     }
 
     async fn schedule(&self, messages: &[DelayedMessage]) -> Result<()> {

@@ -305,6 +305,10 @@ fn per_user(event: LiveEvent) -> Vec<(Option<String>, LiveEvent)> {
 
 #[async_trait]
 impl LiveHub for RedisLiveHub {
+    async fn ping(&self) -> Result<()> {
+        super::ping(&self.conn).await
+    }
+
     async fn publish(&self, event: LiveEvent) -> Result<()> {
         let mut messages = Vec::new();
         for (user, event) in per_user(event) {

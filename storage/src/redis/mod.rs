@@ -20,6 +20,7 @@ pub use throttle::RedisThrottle;
 
 use crate::BackendUrl;
 use herald_core::{Error, Result};
+use std::time::Duration;
 
 /// Where a Redis URL points: the part the `redis` crate understands, the key prefix, and
 /// whether it is a cluster (`cluster=true`: the host is a seed node, the rest are found).
@@ -116,24 +117,61 @@ impl ::redis::aio::ConnectionLike for Conn {
     }
 }
 
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a command may wait for its answer: a server that hangs (paused, swapping, a
+/// network that drops packets) fails the command instead of wedging its caller. No command
+/// Herald sends blocks on the server side (the live hub's subscriptions have a connection of
+/// their own).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connection manager's reconnects: 1 s, then every 2 s (with jitter), six attempts per
+/// reconnect (a command after that starts the next round). The crate's defaults multiply a
+/// 1 s delay by 100, so a server back after a 30 s outage waited up to a minute more.
+fn manager_config() -> ::redis::aio::ConnectionManagerConfig {
+    ::redis::aio::ConnectionManagerConfig::new()
+        .set_factor(2)
+        .set_max_delay(2_000)
+        .set_number_of_retries(6)
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT)
+}
+
 /// A connection on `url`, checked with a PING, and the key prefix.
 pub(crate) async fn connect(url: &BackendUrl) -> Result<(Conn, String)> {
     let target = split_url(url)?;
     let unavailable = |e| Error::unavailable(format!("cannot connect to Redis at {url}"), e);
     let mut conn = if target.cluster {
-        let client = ::redis::cluster::ClusterClient::new(vec![target.base.as_str()])
+        let client = ::redis::cluster::ClusterClientBuilder::new(vec![target.base.as_str()])
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .build()
             .map_err(|e| Error::invalid(format!("bad Redis URL {url}")).with_source(e))?;
         Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
     } else {
         let client = ::redis::Client::open(target.base.as_str())
             .map_err(|e| Error::invalid(format!("bad Redis URL {url}")).with_source(e))?;
-        Conn::Single(client.get_connection_manager().await.map_err(unavailable)?)
+        Conn::Single(
+            client
+                .get_connection_manager_with_config(manager_config())
+                .await
+                .map_err(unavailable)?,
+        )
     };
     let _: String = ::redis::cmd("PING")
         .query_async(&mut conn)
         .await
         .map_err(redis_error)?;
     Ok((conn, target.prefix))
+}
+
+/// One PING on `conn` (what the stores' `ping` asks).
+pub(crate) async fn ping(conn: &Conn) -> Result<()> {
+    let _: String = ::redis::cmd("PING")
+        .query_async(&mut conn.clone())
+        .await
+        .map_err(redis_error)?;
+    Ok(())
 }
 
 pub(crate) fn redis_error(e: ::redis::RedisError) -> Error {

@@ -47,6 +47,10 @@ impl RedisThrottle {
 
 #[async_trait]
 impl Throttle for RedisThrottle {
+    async fn ping(&self) -> Result<()> {
+        super::ping(&self.conn).await
+    }
+
     async fn reserve(&self, key: &str, n: u32, rate: Rate) -> Result<Duration> {
         let wait_us: i64 = self
             .script
