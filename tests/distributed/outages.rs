@@ -1,8 +1,9 @@
-//! Engines stopped under a running deployment: MariaDB, Redis and the JetStream broker are
-//! each stopped for [`OUTAGE`] while two fan-out processes cut a campaign and a push gateway
-//! sends it. The roles must wait and recover by themselves: `/readyz` goes red while the
-//! engine is down and green again after, the campaign completes, every user has exactly one
-//! inbox row, and every device gets its push exactly once.
+//! Faults under a running deployment on the distributed engines, while two fan-out processes
+//! cut a campaign and a push gateway sends it: MariaDB, Redis and the JetStream broker each
+//! stopped for [`OUTAGE`], and one fan-out process killed. The roles must wait and recover by
+//! themselves: `/readyz` goes red while an engine is down and green again after, the campaign
+//! completes (taken over by the surviving fan-out process), every user has exactly one inbox
+//! row, and every device gets its push exactly once.
 //!
 //! The stopped engine is a private server of the test's own (a MariaDB instance on a fresh
 //! data directory, a Redis with an append-only file, a `nats-server` with its store on disk),
@@ -204,7 +205,20 @@ async fn wait_readyz(roles: &[&Role], want: StatusCode, within: Duration) -> Dur
     started.elapsed()
 }
 
-async fn stopped_for_a_while_mid_campaign(engine: Engine) {
+/// What happens to the deployment a few batches into the campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The engine is stopped for [`OUTAGE`], then started again.
+    Stop(Engine),
+    /// One of the two fan-out processes is killed (SIGKILL) and stays dead.
+    KillFanout,
+}
+
+async fn fault_mid_campaign(fault: Fault) {
+    let engine = match fault {
+        Fault::Stop(engine) => Some(engine),
+        Fault::KillFanout => None,
+    };
     let (Ok(mysql), Ok(redis), Ok(nats)) = (
         std::env::var("HERALD_TEST_MYSQL_URL"),
         std::env::var("HERALD_TEST_REDIS_URL"),
@@ -217,29 +231,27 @@ async fn stopped_for_a_while_mid_campaign(engine: Engine) {
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let mut server = Server::start(engine, data).await;
+    let mut server = match engine {
+        Some(engine) => Some(Server::start(engine, data).await),
+        None => None,
+    };
+    let private = |e: Engine| server.as_ref().filter(|s| s.engine == e).map(Server::url);
     let prefix = format!("outage{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let with_prefix = |url: &str| {
         let sep = if url.contains('?') { '&' } else { '?' };
         format!("{url}{sep}prefix={prefix}")
     };
-    let mysql = match engine {
-        Engine::Mariadb => server.url(),
-        _ => {
+    let mysql = match private(Engine::Mariadb) {
+        Some(url) => url,
+        None => {
             let _ = mysql;
             crate::mysql_support::fresh_mysql_database("herald_outage")
                 .await
                 .unwrap()
         }
     };
-    let redis = with_prefix(&match engine {
-        Engine::Redis => server.url(),
-        _ => redis,
-    });
-    let bus = with_prefix(&match engine {
-        Engine::Nats => server.url(),
-        _ => nats,
-    });
+    let redis = with_prefix(&private(Engine::Redis).unwrap_or(redis));
+    let bus = with_prefix(&private(Engine::Nats).unwrap_or(nats));
     let mut env: Vec<(String, String)> = Vec::new();
     for port in [
         "DIRECTORY",
@@ -264,13 +276,14 @@ async fn stopped_for_a_while_mid_campaign(engine: Engine) {
     fcm.write_credentials(data).unwrap();
     let start = |role: &str| Role::start(role, data, &fcm.endpoint(), &env);
     let api = start("api");
-    let fanout_a = start("fanout");
+    let mut fanout_a = start("fanout");
     let fanout_b = start("fanout");
     let push = start("push");
-    let roles = [&api, &fanout_a, &fanout_b, &push];
-    for r in roles {
+    for r in [&api, &fanout_a, &fanout_b, &push] {
         r.wait_ready().await;
     }
+    // The roles that live through the fault.
+    let roles = [&api, &fanout_b, &push];
     wait_readyz(&roles, StatusCode::OK, Duration::from_secs(30)).await;
     let client = Api {
         base: api.base.clone(),
@@ -333,19 +346,32 @@ async fn stopped_for_a_while_mid_campaign(engine: Engine) {
         assert!(Instant::now() < deadline, "the campaign did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    server.down();
-    // Each backend has 2 s to answer a probe (herald_core::context::PING_TIMEOUT).
-    let went_red = wait_readyz(
-        &roles,
-        StatusCode::SERVICE_UNAVAILABLE,
-        Duration::from_secs(10),
-    )
-    .await;
-    tokio::time::sleep(OUTAGE.saturating_sub(went_red)).await;
-    let at_restart = Instant::now();
-    server.up().await;
-    let back = wait_readyz(&roles, StatusCode::OK, Duration::from_secs(90)).await;
-
+    let at_fault = Instant::now();
+    let report = match server.as_mut() {
+        Some(server) => {
+            server.down();
+            // Each backend has 2 s to answer a probe (herald_core::context::PING_TIMEOUT).
+            let went_red = wait_readyz(
+                &roles,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Duration::from_secs(10),
+            )
+            .await;
+            tokio::time::sleep(OUTAGE.saturating_sub(went_red)).await;
+            server.up().await;
+            let back = wait_readyz(&roles, StatusCode::OK, Duration::from_secs(90)).await;
+            format!(
+                "{:?} down {OUTAGE:?}: every role red within {went_red:?}, green {back:?} \
+                 after the restart",
+                server.engine
+            )
+        }
+        None => {
+            // The survivor takes the campaign over once the dead node's lease runs out.
+            fanout_a.kill9();
+            "a fan-out process killed".to_owned()
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(180);
     let done = loop {
         let c = client.campaign(&id).await;
@@ -376,9 +402,8 @@ async fn stopped_for_a_while_mid_campaign(engine: Engine) {
     }
     assert_eq!(inbox_rows(&mysql, &id).await, (USERS as i64, USERS as i64));
     eprintln!(
-        "{engine:?} down {OUTAGE:?}: every role red within {went_red:?}, green {back:?} after \
-         the restart, campaign completed {:?} after it",
-        at_restart.elapsed()
+        "{report}: campaign completed {:?} after the fault",
+        at_fault.elapsed()
     );
 }
 
@@ -404,15 +429,20 @@ async fn inbox_rows(url: &str, campaign: &str) -> (i64, i64) {
 
 #[tokio::test]
 async fn mariadb_stopped_mid_campaign_loses_and_doubles_nothing() {
-    stopped_for_a_while_mid_campaign(Engine::Mariadb).await;
+    fault_mid_campaign(Fault::Stop(Engine::Mariadb)).await;
 }
 
 #[tokio::test]
 async fn redis_stopped_mid_campaign_loses_and_doubles_nothing() {
-    stopped_for_a_while_mid_campaign(Engine::Redis).await;
+    fault_mid_campaign(Fault::Stop(Engine::Redis)).await;
 }
 
 #[tokio::test]
 async fn the_broker_stopped_mid_campaign_loses_and_doubles_nothing() {
-    stopped_for_a_while_mid_campaign(Engine::Nats).await;
+    fault_mid_campaign(Fault::Stop(Engine::Nats)).await;
+}
+
+#[tokio::test]
+async fn a_fanout_process_killed_mid_campaign_is_taken_over_losing_and_doubling_nothing() {
+    fault_mid_campaign(Fault::KillFanout).await;
 }
