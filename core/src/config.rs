@@ -666,6 +666,69 @@ mod tests {
         });
     }
 
+    /// deploy/compose/herald.toml and deploy/kubernetes/herald.toml, with the environment
+    /// deploy/compose.yaml and the Kubernetes Secret give them, load and validate: every store
+    /// on MySQL, the bus on Kafka, the rest on Redis, JSON logs.
+    #[test]
+    fn the_compose_and_kubernetes_configs_load_with_their_environment() {
+        for (name, file) in [
+            ("compose", include_str!("../../deploy/compose/herald.toml")),
+            (
+                "kubernetes",
+                include_str!("../../deploy/kubernetes/herald.toml"),
+            ),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file("herald.toml", file)?;
+                jail.set_env("HERALD_ADMIN_KEY", "an-admin-key-0123456789abcdef");
+                jail.set_env(
+                    "HERALD_INBOX__TOKEN_SECRET",
+                    "a-token-secret-0123456789abcdef-0123456789",
+                );
+                let db = "mysql://herald:pw@mariadb:3306/herald";
+                for store in [
+                    "DIRECTORY",
+                    "CAMPAIGNS",
+                    "INBOX",
+                    "BROADCASTS",
+                    "DELIVERIES",
+                    "DELAYS",
+                ] {
+                    jail.set_env(format!("HERALD_BACKENDS__{store}"), db);
+                }
+                let cfg = Config::load(Some(Path::new("herald.toml"))).expect(name);
+                cfg.validate().expect(name);
+                let b = &cfg.backends;
+                let scheme = |s: &Option<Secret>| {
+                    s.as_ref()
+                        .map(|s| s.expose().split("://").next().unwrap_or("").to_owned())
+                };
+                for store in [
+                    &b.directory,
+                    &b.campaigns,
+                    &b.inbox,
+                    &b.broadcasts,
+                    &b.deliveries,
+                    &b.delays,
+                ] {
+                    assert_eq!(scheme(store).as_deref(), Some("mysql"), "{name}");
+                }
+                for shared in [
+                    &b.preference_cache,
+                    &b.live,
+                    &b.throttle,
+                    &b.broadcast_cache,
+                ] {
+                    assert_eq!(scheme(shared).as_deref(), Some("redis"), "{name}");
+                }
+                assert_eq!(scheme(&b.bus).as_deref(), Some("kafka"), "{name}");
+                assert_eq!(cfg.log.format, "json", "{name}");
+                assert_eq!(cfg.listen, "0.0.0.0:8080", "{name}");
+                Ok(())
+            });
+        }
+    }
+
     #[test]
     fn a_missing_config_file_is_an_error() {
         figment::Jail::expect_with(|_jail| {
