@@ -25,7 +25,7 @@ pub mod stats;
 pub use broadcast::{broadcast, BroadcastOpts};
 pub use fanout::{fanout, seed_004_target, FanoutOpts};
 pub use inbox::{inbox, InboxOpts};
-pub use live::{live, LiveOpts};
+pub use live::{live, live_worker, LiveOpts};
 pub use push::{push, push_with_fcm, write_fcm_credentials, PushFigures, PushOpts};
 pub use report::{save, Report, Saved, Table};
 pub use seed::{seed, SeedOpts};

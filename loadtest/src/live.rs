@@ -11,7 +11,17 @@
 //! Each socket lives in one small task that opens it (under a semaphore), then reads frames:
 //! reading is what answers the server's pings (tungstenite queues the pong and flushes it on
 //! the next read). A notification whose title carries this run's marker is sent, with the
-//! `Instant` it was read, to the collector over an unbounded channel.
+//! time it was read (`CLOCK_MONOTONIC`), to the collector over an unbounded channel.
+//!
+//! Many nodes, many client processes: `--inbox-url` (repeated) spreads the sockets over
+//! several inbox nodes (socket i to node i modulo their number; tokens and broadcasts still go
+//! through `--url`), `--server-pid` (repeated) sums their RSS, and `--workers W` holds the
+//! sockets in W child processes (`herald-loadtest live-worker`, each with a descriptor limit of
+//! its own: one process may hold about 20,000 here). A worker reads its share of the tokens
+//! and the nodes as one JSON line on stdin, and reports each socket's open result, each
+//! arrival (with its `CLOCK_MONOTONIC` time, one clock for every process of the machine) and
+//! each early end as JSON lines on stdout; `close` on stdin makes it close its sockets, report
+//! how they closed, and exit.
 
 use crate::report::{Report, Table};
 use crate::stats::{self, LatencySummary, SpectrumPoint};
@@ -49,9 +59,20 @@ pub struct LiveOpts {
     /// Broadcasts to send, one after the other.
     #[arg(long, default_value_t = 3)]
     pub broadcasts: u32,
-    /// The server's process id, to read its VmRSS before and after the sockets open.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// The server processes' ids (repeat the option for several nodes), to read their VmRSS
+    /// before and after the sockets open.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+    /// Inbox nodes the sockets are spread over (repeat the option); default: `--url`.
+    #[arg(long = "inbox-url")]
+    pub inbox_urls: Vec<String>,
+    /// Client processes holding the sockets (children running `live-worker`); 0 keeps them
+    /// in this process.
+    #[arg(long, default_value_t = 0)]
+    pub workers: u32,
+    /// The executable the workers run (default: this one; tests name the built binary).
+    #[arg(long, hide = true)]
+    pub worker_exe: Option<std::path::PathBuf>,
     /// Sockets being opened at once.
     #[arg(long, default_value_t = 256)]
     pub open_concurrency: usize,
@@ -74,11 +95,23 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Progress lines every this many tokens or sockets.
 const PROGRESS_EVERY: u64 = 10_000;
 
-/// One notification of this run read by one socket.
+/// One notification of this run read by one socket, at [`mono_ns`].
 struct Arrival {
     broadcast: u32,
     conn: u32,
-    at: Instant,
+    at: u64,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process of the machine, so a
+/// worker's arrival times and the driver's 202 can be compared.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// What the socket tasks share with the driver.
@@ -94,11 +127,13 @@ struct Shared {
     closed_clean: AtomicU64,
     /// Sockets that ended some other way once we started closing.
     closed_unclean: AtomicU64,
+    /// In a worker: where early endings are reported to the driver as they happen.
+    forward: Option<mpsc::UnboundedSender<WorkerEvent>>,
 }
 
 impl Shared {
     fn on_text(&self, conn: u32, text: &str) {
-        let at = Instant::now();
+        let at = mono_ns();
         let broadcast = serde_json::from_str::<Value>(text).ok().and_then(|v| {
             if v["type"] != "notification" {
                 return None;
@@ -132,6 +167,11 @@ impl Shared {
     }
 
     fn ended_early(&self, why: String) {
+        if let Some(forward) = &self.forward {
+            let _ = forward.send(WorkerEvent::Early {
+                reason: why.clone(),
+            });
+        }
         *self.ended_early_counts().entry(why).or_default() += 1;
     }
 
@@ -214,20 +254,53 @@ pub async fn live(url: &str, key: &str, o: &LiveOpts) -> anyhow::Result<Report> 
         eprintln!("{warning}");
         report.note(warning);
     }
-    let ws_base = format!(
-        "ws://{}{}/v1/inbox/live?token=",
-        match server {
-            SocketAddr::V4(a) => a.to_string(),
-            SocketAddr::V6(a) => a.to_string(),
-        },
-        base.path().trim_end_matches('/'),
-    );
-    let server_pid = o.server_pid.map(|p| p.to_string());
-    if let Some(pid) = &server_pid {
+    let _ = server;
+    // The inbox nodes: (WebSocket URL up to the token, address to connect to).
+    let node_urls: Vec<&str> = if o.inbox_urls.is_empty() {
+        vec![url]
+    } else {
+        o.inbox_urls.iter().map(String::as_str).collect()
+    };
+    let mut nodes: Vec<(String, SocketAddr)> = Vec::new();
+    for node in &node_urls {
+        let base = reqwest::Url::parse(node).with_context(|| format!("inbox URL {node}"))?;
+        crate::check_target(node)?;
+        let host = base
+            .host_str()
+            .context("an inbox URL has no host")?
+            .to_owned();
+        let port = base
+            .port_or_known_default()
+            .context("an inbox URL has no port")?;
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} resolves to nothing"))?;
+        if !sources.is_empty() && !addr.is_ipv4() {
+            bail!("--source-addrs binds IPv4 loopback addresses, but {host} is {addr}: use IPv4 URLs or --source-addrs 0");
+        }
+        nodes.push((
+            format!(
+                "ws://{addr}{}/v1/inbox/live?token=",
+                base.path().trim_end_matches('/')
+            ),
+            addr,
+        ));
+    }
+    let ws_base = nodes
+        .iter()
+        .map(|(ws, _)| ws.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let per_node = n.div_ceil(nodes.len() as u64);
+    let server_pids: Vec<String> = o.server_pids.iter().map(u32::to_string).collect();
+    let server_pid = (!server_pids.is_empty()).then(|| server_pids.join(", "));
+    for pid in &server_pids {
         match server_nofile(pid) {
-            Some(limit) if limit < n + 64 => {
+            Some(limit) if limit < per_node + 64 => {
                 let warning = format!(
-                    "warning: the server (pid {pid}) may open only {limit} files, fewer than {n} sockets: \
+                    "warning: the server (pid {pid}) may open only {limit} files, fewer than its {per_node} sockets: \
                      start it under a higher `ulimit -n`"
                 );
                 eprintln!("{warning}");
@@ -255,7 +328,7 @@ pub async fn live(url: &str, key: &str, o: &LiveOpts) -> anyhow::Result<Report> 
     drop(ids);
 
     // 3. Sockets (with the server's RSS around them: 4).
-    let rss_before = server_pid.as_deref().and_then(vm_rss_kib);
+    let rss_before = total_rss_kib(&server_pids);
     let self_before = vm_rss_kib("self");
     let run_id = format!(
         "{:08x}-{}",
@@ -270,6 +343,7 @@ pub async fn live(url: &str, key: &str, o: &LiveOpts) -> anyhow::Result<Report> 
         ended_early: Mutex::new(HashMap::new()),
         closed_clean: AtomicU64::new(0),
         closed_unclean: AtomicU64::new(0),
+        forward: None,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (open_tx, mut opened_rx) = mpsc::unbounded_channel::<Result<(), String>>();
@@ -286,7 +360,18 @@ pub async fn live(url: &str, key: &str, o: &LiveOpts) -> anyhow::Result<Report> 
     );
     let open_started = Instant::now();
     let mut tasks = Vec::with_capacity(tokens.len());
+    let mut worker_stdins = Vec::new();
+    let tokens = if o.workers > 0 {
+        let (handles, stdins) =
+            start_workers(o, &nodes, &sources, tokens, &shared, &open_tx).await?;
+        tasks = handles;
+        worker_stdins = stdins;
+        Vec::new()
+    } else {
+        tokens
+    };
     for (i, token) in tokens.into_iter().enumerate() {
+        let (ws_base, server) = nodes[i % nodes.len()].clone();
         let slots = slots.clone();
         let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
         let url = format!("{ws_base}{token}");
@@ -352,7 +437,7 @@ pub async fn live(url: &str, key: &str, o: &LiveOpts) -> anyhow::Result<Report> 
     }
     // Let the server finish registering the last sockets before its memory is read.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = server_pid.as_deref().and_then(vm_rss_kib);
+    let rss_after = total_rss_kib(&server_pids);
     let self_after = vm_rss_kib("self");
     let per_conn = match (rss_before, rss_after) {
         (Some(b), Some(a)) if established > 0 => {
@@ -387,6 +472,10 @@ pub async fn live(url: &str, key: &str, o: &LiveOpts) -> anyhow::Result<Report> 
     let early = shared.ended_early_total();
     let closing = Instant::now();
     let _ = stop_tx.send(true);
+    for mut stdin in worker_stdins {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(b"close\n").await;
+    }
     let all_closed = tokio::time::timeout(CLOSE_TIMEOUT, futures::future::join_all(tasks))
         .await
         .is_ok();
@@ -445,6 +534,8 @@ pub async fn live(url: &str, key: &str, o: &LiveOpts) -> anyhow::Result<Report> 
         "open_secs": open_secs,
         "sockets_per_s": stats::per_second(established, open_secs),
         "close_secs": close_secs,
+        "inbox_nodes": nodes.len(),
+        "client_processes": o.workers.max(1),
         "server_rss_before_kib": rss_before,
         "server_rss_after_kib": rss_after,
         "server_bytes_per_socket": per_conn,
@@ -482,7 +573,12 @@ pub async fn live(url: &str, key: &str, o: &LiveOpts) -> anyhow::Result<Report> 
     );
     match (rss_before, rss_after) {
         (Some(b), Some(a)) => row(
-            &format!("server RSS (pid {})", server_pid.as_deref().unwrap_or("?")),
+            &format!(
+                "server RSS ({} node{}, pid {})",
+                nodes.len(),
+                if nodes.len() == 1 { "" } else { "s" },
+                server_pid.as_deref().unwrap_or("?")
+            ),
             format!(
                 "before {}, after {}, {} per socket (design target: 100,000 sockets in ≤ 2 GiB, ≈ 21 KiB each)",
                 kib(b),
@@ -579,7 +675,7 @@ async fn broadcasts(
     let total = o.broadcasts as usize;
     // Which sockets got which broadcast, to count each once and to see duplicates.
     let mut got: Vec<Vec<bool>> = vec![Vec::new(); total];
-    let mut times: Vec<Vec<Instant>> = vec![Vec::new(); total];
+    let mut times: Vec<Vec<u64>> = vec![Vec::new(); total];
     let mut extra = ArrivalStats::default();
     let wait = Duration::from_secs(o.wait_secs);
     for b in 0..total {
@@ -589,7 +685,7 @@ async fn broadcasts(
             extra.late += 1;
         }
         let title = format!("{}{b}", shared.marker);
-        let started = Instant::now();
+        let started = mono_ns();
         let resp = client
             .post(format!("{url}/v1/campaigns"))
             .bearer_auth(key)
@@ -601,14 +697,15 @@ async fn broadcasts(
             .send()
             .await
             .context("creating the broadcast")?;
-        let accepted = Instant::now();
+        let accepted = mono_ns();
+        let accepted_instant = Instant::now();
         let status = resp.status();
         let created: Value = resp.json().await.unwrap_or(Value::Null);
         if status != reqwest::StatusCode::ACCEPTED {
             bail!("creating broadcast #{b}: {status} {created}");
         }
-        let post_ms = accepted.duration_since(started).as_secs_f64() * 1000.0;
-        let deadline = tokio::time::Instant::from_std(accepted + wait);
+        let post_ms = accepted.saturating_sub(started) as f64 / 1e6;
+        let deadline = tokio::time::Instant::from_std(accepted_instant + wait);
         loop {
             let alive = established.saturating_sub(shared.ended_early_total());
             if times[b].len() as u64 >= alive {
@@ -626,10 +723,10 @@ async fn broadcasts(
             if at < accepted {
                 before_202 += 1;
             }
-            stats::record(&mut hist, at.saturating_duration_since(accepted));
+            stats::record(&mut hist, Duration::from_nanos(at.saturating_sub(accepted)));
         }
         let last = times[b].iter().max().copied();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let ms = |ns: u64| ns as f64 / 1e6;
         let figures = BroadcastFigures {
             index: b as u32,
             campaign_id: created["id"].as_str().unwrap_or("?").to_owned(),
@@ -640,8 +737,8 @@ async fn broadcasts(
             before_202,
             latency_ms: LatencySummary::from_micros(&hist),
             latency_spectrum: stats::spectrum(&hist),
-            last_ms: last.map(|l| ms(l.saturating_duration_since(accepted))),
-            last_from_post_start_ms: last.map(|l| ms(l.duration_since(started))),
+            last_ms: last.map(|l| ms(l.saturating_sub(accepted))),
+            last_from_post_start_ms: last.map(|l| ms(l.saturating_sub(started))),
         };
         let l = &figures.latency_ms;
         eprintln!(
@@ -663,7 +760,7 @@ async fn broadcasts(
 }
 
 /// Counts one arrival once per socket and broadcast.
-fn record(a: &Arrival, got: &mut [Vec<bool>], times: &mut [Vec<Instant>], duplicates: &mut u64) {
+fn record(a: &Arrival, got: &mut [Vec<bool>], times: &mut [Vec<u64>], duplicates: &mut u64) {
     let Some(seen) = got.get_mut(a.broadcast as usize) else {
         return;
     };
@@ -927,4 +1024,251 @@ fn bytes(b: f64) -> String {
     } else {
         format!("{b:.0} B")
     }
+}
+
+/// The sum of the servers' VmRSS in KiB; `None` without pids or if one cannot be read.
+fn total_rss_kib(pids: &[String]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| vm_rss_kib(p)).sum()
+}
+
+/// What a `live-worker` process is given on its stdin (one JSON line).
+#[derive(Serialize, Deserialize)]
+struct WorkerPlan {
+    /// The inbox nodes: WebSocket URL up to the token, and the address to connect to.
+    nodes: Vec<(String, SocketAddr)>,
+    sources: Vec<IpAddr>,
+    open_concurrency: usize,
+    marker: String,
+    /// (socket number in the whole run, token): socket i goes to node i modulo the nodes.
+    sockets: Vec<(u32, String)>,
+}
+
+/// What a `live-worker` process reports on its stdout, one JSON line each.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum WorkerEvent {
+    /// One socket's open attempt.
+    Open { error: Option<String> },
+    /// Notifications read: (broadcast, socket, `CLOCK_MONOTONIC` ns).
+    Arrivals { a: Vec<(u32, u32, u64)> },
+    /// A socket ended before the close, and why.
+    Early { reason: String },
+    /// The close, after `close` on stdin: the worker exits after this.
+    Closed {
+        clean: u64,
+        unclean: u64,
+        other: u64,
+    },
+}
+
+/// Starts `o.workers` `live-worker` processes, each with its share of `tokens`; their reports
+/// feed `shared` and `open_tx` as the sockets of this process would. Returns the tasks reading
+/// their stdout (each ends when its worker exits) and their stdins (for `close`).
+async fn start_workers(
+    o: &LiveOpts,
+    nodes: &[(String, SocketAddr)],
+    sources: &[IpAddr],
+    tokens: Vec<String>,
+    shared: &Arc<Shared>,
+    open_tx: &mpsc::UnboundedSender<Result<(), String>>,
+) -> anyhow::Result<(
+    Vec<tokio::task::JoinHandle<()>>,
+    Vec<tokio::process::ChildStdin>,
+)> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let exe = match &o.worker_exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().context("the load test's own executable")?,
+    };
+    let per = tokens.len().div_ceil(o.workers.max(1) as usize).max(1);
+    let mut numbered: Vec<(u32, String)> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (i as u32, t))
+        .collect();
+    let (mut handles, mut stdins) = (Vec::new(), Vec::new());
+    while !numbered.is_empty() {
+        let share: Vec<(u32, String)> = numbered.drain(..per.min(numbered.len())).collect();
+        let plan = WorkerPlan {
+            nodes: nodes.to_vec(),
+            sources: sources.to_vec(),
+            // The in-flight budget is the run's, split between the workers.
+            open_concurrency: (o.open_concurrency / o.workers.max(1) as usize).max(1),
+            marker: shared.marker.clone(),
+            sockets: share,
+        };
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("live-worker")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a live-worker process")?;
+        let mut stdin = child.stdin.take().context("worker stdin")?;
+        let mut line = serde_json::to_vec(&plan)?;
+        line.push(b'\n');
+        stdin
+            .write_all(&line)
+            .await
+            .context("handing a worker its plan")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let (shared, open_tx) = (shared.clone(), open_tx.clone());
+        handles.push(tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<WorkerEvent>(&line) {
+                    Ok(WorkerEvent::Open { error }) => {
+                        let _ = open_tx.send(error.map_or(Ok(()), Err));
+                    }
+                    Ok(WorkerEvent::Arrivals { a }) => {
+                        for (broadcast, conn, at) in a {
+                            let _ = shared.arrivals.send(Arrival {
+                                broadcast,
+                                conn,
+                                at,
+                            });
+                        }
+                    }
+                    Ok(WorkerEvent::Early { reason }) => shared.ended_early(reason),
+                    Ok(WorkerEvent::Closed {
+                        clean,
+                        unclean,
+                        other,
+                    }) => {
+                        shared.closed_clean.fetch_add(clean, Ordering::Relaxed);
+                        shared.closed_unclean.fetch_add(unclean, Ordering::Relaxed);
+                        shared.other_frames.fetch_add(other, Ordering::Relaxed);
+                    }
+                    Err(e) => eprintln!("live-worker said something unreadable ({e}): {line}"),
+                }
+            }
+            let _ = child.wait().await;
+        }));
+        stdins.push(stdin);
+    }
+    Ok((handles, stdins))
+}
+
+/// The `live-worker` process: opens the sockets of the plan on its stdin, reports on stdout
+/// (see [`WorkerEvent`]), closes them on `close` (or when stdin ends) and exits.
+pub async fn live_worker() -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let plan: WorkerPlan = serde_json::from_str(
+        &stdin
+            .next_line()
+            .await?
+            .context("live-worker: no plan on stdin")?,
+    )
+    .context("live-worker: the plan")?;
+    raise_nofile(plan.sockets.len() as u64 + FD_MARGIN)?;
+    let (events_tx, mut events) = mpsc::unbounded_channel::<WorkerEvent>();
+    let (arrival_tx, mut arrivals) = mpsc::unbounded_channel::<Arrival>();
+    let shared = Arc::new(Shared {
+        marker: plan.marker.clone(),
+        arrivals: arrival_tx,
+        other_frames: AtomicU64::new(0),
+        ended_early: Mutex::new(HashMap::new()),
+        closed_clean: AtomicU64::new(0),
+        closed_unclean: AtomicU64::new(0),
+        forward: Some(events_tx.clone()),
+    });
+    // Everything goes out through one writer; arrivals in batches (their times were taken at
+    // the read, so batching them does not move them).
+    let writer = tokio::spawn(async move {
+        let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+        let line = |e: &WorkerEvent| {
+            let mut l = serde_json::to_vec(e).unwrap_or_default();
+            l.push(b'\n');
+            l
+        };
+        loop {
+            let bytes = tokio::select! {
+                e = events.recv() => match e {
+                    Some(e) => line(&e),
+                    None => break,
+                },
+                Some(a) = arrivals.recv() => {
+                    let mut batch = vec![(a.broadcast, a.conn, a.at)];
+                    while batch.len() < 4096 {
+                        match arrivals.try_recv() {
+                            Ok(a) => batch.push((a.broadcast, a.conn, a.at)),
+                            Err(_) => break,
+                        }
+                    }
+                    line(&WorkerEvent::Arrivals { a: batch })
+                }
+            };
+            if out.write_all(&bytes).await.is_err() {
+                return;
+            }
+            if events.is_empty() && arrivals.is_empty() && out.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = out.flush().await;
+    });
+
+    let slots = Arc::new(Semaphore::new(plan.open_concurrency.max(1)));
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(plan.sockets.len());
+    for (conn, token) in plan.sockets {
+        let (ws_base, server) = plan.nodes[conn as usize % plan.nodes.len()].clone();
+        let source =
+            (!plan.sources.is_empty()).then(|| plan.sources[conn as usize % plan.sources.len()]);
+        let (slots, shared, stop, events) = (
+            slots.clone(),
+            shared.clone(),
+            stop_rx.clone(),
+            events_tx.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let Ok(permit) = slots.acquire_owned().await else {
+                return;
+            };
+            let opened = match tokio::time::timeout(
+                OPEN_TIMEOUT,
+                open(format!("{ws_base}{token}"), source, server, ws_config),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(format!("timed out after {} s", OPEN_TIMEOUT.as_secs())),
+            };
+            drop(permit);
+            let _ = events.send(WorkerEvent::Open {
+                error: opened.as_ref().err().cloned(),
+            });
+            drop(events);
+            if let Ok(ws) = opened {
+                socket(conn, ws, &shared, stop).await;
+            }
+        }));
+    }
+    // Until the driver says `close` (or goes away).
+    while let Ok(Some(line)) = stdin.next_line().await {
+        if line.trim() == "close" {
+            break;
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures::future::join_all(tasks)).await;
+    let _ = events_tx.send(WorkerEvent::Closed {
+        clean: shared.closed_clean.load(Ordering::Relaxed),
+        unclean: shared.closed_unclean.load(Ordering::Relaxed),
+        other: shared.other_frames.load(Ordering::Relaxed),
+    });
+    drop(events_tx);
+    drop(shared);
+    let _ = writer.await;
+    Ok(())
 }

@@ -60,6 +60,9 @@ enum Scenario {
     /// N WebSockets on `GET /v1/inbox/live`: time to open them, the server's RSS per socket
     /// (with --server-pid), then broadcasts to `all` and their latency to every socket.
     Live(LiveOpts),
+    /// One client process of `live --workers`: reads its plan on stdin, reports on stdout.
+    #[command(hide = true)]
+    LiveWorker,
     /// Device sends per second through the push gateway: registers one FCM device for each of
     /// the first N seeded users, sends them one push campaign, and times the sends at a fake
     /// FCM run by the harness (start the server with FCM pointed at it: see --write-credentials).
@@ -76,6 +79,9 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.scenario, Scenario::LiveWorker) {
+        return herald_loadtest::live_worker().await;
+    }
     herald_loadtest::check_target(&cli.url)?;
     // Writing the fake FCM's credentials comes before the server (and its key) exists.
     if let Scenario::Push {
@@ -104,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Broadcast(o) => herald_loadtest::broadcast(url, &key, o).await?,
         Scenario::Live(o) => herald_loadtest::live(url, &key, o).await?,
         Scenario::Push { opts, .. } => herald_loadtest::push(url, &key, opts).await?,
+        Scenario::LiveWorker => unreachable!("handled before the target is checked"),
     };
     print!("{}", report.to_markdown());
     let saved = herald_loadtest::save(&report, &cli.report_dir, cli.plot)?;

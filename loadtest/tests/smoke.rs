@@ -249,6 +249,33 @@ async fn every_scenario_runs_at_tiny_sizes_against_a_whole_herald() {
     assert_eq!(number(&live, "/closed_clean"), 20.0);
     check_and_save(&live, "live", dir);
 
+    // The same over two client processes and two inbox URLs (one node twice here).
+    let spread = herald_loadtest::live(
+        url,
+        ADMIN_KEY,
+        &LiveOpts {
+            connections: 20,
+            source_addrs: 2,
+            broadcasts: 2,
+            wait_secs: 15,
+            inbox_urls: vec![url.to_owned(), url.to_owned()],
+            workers: 2,
+            worker_exe: Some(env!("CARGO_BIN_EXE_herald-loadtest").into()),
+            ..LiveOpts::default()
+        },
+    )
+    .await
+    .expect("live over workers");
+    assert_eq!(number(&spread, "/established"), 20.0, "{}", spread.figures);
+    assert_eq!(number(&spread, "/client_processes"), 2.0);
+    assert_eq!(number(&spread, "/inbox_nodes"), 2.0);
+    for b in 0..2 {
+        assert_eq!(number(&spread, &format!("/broadcasts/{b}/received")), 20.0);
+        assert!(number(&spread, &format!("/broadcasts/{b}/latency_ms/max_ms")) < 15_000.0);
+    }
+    assert_eq!(number(&spread, "/duplicates"), 0.0);
+    assert_eq!(number(&spread, "/closed_clean"), 20.0);
+
     let push = herald_loadtest::push_with_fcm(
         url,
         ADMIN_KEY,
