@@ -58,22 +58,43 @@ start() { # role port
 
 "$bin/herald" migrate >"$work/migrate.log" 2>&1
 start api 18080
+api_pid=${pids[-1]}
 start fanout 18081
+fanout_pids=${pids[-1]}
 lt() { "$bin/herald-loadtest" --url http://127.0.0.1:18080 --admin-key "$HERALD_ADMIN_KEY" --report-dir "$work/reports" "$@"; }
 lt seed --users "$USERS" >/dev/null
 
-# users/s of one campaign to every seeded user, from the report's JSON.
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# Where the CPU of one campaign went: MariaDB, the broker, the fan-out processes (summed), the
+# API, and what the machine left idle (CPU seconds; the run's length × cores is the total).
+cpu_pids() { echo "mariadb:$(cat /run/mysqld/mysqld.pid 2>/dev/null) broker:$(pgrep -f "nats-server.* -p ${BUS##*:}" | head -1) fanout:${fanout_pids// /,} api:$api_pid"; }
+snapshot() {
+  for kv in $(cpu_pids); do k=${kv%%:*}; t=0; for p in $(echo "${kv#*:}" | tr , ' '); do t=$(echo "$t + $(cpu "$p")" | bc); done; printf '%s=%s ' "$k" "$t"; done
+  awk -v t="$(getconf CLK_TCK)" '/^cpu /{printf "idle=%.1f", $5 / t}' /proc/stat
+}
+
+# users/s of one campaign to every seeded user, from the report's JSON, and its CPU split.
 fanout_once() {
+  local before after
+  before=$(snapshot)
   lt fanout --sizes "$USERS" >/dev/null
+  after=$(snapshot)
   python3 -c 'import json,sys,glob; f=sorted(glob.glob(sys.argv[1]+"/fanout-*.json"))[-1]; s=json.load(open(f))["figures"]["sizes"][0]; print(round(s["users_per_s"]), round(s["secs"],2))' "$work/reports"
+  python3 - "$before" "$after" >&2 <<'PY'
+import sys
+b = dict(kv.split("=") for kv in sys.argv[1].split())
+a = dict(kv.split("=") for kv in sys.argv[2].split())
+print("    CPU seconds: " + ", ".join(f"{k} {float(a[k]) - float(b[k]):.1f}" for k in a))
+PY
 }
 
 declare -a one two
 second=
 for i in $(seq 1 "$RUNS"); do
-  if [ -n "$second" ]; then kill "$second"; wait "$second" 2>/dev/null || true; second=; fi
+  if [ -n "$second" ]; then kill "$second"; wait "$second" 2>/dev/null || true; second=; fanout_pids=${pids[1]}; fi
   read -r ups secs < <(fanout_once); one+=("$ups"); echo "1 fan-out process:  $secs s, $ups users/s" >&2
-  start fanout 18082; second=${pids[-1]}
+  start fanout 18082; second=${pids[-1]}; fanout_pids="${pids[1]} $second"
   read -r ups secs < <(fanout_once); two+=("$ups"); echo "2 fan-out processes: $secs s, $ups users/s" >&2
 done
 python3 - "${one[*]}" "${two[*]}" "$USERS" "$BUS" <<'PY'

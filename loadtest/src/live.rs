@@ -218,13 +218,14 @@ pub async fn live(url: &str, key: &str, o: &LiveOpts) -> anyhow::Result<Report> 
         bail!("--population {population} is smaller than --connections {n}: each socket needs its own user");
     }
 
-    // 1. File descriptors.
-    let (fd_before, fd_now) = raise_nofile(n + FD_MARGIN)?;
-    let needed = n + FD_MARGIN;
+    // 1. File descriptors (with workers, theirs: this process only mints and sends).
+    let sockets_here = if o.workers > 0 { 0 } else { n };
+    let needed = sockets_here + FD_MARGIN + o.mint_concurrency as u64;
+    let (fd_before, fd_now) = raise_nofile(needed)?;
     let nofile = if fd_now > fd_before {
-        format!("RLIMIT_NOFILE: soft limit raised from {fd_before} to the hard limit {fd_now} (needs {needed} = {n} sockets + {FD_MARGIN})")
+        format!("RLIMIT_NOFILE: soft limit raised from {fd_before} to the hard limit {fd_now} (needs {needed} = {sockets_here} sockets here + {FD_MARGIN} + token requests)")
     } else {
-        format!("RLIMIT_NOFILE: soft limit already at the hard limit {fd_now} (needs {needed} = {n} sockets + {FD_MARGIN})")
+        format!("RLIMIT_NOFILE: soft limit already at the hard limit {fd_now} (needs {needed} = {sockets_here} sockets here + {FD_MARGIN} + token requests)")
     };
     eprintln!("{nofile}");
     report.note(nofile);
