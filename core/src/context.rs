@@ -6,8 +6,9 @@ use crate::config::{Config, Secret};
 use crate::ports::*;
 use std::sync::Arc;
 
-/// How long `/readyz` waits for a backend to answer.
-pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long `/readyz` waits for a backend to answer: longer than a SQLite store's own wait
+/// for its write lock (2 s), so that a locked file is reported by name rather than as silence.
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One handle per port, whatever engine is behind it.
 #[derive(Clone)]

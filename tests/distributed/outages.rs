@@ -350,11 +350,12 @@ async fn fault_mid_campaign(fault: Fault) {
     let report = match server.as_mut() {
         Some(server) => {
             server.down();
-            // Each backend has 2 s to answer a probe (herald_core::context::PING_TIMEOUT).
+            // Each backend has 3 s to answer a probe (herald_core::context::PING_TIMEOUT), and
+            // the roles are asked one after the other.
             let went_red = wait_readyz(
                 &roles,
                 StatusCode::SERVICE_UNAVAILABLE,
-                Duration::from_secs(10),
+                Duration::from_secs(20),
             )
             .await;
             tokio::time::sleep(OUTAGE.saturating_sub(went_red)).await;
