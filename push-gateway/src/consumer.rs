@@ -236,21 +236,7 @@ impl Gateway {
         if let Some(after) = msg.deliver_after.filter(|a| *a > now + EARLY_TOLERANCE) {
             // Too early: kept in the delay store until it is due (under its delivery key, so
             // a redelivery of this message schedules it once).
-            let topic = topics::channel_topic(channel);
-            return self
-                .ctx
-                .ports
-                .publish_at(
-                    topic,
-                    OutMessage {
-                        key: Some(msg.campaign_id.clone()),
-                        payload: payload.to_vec(),
-                    },
-                    Some(after),
-                    now,
-                    || format!("{topic}/{}", msg.delivery_key()),
-                )
-                .await;
+            return self.defer(&msg, payload, after, now).await;
         }
         let key = msg.delivery_key();
         // One handling of one copy holds the key while it sends. A copy of the same message in
@@ -272,21 +258,7 @@ impl Gateway {
                 // wait as one), it comes back to find the key processed, or free to send.
                 metrics::counter!("herald_push_held_copies_total", "channel" => channel.as_str())
                     .increment(1);
-                let topic = topics::channel_topic(channel);
-                return self
-                    .ctx
-                    .ports
-                    .publish_at(
-                        topic,
-                        OutMessage {
-                            key: Some(msg.campaign_id.clone()),
-                            payload: payload.to_vec(),
-                        },
-                        Some(until),
-                        now,
-                        || format!("{topic}/{key}"),
-                    )
-                    .await;
+                return self.defer(&msg, payload, until, now).await;
             }
         }
         // Renewed while the sends are in flight, however long they take; ends with this call.
@@ -314,6 +286,31 @@ impl Gateway {
         metrics::histogram!("herald_push_message_seconds", "channel" => channel.as_str())
             .record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Puts a channel message back in the delay store until `until`, under its delivery key
+    /// (so any number of copies of it wait as one).
+    async fn defer(
+        &self,
+        msg: &ChannelMessage,
+        payload: &[u8],
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let topic = topics::channel_topic(msg.channel);
+        self.ctx
+            .ports
+            .publish_at(
+                topic,
+                OutMessage {
+                    key: Some(msg.campaign_id.clone()),
+                    payload: payload.to_vec(),
+                },
+                Some(until),
+                now,
+                || format!("{topic}/{}", msg.delivery_key()),
+            )
+            .await
     }
 
     /// Sends everything a message holds and acts on the outcomes; returns the report.
