@@ -10,17 +10,23 @@
 //! the test's configuration written to a `herald.toml` (engines from `HERALD_TEST_BACKENDS`
 //! and `HERALD_TEST_BUS_URL`, as in-process) after one `herald migrate`. `ctx` is then this
 //! process's own view of the same stores, for the checks that read them.
+//!
+//! [`spawn_deployment`] is the whole product: in-process, `herald serve`'s roles (one port for
+//! the admin API, the inbox API with its live feed and the operations endpoints; the fan-out;
+//! the push gateway against a fake FCM); as processes, two `herald api`, two `herald fanout`,
+//! two `herald inbox` behind a round-robin of their own and two `herald push`.
 #![allow(dead_code)]
 
 #[path = "../../../storage/tests/support/mysql.rs"]
 mod mysql_support;
 
 #[path = "../../../tests/support/roles.rs"]
-mod roles;
+mod role;
 
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
 use herald_core::{Context, SystemClock};
+use herald_push::fakes::FakeFcm;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::sync::Arc;
@@ -30,13 +36,23 @@ pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 pub const TOKEN_SECRET: &str = "api-suite-token-secret-0123456789abcdef";
 
 pub struct TestApp {
+    /// The admin API.
     pub base: String,
+    /// The inbox API and its live feed (the admin API's port in-process, as `herald serve`
+    /// serves both on one; a round-robin over the inbox nodes as processes). Only
+    /// [`spawn_deployment`] serves it.
+    pub inbox: String,
+    /// Each inbox node's own base URL, for sockets placed on a given node (the one port of
+    /// `herald serve` in-process).
+    pub inbox_nodes: Vec<String>,
+    /// The fake FCM the push gateway sends to ([`spawn_deployment`]).
+    pub fcm: Option<FakeFcm>,
     pub client: reqwest::Client,
     pub ctx: Context,
     pub shutdown: CancellationToken,
     /// The role processes (`HERALD_TEST_ROLES=processes`), killed on drop before the
     /// directory goes.
-    _processes: Vec<roles::Role>,
+    _processes: Vec<role::Role>,
     _dir: tempfile::TempDir,
 }
 
@@ -55,30 +71,58 @@ impl Drop for TestApp {
     }
 }
 
+/// Which roles run beside the admin API.
+#[derive(Clone, Copy, PartialEq)]
+enum Roles {
+    Api,
+    ApiAndFanout,
+    /// Every role: fan-out, inbox and push gateway (with a fake FCM).
+    All,
+}
+
 pub async fn spawn_app() -> TestApp {
-    spawn(|_| {}, false).await
+    spawn(|_| {}, Roles::Api).await
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
-    spawn(configure, false).await
+    spawn(configure, Roles::Api).await
 }
 
 /// The API plus the fan-out role (`herald_fanout::run`), stopped when the app is dropped.
 pub async fn spawn_app_with_fanout(configure: impl FnOnce(&mut Config)) -> TestApp {
-    spawn(configure, true).await
+    spawn(configure, Roles::ApiAndFanout).await
 }
 
-async fn spawn(configure: impl FnOnce(&mut Config), fanout: bool) -> TestApp {
+/// Every role (see the module doc), stopped when the app is dropped.
+pub async fn spawn_deployment(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn(configure, Roles::All).await
+}
+
+async fn spawn(configure: impl FnOnce(&mut Config), roles: Roles) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config {
         data_dir: dir.path().to_owned(),
         admin_key: Some(Secret::new(ADMIN_KEY)),
         ..Config::default()
     };
+    let fcm = if roles == Roles::All {
+        let fcm = FakeFcm::start().await.expect("fake FCM");
+        config.inbox.token_secret = Some(Secret::new(TOKEN_SECRET));
+        config.push.fcm.endpoint = fcm.endpoint();
+        config.push.fcm.credentials_file =
+            Some(fcm.write_credentials(dir.path()).expect("credentials"));
+        config.push.fcm.batch_window_ms = 5;
+        config.push.fcm.h2c = true;
+        config.push.backoff_base_ms = 20;
+        config.push.backoff_max_ms = 200;
+        Some(fcm)
+    } else {
+        None
+    };
     mysql_support::configure_backends(&mut config).await;
     configure(&mut config);
     if as_processes() {
-        return spawn_processes(dir, config, fanout).await;
+        return spawn_processes(dir, config, roles, fcm).await;
     }
     let ctx = context(config).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -86,12 +130,36 @@ async fn spawn(configure: impl FnOnce(&mut Config), fanout: bool) -> TestApp {
         .expect("bind port 0");
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
-    tokio::spawn(herald_api::run(ctx.clone(), listener, shutdown.clone()));
-    if fanout {
+    if roles == Roles::All {
+        // `herald serve`: one port for the admin API, the inbox API and the operations.
+        let providers = herald_push::Providers::from_config(&ctx.config.push).expect("providers");
+        tokio::spawn(herald_push::run_with(
+            ctx.clone(),
+            providers,
+            shutdown.clone(),
+        ));
+        let (inbox, _feed) = herald_inbox::router_with_feed(
+            ctx.clone(),
+            herald_inbox::LiveConfig::default(),
+            shutdown.clone(),
+        );
+        let router = herald_http::finish(
+            herald_api::admin_router(ctx.clone())
+                .merge(inbox)
+                .merge(herald_http::ops_router(ctx.clone())),
+        );
+        tokio::spawn(herald_http::serve(listener, router, shutdown.clone()));
+    } else {
+        tokio::spawn(herald_api::run(ctx.clone(), listener, shutdown.clone()));
+    }
+    if roles != Roles::Api {
         tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
     }
     TestApp {
         base: format!("http://{addr}"),
+        inbox: format!("http://{addr}"),
+        inbox_nodes: vec![format!("http://{addr}")],
+        fcm,
         client: reqwest::Client::new(),
         ctx,
         shutdown,
@@ -118,7 +186,12 @@ async fn context(config: Config) -> Context {
 }
 
 /// The deployment of `HERALD_TEST_ROLES=processes` (see the module doc).
-async fn spawn_processes(dir: tempfile::TempDir, config: Config, fanout: bool) -> TestApp {
+async fn spawn_processes(
+    dir: tempfile::TempDir,
+    config: Config,
+    roles: Roles,
+    fcm: Option<FakeFcm>,
+) -> TestApp {
     let data = dir.path();
     let file = data.join("herald.toml");
     std::fs::write(
@@ -132,7 +205,7 @@ async fn spawn_processes(dir: tempfile::TempDir, config: Config, fanout: bool) -
         ("HERALD_INBOX__TOKEN_SECRET", TOKEN_SECRET),
     ];
     // The schemas once, as an operator would before starting the roles.
-    let migrate = std::process::Command::new(roles::herald_bin())
+    let migrate = std::process::Command::new(role::herald_bin())
         .arg("migrate")
         .env("HERALD_CONFIG", &file)
         .env("HERALD_DATA_DIR", data)
@@ -144,31 +217,38 @@ async fn spawn_processes(dir: tempfile::TempDir, config: Config, fanout: bool) -
         "herald migrate: {}",
         String::from_utf8_lossy(&migrate.stderr)
     );
-    // No provider is configured here: the API suite starts no push gateway.
-    let no_fcm = "http://127.0.0.1:9";
-    let mut processes = vec![
-        roles::Role::start("api", data, no_fcm, &env),
-        roles::Role::start("api", data, no_fcm, &env),
-    ];
-    if fanout {
-        processes.push(roles::Role::start("fanout", data, no_fcm, &env));
-        processes.push(roles::Role::start("fanout", data, no_fcm, &env));
+    // Without a push gateway no provider is used: FCM points nowhere.
+    let fcm_endpoint = fcm
+        .as_ref()
+        .map_or_else(|| "http://127.0.0.1:9".to_owned(), FakeFcm::endpoint);
+    let start = |role: &str| role::Role::start(role, data, &fcm_endpoint, &env);
+    let mut processes = vec![start("api"), start("api")];
+    if roles != Roles::Api {
+        processes.push(start("fanout"));
+        processes.push(start("fanout"));
+    }
+    if roles == Roles::All {
+        processes.extend([start("inbox"), start("inbox"), start("push"), start("push")]);
     }
     for p in &processes {
         p.wait_ready().await;
     }
-    let nodes: Vec<String> = processes[..2]
-        .iter()
-        .map(|p| p.base.trim_start_matches("http://").to_owned())
-        .collect();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind port 0");
-    let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
-    tokio::spawn(round_robin(listener, nodes, shutdown.clone()));
+    let base = balance(&processes[..2], &shutdown).await;
+    let (inbox, inbox_nodes) = if roles == Roles::All {
+        let nodes = &processes[4..6];
+        (
+            balance(nodes, &shutdown).await,
+            nodes.iter().map(|p| p.base.clone()).collect(),
+        )
+    } else {
+        (String::new(), Vec::new())
+    };
     TestApp {
-        base: format!("http://{addr}"),
+        base,
+        inbox,
+        inbox_nodes,
+        fcm,
         // A new connection per request, so consecutive requests reach different nodes.
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(0)
@@ -179,6 +259,20 @@ async fn spawn_processes(dir: tempfile::TempDir, config: Config, fanout: bool) -
         _processes: processes,
         _dir: dir,
     }
+}
+
+/// A round-robin in front of `nodes`; its base URL.
+async fn balance(nodes: &[role::Role], shutdown: &CancellationToken) -> String {
+    let nodes: Vec<String> = nodes
+        .iter()
+        .map(|p| p.base.trim_start_matches("http://").to_owned())
+        .collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(round_robin(listener, nodes, shutdown.clone()));
+    format!("http://{addr}")
 }
 
 /// A TCP round-robin: each connection goes to the next node.

@@ -1,0 +1,395 @@
+//! The product end to end, through every role: campaigns created on the admin API reach the
+//! users' inboxes, their live sockets and their devices (push gateway → fake FCM), once each;
+//! reads, dismissals and preferences made on one node are seen on the others. In-process this
+//! is `herald serve`; with `HERALD_TEST_ROLES=processes` it is the distributed acceptance run's
+//! deployment (two of each role, round-robins in front of the API and inbox nodes), where a
+//! socket and the request that affects it are on different processes.
+
+mod common;
+
+use common::*;
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long something that should happen may take.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn token(user: &str) -> String {
+    let now = chrono::Utc::now();
+    herald_core::token::mint(
+        TOKEN_SECRET.as_bytes(),
+        user,
+        now,
+        now + chrono::Duration::hours(1),
+    )
+}
+
+impl TestApp {
+    async fn user_with_devices(&self, user: &str, tokens: &[&str]) {
+        let (s, body) = self
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{user}"),
+                Some(json!({"attributes": {}})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+        for t in tokens {
+            let (s, body) = self
+                .call(
+                    Method::POST,
+                    &format!("/v1/users/{user}/devices"),
+                    Some(json!({"platform": "fcm", "token": t})),
+                )
+                .await;
+            assert!(s.is_success(), "{body}");
+        }
+    }
+
+    async fn campaign(&self, body: Value) -> String {
+        let (s, created) = self.call(Method::POST, "/v1/campaigns", Some(body)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{created}");
+        created["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the campaign until `done` holds; returns it.
+    async fn campaign_until(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (s, c) = self
+                .call(Method::GET, &format!("/v1/campaigns/{id}"), None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{c}");
+            if done(&c) {
+                return c;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "campaign {id}: not {what} within {WAIT:?}: {c:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A request of `user`'s to the inbox API (through the inbox round-robin as processes).
+    async fn inbox_call(&self, user: &str, method: Method, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .request(method, format!("{}{path}", self.inbox))
+            .bearer_auth(token(user))
+            .send()
+            .await
+            .expect("inbox request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn inbox_page(&self, user: &str) -> Value {
+        let (s, page) = self.inbox_call(user, Method::GET, "/v1/inbox").await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        page
+    }
+
+    fn fcm(&self) -> &herald_push::fakes::FakeFcm {
+        self.fcm.as_ref().expect("spawn_deployment runs a fake FCM")
+    }
+}
+
+/// A live socket of `user` on `node` (an inbox node's own base URL), retried while the node
+/// is not ready for it.
+async fn connect(node: &str, user: &str) -> Ws {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut req = format!("{}/v1/inbox/live", node.replace("http://", "ws://"))
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", token(user)).parse().unwrap(),
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => return ws,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "connecting {user} to {node}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The next JSON frame (pings skipped).
+async fn next_frame(ws: &mut Ws) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket stays open")
+            .expect("a good frame");
+        match msg {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Nothing more arrives for a moment.
+async fn assert_quiet(ws: &mut Ws) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => panic!("expected nothing, got {other:?}"),
+        }
+    }
+}
+
+/// The sum of a metric's samples on a node's `/metrics`.
+async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sockets of `(node, user)`, returned once every node's live hub follows its users (a
+/// socket is upgraded before its user's follow is confirmed, and an event published in
+/// between would not be sent live).
+async fn connect_all(plan: &[(&str, &str)]) -> Vec<Ws> {
+    let mut sockets = Vec::new();
+    let mut users: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (node, user) in plan {
+        sockets.push(connect(node, user).await);
+        users.entry(node).or_default().insert(user);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for (node, users) in users {
+        // At least: in-process the gauge is the test binary's, which other cases share.
+        while metric(node, "herald_live_users_followed").await < users.len() as f64 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{node} does not follow {users:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    sockets
+}
+
+/// The titles of an inbox page's items, newest first.
+fn titles(page: &Value) -> Vec<&str> {
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_campaign_reaches_each_users_inbox_live_sockets_and_devices_once() {
+    let app = spawn_deployment(|_| {}).await;
+    app.user_with_devices("alice", &["tok-alice-1", "tok-alice-2"])
+        .await;
+    app.user_with_devices("bob", &["tok-bob-1"]).await;
+    // Alice has a socket on the first and the last inbox node, Bob one on the last.
+    let (first, last) = (&app.inbox_nodes[0], app.inbox_nodes.last().unwrap());
+    let mut ws = connect_all(&[(first, "alice"), (last, "alice"), (last, "bob")]).await;
+
+    let id = app
+        .campaign(json!({"audience": {"users": ["alice", "bob"]},
+                          "content": {"title": "Your order shipped", "body": "b"},
+                          "channels": ["in_app", "push"]}))
+        .await;
+
+    let mut ids = Vec::new();
+    for socket in ws.iter_mut() {
+        let f = next_frame(socket).await;
+        assert_eq!(f["type"], "notification", "{f}");
+        assert_eq!(f["item"]["title"], "Your order shipped", "{f}");
+        ids.push(f["item"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids[0], ids[1], "both of Alice's devices get her one row");
+    let c = app
+        .campaign_until(&id, "sent", |c| {
+            c["status"] == "completed" && c["deliveries"]["push"]["sent"] == 3
+        })
+        .await;
+    // One message per user, one send per device.
+    assert_eq!(c["deliveries"]["push"]["queued"], 2, "{c:#}");
+    assert_eq!(c["progress"]["notifications_written"], 2, "{c:#}");
+    assert_eq!(c["deliveries"]["push"]["failed"], 0, "{c:#}");
+    for t in ["tok-alice-1", "tok-alice-2", "tok-bob-1"] {
+        assert_eq!(app.fcm().requests_for(t), 1, "{t}");
+    }
+    assert_eq!(app.fcm().sent(), 3);
+    for socket in ws.iter_mut() {
+        assert_quiet(socket).await;
+    }
+
+    // The inbox API on any node shows the row, unread; a read on one node reaches both of
+    // Alice's sockets, and the count on every node.
+    for _ in 0..2 {
+        let page = app.inbox_page("alice").await;
+        assert_eq!(titles(&page), ["Your order shipped"], "{page}");
+        assert_eq!(page["unread_count"], 1, "{page}");
+    }
+    let (s, body) = app
+        .inbox_call("alice", Method::POST, &format!("/v1/inbox/{}/read", ids[0]))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    for socket in ws[..2].iter_mut() {
+        assert_eq!(
+            next_frame(socket).await,
+            json!({"type": "read", "id": ids[0]})
+        );
+    }
+    for _ in 0..2 {
+        let (s, n) = app
+            .inbox_call("alice", Method::GET, "/v1/inbox/unread_count")
+            .await;
+        assert_eq!((s, n), (StatusCode::OK, json!({"unread_count": 0})));
+    }
+    // Bob's socket heard nothing of Alice's read; his row is still unread.
+    assert_quiet(&mut ws[2]).await;
+    assert_eq!(app.inbox_page("bob").await["unread_count"], 1);
+
+    // A dismissal through one node is gone on every node.
+    let bob_row = app.inbox_page("bob").await["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, body) = app
+        .inbox_call("bob", Method::POST, &format!("/v1/inbox/{bob_row}/dismiss"))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    for _ in 0..2 {
+        let page = app.inbox_page("bob").await;
+        assert!(titles(&page).is_empty(), "{page}");
+        assert_eq!(page["unread_count"], 0, "{page}");
+    }
+    for mut socket in ws {
+        socket.close(None).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_push_opt_out_made_through_the_api_reaches_the_next_campaign_on_every_node() {
+    let app = spawn_deployment(|c| c.fanout.batch_size = 1).await;
+    let users: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    for u in &users {
+        app.user_with_devices(u, &[&format!("tok-{u}")]).await;
+    }
+    let send = |title: &str| {
+        json!({"audience": {"users": users}, "content": {"title": title, "body": "b"},
+               "channels": ["in_app", "push"]})
+    };
+    // The first campaign fills every fan-out node's preference cache with "push allowed".
+    let first = app.campaign(send("first")).await;
+    app.campaign_until(&first, "sent", |c| c["deliveries"]["push"]["sent"] == 6)
+        .await;
+
+    // Half the users opt out of push; batches of one user spread the next campaign over
+    // both fan-out nodes, each of which must see the change.
+    for u in &users[..3] {
+        let (s, body) = app
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{u}/preferences"),
+                Some(json!({"channels": {"push": false}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    let second = app.campaign(send("second")).await;
+    let c = app
+        .campaign_until(&second, "sent", |c| {
+            c["status"] == "completed" && c["deliveries"]["push"]["sent"] == 3
+        })
+        .await;
+    assert_eq!(c["progress"]["notifications_written"], 6, "{c:#}");
+    assert_eq!(c["deliveries"]["push"]["queued"], 3, "{c:#}");
+    for (i, u) in users.iter().enumerate() {
+        let want = if i < 3 { 1 } else { 2 };
+        assert_eq!(app.fcm().requests_for(&format!("tok-{u}")), want, "{u}");
+        // The inbox row is not a push: everyone has both.
+        assert_eq!(titles(&app.inbox_page(u).await), ["second", "first"], "{u}");
+    }
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_every_connected_user_on_every_node_once_and_each_inbox() {
+    let app = spawn_deployment(|_| {}).await;
+    for u in ["carol", "dave", "erin"] {
+        app.user_with_devices(u, &[]).await;
+    }
+    let (first, last) = (&app.inbox_nodes[0], app.inbox_nodes.last().unwrap());
+    let mut ws = connect_all(&[(first, "carol"), (last, "dave"), (last, "carol")]).await;
+
+    let id = app
+        .campaign(json!({"audience": {"all": true},
+                          "content": {"title": "Maintenance tonight", "body": "b"},
+                          "channels": ["in_app"]}))
+        .await;
+    for socket in ws.iter_mut() {
+        let f = next_frame(socket).await;
+        assert_eq!(f["type"], "notification", "{f}");
+        assert_eq!(f["item"]["kind"], "broadcast", "{f}");
+        assert_eq!(f["item"]["title"], "Maintenance tonight", "{f}");
+        assert_quiet(socket).await;
+    }
+    // A broadcast stays active (served to inboxes) until it expires or is cancelled.
+    let c = app
+        .campaign_until(&id, "active", |c| c["status"] == "active")
+        .await;
+    assert_eq!(
+        c["progress"]["notifications_written"], 0,
+        "no row per user: {c:#}"
+    );
+    // Erin was offline: the broadcast waits in her inbox, on any node.
+    for _ in 0..2 {
+        let page = app.inbox_page("erin").await;
+        assert_eq!(titles(&page), ["Maintenance tonight"], "{page}");
+        assert_eq!(page["unread_count"], 1, "{page}");
+    }
+    // Read by Carol on one node: her sockets on both nodes hear of it, Dave's does not.
+    let bid = app.inbox_page("carol").await["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, body) = app
+        .inbox_call("carol", Method::POST, &format!("/v1/inbox/{bid}/read"))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(
+        next_frame(&mut ws[0]).await,
+        json!({"type": "read", "id": bid})
+    );
+    assert_eq!(
+        next_frame(&mut ws[2]).await,
+        json!({"type": "read", "id": bid})
+    );
+    assert_quiet(&mut ws[1]).await;
+    assert_eq!(app.inbox_page("carol").await["unread_count"], 0);
+    assert_eq!(app.inbox_page("dave").await["unread_count"], 1);
+}
