@@ -548,6 +548,10 @@ pub trait DeliveryStore: Send + Sync + 'static {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<DeliveryClaim>;
+    /// Gives up `holder`'s claim on `key` (its handling failed before the key was marked
+    /// processed), so the next copy or redelivery is sent at once instead of waiting for the
+    /// lease to run out. A claim of another holder's is left alone. Idempotent.
+    async fn release(&self, key: &str, holder: &str) -> Result<()>;
     /// Marks a delivery key done. Idempotent.
     async fn mark_processed(&self, key: &str, at: DateTime<Utc>) -> Result<()>;
     /// Forgets marks, and claims that ran out, older than `before` (a redelivery comes within

@@ -10,7 +10,8 @@
 //! flight at once, as a fan-out batch redone after a crash publishes); expand it into one send per device token, address or webhook
 //! subscriber; send through the providers' lanes; then act on each outcome (delete dead
 //! tokens, republish the transient failures as the next attempt, dead-letter what is out of
-//! attempts), publish the delivery report, mark the key processed and ack. Every step can be
+//! attempts), publish the delivery report, mark the key processed and ack (a handling that
+//! fails before the mark gives its claim back, so the retry need not wait out the lease). Every step can be
 //! repeated after a crash without losing a send; only a crash between sending and marking
 //! repeats sends (once the dead holder's claim runs out), which is the at-least-once promise
 //! providers and receivers are built for. Copies that are merely concurrent never both send.
@@ -262,9 +263,26 @@ impl Gateway {
             }
         }
         // Renewed while the sends are in flight, however long they take; ends with this call.
-        let _keeper = AbortOnDrop::spawn(keep_claim(self.ctx.clone(), key.clone(), holder));
+        let keeper = AbortOnDrop::spawn(keep_claim(self.ctx.clone(), key.clone(), holder.clone()));
+        let handled = self.send_claimed(&msg, &key).await;
+        drop(keeper);
+        if let Err(e) = &handled {
+            // The message goes back to the bus for another try: let that try (or a copy in
+            // another consumer's hands) claim the key now rather than wait out the lease. If
+            // this fails too, the claim simply runs out.
+            if let Err(release) = deliveries.release(&key, &holder).await {
+                tracing::warn!(%key, error = %release, cause = %e, "delivery claim not released");
+            }
+        }
+        handled
+    }
+
+    /// The sends of a message whose delivery key this handling holds, their report, and the
+    /// key marked processed.
+    async fn send_claimed(&self, msg: &ChannelMessage, key: &str) -> Result<()> {
+        let channel = msg.channel;
         let started = Instant::now();
-        let report = self.deliver(&msg, key.clone()).await?;
+        let report = self.deliver(msg, key.to_owned()).await?;
         let payload = serde_json::to_vec(&report)
             .map_err(|e| Error::internal("delivery report").with_source(e))?;
         self.ctx
@@ -281,7 +299,7 @@ impl Gateway {
         self.ctx
             .ports
             .deliveries
-            .mark_processed(&key, self.ctx.clock.now())
+            .mark_processed(key, self.ctx.clock.now())
             .await?;
         metrics::histogram!("herald_push_message_seconds", "channel" => channel.as_str())
             .record(started.elapsed().as_secs_f64());

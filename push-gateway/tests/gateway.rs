@@ -3,12 +3,15 @@
 
 mod common;
 
-use common::{eventually, push_to, spawn_gateway, TestGateway};
+use common::{eventually, push_to, spawn_gateway, spawn_gateway_wrapped, TestGateway};
+use herald_core::delivery::{DeadLetter, Webhook};
 use herald_core::model::{Channel, Device, Platform, Priority};
-use herald_core::ports::Bus;
+use herald_core::ports::{Bus, DeliveryClaim, DeliveryStore};
 use herald_core::topics::{self, ChannelItem, ChannelMessage};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,6 +340,127 @@ async fn a_copy_claimed_by_a_consumer_that_died_is_sent_once_its_claim_runs_out(
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.fcm.requests_for("after-claim"), 1);
+}
+
+/// A delivery store whose `mark_processed` fails while `failing` is set (a store that went
+/// away between the sends and the mark).
+struct FailingMarks {
+    inner: Arc<dyn DeliveryStore>,
+    failing: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl DeliveryStore for FailingMarks {
+    async fn ping(&self) -> herald_core::Result<()> {
+        self.inner.ping().await
+    }
+    async fn put_webhook(&self, webhook: &Webhook) -> herald_core::Result<()> {
+        self.inner.put_webhook(webhook).await
+    }
+    async fn get_webhook(&self, id: &str) -> herald_core::Result<Option<Webhook>> {
+        self.inner.get_webhook(id).await
+    }
+    async fn list_webhooks(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> herald_core::Result<Vec<Webhook>> {
+        self.inner.list_webhooks(after, limit).await
+    }
+    async fn delete_webhook(&self, id: &str) -> herald_core::Result<bool> {
+        self.inner.delete_webhook(id).await
+    }
+    async fn is_processed(&self, key: &str) -> herald_core::Result<bool> {
+        self.inner.is_processed(key).await
+    }
+    async fn claim(
+        &self,
+        key: &str,
+        holder: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        lease: Duration,
+    ) -> herald_core::Result<DeliveryClaim> {
+        self.inner.claim(key, holder, now, lease).await
+    }
+    async fn release(&self, key: &str, holder: &str) -> herald_core::Result<()> {
+        self.inner.release(key, holder).await
+    }
+    async fn mark_processed(
+        &self,
+        key: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> herald_core::Result<()> {
+        if self.failing.swap(false, Ordering::SeqCst) {
+            return Err(herald_core::Error::unavailable(
+                "deliveries store",
+                std::io::Error::other("store away"),
+            ));
+        }
+        self.inner.mark_processed(key, at).await
+    }
+    async fn purge_processed(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> herald_core::Result<u64> {
+        self.inner.purge_processed(before).await
+    }
+    async fn insert_dead_letter(&self, letter: &DeadLetter) -> herald_core::Result<()> {
+        self.inner.insert_dead_letter(letter).await
+    }
+    async fn get_dead_letter(&self, id: &str) -> herald_core::Result<Option<DeadLetter>> {
+        self.inner.get_dead_letter(id).await
+    }
+    async fn list_dead_letters(
+        &self,
+        channel: Option<Channel>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> herald_core::Result<Vec<DeadLetter>> {
+        self.inner.list_dead_letters(channel, before, limit).await
+    }
+    async fn mark_replayed(
+        &self,
+        id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> herald_core::Result<bool> {
+        self.inner.mark_replayed(id, at).await
+    }
+    async fn unmark_replayed(&self, id: &str) -> herald_core::Result<()> {
+        self.inner.unmark_replayed(id).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handling_that_fails_after_claiming_gives_the_claim_back_for_the_retry() {
+    let app = spawn_gateway_wrapped(
+        |_| {},
+        |mut ports| {
+            ports.deliveries = Arc::new(FailingMarks {
+                inner: ports.deliveries,
+                failing: AtomicBool::new(true),
+            });
+            ports
+        },
+    )
+    .await;
+    app.user_with_devices("u1", &["mark-fails"]).await;
+    let msg = message("c-mark-fails", "u1", None);
+    publish(app.ctx.ports.bus.as_ref(), &msg).await;
+    // Sent, then the mark failed: the message goes back to the bus and is handled again (a
+    // repeated send is the at-least-once promise). The retry finds the key free rather than
+    // held for the 30 s lease by the failed handling (`eventually` gives up after 15 s), so
+    // it is not parked in the delay store.
+    eventually("the delivery key marked by the retry", || async {
+        app.ctx
+            .ports
+            .deliveries
+            .is_processed(&msg.delivery_key())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(app.fcm.requests_for("mark-fails"), 2);
+    assert_eq!(app.ctx.ports.delays.pending().await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,6 +216,55 @@ pub mod cases {
         );
     }
 
+    pub async fn a_released_claim_is_free_at_once_and_only_its_holder_releases_it(
+        s: Arc<dyn DeliveryStore>,
+    ) {
+        let key = format!("{}/0/push/0/0", run_id());
+        let lease = std::time::Duration::from_secs(30);
+        let t0 = utc("2031-04-04T10:00:00Z");
+        assert_eq!(
+            s.claim(&key, "a", t0, lease).await.unwrap(),
+            DeliveryClaim::Won
+        );
+        // Another holder's release changes nothing: a still holds it.
+        s.release(&key, "b").await.unwrap();
+        assert_eq!(
+            s.claim(&key, "b", t0, lease).await.unwrap(),
+            DeliveryClaim::Held {
+                until: t0 + Duration::seconds(30)
+            }
+        );
+        // a gives it up: b takes it at once, long before the lease would have run out.
+        s.release(&key, "a").await.unwrap();
+        s.release(&key, "a").await.unwrap(); // idempotent
+        assert_eq!(
+            s.claim(&key, "b", t0 + Duration::seconds(1), lease)
+                .await
+                .unwrap(),
+            DeliveryClaim::Won
+        );
+        // a's late release does not free b's claim; releasing an unknown key is no error.
+        s.release(&key, "a").await.unwrap();
+        assert!(matches!(
+            s.claim(&key, "c", t0 + Duration::seconds(2), lease)
+                .await
+                .unwrap(),
+            DeliveryClaim::Held { .. }
+        ));
+        s.release(&format!("{key}/unknown"), "a").await.unwrap();
+        // A released key that was processed stays processed.
+        s.mark_processed(&key, t0 + Duration::seconds(3))
+            .await
+            .unwrap();
+        s.release(&key, "b").await.unwrap();
+        assert_eq!(
+            s.claim(&key, "c", t0 + Duration::seconds(4), lease)
+                .await
+                .unwrap(),
+            DeliveryClaim::Processed
+        );
+    }
+
     pub async fn holders_racing_for_one_key_leave_exactly_one_winner(s: Arc<dyn DeliveryStore>) {
         let lease = std::time::Duration::from_secs(30);
         let t0 = utc("2031-04-03T10:00:00Z");
@@ -303,6 +352,7 @@ macro_rules! delivery_conformance {
                 a_processed_mark_and_a_claim_are_remembered_until_purged,
                 a_claim_is_one_holders_until_it_runs_out_and_its_holder_extends_it,
                 a_processed_key_is_never_claimed_again,
+                a_released_claim_is_free_at_once_and_only_its_holder_releases_it,
                 holders_racing_for_one_key_leave_exactly_one_winner,
                 dead_letters_read_back_newest_first_by_channel,
                 a_dead_letter_is_marked_replayed_once,

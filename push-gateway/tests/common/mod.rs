@@ -8,7 +8,7 @@ mod mysql_support;
 
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
-use herald_core::{Context, SystemClock};
+use herald_core::{Context, Ports, SystemClock};
 use herald_push::fakes::FakeFcm;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -37,6 +37,14 @@ impl Drop for TestGateway {
 /// Starts everything; retries are quick (20 ms base) and give up after 3 attempts unless
 /// `configure` says otherwise.
 pub async fn spawn_gateway(configure: impl FnOnce(&mut Config)) -> TestGateway {
+    spawn_gateway_wrapped(configure, |p| p).await
+}
+
+/// [`spawn_gateway`] with the opened ports passed through `wrap` (fault injectors).
+pub async fn spawn_gateway_wrapped(
+    configure: impl FnOnce(&mut Config),
+    wrap: impl FnOnce(Ports) -> Ports,
+) -> TestGateway {
     let dir = tempfile::tempdir().expect("temp dir");
     let fcm = FakeFcm::start().await.expect("fake FCM");
     let mut config = Config {
@@ -54,9 +62,11 @@ pub async fn spawn_gateway(configure: impl FnOnce(&mut Config)) -> TestGateway {
     config.push.backoff_max_ms = 100;
     mysql_support::configure_backends(&mut config).await;
     configure(&mut config);
-    let ports = herald_storage::open_ports(&config)
-        .await
-        .expect("open embedded backends");
+    let ports = wrap(
+        herald_storage::open_ports(&config)
+            .await
+            .expect("open embedded backends"),
+    );
     let ctx = Context {
         config: Arc::new(config),
         ports,

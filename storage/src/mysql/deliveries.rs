@@ -171,6 +171,16 @@ impl DeliveryStore for MysqlDeliveries {
         })
     }
 
+    async fn release(&self, key: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM delivery_claims WHERE msg_key = ? AND holder = ?")
+            .bind(key)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn mark_processed(&self, key: &str, at: DateTime<Utc>) -> Result<()> {
         sqlx::query(
             "INSERT INTO processed_messages (msg_key, at) VALUES (?, ?) \

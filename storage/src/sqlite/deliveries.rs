@@ -168,6 +168,17 @@ impl DeliveryStore for SqliteDeliveries {
         })
     }
 
+    async fn release(&self, key: &str, holder: &str) -> Result<()> {
+        let _gate = self.db.gate().await;
+        sqlx::query("DELETE FROM delivery_claims WHERE key = ? AND holder = ?")
+            .bind(key)
+            .bind(holder)
+            .execute(&self.db.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
     async fn mark_processed(&self, key: &str, at: DateTime<Utc>) -> Result<()> {
         let _gate = self.db.gate().await;
         sqlx::query(
