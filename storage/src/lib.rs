@@ -1,8 +1,9 @@
 //! Herald's backend adapters: one implementation of each `herald_core::ports` trait per engine,
-//! chosen at start from a URL (`sqlite://`, `mysql://`, `redis://`, `memory://`), and the
+//! chosen at start from a URL (`sqlite://`, `mysql://`, `redis://`, `kafka://`, `nats://`,
+//! `scylla://`, `memory://`), and the
 //! Redis read path put in front of the broadcast store.
 //!
-//! This crate owns SQL, connection pools, schemas (applied from `migrations/`) and the mapping
+//! This crate owns SQL and CQL, connection pools, schemas (applied from `migrations/`) and the mapping
 //! of engine errors onto `herald_core::Error`. It must not know about HTTP, roles or fan-out
 //! policy: adapters store and fetch, the roles decide. Engines are cargo features; a URL whose
 //! engine was compiled out fails at start with a message naming the feature.
@@ -22,6 +23,8 @@ pub mod mysql;
 pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "scylla")]
+pub mod scylla;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod url;
@@ -61,7 +64,11 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
     Ok(Ports {
         directory: open_directory(&url_for(&b.directory, dir, "directory")?).await?,
         campaigns: open_campaigns(&url_for(&b.campaigns, dir, "campaigns")?).await?,
-        inbox: open_inbox(&url_for(&b.inbox, dir, "inbox")?).await?,
+        inbox: open_inbox(
+            &url_for(&b.inbox, dir, "inbox")?,
+            inbox_retention(config.inbox.retention_days),
+        )
+        .await?,
         broadcasts: with_broadcast_cache(
             b.broadcast_cache.as_ref(),
             open_broadcasts(&url_for(&b.broadcasts, dir, "broadcasts")?).await?,
@@ -134,7 +141,17 @@ pub async fn open_campaigns(url: &BackendUrl) -> Result<Arc<dyn CampaignStore>> 
     }
 }
 
-pub async fn open_inbox(url: &BackendUrl) -> Result<Arc<dyn InboxStore>> {
+/// `inbox.retention_days` as a duration (for engines that expire rows themselves).
+pub fn inbox_retention(days: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(days) * 86_400)
+}
+
+/// The inbox store at `url`; rows are kept `retention` (`inbox.retention_days`): an engine with
+/// row TTLs writes them with it, the others are purged by the fan-out's retention job.
+pub async fn open_inbox(
+    url: &BackendUrl,
+    retention: std::time::Duration,
+) -> Result<Arc<dyn InboxStore>> {
     match url.scheme.as_str() {
         "sqlite" => {
             #[cfg(feature = "sqlite")]
@@ -148,7 +165,16 @@ pub async fn open_inbox(url: &BackendUrl) -> Result<Arc<dyn InboxStore>> {
             #[cfg(not(feature = "mysql"))]
             return Err(compiled_out("mysql", "mysql"));
         }
-        _ => Err(unsupported("inbox store", url, "sqlite, mysql")),
+        "scylla" | "cassandra" => {
+            #[cfg(feature = "scylla")]
+            return Ok(Arc::new(scylla::ScyllaInbox::open(url, retention).await?));
+            #[cfg(not(feature = "scylla"))]
+            {
+                let _ = retention;
+                return Err(compiled_out("scylla", "scylla"));
+            }
+        }
+        _ => Err(unsupported("inbox store", url, "sqlite, mysql, scylla")),
     }
 }
 

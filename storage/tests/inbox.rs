@@ -1,5 +1,6 @@
-//! Conformance suite of the `InboxStore` port, run against every engine (SQLite always;
-//! ScyllaDB/Cassandra adapters of later issues add their line at the bottom).
+//! Conformance suite of the `InboxStore` port, run against every engine: SQLite always, MySQL
+//! with `HERALD_TEST_MYSQL_URL`, ScyllaDB/Cassandra with `HERALD_TEST_SCYLLA_URL` (a real
+//! cluster: the cases check clustering order, key ranges, paging past dismissed rows and TTLs).
 
 mod common;
 
@@ -8,6 +9,7 @@ use common::{run_id, utc};
 use herald_core::ids::notification_id;
 use herald_core::model::{InboxKey, Notification};
 use herald_core::ports::{InboxStore, UNREAD_WINDOW};
+use herald_storage::BackendUrl;
 use std::sync::Arc;
 
 fn row(campaign: &str, user: &str, at: DateTime<Utc>) -> Notification {
@@ -353,8 +355,40 @@ pub mod cases {
     }
 }
 
+/// ScyllaDB / Cassandra only (rows carry TTLs there instead of being purged).
+mod ttl_cases {
+    use super::*;
+
+    pub async fn rows_and_their_read_state_expire_when_their_retention_ends(url: BackendUrl) {
+        let s = herald_storage::open_inbox(&url, std::time::Duration::from_secs(4))
+            .await
+            .expect("open the inbox store");
+        let p = run_id();
+        let user = format!("{p}-u");
+        let now = Utc::now();
+        let fresh = rows(&p, &user, 2, now);
+        // Older than the retention already: not written at all.
+        let stale = rows(&format!("{p}s"), &user, 1, now - Duration::days(1));
+        s.write_batch(&fresh).await.unwrap();
+        s.write_batch(&stale).await.unwrap();
+        assert_eq!(s.page(&user, None, 10, false).await.unwrap().len(), 2);
+        assert!(s.mark_read(&user, fresh[0].key(), now).await.unwrap());
+        assert_eq!(s.unread_count(&user).await.unwrap(), 1);
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        // Gone with every cell: no row, no read state left behind as a row of its own.
+        assert!(s.page(&user, None, 10, false).await.unwrap().is_empty());
+        assert_eq!(s.unread_count(&user).await.unwrap(), 0);
+        assert!(!s
+            .mark_read(&user, fresh[0].key(), Utc::now())
+            .await
+            .unwrap());
+        assert!(!s.dismiss(&user, fresh[1].key(), Utc::now()).await.unwrap());
+        assert_eq!(s.purge_before(Utc::now()).await.unwrap(), 0);
+    }
+}
+
 macro_rules! inbox_conformance {
-    ($engine:ident, $make:expr) => {
+    ($engine:ident, $make:expr, [$($extra:ident),* $(,)?]) => {
         mod $engine {
             use super::*;
             inbox_conformance!(@cases $make;
@@ -368,9 +402,8 @@ macro_rules! inbox_conformance {
                 after_replays_newer_rows_oldest_first,
                 read_all_moves_a_watermark_that_covers_rows_written_after_it,
                 the_unread_count_looks_at_a_bounded_window_above_the_watermark,
-                a_row_whose_id_carries_no_time_is_found_by_id,
                 a_large_batch_is_written_whole,
-                purging_removes_only_rows_older_than_the_cutoff,
+                $($extra,)*
             );
         }
     };
@@ -386,5 +419,31 @@ macro_rules! inbox_conformance {
     };
 }
 
-inbox_conformance!(sqlite, common::sqlite_inbox());
-inbox_conformance!(mysql, common::mysql_inbox());
+// The engines that purge rows, and may hold rows written before ids carried their time.
+inbox_conformance!(
+    sqlite,
+    common::sqlite_inbox(),
+    [
+        a_row_whose_id_carries_no_time_is_found_by_id,
+        purging_removes_only_rows_older_than_the_cutoff
+    ]
+);
+inbox_conformance!(
+    mysql,
+    common::mysql_inbox(),
+    [
+        a_row_whose_id_carries_no_time_is_found_by_id,
+        purging_removes_only_rows_older_than_the_cutoff
+    ]
+);
+// A real ScyllaDB or Cassandra cluster (`HERALD_TEST_SCYLLA_URL`); kassandra, the only CQL
+// server that runs here, ignores clustering order, ranges and TTLs, so it runs the smoke
+// suite (`tests/scylla_smoke.rs`) instead.
+inbox_conformance!(scylla, common::scylla_inbox(), []);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_rows_and_their_read_state_expire_when_their_retention_ends() {
+    if let Some(url) = common::env_url("HERALD_TEST_SCYLLA_URL") {
+        ttl_cases::rows_and_their_read_state_expire_when_their_retention_ends(url).await;
+    }
+}

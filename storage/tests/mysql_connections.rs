@@ -103,7 +103,9 @@ async fn a_migration_version_run_again_after_an_interruption_completes() {
     let Some(url) = common::fresh_mysql_url("herald_migrate").await else {
         return;
     };
-    herald_storage::open_inbox(&url).await.unwrap();
+    herald_storage::open_inbox(&url, herald_storage::inbox_retention(90))
+        .await
+        .unwrap();
     // As if the run had stopped after its statements, before recording the version.
     let mut conn = url
         .raw
@@ -120,7 +122,9 @@ async fn a_migration_version_run_again_after_an_interruption_completes() {
     .unwrap()
     .rows_affected();
     assert_eq!(deleted, 1);
-    let inbox = herald_storage::open_inbox(&url).await.unwrap();
+    let inbox = herald_storage::open_inbox(&url, herald_storage::inbox_retention(90))
+        .await
+        .unwrap();
     inbox.ping().await.unwrap();
     let applied: i64 =
         sqlx::query("SELECT COUNT(*) AS n FROM herald_migrations WHERE port = 'inbox'")

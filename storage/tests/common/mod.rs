@@ -14,6 +14,10 @@ use std::sync::Arc;
 #[path = "../support/mysql.rs"]
 mod mysql_support;
 
+/// How long the inbox stores keep rows in the suites: the longest a CQL TTL can be, so the
+/// cases' fixed dates are within it on every engine.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(7_300 * 86_400);
+
 /// A random prefix that keeps one case's rows apart from every other case's.
 pub fn run_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
@@ -66,7 +70,7 @@ pub async fn sqlite_campaigns() -> Option<Arc<dyn CampaignStore>> {
 
 pub async fn sqlite_inbox() -> Option<Arc<dyn InboxStore>> {
     Some(
-        herald_storage::open_inbox(&fresh_sqlite_url("inbox"))
+        herald_storage::open_inbox(&fresh_sqlite_url("inbox"), RETENTION)
             .await
             .expect("open SQLite inbox store"),
     )
@@ -121,10 +125,21 @@ pub async fn mysql_campaigns() -> Option<Arc<dyn CampaignStore>> {
     )
 }
 
+/// The inbox on the ScyllaDB/Cassandra cluster of `HERALD_TEST_SCYLLA_URL` (its keyspace is
+/// created if needed; cases keep apart by user ids).
+pub async fn scylla_inbox() -> Option<Arc<dyn InboxStore>> {
+    let url = env_url("HERALD_TEST_SCYLLA_URL")?;
+    Some(
+        herald_storage::open_inbox(&url, RETENTION)
+            .await
+            .expect("open the ScyllaDB inbox store"),
+    )
+}
+
 pub async fn mysql_inbox() -> Option<Arc<dyn InboxStore>> {
     let url = fresh_mysql_url("herald_inbox").await?;
     Some(
-        herald_storage::open_inbox(&url)
+        herald_storage::open_inbox(&url, RETENTION)
             .await
             .expect("open MySQL inbox store"),
     )
