@@ -19,7 +19,10 @@ use serde_json::{json, Value};
 #[serde(deny_unknown_fields)]
 pub struct WebhookBody {
     url: String,
-    secret: String,
+    /// Left out: the subscription's secret is kept, or a new one is generated (and shown in
+    /// that response only).
+    #[serde(default)]
+    secret: Option<String>,
     #[serde(default)]
     categories: Option<Vec<String>>,
 }
@@ -42,10 +45,17 @@ pub async fn put_webhook(
 ) -> ApiResult<Json<Value>> {
     validate_key("webhook id", &id)?;
     let now = ctx.clock.now();
+    let (secret, generated) = match body.secret {
+        Some(s) => (Secret::new(s), false),
+        None => match ctx.ports.deliveries.get_webhook(&id).await? {
+            Some(existing) => (existing.secret, false),
+            None => (Webhook::generate_secret(), true),
+        },
+    };
     let webhook = Webhook {
         id: id.clone(),
         url: body.url.trim().to_owned(),
-        secret: Secret::new(body.secret),
+        secret,
         categories: body.categories,
         created_at: now,
         updated_at: now,
@@ -53,7 +63,12 @@ pub async fn put_webhook(
     webhook.validate()?;
     ctx.ports.deliveries.put_webhook(&webhook).await?;
     let stored = ctx.ports.deliveries.get_webhook(&id).await?;
-    Ok(Json(webhook_json(stored.as_ref().unwrap_or(&webhook))))
+    let mut shown = webhook_json(stored.as_ref().unwrap_or(&webhook));
+    if generated {
+        // The only time a secret is shown: the subscriber needs it to verify posts.
+        shown["secret"] = json!(webhook.secret.expose());
+    }
+    Ok(Json(shown))
 }
 
 pub async fn get_webhook(

@@ -52,6 +52,50 @@ async fn a_webhook_is_subscribed_shown_without_its_secret_listed_and_removed() {
     error_message(&b, "not_found");
 }
 
+impl common::TestApp {
+    /// The subscription as stored (secret included).
+    async fn stored_webhook(&self, id: &str) -> herald_core::delivery::Webhook {
+        let hook = self.ctx.ports.deliveries.get_webhook(id).await.unwrap();
+        hook.unwrap_or_else(|| panic!("webhook {id} stored"))
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_without_a_secret_gets_a_standard_one_shown_once_and_kept() {
+    let app = spawn_app().await;
+    let (s, b) = app
+        .call(
+            Method::PUT,
+            "/v1/webhooks/erp",
+            Some(json!({"url": "https://erp.example.com/herald"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let secret = b["secret"]
+        .as_str()
+        .expect("the generated secret")
+        .to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let stored = app.stored_webhook("erp").await;
+    assert_eq!(stored.secret, Secret::new(secret.clone()));
+    assert_eq!(stored.standard_key().len(), 32);
+    // Shown once: not on reads, and an update that leaves the secret out keeps it.
+    let (_, b) = app.call(Method::GET, "/v1/webhooks/erp", None).await;
+    assert!(b.get("secret").is_none(), "{b}");
+    let (s, b) = app
+        .call(
+            Method::PUT,
+            "/v1/webhooks/erp",
+            Some(json!({"url": "https://erp.example.com/v2", "categories": ["billing"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b.get("secret").is_none(), "{b}");
+    let stored = app.stored_webhook("erp").await;
+    assert_eq!(stored.secret, Secret::new(secret));
+    assert_eq!(stored.url, "https://erp.example.com/v2");
+}
+
 #[tokio::test]
 async fn a_bad_webhook_is_refused_and_nothing_is_stored() {
     let app = spawn_app().await;
@@ -60,7 +104,7 @@ async fn a_bad_webhook_is_refused_and_nothing_is_stored() {
         json!({"url": "https://x.example.com", "secret": "short"}),
         json!({"url": "https://x.example.com", "secret": "whsec-0123456789abcdef", "categories": []}),
         json!({"url": "https://x.example.com", "secret": "whsec-0123456789abcdef", "colour": "red"}),
-        json!({"url": "https://x.example.com"}),
+        json!({"url": "https://x.example.com", "secret": "whsec_not*base64*at*all!"}),
         json!({"url": 5, "secret": "whsec-0123456789abcdef"}),
     ];
     for body in cases {

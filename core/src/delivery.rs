@@ -47,9 +47,20 @@ impl Webhook {
                 "url must name a host and be at most 2048 characters without spaces",
             ));
         }
-        let n = self.secret.expose().chars().count();
+        let secret = self.secret.expose();
+        let n = secret.chars().count();
         if !(16..=256).contains(&n) {
             return Err(Error::invalid("secret must be 16 to 256 characters"));
+        }
+        if let Some(encoded) = secret.strip_prefix(STANDARD_SECRET_PREFIX) {
+            let key = decode_standard_key(encoded).ok_or_else(|| {
+                Error::invalid("a `whsec_` secret must be followed by base64 of 24 to 64 bytes")
+            })?;
+            if !(24..=64).contains(&key.len()) {
+                return Err(Error::invalid(
+                    "a `whsec_` secret must be followed by base64 of 24 to 64 bytes",
+                ));
+            }
         }
         if let Some(categories) = &self.categories {
             if categories.is_empty() {
@@ -62,6 +73,40 @@ impl Webhook {
             }
         }
         Ok(())
+    }
+}
+
+/// The prefix of a Standard Webhooks secret (`whsec_<base64 of the key>`).
+pub const STANDARD_SECRET_PREFIX: &str = "whsec_";
+
+fn decode_standard_key(encoded: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let trimmed = encoded.trim_end_matches('=');
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(trimmed)
+        .ok()
+}
+
+impl Webhook {
+    /// The HMAC key of the Standard Webhooks signature (`webhook-signature`): the decoded
+    /// bytes of a `whsec_<base64>` secret, or the secret's own bytes for one of another form
+    /// (what the `Herald-Signature` header is always keyed with).
+    pub fn standard_key(&self) -> Vec<u8> {
+        let secret = self.secret.expose();
+        secret
+            .strip_prefix(STANDARD_SECRET_PREFIX)
+            .and_then(decode_standard_key)
+            .unwrap_or_else(|| secret.as_bytes().to_vec())
+    }
+
+    /// A new secret in the Standard Webhooks form: `whsec_` and the base64 of 32 random bytes.
+    pub fn generate_secret() -> Secret {
+        use base64::Engine;
+        let key: [u8; 32] = rand::random();
+        Secret::new(format!(
+            "{STANDARD_SECRET_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        ))
     }
 }
 
@@ -133,6 +178,33 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn a_whsec_secret_is_keyed_by_its_decoded_bytes_and_must_decode() {
+        // The Standard Webhooks example secret.
+        let std = hook(
+            "https://example.com",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            None,
+        );
+        assert!(std.validate().is_ok());
+        assert_eq!(std.standard_key().len(), 24);
+        assert_eq!(&std.standard_key()[..3], &[0x31, 0xf2, 0x90]);
+        let raw = hook("https://example.com", "0123456789abcdef-raw", None);
+        assert_eq!(raw.standard_key(), b"0123456789abcdef-raw".to_vec());
+        for bad in ["whsec_not*base64*at*all!!", "whsec_c2hvcnQga2V5IGJ5dGVz"] {
+            let e = hook("https://example.com", bad, None)
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().contains("whsec_"), "{bad}: {e}");
+        }
+        let generated = Webhook::generate_secret();
+        assert!(generated.expose().starts_with("whsec_"));
+        let g = hook("https://example.com", generated.expose(), None);
+        assert!(g.validate().is_ok());
+        assert_eq!(g.standard_key().len(), 32);
+        assert_ne!(Webhook::generate_secret(), generated);
     }
 
     #[test]

@@ -19,7 +19,9 @@ use herald_core::config::{Secret, WebhookConfig};
 use herald_core::delivery::Webhook;
 use herald_core::model::{Channel, Priority};
 use herald_push::provider::{Destination, Dispatch, Envelope, Outcome, Provider};
-use herald_push::providers::webhook::{sign, verify, SignatureError, WebhookProvider};
+use herald_push::providers::webhook::{
+    sign, sign_standard, verify, SignatureError, WebhookProvider,
+};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -39,6 +41,8 @@ struct Received {
 
 #[derive(Default)]
 struct Receiver {
+    /// The subscription's secret the receiver verifies with.
+    secret: String,
     accepted: Vec<Received>,
     /// Posts refused for a bad signature.
     unauthorized: usize,
@@ -61,7 +65,16 @@ async fn receive(
         .get("herald-signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if check(signature, &body, Utc::now().timestamp()).is_err() {
+    let secret = receiver.lock().secret.clone();
+    if verify(
+        secret.as_bytes(),
+        signature,
+        &body,
+        Utc::now().timestamp(),
+        TOLERANCE,
+    )
+    .is_err()
+    {
         receiver.lock().unauthorized += 1;
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -88,7 +101,12 @@ async fn receive(
 }
 
 async fn receiver() -> (SocketAddr, Shared) {
+    receiver_with_secret(SECRET).await
+}
+
+async fn receiver_with_secret(secret: &str) -> (SocketAddr, Shared) {
     let shared = Shared::default();
+    shared.lock().secret = secret.to_owned();
     let app = Router::new()
         .route("/hooks/{path}", post(receive))
         .with_state(Arc::clone(&shared));
@@ -186,6 +204,82 @@ async fn a_delivery_is_accepted_with_its_fields_and_a_valid_signature() {
             "sent_at": body["sent_at"],
         })
     );
+}
+
+/// Verifies a captured post with the reference Standard Webhooks library (PyPI
+/// `standardwebhooks`): `Ok(true)` verified, `Ok(false)` refused, `Err` when the library is not
+/// installed (a failure where `HERALD_TEST_STANDARDWEBHOOKS` is set, as `.ci/run` does).
+fn verify_with_reference_library(secret: &str, r: &Received, body: &[u8]) -> Result<bool, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body).unwrap();
+    let headers: serde_json::Map<String, Value> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
+        .collect();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import json, sys\n\
+             from standardwebhooks import Webhook, WebhookVerificationError\n\
+             try:\n    Webhook(sys.argv[1]).verify(open(sys.argv[2], 'rb').read(), json.loads(sys.argv[3]))\n\
+             except WebhookVerificationError as e:\n    print('refused:', e); sys.exit(3)\n",
+        )
+        .arg(secret)
+        .arg(&file)
+        .arg(Value::Object(headers).to_string())
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(3) => Ok(false),
+        _ => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_verifies_with_the_standard_webhooks_reference_library() {
+    let secret = Webhook::generate_secret();
+    let (addr, receiver) = receiver_with_secret(secret.expose()).await;
+    let hook = subscription("wh-std", format!("http://{addr}/hooks/ok"), secret.expose());
+    let d = dispatch(hook.clone(), r#"{"text":"hello"}"#);
+    assert_eq!(
+        provider(5_000).send(std::slice::from_ref(&d)).await,
+        vec![Outcome::Sent]
+    );
+    let r = receiver.lock().accepted[0].clone();
+    let h = |name: &str| r.headers.get(name).unwrap().to_str().unwrap().to_owned();
+    // The message id is the notification id (what a receiver dedupes on, the same on retries).
+    assert_eq!(h("webhook-id"), d.notification_id.to_string());
+    assert_eq!(h("webhook-timestamp"), h("herald-timestamp"));
+    let timestamp: i64 = h("webhook-timestamp").parse().unwrap();
+    assert_eq!(
+        h("webhook-signature"),
+        sign_standard(&hook.standard_key(), &h("webhook-id"), timestamp, &r.body)
+    );
+    match verify_with_reference_library(secret.expose(), &r, &r.body) {
+        Ok(verified) => {
+            assert!(verified, "the reference library refused Herald's post");
+            let mut tampered = r.body.to_vec();
+            tampered[2] ^= 1;
+            assert_eq!(
+                verify_with_reference_library(secret.expose(), &r, &tampered),
+                Ok(false),
+                "the reference library accepted a tampered body"
+            );
+            let other = Webhook::generate_secret();
+            assert_eq!(
+                verify_with_reference_library(other.expose(), &r, &r.body),
+                Ok(false),
+                "the reference library accepted another secret"
+            );
+        }
+        Err(e) if std::env::var_os("HERALD_TEST_STANDARDWEBHOOKS").is_none() => {
+            eprintln!("skipped (pip install standardwebhooks): {e}");
+        }
+        Err(e) => panic!("the standardwebhooks library could not run: {e}"),
+    }
 }
 
 #[tokio::test]

@@ -11,6 +11,9 @@
 //! Herald-Notification-Id: <notification uuid>
 //! Herald-Timestamp: <unix seconds>
 //! Herald-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+//! webhook-id: <notification uuid>
+//! webhook-timestamp: <unix seconds>
+//! webhook-signature: v1,<base64 HMAC-SHA256(key, "<webhook-id>.<timestamp>.<body>")>
 //!
 //! {"id": "<notification uuid>", "webhook_id": "...", "campaign_id": "...", "user_id": "...",
 //!  "category": "billing" | null, "priority": "normal", "title": "..." | null,
@@ -18,10 +21,14 @@
 //!  "data": {...}, "sent_at": "2024-05-01T12:00:00.000Z"}
 //! ```
 //!
-//! Delivery is at least once: a receiver dedupes on `Herald-Notification-Id` (the same
-//! notification is posted again after a timeout even if the first post got through). A receiver
-//! checks the signature over the exact body bytes with [`verify`] (or its own port of it), and
-//! rejects stale timestamps so that a captured request cannot be replayed later.
+//! Delivery is at least once: a receiver dedupes on `Herald-Notification-Id` (= `webhook-id`;
+//! the same notification is posted again after a timeout even if the first post got through).
+//! The `webhook-*` headers are [Standard Webhooks](https://www.standardwebhooks.com/): any of
+//! its libraries verifies a post given the subscription's secret (`whsec_<base64 key>`, the
+//! form Herald generates; a secret of another form is used as the key bytes as it is). The
+//! `Herald-Signature` header is kept for receivers written against it, checked with [`verify`].
+//! Either way a receiver checks the signature over the exact body bytes, and rejects stale
+//! timestamps so that a captured request cannot be replayed later.
 //!
 //! # Outcomes
 //!
@@ -58,6 +65,44 @@ pub const NOTIFICATION_ID_HEADER: &str = "Herald-Notification-Id";
 pub const TIMESTAMP_HEADER: &str = "Herald-Timestamp";
 /// `t=<unix secs>,v1=<hex HMAC-SHA256>`; see [`sign`] and [`verify`].
 pub const SIGNATURE_HEADER: &str = "Herald-Signature";
+
+/// Standard Webhooks: the message id (the notification id, the same on every retry).
+pub const STANDARD_ID_HEADER: &str = "webhook-id";
+/// Standard Webhooks: the signing time in unix seconds.
+pub const STANDARD_TIMESTAMP_HEADER: &str = "webhook-timestamp";
+/// Standard Webhooks: `v1,<base64 signature>`; see [`sign_standard`].
+pub const STANDARD_SIGNATURE_HEADER: &str = "webhook-signature";
+
+/// The `webhook-signature` value (Standard Webhooks) for `body` of message `msg_id` sent at
+/// `timestamp`: `v1,<base64 HMAC-SHA256(key, "<msg_id>.<timestamp>.<body>")>`, `key` being
+/// [`Webhook::standard_key`].
+///
+/// ```
+/// use herald_push::providers::webhook::sign_standard;
+/// use base64::Engine;
+/// // The example of the Standard Webhooks specification.
+/// let key = base64::engine::general_purpose::STANDARD
+///     .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+///     .unwrap();
+/// assert_eq!(
+///     sign_standard(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#),
+///     "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+/// );
+/// ```
+pub fn sign_standard(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine;
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key");
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag)
+    )
+}
 
 /// Why [`verify`] refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -217,14 +262,19 @@ impl WebhookProvider {
             Err(e) => return Outcome::failed(format!("webhook payload: {e}")),
         };
         let signature = sign(hook.secret.expose().as_bytes(), timestamp, &body);
+        let msg_id = dispatch.notification_id.to_string();
+        let standard = sign_standard(&hook.standard_key(), &msg_id, timestamp, &body);
         let sent = self
             .client
             .post(hook.url.as_str())
             .header(CONTENT_TYPE, "application/json")
             .header(WEBHOOK_ID_HEADER, hook.id.as_str())
-            .header(NOTIFICATION_ID_HEADER, dispatch.notification_id.to_string())
+            .header(NOTIFICATION_ID_HEADER, msg_id.as_str())
             .header(TIMESTAMP_HEADER, timestamp.to_string())
             .header(SIGNATURE_HEADER, signature)
+            .header(STANDARD_ID_HEADER, msg_id.as_str())
+            .header(STANDARD_TIMESTAMP_HEADER, timestamp.to_string())
+            .header(STANDARD_SIGNATURE_HEADER, standard)
             .body(body)
             .send()
             .await;
