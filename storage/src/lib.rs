@@ -152,6 +152,9 @@ pub async fn open_inbox(
     url: &BackendUrl,
     retention: std::time::Duration,
 ) -> Result<Arc<dyn InboxStore>> {
+    // Only the engines with row TTLs use it.
+    #[cfg(not(feature = "scylla"))]
+    let _ = retention;
     match url.scheme.as_str() {
         "sqlite" => {
             #[cfg(feature = "sqlite")]
@@ -169,10 +172,7 @@ pub async fn open_inbox(
             #[cfg(feature = "scylla")]
             return Ok(Arc::new(scylla::ScyllaInbox::open(url, retention).await?));
             #[cfg(not(feature = "scylla"))]
-            {
-                let _ = retention;
-                return Err(compiled_out("scylla", "scylla"));
-            }
+            return Err(compiled_out("scylla", "scylla"));
         }
         _ => Err(unsupported("inbox store", url, "sqlite, mysql, scylla")),
     }

@@ -54,7 +54,8 @@ impl BackendUrl {
 }
 
 /// Splits `base?k=v&k2=v2` into the base and its parameters (Herald's own settings on URLs of
-/// engines whose clients take no query string: Kafka, NATS).
+/// engines whose clients take no query string: Kafka, NATS, ScyllaDB).
+#[cfg(any(feature = "kafka", feature = "nats", feature = "scylla"))]
 pub(crate) fn split_query(raw: &str) -> (&str, Vec<(String, String)>) {
     let Some((base, query)) = raw.split_once('?') else {
         return (raw, Vec::new());
