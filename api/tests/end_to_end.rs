@@ -7,29 +7,18 @@
 
 mod common;
 
+#[path = "../../tests/support/live_client.rs"]
+mod live_client;
+
 use common::*;
-use futures::StreamExt;
+use live_client::{assert_quiet, metric, next_frame, Ws, WAIT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// How long something that should happen may take.
-const WAIT: Duration = Duration::from_secs(30);
 
 fn token(user: &str) -> String {
-    let now = chrono::Utc::now();
-    herald_core::token::mint(
-        TOKEN_SECRET.as_bytes(),
-        user,
-        now,
-        now + chrono::Duration::hours(1),
-    )
+    live_client::token(TOKEN_SECRET, user)
 }
 
 impl TestApp {
@@ -104,72 +93,9 @@ impl TestApp {
     }
 }
 
-/// A live socket of `user` on `node` (an inbox node's own base URL), retried while the node
-/// is not ready for it.
+/// A live socket of `user` on `node` (an inbox node's own base URL).
 async fn connect(node: &str, user: &str) -> Ws {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut req = format!("{}/v1/inbox/live", node.replace("http://", "ws://"))
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", token(user)).parse().unwrap(),
-        );
-        match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => return ws,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "connecting {user} to {node}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// The next JSON frame (pings skipped).
-async fn next_frame(ws: &mut Ws) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("the socket stays open")
-            .expect("a good frame");
-        match msg {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected message {other:?}"),
-        }
-    }
-}
-
-/// Nothing more arrives for a moment.
-async fn assert_quiet(ws: &mut Ws) {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(other) => panic!("expected nothing, got {other:?}"),
-        }
-    }
-}
-
-/// The sum of a metric's samples on a node's `/metrics`.
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    live_client::connect(TOKEN_SECRET, node, user, "").await
 }
 
 /// Sockets of `(node, user)`, returned once every node's live hub follows its users (a

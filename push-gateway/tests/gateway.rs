@@ -224,15 +224,7 @@ async fn a_redelivered_message_is_not_sent_twice() {
         app.fcm.requests_for("ok-once") == 1
     })
     .await;
-    eventually("the delivery key marked", || async {
-        app.ctx
-            .ports
-            .deliveries
-            .is_processed(&msg.delivery_key())
-            .await
-            .unwrap()
-    })
-    .await;
+    eventually_marked(&app, &msg, "the delivery key marked").await;
     // The same message again, as a crashed consumer's redelivery would bring it.
     publish(app.ctx.ports.bus.as_ref(), &msg).await;
     eventually("the copy consumed", || async {
@@ -247,6 +239,15 @@ async fn a_redelivered_message_is_not_sent_twice() {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(app.fcm.requests_for("ok-once"), 1);
+}
+
+/// Waits until the message's delivery key is marked processed.
+async fn eventually_marked(app: &TestGateway, msg: &ChannelMessage, what: &str) {
+    let key = msg.delivery_key();
+    eventually(what, || async {
+        app.ctx.ports.deliveries.is_processed(&key).await.unwrap()
+    })
+    .await;
 }
 
 async fn lag(app: &TestGateway) -> u64 {
@@ -281,15 +282,7 @@ async fn two_copies_of_one_message_in_flight_at_once_are_sent_once() {
         .await
         .unwrap();
     eventually("the copies consumed", || async { lag(&app).await == 0 }).await;
-    eventually("the delivery key marked", || async {
-        app.ctx
-            .ports
-            .deliveries
-            .is_processed(&msg.delivery_key())
-            .await
-            .unwrap()
-    })
-    .await;
+    eventually_marked(&app, &msg, "the delivery key marked").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(app.fcm.requests_for("slow500-twin"), 1);
 }
@@ -450,15 +443,7 @@ async fn a_handling_that_fails_after_claiming_gives_the_claim_back_for_the_retry
     // repeated send is the at-least-once promise). The retry finds the key free rather than
     // held for the 30 s lease by the failed handling (`eventually` gives up after 15 s), so
     // it is not parked in the delay store.
-    eventually("the delivery key marked by the retry", || async {
-        app.ctx
-            .ports
-            .deliveries
-            .is_processed(&msg.delivery_key())
-            .await
-            .unwrap()
-    })
-    .await;
+    eventually_marked(&app, &msg, "the delivery key marked by the retry").await;
     assert_eq!(app.fcm.requests_for("mark-fails"), 2);
     assert_eq!(app.ctx.ports.delays.pending().await.unwrap(), 0);
 }

@@ -3,97 +3,19 @@
 //! read on one node reaches the user's device on the other, a broadcast activation reaches
 //! every node, and a node never receives the events of users connected elsewhere.
 
+use crate::live_client::{self, assert_quiet, metric, next_frame, Ws, WAIT};
 use crate::roles::*;
-use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// How long something that should happen may take.
-const WAIT: Duration = Duration::from_secs(20);
 
 fn token(user: &str) -> String {
-    let now = chrono::Utc::now();
-    herald_core::token::mint(
-        SECRET.as_bytes(),
-        user,
-        now,
-        now + chrono::Duration::hours(1),
-    )
+    live_client::token(SECRET, user)
 }
 
-/// A live socket of `user` on the node at `base` (`query`: `""` or `"?since=<cursor>"`),
-/// retried while the node is not yet subscribed to the live hub (it answers 503 until then).
+/// A live socket of `user` on the node at `base` (`query`: `""` or `"?since=<cursor>"`).
 async fn connect(base: &str, user: &str, query: &str) -> Ws {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut req = format!("{}/v1/inbox/live{query}", base.replace("http://", "ws://"))
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", token(user)).parse().unwrap(),
-        );
-        match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => return ws,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "connecting {user} to {base}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// The next JSON frame (pings skipped).
-async fn next_frame(ws: &mut Ws) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("the socket stays open")
-            .expect("a good frame");
-        match msg {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected message {other:?}"),
-        }
-    }
-}
-
-/// Nothing more arrives for a moment.
-async fn assert_quiet(ws: &mut Ws) {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(other) => panic!("expected nothing, got {other:?}"),
-        }
-    }
-}
-
-/// The sum of a metric's samples on a node's `/metrics`.
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    live_client::connect(SECRET, base, user, query).await
 }
 
 async fn eventually_metric(base: &str, name: &str, want: f64) {

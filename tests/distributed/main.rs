@@ -5,6 +5,8 @@
 //! `HERALD_TEST_NATS_URL` the bus is on JetStream; else both are SQLite files the processes
 //! share.
 
+#[path = "../support/live_client.rs"]
+mod live_client;
 #[path = "../support/roles.rs"]
 mod roles;
 

@@ -245,8 +245,8 @@ impl ScyllaInbox {
         mut from: Scan,
         limit: u32,
         unread_only: bool,
+        mark: i64,
     ) -> Result<Vec<Notification>> {
-        let mark = self.mark(user_id).await?;
         let mut out = Vec::new();
         let fetch = limit.max(MIN_FETCH);
         while (out.len() as u32) < limit {
@@ -286,6 +286,12 @@ impl ScyllaInbox {
             }
         }
         Ok(out)
+    }
+
+    /// The unread rows of the window above `mark`.
+    async fn count_unread(&self, user_id: &str, mark: i64) -> Result<u64> {
+        let window: Vec<State> = self.rows(&self.st.window, (user_id, mark)).await?;
+        Ok(unread_in(&window))
     }
 
     /// One read of up to `n` rows older than `before` (newest when `None`).
@@ -422,12 +428,30 @@ impl InboxStore for ScyllaInbox {
         limit: u32,
         unread_only: bool,
     ) -> Result<Vec<Notification>> {
-        self.scan(user_id, Scan::Older(before), limit, unread_only)
+        let mark = self.mark(user_id).await?;
+        self.scan(user_id, Scan::Older(before), limit, unread_only, mark)
             .await
     }
 
+    async fn page_with_unread(
+        &self,
+        user_id: &str,
+        before: Option<InboxKey>,
+        limit: u32,
+        unread_only: bool,
+    ) -> Result<(Vec<Notification>, u64)> {
+        // One watermark read for both, then the page and the unread window side by side.
+        let mark = self.mark(user_id).await?;
+        tokio::try_join!(
+            self.scan(user_id, Scan::Older(before), limit, unread_only, mark),
+            self.count_unread(user_id, mark),
+        )
+    }
+
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
-        self.scan(user_id, Scan::Newer(after), limit, false).await
+        let mark = self.mark(user_id).await?;
+        self.scan(user_id, Scan::Newer(after), limit, false, mark)
+            .await
     }
 
     async fn locate(&self, _user_id: &str, _id: Uuid) -> Result<Option<InboxKey>> {
@@ -480,8 +504,7 @@ impl InboxStore for ScyllaInbox {
 
     async fn unread_count(&self, user_id: &str) -> Result<u64> {
         let mark = self.mark(user_id).await?;
-        let window: Vec<State> = self.rows(&self.st.window, (user_id, mark)).await?;
-        Ok(unread_in(&window))
+        self.count_unread(user_id, mark).await
     }
 
     async fn purge_before(&self, _before: DateTime<Utc>) -> Result<u64> {
