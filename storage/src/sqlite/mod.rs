@@ -137,17 +137,43 @@ pub(crate) async fn open_pool(
         // share the machine, and the OS page cache holds the hot pages anyway.
         .pragma("cache_size", "-8192")
         .pragma("temp_store", "memory");
-    let pool = SqlitePoolOptions::new()
+    let pool_options = SqlitePoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(30))
         .before_acquire(|conn, _meta| Box::pin(writable(conn)))
-        .after_release(|conn, _meta| Box::pin(crate::release_outside_transaction(conn)))
-        .connect_with(opts)
-        .await
-        .map_err(|e| Error::unavailable(format!("cannot open SQLite database {url}"), e))?;
+        .after_release(|conn, _meta| Box::pin(crate::release_outside_transaction(conn)));
+    // Roles started side by side on one data directory open (and create) the same files at the
+    // same moment. Turning a new file to WAL needs its exclusive lock, and SQLite answers
+    // SQLITE_BUSY at once, without its busy handler, to the connection that would otherwise
+    // deadlock with another one doing the same: that open is tried again, as the busy handler
+    // would have, for as long as a lock is waited for anywhere else.
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    let pool = loop {
+        match pool_options.clone().connect_with(opts.clone()).await {
+            Ok(pool) => break pool,
+            Err(e) if is_busy(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(%url, error = %e, "SQLite file busy while opening; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(Error::unavailable(
+                    format!("cannot open SQLite database {url}"),
+                    e,
+                ))
+            }
+        }
+    };
     migrate(&pool, migrations).await?;
     Ok(pool)
+}
+
+/// SQLITE_BUSY, whatever its extended code.
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff) == Some(5))
 }
 
 /// The pools' `before_acquire` check: a connection that cannot write is closed.
@@ -263,12 +289,20 @@ pub(crate) async fn ping_writable(pool: &SqlitePool) -> Result<()> {
 
 /// Applies the migrations not yet recorded in `herald_migrations`, in order.
 async fn migrate(pool: &SqlitePool, migrations: &[Migration]) -> Result<()> {
+    // Inside `BEGIN IMMEDIATE`, like each migration: a plain statement would start as a reader
+    // and could not turn writer once another process had written meanwhile (SQLITE_BUSY_SNAPSHOT
+    // is not waited out).
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| file_error(pool, e))?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS herald_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)",
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await
     .map_err(|e| file_error(pool, e))?;
+    tx.commit().await.map_err(|e| file_error(pool, e))?;
     for m in migrations {
         let mut tx = pool
             .begin_with("BEGIN IMMEDIATE")
