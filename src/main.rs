@@ -267,15 +267,33 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         ("campaigns", &config.backends.campaigns),
         ("inbox", &config.backends.inbox),
         ("broadcasts", &config.backends.broadcasts),
+        (
+            "broadcast states",
+            config
+                .backends
+                .broadcast_states
+                .as_ref()
+                .map_or(&config.backends.broadcasts, |_| {
+                    &config.backends.broadcast_states
+                }),
+        ),
         ("bus", &config.backends.bus),
         ("deliveries", &config.backends.deliveries),
         ("delays", &config.backends.delays),
     ] {
         let shown = match url {
             Some(u) => herald_storage::BackendUrl::parse(u.expose())?.redacted(),
-            None => herald_storage::BackendUrl::embedded(&config.data_dir, port).redacted(),
+            None => herald_storage::BackendUrl::embedded(
+                &config.data_dir,
+                if port == "broadcast states" {
+                    "broadcasts"
+                } else {
+                    port
+                },
+            )
+            .redacted(),
         };
-        eprintln!("  {port:<11} {shown}  ok");
+        eprintln!("  {port:<16} {shown}  ok");
     }
     eprintln!("done in {:.1?}", started.elapsed());
     Ok(())

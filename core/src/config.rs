@@ -104,6 +104,9 @@ pub struct Backends {
     pub campaigns: Option<Secret>,
     pub inbox: Option<Secret>,
     pub broadcasts: Option<Secret>,
+    /// Who read or dismissed which broadcast (one partition per user, read on every inbox
+    /// read): unset, kept beside the broadcasts; at scale, beside the inbox (`scylla://`).
+    pub broadcast_states: Option<Secret>,
     pub preference_cache: Option<Secret>,
     pub bus: Option<Secret>,
     pub live: Option<Secret>,

@@ -17,6 +17,7 @@ pub struct Ports {
     pub campaigns: Arc<dyn CampaignStore>,
     pub inbox: Arc<dyn InboxStore>,
     pub broadcasts: Arc<dyn BroadcastStore>,
+    pub broadcast_states: Arc<dyn BroadcastStates>,
     pub preference_cache: Arc<dyn PreferenceCache>,
     pub bus: Arc<dyn Bus>,
     pub live: Arc<dyn LiveHub>,
@@ -33,11 +34,12 @@ impl Ports {
     /// (a pool waiting for a connection, a client between reconnects).
     pub async fn ping(&self) -> crate::Result<()> {
         use futures::future::BoxFuture;
-        let pings: [(&str, BoxFuture<'_, crate::Result<()>>); 10] = [
+        let pings: [(&str, BoxFuture<'_, crate::Result<()>>); 11] = [
             ("directory", self.directory.ping()),
             ("campaigns", self.campaigns.ping()),
             ("inbox", self.inbox.ping()),
             ("broadcasts", self.broadcasts.ping()),
+            ("broadcast states", self.broadcast_states.ping()),
             ("preference cache", self.preference_cache.ping()),
             ("bus", self.bus.ping()),
             ("live hub", self.live.ping()),

@@ -317,7 +317,7 @@ pub trait InboxStore: Send + Sync + 'static {
 /// How many of a user's newest rows above the read watermark the unread count looks at.
 pub const UNREAD_WINDOW: u32 = 1000;
 
-/// Broadcasts (stored once) and the sparse per-user state of each.
+/// Broadcasts, stored once (the per-user state of each is [`BroadcastStates`]).
 #[async_trait]
 pub trait BroadcastStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
@@ -334,10 +334,22 @@ pub trait BroadcastStore: Send + Sync + 'static {
         from: &[BroadcastStatus],
         to: BroadcastStatus,
     ) -> Result<bool>;
+}
+
+/// The sparse per-user state of broadcasts: which ones a user has read or dismissed, one
+/// entry per user and broadcast they acted on. A store of its own because its shape is the
+/// inbox's (one partition per user, read on every inbox read, written by user actions) while
+/// the broadcasts themselves are a few rows read by everyone: at 50M users it belongs beside
+/// the inbox (ScyllaDB), the broadcasts beside the campaigns. Unset, it is kept by the
+/// broadcast store's engine.
+#[async_trait]
+pub trait BroadcastStates: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
     /// Every stored state of the user (one lookup per inbox read).
     async fn user_states(&self, user_id: &str) -> Result<Vec<BroadcastUserState>>;
-    /// Marks read for the user (keeping an earlier read time).
+    /// Marks read for the user; the earliest read time is kept.
     async fn mark_read(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<()>;
+    /// Dismisses for the user; the earliest dismissal time is kept.
     async fn dismiss(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<()>;
 }
 

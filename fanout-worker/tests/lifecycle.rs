@@ -540,46 +540,6 @@ impl BroadcastStore for RacingStore {
     {
         self.inner.transition(id, from, to)
     }
-
-    fn user_states<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        user_id: &'life1 str,
-    ) -> StoreFuture<'async_trait, Vec<BroadcastUserState>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.user_states(user_id)
-    }
-
-    fn mark_read<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        user_id: &'life1 str,
-        id: uuid::Uuid,
-        at: DateTime<Utc>,
-    ) -> StoreFuture<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.mark_read(user_id, id, at)
-    }
-
-    fn dismiss<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        user_id: &'life1 str,
-        id: uuid::Uuid,
-        at: DateTime<Utc>,
-    ) -> StoreFuture<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.dismiss(user_id, id, at)
-    }
 }
 
 /// One tick of each context, on two threads at once, both working from the same listing.

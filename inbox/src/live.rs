@@ -534,7 +534,13 @@ async fn replay_broadcasts(
         }
     }
     if !extra.is_empty() {
-        let states = f.svc.context().ports.broadcasts.user_states(user).await?;
+        let states = f
+            .svc
+            .context()
+            .ports
+            .broadcast_states
+            .user_states(user)
+            .await?;
         for b in extra {
             let state = states.iter().find(|s| s.broadcast_id == b.id);
             if state.is_some_and(|s| s.dismissed_at.is_some()) {

@@ -256,7 +256,10 @@ impl InboxService {
             true
         } else if let Some(v) = self.visible_broadcast(user_id, id, now).await? {
             if !v.read {
-                ctx.ports.broadcasts.mark_read(user_id, id, now).await?;
+                ctx.ports
+                    .broadcast_states
+                    .mark_read(user_id, id, now)
+                    .await?;
             }
             true
         } else {
@@ -283,7 +286,7 @@ impl InboxService {
         let found = if personal {
             true
         } else if self.visible_broadcast(user_id, id, now).await?.is_some() {
-            ctx.ports.broadcasts.dismiss(user_id, id, now).await?;
+            ctx.ports.broadcast_states.dismiss(user_id, id, now).await?;
             true
         } else {
             false
@@ -310,7 +313,7 @@ impl InboxService {
         let mut changed = personal;
         for v in visible.iter().filter(|v| !v.read) {
             ctx.ports
-                .broadcasts
+                .broadcast_states
                 .mark_read(user_id, v.broadcast.id, now)
                 .await?;
             changed += 1;
@@ -356,13 +359,14 @@ impl InboxService {
         }
         let needs_attrs = live.iter().any(|b| !b.filter.is_match_all());
         let ports = &self.inner.ctx.ports;
-        let (states, attrs) = tokio::try_join!(ports.broadcasts.user_states(user_id), async {
-            if needs_attrs {
-                self.inner.users.attributes(user_id).await.map(Some)
-            } else {
-                Ok(None)
-            }
-        })?;
+        let (states, attrs) =
+            tokio::try_join!(ports.broadcast_states.user_states(user_id), async {
+                if needs_attrs {
+                    self.inner.users.attributes(user_id).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            })?;
         let states: HashMap<Uuid, BroadcastUserState> =
             states.into_iter().map(|s| (s.broadcast_id, s)).collect();
         Ok(live
@@ -402,7 +406,13 @@ impl InboxService {
         if !self.broadcast_matches(user_id, &broadcast, now).await? {
             return Ok(None);
         }
-        let states = self.inner.ctx.ports.broadcasts.user_states(user_id).await?;
+        let states = self
+            .inner
+            .ctx
+            .ports
+            .broadcast_states
+            .user_states(user_id)
+            .await?;
         let state = states.iter().find(|s| s.broadcast_id == id);
         if state.is_some_and(|s| s.dismissed_at.is_some()) {
             return Ok(None);

@@ -442,6 +442,75 @@ async fn read_and_dismiss_work_for_personal_items_and_broadcasts() {
     assert_eq!(other["unread_count"], 2);
 }
 
+/// `backends.broadcast_states` set apart from the broadcasts: the inbox reads and writes the
+/// per-user state there (as it would on ScyllaDB), and the broadcast store keeps none.
+#[tokio::test]
+async fn broadcast_states_configured_apart_are_kept_there_and_not_beside_the_broadcasts() {
+    let states_dir = tempfile::tempdir().unwrap();
+    let states_url = format!("sqlite://{}", states_dir.path().join("states.db").display());
+    let url = states_url.clone();
+    let app = spawn_app_configured(
+        herald_inbox::LiveConfig::default(),
+        |hub| hub,
+        move |config| {
+            config.backends.broadcast_states = Some(herald_core::config::Secret::new(url));
+        },
+    )
+    .await;
+    let b1 = app.broadcast("b1", ago(20)).await;
+    let b2 = app.broadcast("b2", ago(10)).await;
+    assert_eq!(app.unread("u1").await, 2);
+    assert_eq!(app.post("u1", &format!("/v1/inbox/{b1}/read")).await.0, 204);
+    assert_eq!(
+        app.post("u1", &format!("/v1/inbox/{b2}/dismiss")).await.0,
+        204
+    );
+    let page = app.inbox("u1", "").await;
+    assert_eq!(titles(&page), ["b1"]);
+    assert_eq!(item(&page, "b1")["read"], true);
+    assert_eq!(app.unread("u1").await, 0);
+
+    let apart = herald_storage::open_broadcast_states(
+        &herald_storage::BackendUrl::parse(&states_url).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut kept: Vec<(Uuid, bool, bool)> = apart
+        .user_states("u1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            (
+                s.broadcast_id,
+                s.read_at.is_some(),
+                s.dismissed_at.is_some(),
+            )
+        })
+        .collect();
+    kept.sort();
+    let mut want = vec![(b1, true, false), (b2, false, true)];
+    want.sort();
+    assert_eq!(kept, want);
+    assert!(
+        app.ctx
+            .ports
+            .broadcast_states
+            .user_states("u2")
+            .await
+            .unwrap()
+            .is_empty(),
+        "another user has no state"
+    );
+    // The broadcast store's own engine (SQLite in the data dir, or the test MySQL) kept none.
+    let beside = match &app.ctx.config.backends.broadcasts {
+        Some(url) => herald_storage::BackendUrl::parse(url.expose()).unwrap(),
+        None => herald_storage::BackendUrl::embedded(&app.ctx.config.data_dir, "broadcasts"),
+    };
+    let (_, beside) = herald_storage::open_broadcasts(&beside).await.unwrap();
+    assert!(beside.user_states("u1").await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn an_item_written_before_ids_carried_their_time_is_read_and_dismissed_by_its_id() {
     let app = spawn_app().await;

@@ -61,6 +61,14 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
     let bus = open_bus(&url_for(&b.bus, dir, "bus")?).await?;
     // Standard subscriptions first, so nothing published before a consumer starts is lost.
     herald_core::topics::declare(bus.as_ref()).await?;
+    let broadcasts_url = url_for(&b.broadcasts, dir, "broadcasts")?;
+    let (broadcasts, states_beside) = open_broadcasts(&broadcasts_url).await?;
+    let broadcast_states = match &b.broadcast_states {
+        Some(url) if url.expose() != broadcasts_url.raw => {
+            open_broadcast_states(&BackendUrl::parse(url.expose())?).await?
+        }
+        _ => states_beside,
+    };
     Ok(Ports {
         directory: open_directory(&url_for(&b.directory, dir, "directory")?).await?,
         campaigns: open_campaigns(&url_for(&b.campaigns, dir, "campaigns")?).await?,
@@ -69,11 +77,8 @@ pub async fn open_ports(config: &Config) -> Result<Ports> {
             inbox_retention(config.inbox.retention_days),
         )
         .await?,
-        broadcasts: with_broadcast_cache(
-            b.broadcast_cache.as_ref(),
-            open_broadcasts(&url_for(&b.broadcasts, dir, "broadcasts")?).await?,
-        )
-        .await?,
+        broadcasts: with_broadcast_cache(b.broadcast_cache.as_ref(), broadcasts).await?,
+        broadcast_states,
         preference_cache: open_preference_cache(
             b.preference_cache.as_ref(),
             std::time::Duration::from_secs(config.fanout.preference_ttl_secs),
@@ -178,21 +183,52 @@ pub async fn open_inbox(
     }
 }
 
-pub async fn open_broadcasts(url: &BackendUrl) -> Result<Arc<dyn BroadcastStore>> {
+/// The broadcast store at `url`, and the per-user broadcast states kept beside it (one store
+/// of the engine serving both ports).
+pub async fn open_broadcasts(
+    url: &BackendUrl,
+) -> Result<(Arc<dyn BroadcastStore>, Arc<dyn BroadcastStates>)> {
     match url.scheme.as_str() {
         "sqlite" => {
             #[cfg(feature = "sqlite")]
-            return Ok(Arc::new(sqlite::SqliteBroadcasts::open(url).await?));
+            return Ok(both_broadcast_ports(sqlite::SqliteBroadcasts::open(url).await?));
             #[cfg(not(feature = "sqlite"))]
             return Err(compiled_out("sqlite", "sqlite"));
         }
         "mysql" => {
             #[cfg(feature = "mysql")]
-            return Ok(Arc::new(mysql::MysqlBroadcasts::open(url).await?));
+            return Ok(both_broadcast_ports(mysql::MysqlBroadcasts::open(url).await?));
             #[cfg(not(feature = "mysql"))]
             return Err(compiled_out("mysql", "mysql"));
         }
         _ => Err(unsupported("broadcast store", url, "sqlite, mysql")),
+    }
+}
+
+/// One store serving the broadcasts and their per-user states.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+fn both_broadcast_ports<S: BroadcastStore + BroadcastStates>(
+    store: S,
+) -> (Arc<dyn BroadcastStore>, Arc<dyn BroadcastStates>) {
+    let store = Arc::new(store);
+    (store.clone(), store)
+}
+
+/// Per-user broadcast states on their own engine (`backends.broadcast_states`).
+pub async fn open_broadcast_states(url: &BackendUrl) -> Result<Arc<dyn BroadcastStates>> {
+    match url.scheme.as_str() {
+        "sqlite" | "mysql" => Ok(open_broadcasts(url).await?.1),
+        "scylla" | "cassandra" => {
+            #[cfg(feature = "scylla")]
+            return Ok(Arc::new(scylla::ScyllaBroadcastStates::open(url).await?));
+            #[cfg(not(feature = "scylla"))]
+            return Err(compiled_out("scylla", "scylla"));
+        }
+        _ => Err(unsupported(
+            "broadcast state store",
+            url,
+            "sqlite, mysql, scylla",
+        )),
     }
 }
 

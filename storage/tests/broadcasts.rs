@@ -1,8 +1,8 @@
-//! Conformance suite of the `BroadcastStore` port and of the in-process caches.
+//! Conformance suite of the `BroadcastStore` and `BroadcastStates` ports and of the in-process
+//! caches.
 
 mod common;
 
-use chrono::Duration;
 use common::{run_id, utc};
 use herald_core::filter::Filter;
 use herald_core::model::*;
@@ -85,44 +85,10 @@ pub mod cases {
         );
         assert!(!s.list_open().await.unwrap().iter().any(|x| x.id == b.id));
     }
-
-    pub async fn per_user_state_is_sparse_and_keeps_first_times(s: Arc<dyn BroadcastStore>) {
-        let p = run_id();
-        let (alice, bob) = (format!("{p}-alice"), format!("{p}-bob"));
-        let (b1, b2) = (
-            broadcast(BroadcastStatus::Active),
-            broadcast(BroadcastStatus::Active),
-        );
-        s.insert(&b1).await.unwrap();
-        s.insert(&b2).await.unwrap();
-        assert!(s.user_states(&alice).await.unwrap().is_empty());
-        let t1 = utc("2026-02-24T00:00:00Z");
-        let t2 = t1 + Duration::hours(1);
-        s.mark_read(&alice, b1.id, t1).await.unwrap();
-        s.mark_read(&alice, b1.id, t2).await.unwrap();
-        s.dismiss(&alice, b2.id, t2).await.unwrap();
-        let mut states = s.user_states(&alice).await.unwrap();
-        states.sort_by_key(|st| st.broadcast_id);
-        assert_eq!(
-            states,
-            vec![
-                BroadcastUserState {
-                    broadcast_id: b1.id,
-                    user_id: alice.clone(),
-                    read_at: Some(t1),
-                    dismissed_at: None,
-                },
-                BroadcastUserState {
-                    broadcast_id: b2.id,
-                    user_id: alice.clone(),
-                    read_at: None,
-                    dismissed_at: Some(t2),
-                },
-            ]
-        );
-        assert!(s.user_states(&bob).await.unwrap().is_empty());
-    }
 }
+
+#[path = "support/broadcast_state_cases.rs"]
+pub mod state_cases;
 
 macro_rules! broadcast_conformance {
     ($engine:ident, $make:expr) => {
@@ -132,7 +98,6 @@ macro_rules! broadcast_conformance {
                 a_broadcast_is_stored_once_and_reads_back,
                 open_broadcasts_are_the_scheduled_and_active_ones,
                 status_moves_by_compare_and_set,
-                per_user_state_is_sparse_and_keeps_first_times,
             );
         }
     };
@@ -146,6 +111,37 @@ macro_rules! broadcast_conformance {
             }
         )*
     };
+}
+
+macro_rules! state_conformance {
+    ($engine:ident, $make:expr) => {
+        mod $engine {
+            use super::*;
+            state_conformance!(@cases $make;
+                per_user_state_is_sparse_and_keeps_first_times,
+                the_earliest_time_is_kept_whatever_order_the_marks_arrive_in,
+                every_state_of_a_user_with_many_comes_back,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some(s) = $make.await {
+                    state_cases::$case(s).await;
+                }
+            }
+        )*
+    };
+}
+
+mod states {
+    use super::*;
+    state_conformance!(sqlite, common::sqlite_broadcast_states());
+    state_conformance!(mysql, common::mysql_broadcast_states());
+    // Only on a real cluster; `tests/scylla_smoke.rs` runs these cases against kassandra.
+    state_conformance!(scylla, common::scylla_broadcast_states());
 }
 
 broadcast_conformance!(sqlite, common::sqlite_broadcasts());
@@ -292,25 +288,6 @@ mod redis_cache {
             to: BroadcastStatus,
         ) -> herald_core::Result<bool> {
             self.inner.transition(id, from, to).await
-        }
-        async fn user_states(&self, user_id: &str) -> herald_core::Result<Vec<BroadcastUserState>> {
-            self.inner.user_states(user_id).await
-        }
-        async fn mark_read(
-            &self,
-            user_id: &str,
-            id: Uuid,
-            at: chrono::DateTime<chrono::Utc>,
-        ) -> herald_core::Result<()> {
-            self.inner.mark_read(user_id, id, at).await
-        }
-        async fn dismiss(
-            &self,
-            user_id: &str,
-            id: Uuid,
-            at: chrono::DateTime<chrono::Utc>,
-        ) -> herald_core::Result<()> {
-            self.inner.dismiss(user_id, id, at).await
         }
     }
 

@@ -11,8 +11,14 @@
 //! against rows written by the production column list. Everything else (order, ranges, paging,
 //! TTLs, the unread window) is the conformance suite's, against a real cluster
 //! (`HERALD_TEST_SCYLLA_URL`, `tests/inbox.rs`).
+//!
+//! The per-user broadcast states use nothing kassandra gets wrong (blind inserts, one
+//! partition read, the earliest mark chosen by the adapter), so their whole conformance cases
+//! run here through the production adapter.
 
 mod common;
+#[path = "support/broadcast_state_cases.rs"]
+mod state_cases;
 
 use futures::{SinkExt, StreamExt};
 use herald_storage::scylla::{inbox_cql, ScyllaInbox};
@@ -239,4 +245,38 @@ async fn a_cql_server_that_is_not_there_is_a_clear_unavailable_error() {
     };
     assert_eq!(err.kind, herald_core::ErrorKind::Unavailable, "{err}");
     assert!(err.to_string().contains("ScyllaDB"), "{err}");
+}
+
+/// The `BroadcastStates` conformance cases, through the production adapter (schema, prepared
+/// statements, paged partition read) against kassandra.
+mod broadcast_states {
+    use super::*;
+    use herald_core::ports::BroadcastStates;
+
+    async fn open() -> Arc<dyn BroadcastStates> {
+        let addr = start_kassandra().await;
+        let url = BackendUrl::parse(&format!(
+            "scylla://{addr}/herald_smoke?consistency=one&replication_class=SimpleStrategy&replication_factor=1"
+        ))
+        .unwrap();
+        herald_storage::open_broadcast_states(&url)
+            .await
+            .expect("open the broadcast states on kassandra")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn per_user_state_is_sparse_and_keeps_first_times() {
+        state_cases::per_user_state_is_sparse_and_keeps_first_times(open().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_earliest_time_is_kept_whatever_order_the_marks_arrive_in() {
+        state_cases::the_earliest_time_is_kept_whatever_order_the_marks_arrive_in(open().await)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_state_of_a_user_with_many_comes_back() {
+        state_cases::every_state_of_a_user_with_many_comes_back(open().await).await;
+    }
 }

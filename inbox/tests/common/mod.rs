@@ -57,11 +57,22 @@ pub async fn spawn_app_with_hub(
     live: LiveConfig,
     wrap: impl FnOnce(Arc<dyn LiveHub>) -> Arc<dyn LiveHub>,
 ) -> TestApp {
+    spawn_app_configured(live, wrap, |_| {}).await
+}
+
+/// [`spawn_app_with_hub`], with the configuration changed by `configure` first (the data
+/// directory is set; backends it leaves unset are the embedded or test-engine defaults).
+pub async fn spawn_app_configured(
+    live: LiveConfig,
+    wrap: impl FnOnce(Arc<dyn LiveHub>) -> Arc<dyn LiveHub>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config {
         data_dir: dir.path().to_owned(),
         ..Config::default()
     };
+    configure(&mut config);
     mysql_support::configure_backends(&mut config).await;
     let mut ports = herald_storage::open_ports(&config)
         .await

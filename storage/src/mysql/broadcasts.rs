@@ -9,7 +9,7 @@ use crate::{corrupt, db_error, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::model::{Broadcast, BroadcastStatus, BroadcastUserState};
-use herald_core::ports::BroadcastStore;
+use herald_core::ports::{BroadcastStates, BroadcastStore};
 use herald_core::{Error, ErrorKind, Result};
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
@@ -122,6 +122,13 @@ impl BroadcastStore for MysqlBroadcasts {
             .rows_affected();
         Ok(n > 0)
     }
+}
+
+#[async_trait]
+impl BroadcastStates for MysqlBroadcasts {
+    async fn ping(&self) -> Result<()> {
+        super::ping(&self.pool).await
+    }
 
     async fn user_states(&self, user_id: &str) -> Result<Vec<BroadcastUserState>> {
         let rows = sqlx::query(
@@ -155,10 +162,10 @@ impl BroadcastStore for MysqlBroadcasts {
     }
 
     async fn mark_read(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<()> {
-        // The first read time is kept: a second read changes nothing.
+        // The earliest read time is kept.
         sqlx::query(
             "INSERT INTO broadcast_reads (user_id, broadcast_id, read_at) VALUES (?, ?, ?) \
-             ON DUPLICATE KEY UPDATE read_at = read_at",
+             ON DUPLICATE KEY UPDATE read_at = LEAST(read_at, VALUES(read_at))",
         )
         .bind(user_id)
         .bind(id.as_bytes().as_slice())
@@ -172,7 +179,7 @@ impl BroadcastStore for MysqlBroadcasts {
     async fn dismiss(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<()> {
         sqlx::query(
             "INSERT INTO broadcast_dismissals (user_id, broadcast_id, dismissed_at) \
-             VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE dismissed_at = dismissed_at",
+             VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE dismissed_at = LEAST(dismissed_at, VALUES(dismissed_at))",
         )
         .bind(user_id)
         .bind(id.as_bytes().as_slice())

@@ -15,16 +15,15 @@
 //! `BUILT_TTL`. Every writer bumps `{prefix}:broadcasts:gen` with its Redis write, and a
 //! rebuild replaces the set only if the generation it read before reading the store is still
 //! the current one (one script), so a rebuild never undoes a write that reached Redis while
-//! it was reading the store. Per-user reads and dismissals are read from the store (one
-//! primary-key range per user).
+//! it was reading the store. Per-user reads and dismissals are another port
+//! ([`herald_core::ports::BroadcastStates`]), not cached here.
 
 use super::Conn;
 use super::{connect, redis_error};
 use crate::time::micros;
 use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use herald_core::model::{Broadcast, BroadcastStatus, BroadcastUserState};
+use herald_core::model::{Broadcast, BroadcastStatus};
 use herald_core::ports::BroadcastStore;
 use herald_core::Result;
 use std::sync::Arc;
@@ -265,17 +264,5 @@ impl BroadcastStore for RedisBroadcastCache {
         }
         self.mirror(pipe).await;
         Ok(true)
-    }
-
-    async fn user_states(&self, user_id: &str) -> Result<Vec<BroadcastUserState>> {
-        self.store.user_states(user_id).await
-    }
-
-    async fn mark_read(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<()> {
-        self.store.mark_read(user_id, id, at).await
-    }
-
-    async fn dismiss(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<()> {
-        self.store.dismiss(user_id, id, at).await
     }
 }

@@ -1,11 +1,12 @@
-//! ScyllaDB / Cassandra adapters (the inbox store), on the `scylla` driver.
+//! ScyllaDB / Cassandra adapters (the inbox store and the per-user broadcast states), on the
+//! `scylla` driver.
 //!
 //! `scylla://[user:password@]host1[:port],host2[:port]/keyspace[?settings]` opens one session
 //! per port: shard-aware connections (on ScyllaDB: one per shard of every node), token-aware
 //! routing (a statement goes to a replica of its partition, and to the right shard), prepared
 //! statements only (every statement of an adapter is prepared once at open), every statement
-//! marked idempotent where it is (all of the inbox's are: no counters, no list appends, no
-//! LWT), so the driver's retry policy may retry them after a timeout. Settings:
+//! marked idempotent (all of them are: no counters, no list appends, no LWT), so the driver's
+//! retry policy may retry them after a timeout. Settings:
 //!
 //! - `consistency` (`local_quorum`): `one`, `local_one`, `quorum`, `local_quorum`,
 //!   `each_quorum`, `all`;
@@ -20,8 +21,10 @@
 //! in its `herald_migrations` table; DDL is `IF NOT EXISTS`, so two processes opening at once
 //! both succeed.
 
+mod broadcast_states;
 mod inbox;
 
+pub use broadcast_states::{cql as broadcast_states_cql, ScyllaBroadcastStates};
 pub use inbox::{cql as inbox_cql, ScyllaInbox};
 /// The driver's session type, for the smoke suite and tools.
 pub use scylla::client::session::Session;

@@ -9,7 +9,7 @@ use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::model::{Broadcast, BroadcastStatus, BroadcastUserState};
-use herald_core::ports::BroadcastStore;
+use herald_core::ports::{BroadcastStates, BroadcastStore};
 use herald_core::{Error, ErrorKind, Result};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -120,6 +120,13 @@ impl BroadcastStore for SqliteBroadcasts {
             .rows_affected();
         Ok(n > 0)
     }
+}
+
+#[async_trait]
+impl BroadcastStates for SqliteBroadcasts {
+    async fn ping(&self) -> Result<()> {
+        super::ping_writable(&self.pool).await
+    }
 
     async fn user_states(&self, user_id: &str) -> Result<Vec<BroadcastUserState>> {
         let rows = sqlx::query(
@@ -147,7 +154,9 @@ impl BroadcastStore for SqliteBroadcasts {
         sqlx::query(
             "INSERT INTO broadcast_user_state (user_id, broadcast_id, read_at) VALUES (?, ?, ?) \
              ON CONFLICT (user_id, broadcast_id) DO UPDATE SET \
-             read_at = COALESCE(broadcast_user_state.read_at, excluded.read_at)",
+             read_at = CASE WHEN broadcast_user_state.read_at IS NULL \
+             OR excluded.read_at < broadcast_user_state.read_at THEN excluded.read_at \
+             ELSE broadcast_user_state.read_at END",
         )
         .bind(user_id)
         .bind(id.as_bytes().to_vec())
@@ -162,7 +171,9 @@ impl BroadcastStore for SqliteBroadcasts {
         sqlx::query(
             "INSERT INTO broadcast_user_state (user_id, broadcast_id, dismissed_at) \
              VALUES (?, ?, ?) ON CONFLICT (user_id, broadcast_id) DO UPDATE SET \
-             dismissed_at = COALESCE(broadcast_user_state.dismissed_at, excluded.dismissed_at)",
+             dismissed_at = CASE WHEN broadcast_user_state.dismissed_at IS NULL \
+             OR excluded.dismissed_at < broadcast_user_state.dismissed_at THEN excluded.dismissed_at \
+             ELSE broadcast_user_state.dismissed_at END",
         )
         .bind(user_id)
         .bind(id.as_bytes().to_vec())

@@ -80,7 +80,16 @@ pub async fn sqlite_broadcasts() -> Option<Arc<dyn BroadcastStore>> {
     Some(
         herald_storage::open_broadcasts(&fresh_sqlite_url("broadcasts"))
             .await
-            .expect("open SQLite broadcast store"),
+            .expect("open SQLite broadcast store")
+            .0,
+    )
+}
+
+pub async fn sqlite_broadcast_states() -> Option<Arc<dyn BroadcastStates>> {
+    Some(
+        herald_storage::open_broadcast_states(&fresh_sqlite_url("broadcasts"))
+            .await
+            .expect("open SQLite broadcast states"),
     )
 }
 
@@ -150,7 +159,27 @@ pub async fn mysql_broadcasts() -> Option<Arc<dyn BroadcastStore>> {
     Some(
         herald_storage::open_broadcasts(&url)
             .await
-            .expect("open MySQL broadcast store"),
+            .expect("open MySQL broadcast store")
+            .0,
+    )
+}
+
+pub async fn mysql_broadcast_states() -> Option<Arc<dyn BroadcastStates>> {
+    let url = fresh_mysql_url("herald_broadcasts").await?;
+    Some(
+        herald_storage::open_broadcast_states(&url)
+            .await
+            .expect("open MySQL broadcast states"),
+    )
+}
+
+/// Per-user broadcast states on the cluster of `HERALD_TEST_SCYLLA_URL`.
+pub async fn scylla_broadcast_states() -> Option<Arc<dyn BroadcastStates>> {
+    let url = env_url("HERALD_TEST_SCYLLA_URL")?;
+    Some(
+        herald_storage::open_broadcast_states(&url)
+            .await
+            .expect("open the ScyllaDB broadcast states"),
     )
 }
 
