@@ -1,7 +1,7 @@
 //! `/v1/webhooks` (HTTP subscribers of the webhook channel) and `/v1/dead-letters` (sends the
 //! push gateway gave up on, listed and replayed by an admin).
 
-use crate::http::{ApiError, ApiResult, JsonBody, PathParams, QueryParams};
+use crate::http::{parse_json, ApiError, ApiResult, BodyBytes, JsonBody, PathParams, QueryParams};
 use crate::pages::{filter_param, next_cursor, PageParams};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -27,15 +27,81 @@ pub struct WebhookBody {
     categories: Option<Vec<String>>,
 }
 
-/// A subscription as shown: everything but the secret.
+/// A subscription as shown: everything but the secrets (of the replaced ones still signing,
+/// only until when).
 fn webhook_json(w: &Webhook) -> Value {
+    let rotating: Vec<_> = w.previous_secrets.iter().map(|p| p.expires_at).collect();
     json!({
         "id": w.id,
         "url": w.url,
         "categories": w.categories,
+        "previous_secrets_expire_at": rotating,
         "created_at": w.created_at,
         "updated_at": w.updated_at,
     })
+}
+
+/// How long a replaced secret keeps signing unless the rotation says (a day).
+const DEFAULT_ROTATION_GRACE_SECS: u64 = 86_400;
+/// The longest a replaced secret may keep signing (30 days).
+const MAX_ROTATION_GRACE_SECS: u64 = 30 * 86_400;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    /// The new secret; left out, one is generated.
+    #[serde(default)]
+    secret: Option<String>,
+    /// How long the replaced secret keeps signing beside the new one; 0 stops every
+    /// replaced secret at once (a leaked secret).
+    #[serde(default)]
+    previous_valid_for_secs: Option<u64>,
+}
+
+/// `POST /v1/webhooks/{id}/rotate-secret`: a new secret, shown in this answer only; the
+/// replaced one keeps signing every post beside it for `previous_valid_for_secs` (a day), so
+/// receivers switch without a post they cannot verify.
+pub async fn rotate_webhook_secret(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+    BodyBytes(bytes): BodyBytes,
+) -> ApiResult<Json<Value>> {
+    // The body is optional: none rotates to a generated secret with the default grace.
+    let body: RotateBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RotateBody::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    let grace = body
+        .previous_valid_for_secs
+        .unwrap_or(DEFAULT_ROTATION_GRACE_SECS);
+    if grace > MAX_ROTATION_GRACE_SECS {
+        return Err(ApiError::invalid(format!(
+            "previous_valid_for_secs must be at most {MAX_ROTATION_GRACE_SECS} (30 days)"
+        )));
+    }
+    let mut webhook = ctx
+        .ports
+        .deliveries
+        .get_webhook(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("webhook `{id}` not found")))?;
+    let new = body
+        .secret
+        .map(Secret::new)
+        .unwrap_or_else(Webhook::generate_secret);
+    if new == webhook.secret {
+        return Err(ApiError::invalid(
+            "the new secret must differ from the current one",
+        ));
+    }
+    let now = ctx.clock.now();
+    webhook.rotate(new, now, now + chrono::Duration::seconds(grace as i64));
+    webhook.validate()?;
+    ctx.ports.deliveries.put_webhook(&webhook).await?;
+    let mut shown = webhook_json(&webhook);
+    shown["secret"] = json!(webhook.secret.expose());
+    Ok(Json(shown))
 }
 
 pub async fn put_webhook(
@@ -45,11 +111,13 @@ pub async fn put_webhook(
 ) -> ApiResult<Json<Value>> {
     validate_key("webhook id", &id)?;
     let now = ctx.clock.now();
-    let (secret, generated) = match body.secret {
-        Some(s) => (Secret::new(s), false),
+    // A secret given replaces the current one at once (a rotation with a grace period is
+    // `rotate-secret`); left out, the current one and any rotation under way are kept.
+    let (secret, previous_secrets, generated) = match body.secret {
+        Some(s) => (Secret::new(s), Vec::new(), false),
         None => match ctx.ports.deliveries.get_webhook(&id).await? {
-            Some(existing) => (existing.secret, false),
-            None => (Webhook::generate_secret(), true),
+            Some(existing) => (existing.secret, existing.previous_secrets, false),
+            None => (Webhook::generate_secret(), Vec::new(), true),
         },
     };
     let webhook = Webhook {
@@ -57,6 +125,7 @@ pub async fn put_webhook(
         url: body.url.trim().to_owned(),
         secret,
         categories: body.categories,
+        previous_secrets,
         created_at: now,
         updated_at: now,
     };

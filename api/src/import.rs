@@ -1,5 +1,6 @@
-//! `POST /v1/users/import`: bulk upsert from an NDJSON body (one user object with `"id"` per
-//! line).
+//! `POST /v1/users/import` and `POST /v1/devices/import`: bulk upserts from an NDJSON body
+//! (one user object with `"id"`, or one device with `"user_id"`, `"platform"` and `"token"`,
+//! per line).
 //!
 //! Bad input must change nothing, yet a million-user body is too large to hold parsed in
 //! memory. So the import runs in two passes: the first streams the body, validates every line
@@ -14,13 +15,117 @@ use axum::extract::State;
 use axum::Json;
 use futures::StreamExt;
 use herald_core::ids::validate_key;
-use herald_core::model::User;
+use herald_core::model::{validate_device_token, Device, Platform, User};
 use herald_core::{Context, Error};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 
 pub async fn import_users(State(ctx): State<Context>, body: Body) -> ApiResult<Json<Value>> {
+    let directory = ctx.ports.directory.clone();
+    let done = import(&ctx, body, &USERS, parse_user, move |batch: Vec<User>| {
+        let directory = directory.clone();
+        async move {
+            let n = directory.upsert_users(&batch).await?;
+            Ok(Written {
+                written: n,
+                skipped: 0,
+                unknown: Vec::new(),
+            })
+        }
+    })
+    .await?;
+    metrics::counter!("herald_users_imported_total").increment(done.written);
+    Ok(Json(json!({ "imported": done.written })))
+}
+
+/// At most this many unknown user ids are named in a device import's answer.
+const UNKNOWN_NAMED: usize = 100;
+
+pub async fn import_devices(State(ctx): State<Context>, body: Body) -> ApiResult<Json<Value>> {
+    let directory = ctx.ports.directory.clone();
+    let done = import(
+        &ctx,
+        body,
+        &DEVICES,
+        parse_device,
+        move |batch: Vec<Device>| {
+            let directory = directory.clone();
+            async move {
+                let unknown = directory.put_devices(&batch).await?;
+                let skipped = batch
+                    .iter()
+                    .filter(|d| unknown.binary_search(&d.user_id).is_ok())
+                    .count() as u64;
+                Ok(Written {
+                    written: batch.len() as u64 - skipped,
+                    skipped,
+                    unknown,
+                })
+            }
+        },
+    )
+    .await?;
+    metrics::counter!("herald_devices_imported_total").increment(done.written);
+    Ok(Json(json!({
+        "imported": done.written,
+        "skipped_unknown_users": done.skipped,
+        "unknown_users": done.unknown,
+    })))
+}
+
+/// The words an import's messages use for what it imports.
+struct Kind {
+    /// "user", "device".
+    one: &'static str,
+    many: &'static str,
+    /// What a line must hold, for the "nothing in the body" answer.
+    shape: &'static str,
+}
+
+const USERS: Kind = Kind {
+    one: "user",
+    many: "users",
+    shape: "one JSON user object with an \"id\" per line",
+};
+
+const DEVICES: Kind = Kind {
+    one: "device",
+    many: "devices",
+    shape: "one JSON object with \"user_id\", \"platform\" and \"token\" per line",
+};
+
+/// What writing one batch did.
+struct Written {
+    written: u64,
+    /// Lines of the batch not written (a device of a user who does not exist).
+    skipped: u64,
+    /// The users those lines named (sorted, each once).
+    unknown: Vec<String>,
+}
+
+/// [`Written`] summed over the import; `unknown` keeps the first [`UNKNOWN_NAMED`].
+#[derive(Default)]
+struct Done {
+    written: u64,
+    skipped: u64,
+    unknown: Vec<String>,
+}
+
+/// The two passes (see the module doc) of an import whose lines `parse` reads and whose
+/// batches `write` writes.
+async fn import<T, W, F>(
+    ctx: &Context,
+    body: Body,
+    kind: &'static Kind,
+    parse: fn(&[u8], chrono::DateTime<chrono::Utc>) -> ApiResult<T>,
+    write: W,
+) -> ApiResult<Done>
+where
+    T: Send + 'static,
+    W: Fn(Vec<T>) -> F + Send + 'static,
+    F: std::future::Future<Output = herald_core::Result<Written>> + Send,
+{
     let started = Instant::now();
     let max_bytes = ctx.config.api.max_import_bytes;
     let batch_size = ctx.config.api.import_batch_size.max(1);
@@ -85,10 +190,10 @@ pub async fn import_users(State(ctx): State<Context>, body: Body) -> ApiResult<J
             let line = &pending[start..end];
             line_no += 1;
             if line.len() > max_line {
-                return Err(line_too_long(line_no, max_line));
+                return Err(line_too_long(line_no, max_line, kind));
             }
             if !line.iter().all(u8::is_ascii_whitespace) {
-                check_line(line, line_no, now)?;
+                check_line(line, line_no, now, parse)?;
                 spool.write_all(line).await.map_err(spool_error)?;
                 spool.write_all(b"\n").await.map_err(spool_error)?;
                 valid += 1;
@@ -99,16 +204,17 @@ pub async fn import_users(State(ctx): State<Context>, body: Body) -> ApiResult<J
         pending.drain(..start);
         scanned = pending.len();
         if pending.len() > max_line {
-            return Err(line_too_long(line_no + 1, max_line));
+            return Err(line_too_long(line_no + 1, max_line, kind));
         }
         if at_end {
             break;
         }
     }
     if valid == 0 {
-        return Err(ApiError::invalid(
-            "the body holds no users: send one JSON user object with an \"id\" per line",
-        ));
+        return Err(ApiError::invalid(format!(
+            "the body holds no {}: send {}",
+            kind.many, kind.shape
+        )));
     }
     spool.flush().await.map_err(spool_error)?;
     let mut file = spool.into_inner();
@@ -119,26 +225,29 @@ pub async fn import_users(State(ctx): State<Context>, body: Body) -> ApiResult<J
     // are written and the rest are not, and the answer says so. Upserts are idempotent, so
     // sending the same file again is safe. The writer is a task of its own: a client that goes
     // away does not stop a batch half-way.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<User>>(2);
-    let directory = ctx.ports.directory.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<T>>(2);
     let writer = tokio::spawn(async move {
         let mut lines_written = 0u64;
-        let mut written = 0u64;
+        let mut done = Done::default();
         while let Some(batch) = rx.recv().await {
-            match directory.upsert_users(&batch).await {
-                Ok(n) => {
-                    written += n;
-                    lines_written += batch.len() as u64;
+            let lines = batch.len() as u64;
+            match write(batch).await {
+                Ok(w) => {
+                    done.written += w.written;
+                    done.skipped += w.skipped;
+                    let room = UNKNOWN_NAMED.saturating_sub(done.unknown.len());
+                    done.unknown.extend(w.unknown.into_iter().take(room));
+                    lines_written += lines;
                 }
                 Err(e) => return Err((lines_written, e)),
             }
         }
-        Ok::<u64, (u64, Error)>(written)
+        Ok::<Done, (u64, Error)>(done)
     });
     let mut lines = BufReader::with_capacity(1 << 20, file).lines();
     let mut batch = Vec::with_capacity(batch_size);
     while let Some(line) = lines.next_line().await.map_err(spool_error)? {
-        batch.push(parse_user(line.as_bytes(), now)?);
+        batch.push(parse(line.as_bytes(), now)?);
         if batch.len() == batch_size {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
             if tx.send(full).await.is_err() {
@@ -150,7 +259,7 @@ pub async fn import_users(State(ctx): State<Context>, body: Body) -> ApiResult<J
         let _ = tx.send(batch).await;
     }
     drop(tx);
-    let imported = writer
+    let done = writer
         .await
         .map_err(|e| Error::internal("import writer failed").with_source(e))?
         .map_err(|(lines_written, e)| {
@@ -158,27 +267,31 @@ pub async fn import_users(State(ctx): State<Context>, body: Body) -> ApiResult<J
                 e.kind,
                 format!(
                     "{}: the import stopped after writing the first {lines_written} of {valid} \
-                     users (their lines in file order); the rest were not written, and sending \
+                     {} (their lines in file order); the rest were not written, and sending \
                      the same file again is safe",
-                    e.message
+                    e.message, kind.many
                 ),
             )
         })?;
     let secs = started.elapsed().as_secs_f64();
-    metrics::counter!("herald_users_imported_total").increment(imported);
     tracing::info!(
-        imported,
+        kind = kind.many,
+        imported = done.written,
+        skipped = done.skipped,
         secs,
-        rate = imported as f64 / secs.max(1e-9),
-        "users imported"
+        rate = done.written as f64 / secs.max(1e-9),
+        "import done"
     );
-    Ok(Json(json!({ "imported": imported })))
+    Ok(done)
 }
 
-fn line_too_long(line_no: u64, max: usize) -> ApiError {
+fn line_too_long(line_no: u64, max: usize, kind: &Kind) -> ApiError {
     ApiError::TooLarge(
         max as u64,
-        format!("line {line_no} is longer than the {max} bytes a user's line may have"),
+        format!(
+            "line {line_no} is longer than the {max} bytes a {}'s line may have",
+            kind.one
+        ),
     )
 }
 
@@ -187,8 +300,13 @@ fn spool_error(e: std::io::Error) -> ApiError {
 }
 
 /// Validates one line; errors name the line.
-fn check_line(line: &[u8], line_no: u64, now: chrono::DateTime<chrono::Utc>) -> ApiResult<()> {
-    parse_user(line, now).map(|_| ()).map_err(|e| match e {
+fn check_line<T>(
+    line: &[u8],
+    line_no: u64,
+    now: chrono::DateTime<chrono::Utc>,
+    parse: fn(&[u8], chrono::DateTime<chrono::Utc>) -> ApiResult<T>,
+) -> ApiResult<()> {
+    parse(line, now).map(|_| ()).map_err(|e| match e {
         ApiError::Malformed(m) => ApiError::Malformed(format!("line {line_no}: {m}")),
         ApiError::Core(core) => ApiError::Core(Error::new(
             core.kind,
@@ -206,4 +324,26 @@ pub(crate) fn parse_user(line: &[u8], now: chrono::DateTime<chrono::Utc>) -> Api
         .ok_or_else(|| ApiError::invalid("each user needs an \"id\""))?;
     validate_key("user id", &id)?;
     input.into_user(id, now)
+}
+
+/// One line of a device import.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceLine {
+    user_id: String,
+    platform: Platform,
+    token: String,
+}
+
+pub(crate) fn parse_device(line: &[u8], now: chrono::DateTime<chrono::Utc>) -> ApiResult<Device> {
+    let d: DeviceLine = parse_json(line)?;
+    validate_key("user_id", &d.user_id)?;
+    validate_device_token(&d.token)?;
+    Ok(Device {
+        user_id: d.user_id,
+        platform: d.platform,
+        token: d.token,
+        created_at: now,
+        last_used_at: now,
+    })
 }

@@ -7,6 +7,7 @@
 //! `herald-http`. Fan-out, inbox reads and deliveries belong to the other role crates.
 
 mod campaigns;
+mod cloudevents;
 mod deliveries;
 mod import;
 pub mod pages;
@@ -40,7 +41,8 @@ pub fn admin_router(ctx: Context) -> Router {
     let max_body = ctx.config.api.max_body_bytes;
     let import = Router::new()
         .route("/v1/users/import", post(import::import_users))
-        // The import streams its body and enforces `api.max_import_bytes` itself.
+        .route("/v1/devices/import", post(import::import_devices))
+        // The imports stream their bodies and enforce `api.max_import_bytes` themselves.
         .layer(DefaultBodyLimit::disable());
     Router::new()
         .route(
@@ -95,6 +97,10 @@ pub fn admin_router(ctx: Context) -> Router {
             put(deliveries::put_webhook)
                 .get(deliveries::get_webhook)
                 .delete(deliveries::delete_webhook),
+        )
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(deliveries::rotate_webhook_secret),
         )
         .route("/v1/dead-letters", get(deliveries::list_dead_letters))
         .route(

@@ -1,17 +1,18 @@
-//! `/v1/rules` and `/v1/events`: event-triggered notifications. A rule maps an event type to a
+//! `/v1/rules` and `/v1/events`: event-triggered notifications (events also as CloudEvents). A rule maps an event type to a
 //! template, channels, priority, category and an optional condition on the event's data; an
 //! event whose rule matches becomes a one-user campaign through the same use case as
 //! `POST /v1/campaigns` (`herald_usecases::events`).
 
-use crate::http::{ApiError, ApiResult, JsonBody, PathParams, QueryParams};
+use crate::cloudevents::{self, CloudEvent, Mode};
+use crate::http::{parse_json, ApiError, ApiResult, BodyBytes, JsonBody, PathParams, QueryParams};
 use crate::pages::{next_cursor, PageParams};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use herald_core::filter::Filter;
 use herald_core::ids::validate_key;
 use herald_core::model::{validate_category, Channel, Priority, Rule};
-use herald_core::Context;
+use herald_core::{Context, ErrorKind};
 use herald_usecases::events::{self, EventOutcome};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -165,27 +166,117 @@ pub struct EventInput {
     data: Value,
 }
 
-/// Receives an event: if a rule for its type exists and its condition holds on the event's
-/// data, creates a campaign for the event's user (`herald_usecases::events`).
+/// One event to trigger, whichever way it came.
+struct Incoming {
+    event_type: String,
+    user_id: String,
+    data: Map<String, Value>,
+    /// A CloudEvent's identity (`source`, `id`): its campaign is created once.
+    identity: Option<(String, String)>,
+}
+
+impl Incoming {
+    fn check(&self) -> ApiResult<()> {
+        validate_event_type("type", &self.event_type)?;
+        Ok(validate_key("user_id", &self.user_id)?)
+    }
+}
+
+impl From<CloudEvent> for Incoming {
+    fn from(e: CloudEvent) -> Self {
+        Incoming {
+            event_type: e.event_type,
+            user_id: e.subject,
+            data: e.data,
+            identity: Some((e.source, e.id)),
+        }
+    }
+}
+
+/// Receives events (Herald's body, or CloudEvents in structured, batched or binary mode: see
+/// [`crate::cloudevents`]): each whose rule exists and whose condition holds on its data
+/// creates a campaign for its user (`herald_usecases::events`). Every event of a request is
+/// checked before any is triggered, so a bad one changes nothing.
 pub async fn event(
     State(ctx): State<Context>,
-    JsonBody(input): JsonBody<EventInput>,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    validate_event_type("type", &input.event_type)?;
-    validate_key("user_id", &input.user_id)?;
-    let data: Map<String, Value> = match input.data {
-        Value::Null => Map::new(),
-        Value::Object(o) => o,
-        _ => return Err(ApiError::invalid("data: must be a JSON object")),
+    let one: Incoming = match cloudevents::mode(&headers) {
+        Mode::Herald => {
+            let input: EventInput = parse_json(&body)?;
+            let data = match input.data {
+                Value::Null => Map::new(),
+                Value::Object(o) => o,
+                _ => return Err(ApiError::invalid("data: must be a JSON object")),
+            };
+            Incoming {
+                event_type: input.event_type,
+                user_id: input.user_id,
+                data,
+                identity: None,
+            }
+        }
+        Mode::Structured => cloudevents::structured(parse_json(&body)?)?.into(),
+        Mode::Binary => cloudevents::binary(&headers, &body)?.into(),
+        Mode::Batch => {
+            let events = cloudevents::batch(&body)?;
+            for (i, e) in events.iter().enumerate() {
+                Incoming::from(e.clone()).check().map_err(|e| match e {
+                    ApiError::Core(c) => ApiError::Core(herald_core::Error::new(
+                        c.kind,
+                        format!("event {i}: {}", c.message),
+                    )),
+                    other => other,
+                })?;
+            }
+            let mut results = Vec::with_capacity(events.len());
+            for e in events {
+                results.push(trigger(&ctx, e.into(), true).await?);
+            }
+            return Ok((StatusCode::ACCEPTED, Json(json!({ "results": results }))));
+        }
     };
-    let body = match events::trigger(&ctx, &input.event_type, input.user_id, data).await? {
-        EventOutcome::NotMatched(reason) => json!({"matched": false, "reason": reason}),
-        EventOutcome::Matched(campaign) => json!({
+    one.check()?;
+    Ok((StatusCode::ACCEPTED, Json(trigger(&ctx, one, false).await?)))
+}
+
+/// Triggers one checked event and says what became of it. In a batch, an event refused for
+/// what it names (a rule whose template is gone) is answered in its place and the others go
+/// on; a backend failure fails the request (sending it again is safe: every CloudEvent creates
+/// its campaign once).
+async fn trigger(ctx: &Context, e: Incoming, in_batch: bool) -> ApiResult<Value> {
+    let key = e
+        .identity
+        .as_ref()
+        .map(|(source, id)| events::event_key(source, id));
+    let identity = e
+        .identity
+        .as_ref()
+        .map(|(source, id)| json!({"source": source, "id": id}));
+    let outcome = events::trigger(ctx, &e.event_type, e.user_id, e.data, key.as_ref()).await;
+    let mut body = match outcome {
+        Ok(EventOutcome::NotMatched(reason)) => json!({"matched": false, "reason": reason}),
+        Ok(EventOutcome::Matched(campaign)) => json!({
             "matched": true,
             "campaign_id": campaign.id,
             "strategy": campaign.strategy,
             "status": campaign.status,
         }),
+        Ok(EventOutcome::Duplicate(first)) => json!({
+            "matched": true,
+            "duplicate": true,
+            "campaign_id": first["id"],
+            "strategy": first["strategy"],
+            "status": first["status"],
+        }),
+        Err(err) if in_batch && matches!(err.kind, ErrorKind::Invalid | ErrorKind::NotFound) => {
+            json!({"matched": false, "error": {"code": err.kind.code(), "message": err.message}})
+        }
+        Err(err) => return Err(err.into()),
     };
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    if let Some(identity) = identity {
+        body["event"] = identity;
+    }
+    Ok(body)
 }

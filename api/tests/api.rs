@@ -585,6 +585,121 @@ async fn an_import_over_the_size_limit_is_413_and_imports_nothing() {
 }
 
 #[tokio::test]
+async fn a_device_import_registers_every_line_and_names_the_unknown_users() {
+    let app = spawn_app().await;
+    let users: String = (0..1_500)
+        .map(|i| format!("{{\"id\":\"u{i:04}\"}}\n"))
+        .collect();
+    let (s, body) = app.raw(Method::POST, "/v1/users/import", &users).await;
+    assert_eq!(s, 200, "{body}");
+    // Two devices each for 1,500 users, three lines for two users who do not exist, and a
+    // token that moves from u0000 to u0001 further down the file.
+    let mut lines = String::new();
+    for i in 0..1_500 {
+        for d in 0..2 {
+            let platform = if d == 0 { "fcm" } else { "apns" };
+            lines.push_str(&format!(
+                "{{\"user_id\":\"u{i:04}\",\"platform\":\"{platform}\",\"token\":\"t{i}-{d}\"}}\n"
+            ));
+        }
+        if i == 700 {
+            lines.push_str("{\"user_id\":\"ghost-b\",\"platform\":\"fcm\",\"token\":\"g1\"}\n");
+            lines.push_str("{\"user_id\":\"ghost-a\",\"platform\":\"fcm\",\"token\":\"g2\"}\n\n");
+            lines.push_str("{\"user_id\":\"ghost-b\",\"platform\":\"fcm\",\"token\":\"g3\"}\n");
+        }
+    }
+    lines.push_str("{\"user_id\":\"u0001\",\"platform\":\"fcm\",\"token\":\"t0-0\"}");
+    let (s, body) = app.raw(Method::POST, "/v1/devices/import", &lines).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"imported": 3_001, "skipped_unknown_users": 3,
+               "unknown_users": ["ghost-a", "ghost-b"]})
+    );
+    let devices = |u: &str| {
+        let app = &app;
+        let path = format!("/v1/users/{u}/devices");
+        async move {
+            let (s, body) = app.call(Method::GET, &path, None).await;
+            assert_eq!(s, 200, "{body}");
+            let mut tokens: Vec<String> = body["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{}:{}",
+                        d["platform"].as_str().unwrap(),
+                        d["token"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            tokens.sort();
+            tokens
+        }
+    };
+    assert_eq!(devices("u0000").await, ["apns:t0-1"]);
+    assert_eq!(
+        devices("u0001").await,
+        ["apns:t1-1", "fcm:t0-0", "fcm:t1-0"]
+    );
+    assert_eq!(devices("u1499").await, ["apns:t1499-1", "fcm:t1499-0"]);
+
+    // Sending the same file again changes nothing.
+    let (s, again) = app.raw(Method::POST, "/v1/devices/import", &lines).await;
+    assert_eq!((s.as_u16(), again), (200, body));
+    assert_eq!(devices("u0001").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_device_import_with_one_bad_line_names_it_and_registers_nothing() {
+    let app = spawn_app().await;
+    app.call(Method::PUT, "/v1/users/u1", Some(json!({}))).await;
+    let good = "{\"user_id\":\"u1\",\"platform\":\"fcm\",\"token\":\"ok\"}\n";
+    let cases: Vec<(String, u16, &str)> = vec![
+        (
+            format!("{good}{{\"user_id\":\"u1\",\"platform\":\"fax\",\"token\":\"x\"}}\n"),
+            422,
+            "line 2",
+        ),
+        (
+            format!("{good}{{\"user_id\":\"u1\",\"platform\":\"fcm\"}}\n"),
+            422,
+            "line 2",
+        ),
+        (
+            format!("{good}{{\"user_id\":\"u1\",\"platform\":\"fcm\",\"token\":\"\"}}\n"),
+            422,
+            "line 2",
+        ),
+        (
+            format!(
+                "{good}{good}{{\"user_id\":\"bad id\",\"platform\":\"fcm\",\"token\":\"x\"}}\n"
+            ),
+            422,
+            "line 3",
+        ),
+        (
+            format!(
+                "{good}{{\"user_id\":\"u1\",\"platform\":\"fcm\",\"token\":\"x\",\"extra\":1}}\n"
+            ),
+            422,
+            "line 2",
+        ),
+        (format!("{good}{{\"user_id\":\"u1\"\n"), 400, "line 2"),
+        ("\n".to_owned(), 422, "no devices"),
+    ];
+    for (body, status, mentions) in cases {
+        let (s, err) = app.raw(Method::POST, "/v1/devices/import", &body).await;
+        assert_eq!(s.as_u16(), status, "{body}: {err}");
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(mentions), "{body}: {msg}");
+    }
+    let (_, listed) = app.call(Method::GET, "/v1/users/u1/devices", None).await;
+    assert_eq!(listed["devices"], json!([]));
+}
+
+#[tokio::test]
 async fn a_minted_inbox_token_names_the_user_and_verifies_with_the_secret() {
     let app = spawn_app().await;
     app.call(Method::PUT, "/v1/users/u1", Some(json!({}))).await;

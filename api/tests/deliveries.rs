@@ -97,6 +97,126 @@ async fn a_webhook_without_a_secret_gets_a_standard_one_shown_once_and_kept() {
 }
 
 #[tokio::test]
+async fn a_rotated_secret_is_shown_once_and_the_old_one_signs_until_its_grace_ends() {
+    let app = spawn_app().await;
+    let (s, b) = app
+        .call(
+            Method::PUT,
+            "/v1/webhooks/crm",
+            Some(json!({"url": "https://crm.example.com/h", "secret": "whsec-0123456789abcdef"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["previous_secrets_expire_at"], json!([]));
+
+    // No body: a generated secret, the old one kept a day.
+    let (s, b) = app
+        .call(Method::POST, "/v1/webhooks/crm/rotate-secret", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let new = b["secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("whsec_"), "{b}");
+    assert_eq!(b["previous_secrets_expire_at"].as_array().unwrap().len(), 1);
+    let stored = app.stored_webhook("crm").await;
+    assert_eq!(stored.secret, Secret::new(new.clone()));
+    let now = chrono::Utc::now();
+    let signing: Vec<&str> = stored
+        .signing_secrets(now)
+        .into_iter()
+        .map(|s| s.expose())
+        .collect();
+    assert_eq!(signing, [new.as_str(), "whsec-0123456789abcdef"]);
+    let expires = stored.previous_secrets[0].expires_at;
+    assert!(
+        (expires - now - chrono::Duration::days(1))
+            .num_seconds()
+            .abs()
+            < 60
+    );
+    // Never shown again.
+    let (_, shown) = app.call(Method::GET, "/v1/webhooks/crm", None).await;
+    assert!(shown.get("secret").is_none(), "{shown}");
+    // An update without a secret keeps the rotation under way.
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            "/v1/webhooks/crm",
+            Some(json!({"url": "https://crm.example.com/h2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(app.stored_webhook("crm").await.previous_secrets.len(), 1);
+
+    // A chosen secret with no grace (a leaked secret): every old one stops signing at once.
+    let (s, b) = app
+        .call(
+            Method::POST,
+            "/v1/webhooks/crm/rotate-secret",
+            Some(json!({"secret": "another-secret-0123456789", "previous_valid_for_secs": 0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["secret"], "another-secret-0123456789");
+    let stored = app.stored_webhook("crm").await;
+    assert_eq!(
+        stored
+            .signing_secrets(chrono::Utc::now())
+            .into_iter()
+            .map(|s| s.expose())
+            .collect::<Vec<_>>(),
+        ["another-secret-0123456789"],
+        "{stored:?}"
+    );
+
+    // Refused, changing nothing.
+    for (body, status, mentions) in [
+        (
+            json!({"previous_valid_for_secs": 2_592_001}),
+            422,
+            "at most",
+        ),
+        (
+            json!({"secret": "another-secret-0123456789"}),
+            422,
+            "differ",
+        ),
+        (json!({"secret": "short"}), 422, "secret"),
+        (json!({"grace": 5}), 422, "grace"),
+    ] {
+        let (s, b) = app
+            .call(
+                Method::POST,
+                "/v1/webhooks/crm/rotate-secret",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s.as_u16(), status, "{body}: {b}");
+        assert!(
+            error_message(&b, "invalid").contains(mentions),
+            "{body}: {b}"
+        );
+    }
+    assert_eq!(
+        app.stored_webhook("crm").await.secret,
+        Secret::new("another-secret-0123456789")
+    );
+    // A replaced secret is dropped by a PUT that names the secret.
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            "/v1/webhooks/crm",
+            Some(json!({"url": "https://crm.example.com/h", "secret": "fresh-secret-0123456789"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(app.stored_webhook("crm").await.previous_secrets.is_empty());
+    let (s, b) = app
+        .call(Method::POST, "/v1/webhooks/nope/rotate-secret", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+}
+
+#[tokio::test]
 async fn a_bad_webhook_is_refused_and_nothing_is_stored() {
     let app = spawn_app().await;
     let cases = [

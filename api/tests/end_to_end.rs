@@ -219,6 +219,63 @@ async fn a_campaign_reaches_each_users_inbox_live_sockets_and_devices_once() {
     }
 }
 
+/// Users and their devices imported in bulk (NDJSON) are who a segment campaign's pushes go
+/// to: every imported device gets one send, the device of a user who does not exist none.
+#[tokio::test]
+async fn devices_imported_in_bulk_each_get_one_push_of_a_segment_campaign() {
+    let app = spawn_deployment(|_| {}).await;
+    let users: String = (0..300)
+        .map(|i| format!("{{\"id\":\"bulk-{i:03}\",\"attributes\":{{\"cohort\":\"bulk\"}}}}\n"))
+        .collect();
+    let (s, body) = app.raw(Method::POST, "/v1/users/import", &users).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let mut devices = String::new();
+    for i in 0..300 {
+        devices.push_str(&format!(
+            "{{\"user_id\":\"bulk-{i:03}\",\"platform\":\"fcm\",\"token\":\"bulk-tok-{i}\"}}\n"
+        ));
+        if i % 3 == 0 {
+            devices.push_str(&format!(
+                "{{\"user_id\":\"bulk-{i:03}\",\"platform\":\"fcm\",\"token\":\"bulk-tok-{i}-b\"}}\n"
+            ));
+        }
+    }
+    devices
+        .push_str("{\"user_id\":\"bulk-nobody\",\"platform\":\"fcm\",\"token\":\"bulk-tok-x\"}\n");
+    let (s, body) = app.raw(Method::POST, "/v1/devices/import", &devices).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["imported"], 400, "{body}");
+    assert_eq!(body["unknown_users"], json!(["bulk-nobody"]), "{body}");
+    let (s, body) = app
+        .call(
+            Method::PUT,
+            "/v1/segments/bulk-cohort",
+            Some(json!({"filter": {"attr": "cohort", "eq": "bulk"}})),
+        )
+        .await;
+    assert!(s.is_success(), "{body}");
+
+    let id = app
+        .campaign(json!({"audience": {"segment": "bulk-cohort"},
+                          "content": {"title": "Imported", "body": "b"},
+                          "channels": ["push"]}))
+        .await;
+    let c = app
+        .campaign_until(&id, "sent", |c| {
+            c["status"] == "completed" && c["deliveries"]["push"]["sent"] == 400
+        })
+        .await;
+    assert_eq!(c["deliveries"]["push"]["failed"], 0, "{c:#}");
+    for i in 0..300 {
+        assert_eq!(app.fcm().requests_for(&format!("bulk-tok-{i}")), 1, "{i}");
+        if i % 3 == 0 {
+            assert_eq!(app.fcm().requests_for(&format!("bulk-tok-{i}-b")), 1, "{i}");
+        }
+    }
+    assert_eq!(app.fcm().requests_for("bulk-tok-x"), 0);
+    assert_eq!(app.fcm().sent(), 400);
+}
+
 #[tokio::test]
 async fn a_push_opt_out_made_through_the_api_reaches_the_next_campaign_on_every_node() {
     let app = spawn_deployment(|c| c.fanout.batch_size = 1).await;

@@ -458,3 +458,232 @@ async fn an_event_whose_rule_lost_its_template_is_422_and_creates_nothing() {
     assert!(error_message(&err, "invalid").contains("order-shipped"));
     assert_eq!(app.campaign_count().await, 0);
 }
+
+/// The order-shipped rule (amount over 1000) over the order-shipped template.
+async fn with_rule(app: &TestApp) {
+    with_template(app).await;
+    let (s, body) = app
+        .call(
+            Method::PUT,
+            "/v1/rules/order.shipped",
+            Some(json!({"template": "order-shipped", "channels": ["in_app"],
+                        "condition": {"attr": "amount", "gt": 1000}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+}
+
+impl TestApp {
+    /// A `POST /v1/events` with this content type, extra headers and raw body.
+    async fn post_event(
+        &self,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> (u16, Value) {
+        let mut req = self
+            .req(Method::POST, "/v1/events")
+            .header("content-type", content_type);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.body(body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+}
+
+fn cloud_event(source: &str, id: &str, subject: &str, amount: u32) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": source, "type": "order.shipped",
+           "subject": subject, "time": "2026-11-30T10:00:00Z", "shopregion": "eu",
+           "datacontenttype": "application/json",
+           "data": {"order_id": id, "amount": amount}})
+}
+
+#[tokio::test]
+async fn a_cloudevent_creates_its_campaign_once_per_source_and_id() {
+    let app = spawn_app().await;
+    with_rule(&app).await;
+    let structured = "application/cloudevents+json";
+    let (s, first) = app
+        .post_event(
+            structured,
+            &[],
+            cloud_event("/shop", "A-17", "alice", 1500).to_string(),
+        )
+        .await;
+    assert_eq!(s, 202, "{first}");
+    assert_eq!(first["matched"], true, "{first}");
+    assert_eq!(first["event"], json!({"source": "/shop", "id": "A-17"}));
+    let id = first["campaign_id"].as_str().unwrap().to_owned();
+    let (_, c) = app
+        .call(Method::GET, &format!("/v1/campaigns/{id}"), None)
+        .await;
+    assert_eq!(c["audience"], json!({"user": "alice"}));
+    assert_eq!(c["data"], json!({"order_id": "A-17", "amount": 1500}));
+
+    // Delivered again (even re-rendered), structured or binary: the same campaign, once.
+    let (s, again) = app
+        .post_event(
+            structured,
+            &[],
+            cloud_event("/shop", "A-17", "alice", 1600).to_string(),
+        )
+        .await;
+    assert_eq!(s, 202, "{again}");
+    assert_eq!(
+        (again["duplicate"].clone(), again["campaign_id"].clone()),
+        (json!(true), json!(id))
+    );
+    let binary = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "A-17"),
+        ("ce-source", "/shop"),
+        ("ce-type", "order.shipped"),
+        ("ce-subject", "alice"),
+    ];
+    let (s, again) = app
+        .post_event("application/json", &binary, r#"{"amount": 1500}"#.into())
+        .await;
+    assert_eq!(s, 202, "{again}");
+    assert_eq!(again["campaign_id"], json!(id), "{again}");
+    assert_eq!(app.campaign_count().await, 1);
+
+    // Another source with the same id is another event; binary mode carries its data.
+    let mut other = binary;
+    other[2] = ("ce-source", "/billing");
+    let (s, res) = app
+        .post_event(
+            "application/json",
+            &other,
+            r#"{"order_id": "B-1", "amount": 2000}"#.into(),
+        )
+        .await;
+    assert_eq!(s, 202, "{res}");
+    assert_eq!(res["matched"], true, "{res}");
+    assert!(res.get("duplicate").is_none());
+    let (_, c) = app
+        .call(
+            Method::GET,
+            &format!("/v1/campaigns/{}", res["campaign_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(c["data"], json!({"order_id": "B-1", "amount": 2000}));
+    assert_eq!(app.campaign_count().await, 2);
+}
+
+#[tokio::test]
+async fn a_cloudevents_batch_answers_each_event_in_order() {
+    let app = spawn_app().await;
+    with_rule(&app).await;
+    let batch = json!([
+        cloud_event("/shop", "1", "alice", 1500),
+        cloud_event("/shop", "2", "bob", 10),
+        cloud_event("/shop", "1", "alice", 1500),
+        {"specversion": "1.0", "id": "3", "source": "/shop", "type": "order.lost", "subject": "carol"},
+    ]);
+    let (s, res) = app
+        .post_event("application/cloudevents-batch+json", &[], batch.to_string())
+        .await;
+    assert_eq!(s, 202, "{res}");
+    let r = res["results"].as_array().unwrap();
+    assert_eq!(r.len(), 4, "{res}");
+    assert_eq!(r[0]["matched"], true);
+    assert_eq!(
+        r[1],
+        json!({"matched": false, "reason": "condition not met",
+                            "event": {"source": "/shop", "id": "2"}})
+    );
+    assert_eq!(
+        r[2]["duplicate"], true,
+        "the same event twice in a batch: {res}"
+    );
+    assert_eq!(r[2]["campaign_id"], r[0]["campaign_id"]);
+    assert_eq!(r[3]["matched"], false);
+    assert_eq!(app.campaign_count().await, 1);
+
+    // The whole batch sent again (a producer's retry): nothing new.
+    let (s, again) = app
+        .post_event("application/cloudevents-batch+json", &[], batch.to_string())
+        .await;
+    assert_eq!(s, 202, "{again}");
+    assert_eq!(again["results"][0]["campaign_id"], r[0]["campaign_id"]);
+    assert_eq!(app.campaign_count().await, 1);
+}
+
+#[tokio::test]
+async fn a_bad_cloudevent_is_refused_naming_what_is_wrong_and_creates_nothing() {
+    let app = spawn_app().await;
+    with_rule(&app).await;
+    let good = cloud_event("/shop", "9", "alice", 1500);
+    let mut no_subject = good.clone();
+    no_subject.as_object_mut().unwrap().remove("subject");
+    let mut bad_user = good.clone();
+    bad_user["subject"] = json!("not a user id");
+    let mut old_spec = good.clone();
+    old_spec["specversion"] = json!("0.3");
+    let batch = |bad: &Value| json!([good, bad]).to_string();
+    let structured = "application/cloudevents+json";
+    /// Content type, headers, body, status, what the message names.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (structured, vec![], no_subject.to_string(), 422, "subject"),
+        (structured, vec![], bad_user.to_string(), 422, "user_id"),
+        (structured, vec![], old_spec.to_string(), 422, "specversion"),
+        (structured, vec![], "{not json".into(), 400, ""),
+        (
+            "application/cloudevents-batch+json",
+            vec![],
+            batch(&no_subject),
+            422,
+            "event 1: subject",
+        ),
+        (
+            "application/cloudevents-batch+json",
+            vec![],
+            batch(&bad_user),
+            422,
+            "event 1: user_id",
+        ),
+        (
+            "application/cloudevents-batch+json",
+            vec![],
+            "[]".into(),
+            422,
+            "1 to 1000",
+        ),
+        (
+            "text/plain",
+            vec![
+                ("ce-specversion", "1.0"),
+                ("ce-id", "9"),
+                ("ce-source", "/shop"),
+                ("ce-type", "order.shipped"),
+                ("ce-subject", "alice"),
+            ],
+            "amount=1500".into(),
+            422,
+            "JSON",
+        ),
+        (
+            "application/json",
+            vec![
+                ("ce-specversion", "1.0"),
+                ("ce-source", "/shop"),
+                ("ce-type", "order.shipped"),
+                ("ce-subject", "alice"),
+            ],
+            "{}".into(),
+            422,
+            "ce-id",
+        ),
+    ];
+    for (ct, headers, body, status, says) in cases {
+        let (s, err) = app.post_event(ct, &headers, body.clone()).await;
+        assert_eq!(s, status, "{ct} {body}: {err}");
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{ct} {body}: {msg}");
+    }
+    assert_eq!(app.campaign_count().await, 0);
+}

@@ -19,9 +19,23 @@ pub struct Webhook {
     /// Categories delivered; `None` means every category (and uncategorised notifications).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub categories: Option<Vec<String>>,
+    /// Secrets a rotation replaced, still signing every post (beside `secret`) until they
+    /// expire, so a receiver can move to the new secret meanwhile. Never shown by the API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<PreviousSecret>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+
+/// A secret replaced by [`Webhook::rotate`], valid until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    pub secret: Secret,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How many replaced secrets sign at once at most (the oldest goes first).
+pub const MAX_PREVIOUS_SECRETS: usize = 2;
 
 impl Webhook {
     /// Whether a notification of `category` goes to this subscriber.
@@ -92,11 +106,41 @@ impl Webhook {
     /// bytes of a `whsec_<base64>` secret, or the secret's own bytes for one of another form
     /// (what the `Herald-Signature` header is always keyed with).
     pub fn standard_key(&self) -> Vec<u8> {
-        let secret = self.secret.expose();
-        secret
-            .strip_prefix(STANDARD_SECRET_PREFIX)
-            .and_then(decode_standard_key)
-            .unwrap_or_else(|| secret.as_bytes().to_vec())
+        standard_key(&self.secret)
+    }
+
+    /// The secrets that sign a post made at `now`: the current one first, then those a
+    /// rotation replaced that have not expired.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&Secret> {
+        std::iter::once(&self.secret)
+            .chain(
+                self.previous_secrets
+                    .iter()
+                    .filter(|p| p.expires_at > now)
+                    .map(|p| &p.secret),
+            )
+            .collect()
+    }
+
+    /// Makes `new` the secret; the current one keeps signing beside it until `keep_until`.
+    /// Expired replaced secrets are dropped, and at most [`MAX_PREVIOUS_SECRETS`] are kept
+    /// (the newest). A `keep_until` not after `now` is an emergency rotation (a leaked
+    /// secret): every replaced secret stops signing at once.
+    pub fn rotate(&mut self, new: Secret, now: DateTime<Utc>, keep_until: DateTime<Utc>) {
+        let old = std::mem::replace(&mut self.secret, new);
+        self.previous_secrets
+            .retain(|p| p.expires_at > now && keep_until > now);
+        if keep_until > now {
+            self.previous_secrets.insert(
+                0,
+                PreviousSecret {
+                    secret: old,
+                    expires_at: keep_until,
+                },
+            );
+        }
+        self.previous_secrets.truncate(MAX_PREVIOUS_SECRETS);
+        self.updated_at = now;
     }
 
     /// A new secret in the Standard Webhooks form: `whsec_` and the base64 of 32 random bytes.
@@ -108,6 +152,15 @@ impl Webhook {
             base64::engine::general_purpose::STANDARD.encode(key)
         ))
     }
+}
+
+/// The HMAC key of the Standard Webhooks signature for `secret` (see [`Webhook::standard_key`]).
+pub fn standard_key(secret: &Secret) -> Vec<u8> {
+    let secret = secret.expose();
+    secret
+        .strip_prefix(STANDARD_SECRET_PREFIX)
+        .and_then(decode_standard_key)
+        .unwrap_or_else(|| secret.as_bytes().to_vec())
 }
 
 /// Sends that exhausted their attempts (or whose provider is not configured), kept for an
@@ -175,9 +228,52 @@ mod tests {
             url: url.into(),
             secret: Secret::new(secret),
             categories: categories.map(|c| c.into_iter().map(String::from).collect()),
+            previous_secrets: Vec::new(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn a_rotated_secret_signs_beside_the_new_one_until_it_expires() {
+        let mut h = hook("https://example.com", "first-secret-0123456789", None);
+        let t0 = Utc::now();
+        let hour = chrono::Duration::hours(1);
+        h.rotate(Secret::new("second-secret-0123456789"), t0, t0 + hour);
+        fn exposed(h: &Webhook, at: DateTime<Utc>) -> Vec<String> {
+            h.signing_secrets(at)
+                .into_iter()
+                .map(|s| s.expose().to_owned())
+                .collect()
+        }
+        assert_eq!(
+            exposed(&h, t0),
+            ["second-secret-0123456789", "first-secret-0123456789"]
+        );
+        assert_eq!(exposed(&h, t0 + hour), ["second-secret-0123456789"]);
+        // Two more rotations within the hour: the newest two replaced ones are kept.
+        h.rotate(Secret::new("third-secret-0123456789"), t0, t0 + hour);
+        h.rotate(Secret::new("fourth-secret-0123456789"), t0, t0 + hour * 2);
+        assert_eq!(
+            exposed(&h, t0),
+            [
+                "fourth-secret-0123456789",
+                "third-secret-0123456789",
+                "second-secret-0123456789"
+            ]
+        );
+        assert_eq!(
+            exposed(&h, t0 + hour),
+            ["fourth-secret-0123456789", "third-secret-0123456789"]
+        );
+        // A rotation without a grace period stops every replaced secret at once.
+        h.rotate(Secret::new("fifth-secret-0123456789"), t0, t0);
+        assert_eq!(h.previous_secrets, vec![]);
+        assert_eq!(exposed(&h, t0), ["fifth-secret-0123456789"]);
+        // Stored with the subscription, read back the same.
+        h.rotate(Secret::new("sixth-secret-0123456789"), t0, t0 + hour);
+        let back: Webhook = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+        assert_eq!(back, h);
     }
 
     #[test]

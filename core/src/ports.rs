@@ -74,6 +74,10 @@ pub trait Directory: Send + Sync + 'static {
     /// Registers a device token for its user (moving it if another user had it; keeping
     /// `created_at` if this user had it). `false` if the user does not exist.
     async fn put_device(&self, device: &Device) -> Result<bool>;
+    /// [`Directory::put_device`] for a batch, in one transaction, in order (of two devices with
+    /// one token the later wins). Devices of users that do not exist are not registered;
+    /// returns those user ids (sorted, each once).
+    async fn put_devices(&self, devices: &[Device]) -> Result<Vec<String>>;
     async fn delete_device(&self, user_id: &str, token: &str) -> Result<bool>;
     /// Devices of all `user_ids`, in no particular order.
     async fn list_devices(&self, user_ids: &[String]) -> Result<Vec<Device>>;

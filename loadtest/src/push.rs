@@ -30,11 +30,25 @@ pub struct PushOpts {
     /// Where the fake FCM listens (the server's `push.fcm.endpoint`).
     #[arg(long, default_value = "127.0.0.1:9400")]
     pub fcm_listen: String,
-    /// Device registrations in flight.
+    /// Device registrations in flight (with `--register requests`).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// How the devices are registered: `import` (one `POST /v1/devices/import` NDJSON body)
+    /// or `requests` (one `POST /v1/users/{id}/devices` each).
+    #[arg(long, value_enum, default_value_t = Register::Import)]
+    #[serde(default)]
+    pub register: Register,
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+}
+
+/// How `push` registers its devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Register {
+    #[default]
+    Import,
+    Requests,
 }
 
 /// What one run measured.
@@ -42,6 +56,8 @@ pub struct PushOpts {
 pub struct PushFigures {
     pub devices: u64,
     pub register_secs: f64,
+    #[serde(default)]
+    pub registered_per_s: f64,
     /// From the campaign request to the last send at the fake.
     pub campaign_to_last_send_secs: f64,
     /// From the first send to the last one at the fake.
@@ -97,30 +113,62 @@ pub async fn push_with_fcm(
     let run_id = rand::random::<u32>();
 
     // One FCM device per user, registered through the admin API.
-    eprintln!("registering {} devices…", o.devices);
-    let started = Instant::now();
-    let mut results = futures::stream::iter(0..o.devices)
-        .map(|i| {
-            let req = client
-                .post(format!("{url}/v1/users/{}-{i:08}/devices", o.prefix))
-                .bearer_auth(key)
-                .json(&json!({"platform": "fcm", "token": format!("lt{run_id}-{i}")}));
-            async move {
-                let resp = req.send().await?;
-                let status = resp.status();
-                if !status.is_success() {
-                    bail!("registering device {i}: {status} {}", resp.text().await?);
-                }
-                Ok::<(), anyhow::Error>(())
+    eprintln!("registering {} devices ({:?})…", o.devices, o.register);
+    let mut started = Instant::now();
+    match o.register {
+        Register::Import => {
+            // Generated up front, so the measurement is the server's, not the generator's.
+            let mut body = String::with_capacity(o.devices as usize * 80);
+            for i in 0..o.devices {
+                body.push_str(&format!(
+                    "{{\"user_id\":\"{}-{i:08}\",\"platform\":\"fcm\",\"token\":\"lt{run_id}-{i}\"}}\n",
+                    o.prefix
+                ));
             }
-        })
-        .buffer_unordered(o.concurrency.max(1));
-    let mut done = 0u64;
-    while let Some(r) = results.next().await {
-        r?;
-        done += 1;
-        if done % 20_000 == 0 {
-            eprintln!("  {done} / {}", o.devices);
+            started = Instant::now();
+            let resp = client
+                .post(format!("{url}/v1/devices/import"))
+                .bearer_auth(key)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await?;
+            let status = resp.status();
+            let answer: serde_json::Value = resp.json().await?;
+            if !status.is_success() || answer["imported"].as_u64() != Some(o.devices) {
+                bail!("importing {} devices: {status} {answer}", o.devices);
+            }
+            eprintln!(
+                "  {} devices in {:.1} s",
+                o.devices,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Register::Requests => {
+            let mut results = futures::stream::iter(0..o.devices)
+                .map(|i| {
+                    let req = client
+                        .post(format!("{url}/v1/users/{}-{i:08}/devices", o.prefix))
+                        .bearer_auth(key)
+                        .json(&json!({"platform": "fcm", "token": format!("lt{run_id}-{i}")}));
+                    async move {
+                        let resp = req.send().await?;
+                        let status = resp.status();
+                        if !status.is_success() {
+                            bail!("registering device {i}: {status} {}", resp.text().await?);
+                        }
+                        Ok::<(), anyhow::Error>(())
+                    }
+                })
+                .buffer_unordered(o.concurrency.max(1));
+            let mut done = 0u64;
+            while let Some(r) = results.next().await {
+                r?;
+                done += 1;
+                if done % 20_000 == 0 {
+                    eprintln!("  {done} / {}", o.devices);
+                }
+            }
         }
     }
     let register_secs = started.elapsed().as_secs_f64();
@@ -200,6 +248,7 @@ pub async fn push_with_fcm(
     let figures = PushFigures {
         devices: o.devices,
         register_secs,
+        registered_per_s: per_second(o.devices, register_secs),
         campaign_to_last_send_secs: (last - campaign_started).as_secs_f64(),
         send_window_secs: window,
         sends_per_s: per_second(o.devices, window),
@@ -213,6 +262,7 @@ pub async fn push_with_fcm(
         &[
             "devices",
             "registered in",
+            "registered/s",
             "campaign → last send",
             "first → last send",
             "sends/s",
@@ -223,6 +273,7 @@ pub async fn push_with_fcm(
     table.row(vec![
         figures.devices.to_string(),
         format!("{:.1} s", figures.register_secs),
+        format!("{:.0}", figures.registered_per_s),
         format!("{:.2} s", figures.campaign_to_last_send_secs),
         format!("{:.2} s", figures.send_window_secs),
         format!("{:.0}", figures.sends_per_s),

@@ -129,6 +129,7 @@ fn subscription(id: &str, url: String, secret: &str) -> Arc<Webhook> {
         url,
         secret: Secret::new(secret),
         categories: None,
+        previous_secrets: Vec::new(),
         created_at: at,
         updated_at: at,
     })
@@ -279,6 +280,81 @@ async fn a_delivery_verifies_with_the_standard_webhooks_reference_library() {
             eprintln!("skipped (pip install standardwebhooks): {e}");
         }
         Err(e) => panic!("the standardwebhooks library could not run: {e}"),
+    }
+}
+
+/// During a rotation every post is signed with the new secret and the replaced one (not with
+/// one whose grace has ended), in both header forms, so a receiver holding either verifies it.
+#[tokio::test]
+async fn during_a_rotation_a_post_verifies_with_the_old_secret_and_with_the_new_one() {
+    let (old, new, expired) = (
+        Webhook::generate_secret(),
+        Webhook::generate_secret(),
+        Webhook::generate_secret(),
+    );
+    // The receiver still holds the old secret.
+    let (addr, receiver) = receiver_with_secret(old.expose()).await;
+    let now = Utc::now();
+    let mut hook = (*subscription(
+        "wh-rot",
+        format!("http://{addr}/hooks/ok"),
+        expired.expose(),
+    ))
+    .clone();
+    hook.rotate(old.clone(), now, now + chrono::Duration::seconds(1));
+    hook.rotate(new.clone(), now, now + chrono::Duration::hours(1));
+    // The first replaced secret's grace ends before the post is made.
+    hook.previous_secrets[1].expires_at = now - chrono::Duration::seconds(1);
+    let hook = Arc::new(hook);
+    let d = dispatch(hook.clone(), r#"{"text":"rotating"}"#);
+    assert_eq!(
+        provider(5_000).send(std::slice::from_ref(&d)).await,
+        vec![Outcome::Sent],
+        "the receiver holding the old secret verified the post"
+    );
+    let r = receiver.lock().accepted[0].clone();
+    let h = |name: &str| r.headers.get(name).unwrap().to_str().unwrap().to_owned();
+    let timestamp: i64 = h("webhook-timestamp").parse().unwrap();
+    let std_sig = |s: &Secret| {
+        sign_standard(
+            &herald_core::delivery::standard_key(s),
+            &h("webhook-id"),
+            timestamp,
+            &r.body,
+        )
+    };
+    assert_eq!(
+        h("webhook-signature"),
+        format!("{} {}", std_sig(&new), std_sig(&old)),
+        "new first, then old; none for the expired one"
+    );
+    let herald = h("herald-signature");
+    assert_eq!(herald.matches("v1=").count(), 2, "{herald}");
+    for (secret, ok) in [(&new, true), (&old, true), (&expired, false)] {
+        assert_eq!(
+            verify(
+                secret.expose().as_bytes(),
+                &herald,
+                &r.body,
+                timestamp,
+                TOLERANCE
+            )
+            .is_ok(),
+            ok,
+            "Herald-Signature with {}",
+            if ok {
+                "a signing secret"
+            } else {
+                "the expired one"
+            }
+        );
+        match verify_with_reference_library(secret.expose(), &r, &r.body) {
+            Ok(verified) => assert_eq!(verified, ok, "webhook-signature"),
+            Err(e) if std::env::var_os("HERALD_TEST_STANDARDWEBHOOKS").is_none() => {
+                eprintln!("skipped (pip install standardwebhooks): {e}");
+            }
+            Err(e) => panic!("the standardwebhooks library could not run: {e}"),
+        }
     }
 }
 

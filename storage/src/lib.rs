@@ -191,13 +191,17 @@ pub async fn open_broadcasts(
     match url.scheme.as_str() {
         "sqlite" => {
             #[cfg(feature = "sqlite")]
-            return Ok(both_broadcast_ports(sqlite::SqliteBroadcasts::open(url).await?));
+            return Ok(both_broadcast_ports(
+                sqlite::SqliteBroadcasts::open(url).await?,
+            ));
             #[cfg(not(feature = "sqlite"))]
             return Err(compiled_out("sqlite", "sqlite"));
         }
         "mysql" => {
             #[cfg(feature = "mysql")]
-            return Ok(both_broadcast_ports(mysql::MysqlBroadcasts::open(url).await?));
+            return Ok(both_broadcast_ports(
+                mysql::MysqlBroadcasts::open(url).await?,
+            ));
             #[cfg(not(feature = "mysql"))]
             return Err(compiled_out("mysql", "mysql"));
         }

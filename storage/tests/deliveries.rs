@@ -18,6 +18,7 @@ fn webhook(id: &str, categories: Option<Vec<&str>>) -> Webhook {
         url: "https://hooks.example.com/herald".into(),
         secret: Secret::new("whsec-0123456789abcdef"),
         categories: categories.map(|c| c.into_iter().map(String::from).collect()),
+        previous_secrets: Vec::new(),
         created_at: utc("2026-03-01T10:00:00Z"),
         updated_at: utc("2026-03-01T10:00:00Z"),
     }

@@ -309,6 +309,74 @@ pub mod cases {
         assert!(d.delete_device(&b, &token).await.unwrap());
     }
 
+    /// A batch registers as one device at a time would, larger than one statement, and
+    /// leaves out (and names) the users that do not exist.
+    pub async fn a_device_batch_registers_like_single_devices_and_names_unknown_users(
+        d: Arc<dyn Directory>,
+    ) {
+        let p = run_id();
+        let users: Vec<User> = (0..3000)
+            .map(|i| user(&format!("{p}-u{i:05}"), json!({})))
+            .collect();
+        d.upsert_users(&users).await.unwrap();
+        let t0 = utc("2026-01-01T00:00:00Z");
+        let t1 = utc("2026-01-05T00:00:00Z");
+        let dev = |user_id: &str, token: &str, at| Device {
+            user_id: user_id.to_owned(),
+            platform: Platform::Fcm,
+            token: token.to_owned(),
+            created_at: at,
+            last_used_at: at,
+        };
+        // A token a user registered earlier keeps its created_at; one that moves starts over.
+        let (kept, moved) = (format!("{p}-kept"), format!("{p}-moved"));
+        assert!(d.put_device(&dev(&users[0].id, &kept, t0)).await.unwrap());
+        assert!(d.put_device(&dev(&users[1].id, &moved, t0)).await.unwrap());
+
+        let mut batch: Vec<Device> = users
+            .iter()
+            .map(|u| dev(&u.id, &format!("{}-t", u.id), t1))
+            .collect();
+        batch.push(dev(&users[0].id, &kept, t1));
+        batch.push(dev(&users[2].id, &moved, t1));
+        let (ghost1, ghost2) = (format!("{p}-ghost1"), format!("{p}-ghost0"));
+        batch.insert(10, dev(&ghost1, &format!("{p}-g1"), t1));
+        batch.push(dev(&ghost2, &format!("{p}-g2"), t1));
+        batch.push(dev(&ghost1, &format!("{p}-g3"), t1));
+        // Of two devices with one token in a batch, the later wins.
+        let twice = format!("{p}-twice");
+        batch.push(dev(&users[3].id, &twice, t1));
+        batch.push(dev(&users[4].id, &twice, t1));
+
+        let unknown = d.put_devices(&batch).await.unwrap();
+        assert_eq!(
+            unknown,
+            vec![ghost2.clone(), ghost1.clone()],
+            "sorted, each once"
+        );
+
+        let ids: Vec<String> = users.iter().map(|u| u.id.clone()).collect();
+        let mut got = d.list_devices(&ids).await.unwrap();
+        got.sort_by(|a, b| a.token.cmp(&b.token));
+        assert_eq!(got.len(), 3000 + 3);
+        let by_token = |t: &str| got.iter().find(|x| x.token == t).unwrap().clone();
+        assert_eq!(by_token(&kept).user_id, users[0].id);
+        assert_eq!(by_token(&kept).created_at, t0);
+        assert_eq!(by_token(&kept).last_used_at, t1);
+        assert_eq!(by_token(&moved).user_id, users[2].id);
+        assert_eq!(by_token(&moved).created_at, t1);
+        assert_eq!(by_token(&twice).user_id, users[4].id);
+        assert_eq!(
+            by_token(&format!("{}-t", users[2999].id)).user_id,
+            users[2999].id
+        );
+        assert!(d.list_devices(&[ghost1, ghost2]).await.unwrap().is_empty());
+        // Registering the same batch again changes nothing.
+        d.put_devices(&batch).await.unwrap();
+        assert_eq!(d.list_devices(&ids).await.unwrap().len(), 3003);
+        assert!(d.put_devices(&[]).await.unwrap().is_empty());
+    }
+
     pub async fn invalid_and_stale_tokens_are_removed(d: Arc<dyn Directory>) {
         let p = run_id();
         let a = format!("{p}-a");
@@ -396,6 +464,7 @@ macro_rules! directory_conformance {
                 segments_are_upserted_listed_by_name_and_deleted,
                 preferences_round_trip_and_unknown_users_are_refused,
                 a_device_token_belongs_to_the_user_who_registered_it_last,
+                a_device_batch_registers_like_single_devices_and_names_unknown_users,
                 invalid_and_stale_tokens_are_removed,
                 templates_are_upserted_listed_and_deleted,
             );

@@ -1,8 +1,10 @@
 //! Event-triggered notifications: an event whose rule exists and whose condition holds on the
 //! event's data becomes a one-user campaign, through [`crate::campaigns::create_campaign`]
-//! exactly as a `POST /v1/campaigns` to that user would.
+//! exactly as a `POST /v1/campaigns` to that user would. An event that carries an identity
+//! (a CloudEvent's `source` and `id`) creates its campaign once: the same event received again
+//! is answered with the campaign it created.
 
-use crate::campaigns::{create_campaign, CampaignInput, Created};
+use crate::campaigns::{create_campaign, CampaignInput, Created, IdempotencyKey};
 use herald_core::model::{Audience, Campaign};
 use herald_core::strategy::RequestedStrategy;
 use herald_core::{Context, Error, Result};
@@ -14,6 +16,26 @@ pub enum EventOutcome {
     /// No campaign: why not (no rule for the type, or the condition did not hold).
     NotMatched(String),
     Matched(Box<Campaign>),
+    /// The same event was received before and created this campaign (its answer then:
+    /// `id`, `strategy`, `audience_size`, `status`).
+    Duplicate(Value),
+}
+
+/// The idempotency key of the event `id` from `source` (CloudEvents: a consumer may take two
+/// events with the same `source` and `id` for the same event): a fixed-length digest of both,
+/// whatever their length, and the same request hash whatever the body, so a resent event is
+/// a duplicate even if the producer re-rendered it.
+pub fn event_key(source: &str, id: &str) -> IdempotencyKey {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(source.as_bytes());
+    h.update([0]);
+    h.update(id.as_bytes());
+    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    IdempotencyKey {
+        key: format!("event:{digest}"),
+        request_hash: digest,
+    }
 }
 
 /// Turns an event of `event_type` for `user_id` with `data` into a campaign if its rule says
@@ -23,6 +45,7 @@ pub async fn trigger(
     event_type: &str,
     user_id: String,
     data: Map<String, Value>,
+    key: Option<&IdempotencyKey>,
 ) -> Result<EventOutcome> {
     let Some(rule) = ctx.ports.campaigns.get_rule(event_type).await? else {
         return Ok(not_matched(format!(
@@ -46,12 +69,18 @@ pub async fn trigger(
         expires_at: None,
         strategy: RequestedStrategy::default(),
     };
-    match create_campaign(ctx, input, None).await? {
+    match create_campaign(ctx, input, key).await? {
         Created::New(campaign) => {
             metrics::counter!("herald_events_total", "matched" => "true").increment(1);
             Ok(EventOutcome::Matched(campaign))
         }
-        Created::Replayed { .. } => Err(Error::internal("an event without a key was replayed")),
+        Created::Replayed { body, .. } => {
+            metrics::counter!("herald_events_total", "matched" => "duplicate").increment(1);
+            let first: Value = serde_json::from_slice(&body).map_err(|e| {
+                Error::internal("the stored answer of an event is not JSON").with_source(e)
+            })?;
+            Ok(EventOutcome::Duplicate(first))
+        }
     }
 }
 

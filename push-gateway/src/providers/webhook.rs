@@ -27,6 +27,9 @@
 //! its libraries verifies a post given the subscription's secret (`whsec_<base64 key>`, the
 //! form Herald generates; a secret of another form is used as the key bytes as it is). The
 //! `Herald-Signature` header is kept for receivers written against it, checked with [`verify`].
+//! While a rotated secret is still valid (`POST /v1/webhooks/{id}/rotate-secret`), each header
+//! carries one signature per secret (`t=…,v1=<new>,v1=<old>`; `v1,<new> v1,<old>`), so a
+//! receiver verifies with the old secret or the new one, whichever it holds.
 //! Either way a receiver checks the signature over the exact body bytes, and rejects stale
 //! timestamps so that a captured request cannot be replayed later.
 //!
@@ -261,9 +264,26 @@ impl WebhookProvider {
             Ok(b) => b,
             Err(e) => return Outcome::failed(format!("webhook payload: {e}")),
         };
-        let signature = sign(hook.secret.expose().as_bytes(), timestamp, &body);
+        // Every secret in use signs: the current one, and during a rotation the replaced ones,
+        // so a receiver verifies with whichever it holds.
+        let secrets = hook.signing_secrets(now);
         let msg_id = dispatch.notification_id.to_string();
-        let standard = sign_standard(&hook.standard_key(), &msg_id, timestamp, &body);
+        let mut signature = format!("t={timestamp}");
+        let mut standard = Vec::with_capacity(secrets.len());
+        for secret in &secrets {
+            let tag = mac(secret.expose().as_bytes(), timestamp, &body)
+                .finalize()
+                .into_bytes();
+            signature.push_str(",v1=");
+            signature.push_str(&hex::encode(tag));
+            standard.push(sign_standard(
+                &herald_core::delivery::standard_key(secret),
+                &msg_id,
+                timestamp,
+                &body,
+            ));
+        }
+        let standard = standard.join(" ");
         let sent = self
             .client
             .post(hook.url.as_str())

@@ -22,7 +22,7 @@ use herald_core::ports::Directory;
 use herald_core::{Error, Result};
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const MIGRATIONS: &[Migration] = &[migration!("mysql", "directory", "0001_init")];
 
@@ -36,6 +36,16 @@ const CLEANUP_BATCH: u64 = 5000;
 
 /// The device key: SHA-256 of the token's UTF-8 bytes (see the schema).
 const TOKEN_HASH: &str = "UNHEX(SHA2(?, 256))";
+/// Devices per multi-row insert at most (six values each).
+const DEVICE_CHUNK: usize = MAX_PARAMS / 6;
+/// What registering a token its row already has changes: `created_at` stays if the same user
+/// had it, the rest follows the new registration. `created_at` is assigned before `user_id`,
+/// so it compares against the previous holder whether the engine applies assignments left to
+/// right (MySQL, MariaDB) or all at once (MariaDB's SIMULTANEOUS_ASSIGNMENT mode).
+const DEVICE_UPSERT: &str = " ON DUPLICATE KEY UPDATE \
+     created_at = IF(user_id = VALUES(user_id), created_at, VALUES(created_at)), \
+     user_id = VALUES(user_id), platform = VALUES(platform), \
+     last_used_at = VALUES(last_used_at)";
 
 pub struct MysqlDirectory {
     pool: MySqlPool,
@@ -395,15 +405,9 @@ impl Directory for MysqlDirectory {
             if !lock_user(&mut tx, &device.user_id).await? {
                 return Ok(false);
             }
-            // `created_at` is assigned before `user_id`, so it compares against the previous
-            // holder whether the engine applies assignments left to right (MySQL, MariaDB) or
-            // all at once (MariaDB's SIMULTANEOUS_ASSIGNMENT mode).
             sqlx::query(&format!(
                 "INSERT INTO devices (token_hash, token, user_id, platform, created_at, last_used_at) \
-                 VALUES ({TOKEN_HASH}, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
-                 created_at = IF(user_id = VALUES(user_id), created_at, VALUES(created_at)), \
-                 user_id = VALUES(user_id), platform = VALUES(platform), \
-                 last_used_at = VALUES(last_used_at)"
+                 VALUES ({TOKEN_HASH}, ?, ?, ?, ?, ?){DEVICE_UPSERT}"
             ))
             .bind(&device.token)
             .bind(&device.token)
@@ -417,6 +421,66 @@ impl Directory for MysqlDirectory {
             Ok(true)
         })
         .await
+    }
+
+    async fn put_devices(&self, devices: &[Device]) -> Result<Vec<String>> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<&str> = devices.iter().map(|d| d.user_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let (pool, ids) = (&self.pool, &ids);
+        let known = retry_transient(move || async move {
+            let mut tx = pool.begin().await?;
+            // The users are share-locked in key order (as every batch locks them), so none is
+            // deleted before its devices are in, and concurrent batches do not deadlock.
+            let mut known: HashSet<String> = HashSet::with_capacity(ids.len());
+            for chunk in ids.chunks(IN_CHUNK) {
+                let mut qb = QueryBuilder::<MySql>::new("SELECT id FROM users WHERE id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(") ORDER BY id LOCK IN SHARE MODE");
+                for row in qb.build().persistent(false).fetch_all(&mut *tx).await? {
+                    known.insert(row.try_get_unchecked::<String, _>(0)?);
+                }
+            }
+            let registered: Vec<&Device> = devices
+                .iter()
+                .filter(|d| known.contains(&d.user_id))
+                .collect();
+            let chunks = chunks_by_size(&registered, DEVICE_CHUNK, MAX_STATEMENT_BYTES, |d| {
+                2 * d.token.len() + d.user_id.len() + 64
+            });
+            for chunk in chunks {
+                let mut qb = QueryBuilder::<MySql>::new(
+                    "INSERT INTO devices (token_hash, token, user_id, platform, created_at, \
+                     last_used_at) ",
+                );
+                qb.push_values(chunk.iter(), |mut b, d| {
+                    b.push("UNHEX(SHA2(")
+                        .push_bind_unseparated(&d.token)
+                        .push_unseparated(", 256))")
+                        .push_bind(&d.token)
+                        .push_bind(&d.user_id)
+                        .push_bind(d.platform.as_str())
+                        .push_bind(micros(d.created_at))
+                        .push_bind(micros(d.last_used_at));
+                });
+                qb.push(DEVICE_UPSERT);
+                qb.build().persistent(false).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(known)
+        })
+        .await?;
+        Ok(ids
+            .iter()
+            .filter(|id| !known.contains(**id))
+            .map(|id| (*id).to_owned())
+            .collect())
     }
 
     async fn delete_device(&self, user_id: &str, token: &str) -> Result<bool> {

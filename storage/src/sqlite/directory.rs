@@ -13,7 +13,7 @@ use herald_core::ports::Directory;
 use herald_core::Result;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const MIGRATIONS: &[Migration] = &[migration!("sqlite", "directory", "0001_init")];
 
@@ -21,6 +21,15 @@ const MIGRATIONS: &[Migration] = &[migration!("sqlite", "directory", "0001_init"
 const USER_CHUNK: usize = MAX_PARAMS / 6;
 /// Tokens per `IN (...)` list of a delete or update.
 const IN_CHUNK: usize = 900;
+/// Devices per multi-row insert (five values each).
+const DEVICE_CHUNK: usize = MAX_PARAMS / 5;
+/// What registering a token its row already has changes: `created_at` stays if the same user
+/// had it, the rest follows the new registration.
+const DEVICE_UPSERT: &str = " ON CONFLICT (token) DO UPDATE SET \
+     created_at = CASE WHEN devices.user_id = excluded.user_id \
+                       THEN devices.created_at ELSE excluded.created_at END, \
+     user_id = excluded.user_id, platform = excluded.platform, \
+     last_used_at = excluded.last_used_at";
 
 pub struct SqliteDirectory {
     pool: SqlitePool,
@@ -420,14 +429,10 @@ impl Directory for SqliteDirectory {
         {
             return Ok(false);
         }
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO devices (token, user_id, platform, created_at, last_used_at) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (token) DO UPDATE SET \
-             created_at = CASE WHEN devices.user_id = excluded.user_id \
-                               THEN devices.created_at ELSE excluded.created_at END, \
-             user_id = excluded.user_id, platform = excluded.platform, \
-             last_used_at = excluded.last_used_at",
-        )
+             VALUES (?, ?, ?, ?, ?){DEVICE_UPSERT}"
+        ))
         .bind(&device.token)
         .bind(&device.user_id)
         .bind(device.platform.as_str())
@@ -438,6 +443,62 @@ impl Directory for SqliteDirectory {
         .map_err(|e| self.db_error(e))?;
         tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(true)
+    }
+
+    async fn put_devices(&self, devices: &[Device]) -> Result<Vec<String>> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<&str> = devices.iter().map(|d| d.user_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let mut known: HashSet<String> = HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM users WHERE id IN (");
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            qb.push(")");
+            let rows = qb
+                .build()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+            known.extend(rows.iter().map(|r| r.get::<String, _>(0)));
+        }
+        let registered: Vec<&Device> = devices
+            .iter()
+            .filter(|d| known.contains(&d.user_id))
+            .collect();
+        for chunk in registered.chunks(DEVICE_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO devices (token, user_id, platform, created_at, last_used_at) ",
+            );
+            qb.push_values(chunk, |mut b, d| {
+                b.push_bind(&d.token)
+                    .push_bind(&d.user_id)
+                    .push_bind(d.platform.as_str())
+                    .push_bind(micros(d.created_at))
+                    .push_bind(micros(d.last_used_at));
+            });
+            qb.push(DEVICE_UPSERT);
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(ids
+            .into_iter()
+            .filter(|id| !known.contains(*id))
+            .map(str::to_owned)
+            .collect())
     }
 
     async fn delete_device(&self, user_id: &str, token: &str) -> Result<bool> {
