@@ -1,11 +1,14 @@
 //! `herald`: one binary, a subcommand per role. This file is wiring only: it reads the
 //! configuration, sets up logging, resolves secrets, opens the backends and hands a `Context`,
-//! a listener and a shutdown signal to the role libraries. No business logic lives here.
+//! a listener and a shutdown signal to the role libraries. No business logic lives here; the
+//! operator commands that call a running server are in `operator.rs`.
 
 /// mimalloc: glibc's allocator spends a quarter of the push path's CPU in malloc/free under
 /// many threads; mimalloc's per-thread heaps do not.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod operator;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -58,6 +61,55 @@ enum Command {
     Bus {
         #[command(subcommand)]
         command: BusCommand,
+    },
+    /// Users, through a running server's admin API.
+    Users {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+    /// Devices, through a running server's admin API.
+    Devices {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+    /// Campaigns, through a running server's admin API.
+    Campaigns {
+        #[command(subcommand)]
+        command: CampaignsCommand,
+    },
+}
+
+/// Where a running server is: `--url`, else `HERALD_URL`, else `http://` + HERALD_LISTEN. The
+/// admin key is HERALD_ADMIN_KEY, else the one kept in the data directory.
+#[derive(clap::Args, Debug)]
+struct Server {
+    /// The server's base URL.
+    #[arg(long, env = "HERALD_URL", value_name = "URL")]
+    url: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportCommand {
+    /// Send an NDJSON file (one object per line) to the bulk import, with a progress bar.
+    /// Every line is checked before anything is written; a bad line is named and nothing is.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CampaignsCommand {
+    /// Follow a campaign until it ends: batches on a progress bar, rows written and
+    /// deliveries per channel. Exits non-zero if it ends failed or cancelled.
+    Watch {
+        id: String,
+        /// How often to ask, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        every_ms: u64,
+        #[command(flatten)]
+        server: Server,
     },
 }
 
@@ -129,6 +181,34 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                     dry_run,
                 },
         } => bus_replay(&config, &topic, &group, from, dry_run).await,
+        Command::Users {
+            command: ImportCommand::Import { file, server },
+        } => {
+            let target = operator::Target::new(&config, server.url)?;
+            operator::import(&target, operator::Import::Users, &file).await
+        }
+        Command::Devices {
+            command: ImportCommand::Import { file, server },
+        } => {
+            let target = operator::Target::new(&config, server.url)?;
+            operator::import(&target, operator::Import::Devices, &file).await
+        }
+        Command::Campaigns {
+            command:
+                CampaignsCommand::Watch {
+                    id,
+                    every_ms,
+                    server,
+                },
+        } => {
+            let target = operator::Target::new(&config, server.url)?;
+            operator::watch(
+                &target,
+                &id,
+                std::time::Duration::from_millis(every_ms.max(50)),
+            )
+            .await
+        }
         Command::Serve => {
             // A provider misconfigured (unreadable key file, ...) stops the start before
             // anything is opened or announced.
