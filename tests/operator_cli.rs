@@ -3,63 +3,11 @@
 //! from the data directory `serve` wrote it to, the server named by `--url`).
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Output;
 
-/// `herald` with no `HERALD_*` variable but those given.
-fn herald(envs: &[(&str, &Path)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HERALD_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs(envs.iter().map(|(k, v)| (*k, *v)));
-    cmd
-}
-
-struct Serve {
-    child: Child,
-    base: String,
-    key: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn serve(data: &Path) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = herald(&[("HERALD_DATA_DIR", data)])
-        .arg("serve")
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !reqwest::get(format!("{base}/healthz"))
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(tokio::time::Instant::now() < deadline, "serve started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let key = std::fs::read_to_string(data.join("admin.key"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    Serve { child, base, key }
-}
+#[path = "support/serve.rs"]
+mod serve;
+use serve::{herald, serve};
 
 /// Runs `herald <args> --url <base>` from the operator's side, the key from `data`.
 async fn run(data: &Path, base: &str, args: &[&str]) -> Output {

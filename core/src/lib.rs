@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod error;
 pub mod filter;
 pub mod ids;
+pub mod metrics_catalog;
 pub mod model;
 pub mod ports;
 pub mod strategy;

@@ -287,6 +287,8 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         // Another recorder may already be installed (e.g. by an embedding program); then this
         // handle renders an empty page rather than failing the process.
         let _ = metrics::set_global_recorder(recorder);
+        // `# HELP` and `# TYPE` for every metric, whether or not it has been recorded yet.
+        herald_core::metrics_catalog::describe();
         handle
     })
 }
