@@ -94,21 +94,32 @@ impl Default for Config {
     }
 }
 
-/// Backend URL per port. Unset means the embedded default: SQLite in the data directory, or
-/// in-process for the preference cache and live hub. Schemes: `sqlite://`, `mysql://`,
-/// `memory://` (preference cache, live hub); later `scylla://`, `redis://`, `kafka://`.
+/// Backend URL per port. Unset means the embedded default: a SQLite file `<port>.db` in the
+/// data directory (directory, campaigns, inbox, broadcasts, bus, deliveries, delays), or
+/// in-process for the preference cache, live hub and throttle. Schemes: `sqlite://`,
+/// `mysql://`, `scylla://`, `redis://`, `kafka://`, `nats://`, `memory://`; which port takes
+/// which is said per key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Backends {
+    /// Users, preferences, devices, segments and templates: `sqlite://` or `mysql://`.
     pub directory: Option<Secret>,
+    /// Campaigns, their counters, idempotency keys, rules and leases: `sqlite://` or `mysql://`.
     pub campaigns: Option<Secret>,
+    /// Personal inbox rows and read watermarks: `sqlite://`, `mysql://` or `scylla://`.
     pub inbox: Option<Secret>,
+    /// Broadcasts (stored once, shown to every matching user): `sqlite://` or `mysql://`.
     pub broadcasts: Option<Secret>,
     /// Who read or dismissed which broadcast (one partition per user, read on every inbox
     /// read): unset, kept beside the broadcasts; at scale, beside the inbox (`scylla://`).
     pub broadcast_states: Option<Secret>,
+    /// Preferences read by fan-out batches: in-process (`memory://`) or `redis://`, shared
+    /// by every process so a write through any API node is seen at once.
     pub preference_cache: Option<Secret>,
+    /// Topics and consumer groups between the roles: `sqlite://` (one machine), `kafka://` or
+    /// `nats://` (JetStream).
     pub bus: Option<Secret>,
+    /// Live events from fan-out to the inbox nodes' sockets: in-process or `redis://`.
     pub live: Option<Secret>,
     /// Webhook subscriptions, dead letters and processed-message marks of the push gateway.
     pub deliveries: Option<Secret>,
@@ -122,16 +133,17 @@ pub struct Backends {
     pub broadcast_cache: Option<Secret>,
 }
 
+/// The admin API (`herald api`, or `herald serve`): request limits, imports, idempotency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ApiConfig {
     /// Largest JSON body accepted (413 past it).
     pub max_body_bytes: usize,
-    /// Largest NDJSON body of `POST /v1/users/import`.
+    /// Largest NDJSON body of `POST /v1/users/import` and `POST /v1/devices/import`.
     pub max_import_bytes: u64,
-    /// Users written per batched upsert during an import.
+    /// Users (or devices) written per batched upsert during an import.
     pub import_batch_size: usize,
-    /// Longest NDJSON line of an import (one user).
+    /// Longest NDJSON line of an import (one user or device).
     pub max_import_line_bytes: usize,
     /// How long an import's body may take to arrive, whole (any body that pauses for 30 s is
     /// cut off before that).
@@ -153,6 +165,7 @@ impl Default for ApiConfig {
     }
 }
 
+/// The inbox (`herald inbox`, or `herald serve`): tokens and retention.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct InboxConfig {
@@ -174,6 +187,7 @@ impl Default for InboxConfig {
     }
 }
 
+/// Fan-out (`herald fanout`, or `herald serve`): batches, workers, retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FanoutConfig {
@@ -227,8 +241,11 @@ impl Default for StrategyConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ThrottleConfig {
+    /// Pace of `throttled` campaigns up to `strategy.throttled_max` users.
     pub users_per_s: u32,
+    /// Pace of `throttled` campaigns above `strategy.throttled_max` users.
     pub large_users_per_s: u32,
+    /// Pace of a broadcast's background sends (push, email, SMS, webhooks) per user.
     pub background_users_per_s: u32,
     /// Channel queue depth above which the batcher slows down.
     pub max_queue_depth: u64,
@@ -253,6 +270,7 @@ pub struct PushConfig {
     pub max_attempts: u32,
     /// First retry delay; doubled per attempt, with full jitter, capped at `backoff_max_ms`.
     pub backoff_base_ms: u64,
+    /// Longest retry delay.
     pub backoff_max_ms: u64,
     /// Devices not used for this long are removed by the stale-token job.
     pub token_ttl_days: u32,
@@ -290,8 +308,12 @@ impl Default for PushConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProviderLimits {
+    /// Requests to the provider in flight at most.
     pub concurrency: usize,
+    /// Sends per second at most (shared by every gateway through `backends.throttle`); 0 is
+    /// unlimited.
     pub rate_per_s: u32,
+    /// Timeout of one request; a request that runs out is retried.
     pub timeout_ms: u64,
 }
 
@@ -324,6 +346,7 @@ pub struct FcmConfig {
     pub project_id: Option<String>,
     /// Sends grouped per provider call: up to `batch_size` tokens or `batch_window_ms`.
     pub batch_size: usize,
+    /// How long a group waits to fill before it is sent.
     pub batch_window_ms: u64,
     /// Speak HTTP/2 without TLS (h2c) to an `http://` endpoint; `https://` negotiates HTTP/2.
     pub h2c: bool,
@@ -362,7 +385,9 @@ pub struct ApnsConfig {
     pub endpoint: String,
     /// The `.p8` signing key; unset means APNs is not configured.
     pub key_file: Option<PathBuf>,
+    /// The key's id (10 characters, from the Apple developer account).
     pub key_id: Option<String>,
+    /// The team id of the developer account.
     pub team_id: Option<String>,
     /// `apns-topic`: the app's bundle id.
     pub topic: Option<String>,
@@ -410,9 +435,11 @@ impl Default for EmailConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SmsConfig {
+    /// Base URL of the Twilio-style API (`https://api.twilio.com`).
     pub endpoint: String,
     /// Unset means SMS is not configured.
     pub account_sid: Option<String>,
+    /// The API's auth token (the basic-auth password).
     pub auth_token: Option<Secret>,
     /// The sender number (`From`).
     pub from: Option<String>,
@@ -448,6 +475,7 @@ impl Default for WebhookConfig {
     }
 }
 
+/// Logging (`tracing`): what is written and in which format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LogConfig {

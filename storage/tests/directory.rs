@@ -484,3 +484,80 @@ macro_rules! directory_conformance {
 
 directory_conformance!(sqlite, common::sqlite_directory());
 directory_conformance!(mysql, common::mysql_directory());
+
+/// SQLite keeps the number of users in a row of its own (triggers), so `all` is sized without a
+/// scan: it must follow every write path exactly, and start right on a file written before it.
+mod sqlite_user_count {
+    use super::*;
+    use herald_storage::sqlite::SqliteDirectory;
+    use herald_storage::BackendUrl;
+
+    /// Every user, counted by a scan (a filter that is not `match_all`).
+    async fn scanned(d: &dyn Directory) -> u64 {
+        let everyone = filter(json!({"not": {"attr": "no_such_attribute", "exists": true}}));
+        d.count_users(&everyone, Utc::now()).await.unwrap()
+    }
+
+    async fn counted(d: &dyn Directory) -> u64 {
+        d.count_users(&Filter::match_all(), Utc::now())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_count_of_all_users_follows_inserts_upserts_duplicates_and_deletes() {
+        let d = common::sqlite_directory().await.unwrap();
+        assert_eq!(counted(d.as_ref()).await, 0);
+        let batch: Vec<User> = (0..2500)
+            .map(|i| user(&format!("u{i}"), json!({})))
+            .collect();
+        d.upsert_users(&batch).await.unwrap();
+        assert_eq!(counted(d.as_ref()).await, 2500);
+        // The same users again, some new ones, and one id twice in a batch.
+        let mut again = batch[..100].to_vec();
+        again.push(user("new-1", json!({"tier": "free"})));
+        again.push(user("new-1", json!({"tier": "plus"})));
+        again.push(user("new-2", json!({})));
+        d.upsert_users(&again).await.unwrap();
+        assert_eq!(counted(d.as_ref()).await, 2502);
+        assert!(d.delete_user("u7").await.unwrap());
+        assert!(!d.delete_user("u7").await.unwrap());
+        assert!(!d.delete_user("nobody").await.unwrap());
+        assert_eq!(counted(d.as_ref()).await, 2501);
+        assert_eq!(counted(d.as_ref()).await, scanned(d.as_ref()).await);
+    }
+
+    #[tokio::test]
+    async fn a_directory_written_before_the_count_existed_starts_with_its_users_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.db");
+        {
+            use sqlx::ConnectOptions;
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .connect()
+                .await
+                .unwrap();
+            let first = include_str!("../../migrations/sqlite/directory/0001_init.sql");
+            sqlx::raw_sql(first).execute(&mut conn).await.unwrap();
+            sqlx::raw_sql(
+                "CREATE TABLE herald_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL);
+                 INSERT INTO herald_migrations VALUES ('0001_init', 0);
+                 INSERT INTO users (id, created_at, updated_at) VALUES ('a', 0, 0), ('b', 0, 0), ('c', 0, 0);",
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        let url = BackendUrl::parse(&format!("sqlite://{}", path.display())).unwrap();
+        let d = SqliteDirectory::open(&url).await.unwrap();
+        assert_eq!(counted(&d).await, 3);
+        d.upsert_users(&[user("d", json!({}))]).await.unwrap();
+        assert_eq!(counted(&d).await, 4);
+        // Opening again applies nothing twice.
+        drop(d);
+        let d = SqliteDirectory::open(&url).await.unwrap();
+        assert_eq!(counted(&d).await, 4);
+    }
+}
