@@ -111,7 +111,10 @@ pub struct Backends {
     /// Broadcasts (stored once, shown to every matching user): `sqlite://` or `mysql://`.
     pub broadcasts: Option<Secret>,
     /// Who read or dismissed which broadcast (one partition per user, read on every inbox
-    /// read): unset, kept beside the broadcasts; at scale, beside the inbox (`scylla://`).
+    /// read): unset, kept beside the broadcasts; at scale, beside the inbox on ScyllaDB
+    /// (`scylla://`). Nothing is copied when it moves: set it before users act on broadcasts,
+    /// or the states kept so far stay behind (read broadcasts show unread again). On SQLite
+    /// leave it unset (a file holds one store).
     pub broadcast_states: Option<Secret>,
     /// Preferences read by fan-out batches: in-process (`memory://`) or `redis://`, shared
     /// by every process so a write through any API node is seen at once.
