@@ -189,7 +189,7 @@ pub fn batch(body: &[u8]) -> ApiResult<Vec<CloudEvent>> {
 }
 
 /// `e` with "event <i>: " in front of its message.
-fn prefix(i: usize, e: ApiError) -> ApiError {
+pub fn prefix(i: usize, e: ApiError) -> ApiError {
     match e {
         ApiError::Core(c) => ApiError::Core(herald_core::Error::new(
             c.kind,

@@ -222,13 +222,9 @@ pub async fn event(
         Mode::Batch => {
             let events = cloudevents::batch(&body)?;
             for (i, e) in events.iter().enumerate() {
-                Incoming::from(e.clone()).check().map_err(|e| match e {
-                    ApiError::Core(c) => ApiError::Core(herald_core::Error::new(
-                        c.kind,
-                        format!("event {i}: {}", c.message),
-                    )),
-                    other => other,
-                })?;
+                Incoming::from(e.clone())
+                    .check()
+                    .map_err(|e| cloudevents::prefix(i, e))?;
             }
             let mut results = Vec::with_capacity(events.len());
             for e in events {
