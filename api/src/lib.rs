@@ -1,11 +1,13 @@
 //! Herald's admin REST API: users and their preferences and devices, segments, templates, inbox
-//! token minting, campaigns and event rules, webhook subscriptions and dead letters.
+//! token minting, campaigns and event rules, webhook subscriptions and dead letters, delivery
+//! analytics and the health status.
 //!
 //! Handlers parse and check input, call a use case (`herald-usecases`) or a port of
 //! `herald_core::Context`, and shape the answer; they hold no state of their own and never
 //! touch a database driver. The HTTP plumbing they share with the other roles is
 //! `herald-http`. Fan-out, inbox reads and deliveries belong to the other role crates.
 
+mod analytics;
 mod campaigns;
 mod cloudevents;
 mod deliveries;
@@ -107,6 +109,9 @@ pub fn admin_router(ctx: Context) -> Router {
             "/v1/dead-letters/{id}/replay",
             post(deliveries::replay_dead_letter),
         )
+        .route("/v1/analytics/summary", get(analytics::summary))
+        .route("/v1/analytics/channels/{channel}", get(analytics::channel))
+        .route("/v1/health/status", get(analytics::health))
         .route("/v1/templates", get(templates::list))
         .route(
             "/v1/templates/{template_id}",
@@ -115,6 +120,10 @@ pub fn admin_router(ctx: Context) -> Router {
                 .delete(templates::delete),
         )
         .layer(DefaultBodyLimit::max(max_body))
+        // The lag samples earlier health checks of this process took (for the trends).
+        .layer(axum::Extension(std::sync::Arc::new(
+            herald_usecases::analytics::LagHistory::default(),
+        )))
         .merge(import)
         .route_layer(axum::middleware::from_fn_with_state(
             ctx.clone(),

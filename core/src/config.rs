@@ -73,6 +73,7 @@ pub struct Config {
     pub strategy: StrategyConfig,
     pub throttle: ThrottleConfig,
     pub push: PushConfig,
+    pub analytics: AnalyticsConfig,
     pub log: LogConfig,
 }
 
@@ -89,6 +90,7 @@ impl Default for Config {
             strategy: StrategyConfig::default(),
             throttle: ThrottleConfig::default(),
             push: PushConfig::default(),
+            analytics: AnalyticsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -261,6 +263,50 @@ impl Default for ThrottleConfig {
             large_users_per_s: 50_000,
             background_users_per_s: 20_000,
             max_queue_depth: 200,
+        }
+    }
+}
+
+/// The delivery log and the health status (`/v1/analytics/…`, `/v1/health/status`): how
+/// long the log is kept and where a channel turns `degraded` or `failing`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AnalyticsConfig {
+    /// Days the per-minute delivery log (and its failure reasons) is kept.
+    pub retention_days: u32,
+    /// Minutes of the delivery log the health status judges failure rates and dead letters on.
+    pub health_window_minutes: u32,
+    /// A consumer group this many messages behind is `degraded` (seed 000 warns above 1,000).
+    pub lag_degraded: u64,
+    /// A consumer group this many messages behind is `failing`.
+    pub lag_failing: u64,
+    /// A channel failing this share (0–1) of its sends over the window is `degraded`.
+    pub failure_rate_degraded: f64,
+    /// A channel failing this share (0–1) of its sends over the window is `failing`.
+    pub failure_rate_failing: f64,
+    /// Sends a channel needs in the window before its failure rate is judged (a single failed
+    /// send of a quiet channel is not an outage).
+    pub min_sends: u64,
+    /// A channel whose p95 time from campaign start to provider acceptance over the window is
+    /// above this many seconds is `degraded`.
+    pub latency_p95_degraded_secs: f64,
+    /// A channel whose provider calls took longer than this many seconds per channel message
+    /// on average over the window is `degraded` (a slow or struggling provider).
+    pub provider_degraded_secs: f64,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            health_window_minutes: 5,
+            lag_degraded: 1_000,
+            lag_failing: 100_000,
+            failure_rate_degraded: 0.05,
+            failure_rate_failing: 0.25,
+            min_sends: 20,
+            latency_p95_degraded_secs: 300.0,
+            provider_degraded_secs: 2.0,
         }
     }
 }
@@ -541,6 +587,35 @@ impl Config {
         {
             return Err(ConfigError(
                 "strategy thresholds must satisfy batch_max <= throttled_max <= broadcast_threshold"
+                    .into(),
+            ));
+        }
+        let a = &self.analytics;
+        if a.retention_days == 0 || a.health_window_minutes == 0 {
+            return Err(ConfigError(
+                "analytics.retention_days and analytics.health_window_minutes must be at least 1"
+                    .into(),
+            ));
+        }
+        if a.lag_degraded == 0 || a.lag_failing < a.lag_degraded {
+            return Err(ConfigError(
+                "analytics thresholds must satisfy 1 <= lag_degraded <= lag_failing".into(),
+            ));
+        }
+        let rate = |r: f64| r > 0.0 && r <= 1.0;
+        if !(rate(a.failure_rate_degraded)
+            && rate(a.failure_rate_failing)
+            && a.failure_rate_degraded <= a.failure_rate_failing)
+        {
+            return Err(ConfigError(
+                "analytics thresholds must satisfy 0 < failure_rate_degraded <= failure_rate_failing <= 1"
+                    .into(),
+            ));
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(a.latency_p95_degraded_secs) || !positive(a.provider_degraded_secs) {
+            return Err(ConfigError(
+                "analytics.latency_p95_degraded_secs and analytics.provider_degraded_secs must be above 0"
                     .into(),
             ));
         }

@@ -40,6 +40,8 @@ pub struct SharedConsumer {
     topic: String,
     group: String,
     member: tokio::sync::OnceCell<Arc<dyn Consumer>>,
+    /// The `topic` and `group` labels of `herald_bus_committed_total` (standard names only).
+    labels: Arc<(&'static str, String)>,
 }
 
 impl SharedConsumer {
@@ -49,6 +51,7 @@ impl SharedConsumer {
             topic: topic.to_owned(),
             group: group.to_owned(),
             member: tokio::sync::OnceCell::new(),
+            labels: Arc::new((topics::known(topic), group.to_owned())),
         })
     }
 
@@ -83,6 +86,7 @@ impl SharedConsumer {
                 member: member.clone(),
                 delivery,
                 settled: false,
+                labels: self.labels.clone(),
             })
             .collect())
     }
@@ -93,6 +97,7 @@ pub struct Held {
     member: Arc<dyn Consumer>,
     delivery: Delivery,
     settled: bool,
+    labels: Arc<(&'static str, String)>,
 }
 
 impl Held {
@@ -113,7 +118,11 @@ impl Held {
         self.settled = true;
         self.member
             .commit(std::slice::from_ref(&self.delivery.receipt))
-            .await
+            .await?;
+        let (topic, group) = &*self.labels;
+        metrics::counter!("herald_bus_committed_total", "topic" => *topic, "group" => group.clone())
+            .increment(1);
+        Ok(())
     }
 
     /// Gives the message back now.

@@ -205,7 +205,11 @@ pub struct DeliveryReport {
     /// Per-send failures (at most the first 100), for the log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<SendFailure>,
+    /// When the providers had answered (or, for a message that expired, when it was seen).
     pub at: DateTime<Utc>,
+    /// Wall time of the provider calls of the message, in milliseconds (they run at once).
+    #[serde(default)]
+    pub provider_ms: u64,
 }
 
 /// One failed send in a [`DeliveryReport`].

@@ -7,6 +7,7 @@
 //! `herald-usecases`. Apart from the worker runner's tasks, everything here is pure and can be
 //! unit-tested without I/O.
 
+pub mod analytics;
 pub mod clock;
 pub mod config;
 pub mod consume;

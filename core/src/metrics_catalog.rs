@@ -22,6 +22,7 @@ pub const CATALOG: &[(Kind, &str, &str)] = &[
     (Counter, "herald_broadcast_cache_rebuilds_total", "Rebuilds of the Redis set of open broadcasts from the broadcast store."),
     (Counter, "herald_broadcasts_activated_total", "Broadcasts that became active (shown in inboxes)."),
     (Counter, "herald_broadcasts_completed_total", "Broadcasts that ended (expired or cancelled)."),
+    (Counter, "herald_bus_committed_total", "Bus messages a consumer group finished with (its throughput), by topic and group."),
     (Counter, "herald_bus_dead_letters_total", "Bus messages set aside after a consumer failed them on every attempt, by topic."),
     (Gauge, "herald_bus_lag", "Messages published on a topic and not yet committed by a consumer group."),
     (Counter, "herald_campaigns_cancelled_total", "Campaigns cancelled through the API."),

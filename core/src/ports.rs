@@ -16,6 +16,7 @@
 //!   retried later) are kept in the [`DelayStore`], from which due messages are published: the
 //!   bus holds no timers (Kafka has none), and a delay survives the loss of a consumer.
 
+use crate::analytics::{CampaignStats, DeliveryLogEntry, LoggedFailure, MinuteRollup};
 use crate::delivery::{DeadLetter, Webhook};
 use crate::filter::Filter;
 use crate::model::*;
@@ -225,6 +226,9 @@ pub trait CampaignStore: Send + Sync + 'static {
         channel: Channel,
         delta: &DeliveryCounts,
     ) -> Result<()>;
+    /// Campaigns created at or after `since`, by strategy (strategies with none left out):
+    /// their count, audiences and fan-out counters as they stand.
+    async fn campaign_stats(&self, since: DateTime<Utc>) -> Result<Vec<CampaignStats>>;
     /// Scheduled campaigns whose `starts_at` has come, oldest first.
     async fn due_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Campaign>>;
 
@@ -589,6 +593,28 @@ pub trait DeliveryStore: Send + Sync + 'static {
     async fn mark_replayed(&self, id: &str, at: DateTime<Utc>) -> Result<bool>;
     /// Clears `replayed_at` again, when the replay could not be published.
     async fn unmark_replayed(&self, id: &str) -> Result<()>;
+
+    /// Adds a delivery report to the per-minute rollup of its channel, and keeps its failures,
+    /// once per `entry.key`: a report recorded already adds nothing and `false` is returned.
+    /// Key, counters and failures are written together (all or nothing).
+    async fn record_delivery_log(&self, entry: &DeliveryLogEntry) -> Result<bool>;
+    /// The rollups of the minutes at or after `since` (of one channel, or all), by minute then
+    /// channel; one per minute and channel that had any report.
+    async fn delivery_rollups(
+        &self,
+        since: DateTime<Utc>,
+        channel: Option<Channel>,
+    ) -> Result<Vec<MinuteRollup>>;
+    /// The most recent failures kept for `channel` at or after `since`, newest first.
+    async fn recent_failures(
+        &self,
+        channel: Channel,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LoggedFailure>>;
+    /// Forgets the rollups, failures and report keys older than `before` (the retention).
+    /// Returns how many rollup rows.
+    async fn purge_delivery_log(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
 /// Cross-node live events for the WebSocket hubs, routed per user: a node receives the events

@@ -1,7 +1,8 @@
 //! Housekeeping of the gateway, every `push.cleanup_interval_secs`: removes device tokens
 //! unused for `push.token_ttl_days` (a token that has not taken a send for months belongs to an
-//! uninstalled app more often than not) and forgets processed-message marks older than a week. Safe to run on every gateway
-//! instance at once: both are idempotent deletes.
+//! uninstalled app more often than not), forgets processed-message marks older than a week and
+//! the delivery log older than `analytics.retention_days`. Safe to run on every gateway
+//! instance at once: all are idempotent deletes.
 
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::{Context, Result};
@@ -16,6 +17,8 @@ const MARK_RETENTION: chrono::Duration = chrono::Duration::days(7);
 pub struct Swept {
     pub stale_devices: u64,
     pub processed_marks: u64,
+    /// Delivery-log rollup rows (minute × channel) past the retention.
+    pub log_rollups: u64,
 }
 
 /// One pass of the job.
@@ -32,6 +35,12 @@ pub async fn run_once(ctx: &Context) -> Result<Swept> {
         .deliveries
         .purge_processed(now - MARK_RETENTION)
         .await?;
+    let retention = chrono::Duration::days(i64::from(ctx.config.analytics.retention_days));
+    let log_rollups = ctx
+        .ports
+        .deliveries
+        .purge_delivery_log(now - retention)
+        .await?;
     metrics::counter!("herald_push_stale_tokens_removed_total").increment(stale_devices);
     if stale_devices > 0 {
         tracing::info!(stale_devices, "removed device tokens unused for too long");
@@ -39,6 +48,7 @@ pub async fn run_once(ctx: &Context) -> Result<Swept> {
     Ok(Swept {
         stale_devices,
         processed_marks,
+        log_rollups,
     })
 }
 

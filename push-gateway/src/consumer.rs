@@ -347,6 +347,7 @@ impl Gateway {
             dead_lettered: 0,
             failures: Vec::new(),
             at: now,
+            provider_ms: 0,
         };
         if msg.expires_at.is_some_and(|e| e <= now) {
             for item in &msg.items {
@@ -381,7 +382,11 @@ impl Gateway {
                 (d.destination.target().to_owned(), device)
             })
             .collect();
+        let sending = Instant::now();
         let outcomes = self.send_all(dispatches).await;
+        report.provider_ms = sending.elapsed().as_millis() as u64;
+        // The outcomes' time: what the latency from campaign start is measured to.
+        report.at = self.ctx.clock.now();
 
         // Act on the outcomes.
         let mut invalid_tokens = Vec::new();

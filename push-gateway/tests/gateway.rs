@@ -421,6 +421,33 @@ impl DeliveryStore for FailingMarks {
     async fn unmark_replayed(&self, id: &str) -> herald_core::Result<()> {
         self.inner.unmark_replayed(id).await
     }
+    async fn record_delivery_log(
+        &self,
+        entry: &herald_core::analytics::DeliveryLogEntry,
+    ) -> herald_core::Result<bool> {
+        self.inner.record_delivery_log(entry).await
+    }
+    async fn delivery_rollups(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        channel: Option<Channel>,
+    ) -> herald_core::Result<Vec<herald_core::analytics::MinuteRollup>> {
+        self.inner.delivery_rollups(since, channel).await
+    }
+    async fn recent_failures(
+        &self,
+        channel: Channel,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> herald_core::Result<Vec<herald_core::analytics::LoggedFailure>> {
+        self.inner.recent_failures(channel, since, limit).await
+    }
+    async fn purge_delivery_log(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> herald_core::Result<u64> {
+        self.inner.purge_delivery_log(before).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

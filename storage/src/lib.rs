@@ -14,6 +14,8 @@ use herald_core::{Error, Ports, Result};
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+mod delivery_log;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;

@@ -743,6 +743,77 @@ pub mod cases {
     /// Fan-out workers and push gateways on many nodes record batches and delivery reports of
     /// one campaign at the same time, each possibly twice (a redelivery): every batch and
     /// report counts once, none is lost to a lock conflict, the failure sample stays bounded.
+    pub async fn campaign_stats_add_up_the_window_by_strategy(s: Arc<dyn CampaignStore>) {
+        let p = run_id();
+        let at = |t: &str| utc(t);
+        let mut older = campaign(&format!("{p}-0"), CampaignStatus::Completed);
+        older.created_at = at("2025-12-31T23:59:59Z");
+        let mut a = campaign(&format!("{p}-1"), CampaignStatus::FanningOut);
+        a.created_at = at("2026-01-01T00:00:00Z");
+        let mut b = campaign(&format!("{p}-2"), CampaignStatus::FanningOut);
+        b.created_at = at("2026-01-01T05:00:00Z");
+        let mut direct = campaign(&format!("{p}-3"), CampaignStatus::Completed);
+        direct.strategy = Strategy::Direct;
+        direct.created_at = at("2026-01-02T00:00:00Z");
+        for c in [&older, &a, &b, &direct] {
+            s.insert_campaign(c).await.unwrap();
+        }
+        for (c, size) in [(&older, 50), (&a, 10), (&b, 30), (&direct, 1)] {
+            s.set_sizing(&c.id, size, 1).await.unwrap();
+        }
+        let delta = |written, opted_out, deferred| Progress {
+            batches_done: 1,
+            notifications_written: written,
+            skipped_opted_out: opted_out,
+            deferred_quiet_hours: deferred,
+            ..Progress::default()
+        };
+        // Spread over batches (and, on MySQL, counter shards).
+        s.record_batch(&a.id, 0, &delta(4, 1, 0), &[], &[])
+            .await
+            .unwrap();
+        s.record_batch(&a.id, 1, &delta(3, 1, 1), &[], &[])
+            .await
+            .unwrap();
+        s.record_batch(&b.id, 0, &delta(25, 5, 0), &[], &[])
+            .await
+            .unwrap();
+        s.record_batch(&direct.id, 0, &delta(1, 0, 0), &[], &[])
+            .await
+            .unwrap();
+        s.record_batch(&older.id, 0, &delta(50, 0, 0), &[], &[])
+            .await
+            .unwrap();
+
+        let stats = s.campaign_stats(at("2026-01-01T00:00:00Z")).await.unwrap();
+        assert_eq!(
+            stats,
+            vec![
+                herald_core::analytics::CampaignStats {
+                    strategy: Strategy::Batch,
+                    campaigns: 2,
+                    audience: 40,
+                    notifications_written: 32,
+                    skipped_opted_out: 7,
+                    deferred_quiet_hours: 1,
+                },
+                herald_core::analytics::CampaignStats {
+                    strategy: Strategy::Direct,
+                    campaigns: 1,
+                    audience: 1,
+                    notifications_written: 1,
+                    skipped_opted_out: 0,
+                    deferred_quiet_hours: 0,
+                },
+            ]
+        );
+        assert!(s
+            .campaign_stats(at("2026-01-03T00:00:00Z"))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
     pub async fn concurrent_writers_count_every_batch_and_report_exactly_once(
         s: Arc<dyn CampaignStore>,
     ) {
@@ -814,6 +885,7 @@ macro_rules! campaign_conformance {
                 transitions_are_compare_and_set_and_stamp_times,
                 a_batch_is_counted_once_however_often_it_is_recorded,
                 concurrent_writers_count_every_batch_and_report_exactly_once,
+                campaign_stats_add_up_the_window_by_strategy,
                 checkpoints_survive_and_fix_the_batch_total_when_done,
                 rules_are_upserted_listed_and_deleted,
                 delivery_counters_add_up_per_channel,

@@ -5,6 +5,7 @@ mod common;
 
 use chrono::Duration;
 use common::{run_id, utc};
+use herald_core::analytics::{latency_bucket, DeliveryLogCounts, DeliveryLogEntry, LoggedFailure};
 use herald_core::config::Secret;
 use herald_core::delivery::{DeadLetter, Webhook};
 use herald_core::model::*;
@@ -342,6 +343,218 @@ pub mod cases {
         assert!(s.mark_replayed(&l.id, at).await.unwrap());
         assert!(!s.mark_replayed("unknown", at).await.unwrap());
     }
+    fn log_entry(
+        key: &str,
+        channel: Channel,
+        at: &str,
+        sent: u64,
+        failed: u64,
+        latency_secs: f64,
+    ) -> DeliveryLogEntry {
+        let failures = (0..failed.min(3))
+            .map(|i| LoggedFailure {
+                at: utc(at),
+                channel,
+                campaign_id: "c1".into(),
+                user_id: format!("u{i}"),
+                target: format!("unreg-{key}-{i}"),
+                reason: "UNREGISTERED".into(),
+            })
+            .collect();
+        let ms = (latency_secs * 1000.0) as u64;
+        DeliveryLogEntry {
+            key: key.into(),
+            channel,
+            at: utc(at),
+            counts: DeliveryLogCounts {
+                reports: 1,
+                sent,
+                failed,
+                invalid_tokens: failed,
+                dead_lettered: 0,
+                retried: 1,
+                provider_ms: 120,
+            },
+            latency: (sent > 0).then(|| (latency_bucket(latency_secs), ms * sent)),
+            failures,
+        }
+    }
+
+    pub async fn the_delivery_log_adds_each_report_once_to_its_minute_and_channel(
+        s: Arc<dyn DeliveryStore>,
+    ) {
+        let entries = [
+            log_entry("r1", Channel::Push, "2026-03-01T10:00:05Z", 8, 2, 0.3),
+            log_entry("r2", Channel::Push, "2026-03-01T10:00:59Z", 10, 0, 4.0),
+            log_entry("r3", Channel::Push, "2026-03-01T10:01:00Z", 1, 0, 0.3),
+            log_entry("r4", Channel::Email, "2026-03-01T10:00:30Z", 0, 1, 0.0),
+        ];
+        for e in &entries {
+            assert!(s.record_delivery_log(e).await.unwrap(), "{}", e.key);
+        }
+        // A redelivered report adds nothing, even stamped with another time.
+        let mut again = entries[0].clone();
+        again.at = utc("2026-03-01T10:05:00Z");
+        assert!(!s.record_delivery_log(&again).await.unwrap());
+
+        let all = s
+            .delivery_rollups(utc("2026-03-01T10:00:00Z"), None)
+            .await
+            .unwrap();
+        // By minute, then channel (in the order of `Channel`).
+        let keys: Vec<(String, Channel)> = all
+            .iter()
+            .map(|r| (r.minute.to_rfc3339(), r.channel))
+            .collect();
+        let minute = |m: &str| format!("2026-03-01T10:0{m}:00+00:00");
+        assert_eq!(
+            keys,
+            [
+                (minute("0"), Channel::Push),
+                (minute("0"), Channel::Email),
+                (minute("1"), Channel::Push),
+            ]
+        );
+        let push = &all[0];
+        assert_eq!(push.counts.reports, 2);
+        assert_eq!(push.counts.sent, 18);
+        assert_eq!(push.counts.failed, 2);
+        assert_eq!(push.counts.invalid_tokens, 2);
+        assert_eq!(push.counts.retried, 2);
+        assert_eq!(push.counts.provider_ms, 240);
+        assert_eq!(push.counts.provider_mean_secs(), Some(0.12));
+        assert_eq!(push.latency[latency_bucket(0.3)], 8);
+        assert_eq!(push.latency[latency_bucket(4.0)], 10);
+        assert_eq!(push.latency.iter().sum::<u64>(), 18);
+        assert_eq!(push.latency_ms_sum, 8 * 300 + 10 * 4000);
+        assert_eq!(push.latency_quantile(0.95), Some(5.0));
+        let email = all.iter().find(|r| r.channel == Channel::Email).unwrap();
+        assert_eq!((email.counts.sent, email.counts.failed), (0, 1));
+        assert_eq!(email.latency.iter().sum::<u64>(), 0);
+
+        // From a later minute on, and one channel.
+        let later = s
+            .delivery_rollups(utc("2026-03-01T10:00:30Z"), Some(Channel::Push))
+            .await
+            .unwrap();
+        assert_eq!(later.len(), 2, "the minute `since` falls in is included");
+        let only = s
+            .delivery_rollups(utc("2026-03-01T10:01:00Z"), Some(Channel::Push))
+            .await
+            .unwrap();
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].counts.sent, 1);
+        assert!(s
+            .delivery_rollups(utc("2026-03-01T10:00:00Z"), Some(Channel::Sms))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    pub async fn the_delivery_log_keeps_failures_newest_first_and_forgets_past_the_retention(
+        s: Arc<dyn DeliveryStore>,
+    ) {
+        s.record_delivery_log(&log_entry(
+            "old",
+            Channel::Push,
+            "2026-02-01T00:00:00Z",
+            1,
+            2,
+            1.0,
+        ))
+        .await
+        .unwrap();
+        s.record_delivery_log(&log_entry(
+            "new",
+            Channel::Push,
+            "2026-03-01T00:00:00Z",
+            1,
+            3,
+            1.0,
+        ))
+        .await
+        .unwrap();
+        s.record_delivery_log(&log_entry(
+            "mail",
+            Channel::Email,
+            "2026-03-01T00:00:00Z",
+            0,
+            1,
+            0.0,
+        ))
+        .await
+        .unwrap();
+        let failures = s
+            .recent_failures(Channel::Push, utc("2026-01-01T00:00:00Z"), 100)
+            .await
+            .unwrap();
+        assert_eq!(failures.len(), 5);
+        assert!(failures[..3]
+            .iter()
+            .all(|f| f.target.starts_with("unreg-new-")));
+        assert!(failures[3..]
+            .iter()
+            .all(|f| f.target.starts_with("unreg-old-")));
+        assert_eq!(failures[0].reason, "UNREGISTERED");
+        assert_eq!(
+            s.recent_failures(Channel::Push, utc("2026-01-01T00:00:00Z"), 2)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            s.recent_failures(Channel::Push, utc("2026-02-15T00:00:00Z"), 100)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+
+        let purged = s
+            .purge_delivery_log(utc("2026-02-15T00:00:00Z"))
+            .await
+            .unwrap();
+        assert_eq!(purged, 1);
+        let left = s
+            .delivery_rollups(utc("2026-01-01T00:00:00Z"), None)
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 2);
+        assert!(left.iter().all(|r| r.minute == utc("2026-03-01T00:00:00Z")));
+        assert_eq!(
+            s.recent_failures(Channel::Push, utc("2026-01-01T00:00:00Z"), 100)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        // The purged report's key is forgotten too: recorded again, it counts (its
+        // redelivery would come within minutes, not past the retention).
+        assert!(s
+            .record_delivery_log(&log_entry(
+                "old",
+                Channel::Push,
+                "2026-02-01T00:00:00Z",
+                1,
+                0,
+                1.0
+            ))
+            .await
+            .unwrap());
+        // The kept one's is not.
+        assert!(!s
+            .record_delivery_log(&log_entry(
+                "new",
+                Channel::Push,
+                "2026-03-01T00:00:00Z",
+                1,
+                3,
+                1.0
+            ))
+            .await
+            .unwrap());
+    }
 }
 
 macro_rules! delivery_conformance {
@@ -357,6 +570,8 @@ macro_rules! delivery_conformance {
                 holders_racing_for_one_key_leave_exactly_one_winner,
                 dead_letters_read_back_newest_first_by_channel,
                 a_dead_letter_is_marked_replayed_once,
+                the_delivery_log_adds_each_report_once_to_its_minute_and_channel,
+                the_delivery_log_keeps_failures_newest_first_and_forgets_past_the_retention,
             );
         }
     };

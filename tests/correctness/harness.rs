@@ -32,6 +32,9 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// Run the fan-out role (the two-node test starts its own fan-out nodes).
     pub fanout: bool,
+    /// Run the push gateway (a test that stops the channel consumers starts it later with
+    /// [`App::start_push`]).
+    pub push: bool,
     pub configure: Box<dyn FnOnce(&mut Config) + Send>,
     pub wrap: Box<dyn FnOnce(Ports) -> Ports + Send>,
 }
@@ -41,6 +44,7 @@ impl Default for Options {
         Self {
             clock: Arc::new(SystemClock),
             fanout: true,
+            push: true,
             configure: Box::new(|_| {}),
             wrap: Box::new(|p| p),
         }
@@ -125,11 +129,13 @@ pub async fn spawn(opts: Options) -> App {
             shutdown.clone(),
         )));
     }
-    roles.push(AbortOnDrop::spawn(herald_push::run_with(
-        ctx.clone(),
-        providers,
-        shutdown.clone(),
-    )));
+    if opts.push {
+        roles.push(AbortOnDrop::spawn(herald_push::run_with(
+            ctx.clone(),
+            providers,
+            shutdown.clone(),
+        )));
+    }
     App {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
@@ -163,6 +169,13 @@ pub async fn spawn_faulty_inbox(
 }
 
 impl App {
+    /// Starts the push gateway of a process spawned without it; it runs until `stop`.
+    pub fn start_push(&self, stop: CancellationToken) -> AbortOnDrop<()> {
+        let providers =
+            herald_push::Providers::from_config(&self.ctx.config.push).expect("providers");
+        AbortOnDrop::spawn(herald_push::run_with(self.ctx.clone(), providers, stop))
+    }
+
     /// A request with the admin key; the status and JSON body (`Null` if empty).
     pub async fn call(
         &self,

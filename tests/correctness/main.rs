@@ -9,6 +9,7 @@ mod mysql_support;
 #[path = "../../push-gateway/tests/support/smtp_sink.rs"]
 mod smtp_sink;
 
+mod analytics;
 mod content;
 mod idempotency;
 mod ownership;

@@ -6,6 +6,7 @@
 //! It works only through the ports of `herald_core::Context`: no HTTP types, no storage
 //! driver, no role crate. Errors are `herald_core::Error`; the HTTP crates map them.
 
+pub mod analytics;
 pub mod campaigns;
 pub mod delays;
 pub mod events;

@@ -15,12 +15,13 @@
 //! duplicate reports one row, like an insert). `UPDATE` counts are rows matched, which is what
 //! the compare-and-set methods need.
 
-use super::{open_pool, opt_text, retry_transient, text};
+use super::{insert_once, open_pool, opt_text, retry_transient, text};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
 use crate::{corrupt, db_error, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use herald_core::analytics::CampaignStats;
 use herald_core::model::*;
 use herald_core::ports::{CampaignStore, IdempotencyClaim, KEPT_FAILURES};
 use herald_core::{Error, Result};
@@ -30,7 +31,10 @@ use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const MIGRATIONS: &[Migration] = &[migration!("mysql", "campaigns", "0001_init")];
+const MIGRATIONS: &[Migration] = &[
+    migration!("mysql", "campaigns", "0001_init"),
+    migration!("mysql", "campaigns", "0002_created_index"),
+];
 
 /// Counter rows per campaign (and per campaign and channel).
 pub const COUNTER_SHARDS: u64 = 16;
@@ -131,18 +135,6 @@ fn campaign_from_row(row: &MySqlRow) -> Result<Campaign> {
             batching_done: row.try_get::<i8, _>("batching_done").map_err(db_error)? != 0,
         },
     })
-}
-
-/// Runs a plain INSERT; `false` if the row existed (a duplicate key), the error otherwise.
-async fn insert_once(
-    conn: &mut MySqlConnection,
-    query: sqlx::query::Query<'_, MySql, sqlx::mysql::MySqlArguments>,
-) -> std::result::Result<bool, sqlx::Error> {
-    match query.execute(conn).await {
-        Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// Marks batch `batch_no` of campaign `id` recorded inside the transaction; `false` if it
@@ -871,6 +863,38 @@ impl CampaignStore for MysqlCampaigns {
         add_channel_counts(&mut conn, id, channel, shard, d)
             .await
             .map_err(db_error)
+    }
+
+    async fn campaign_stats(&self, since: DateTime<Utc>) -> Result<Vec<CampaignStats>> {
+        // Each campaign's counter shards added up first, then the campaigns by strategy.
+        let rows = sqlx::query(
+            "SELECT strategy, CAST(COUNT(*) AS SIGNED) AS campaigns, \
+             CAST(SUM(audience_size) AS SIGNED) AS audience, CAST(SUM(w) AS SIGNED) AS written, \
+             CAST(SUM(o) AS SIGNED) AS opted_out, CAST(SUM(q) AS SIGNED) AS deferred \
+             FROM (SELECT c.id, c.strategy, c.audience_size, \
+                   COALESCE(SUM(k.notifications_written), 0) AS w, \
+                   COALESCE(SUM(k.skipped_opted_out), 0) AS o, \
+                   COALESCE(SUM(k.deferred_quiet_hours), 0) AS q \
+                   FROM campaigns c LEFT JOIN campaign_counters k ON k.campaign_id = c.id \
+                   WHERE c.created_at >= ? GROUP BY c.id, c.strategy, c.audience_size) t \
+             GROUP BY strategy ORDER BY strategy",
+        )
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(CampaignStats {
+                    strategy: parse_enum("campaign strategy", text(r, "strategy")?)?,
+                    campaigns: count(int(r, "campaigns")?),
+                    audience: count(int(r, "audience")?),
+                    notifications_written: count(int(r, "written")?),
+                    skipped_opted_out: count(int(r, "opted_out")?),
+                    deferred_quiet_hours: count(int(r, "deferred")?),
+                })
+            })
+            .collect()
     }
 
     async fn due_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Campaign>> {

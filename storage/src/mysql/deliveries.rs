@@ -7,12 +7,14 @@
 //! whatever the last writer sent). A row kept as it is uses `ON DUPLICATE KEY UPDATE` with a
 //! no-op, never `INSERT IGNORE`, which would turn strict mode's errors into warnings.
 
-use super::{open_pool, text};
+use super::{insert_once, open_pool, retry_transient, text};
+use crate::delivery_log::{self, count};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
 use crate::{corrupt, db_error, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use herald_core::analytics::{DeliveryLogCounts, DeliveryLogEntry, LoggedFailure, MinuteRollup};
 use herald_core::delivery::{DeadLetter, Webhook};
 use herald_core::model::Channel;
 use herald_core::ports::{DeliveryClaim, DeliveryStore};
@@ -23,7 +25,12 @@ use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
 const MIGRATIONS: &[Migration] = &[
     migration!("mysql", "deliveries", "0001_init"),
     migration!("mysql", "deliveries", "0002_claims"),
+    migration!("mysql", "deliveries", "0003_delivery_log"),
 ];
+
+/// Rows each delivery-log rollup (and histogram bucket) is spread over, so push gateway nodes
+/// reporting into the same minute do not queue on one row lock (reads add them up).
+const LOG_SHARDS: u64 = 8;
 
 /// Marks removed per statement by the purge, so one run never holds locks on millions of rows.
 const PURGE_BATCH: i64 = 5000;
@@ -283,5 +290,194 @@ impl DeliveryStore for MysqlDeliveries {
             .await
             .map_err(db_error)?;
         Ok(())
+    }
+
+    async fn record_delivery_log(&self, e: &DeliveryLogEntry) -> Result<bool> {
+        let minute = micros(herald_core::analytics::minute_of(e.at));
+        let channel = e.channel.as_str();
+        let shard = (crate::fnv1a(&e.key) % LOG_SHARDS) as i64;
+        let failures = e
+            .failures
+            .iter()
+            .map(|f| Ok((f, delivery_log::failure_to_json(f)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let c = e.counts;
+        let ms_sum = e.latency.map_or(0, |(_, ms)| ms) as i64;
+        // The key row first: its lock orders concurrent recordings of one report, and a
+        // rerun after a deadlock finds it (or not) exactly as the first attempt left it.
+        retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            let fresh = insert_once(
+                &mut tx,
+                sqlx::query("INSERT INTO delivery_log_keys (msg_key, at) VALUES (?, ?)")
+                    .bind(&e.key)
+                    .bind(micros(e.at)),
+            )
+            .await?;
+            if !fresh {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO delivery_rollups (minute, channel, shard, reports, sent, failed, \
+                 invalid_tokens, dead_lettered, retried, latency_ms_sum, provider_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                 reports = reports + VALUES(reports), sent = sent + VALUES(sent), \
+                 failed = failed + VALUES(failed), \
+                 invalid_tokens = invalid_tokens + VALUES(invalid_tokens), \
+                 dead_lettered = dead_lettered + VALUES(dead_lettered), \
+                 retried = retried + VALUES(retried), \
+                 latency_ms_sum = latency_ms_sum + VALUES(latency_ms_sum), \
+                 provider_ms = provider_ms + VALUES(provider_ms)",
+            )
+            .bind(minute)
+            .bind(channel)
+            .bind(shard)
+            .bind(c.reports as i64)
+            .bind(c.sent as i64)
+            .bind(c.failed as i64)
+            .bind(c.invalid_tokens as i64)
+            .bind(c.dead_lettered as i64)
+            .bind(c.retried as i64)
+            .bind(ms_sum)
+            .bind(c.provider_ms as i64)
+            .execute(&mut *tx)
+            .await?;
+            if let Some((bucket, _)) = e.latency.filter(|_| c.sent > 0) {
+                sqlx::query(
+                    "INSERT INTO delivery_latency (minute, channel, bucket, shard, sends) \
+                     VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE sends = sends + VALUES(sends)",
+                )
+                .bind(minute)
+                .bind(channel)
+                .bind(bucket as i64)
+                .bind(shard)
+                .bind(c.sent as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for (f, spec) in &failures {
+                sqlx::query(
+                    "INSERT INTO delivery_failures (channel, at, id, spec) VALUES (?, ?, ?, ?)",
+                )
+                .bind(f.channel.as_str())
+                .bind(micros(f.at))
+                .bind(herald_core::ids::new_id().to_string())
+                .bind(spec)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delivery_rollups(
+        &self,
+        since: DateTime<Utc>,
+        channel: Option<Channel>,
+    ) -> Result<Vec<MinuteRollup>> {
+        let since = micros(herald_core::analytics::minute_of(since));
+        let channel = channel.map(Channel::as_str);
+        let rows = sqlx::query(
+            "SELECT minute, channel, CAST(SUM(reports) AS SIGNED) AS reports, \
+             CAST(SUM(sent) AS SIGNED) AS sent, CAST(SUM(failed) AS SIGNED) AS failed, \
+             CAST(SUM(invalid_tokens) AS SIGNED) AS invalid_tokens, \
+             CAST(SUM(dead_lettered) AS SIGNED) AS dead_lettered, \
+             CAST(SUM(retried) AS SIGNED) AS retried, \
+             CAST(SUM(latency_ms_sum) AS SIGNED) AS latency_ms_sum, \
+             CAST(SUM(provider_ms) AS SIGNED) AS provider_ms \
+             FROM delivery_rollups WHERE minute >= ? AND (? IS NULL OR channel = ?) \
+             GROUP BY minute, channel ORDER BY minute, channel",
+        )
+        .bind(since)
+        .bind(channel)
+        .bind(channel)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let get = |r: &MySqlRow, c: &str| -> Result<i64> { r.try_get(c).map_err(db_error) };
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let counts = DeliveryLogCounts {
+                    reports: count(get(r, "reports")?),
+                    sent: count(get(r, "sent")?),
+                    failed: count(get(r, "failed")?),
+                    invalid_tokens: count(get(r, "invalid_tokens")?),
+                    dead_lettered: count(get(r, "dead_lettered")?),
+                    retried: count(get(r, "retried")?),
+                    provider_ms: count(get(r, "provider_ms")?),
+                };
+                Ok((
+                    get(r, "minute")?,
+                    text(r, "channel")?,
+                    counts,
+                    count(get(r, "latency_ms_sum")?),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let latency = sqlx::query(
+            "SELECT minute, channel, CAST(bucket AS SIGNED) AS bucket, \
+             CAST(SUM(sends) AS SIGNED) AS sends FROM delivery_latency \
+             WHERE minute >= ? AND (? IS NULL OR channel = ?) GROUP BY minute, channel, bucket",
+        )
+        .bind(since)
+        .bind(channel)
+        .bind(channel)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?
+        .iter()
+        .map(|r| {
+            Ok((
+                get(r, "minute")?,
+                text(r, "channel")?,
+                get(r, "bucket")?,
+                count(get(r, "sends")?),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        Ok(delivery_log::merge(rows, latency))
+    }
+
+    async fn recent_failures(
+        &self,
+        channel: Channel,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LoggedFailure>> {
+        let rows = sqlx::query(
+            "SELECT spec FROM delivery_failures WHERE channel = ? AND at >= ? \
+             ORDER BY at DESC, id DESC LIMIT ?",
+        )
+        .bind(channel.as_str())
+        .bind(micros(since))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|r| delivery_log::failure_from_json(&text(r, "spec")?))
+            .collect()
+    }
+
+    async fn purge_delivery_log(&self, before: DateTime<Utc>) -> Result<u64> {
+        let before = micros(before);
+        let rollups = super::delete_in_chunks(
+            &self.pool,
+            "DELETE FROM delivery_rollups WHERE minute < ? LIMIT ?",
+            before,
+            PURGE_BATCH,
+        )
+        .await?;
+        for delete in [
+            "DELETE FROM delivery_latency WHERE minute < ? LIMIT ?",
+            "DELETE FROM delivery_failures WHERE at < ? LIMIT ?",
+            "DELETE FROM delivery_log_keys WHERE at < ? LIMIT ?",
+        ] {
+            super::delete_in_chunks(&self.pool, delete, before, PURGE_BATCH).await?;
+        }
+        Ok(rollups)
     }
 }

@@ -180,9 +180,10 @@ async fn apply(conn: &mut MySqlConnection, port: &str, migrations: &[Migration])
         for statement in m.statements() {
             match sqlx::Executor::execute(&mut *conn, statement.as_str()).await {
                 Ok(_) => {}
-                // A drop that finds nothing to drop was applied by an earlier, interrupted
-                // run of this version (MySQL 8 has no `DROP INDEX IF EXISTS`).
-                Err(e) if is_already_dropped(&e) => {}
+                // A drop that finds nothing to drop, or an index added that is there, was
+                // applied by an earlier, interrupted run of this version (MySQL 8 has no
+                // `DROP INDEX IF EXISTS` nor `CREATE INDEX IF NOT EXISTS`).
+                Err(e) if is_already_dropped(&e) || is_already_indexed(&e) => {}
                 Err(e) => {
                     return Err(Error::internal(format!(
                         "MySQL {port} migration {} failed",
@@ -218,6 +219,16 @@ fn is_already_dropped(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => d
             .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
             .is_some_and(|m| m.number() == 1091),
+        _ => false,
+    }
+}
+
+/// ER_DUP_KEYNAME: an index of that name is there already.
+fn is_already_indexed(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| m.number() == 1061),
         _ => false,
     }
 }
@@ -303,6 +314,18 @@ pub(crate) async fn delete_in_chunks(
         if n < chunk as u64 {
             return Ok(total);
         }
+    }
+}
+
+/// Runs a plain INSERT; `false` if the row existed (a duplicate key), the error otherwise.
+pub(crate) async fn insert_once(
+    conn: &mut sqlx::MySqlConnection,
+    query: sqlx::query::Query<'_, sqlx::MySql, sqlx::mysql::MySqlArguments>,
+) -> std::result::Result<bool, sqlx::Error> {
+    match query.execute(conn).await {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -7,6 +7,7 @@ use crate::time::{from_micros, micros, opt_from_micros};
 use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use herald_core::analytics::CampaignStats;
 use herald_core::model::*;
 use herald_core::ports::{CampaignStore, IdempotencyClaim, KEPT_FAILURES};
 use herald_core::{Error, Result};
@@ -21,6 +22,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "campaigns", "0004_leases"),
     migration!("sqlite", "campaigns", "0005_failures"),
     migration!("sqlite", "campaigns", "0006_failed_batches"),
+    migration!("sqlite", "campaigns", "0007_created_index"),
 ];
 
 /// Statuses in which a campaign may need a dispatcher (see `claimable_campaigns`).
@@ -721,6 +723,32 @@ impl CampaignStore for SqliteCampaigns {
             .await
             .map_err(|e| self.db_error(e))?;
         Ok(())
+    }
+
+    async fn campaign_stats(&self, since: DateTime<Utc>) -> Result<Vec<CampaignStats>> {
+        let rows = sqlx::query(
+            "SELECT strategy, COUNT(*) AS campaigns, SUM(audience_size) AS audience, \
+             SUM(notifications_written) AS written, SUM(skipped_opted_out) AS opted_out, \
+             SUM(deferred_quiet_hours) AS deferred FROM campaigns WHERE created_at >= ? \
+             GROUP BY strategy ORDER BY strategy",
+        )
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        let n = |r: &SqliteRow, c: &str| u64::try_from(r.get::<i64, _>(c)).unwrap_or(0);
+        rows.iter()
+            .map(|r| {
+                Ok(CampaignStats {
+                    strategy: parse_enum("campaign strategy", r.get("strategy"))?,
+                    campaigns: n(r, "campaigns"),
+                    audience: n(r, "audience"),
+                    notifications_written: n(r, "written"),
+                    skipped_opted_out: n(r, "opted_out"),
+                    deferred_quiet_hours: n(r, "deferred"),
+                })
+            })
+            .collect()
     }
 
     async fn due_campaigns(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Campaign>> {

@@ -3,11 +3,13 @@
 
 use super::Db;
 use super::SqliteFile;
+use crate::delivery_log::{self, count};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros};
 use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use herald_core::analytics::{DeliveryLogCounts, DeliveryLogEntry, LoggedFailure, MinuteRollup};
 use herald_core::delivery::{DeadLetter, Webhook};
 use herald_core::model::Channel;
 use herald_core::ports::{DeliveryClaim, DeliveryStore};
@@ -17,6 +19,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "deliveries", "0001_init"),
     migration!("sqlite", "deliveries", "0002_claims"),
+    migration!("sqlite", "deliveries", "0003_delivery_log"),
 ];
 
 pub struct SqliteDeliveries {
@@ -283,5 +286,182 @@ impl DeliveryStore for SqliteDeliveries {
             .await
             .map_err(|e| self.db_error(e))?;
         Ok(())
+    }
+
+    async fn record_delivery_log(&self, e: &DeliveryLogEntry) -> Result<bool> {
+        let minute = micros(herald_core::analytics::minute_of(e.at));
+        let channel = e.channel.as_str();
+        let failures = e
+            .failures
+            .iter()
+            .map(delivery_log::failure_to_json)
+            .collect::<Result<Vec<_>>>()?;
+        let (_gate, mut tx) = self.db.begin().await?;
+        let new = sqlx::query(
+            "INSERT INTO delivery_log_keys (key, at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&e.key)
+        .bind(micros(e.at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?
+        .rows_affected()
+            > 0;
+        if !new {
+            return Ok(false);
+        }
+        let c = &e.counts;
+        let ms_sum = e.latency.map_or(0, |(_, ms)| ms);
+        sqlx::query(
+            "INSERT INTO delivery_rollups (minute, channel, reports, sent, failed, invalid_tokens, \
+             dead_lettered, retried, latency_ms_sum, provider_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (minute, channel) DO UPDATE SET reports = reports + excluded.reports, \
+             sent = sent + excluded.sent, failed = failed + excluded.failed, \
+             invalid_tokens = invalid_tokens + excluded.invalid_tokens, \
+             dead_lettered = dead_lettered + excluded.dead_lettered, \
+             retried = retried + excluded.retried, \
+             latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, \
+             provider_ms = provider_ms + excluded.provider_ms",
+        )
+        .bind(minute)
+        .bind(channel)
+        .bind(c.reports as i64)
+        .bind(c.sent as i64)
+        .bind(c.failed as i64)
+        .bind(c.invalid_tokens as i64)
+        .bind(c.dead_lettered as i64)
+        .bind(c.retried as i64)
+        .bind(ms_sum as i64)
+        .bind(c.provider_ms as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        if let Some((bucket, _)) = e.latency.filter(|_| c.sent > 0) {
+            sqlx::query(
+                "INSERT INTO delivery_latency (minute, channel, bucket, sends) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (minute, channel, bucket) DO UPDATE SET sends = sends + excluded.sends",
+            )
+            .bind(minute)
+            .bind(channel)
+            .bind(bucket as i64)
+            .bind(c.sent as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        }
+        for (f, spec) in e.failures.iter().zip(failures) {
+            sqlx::query(
+                "INSERT INTO delivery_failures (channel, at, id, spec) VALUES (?, ?, ?, ?)",
+            )
+            .bind(f.channel.as_str())
+            .bind(micros(f.at))
+            .bind(herald_core::ids::new_id().to_string())
+            .bind(spec)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(true)
+    }
+
+    async fn delivery_rollups(
+        &self,
+        since: DateTime<Utc>,
+        channel: Option<Channel>,
+    ) -> Result<Vec<MinuteRollup>> {
+        let since = micros(herald_core::analytics::minute_of(since));
+        let channel = channel.map(Channel::as_str);
+        let rows = sqlx::query(
+            "SELECT minute, channel, reports, sent, failed, invalid_tokens, dead_lettered, \
+             retried, latency_ms_sum, provider_ms FROM delivery_rollups \
+             WHERE minute >= ?1 AND (?2 IS NULL OR channel = ?2) ORDER BY minute, channel",
+        )
+        .bind(since)
+        .bind(channel)
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let counts = DeliveryLogCounts {
+                    reports: count(r.get("reports")),
+                    sent: count(r.get("sent")),
+                    failed: count(r.get("failed")),
+                    invalid_tokens: count(r.get("invalid_tokens")),
+                    dead_lettered: count(r.get("dead_lettered")),
+                    retried: count(r.get("retried")),
+                    provider_ms: count(r.get("provider_ms")),
+                };
+                let ms: i64 = r.get("latency_ms_sum");
+                (r.get("minute"), r.get("channel"), counts, count(ms))
+            })
+            .collect();
+        let latency = sqlx::query(
+            "SELECT minute, channel, bucket, sends FROM delivery_latency \
+             WHERE minute >= ?1 AND (?2 IS NULL OR channel = ?2)",
+        )
+        .bind(since)
+        .bind(channel)
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(|e| self.db_error(e))?
+        .iter()
+        .map(|r| {
+            let sends: i64 = r.get("sends");
+            (
+                r.get("minute"),
+                r.get("channel"),
+                r.get("bucket"),
+                count(sends),
+            )
+        })
+        .collect();
+        Ok(delivery_log::merge(rows, latency))
+    }
+
+    async fn recent_failures(
+        &self,
+        channel: Channel,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LoggedFailure>> {
+        let rows = sqlx::query(
+            "SELECT spec FROM delivery_failures WHERE channel = ? AND at >= ? \
+             ORDER BY at DESC, id DESC LIMIT ?",
+        )
+        .bind(channel.as_str())
+        .bind(micros(since))
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        rows.iter()
+            .map(|r| delivery_log::failure_from_json(r.get("spec")))
+            .collect()
+    }
+
+    async fn purge_delivery_log(&self, before: DateTime<Utc>) -> Result<u64> {
+        let before = micros(before);
+        let _gate = self.db.gate().await;
+        let mut rollups = 0;
+        for (table, column) in [
+            ("delivery_rollups", "minute"),
+            ("delivery_latency", "minute"),
+            ("delivery_failures", "at"),
+            ("delivery_log_keys", "at"),
+        ] {
+            let n = sqlx::query(&format!("DELETE FROM {table} WHERE {column} < ?"))
+                .bind(before)
+                .execute(&self.db.pool)
+                .await
+                .map_err(|e| self.db_error(e))?
+                .rows_affected();
+            if table == "delivery_rollups" {
+                rollups = n;
+            }
+        }
+        Ok(rollups)
     }
 }

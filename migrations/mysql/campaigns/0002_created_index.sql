@@ -1,0 +1,3 @@
+-- Campaigns by creation time: what the analytics summary (CampaignStore::campaign_stats)
+-- reads for a window.
+CREATE INDEX campaigns_by_created ON campaigns (created_at);
