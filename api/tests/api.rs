@@ -506,6 +506,70 @@ async fn broken_or_empty_templates_are_422_and_not_stored() {
 }
 
 #[tokio::test]
+async fn a_template_keeps_its_locale_variants_and_bad_ones_are_422_changing_nothing() {
+    let app = spawn_app().await;
+    let good = json!({
+        "in_app": {"title": "Your order shipped", "body": "Order {{ data.n }}"},
+        "push": {"title": "Shipped", "body": "Order {{ data.n }}"},
+        "locales": {
+            "pt": {"in_app": {"title": "Seu pedido foi enviado", "body": "Pedido {{ data.n }}"}},
+            "pt-BR": {"push": {"title": "Enviado!", "body": "Pedido {{ data.n }}"}}
+        }
+    });
+    let (s, got) = app
+        .call(Method::PUT, "/v1/templates/shipped", Some(good.clone()))
+        .await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["locales"], good["locales"], "{got}");
+    let (_, got) = app.call(Method::GET, "/v1/templates/shipped", None).await;
+    assert_eq!(
+        got["locales"]["pt-BR"]["push"]["title"], "Enviado!",
+        "{got}"
+    );
+
+    let base = |locales: Value| json!({"in_app": {"title": "t", "body": "b"}, "locales": locales});
+    for (bad, mentions) in [
+        (
+            base(json!({"portuguese": {"in_app": {"title": "t", "body": "b"}}})),
+            "language tag",
+        ),
+        (
+            base(json!({"pt-": {"in_app": {"title": "t", "body": "b"}}})),
+            "language tag",
+        ),
+        (
+            base(
+                json!({"pt": {"in_app": {"title": "t", "body": "b"}}, "PT": {"in_app": {"title": "t", "body": "b"}}}),
+            ),
+            "twice",
+        ),
+        (
+            base(json!({"pt": {"push": {"title": "t", "body": "b"}}})),
+            "lacks",
+        ),
+        (
+            base(json!({"pt": {"in_app": {"title": "Oi {{ user.name", "body": "b"}}})),
+            "locales.pt.in_app.title",
+        ),
+        (
+            base(json!({"pt": {"in_app": {"title": "t", "body": "b"}, "locales": {"pt-BR": {}}}})),
+            "variants of its own",
+        ),
+        (base(json!({"pt": {}})), "at least one channel"),
+        (base(json!({"pt": {"fax": {"text": "t"}}})), "fax"),
+    ] {
+        let (s, err) = app
+            .call(Method::PUT, "/v1/templates/shipped", Some(bad.clone()))
+            .await;
+        assert_eq!(s, 422, "{bad}: {err}");
+        let msg = error_message(&err, "invalid");
+        assert!(msg.contains(mentions), "{bad}: {msg}");
+    }
+    let (_, got) = app.call(Method::GET, "/v1/templates/shipped", None).await;
+    assert_eq!(got["locales"], good["locales"], "unchanged: {got}");
+}
+
+#[tokio::test]
 async fn an_ndjson_import_upserts_every_line() {
     let app = spawn_app().await;
     let mut body = String::new();

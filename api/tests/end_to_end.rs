@@ -277,6 +277,71 @@ async fn devices_imported_in_bulk_each_get_one_push_of_a_segment_campaign() {
 }
 
 #[tokio::test]
+async fn each_user_reads_the_template_variant_of_their_locale_with_its_fallbacks() {
+    let app = spawn_deployment(|_| {}).await;
+    let (s, body) = app
+        .call(
+            Method::PUT,
+            "/v1/templates/loc-shipped",
+            Some(json!({
+                "in_app": {"title": "Shipped", "body": "Order {{ data.n }} for {{ user.id }}"},
+                "push": {"title": "Shipped", "body": "Order {{ data.n }}"},
+                "locales": {
+                    "pt": {"in_app": {"title": "Enviado", "body": "Pedido {{ data.n }} para {{ user.id }}"}},
+                    "pt-BR": {"push": {"title": "Enviado!", "body": "Pedido {{ data.n }}"}},
+                    "fr": {"in_app": {"title": "Expédié", "body": "Commande {{ data.n }}"}}
+                }
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let people = [
+        ("loc-ana", Some("pt-BR")),
+        ("loc-rui", Some("pt")),
+        ("loc-eva", Some("PT_pt")),
+        ("loc-zoe", Some("fr-CA")),
+        ("loc-ken", Some("ja")),
+        ("loc-bob", None),
+    ];
+    for (user, locale) in people {
+        let attributes = match locale {
+            Some(l) => json!({"locale": l}),
+            None => json!({}),
+        };
+        let (s, body) = app
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{user}"),
+                Some(json!({"attributes": attributes})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+    }
+    let users: Vec<&str> = people.iter().map(|(u, _)| *u).collect();
+    let id = app
+        .campaign(
+            json!({"audience": {"users": users}, "template": "loc-shipped",
+                          "data": {"n": 42}, "channels": ["in_app"]}),
+        )
+        .await;
+    app.campaign_until(&id, "completed", |c| c["status"] == "completed")
+        .await;
+    for (user, title, body) in [
+        ("loc-ana", "Enviado", "Pedido 42 para loc-ana"),
+        ("loc-rui", "Enviado", "Pedido 42 para loc-rui"),
+        ("loc-eva", "Enviado", "Pedido 42 para loc-eva"),
+        ("loc-zoe", "Expédié", "Commande 42"),
+        ("loc-ken", "Shipped", "Order 42 for loc-ken"),
+        ("loc-bob", "Shipped", "Order 42 for loc-bob"),
+    ] {
+        let page = app.inbox_page(user).await;
+        let item = &page["items"][0];
+        assert_eq!(item["title"], title, "{user}: {page}");
+        assert_eq!(item["body"], body, "{user}: {page}");
+    }
+}
+
+#[tokio::test]
 async fn a_push_opt_out_made_through_the_api_reaches_the_next_campaign_on_every_node() {
     let app = spawn_deployment(|c| c.fanout.batch_size = 1).await;
     let users: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();

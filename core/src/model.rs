@@ -108,6 +108,11 @@ pub struct User {
 }
 
 impl User {
+    /// The user's `locale` attribute (a language tag such as `pt-BR`), if set.
+    pub fn locale(&self) -> Option<&str> {
+        self.attributes.get("locale").and_then(Value::as_str)
+    }
+
     /// The IANA time zone of the user's `timezone` attribute, if set and known.
     pub fn timezone(&self) -> Option<chrono_tz::Tz> {
         self.attributes
@@ -414,6 +419,26 @@ pub struct TemplateContent {
     pub sms: Option<SmsContent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookContent>,
+    /// Variants per locale, keyed by BCP 47 tag (`pt-BR`, `pt`, `fr`): a user whose `locale`
+    /// attribute names one gets its text, per channel, falling back along the tag
+    /// (`pt-BR` → `pt`) and then to the content above. A variant holds channels of the content
+    /// above only, and no variants of its own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locales: BTreeMap<String, TemplateContent>,
+}
+
+/// Variants a template may hold at most.
+pub const MAX_LOCALES: usize = 64;
+
+/// Whether `tag` is a well-formed language tag as far as Herald needs: a language of 2–3
+/// letters, then subtags of 1–8 letters or digits, `-` between them, 35 characters at most.
+pub fn is_locale_tag(tag: &str) -> bool {
+    let mut parts = tag.split('-');
+    let lang = parts.next().unwrap_or("");
+    tag.len() <= 35
+        && (2..=3).contains(&lang.len())
+        && lang.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 impl TemplateContent {
@@ -465,8 +490,49 @@ impl TemplateContent {
         out
     }
 
-    /// Rejects empty content, oversized fields and placeholders that do not compile.
+    /// Rejects empty content, oversized fields and placeholders that do not compile, in the
+    /// content and in each locale variant.
     pub fn validate(&self) -> Result<()> {
+        self.validate_fields("")?;
+        if self.locales.len() > MAX_LOCALES {
+            return Err(Error::invalid(format!(
+                "locales: at most {MAX_LOCALES} variants"
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let channels = self.channels();
+        for (tag, variant) in &self.locales {
+            if !is_locale_tag(tag) {
+                return Err(Error::invalid(format!(
+                    "locales: `{tag}` is not a language tag (like `pt-BR`, `pt` or `fr`)"
+                )));
+            }
+            if !seen.insert(tag.to_ascii_lowercase()) {
+                return Err(Error::invalid(format!(
+                    "locales: `{tag}` is given twice (tags are matched without case)"
+                )));
+            }
+            if !variant.locales.is_empty() {
+                return Err(Error::invalid(format!(
+                    "locales.{tag}: a variant has no variants of its own"
+                )));
+            }
+            if let Some(extra) = variant
+                .channels()
+                .into_iter()
+                .find(|c| !channels.contains(c))
+            {
+                return Err(Error::invalid(format!(
+                    "locales.{tag}: has {extra} content the template itself lacks (users of \
+                     other locales would have none)"
+                )));
+            }
+            variant.validate_fields(&format!("locales.{tag}."))?;
+        }
+        crate::template::Compiled::new(self.clone())?.check_limits()
+    }
+
+    fn validate_fields(&self, prefix: &str) -> Result<()> {
         let fields = self.fields();
         if fields.is_empty() {
             return Err(Error::invalid(
@@ -475,11 +541,25 @@ impl TemplateContent {
         }
         for (name, text) in fields {
             if text.len() > 64 * 1024 {
-                return Err(Error::invalid(format!("{name} is longer than 64 KiB")));
+                return Err(Error::invalid(format!(
+                    "{prefix}{name} is longer than 64 KiB"
+                )));
             }
-            crate::template::check(name, text)?;
+            crate::template::check(&format!("{prefix}{name}"), text)?;
         }
-        crate::template::Compiled::new(self.clone())?.check_limits()
+        Ok(())
+    }
+
+    /// This content with the channels `variant` has replaced by the variant's.
+    pub fn overlaid(&self, variant: &TemplateContent) -> TemplateContent {
+        TemplateContent {
+            in_app: variant.in_app.clone().or_else(|| self.in_app.clone()),
+            push: variant.push.clone().or_else(|| self.push.clone()),
+            email: variant.email.clone().or_else(|| self.email.clone()),
+            sms: variant.sms.clone().or_else(|| self.sms.clone()),
+            webhook: variant.webhook.clone().or_else(|| self.webhook.clone()),
+            locales: BTreeMap::new(),
+        }
     }
 }
 

@@ -199,11 +199,61 @@ mod tests {
 pub struct Compiled {
     env: Environment<'static>,
     content: crate::model::TemplateContent,
+    /// The locale variants, each with the content it falls back to filled in, by tag in
+    /// lower case.
+    locales: Vec<(String, Compiled)>,
 }
 
 impl Compiled {
-    /// Compiles every field of `content`; errors name the field.
-    pub fn new(content: crate::model::TemplateContent) -> Result<Self> {
+    /// Compiles every field of `content` and of its locale variants (each variant completed
+    /// along its fallback chain: `pt-BR` over `pt` over the content itself); errors name the
+    /// field.
+    pub fn new(mut content: crate::model::TemplateContent) -> Result<Self> {
+        let variants = std::mem::take(&mut content.locales);
+        let by_tag: std::collections::HashMap<String, &crate::model::TemplateContent> = variants
+            .iter()
+            .map(|(tag, v)| (tag.to_ascii_lowercase(), v))
+            .collect();
+        let mut locales = Vec::with_capacity(variants.len());
+        for tag in variants.keys() {
+            let tag = tag.to_ascii_lowercase();
+            // The declared tags this one falls back to, shortest first, then itself.
+            let subtags: Vec<&str> = tag.split('-').collect();
+            let mut effective = content.clone();
+            for n in 1..=subtags.len() {
+                if let Some(v) = by_tag.get(&subtags[..n].join("-")) {
+                    effective = effective.overlaid(v);
+                }
+            }
+            let compiled = Self::new(effective)
+                .map_err(|e| Error::invalid(format!("locales.{tag}: {}", e.message)))?;
+            locales.push((tag, compiled));
+        }
+        let mut compiled = Self::compile(content)?;
+        compiled.locales = locales;
+        Ok(compiled)
+    }
+
+    /// The content for a user whose locale is `locale`: the variant of the longest declared
+    /// tag it starts with (`pt-BR-x` → `pt-BR` → `pt`, without case, `_` read as `-`), or this
+    /// content.
+    pub fn for_locale(&self, locale: Option<&str>) -> &Compiled {
+        let Some(locale) = locale.filter(|_| !self.locales.is_empty()) else {
+            return self;
+        };
+        let mut tag = locale.to_ascii_lowercase().replace('_', "-");
+        loop {
+            if let Some((_, c)) = self.locales.iter().find(|(t, _)| *t == tag) {
+                return c;
+            }
+            match tag.rfind('-') {
+                Some(i) => tag.truncate(i),
+                None => return self,
+            }
+        }
+    }
+
+    fn compile(content: crate::model::TemplateContent) -> Result<Self> {
         let mut env = limited_env();
         env.set_auto_escape_callback(auto_escape);
         for (name, text) in content.fields() {
@@ -214,7 +264,11 @@ impl Compiled {
                     })?;
             }
         }
-        Ok(Self { env, content })
+        Ok(Self {
+            env,
+            content,
+            locales: Vec::new(),
+        })
     }
 
     /// Inline campaign content (a title and a body) as content for every channel.
@@ -238,6 +292,7 @@ impl Compiled {
             webhook: Some(WebhookContent {
                 body: body.to_owned(),
             }),
+            locales: Default::default(),
         })
     }
 
@@ -258,6 +313,11 @@ impl Compiled {
     /// for a user with no attributes and empty data, and a limit hit there is an error. Other
     /// render errors are left to the real data (they may depend on it).
     pub fn check_limits(&self) -> Result<()> {
+        for (tag, variant) in &self.locales {
+            variant
+                .check_limits()
+                .map_err(|e| Error::invalid(format!("locales.{tag}: {}", e.message)))?;
+        }
         let ctx = minijinja::context! {
             user => minijinja::context! { id => "example" },
             data => minijinja::context! {},
@@ -282,6 +342,59 @@ impl Compiled {
 mod compiled_tests {
     use super::*;
     use crate::model::*;
+
+    #[test]
+    fn a_locale_picks_its_variant_per_channel_along_the_tag_then_the_default() {
+        let tb = |t: &str| {
+            Some(TitleBody {
+                title: t.into(),
+                body: format!("{t} {{{{ user.id }}}}"),
+            })
+        };
+        let variant = |in_app: Option<TitleBody>, push: Option<TitleBody>| TemplateContent {
+            in_app,
+            push,
+            ..Default::default()
+        };
+        let c = Compiled::new(TemplateContent {
+            in_app: tb("en-inbox"),
+            push: tb("en-push"),
+            locales: [
+                ("pt".to_owned(), variant(tb("pt-inbox"), tb("pt-push"))),
+                ("pt-BR".to_owned(), variant(None, tb("br-push"))),
+                ("fr".to_owned(), variant(tb("fr-inbox"), None)),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        let titles = |locale: Option<&str>| {
+            let v = c.for_locale(locale).content();
+            (
+                v.in_app.as_ref().unwrap().title.clone(),
+                v.push.as_ref().unwrap().title.clone(),
+            )
+        };
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(titles(None), pair("en-inbox", "en-push"));
+        assert_eq!(titles(Some("de")), pair("en-inbox", "en-push"));
+        assert_eq!(titles(Some("pt")), pair("pt-inbox", "pt-push"));
+        // pt-BR has push only: its inbox text falls back to pt's, not the default's.
+        assert_eq!(titles(Some("pt-BR")), pair("pt-inbox", "br-push"));
+        assert_eq!(titles(Some("pt_br")), pair("pt-inbox", "br-push"));
+        assert_eq!(titles(Some("PT-br-x-private")), pair("pt-inbox", "br-push"));
+        assert_eq!(titles(Some("pt-PT")), pair("pt-inbox", "pt-push"));
+        assert_eq!(titles(Some("fr-CA")), pair("fr-inbox", "en-push"));
+        // The variant's placeholders render like the default's.
+        let v = c.for_locale(Some("pt-BR"));
+        let ctx = minijinja::Value::from_serialize(serde_json::json!({"user": {"id": "ana"}}));
+        let push = v.content().push.clone().unwrap();
+        assert_eq!(
+            v.render("push.body", &push.body, &ctx).unwrap(),
+            "br-push ana"
+        );
+    }
 
     #[test]
     fn compiled_content_renders_per_user_and_copies_plain_fields() {

@@ -486,6 +486,8 @@ fn render_batch(
                 .quiet_hours
                 .and_then(|q| q.ends_after(now, user.timezone().unwrap_or(chrono_tz::UTC)))
         };
+        // The template's variant for the user's `locale` attribute, if it has one.
+        let content = content.for_locale(user.locale());
         let render_ctx = template::context(&user, &data);
         let nid = notification_id(&campaign.id, id, created_at);
         // Everything of this user first, so a render error skips the user whole.

@@ -750,6 +750,7 @@ async fn welcome_template(ctx: &Context) {
                     text: "{{ data.code }} ({{ user.tier }})".into(),
                 }),
                 webhook: None,
+                locales: Default::default(),
             },
             created_at: ctx.clock.now(),
             updated_at: ctx.clock.now(),
