@@ -49,15 +49,37 @@ pub fn campaign_json(c: &Campaign) -> Value {
     })
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    /// Answer what the campaign would do (audience, strategy, rows, sends per channel and
+    /// provider, time) without creating or sending anything.
+    #[serde(default)]
+    dry_run: bool,
+}
+
 pub async fn create(
     State(ctx): State<Context>,
     headers: HeaderMap,
+    QueryParams(params): QueryParams<CreateParams>,
     BodyBytes(body): BodyBytes,
 ) -> Response {
-    match create_inner(&ctx, &headers, &body).await {
+    let answer = if params.dry_run {
+        dry_run(&ctx, &body).await
+    } else {
+        create_inner(&ctx, &headers, &body).await
+    };
+    match answer {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
+}
+
+/// A dry run writes nothing, so an `Idempotency-Key` has nothing to guard and is ignored.
+async fn dry_run(ctx: &Context, body: &[u8]) -> ApiResult<Response> {
+    let input: CampaignInput = crate::http::parse_json(body)?;
+    let forecast = herald_usecases::dry_run::dry_run(ctx, input).await?;
+    Ok((StatusCode::OK, Json(forecast)).into_response())
 }
 
 async fn create_inner(ctx: &Context, headers: &HeaderMap, body: &[u8]) -> ApiResult<Response> {

@@ -1193,3 +1193,199 @@ async fn a_broadcast_with_push_queues_the_push_per_user_in_the_background() {
     // In-app stays fan-out-on-read: no per-user rows.
     assert!(inbox(&app, "bp-00000").await.is_empty());
 }
+
+#[tokio::test]
+async fn a_dry_run_says_what_a_campaign_would_do_and_creates_nothing() {
+    let app = spawn_app().await;
+    let put = |path: String, body: Value| {
+        let app = &app;
+        async move {
+            let (s, b) = app.call(Method::PUT, &path, Some(body)).await;
+            assert!(s.is_success(), "{path}: {b}");
+        }
+    };
+    put(
+        "/v1/users/dry-a".into(),
+        json!({"email": "a@example.com", "phone": "+15550001111", "attributes": {"timezone": "UTC"}}),
+    )
+    .await;
+    put("/v1/users/dry-b".into(), json!({"email": "b@example.com"})).await;
+    put("/v1/users/dry-c".into(), json!({})).await;
+    for token in ["dry-tok-1", "dry-tok-2"] {
+        let (s, b) = app
+            .call(
+                Method::POST,
+                "/v1/users/dry-a/devices",
+                Some(json!({"platform": "fcm", "token": token})),
+            )
+            .await;
+        assert!(s.is_success(), "{b}");
+    }
+    // dry-a is in quiet hours now (a window from an hour ago to two hours ahead, UTC).
+    let hm = |t: chrono::DateTime<Utc>| t.format("%H:%M").to_string();
+    let now = Utc::now();
+    put(
+        "/v1/users/dry-a/preferences".into(),
+        json!({"quiet_hours": {"start": hm(now - ChronoDuration::hours(1)), "end": hm(now + ChronoDuration::hours(2))}}),
+    )
+    .await;
+    put(
+        "/v1/users/dry-b/preferences".into(),
+        json!({"channels": {"email": false}}),
+    )
+    .await;
+    put(
+        "/v1/webhooks/dry-orders".into(),
+        json!({"url": "https://crm.example.com/h", "categories": ["orders"]}),
+    )
+    .await;
+    put(
+        "/v1/webhooks/dry-other".into(),
+        json!({"url": "https://crm.example.com/o", "categories": ["billing"]}),
+    )
+    .await;
+
+    let body = json!({
+        "audience": {"users": ["dry-a", "dry-b", "dry-c", "dry-ghost"]},
+        "content": {"title": "Shipped", "body": "Order {{ data.n }}"},
+        "channels": ["in_app", "push", "email", "sms", "webhook"],
+        "category": "orders",
+        "data": {"n": 1},
+    });
+    let (s, d) = app
+        .call(
+            Method::POST,
+            "/v1/campaigns?dry_run=true",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["dry_run"], true);
+    assert_eq!(d["audience_size"], 4, "{d}");
+    assert_eq!(d["estimate"], false, "{d}");
+    assert_eq!(d["sampled_users"], 4, "{d}");
+    assert_eq!(d["notifications_written"], 4, "{d}");
+    assert_eq!(d["skipped_opted_out"], 0, "{d}");
+    let ch = &d["channels"];
+    let f = |c: &str| -> (u64, u64, u64, u64, u64) {
+        let x = &ch[c];
+        let n = |k: &str| x[k].as_u64().unwrap_or_else(|| panic!("{c}.{k}: {d}"));
+        (
+            n("recipients"),
+            n("sends"),
+            n("opted_out"),
+            n("no_address"),
+            n("deferred_quiet_hours"),
+        )
+    };
+    assert_eq!(f("in_app"), (4, 4, 0, 0, 0), "{d}");
+    assert_eq!(f("push"), (1, 2, 0, 3, 1), "{d}");
+    assert_eq!(f("email"), (1, 1, 1, 2, 1), "{d}");
+    assert_eq!(f("sms"), (1, 1, 0, 3, 1), "{d}");
+    assert_eq!(
+        f("webhook"),
+        (4, 4, 0, 0, 0),
+        "one matching subscription each: {d}"
+    );
+    assert_eq!(d["providers"]["fcm"]["sends"], 2, "{d}");
+    assert_eq!(d["providers"]["fcm"]["rate_per_s"], 10_000, "{d}");
+    assert_eq!(d["providers"]["email"]["sends"], 1, "{d}");
+    assert!(d["providers"]["email"]["rate_per_s"].is_null(), "{d}");
+    assert_eq!(d["providers"]["sms"]["sends"], 1, "{d}");
+    assert_eq!(d["providers"]["webhook"]["sends"], 4, "{d}");
+    // The strategy is the one creation picks.
+    let (s, list) = app.call(Method::GET, "/v1/campaigns", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        list["campaigns"],
+        json!([]),
+        "a dry run creates nothing: {list}"
+    );
+    let (s, created) = app.call(Method::POST, "/v1/campaigns", Some(body)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{created}");
+    assert_eq!(created["strategy"], d["strategy"]);
+}
+
+#[tokio::test]
+async fn a_dry_run_over_a_large_audience_is_an_estimate_from_a_sample() {
+    let app = spawn_app().await;
+    let mut lines = String::new();
+    for i in 0..2_500 {
+        let email = if i % 2 == 0 {
+            format!(",\"email\":\"s{i}@example.com\"")
+        } else {
+            String::new()
+        };
+        lines.push_str(&format!(
+            "{{\"id\":\"est-{i:05}\"{email},\"attributes\":{{\"cohort\":\"est\"}}}}\n"
+        ));
+    }
+    let (s, b) = app.raw(Method::POST, "/v1/users/import", &lines).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = app
+        .call(
+            Method::PUT,
+            "/v1/segments/est",
+            Some(json!({"filter": {"attr": "cohort", "eq": "est"}})),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    let (s, d) = app
+        .call(
+            Method::POST,
+            "/v1/campaigns?dry_run=true",
+            Some(json!({"audience": {"segment": "est"},
+                        "content": {"title": "t", "body": "b"},
+                        "channels": ["in_app", "email"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["audience_size"], 2_500, "{d}");
+    assert_eq!(d["estimate"], true, "{d}");
+    assert_eq!(d["sampled_users"], 1_000, "{d}");
+    assert_eq!(d["notifications_written"], 2_500, "{d}");
+    assert_eq!(d["channels"]["email"]["recipients"], 1_250, "{d}");
+    assert_eq!(d["channels"]["email"]["no_address"], 1_250, "{d}");
+    assert_eq!(
+        d["strategy"], "throttled",
+        "above strategy.batch_max (1,000): {d}"
+    );
+    assert_eq!(d["pace_users_per_s"], 200_000, "{d}");
+    assert_eq!(d["estimated_fanout_secs"], 0.0125, "{d}");
+}
+
+#[tokio::test]
+async fn a_bad_dry_run_is_refused_like_a_bad_campaign_and_creates_nothing() {
+    let app = spawn_app().await;
+    for (path, body, mentions) in [
+        (
+            "/v1/campaigns?dry_run=maybe",
+            json!({"audience": {"user": "u1"}, "content": {"title": "t", "body": "b"}, "channels": ["in_app"]}),
+            "dry_run",
+        ),
+        (
+            "/v1/campaigns?dry_run=true",
+            json!({"audience": {"segment": "nope"}, "content": {"title": "t", "body": "b"}, "channels": ["in_app"]}),
+            "nope",
+        ),
+        (
+            "/v1/campaigns?dry_run=true",
+            json!({"audience": {"user": "u1"}, "content": {"title": "t", "body": "b"}, "channels": []}),
+            "channel",
+        ),
+        (
+            "/v1/campaigns?dry_run=true&fast=1",
+            json!({"audience": {"user": "u1"}, "content": {"title": "t", "body": "b"}, "channels": ["in_app"]}),
+            "fast",
+        ),
+    ] {
+        let (s, b) = app.call(Method::POST, path, Some(body)).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {b}");
+        assert!(
+            error_message(&b, "invalid").contains(mentions),
+            "{path}: {b}"
+        );
+    }
+    let (_, list) = app.call(Method::GET, "/v1/campaigns", None).await;
+    assert_eq!(list["campaigns"], json!([]), "{list}");
+}

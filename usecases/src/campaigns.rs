@@ -48,7 +48,7 @@ pub struct CampaignInput {
 }
 
 /// Checks a campaign request against the directory and sizes its audience. Nothing is written.
-async fn validate_and_size(
+pub(crate) async fn validate_and_size(
     ctx: &Context,
     input: &mut CampaignInput,
     now: DateTime<Utc>,

@@ -9,5 +9,6 @@
 pub mod analytics;
 pub mod campaigns;
 pub mod delays;
+pub mod dry_run;
 pub mod events;
 pub mod ops;
