@@ -545,6 +545,20 @@ pub trait DeliveryStore: Send + Sync + 'static {
     async fn get_webhook(&self, id: &str) -> Result<Option<Webhook>>;
     /// Subscriptions with id greater than `after`, by id.
     async fn list_webhooks(&self, after: Option<&str>, limit: u32) -> Result<Vec<Webhook>>;
+    /// Every subscription, by id (paged through [`DeliveryStore::list_webhooks`]).
+    async fn all_webhooks(&self) -> Result<Vec<Webhook>> {
+        const PAGE: u32 = 500;
+        let mut all: Vec<Webhook> = Vec::new();
+        loop {
+            let after = all.last().map(|w| w.id.clone());
+            let page = self.list_webhooks(after.as_deref(), PAGE).await?;
+            let done = page.len() < PAGE as usize;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
     async fn delete_webhook(&self, id: &str) -> Result<bool>;
 
     /// Whether the channel message with this delivery key was delivered already.

@@ -169,21 +169,14 @@ impl WebhookCache {
                 return Ok(list.clone());
             }
         }
-        let mut all = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = ctx
-                .ports
-                .deliveries
-                .list_webhooks(after.as_deref(), 500)
-                .await?;
-            let done = page.len() < 500;
-            after = page.last().map(|w| w.id.clone());
-            all.extend(page.into_iter().map(Arc::new));
-            if done {
-                break;
-            }
-        }
+        let all: Vec<Arc<Webhook>> = ctx
+            .ports
+            .deliveries
+            .all_webhooks()
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         let list = Arc::new(all);
         *self.0.lock() = Some((Instant::now(), list.clone()));
         Ok(list)

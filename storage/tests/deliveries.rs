@@ -343,6 +343,21 @@ pub mod cases {
         assert!(s.mark_replayed(&l.id, at).await.unwrap());
         assert!(!s.mark_replayed("unknown", at).await.unwrap());
     }
+    pub async fn every_webhook_is_read_across_pages(s: Arc<dyn DeliveryStore>) {
+        for i in 0..1_001 {
+            s.put_webhook(&webhook(&format!("hook-{i:04}"), None))
+                .await
+                .unwrap();
+        }
+        let all = s.all_webhooks().await.unwrap();
+        assert_eq!(all.len(), 1_001);
+        assert!(
+            all.windows(2).all(|w| w[0].id < w[1].id),
+            "by id, each once"
+        );
+        assert_eq!(all[1_000].id, "hook-1000");
+    }
+
     fn log_entry(
         key: &str,
         channel: Channel,
@@ -571,6 +586,7 @@ macro_rules! delivery_conformance {
                 dead_letters_read_back_newest_first_by_channel,
                 a_dead_letter_is_marked_replayed_once,
                 the_delivery_log_adds_each_report_once_to_its_minute_and_channel,
+                every_webhook_is_read_across_pages,
                 the_delivery_log_keeps_failures_newest_first_and_forgets_past_the_retention,
             );
         }

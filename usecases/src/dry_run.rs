@@ -129,21 +129,8 @@ pub async fn dry_run(ctx: &Context, mut input: CampaignInput) -> Result<DryRun> 
     }
     let category = input.category.as_deref();
     let hooks = if input.channels.contains(&Channel::Webhook) {
-        let mut n = 0u64;
-        let mut after: Option<String> = None;
-        loop {
-            let page = ctx
-                .ports
-                .deliveries
-                .list_webhooks(after.as_deref(), 500)
-                .await?;
-            n += page.iter().filter(|h| h.wants(category)).count() as u64;
-            match page.last() {
-                Some(last) if page.len() == 500 => after = Some(last.id.clone()),
-                _ => break,
-            }
-        }
-        n
+        let all = ctx.ports.deliveries.all_webhooks().await?;
+        all.iter().filter(|h| h.wants(category)).count() as u64
     } else {
         0
     };
