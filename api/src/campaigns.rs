@@ -49,8 +49,8 @@ pub fn campaign_json(c: &Campaign) -> Value {
     })
 }
 
+/// Other query parameters are ignored, as they were before `dry_run` existed.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CreateParams {
     /// Answer what the campaign would do (audience, strategy, rows, sends per channel and
     /// provider, time) without creating or sending anything.

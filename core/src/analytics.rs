@@ -65,6 +65,8 @@ pub struct DeliveryLogCounts {
     pub invalid_tokens: u64,
     /// … of which went to the dead letters (attempts exhausted, provider not configured).
     pub dead_lettered: u64,
+    /// … of which had nothing to send to (no device, no address) or expired before delivery.
+    pub unreachable: u64,
     /// Sends that failed for now and were scheduled again (counted again when retried).
     pub retried: u64,
     /// Sum over the reports of the wall time of their provider calls, in milliseconds.
@@ -72,12 +74,18 @@ pub struct DeliveryLogCounts {
 }
 
 impl DeliveryLogCounts {
-    /// Failures that were neither an invalid token nor dead-lettered: the provider rejected
-    /// the send, the recipient had nothing to send to, or the message expired.
+    /// Failures of no other class: the provider refused the send.
     pub fn rejected(&self) -> u64 {
         self.failed
             .saturating_sub(self.invalid_tokens)
             .saturating_sub(self.dead_lettered)
+            .saturating_sub(self.unreachable)
+    }
+
+    /// Sends that reached a provider (or its dead letters): what a provider's health is
+    /// judged on, recipients with nothing to send to left out.
+    pub fn attempted(&self) -> u64 {
+        (self.sent + self.failed).saturating_sub(self.unreachable)
     }
 
     pub fn add(&mut self, o: &DeliveryLogCounts) {
@@ -86,6 +94,7 @@ impl DeliveryLogCounts {
         self.failed += o.failed;
         self.invalid_tokens += o.invalid_tokens;
         self.dead_lettered += o.dead_lettered;
+        self.unreachable += o.unreachable;
         self.retried += o.retried;
         self.provider_ms += o.provider_ms;
     }
@@ -205,11 +214,14 @@ mod tests {
     #[test]
     fn rejected_sends_are_the_failures_of_no_other_class() {
         let c = DeliveryLogCounts {
+            sent: 20,
             failed: 10,
             invalid_tokens: 3,
             dead_lettered: 2,
+            unreachable: 1,
             ..Default::default()
         };
-        assert_eq!(c.rejected(), 5);
+        assert_eq!(c.rejected(), 4);
+        assert_eq!(c.attempted(), 29);
     }
 }

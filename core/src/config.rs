@@ -274,13 +274,16 @@ impl Default for ThrottleConfig {
 pub struct AnalyticsConfig {
     /// Days the per-minute delivery log (and its failure reasons) is kept.
     pub retention_days: u32,
-    /// Minutes of the delivery log the health status judges failure rates and dead letters on.
+    /// Minutes of the delivery log (the current one included) the health status judges
+    /// failure rates, dead letters, latency and send time on.
     pub health_window_minutes: u32,
-    /// A consumer group this many messages behind is `degraded` (seed 000 warns above 1,000).
+    /// A consumer group this many messages behind (or more) is `degraded` (seed 000's warning
+    /// level is 1,000).
     pub lag_degraded: u64,
     /// A consumer group this many messages behind is `failing`.
     pub lag_failing: u64,
-    /// A channel failing this share (0–1) of its sends over the window is `degraded`.
+    /// A channel failing this share (0–1) of the sends that reached its provider over the
+    /// window is `degraded` (recipients with no device or address are not counted).
     pub failure_rate_degraded: f64,
     /// A channel failing this share (0–1) of its sends over the window is `failing`.
     pub failure_rate_failing: f64,
@@ -290,8 +293,8 @@ pub struct AnalyticsConfig {
     /// A channel whose p95 time from campaign start to provider acceptance over the window is
     /// above this many seconds is `degraded`.
     pub latency_p95_degraded_secs: f64,
-    /// A channel whose provider calls took longer than this many seconds per channel message
-    /// on average over the window is `degraded` (a slow or struggling provider).
+    /// A channel whose sends (provider calls, with their lane's rate pacing) took longer than
+    /// this many seconds per channel message on average over the window is `degraded`.
     pub provider_degraded_secs: f64,
 }
 

@@ -207,9 +207,19 @@ pub struct DeliveryReport {
     pub failures: Vec<SendFailure>,
     /// When the providers had answered (or, for a message that expired, when it was seen).
     pub at: DateTime<Utc>,
-    /// Wall time of the provider calls of the message, in milliseconds (they run at once).
+    /// Wall time of the message's sends in milliseconds: the provider calls (they run at
+    /// once), with the rate-limit pacing and concurrency waits of their lanes.
     #[serde(default)]
     pub provider_ms: u64,
+    /// Of `failed`: recipients with nothing to send to (no device, no address) or whose
+    /// message expired before delivery; not the provider's doing.
+    #[serde(default)]
+    pub unreachable: u64,
+    /// When the message was due, if not at once: the end of quiet hours, a retry's backoff,
+    /// or the time a dead letter was replayed. Latency is measured from here, not from the
+    /// campaign start, for such a message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 /// One failed send in a [`DeliveryReport`].

@@ -341,10 +341,15 @@ impl Gateway {
             failures: Vec::new(),
             at: now,
             provider_ms: 0,
+            unreachable: 0,
+            due_at: msg
+                .deliver_after
+                .or_else(|| msg.replay_of.as_ref().map(|_| now)),
         };
         if msg.expires_at.is_some_and(|e| e <= now) {
             for item in &msg.items {
                 fail(&mut report, failure(item, "-", "expired before delivery"));
+                report.unreachable += 1;
             }
             count(channel, "failed", report.failed);
             return Ok(report);
@@ -364,6 +369,7 @@ impl Gateway {
             last_used,
         } = self.expand(msg, &envelope).await?;
         for (i, reason) in unreachable {
+            report.unreachable += 1;
             fail(&mut report, failure(&msg.items[i], "-", reason));
         }
 

@@ -87,7 +87,14 @@ impl ResultCounter {
         if report.sent == 0 && report.failed == 0 && report.retried == 0 {
             return Ok(());
         }
-        let latency = match self.started_at(&report.campaign_id).await? {
+        // From the campaign start, or from when the message was due if it waited (quiet
+        // hours, a retry's backoff, a replay), so a deferral is not counted as slowness.
+        let started = self.started_at(&report.campaign_id).await?;
+        let start = match (started, report.due_at) {
+            (Some(s), Some(due)) => Some(s.max(due)),
+            (s, due) => s.or(due),
+        };
+        let latency = match start {
             Some(start) if report.sent > 0 => {
                 let ms = (report.at - start).num_milliseconds().max(0) as u64;
                 Some((latency_bucket(ms as f64 / 1000.0), ms * report.sent))
@@ -104,6 +111,7 @@ impl ResultCounter {
                 failed: report.failed,
                 invalid_tokens: report.invalid_tokens,
                 dead_lettered: report.dead_lettered,
+                unreachable: report.unreachable,
                 retried: report.retried,
                 provider_ms: report.provider_ms,
             },

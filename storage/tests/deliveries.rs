@@ -387,6 +387,8 @@ pub mod cases {
                 failed,
                 invalid_tokens: failed,
                 dead_lettered: 0,
+                // Stored as given (the classes need not add up here).
+                unreachable: if channel == Channel::Email { failed } else { 0 },
                 retried: 1,
                 provider_ms: 120,
             },
@@ -445,6 +447,8 @@ pub mod cases {
         assert_eq!(push.latency_quantile(0.95), Some(5.0));
         let email = all.iter().find(|r| r.channel == Channel::Email).unwrap();
         assert_eq!((email.counts.sent, email.counts.failed), (0, 1));
+        assert_eq!(email.counts.unreachable, 1);
+        assert_eq!(push.counts.unreachable, 0);
         assert_eq!(email.latency.iter().sum::<u64>(), 0);
 
         // From a later minute on, and one channel.

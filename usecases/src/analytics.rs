@@ -56,7 +56,8 @@ pub struct DeliveryFigures {
     pub failure_rate: Option<f64>,
     /// Time from campaign start to provider acceptance, seconds.
     pub latency: Latency,
-    /// Mean wall time of one channel message's provider calls, seconds.
+    /// Mean wall time of one channel message's sends (provider calls, with the lanes' rate
+    /// pacing and concurrency waits), seconds.
     pub provider_mean_secs: Option<f64>,
 }
 
@@ -66,7 +67,9 @@ pub struct FailedByReason {
     pub invalid_token: u64,
     /// Attempts exhausted or provider not configured: on the dead-letter list.
     pub dead_lettered: u64,
-    /// Rejected by the provider, nothing to send to, or expired before delivery.
+    /// Nothing to send to (no device, no address) or expired before delivery.
+    pub unreachable: u64,
+    /// Refused by the provider.
     pub rejected: u64,
 }
 
@@ -108,6 +111,7 @@ impl DeliveryFigures {
             failed_by_reason: FailedByReason {
                 invalid_token: c.invalid_tokens,
                 dead_lettered: c.dead_lettered,
+                unreachable: c.unreachable,
                 rejected: c.rejected(),
             },
             retried: c.retried,
@@ -257,7 +261,7 @@ pub async fn channel(ctx: &Context, channel: Channel, hours: Option<i64>) -> Res
     let hour = |t: DateTime<Utc>| t.duration_trunc(Duration::hours(1)).unwrap_or(t);
     let mut by_hour: BTreeMap<DateTime<Utc>, MinuteRollup> = BTreeMap::new();
     let mut h = hour(from);
-    while h <= to {
+    while h < to {
         by_hour.insert(h, MinuteRollup::empty(h, channel));
         h += Duration::hours(1);
     }
@@ -348,6 +352,8 @@ pub struct ChannelHealth {
     /// Over the window.
     pub sent: u64,
     pub failed: u64,
+    /// Failed sends among those that reached a provider (recipients with no device or
+    /// address left out).
     pub failure_rate: Option<f64>,
     pub dead_lettered: u64,
     pub latency_p95_secs: Option<f64>,
@@ -393,13 +399,23 @@ type Lags = HashMap<(String, &'static str), u64>;
 const HISTORY_KEPT: Duration = Duration::minutes(10);
 const TREND_AFTER: Duration = Duration::seconds(2);
 
+/// A group's lag against earlier samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Comparison {
+    /// Against the newest sample at least [`TREND_AFTER`] old.
+    trend: Trend,
+    /// Messages per second the lag changed by since that sample.
+    change: Option<f64>,
+    /// Whether the lag is above the oldest sample kept (ten minutes at most).
+    grown: bool,
+}
+
 impl LagHistory {
-    /// The sample to compare `now`'s lag with: the newest at least [`TREND_AFTER`] old.
     fn compare(
         &self,
         now: DateTime<Utc>,
         lags: &Lags,
-    ) -> HashMap<(String, &'static str), (Trend, Option<f64>)> {
+    ) -> HashMap<(String, &'static str), Comparison> {
         let mut samples = self.samples.lock();
         while samples
             .front()
@@ -408,11 +424,12 @@ impl LagHistory {
             samples.pop_front();
         }
         let earlier = samples.iter().rev().find(|(t, _)| now - *t >= TREND_AFTER);
+        let oldest = samples.front();
         let out = lags
             .iter()
             .map(|(k, lag)| {
                 let seen = earlier.and_then(|(t, m)| m.get(k).map(|l| (*t, *l)));
-                let v = match seen {
+                let (trend, change) = match seen {
                     None => (Trend::Unknown, None),
                     Some((t, before)) => {
                         let trend = match lag.cmp(&before) {
@@ -424,7 +441,17 @@ impl LagHistory {
                         (trend, Some((*lag as f64 - before as f64) / secs))
                     }
                 };
-                (k.clone(), v)
+                let grown = oldest
+                    .and_then(|(_, m)| m.get(k))
+                    .is_some_and(|first| lag > first);
+                (
+                    k.clone(),
+                    Comparison {
+                        trend,
+                        change,
+                        grown,
+                    },
+                )
             })
             .collect();
         if samples.back().is_none_or(|(t, _)| now - *t >= TREND_AFTER) {
@@ -481,31 +508,53 @@ fn group_advice(topic: &str, group: &str) -> String {
 pub async fn health(ctx: &Context, history: &LagHistory) -> Result<HealthStatus> {
     let cfg = &ctx.config.analytics;
     let now = ctx.clock.now();
-    let window = Duration::minutes(i64::from(cfg.health_window_minutes));
-    let rollups = ctx
-        .ports
-        .deliveries
-        .delivery_rollups(now - window, None)
-        .await?;
+    // The current minute and the whole minutes before it: `health_window_minutes` in all.
+    let since = herald_core::analytics::minute_of(now)
+        - Duration::minutes(i64::from(cfg.health_window_minutes.max(1) - 1));
+    let rollups = ctx.ports.deliveries.delivery_rollups(since, None).await?;
     let mut lags = HashMap::new();
+    let mut unreadable = Vec::new();
     for (topic, group) in topics::subscriptions() {
-        let lag = ctx.ports.bus.lag(&topic, group).await?;
-        lags.insert((topic, group), lag);
+        match ctx.ports.bus.lag(&topic, group).await {
+            Ok(lag) => {
+                lags.insert((topic, group), lag);
+            }
+            // A health answer must not fail with the bus: the group is reported failing.
+            Err(e) => unreadable.push((topic, group, e.to_string())),
+        }
     }
     let trends = history.compare(now, &lags);
     let mut alerts = Vec::new();
     let mut groups = Vec::new();
     let mut channel_lag: HashMap<Channel, (u64, Trend)> = HashMap::new();
+    for (topic, group, error) in unreadable {
+        alerts.push(Alert {
+            severity: Status::Failing,
+            channel: None,
+            group: Some(group.to_owned()),
+            message: format!("the lag of `{group}` on `{topic}` cannot be read: {error}"),
+            recommendation: "the bus does not answer: check the broker (`herald bus lag` \
+                             and the /readyz of each process name what fails)"
+                .to_owned(),
+        });
+    }
     for (topic, group) in topics::subscriptions() {
-        let lag = lags[&(topic.clone(), group)];
-        let (trend, change) = trends[&(topic.clone(), group)];
+        let Some(&lag) = lags.get(&(topic.clone(), group)) else {
+            continue;
+        };
+        let Comparison {
+            trend,
+            change,
+            grown,
+        } = trends[&(topic.clone(), group)];
         let channel = topics::OUTBOUND
             .into_iter()
             .find(|c| topics::channel_topic(*c) == topic && group == topics::GATEWAY);
         let status = if topic.starts_with("deadletter.") {
             // Nothing consumes the dead-letter topics: their lag is what was ever set aside.
-            // More of it since the last look needs a person, whatever the thresholds.
-            if trend == Trend::Rising {
+            // More of it within the samples kept (10 minutes) needs a person, whatever the
+            // thresholds.
+            if grown {
                 Status::Degraded
             } else {
                 Status::Ok
@@ -560,8 +609,10 @@ pub async fn health(ctx: &Context, history: &LagHistory) -> Result<HealthStatus>
         let counts = sum.counts;
         let (lag, lag_trend) = channel_lag.get(&c).copied().unwrap_or((0, Trend::Unknown));
         let mut status = lag_status(cfg, lag);
-        let done = counts.sent + counts.failed;
-        let failure_rate = ratio(counts.failed, done);
+        // Judged on what reached a provider: recipients with nothing to send to are the
+        // audience's doing, not the channel's.
+        let done = counts.attempted();
+        let failure_rate = ratio(counts.failed.saturating_sub(counts.unreachable), done);
         let minutes = cfg.health_window_minutes;
         if let Some(rate) = failure_rate.filter(|_| done >= cfg.min_sends) {
             let severity = if rate >= cfg.failure_rate_failing {
@@ -634,12 +685,13 @@ pub async fn health(ctx: &Context, history: &LagHistory) -> Result<HealthStatus>
                 channel: Some(c),
                 group: None,
                 message: format!(
-                    "{c} provider calls take {secs:.2} s per message on average over the last \
-                     {minutes} min"
+                    "{c} sends take {secs:.2} s per message on average over the last {minutes} min"
                 ),
                 recommendation: format!(
-                    "the {c} provider answers slowly: check its status page; sends that time out \
-                     are retried, so raise {} only if the provider allows more at once",
+                    "{c} sends are slow: if the provider's rate_per_s paces them, that is the \
+                     configured quota; otherwise the provider answers slowly (check its status \
+                     page; sends that time out are retried), so raise {} only if it allows more \
+                     at once",
                     provider_keys(c)
                 ),
             });
@@ -693,7 +745,8 @@ mod tests {
         let key = ("channel.push".to_owned(), topics::GATEWAY);
         let at = |secs: i64, lag: u64| {
             let lags = HashMap::from([(key.clone(), lag)]);
-            h.compare(t0 + Duration::seconds(secs), &lags)[&key]
+            let c = h.compare(t0 + Duration::seconds(secs), &lags)[&key];
+            (c.trend, c.change)
         };
         assert_eq!(at(0, 4), (Trend::Unknown, None), "nothing to compare with");
         assert_eq!(
@@ -715,6 +768,24 @@ mod tests {
         );
         // Samples older than ten minutes are forgotten.
         assert_eq!(at(8 + 601, 2), (Trend::Unknown, None));
+    }
+
+    #[test]
+    fn growth_is_judged_against_the_oldest_sample_kept() {
+        let h = LagHistory::default();
+        let t0 = DateTime::<Utc>::UNIX_EPOCH + Duration::days(20_000);
+        let key = ("deadletter.channel.push".to_owned(), topics::DEAD_LETTERS);
+        let grown = |secs: i64, lag: u64| {
+            let lags = HashMap::from([(key.clone(), lag)]);
+            h.compare(t0 + Duration::seconds(secs), &lags)[&key].grown
+        };
+        assert!(!grown(0, 3), "no earlier sample");
+        assert!(grown(60, 4), "one more set aside");
+        assert!(grown(300, 4), "still more than ten minutes' first sample");
+        assert!(
+            !grown(601, 4),
+            "the 0 s sample is forgotten: 4 since the 60 s one"
+        );
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub struct ProviderUse {
     pub sends: u64,
     /// `push.<provider>.rate_per_s`; `null` when unlimited.
     pub rate_per_s: Option<u32>,
-    /// `sends / rate_per_s`; `null` when unlimited.
+    /// `sends / rate_per_s`; `null` when unlimited. (`fcm` counts web pushes too: they share
+    /// its lane and rate.)
     pub secs_at_rate: Option<f64>,
 }
 
@@ -143,6 +144,7 @@ pub async fn dry_run(ctx: &Context, mut input: CampaignInput) -> Result<DryRun> 
     let mut providers: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut written, mut skipped) = (0u64, 0u64);
     let default_prefs = Preferences::default();
+    let fanout_at = input.starts_at.map_or(now, |s| s.max(now));
     for user in &users {
         let p = prefs.get(&user.id).unwrap_or(&default_prefs);
         let allowed: Vec<Channel> = input
@@ -163,9 +165,10 @@ pub async fn dry_run(ctx: &Context, mut input: CampaignInput) -> Result<DryRun> 
             skipped += u64::from(!(broadcast && input.channels == [Channel::InApp]));
             continue;
         }
+        // Judged when the fan-out would run: at the start, or now.
         let quiet = !input.priority.bypasses_quiet_hours()
             && p.quiet_hours
-                .and_then(|q| q.ends_after(now, user.timezone().unwrap_or(chrono_tz::UTC)))
+                .and_then(|q| q.ends_after(fanout_at, user.timezone().unwrap_or(chrono_tz::UTC)))
                 .is_some();
         for c in allowed {
             let f = channels.entry(c).or_default();
@@ -177,7 +180,12 @@ pub async fn dry_run(ctx: &Context, mut input: CampaignInput) -> Result<DryRun> 
                 Channel::Push => {
                     let mine = devices.get(&user.id).map(Vec::as_slice).unwrap_or(&[]);
                     for platform in mine {
-                        *providers.entry(platform.as_str()).or_default() += 1;
+                        // Web pushes go through FCM, on its lane and rate.
+                        let provider = match platform {
+                            Platform::Apns => "apns",
+                            Platform::Fcm | Platform::Web => "fcm",
+                        };
+                        *providers.entry(provider).or_default() += 1;
                     }
                     mine.len() as u64
                 }
@@ -232,7 +240,7 @@ pub async fn dry_run(ctx: &Context, mut input: CampaignInput) -> Result<DryRun> 
     let push = &ctx.config.push;
     let rate = |provider: &str| -> u32 {
         match provider {
-            "fcm" | "web" => push.fcm.limits.rate_per_s,
+            "fcm" => push.fcm.limits.rate_per_s,
             "apns" => push.apns.limits.rate_per_s,
             "email" => push.email.limits.rate_per_s,
             "sms" => push.sms.limits.rate_per_s,
@@ -254,7 +262,9 @@ pub async fn dry_run(ctx: &Context, mut input: CampaignInput) -> Result<DryRun> 
             )
         })
         .collect();
-    let pace = strategy::pace(strategy, size, &ctx.config.strategy, &ctx.config.throttle);
+    // A broadcast with nothing but its in-app item is stored once: no batches to pace.
+    let pace = strategy::pace(strategy, size, &ctx.config.strategy, &ctx.config.throttle)
+        .filter(|_| !(broadcast && input.channels == [Channel::InApp]));
     Ok(DryRun {
         dry_run: true,
         strategy,

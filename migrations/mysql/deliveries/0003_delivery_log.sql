@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS delivery_rollups (
     failed          BIGINT NOT NULL DEFAULT 0,
     invalid_tokens  BIGINT NOT NULL DEFAULT 0,
     dead_lettered   BIGINT NOT NULL DEFAULT 0,
+    unreachable     BIGINT NOT NULL DEFAULT 0,
     retried         BIGINT NOT NULL DEFAULT 0,
     latency_ms_sum  BIGINT NOT NULL DEFAULT 0,
     provider_ms     BIGINT NOT NULL DEFAULT 0,

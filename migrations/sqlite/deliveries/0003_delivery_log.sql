@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS delivery_rollups (
     failed          INTEGER NOT NULL DEFAULT 0,
     invalid_tokens  INTEGER NOT NULL DEFAULT 0,
     dead_lettered   INTEGER NOT NULL DEFAULT 0,
+    unreachable     INTEGER NOT NULL DEFAULT 0,
     retried         INTEGER NOT NULL DEFAULT 0,
     latency_ms_sum  INTEGER NOT NULL DEFAULT 0,
     provider_ms     INTEGER NOT NULL DEFAULT 0,

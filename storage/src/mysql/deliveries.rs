@@ -319,12 +319,13 @@ impl DeliveryStore for MysqlDeliveries {
             }
             sqlx::query(
                 "INSERT INTO delivery_rollups (minute, channel, shard, reports, sent, failed, \
-                 invalid_tokens, dead_lettered, retried, latency_ms_sum, provider_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                 invalid_tokens, dead_lettered, unreachable, retried, latency_ms_sum, provider_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
                  reports = reports + VALUES(reports), sent = sent + VALUES(sent), \
                  failed = failed + VALUES(failed), \
                  invalid_tokens = invalid_tokens + VALUES(invalid_tokens), \
                  dead_lettered = dead_lettered + VALUES(dead_lettered), \
+                 unreachable = unreachable + VALUES(unreachable), \
                  retried = retried + VALUES(retried), \
                  latency_ms_sum = latency_ms_sum + VALUES(latency_ms_sum), \
                  provider_ms = provider_ms + VALUES(provider_ms)",
@@ -337,6 +338,7 @@ impl DeliveryStore for MysqlDeliveries {
             .bind(c.failed as i64)
             .bind(c.invalid_tokens as i64)
             .bind(c.dead_lettered as i64)
+            .bind(c.unreachable as i64)
             .bind(c.retried as i64)
             .bind(ms_sum)
             .bind(c.provider_ms as i64)
@@ -384,6 +386,7 @@ impl DeliveryStore for MysqlDeliveries {
              CAST(SUM(sent) AS SIGNED) AS sent, CAST(SUM(failed) AS SIGNED) AS failed, \
              CAST(SUM(invalid_tokens) AS SIGNED) AS invalid_tokens, \
              CAST(SUM(dead_lettered) AS SIGNED) AS dead_lettered, \
+             CAST(SUM(unreachable) AS SIGNED) AS unreachable, \
              CAST(SUM(retried) AS SIGNED) AS retried, \
              CAST(SUM(latency_ms_sum) AS SIGNED) AS latency_ms_sum, \
              CAST(SUM(provider_ms) AS SIGNED) AS provider_ms \
@@ -406,6 +409,7 @@ impl DeliveryStore for MysqlDeliveries {
                     failed: count(get(r, "failed")?),
                     invalid_tokens: count(get(r, "invalid_tokens")?),
                     dead_lettered: count(get(r, "dead_lettered")?),
+                    unreachable: count(get(r, "unreachable")?),
                     retried: count(get(r, "retried")?),
                     provider_ms: count(get(r, "provider_ms")?),
                 };

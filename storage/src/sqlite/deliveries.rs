@@ -314,11 +314,12 @@ impl DeliveryStore for SqliteDeliveries {
         let ms_sum = e.latency.map_or(0, |(_, ms)| ms);
         sqlx::query(
             "INSERT INTO delivery_rollups (minute, channel, reports, sent, failed, invalid_tokens, \
-             dead_lettered, retried, latency_ms_sum, provider_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             dead_lettered, unreachable, retried, latency_ms_sum, provider_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (minute, channel) DO UPDATE SET reports = reports + excluded.reports, \
              sent = sent + excluded.sent, failed = failed + excluded.failed, \
              invalid_tokens = invalid_tokens + excluded.invalid_tokens, \
              dead_lettered = dead_lettered + excluded.dead_lettered, \
+             unreachable = unreachable + excluded.unreachable, \
              retried = retried + excluded.retried, \
              latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, \
              provider_ms = provider_ms + excluded.provider_ms",
@@ -330,6 +331,7 @@ impl DeliveryStore for SqliteDeliveries {
         .bind(c.failed as i64)
         .bind(c.invalid_tokens as i64)
         .bind(c.dead_lettered as i64)
+        .bind(c.unreachable as i64)
         .bind(c.retried as i64)
         .bind(ms_sum as i64)
         .bind(c.provider_ms as i64)
@@ -374,7 +376,7 @@ impl DeliveryStore for SqliteDeliveries {
         let channel = channel.map(Channel::as_str);
         let rows = sqlx::query(
             "SELECT minute, channel, reports, sent, failed, invalid_tokens, dead_lettered, \
-             retried, latency_ms_sum, provider_ms FROM delivery_rollups \
+             unreachable, retried, latency_ms_sum, provider_ms FROM delivery_rollups \
              WHERE minute >= ?1 AND (?2 IS NULL OR channel = ?2) ORDER BY minute, channel",
         )
         .bind(since)
@@ -391,6 +393,7 @@ impl DeliveryStore for SqliteDeliveries {
                     failed: count(r.get("failed")),
                     invalid_tokens: count(r.get("invalid_tokens")),
                     dead_lettered: count(r.get("dead_lettered")),
+                    unreachable: count(r.get("unreachable")),
                     retried: count(r.get("retried")),
                     provider_ms: count(r.get("provider_ms")),
                 };
