@@ -64,6 +64,18 @@ async fn the_analytics_count_what_was_sent_and_failed_also_after_every_report_is
         || async { app.deliveries(&id, "push").await == (10, 7, 3) },
     )
     .await;
+    // The delivery log is written after the campaign counters (same report, next write).
+    eventually(
+        "the delivery log written",
+        Duration::from_secs(30),
+        || async {
+            let (s, b) = app
+                .call(Method::GET, "/v1/analytics/summary?hours=1", None)
+                .await;
+            s == StatusCode::OK && b["deliveries"]["sent"] == 7 && b["deliveries"]["failed"] == 3
+        },
+    )
+    .await;
 
     let check = |summary: Value, channel: Value| {
         let d = &summary["deliveries"];
