@@ -9,6 +9,10 @@ use herald_core::model::Channel;
 use herald_core::Result;
 use std::collections::BTreeMap;
 
+/// The newest failures of a channel since a time (both engines speak this SQL).
+pub(crate) const RECENT_FAILURES: &str = "SELECT spec FROM delivery_failures \
+     WHERE channel = ? AND at >= ? ORDER BY at DESC, id DESC LIMIT ?";
+
 /// One rollup row as read (shards already added up): minute (µs), channel, counters,
 /// latency sum (ms).
 pub(crate) type RollupRow = (i64, String, DeliveryLogCounts, u64);

@@ -451,16 +451,13 @@ impl DeliveryStore for MysqlDeliveries {
         since: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<LoggedFailure>> {
-        let rows = sqlx::query(
-            "SELECT spec FROM delivery_failures WHERE channel = ? AND at >= ? \
-             ORDER BY at DESC, id DESC LIMIT ?",
-        )
-        .bind(channel.as_str())
-        .bind(micros(since))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+        let rows = sqlx::query(delivery_log::RECENT_FAILURES)
+            .bind(channel.as_str())
+            .bind(micros(since))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
         rows.iter()
             .map(|r| delivery_log::failure_from_json(&text(r, "spec")?))
             .collect()

@@ -430,16 +430,13 @@ impl DeliveryStore for SqliteDeliveries {
         since: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<LoggedFailure>> {
-        let rows = sqlx::query(
-            "SELECT spec FROM delivery_failures WHERE channel = ? AND at >= ? \
-             ORDER BY at DESC, id DESC LIMIT ?",
-        )
-        .bind(channel.as_str())
-        .bind(micros(since))
-        .bind(i64::from(limit))
-        .fetch_all(&self.db.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
+        let rows = sqlx::query(delivery_log::RECENT_FAILURES)
+            .bind(channel.as_str())
+            .bind(micros(since))
+            .bind(i64::from(limit))
+            .fetch_all(&self.db.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         rows.iter()
             .map(|r| delivery_log::failure_from_json(r.get("spec")))
             .collect()
