@@ -215,7 +215,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let providers = herald_push::Providers::from_config(&config.push)
                 .context("setting up the push providers")?;
             let ctx = build_context(config, true).await?;
-            let listener = bind(&ctx.config.listen).await?;
+            let listener = bind(&ctx.config.listen, "serve").await?;
             let shutdown = shutdown_signal();
             let fanout = tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
             let push = tokio::spawn(herald_push::run_with(
@@ -250,7 +250,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Api => {
             require_shared_secrets("api", &config)?;
             let ctx = build_context(config, false).await?;
-            let listener = bind(&ctx.config.listen).await?;
+            let listener = bind(&ctx.config.listen, "api").await?;
             herald_api::run(ctx, listener, shutdown_signal())
                 .await
                 .context("HTTP server failed")?;
@@ -258,7 +258,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Fanout => {
             let ctx = build_context(config, false).await?;
-            let listener = bind(&ctx.config.listen).await?;
+            let listener = bind(&ctx.config.listen, "fanout").await?;
             let shutdown = shutdown_signal();
             let role = tokio::spawn(herald_fanout::run(ctx.clone(), shutdown.clone()));
             // Worker roles serve only /healthz, /readyz and /metrics.
@@ -270,7 +270,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Inbox => {
             require_shared_secrets("inbox", &config)?;
             let ctx = build_context(config, false).await?;
-            let listener = bind(&ctx.config.listen).await?;
+            let listener = bind(&ctx.config.listen, "inbox").await?;
             herald_inbox::run(ctx, listener, shutdown_signal())
                 .await
                 .context("HTTP server failed")?;
@@ -280,7 +280,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let providers = herald_push::Providers::from_config(&config.push)
                 .context("setting up the push providers")?;
             let ctx = build_context(config, false).await?;
-            let listener = bind(&ctx.config.listen).await?;
+            let listener = bind(&ctx.config.listen, "push").await?;
             let shutdown = shutdown_signal();
             let role = tokio::spawn(herald_push::run_with(
                 ctx.clone(),
@@ -392,7 +392,6 @@ async fn build_context(config: Config, print_banner: bool) -> anyhow::Result<Con
         .context("opening the backends")?;
     if print_banner {
         // stdout, not the log: the operator needs the key once, log shippers must never see it.
-        println!("Herald is listening on http://{}", config.listen);
         if let Some(path) = admin_from_file {
             println!(
                 "Admin key: {}  (kept in {}; set HERALD_ADMIN_KEY to choose your own)",
@@ -468,10 +467,20 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     f.write_all(b"\n")
 }
 
-async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (set HERALD_LISTEN to another address)"))
+/// Binds the role's port and says on stdout where it listens: the address bound, so
+/// `HERALD_LISTEN=127.0.0.1:0` (a port the kernel picks) tells a supervisor or a test which
+/// port it got, with no window in which another process could take it.
+async fn bind(addr: &str, role: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (set HERALD_LISTEN to another address)")
+    })?;
+    let bound = listener.local_addr().context("the address bound")?;
+    if role == "serve" {
+        println!("Herald is listening on http://{bound}");
+    } else {
+        println!("Herald {role} is listening on http://{bound}");
+    }
+    Ok(listener)
 }
 
 /// Cancelled on Ctrl-C or SIGTERM, so every role drains and stops together.

@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/listen.rs"]
+mod listen;
+
 const ADMIN_KEY: &str = "crash-test-admin-key-0123456789";
 const USERS: u64 = 100_000;
 const BATCH_SIZE: u64 = 1_000;
@@ -34,8 +37,10 @@ struct Herald {
 }
 
 impl Herald {
-    /// Starts `herald serve` on `data_dir` and `port`, its stderr going to `log_dir/<name>.log`.
-    fn start(name: &'static str, data_dir: &Path, log_dir: &Path, port: u16) -> Herald {
+    /// Starts `herald serve` on `data_dir` and a port the kernel picks (the one it prints on
+    /// stdout), its stderr going to `log_dir/<name>.log`. A port picked here and handed over
+    /// could be taken by another test's process in between.
+    fn start(name: &'static str, data_dir: &Path, log_dir: &Path) -> Herald {
         let log = log_dir.join(format!("{name}.stderr.log"));
         let stderr = File::create(&log).expect("create the stderr log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -48,22 +53,25 @@ impl Herald {
             }
         }
         cmd.env("HERALD_DATA_DIR", data_dir)
-            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("HERALD_ADMIN_KEY", ADMIN_KEY)
             .env("HERALD_FANOUT__BATCH_SIZE", BATCH_SIZE.to_string())
             .env("HERALD_THROTTLE__USERS_PER_S", "20000")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
-        let child = cmd.spawn().expect("spawn herald serve");
-        Herald {
+        let mut herald = Herald {
             name,
-            child,
+            child: cmd.spawn().expect("spawn herald serve"),
             log,
-            base: format!("http://127.0.0.1:{port}"),
+            base: String::new(),
             reaped: false,
-        }
+        };
+        // On a failure the Herald is dropped: killed, reaped and its log printed.
+        herald.base = listen::announced_base(&mut herald.child, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("`herald serve` ({name}) did not say where it listens"));
+        herald
     }
 
     /// SIGKILL (what `Child::kill` sends on Unix), then reap it.
@@ -118,12 +126,6 @@ impl Drop for Herald {
             );
         }
     }
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
 }
 
 async fn admin(
@@ -220,7 +222,7 @@ async fn a_campaign_killed_mid_fanout_completes_after_restart_with_exactly_one_n
         .expect("http client");
 
     // --- first run: users, segment, campaign --------------------------------------------------
-    let mut first = Herald::start("first run", data.path(), logs.path(), free_port());
+    let mut first = Herald::start("first run", data.path(), logs.path());
     first.wait_healthy(&http).await;
     let base = first.base.clone();
 
@@ -317,7 +319,7 @@ async fn a_campaign_killed_mid_fanout_completes_after_restart_with_exactly_one_n
     );
 
     // --- restart on the same data directory -------------------------------------------------
-    let mut second = Herald::start("after restart", data.path(), logs.path(), free_port());
+    let mut second = Herald::start("after restart", data.path(), logs.path());
     second.wait_healthy(&http).await;
     let base = second.base.clone();
     eprintln!("[{:>5.1?}] restarted", started.elapsed());

@@ -6,6 +6,10 @@
 use super::ADMIN_KEY;
 use reqwest::{Method, StatusCode};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[path = "listen.rs"]
+mod listen;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -20,9 +24,14 @@ pub struct Role {
 }
 
 impl Role {
+    /// Starts the role on a port the kernel picks (`HERALD_LISTEN=127.0.0.1:0`) and returns
+    /// once it has bound it (the port it prints on stdout). A port chosen here and handed over
+    /// would leave a window in which another test's process could take it, and this test would
+    /// then talk to that process.
     pub fn start(role: &str, data: &Path, fcm: &str, extra: &[(&str, &str)]) -> Role {
-        let port = free_port();
-        let log = data.join(format!("{role}-{port}.log"));
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let log = data.join(format!("{role}-{n}.log"));
         let mut cmd = Command::new(herald_bin());
         cmd.arg(role);
         for (key, _) in std::env::vars_os() {
@@ -31,7 +40,7 @@ impl Role {
             }
         }
         cmd.env("HERALD_DATA_DIR", data)
-            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("HERALD_ADMIN_KEY", ADMIN_KEY)
             .env("HERALD_INBOX__TOKEN_SECRET", SECRET)
             .env("HERALD_PUSH__FCM__ENDPOINT", fcm)
@@ -46,13 +55,22 @@ impl Role {
             .env("RUST_LOG", "warn")
             .envs(extra.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
-        Role {
+        // On a failure the Role is dropped, which kills and reaps the process.
+        let mut started = Role {
             child: Some(cmd.spawn().expect("spawn herald")),
-            base: format!("http://127.0.0.1:{port}"),
+            base: String::new(),
             log,
+        };
+        match listen::announced_base(started.child.as_mut().unwrap(), Duration::from_secs(60)) {
+            Some(url) => started.base = url,
+            None => panic!(
+                "`herald {role}` did not say where it listens within 60 s (or exited); its log:\n{}",
+                std::fs::read_to_string(&started.log).unwrap_or_default()
+            ),
         }
+        started
     }
 
     pub fn kill9(&mut self) {

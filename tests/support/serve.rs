@@ -1,4 +1,4 @@
-//! `herald serve` as a process of its own on a data directory and a free port, as an operator
+//! `herald serve` as a process of its own on a data directory and a port the kernel picks, as an operator
 //! starts it (the admin key generated into the data directory), for the suites that talk to it
 //! from outside (`operator_cli.rs`, `metrics_lint.rs`).
 #![allow(dead_code)]
@@ -6,6 +6,9 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+#[path = "listen.rs"]
+mod listen;
 
 /// `herald` with no `HERALD_*` variable but those given.
 pub fn herald(envs: &[(&str, &Path)]) -> Command {
@@ -33,20 +36,19 @@ impl Drop for Serve {
 }
 
 pub async fn serve(data: &Path) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = herald(&[("HERALD_DATA_DIR", data)])
+    let mut child = herald(&[("HERALD_DATA_DIR", data)])
         .arg("serve")
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let Some(base) = listen::announced_base(&mut child, Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("`herald serve` did not say where it listens");
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !reqwest::get(format!("{base}/healthz"))
         .await
