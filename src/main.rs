@@ -57,6 +57,9 @@ enum Command {
     Push,
     /// Apply the schemas to every configured backend, then exit.
     Migrate,
+    /// Print the OpenAPI 3.1 document of the HTTP APIs (what `herald serve` serves at
+    /// /openapi.json), to generate clients from.
+    Openapi,
     /// Look at the bus (what the consumer groups have left to do) and replay it.
     Bus {
         #[command(subcommand)]
@@ -156,6 +159,11 @@ fn parse_replay_from(raw: &str) -> Result<ReplayFrom, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        // Needs no configuration: the document is the code's.
+        println!("{}", openapi_document().to_pretty_json()?);
+        return Ok(());
+    }
     let config = Config::load(cli.config.as_deref())?;
     config.validate()?;
     init_tracing(&config);
@@ -169,6 +177,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => migrate(&config).await,
+        Command::Openapi => unreachable!("answered before the configuration is read"),
         Command::Bus {
             command: BusCommand::Lag { json },
         } => bus_lag(&config, json).await,
@@ -232,7 +241,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let router = herald_http::finish(
                 herald_api::admin_router(ctx.clone())
                     .merge(inbox)
-                    .merge(herald_http::ops_router(ctx.clone())),
+                    .merge(herald_http::ops_router(ctx.clone()))
+                    .merge(herald_http::openapi::openapi_router(&openapi_document())),
             );
             herald_http::serve(listener, router, shutdown.clone())
                 .await
@@ -465,6 +475,15 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     let mut f = options.open(path)?;
     f.write_all(content.as_bytes())?;
     f.write_all(b"\n")
+}
+
+/// The OpenAPI document of every role `herald serve` runs: the admin API, the inbox API and
+/// the operations endpoints (`herald api` and `herald inbox` serve their own parts).
+fn openapi_document() -> utoipa::openapi::OpenApi {
+    herald_http::openapi::finish_document([
+        herald_api::openapi::document(),
+        herald_inbox::openapi::document(),
+    ])
 }
 
 /// Binds the role's port and says on stdout where it listens: the address bound, so

@@ -11,13 +11,15 @@ use herald_usecases::analytics::{self, ChannelReport, HealthStatus, LagHistory, 
 use serde::Deserialize;
 use std::sync::Arc;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WindowParams {
     /// The last this many hours (default 24, at most the delivery log's retention).
     hours: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/analytics/summary", tag = "analytics", params(WindowParams), responses((status = 200, body = herald_usecases::analytics::Summary)))]
 pub async fn summary(
     State(ctx): State<Context>,
     QueryParams(params): QueryParams<WindowParams>,
@@ -25,6 +27,7 @@ pub async fn summary(
     Ok(Json(analytics::summary(&ctx, params.hours).await?))
 }
 
+#[utoipa::path(get, path = "/v1/analytics/channels/{channel}", tag = "analytics", params(("channel" = Channel, Path), WindowParams), responses((status = 200, body = herald_usecases::analytics::ChannelReport), (status = 404, description = "No such channel", body = herald_http::openapi::ErrorBody)))]
 pub async fn channel(
     State(ctx): State<Context>,
     PathParams(channel): PathParams<String>,
@@ -38,6 +41,7 @@ pub async fn channel(
     Ok(Json(analytics::channel(&ctx, channel, params.hours).await?))
 }
 
+#[utoipa::path(get, path = "/v1/health/status", tag = "analytics", responses((status = 200, body = herald_usecases::analytics::HealthStatus)))]
 pub async fn health(
     State(ctx): State<Context>,
     Extension(history): Extension<Arc<LagHistory>>,

@@ -50,7 +50,8 @@ pub fn campaign_json(c: &Campaign) -> Value {
 }
 
 /// Other query parameters are ignored, as they were before `dry_run` existed.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CreateParams {
     /// Answer what the campaign would do (audience, strategy, rows, sends per channel and
     /// provider, time) without creating or sending anything.
@@ -58,6 +59,7 @@ pub struct CreateParams {
     dry_run: bool,
 }
 
+#[utoipa::path(post, path = "/v1/campaigns", tag = "campaigns", params(CreateParams, ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible characters: the same key and body answer the first answer again (`Idempotent-Replayed: true`); the same key with another body is 409")), request_body = herald_usecases::campaigns::CampaignInput, responses((status = 202, description = "Accepted: the campaign is created and queued", body = crate::openapi::CampaignCreated), (status = 200, description = "`dry_run=true`: what the campaign would do; nothing is created", body = herald_usecases::dry_run::DryRun), (status = 409, description = "The Idempotency-Key was used with another body", body = herald_http::openapi::ErrorBody)))]
 pub async fn create(
     State(ctx): State<Context>,
     headers: HeaderMap,
@@ -112,6 +114,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("campaign `{id}` not found"))
 }
 
+#[utoipa::path(get, path = "/v1/campaigns/{id}", tag = "campaigns", params(("id" = String, Path)), responses((status = 200, body = crate::openapi::CampaignView), (status = 404, description = "No such campaign", body = herald_http::openapi::ErrorBody)))]
 pub async fn get(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
@@ -128,14 +131,19 @@ pub async fn get(
     Ok(Json(body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     status: Option<String>,
     // Not `#[serde(flatten)] PageParams`: flattened query values arrive as strings only.
+    /// Items per page, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/campaigns", tag = "campaigns", params(ListParams), responses((status = 200, description = "Newest first", body = crate::openapi::CampaignPage)))]
 pub async fn list(
     State(ctx): State<Context>,
     QueryParams(params): QueryParams<ListParams>,
@@ -156,6 +164,7 @@ pub async fn list(
     Ok(Json(json!({ "campaigns": items, "next_cursor": next })))
 }
 
+#[utoipa::path(post, path = "/v1/campaigns/{id}/cancel", tag = "campaigns", params(("id" = String, Path)), responses((status = 200, description = "Cancelled: remaining batches are not sent, a broadcast leaves every inbox", body = crate::openapi::CampaignView), (status = 404, description = "No such campaign", body = herald_http::openapi::ErrorBody), (status = 409, description = "Already completed, failed or cancelled", body = herald_http::openapi::ErrorBody)))]
 pub async fn cancel(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
@@ -203,6 +212,7 @@ pub async fn cancel(
 }
 
 /// `GET /v1/campaigns/{id}/failed-batches`: the batches given up after their attempts.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/failed-batches", tag = "campaigns", params(("id" = String, Path)), responses((status = 200, body = crate::openapi::FailedBatches), (status = 404, description = "No such campaign", body = herald_http::openapi::ErrorBody)))]
 pub async fn failed_batches(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
@@ -216,6 +226,7 @@ pub async fn failed_batches(
 
 /// `POST /v1/campaigns/{id}/failed-batches/{batch_no}/replay`: puts a given-up batch back on
 /// the fan-out queue, once; its counters are added when it is processed.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/failed-batches/{batch_no}/replay", tag = "campaigns", params(("id" = String, Path), ("batch_no" = u64, Path)), responses((status = 202, description = "Queued again", body = crate::openapi::BatchReplayed), (status = 404, description = "No such campaign or failed batch", body = herald_http::openapi::ErrorBody), (status = 409, description = "Already replayed", body = herald_http::openapi::ErrorBody)))]
 pub async fn replay_failed_batch(
     State(ctx): State<Context>,
     PathParams((id, batch_no)): PathParams<(String, u64)>,

@@ -15,7 +15,7 @@ use herald_core::{Context, Error};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookBody {
     url: String,
@@ -46,7 +46,7 @@ const DEFAULT_ROTATION_GRACE_SECS: u64 = 86_400;
 /// The longest a replaced secret may keep signing (30 days).
 const MAX_ROTATION_GRACE_SECS: u64 = 30 * 86_400;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
     /// The new secret; left out, one is generated.
@@ -61,6 +61,7 @@ pub struct RotateBody {
 /// `POST /v1/webhooks/{id}/rotate-secret`: a new secret, shown in this answer only; the
 /// replaced one keeps signing every post beside it for `previous_valid_for_secs` (a day), so
 /// receivers switch without a post they cannot verify.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = String, Path)), request_body(content = Option<RotateBody>, description = "Optional: no body rotates to a generated secret with a day's grace"), responses((status = 200, description = "Rotated: the new secret, shown in this answer only", body = crate::openapi::WebhookView), (status = 404, description = "No such webhook", body = herald_http::openapi::ErrorBody)))]
 pub async fn rotate_webhook_secret(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
@@ -104,6 +105,7 @@ pub async fn rotate_webhook_secret(
     Ok(Json(shown))
 }
 
+#[utoipa::path(put, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)), request_body = WebhookBody, responses((status = 200, description = "Stored; the secret is shown only when Herald generated it", body = crate::openapi::WebhookView)))]
 pub async fn put_webhook(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
@@ -140,6 +142,7 @@ pub async fn put_webhook(
     Ok(Json(shown))
 }
 
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)), responses((status = 200, body = crate::openapi::WebhookView), (status = 404, description = "No such webhook", body = herald_http::openapi::ErrorBody)))]
 pub async fn get_webhook(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
@@ -152,6 +155,7 @@ pub async fn get_webhook(
         .ok_or_else(|| ApiError::not_found(format!("webhook `{id}` not found")))
 }
 
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(PageParams), responses((status = 200, body = crate::openapi::WebhookPage)))]
 pub async fn list_webhooks(
     State(ctx): State<Context>,
     QueryParams(page): QueryParams<PageParams>,
@@ -168,6 +172,7 @@ pub async fn list_webhooks(
     Ok(Json(json!({ "webhooks": items, "next_cursor": next })))
 }
 
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)), responses((status = 204, description = "Deleted"), (status = 404, description = "No such webhook", body = herald_http::openapi::ErrorBody)))]
 pub async fn delete_webhook(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
@@ -179,10 +184,14 @@ pub async fn delete_webhook(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLetterParams {
     channel: Option<String>,
+    /// Items per page, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -204,6 +213,7 @@ fn letter_json(l: &DeadLetter) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "webhooks", params(DeadLetterParams), responses((status = 200, description = "Newest first", body = crate::openapi::DeadLetterPage)))]
 pub async fn list_dead_letters(
     State(ctx): State<Context>,
     QueryParams(params): QueryParams<DeadLetterParams>,
@@ -228,6 +238,7 @@ pub async fn list_dead_letters(
 /// Puts a dead letter's sends back on their channel queue as a fresh first attempt (with its
 /// own delivery key, so it is not mistaken for what was already processed). A letter is
 /// replayed once; if it fails again, the gateway files a new dead letter.
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "webhooks", params(("id" = String, Path)), responses((status = 202, description = "Queued again", body = crate::openapi::DeadLetterReplayed), (status = 404, description = "No such dead letter", body = herald_http::openapi::ErrorBody), (status = 409, description = "Already replayed", body = herald_http::openapi::ErrorBody)))]
 pub async fn replay_dead_letter(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,

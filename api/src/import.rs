@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 
+#[utoipa::path(post, path = "/v1/users/import", tag = "users", request_body(content = String, content_type = "application/x-ndjson", description = "One user per line: `{\"id\": ..., \"email\": ..., \"phone\": ..., \"attributes\": {...}}`; streamed, at most `api.max_import_bytes`"), responses((status = 200, description = "Every line stored; a bad line refuses the import from that line on, naming it", body = crate::openapi::UsersImported)))]
 pub async fn import_users(State(ctx): State<Context>, body: Body) -> ApiResult<Json<Value>> {
     let directory = ctx.ports.directory.clone();
     let done = import(&ctx, body, &USERS, parse_user, move |batch: Vec<User>| {
@@ -42,6 +43,7 @@ pub async fn import_users(State(ctx): State<Context>, body: Body) -> ApiResult<J
 /// At most this many unknown user ids are named in a device import's answer.
 const UNKNOWN_NAMED: usize = 100;
 
+#[utoipa::path(post, path = "/v1/devices/import", tag = "users", request_body(content = String, content_type = "application/x-ndjson", description = "One device per line: `{\"user_id\": ..., \"platform\": \"fcm\"|\"apns\"|\"web\", \"token\": ...}`"), responses((status = 200, description = "Devices registered; lines of unknown users skipped and counted", body = crate::openapi::DevicesImported)))]
 pub async fn import_devices(State(ctx): State<Context>, body: Body) -> ApiResult<Json<Value>> {
     let directory = ctx.ports.directory.clone();
     let done = import(

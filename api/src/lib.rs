@@ -12,6 +12,7 @@ mod campaigns;
 mod cloudevents;
 mod deliveries;
 mod import;
+pub mod openapi;
 pub mod pages;
 mod rules;
 mod segments;
@@ -135,7 +136,12 @@ pub fn admin_router(ctx: Context) -> Router {
 /// The full HTTP surface of the `api` role: admin routes, operations endpoints, fallbacks
 /// and the layers every request goes through.
 pub fn router(ctx: Context) -> Router {
-    finish(admin_router(ctx.clone()).merge(http::ops_router(ctx)))
+    let doc = http::openapi::finish_document([openapi::document()]);
+    finish(
+        admin_router(ctx.clone())
+            .merge(http::ops_router(ctx))
+            .merge(http::openapi::openapi_router(&doc)),
+    )
 }
 
 /// Runs the `api` role: the admin API on `listener` until `shutdown`.

@@ -38,7 +38,7 @@ fn validate_event_type(what: &str, event_type: &str) -> ApiResult<()> {
 }
 
 /// The body of `PUT /v1/rules/{event_type}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleInput {
     template: String,
@@ -49,6 +49,7 @@ pub struct RuleInput {
     category: Option<String>,
     /// Parsed by the filter DSL; its errors come back as `condition: <DSL message>`.
     #[serde(default)]
+    #[schema(schema_with = herald_core::filter::filter_schema)]
     condition: Option<Filter>,
 }
 
@@ -56,6 +57,7 @@ fn not_found(event_type: &str) -> ApiError {
     ApiError::not_found(format!("no rule for event type `{event_type}`"))
 }
 
+#[utoipa::path(put, path = "/v1/rules/{event_type}", tag = "rules", params(("event_type" = String, Path)), request_body = RuleInput, responses((status = 200, body = Rule)))]
 pub async fn put(
     State(ctx): State<Context>,
     PathParams(event_type): PathParams<String>,
@@ -113,6 +115,7 @@ pub async fn put(
     Ok(Json(stored.unwrap_or(rule)))
 }
 
+#[utoipa::path(get, path = "/v1/rules/{event_type}", tag = "rules", params(("event_type" = String, Path)), responses((status = 200, body = Rule), (status = 404, description = "No such rule", body = herald_http::openapi::ErrorBody)))]
 pub async fn get(
     State(ctx): State<Context>,
     PathParams(event_type): PathParams<String>,
@@ -125,6 +128,7 @@ pub async fn get(
         .ok_or_else(|| not_found(&event_type))
 }
 
+#[utoipa::path(get, path = "/v1/rules", tag = "rules", params(PageParams), responses((status = 200, body = crate::openapi::RulePage)))]
 pub async fn list(
     State(ctx): State<Context>,
     QueryParams(page): QueryParams<PageParams>,
@@ -144,6 +148,7 @@ pub async fn list(
     Ok(Json(json!({ "rules": rules, "next_cursor": next })))
 }
 
+#[utoipa::path(delete, path = "/v1/rules/{event_type}", tag = "rules", params(("event_type" = String, Path)), responses((status = 204, description = "Deleted"), (status = 404, description = "No such rule", body = herald_http::openapi::ErrorBody)))]
 pub async fn delete(
     State(ctx): State<Context>,
     PathParams(event_type): PathParams<String>,
@@ -156,13 +161,14 @@ pub async fn delete(
 }
 
 /// The body of `POST /v1/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventInput {
     #[serde(rename = "type")]
     event_type: String,
     user_id: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     data: Value,
 }
 
@@ -197,6 +203,7 @@ impl From<CloudEvent> for Incoming {
 /// [`crate::cloudevents`]): each whose rule exists and whose condition holds on its data
 /// creates a campaign for its user (`herald_usecases::events`). Every event of a request is
 /// checked before any is triggered, so a bad one changes nothing.
+#[utoipa::path(post, path = "/v1/events", tag = "rules", request_body(content((EventInput = "application/json"), (Object = "application/cloudevents+json"), (Vec<Object> = "application/cloudevents-batch+json")), description = "Herald's event, or a CloudEvent 1.0 (structured, batched, or binary with `ce-*` headers); a CloudEvent's `source` and `id` create its campaign once"), responses((status = 202, description = "Checked and triggered", body = crate::openapi::EventOutcome), (status = 404, description = "The rule's template is gone", body = herald_http::openapi::ErrorBody)))]
 pub async fn event(
     State(ctx): State<Context>,
     headers: HeaderMap,

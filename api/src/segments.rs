@@ -12,9 +12,10 @@ use herald_core::Context;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentInput {
+    #[schema(schema_with = herald_core::filter::filter_schema)]
     filter: Filter,
 }
 
@@ -22,6 +23,7 @@ fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("segment `{name}` not found"))
 }
 
+#[utoipa::path(put, path = "/v1/segments/{name}", tag = "segments", params(("name" = String, Path)), request_body = SegmentInput, responses((status = 200, body = Segment)))]
 pub async fn put(
     State(ctx): State<Context>,
     PathParams(name): PathParams<String>,
@@ -41,6 +43,7 @@ pub async fn put(
 }
 
 /// The segment with its current `size` (a COUNT over the directory).
+#[utoipa::path(get, path = "/v1/segments/{name}", tag = "segments", params(("name" = String, Path)), responses((status = 200, description = "With its current size", body = crate::openapi::SegmentSized), (status = 404, description = "No such segment", body = herald_http::openapi::ErrorBody)))]
 pub async fn get(
     State(ctx): State<Context>,
     PathParams(name): PathParams<String>,
@@ -63,6 +66,7 @@ pub async fn get(
     Ok(Json(body))
 }
 
+#[utoipa::path(get, path = "/v1/segments", tag = "segments", params(PageParams), responses((status = 200, body = crate::openapi::SegmentPage)))]
 pub async fn list(
     State(ctx): State<Context>,
     QueryParams(page): QueryParams<PageParams>,
@@ -82,6 +86,7 @@ pub async fn list(
     Ok(Json(json!({ "segments": segments, "next_cursor": next })))
 }
 
+#[utoipa::path(delete, path = "/v1/segments/{name}", tag = "segments", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 404, description = "No such segment", body = herald_http::openapi::ErrorBody)))]
 pub async fn delete(
     State(ctx): State<Context>,
     PathParams(name): PathParams<String>,

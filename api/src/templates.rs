@@ -14,6 +14,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("template `{id}` not found"))
 }
 
+#[utoipa::path(put, path = "/v1/templates/{template_id}", tag = "templates", params(("template_id" = String, Path)), request_body = TemplateContent, responses((status = 200, body = crate::openapi::TemplateView)))]
 pub async fn put(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
@@ -33,6 +34,7 @@ pub async fn put(
     Ok(Json(stored.unwrap_or(template)))
 }
 
+#[utoipa::path(get, path = "/v1/templates/{template_id}", tag = "templates", params(("template_id" = String, Path)), responses((status = 200, body = crate::openapi::TemplateView), (status = 404, description = "No such template", body = herald_http::openapi::ErrorBody)))]
 pub async fn get(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
@@ -45,6 +47,7 @@ pub async fn get(
         .ok_or_else(|| not_found(&id))
 }
 
+#[utoipa::path(get, path = "/v1/templates", tag = "templates", params(PageParams), responses((status = 200, body = crate::openapi::TemplatePage)))]
 pub async fn list(
     State(ctx): State<Context>,
     QueryParams(page): QueryParams<PageParams>,
@@ -64,6 +67,7 @@ pub async fn list(
     Ok(Json(json!({ "templates": templates, "next_cursor": next })))
 }
 
+#[utoipa::path(delete, path = "/v1/templates/{template_id}", tag = "templates", params(("template_id" = String, Path)), responses((status = 204, description = "Deleted"), (status = 404, description = "No such template", body = herald_http::openapi::ErrorBody)))]
 pub async fn delete(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// The body of `PUT /v1/users/{id}` and one line of an import (where `id` is required).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserInput {
     #[serde(default)]
@@ -22,6 +22,7 @@ pub(crate) struct UserInput {
     #[serde(default)]
     pub phone: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub attributes: Attributes,
 }
 
@@ -49,6 +50,7 @@ fn user_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("user `{id}` not found"))
 }
 
+#[utoipa::path(put, path = "/v1/users/{user_id}", tag = "users", params(("user_id" = String, Path, description = "The user's id (1 to 255 of letters, digits and `_ - . @ : +`)")), request_body = UserInput, responses((status = 200, description = "Stored (created or replaced); `created_at` is the first write's", body = User)))]
 pub async fn put_user(
     State(ctx): State<Context>,
     PathParams(user_id): PathParams<String>,
@@ -70,6 +72,7 @@ pub async fn put_user(
     Ok(Json(stored.unwrap_or(user)))
 }
 
+#[utoipa::path(get, path = "/v1/users/{user_id}", tag = "users", params(("user_id" = String, Path, description = "The user's id (1 to 255 of letters, digits and `_ - . @ : +`)")), responses((status = 200, body = User), (status = 404, description = "No such user", body = herald_http::openapi::ErrorBody)))]
 pub async fn get_user(
     State(ctx): State<Context>,
     PathParams(user_id): PathParams<String>,
@@ -82,6 +85,7 @@ pub async fn get_user(
         .ok_or_else(|| user_not_found(&user_id))
 }
 
+#[utoipa::path(delete, path = "/v1/users/{user_id}", tag = "users", params(("user_id" = String, Path, description = "The user's id (1 to 255 of letters, digits and `_ - . @ : +`)")), responses((status = 204, description = "Deleted with its preferences and devices"), (status = 404, description = "No such user", body = herald_http::openapi::ErrorBody)))]
 pub async fn delete_user(
     State(ctx): State<Context>,
     PathParams(user_id): PathParams<String>,
@@ -94,6 +98,7 @@ pub async fn delete_user(
     }
 }
 
+#[utoipa::path(put, path = "/v1/users/{user_id}/preferences", tag = "users", params(("user_id" = String, Path, description = "The user's id (1 to 255 of letters, digits and `_ - . @ : +`)")), request_body = Preferences, responses((status = 200, body = Preferences), (status = 404, description = "No such user", body = herald_http::openapi::ErrorBody)))]
 pub async fn put_preferences(
     State(ctx): State<Context>,
     PathParams(user_id): PathParams<String>,
@@ -112,6 +117,7 @@ pub async fn put_preferences(
     Ok(Json(prefs))
 }
 
+#[utoipa::path(get, path = "/v1/users/{user_id}/preferences", tag = "users", params(("user_id" = String, Path, description = "The user's id (1 to 255 of letters, digits and `_ - . @ : +`)")), responses((status = 200, description = "The preferences; everything allowed when none were set", body = Preferences), (status = 404, description = "No such user", body = herald_http::openapi::ErrorBody)))]
 pub async fn get_preferences(
     State(ctx): State<Context>,
     PathParams(user_id): PathParams<String>,
@@ -128,13 +134,14 @@ pub async fn get_preferences(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceInput {
     platform: Platform,
     token: String,
 }
 
+#[utoipa::path(post, path = "/v1/users/{user_id}/devices", tag = "users", params(("user_id" = String, Path, description = "The user's id (1 to 255 of letters, digits and `_ - . @ : +`)")), request_body = DeviceInput, responses((status = 201, description = "Registered (a token of another user moves to this one)", body = Device), (status = 404, description = "No such user", body = herald_http::openapi::ErrorBody)))]
 pub async fn add_device(
     State(ctx): State<Context>,
     PathParams(user_id): PathParams<String>,
@@ -155,6 +162,7 @@ pub async fn add_device(
     Ok((StatusCode::CREATED, Json(device)))
 }
 
+#[utoipa::path(get, path = "/v1/users/{user_id}/devices", tag = "users", params(("user_id" = String, Path, description = "The user's id (1 to 255 of letters, digits and `_ - . @ : +`)")), responses((status = 200, body = crate::openapi::DeviceList), (status = 404, description = "No such user", body = herald_http::openapi::ErrorBody)))]
 pub async fn list_devices(
     State(ctx): State<Context>,
     PathParams(user_id): PathParams<String>,
@@ -171,6 +179,7 @@ pub async fn list_devices(
     Ok(Json(json!({ "devices": devices })))
 }
 
+#[utoipa::path(delete, path = "/v1/users/{user_id}/devices/{token}", tag = "users", params(("user_id" = String, Path, description = "The user's id (1 to 255 of letters, digits and `_ - . @ : +`)"), ("token" = String, Path, description = "The push token")), responses((status = 204, description = "Removed"), (status = 404, description = "No such device of this user", body = herald_http::openapi::ErrorBody)))]
 pub async fn delete_device(
     State(ctx): State<Context>,
     PathParams((user_id, token)): PathParams<(String, String)>,
@@ -184,6 +193,7 @@ pub async fn delete_device(
     }
 }
 
+#[utoipa::path(post, path = "/v1/users/{user_id}/token", tag = "users", params(("user_id" = String, Path, description = "The user's id (1 to 255 of letters, digits and `_ - . @ : +`)")), responses((status = 200, description = "An inbox token for the user's clients", body = crate::openapi::InboxToken), (status = 404, description = "No such user", body = herald_http::openapi::ErrorBody)))]
 pub async fn mint_token(
     State(ctx): State<Context>,
     PathParams(user_id): PathParams<String>,

@@ -1011,6 +1011,23 @@ fn kind_of(operand: &Resolved<'_>) -> Kind {
     }
 }
 
+/// The OpenAPI schema of a filter: a JSON object of the grammar above (checked by
+/// [`Filter::parse`], whose 422 names what is wrong), described rather than spelled out as a
+/// recursive schema.
+pub fn filter_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Object)
+        .description(Some(
+            "An audience filter: `{\"all\": [f, ...]}`, `{\"any\": [f, ...]}`, `{\"not\": f}`, \
+             `{\"attr\": NAME, OP: VALUE}` with OP one of eq, ne, lt, lte, gt, gte, \
+             `{\"attr\": NAME, \"in\": [VALUE, ...]}` or `{\"attr\": NAME, \"exists\": BOOL}`; \
+             a string VALUE `now-7d` is a time relative to the evaluation.",
+        ))
+        .examples([serde_json::json!({"all": [{"attr": "plan", "eq": "pro"},
+                                               {"attr": "last_seen", "gte": "now-30d"}]})])
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

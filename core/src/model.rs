@@ -20,7 +20,19 @@ pub type Attributes = Map<String, Value>;
 // Channels and priorities
 
 /// A delivery channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     InApp,
@@ -72,7 +84,18 @@ impl FromStr for Channel {
 
 /// How urgent a notification is; high and urgent ones go through quiet hours.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
@@ -94,7 +117,7 @@ impl Priority {
 // Users
 
 /// A user of the client application, as the directory stores it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +125,7 @@ pub struct User {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Object, additional_properties)]
     pub attributes: Attributes,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -196,7 +220,7 @@ pub fn validate_user_fields(
 // Preferences
 
 /// A user's delivery preferences. Anything not mentioned is allowed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Preferences {
     /// Channel switches: `{"email": false}` turns email off for every category.
@@ -252,11 +276,13 @@ pub fn validate_category(name: &str) -> Result<()> {
 }
 
 /// A daily quiet window such as 22:00–07:00 (it may wrap past midnight).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QuietHours {
     #[serde(with = "hhmm")]
+    #[schema(value_type = String, pattern = "^[0-2][0-9]:[0-5][0-9]$", example = "22:00")]
     pub start: NaiveTime,
     #[serde(with = "hhmm")]
+    #[schema(value_type = String, pattern = "^[0-2][0-9]:[0-5][0-9]$", example = "07:00")]
     pub end: NaiveTime,
 }
 
@@ -312,7 +338,7 @@ mod hhmm {
 // Devices
 
 /// A push provider family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Platform {
     Fcm,
@@ -346,7 +372,7 @@ impl FromStr for Platform {
 
 /// A push token registered for a user. A token belongs to at most one user: registering it
 /// again for another user moves it (the device changed hands or accounts).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Device {
     pub user_id: String,
     pub platform: Platform,
@@ -368,23 +394,24 @@ pub fn validate_device_token(token: &str) -> Result<()> {
 // Segments and templates
 
 /// A named audience, defined by a filter over user attributes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Segment {
     pub name: String,
+    #[schema(schema_with = crate::filter::filter_schema)]
     pub filter: Filter,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 /// Title and body, for the in-app and push channels.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TitleBody {
     pub title: String,
     pub body: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailContent {
     pub subject: String,
@@ -393,20 +420,20 @@ pub struct EmailContent {
     pub html: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SmsContent {
     pub text: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookContent {
     pub body: String,
 }
 
 /// What a template says per channel; each field holds `{{ user.x }}` / `{{ data.y }}` placeholders.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateContent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -424,6 +451,7 @@ pub struct TemplateContent {
     /// (`pt-BR` → `pt`) and then to the content above. A variant holds channels of the content
     /// above only, and no variants of its own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(no_recursion)]
     pub locales: BTreeMap<String, TemplateContent>,
 }
 
@@ -577,7 +605,7 @@ pub struct Template {
 // Campaigns
 
 /// Who a campaign is for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Audience {
     User(String),
@@ -587,7 +615,7 @@ pub enum Audience {
 }
 
 /// How a campaign reaches its audience (seed 004's decision matrix).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     Direct,
@@ -607,7 +635,7 @@ impl Strategy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignStatus {
     Scheduled,
@@ -661,7 +689,7 @@ impl FromStr for CampaignStatus {
 }
 
 /// What a campaign sends: a stored template or inline content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignContent {
     Template(String),
@@ -669,7 +697,7 @@ pub enum CampaignContent {
 }
 
 /// Fan-out counters of a campaign.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     pub batches_total: u64,
     pub batches_done: u64,
@@ -687,7 +715,7 @@ pub struct Progress {
 }
 
 /// A batch given up after its attempts, kept whole so it can be replayed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailedBatch {
     pub campaign_id: String,
     pub batch_no: u64,
@@ -700,7 +728,7 @@ pub struct FailedBatch {
 
 /// A recipient, or a whole batch (`user_id` unset), the fan-out could not serve, and why: the
 /// sample of failures kept with a campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecipientFailure {
     pub batch_no: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -709,7 +737,7 @@ pub struct RecipientFailure {
 }
 
 /// Per-channel delivery counters of a campaign.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryCounts {
     pub queued: u64,
     pub sent: u64,
@@ -770,7 +798,7 @@ impl Campaign {
 
 /// An event-triggered notification: events of `event_type` whose data match `condition`
 /// become targeted campaigns with this template, channels and priority.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rule {
     pub event_type: String,
     pub template: String,
@@ -780,6 +808,7 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::filter::filter_schema)]
     pub condition: Option<Filter>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

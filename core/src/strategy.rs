@@ -5,7 +5,7 @@ use crate::model::{Audience, Strategy};
 use serde::{Deserialize, Serialize};
 
 /// What the client asked for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestedStrategy {
     /// Size the audience and follow the matrix.

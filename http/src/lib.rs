@@ -7,6 +7,8 @@
 //! It depends on `herald-core` only: no role crate, no use case, no storage driver. Routers of
 //! the roles build on it; it never names their routes.
 
+pub mod openapi;
+
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRef, FromRequest, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -328,20 +330,28 @@ pub fn ops_router(ctx: Context) -> Router {
     // Install the recorder before the first request is counted, not at the first scrape.
     metrics_handle();
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(openapi::healthz))
         .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    metrics_handle().render(),
-                )
-            }),
-        )
+        .route("/metrics", get(metrics))
         .with_state(ctx)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format",
+               content_type = "text/plain", body = String)))]
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_handle().render(),
+    )
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Every backend answers and no background worker keeps failing",
+         body = Object, example = json!({"status": "ready"})),
+        (status = 503, description = "A backend does not answer or a worker keeps failing; the message names which",
+         body = openapi::ErrorBody)))]
 /// Ready when every backend answers and no background worker of this process keeps failing
 /// (a worker whose last steps all failed: a store that cannot take writes, a handler that
 /// panics); otherwise 503 naming what is wrong.

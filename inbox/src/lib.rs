@@ -37,6 +37,7 @@ pub mod cache;
 pub mod cursor;
 mod hub;
 pub mod live;
+pub mod openapi;
 mod routes;
 pub mod service;
 mod subscription;
@@ -118,7 +119,12 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let (routes, feed) = router_with_feed(ctx.clone(), live, shutdown.clone());
-    let app = herald_http::finish(routes.merge(herald_http::ops_router(ctx)));
+    let doc = herald_http::openapi::finish_document([openapi::document()]);
+    let app = herald_http::finish(
+        routes
+            .merge(herald_http::ops_router(ctx))
+            .merge(herald_http::openapi::openapi_router(&doc)),
+    );
     let served = herald_http::serve(listener, app, shutdown).await;
     // Upgraded sockets are not the HTTP server's to drain: let them send their close frames.
     feed.drained(LIVE_DRAIN_TIMEOUT).await;

@@ -197,6 +197,12 @@ struct LiveQuery {
 }
 
 /// `GET /v1/inbox/live?since=<cursor>`: checks everything it can before the upgrade.
+#[utoipa::path(get, path = "/v1/inbox/live", tag = "inbox",
+    description = "A WebSocket of JSON frames: new notifications, activated broadcasts and read-state changes. With `since`, what came after that item first (no gap, no duplicate). Browsers pass the token as `?token=`.",
+    params(("since" = Option<String>, Query, description = "Resume after this item's `cursor`"),
+           ("token" = Option<String>, Query, description = "The inbox token, where a header cannot be set")),
+    responses((status = 101, description = "Switching to the WebSocket protocol"),
+              (status = 400, description = "Not a WebSocket upgrade request", body = herald_http::openapi::ErrorBody)))]
 pub(crate) async fn upgrade(State(feed): State<LiveFeed>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     match accept(&feed, &mut parts).await {

@@ -11,14 +11,35 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
+    /// Only items older than this one: a `next_cursor` or an item's `cursor`, as given.
     cursor: Option<String>,
+    /// Only unread items.
     unread_only: Option<bool>,
 }
 
+/// The body of `GET /v1/inbox/unread_count`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UnreadCount {
+    pub unread_count: u64,
+}
+
+/// The body of `POST /v1/inbox/read_all`: the items that were unread.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct MarkedRead {
+    pub marked_read: u64,
+}
+
 /// `GET /v1/inbox?limit=20&cursor=&unread_only=false`
+#[utoipa::path(get, path = "/v1/inbox", tag = "inbox", params(ListQuery),
+    responses((status = 200, description = "Newest first: personal items and the broadcasts for this user", body = InboxPage)))]
 pub async fn list(
     State(svc): State<InboxService>,
     InboxUser(user): InboxUser,
@@ -53,6 +74,8 @@ pub async fn list(
 }
 
 /// `GET /v1/inbox/unread_count` → `{"unread_count": n}`
+#[utoipa::path(get, path = "/v1/inbox/unread_count", tag = "inbox",
+    responses((status = 200, body = UnreadCount)))]
 pub async fn unread_count(
     State(svc): State<InboxService>,
     InboxUser(user): InboxUser,
@@ -62,6 +85,9 @@ pub async fn unread_count(
 }
 
 /// `POST /v1/inbox/{id}/read` → 204, or 404 if the user has no such item.
+#[utoipa::path(post, path = "/v1/inbox/{id}/read", tag = "inbox", params(("id" = String, Path, description = "The item's id (a UUID)")),
+    responses((status = 204, description = "Read (also when it already was); the user's other devices are told"),
+              (status = 404, description = "The user has no such item", body = herald_http::openapi::ErrorBody)))]
 pub async fn read(
     State(svc): State<InboxService>,
     InboxUser(user): InboxUser,
@@ -76,6 +102,9 @@ pub async fn read(
 }
 
 /// `POST /v1/inbox/{id}/dismiss` → 204, or 404 if the user has no such item (any more).
+#[utoipa::path(post, path = "/v1/inbox/{id}/dismiss", tag = "inbox", params(("id" = String, Path, description = "The item's id (a UUID)")),
+    responses((status = 204, description = "Dismissed: gone from every page and count"),
+              (status = 404, description = "The user has no such item (any more)", body = herald_http::openapi::ErrorBody)))]
 pub async fn dismiss(
     State(svc): State<InboxService>,
     InboxUser(user): InboxUser,
@@ -90,6 +119,8 @@ pub async fn dismiss(
 }
 
 /// `POST /v1/inbox/read_all` → 200 `{"marked_read": n}` (items that were unread).
+#[utoipa::path(post, path = "/v1/inbox/read_all", tag = "inbox",
+    responses((status = 200, body = MarkedRead)))]
 pub async fn read_all(
     State(svc): State<InboxService>,
     InboxUser(user): InboxUser,

@@ -35,7 +35,7 @@ pub const DEFAULT_LIMIT: u32 = 20;
 pub const MAX_LIMIT: u32 = 100;
 
 /// Whether an item is a personal row or a broadcast.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemKind {
     Personal,
@@ -43,7 +43,7 @@ pub enum ItemKind {
 }
 
 /// One item of an inbox, as the API shows it (and as the live feed sends it).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct InboxItem {
     pub id: Uuid,
     /// The position of this item: `cursor=` pages on after it, `since=` resumes after it.
@@ -52,11 +52,13 @@ pub struct InboxItem {
     pub title: String,
     pub body: String,
     pub category: Option<String>,
+    #[schema(value_type = Object)]
     pub data: Value,
     /// For a broadcast, its `starts_at`.
     pub created_at: DateTime<Utc>,
     pub read: bool,
     #[serde(skip)]
+    #[schema(ignore)]
     pub key: InboxKey,
 }
 
@@ -95,7 +97,7 @@ impl InboxItem {
 }
 
 /// One page of an inbox: the body of `GET /v1/inbox`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct InboxPage {
     pub items: Vec<InboxItem>,
     /// The cursor of the last item when older items exist, else `None`.

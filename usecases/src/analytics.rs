@@ -34,7 +34,7 @@ pub fn window(ctx: &Context, hours: Option<i64>) -> Result<(i64, DateTime<Utc>, 
     Ok((hours, to - Duration::hours(hours), to))
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Window {
     pub hours: i64,
     pub from: DateTime<Utc>,
@@ -42,7 +42,7 @@ pub struct Window {
 }
 
 /// Delivery figures of a set of rollups.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DeliveryFigures {
     /// Delivery reports (channel messages handled).
     pub reports: u64,
@@ -61,7 +61,7 @@ pub struct DeliveryFigures {
     pub provider_mean_secs: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct FailedByReason {
     /// The provider called the token or address invalid (it was removed).
     pub invalid_token: u64,
@@ -74,7 +74,7 @@ pub struct FailedByReason {
 }
 
 /// Latency percentiles are the upper bounds of the histogram buckets they fall in.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Latency {
     pub avg_secs: Option<f64>,
     pub p50_secs: Option<f64>,
@@ -128,14 +128,14 @@ impl DeliveryFigures {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StrategyFigures {
     pub campaigns: u64,
     pub audience: u64,
     pub notifications_written: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct CampaignFigures {
     /// Campaigns created in the window (an event that matched a rule is one).
     pub created: u64,
@@ -177,7 +177,7 @@ fn campaign_figures(stats: &[CampaignStats]) -> CampaignFigures {
 }
 
 /// `GET /v1/analytics/summary`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Summary {
     pub window: Window,
     pub campaigns: CampaignFigures,
@@ -213,7 +213,7 @@ pub async fn summary(ctx: &Context, hours: Option<i64>) -> Result<Summary> {
 }
 
 /// One hour of a channel's series.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct HourFigures {
     pub hour: DateTime<Utc>,
     pub sent: u64,
@@ -224,7 +224,7 @@ pub struct HourFigures {
     pub latency_p95_secs: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RecentFailure {
     pub at: DateTime<Utc>,
     pub campaign_id: String,
@@ -234,7 +234,7 @@ pub struct RecentFailure {
 }
 
 /// `GET /v1/analytics/channels/{channel}`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ChannelReport {
     pub channel: Channel,
     pub window: Window,
@@ -301,7 +301,7 @@ pub async fn channel(ctx: &Context, channel: Channel, hours: Option<i64>) -> Res
 }
 
 /// How healthy something is; ordered, so the worst of several is their `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
@@ -309,7 +309,7 @@ pub enum Status {
     Failing,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trend {
     Rising,
@@ -331,7 +331,7 @@ impl Trend {
 }
 
 /// A consumer group's lag, as the health status shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct GroupHealth {
     pub topic: String,
     pub group: &'static str,
@@ -343,7 +343,7 @@ pub struct GroupHealth {
     pub status: Status,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ChannelHealth {
     pub status: Status,
     /// The lag of the channel's gateway consumer group.
@@ -361,7 +361,7 @@ pub struct ChannelHealth {
     pub provider_mean_secs: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Alert {
     pub severity: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -373,7 +373,7 @@ pub struct Alert {
 }
 
 /// `GET /v1/health/status`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct HealthStatus {
     pub status: Status,
     pub checked_at: DateTime<Utc>,

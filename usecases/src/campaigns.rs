@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 pub const MAX_INLINE_USERS: usize = 10_000;
 
 /// The body of `POST /v1/campaigns`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignInput {
     pub audience: Audience,

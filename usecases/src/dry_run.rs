@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 pub const SAMPLE: u32 = 1_000;
 
 /// What one outbound channel would do.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ChannelForecast {
     /// Recipients it would reach (allowed by their switches, with an address or device).
     pub recipients: u64,
@@ -33,7 +33,7 @@ pub struct ChannelForecast {
 }
 
 /// Sends a provider would take, and how long at its configured rate.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ProviderUse {
     pub sends: u64,
     /// `push.<provider>.rate_per_s`; `null` when unlimited.
@@ -43,7 +43,7 @@ pub struct ProviderUse {
     pub secs_at_rate: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DryRun {
     pub dry_run: bool,
     pub strategy: Strategy,
