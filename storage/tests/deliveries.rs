@@ -322,6 +322,18 @@ pub mod cases {
         assert!(rest.iter().all(|l| l.id < pushes[0].id));
     }
 
+    /// Ids come from URLs: any string names a letter or nothing, whatever its characters.
+    pub async fn a_dead_letter_id_of_any_characters_is_simply_not_found(s: Arc<dyn DeliveryStore>) {
+        for id in ["é", "\u{1F600}", "a\u{0}b", "", &"x".repeat(300)] {
+            assert!(s.get_dead_letter(id).await.unwrap().is_none(), "{id:?}");
+            assert!(
+                !s.mark_replayed(id, chrono::Utc::now()).await.unwrap(),
+                "{id:?}"
+            );
+            s.unmark_replayed(id).await.unwrap();
+        }
+    }
+
     pub async fn a_dead_letter_is_marked_replayed_once(s: Arc<dyn DeliveryStore>) {
         let l = letter(Channel::Sms, &run_id());
         s.insert_dead_letter(&l).await.unwrap();
@@ -589,6 +601,7 @@ macro_rules! delivery_conformance {
                 holders_racing_for_one_key_leave_exactly_one_winner,
                 dead_letters_read_back_newest_first_by_channel,
                 a_dead_letter_is_marked_replayed_once,
+                a_dead_letter_id_of_any_characters_is_simply_not_found,
                 the_delivery_log_adds_each_report_once_to_its_minute_and_channel,
                 every_webhook_is_read_across_pages,
                 the_delivery_log_keeps_failures_newest_first_and_forgets_past_the_retention,
