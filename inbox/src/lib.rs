@@ -29,12 +29,15 @@
 //! shows at once on its activation event (else within 500 ms), a cancelled one goes within
 //! 500 ms, and a change of a user's attributes shows within 5 s.
 //!
+//! `GET /demo` serves a demo inbox page on the JS/TS inbox client of `clients/js` ([`demo`]).
+//!
 //! It reads through the ports of `herald_core::Context` and shares HTTP plumbing with
 //! every other role through `herald-http`; it never writes campaigns or talks to push providers.
 
 pub mod auth;
 pub mod cache;
 pub mod cursor;
+pub mod demo;
 mod hub;
 pub mod live;
 pub mod openapi;
@@ -96,7 +99,8 @@ pub fn router_with_feed(
             Router::new()
                 .route("/v1/inbox/live", get(live::upgrade))
                 .with_state(feed.clone()),
-        );
+        )
+        .merge(demo::router());
     (router, feed)
 }
 

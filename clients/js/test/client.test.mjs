@@ -1,0 +1,161 @@
+// The inbox client against a running Herald (test/herald.mjs starts one per file).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket from "ws";
+import { readFileSync } from "node:fs";
+import { InboxClient, HeraldError, backoffDelay, DEFAULT_BACKOFF } from "../dist/index.js";
+import { startHerald, eventually } from "./herald.mjs";
+
+let herald;
+before(async () => {
+  herald = await startHerald();
+});
+after(async () => {
+  await herald?.stop();
+});
+
+/** A WebSocket constructor that remembers its sockets, so a test can drop one. */
+function recordingWebSocket() {
+  const sockets = [];
+  class Recording extends WebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  }
+  return { Recording, sockets };
+}
+
+test("pages cover the inbox newest first with no item twice, and the counts follow reads, dismissals and read-all", async () => {
+  const token = await herald.user("js-pages");
+  for (let i = 1; i <= 5; i++) await herald.send("js-pages", `item ${i}`);
+  const client = new InboxClient({ baseUrl: herald.base, token });
+
+  const first = await client.list({ limit: 2 });
+  assert.equal(first.items.length, 2);
+  assert.equal(first.unread_count, 5);
+  assert.ok(first.next_cursor);
+  const titles = [];
+  for await (const item of client.all(2)) titles.push(item.title);
+  assert.deepEqual(titles, ["item 5", "item 4", "item 3", "item 2", "item 1"]);
+  assert.equal(await client.unreadCount(), 5);
+
+  await client.read(first.items[0].id);
+  assert.equal(await client.unreadCount(), 4);
+  await client.dismiss(first.items[1].id);
+  const after = await client.list({ limit: 10 });
+  assert.equal(after.items.length, 4);
+  assert.ok(!after.items.some((i) => i.id === first.items[1].id));
+  assert.equal(await client.readAll(), 3);
+  assert.equal(await client.unreadCount(), 0);
+  assert.equal((await client.list({ unreadOnly: true })).items.length, 0);
+});
+
+test("errors come back as HeraldError with the status and code of the error body", async () => {
+  const token = await herald.user("js-errors");
+  const client = new InboxClient({ baseUrl: herald.base, token });
+  await assert.rejects(client.read("00000000-0000-7000-8000-000000000000"), (e) => {
+    assert.ok(e instanceof HeraldError);
+    assert.equal(e.status, 404);
+    assert.equal(e.code, "not_found");
+    return true;
+  });
+  await assert.rejects(client.list({ limit: 0 }), (e) => e.status === 422 && e.code === "invalid");
+  const stranger = new InboxClient({ baseUrl: herald.base, token: "not-a-token" });
+  await assert.rejects(stranger.unreadCount(), (e) => e.status === 401 && e.code === "unauthorized");
+});
+
+test("the live feed delivers new items and read states made on another device", async () => {
+  const token = await herald.user("js-live");
+  const { Recording } = recordingWebSocket();
+  const phone = new InboxClient({ baseUrl: herald.base, token, WebSocket: Recording });
+  const laptop = new InboxClient({ baseUrl: herald.base, token });
+  const items = [];
+  const reads = [];
+  let readAll = 0;
+  let opened = 0;
+  phone.on("notification", (i) => items.push(i));
+  phone.on("read", (r) => reads.push(r.id));
+  phone.on("read_all", () => readAll++);
+  phone.on("open", () => opened++);
+  phone.connect();
+  await eventually(() => opened === 1, "the feed to open");
+
+  await herald.send("js-live", "live one");
+  await eventually(() => items.length === 1, "the live item");
+  assert.equal(items[0].title, "live one");
+  assert.equal(items[0].read, false);
+  assert.equal(phone.resumeCursor, items[0].cursor);
+
+  await laptop.read(items[0].id);
+  await eventually(() => reads.length === 1, "the read from the other device");
+  assert.equal(reads[0], items[0].id);
+  await laptop.readAll();
+  await eventually(() => readAll === 1, "read-all from the other device");
+  phone.disconnect();
+});
+
+test("a dropped feed reconnects with backoff and resumes after the last item: nothing missed, nothing twice", async () => {
+  const token = await herald.user("js-resume");
+  const { Recording, sockets } = recordingWebSocket();
+  const client = new InboxClient({
+    baseUrl: herald.base,
+    token,
+    WebSocket: Recording,
+    // Long enough that items are written while the client is away.
+    backoff: { initialMs: 1500, maxMs: 1500, jitter: 0 },
+  });
+  const titles = [];
+  const closes = [];
+  const opens = [];
+  client.on("notification", (i) => titles.push(i.title));
+  client.on("close", (c) => closes.push(c));
+  client.on("open", (o) => opens.push(o));
+  client.connect();
+  await eventually(() => opens.length === 1, "the feed to open");
+  await herald.send("js-resume", "before the drop");
+  await eventually(() => titles.length === 1, "the first item");
+  const resumeAt = client.resumeCursor;
+
+  // The connection dies without a close handshake (a network drop).
+  sockets[0].terminate();
+  await eventually(() => closes.length === 1, "the close");
+  assert.equal(closes[0].retryInMs, 1500);
+  await herald.send("js-resume", "while away 1");
+  await herald.send("js-resume", "while away 2");
+  await eventually(() => opens.length === 2, "the reconnect");
+  assert.equal(opens[1].resumedFrom, resumeAt);
+  await herald.send("js-resume", "after the reconnect");
+  await eventually(() => titles.length === 4, "every item");
+  // A moment for any duplicate to show up.
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(titles, ["before the drop", "while away 1", "while away 2", "after the reconnect"]);
+  client.disconnect();
+  await eventually(() => closes.length === 2, "the final close");
+  assert.equal(closes[1].retryInMs, null);
+});
+
+test("backoff grows by its factor up to its cap, and jitter only ever shortens it", () => {
+  const b = { ...DEFAULT_BACKOFF, initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 };
+  assert.deepEqual(
+    [0, 1, 2, 3, 4, 5].map((a) => backoffDelay(a, b, () => 0)),
+    [100, 200, 400, 800, 1000, 1000],
+  );
+  assert.equal(backoffDelay(2, b, () => 1), 200);
+  for (let i = 0; i < 100; i++) {
+    const d = backoffDelay(3, b);
+    assert.ok(d >= 400 && d <= 800, `${d}`);
+  }
+  assert.equal(backoffDelay(3, { ...b, jitter: 1 }, () => 1), 0);
+});
+
+test("Herald serves the demo inbox page and, beside it, this client as built", async () => {
+  const page = await fetch(`${herald.base}/demo`);
+  assert.equal(page.status, 200);
+  assert.match(page.headers.get("content-type"), /^text\/html/);
+  assert.match(await page.text(), /import \{ InboxClient \} from "\.\/inbox-client\.js"/);
+  const module = await fetch(`${herald.base}/demo/inbox-client.js`);
+  assert.match(module.headers.get("content-type"), /^text\/javascript/);
+  const built = readFileSync(new URL("../dist/index.js", import.meta.url), "utf8");
+  assert.equal(await module.text(), built, "the binary embeds the client's current build");
+});
