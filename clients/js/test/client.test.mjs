@@ -153,7 +153,7 @@ test("Herald serves the demo inbox page and, beside it, this client as built", a
   const page = await fetch(`${herald.base}/demo`);
   assert.equal(page.status, 200);
   assert.match(page.headers.get("content-type"), /^text\/html/);
-  assert.match(await page.text(), /import \{ InboxClient \} from "\.\/inbox-client\.js"/);
+  assert.match(await page.text(), /import \{ InboxClient \} from "\/demo\/inbox-client\.js"/);
   const module = await fetch(`${herald.base}/demo/inbox-client.js`);
   assert.match(module.headers.get("content-type"), /^text\/javascript/);
   const built = readFileSync(new URL("../dist/index.js", import.meta.url), "utf8");
