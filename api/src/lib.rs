@@ -88,6 +88,7 @@ pub fn admin_router(ctx: Context) -> Router {
         )
         .route("/v1/events", post(rules::event))
         .route("/v1/segments", get(segments::list))
+        .route("/v1/previews/segment", post(segments::preview))
         .route(
             "/v1/segments/{name}",
             put(segments::put)
@@ -114,6 +115,7 @@ pub fn admin_router(ctx: Context) -> Router {
         .route("/v1/analytics/channels/{channel}", get(analytics::channel))
         .route("/v1/health/status", get(analytics::health))
         .route("/v1/templates", get(templates::list))
+        .route("/v1/previews/template", post(templates::preview))
         .route(
             "/v1/templates/{template_id}",
             put(templates::put)

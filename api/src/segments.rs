@@ -42,6 +42,19 @@ pub async fn put(
     Ok(Json(stored.unwrap_or(segment)))
 }
 
+/// `POST /v1/previews/segment`: the size of a filter (and its first users) before it is
+/// saved, for the console's filter editor.
+#[utoipa::path(post, path = "/v1/previews/segment", tag = "segments", request_body = SegmentInput,
+    responses((status = 200, body = herald_usecases::preview::FilterSize)))]
+pub async fn preview(
+    State(ctx): State<Context>,
+    JsonBody(input): JsonBody<SegmentInput>,
+) -> ApiResult<Json<herald_usecases::preview::FilterSize>> {
+    Ok(Json(
+        herald_usecases::preview::size_filter(&ctx, &input.filter).await?,
+    ))
+}
+
 /// The segment with its current `size` (a COUNT over the directory).
 #[utoipa::path(get, path = "/v1/segments/{name}", tag = "segments", params(("name" = String, Path)), responses((status = 200, description = "With its current size", body = crate::openapi::SegmentSized), (status = 404, description = "No such segment", body = herald_http::openapi::ErrorBody)))]
 pub async fn get(

@@ -34,6 +34,19 @@ pub async fn put(
     Ok(Json(stored.unwrap_or(template)))
 }
 
+/// `POST /v1/previews/template`: content (stored or given) rendered for a user, as the
+/// fan-out would render it; nothing is written.
+#[utoipa::path(post, path = "/v1/previews/template", tag = "templates",
+    request_body = herald_usecases::preview::PreviewInput,
+    responses((status = 200, body = herald_usecases::preview::Preview),
+              (status = 404, description = "No such template or user", body = herald_http::openapi::ErrorBody)))]
+pub async fn preview(
+    State(ctx): State<Context>,
+    JsonBody(input): JsonBody<herald_usecases::preview::PreviewInput>,
+) -> ApiResult<Json<herald_usecases::preview::Preview>> {
+    Ok(Json(herald_usecases::preview::render(&ctx, input).await?))
+}
+
 #[utoipa::path(get, path = "/v1/templates/{template_id}", tag = "templates", params(("template_id" = String, Path)), responses((status = 200, body = crate::openapi::TemplateView), (status = 404, description = "No such template", body = herald_http::openapi::ErrorBody)))]
 pub async fn get(
     State(ctx): State<Context>,

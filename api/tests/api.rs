@@ -790,3 +790,144 @@ async fn unknown_endpoints_and_methods_answer_with_the_error_body() {
     assert_eq!(s, 405);
     error_message(&err, "method_not_allowed");
 }
+
+#[tokio::test]
+async fn a_template_previews_for_a_user_in_their_locale_with_the_data_given() {
+    let app = spawn_app().await;
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            "/v1/users/ana",
+            Some(json!({"email": "ana@example.com", "attributes": {"name": "Ana", "locale": "pt-BR"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let t = json!({
+        "in_app": {"title": "Hi {{ user.name }}", "body": "Order {{ data.order }} shipped"},
+        "email": {"subject": "Order {{ data.order }}", "text": "To {{ user.email }}"},
+        "locales": {"pt": {"in_app": {"title": "Olá {{ user.name }}", "body": "Pedido {{ data.order }}"}}}
+    });
+    let (s, _) = app
+        .call(Method::PUT, "/v1/templates/shipped", Some(t.clone()))
+        .await;
+    assert_eq!(s, 200);
+    let (s, p) = app
+        .call(
+            Method::POST,
+            "/v1/previews/template",
+            Some(json!({"template": "shipped", "user_id": "ana", "data": {"order": "A-17"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["locale"], "pt-BR");
+    assert_eq!(
+        p["rendered"]["in_app"],
+        json!({"title": "Olá Ana", "body": "Pedido A-17"})
+    );
+    // The variant has no email: the default's, for Ana.
+    assert_eq!(p["rendered"]["email"]["subject"], "Order A-17");
+    assert_eq!(p["rendered"]["email"]["text"], "To ana@example.com");
+
+    // Content being edited, and no user: `user.*` is empty.
+    let (s, p) = app
+        .call(
+            Method::POST,
+            "/v1/previews/template",
+            Some(json!({"content": {"push": {"title": "Hi {{ user.name }}!", "body": "{{ data.n }} new"}},
+                        "data": {"n": 3}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(
+        p["rendered"]["push"],
+        json!({"title": "Hi !", "body": "3 new"})
+    );
+    assert!(p["rendered"].get("in_app").is_none(), "{p}");
+}
+
+#[tokio::test]
+async fn a_bad_preview_is_refused_naming_what_is_wrong() {
+    let app = spawn_app().await;
+    let cases = [
+        (json!({}), 422, "either"),
+        (
+            json!({"template": "x", "content": {"sms": {"text": "t"}}}),
+            422,
+            "either",
+        ),
+        (json!({"template": "nope"}), 404, "template `nope`"),
+        (
+            json!({"content": {"sms": {"text": "t"}}, "user_id": "nobody"}),
+            404,
+            "user `nobody`",
+        ),
+        (
+            json!({"content": {"sms": {"text": "{{ oops"}}}),
+            422,
+            "sms.text",
+        ),
+        (
+            json!({"content": {"sms": {"text": "t"}}, "data": [1]}),
+            422,
+            "data",
+        ),
+        (
+            json!({"content": {"sms": {"text": "t"}}, "colour": "red"}),
+            422,
+            "colour",
+        ),
+    ];
+    for (body, status, says) in cases {
+        let (s, err) = app
+            .call(Method::POST, "/v1/previews/template", Some(body.clone()))
+            .await;
+        assert_eq!(s, status, "{body} → {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body} → {message}");
+    }
+    // A template named `preview` is a template like any other.
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            "/v1/templates/preview",
+            Some(json!({"sms": {"text": "t"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = app.call(Method::GET, "/v1/templates/preview", None).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn a_filter_is_sized_with_its_first_users_before_it_is_saved() {
+    let app = spawn_app().await;
+    for (id, plan) in [("u3", "pro"), ("u1", "pro"), ("u2", "free")] {
+        let (s, _) = app
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{id}"),
+                Some(json!({"attributes": {"plan": plan}})),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let (s, sized) = app
+        .call(
+            Method::POST,
+            "/v1/previews/segment",
+            Some(json!({"filter": {"attr": "plan", "eq": "pro"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{sized}");
+    assert_eq!(sized, json!({"size": 2, "sample": ["u1", "u3"]}));
+    let (_, list) = app.call(Method::GET, "/v1/segments", None).await;
+    assert_eq!(list["segments"], json!([]), "nothing is saved");
+    let (s, err) = app
+        .call(
+            Method::POST,
+            "/v1/previews/segment",
+            Some(json!({"filter": {"attr": "plan", "like": "p%"}})),
+        )
+        .await;
+    assert_eq!(s, 422, "{err}");
+}

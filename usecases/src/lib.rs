@@ -12,3 +12,4 @@ pub mod delays;
 pub mod dry_run;
 pub mod events;
 pub mod ops;
+pub mod preview;
