@@ -1,6 +1,6 @@
 //! Herald's admin REST API: users and their preferences and devices, segments, templates, inbox
 //! token minting, campaigns and event rules, webhook subscriptions and dead letters, delivery
-//! analytics and the health status.
+//! analytics and the health status; and the web console on them (`/console`, [`console`]).
 //!
 //! Handlers parse and check input, call a use case (`herald-usecases`) or a port of
 //! `herald_core::Context`, and shape the answer; they hold no state of their own and never
@@ -10,6 +10,7 @@
 mod analytics;
 mod campaigns;
 mod cloudevents;
+pub mod console;
 mod deliveries;
 mod import;
 pub mod openapi;
@@ -132,6 +133,8 @@ pub fn admin_router(ctx: Context) -> Router {
             ctx.clone(),
             http::require_admin,
         ))
+        // After the admin check's layer, so outside it: the console asks for the key itself.
+        .merge(console::router())
         .with_state(ctx)
 }
 

@@ -931,3 +931,32 @@ async fn a_filter_is_sized_with_its_first_users_before_it_is_saved() {
         .await;
     assert_eq!(s, 422, "{err}");
 }
+
+#[tokio::test]
+async fn the_console_is_served_without_the_key_and_its_api_calls_need_it() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::new();
+    for (path, kind, has) in [
+        ("/console", "text/html", "/console/console.js"),
+        ("/console/console.js", "text/javascript", "/v1/previews/segment"),
+        ("/console/console.css", "text/css", "font"),
+    ] {
+        let resp = client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'"), "{path}: {csp}");
+        assert!(resp.text().await.unwrap().contains(has), "{path}");
+    }
+    let resp = client
+        .get(format!("{}/v1/campaigns", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}

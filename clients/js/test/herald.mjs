@@ -53,6 +53,7 @@ export async function startHerald() {
 
   return {
     base,
+    adminKey: ADMIN_KEY,
     admin,
     /** A user and an inbox token for it. */
     async user(id) {
