@@ -938,7 +938,11 @@ async fn the_console_is_served_without_the_key_and_its_api_calls_need_it() {
     let client = reqwest::Client::new();
     for (path, kind, has) in [
         ("/console", "text/html", "/console/console.js"),
-        ("/console/console.js", "text/javascript", "/v1/previews/segment"),
+        (
+            "/console/console.js",
+            "text/javascript",
+            "/v1/previews/segment",
+        ),
         ("/console/console.css", "text/css", "font"),
     ] {
         let resp = client

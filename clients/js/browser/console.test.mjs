@@ -3,52 +3,35 @@
 // with a preview for its user, watch it complete, and see the demo inbox (`/demo`) of that
 // user receive it live; read there, it shows read in a second tab. Screenshots of each page go
 // to artifacts/.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
-import { startHerald } from "../test/herald.mjs";
+import { ARTIFACTS, setUp } from "./browser.mjs";
 
-const ARTIFACTS = new URL("../artifacts/", import.meta.url).pathname;
-let herald;
-let browser;
-before(async () => {
-  herald = await startHerald();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
-  });
-  mkdirSync(ARTIFACTS, { recursive: true });
-});
-after(async () => {
-  await browser?.close();
-  await herald?.stop();
-});
+const env = setUp();
 
 async function newPage(errors) {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  const page = await env.browser.newPage({ viewport: { width: 1100, height: 900 } });
   page.on("pageerror", (e) => errors.push(e));
   return page;
 }
 
 test("the console creates a campaign that a demo inbox receives live, read on one tab and shown read on another", async () => {
   const errors = [];
-  await herald.admin("PUT", "/v1/users/maria", { attributes: { name: "Maria", locale: "pt-BR", plan: "pro" } });
-  await herald.admin("PUT", "/v1/users/joe", { attributes: { name: "Joe", plan: "free" } });
-  const token = (await herald.admin("POST", "/v1/users/maria/token")).token;
+  await env.herald.admin("PUT", "/v1/users/maria", { attributes: { name: "Maria", locale: "pt-BR", plan: "pro" } });
+  await env.herald.admin("PUT", "/v1/users/joe", { attributes: { name: "Joe", plan: "free" } });
+  const token = (await env.herald.admin("POST", "/v1/users/maria/token")).token;
 
   const inbox = await newPage(errors);
-  await inbox.goto(`${herald.base}/demo#token=${token}`);
+  await inbox.goto(`${env.herald.base}/demo#token=${token}`);
   await inbox.locator('#status[data-state="live"]').waitFor({ timeout: 15_000 });
 
   // Log in.
   const console = await newPage(errors);
-  await console.goto(`${herald.base}/console`);
+  await console.goto(`${env.herald.base}/console`);
   await console.fill("#admin-key", "not the key");
   await console.click('button:has-text("Log in")');
   await console.locator("#toast", { hasText: "not the admin key" }).waitFor();
-  await console.fill("#admin-key", herald.adminKey);
+  await console.fill("#admin-key", env.herald.adminKey);
   await console.click('button:has-text("Log in")');
   await console.locator("#create-campaign").waitFor();
 
@@ -104,7 +87,7 @@ test("the console creates a campaign that a demo inbox receives live, read on on
   await item(inbox).waitFor({ timeout: 15_000 });
   assert.match(await item(inbox).textContent(), /Your order B-42 is on its way/);
   const second = await newPage(errors);
-  await second.goto(`${herald.base}/demo#token=${token}`);
+  await second.goto(`${env.herald.base}/demo#token=${token}`);
   await second.locator('#status[data-state="live"]').waitFor({ timeout: 15_000 });
   assert.equal(await item(second).getAttribute("class"), "unread");
   await item(inbox).locator('[data-act="read"]').click();

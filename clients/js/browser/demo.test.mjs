@@ -2,46 +2,29 @@
 // headless, driven by playwright-core. A campaign sent to the user shows up live in an open
 // tab; reading it there shows it read in a second tab; dismissing it in the second removes it
 // from the first. Screenshots go to artifacts/ (CHROMIUM, else /usr/bin/chromium).
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
-import { startHerald } from "../test/herald.mjs";
+import { ARTIFACTS, setUp } from "./browser.mjs";
 
-const ARTIFACTS = new URL("../artifacts/", import.meta.url).pathname;
-let herald;
-let browser;
-before(async () => {
-  herald = await startHerald();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
-  });
-  mkdirSync(ARTIFACTS, { recursive: true });
-});
-after(async () => {
-  await browser?.close();
-  await herald?.stop();
-});
+const env = setUp();
 
 async function openInbox(token) {
-  const page = await browser.newPage({ viewport: { width: 720, height: 640 } });
+  const page = await env.browser.newPage({ viewport: { width: 720, height: 640 } });
   const errors = [];
   page.on("pageerror", (e) => errors.push(e));
-  await page.goto(`${herald.base}/demo#token=${token}`);
+  await page.goto(`${env.herald.base}/demo#token=${token}`);
   await page.locator('#status[data-state="live"]').waitFor({ timeout: 15_000 });
   return { page, errors };
 }
 
 test("a campaign reaches the open demo inbox live, and read and dismiss cross to a second tab", async () => {
-  const token = await herald.user("web-user");
-  await herald.send("web-user", "Already there");
+  const token = await env.herald.user("web-user");
+  await env.herald.send("web-user", "Already there");
   const first = await openInbox(token);
   assert.equal(await first.page.locator("#items li").count(), 1);
   assert.equal(await first.page.locator("#unread").textContent(), "1");
 
-  await herald.send("web-user", "Hello from a campaign");
+  await env.herald.send("web-user", "Hello from a campaign");
   const item = (tab) => tab.page.locator("#items li", { hasText: "Hello from a campaign" });
   await item(first).waitFor({ timeout: 15_000 });
   assert.equal(await first.page.locator("#items li").first().locator(".title").textContent(), "Hello from a campaign");
