@@ -472,6 +472,74 @@ mod compiled_tests {
         assert!(push("Hello {{ user.id }}").check_limits().is_ok());
     }
 
+    /// A repeated sequence is lazy, and iterating it happens outside the fuel's count: with
+    /// minijinja as published, each of these renders for ever (the template fuzz target found
+    /// the last one). Herald's minijinja (vendor/minijinja/HERALD.md) refuses the repeat.
+    #[test]
+    fn a_repeated_sequence_is_refused_however_it_is_used_and_renders_end_at_once() {
+        let fuzzed = String::from_utf8_lossy(include_bytes!(
+            "../../fuzz/corpus/template/regression-sequence-repeat"
+        ))
+        .into_owned();
+        let cases: Vec<String> = vec![
+            "{{ [1] * 1000000000000000000 }}".into(),
+            "{{ ([1] * 1000000000000000000)|join }}".into(),
+            "{{ 2 in [1] * 1000000000000000000 }}".into(),
+            "{{ [[1] * 1000] * 1000 }}".into(),
+            "{{ data.list * 1000000000000000000 }}".into(),
+            r#"{{ "abc"|list * 3 }}"#.into(),
+            fuzzed,
+        ];
+        for text in cases {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let body = text.clone();
+            std::thread::spawn(move || {
+                let Ok(c) = Compiled::new(TemplateContent {
+                    push: Some(TitleBody {
+                        title: "t".into(),
+                        body: body.clone(),
+                    }),
+                    ..Default::default()
+                }) else {
+                    let _ = tx.send(None);
+                    return;
+                };
+                let limits = c.check_limits();
+                // The fuzz target's context.
+                let ctx = minijinja::Value::from_serialize(serde_json::json!({
+                    "user": {"id": "u1", "n": 7, "name": "<b>x</b>"},
+                    "data": {"list": [1, 2, 3], "s": "abc"},
+                }));
+                let rendered = c.render("push.body", &body, &ctx);
+                let _ = tx.send(Some((limits, rendered)));
+            });
+            let outcome = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("rendering {text:?} did not end within 10 s"));
+            if let Some((_, rendered)) = outcome {
+                let err = rendered.expect_err(&text);
+                assert!(
+                    err.message.contains("too large"),
+                    "{text:?}: {}",
+                    err.message
+                );
+            }
+        }
+        // Repeating a string stays, within the output limit; numbers still multiply.
+        assert_eq!(
+            push(r#"{{ "ab" * 3 }} {{ 6 * 7 }}"#)
+                .render(
+                    "push.body",
+                    r#"{{ "ab" * 3 }} {{ 6 * 7 }}"#,
+                    &data_ctx(serde_json::json!({}))
+                )
+                .unwrap(),
+            "ababab 42"
+        );
+        // Refused when stored, since it fails whatever the data.
+        assert!(push("{{ [1] * 3 }}").check_limits().is_err());
+    }
+
     #[test]
     fn a_render_that_exceeds_a_limit_for_some_data_fails_for_that_data_only() {
         let c = push(r#"{{ "ab" * data.n }}"#);
