@@ -6,13 +6,14 @@ use crate::pages::{filter_param, next_cursor, PageParams};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use chrono::{DateTime, Utc};
 use herald_core::config::Secret;
 use herald_core::delivery::{DeadLetter, Webhook};
 use herald_core::ids::validate_key;
 use herald_core::model::{Channel, OutMessage};
 use herald_core::topics::{self, ChannelMessage};
 use herald_core::{Context, Error};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -27,18 +28,44 @@ pub struct WebhookBody {
     categories: Option<Vec<String>>,
 }
 
-/// A subscription as shown: everything but the secrets (of the replaced ones still signing,
-/// only until when).
-fn webhook_json(w: &Webhook) -> Value {
-    let rotating: Vec<_> = w.previous_secrets.iter().map(|p| p.expires_at).collect();
-    json!({
-        "id": w.id,
-        "url": w.url,
-        "categories": w.categories,
-        "previous_secrets_expire_at": rotating,
-        "created_at": w.created_at,
-        "updated_at": w.updated_at,
-    })
+/// A webhook subscription as shown: everything but the secrets (of the replaced ones still
+/// signing, only until when). Its secret is shown only when Herald generated it (creation
+/// without one) and in the answer of a rotation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    /// Categories it receives; null for every category.
+    pub categories: Option<Vec<String>>,
+    /// When each replaced secret, still signing beside the current one, stops.
+    pub previous_secrets_expire_at: Vec<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// `whsec_<base64>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl WebhookView {
+    fn of(w: &Webhook) -> Self {
+        WebhookView {
+            id: w.id.clone(),
+            url: w.url.clone(),
+            categories: w.categories.clone(),
+            previous_secrets_expire_at: w.previous_secrets.iter().map(|p| p.expires_at).collect(),
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+            secret: None,
+        }
+    }
+
+    /// With its current secret: the one time it is shown.
+    fn with_secret(w: &Webhook) -> Self {
+        WebhookView {
+            secret: Some(w.secret.expose().to_owned()),
+            ..Self::of(w)
+        }
+    }
 }
 
 /// How long a replaced secret keeps signing unless the rotation says (a day).
@@ -61,12 +88,12 @@ pub struct RotateBody {
 /// `POST /v1/webhooks/{id}/rotate-secret`: a new secret, shown in this answer only; the
 /// replaced one keeps signing every post beside it for `previous_valid_for_secs` (a day), so
 /// receivers switch without a post they cannot verify.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = String, Path)), request_body(content = Option<RotateBody>, description = "Optional: no body rotates to a generated secret with a day's grace"), responses((status = 200, description = "Rotated: the new secret, shown in this answer only", body = crate::openapi::WebhookView), (status = 404, description = "No such webhook", body = herald_http::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = String, Path)), request_body(content = Option<RotateBody>, description = "Optional: no body rotates to a generated secret with a day's grace"), responses((status = 200, description = "Rotated: the new secret, shown in this answer only", body = WebhookView), (status = 404, description = "No such webhook", body = herald_http::openapi::ErrorBody)))]
 pub async fn rotate_webhook_secret(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
     BodyBytes(bytes): BodyBytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WebhookView>> {
     // The body is optional: none rotates to a generated secret with the default grace.
     let body: RotateBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         RotateBody::default()
@@ -100,17 +127,15 @@ pub async fn rotate_webhook_secret(
     webhook.rotate(new, now, now + chrono::Duration::seconds(grace as i64));
     webhook.validate()?;
     ctx.ports.deliveries.put_webhook(&webhook).await?;
-    let mut shown = webhook_json(&webhook);
-    shown["secret"] = json!(webhook.secret.expose());
-    Ok(Json(shown))
+    Ok(Json(WebhookView::with_secret(&webhook)))
 }
 
-#[utoipa::path(put, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)), request_body = WebhookBody, responses((status = 200, description = "Stored; the secret is shown only when Herald generated it", body = crate::openapi::WebhookView)))]
+#[utoipa::path(put, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)), request_body = WebhookBody, responses((status = 200, description = "Stored; the secret is shown only when Herald generated it", body = WebhookView)))]
 pub async fn put_webhook(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<WebhookBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WebhookView>> {
     validate_key("webhook id", &id)?;
     let now = ctx.clock.now();
     // A secret given replaces the current one at once (a rotation with a grace period is
@@ -134,24 +159,28 @@ pub async fn put_webhook(
     webhook.validate()?;
     ctx.ports.deliveries.put_webhook(&webhook).await?;
     let stored = ctx.ports.deliveries.get_webhook(&id).await?;
-    let mut shown = webhook_json(stored.as_ref().unwrap_or(&webhook));
-    if generated {
+    let shown = stored.as_ref().unwrap_or(&webhook);
+    Ok(Json(if generated {
         // The only time a secret is shown: the subscriber needs it to verify posts.
-        shown["secret"] = json!(webhook.secret.expose());
-    }
-    Ok(Json(shown))
+        WebhookView {
+            secret: Some(webhook.secret.expose().to_owned()),
+            ..WebhookView::of(shown)
+        }
+    } else {
+        WebhookView::of(shown)
+    }))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)), responses((status = 200, body = crate::openapi::WebhookView), (status = 404, description = "No such webhook", body = herald_http::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)), responses((status = 200, body = WebhookView), (status = 404, description = "No such webhook", body = herald_http::openapi::ErrorBody)))]
 pub async fn get_webhook(
     State(ctx): State<Context>,
     PathParams(id): PathParams<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WebhookView>> {
     ctx.ports
         .deliveries
         .get_webhook(&id)
         .await?
-        .map(|w| Json(webhook_json(&w)))
+        .map(|w| Json(WebhookView::of(&w)))
         .ok_or_else(|| ApiError::not_found(format!("webhook `{id}` not found")))
 }
 
@@ -168,7 +197,7 @@ pub async fn list_webhooks(
         .list_webhooks(after.as_deref(), limit)
         .await?;
     let next = next_cursor(hooks.last().map(|w| w.id.as_str()), hooks.len(), limit);
-    let items: Vec<Value> = hooks.iter().map(webhook_json).collect();
+    let items: Vec<WebhookView> = hooks.iter().map(WebhookView::of).collect();
     Ok(Json(json!({ "webhooks": items, "next_cursor": next })))
 }
 
@@ -195,22 +224,52 @@ pub struct DeadLetterParams {
     cursor: Option<String>,
 }
 
-fn letter_json(l: &DeadLetter) -> Value {
-    json!({
-        "id": l.id,
-        "channel": l.channel,
-        "campaign_id": l.campaign_id,
-        "reason": l.reason,
-        "attempts": l.attempts,
-        "sends": l.sends,
-        "recipients": l.message.items.iter().map(|i| json!({
-            "user_id": i.user_id,
-            "notification_id": i.notification_id,
-            "targets": i.targets,
-        })).collect::<Vec<_>>(),
-        "created_at": l.created_at,
-        "replayed_at": l.replayed_at,
-    })
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetterRecipient {
+    pub user_id: String,
+    pub notification_id: uuid::Uuid,
+    /// The device tokens or webhook ids not yet delivered to; null for all of the user's.
+    pub targets: Option<Vec<String>>,
+}
+
+/// A channel message given up after its attempts, kept to be replayed (its content stays in
+/// the store).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetterView {
+    pub id: String,
+    pub channel: Channel,
+    pub campaign_id: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub sends: u64,
+    pub recipients: Vec<DeadLetterRecipient>,
+    pub created_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+impl DeadLetterView {
+    fn of(l: &DeadLetter) -> Self {
+        DeadLetterView {
+            id: l.id.clone(),
+            channel: l.channel,
+            campaign_id: l.campaign_id.clone(),
+            reason: l.reason.clone(),
+            attempts: l.attempts,
+            sends: l.sends,
+            recipients: l
+                .message
+                .items
+                .iter()
+                .map(|i| DeadLetterRecipient {
+                    user_id: i.user_id.clone(),
+                    notification_id: i.notification_id,
+                    targets: i.targets.clone(),
+                })
+                .collect(),
+            created_at: l.created_at,
+            replayed_at: l.replayed_at,
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "webhooks", params(DeadLetterParams), responses((status = 200, description = "Newest first", body = crate::openapi::DeadLetterPage)))]
@@ -231,7 +290,7 @@ pub async fn list_dead_letters(
         .list_dead_letters(channel, before.as_deref(), limit)
         .await?;
     let next = next_cursor(letters.last().map(|l| l.id.as_str()), letters.len(), limit);
-    let items: Vec<Value> = letters.iter().map(letter_json).collect();
+    let items: Vec<DeadLetterView> = letters.iter().map(DeadLetterView::of).collect();
     Ok(Json(json!({ "dead_letters": items, "next_cursor": next })))
 }
 

@@ -176,58 +176,17 @@ pub struct DevicesImported {
     pub unknown_users: Vec<String>,
 }
 
-/// A webhook subscription. Its secret is shown only when Herald generated it (creation
-/// without one) and in the answer of a rotation.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct WebhookView {
-    pub id: String,
-    pub url: String,
-    /// Categories it receives; null for every category.
-    pub categories: Option<Vec<String>>,
-    /// When each replaced secret, still signing beside the current one, stops.
-    pub previous_secrets_expire_at: Vec<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    /// `whsec_<base64>`.
-    pub secret: Option<String>,
-}
-
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct WebhookPage {
-    pub webhooks: Vec<WebhookView>,
+    pub webhooks: Vec<crate::deliveries::WebhookView>,
     pub next_cursor: Option<String>,
 }
 
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct DeadLetterRecipient {
-    pub user_id: String,
-    pub notification_id: uuid::Uuid,
-    /// The device tokens or webhook ids not yet delivered to; null for all of the user's.
-    pub targets: Option<Vec<String>>,
-}
-
-/// A channel message given up after its attempts, kept to be replayed.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct DeadLetterView {
-    pub id: String,
-    pub channel: Channel,
-    pub campaign_id: String,
-    pub reason: String,
-    pub attempts: u32,
-    pub sends: u64,
-    pub recipients: Vec<DeadLetterRecipient>,
-    pub created_at: DateTime<Utc>,
-    pub replayed_at: Option<DateTime<Utc>>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
 pub struct DeadLetterPage {
-    pub dead_letters: Vec<DeadLetterView>,
+    pub dead_letters: Vec<crate::deliveries::DeadLetterView>,
     pub next_cursor: Option<String>,
 }
 

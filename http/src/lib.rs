@@ -573,6 +573,28 @@ pub async fn serve(
     Ok(())
 }
 
+/// A handler serving one file compiled into the binary (the console's, the demo page's), with
+/// its content type and content security policy.
+pub fn embedded_file(
+    content_type: &'static str,
+    csp: &'static str,
+    body: &'static str,
+) -> impl Fn() -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    move || {
+        std::future::ready(
+            (
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (header::CONTENT_SECURITY_POLICY, csp),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                ],
+                body,
+            )
+                .into_response(),
+        )
+    }
+}
+
 /// Answers unknown paths and methods with the error body instead of axum's empty responses.
 pub fn with_fallbacks(router: Router) -> Router {
     router

@@ -5,42 +5,27 @@
 //! else. The client's built module (`clients/js/dist/index.js`) is kept in the repository and
 //! checked against its TypeScript source in CI.
 
-use axum::http::header;
-use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use herald_http::embedded_file;
 
 const PAGE: &str = include_str!("../../clients/js/demo/index.html");
 const CLIENT: &str = include_str!("../../clients/js/dist/index.js");
+
+/// The page runs its own inline module and talks to this origin only.
+const CSP: &str =
+    "default-src 'self'; style-src 'unsafe-inline'; script-src 'self' 'unsafe-inline'; \
+                   connect-src 'self' ws: wss:";
 
 /// The demo page and the client module it imports.
 pub fn router() -> Router {
     Router::new()
         .route(
             "/demo",
-            get(|| async {
-                (
-                    [
-                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                        // The page runs its own module and talks to this origin only.
-                        (
-                            header::CONTENT_SECURITY_POLICY,
-                            "default-src 'self'; style-src 'unsafe-inline'; script-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:",
-                        ),
-                    ],
-                    PAGE,
-                )
-                    .into_response()
-            }),
+            get(embedded_file("text/html; charset=utf-8", CSP, PAGE)),
         )
         .route(
             "/demo/inbox-client.js",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-                    CLIENT,
-                )
-                    .into_response()
-            }),
+            get(embedded_file("text/javascript; charset=utf-8", CSP, CLIENT)),
         )
 }
