@@ -38,6 +38,8 @@ pub fn campaign_json(c: &Campaign) -> Value {
         "channels": c.channels,
         "category": c.category,
         "priority": c.priority,
+        "push_when": c.push_when,
+        "online_push_delay_s": c.online_push_delay_s,
         "data": c.data,
         "starts_at": c.starts_at,
         "expires_at": c.expires_at,

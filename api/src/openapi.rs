@@ -24,12 +24,17 @@ pub struct CampaignView {
     pub channels: Vec<Channel>,
     pub category: Option<String>,
     pub priority: Priority,
+    pub push_when: PushWhen,
+    /// With `push_when: offline`: seconds a recipient with a live socket has to read the item
+    /// before the push goes out anyway (null: it does not).
+    pub online_push_delay_s: Option<u32>,
     #[schema(value_type = Object)]
     pub data: Value,
     pub starts_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub progress: Progress,
-    /// Per channel: channel messages queued, and recipients sent to or failed.
+    /// Per channel: channel messages queued, recipients sent to or failed, and pushes
+    /// suppressed because the recipient was looking at the inbox.
     pub deliveries: BTreeMap<String, DeliveryCounts>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,

@@ -11,7 +11,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use herald_core::filter::Filter;
 use herald_core::ids::validate_key;
-use herald_core::model::{validate_category, Channel, Priority, Rule};
+use herald_core::model::{
+    validate_category, validate_push_when, Channel, Priority, PushWhen, Rule,
+};
 use herald_core::{Context, ErrorKind};
 use herald_usecases::events::{self, EventOutcome};
 use serde::Deserialize;
@@ -51,6 +53,11 @@ pub struct RuleInput {
     #[serde(default)]
     #[schema(schema_with = herald_core::filter::filter_schema)]
     condition: Option<Filter>,
+    /// Presence-aware push for the campaigns the rule makes, as on `POST /v1/campaigns`.
+    #[serde(default)]
+    push_when: PushWhen,
+    #[serde(default)]
+    online_push_delay_s: Option<u32>,
 }
 
 fn not_found(event_type: &str) -> ApiError {
@@ -74,6 +81,7 @@ pub async fn put(
     if let Some(category) = &input.category {
         validate_category(category)?;
     }
+    validate_push_when(&input.channels, input.push_when, input.online_push_delay_s)?;
     validate_key("template", &input.template)?;
     let template = ctx
         .ports
@@ -106,6 +114,8 @@ pub async fn put(
         priority: input.priority,
         category: input.category,
         condition: input.condition,
+        push_when: input.push_when,
+        online_push_delay_s: input.online_push_delay_s,
         created_at: now,
         updated_at: now,
     };

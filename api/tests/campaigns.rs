@@ -415,6 +415,36 @@ async fn invalid_campaigns_are_422_with_the_error_body_and_store_nothing() {
         (with(&base, json!({"strategy": "fastest"})), "fastest"),
         (with(&base, json!({"priority": "critical"})), "critical"),
         (with(&base, json!({"category": "bad name!"})), "category"),
+        (
+            with(&base, json!({"push_when": "offline"})),
+            "push and in_app",
+        ),
+        (
+            with(&base, json!({"channels": ["push"], "push_when": "offline"})),
+            "push and in_app",
+        ),
+        (with(&base, json!({"push_when": "sometimes"})), "sometimes"),
+        (
+            with(
+                &base,
+                json!({"channels": ["in_app", "push"], "online_push_delay_s": 30}),
+            ),
+            "only with push_when",
+        ),
+        (
+            with(
+                &base,
+                json!({"channels": ["in_app", "push"], "push_when": "offline", "online_push_delay_s": 0}),
+            ),
+            "online_push_delay_s",
+        ),
+        (
+            with(
+                &base,
+                json!({"channels": ["in_app", "push"], "push_when": "offline", "online_push_delay_s": 86_401}),
+            ),
+            "online_push_delay_s",
+        ),
         (with(&base, json!({"starts_at": "tomorrow"})), "starts_at"),
         (json!("a campaign"), "JSON object"),
         (json!(null), "JSON object"),
@@ -675,6 +705,8 @@ async fn a_campaign_reads_back_with_its_request_and_zero_progress() {
             "priority": "high",
             "data": {"plan": "pro"},
             "expires_at": expires,
+            "push_when": "offline",
+            "online_push_delay_s": 120,
         }))
         .await;
     assert_eq!(s, 202, "{created}");
@@ -690,6 +722,8 @@ async fn a_campaign_reads_back_with_its_request_and_zero_progress() {
     assert_eq!(got["channels"], json!(["in_app", "push"]));
     assert_eq!(got["category"], "onboarding");
     assert_eq!(got["priority"], "high");
+    assert_eq!(got["push_when"], "offline");
+    assert_eq!(got["online_push_delay_s"], 120);
     assert_eq!(got["data"], json!({"plan": "pro"}));
     let stored_expiry: chrono::DateTime<Utc> =
         serde_json::from_value(got["expires_at"].clone()).unwrap();
@@ -709,6 +743,8 @@ async fn a_campaign_reads_back_with_its_request_and_zero_progress() {
     let (_, c2) = app.create(campaign_to(json!({"user": "u1"}))).await;
     let got = app.get_campaign(c2["id"].as_str().unwrap()).await;
     assert_eq!(got["priority"], "normal");
+    assert_eq!(got["push_when"], "always");
+    assert_eq!(got["online_push_delay_s"], Value::Null);
     assert_eq!(got["data"], json!({}));
     assert_eq!(got["category"], Value::Null);
     assert_eq!(got["content"], content());
@@ -1304,6 +1340,57 @@ async fn a_dry_run_says_what_a_campaign_would_do_and_creates_nothing() {
     let (s, created) = app.call(Method::POST, "/v1/campaigns", Some(body)).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{created}");
     assert_eq!(created["strategy"], d["strategy"]);
+}
+
+#[tokio::test]
+async fn a_presence_aware_dry_run_counts_the_push_recipients_connected_now() {
+    let app = spawn_app().await;
+    for u in ["pres-on", "pres-off"] {
+        let (s, b) = app
+            .call(Method::PUT, &format!("/v1/users/{u}"), Some(json!({})))
+            .await;
+        assert!(s.is_success(), "{b}");
+        let (s, b) = app
+            .call(
+                Method::POST,
+                &format!("/v1/users/{u}/devices"),
+                Some(json!({"platform": "fcm", "token": format!("tok-{u}")})),
+            )
+            .await;
+        assert!(s.is_success(), "{b}");
+    }
+    // pres-on has an inbox socket: an inbox node follows them on the live hub.
+    let node = app.ctx.ports.live.subscribe().await.unwrap();
+    node.routes.follow("pres-on").await.unwrap();
+    let body = |push_when: &str| {
+        json!({"audience": {"users": ["pres-on", "pres-off"]},
+               "content": {"title": "t", "body": "b"},
+               "channels": ["in_app", "push"], "push_when": push_when})
+    };
+    let (s, d) = app
+        .call(
+            Method::POST,
+            "/v1/campaigns?dry_run=true",
+            Some(body("offline")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["channels"]["push"]["recipients"], 2, "{d}");
+    assert_eq!(d["channels"]["push"]["online_now"], 1, "{d}");
+    let (s, d) = app
+        .call(
+            Method::POST,
+            "/v1/campaigns?dry_run=true",
+            Some(body("always")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(
+        d["channels"]["push"]["online_now"], 0,
+        "presence not asked: {d}"
+    );
+    drop(node);
+    app.assert_nothing_written("after dry runs").await;
 }
 
 #[tokio::test]

@@ -266,6 +266,7 @@ fn letter(id: &str) -> DeadLetter {
             expires_at: None,
             attempt: 4,
             replay_of: None,
+            unless_read: None,
             items: vec![ChannelItem {
                 user_id: "u1".into(),
                 notification_id: herald_core::ids::notification_id(

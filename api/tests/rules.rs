@@ -200,6 +200,16 @@ async fn invalid_rules_are_422_naming_the_problem_and_store_nothing() {
             json!({"channels": ["in_app"]}),
             "template",
         ),
+        (
+            "order.shipped".into(),
+            json!({"template": "order-shipped", "channels": ["in_app"], "push_when": "offline"}),
+            "push and in_app",
+        ),
+        (
+            "order.shipped".into(),
+            json!({"template": "order-shipped", "channels": ["in_app", "push"], "push_when": "offline", "online_push_delay_s": 0}),
+            "online_push_delay_s",
+        ),
         ("order%20shipped".into(), ok.clone(), "event type"),
         ("order@shipped".into(), ok.clone(), "event type"),
         (long, ok.clone(), "event type"),
@@ -240,7 +250,9 @@ async fn an_event_matching_its_rule_creates_a_campaign_for_the_user() {
                 "channels": ["push", "in_app"],
                 "priority": "urgent",
                 "category": "orders",
-                "condition": {"attr": "amount", "gt": 1000}
+                "condition": {"attr": "amount", "gt": 1000},
+                "push_when": "offline",
+                "online_push_delay_s": 45
             })),
         )
         .await;
@@ -270,6 +282,8 @@ async fn an_event_matching_its_rule_creates_a_campaign_for_the_user() {
     assert_eq!(c["priority"], "urgent");
     assert_eq!(c["category"], "orders");
     assert_eq!(c["strategy"], "direct");
+    assert_eq!(c["push_when"], "offline", "the rule's presence-aware push");
+    assert_eq!(c["online_push_delay_s"], 45);
     assert_eq!(c["data"], data);
     assert_eq!(app.campaign_count().await, 1);
 }

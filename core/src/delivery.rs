@@ -220,6 +220,10 @@ pub struct DeliveryReport {
     /// campaign start, for such a message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<DateTime<Utc>>,
+    /// Pushes not sent because their recipient read or dismissed the item before the message
+    /// was due ([`crate::topics::ChannelMessage::unless_read`]).
+    #[serde(default)]
+    pub suppressed_online: u64,
 }
 
 /// One failed send in a [`DeliveryReport`].

@@ -40,6 +40,8 @@ pub const CATALOG: &[(Kind, &str, &str)] = &[
     (Gauge, "herald_fanout_campaigns_cutting", "Campaigns whose batches this process is cutting."),
     (Counter, "herald_fanout_notifications_written_total", "Inbox rows written by fan-out."),
     (Gauge, "herald_fanout_pace_users_per_second", "The batcher's current pace, by strategy."),
+    (Counter, "herald_fanout_presence_failures_total", "Presence lookups for `push_when: offline` that failed (everyone was pushed to)."),
+    (Counter, "herald_fanout_push_suppressed_online_total", "Pushes not sent because the recipient had a live inbox socket (`push_when: offline`)."),
     (Histogram, "herald_fanout_stage_seconds", "Time per stage of a fan-out batch, by stage."),
     (Counter, "herald_fanout_users_total", "Users processed by fan-out batches."),
     (Histogram, "herald_http_request_duration_seconds", "HTTP request latency, by method, route template and status."),

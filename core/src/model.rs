@@ -113,6 +113,57 @@ impl Priority {
     }
 }
 
+/// When a campaign's push goes out: to everyone, or only to who is not looking at the inbox
+/// (presence-aware push).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PushWhen {
+    /// To every recipient with a device (the default).
+    #[default]
+    Always,
+    /// Only to recipients with no live inbox socket when the batch is published. Recipients
+    /// with one are counted `suppressed_online`, unless `online_push_delay_s` is set: then
+    /// their push waits that long and goes out only if the item is still unread (and not
+    /// dismissed) by then.
+    Offline,
+}
+
+impl PushWhen {
+    pub fn is_always(&self) -> bool {
+        *self == PushWhen::Always
+    }
+}
+
+/// Longest `online_push_delay_s`: a day.
+pub const MAX_ONLINE_PUSH_DELAY_S: u32 = 86_400;
+
+/// Checks a presence-aware push setting against the channels it goes with.
+pub fn validate_push_when(
+    channels: &[Channel],
+    when: PushWhen,
+    online_delay_s: Option<u32>,
+) -> crate::Result<()> {
+    match (when, online_delay_s) {
+        (PushWhen::Always, None) => Ok(()),
+        (PushWhen::Always, Some(_)) => Err(crate::Error::invalid(
+            "online_push_delay_s: only with push_when \"offline\"",
+        )),
+        (PushWhen::Offline, delay) => {
+            if !(channels.contains(&Channel::Push) && channels.contains(&Channel::InApp)) {
+                return Err(crate::Error::invalid(
+                    "push_when \"offline\": the channels must include push and in_app (presence is a live inbox socket)",
+                ));
+            }
+            match delay {
+                Some(d) if d == 0 || d > MAX_ONLINE_PUSH_DELAY_S => Err(crate::Error::invalid(
+                    format!("online_push_delay_s: from 1 to {MAX_ONLINE_PUSH_DELAY_S} seconds"),
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Users
 
@@ -742,6 +793,11 @@ pub struct DeliveryCounts {
     pub queued: u64,
     pub sent: u64,
     pub failed: u64,
+    /// Pushes not sent because the recipient was looking at the inbox (`push_when:
+    /// "offline"`): a live socket when the batch was published, or the item read or
+    /// dismissed within `online_push_delay_s`.
+    #[serde(default)]
+    pub suppressed_online: u64,
 }
 
 /// A campaign: one event sent to an audience over some channels.
@@ -757,6 +813,11 @@ pub struct Campaign {
     pub starts_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub strategy: Strategy,
+    /// Presence-aware push ([`PushWhen`]).
+    pub push_when: PushWhen,
+    /// With `push_when: offline`: how long a recipient with a live socket has to read the
+    /// item before the push goes out anyway.
+    pub online_push_delay_s: Option<u32>,
     pub status: CampaignStatus,
     pub audience_size: u64,
     pub progress: Progress,
@@ -810,6 +871,11 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = crate::filter::filter_schema)]
     pub condition: Option<Filter>,
+    /// Presence-aware push for the campaigns the rule makes ([`PushWhen`]).
+    #[serde(default, skip_serializing_if = "PushWhen::is_always")]
+    pub push_when: PushWhen,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_push_delay_s: Option<u32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

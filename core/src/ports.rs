@@ -168,8 +168,9 @@ pub trait CampaignStore: Send + Sync + 'static {
     /// a failure). Does nothing if the lease was taken over already.
     async fn release_lease(&self, lease: &CampaignLease, retry_at: DateTime<Utc>) -> Result<()>;
     /// Records batch `batch_no` as done: adds one to `batches_done`, the other counters of
-    /// `delta` (its `batches_total` / `batches_done` are ignored) and `queued` to the channels'
-    /// `queued` counters, and keeps `failures` while the campaign's sample has room, in one
+    /// `delta` (its `batches_total` / `batches_done` are ignored) and `channels` to the
+    /// channels' delivery counters (the fan-out adds `queued` and `suppressed_online`), and
+    /// keeps `failures` while the campaign's sample has room, in one
     /// atomic step, once. A batch number already recorded is ignored and
     /// `false` returned, so a redelivered batch never double counts.
     async fn record_batch(
@@ -177,7 +178,7 @@ pub trait CampaignStore: Send + Sync + 'static {
         id: &str,
         batch_no: u64,
         delta: &Progress,
-        queued: &[(Channel, u64)],
+        channels: &[(Channel, DeliveryCounts)],
         failures: &[RecipientFailure],
     ) -> Result<bool>;
     /// The sample of failures kept with a campaign (at most [`KEPT_FAILURES`]), oldest first.
@@ -199,7 +200,7 @@ pub trait CampaignStore: Send + Sync + 'static {
     /// Makes a failed batch replayable again (clears `replayed_at`), when its replay failed
     /// too.
     async fn reset_batch_replay(&self, id: &str, batch_no: u64) -> Result<()>;
-    /// Records the replay of a failed batch, once: adds `delta` and `queued` like
+    /// Records the replay of a failed batch, once: adds `delta` and `channels` like
     /// [`CampaignStore::record_batch`] and takes one off `failed_batches`. `false` if this
     /// replay was recorded already (or the batch never failed).
     async fn record_replayed_batch(
@@ -207,7 +208,7 @@ pub trait CampaignStore: Send + Sync + 'static {
         id: &str,
         batch_no: u64,
         delta: &Progress,
-        queued: &[(Channel, u64)],
+        channels: &[(Channel, DeliveryCounts)],
         failures: &[RecipientFailure],
     ) -> Result<bool>;
     /// Adds a delivery report's counts to a channel's counters once per `key`: a report
@@ -294,6 +295,10 @@ pub trait InboxStore: Send + Sync + 'static {
     }
     /// The user's visible rows strictly newer than `after` (oldest first): resume replay.
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>>;
+    /// The user's visible row at `key`, its `read_at` set as in [`InboxStore::page`]
+    /// (marked read, or at or below the read watermark); `None` if there is none (never
+    /// written, dismissed, or purged). One read by the row's whole key.
+    async fn get(&self, user_id: &str, key: InboxKey) -> Result<Option<Notification>>;
     /// The key of the user's visible row `id`, found by id alone. Only for ids that carry no
     /// time (rows written before notification ids carried theirs, see [`crate::ids`]): every
     /// other id is its own key ([`InboxKey::of_id`]). An engine that never held such rows
@@ -650,6 +655,12 @@ pub trait LiveHub: Send + Sync + 'static {
     /// A new subscription. It receives the events for every node published from now on, and
     /// the events of each user from when [`LiveRoutes::follow`] for the user has completed.
     async fn subscribe(&self) -> Result<LiveSubscription>;
+    /// Which of `user_ids` some subscription follows now, on any node: the users with a live
+    /// socket (presence-aware push). A user is followed from when their first socket's follow
+    /// has completed until their last socket is gone or its node's subscription ends (on
+    /// Redis, when the node's connection closes). One round trip per call where the engine
+    /// can.
+    async fn online(&self, user_ids: &[String]) -> Result<std::collections::HashSet<String>>;
 }
 
 /// One subscription to the live hub: its events and the routes it follows.

@@ -150,7 +150,28 @@ pub struct ChannelMessage {
     /// Set on a message replayed from the dead-letter queue: the dead letter's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<String>,
+    /// Set on the pushes of recipients who had a live inbox socket (`push_when: offline` with
+    /// `online_push_delay_s`): when the message is due, an item its recipient has read or
+    /// dismissed meanwhile is not sent (counted `suppressed_online`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unless_read: Option<ReadCheck>,
     pub items: Vec<ChannelItem>,
+}
+
+/// Where an [`ChannelMessage::unless_read`] message looks up whether an item was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadCheck {
+    /// The recipient's inbox row (the item's notification id is the row's id).
+    Inbox,
+    /// The recipient's state of the campaign's broadcast.
+    Broadcast,
+}
+
+/// The part of an [`ChannelMessage::unless_read`] message whose recipients' quiet hours end
+/// at `quiet_part` (0: none): negative, so it never meets a part of pushes sent at once.
+pub fn unless_read_part(quiet_part: i64) -> i64 {
+    -1 - quiet_part
 }
 
 fn is_zero(n: &u32) -> bool {

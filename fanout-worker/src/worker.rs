@@ -7,7 +7,7 @@ use herald_core::consume::{dead_letter, SharedConsumer};
 use herald_core::ids::notification_id;
 use herald_core::model::*;
 use herald_core::template::{self, Compiled};
-use herald_core::topics::{self, ChannelItem, ChannelMessage, FanoutBatch};
+use herald_core::topics::{self, ChannelItem, ChannelMessage, FanoutBatch, ReadCheck};
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::{Context, Error, ErrorKind, Result};
 use parking_lot::Mutex;
@@ -341,7 +341,11 @@ async fn deliver(
     cached: &Cached,
     batch: &FanoutBatch,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(Progress, Vec<(Channel, u64)>, Vec<RecipientFailure>)> {
+) -> Result<(
+    Progress,
+    Vec<(Channel, DeliveryCounts)>,
+    Vec<RecipientFailure>,
+)> {
     let campaign = &cached.campaign;
     let ids = &batch.user_ids;
     let mut stage = Stages::start();
@@ -381,9 +385,23 @@ async fn deliver(
     progress.notifications_written = rows.len() as u64;
     stage.done("write_inbox");
 
-    let mut queued: BTreeMap<Channel, u64> = BTreeMap::new();
+    let mut outbound = outbound;
+    let mut counts: BTreeMap<Channel, DeliveryCounts> = BTreeMap::new();
+    if campaign.push_when == PushWhen::Offline {
+        let suppressed = hold_back_online(ctx, campaign, &mut outbound, now).await;
+        if suppressed > 0 {
+            counts.entry(Channel::Push).or_default().suppressed_online += suppressed;
+            metrics::counter!("herald_fanout_push_suppressed_online_total").increment(suppressed);
+        }
+        stage.done("presence");
+    }
+    let read_check = if campaign.strategy == Strategy::Broadcast {
+        ReadCheck::Broadcast
+    } else {
+        ReadCheck::Inbox
+    };
     for ((channel, part), (deliver_after, items)) in outbound {
-        *queued.entry(channel).or_default() += items.len() as u64;
+        counts.entry(channel).or_default().queued += items.len() as u64;
         let msg = ChannelMessage {
             campaign_id: campaign.id.clone(),
             batch_no: batch.batch_no,
@@ -395,6 +413,7 @@ async fn deliver(
             expires_at: campaign.expires_at,
             attempt: 0,
             replay_of: None,
+            unless_read: (part < 0).then_some(read_check),
             items,
         };
         let payload = serde_json::to_vec(&msg)
@@ -427,7 +446,76 @@ async fn deliver(
         }
     }
     stage.done("publish_live");
-    Ok((progress, queued.into_iter().collect(), failures))
+    Ok((progress, counts.into_iter().collect(), failures))
+}
+
+/// Presence-aware push (`push_when: offline`): takes the pushes of recipients with a live
+/// inbox socket out of `outbound`. Without `online_push_delay_s` they are not sent (the
+/// returned count, `suppressed_online`); with it they move to an unless-read part of their
+/// own, due after the delay (or the end of their quiet hours, if later), which the push
+/// gateway sends only to those who have not read or dismissed the item by then.
+///
+/// If presence cannot be read, everyone counts as offline: a push too many rather than one
+/// lost.
+async fn hold_back_online(
+    ctx: &Context,
+    campaign: &Campaign,
+    outbound: &mut BTreeMap<(Channel, i64), Part>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> u64 {
+    let parts: Vec<(Channel, i64)> = outbound
+        .keys()
+        .filter(|(ch, part)| *ch == Channel::Push && *part >= 0)
+        .copied()
+        .collect();
+    let users: Vec<String> = parts
+        .iter()
+        .flat_map(|key| outbound[key].1.iter().map(|i| i.user_id.clone()))
+        .collect();
+    if users.is_empty() {
+        return 0;
+    }
+    let online = match ctx.ports.live.online(&users).await {
+        Ok(online) => online,
+        Err(e) => {
+            tracing::warn!(campaign = %campaign.id, error = %e, "presence unknown; pushing to everyone");
+            metrics::counter!("herald_fanout_presence_failures_total").increment(1);
+            return 0;
+        }
+    };
+    if online.is_empty() {
+        return 0;
+    }
+    let delay = campaign
+        .online_push_delay_s
+        .map(|s| chrono::Duration::seconds(i64::from(s)));
+    let mut suppressed = 0;
+    for key in parts {
+        let Some((after, items)) = outbound.remove(&key) else {
+            continue;
+        };
+        let (held, kept): (Vec<ChannelItem>, Vec<ChannelItem>) = items
+            .into_iter()
+            .partition(|item| online.contains(&item.user_id));
+        if !kept.is_empty() {
+            outbound.insert(key, (after, kept));
+        }
+        if held.is_empty() {
+            continue;
+        }
+        match delay {
+            None => suppressed += held.len() as u64,
+            Some(delay) => {
+                let due = after.map_or(now + delay, |quiet_end| quiet_end.max(now + delay));
+                let entry = outbound
+                    .entry((Channel::Push, topics::unless_read_part(key.1)))
+                    .or_default();
+                entry.0 = entry.0.max(Some(due));
+                entry.1.extend(held);
+            }
+        }
+    }
+    suppressed
 }
 
 /// Decides and renders every user's notification of a batch: preferences, quiet hours,

@@ -52,6 +52,8 @@ fn campaign(
         starts_at,
         expires_at,
         strategy: Strategy::Broadcast,
+        push_when: PushWhen::Always,
+        online_push_delay_s: None,
         status,
         audience_size: 0,
         progress: Progress::default(),

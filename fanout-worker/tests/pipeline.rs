@@ -105,6 +105,8 @@ fn campaign(ctx: &Context, id: &str, audience: Audience, channels: &[Channel]) -
         starts_at: None,
         expires_at: None,
         strategy: Strategy::Batch,
+        push_when: PushWhen::Always,
+        online_push_delay_s: None,
         status: CampaignStatus::Sizing,
         audience_size: 0,
         progress: Progress::default(),
@@ -666,6 +668,114 @@ async fn quiet_hours_defer_push_until_the_local_night_ends_in_each_users_time_zo
     assert_eq!(done.progress.notifications_written, 3);
     assert_eq!(queued(&done, Channel::Push), 3);
     assert_eq!(done.status, CampaignStatus::Completed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence-aware push (`push_when: offline`)
+
+fn suppressed(c: &Campaign) -> u64 {
+    c.deliveries
+        .get(&Channel::Push)
+        .map_or(0, |d| d.suppressed_online)
+}
+
+#[tokio::test]
+async fn push_when_offline_skips_users_with_a_live_socket_and_counts_them_suppressed() {
+    let h = harness(MORNING).await;
+    let ctx = &h.ctx;
+    add_users(
+        ctx,
+        &[
+            user("alice", json!({}), None, None),
+            user("bob", json!({}), None, None),
+        ],
+    )
+    .await;
+    // Alice has the inbox open: an inbox node follows her on the live hub.
+    let node = ctx.ports.live.subscribe().await.unwrap();
+    node.routes.follow("alice").await.unwrap();
+    let mut c = campaign(
+        ctx,
+        "c-presence",
+        users_audience(&["alice", "bob"]),
+        &[Channel::InApp, Channel::Push],
+    );
+    c.push_when = PushWhen::Offline;
+    insert(ctx, &c).await;
+
+    run_campaign(ctx, &c.id).await;
+
+    assert_eq!(rows(ctx, "alice", &c.id).await.len(), 1, "her inbox row");
+    assert_eq!(rows(ctx, "bob", &c.id).await.len(), 1);
+    let push = take_channel(ctx, Channel::Push).await;
+    assert_eq!(user_ids(&items_by_user(&push)), ["bob"]);
+    assert!(push.iter().all(|m| m.unless_read.is_none()));
+    let done = get(ctx, &c.id).await;
+    assert_eq!(done.status, CampaignStatus::Completed);
+    assert_eq!(queued(&done, Channel::Push), 1);
+    assert_eq!(suppressed(&done), 1);
+
+    // The same campaign without the option pushes to her too.
+    let plain = campaign(
+        ctx,
+        "c-always",
+        users_audience(&["alice", "bob"]),
+        &[Channel::InApp, Channel::Push],
+    );
+    insert(ctx, &plain).await;
+    run_campaign(ctx, &plain.id).await;
+    let push = items_by_user(&take_channel(ctx, Channel::Push).await);
+    assert_eq!(user_ids(&push), ["alice", "bob"]);
+    assert_eq!(suppressed(&get(ctx, &plain.id).await), 0);
+    drop(node);
+}
+
+#[tokio::test]
+async fn with_an_online_delay_a_connected_users_push_waits_unless_read_and_after_quiet_hours() {
+    // 21:30 UTC: Paris is in quiet hours until 06:00 UTC, Tokyo until 22:00 UTC, New York
+    // is not; all three have the inbox open, "nozone" (quiet hours in UTC: none now) not.
+    let h = harness("2026-01-10T21:30:00Z").await;
+    let ctx = &h.ctx;
+    night_owls(ctx).await;
+    let node = ctx.ports.live.subscribe().await.unwrap();
+    for u in ["paris", "ny", "tokyo"] {
+        node.routes.follow(u).await.unwrap();
+    }
+    let mut c = campaign(
+        ctx,
+        "c-delay",
+        users_audience(&["paris", "ny", "tokyo", "nozone"]),
+        &[Channel::InApp, Channel::Push],
+    );
+    c.push_when = PushWhen::Offline;
+    c.online_push_delay_s = Some(3600);
+    insert(ctx, &c).await;
+
+    run_campaign(ctx, &c.id).await;
+
+    let push = take_channel(ctx, Channel::Push).await;
+    let by_user = items_by_user(&push);
+    assert_eq!(user_ids(&by_user), ["nozone", "ny", "paris", "tokyo"]);
+    let check = |u: &str| {
+        push.iter()
+            .find(|m| m.items.iter().any(|i| i.user_id == u))
+            .unwrap()
+            .unless_read
+    };
+    // Offline and outside quiet hours: at once, unconditionally.
+    assert_eq!(by_user["nozone"].0, None);
+    assert_eq!(check("nozone"), None);
+    // Online: an hour later, or when quiet hours end if that is later; only if unread.
+    assert_eq!(by_user["ny"].0, Some(at("2026-01-10T22:30:00Z")));
+    assert_eq!(by_user["tokyo"].0, Some(at("2026-01-10T22:30:00Z")));
+    assert_eq!(by_user["paris"].0, Some(at("2026-01-11T06:00:00Z")));
+    for u in ["ny", "tokyo", "paris"] {
+        assert_eq!(check(u), Some(topics::ReadCheck::Inbox), "{u}");
+    }
+    let done = get(ctx, &c.id).await;
+    assert_eq!(queued(&done, Channel::Push), 4);
+    assert_eq!(suppressed(&done), 0, "counted when the gateway decides");
+    drop(node);
 }
 
 #[tokio::test]

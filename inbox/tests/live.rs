@@ -349,6 +349,13 @@ impl herald_core::ports::LiveHub for RecordingHub {
             }),
         })
     }
+
+    async fn online(
+        &self,
+        user_ids: &[String],
+    ) -> herald_core::Result<std::collections::HashSet<String>> {
+        self.inner.online(user_ids).await
+    }
 }
 
 type Log = std::sync::Arc<parking_lot::Mutex<Vec<String>>>;

@@ -20,12 +20,13 @@ use crate::backoff::Backoff;
 use crate::lanes::Lane;
 use crate::provider::{Destination, Dispatch, Envelope, Outcome, Provider};
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use herald_core::config::PushConfig;
 use herald_core::consume::{SharedConsumer, MAX_DELIVERIES};
 use herald_core::delivery::{DeadLetter, DeliveryReport, SendFailure, Webhook};
-use herald_core::model::{Channel, Device, OutMessage, Platform};
+use herald_core::model::{Channel, Device, InboxKey, OutMessage, Platform};
 use herald_core::ports::{DeliveryClaim, Throttle};
-use herald_core::topics::{self, ChannelItem, ChannelMessage};
+use herald_core::topics::{self, ChannelItem, ChannelMessage, ReadCheck};
 use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
 use herald_core::{Context, Error, Result};
 use parking_lot::Mutex;
@@ -44,6 +45,8 @@ const TOUCH_AFTER: chrono::Duration = chrono::Duration::hours(24);
 const WEBHOOK_TTL: Duration = Duration::from_secs(2);
 /// At most this many per-send failures go into a delivery report.
 const REPORTED_FAILURES: usize = 100;
+/// Read-state lookups of one unless-read message under way at once.
+const READ_CHECKS_IN_FLIGHT: usize = 32;
 
 /// The provider clients the gateway sends through; `None` means not configured (its sends go
 /// to the dead-letter queue, to be replayed once it is).
@@ -324,6 +327,51 @@ impl Gateway {
             .await
     }
 
+    /// The items of an [`ChannelMessage::unless_read`] message whose recipients have neither
+    /// read nor dismissed the item: one read by key each, a few under way at once.
+    async fn still_unread(
+        &self,
+        msg: &ChannelMessage,
+        check: ReadCheck,
+    ) -> Result<Vec<ChannelItem>> {
+        let broadcast = herald_core::ids::broadcast_id(&msg.campaign_id);
+        // Owned items and handles: the lookups borrow nothing across their awaits.
+        let lookups: Vec<_> = msg
+            .items
+            .iter()
+            .cloned()
+            .map(|item| {
+                let inbox = self.ctx.ports.inbox.clone();
+                let states = self.ctx.ports.broadcast_states.clone();
+                async move {
+                    let unread = match check {
+                        ReadCheck::Inbox => match InboxKey::of_id(item.notification_id) {
+                            // Not there any more: dismissed (or purged), so seen.
+                            Some(key) => inbox
+                                .get(&item.user_id, key)
+                                .await?
+                                .is_some_and(|n| n.read_at.is_none()),
+                            // An id without its time cannot be looked up by key: sent.
+                            None => true,
+                        },
+                        ReadCheck::Broadcast => {
+                            !states.user_states(&item.user_id).await?.iter().any(|s| {
+                                s.broadcast_id == broadcast
+                                    && (s.read_at.is_some() || s.dismissed_at.is_some())
+                            })
+                        }
+                    };
+                    Ok::<_, Error>(unread.then_some(item))
+                }
+            })
+            .collect();
+        let looked: Vec<Option<ChannelItem>> = futures::stream::iter(lookups)
+            .buffered(READ_CHECKS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(looked.into_iter().flatten().collect())
+    }
+
     /// Sends everything a message holds and acts on the outcomes; returns the report.
     pub async fn deliver(&self, msg: &ChannelMessage, key: String) -> Result<DeliveryReport> {
         let now = self.ctx.clock.now();
@@ -345,6 +393,7 @@ impl Gateway {
             due_at: msg
                 .deliver_after
                 .or_else(|| msg.replay_of.as_ref().map(|_| now)),
+            suppressed_online: 0,
         };
         if msg.expires_at.is_some_and(|e| e <= now) {
             for item in &msg.items {
@@ -354,6 +403,22 @@ impl Gateway {
             count(channel, "failed", report.failed);
             return Ok(report);
         }
+        // Pushes held back for recipients who were looking at the inbox: only those who have
+        // not read or dismissed the item since are sent to.
+        let unread;
+        let msg = match msg.unless_read {
+            Some(check) => {
+                let items = self.still_unread(msg, check).await?;
+                report.suppressed_online = (msg.items.len() - items.len()) as u64;
+                count(channel, "suppressed_online", report.suppressed_online);
+                unread = ChannelMessage {
+                    items,
+                    ..msg.clone()
+                };
+                &unread
+            }
+            None => msg,
+        };
 
         let envelope = Arc::new(Envelope {
             campaign_id: msg.campaign_id.clone(),

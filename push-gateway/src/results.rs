@@ -72,11 +72,12 @@ impl ResultCounter {
                 return Ok(());
             }
         };
-        if report.sent > 0 || report.failed > 0 {
+        if report.sent > 0 || report.failed > 0 || report.suppressed_online > 0 {
             let delta = DeliveryCounts {
                 queued: 0,
                 sent: report.sent,
                 failed: report.failed,
+                suppressed_online: report.suppressed_online,
             };
             self.ctx
                 .ports

@@ -184,6 +184,7 @@ fn message(
         expires_at: None,
         attempt: 0,
         replay_of: None,
+        unless_read: None,
         items: vec![ChannelItem {
             user_id: user.into(),
             notification_id: herald_core::ids::notification_id(
@@ -568,4 +569,84 @@ async fn a_successful_send_refreshes_the_last_use_of_an_old_device() {
         .await
         .unwrap();
     assert!(devices[0].last_used_at > chrono::Utc::now() - chrono::Duration::minutes(1));
+}
+
+/// The inbox row the fan-out wrote for `msg`'s item of `user` (same id and time).
+fn row_of(msg: &ChannelMessage, user: &str) -> herald_core::model::Notification {
+    let item = msg.items.iter().find(|i| i.user_id == user).unwrap();
+    let key = herald_core::model::InboxKey::of_id(item.notification_id).unwrap();
+    herald_core::model::Notification {
+        id: item.notification_id,
+        user_id: user.into(),
+        campaign_id: Some(msg.campaign_id.clone()),
+        title: "t".into(),
+        body: "b".into(),
+        category: None,
+        data: json!({}),
+        created_at: key.created_at,
+        read_at: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unless_read_push_goes_only_to_recipients_who_have_not_read_or_dismissed_it() {
+    let app = spawn_gateway(|_| {}).await;
+    let ports = &app.ctx.ports;
+    for u in ["reader", "dismisser", "idle"] {
+        app.user_with_devices(u, &[&format!("ok-{u}")]).await;
+    }
+    // Personal rows: one read, one dismissed, one untouched since the fan-out wrote them.
+    let mut msg = message("c-unless", "reader", None);
+    msg.items
+        .extend(message("c-unless", "dismisser", None).items);
+    msg.items.extend(message("c-unless", "idle", None).items);
+    msg.unless_read = Some(topics::ReadCheck::Inbox);
+    let rows: Vec<_> = ["reader", "dismisser", "idle"]
+        .iter()
+        .map(|u| row_of(&msg, u))
+        .collect();
+    ports.inbox.write_batch(&rows).await.unwrap();
+    let now = chrono::Utc::now();
+    assert!(ports
+        .inbox
+        .mark_read("reader", rows[0].key(), now)
+        .await
+        .unwrap());
+    assert!(ports
+        .inbox
+        .dismiss("dismisser", rows[1].key(), now)
+        .await
+        .unwrap());
+    // A broadcast's pushes look at the users' broadcast state instead.
+    let mut bmsg = message("c-unless-b", "reader", None);
+    bmsg.items.extend(message("c-unless-b", "idle", None).items);
+    bmsg.unless_read = Some(topics::ReadCheck::Broadcast);
+    ports
+        .broadcast_states
+        .mark_read("reader", herald_core::ids::broadcast_id("c-unless-b"), now)
+        .await
+        .unwrap();
+
+    publish(ports.bus.as_ref(), &msg).await;
+    publish(ports.bus.as_ref(), &bmsg).await;
+    eventually_marked(&app, &msg, "the personal message handled").await;
+    eventually_marked(&app, &bmsg, "the broadcast message handled").await;
+    assert_eq!(app.fcm.requests_for("ok-idle"), 2, "one push of each");
+    assert_eq!(app.fcm.requests_for("ok-reader"), 0);
+    assert_eq!(app.fcm.requests_for("ok-dismisser"), 0);
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"herald_push_deliveries_total{channel="push",result="suppressed_online"} 3"#
+        ),
+        "{metrics}"
+    );
 }

@@ -89,7 +89,12 @@ impl PreferenceCache for MemoryPreferenceCache {
 /// clients resume from the inbox store with `since` (nothing is silently lost).
 pub struct MemoryLiveHub {
     tx: broadcast::Sender<LiveEvent>,
+    /// How many subscriptions follow each user (presence).
+    followers: Followers,
 }
+
+/// Per user, the number of subscriptions following them.
+type Followers = Arc<Mutex<HashMap<String, usize>>>;
 
 impl Default for MemoryLiveHub {
     fn default() -> Self {
@@ -100,7 +105,10 @@ impl Default for MemoryLiveHub {
 impl MemoryLiveHub {
     pub fn with_capacity(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Self { tx }
+        Self {
+            tx,
+            followers: Followers::default(),
+        }
     }
 }
 
@@ -113,7 +121,10 @@ impl LiveHub for MemoryLiveHub {
     }
 
     async fn subscribe(&self) -> Result<LiveSubscription> {
-        let routes = Arc::new(MemoryRoutes::default());
+        let routes = Arc::new(MemoryRoutes {
+            users: RwLock::default(),
+            followers: self.followers.clone(),
+        });
         let followed = routes.clone();
         let stream = BroadcastStream::new(self.tx.subscribe())
             .take_while(|item| {
@@ -130,12 +141,42 @@ impl LiveHub for MemoryLiveHub {
             routes,
         })
     }
+
+    async fn online(&self, user_ids: &[String]) -> Result<HashSet<String>> {
+        let followers = self.followers.lock();
+        Ok(user_ids
+            .iter()
+            .filter(|u| followers.contains_key(u.as_str()))
+            .cloned()
+            .collect())
+    }
 }
 
 /// The users one in-process subscription follows: events are filtered as they are read.
-#[derive(Default)]
 struct MemoryRoutes {
     users: RwLock<HashSet<String>>,
+    followers: Followers,
+}
+
+impl MemoryRoutes {
+    fn unfollowed(followers: &mut HashMap<String, usize>, user_id: &str) {
+        if let Some(n) = followers.get_mut(user_id) {
+            *n -= 1;
+            if *n == 0 {
+                followers.remove(user_id);
+            }
+        }
+    }
+}
+
+impl Drop for MemoryRoutes {
+    /// A subscription that ends follows nobody any more.
+    fn drop(&mut self) {
+        let mut followers = self.followers.lock();
+        for user in self.users.get_mut().drain() {
+            Self::unfollowed(&mut followers, &user);
+        }
+    }
 }
 
 impl MemoryRoutes {
@@ -157,12 +198,20 @@ impl MemoryRoutes {
 
 impl LiveRoutes for MemoryRoutes {
     fn follow(&self, user_id: &str) -> BoxFuture<'static, Result<()>> {
-        self.users.write().insert(user_id.to_owned());
+        // The set and the count change under one lock order (users, then followers), so
+        // they never disagree.
+        let mut users = self.users.write();
+        if users.insert(user_id.to_owned()) {
+            *self.followers.lock().entry(user_id.to_owned()).or_default() += 1;
+        }
         Box::pin(futures::future::ready(Ok(())))
     }
 
     fn unfollow(&self, user_id: &str) {
-        self.users.write().remove(user_id);
+        let mut users = self.users.write();
+        if users.remove(user_id) {
+            Self::unfollowed(&mut self.followers.lock(), user_id);
+        }
     }
 }
 

@@ -451,6 +451,63 @@ pub mod cache_cases {
         }
     }
 
+    /// Presence: a user is online while some subscription follows them, on whichever
+    /// subscription (node), and offline once the last one unfollows or ends.
+    pub async fn a_user_is_online_while_some_subscription_follows_them(h: Arc<dyn LiveHub>) {
+        let p = run_id();
+        let users: Vec<String> = (0..5).map(|i| format!("{p}-u{i}")).collect();
+        let online = |h: Arc<dyn LiveHub>, users: Vec<String>| async move {
+            let mut got: Vec<String> = h.online(&users).await.unwrap().into_iter().collect();
+            got.sort();
+            got
+        };
+        assert!(online(h.clone(), users.clone()).await.is_empty());
+        assert!(h.online(&[]).await.unwrap().is_empty());
+        let s1 = h.subscribe().await.unwrap();
+        let s2 = h.subscribe().await.unwrap();
+        s1.routes.follow(&users[0]).await.unwrap();
+        s1.routes.follow(&users[1]).await.unwrap();
+        s2.routes.follow(&users[1]).await.unwrap();
+        s2.routes.follow(&users[2]).await.unwrap();
+        assert_eq!(
+            online(h.clone(), users.clone()).await,
+            users[..3].to_vec(),
+            "followed on either subscription"
+        );
+        // Still followed by s2 after s1 lets go.
+        s1.routes.unfollow(&users[1]);
+        s1.routes.unfollow(&users[0]);
+        // Unfollows are applied in order before the next follow completes.
+        s1.routes.follow(&users[3]).await.unwrap();
+        assert_eq!(online(h.clone(), users.clone()).await, users[1..4].to_vec());
+        // A subscription that ends follows nobody (Redis: its connection closes).
+        drop(s2);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let now = online(h.clone(), users.clone()).await;
+            if now == vec![users[3].clone()] {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still online after their subscription ended: {now:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Many users in one call.
+        let many: Vec<String> = (0..1500).map(|i| format!("{p}-m{i}")).collect();
+        s1.routes.follow(&many[1234]).await.unwrap();
+        assert_eq!(
+            h.online(&many)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![many[1234].clone()]
+        );
+        drop(s1);
+    }
+
     pub async fn a_subscription_receives_only_the_users_it_follows_and_every_activation(
         h: Arc<dyn LiveHub>,
     ) {
@@ -544,6 +601,14 @@ mod memory {
         cache_cases::a_subscription_receives_only_the_users_it_follows_and_every_activation(
             Arc::new(MemoryLiveHub::default()),
         )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_user_is_online_while_some_subscription_follows_them() {
+        cache_cases::a_user_is_online_while_some_subscription_follows_them(Arc::new(
+            MemoryLiveHub::default(),
+        ))
         .await;
     }
 
@@ -647,6 +712,15 @@ mod redis {
             .expect("HERALD_TEST_REDIS_URL is set but Redis is unusable");
         cache_cases::a_subscription_receives_only_the_users_it_follows_and_every_activation(hub)
             .await;
+    }
+
+    #[tokio::test]
+    async fn a_user_is_online_while_some_subscription_follows_them() {
+        let Some(url) = url() else { return };
+        let hub = herald_storage::open_live_hub(Some(&url))
+            .await
+            .expect("HERALD_TEST_REDIS_URL is set but Redis is unusable");
+        cache_cases::a_user_is_online_while_some_subscription_follows_them(hub).await;
     }
 
     /// Two processes share one cache: a preference written through one is never hidden by

@@ -25,6 +25,8 @@ fn campaign(id: &str, status: CampaignStatus) -> Campaign {
         starts_at: None,
         expires_at: Some(utc("2026-02-01T00:00:00Z")),
         strategy: Strategy::Batch,
+        push_when: PushWhen::Always,
+        online_push_delay_s: None,
         status,
         audience_size: 0,
         progress: Progress::default(),
@@ -114,7 +116,17 @@ pub mod cases {
             failed_render: 2,
             ..Default::default()
         };
-        let queued = [(Channel::Push, 990), (Channel::Email, 0)];
+        let queued = [
+            (
+                Channel::Push,
+                DeliveryCounts {
+                    queued: 990,
+                    suppressed_online: 5,
+                    ..Default::default()
+                },
+            ),
+            (Channel::Email, DeliveryCounts::default()),
+        ];
         let failure = |b: u64, u: &str| RecipientFailure {
             batch_no: b,
             user_id: Some(u.to_owned()),
@@ -158,6 +170,11 @@ pub mod cases {
             got.deliveries[&Channel::Push].queued,
             1_980,
             "queued counted once"
+        );
+        assert_eq!(
+            got.deliveries[&Channel::Push].suppressed_online,
+            10,
+            "suppressed counted once"
         );
         assert!(!got.all_batches_done());
     }
@@ -249,6 +266,8 @@ pub mod cases {
                 )
                 .unwrap(),
             ),
+            push_when: PushWhen::Offline,
+            online_push_delay_s: Some(30),
             created_at: at,
             updated_at: at,
         };
@@ -282,6 +301,7 @@ pub mod cases {
             queued: 0,
             sent: 7,
             failed: 3,
+            suppressed_online: 1,
         };
         assert!(s
             .record_deliveries(&c.id, "c/0/push/0", Channel::Push, &report)
@@ -303,7 +323,8 @@ pub mod cases {
             DeliveryCounts {
                 queued: 0,
                 sent: 14,
-                failed: 6
+                failed: 6,
+                suppressed_online: 2,
             }
         );
     }
@@ -334,7 +355,8 @@ pub mod cases {
             DeliveryCounts {
                 queued: 10,
                 sent: 8,
-                failed: 2
+                failed: 2,
+                suppressed_online: 0,
             }
         );
         assert_eq!(got.deliveries[&Channel::Email].queued, 10);
@@ -719,7 +741,13 @@ pub mod cases {
             notifications_written: 2,
             ..Default::default()
         };
-        let queued = [(Channel::Push, 2)];
+        let queued = [(
+            Channel::Push,
+            DeliveryCounts {
+                queued: 2,
+                ..Default::default()
+            },
+        )];
         assert!(s
             .record_replayed_batch(&c.id, 4, &delta, &queued, &[])
             .await
@@ -836,9 +864,19 @@ pub mod cases {
                         user_id: Some(format!("u{batch_no}")),
                         reason: "does not render".into(),
                     };
-                    s.record_batch(&id, batch_no, &delta, &[(Channel::Push, 10)], &[failure])
-                        .await
-                        .unwrap();
+                    let queued = DeliveryCounts {
+                        queued: 10,
+                        ..Default::default()
+                    };
+                    s.record_batch(
+                        &id,
+                        batch_no,
+                        &delta,
+                        &[(Channel::Push, queued)],
+                        &[failure],
+                    )
+                    .await
+                    .unwrap();
                     let sent = DeliveryCounts {
                         sent: 9,
                         failed: 1,
@@ -863,7 +901,8 @@ pub mod cases {
             DeliveryCounts {
                 queued: 1_600,
                 sent: 1_440,
-                failed: 160
+                failed: 160,
+                suppressed_online: 0,
             }
         );
         let sample = s.campaign_failures(&c.id).await.unwrap();

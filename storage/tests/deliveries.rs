@@ -44,6 +44,7 @@ fn letter(channel: Channel, campaign: &str) -> DeadLetter {
             expires_at: None,
             attempt: 4,
             replay_of: None,
+            unless_read: None,
             items: vec![ChannelItem {
                 user_id: "u1".into(),
                 notification_id: uuid::Uuid::now_v7(),

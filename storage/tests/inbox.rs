@@ -45,11 +45,19 @@ async fn find(s: &Arc<dyn InboxStore>, user: &str, key: InboxKey) -> Option<Noti
         created_at: key.created_at,
         id: uuid::Uuid::nil(),
     };
-    s.after(user, after, 1_000)
+    let paged = s
+        .after(user, after, 1_000)
         .await
         .unwrap()
         .into_iter()
-        .find(|n| n.key() == key)
+        .find(|n| n.key() == key);
+    // Read by its key, the row is the one the pages show.
+    assert_eq!(
+        s.get(user, key).await.unwrap(),
+        paged,
+        "get agrees with after"
+    );
+    paged
 }
 
 pub mod cases {
@@ -147,6 +155,57 @@ pub mod cases {
         assert_eq!(s.mark_all_read(&user, t1).await.unwrap(), 3);
         assert_eq!(s.unread_count(&user).await.unwrap(), 0);
         assert!(s.page(&user, None, 10, true).await.unwrap().is_empty());
+    }
+
+    pub async fn a_row_is_read_by_its_key_with_its_read_state(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let written = rows(&p, &user, 3, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&written).await.unwrap();
+        assert_eq!(
+            s.get(&user, written[0].key()).await.unwrap().as_ref(),
+            Some(&written[0]),
+            "every field, unread"
+        );
+        let t1 = utc("2026-01-03T00:00:00Z");
+        assert!(s.mark_read(&user, written[2].key(), t1).await.unwrap());
+        assert_eq!(
+            s.get(&user, written[2].key())
+                .await
+                .unwrap()
+                .unwrap()
+                .read_at,
+            Some(t1)
+        );
+        // The watermark reads a row it covers, not one above it.
+        let mark = written[0].created_at + Duration::seconds(1);
+        s.mark_all_read(&user, mark).await.unwrap();
+        assert_eq!(
+            s.get(&user, written[0].key())
+                .await
+                .unwrap()
+                .unwrap()
+                .read_at,
+            Some(mark)
+        );
+        assert_eq!(
+            s.get(&user, written[1].key())
+                .await
+                .unwrap()
+                .unwrap()
+                .read_at,
+            None
+        );
+        // Dismissed, another user's, or never written: nothing.
+        assert!(s.dismiss(&user, written[1].key(), t1).await.unwrap());
+        assert!(s.get(&user, written[1].key()).await.unwrap().is_none());
+        assert!(s
+            .get(&format!("{p}-other"), written[0].key())
+            .await
+            .unwrap()
+            .is_none());
+        let never = row(&format!("{p}-never"), &user, utc("2026-01-01T00:00:00Z"));
+        assert!(s.get(&user, never.key()).await.unwrap().is_none());
     }
 
     pub async fn users_cannot_touch_each_others_rows(s: Arc<dyn InboxStore>) {
@@ -398,6 +457,7 @@ macro_rules! inbox_conformance {
                 read_state_and_unread_count_follow_mark_read_and_read_all,
                 users_cannot_touch_each_others_rows,
                 dismissed_rows_disappear_from_pages_counts_and_replays,
+                a_row_is_read_by_its_key_with_its_read_state,
                 a_page_with_its_unread_count_agrees_with_the_two_separate_reads,
                 after_replays_newer_rows_oldest_first,
                 read_all_moves_a_watermark_that_covers_rows_written_after_it,

@@ -22,6 +22,8 @@ fn campaign(id: &str) -> Campaign {
         starts_at: None,
         expires_at: None,
         strategy: Strategy::Batch,
+        push_when: PushWhen::Always,
+        online_push_delay_s: None,
         status: CampaignStatus::FanningOut,
         audience_size: 0,
         progress: Progress::default(),

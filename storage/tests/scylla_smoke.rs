@@ -200,6 +200,31 @@ async fn the_production_session_connects_applies_the_schema_and_reads_rows_by_ke
             .rows_num();
         assert_eq!(none, 0, "{u} {i}");
     }
+    // The whole row by its key (what the push gateway reads before an unless-read push).
+    let get = session.prepare(inbox_cql::GET).await.unwrap();
+    let rows = session
+        .execute_unpaged(&get, (&user, created_at, id))
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    type Full = (
+        Uuid,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        i64,
+        Option<i64>,
+        Option<i64>,
+    );
+    let full: Vec<Full> = rows.rows().unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(full.len(), 1);
+    assert_eq!(
+        (full[0].0, full[0].2.as_deref(), full[0].6),
+        (id, Some("Title"), created_at)
+    );
 
     // The read watermark: absent, then read back by the production statement.
     let get_mark = session.prepare(inbox_cql::GET_MARK).await.unwrap();

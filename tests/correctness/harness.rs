@@ -492,6 +492,9 @@ impl InboxStore for PanickyInbox {
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
         self.inner.after(user_id, after, limit).await
     }
+    async fn get(&self, user_id: &str, key: InboxKey) -> Result<Option<Notification>> {
+        self.inner.get(user_id, key).await
+    }
     async fn locate(&self, user_id: &str, id: uuid::Uuid) -> Result<Option<InboxKey>> {
         self.inner.locate(user_id, id).await
     }

@@ -9,16 +9,16 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-fn token(user: &str) -> String {
+pub(crate) fn token(user: &str) -> String {
     live_client::token(SECRET, user)
 }
 
 /// A live socket of `user` on the node at `base` (`query`: `""` or `"?since=<cursor>"`).
-async fn connect(base: &str, user: &str, query: &str) -> Ws {
+pub(crate) async fn connect(base: &str, user: &str, query: &str) -> Ws {
     live_client::connect(SECRET, base, user, query).await
 }
 
-async fn eventually_metric(base: &str, name: &str, want: f64) {
+pub(crate) async fn eventually_metric(base: &str, name: &str, want: f64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let got = metric(base, name).await;
@@ -71,30 +71,39 @@ async fn engines(redis: &str) -> Vec<(String, String)> {
 }
 
 /// What the processes of one test share: the engines, a data directory and a fake FCM.
-struct Deployment {
+pub(crate) struct Deployment {
     env: Vec<(String, String)>,
-    fcm: herald_push::fakes::FakeFcm,
+    pub(crate) fcm: herald_push::fakes::FakeFcm,
     dir: tempfile::TempDir,
 }
 
 impl Deployment {
     /// The engines of [`engines`] plus `extra` settings; `None` (the test is skipped) without
     /// `HERALD_TEST_REDIS_URL`.
-    async fn new(extra: &[(&str, &str)]) -> Option<Deployment> {
+    pub(crate) async fn new(extra: &[(&str, &str)]) -> Option<Deployment> {
         let Ok(redis) = std::env::var("HERALD_TEST_REDIS_URL") else {
             eprintln!("skipped: set HERALD_TEST_REDIS_URL");
             return None;
         };
         let mut env = engines(&redis).await;
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Some(Self::with_env(env).await)
+    }
+
+    /// A deployment on the embedded engines of its data directory (for `herald serve`).
+    pub(crate) async fn embedded() -> Deployment {
+        Self::with_env(Vec::new()).await
+    }
+
+    async fn with_env(env: Vec<(String, String)>) -> Deployment {
         let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         fcm.write_credentials(dir.path()).unwrap();
-        Some(Deployment { env, fcm, dir })
+        Deployment { env, fcm, dir }
     }
 
     /// `herald <role>` on this deployment, once it answers.
-    async fn start(&self, role: &str) -> Role {
+    pub(crate) async fn start(&self, role: &str) -> Role {
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
@@ -107,7 +116,7 @@ impl Deployment {
 }
 
 /// An admin client of the `api` process.
-fn admin(api: &Role) -> Api {
+pub(crate) fn admin(api: &Role) -> Api {
     Api {
         base: api.base.clone(),
         client: reqwest::Client::new(),
@@ -212,7 +221,7 @@ async fn live_events_cross_inbox_nodes_per_user_and_activations_reach_every_node
 }
 
 /// Polls a campaign until it completes; returns it.
-async fn completed(admin: &Api, id: &str) -> Value {
+pub(crate) async fn completed(admin: &Api, id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let c = admin.campaign(id).await;

@@ -15,5 +15,6 @@ mod mysql_support;
 
 mod cross_node;
 mod outages;
+mod presence;
 
 pub const ADMIN_KEY: &str = "distributed-admin-key-0123456789";

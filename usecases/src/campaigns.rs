@@ -45,6 +45,15 @@ pub struct CampaignInput {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub strategy: RequestedStrategy,
+    /// Presence-aware push: `offline` sends the push only to recipients with no live inbox
+    /// socket (needs the `push` and `in_app` channels).
+    #[serde(default)]
+    pub push_when: PushWhen,
+    /// With `push_when: offline`: recipients with a live socket get the push after this many
+    /// seconds (1 to 86400) if they have not read or dismissed the item by then, instead of
+    /// not at all.
+    #[serde(default)]
+    pub online_push_delay_s: Option<u32>,
 }
 
 /// Checks a campaign request against the directory and sizes its audience. Nothing is written.
@@ -62,6 +71,7 @@ pub(crate) async fn validate_and_size(
     if let Some(category) = &input.category {
         validate_category(category)?;
     }
+    validate_push_when(&input.channels, input.push_when, input.online_push_delay_s)?;
     input.data = match std::mem::take(&mut input.data) {
         Value::Null => Value::Object(Map::new()),
         Value::Object(o) => Value::Object(o),
@@ -334,6 +344,8 @@ fn build(
         starts_at: input.starts_at,
         expires_at: input.expires_at,
         strategy,
+        push_when: input.push_when,
+        online_push_delay_s: input.online_push_delay_s,
         status: if scheduled {
             CampaignStatus::Scheduled
         } else {

@@ -30,6 +30,9 @@ pub struct ChannelForecast {
     pub no_address: u64,
     /// Recipients in quiet hours now: sent when their window ends.
     pub deferred_quiet_hours: u64,
+    /// Push with `push_when: offline`: recipients with a live inbox socket now, whose push
+    /// would be held back (not sent, or only if still unread after `online_push_delay_s`).
+    pub online_now: u64,
 }
 
 /// Sends a provider would take, and how long at its configured rate.
@@ -128,6 +131,12 @@ pub async fn dry_run(ctx: &Context, mut input: CampaignInput) -> Result<DryRun> 
             devices.entry(d.user_id).or_default().push(d.platform);
         }
     }
+    // Presence as it is now (the fan-out looks again when it gets to each batch).
+    let online = if input.push_when == PushWhen::Offline && !ids.is_empty() {
+        ctx.ports.live.online(&ids).await.unwrap_or_default()
+    } else {
+        Default::default()
+    };
     let category = input.category.as_deref();
     let hooks = if input.channels.contains(&Channel::Webhook) {
         let all = ctx.ports.deliveries.all_webhooks().await?;
@@ -213,6 +222,9 @@ pub async fn dry_run(ctx: &Context, mut input: CampaignInput) -> Result<DryRun> 
             if quiet && matches!(c, Channel::Push | Channel::Email | Channel::Sms) {
                 f.deferred_quiet_hours += 1;
             }
+            if c == Channel::Push && online.contains(&user.id) {
+                f.online_now += 1;
+            }
         }
     }
 
@@ -233,6 +245,7 @@ pub async fn dry_run(ctx: &Context, mut input: CampaignInput) -> Result<DryRun> 
             &mut f.opted_out,
             &mut f.no_address,
             &mut f.deferred_quiet_hours,
+            &mut f.online_now,
         ] {
             *v = scale(*v);
         }

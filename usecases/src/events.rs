@@ -68,6 +68,8 @@ pub async fn trigger(
         starts_at: None,
         expires_at: None,
         strategy: RequestedStrategy::default(),
+        push_when: rule.push_when,
+        online_push_delay_s: rule.online_push_delay_s,
     };
     match create_campaign(ctx, input, key).await? {
         Created::New(campaign) => {

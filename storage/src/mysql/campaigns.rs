@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const MIGRATIONS: &[Migration] = &[
     migration!("mysql", "campaigns", "0001_init"),
     migration!("mysql", "campaigns", "0002_created_index"),
+    migration!("mysql", "campaigns", "0003_suppressed_online"),
 ];
 
 /// Counter rows per campaign (and per campaign and channel).
@@ -72,6 +73,10 @@ struct Spec {
     category: Option<String>,
     priority: Priority,
     data: serde_json::Value,
+    #[serde(default, skip_serializing_if = "PushWhen::is_always")]
+    push_when: PushWhen,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    online_push_delay_s: Option<u32>,
 }
 
 fn ttl_micros(ttl: std::time::Duration) -> i64 {
@@ -116,6 +121,8 @@ fn campaign_from_row(row: &MySqlRow) -> Result<Campaign> {
         category: spec.category,
         priority: spec.priority,
         data: spec.data,
+        push_when: spec.push_when,
+        online_push_delay_s: spec.online_push_delay_s,
         starts_at: opt_from_micros(opt_int(row, "starts_at")?),
         expires_at: opt_from_micros(opt_int(row, "expires_at")?),
         strategy: parse_enum("campaign strategy", text(row, "strategy")?)?,
@@ -195,9 +202,11 @@ async fn add_channel_counts(
     d: &DeliveryCounts,
 ) -> std::result::Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO campaign_channel_counters (campaign_id, channel, shard, queued, sent, failed) \
-         VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE queued = queued + VALUES(queued), \
-         sent = sent + VALUES(sent), failed = failed + VALUES(failed)",
+        "INSERT INTO campaign_channel_counters \
+         (campaign_id, channel, shard, queued, sent, failed, suppressed_online) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE queued = queued + VALUES(queued), \
+         sent = sent + VALUES(sent), failed = failed + VALUES(failed), \
+         suppressed_online = suppressed_online + VALUES(suppressed_online)",
     )
     .bind(id)
     .bind(channel.as_str())
@@ -205,6 +214,7 @@ async fn add_channel_counts(
     .bind(d.queued as i64)
     .bind(d.sent as i64)
     .bind(d.failed as i64)
+    .bind(d.suppressed_online as i64)
     .execute(conn)
     .await?;
     Ok(())
@@ -247,7 +257,7 @@ async fn keep_failures(
     Ok(())
 }
 
-/// A batch's (or a replay's) additions: progress, failures, then the channels' `queued`, in
+/// A batch's (or a replay's) additions: progress, failures, then the channels' counters, in
 /// channel order (one lock order for every writer).
 #[allow(clippy::too_many_arguments)]
 async fn add_batch(
@@ -257,19 +267,19 @@ async fn add_batch(
     batches: i64,
     d: &Progress,
     failed_batches: i64,
-    queued: &[(Channel, u64)],
+    channels: &[(Channel, DeliveryCounts)],
     failures: &[RecipientFailure],
 ) -> std::result::Result<(), sqlx::Error> {
     let shard = batch_shard(batch_no);
     add_progress(conn, id, shard, batches, d, failed_batches).await?;
     keep_failures(conn, id, failures).await?;
-    let mut queued: Vec<(Channel, u64)> = queued.iter().filter(|(_, n)| *n > 0).copied().collect();
-    queued.sort_by_key(|(c, _)| c.as_str());
-    for (channel, n) in queued {
-        let counts = DeliveryCounts {
-            queued: n,
-            ..DeliveryCounts::default()
-        };
+    let mut channels: Vec<(Channel, DeliveryCounts)> = channels
+        .iter()
+        .filter(|(_, c)| *c != DeliveryCounts::default())
+        .copied()
+        .collect();
+    channels.sort_by_key(|(c, _)| c.as_str());
+    for (channel, counts) in channels {
         add_channel_counts(conn, id, channel, shard, &counts).await?;
     }
     Ok(())
@@ -316,7 +326,8 @@ impl MysqlCampaigns {
             }
             let mut qb = QueryBuilder::<MySql>::new(
                 "SELECT campaign_id, channel, CAST(SUM(queued) AS SIGNED) AS queued, \
-                 CAST(SUM(sent) AS SIGNED) AS sent, CAST(SUM(failed) AS SIGNED) AS failed \
+                 CAST(SUM(sent) AS SIGNED) AS sent, CAST(SUM(failed) AS SIGNED) AS failed, \
+                 CAST(SUM(suppressed_online) AS SIGNED) AS suppressed_online \
                  FROM campaign_channel_counters WHERE campaign_id IN (",
             );
             let mut sep = qb.separated(", ");
@@ -335,6 +346,7 @@ impl MysqlCampaigns {
                         queued: count(int(&row, "queued")?),
                         sent: count(int(&row, "sent")?),
                         failed: count(int(&row, "failed")?),
+                        suppressed_online: count(int(&row, "suppressed_online")?),
                     },
                 );
             }
@@ -365,6 +377,8 @@ impl CampaignStore for MysqlCampaigns {
             category: c.category.clone(),
             priority: c.priority,
             data: c.data.clone(),
+            push_when: c.push_when,
+            online_push_delay_s: c.online_push_delay_s,
         };
         let spec = serde_json::to_string(&spec).map_err(|e| corrupt("campaign", e))?;
         let attempts = std::sync::atomic::AtomicU32::new(0);
@@ -648,7 +662,7 @@ impl CampaignStore for MysqlCampaigns {
         id: &str,
         batch_no: u64,
         d: &Progress,
-        queued: &[(Channel, u64)],
+        channels: &[(Channel, DeliveryCounts)],
         failures: &[RecipientFailure],
     ) -> Result<bool> {
         retry_transient(|| async {
@@ -657,7 +671,7 @@ impl CampaignStore for MysqlCampaigns {
                 return Ok(false);
             }
             let failed = d.failed_batches as i64;
-            add_batch(&mut tx, id, batch_no, 1, d, failed, queued, failures).await?;
+            add_batch(&mut tx, id, batch_no, 1, d, failed, channels, failures).await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -781,7 +795,7 @@ impl CampaignStore for MysqlCampaigns {
         id: &str,
         batch_no: u64,
         d: &Progress,
-        queued: &[(Channel, u64)],
+        channels: &[(Channel, DeliveryCounts)],
         failures: &[RecipientFailure],
     ) -> Result<bool> {
         retry_transient(|| async {
@@ -802,7 +816,7 @@ impl CampaignStore for MysqlCampaigns {
             // The batch stops counting as failed: one off `failed_batches`, in the same shard
             // row as any other addition for this batch.
             let failed = d.failed_batches as i64 - 1;
-            add_batch(&mut tx, id, batch_no, 0, d, failed, queued, failures).await?;
+            add_batch(&mut tx, id, batch_no, 0, d, failed, channels, failures).await?;
             tx.commit().await?;
             Ok(true)
         })

@@ -282,6 +282,21 @@ impl InboxStore for MysqlInbox {
             .collect()
     }
 
+    async fn get(&self, user_id: &str, key: InboxKey) -> Result<Option<Notification>> {
+        let mut qb = select_rows(user_id, false);
+        qb.push(" AND created_at = ")
+            .push_bind(micros(key.created_at))
+            .push(" AND id = ")
+            .push_bind(key.id.as_bytes().to_vec());
+        qb.build()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .as_ref()
+            .map(notification_from_row)
+            .transpose()
+    }
+
     async fn locate(&self, user_id: &str, id: Uuid) -> Result<Option<InboxKey>> {
         let at: Option<i64> = sqlx::query_scalar(
             "SELECT created_at FROM notifications WHERE user_id = ? AND id = ? \

@@ -29,7 +29,7 @@ use futures::stream::StreamExt;
 use herald_core::model::LiveEvent;
 use herald_core::ports::{LiveHub, LiveRoutes, LiveSubscription};
 use herald_core::{Error, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -359,6 +359,84 @@ impl LiveHub for RedisLiveHub {
             Subscriber::Cluster(seed) => self.subscribe_sharded(seed).await,
         }
     }
+
+    /// Presence is the routing itself: a user is online while some node subscribes to the
+    /// user's channel, which Redis counts (`PUBSUB NUMSUB`; on a cluster `PUBSUB
+    /// SHARDNUMSUB`, which the client sends to every node and sums). A node that dies takes
+    /// its subscriptions with its connection, so nothing has to expire.
+    async fn online(&self, user_ids: &[String]) -> Result<HashSet<String>> {
+        let sub = match self.subscriber {
+            Subscriber::Single(_) => "NUMSUB",
+            Subscriber::Cluster(_) => "SHARDNUMSUB",
+        };
+        let mut online = HashSet::new();
+        for chunk in user_ids.chunks(PRESENCE_CHUNK) {
+            let channels: HashMap<String, &String> =
+                chunk.iter().map(|u| (self.names.user(u), u)).collect();
+            let mut cmd = ::redis::cmd("PUBSUB");
+            cmd.arg(sub);
+            for channel in channels.keys() {
+                cmd.arg(channel);
+            }
+            let reply: ::redis::Value = cmd
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(redis_error)?;
+            for (channel, n) in subscriber_counts(reply)? {
+                if n > 0 {
+                    if let Some(user) = channels.get(&channel) {
+                        online.insert((*user).clone());
+                    }
+                }
+            }
+        }
+        Ok(online)
+    }
+}
+
+/// Channels per `PUBSUB NUMSUB`.
+const PRESENCE_CHUNK: usize = 512;
+
+/// The `(channel, subscribers)` pairs of a `PUBSUB NUMSUB` reply: a flat array of pairs from
+/// one server, a map once a cluster client has summed its nodes' replies.
+fn subscriber_counts(reply: ::redis::Value) -> Result<Vec<(String, i64)>> {
+    use ::redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    };
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Map(pairs) => pairs,
+        Value::Array(flat) => {
+            let mut it = flat.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            pairs
+        }
+        other => {
+            return Err(corrupt(
+                "PUBSUB NUMSUB reply",
+                std::io::Error::other(format!("{other:?}")),
+            ))
+        }
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| match (text(k), int(v)) {
+            (Some(k), Some(v)) => Ok((k, v)),
+            _ => Err(corrupt(
+                "PUBSUB NUMSUB reply",
+                std::io::Error::other(format!("{k:?} {v:?}")),
+            )),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -68,7 +68,13 @@ pub mod cql {
         " FROM notifications_by_user WHERE user_id = ? AND (created_at, id) > (?, ?) \
          ORDER BY created_at ASC, id ASC LIMIT ?"
     );
-    /// One row by its whole key.
+    /// One row's columns by its whole key.
+    pub const GET: &str = concat!(
+        "SELECT ",
+        row_columns!(),
+        " FROM notifications_by_user WHERE user_id = ? AND created_at = ? AND id = ?"
+    );
+    /// One row's state by its whole key.
     pub const ROW: &str = "SELECT title, read_at, dismissed_at FROM notifications_by_user \
         WHERE user_id = ? AND created_at = ? AND id = ?";
     pub const MARK_READ: &str = "UPDATE notifications_by_user USING TTL ? SET read_at = ? \
@@ -97,6 +103,7 @@ struct Statements {
     newest: PreparedStatement,
     older: PreparedStatement,
     newer: PreparedStatement,
+    get: PreparedStatement,
     row: PreparedStatement,
     mark_read: PreparedStatement,
     dismiss: PreparedStatement,
@@ -148,6 +155,7 @@ impl ScyllaInbox {
             newest: prepare(s, cql::NEWEST).await?,
             older: prepare(s, cql::OLDER).await?,
             newer: prepare(s, cql::NEWER).await?,
+            get: prepare(s, cql::GET).await?,
             row: prepare(s, cql::ROW).await?,
             mark_read: prepare(s, cql::MARK_READ).await?,
             dismiss: prepare(s, cql::DISMISS).await?,
@@ -454,6 +462,17 @@ impl InboxStore for ScyllaInbox {
             .await
     }
 
+    async fn get(&self, user_id: &str, key: InboxKey) -> Result<Option<Notification>> {
+        let (mark, rows) = tokio::try_join!(
+            self.mark(user_id),
+            self.rows::<Row>(&self.st.get, (user_id, micros(key.created_at), key.id)),
+        )?;
+        match rows.into_iter().next() {
+            Some(row) => visible(user_id, row, mark),
+            None => Ok(None),
+        }
+    }
+
     async fn locate(&self, _user_id: &str, _id: Uuid) -> Result<Option<InboxKey>> {
         // Every row on this engine was written with an id that carries its time.
         Ok(None)
@@ -529,6 +548,7 @@ mod tests {
             ("NEWEST", cql::NEWEST, 2),
             ("OLDER", cql::OLDER, 4),
             ("NEWER", cql::NEWER, 4),
+            ("GET", cql::GET, 3),
             ("ROW", cql::ROW, 3),
             ("MARK_READ", cql::MARK_READ, 5),
             ("DISMISS", cql::DISMISS, 5),
@@ -581,6 +601,7 @@ mod tests {
             cql::NEWEST,
             cql::OLDER,
             cql::NEWER,
+            cql::GET,
             cql::ROW,
             cql::WINDOW,
             cql::WINDOW_UPTO,

@@ -23,6 +23,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "campaigns", "0005_failures"),
     migration!("sqlite", "campaigns", "0006_failed_batches"),
     migration!("sqlite", "campaigns", "0007_created_index"),
+    migration!("sqlite", "campaigns", "0008_suppressed_online"),
 ];
 
 /// Statuses in which a campaign may need a dispatcher (see `claimable_campaigns`).
@@ -54,14 +55,14 @@ async fn first_record(
 }
 
 /// Adds a batch's counters inside `tx`: `batches` to `batches_done`, the other counters of
-/// `d`, the channels' `queued`, and `failures` while the sample has room.
+/// `d`, the channels' counters, and `failures` while the sample has room.
 async fn add_batch(
     store: &SqliteCampaigns,
     tx: &mut sqlx::Transaction<'static, Sqlite>,
     id: &str,
     batches: i64,
     d: &Progress,
-    queued: &[(Channel, u64)],
+    channels: &[(Channel, DeliveryCounts)],
     failures: &[RecipientFailure],
 ) -> Result<()> {
     sqlx::query(
@@ -104,14 +105,11 @@ async fn add_batch(
             .map_err(|e| store.db_error(e))?;
         }
     }
-    for (channel, n) in queued.iter().filter(|(_, n)| *n > 0) {
-        sqlx::query(
-                "INSERT INTO campaign_deliveries (campaign_id, channel, queued) VALUES (?, ?, ?) \
-                 ON CONFLICT (campaign_id, channel) DO UPDATE SET queued = queued + excluded.queued",
-            )
-            .bind(id)
-            .bind(channel.as_str())
-            .bind(*n as i64)
+    for (channel, counts) in channels
+        .iter()
+        .filter(|(_, c)| *c != DeliveryCounts::default())
+    {
+        add_counts(id, *channel, counts)
             .execute(&mut **tx)
             .await
             .map_err(|e| store.db_error(e))?;
@@ -126,16 +124,19 @@ fn add_counts<'q>(
     d: &DeliveryCounts,
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
     sqlx::query(
-        "INSERT INTO campaign_deliveries (campaign_id, channel, queued, sent, failed) \
-         VALUES (?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \
+        "INSERT INTO campaign_deliveries \
+         (campaign_id, channel, queued, sent, failed, suppressed_online) \
+         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \
          queued = queued + excluded.queued, sent = sent + excluded.sent, \
-         failed = failed + excluded.failed",
+         failed = failed + excluded.failed, \
+         suppressed_online = suppressed_online + excluded.suppressed_online",
     )
     .bind(id)
     .bind(channel.as_str())
     .bind(d.queued as i64)
     .bind(d.sent as i64)
     .bind(d.failed as i64)
+    .bind(d.suppressed_online as i64)
 }
 
 pub struct SqliteCampaigns {
@@ -168,6 +169,10 @@ struct Spec {
     category: Option<String>,
     priority: Priority,
     data: serde_json::Value,
+    #[serde(default, skip_serializing_if = "PushWhen::is_always")]
+    push_when: PushWhen,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    online_push_delay_s: Option<u32>,
 }
 
 const COLUMNS: &str = "id, status, strategy, spec, starts_at, expires_at, audience_size, \
@@ -191,6 +196,8 @@ fn campaign_from_row(row: &SqliteRow) -> Result<Campaign> {
         category: spec.category,
         priority: spec.priority,
         data: spec.data,
+        push_when: spec.push_when,
+        online_push_delay_s: spec.online_push_delay_s,
         starts_at: opt_from_micros(row.get("starts_at")),
         expires_at: opt_from_micros(row.get("expires_at")),
         strategy: parse_enum("campaign strategy", row.get("strategy"))?,
@@ -224,7 +231,7 @@ impl SqliteCampaigns {
             return Ok(campaigns);
         }
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT campaign_id, channel, queued, sent, failed FROM campaign_deliveries \
+            "SELECT campaign_id, channel, queued, sent, failed, suppressed_online FROM campaign_deliveries \
              WHERE campaign_id IN (",
         );
         let mut sep = qb.separated(", ");
@@ -244,6 +251,7 @@ impl SqliteCampaigns {
                 queued: row.get::<i64, _>("queued") as u64,
                 sent: row.get::<i64, _>("sent") as u64,
                 failed: row.get::<i64, _>("failed") as u64,
+                suppressed_online: row.get::<i64, _>("suppressed_online") as u64,
             };
             if let Some(c) = campaigns.iter_mut().find(|c| c.id == id) {
                 c.deliveries.insert(channel, counts);
@@ -268,6 +276,8 @@ impl CampaignStore for SqliteCampaigns {
             category: c.category.clone(),
             priority: c.priority,
             data: c.data.clone(),
+            push_when: c.push_when,
+            online_push_delay_s: c.online_push_delay_s,
         };
         let spec = serde_json::to_string(&spec).map_err(|e| corrupt("campaign", e))?;
         sqlx::query(&format!(
@@ -515,14 +525,14 @@ impl CampaignStore for SqliteCampaigns {
         id: &str,
         batch_no: u64,
         d: &Progress,
-        queued: &[(Channel, u64)],
+        channels: &[(Channel, DeliveryCounts)],
         failures: &[RecipientFailure],
     ) -> Result<bool> {
         let (_gate, mut tx) = self.db.begin().await?;
         if !first_record(self, &mut tx, id, batch_no).await? {
             return Ok(false);
         }
-        add_batch(self, &mut tx, id, 1, d, queued, failures).await?;
+        add_batch(self, &mut tx, id, 1, d, channels, failures).await?;
         tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(true)
     }
@@ -639,7 +649,7 @@ impl CampaignStore for SqliteCampaigns {
         id: &str,
         batch_no: u64,
         d: &Progress,
-        queued: &[(Channel, u64)],
+        channels: &[(Channel, DeliveryCounts)],
         failures: &[RecipientFailure],
     ) -> Result<bool> {
         let (_gate, mut tx) = self.db.begin().await?;
@@ -657,7 +667,7 @@ impl CampaignStore for SqliteCampaigns {
         if !fresh {
             return Ok(false);
         }
-        add_batch(self, &mut tx, id, 0, d, queued, failures).await?;
+        add_batch(self, &mut tx, id, 0, d, channels, failures).await?;
         sqlx::query("UPDATE campaigns SET failed_batches = failed_batches - 1 WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)

@@ -279,6 +279,26 @@ impl InboxStore for SqliteInbox {
         rows.iter().map(row_to_notification).collect()
     }
 
+    async fn get(&self, user_id: &str, key: InboxKey) -> Result<Option<Notification>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT id, user_id, campaign_id, title, body, category, data, created_at, ",
+        );
+        push_read_at(&mut qb, user_id);
+        qb.push(" AS read_at FROM notifications WHERE user_id = ")
+            .push_bind(user_id.to_owned())
+            .push(" AND created_at = ")
+            .push_bind(micros(key.created_at))
+            .push(" AND id = ")
+            .push_bind(key.id.as_bytes().to_vec())
+            .push(" AND dismissed_at IS NULL");
+        let row = qb
+            .build()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        row.as_ref().map(row_to_notification).transpose()
+    }
+
     async fn locate(&self, user_id: &str, id: Uuid) -> Result<Option<InboxKey>> {
         // A scan of the user's range (no index on id): only for ids that carry no time.
         let at: Option<i64> = sqlx::query_scalar(

@@ -1,0 +1,147 @@
+//! Presence-aware push end to end (`push_when: "offline"`): campaigns go in through the admin
+//! API, the fan-out asks the live hub who has a socket open, and the push gateway sends to the
+//! fake FCM. Once on the embedded engines (`herald serve`, one process, the in-process hub),
+//! once with the roles apart on Redis (two inbox nodes, so presence must cross processes),
+//! MySQL and JetStream when their variables are set.
+
+use crate::cross_node::{admin, completed, connect, eventually_metric, token, Deployment};
+use crate::live_client::{next_frame, Ws, WAIT};
+use crate::roles::Api;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[tokio::test]
+async fn presence_aware_push_skips_connected_users_and_pushes_offline_ones_on_herald_serve() {
+    let d = Deployment::embedded().await;
+    let serve = d.start("serve").await;
+    let api = admin(&serve);
+    scenario(&d, &api, &serve.base, &serve.base).await;
+}
+
+#[tokio::test]
+async fn presence_aware_push_sees_sockets_on_every_inbox_node_when_roles_run_apart() {
+    let Some(d) = Deployment::new(&[]).await else {
+        return;
+    };
+    let api_role = d.start("api").await;
+    let _fanout = d.start("fanout").await;
+    let _push = d.start("push").await;
+    let a = d.start("inbox").await;
+    let b = d.start("inbox").await;
+    let api = admin(&api_role);
+    scenario(&d, &api, &a.base, &b.base).await;
+}
+
+/// Users `on` and `idle` have the inbox open on node `a`, `reader` on node `b`; `off` has no
+/// socket. Every one of them has one FCM device.
+async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
+    for user in ["on", "off", "reader", "idle"] {
+        let (s, body) = api
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{user}"),
+                Some(json!({"attributes": {}})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+        let (s, body) = api
+            .call(
+                Method::POST,
+                &format!("/v1/users/{user}/devices"),
+                Some(json!({"platform": "fcm", "token": format!("ok-{user}")})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+    }
+    let mut on = connect(a, "on", "").await;
+    let mut idle = connect(a, "idle", "").await;
+    let mut reader = connect(b, "reader", "").await;
+    if a == b {
+        eventually_metric(a, "herald_live_users_followed", 3.0).await;
+    } else {
+        eventually_metric(a, "herald_live_users_followed", 2.0).await;
+        eventually_metric(b, "herald_live_users_followed", 1.0).await;
+    }
+
+    // Without a delay: the connected user gets the item live and no push; the other the push.
+    let first = create(
+        api,
+        json!({"audience": {"users": ["on", "off"]}, "content": {"title": "t1", "body": "b"},
+               "channels": ["in_app", "push"], "push_when": "offline"}),
+    )
+    .await;
+    assert_eq!(item(&mut on).await["title"], "t1");
+    let push = push_counts(api, &first, |p| {
+        p["sent"] == 1 && p["suppressed_online"] == 1
+    })
+    .await;
+    assert_eq!(push["queued"], 1, "{push}");
+    assert_eq!(d.fcm.requests_for("ok-off"), 1);
+    assert_eq!(d.fcm.requests_for("ok-on"), 0, "no push for the open inbox");
+
+    // With a delay: the push of a connected user waits, and goes out only if the item is still
+    // unread then. `reader` reads it on node b; `idle` leaves it.
+    let second = create(
+        api,
+        json!({"audience": {"users": ["reader", "idle"]}, "content": {"title": "t2", "body": "b"},
+               "channels": ["in_app", "push"], "push_when": "offline", "online_push_delay_s": 3}),
+    )
+    .await;
+    let read = item(&mut reader).await;
+    assert_eq!(item(&mut idle).await["title"], "t2");
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{b}/v1/inbox/{}/read",
+            read["id"].as_str().unwrap()
+        ))
+        .bearer_auth(token("reader"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        d.fcm.requests_for("ok-idle"),
+        0,
+        "held back while the delay runs"
+    );
+    let push = push_counts(api, &second, |p| {
+        p["sent"] == 1 && p["suppressed_online"] == 1
+    })
+    .await;
+    assert_eq!(push["queued"], 2, "{push}");
+    assert_eq!(d.fcm.requests_for("ok-idle"), 1, "unread after the delay");
+    assert_eq!(d.fcm.requests_for("ok-reader"), 0, "read within the delay");
+    // Nothing else went out meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.fcm.sent(), 2);
+}
+
+async fn create(api: &Api, body: Value) -> String {
+    let (s, created) = api.call(Method::POST, "/v1/campaigns", Some(body)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    completed(api, &id).await;
+    id
+}
+
+/// The next inbox item on a socket.
+async fn item(ws: &mut Ws) -> Value {
+    let f = next_frame(ws).await;
+    assert_eq!(f["type"], "notification", "{f}");
+    f["item"].clone()
+}
+
+/// The campaign's push counters, once `done` holds for them.
+async fn push_counts(api: &Api, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let c = api.campaign(id).await;
+        let push = c["deliveries"]["push"].clone();
+        if done(&push) {
+            return push;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "push counters: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
