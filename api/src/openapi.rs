@@ -96,10 +96,25 @@ pub struct EventOutcome {
     pub campaign_id: Option<String>,
     pub strategy: Option<Strategy>,
     pub status: Option<CampaignStatus>,
+    /// The rule digests its events: the digest this one joined, sent when its window ends.
+    pub digest: Option<DigestJoined>,
     pub error: Option<herald_http::openapi::ErrorDetail>,
     /// A CloudEvent's `source` and `id`.
     #[schema(value_type = Option<Object>)]
     pub event: Option<Value>,
+}
+
+/// The digest an event joined.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DigestJoined {
+    pub id: String,
+    /// Events in it so far.
+    pub count: u64,
+    /// When it is sent (the end of its window).
+    pub sends_at: DateTime<Utc>,
+    /// The event was in it already (same CloudEvent `source` and `id`).
+    pub duplicate: bool,
 }
 
 /// The answers to a CloudEvents batch, in its order.

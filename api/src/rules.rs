@@ -12,7 +12,7 @@ use axum::Json;
 use herald_core::filter::Filter;
 use herald_core::ids::validate_key;
 use herald_core::model::{
-    validate_category, validate_push_when, Channel, Priority, PushWhen, Rule,
+    validate_category, validate_push_when, Channel, DigestRule, Priority, PushWhen, Rule,
 };
 use herald_core::{Context, ErrorKind};
 use herald_usecases::events::{self, EventOutcome};
@@ -58,6 +58,9 @@ pub struct RuleInput {
     push_when: PushWhen,
     #[serde(default)]
     online_push_delay_s: Option<u32>,
+    /// Collect each user's events for a window and send them as one notification.
+    #[serde(default)]
+    digest: Option<DigestRule>,
 }
 
 fn not_found(event_type: &str) -> ApiError {
@@ -82,6 +85,9 @@ pub async fn put(
         validate_category(category)?;
     }
     validate_push_when(&input.channels, input.push_when, input.online_push_delay_s)?;
+    if let Some(digest) = &input.digest {
+        digest.validate()?;
+    }
     validate_key("template", &input.template)?;
     let template = ctx
         .ports
@@ -116,6 +122,7 @@ pub async fn put(
         condition: input.condition,
         push_when: input.push_when,
         online_push_delay_s: input.online_push_delay_s,
+        digest: input.digest,
         created_at: now,
         updated_at: now,
     };
@@ -275,6 +282,15 @@ async fn trigger(ctx: &Context, e: Incoming, in_batch: bool) -> ApiResult<Value>
             "campaign_id": campaign.id,
             "strategy": campaign.strategy,
             "status": campaign.status,
+        }),
+        Ok(EventOutcome::Digested(d)) => json!({
+            "matched": true,
+            "digest": {
+                "id": d.digest_id,
+                "count": d.count,
+                "sends_at": d.window_ends_at,
+                "duplicate": d.duplicate,
+            },
         }),
         Ok(EventOutcome::Duplicate(first)) => json!({
             "matched": true,

@@ -210,6 +210,26 @@ async fn invalid_rules_are_422_naming_the_problem_and_store_nothing() {
             json!({"template": "order-shipped", "channels": ["in_app", "push"], "push_when": "offline", "online_push_delay_s": 0}),
             "online_push_delay_s",
         ),
+        (
+            "order.shipped".into(),
+            json!({"template": "order-shipped", "channels": ["in_app"], "digest": {"window_s": 0}}),
+            "digest.window_s",
+        ),
+        (
+            "order.shipped".into(),
+            json!({"template": "order-shipped", "channels": ["in_app"], "digest": {"window_s": 604_801}}),
+            "digest.window_s",
+        ),
+        (
+            "order.shipped".into(),
+            json!({"template": "order-shipped", "channels": ["in_app"], "digest": {"window_s": 60, "key": "bad key!"}}),
+            "digest.key",
+        ),
+        (
+            "order.shipped".into(),
+            json!({"template": "order-shipped", "channels": ["in_app"], "digest": {"window_s": 60, "every": 2}}),
+            "every",
+        ),
         ("order%20shipped".into(), ok.clone(), "event type"),
         ("order@shipped".into(), ok.clone(), "event type"),
         (long, ok.clone(), "event type"),
@@ -700,4 +720,50 @@ async fn a_bad_cloudevent_is_refused_naming_what_is_wrong_and_creates_nothing() 
         assert!(msg.contains(says), "{ct} {body}: {msg}");
     }
     assert_eq!(app.campaign_count().await, 0);
+}
+
+#[tokio::test]
+async fn events_of_a_digest_rule_join_one_digest_per_user_and_key() {
+    let app = spawn_app().await;
+    with_template(&app).await;
+    let (s, rule) = app
+        .call(
+            Method::PUT,
+            "/v1/rules/order.shipped",
+            Some(json!({"template": "order-shipped", "channels": ["in_app"],
+                        "digest": {"key": "order_id", "window_s": 300}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{rule}");
+    assert_eq!(rule["digest"], json!({"key": "order_id", "window_s": 300}));
+    let event = |user: &str, order: &str| json!({"type": "order.shipped", "user_id": user, "data": {"order_id": order, "amount": 1}});
+    let before = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for (n, (user, order)) in [
+        ("alice", "A-1"),
+        ("alice", "A-1"),
+        ("alice", "A-2"),
+        ("bob", "A-1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, res) = app
+            .call(Method::POST, "/v1/events", Some(event(user, order)))
+            .await;
+        assert_eq!(s, 202, "{res}");
+        assert_eq!(res["matched"], true, "{res}");
+        assert!(res["campaign_id"].is_null(), "no campaign yet: {res}");
+        let d = &res["digest"];
+        assert_eq!(d["count"], if n == 1 { 2 } else { 1 }, "{res}");
+        assert_eq!(d["duplicate"], false);
+        let sends_at: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(d["sends_at"].clone()).unwrap();
+        assert!(sends_at >= before + chrono::Duration::seconds(300), "{res}");
+        ids.push(d["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids[0], ids[1], "same user and order: one digest");
+    assert_ne!(ids[0], ids[2]);
+    assert_ne!(ids[0], ids[3]);
+    assert_eq!(app.campaign_count().await, 0, "sent when the window ends");
 }

@@ -876,8 +876,93 @@ pub struct Rule {
     pub push_when: PushWhen,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online_push_delay_s: Option<u32>,
+    /// Collect a user's matching events for a window and send one notification for them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<DigestRule>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A rule's digest: a user's events of the rule's type (with the same value of the data field
+/// `key`, when set) are collected from the first one for `window_s` seconds, then sent as one
+/// notification whose template sees them (`{{ events }}`, the events' data, oldest first, at
+/// most [`MAX_DIGEST_EVENTS`]; `{{ count }}`, how many there were).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DigestRule {
+    /// A field of the events' data: one digest per value (`order_id`, `project`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// 1 to 604800 (a week).
+    pub window_s: u32,
+}
+
+/// Longest digest window: a week.
+pub const MAX_DIGEST_WINDOW_S: u32 = 604_800;
+/// Events a digest keeps for its template (the count goes on).
+pub const MAX_DIGEST_EVENTS: usize = 100;
+
+impl DigestRule {
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.window_s == 0 || self.window_s > MAX_DIGEST_WINDOW_S {
+            return Err(crate::Error::invalid(format!(
+                "digest.window_s: from 1 to {MAX_DIGEST_WINDOW_S} seconds"
+            )));
+        }
+        if let Some(key) = &self.key {
+            crate::ids::validate_key("digest.key", key)?;
+        }
+        Ok(())
+    }
+
+    /// The digest an event with `data` joins: the value of the key field, as text (empty
+    /// without a key, or when the event lacks the field).
+    pub fn key_value(&self, data: &serde_json::Map<String, Value>) -> String {
+        match self.key.as_ref().and_then(|k| data.get(k)) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        }
+    }
+}
+
+/// One event joining a digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DigestEvent {
+    pub event_type: String,
+    pub user_id: String,
+    /// [`DigestRule::key_value`] of the event.
+    pub key_value: String,
+    pub data: Value,
+    /// The event's identity, when it has one (a CloudEvent's source and id): an event a
+    /// digest holds already is not added again.
+    pub event_key: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// Where an event went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DigestAdded {
+    pub digest_id: String,
+    /// Events in the digest so far.
+    pub count: u64,
+    /// When it is sent.
+    pub window_ends_at: DateTime<Utc>,
+    /// The event was in the digest already.
+    pub duplicate: bool,
+}
+
+/// A digest taken for sending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TakenDigest {
+    pub id: String,
+    pub event_type: String,
+    pub user_id: String,
+    pub key_value: String,
+    /// The events' data, oldest first (at most [`MAX_DIGEST_EVENTS`]).
+    pub events: Vec<Value>,
+    pub count: u64,
+    pub window_ends_at: DateTime<Utc>,
 }
 
 /// What an idempotency key maps to.

@@ -254,6 +254,25 @@ pub trait CampaignStore: Send + Sync + 'static {
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
 
     /// Inserts or replaces the rule of an event type (`created_at` of an existing one kept).
+    /// Adds an event to the open digest of its type, user and key value, or opens one whose
+    /// window ends `window` after the event, when there is none or its window has ended.
+    /// Adds of one digest are serialised (concurrent first events open one digest, not two);
+    /// an event whose `event_key` the digest holds is not added again (`duplicate`). The
+    /// digest keeps the first [`MAX_DIGEST_EVENTS`] events' data and counts them all.
+    async fn add_to_digest(
+        &self,
+        event: &DigestEvent,
+        window: std::time::Duration,
+    ) -> Result<DigestAdded>;
+    /// Closes digest `id` (a later event opens a new one) and returns it with its events. A
+    /// digest closed already is returned again as it was (a flush redelivered after a crash
+    /// sends the same notification, which its idempotency key makes once). `None` if there is
+    /// no such digest (purged).
+    async fn take_digest(&self, id: &str) -> Result<Option<TakenDigest>>;
+    /// Forgets closed digests whose window ended before `before`, with their events. Returns
+    /// how many digests.
+    async fn purge_digests(&self, before: DateTime<Utc>) -> Result<u64>;
+
     async fn put_rule(&self, rule: &Rule) -> Result<()>;
     async fn get_rule(&self, event_type: &str) -> Result<Option<Rule>>;
     /// Rules with event type greater than `after`, by event type.

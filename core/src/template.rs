@@ -140,7 +140,15 @@ pub fn context(user: &User, data: &minijinja::Value) -> minijinja::Value {
     if let Some(phone) = &user.phone {
         u.insert("phone", minijinja::Value::from(phone.as_str()));
     }
-    minijinja::context! { user => minijinja::Value::from_iter(u), data => data.clone() }
+    // A digest's notification (see `DigestRule`) carries its events and their count in its
+    // data; its template also sees them at the top: `{{ count }}`, `{% for e in events %}`.
+    let top = |name: &str| data.get_attr(name).unwrap_or(minijinja::Value::UNDEFINED);
+    minijinja::context! {
+        user => minijinja::Value::from_iter(u),
+        data => data.clone(),
+        events => top("events"),
+        count => top("count"),
+    }
 }
 
 /// The context of content that is the same for everyone (broadcasts): data only.
@@ -183,6 +191,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, "u1 premium a@example.com #42");
+    }
+
+    #[test]
+    fn a_digests_events_and_count_are_seen_at_the_top_and_in_data() {
+        let user = User {
+            id: "u1".into(),
+            email: None,
+            phone: None,
+            attributes: Default::default(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let data = serde_json::json!({"events": [{"t": "a"}, {"t": "b"}], "count": 3});
+        let ctx = context(&user, &data_value(&data));
+        let out = render(
+            "t",
+            "{{ count }}/{{ data.count }}:{% for e in events %}{{ e.t }}{% endfor %}",
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(out, "3/3:ab");
+        // Without them (any other campaign) the names are simply undefined.
+        let ctx = context(&user, &data_value(&serde_json::json!({})));
+        assert_eq!(render("t", "[{{ count }}]", &ctx).unwrap(), "[]");
     }
 
     #[test]

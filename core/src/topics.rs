@@ -19,6 +19,10 @@ pub const GATEWAY: &str = "push-gateway";
 pub const RESULTS: &str = "delivery.results";
 /// The group that adds delivery reports to the campaigns' counters.
 pub const RESULT_COUNTERS: &str = "delivery-counters";
+/// Digests whose window has ended ([`DigestDue`]), published by the delay store when due.
+pub const DIGESTS: &str = "digests.due";
+/// The group that sends due digests (in the fan-out role).
+pub const DIGEST_SENDERS: &str = "digest-senders";
 
 /// The channel queue topic of a channel delivered outside the inbox (`channel.push`, ...).
 pub fn channel_topic(channel: Channel) -> &'static str {
@@ -43,7 +47,7 @@ pub fn dead_letter_topic(topic: &str) -> String {
 
 /// `topic` as a metric label: one of the standard topics, or `other` (labels stay bounded).
 pub fn known(topic: &str) -> &'static str {
-    [DISPATCH, BATCHES, RESULTS]
+    [DISPATCH, BATCHES, RESULTS, DIGESTS]
         .into_iter()
         .chain(OUTBOUND.map(channel_topic))
         .find(|t| *t == topic)
@@ -73,6 +77,7 @@ pub fn subscriptions() -> Vec<(String, &'static str)> {
     let mut all = vec![(DISPATCH, DISPATCHERS), (BATCHES, BATCH_WORKERS)];
     all.extend(OUTBOUND.map(|c| (channel_topic(c), GATEWAY)));
     all.push((RESULTS, RESULT_COUNTERS));
+    all.push((DIGESTS, DIGEST_SENDERS));
     let dead: Vec<(String, &'static str)> = all
         .iter()
         .map(|(topic, _)| (dead_letter_topic(topic), DEAD_LETTERS))
@@ -98,6 +103,12 @@ pub async fn hint_dispatch(bus: &dyn Bus, campaign_id: &str) {
     if let Err(e) = bus.publish(DISPATCH, &[hint]).await {
         tracing::debug!(campaign = campaign_id, error = %e, "dispatch hint not published");
     }
+}
+
+/// Body of a [`DIGESTS`] message: a digest whose window has ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestDue {
+    pub digest_id: String,
 }
 
 /// Body of a [`DISPATCH`] message: a hint that a campaign needs a dispatcher.

@@ -51,6 +51,11 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
         herald_usecases::delays::DelayPublisher::new(ctx.clone()),
         shutdown.clone(),
     ));
+    // Digests of event rules, sent when their window ends.
+    tasks.push(registry.spawn(
+        herald_usecases::digests::DigestSender::new(ctx.clone()),
+        shutdown.clone(),
+    ));
     let cache = worker::CampaignCache::default();
     let batches = worker::BatchWorker::consumer(&ctx);
     for _ in 0..workers.max(1) {

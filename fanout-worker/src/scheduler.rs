@@ -74,6 +74,15 @@ impl Worker for Scheduler {
             {
                 first_error.get_or_insert(e);
             }
+            // Sent digests are kept a day past their window (a redelivered send finds them).
+            if let Err(e) = ctx
+                .ports
+                .campaigns
+                .purge_digests(ctx.clock.now() - chrono::Duration::days(1))
+                .await
+            {
+                first_error.get_or_insert(e);
+            }
         }
         match first_error {
             Some(e) => Err(e),

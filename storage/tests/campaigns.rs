@@ -268,6 +268,10 @@ pub mod cases {
             ),
             push_when: PushWhen::Offline,
             online_push_delay_s: Some(30),
+            digest: Some(DigestRule {
+                key: Some("post".into()),
+                window_s: 600,
+            }),
             created_at: at,
             updated_at: at,
         };
@@ -908,6 +912,181 @@ pub mod cases {
         let sample = s.campaign_failures(&c.id).await.unwrap();
         assert_eq!(sample.len(), herald_core::ports::KEPT_FAILURES);
     }
+
+    fn digest_event(
+        p: &str,
+        user: &str,
+        key: &str,
+        n: u32,
+        at: chrono::DateTime<Utc>,
+    ) -> DigestEvent {
+        DigestEvent {
+            event_type: format!("{p}.comment"),
+            user_id: user.to_owned(),
+            key_value: key.to_owned(),
+            data: serde_json::json!({"n": n, "text": format!("comment {n}")}),
+            event_key: None,
+            at,
+        }
+    }
+
+    pub async fn events_join_one_digest_per_user_and_key_until_it_is_taken(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let t0 = Utc::now();
+        let window = std::time::Duration::from_secs(600);
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let added = s
+                .add_to_digest(&digest_event(&p, "u1", "post-1", n, t0), window)
+                .await
+                .unwrap();
+            assert_eq!(added.count, u64::from(n));
+            assert!(!added.duplicate);
+            assert_eq!(
+                added.window_ends_at.timestamp_micros(),
+                (t0 + Duration::seconds(600)).timestamp_micros(),
+                "the window runs from the first event"
+            );
+            ids.push(added.digest_id);
+        }
+        assert!(ids.iter().all(|id| *id == ids[0]), "one digest: {ids:?}");
+        let other_key = s
+            .add_to_digest(&digest_event(&p, "u1", "post-2", 9, t0), window)
+            .await
+            .unwrap();
+        let other_user = s
+            .add_to_digest(&digest_event(&p, "u2", "post-1", 9, t0), window)
+            .await
+            .unwrap();
+        assert_ne!(other_key.digest_id, ids[0]);
+        assert_ne!(other_user.digest_id, ids[0]);
+        assert_ne!(other_key.digest_id, other_user.digest_id);
+
+        let taken = s.take_digest(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(taken.user_id, "u1");
+        assert_eq!(taken.key_value, "post-1");
+        assert_eq!(taken.event_type, format!("{p}.comment"));
+        assert_eq!(taken.count, 3);
+        assert_eq!(
+            taken.events,
+            (1..=3)
+                .map(|n| serde_json::json!({"n": n, "text": format!("comment {n}")}))
+                .collect::<Vec<_>>(),
+            "oldest first"
+        );
+        // Taken again (a redelivered send): the same digest, as it was.
+        assert_eq!(s.take_digest(&ids[0]).await.unwrap().unwrap(), taken);
+        // A later event opens a new digest.
+        let later = s
+            .add_to_digest(&digest_event(&p, "u1", "post-1", 4, t0), window)
+            .await
+            .unwrap();
+        assert_ne!(later.digest_id, ids[0]);
+        assert_eq!(later.count, 1);
+        assert_eq!(s.take_digest(&ids[0]).await.unwrap().unwrap().count, 3);
+        assert!(s.take_digest(&format!("{p}-none")).await.unwrap().is_none());
+    }
+
+    pub async fn an_event_after_the_window_opens_a_new_digest_and_a_keyed_one_joins_once(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let t0 = Utc::now();
+        let window = std::time::Duration::from_secs(60);
+        let first = s
+            .add_to_digest(&digest_event(&p, "u1", "", 1, t0), window)
+            .await
+            .unwrap();
+        let late = s
+            .add_to_digest(
+                &digest_event(&p, "u1", "", 2, t0 + Duration::seconds(61)),
+                window,
+            )
+            .await
+            .unwrap();
+        assert_ne!(first.digest_id, late.digest_id, "its window had ended");
+        assert_eq!(late.count, 1);
+        // The same event (its identity) twice: counted once.
+        let mut keyed = digest_event(&p, "u1", "", 3, t0 + Duration::seconds(62));
+        keyed.event_key = Some(format!("{p}-event-1"));
+        let once = s.add_to_digest(&keyed, window).await.unwrap();
+        let again = s.add_to_digest(&keyed, window).await.unwrap();
+        assert_eq!((once.count, once.duplicate), (2, false));
+        assert_eq!((again.count, again.duplicate), (2, true));
+        assert_eq!(again.digest_id, late.digest_id);
+        assert_eq!(
+            s.take_digest(&late.digest_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .events
+                .len(),
+            2
+        );
+    }
+
+    pub async fn concurrent_first_events_open_one_digest_and_every_event_counts(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let t0 = Utc::now();
+        let adds = (0..24u32).map(|n| {
+            let (s, p) = (s.clone(), p.clone());
+            tokio::spawn(async move {
+                s.add_to_digest(
+                    &digest_event(&p, "u1", "k", n, t0),
+                    std::time::Duration::from_secs(600),
+                )
+                .await
+                .unwrap()
+            })
+        });
+        let added: Vec<DigestAdded> = futures::future::join_all(adds)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        let id = &added[0].digest_id;
+        assert!(added.iter().all(|a| a.digest_id == *id), "{added:?}");
+        let taken = s.take_digest(id).await.unwrap().unwrap();
+        assert_eq!(taken.count, 24);
+        assert_eq!(taken.events.len(), 24);
+    }
+
+    pub async fn a_digest_keeps_its_first_events_counts_them_all_and_is_purged_once_sent(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let t0 = Utc::now();
+        let window = std::time::Duration::from_secs(1);
+        let mut id = String::new();
+        for n in 0..(MAX_DIGEST_EVENTS as u32 + 5) {
+            id = s
+                .add_to_digest(&digest_event(&p, "u1", "", n, t0), window)
+                .await
+                .unwrap()
+                .digest_id;
+        }
+        let open = s
+            .add_to_digest(&digest_event(&p, "u2", "", 0, t0), window)
+            .await
+            .unwrap();
+        let taken = s.take_digest(&id).await.unwrap().unwrap();
+        assert_eq!(taken.count, MAX_DIGEST_EVENTS as u64 + 5);
+        assert_eq!(taken.events.len(), MAX_DIGEST_EVENTS);
+        assert_eq!(taken.events[0]["n"], 0, "the first ones");
+        // Sent digests past the cutoff go; open ones stay, whatever their age. (The cutoff is
+        // just past this test's 1 s windows: other cases' digests, in the same database, have
+        // longer windows.)
+        assert!(s.purge_digests(t0 + Duration::seconds(2)).await.unwrap() >= 1);
+        assert!(s.take_digest(&id).await.unwrap().is_none());
+        assert_eq!(
+            s.take_digest(&open.digest_id).await.unwrap().unwrap().count,
+            1
+        );
+    }
 }
 
 macro_rules! campaign_conformance {
@@ -933,6 +1112,10 @@ macro_rules! campaign_conformance {
                 scheduled_campaigns_become_due_at_their_start,
                 an_idempotency_key_is_claimed_once_and_replays_its_response,
                 an_invalid_requests_or_expired_idempotency_key_can_be_claimed_again,
+                events_join_one_digest_per_user_and_key_until_it_is_taken,
+                an_event_after_the_window_opens_a_new_digest_and_a_keyed_one_joins_once,
+                concurrent_first_events_open_one_digest_and_every_event_counts,
+                a_digest_keeps_its_first_events_counts_them_all_and_is_purged_once_sent,
             );
         }
     };

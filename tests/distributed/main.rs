@@ -14,6 +14,7 @@ mod roles;
 mod mysql_support;
 
 mod cross_node;
+mod digests;
 mod outages;
 mod presence;
 

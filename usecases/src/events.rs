@@ -5,7 +5,7 @@
 //! is answered with the campaign it created.
 
 use crate::campaigns::{create_campaign, CampaignInput, Created, IdempotencyKey};
-use herald_core::model::{Audience, Campaign};
+use herald_core::model::{Audience, Campaign, DigestAdded, DigestEvent};
 use herald_core::strategy::RequestedStrategy;
 use herald_core::{Context, Error, Result};
 use serde_json::{Map, Value};
@@ -16,6 +16,8 @@ pub enum EventOutcome {
     /// No campaign: why not (no rule for the type, or the condition did not hold).
     NotMatched(String),
     Matched(Box<Campaign>),
+    /// The rule digests its events: this one joined a digest, sent when its window ends.
+    Digested(DigestAdded),
     /// The same event was received before and created this campaign (its answer then:
     /// `id`, `strategy`, `audience_size`, `status`).
     Duplicate(Value),
@@ -56,6 +58,28 @@ pub async fn trigger(
         if !condition.matches(&data, ctx.clock.now()) {
             return Ok(not_matched("condition not met".to_owned()));
         }
+    }
+    if let Some(digest) = &rule.digest {
+        let event = DigestEvent {
+            event_type: event_type.to_owned(),
+            user_id,
+            key_value: digest.key_value(&data),
+            data: Value::Object(data),
+            event_key: key.map(|k| k.key.clone()),
+            at: ctx.clock.now(),
+        };
+        let window = std::time::Duration::from_secs(u64::from(digest.window_s));
+        let added = ctx.ports.campaigns.add_to_digest(&event, window).await?;
+        // On every add, under the digest's id: a send scheduled by an add whose answer was
+        // lost (the process died before it) is scheduled again by the client's retry.
+        crate::digests::schedule_send(ctx, &added.digest_id, added.window_ends_at).await?;
+        let label = if added.duplicate {
+            "duplicate"
+        } else {
+            "digested"
+        };
+        metrics::counter!("herald_events_total", "matched" => label).increment(1);
+        return Ok(EventOutcome::Digested(added));
     }
     let input = CampaignInput {
         audience: Audience::User(user_id),

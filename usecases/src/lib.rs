@@ -9,6 +9,7 @@
 pub mod analytics;
 pub mod campaigns;
 pub mod delays;
+pub mod digests;
 pub mod dry_run;
 pub mod events;
 pub mod ops;

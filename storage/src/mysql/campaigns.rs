@@ -35,6 +35,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("mysql", "campaigns", "0001_init"),
     migration!("mysql", "campaigns", "0002_created_index"),
     migration!("mysql", "campaigns", "0003_suppressed_online"),
+    migration!("mysql", "campaigns", "0004_digests"),
 ];
 
 /// Counter rows per campaign (and per campaign and channel).
@@ -1009,6 +1010,207 @@ impl CampaignStore for MysqlCampaigns {
             .map_err(db_error)?
             .rows_affected();
         Ok(n)
+    }
+
+    async fn add_to_digest(
+        &self,
+        event: &DigestEvent,
+        window: std::time::Duration,
+    ) -> Result<DigestAdded> {
+        let at = micros(event.at);
+        let data = event.data.to_string();
+        retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            // The head row's lock serialises the adds of one digest; two first events that
+            // both find none collide on its insert (one deadlocks and runs again, finding it).
+            let head = sqlx::query(
+                "SELECT digest_id, window_end FROM digest_heads \
+                 WHERE event_type = ? AND user_id = ? AND key_value = ? FOR UPDATE",
+            )
+            .bind(&event.event_type)
+            .bind(&event.user_id)
+            .bind(&event.key_value)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let open = match head {
+                Some(row) => {
+                    let end: i64 = row.try_get("window_end")?;
+                    (end > at).then(|| {
+                        row.try_get_unchecked::<String, _>("digest_id")
+                            .map(|id| (id, end))
+                    })
+                }
+                None => None,
+            };
+            let (id, window_end) = match open {
+                Some(found) => found?,
+                // None open, or its window has ended (it is being sent): a new one.
+                None => {
+                    let id = herald_core::ids::new_id().simple().to_string();
+                    let end =
+                        at.saturating_add(i64::try_from(window.as_micros()).unwrap_or(i64::MAX));
+                    sqlx::query(
+                        "INSERT INTO digests (id, event_type, user_id, key_value, window_end) \
+                         VALUES (?, ?, ?, ?, ?)",
+                    )
+                    .bind(&id)
+                    .bind(&event.event_type)
+                    .bind(&event.user_id)
+                    .bind(&event.key_value)
+                    .bind(end)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO digest_heads \
+                         (event_type, user_id, key_value, digest_id, window_end) \
+                         VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                         digest_id = VALUES(digest_id), window_end = VALUES(window_end)",
+                    )
+                    .bind(&event.event_type)
+                    .bind(&event.user_id)
+                    .bind(&event.key_value)
+                    .bind(&id)
+                    .bind(end)
+                    .execute(&mut *tx)
+                    .await?;
+                    (id, end)
+                }
+            };
+            let duplicate =
+                match &event.event_key {
+                    Some(key) => sqlx::query_scalar::<_, i64>(
+                        "SELECT COUNT(*) FROM digest_events WHERE digest_id = ? AND event_key = ?",
+                    )
+                    .bind(&id)
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?
+                        > 0,
+                    None => false,
+                };
+            if !duplicate {
+                sqlx::query("UPDATE digests SET count = count + 1 WHERE id = ?")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let count: i64 = sqlx::query_scalar("SELECT count FROM digests WHERE id = ?")
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !duplicate && count as usize <= MAX_DIGEST_EVENTS {
+                sqlx::query(
+                    "INSERT INTO digest_events (digest_id, seq, event_key, data) \
+                     VALUES (?, ?, ?, ?)",
+                )
+                .bind(&id)
+                .bind(count)
+                .bind(&event.event_key)
+                .bind(&data)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(DigestAdded {
+                digest_id: id,
+                count: count as u64,
+                window_ends_at: from_micros(window_end),
+                duplicate,
+            })
+        })
+        .await
+    }
+
+    async fn take_digest(&self, id: &str) -> Result<Option<TakenDigest>> {
+        let taken = retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            let Some(row) = sqlx::query(
+                "SELECT event_type, user_id, key_value, window_end, count, closed_at \
+                 FROM digests WHERE id = ? FOR UPDATE",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let event_type: String = row.try_get_unchecked("event_type")?;
+            let user_id: String = row.try_get_unchecked("user_id")?;
+            let key_value: String = row.try_get_unchecked("key_value")?;
+            if row.try_get::<Option<i64>, _>("closed_at")?.is_none() {
+                sqlx::query("UPDATE digests SET closed_at = ? WHERE id = ?")
+                    .bind(micros(Utc::now()))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "DELETE FROM digest_heads WHERE event_type = ? AND user_id = ? \
+                     AND key_value = ? AND digest_id = ?",
+                )
+                .bind(&event_type)
+                .bind(&user_id)
+                .bind(&key_value)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let data: Vec<String> =
+                sqlx::query("SELECT data FROM digest_events WHERE digest_id = ? ORDER BY seq")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get_unchecked::<String, _>("data"))
+                    .collect::<std::result::Result<_, _>>()?;
+            tx.commit().await?;
+            Ok(Some((
+                event_type,
+                user_id,
+                key_value,
+                data,
+                row.try_get::<i64, _>("count")?,
+                row.try_get::<i64, _>("window_end")?,
+            )))
+        })
+        .await?;
+        let Some((event_type, user_id, key_value, data, count, window_end)) = taken else {
+            return Ok(None);
+        };
+        let events = data
+            .iter()
+            .map(|d| serde_json::from_str(d).map_err(|e| corrupt("digest event", e)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(TakenDigest {
+            id: id.to_owned(),
+            event_type,
+            user_id,
+            key_value,
+            events,
+            count: count as u64,
+            window_ends_at: from_micros(window_end),
+        }))
+    }
+
+    async fn purge_digests(&self, before: DateTime<Utc>) -> Result<u64> {
+        retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "DELETE e FROM digest_events e JOIN digests d ON d.id = e.digest_id \
+                 WHERE d.closed_at IS NOT NULL AND d.window_end < ?",
+            )
+            .bind(micros(before))
+            .execute(&mut *tx)
+            .await?;
+            let n =
+                sqlx::query("DELETE FROM digests WHERE closed_at IS NOT NULL AND window_end < ?")
+                    .bind(micros(before))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            tx.commit().await?;
+            Ok(n)
+        })
+        .await
     }
 
     async fn put_rule(&self, rule: &Rule) -> Result<()> {

@@ -24,6 +24,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "campaigns", "0006_failed_batches"),
     migration!("sqlite", "campaigns", "0007_created_index"),
     migration!("sqlite", "campaigns", "0008_suppressed_online"),
+    migration!("sqlite", "campaigns", "0009_digests"),
 ];
 
 /// Statuses in which a campaign may need a dispatcher (see `claimable_campaigns`).
@@ -859,6 +860,186 @@ impl CampaignStore for SqliteCampaigns {
             .await
             .map_err(|e| self.db_error(e))?
             .rows_affected();
+        Ok(n)
+    }
+
+    async fn add_to_digest(
+        &self,
+        event: &DigestEvent,
+        window: std::time::Duration,
+    ) -> Result<DigestAdded> {
+        let (_gate, mut tx) = self.db.begin().await?;
+        let at = micros(event.at);
+        let err = |e| self.db_error(e);
+        let head: Option<(String, i64)> = sqlx::query_as(
+            "SELECT digest_id, window_end FROM digest_heads \
+             WHERE event_type = ? AND user_id = ? AND key_value = ?",
+        )
+        .bind(&event.event_type)
+        .bind(&event.user_id)
+        .bind(&event.key_value)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+        let (id, window_end) = match head {
+            Some((id, end)) if end > at => (id, end),
+            // None open, or its window has ended (it is being sent): a new one.
+            _ => {
+                let id = herald_core::ids::new_id().simple().to_string();
+                let end = at.saturating_add(i64::try_from(window.as_micros()).unwrap_or(i64::MAX));
+                sqlx::query(
+                    "INSERT INTO digests (id, event_type, user_id, key_value, window_end) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(&id)
+                .bind(&event.event_type)
+                .bind(&event.user_id)
+                .bind(&event.key_value)
+                .bind(end)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+                sqlx::query(
+                    "INSERT INTO digest_heads (event_type, user_id, key_value, digest_id, window_end) \
+                     VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_type, user_id, key_value) \
+                     DO UPDATE SET digest_id = excluded.digest_id, window_end = excluded.window_end",
+                )
+                .bind(&event.event_type)
+                .bind(&event.user_id)
+                .bind(&event.key_value)
+                .bind(&id)
+                .bind(end)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+                (id, end)
+            }
+        };
+        let duplicate = match &event.event_key {
+            Some(key) => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT COUNT(*) FROM digest_events WHERE digest_id = ? AND event_key = ?",
+                )
+                .bind(&id)
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?
+                    > 0
+            }
+            None => false,
+        };
+        if !duplicate {
+            sqlx::query("UPDATE digests SET count = count + 1 WHERE id = ?")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        let count: i64 = sqlx::query_scalar("SELECT count FROM digests WHERE id = ?")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+        if !duplicate && count as usize <= MAX_DIGEST_EVENTS {
+            sqlx::query(
+                "INSERT INTO digest_events (digest_id, seq, event_key, data) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(count)
+            .bind(&event.event_key)
+            .bind(event.data.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(DigestAdded {
+            digest_id: id,
+            count: count as u64,
+            window_ends_at: from_micros(window_end),
+            duplicate,
+        })
+    }
+
+    async fn take_digest(&self, id: &str) -> Result<Option<TakenDigest>> {
+        let (_gate, mut tx) = self.db.begin().await?;
+        let err = |e| self.db_error(e);
+        let Some(row) = sqlx::query(
+            "SELECT event_type, user_id, key_value, window_end, count, closed_at \
+             FROM digests WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?
+        else {
+            return Ok(None);
+        };
+        let (event_type, user_id, key_value): (String, String, String) = (
+            row.get("event_type"),
+            row.get("user_id"),
+            row.get("key_value"),
+        );
+        if row.get::<Option<i64>, _>("closed_at").is_none() {
+            sqlx::query("UPDATE digests SET closed_at = ? WHERE id = ?")
+                .bind(micros(Utc::now()))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            sqlx::query(
+                "DELETE FROM digest_heads WHERE event_type = ? AND user_id = ? \
+                 AND key_value = ? AND digest_id = ?",
+            )
+            .bind(&event_type)
+            .bind(&user_id)
+            .bind(&key_value)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        }
+        let data: Vec<String> =
+            sqlx::query_scalar("SELECT data FROM digest_events WHERE digest_id = ? ORDER BY seq")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        let events = data
+            .iter()
+            .map(|d| serde_json::from_str(d).map_err(|e| corrupt("digest event", e)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(TakenDigest {
+            id: id.to_owned(),
+            event_type,
+            user_id,
+            key_value,
+            events,
+            count: row.get::<i64, _>("count") as u64,
+            window_ends_at: from_micros(row.get("window_end")),
+        }))
+    }
+
+    async fn purge_digests(&self, before: DateTime<Utc>) -> Result<u64> {
+        let (_gate, mut tx) = self.db.begin().await?;
+        let err = |e| self.db_error(e);
+        sqlx::query(
+            "DELETE FROM digest_events WHERE digest_id IN \
+             (SELECT id FROM digests WHERE closed_at IS NOT NULL AND window_end < ?)",
+        )
+        .bind(micros(before))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        let n = sqlx::query("DELETE FROM digests WHERE closed_at IS NOT NULL AND window_end < ?")
+            .bind(micros(before))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+        tx.commit().await.map_err(err)?;
         Ok(n)
     }
 
