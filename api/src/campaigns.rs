@@ -116,6 +116,22 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("campaign `{id}` not found"))
 }
 
+/// What the campaign did for one user: audience, switches, quiet hours, inbox item, and each
+/// channel's recorded outcome (`herald_usecases::explain`).
+#[utoipa::path(get, path = "/v1/campaigns/{id}/recipients/{user_id}", tag = "campaigns", params(("id" = String, Path), ("user_id" = String, Path)), responses((status = 200, body = herald_usecases::explain::Explanation), (status = 404, description = "No such campaign", body = herald_http::openapi::ErrorBody)))]
+pub async fn recipient(
+    State(ctx): State<Context>,
+    PathParams((id, user_id)): PathParams<(String, String)>,
+) -> ApiResult<Json<herald_usecases::explain::Explanation>> {
+    herald_core::ids::validate_key("user_id", &user_id)?;
+    if ctx.ports.campaigns.get_campaign(&id).await?.is_none() {
+        return Err(not_found(&id));
+    }
+    Ok(Json(
+        herald_usecases::explain::explain(&ctx, &id, &user_id).await?,
+    ))
+}
+
 #[utoipa::path(get, path = "/v1/campaigns/{id}", tag = "campaigns", params(("id" = String, Path)), responses((status = 200, body = crate::openapi::CampaignView), (status = 404, description = "No such campaign", body = herald_http::openapi::ErrorBody)))]
 pub async fn get(
     State(ctx): State<Context>,

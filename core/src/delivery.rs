@@ -224,6 +224,57 @@ pub struct DeliveryReport {
     /// was due ([`crate::topics::ChannelMessage::unless_read`]).
     #[serde(default)]
     pub suppressed_online: u64,
+    /// What became of each recipient of the message (one per item).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<RecipientOutcome>,
+}
+
+/// What became of one recipient on one channel message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecipientStatus {
+    /// The provider took at least one send (a device, the address, a subscriber).
+    Sent,
+    /// Every send failed for good (invalid token or address, rejected, nothing to send to,
+    /// expired).
+    Failed,
+    /// Some sends failed for a while and are tried again.
+    Retrying,
+    /// Out of attempts, or its provider is not configured: in the dead-letter queue.
+    DeadLettered,
+    /// Not sent: the recipient read or dismissed the item first (presence-aware push).
+    SuppressedOnline,
+}
+
+/// One recipient in a [`DeliveryReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientOutcome {
+    pub user_id: String,
+    pub status: RecipientStatus,
+    /// Sends the provider took (devices for push).
+    #[serde(default)]
+    pub sent: u32,
+    /// The first failure's reason, if any send failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_id: Option<String>,
+}
+
+/// The latest outcome of a recipient on a campaign's channel, as the delivery store keeps it
+/// (for `GET /v1/campaigns/{id}/recipients/{user_id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientRecord {
+    pub campaign_id: String,
+    pub user_id: String,
+    pub channel: Channel,
+    pub status: RecipientStatus,
+    pub sent: u32,
+    pub reason: Option<String>,
+    pub dead_letter_id: Option<String>,
+    /// The channel message's attempt: a record of a later attempt replaces an earlier one.
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
 }
 
 /// One failed send in a [`DeliveryReport`].

@@ -647,6 +647,13 @@ impl Filter {
         eval(&self.root, attributes, now)
     }
 
+    /// Why a user's attributes do not match, naming the first clause that fails and the
+    /// attribute's value (`filter.all[1]: {"attr":"tier","eq":"gold"} does not hold (tier is
+    /// "free")`); `None` when they match.
+    pub fn why_not(&self, attributes: &Map<String, Value>, now: DateTime<Utc>) -> Option<String> {
+        why_not(&self.root, attributes, now, "filter")
+    }
+
     /// Compiles the filter to a parameterised SQL boolean expression over
     /// `column`, a JSON text column holding the attributes object.
     ///
@@ -758,6 +765,35 @@ fn eval(node: &Node, attributes: &Map<String, Value>, now: DateTime<Utc>) -> boo
             attributes.get(attr).is_some_and(|v| !v.is_null()) == *exists
         }
     }
+}
+
+fn why_not(
+    node: &Node,
+    attributes: &Map<String, Value>,
+    now: DateTime<Utc>,
+    path: &str,
+) -> Option<String> {
+    if eval(node, attributes, now) {
+        return None;
+    }
+    let clause = node_to_json(node);
+    Some(match node {
+        Node::All(children) => {
+            return children
+                .iter()
+                .enumerate()
+                .find_map(|(i, c)| why_not(c, attributes, now, &format!("{path}.all[{i}]")))
+        }
+        Node::Any(_) => format!("{path}: none of {clause} holds"),
+        Node::Not(_) => format!("{path}: {clause} does not hold (its inner clause does)"),
+        Node::Compare { attr, .. } | Node::In { attr, .. } | Node::Exists { attr, .. } => {
+            let value = match attributes.get(attr) {
+                Some(v) => format!("{attr} is {v}"),
+                None => format!("{attr} is not set"),
+            };
+            format!("{path}: {clause} does not hold ({value})")
+        }
+    })
 }
 
 /// `eq`: present, same JSON type, equal.
@@ -1026,6 +1062,42 @@ pub fn filter_schema() -> utoipa::openapi::Object {
         .examples([serde_json::json!({"all": [{"attr": "plan", "eq": "pro"},
                                                {"attr": "last_seen", "gte": "now-30d"}]})])
         .build()
+}
+
+#[cfg(test)]
+mod why_not_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_failing_clause_is_named_with_the_attributes_value() {
+        let f = Filter::parse(&serde_json::json!({"all": [
+            {"attr": "country", "eq": "PT"},
+            {"attr": "tier", "in": ["gold", "premium"]}
+        ]}))
+        .unwrap();
+        let now = Utc::now();
+        let attrs = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            f.why_not(
+                &attrs(serde_json::json!({"country": "PT", "tier": "gold"})),
+                now
+            ),
+            None
+        );
+        let why = f
+            .why_not(
+                &attrs(serde_json::json!({"country": "PT", "tier": "free"})),
+                now,
+            )
+            .unwrap();
+        assert!(why.starts_with("filter.all[1]: "), "{why}");
+        assert!(why.ends_with(r#"(tier is "free")"#), "{why}");
+        let why = f.why_not(&attrs(serde_json::json!({})), now).unwrap();
+        assert!(
+            why.contains("filter.all[0]") && why.contains("country is not set"),
+            "{why}"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -650,8 +650,18 @@ pub trait DeliveryStore: Send + Sync + 'static {
         since: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<LoggedFailure>>;
-    /// Forgets the rollups, failures and report keys older than `before` (the retention).
-    /// Returns how many rollup rows.
+    /// Keeps the latest outcome of each recipient per campaign and channel: a record replaces
+    /// the one kept unless that one is of a later attempt (a report redelivered late changes
+    /// nothing), so recording the same records again is harmless.
+    async fn record_recipients(&self, records: &[crate::delivery::RecipientRecord]) -> Result<()>;
+    /// The records kept for a recipient of a campaign, by channel.
+    async fn recipient_records(
+        &self,
+        campaign_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<crate::delivery::RecipientRecord>>;
+    /// Forgets the rollups, failures, report keys and recipient records older than `before`
+    /// (the retention). Returns how many rollup rows.
     async fn purge_delivery_log(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 

@@ -4,6 +4,7 @@
 //! (per quiet-hours end time), one live event, then the batch's counters (once) and the ack.
 
 use herald_core::consume::{dead_letter, SharedConsumer};
+use herald_core::delivery::{RecipientRecord, RecipientStatus};
 use herald_core::ids::notification_id;
 use herald_core::model::*;
 use herald_core::template::{self, Compiled};
@@ -389,9 +390,26 @@ async fn deliver(
     let mut counts: BTreeMap<Channel, DeliveryCounts> = BTreeMap::new();
     if campaign.push_when == PushWhen::Offline {
         let suppressed = hold_back_online(ctx, campaign, &mut outbound, now).await;
-        if suppressed > 0 {
-            counts.entry(Channel::Push).or_default().suppressed_online += suppressed;
-            metrics::counter!("herald_fanout_push_suppressed_online_total").increment(suppressed);
+        if !suppressed.is_empty() {
+            let n = suppressed.len() as u64;
+            counts.entry(Channel::Push).or_default().suppressed_online += n;
+            metrics::counter!("herald_fanout_push_suppressed_online_total").increment(n);
+            // Their record, for the campaign's explanation of each recipient.
+            let records: Vec<RecipientRecord> = suppressed
+                .into_iter()
+                .map(|user_id| RecipientRecord {
+                    campaign_id: campaign.id.clone(),
+                    user_id,
+                    channel: Channel::Push,
+                    status: RecipientStatus::SuppressedOnline,
+                    sent: 0,
+                    reason: Some("had a live inbox socket when the batch was published".into()),
+                    dead_letter_id: None,
+                    attempt: 0,
+                    at: now,
+                })
+                .collect();
+            ctx.ports.deliveries.record_recipients(&records).await?;
         }
         stage.done("presence");
     }
@@ -451,7 +469,7 @@ async fn deliver(
 
 /// Presence-aware push (`push_when: offline`): takes the pushes of recipients with a live
 /// inbox socket out of `outbound`. Without `online_push_delay_s` they are not sent (the
-/// returned count, `suppressed_online`); with it they move to an unless-read part of their
+/// returned users, `suppressed_online`); with it they move to an unless-read part of their
 /// own, due after the delay (or the end of their quiet hours, if later), which the push
 /// gateway sends only to those who have not read or dismissed the item by then.
 ///
@@ -462,7 +480,7 @@ async fn hold_back_online(
     campaign: &Campaign,
     outbound: &mut BTreeMap<(Channel, i64), Part>,
     now: chrono::DateTime<chrono::Utc>,
-) -> u64 {
+) -> Vec<String> {
     let parts: Vec<(Channel, i64)> = outbound
         .keys()
         .filter(|(ch, part)| *ch == Channel::Push && *part >= 0)
@@ -473,23 +491,23 @@ async fn hold_back_online(
         .flat_map(|key| outbound[key].1.iter().map(|i| i.user_id.clone()))
         .collect();
     if users.is_empty() {
-        return 0;
+        return Vec::new();
     }
     let online = match ctx.ports.live.online(&users).await {
         Ok(online) => online,
         Err(e) => {
             tracing::warn!(campaign = %campaign.id, error = %e, "presence unknown; pushing to everyone");
             metrics::counter!("herald_fanout_presence_failures_total").increment(1);
-            return 0;
+            return Vec::new();
         }
     };
     if online.is_empty() {
-        return 0;
+        return Vec::new();
     }
     let delay = campaign
         .online_push_delay_s
         .map(|s| chrono::Duration::seconds(i64::from(s)));
-    let mut suppressed = 0;
+    let mut suppressed = Vec::new();
     for key in parts {
         let Some((after, items)) = outbound.remove(&key) else {
             continue;
@@ -504,7 +522,7 @@ async fn hold_back_online(
             continue;
         }
         match delay {
-            None => suppressed += held.len() as u64,
+            None => suppressed.extend(held.into_iter().map(|i| i.user_id)),
             Some(delay) => {
                 let due = after.map_or(now + delay, |quiet_end| quiet_end.max(now + delay));
                 let entry = outbound

@@ -23,7 +23,9 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use herald_core::config::PushConfig;
 use herald_core::consume::{SharedConsumer, MAX_DELIVERIES};
-use herald_core::delivery::{DeadLetter, DeliveryReport, SendFailure, Webhook};
+use herald_core::delivery::{
+    DeadLetter, DeliveryReport, RecipientOutcome, RecipientStatus, SendFailure, Webhook,
+};
 use herald_core::model::{Channel, Device, InboxKey, OutMessage, Platform};
 use herald_core::ports::{DeliveryClaim, Throttle};
 use herald_core::topics::{self, ChannelItem, ChannelMessage, ReadCheck};
@@ -394,11 +396,19 @@ impl Gateway {
                 .deliver_after
                 .or_else(|| msg.replay_of.as_ref().map(|_| now)),
             suppressed_online: 0,
+            recipients: Vec::new(),
         };
         if msg.expires_at.is_some_and(|e| e <= now) {
             for item in &msg.items {
                 fail(&mut report, failure(item, "-", "expired before delivery"));
                 report.unreachable += 1;
+                report.recipients.push(RecipientOutcome {
+                    user_id: item.user_id.clone(),
+                    status: RecipientStatus::Failed,
+                    sent: 0,
+                    reason: Some("expired before delivery".into()),
+                    dead_letter_id: None,
+                });
             }
             count(channel, "failed", report.failed);
             return Ok(report);
@@ -410,6 +420,23 @@ impl Gateway {
             Some(check) => {
                 let items = self.still_unread(msg, check).await?;
                 report.suppressed_online = (msg.items.len() - items.len()) as u64;
+                let kept: std::collections::HashSet<(&str, uuid::Uuid)> = items
+                    .iter()
+                    .map(|i| (i.user_id.as_str(), i.notification_id))
+                    .collect();
+                for held in msg
+                    .items
+                    .iter()
+                    .filter(|i| !kept.contains(&(i.user_id.as_str(), i.notification_id)))
+                {
+                    report.recipients.push(RecipientOutcome {
+                        user_id: held.user_id.clone(),
+                        status: RecipientStatus::SuppressedOnline,
+                        sent: 0,
+                        reason: Some("read or dismissed before the push was due".into()),
+                        dead_letter_id: None,
+                    });
+                }
                 count(channel, "suppressed_online", report.suppressed_online);
                 unread = ChannelMessage {
                     items,
@@ -433,9 +460,12 @@ impl Gateway {
             unreachable,
             last_used,
         } = self.expand(msg, &envelope).await?;
+        // What became of each item (recipient), for its record.
+        let mut tally: Vec<Tally> = vec![Tally::default(); msg.items.len()];
         for (i, reason) in unreachable {
             report.unreachable += 1;
             fail(&mut report, failure(&msg.items[i], "-", reason));
+            tally[i].failed.get_or_insert_with(|| reason.to_owned());
         }
 
         // What the outcomes are acted on by; the dispatches themselves move into the lanes.
@@ -462,6 +492,17 @@ impl Gateway {
         let last_attempt = msg.attempt + 1 >= self.max_attempts;
         for (((target, device), outcome), item) in targets.into_iter().zip(&outcomes).zip(&item_of)
         {
+            match outcome {
+                Outcome::Sent => tally[*item].sent += 1,
+                Outcome::InvalidToken { reason } | Outcome::Failed { reason } => {
+                    tally[*item].failed.get_or_insert_with(|| reason.clone());
+                }
+                Outcome::Retry { .. } if !last_attempt => tally[*item].retried = true,
+                Outcome::Retry { reason, .. } | Outcome::NotConfigured { reason } => {
+                    tally[*item].dead = true;
+                    tally[*item].failed.get_or_insert_with(|| reason.clone());
+                }
+            }
             match outcome {
                 Outcome::Sent => {
                     report.sent += 1;
@@ -531,6 +572,7 @@ impl Gateway {
                 )
                 .await?;
         }
+        let mut letter_id = None;
         if !dead.is_empty() {
             let letter = DeadLetter {
                 id: herald_core::ids::new_id().to_string(),
@@ -560,6 +602,25 @@ impl Gateway {
                 reason = %letter.reason,
                 "sends moved to the dead-letter queue"
             );
+            letter_id = Some(letter.id);
+        }
+        for (item, t) in msg.items.iter().zip(tally) {
+            let status = if t.sent > 0 {
+                RecipientStatus::Sent
+            } else if t.retried {
+                RecipientStatus::Retrying
+            } else if t.dead {
+                RecipientStatus::DeadLettered
+            } else {
+                RecipientStatus::Failed
+            };
+            report.recipients.push(RecipientOutcome {
+                user_id: item.user_id.clone(),
+                status,
+                sent: t.sent,
+                reason: t.failed,
+                dead_letter_id: if t.dead { letter_id.clone() } else { None },
+            });
         }
 
         count(channel, "sent", report.sent);
@@ -788,6 +849,16 @@ fn narrowed(msg: &ChannelMessage, which: &BTreeMap<usize, Vec<String>>) -> Vec<C
 }
 
 /// Counts one failed send, keeping its details while the report has room for them.
+/// One item's sends, as their outcomes come back.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    sent: u32,
+    retried: bool,
+    dead: bool,
+    /// The first failure's reason.
+    failed: Option<String>,
+}
+
 fn fail(report: &mut DeliveryReport, f: SendFailure) {
     report.failed += 1;
     if report.failures.len() < REPORTED_FAILURES {

@@ -8,7 +8,7 @@ use herald_core::analytics::{
     latency_bucket, DeliveryLogCounts, DeliveryLogEntry, LoggedFailure, FAILURES_PER_REPORT,
 };
 use herald_core::consume::{backoff, SharedConsumer, MAX_DELIVERIES};
-use herald_core::delivery::DeliveryReport;
+use herald_core::delivery::{DeliveryReport, RecipientRecord};
 use herald_core::model::DeliveryCounts;
 use herald_core::topics;
 use herald_core::worker::{Worker, WorkerState};
@@ -72,6 +72,28 @@ impl ResultCounter {
                 return Ok(());
             }
         };
+        // Each recipient's latest outcome (a later attempt's record wins, so a redelivered
+        // report changes nothing).
+        let records: Vec<RecipientRecord> = report
+            .recipients
+            .iter()
+            .map(|r| RecipientRecord {
+                campaign_id: report.campaign_id.clone(),
+                user_id: r.user_id.clone(),
+                channel: report.channel,
+                status: r.status,
+                sent: r.sent,
+                reason: r.reason.clone(),
+                dead_letter_id: r.dead_letter_id.clone(),
+                attempt: report.attempt,
+                at: report.at,
+            })
+            .collect();
+        self.ctx
+            .ports
+            .deliveries
+            .record_recipients(&records)
+            .await?;
         if report.sent > 0 || report.failed > 0 || report.suppressed_online > 0 {
             let delta = DeliveryCounts {
                 queued: 0,

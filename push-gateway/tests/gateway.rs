@@ -401,6 +401,19 @@ impl DeliveryStore for FailingMarks {
     async fn insert_dead_letter(&self, letter: &DeadLetter) -> herald_core::Result<()> {
         self.inner.insert_dead_letter(letter).await
     }
+    async fn record_recipients(
+        &self,
+        records: &[herald_core::delivery::RecipientRecord],
+    ) -> herald_core::Result<()> {
+        self.inner.record_recipients(records).await
+    }
+    async fn recipient_records(
+        &self,
+        campaign_id: &str,
+        user_id: &str,
+    ) -> herald_core::Result<Vec<herald_core::delivery::RecipientRecord>> {
+        self.inner.recipient_records(campaign_id, user_id).await
+    }
     async fn get_dead_letter(&self, id: &str) -> herald_core::Result<Option<DeadLetter>> {
         self.inner.get_dead_letter(id).await
     }

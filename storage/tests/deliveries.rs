@@ -7,7 +7,7 @@ use chrono::Duration;
 use common::{run_id, utc};
 use herald_core::analytics::{latency_bucket, DeliveryLogCounts, DeliveryLogEntry, LoggedFailure};
 use herald_core::config::Secret;
-use herald_core::delivery::{DeadLetter, Webhook};
+use herald_core::delivery::{DeadLetter, RecipientRecord, RecipientStatus, Webhook};
 use herald_core::model::*;
 use herald_core::ports::{DeliveryClaim, DeliveryStore};
 use herald_core::topics::{ChannelItem, ChannelMessage};
@@ -587,6 +587,118 @@ pub mod cases {
             .await
             .unwrap());
     }
+
+    fn record(
+        campaign: &str,
+        user: &str,
+        channel: Channel,
+        status: RecipientStatus,
+        attempt: u32,
+        at: &str,
+    ) -> RecipientRecord {
+        RecipientRecord {
+            campaign_id: campaign.to_owned(),
+            user_id: user.to_owned(),
+            channel,
+            status,
+            sent: u32::from(status == RecipientStatus::Sent),
+            reason: (status != RecipientStatus::Sent).then(|| format!("{status:?} at {attempt}")),
+            dead_letter_id: (status == RecipientStatus::DeadLettered).then(|| "dl-1".to_owned()),
+            attempt,
+            at: utc(at),
+        }
+    }
+
+    pub async fn a_recipients_latest_attempt_is_kept_per_campaign_and_channel(
+        s: Arc<dyn DeliveryStore>,
+    ) {
+        let p = run_id();
+        let c = format!("{p}-c");
+        let retrying = record(
+            &c,
+            "ola",
+            Channel::Push,
+            RecipientStatus::Retrying,
+            0,
+            "2026-03-01T00:00:00Z",
+        );
+        let sent = record(
+            &c,
+            "ola",
+            Channel::Push,
+            RecipientStatus::Sent,
+            1,
+            "2026-03-01T00:00:05Z",
+        );
+        let email = record(
+            &c,
+            "ola",
+            Channel::Email,
+            RecipientStatus::DeadLettered,
+            0,
+            "2026-03-01T00:00:01Z",
+        );
+        let other = record(
+            &c,
+            "bob",
+            Channel::Push,
+            RecipientStatus::Failed,
+            0,
+            "2026-03-01T00:00:01Z",
+        );
+        s.record_recipients(&[retrying.clone(), email.clone(), other.clone()])
+            .await
+            .unwrap();
+        s.record_recipients(std::slice::from_ref(&sent))
+            .await
+            .unwrap();
+        // The earlier attempt's report, redelivered late, changes nothing; nor does a repeat.
+        s.record_recipients(&[retrying, sent.clone()])
+            .await
+            .unwrap();
+        let mut got = s.recipient_records(&c, "ola").await.unwrap();
+        got.sort_by_key(|r| r.channel);
+        let mut want = vec![sent, email];
+        want.sort_by_key(|r| r.channel);
+        assert_eq!(got, want);
+        assert_eq!(s.recipient_records(&c, "bob").await.unwrap(), vec![other]);
+        assert!(s.recipient_records(&c, "nobody").await.unwrap().is_empty());
+        assert!(s
+            .recipient_records(&format!("{p}-other"), "ola")
+            .await
+            .unwrap()
+            .is_empty());
+        // Many at once, and purged with the delivery log.
+        let old: Vec<RecipientRecord> = (0..1500)
+            .map(|i| {
+                record(
+                    &format!("{p}-old"),
+                    &format!("u{i}"),
+                    Channel::Push,
+                    RecipientStatus::Sent,
+                    0,
+                    "2020-01-01T00:00:00Z",
+                )
+            })
+            .collect();
+        s.record_recipients(&old).await.unwrap();
+        assert_eq!(
+            s.recipient_records(&format!("{p}-old"), "u1499")
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        s.purge_delivery_log(utc("2020-06-01T00:00:00Z"))
+            .await
+            .unwrap();
+        assert!(s
+            .recipient_records(&format!("{p}-old"), "u1499")
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(s.recipient_records(&c, "ola").await.unwrap().len(), 2);
+    }
 }
 
 macro_rules! delivery_conformance {
@@ -606,6 +718,7 @@ macro_rules! delivery_conformance {
                 the_delivery_log_adds_each_report_once_to_its_minute_and_channel,
                 every_webhook_is_read_across_pages,
                 the_delivery_log_keeps_failures_newest_first_and_forgets_past_the_retention,
+                a_recipients_latest_attempt_is_kept_per_campaign_and_channel,
             );
         }
     };

@@ -11,6 +11,7 @@ mod smtp_sink;
 
 mod analytics;
 mod content;
+mod explain;
 mod idempotency;
 mod ownership;
 mod quiet_hours;

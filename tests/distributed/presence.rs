@@ -115,6 +115,24 @@ async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
     // Nothing else went out meanwhile.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(d.fcm.sent(), 2);
+
+    // Each recipient's explanation says what presence did.
+    for (campaign, user, want) in [
+        (&first, "on", "suppressed_online"),
+        (&first, "off", "sent"),
+        (&second, "reader", "suppressed_online"),
+        (&second, "idle", "sent"),
+    ] {
+        let (s, e) = api
+            .call(
+                Method::GET,
+                &format!("/v1/campaigns/{campaign}/recipients/{user}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{e}");
+        assert_eq!(e["channels"]["push"]["status"], want, "{user}: {e}");
+    }
 }
 
 async fn create(api: &Api, body: Value) -> String {

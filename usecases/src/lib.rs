@@ -12,5 +12,6 @@ pub mod delays;
 pub mod digests;
 pub mod dry_run;
 pub mod events;
+pub mod explain;
 pub mod ops;
 pub mod preview;

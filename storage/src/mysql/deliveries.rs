@@ -15,7 +15,7 @@ use crate::{corrupt, db_error, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::analytics::{DeliveryLogCounts, DeliveryLogEntry, LoggedFailure, MinuteRollup};
-use herald_core::delivery::{DeadLetter, Webhook};
+use herald_core::delivery::{DeadLetter, RecipientRecord, Webhook};
 use herald_core::model::Channel;
 use herald_core::ports::{DeliveryClaim, DeliveryStore};
 use herald_core::Result;
@@ -26,7 +26,10 @@ const MIGRATIONS: &[Migration] = &[
     migration!("mysql", "deliveries", "0001_init"),
     migration!("mysql", "deliveries", "0002_claims"),
     migration!("mysql", "deliveries", "0003_delivery_log"),
+    migration!("mysql", "deliveries", "0004_recipients"),
 ];
+/// Recipient records per multi-row upsert.
+const RECIPIENT_CHUNK: usize = 1000;
 
 /// Rows each delivery-log rollup (and histogram bucket) is spread over, so push gateway nodes
 /// reporting into the same minute do not queue on one row lock (reads add them up).
@@ -472,6 +475,91 @@ impl DeliveryStore for MysqlDeliveries {
             .collect()
     }
 
+    async fn record_recipients(&self, records: &[RecipientRecord]) -> Result<()> {
+        // One lock order for every writer: by key.
+        let mut records: Vec<&RecipientRecord> = records.iter().collect();
+        records.sort_by(|a, b| {
+            (&a.campaign_id, &a.user_id, a.channel.as_str()).cmp(&(
+                &b.campaign_id,
+                &b.user_id,
+                b.channel.as_str(),
+            ))
+        });
+        for chunk in records.chunks(RECIPIENT_CHUNK) {
+            retry_transient(|| async {
+                let mut qb = QueryBuilder::<MySql>::new(
+                    "INSERT INTO recipient_outcomes (campaign_id, user_id, channel, status, \
+                     sent, reason, dead_letter_id, attempt, at) ",
+                );
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(&r.campaign_id)
+                        .push_bind(&r.user_id)
+                        .push_bind(r.channel.as_str())
+                        .push_bind(crate::recipient_status_str(r.status))
+                        .push_bind(r.sent)
+                        .push_bind(&r.reason)
+                        .push_bind(&r.dead_letter_id)
+                        .push_bind(r.attempt)
+                        .push_bind(micros(r.at));
+                });
+                // Each column keeps its value when the stored record is of a later attempt
+                // (`attempt` last, so the others compare against the stored one).
+                let keep = |col: &str| {
+                    format!("{col} = IF(VALUES(attempt) >= attempt, VALUES({col}), {col})")
+                };
+                let sets: Vec<String> = [
+                    "status",
+                    "sent",
+                    "reason",
+                    "dead_letter_id",
+                    "at",
+                    "attempt",
+                ]
+                .iter()
+                .map(|c| keep(c))
+                .collect();
+                qb.push(" ON DUPLICATE KEY UPDATE ");
+                qb.push(sets.join(", "));
+                qb.build().execute(&self.pool).await?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn recipient_records(
+        &self,
+        campaign_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<RecipientRecord>> {
+        let rows = sqlx::query(
+            "SELECT channel, status, sent, reason, dead_letter_id, attempt, at \
+             FROM recipient_outcomes WHERE campaign_id = ? AND user_id = ? ORDER BY channel",
+        )
+        .bind(campaign_id)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                let word = |c: &str| -> Result<String> { text(row, c) };
+                Ok(RecipientRecord {
+                    campaign_id: campaign_id.to_owned(),
+                    user_id: user_id.to_owned(),
+                    channel: crate::parse_enum_word("channel", word("channel")?)?,
+                    status: crate::parse_enum_word("recipient status", word("status")?)?,
+                    sent: row.try_get::<i32, _>("sent").map_err(db_error)? as u32,
+                    reason: row.try_get_unchecked("reason").map_err(db_error)?,
+                    dead_letter_id: row.try_get_unchecked("dead_letter_id").map_err(db_error)?,
+                    attempt: row.try_get::<i32, _>("attempt").map_err(db_error)? as u32,
+                    at: from_micros(row.try_get("at").map_err(db_error)?),
+                })
+            })
+            .collect()
+    }
+
     async fn purge_delivery_log(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = micros(before);
         let rollups = super::delete_in_chunks(
@@ -485,6 +573,7 @@ impl DeliveryStore for MysqlDeliveries {
             "DELETE FROM delivery_latency WHERE minute < ? LIMIT ?",
             "DELETE FROM delivery_failures WHERE at < ? LIMIT ?",
             "DELETE FROM delivery_log_keys WHERE at < ? LIMIT ?",
+            "DELETE FROM recipient_outcomes WHERE at < ? LIMIT ?",
         ] {
             super::delete_in_chunks(&self.pool, delete, before, PURGE_BATCH).await?;
         }

@@ -10,7 +10,7 @@ use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::analytics::{DeliveryLogCounts, DeliveryLogEntry, LoggedFailure, MinuteRollup};
-use herald_core::delivery::{DeadLetter, Webhook};
+use herald_core::delivery::{DeadLetter, RecipientRecord, Webhook};
 use herald_core::model::Channel;
 use herald_core::ports::{DeliveryClaim, DeliveryStore};
 use herald_core::Result;
@@ -20,7 +20,10 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "deliveries", "0001_init"),
     migration!("sqlite", "deliveries", "0002_claims"),
     migration!("sqlite", "deliveries", "0003_delivery_log"),
+    migration!("sqlite", "deliveries", "0004_recipients"),
 ];
+/// Recipient records per multi-row upsert (9 parameters each).
+const RECIPIENT_CHUNK: usize = super::MAX_PARAMS / 9;
 
 pub struct SqliteDeliveries {
     db: Db,
@@ -442,6 +445,73 @@ impl DeliveryStore for SqliteDeliveries {
             .collect()
     }
 
+    async fn record_recipients(&self, records: &[RecipientRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (_gate, mut tx) = self.db.begin().await?;
+        for chunk in records.chunks(RECIPIENT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO recipient_outcomes (campaign_id, user_id, channel, status, sent, \
+                 reason, dead_letter_id, attempt, at) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.campaign_id)
+                    .push_bind(&r.user_id)
+                    .push_bind(r.channel.as_str())
+                    .push_bind(crate::recipient_status_str(r.status))
+                    .push_bind(i64::from(r.sent))
+                    .push_bind(&r.reason)
+                    .push_bind(&r.dead_letter_id)
+                    .push_bind(i64::from(r.attempt))
+                    .push_bind(micros(r.at));
+            });
+            qb.push(
+                " ON CONFLICT (campaign_id, user_id, channel) DO UPDATE SET \
+                 status = excluded.status, sent = excluded.sent, reason = excluded.reason, \
+                 dead_letter_id = excluded.dead_letter_id, attempt = excluded.attempt, \
+                 at = excluded.at WHERE excluded.attempt >= recipient_outcomes.attempt",
+            );
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    async fn recipient_records(
+        &self,
+        campaign_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<RecipientRecord>> {
+        let rows = sqlx::query(
+            "SELECT channel, status, sent, reason, dead_letter_id, attempt, at \
+             FROM recipient_outcomes WHERE campaign_id = ? AND user_id = ? ORDER BY channel",
+        )
+        .bind(campaign_id)
+        .bind(user_id)
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(RecipientRecord {
+                    campaign_id: campaign_id.to_owned(),
+                    user_id: user_id.to_owned(),
+                    channel: crate::parse_enum_word("channel", row.get("channel"))?,
+                    status: crate::parse_enum_word("recipient status", row.get("status"))?,
+                    sent: row.get::<i64, _>("sent") as u32,
+                    reason: row.get("reason"),
+                    dead_letter_id: row.get("dead_letter_id"),
+                    attempt: row.get::<i64, _>("attempt") as u32,
+                    at: from_micros(row.get("at")),
+                })
+            })
+            .collect()
+    }
+
     async fn purge_delivery_log(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = micros(before);
         let _gate = self.db.gate().await;
@@ -451,6 +521,7 @@ impl DeliveryStore for SqliteDeliveries {
             ("delivery_latency", "minute"),
             ("delivery_failures", "at"),
             ("delivery_log_keys", "at"),
+            ("recipient_outcomes", "at"),
         ] {
             let n = sqlx::query(&format!("DELETE FROM {table} WHERE {column} < ?"))
                 .bind(before)
