@@ -32,15 +32,7 @@ async fn every_device_of_every_recipient_gets_the_push_and_the_campaign_counts_i
     assert!(app.dead_letters("").await.is_empty());
 
     // The numbers reach /metrics: per-channel results and provider latency.
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"herald_push_deliveries_total{channel="push",result="sent"}"#),
         "{metrics}"
@@ -647,15 +639,7 @@ async fn an_unless_read_push_goes_only_to_recipients_who_have_not_read_or_dismis
     assert_eq!(app.fcm.requests_for("ok-idle"), 2, "one push of each");
     assert_eq!(app.fcm.requests_for("ok-reader"), 0);
     assert_eq!(app.fcm.requests_for("ok-dismisser"), 0);
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(
             r#"herald_push_deliveries_total{channel="push",result="suppressed_online"} 3"#

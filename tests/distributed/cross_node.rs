@@ -407,22 +407,7 @@ async fn two_push_nodes_share_one_provider_rate_instead_of_doubling_it() {
     let admin = admin(&api);
     let users: Vec<String> = (0..DEVICES).map(|i| format!("d{i:03}")).collect();
     for u in &users {
-        let (s, body) = admin
-            .call(
-                Method::PUT,
-                &format!("/v1/users/{u}"),
-                Some(json!({"attributes": {}})),
-            )
-            .await;
-        assert!(s.is_success(), "{body}");
-        let (s, body) = admin
-            .call(
-                Method::POST,
-                &format!("/v1/users/{u}/devices"),
-                Some(json!({"platform": "fcm", "token": format!("tok-{u}")})),
-            )
-            .await;
-        assert!(s.is_success(), "{body}");
+        admin.user_with_device(u, &format!("tok-{u}")).await;
     }
     let started = tokio::time::Instant::now();
     let (s, body) = admin

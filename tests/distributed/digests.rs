@@ -47,20 +47,7 @@ async fn a_digest_is_sent_once_after_its_fanout_process_restarts_when_roles_run_
 /// post.
 async fn setup(api: &Api) {
     let ok = |(s, body): (StatusCode, Value)| assert!(s.is_success(), "{s}: {body}");
-    ok(api
-        .call(
-            Method::PUT,
-            "/v1/users/ola",
-            Some(json!({"attributes": {}})),
-        )
-        .await);
-    ok(api
-        .call(
-            Method::POST,
-            "/v1/users/ola/devices",
-            Some(json!({"platform": "fcm", "token": "ok-ola"})),
-        )
-        .await);
+    api.user_with_device("ola", "ok-ola").await;
     let text = json!({"title": "{{ count }} new on {{ data.post }}",
                       "body": "{% for e in events %}{{ e.text }};{% endfor %}"});
     ok(api

@@ -37,22 +37,7 @@ async fn presence_aware_push_sees_sockets_on_every_inbox_node_when_roles_run_apa
 /// socket. Every one of them has one FCM device.
 async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
     for user in ["on", "off", "reader", "idle"] {
-        let (s, body) = api
-            .call(
-                Method::PUT,
-                &format!("/v1/users/{user}"),
-                Some(json!({"attributes": {}})),
-            )
-            .await;
-        assert!(s.is_success(), "{body}");
-        let (s, body) = api
-            .call(
-                Method::POST,
-                &format!("/v1/users/{user}/devices"),
-                Some(json!({"platform": "fcm", "token": format!("ok-{user}")})),
-            )
-            .await;
-        assert!(s.is_success(), "{body}");
+        api.user_with_device(user, &format!("ok-{user}")).await;
     }
     let mut on = connect(a, "on", "").await;
     let mut idle = connect(a, "idle", "").await;

@@ -187,6 +187,26 @@ impl Api {
         )
     }
 
+    /// Puts user `id` in the directory with one FCM device `token`.
+    pub async fn user_with_device(&self, id: &str, token: &str) {
+        let (s, body) = self
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{id}"),
+                Some(serde_json::json!({"attributes": {}})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+        let (s, body) = self
+            .call(
+                Method::POST,
+                &format!("/v1/users/{id}/devices"),
+                Some(serde_json::json!({"platform": "fcm", "token": token})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+    }
+
     pub async fn campaign(&self, id: &str) -> serde_json::Value {
         self.call(Method::GET, &format!("/v1/campaigns/{id}"), None)
             .await

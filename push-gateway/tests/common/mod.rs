@@ -128,6 +128,18 @@ impl TestGateway {
     }
 
     /// Creates a user with these device tokens (`apns:`-prefixed ones as APNs devices).
+    /// The process's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn user_with_devices(&self, id: &str, tokens: &[&str]) {
         let (s, b) = self
             .call(
