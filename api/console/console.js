@@ -152,6 +152,16 @@ async function campaignsView() {
   const data = h("textarea", { id: "content-data", rows: 2, placeholder: '{"order": "A-17"}' });
   const category = h("input", { id: "category", size: 20 });
   const priority = h("select", { id: "priority" }, ["normal", "low", "high", "urgent"].map((p) => h("option", { value: p }, p)));
+  const strategy = h("select", { id: "strategy" },
+    h("option", { value: "auto" }, "by audience size"),
+    h("option", { value: "broadcast" }, "broadcast (stored once)"));
+  const startsAt = h("input", { id: "starts-at", type: "datetime-local" });
+  const expiresAt = h("input", { id: "expires-at", type: "datetime-local" });
+  const pushWhen = h("select", { id: "push-when" },
+    h("option", { value: "always" }, "always"),
+    h("option", { value: "offline" }, "only to users without the inbox open"));
+  const onlineDelay = h("input", { id: "online-delay", type: "number", min: 1, max: 86400, size: 6, placeholder: "seconds", hidden: true });
+  pushWhen.addEventListener("change", () => (onlineDelay.hidden = pushWhen.value !== "offline"));
   const previewUser = h("input", { id: "preview-user", size: 20, placeholder: "user id" });
   const previewOut = h("div", { id: "preview" });
 
@@ -173,6 +183,14 @@ async function campaignsView() {
     const d = parseJson(data.value, "Data");
     if (d !== undefined) req.data = d;
     if (category.value.trim()) req.category = category.value.trim();
+    if (strategy.value !== "auto") req.strategy = strategy.value;
+    // datetime-local is the browser's local time; the API takes RFC 3339.
+    if (startsAt.value) req.starts_at = new Date(startsAt.value).toISOString();
+    if (expiresAt.value) req.expires_at = new Date(expiresAt.value).toISOString();
+    if (pushWhen.value === "offline") {
+      req.push_when = "offline";
+      if (onlineDelay.value) req.online_push_delay_s = Number(onlineDelay.value);
+    }
     return req;
   }
 
@@ -207,6 +225,10 @@ async function campaignsView() {
   h("div", {}, h("span", { class: "muted" }, "Channels: "), channels),
   h("label", {}, h("span", {}, "Data (JSON)"), data),
   h("label", {}, h("span", {}, "Category"), category, h("span", { style: "min-width:2rem" }), " Priority ", priority),
+  h("label", {}, h("span", {}, "Strategy"), strategy),
+  h("label", {}, h("span", {}, "Starts at"), startsAt, " Expires at ", expiresAt),
+  h("label", {}, h("span", {}, "Push"), pushWhen, " ", onlineDelay,
+    h("span", { class: "muted" }, " (with a delay: pushed after it unless read)")),
   h("label", {}, h("span", {}, "Preview for"), previewUser, " ",
     h("button", { type: "button", id: "preview-button", onclick: () => attempt(preview) }, "Preview")),
   previewOut,
@@ -250,8 +272,8 @@ async function campaignView(id) {
       h("h2", {}, "Deliveries"),
       deliveries.length
         ? h("table", { id: "deliveries" },
-          h("thead", {}, h("tr", {}, ["channel", "queued", "sent", "failed"].map((t) => h("th", {}, t)))),
-          h("tbody", {}, deliveries.map(([ch, d]) => h("tr", { "data-channel": ch }, h("td", {}, ch), h("td", {}, d.queued), h("td", {}, d.sent), h("td", {}, d.failed)))))
+          h("thead", {}, h("tr", {}, ["channel", "queued", "sent", "failed", "suppressed (online)"].map((t) => h("th", {}, t)))),
+          h("tbody", {}, deliveries.map(([ch, d]) => h("tr", { "data-channel": ch }, h("td", {}, ch), h("td", {}, d.queued), h("td", {}, d.sent), h("td", {}, d.failed), h("td", {}, d.suppressed_online ?? 0)))))
         : h("p", { class: "muted" }, "No channel sends (in-app only, or none yet)."),
       (c.failures ?? []).length ? h("pre", {}, c.failures.map((f) => `${f.user_id ?? `batch ${f.batch_no}`}: ${f.reason}`).join("\n")) : null,
       FINAL.includes(c.status) ? null
@@ -267,7 +289,40 @@ async function campaignView(id) {
     }
   }
   await refresh();
-  return [h("p", {}, h("a", { href: "#campaigns" }, "← campaigns")), box];
+  return [h("p", {}, h("a", { href: "#campaigns" }, "← campaigns")), box, explainView(id)];
+}
+
+/** What the campaign did for one user (`GET /v1/campaigns/{id}/recipients/{user_id}`). */
+function explainView(id) {
+  const user = h("input", { id: "explain-user", size: 30, placeholder: "user id" });
+  const out = h("div", { id: "explain" });
+  const form = h("form", {
+    onsubmit: (e) => {
+      e.preventDefault();
+      attempt(async () => {
+        const x = await api("GET", `/v1/campaigns/${encodeURIComponent(id)}/recipients/${encodeURIComponent(user.value.trim())}`);
+        const channels = Object.entries(x.channels);
+        fill(out,
+          h("p", { id: "explain-audience" }, x.audience.included ? "In the audience: " : "Not in the audience: ", x.audience.reason,
+            x.user_found ? "" : " (not in the directory)"),
+          x.inbox
+            ? h("p", { id: "explain-inbox" }, `Inbox: ${x.inbox.reason}`,
+              x.inbox.read_at ? ` · read ${when(x.inbox.read_at)}` : "",
+              x.inbox.dismissed_at ? ` · dismissed ${when(x.inbox.dismissed_at)}` : "")
+            : null,
+          channels.length
+            ? h("table", { id: "explain-channels" },
+              h("thead", {}, h("tr", {}, ["channel", "status", "why", "when"].map((t) => h("th", {}, t)))),
+              h("tbody", {}, channels.map(([ch, v]) => h("tr", { "data-channel": ch },
+                h("td", {}, ch),
+                h("td", {}, v.status),
+                h("td", {}, [v.reason, v.deferred_until ? `until ${when(v.deferred_until)}` : null, v.dead_letter_id ? `dead letter ${v.dead_letter_id}` : null].filter(Boolean).join(" · ")),
+                h("td", {}, when(v.at))))))
+            : null);
+      });
+    },
+  }, h("label", {}, "User ", user), " ", h("button", {}, "Explain"));
+  return h("section", {}, h("h2", {}, "What happened to a user"), form, out);
 }
 
 // --- users and segments --------------------------------------------------------------------

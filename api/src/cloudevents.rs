@@ -200,15 +200,45 @@ pub fn prefix(i: usize, e: ApiError) -> ApiError {
     }
 }
 
+/// A `ce-*` header value decoded as the HTTP binding encodes it (CloudEvents HTTP binding
+/// 1.0.2, 3.1.3.2): `%XX` octets of UTF-8, everything else as it is. `None` for a malformed
+/// escape or octets that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A binary-mode event: attributes from the `ce-*` headers, the body as `data`.
 pub fn binary(headers: &HeaderMap, body: &[u8]) -> ApiResult<CloudEvent> {
     let header = |name: &str| -> ApiResult<Option<String>> {
         match headers.get(format!("ce-{name}")) {
             None => Ok(None),
-            Some(v) => v
-                .to_str()
-                .map(|s| Some(s.to_owned()))
-                .map_err(|_| invalid(&format!("ce-{name}"), "must be visible ASCII")),
+            Some(v) => {
+                let raw = v
+                    .to_str()
+                    .map_err(|_| invalid(&format!("ce-{name}"), "must be visible ASCII"))?;
+                percent_decode(raw).map(Some).ok_or_else(|| {
+                    invalid(
+                        &format!("ce-{name}"),
+                        "malformed percent-encoding (%XX octets of UTF-8)",
+                    )
+                })
+            }
         }
     };
     let required = |name: &str| -> ApiResult<String> {
@@ -245,6 +275,37 @@ pub fn binary(headers: &HeaderMap, body: &[u8]) -> ApiResult<CloudEvent> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn binary_header_values_are_percent_decoded_as_the_http_binding_says() {
+        assert_eq!(percent_decode("A-17").as_deref(), Some("A-17"));
+        assert_eq!(
+            percent_decode("order%20A%2D17").as_deref(),
+            Some("order A-17")
+        );
+        assert_eq!(percent_decode("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(percent_decode("100%25").as_deref(), Some("100%"));
+        for bad in ["%", "%4", "%zz", "%+1", "%C3", "%FF"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "order%20A-17"),
+            ("ce-source", "%2Fshop%2Forders"),
+            ("ce-type", "order.shipped"),
+            ("ce-subject", "alice"),
+        ] {
+            headers.insert(k, v.parse().unwrap());
+        }
+        let e = binary(&headers, b"{}").unwrap();
+        assert_eq!(
+            (e.id.as_str(), e.source.as_str()),
+            ("order A-17", "/shop/orders")
+        );
+        headers.insert("ce-id", "A%2".parse().unwrap());
+        assert!(binary(&headers, b"{}").is_err());
+    }
 
     fn event() -> Value {
         json!({"specversion": "1.0", "id": "A-17", "source": "/shop/orders",

@@ -1,6 +1,7 @@
 // The web console (`/console`) in Debian's chromium, headless: log in with the admin key,
 // preview and save a template, size a segment filter live, create a campaign from the form
-// with a preview for its user, watch it complete, and see the demo inbox (`/demo`) of that
+// with a preview for its user, watch it complete, explain it for a user in it and one out of
+// it, and see the demo inbox (`/demo`) of that
 // user receive it live; read there, it shows read in a second tab. Screenshots of each page go
 // to artifacts/.
 import { test } from "node:test";
@@ -80,6 +81,15 @@ test("the console creates a campaign that a demo inbox receives live, read on on
   await console.locator("#campaign-status", { hasText: "completed" }).waitFor({ timeout: 15_000 });
   assert.equal(await console.locator("#written").textContent(), "1");
   assert.doesNotMatch(await console.locator("#campaign").textContent(), /null|undefined/);
+  // What it did for Maria, and for Joe, who was not in it.
+  await console.fill("#explain-user", "maria");
+  await console.click('button:has-text("Explain")');
+  await console.locator("#explain-inbox", { hasText: "written to the user's inbox" }).waitFor();
+  assert.match(await console.locator("#explain-audience").textContent(), /^In the audience: the campaign's user/);
+  await console.fill("#explain-user", "joe");
+  await console.click('button:has-text("Explain")');
+  await console.locator("#explain-audience", { hasText: "Not in the audience: the campaign is for `maria`" }).waitFor();
+  assert.doesNotMatch(await console.locator("#explain").textContent(), /null|undefined/);
   await console.screenshot({ path: `${ARTIFACTS}console-campaign-progress.png` });
 
   // The inbox got it live; read there, a second tab shows it read.
@@ -94,9 +104,27 @@ test("the console creates a campaign that a demo inbox receives live, read on on
   await second.locator("#items li.read", { hasText: "Hello Maria" }).waitFor({ timeout: 15_000 });
   await inbox.screenshot({ path: `${ARTIFACTS}demo-inbox-from-console.png` });
 
+  // Presence-aware push: Maria has her inbox open, so the push is not sent, and the campaign's
+  // explanation for her says so.
+  await console.click("nav >> text=Campaigns");
+  await console.fill("#audience-value", "maria");
+  await console.fill("#content-title", "While you are here");
+  await console.fill("#content-body", "No buzz for this one");
+  await console.check('input[data-channel="push"]');
+  await console.selectOption("#push-when", "offline");
+  await console.click("text=Create campaign");
+  await console.locator("#campaign-status", { hasText: "completed" }).waitFor({ timeout: 15_000 });
+  await item(inbox).waitFor();
+  await inbox.locator("#items li", { hasText: "While you are here" }).waitFor({ timeout: 15_000 });
+  await console.locator('#deliveries tr[data-channel="push"] td:nth-child(5)', { hasText: "1" }).waitFor({ timeout: 15_000 });
+  await console.fill("#explain-user", "maria");
+  await console.click('button:has-text("Explain")');
+  await console.locator('#explain-channels tr[data-channel="push"]', { hasText: "suppressed_online" }).waitFor();
+  await console.screenshot({ path: `${ARTIFACTS}console-explain-presence.png` });
+
   // The campaign list and the analytics page render.
   await console.click("nav >> text=Campaigns");
-  await console.locator("#campaigns td", { hasText: "completed" }).waitFor();
+  await console.locator("#campaigns td", { hasText: "completed" }).first().waitFor();
   await console.click("nav >> text=Analytics");
   await console.locator("#health").waitFor();
   await console.screenshot({ path: `${ARTIFACTS}console-analytics.png` });
