@@ -261,6 +261,10 @@ pub struct RecipientOutcome {
     pub dead_letter_id: Option<String>,
 }
 
+/// Added to the attempt of a replayed dead letter's report: a replay comes after every attempt
+/// of the message it replays.
+pub const REPLAY_RANK: u32 = 1_000_000;
+
 /// The latest outcome of a recipient on a campaign's channel, as the delivery store keeps it
 /// (for `GET /v1/campaigns/{id}/recipients/{user_id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,7 +276,10 @@ pub struct RecipientRecord {
     pub sent: u32,
     pub reason: Option<String>,
     pub dead_letter_id: Option<String>,
-    /// The channel message's attempt: a record of a later attempt replaces an earlier one.
+    /// The order of the report it comes from: the channel message's attempt, and for a
+    /// replayed dead letter [`REPLAY_RANK`] more. A record of a later one replaces an earlier
+    /// one, except that a recipient sent to stays sent (a retry carries only the failed
+    /// devices); `sent` adds up over attempts.
     pub attempt: u32,
     pub at: DateTime<Utc>,
 }

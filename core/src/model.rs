@@ -899,6 +899,8 @@ pub struct DigestRule {
 
 /// Longest digest window: a week.
 pub const MAX_DIGEST_WINDOW_S: u32 = 604_800;
+/// Longest digest key value kept as it is (longer ones are kept as their hash).
+pub const MAX_DIGEST_KEY_LEN: usize = 128;
 /// Events a digest keeps for its template (the count goes on).
 pub const MAX_DIGEST_EVENTS: usize = 100;
 
@@ -916,13 +918,24 @@ impl DigestRule {
     }
 
     /// The digest an event with `data` joins: the value of the key field, as text (empty
-    /// without a key, or when the event lacks the field).
+    /// without a key, or when the event lacks the field). A value longer than
+    /// [`MAX_DIGEST_KEY_LEN`] bytes is kept as its SHA-256 (`sha256:<hex>`), so any value
+    /// fits every store's key column.
     pub fn key_value(&self, data: &serde_json::Map<String, Value>) -> String {
-        match self.key.as_ref().and_then(|k| data.get(k)) {
+        let value = match self.key.as_ref().and_then(|k| data.get(k)) {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
+        };
+        if value.len() <= MAX_DIGEST_KEY_LEN {
+            return value;
         }
+        use sha2::{Digest, Sha256};
+        let digest: String = Sha256::digest(value.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256:{digest}")
     }
 }
 
@@ -1137,6 +1150,39 @@ pub enum LiveEvent {
     Dismiss { user_id: String, id: String },
     /// Everything was marked read on one of the user's devices.
     ReadAll { user_id: String },
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_key_value_of_any_length_fits_the_stores_key_columns() {
+        let rule = DigestRule {
+            key: Some("post".into()),
+            window_s: 60,
+        };
+        let data = |v: Value| {
+            serde_json::json!({ "post": v })
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(rule.key_value(&data(Value::from("p1"))), "p1");
+        assert_eq!(rule.key_value(&data(Value::from(42))), "42");
+        assert_eq!(rule.key_value(&serde_json::Map::new()), "");
+        let long = "x".repeat(10_000);
+        let hashed = rule.key_value(&data(Value::from(long.clone())));
+        assert!(
+            hashed.starts_with("sha256:") && hashed.len() == 71,
+            "{hashed}"
+        );
+        assert_eq!(hashed, rule.key_value(&data(Value::from(long))), "stable");
+        assert_ne!(
+            hashed,
+            rule.key_value(&data(Value::from("y".repeat(10_000))))
+        );
+    }
 }
 
 #[cfg(test)]

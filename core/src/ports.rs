@@ -652,7 +652,8 @@ pub trait DeliveryStore: Send + Sync + 'static {
     ) -> Result<Vec<LoggedFailure>>;
     /// Keeps the latest outcome of each recipient per campaign and channel: a record replaces
     /// the one kept unless that one is of a later attempt (a report redelivered late changes
-    /// nothing), so recording the same records again is harmless.
+    /// nothing), so recording the same records again is harmless; a recipient sent to stays
+    /// `sent`, and `sent` adds up over attempts.
     async fn record_recipients(&self, records: &[crate::delivery::RecipientRecord]) -> Result<()>;
     /// The records kept for a recipient of a campaign, by channel.
     async fn recipient_records(

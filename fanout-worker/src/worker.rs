@@ -138,7 +138,8 @@ impl Worker for BatchWorker {
                 let reason = format!("{max} attempts ended without finishing (a crash or a panic)");
                 give_up_batch(ctx, &batch, &reason).await
             } else {
-                process_with_cache(ctx, &self.cache, &batch).await
+                // Presence is asked on a batch's first delivery only (see `hold_back_online`).
+                process_with_cache(ctx, &self.cache, &batch, attempt <= 1).await
             };
             match outcome {
                 Ok(()) => d.commit().await?,
@@ -203,13 +204,20 @@ async fn retry_later(
 
 /// Processes one batch outside the worker loop (tests, tools).
 pub async fn process_batch(ctx: &Context, batch: &FanoutBatch) -> Result<()> {
-    process_with_cache(ctx, &CampaignCache::default(), batch).await
+    process_with_cache(
+        ctx,
+        &CampaignCache::default(),
+        batch,
+        batch.failed_attempts == 0,
+    )
+    .await
 }
 
 async fn process_with_cache(
     ctx: &Context,
     cache: &CampaignCache,
     batch: &FanoutBatch,
+    first_delivery: bool,
 ) -> Result<()> {
     let started = Instant::now();
     let cached = match cache.get(ctx, &batch.campaign_id).await {
@@ -246,7 +254,7 @@ async fn process_with_cache(
     let (delta, queued, failures) = if expired {
         (Progress::default(), Vec::new(), Vec::new())
     } else {
-        deliver(ctx, &cached, batch, now).await?
+        deliver(ctx, &cached, batch, now, first_delivery).await?
     };
     let mut stage = Stages::start();
     let campaigns = &ctx.ports.campaigns;
@@ -342,6 +350,7 @@ async fn deliver(
     cached: &Cached,
     batch: &FanoutBatch,
     now: chrono::DateTime<chrono::Utc>,
+    first_delivery: bool,
 ) -> Result<(
     Progress,
     Vec<(Channel, DeliveryCounts)>,
@@ -388,8 +397,14 @@ async fn deliver(
 
     let mut outbound = outbound;
     let mut counts: BTreeMap<Channel, DeliveryCounts> = BTreeMap::new();
-    if campaign.push_when == PushWhen::Offline {
-        let suppressed = hold_back_online(ctx, campaign, &mut outbound, now).await;
+    if campaign.push_when == PushWhen::Offline && first_delivery {
+        // Only a user who has the item in the inbox can be looking at it: a broadcast's is
+        // everyone's, a personal row only where in-app was allowed.
+        let with_item: Option<std::collections::HashSet<&str>> = (campaign.strategy
+            != Strategy::Broadcast)
+            .then(|| rows.iter().map(|r| r.user_id.as_str()).collect());
+        let suppressed =
+            hold_back_online(ctx, campaign, &mut outbound, with_item.as_ref(), now).await;
         if !suppressed.is_empty() {
             let n = suppressed.len() as u64;
             counts.entry(Channel::Push).or_default().suppressed_online += n;
@@ -468,19 +483,27 @@ async fn deliver(
 }
 
 /// Presence-aware push (`push_when: offline`): takes the pushes of recipients with a live
-/// inbox socket out of `outbound`. Without `online_push_delay_s` they are not sent (the
+/// inbox socket and the item in their inbox (`with_item`: the users with a row, or `None` for
+/// a broadcast, which everyone has) out of `outbound`. Without `online_push_delay_s` they are not sent (the
 /// returned users, `suppressed_online`); with it they move to an unless-read part of their
 /// own, due after the delay (or the end of their quiet hours, if later), which the push
 /// gateway sends only to those who have not read or dismissed the item by then.
 ///
 /// If presence cannot be read, everyone counts as offline: a push too many rather than one
-/// lost.
+/// lost. The same goes for a batch delivered again (a worker died before its ack, or an attempt
+/// failed): presence may have changed since, and deciding again would change which recipients
+/// the channel message of part 0 holds, whose copy from the first delivery the gateway takes
+/// as the one (same delivery key), so a recipient moved into it would get nothing. Not asked
+/// again, the first delivery's decisions stand (its held-back messages are already kept), and
+/// at worst a held-back recipient is also pushed at once.
 async fn hold_back_online(
     ctx: &Context,
     campaign: &Campaign,
     outbound: &mut BTreeMap<(Channel, i64), Part>,
+    with_item: Option<&std::collections::HashSet<&str>>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Vec<String> {
+    let has_item = |user: &str| with_item.is_none_or(|users| users.contains(user));
     let parts: Vec<(Channel, i64)> = outbound
         .keys()
         .filter(|(ch, part)| *ch == Channel::Push && *part >= 0)
@@ -489,6 +512,7 @@ async fn hold_back_online(
     let users: Vec<String> = parts
         .iter()
         .flat_map(|key| outbound[key].1.iter().map(|i| i.user_id.clone()))
+        .filter(|u| has_item(u))
         .collect();
     if users.is_empty() {
         return Vec::new();
@@ -514,7 +538,7 @@ async fn hold_back_online(
         };
         let (held, kept): (Vec<ChannelItem>, Vec<ChannelItem>) = items
             .into_iter()
-            .partition(|item| online.contains(&item.user_id));
+            .partition(|item| online.contains(&item.user_id) && has_item(&item.user_id));
         if !kept.is_empty() {
             outbound.insert(key, (after, kept));
         }

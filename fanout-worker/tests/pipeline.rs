@@ -688,16 +688,20 @@ async fn push_when_offline_skips_users_with_a_live_socket_and_counts_them_suppre
         &[
             user("alice", json!({}), None, None),
             user("bob", json!({}), None, None),
+            user("carol", json!({}), None, None),
         ],
     )
     .await;
-    // Alice has the inbox open: an inbox node follows her on the live hub.
+    // Carol has in-app switched off: her open inbox will not show this campaign.
+    set_prefs(ctx, "carol", json!({"channels": {"in_app": false}})).await;
+    // Alice and Carol have the inbox open: an inbox node follows them on the live hub.
     let node = ctx.ports.live.subscribe().await.unwrap();
     node.routes.follow("alice").await.unwrap();
+    node.routes.follow("carol").await.unwrap();
     let mut c = campaign(
         ctx,
         "c-presence",
-        users_audience(&["alice", "bob"]),
+        users_audience(&["alice", "bob", "carol"]),
         &[Channel::InApp, Channel::Push],
     );
     c.push_when = PushWhen::Offline;
@@ -707,12 +711,17 @@ async fn push_when_offline_skips_users_with_a_live_socket_and_counts_them_suppre
 
     assert_eq!(rows(ctx, "alice", &c.id).await.len(), 1, "her inbox row");
     assert_eq!(rows(ctx, "bob", &c.id).await.len(), 1);
+    assert!(rows(ctx, "carol", &c.id).await.is_empty());
     let push = take_channel(ctx, Channel::Push).await;
-    assert_eq!(user_ids(&items_by_user(&push)), ["bob"]);
+    assert_eq!(
+        user_ids(&items_by_user(&push)),
+        ["bob", "carol"],
+        "Carol's open inbox does not show it: pushed"
+    );
     assert!(push.iter().all(|m| m.unless_read.is_none()));
     let done = get(ctx, &c.id).await;
     assert_eq!(done.status, CampaignStatus::Completed);
-    assert_eq!(queued(&done, Channel::Push), 1);
+    assert_eq!(queued(&done, Channel::Push), 2);
     assert_eq!(suppressed(&done), 1);
 
     // The same campaign without the option pushes to her too.
@@ -727,6 +736,56 @@ async fn push_when_offline_skips_users_with_a_live_socket_and_counts_them_suppre
     let push = items_by_user(&take_channel(ctx, Channel::Push).await);
     assert_eq!(user_ids(&push), ["alice", "bob"]);
     assert_eq!(suppressed(&get(ctx, &plain.id).await), 0);
+    drop(node);
+}
+
+#[tokio::test]
+async fn a_batch_delivered_again_keeps_the_first_deliverys_presence_decisions() {
+    let h = harness(MORNING).await;
+    let ctx = &h.ctx;
+    add_users(
+        ctx,
+        &[
+            user("alice", json!({}), None, None),
+            user("bob", json!({}), None, None),
+            user("carol", json!({}), None, None),
+        ],
+    )
+    .await;
+    let node = ctx.ports.live.subscribe().await.unwrap();
+    node.routes.follow("alice").await.unwrap();
+    node.routes.follow("carol").await.unwrap();
+    let mut c = campaign(
+        ctx,
+        "c-again",
+        users_audience(&["alice", "bob", "carol"]),
+        &[Channel::InApp, Channel::Push],
+    );
+    c.push_when = PushWhen::Offline;
+    c.online_push_delay_s = Some(60);
+    insert(ctx, &c).await;
+    let batches = run_campaign(ctx, &c.id).await;
+    // Alice closes her inbox (Carol keeps hers open); the batch comes again (its worker died
+    // before the ack). Deciding again would put Alice in the send-now message, whose first
+    // copy the gateway keeps, and replace the held-back message with Carol's alone.
+    node.routes.unfollow("alice");
+    let again = FanoutBatch {
+        failed_attempts: 1,
+        ..batches[0].clone()
+    };
+    worker::process_batch(ctx, &again).await.unwrap();
+
+    let push = take_channel(ctx, Channel::Push).await;
+    let now: Vec<&ChannelMessage> = push.iter().filter(|m| m.unless_read.is_none()).collect();
+    let held: Vec<&ChannelMessage> = push.iter().filter(|m| m.unless_read.is_some()).collect();
+    // One identity for the send-now message of both deliveries: the gateway sends one of them.
+    assert_eq!(now.len(), 2);
+    assert_eq!(now[0].delivery_key(), now[1].delivery_key());
+    // The held-back push of the first delivery is still there, Alice's included.
+    assert_eq!(held.len(), 1, "{push:?}");
+    let mut users: Vec<&str> = held[0].items.iter().map(|i| i.user_id.as_str()).collect();
+    users.sort();
+    assert_eq!(users, ["alice", "carol"]);
     drop(node);
 }
 

@@ -8,7 +8,7 @@ use herald_core::analytics::{
     latency_bucket, DeliveryLogCounts, DeliveryLogEntry, LoggedFailure, FAILURES_PER_REPORT,
 };
 use herald_core::consume::{backoff, SharedConsumer, MAX_DELIVERIES};
-use herald_core::delivery::{DeliveryReport, RecipientRecord};
+use herald_core::delivery::{DeliveryReport, RecipientRecord, REPLAY_RANK};
 use herald_core::model::DeliveryCounts;
 use herald_core::topics;
 use herald_core::worker::{Worker, WorkerState};
@@ -74,6 +74,14 @@ impl ResultCounter {
         };
         // Each recipient's latest outcome (a later attempt's record wins, so a redelivered
         // report changes nothing).
+        // A replayed dead letter's report comes after every attempt of the original.
+        let rank = report
+            .attempt
+            .saturating_add(if report.key.contains("/replay/") {
+                REPLAY_RANK
+            } else {
+                0
+            });
         let records: Vec<RecipientRecord> = report
             .recipients
             .iter()
@@ -85,7 +93,7 @@ impl ResultCounter {
                 sent: r.sent,
                 reason: r.reason.clone(),
                 dead_letter_id: r.dead_letter_id.clone(),
-                attempt: report.attempt,
+                attempt: rank,
                 at: report.at,
             })
             .collect();

@@ -658,10 +658,47 @@ pub mod cases {
             .unwrap();
         let mut got = s.recipient_records(&c, "ola").await.unwrap();
         got.sort_by_key(|r| r.channel);
-        let mut want = vec![sent, email];
+        let mut want = vec![sent.clone(), email];
         want.sort_by_key(|r| r.channel);
         assert_eq!(got, want);
         assert_eq!(s.recipient_records(&c, "bob").await.unwrap(), vec![other]);
+        // A retry holding only the device that failed, dead-lettered: the recipient stays
+        // sent, with the dead letter and the reason; then a replay sends it.
+        let dead = record(
+            &c,
+            "ola",
+            Channel::Push,
+            RecipientStatus::DeadLettered,
+            2,
+            "2026-03-01T00:00:09Z",
+        );
+        s.record_recipients(std::slice::from_ref(&dead))
+            .await
+            .unwrap();
+        let got = s.recipient_records(&c, "ola").await.unwrap();
+        let push = got.iter().find(|r| r.channel == Channel::Push).unwrap();
+        assert_eq!(push.status, RecipientStatus::Sent, "{push:?}");
+        assert_eq!((push.sent, push.attempt), (1, 2));
+        assert_eq!(push.dead_letter_id.as_deref(), Some("dl-1"));
+        let replayed = record(
+            &c,
+            "ola",
+            Channel::Push,
+            RecipientStatus::Sent,
+            1_000_000,
+            "2026-03-01T00:01:00Z",
+        );
+        s.record_recipients(std::slice::from_ref(&replayed))
+            .await
+            .unwrap();
+        let got = s.recipient_records(&c, "ola").await.unwrap();
+        let push = got.iter().find(|r| r.channel == Channel::Push).unwrap();
+        let want = RecipientRecord {
+            sent: 2,
+            dead_letter_id: Some("dl-1".into()),
+            ..replayed
+        };
+        assert_eq!(push, &want);
         assert!(s.recipient_records(&c, "nobody").await.unwrap().is_empty());
         assert!(s
             .recipient_records(&format!("{p}-other"), "ola")

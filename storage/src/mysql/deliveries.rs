@@ -502,24 +502,22 @@ impl DeliveryStore for MysqlDeliveries {
                         .push_bind(r.attempt)
                         .push_bind(micros(r.at));
                 });
-                // Each column keeps its value when the stored record is of a later attempt
-                // (`attempt` last, so the others compare against the stored one).
-                let keep = |col: &str| {
-                    format!("{col} = IF(VALUES(attempt) >= attempt, VALUES({col}), {col})")
-                };
-                let sets: Vec<String> = [
-                    "status",
-                    "sent",
-                    "reason",
-                    "dead_letter_id",
-                    "at",
-                    "attempt",
-                ]
-                .iter()
-                .map(|c| keep(c))
-                .collect();
-                qb.push(" ON DUPLICATE KEY UPDATE ");
-                qb.push(sets.join(", "));
+                // A later attempt's record wins, except that a recipient sent to stays sent (a
+                // retry holds only the devices that failed); the sends of attempts add up.
+                // MySQL applies the assignments in order, so `attempt` goes last and the
+                // others compare against the stored one.
+                qb.push(
+                    " ON DUPLICATE KEY UPDATE \
+                     status = IF(VALUES(attempt) >= attempt, \
+                       IF(status = 'sent', 'sent', VALUES(status)), status), \
+                     sent = IF(VALUES(attempt) > attempt, sent + VALUES(sent), \
+                       IF(VALUES(attempt) = attempt, GREATEST(sent, VALUES(sent)), sent)), \
+                     reason = IF(VALUES(attempt) >= attempt, VALUES(reason), reason), \
+                     dead_letter_id = IF(VALUES(attempt) >= attempt, \
+                       COALESCE(VALUES(dead_letter_id), dead_letter_id), dead_letter_id), \
+                     at = IF(VALUES(attempt) >= attempt, VALUES(at), at), \
+                     attempt = GREATEST(attempt, VALUES(attempt))",
+                );
                 qb.build().execute(&self.pool).await?;
                 Ok(())
             })

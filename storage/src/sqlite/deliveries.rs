@@ -466,11 +466,19 @@ impl DeliveryStore for SqliteDeliveries {
                     .push_bind(i64::from(r.attempt))
                     .push_bind(micros(r.at));
             });
+            // A later attempt's record wins, except that a recipient sent to stays sent (a
+            // retry holds only the devices that failed); the sends of attempts add up.
             qb.push(
                 " ON CONFLICT (campaign_id, user_id, channel) DO UPDATE SET \
-                 status = excluded.status, sent = excluded.sent, reason = excluded.reason, \
-                 dead_letter_id = excluded.dead_letter_id, attempt = excluded.attempt, \
-                 at = excluded.at WHERE excluded.attempt >= recipient_outcomes.attempt",
+                 status = CASE WHEN recipient_outcomes.status = 'sent' THEN 'sent' \
+                 ELSE excluded.status END, \
+                 sent = CASE WHEN excluded.attempt > recipient_outcomes.attempt \
+                 THEN recipient_outcomes.sent + excluded.sent \
+                 ELSE MAX(recipient_outcomes.sent, excluded.sent) END, \
+                 reason = excluded.reason, \
+                 dead_letter_id = COALESCE(excluded.dead_letter_id, recipient_outcomes.dead_letter_id), \
+                 attempt = excluded.attempt, at = excluded.at \
+                 WHERE excluded.attempt >= recipient_outcomes.attempt",
             );
             qb.build()
                 .execute(&mut *tx)
