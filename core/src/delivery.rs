@@ -246,6 +246,19 @@ pub enum RecipientStatus {
     SuppressedOnline,
 }
 
+impl RecipientStatus {
+    /// Its name, as serialised and stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipientStatus::Sent => "sent",
+            RecipientStatus::Failed => "failed",
+            RecipientStatus::Retrying => "retrying",
+            RecipientStatus::DeadLettered => "dead_lettered",
+            RecipientStatus::SuppressedOnline => "suppressed_online",
+        }
+    }
+}
+
 /// One recipient in a [`DeliveryReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipientOutcome {

@@ -476,23 +476,10 @@ pub(crate) fn corrupt(what: &str, e: impl std::error::Error + Send + Sync + 'sta
     Error::internal(format!("stored {what} could not be decoded")).with_source(e)
 }
 
-/// A recipient status as stored: its serde name.
+/// A stored enum word (a channel, a status, a strategy) back, by its serde name.
 #[allow(dead_code)]
-pub(crate) fn recipient_status_str(status: herald_core::delivery::RecipientStatus) -> &'static str {
-    use herald_core::delivery::RecipientStatus::*;
-    match status {
-        Sent => "sent",
-        Failed => "failed",
-        Retrying => "retrying",
-        DeadLettered => "dead_lettered",
-        SuppressedOnline => "suppressed_online",
-    }
-}
-
-/// A stored enum word (a channel, a status) back, by its serde name.
-#[allow(dead_code)]
-pub(crate) fn parse_enum_word<T: serde::de::DeserializeOwned>(what: &str, s: String) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(s)).map_err(|e| corrupt(what, e))
+pub(crate) fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| corrupt(what, e))
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ pub async fn explain(ctx: &Context, campaign_id: &str, user_id: &str) -> Result<
         .campaigns
         .get_campaign(campaign_id)
         .await?
-        .ok_or_else(|| Error::not_found(format!("no campaign `{campaign_id}`")))?;
+        .ok_or_else(|| Error::not_found(format!("campaign `{campaign_id}` not found")))?;
     let now = ctx.clock.now();
     let user = ports.directory.get_user(user_id).await?;
     let attributes = user

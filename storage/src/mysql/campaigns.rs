@@ -18,7 +18,7 @@
 use super::{insert_once, open_pool, opt_text, retry_transient, text};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
-use crate::{corrupt, db_error, BackendUrl};
+use crate::{corrupt, db_error, parse_enum, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::analytics::CampaignStats;
@@ -84,10 +84,6 @@ fn ttl_micros(ttl: std::time::Duration) -> i64 {
     i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
 }
 
-fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: String) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(s)).map_err(|e| corrupt(what, e))
-}
-
 fn int(row: &MySqlRow, column: &str) -> Result<i64> {
     row.try_get::<i64, _>(column).map_err(db_error)
 }
@@ -126,8 +122,8 @@ fn campaign_from_row(row: &MySqlRow) -> Result<Campaign> {
         online_push_delay_s: spec.online_push_delay_s,
         starts_at: opt_from_micros(opt_int(row, "starts_at")?),
         expires_at: opt_from_micros(opt_int(row, "expires_at")?),
-        strategy: parse_enum("campaign strategy", text(row, "strategy")?)?,
-        status: parse_enum("campaign status", text(row, "status")?)?,
+        strategy: parse_enum("campaign strategy", &text(row, "strategy")?)?,
+        status: parse_enum("campaign status", &text(row, "status")?)?,
         audience_size: count(int(row, "audience_size")?),
         progress: Progress {
             batches_total: count(int(row, "batches_total")?),
@@ -340,7 +336,7 @@ impl MysqlCampaigns {
                 let Some(&i) = index.get(&text(&row, "campaign_id")?) else {
                     continue;
                 };
-                let channel: Channel = parse_enum("channel", text(&row, "channel")?)?;
+                let channel: Channel = parse_enum("channel", &text(&row, "channel")?)?;
                 campaigns[i].deliveries.insert(
                     channel,
                     DeliveryCounts {
@@ -901,7 +897,7 @@ impl CampaignStore for MysqlCampaigns {
         rows.iter()
             .map(|r| {
                 Ok(CampaignStats {
-                    strategy: parse_enum("campaign strategy", text(r, "strategy")?)?,
+                    strategy: parse_enum("campaign strategy", &text(r, "strategy")?)?,
                     campaigns: count(int(r, "campaigns")?),
                     audience: count(int(r, "audience")?),
                     notifications_written: count(int(r, "written")?),

@@ -495,7 +495,7 @@ impl DeliveryStore for MysqlDeliveries {
                     b.push_bind(&r.campaign_id)
                         .push_bind(&r.user_id)
                         .push_bind(r.channel.as_str())
-                        .push_bind(crate::recipient_status_str(r.status))
+                        .push_bind(r.status.as_str())
                         .push_bind(r.sent)
                         .push_bind(&r.reason)
                         .push_bind(&r.dead_letter_id)
@@ -546,8 +546,8 @@ impl DeliveryStore for MysqlDeliveries {
                 Ok(RecipientRecord {
                     campaign_id: campaign_id.to_owned(),
                     user_id: user_id.to_owned(),
-                    channel: crate::parse_enum_word("channel", word("channel")?)?,
-                    status: crate::parse_enum_word("recipient status", word("status")?)?,
+                    channel: crate::parse_enum("channel", &word("channel")?)?,
+                    status: crate::parse_enum("recipient status", &word("status")?)?,
                     sent: row.try_get::<i32, _>("sent").map_err(db_error)? as u32,
                     reason: row.try_get_unchecked("reason").map_err(db_error)?,
                     dead_letter_id: row.try_get_unchecked("dead_letter_id").map_err(db_error)?,

@@ -4,7 +4,7 @@ use super::Db;
 use super::SqliteFile;
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
-use crate::{corrupt, BackendUrl};
+use crate::{corrupt, parse_enum, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_core::analytics::CampaignStats;
@@ -180,10 +180,6 @@ const COLUMNS: &str = "id, status, strategy, spec, starts_at, expires_at, audien
     batches_total, batches_done, notifications_written, skipped_opted_out, deferred_quiet_hours, \
     created_at, started_at, completed_at, next_batch, after_user, batching_done, failed_render, \
     failed_batches";
-
-fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| corrupt(what, e))
-}
 
 fn campaign_from_row(row: &SqliteRow) -> Result<Campaign> {
     let spec: String = row.get("spec");

@@ -459,7 +459,7 @@ impl DeliveryStore for SqliteDeliveries {
                 b.push_bind(&r.campaign_id)
                     .push_bind(&r.user_id)
                     .push_bind(r.channel.as_str())
-                    .push_bind(crate::recipient_status_str(r.status))
+                    .push_bind(r.status.as_str())
                     .push_bind(i64::from(r.sent))
                     .push_bind(&r.reason)
                     .push_bind(&r.dead_letter_id)
@@ -508,8 +508,8 @@ impl DeliveryStore for SqliteDeliveries {
                 Ok(RecipientRecord {
                     campaign_id: campaign_id.to_owned(),
                     user_id: user_id.to_owned(),
-                    channel: crate::parse_enum_word("channel", row.get("channel"))?,
-                    status: crate::parse_enum_word("recipient status", row.get("status"))?,
+                    channel: crate::parse_enum("channel", row.get("channel"))?,
+                    status: crate::parse_enum("recipient status", row.get("status"))?,
                     sent: row.get::<i64, _>("sent") as u32,
                     reason: row.get("reason"),
                     dead_letter_id: row.get("dead_letter_id"),
