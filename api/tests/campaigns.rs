@@ -976,7 +976,7 @@ async fn inbox(app: &TestApp, user: &str) -> Vec<herald_core::model::Notificatio
     app.ctx
         .ports
         .inbox
-        .page(user, None, 10, false)
+        .page(user, None, 10, herald_core::model::InboxFilter::default())
         .await
         .unwrap()
 }

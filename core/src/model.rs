@@ -1006,6 +1006,102 @@ pub struct Notification {
     pub data: Value,
     pub created_at: DateTime<Utc>,
     pub read_at: Option<DateTime<Utc>>,
+    /// When the user first saw it in a feed (a read item is seen; so is one under the
+    /// user's seen or read watermark).
+    #[serde(default)]
+    pub seen_at: Option<DateTime<Utc>>,
+    /// When the user archived it: out of the default view and the counts, still there for
+    /// `archived=include|only`.
+    #[serde(default)]
+    pub archived_at: Option<DateTime<Utc>>,
+}
+
+/// What a user does to items of their inbox (`POST /v1/inbox/bulk`). `read` also marks
+/// seen; `unarchive` puts an archived item back in the default view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InboxAction {
+    Seen,
+    Read,
+    Archive,
+    Unarchive,
+}
+
+impl InboxAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxAction::Seen => "seen",
+            InboxAction::Read => "read",
+            InboxAction::Archive => "archive",
+            InboxAction::Unarchive => "unarchive",
+        }
+    }
+}
+
+/// Which items an inbox read returns by read state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusFilter {
+    #[default]
+    All,
+    Unread,
+    Unseen,
+}
+
+/// Which items an inbox read returns by archive state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchivedFilter {
+    #[default]
+    Exclude,
+    Include,
+    Only,
+}
+
+/// The filter of an inbox read; the default is every item not archived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InboxFilter {
+    pub status: StatusFilter,
+    pub archived: ArchivedFilter,
+}
+
+impl InboxFilter {
+    pub const UNREAD: Self = Self {
+        status: StatusFilter::Unread,
+        archived: ArchivedFilter::Exclude,
+    };
+
+    /// Whether an item in these states passes.
+    pub fn admits(&self, read: bool, seen: bool, archived: bool) -> bool {
+        let status = match self.status {
+            StatusFilter::All => true,
+            StatusFilter::Unread => !read,
+            StatusFilter::Unseen => !seen && !read,
+        };
+        let archive = match self.archived {
+            ArchivedFilter::Exclude => !archived,
+            ArchivedFilter::Include => true,
+            ArchivedFilter::Only => archived,
+        };
+        status && archive
+    }
+}
+
+/// The badge counts of an inbox: visible, not archived items that are unread / unseen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InboxCounts {
+    pub unread: u64,
+    pub unseen: u64,
+}
+
+impl std::ops::Add for InboxCounts {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            unread: self.unread + o.unread,
+            unseen: self.unseen + o.unseen,
+        }
+    }
 }
 
 /// Where an item sits in a user's inbox: newest first by `created_at`, ties broken by id.
@@ -1107,6 +1203,21 @@ pub struct BroadcastUserState {
     pub user_id: String,
     pub read_at: Option<DateTime<Utc>>,
     pub dismissed_at: Option<DateTime<Utc>>,
+    pub seen_at: Option<DateTime<Utc>>,
+    pub archived_at: Option<DateTime<Utc>>,
+}
+
+impl BroadcastUserState {
+    pub fn new(broadcast_id: uuid::Uuid, user_id: &str) -> Self {
+        Self {
+            broadcast_id,
+            user_id: user_id.to_owned(),
+            read_at: None,
+            dismissed_at: None,
+            seen_at: None,
+            archived_at: None,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1150,6 +1261,18 @@ pub enum LiveEvent {
     Dismiss { user_id: String, id: String },
     /// Everything was marked read on one of the user's devices.
     ReadAll { user_id: String },
+    /// Items changed state on one of the user's devices (`POST /v1/inbox/bulk`): the items
+    /// `ids`, or every item older than the cursor `before`, or (`all`) every item.
+    Marked {
+        user_id: String,
+        action: InboxAction,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ids: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
+    },
 }
 
 #[cfg(test)]

@@ -289,28 +289,30 @@ pub trait InboxStore: Send + Sync + 'static {
     /// is left as it is, so a replayed batch keeps the read and dismiss state the user gave
     /// it; writers give a replayed row the same `created_at` (the campaign's start).
     async fn write_batch(&self, rows: &[Notification]) -> Result<()>;
-    /// The user's visible rows strictly older than `before` (newest first), at most `limit`.
-    /// A row is read when it was marked read or when it is at or below the user's read
-    /// watermark ([`InboxStore::mark_all_read`]); `read_at` says when. `unread_only` reads
-    /// only above the watermark.
+    /// The user's visible rows strictly older than `before` (newest first), at most `limit`,
+    /// that pass `filter`. A row is read when it was marked read or when it is at or below
+    /// the user's read watermark ([`InboxStore::mark_all_read`]); `read_at` says when. It is
+    /// seen when it was marked seen or read, or is at or below the seen or read watermark
+    /// ([`InboxStore::mark_all_seen`]); `seen_at` says when. Unread and unseen reads stop at
+    /// their watermark.
     async fn page(
         &self,
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        unread_only: bool,
+        filter: InboxFilter,
     ) -> Result<Vec<Notification>>;
-    /// [`InboxStore::page`] and [`InboxStore::unread_count`] together: what an inbox read
-    /// needs, in one round trip where the engine can.
-    async fn page_with_unread(
+    /// [`InboxStore::page`] and [`InboxStore::counts`] together: what an inbox read needs,
+    /// in one round trip where the engine can.
+    async fn page_with_counts(
         &self,
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        unread_only: bool,
-    ) -> Result<(Vec<Notification>, u64)> {
-        let page = self.page(user_id, before, limit, unread_only).await?;
-        Ok((page, self.unread_count(user_id).await?))
+        filter: InboxFilter,
+    ) -> Result<(Vec<Notification>, InboxCounts)> {
+        let page = self.page(user_id, before, limit, filter).await?;
+        Ok((page, self.counts(user_id).await?))
     }
     /// The user's visible rows strictly newer than `after` (oldest first): resume replay.
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>>;
@@ -325,21 +327,49 @@ pub trait InboxStore: Send + Sync + 'static {
     async fn locate(&self, user_id: &str, id: uuid::Uuid) -> Result<Option<InboxKey>>;
     /// Marks a row read (keeping an earlier read time): one write by the row's whole key.
     /// `false` if the user has no such visible row.
-    async fn mark_read(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool>;
+    async fn mark_read(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
+        let found = self.apply(user_id, &[key], InboxAction::Read, at).await?;
+        Ok(!found.is_empty())
+    }
+    /// Applies `action` to the user's visible rows at `keys` (at most [`MAX_BULK`]): `seen`
+    /// and `read` keep an earlier time (`read` marks seen too), `archive` keeps an earlier
+    /// archive time, `unarchive` clears it. Returns the keys of the visible rows it found,
+    /// changed or already in that state; the others are not the user's (or are dismissed).
+    async fn apply(
+        &self,
+        user_id: &str,
+        keys: &[InboxKey],
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<InboxKey>>;
+    /// Applies `action` to every visible row of the user strictly older than `before`, row by
+    /// row (unlike the watermarks, a row written later with an older key is not covered).
+    /// Returns how many rows changed state.
+    async fn apply_before(
+        &self,
+        user_id: &str,
+        before: InboxKey,
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<u64>;
     /// Marks everything up to `at` read by moving the user's read watermark to `at` (one
     /// write, whatever the inbox holds; a watermark never moves back). A row created at or
     /// before the watermark counts as read even if it is written later (a campaign that
     /// started before "read all" and reached this user after it). Returns how many unread rows
-    /// it covered, counted as [`InboxStore::unread_count`] counts.
+    /// it covered, counted as [`InboxStore::counts`] counts unread rows.
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64>;
+    /// Marks everything up to `at` seen by moving the user's seen watermark (as
+    /// [`InboxStore::mark_all_read`] does for reads; a read watermark counts as a seen one).
+    /// Returns how many unseen rows it covered, counted as [`InboxStore::counts`] counts.
+    async fn mark_all_seen(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64>;
     /// Hides a row from the user for good: one write by the row's whole key. `false` if the
     /// user has no such visible row.
     async fn dismiss(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool>;
-    /// The user's unread visible rows among the newest [`UNREAD_WINDOW`] rows above the read
-    /// watermark: one bounded range read on every engine, exact while the user has fewer
-    /// rows than that since they last read everything (an inbox badge shows "999+" long
-    /// before).
-    async fn unread_count(&self, user_id: &str) -> Result<u64>;
+    /// The user's unread and unseen visible, unarchived rows among the newest
+    /// [`UNREAD_WINDOW`] rows above the read watermark: one bounded range read on every
+    /// engine, exact while the user has fewer rows than that since they last read everything
+    /// (an inbox badge shows "999+" long before).
+    async fn counts(&self, user_id: &str) -> Result<InboxCounts>;
     /// Deletes rows created before `before` (retention), and read watermarks that no longer
     /// cover any row. An engine with row TTLs (ScyllaDB: `USING TTL` from the retention it is
     /// opened with) expires rows by itself and returns 0. Returns how many rows it deleted.
@@ -348,6 +378,8 @@ pub trait InboxStore: Send + Sync + 'static {
 
 /// How many of a user's newest rows above the read watermark the unread count looks at.
 pub const UNREAD_WINDOW: u32 = 1000;
+/// The most items one [`InboxStore::apply`] (one `POST /v1/inbox/bulk` with ids) names.
+pub const MAX_BULK: usize = 100;
 
 /// Broadcasts, stored once (the per-user state of each is [`BroadcastStates`]).
 #[async_trait]
@@ -379,8 +411,19 @@ pub trait BroadcastStates: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
     /// Every stored state of the user (one lookup per inbox read).
     async fn user_states(&self, user_id: &str) -> Result<Vec<BroadcastUserState>>;
+    /// Applies `action` for the user: `seen`, `read` and `archive` keep the earliest time of
+    /// each, `unarchive` clears the archive time (a later `archive` sets it again).
+    async fn apply(
+        &self,
+        user_id: &str,
+        id: uuid::Uuid,
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
     /// Marks read for the user; the earliest read time is kept.
-    async fn mark_read(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<()>;
+    async fn mark_read(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<()> {
+        self.apply(user_id, id, InboxAction::Read, at).await
+    }
     /// Dismisses for the user; the earliest dismissal time is kept.
     async fn dismiss(&self, user_id: &str, id: uuid::Uuid, at: DateTime<Utc>) -> Result<()>;
 }

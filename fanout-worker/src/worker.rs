@@ -697,6 +697,8 @@ fn render_for(
             data: campaign.data.clone(),
             created_at,
             read_at: None,
+            seen_at: None,
+            archived_at: None,
         }));
     }
     Ok(

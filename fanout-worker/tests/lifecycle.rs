@@ -707,11 +707,11 @@ async fn a_broadcast_to_everyone_writes_one_row_whatever_the_audience() {
             .ctx
             .ports
             .inbox
-            .page(&user, None, 100, false)
+            .page(&user, None, 100, herald_core::model::InboxFilter::default())
             .await
             .unwrap();
         assert!(rows.is_empty(), "{user} has rows: {rows:?}");
-        assert_eq!(h.ctx.ports.inbox.unread_count(&user).await.unwrap(), 0);
+        assert_eq!(h.ctx.ports.inbox.counts(&user).await.unwrap().unread, 0);
     }
     assert_eq!(
         h.ctx
@@ -744,6 +744,8 @@ fn row(user: &str, n: u128, created_at: DateTime<Utc>) -> Notification {
         data: json!({}),
         created_at,
         read_at: None,
+        seen_at: None,
+        archived_at: None,
     }
 }
 
@@ -772,10 +774,20 @@ async fn retention_purges_rows_older_than_retention_days_and_keeps_newer_ones() 
     let alice = ids(ctx
         .ports
         .inbox
-        .page("alice", None, 100, false)
+        .page(
+            "alice",
+            None,
+            100,
+            herald_core::model::InboxFilter::default(),
+        )
         .await
         .unwrap());
-    let bob = ids(ctx.ports.inbox.page("bob", None, 100, false).await.unwrap());
+    let bob = ids(ctx
+        .ports
+        .inbox
+        .page("bob", None, 100, herald_core::model::InboxFilter::default())
+        .await
+        .unwrap());
     assert_eq!(alice, vec![5, 4]);
     assert_eq!(bob, vec![6]);
 
@@ -786,7 +798,12 @@ async fn retention_purges_rows_older_than_retention_days_and_keeps_newer_ones() 
     let alice = ids(ctx
         .ports
         .inbox
-        .page("alice", None, 100, false)
+        .page(
+            "alice",
+            None,
+            100,
+            herald_core::model::InboxFilter::default(),
+        )
         .await
         .unwrap());
     assert_eq!(alice, vec![5]);

@@ -282,7 +282,12 @@ fn items_by_user(
 async fn rows(ctx: &Context, user_id: &str, campaign_id: &str) -> Vec<Notification> {
     ctx.ports
         .inbox
-        .page(user_id, None, 1000, false)
+        .page(
+            user_id,
+            None,
+            1000,
+            herald_core::model::InboxFilter::default(),
+        )
         .await
         .expect("inbox page")
         .into_iter()

@@ -17,7 +17,7 @@
 //! - `BroadcastActivated` → every connection whose user the broadcast's filter matches (a
 //!   match-all broadcast goes to all of them at once; a filtered one is matched per user on
 //!   the cached user attributes in a background task, so the routing loop keeps up);
-//! - `Read` / `Dismiss` / `ReadAll` → that user's connections.
+//! - `Read` / `Dismiss` / `ReadAll` / `Marked` → that user's connections.
 //!
 //! The hub also remembers the broadcasts it saw activated in the last
 //! [`RECENT_ACTIVATIONS_KEPT`]: a resuming connection replays them too, which closes the gap
@@ -33,7 +33,7 @@ use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use herald_core::model::{Broadcast, LiveEvent};
+use herald_core::model::{Broadcast, InboxAction, LiveEvent};
 use herald_core::ports::LiveRoutes;
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::Result;
@@ -66,10 +66,27 @@ const MATCH_CONCURRENCY: usize = 32;
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum Wire<'a> {
-    Notification { item: &'a InboxItem },
-    Read { id: &'a str },
-    Dismiss { id: &'a str },
+    Notification {
+        item: &'a InboxItem,
+    },
+    Read {
+        id: &'a str,
+    },
+    Dismiss {
+        id: &'a str,
+    },
     ReadAll,
+    /// Items changed state on another device: `ids`, or everything older than `before`,
+    /// or (`all`) everything.
+    Marked {
+        action: InboxAction,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        ids: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<&'a str>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
+    },
 }
 
 impl Wire<'_> {
@@ -382,6 +399,22 @@ impl Hub {
             LiveEvent::ReadAll { user_id } => {
                 self.deliver_to_user(&user_id, || Frame::other(Wire::ReadAll));
             }
+            LiveEvent::Marked {
+                user_id,
+                action,
+                ids,
+                before,
+                all,
+            } => {
+                self.deliver_to_user(&user_id, || {
+                    Frame::other(Wire::Marked {
+                        action,
+                        ids: &ids,
+                        before: before.as_deref(),
+                        all,
+                    })
+                });
+            }
             LiveEvent::BroadcastActivated { broadcast } => {
                 self.broadcast_activated(Arc::new(*broadcast));
             }
@@ -400,7 +433,7 @@ impl Hub {
             return;
         }
         // A new broadcast is unread for everyone.
-        let frame = Frame::notification(&InboxItem::broadcast(&broadcast, false));
+        let frame = Frame::notification(&InboxItem::broadcast(&broadcast, None));
         if broadcast.filter.is_match_all() {
             for shard in self.shards.iter() {
                 for conn in shard.read().values().flat_map(|u| &u.conns) {

@@ -10,10 +10,14 @@
 //!
 //! Endpoints (API.md, "Inbox API"), all authenticated by an inbox token ([`auth`]) whose user
 //! is the only one whose items they can see or change (another user's id is a 404):
-//! - `GET /v1/inbox?limit=20&cursor=&unread_only=false` → `{"items", "next_cursor", "unread_count"}`;
-//!   `limit` is 1 to 100 (default 20), a bad limit or cursor is 422; `next_cursor` is `null`
-//!   on the last page;
-//! - `GET /v1/inbox/unread_count` → `{"unread_count": n}`;
+//! - `GET /v1/inbox?limit=20&cursor=&status=all&archived=exclude` → `{"items", "next_cursor",
+//!   "unread_count", "unseen_count"}`; `limit` is 1 to 100 (default 20), `status` is `all`,
+//!   `unread` or `unseen`, `archived` is `exclude`, `include` or `only`; a bad value or cursor
+//!   is 422; `next_cursor` is `null` on the last page; items carry `read_at`, `seen_at` and
+//!   `archived_at`;
+//! - `GET /v1/inbox/unread_count` → `{"unread_count": n, "unseen_count": m}`;
+//! - `POST /v1/inbox/bulk` `{"action": "seen|read|archive|unarchive", "ids" | "before" | "all"}`
+//!   → 200 `{"updated": n, "not_found": [...]}`, personal and broadcast items alike;
 //! - `POST /v1/inbox/{id}/read` and `POST /v1/inbox/{id}/dismiss` → 204 No Content, for personal
 //!   and broadcast items alike; 404 when the user has no such item (unknown, not a UUID,
 //!   another user's, already dismissed, or a broadcast not live or not for this user);
@@ -21,7 +25,8 @@
 //! - `GET /v1/inbox/live?since=<cursor>` → WebSocket: new notifications, activated broadcasts
 //!   and read-state changes as JSON frames, with a gap-free resume after `since` ([`live`]).
 //!
-//! Every change is published on the live hub (`Read`, `Dismiss`, `ReadAll`, best effort) for
+//! Every change is published on the live hub (`Read`, `Dismiss`, `ReadAll`, `Marked`, best
+//! effort) for
 //! the user's other devices. Each router holds ONE subscription to the live hub for all its
 //! sockets ([`hub`]), whatever their number.
 //!
@@ -92,6 +97,7 @@ pub fn router_with_feed(
         .route("/v1/inbox", get(routes::list))
         .route("/v1/inbox/unread_count", get(routes::unread_count))
         .route("/v1/inbox/read_all", post(routes::read_all))
+        .route("/v1/inbox/bulk", post(routes::bulk))
         .route("/v1/inbox/{id}/read", post(routes::read))
         .route("/v1/inbox/{id}/dismiss", post(routes::dismiss))
         .with_state(svc)

@@ -527,7 +527,7 @@ async fn replay_broadcasts(
         .visible_broadcasts(user, now)
         .await?
         .into_iter()
-        .map(|v| (v.broadcast.id, InboxItem::broadcast(&v.broadcast, v.read)))
+        .map(|v| (v.broadcast.id, v.item()))
         .collect();
     let mut extra = Vec::new();
     for b in f.hub.recent_activations() {
@@ -552,8 +552,7 @@ async fn replay_broadcasts(
             if state.is_some_and(|s| s.dismissed_at.is_some()) {
                 continue;
             }
-            let read = state.is_some_and(|s| s.read_at.is_some());
-            items.insert(b.id, InboxItem::broadcast(&b, read));
+            items.insert(b.id, InboxItem::broadcast(&b, state));
         }
     }
     let mut items: Vec<InboxItem> = items.into_values().filter(|i| i.key > since).collect();

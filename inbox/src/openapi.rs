@@ -11,6 +11,7 @@ use utoipa::OpenApi;
         crate::routes::read,
         crate::routes::dismiss,
         crate::routes::read_all,
+        crate::routes::bulk,
         crate::live::upgrade,
     ),
     tags((name = "inbox", description = "A user's inbox, with the user's inbox token"))

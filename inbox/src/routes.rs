@@ -2,11 +2,15 @@
 
 use crate::auth::InboxUser;
 use crate::cursor;
-use crate::service::{InboxPage, InboxService, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::service::{
+    BulkOutcome, BulkScope, InboxPage, InboxService, PageRequest, DEFAULT_LIMIT, MAX_LIMIT,
+};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use herald_http::{ApiError, ApiResult, PathParams, QueryParams};
+use herald_core::model::{ArchivedFilter, InboxAction, InboxFilter, StatusFilter};
+use herald_core::ports::MAX_BULK;
+use herald_http::{ApiError, ApiResult, JsonBody, PathParams, QueryParams};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -19,15 +23,39 @@ pub struct ListQuery {
     limit: Option<u32>,
     /// Only items older than this one: a `next_cursor` or an item's `cursor`, as given.
     cursor: Option<String>,
-    /// Only unread items.
+    /// Which items by read state: `all` (default), `unread`, or `unseen` (neither seen nor
+    /// read).
+    status: Option<StatusFilter>,
+    /// Archived items: `exclude` (default), `include`, or `only`.
+    archived: Option<ArchivedFilter>,
+    /// Only unread items: the same as `status=unread`.
     unread_only: Option<bool>,
 }
 
-/// The body of `GET /v1/inbox/unread_count`.
+/// The body of `GET /v1/inbox/unread_count`: the badge counts (archived items left out).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct UnreadCount {
     pub unread_count: u64,
+    pub unseen_count: u64,
+}
+
+/// The body of `POST /v1/inbox/bulk`: an action and exactly one of `ids`, `before` or `all`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    /// `seen`, `read` (marks seen too), `archive` or `unarchive`.
+    pub action: InboxAction,
+    /// These items (1 to 100 ids), personal or broadcast.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+    /// Every item strictly older than this one: an item's `cursor` or a `next_cursor`.
+    #[serde(default)]
+    pub before: Option<String>,
+    /// Every item there is now (`true`). For `seen` and `read`, items that arrive later with
+    /// an earlier time are covered too.
+    #[serde(default)]
+    pub all: Option<bool>,
 }
 
 /// The body of `POST /v1/inbox/read_all`: the items that were unread.
@@ -37,9 +65,10 @@ pub struct MarkedRead {
     pub marked_read: u64,
 }
 
-/// `GET /v1/inbox?limit=20&cursor=&unread_only=false`
+/// `GET /v1/inbox?limit=20&cursor=&status=all&archived=exclude`
 #[utoipa::path(get, path = "/v1/inbox", tag = "inbox", params(ListQuery),
-    responses((status = 200, description = "Newest first: personal items and the broadcasts for this user", body = InboxPage)))]
+    responses((status = 200, description = "Newest first: personal items and the broadcasts for this user that pass the filter", body = InboxPage),
+              (status = 422, description = "A bad limit, cursor, status or archived value", body = herald_http::openapi::ErrorBody)))]
 pub async fn list(
     State(svc): State<InboxService>,
     InboxUser(user): InboxUser,
@@ -60,28 +89,87 @@ pub async fn list(
             ApiError::invalid("cursor is not valid: pass back a `cursor` or `next_cursor` as given")
         })?),
     };
+    let status = match (q.status, q.unread_only) {
+        (status, None | Some(false)) => status.unwrap_or_default(),
+        (None | Some(StatusFilter::Unread), Some(true)) => StatusFilter::Unread,
+        (Some(_), Some(true)) => {
+            return Err(ApiError::invalid(
+                "unread_only=true asks for status=unread: pass one of them",
+            ))
+        }
+    };
+    let filter = InboxFilter {
+        status,
+        archived: q.archived.unwrap_or_default(),
+    };
     let page = svc
         .page(
             &user,
             PageRequest {
                 before,
                 limit,
-                unread_only: q.unread_only.unwrap_or(false),
+                filter,
             },
         )
         .await?;
     Ok(Json(page))
 }
 
-/// `GET /v1/inbox/unread_count` → `{"unread_count": n}`
+/// `GET /v1/inbox/unread_count` → `{"unread_count": n, "unseen_count": m}`
 #[utoipa::path(get, path = "/v1/inbox/unread_count", tag = "inbox",
     responses((status = 200, body = UnreadCount)))]
 pub async fn unread_count(
     State(svc): State<InboxService>,
     InboxUser(user): InboxUser,
 ) -> ApiResult<Json<Value>> {
-    let n = svc.unread_count(&user).await?;
-    Ok(Json(json!({ "unread_count": n })))
+    let counts = svc.counts(&user).await?;
+    Ok(Json(
+        json!({ "unread_count": counts.unread, "unseen_count": counts.unseen }),
+    ))
+}
+
+/// `POST /v1/inbox/bulk` → 200 `{"updated": n, "not_found": [...]}`
+#[utoipa::path(post, path = "/v1/inbox/bulk", tag = "inbox", request_body = BulkRequest,
+    responses((status = 200, description = "Applied; the user's other devices are told (a `marked` frame on the live feed). `updated` counts the items found (by ids) or changed (by `before` or `all`); `not_found` lists ids the user has no item for", body = BulkOutcome),
+              (status = 422, description = "An unknown action, not exactly one of ids / before / all, no ids or more than 100, an id that is not a UUID, or a bad cursor; nothing changed", body = herald_http::openapi::ErrorBody)))]
+pub async fn bulk(
+    State(svc): State<InboxService>,
+    InboxUser(user): InboxUser,
+    JsonBody(body): JsonBody<BulkRequest>,
+) -> ApiResult<Json<BulkOutcome>> {
+    let scope = match (body.ids, body.before, body.all) {
+        (Some(ids), None, None | Some(false)) => {
+            if ids.is_empty() || ids.len() > MAX_BULK {
+                return Err(ApiError::invalid(format!(
+                    "ids must name 1 to {MAX_BULK} items"
+                )));
+            }
+            let mut parsed: Vec<uuid::Uuid> = Vec::with_capacity(ids.len());
+            for (i, id) in ids.iter().enumerate() {
+                let id = Uuid::parse_str(id).map_err(|_| {
+                    ApiError::invalid(format!("ids[{i}] is not an item id (a UUID)"))
+                })?;
+                if !parsed.contains(&id) {
+                    parsed.push(id);
+                }
+            }
+            BulkScope::Ids(parsed)
+        }
+        (None, Some(before), None | Some(false)) => {
+            BulkScope::Before(cursor::decode(&before).ok_or_else(|| {
+                ApiError::invalid(
+                    "before is not valid: pass an item's `cursor` or a `next_cursor` as given",
+                )
+            })?)
+        }
+        (None, None, Some(true)) => BulkScope::All,
+        _ => {
+            return Err(ApiError::invalid(
+                "pass exactly one of `ids`, `before` or `all: true`",
+            ))
+        }
+    };
+    Ok(Json(svc.bulk(&user, body.action, scope).await?))
 }
 
 /// `POST /v1/inbox/{id}/read` → 204, or 404 if the user has no such item.

@@ -10,7 +10,10 @@ use crate::cache::{broadcast_key, BroadcastCache, UserCache};
 use crate::cursor;
 use crate::subscription::{Next, Subscription};
 use chrono::{DateTime, Utc};
-use herald_core::model::{Broadcast, BroadcastUserState, InboxKey, LiveEvent, Notification};
+use herald_core::model::{
+    Broadcast, BroadcastUserState, InboxAction, InboxCounts, InboxFilter, InboxKey, LiveEvent,
+    Notification,
+};
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::Context;
 use herald_core::Result;
@@ -46,7 +49,8 @@ pub enum ItemKind {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct InboxItem {
     pub id: Uuid,
-    /// The position of this item: `cursor=` pages on after it, `since=` resumes after it.
+    /// The position of this item: `cursor=` pages on after it, `since=` resumes after it,
+    /// `before=` of `POST /v1/inbox/bulk` acts on everything older.
     pub cursor: String,
     pub kind: ItemKind,
     pub title: String,
@@ -57,6 +61,12 @@ pub struct InboxItem {
     /// For a broadcast, its `starts_at`.
     pub created_at: DateTime<Utc>,
     pub read: bool,
+    /// Read, or seen in a feed (`read` implies `seen`).
+    pub seen: bool,
+    pub archived: bool,
+    pub read_at: Option<DateTime<Utc>>,
+    pub seen_at: Option<DateTime<Utc>>,
+    pub archived_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     #[schema(ignore)]
     pub key: InboxKey,
@@ -65,6 +75,7 @@ pub struct InboxItem {
 impl InboxItem {
     pub fn personal(n: &Notification) -> Self {
         let key = n.key();
+        let seen_at = n.seen_at.or(n.read_at);
         Self {
             id: n.id,
             cursor: cursor::encode(&key),
@@ -75,12 +86,21 @@ impl InboxItem {
             data: n.data.clone(),
             created_at: n.created_at,
             read: n.read_at.is_some(),
+            seen: seen_at.is_some(),
+            archived: n.archived_at.is_some(),
+            read_at: n.read_at,
+            seen_at,
+            archived_at: n.archived_at,
             key,
         }
     }
 
-    pub fn broadcast(b: &Broadcast, read: bool) -> Self {
+    /// A broadcast with the user's state of it (`None`: never acted on).
+    pub fn broadcast(b: &Broadcast, state: Option<&BroadcastUserState>) -> Self {
         let key = broadcast_key(b);
+        let read_at = state.and_then(|s| s.read_at);
+        let seen_at = state.and_then(|s| s.seen_at).or(read_at);
+        let archived_at = state.and_then(|s| s.archived_at);
         Self {
             id: b.id,
             cursor: cursor::encode(&key),
@@ -90,7 +110,12 @@ impl InboxItem {
             category: b.category.clone(),
             data: b.data.clone(),
             created_at: b.starts_at,
-            read,
+            read: read_at.is_some(),
+            seen: seen_at.is_some(),
+            archived: archived_at.is_some(),
+            read_at,
+            seen_at,
+            archived_at,
             key,
         }
     }
@@ -102,8 +127,11 @@ pub struct InboxPage {
     pub items: Vec<InboxItem>,
     /// The cursor of the last item when older items exist, else `None`.
     pub next_cursor: Option<String>,
-    /// Unread personal rows plus unread visible broadcasts, over the whole inbox.
+    /// Unread personal rows plus unread visible broadcasts, not archived, over the whole
+    /// inbox (whatever the filter).
     pub unread_count: u64,
+    /// Unseen (neither seen nor read) items, counted as `unread_count` is.
+    pub unseen_count: u64,
 }
 
 /// What to read.
@@ -112,14 +140,73 @@ pub struct PageRequest {
     /// Only items strictly older than this key.
     pub before: Option<InboxKey>,
     pub limit: u32,
-    pub unread_only: bool,
+    pub filter: InboxFilter,
 }
 
-/// A broadcast the user sees now, with the user's read state of it.
+/// Which items a bulk action covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BulkScope {
+    /// These items (at most [`herald_core::ports::MAX_BULK`]).
+    Ids(Vec<Uuid>),
+    /// Every item strictly older than this key (a `cursor`).
+    Before(InboxKey),
+    /// Every item there is now.
+    All,
+}
+
+/// What a bulk action did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct BulkOutcome {
+    /// Items found (by ids: changed or already in that state) or changed (by range).
+    pub updated: u64,
+    /// The ids the user has no item for (never had, dismissed, or someone else's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_found: Vec<Uuid>,
+}
+
+/// A broadcast the user sees now, with the user's state of it.
 #[derive(Debug, Clone)]
 pub struct VisibleBroadcast {
     pub broadcast: Arc<Broadcast>,
-    pub read: bool,
+    pub state: Option<BroadcastUserState>,
+}
+
+impl VisibleBroadcast {
+    pub fn read(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.read_at.is_some())
+    }
+
+    pub fn seen(&self) -> bool {
+        self.read() || self.state.as_ref().is_some_and(|s| s.seen_at.is_some())
+    }
+
+    pub fn archived(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.archived_at.is_some())
+    }
+
+    pub fn item(&self) -> InboxItem {
+        InboxItem::broadcast(&self.broadcast, self.state.as_ref())
+    }
+
+    fn counts(&self) -> InboxCounts {
+        if self.archived() {
+            return InboxCounts::default();
+        }
+        InboxCounts {
+            unread: u64::from(!self.read()),
+            unseen: u64::from(!self.seen()),
+        }
+    }
+
+    /// Whether `action` changes this broadcast's state.
+    fn changed_by(&self, action: InboxAction) -> bool {
+        match action {
+            InboxAction::Seen => !self.seen(),
+            InboxAction::Read => !self.read(),
+            InboxAction::Archive => !self.archived(),
+            InboxAction::Unarchive => self.archived(),
+        }
+    }
 }
 
 /// The merged inbox over the ports of a [`Context`]. Cheap to clone.
@@ -134,6 +221,13 @@ struct Inner {
     users: UserCache,
     /// Stops the cache watcher when the last clone of the service is dropped.
     _watcher: Option<DropGuard>,
+}
+
+/// The JSON body extractors of the HTTP layer find the context here.
+impl axum::extract::FromRef<InboxService> for Context {
+    fn from_ref(svc: &InboxService) -> Context {
+        svc.inner.ctx.clone()
+    }
 }
 
 impl InboxService {
@@ -199,19 +293,19 @@ impl InboxService {
         let ctx = &self.inner.ctx;
         let now = self.now();
         let fetch = req.limit.saturating_add(1);
-        // The page and the unread count come in one round trip (one statement on SQLite),
-        // beside the one broadcast-state lookup.
-        let ((personal, unread_personal), visible) = tokio::try_join!(
+        // The page and the counts come in one round trip (one statement on SQLite), beside
+        // the one broadcast-state lookup.
+        let ((personal, personal_counts), visible) = tokio::try_join!(
             ctx.ports
                 .inbox
-                .page_with_unread(user_id, req.before, fetch, req.unread_only),
+                .page_with_counts(user_id, req.before, fetch, req.filter),
             self.visible_broadcasts(user_id, now),
         )?;
-        let unread_broadcasts = visible.iter().filter(|v| !v.read).count() as u64;
+        let counts = visible.iter().fold(personal_counts, |c, v| c + v.counts());
         let broadcasts: Vec<VisibleBroadcast> = visible
             .into_iter()
             .filter(|v| req.before.is_none_or(|b| broadcast_key(&v.broadcast) < b))
-            .filter(|v| !(req.unread_only && v.read))
+            .filter(|v| req.filter.admits(v.read(), v.seen(), v.archived()))
             .collect();
         let (items, more) = merge(&personal, &broadcasts, req.limit as usize);
         let next_cursor = more
@@ -221,18 +315,168 @@ impl InboxService {
         Ok(InboxPage {
             items,
             next_cursor,
-            unread_count: unread_personal + unread_broadcasts,
+            unread_count: counts.unread,
+            unseen_count: counts.unseen,
         })
+    }
+
+    /// Unread and unseen personal rows plus live matching broadcasts neither read (seen) nor
+    /// dismissed, archived ones left out.
+    pub async fn counts(&self, user_id: &str) -> Result<InboxCounts> {
+        let now = self.now();
+        let (personal, visible) = tokio::try_join!(
+            self.inner.ctx.ports.inbox.counts(user_id),
+            self.visible_broadcasts(user_id, now),
+        )?;
+        Ok(visible.iter().fold(personal, |c, v| c + v.counts()))
     }
 
     /// Unread personal rows plus live matching broadcasts neither read nor dismissed.
     pub async fn unread_count(&self, user_id: &str) -> Result<u64> {
+        Ok(self.counts(user_id).await?.unread)
+    }
+
+    /// Applies `action` to the items of `scope` (personal rows and broadcasts alike) and
+    /// tells the user's other devices.
+    pub async fn bulk(
+        &self,
+        user_id: &str,
+        action: InboxAction,
+        scope: BulkScope,
+    ) -> Result<BulkOutcome> {
+        let ctx = &self.inner.ctx;
         let now = self.now();
-        let (personal, visible) = tokio::try_join!(
-            self.inner.ctx.ports.inbox.unread_count(user_id),
-            self.visible_broadcasts(user_id, now),
-        )?;
-        Ok(personal + visible.iter().filter(|v| !v.read).count() as u64)
+        let outcome = match &scope {
+            BulkScope::Ids(ids) => self.bulk_ids(user_id, action, ids, now).await?,
+            BulkScope::Before(before) => {
+                let (personal, visible) = tokio::try_join!(
+                    ctx.ports.inbox.apply_before(user_id, *before, action, now),
+                    self.visible_broadcasts(user_id, now),
+                )?;
+                let older = visible
+                    .iter()
+                    .filter(|v| broadcast_key(&v.broadcast) < *before);
+                BulkOutcome {
+                    updated: personal + self.apply_broadcasts(user_id, older, action, now).await?,
+                    not_found: Vec::new(),
+                }
+            }
+            BulkScope::All => {
+                let (personal, visible) = tokio::try_join!(
+                    async {
+                        match action {
+                            // The watermarks: one write whatever the inbox holds, covering
+                            // rows that arrive later with an older time too.
+                            InboxAction::Read => ctx.ports.inbox.mark_all_read(user_id, now).await,
+                            InboxAction::Seen => ctx.ports.inbox.mark_all_seen(user_id, now).await,
+                            InboxAction::Archive | InboxAction::Unarchive => {
+                                let end = InboxKey {
+                                    created_at: now,
+                                    id: Uuid::max(),
+                                };
+                                ctx.ports
+                                    .inbox
+                                    .apply_before(user_id, end, action, now)
+                                    .await
+                            }
+                        }
+                    },
+                    self.visible_broadcasts(user_id, now),
+                )?;
+                BulkOutcome {
+                    updated: personal
+                        + self
+                            .apply_broadcasts(user_id, visible.iter(), action, now)
+                            .await?,
+                    not_found: Vec::new(),
+                }
+            }
+        };
+        let (ids, before, all) = match scope {
+            BulkScope::Ids(ids) => {
+                let found: Vec<String> = ids
+                    .iter()
+                    .filter(|id| !outcome.not_found.contains(id))
+                    .map(Uuid::to_string)
+                    .collect();
+                (found, None, false)
+            }
+            BulkScope::Before(key) => (Vec::new(), Some(cursor::encode(&key)), false),
+            BulkScope::All => (Vec::new(), None, true),
+        };
+        if !ids.is_empty() || before.is_some() || all {
+            self.publish(LiveEvent::Marked {
+                user_id: user_id.to_owned(),
+                action,
+                ids,
+                before,
+                all,
+            })
+            .await;
+        }
+        metrics::counter!("herald_inbox_bulk_actions_total", "action" => action.as_str())
+            .increment(1);
+        Ok(outcome)
+    }
+
+    async fn bulk_ids(
+        &self,
+        user_id: &str,
+        action: InboxAction,
+        ids: &[Uuid],
+        now: DateTime<Utc>,
+    ) -> Result<BulkOutcome> {
+        let ctx = &self.inner.ctx;
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(key) = self.personal_key(user_id, *id).await? {
+                keys.push(key);
+            }
+        }
+        let found = ctx.ports.inbox.apply(user_id, &keys, action, now).await?;
+        let rest: Vec<Uuid> = ids
+            .iter()
+            .copied()
+            .filter(|id| !found.iter().any(|k| k.id == *id))
+            .collect();
+        let mut not_found = Vec::new();
+        if !rest.is_empty() {
+            let visible = self.visible_broadcasts(user_id, now).await?;
+            let mut named = Vec::new();
+            for id in rest {
+                match visible.iter().find(|v| v.broadcast.id == id) {
+                    Some(v) => named.push(v),
+                    None => not_found.push(id),
+                }
+            }
+            self.apply_broadcasts(user_id, named.into_iter(), action, now)
+                .await?;
+        }
+        Ok(BulkOutcome {
+            updated: (ids.len() - not_found.len()) as u64,
+            not_found,
+        })
+    }
+
+    /// Applies `action` to the broadcasts it changes; returns how many.
+    async fn apply_broadcasts<'a>(
+        &self,
+        user_id: &str,
+        broadcasts: impl Iterator<Item = &'a VisibleBroadcast>,
+        action: InboxAction,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut changed = 0;
+        for v in broadcasts.filter(|v| v.changed_by(action)) {
+            self.inner
+                .ctx
+                .ports
+                .broadcast_states
+                .apply(user_id, v.broadcast.id, action, now)
+                .await?;
+            changed += 1;
+        }
+        Ok(changed)
     }
 
     /// The key of the user's personal row `id`: the id itself for every id that carries its
@@ -257,7 +501,7 @@ impl InboxService {
         let found = if personal {
             true
         } else if let Some(v) = self.visible_broadcast(user_id, id, now).await? {
-            if !v.read {
+            if !v.read() {
                 ctx.ports
                     .broadcast_states
                     .mark_read(user_id, id, now)
@@ -312,14 +556,10 @@ impl InboxService {
             ctx.ports.inbox.mark_all_read(user_id, now),
             self.visible_broadcasts(user_id, now),
         )?;
-        let mut changed = personal;
-        for v in visible.iter().filter(|v| !v.read) {
-            ctx.ports
-                .broadcast_states
-                .mark_read(user_id, v.broadcast.id, now)
+        let changed = personal
+            + self
+                .apply_broadcasts(user_id, visible.iter(), InboxAction::Read, now)
                 .await?;
-            changed += 1;
-        }
         self.publish(LiveEvent::ReadAll {
             user_id: user_id.to_owned(),
         })
@@ -383,7 +623,7 @@ impl InboxService {
                 }
                 Some(VisibleBroadcast {
                     broadcast: b.clone(),
-                    read: state.is_some_and(|s| s.read_at.is_some()),
+                    state: state.cloned(),
                 })
             })
             .collect())
@@ -415,14 +655,11 @@ impl InboxService {
             .broadcast_states
             .user_states(user_id)
             .await?;
-        let state = states.iter().find(|s| s.broadcast_id == id);
-        if state.is_some_and(|s| s.dismissed_at.is_some()) {
+        let state = states.into_iter().find(|s| s.broadcast_id == id);
+        if state.as_ref().is_some_and(|s| s.dismissed_at.is_some()) {
             return Ok(None);
         }
-        Ok(Some(VisibleBroadcast {
-            broadcast,
-            read: state.is_some_and(|s| s.read_at.is_some()),
-        }))
+        Ok(Some(VisibleBroadcast { broadcast, state }))
     }
 
     /// Publishes a read-state change for the user's other devices; best effort.
@@ -455,7 +692,7 @@ fn merge(
         let item = if take_personal {
             p.next().map(InboxItem::personal)
         } else {
-            b.next().map(|v| InboxItem::broadcast(&v.broadcast, v.read))
+            b.next().map(VisibleBroadcast::item)
         };
         items.extend(item);
     }
@@ -529,6 +766,8 @@ mod tests {
             data: Value::Null,
             created_at: at(minute),
             read_at: None,
+            seen_at: None,
+            archived_at: None,
         }
     }
 
@@ -550,7 +789,7 @@ mod tests {
                 status: BroadcastStatus::Active,
                 created_at: at(minute),
             }),
-            read: false,
+            state: None,
         }
     }
 

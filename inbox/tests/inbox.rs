@@ -62,6 +62,24 @@ impl TestApp {
         self.call(user, Method::POST, path).await
     }
 
+    async fn bulk(&self, user: &str, body: Value) -> (StatusCode, Value) {
+        let req = self
+            .client
+            .post(format!("{}/v1/inbox/bulk", self.base))
+            .bearer_auth(token(self, user))
+            .json(&body);
+        self.send(req).await
+    }
+
+    /// `(unread_count, unseen_count)` as `GET /v1/inbox/unread_count` gives them.
+    async fn counts(&self, user: &str) -> (u64, u64) {
+        let body = self.get(user, "/v1/inbox/unread_count").await;
+        (
+            body["unread_count"].as_u64().expect("unread_count"),
+            body["unseen_count"].as_u64().expect("unseen_count"),
+        )
+    }
+
     async fn inbox(&self, user: &str, query: &str) -> Value {
         self.get(user, &format!("/v1/inbox{query}")).await
     }
@@ -89,6 +107,8 @@ impl TestApp {
                 data: json!({"title": title}),
                 created_at,
                 read_at: None,
+                seen_at: None,
+                archived_at: None,
             }])
             .await
             .expect("write personal row");
@@ -282,6 +302,8 @@ async fn paging_across_mixed_kinds_neither_skips_nor_repeats_while_new_items_arr
                     data: Value::Null,
                     created_at: row_time(ago(30) + Duration::milliseconds(n)),
                     read_at: None,
+                    seen_at: None,
+                    archived_at: None,
                 }])
                 .await
                 .unwrap();
@@ -529,6 +551,8 @@ async fn an_item_written_before_ids_carried_their_time_is_read_and_dismissed_by_
             data: Value::Null,
             created_at: ago(60) + Duration::microseconds(123),
             read_at: None,
+            seen_at: None,
+            archived_at: None,
         }])
         .await
         .unwrap();
@@ -1024,7 +1048,7 @@ async fn an_activated_broadcast_shows_at_once_without_a_reload() {
     let req = herald_inbox::PageRequest {
         before: None,
         limit: 20,
-        unread_only: false,
+        filter: herald_core::model::InboxFilter::default(),
     };
     assert!(svc.page("u1", req).await.unwrap().items.is_empty());
 
@@ -1074,4 +1098,269 @@ async fn an_activated_broadcast_shows_at_once_without_a_reload() {
     let ids: Vec<Uuid> = page.items.iter().map(|i| i.id).collect();
     assert_eq!(ids, [loud.id, quiet.id]);
     assert_eq!(page.unread_count, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Feed states: seen, read, archived, and bulk actions
+
+#[tokio::test]
+async fn seen_read_and_archived_filter_both_kinds_and_the_counts() {
+    let app = spawn_app().await;
+    let p1 = app.personal("u1", "p1", ago(50)).await;
+    let p2 = app.personal("u1", "p2", ago(40)).await;
+    app.personal("u1", "p3", ago(30)).await;
+    let b1 = app.broadcast("b1", ago(20)).await;
+    let b2 = app.broadcast("b2", ago(10)).await;
+    assert_eq!(app.counts("u1").await, (5, 5));
+
+    let (status, body) = app
+        .bulk("u1", json!({"action": "seen", "ids": [p1, b1]}))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"updated": 2})));
+    let (status, body) = app
+        .bulk("u1", json!({"action": "archive", "ids": [p2, b2, p2]}))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"updated": 2})));
+    // Archived items leave the default view and both counts; seen ones the unseen count.
+    assert_eq!(app.counts("u1").await, (3, 1));
+    let page = app.inbox("u1", "").await;
+    assert_eq!(titles(&page), ["b1", "p3", "p1"]);
+    assert_eq!(
+        (page["unread_count"].clone(), page["unseen_count"].clone()),
+        (json!(3), json!(1))
+    );
+    for t in ["b1", "p1"] {
+        let i = item(&page, t);
+        assert_eq!(
+            (i["seen"].clone(), i["read"].clone(), i["archived"].clone()),
+            (json!(true), json!(false), json!(false)),
+            "{t}"
+        );
+        assert!(
+            i["seen_at"].is_string() && i["read_at"].is_null() && i["archived_at"].is_null(),
+            "{i}"
+        );
+    }
+    assert_eq!(titles(&app.inbox("u1", "?status=unseen").await), ["p3"]);
+    assert_eq!(
+        titles(&app.inbox("u1", "?status=unread").await),
+        ["b1", "p3", "p1"]
+    );
+    let archived = app.inbox("u1", "?archived=only").await;
+    assert_eq!(titles(&archived), ["b2", "p2"]);
+    assert_eq!(item(&archived, "b2")["archived"], true);
+    assert!(item(&archived, "p2")["archived_at"].is_string());
+    assert_eq!(
+        titles(&app.inbox("u1", "?archived=include&status=unseen").await),
+        ["b2", "p3", "p2"]
+    );
+    // Paged one at a time through both kinds, the filter holds on every page.
+    let mut walked = Vec::new();
+    let mut query = "?archived=include&status=unseen&limit=1".to_owned();
+    loop {
+        let page = app.inbox("u1", &query).await;
+        walked.extend(titles(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => query = format!("?archived=include&status=unseen&limit=1&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(walked, ["b2", "p3", "p2"]);
+
+    // Read marks seen; unarchive brings items back.
+    let (status, _) = app
+        .bulk("u1", json!({"action": "read", "ids": [b2, p2]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .bulk("u1", json!({"action": "unarchive", "ids": [b2]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let page = app.inbox("u1", "").await;
+    assert_eq!(titles(&page), ["b2", "b1", "p3", "p1"]);
+    let b2_item = item(&page, "b2");
+    assert_eq!(
+        (b2_item["read"].clone(), b2_item["seen"].clone()),
+        (json!(true), json!(true))
+    );
+    assert_eq!(app.counts("u1").await, (3, 1));
+    // Another user's view is untouched.
+    assert_eq!(app.counts("u2").await, (2, 2));
+    assert_eq!(titles(&app.inbox("u2", "").await), ["b2", "b1"]);
+}
+
+#[tokio::test]
+async fn bulk_actions_before_a_cursor_or_on_everything_cover_both_kinds() {
+    let app = spawn_app().await;
+    app.personal("u1", "p1", ago(50)).await;
+    app.broadcast("b1", ago(40)).await;
+    app.personal("u1", "p2", ago(30)).await;
+    app.broadcast("b2", ago(20)).await;
+    app.personal("u1", "p3", ago(10)).await;
+    let page = app.inbox("u1", "").await;
+    let cursor = item(&page, "p2")["cursor"].as_str().unwrap().to_owned();
+
+    // Strictly older than p2: p1 and b1.
+    let (status, body) = app
+        .bulk("u1", json!({"action": "read", "before": cursor}))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"updated": 2})));
+    let unread = app.inbox("u1", "?status=unread").await;
+    assert_eq!(titles(&unread), ["p3", "b2", "p2"]);
+    let (_, body) = app
+        .bulk("u1", json!({"action": "read", "before": cursor}))
+        .await;
+    assert_eq!(body, json!({"updated": 0}), "nothing left to change");
+
+    let (status, body) = app
+        .bulk("u1", json!({"action": "archive", "all": true}))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"updated": 5})));
+    assert!(titles(&app.inbox("u1", "").await).is_empty());
+    assert_eq!(app.counts("u1").await, (0, 0));
+    assert_eq!(titles(&app.inbox("u1", "?archived=only").await).len(), 5);
+    let (_, body) = app
+        .bulk("u1", json!({"action": "unarchive", "all": true}))
+        .await;
+    assert_eq!(body, json!({"updated": 5}));
+    assert_eq!(app.counts("u1").await, (3, 3));
+
+    // Seen all: the watermark covers the personal rows, each broadcast is marked.
+    let (_, body) = app.bulk("u1", json!({"action": "seen", "all": true})).await;
+    assert_eq!(body, json!({"updated": 3}));
+    assert_eq!(app.counts("u1").await, (3, 0));
+    // A row that arrives later with an older time is seen already.
+    app.personal("u1", "late", ago(60)).await;
+    assert_eq!(app.counts("u1").await, (4, 0));
+    assert_eq!(item(&app.inbox("u1", "").await, "late")["seen"], true);
+    // Read all through bulk: everything read, as `read_all` does.
+    let (_, body) = app.bulk("u1", json!({"action": "read", "all": true})).await;
+    assert_eq!(body, json!({"updated": 4}));
+    assert_eq!(app.counts("u1").await, (0, 0));
+}
+
+#[tokio::test]
+async fn ids_the_user_has_no_item_for_are_listed_as_not_found() {
+    let app = spawn_app().await;
+    let mine = app.personal("u1", "mine", ago(20)).await;
+    let theirs = app.personal("u2", "theirs", ago(10)).await;
+    let dismissed = app.personal("u1", "gone", ago(5)).await;
+    assert_eq!(
+        app.post("u1", &format!("/v1/inbox/{dismissed}/dismiss"))
+            .await
+            .0,
+        204
+    );
+    let unknown = Uuid::now_v7();
+    let (status, body) = app
+        .bulk(
+            "u1",
+            json!({"action": "archive", "ids": [mine, theirs, dismissed, unknown]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"updated": 1, "not_found": [theirs, dismissed, unknown]})
+    );
+    assert_eq!(titles(&app.inbox("u2", "").await), ["theirs"]);
+    assert_eq!(titles(&app.inbox("u1", "?archived=only").await), ["mine"]);
+}
+
+#[tokio::test]
+async fn bad_bulk_requests_and_filters_are_422_and_change_nothing() {
+    let app = spawn_app().await;
+    let p = app.personal("u1", "p", ago(20)).await;
+    app.broadcast("b", ago(10)).await;
+    let too_many: Vec<String> = (0..101).map(|_| Uuid::now_v7().to_string()).collect();
+    for body in [
+        json!({"action": "hide", "ids": [p]}),
+        json!({"ids": [p]}),
+        json!({"action": "read"}),
+        json!({"action": "read", "all": false}),
+        json!({"action": "read", "ids": []}),
+        json!({"action": "read", "ids": too_many}),
+        json!({"action": "read", "ids": ["not-a-uuid"]}),
+        json!({"action": "read", "ids": [p], "all": true}),
+        json!({"action": "read", "ids": [p], "before": "x"}),
+        json!({"action": "read", "before": "not-a-cursor"}),
+        json!({"action": "read", "before": 5}),
+        json!({"action": "read", "ids": [p], "older": true}),
+        json!(["read"]),
+    ] {
+        let (status, reply) = app.bulk("u1", body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {reply}");
+        error_message(&reply, "invalid");
+    }
+    let (status, _) = app
+        .send(
+            app.client
+                .post(format!("{}/v1/inbox/bulk", app.base))
+                .bearer_auth(token(&app, "u1"))
+                .body("{not json"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for query in [
+        "?status=maybe",
+        "?archived=sometimes",
+        "?status=unseen&unread_only=true",
+    ] {
+        let (status, body) = app
+            .call("u1", Method::GET, &format!("/v1/inbox{query}"))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        error_message(&body, "invalid");
+    }
+    // Nothing changed.
+    assert_eq!(app.counts("u1").await, (2, 2));
+    assert_eq!(titles(&app.inbox("u1", "").await), ["b", "p"]);
+    assert_eq!(
+        titles(&app.inbox("u1", "?unread_only=true&status=unread").await),
+        ["b", "p"]
+    );
+}
+
+#[tokio::test]
+async fn bulk_changes_are_published_on_the_live_hub() {
+    let app = spawn_app().await;
+    let p = app.personal("u1", "p", ago(20)).await;
+    let b = app.broadcast("b", ago(10)).await;
+    let subscription = app.ctx.ports.live.subscribe().await.unwrap();
+    subscription.routes.follow("u1").await.unwrap();
+    let mut events = subscription.events;
+    let (status, _) = app
+        .bulk(
+            "u1",
+            json!({"action": "archive", "ids": [p, b, Uuid::now_v7()]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        next_event(&mut events).await,
+        LiveEvent::Marked {
+            user_id: "u1".into(),
+            action: InboxAction::Archive,
+            ids: vec![p.to_string(), b.to_string()],
+            before: None,
+            all: false,
+        }
+    );
+    // Nothing of the user's named: nothing published (the next event is the read all).
+    let (status, _) = app
+        .bulk("u1", json!({"action": "seen", "ids": [Uuid::now_v7()]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.bulk("u1", json!({"action": "seen", "all": true})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        next_event(&mut events).await,
+        LiveEvent::Marked {
+            user_id: "u1".into(),
+            action: InboxAction::Seen,
+            ids: Vec::new(),
+            before: None,
+            all: true,
+        }
+    );
 }

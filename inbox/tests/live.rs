@@ -63,6 +63,8 @@ fn notification(user: &str, title: &str, created_at: DateTime<Utc>) -> Notificat
         data: json!({"title": title}),
         created_at,
         read_at: None,
+        seen_at: None,
+        archived_at: None,
     }
 }
 
@@ -119,6 +121,19 @@ impl TestApp {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         (status, body)
+    }
+
+    async fn bulk(&self, user: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("http://{}/v1/inbox/bulk", self.addr))
+            .bearer_auth(token(self, user))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     async fn inbox(&self, user: &str) -> Value {
@@ -610,6 +625,72 @@ async fn two_devices_of_a_user_stay_in_sync() {
     app.wait_connections(2).await;
     deliver(&app.ctx, vec![notification("u1", "third", ago(0))]).await;
     assert_eq!(next_frame(&mut phone).await["item"]["title"], "third");
+}
+
+#[tokio::test]
+async fn bulk_state_changes_reach_every_device_of_the_user_as_marked_frames() {
+    let app = spawn_app(test_config()).await;
+    let mut phone = app.connect("u1", "").await;
+    let mut laptop = app.connect("u1", "").await;
+    let mut other = app.connect("u2", "").await;
+    let rows = vec![
+        notification("u1", "first", ago(3)),
+        notification("u1", "second", ago(2)),
+        notification("u1", "third", ago(1)),
+    ];
+    let ids: Vec<String> = rows.iter().map(|n| n.id.to_string()).collect();
+    deliver(&app.ctx, rows).await;
+    let mut cursors = Vec::new();
+    for ws in [&mut phone, &mut laptop] {
+        cursors.clear();
+        for _ in 0..3 {
+            let frame = next_frame(ws).await;
+            assert_eq!(frame["item"]["seen"], false);
+            assert_eq!(frame["item"]["archived"], false);
+            cursors.push(frame["item"]["cursor"].as_str().unwrap().to_owned());
+        }
+    }
+
+    let (status, body) = app
+        .bulk("u1", json!({"action": "archive", "ids": [ids[0], ids[1]]}))
+        .await;
+    assert_eq!((status, body), (200, json!({"updated": 2})));
+    for ws in [&mut phone, &mut laptop] {
+        assert_eq!(
+            next_frame(ws).await,
+            json!({"type": "marked", "action": "archive", "ids": [ids[0], ids[1]]})
+        );
+    }
+    let (status, _) = app
+        .bulk("u1", json!({"action": "seen", "before": cursors[2]}))
+        .await;
+    assert_eq!(status, 200);
+    for ws in [&mut phone, &mut laptop] {
+        assert_eq!(
+            next_frame(ws).await,
+            json!({"type": "marked", "action": "seen", "before": cursors[2]})
+        );
+    }
+    let (status, body) = app.bulk("u1", json!({"action": "read", "all": true})).await;
+    assert_eq!((status, body["updated"].clone()), (200, json!(1)));
+    for ws in [&mut phone, &mut laptop] {
+        assert_eq!(
+            next_frame(ws).await,
+            json!({"type": "marked", "action": "read", "all": true})
+        );
+    }
+    // Refused or naming nothing of the user's: nothing sent.
+    let (status, _) = app.bulk("u1", json!({"action": "hide", "all": true})).await;
+    assert_eq!(status, 422);
+    let (status, body) = app
+        .bulk("u2", json!({"action": "archive", "ids": [ids[2]]}))
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"updated": 0, "not_found": [ids[2]]}))
+    );
+    assert_quiet(&mut phone).await;
+    assert_quiet(&mut other).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -590,6 +590,8 @@ fn row_of(msg: &ChannelMessage, user: &str) -> herald_core::model::Notification 
         data: json!({}),
         created_at: key.created_at,
         read_at: None,
+        seen_at: None,
+        archived_at: None,
     }
 }
 

@@ -191,7 +191,8 @@ impl MemoryRoutes {
             LiveEvent::BroadcastActivated { .. } => Some(event),
             LiveEvent::Read { ref user_id, .. }
             | LiveEvent::Dismiss { ref user_id, .. }
-            | LiveEvent::ReadAll { ref user_id } => users.contains(user_id).then_some(event),
+            | LiveEvent::ReadAll { ref user_id }
+            | LiveEvent::Marked { ref user_id, .. } => users.contains(user_id).then_some(event),
         }
     }
 }

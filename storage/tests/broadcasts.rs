@@ -121,6 +121,7 @@ macro_rules! state_conformance {
                 per_user_state_is_sparse_and_keeps_first_times,
                 the_earliest_time_is_kept_whatever_order_the_marks_arrive_in,
                 every_state_of_a_user_with_many_comes_back,
+                seen_and_archived_are_kept_beside_read_and_dismissed,
             );
         }
     };
@@ -402,6 +403,18 @@ pub mod cache_cases {
                 "the early event was not delivered"
             );
         }
+        // A state change of several items travels whole, as the other devices need it.
+        let marked = LiveEvent::Marked {
+            user_id: user.clone(),
+            action: herald_core::model::InboxAction::Archive,
+            ids: vec!["n1".into(), "n2".into()],
+            before: None,
+            all: false,
+        };
+        h.publish(marked.clone()).await.unwrap();
+        for s in [&mut s1, &mut s2] {
+            assert_eq!(next_of(&p, s).await, marked);
+        }
     }
 
     /// The next event of this test (prefix `p`): other tests may publish activations on a
@@ -420,7 +433,8 @@ pub mod cache_cases {
                 }
                 LiveEvent::Read { user_id, .. }
                 | LiveEvent::Dismiss { user_id, .. }
-                | LiveEvent::ReadAll { user_id } => user_id.starts_with(p),
+                | LiveEvent::ReadAll { user_id }
+                | LiveEvent::Marked { user_id, .. } => user_id.starts_with(p),
             };
             if ours {
                 return got;
@@ -448,6 +462,8 @@ pub mod cache_cases {
             data: serde_json::Value::Null,
             created_at: chrono::Utc::now(),
             read_at: None,
+            seen_at: None,
+            archived_at: None,
         }
     }
 

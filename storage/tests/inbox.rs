@@ -7,8 +7,10 @@ mod common;
 use chrono::{DateTime, Datelike, Duration, Utc};
 use common::{run_id, utc};
 use herald_core::ids::notification_id;
-use herald_core::model::{InboxKey, Notification};
-use herald_core::ports::{InboxStore, UNREAD_WINDOW};
+use herald_core::model::{
+    ArchivedFilter, InboxAction, InboxCounts, InboxFilter, InboxKey, Notification, StatusFilter,
+};
+use herald_core::ports::{InboxStore, MAX_BULK, UNREAD_WINDOW};
 use herald_storage::BackendUrl;
 use std::sync::Arc;
 
@@ -23,6 +25,8 @@ fn row(campaign: &str, user: &str, at: DateTime<Utc>) -> Notification {
         data: serde_json::json!({"campaign": campaign, "n": 1}),
         created_at: at,
         read_at: None,
+        seen_at: None,
+        archived_at: None,
     }
 }
 
@@ -68,7 +72,10 @@ pub mod cases {
         let user = format!("{p}-u");
         let written = rows(&p, &user, 5, utc("2026-01-01T00:00:00Z"));
         s.write_batch(&written).await.unwrap();
-        let page = s.page(&user, None, 10, false).await.unwrap();
+        let page = s
+            .page(&user, None, 10, InboxFilter::default())
+            .await
+            .unwrap();
         let mut expected = written.clone();
         expected.reverse();
         assert_eq!(page, expected);
@@ -94,7 +101,10 @@ pub mod cases {
         let mut seen = Vec::new();
         let mut before: Option<InboxKey> = None;
         loop {
-            let page = s.page(&user, before, 3, false).await.unwrap();
+            let page = s
+                .page(&user, before, 3, InboxFilter::default())
+                .await
+                .unwrap();
             if page.is_empty() {
                 break;
             }
@@ -120,7 +130,10 @@ pub mod cases {
         assert!(s.dismiss(&user, written[1].key(), now).await.unwrap());
         // The same batch again, as after a crash before the ack.
         s.write_batch(&written).await.unwrap();
-        let page = s.page(&user, None, 10, false).await.unwrap();
+        let page = s
+            .page(&user, None, 10, InboxFilter::default())
+            .await
+            .unwrap();
         assert_eq!(
             page.len(),
             2,
@@ -128,7 +141,7 @@ pub mod cases {
         );
         let first = page.iter().find(|n| n.id == written[0].id).unwrap();
         assert_eq!(first.read_at, Some(now));
-        assert_eq!(s.unread_count(&user).await.unwrap(), 1);
+        assert_eq!(s.counts(&user).await.unwrap().unread, 1);
     }
 
     pub async fn read_state_and_unread_count_follow_mark_read_and_read_all(s: Arc<dyn InboxStore>) {
@@ -136,7 +149,7 @@ pub mod cases {
         let user = format!("{p}-u");
         let written = rows(&p, &user, 4, utc("2026-01-01T00:00:00Z"));
         s.write_batch(&written).await.unwrap();
-        assert_eq!(s.unread_count(&user).await.unwrap(), 4);
+        assert_eq!(s.counts(&user).await.unwrap().unread, 4);
         let t1 = utc("2026-01-03T00:00:00Z");
         assert!(s.mark_read(&user, written[3].key(), t1).await.unwrap());
         // Reading again keeps the first read time.
@@ -148,13 +161,17 @@ pub mod cases {
             find(&s, &user, written[3].key()).await.unwrap().read_at,
             Some(t1)
         );
-        assert_eq!(s.unread_count(&user).await.unwrap(), 3);
-        let unread = s.page(&user, None, 10, true).await.unwrap();
+        assert_eq!(s.counts(&user).await.unwrap().unread, 3);
+        let unread = s.page(&user, None, 10, InboxFilter::UNREAD).await.unwrap();
         assert_eq!(unread.len(), 3);
         assert!(unread.iter().all(|n| n.read_at.is_none()));
         assert_eq!(s.mark_all_read(&user, t1).await.unwrap(), 3);
-        assert_eq!(s.unread_count(&user).await.unwrap(), 0);
-        assert!(s.page(&user, None, 10, true).await.unwrap().is_empty());
+        assert_eq!(s.counts(&user).await.unwrap().unread, 0);
+        assert!(s
+            .page(&user, None, 10, InboxFilter::UNREAD)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     pub async fn a_row_is_read_by_its_key_with_its_read_state(s: Arc<dyn InboxStore>) {
@@ -218,9 +235,13 @@ pub mod cases {
         assert!(!s.dismiss(&bob, a[0].key(), now).await.unwrap());
         assert!(find(&s, &bob, a[0].key()).await.is_none());
         assert!(s.locate(&bob, a[0].id).await.unwrap().is_none());
-        assert!(s.page(&bob, None, 10, false).await.unwrap().is_empty());
+        assert!(s
+            .page(&bob, None, 10, InboxFilter::default())
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(s.mark_all_read(&bob, now).await.unwrap(), 0);
-        assert_eq!(s.unread_count(&alice).await.unwrap(), 2);
+        assert_eq!(s.counts(&alice).await.unwrap().unread, 2);
     }
 
     pub async fn dismissed_rows_disappear_from_pages_counts_and_replays(s: Arc<dyn InboxStore>) {
@@ -233,7 +254,7 @@ pub mod cases {
         assert!(!s.dismiss(&user, written[1].key(), now).await.unwrap());
         assert!(!s.mark_read(&user, written[1].key(), now).await.unwrap());
         assert!(find(&s, &user, written[1].key()).await.is_none());
-        assert_eq!(s.unread_count(&user).await.unwrap(), 2);
+        assert_eq!(s.counts(&user).await.unwrap().unread, 2);
         let replay = s.after(&user, written[0].key(), 10).await.unwrap();
         assert_eq!(replay, vec![written[2].clone()]);
     }
@@ -248,24 +269,43 @@ pub mod cases {
         let now = utc("2026-01-02T00:00:00Z");
         s.mark_read(&user, written[29].key(), now).await.unwrap();
         s.dismiss(&user, written[28].key(), now).await.unwrap();
-        for (before, unread_only) in [
-            (None, false),
-            (Some(written[20].key()), false),
-            (None, true),
+        s.apply(&user, &[written[27].key()], InboxAction::Seen, now)
+            .await
+            .unwrap();
+        let only = |archived| InboxFilter {
+            status: StatusFilter::All,
+            archived,
+        };
+        for (before, filter) in [
+            (None, InboxFilter::default()),
+            (Some(written[20].key()), InboxFilter::default()),
+            (None, InboxFilter::UNREAD),
+            (
+                None,
+                InboxFilter {
+                    status: StatusFilter::Unseen,
+                    archived: ArchivedFilter::Include,
+                },
+            ),
+            (None, only(ArchivedFilter::Only)),
         ] {
-            let (page, unread) = s
-                .page_with_unread(&user, before, 10, unread_only)
-                .await
-                .unwrap();
-            assert_eq!(page, s.page(&user, before, 10, unread_only).await.unwrap());
-            assert_eq!(unread, 28, "30 rows, one read, one dismissed");
+            let (page, counts) = s.page_with_counts(&user, before, 10, filter).await.unwrap();
+            assert_eq!(page, s.page(&user, before, 10, filter).await.unwrap());
+            assert_eq!(
+                counts,
+                InboxCounts {
+                    unread: 28,
+                    unseen: 27
+                },
+                "30 rows, one read, one seen, one dismissed"
+            );
         }
         let (empty, none) = s
-            .page_with_unread(&format!("{p}-nobody"), None, 10, false)
+            .page_with_counts(&format!("{p}-nobody"), None, 10, InboxFilter::default())
             .await
             .unwrap();
         assert!(empty.is_empty());
-        assert_eq!(none, 0);
+        assert_eq!(none, InboxCounts::default());
     }
 
     pub async fn read_all_moves_a_watermark_that_covers_rows_written_after_it(
@@ -284,11 +324,14 @@ pub mod cases {
             "rows 1 and 2"
         );
         assert_eq!(
-            s.unread_count(&user).await.unwrap(),
+            s.counts(&user).await.unwrap().unread,
             1,
             "row 3 is after the mark"
         );
-        let page = s.page(&user, None, 10, false).await.unwrap();
+        let page = s
+            .page(&user, None, 10, InboxFilter::default())
+            .await
+            .unwrap();
         let read: Vec<_> = page.iter().map(|n| n.read_at).collect();
         assert_eq!(read, [None, Some(mark), Some(mark), Some(start)]);
         // A row of a campaign that started before "read all" and reached the user after it
@@ -301,15 +344,18 @@ pub mod cases {
             Some(mark)
         );
         assert_eq!(find(&s, &user, newer.key()).await.unwrap().read_at, None);
-        let unread = s.page(&user, None, 10, true).await.unwrap();
+        let unread = s.page(&user, None, 10, InboxFilter::UNREAD).await.unwrap();
         let keys: Vec<_> = unread.iter().map(Notification::key).collect();
         assert_eq!(keys, [written[3].key(), newer.key()]);
-        assert_eq!(s.unread_count(&user).await.unwrap(), 2);
+        assert_eq!(s.counts(&user).await.unwrap().unread, 2);
         // The watermark never moves back.
         assert_eq!(s.mark_all_read(&user, start).await.unwrap(), 0);
-        assert_eq!(s.unread_count(&user).await.unwrap(), 2);
-        let (_, unread) = s.page_with_unread(&user, None, 1, false).await.unwrap();
-        assert_eq!(unread, 2);
+        assert_eq!(s.counts(&user).await.unwrap().unread, 2);
+        let (_, counts) = s
+            .page_with_counts(&user, None, 1, InboxFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(counts.unread, 2);
         assert_eq!(
             s.after(&user, written[0].key(), 10).await.unwrap()[0].read_at,
             Some(mark),
@@ -335,7 +381,7 @@ pub mod cases {
             .collect();
         s.write_batch(&written).await.unwrap();
         assert_eq!(
-            s.unread_count(&user).await.unwrap(),
+            s.counts(&user).await.unwrap().unread,
             u64::from(UNREAD_WINDOW)
         );
         // Reading the newest ten one by one: the window still holds the newest rows.
@@ -343,16 +389,16 @@ pub mod cases {
             assert!(s.mark_read(&user, r.key(), start).await.unwrap());
         }
         assert_eq!(
-            s.unread_count(&user).await.unwrap(),
+            s.counts(&user).await.unwrap().unread,
             u64::from(UNREAD_WINDOW) - 10
         );
         // After "read all" the window starts at the watermark again.
         let mark = start + Duration::seconds(n as i64);
         s.mark_all_read(&user, mark).await.unwrap();
-        assert_eq!(s.unread_count(&user).await.unwrap(), 0);
+        assert_eq!(s.counts(&user).await.unwrap().unread, 0);
         let fresh = rows(&format!("{p}f"), &user, 3, mark + Duration::minutes(1));
         s.write_batch(&fresh).await.unwrap();
-        assert_eq!(s.unread_count(&user).await.unwrap(), 3);
+        assert_eq!(s.counts(&user).await.unwrap().unread, 3);
     }
 
     pub async fn a_row_whose_id_carries_no_time_is_found_by_id(s: Arc<dyn InboxStore>) {
@@ -396,7 +442,7 @@ pub mod cases {
         s.write_batch(&batch).await.unwrap();
         for i in [0, 2_499, 4_999] {
             let user = format!("{p}-u{i}");
-            assert_eq!(s.unread_count(&user).await.unwrap(), 1, "{user}");
+            assert_eq!(s.counts(&user).await.unwrap().unread, 1, "{user}");
         }
     }
 
@@ -408,9 +454,250 @@ pub mod cases {
         s.write_batch(&old).await.unwrap();
         s.write_batch(&new).await.unwrap();
         assert!(s.purge_before(utc("2001-01-01T00:00:00Z")).await.unwrap() >= 3);
-        let left = s.page(&user, None, 10, false).await.unwrap();
+        let left = s
+            .page(&user, None, 10, InboxFilter::default())
+            .await
+            .unwrap();
         assert_eq!(left.len(), 2);
         assert!(left.iter().all(|n| n.created_at.year() >= 2026));
+    }
+}
+
+/// The feed states (seen, read, archived), by key, by range and by watermark.
+pub mod state_cases {
+    use super::*;
+
+    fn filter(status: StatusFilter, archived: ArchivedFilter) -> InboxFilter {
+        InboxFilter { status, archived }
+    }
+
+    async fn titles(s: &Arc<dyn InboxStore>, user: &str, f: InboxFilter) -> Vec<String> {
+        s.page(user, None, 100, f)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| {
+                n.campaign_id
+                    .unwrap()
+                    .rsplit('-')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn counts(unread: u64, unseen: u64) -> InboxCounts {
+        InboxCounts { unread, unseen }
+    }
+
+    pub async fn seen_read_and_archived_rows_filter_pages_and_counts(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let w = rows(&p, &user, 6, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&w).await.unwrap();
+        assert_eq!(s.counts(&user).await.unwrap(), counts(6, 6));
+        let t1 = utc("2026-01-02T00:00:00Z");
+        let t2 = utc("2026-01-03T00:00:00Z");
+        // Up to MAX_BULK keys at once: the user's own, someone else's, and made-up ones.
+        let mut keys = vec![w[5].key()];
+        keys.extend((keys.len()..MAX_BULK).map(|i| InboxKey {
+            created_at: w[0].created_at,
+            id: uuid::Uuid::from_u128(i as u128),
+        }));
+        assert_eq!(
+            s.apply(&user, &keys, InboxAction::Seen, t1).await.unwrap(),
+            [w[5].key()]
+        );
+        assert_eq!(
+            s.apply(&user, &[w[4].key()], InboxAction::Read, t1)
+                .await
+                .unwrap(),
+            [w[4].key()]
+        );
+        let archived = s
+            .apply(&user, &[w[3].key(), w[2].key()], InboxAction::Archive, t1)
+            .await
+            .unwrap();
+        assert_eq!(archived.len(), 2);
+        // Again later: the first times stay, and a row in that state already is found.
+        for action in [InboxAction::Seen, InboxAction::Read, InboxAction::Archive] {
+            let found = s.apply(&user, &[w[4].key()], action, t2).await.unwrap();
+            assert_eq!(found, [w[4].key()], "{action:?}");
+        }
+        let r4 = find(&s, &user, w[4].key()).await.unwrap();
+        assert_eq!(
+            (r4.read_at, r4.seen_at, r4.archived_at),
+            (Some(t1), Some(t1), Some(t2))
+        );
+        let r5 = find(&s, &user, w[5].key()).await.unwrap();
+        assert_eq!(
+            (r5.read_at, r5.seen_at, r5.archived_at),
+            (None, Some(t1), None)
+        );
+        // Archived rows leave the default view and the counts.
+        assert_eq!(s.counts(&user).await.unwrap(), counts(3, 2));
+        use ArchivedFilter::{Exclude, Include, Only};
+        use StatusFilter::{All, Unread, Unseen};
+        assert_eq!(
+            titles(&s, &user, filter(All, Exclude)).await,
+            ["c005", "c001", "c000"]
+        );
+        assert_eq!(
+            titles(&s, &user, filter(Unread, Exclude)).await,
+            ["c005", "c001", "c000"]
+        );
+        assert_eq!(
+            titles(&s, &user, filter(Unseen, Exclude)).await,
+            ["c001", "c000"]
+        );
+        assert_eq!(
+            titles(&s, &user, filter(All, Only)).await,
+            ["c004", "c003", "c002"]
+        );
+        assert_eq!(
+            titles(&s, &user, filter(Unread, Only)).await,
+            ["c003", "c002"]
+        );
+        assert_eq!(titles(&s, &user, filter(All, Include)).await.len(), 6);
+        // Unarchived: back in the view and the counts, the other states kept.
+        let back = s
+            .apply(&user, &[w[4].key(), w[3].key()], InboxAction::Unarchive, t2)
+            .await
+            .unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(find(&s, &user, w[4].key()).await.unwrap().archived_at, None);
+        assert_eq!(titles(&s, &user, filter(All, Only)).await, ["c002"]);
+        assert_eq!(s.counts(&user).await.unwrap(), counts(4, 3));
+        // A dismissed row is not found; another user finds nothing of this one's.
+        assert!(s.dismiss(&user, w[0].key(), t2).await.unwrap());
+        assert!(s
+            .apply(&user, &[w[0].key()], InboxAction::Read, t2)
+            .await
+            .unwrap()
+            .is_empty());
+        let other = format!("{p}-other");
+        assert!(s
+            .apply(&other, &[w[1].key()], InboxAction::Archive, t2)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(s.counts(&user).await.unwrap(), counts(3, 2));
+        // The single-row read of the port is a read action.
+        assert!(s.mark_read(&user, w[1].key(), t2).await.unwrap());
+        assert_eq!(find(&s, &user, w[1].key()).await.unwrap().seen_at, Some(t2));
+    }
+
+    pub async fn a_range_action_changes_every_older_row_and_counts_the_changes(
+        s: Arc<dyn InboxStore>,
+    ) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let w = rows(&p, &user, 10, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&w).await.unwrap();
+        let t = utc("2026-01-02T00:00:00Z");
+        assert!(s.dismiss(&user, w[0].key(), t).await.unwrap());
+        s.apply(&user, &[w[1].key()], InboxAction::Seen, t)
+            .await
+            .unwrap();
+        // Strictly older than the key: rows 2..5 (0 dismissed, 1 seen already).
+        let seen = s
+            .apply_before(&user, w[6].key(), InboxAction::Seen, t)
+            .await;
+        assert_eq!(seen.unwrap(), 4);
+        assert_eq!(
+            s.apply_before(&user, w[6].key(), InboxAction::Seen, t)
+                .await
+                .unwrap(),
+            0,
+            "nothing left to change"
+        );
+        assert_eq!(s.counts(&user).await.unwrap(), counts(9, 4));
+        assert_eq!(
+            s.apply_before(&user, w[4].key(), InboxAction::Read, t)
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(s.counts(&user).await.unwrap(), counts(6, 4));
+        assert_eq!(
+            s.apply_before(&user, w[8].key(), InboxAction::Archive, t)
+                .await
+                .unwrap(),
+            7
+        );
+        assert_eq!(s.counts(&user).await.unwrap(), counts(2, 2));
+        let only = filter(StatusFilter::All, ArchivedFilter::Only);
+        assert_eq!(titles(&s, &user, only).await.len(), 7);
+        assert_eq!(
+            s.apply_before(&user, w[3].key(), InboxAction::Unarchive, t)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(titles(&s, &user, only).await.len(), 5);
+        assert_eq!(s.counts(&user).await.unwrap(), counts(2, 2));
+        assert_eq!(find(&s, &user, w[0].key()).await, None, "still dismissed");
+        // Before the oldest row: nothing.
+        assert_eq!(
+            s.apply_before(&user, w[0].key(), InboxAction::Archive, t)
+                .await
+                .unwrap(),
+            0
+        );
+    }
+
+    pub async fn seen_all_moves_a_seen_watermark_that_a_read_watermark_also_moves(
+        s: Arc<dyn InboxStore>,
+    ) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        let start = utc("2026-01-01T00:00:00Z");
+        let w = rows(&p, &user, 4, start);
+        s.write_batch(&w).await.unwrap();
+        // Everything up to row 1 seen: two rows covered.
+        let mark = start + Duration::seconds(90);
+        assert_eq!(s.mark_all_seen(&user, mark).await.unwrap(), 2);
+        assert_eq!(s.counts(&user).await.unwrap(), counts(4, 2));
+        // A row written later with an older time is covered too, as by "read all".
+        let late = row(&format!("{p}-late"), &user, start + Duration::seconds(30));
+        s.write_batch(std::slice::from_ref(&late)).await.unwrap();
+        let late_row = find(&s, &user, late.key()).await.unwrap();
+        assert_eq!((late_row.seen_at, late_row.read_at), (Some(mark), None));
+        assert_eq!(s.counts(&user).await.unwrap(), counts(5, 2));
+        let unseen = s
+            .page(
+                &user,
+                None,
+                10,
+                filter(StatusFilter::Unseen, ArchivedFilter::Exclude),
+            )
+            .await
+            .unwrap();
+        let keys: Vec<_> = unseen.iter().map(Notification::key).collect();
+        assert_eq!(keys, [w[3].key(), w[2].key()]);
+        // Never back; a read watermark above it makes rows seen as well.
+        assert_eq!(s.mark_all_seen(&user, start).await.unwrap(), 0);
+        assert_eq!(s.counts(&user).await.unwrap(), counts(5, 2));
+        let read_mark = start + Duration::seconds(150);
+        assert_eq!(s.mark_all_read(&user, read_mark).await.unwrap(), 4);
+        assert_eq!(s.counts(&user).await.unwrap(), counts(1, 1));
+        let r2 = find(&s, &user, w[2].key()).await.unwrap();
+        assert_eq!((r2.read_at, r2.seen_at), (Some(read_mark), Some(read_mark)));
+        let r0 = find(&s, &user, w[0].key()).await.unwrap();
+        assert_eq!(
+            r0.seen_at,
+            Some(mark),
+            "the earlier seen watermark says when it was seen"
+        );
+        // Seen all again, above everything: the last row too.
+        assert_eq!(
+            s.mark_all_seen(&user, start + Duration::hours(1))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.counts(&user).await.unwrap(), counts(1, 0));
     }
 }
 
@@ -430,13 +717,23 @@ mod ttl_cases {
         let stale = rows(&format!("{p}s"), &user, 1, now - Duration::days(1));
         s.write_batch(&fresh).await.unwrap();
         s.write_batch(&stale).await.unwrap();
-        assert_eq!(s.page(&user, None, 10, false).await.unwrap().len(), 2);
+        assert_eq!(
+            s.page(&user, None, 10, InboxFilter::default())
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
         assert!(s.mark_read(&user, fresh[0].key(), now).await.unwrap());
-        assert_eq!(s.unread_count(&user).await.unwrap(), 1);
+        assert_eq!(s.counts(&user).await.unwrap().unread, 1);
         tokio::time::sleep(std::time::Duration::from_secs(6)).await;
         // Gone with every cell: no row, no read state left behind as a row of its own.
-        assert!(s.page(&user, None, 10, false).await.unwrap().is_empty());
-        assert_eq!(s.unread_count(&user).await.unwrap(), 0);
+        assert!(s
+            .page(&user, None, 10, InboxFilter::default())
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(s.counts(&user).await.unwrap().unread, 0);
         assert!(!s
             .mark_read(&user, fresh[0].key(), Utc::now())
             .await
@@ -465,7 +762,22 @@ macro_rules! inbox_conformance {
                 a_large_batch_is_written_whole,
                 $($extra,)*
             );
+            inbox_conformance!(@states $make;
+                seen_read_and_archived_rows_filter_pages_and_counts,
+                a_range_action_changes_every_older_row_and_counts_the_changes,
+                seen_all_moves_a_seen_watermark_that_a_read_watermark_also_moves,
+            );
         }
+    };
+    (@states $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some(s) = $make.await {
+                    state_cases::$case(s).await;
+                }
+            }
+        )*
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(

@@ -40,7 +40,11 @@ use uuid::Uuid;
 async fn start_kassandra() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let db = Arc::new(Mutex::new(KassandraSession::new()));
+    let db = Arc::new(Mutex::new(Server {
+        session: KassandraSession::new(),
+        keyspace: None,
+        prepared: Vec::new(),
+    }));
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             tokio::spawn(connection(db.clone(), socket));
@@ -49,14 +53,27 @@ async fn start_kassandra() -> SocketAddr {
     addr
 }
 
-async fn connection(db: Arc<Mutex<KassandraSession>>, mut socket: TcpStream) {
+/// One kassandra engine, with what this server remembers to reload it (see
+/// [`alter_table_add`]).
+struct Server {
+    session: KassandraSession,
+    /// The keyspace the driver last chose with `USE`.
+    keyspace: Option<String>,
+    /// Every statement prepared, with its id and the keyspace it was prepared in.
+    prepared: Vec<(QueryString, u128, Option<String>)>,
+}
+
+async fn connection(db: Arc<Mutex<Server>>, mut socket: TcpStream) {
     let (mut r, mut w) = socket.split();
     let mut requests = request_stream(&mut r);
     let mut responses = response_sink(&mut w);
     while let Some(Ok((frame, opcode, data))) = requests.next().await {
-        let response = match Request::deserialize(opcode, &data, frame.flags) {
-            Ok(request) => handle(&db, request),
-            Err(e) => Response::Error(e),
+        let response = match alter_table_add(&db, opcode, &data) {
+            Some(response) => response,
+            None => match Request::deserialize(opcode, &data, frame.flags) {
+                Ok(request) => handle(&db, request),
+                Err(e) => Response::Error(e),
+            },
         };
         if responses.send((response, frame.stream)).await.is_err() {
             break;
@@ -64,18 +81,100 @@ async fn connection(db: Arc<Mutex<KassandraSession>>, mut socket: TcpStream) {
     }
 }
 
-fn handle(db: &Mutex<KassandraSession>, request: Request<'_>) -> Response {
+/// `ALTER TABLE <table> ADD <column> <type>`, which kassandra 0.14 cannot parse, done here on
+/// its saved state: the column is appended to the table's schema (the migrations add columns
+/// to tables they created moments before, so there are no rows to rewrite). `None` for any
+/// other request.
+fn alter_table_add(
+    db: &Mutex<Server>,
+    opcode: kassandra::frame::request::RequestOpcode,
+    data: &[u8],
+) -> Option<Response> {
+    if opcode != kassandra::frame::request::RequestOpcode::Query || data.len() < 4 {
+        return None;
+    }
+    let len = i32::from_be_bytes(data[..4].try_into().ok()?) as usize;
+    let text = std::str::from_utf8(data.get(4..4 + len)?).ok()?;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let ["ALTER", "TABLE", table, "ADD", column, ty] = words.as_slice() else {
+        return None;
+    };
+    let ty = match ty.to_ascii_lowercase().as_str() {
+        "bigint" => "BigInt",
+        "text" => "Text",
+        "uuid" => "Uuid",
+        other => panic!("the smoke server adds no {other} columns"),
+    };
+    let mut server = db.lock().unwrap_or_else(|e| e.into_inner());
+    let state = String::from_utf8(server.session.save_state()).expect("kassandra saves UTF-8");
+    // The table's schema: `name: "<table>"`, then its `columns: { … }` map, appended to.
+    let at = state
+        .find(&format!("name: \"{table}\""))
+        .unwrap_or_else(|| panic!("no table {table}"));
+    let open = at + state[at..].find("columns: {").expect("a columns map") + "columns: {".len();
+    let mut depth = 1;
+    let mut close = open;
+    for (i, c) in state[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 {
+            close = open + i;
+            break;
+        }
+    }
+    if state[open..close].contains(&format!("\"{column}\"")) {
+        return Some(Response::Error(KError::new(
+            DbError::Invalid,
+            format!("Invalid column name {column} because it conflicts with an existing column"),
+        )));
+    }
+    let edited = format!(
+        "{}\"{column}\": (ty: {ty}, kind: Regular),\n{}",
+        &state[..close],
+        &state[close..]
+    );
+    let mut k = KassandraSession::load_state(edited.as_bytes()).expect("the edited state loads");
+    // A reloaded session forgets its prepared statements and its keyspace: the statements are
+    // prepared again under the ids the driver holds (a new id would fail its re-prepare).
+    for (query, id, keyspace) in &server.prepared {
+        if let Some(ks) = keyspace {
+            k.use_keyspace(ks.clone());
+        }
+        let _ = k.prepare_with_id(query.clone(), *id);
+    }
+    if let Some(ks) = server.keyspace.clone() {
+        k.use_keyspace(ks);
+    }
+    server.session = k;
+    Some(Response::Result(QueryResult::Void))
+}
+
+fn handle(db: &Mutex<Server>, request: Request<'_>) -> Response {
     // The engine panics on what it does not implement; the lock stays usable after that.
-    let mut k = db.lock().unwrap_or_else(|e| e.into_inner());
+    let mut server = db.lock().unwrap_or_else(|e| e.into_inner());
+    let server = &mut *server;
+    let k = &mut server.session;
     let result = match request {
         Request::StartUp(_) | Request::Register { .. } => return Response::Ready,
         Request::Options => return Response::options(),
-        Request::Query(q) => k.process(q),
+        Request::Query(q) => {
+            if let QueryString::Use { keyspace } = &q.query {
+                server.keyspace = Some(keyspace.clone());
+            }
+            k.process(q)
+        }
         Request::Execute(e) => k.execute(e),
         Request::Batch(b) => k.process_batch(b),
         Request::Prepare(q) => {
             let mask = bind_mask(&q);
-            k.prepare(q).map(|r| only_bind_markers(r, &mask))
+            let result = k.prepare(q.clone());
+            if let Ok(QueryResult::Prepared(p)) = &result {
+                server.prepared.push((q, p.id, server.keyspace.clone()));
+            }
+            result.map(|r| only_bind_markers(r, &mask))
         }
         Request::AuthResponse => Err(KError::new(DbError::ProtocolError, "no authentication")),
     };
@@ -155,7 +254,10 @@ async fn the_production_session_connects_applies_the_schema_and_reads_rows_by_ke
         .into_rows_result()
         .unwrap();
     let versions: Vec<(String,)> = applied.rows().unwrap().map(|r| r.unwrap()).collect();
-    assert_eq!(versions, [("0001_init".to_owned(),)]);
+    assert_eq!(
+        versions,
+        [("0001_init".to_owned(),), ("0002_states".to_owned(),)]
+    );
 
     // Rows written by the production column list, read back by the production point read.
     let insert = session.prepare(insert_without_ttl()).await.unwrap();
@@ -178,7 +280,14 @@ async fn the_production_session_connects_applies_the_schema_and_reads_rows_by_ke
         )
         .await
         .unwrap();
-    let got: Vec<(Option<String>, Option<i64>, Option<i64>)> = session
+    type State = (
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let got: Vec<State> = session
         .execute_unpaged(&row, (&user, created_at, id))
         .await
         .unwrap()
@@ -188,7 +297,7 @@ async fn the_production_session_connects_applies_the_schema_and_reads_rows_by_ke
         .unwrap()
         .map(|r| r.unwrap())
         .collect();
-    assert_eq!(got, [(Some("Title".to_owned()), None, None)]);
+    assert_eq!(got, [(Some("Title".to_owned()), None, None, None, None)]);
     // Another user's key, or another id, finds nothing.
     for (u, i) in [(format!("{user}x"), id), (user.clone(), Uuid::new_v4())] {
         let none = session
@@ -218,6 +327,8 @@ async fn the_production_session_connects_applies_the_schema_and_reads_rows_by_ke
         i64,
         Option<i64>,
         Option<i64>,
+        Option<i64>,
+        Option<i64>,
     );
     let full: Vec<Full> = rows.rows().unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(full.len(), 1);
@@ -237,20 +348,50 @@ async fn the_production_session_connects_applies_the_schema_and_reads_rows_by_ke
                 .unwrap()
                 .into_rows_result()
                 .unwrap();
-            let marks: Vec<(Option<i64>,)> = rows.rows().unwrap().map(|r| r.unwrap()).collect();
-            marks.first().and_then(|(m,)| *m)
+            let marks: Vec<(Option<i64>, Option<i64>)> =
+                rows.rows().unwrap().map(|r| r.unwrap()).collect();
+            marks.first().map(|(r, s)| (*r, *s))
         }
     };
     assert_eq!(mark(user.clone()).await, None);
     let set = session
-        .prepare("INSERT INTO inbox_read_marks (user_id, read_through) VALUES (?, ?)")
+        .prepare(
+            "INSERT INTO inbox_read_marks (user_id, read_through, seen_through) VALUES (?, ?, ?)",
+        )
         .await
         .unwrap();
     session
-        .execute_unpaged(&set, (&user, created_at))
+        .execute_unpaged(&set, (&user, created_at, created_at + 1))
         .await
         .unwrap();
-    assert_eq!(mark(user.clone()).await, Some(created_at));
+    assert_eq!(
+        mark(user.clone()).await,
+        Some((Some(created_at), Some(created_at + 1)))
+    );
+    // The state cells the second schema file added read back by the production statements.
+    let states = session
+        .prepare(
+            "INSERT INTO notifications_by_user (user_id, created_at, id, title, seen_at, \
+             archived_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .await
+        .unwrap();
+    let id2 = Uuid::new_v4();
+    session
+        .execute_unpaged(&states, (&user, created_at, id2, "T2", 7_i64, 9_i64))
+        .await
+        .unwrap();
+    let got: Vec<State> = session
+        .execute_unpaged(&row, (&user, created_at, id2))
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows()
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(got, [(Some("T2".to_owned()), None, None, Some(7), Some(9))]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,5 +444,10 @@ mod broadcast_states {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_state_of_a_user_with_many_comes_back() {
         state_cases::every_state_of_a_user_with_many_comes_back(open().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn seen_and_archived_are_kept_beside_read_and_dismissed() {
+        state_cases::seen_and_archived_are_kept_beside_read_and_dismissed(open().await).await;
     }
 }

@@ -485,9 +485,9 @@ impl InboxStore for PanickyInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        unread_only: bool,
+        filter: InboxFilter,
     ) -> Result<Vec<Notification>> {
-        self.inner.page(user_id, before, limit, unread_only).await
+        self.inner.page(user_id, before, limit, filter).await
     }
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
         self.inner.after(user_id, after, limit).await
@@ -498,17 +498,35 @@ impl InboxStore for PanickyInbox {
     async fn locate(&self, user_id: &str, id: uuid::Uuid) -> Result<Option<InboxKey>> {
         self.inner.locate(user_id, id).await
     }
-    async fn mark_read(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
-        self.inner.mark_read(user_id, key, at).await
+    async fn apply(
+        &self,
+        user_id: &str,
+        keys: &[InboxKey],
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<InboxKey>> {
+        self.inner.apply(user_id, keys, action, at).await
+    }
+    async fn apply_before(
+        &self,
+        user_id: &str,
+        before: InboxKey,
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<u64> {
+        self.inner.apply_before(user_id, before, action, at).await
     }
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
         self.inner.mark_all_read(user_id, at).await
     }
+    async fn mark_all_seen(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
+        self.inner.mark_all_seen(user_id, at).await
+    }
     async fn dismiss(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
         self.inner.dismiss(user_id, key, at).await
     }
-    async fn unread_count(&self, user_id: &str) -> Result<u64> {
-        self.inner.unread_count(user_id).await
+    async fn counts(&self, user_id: &str) -> Result<InboxCounts> {
+        self.inner.counts(user_id).await
     }
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
         self.inner.purge_before(before).await

@@ -8,7 +8,7 @@ use crate::time::{micros, opt_from_micros};
 use crate::{corrupt, db_error, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use herald_core::model::{Broadcast, BroadcastStatus, BroadcastUserState};
+use herald_core::model::{Broadcast, BroadcastStatus, BroadcastUserState, InboxAction};
 use herald_core::ports::{BroadcastStates, BroadcastStore};
 use herald_core::{Error, ErrorKind, Result};
 use sqlx::mysql::MySqlRow;
@@ -16,7 +16,10 @@ use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-const MIGRATIONS: &[Migration] = &[migration!("mysql", "broadcasts", "0001_init")];
+const MIGRATIONS: &[Migration] = &[
+    migration!("mysql", "broadcasts", "0001_init"),
+    migration!("mysql", "broadcasts", "0002_states"),
+];
 
 pub struct MysqlBroadcasts {
     pool: MySqlPool,
@@ -132,12 +135,16 @@ impl BroadcastStates for MysqlBroadcasts {
 
     async fn user_states(&self, user_id: &str) -> Result<Vec<BroadcastUserState>> {
         let rows = sqlx::query(
-            "SELECT broadcast_id, read_at, NULL AS dismissed_at FROM broadcast_reads \
+            "SELECT broadcast_id, read_at, NULL AS dismissed_at, NULL AS seen_at, \
+             NULL AS archived_at FROM broadcast_reads WHERE user_id = ? \
+             UNION ALL \
+             SELECT broadcast_id, NULL, dismissed_at, NULL, NULL FROM broadcast_dismissals \
              WHERE user_id = ? \
              UNION ALL \
-             SELECT broadcast_id, NULL AS read_at, dismissed_at FROM broadcast_dismissals \
+             SELECT broadcast_id, NULL, NULL, seen_at, archived_at FROM broadcast_views \
              WHERE user_id = ?",
         )
+        .bind(user_id)
         .bind(user_id)
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -147,32 +154,56 @@ impl BroadcastStates for MysqlBroadcasts {
         for row in rows {
             let id: Vec<u8> = row.try_get("broadcast_id").map_err(db_error)?;
             let id = Uuid::from_slice(&id).map_err(|e| corrupt("broadcast id", e))?;
-            let read_at: Option<i64> = row.try_get("read_at").map_err(db_error)?;
-            let dismissed_at: Option<i64> = row.try_get("dismissed_at").map_err(db_error)?;
-            let state = states.entry(id).or_insert_with(|| BroadcastUserState {
-                broadcast_id: id,
-                user_id: user_id.to_owned(),
-                read_at: None,
-                dismissed_at: None,
-            });
-            state.read_at = state.read_at.or(opt_from_micros(read_at));
-            state.dismissed_at = state.dismissed_at.or(opt_from_micros(dismissed_at));
+            let time = |column: &str| -> Result<Option<DateTime<Utc>>> {
+                let at: Option<i64> = row.try_get(column).map_err(db_error)?;
+                Ok(opt_from_micros(at))
+            };
+            let state = states
+                .entry(id)
+                .or_insert_with(|| BroadcastUserState::new(id, user_id));
+            state.read_at = state.read_at.or(time("read_at")?);
+            state.dismissed_at = state.dismissed_at.or(time("dismissed_at")?);
+            state.seen_at = state.seen_at.or(time("seen_at")?);
+            state.archived_at = state.archived_at.or(time("archived_at")?);
         }
         Ok(states.into_values().collect())
     }
 
-    async fn mark_read(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<()> {
-        // The earliest read time is kept.
-        sqlx::query(
-            "INSERT INTO broadcast_reads (user_id, broadcast_id, read_at) VALUES (?, ?, ?) \
-             ON DUPLICATE KEY UPDATE read_at = LEAST(read_at, VALUES(read_at))",
-        )
-        .bind(user_id)
-        .bind(id.as_bytes().as_slice())
-        .bind(micros(at))
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
+    async fn apply(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        // The earliest time of each state is kept; an unarchive clears the archive time.
+        let sql = match action {
+            InboxAction::Read => {
+                "INSERT INTO broadcast_reads (user_id, broadcast_id, read_at) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE read_at = LEAST(read_at, VALUES(read_at))"
+            }
+            InboxAction::Seen => {
+                "INSERT INTO broadcast_views (user_id, broadcast_id, seen_at) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE \
+                 seen_at = LEAST(COALESCE(seen_at, VALUES(seen_at)), VALUES(seen_at))"
+            }
+            InboxAction::Archive => {
+                "INSERT INTO broadcast_views (user_id, broadcast_id, archived_at) \
+                 VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE \
+                 archived_at = LEAST(COALESCE(archived_at, VALUES(archived_at)), VALUES(archived_at))"
+            }
+            InboxAction::Unarchive => {
+                "UPDATE broadcast_views SET archived_at = NULL \
+                 WHERE user_id = ? AND broadcast_id = ? AND ? IS NOT NULL"
+            }
+        };
+        sqlx::query(sql)
+            .bind(user_id)
+            .bind(id.as_bytes().as_slice())
+            .bind(micros(at))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! index range read in one partition.
 //!
 //! "Mark all read" moves a per-user read watermark (`inbox_read_marks`); a row at or below it
-//! reads as read. Statements read the watermark through an uncorrelated scalar subquery on its
+//! reads as read ("mark all seen" does the same with the seen watermark beside it). Statements read the watermark through an uncorrelated scalar subquery on its
 //! primary key, which MariaDB evaluates once while optimizing, so `created_at > (watermark)` is
 //! a range of the primary key (`EXPLAIN`: `range` on `PRIMARY`) and a read stays one round
 //! trip.
@@ -22,8 +22,10 @@ use crate::time::{from_micros, micros, opt_from_micros};
 use crate::{corrupt, db_error, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use herald_core::model::{InboxKey, Notification};
-use herald_core::ports::{InboxStore, UNREAD_WINDOW};
+use herald_core::model::{
+    ArchivedFilter, InboxAction, InboxCounts, InboxFilter, InboxKey, Notification, StatusFilter,
+};
+use herald_core::ports::{InboxStore, MAX_BULK, UNREAD_WINDOW};
 use herald_core::Result;
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
@@ -32,6 +34,7 @@ use uuid::Uuid;
 const MIGRATIONS: &[Migration] = &[
     migration!("mysql", "inbox", "0001_init"),
     migration!("mysql", "inbox", "0002_read_marks"),
+    migration!("mysql", "inbox", "0003_states"),
 ];
 
 /// Rows per multi-row INSERT at most (9 parameters each).
@@ -42,25 +45,42 @@ const PURGE_CHUNK: i64 = 5000;
 /// A time before every row: the watermark of a user who never read everything.
 const NO_MARK: i64 = -1;
 
-/// The user's read watermark in a statement: known already, or read by a scalar subquery.
+/// One of the user's watermarks in a statement: known already, or read by a scalar subquery
+/// on the marks' primary key.
 #[derive(Clone, Copy)]
 enum Mark<'a> {
     Known(i64),
-    Of(&'a str),
+    /// The read watermark of the user.
+    Read(&'a str),
+    /// The seen watermark of the user (its own column only; a row under the read watermark
+    /// is seen through that one).
+    Seen(&'a str),
 }
 
 impl<'a> Mark<'a> {
     fn push(self, qb: &mut QueryBuilder<'a, MySql>) {
-        match self {
+        let (user_id, column) = match self {
             Mark::Known(at) => {
                 qb.push_bind(at);
+                return;
             }
-            Mark::Of(user_id) => {
-                qb.push("COALESCE((SELECT read_through FROM inbox_read_marks WHERE user_id = ")
-                    .push_bind(user_id)
-                    .push(format!("), {NO_MARK})"));
-            }
-        }
+            Mark::Read(user_id) => (user_id, "read_through"),
+            Mark::Seen(user_id) => (user_id, "seen_through"),
+        };
+        qb.push(format!(
+            "COALESCE((SELECT {column} FROM inbox_read_marks WHERE user_id = "
+        ))
+        .push_bind(user_id)
+        .push(format!("), {NO_MARK})"));
+    }
+
+    /// `CASE WHEN created_at <= mark THEN mark END`: the mark's time if it covers the row.
+    fn push_covering(self, qb: &mut QueryBuilder<'a, MySql>) {
+        qb.push("CASE WHEN created_at <= ");
+        self.push(qb);
+        qb.push(" THEN ");
+        self.push(qb);
+        qb.push(" END");
     }
 }
 
@@ -89,6 +109,8 @@ fn notification_from_row(row: &MySqlRow) -> Result<Notification> {
             .map_err(|e| corrupt("notification data", e))?,
         created_at: from_micros(row.try_get("created_at").map_err(db_error)?),
         read_at: opt_from_micros(row.try_get("read_at").map_err(db_error)?),
+        seen_at: opt_from_micros(row.try_get("seen_at").map_err(db_error)?),
+        archived_at: opt_from_micros(row.try_get("archived_at").map_err(db_error)?),
     })
 }
 
@@ -105,24 +127,32 @@ fn push_key_bound(qb: &mut QueryBuilder<'_, MySql>, op: &str, key: InboxKey) {
 }
 
 /// `SELECT <columns> FROM notifications WHERE user_id = ? AND dismissed_at IS NULL`, the read
-/// time of each row being its own or the watermark's.
-/// With `with_unread`, the unread count goes beside the columns as `unread`: an uncorrelated
-/// scalar subquery, evaluated once per statement (not a derived table of the page: MariaDB
-/// materialises one holding TEXT columns as an on-disk temporary table, once per read).
-fn select_rows<'a>(user_id: &'a str, with_unread: bool) -> QueryBuilder<'a, MySql> {
-    let mark = Mark::Of(user_id);
+/// and seen times of each row being its own or a covering watermark's.
+/// With `with_counts`, the counts go beside the columns as `counts` ("unread,unseen"): an
+/// uncorrelated scalar subquery, evaluated once per statement (not a derived table of the
+/// page: MariaDB materialises one holding TEXT columns as an on-disk temporary table, once
+/// per read).
+fn select_rows<'a>(user_id: &'a str, with_counts: bool) -> QueryBuilder<'a, MySql> {
+    let (read, seen) = (Mark::Read(user_id), Mark::Seen(user_id));
     let mut qb = QueryBuilder::<MySql>::new(
         "SELECT id, user_id, campaign_id, title, body, category, data, created_at, \
-         COALESCE(read_at, CASE WHEN created_at <= ",
+         COALESCE(read_at, ",
     );
-    mark.push(&mut qb);
-    qb.push(" THEN ");
-    mark.push(&mut qb);
-    qb.push(" END) AS read_at");
-    if with_unread {
+    read.push_covering(&mut qb);
+    // The earliest of its own seen and read times and the covering watermarks' times.
+    const NEVER: &str = "9223372036854775807";
+    qb.push(format!(
+        ") AS read_at, NULLIF(LEAST(COALESCE(seen_at, {NEVER}), COALESCE(read_at, {NEVER}), \
+         COALESCE("
+    ));
+    read.push_covering(&mut qb);
+    qb.push(format!(", {NEVER}), COALESCE("));
+    seen.push_covering(&mut qb);
+    qb.push(format!(", {NEVER})), {NEVER}) AS seen_at, archived_at"));
+    if with_counts {
         qb.push(", ");
-        push_unread_count(&mut qb, user_id, mark, None);
-        qb.push(" AS unread");
+        push_counts(&mut qb, user_id, read, None);
+        qb.push(" AS counts");
     }
     qb.push(" FROM notifications WHERE user_id = ")
         .push_bind(user_id)
@@ -130,57 +160,135 @@ fn select_rows<'a>(user_id: &'a str, with_unread: bool) -> QueryBuilder<'a, MySq
     qb
 }
 
-/// The unread count above `mark` (and at or below `upto`): unread visible rows among the
-/// newest [`UNREAD_WINDOW`], one primary-key range (a derived table of two integer columns).
-fn push_unread_count<'a>(
+/// The counts above the read watermark `read` (and at or below `upto`) as one value
+/// "unread,unseen": unread and unseen visible, unarchived rows among the newest
+/// [`UNREAD_WINDOW`], one primary-key range (a derived table of integer columns).
+fn push_counts<'a>(
     qb: &mut QueryBuilder<'a, MySql>,
     user_id: &'a str,
-    mark: Mark<'a>,
+    read: Mark<'a>,
     upto: Option<i64>,
 ) {
     qb.push(
-        "(SELECT COUNT(*) FROM (SELECT read_at, dismissed_at FROM notifications \
+        "(SELECT CONCAT(COUNT(CASE WHEN read_at IS NULL AND dismissed_at IS NULL \
+         AND archived_at IS NULL THEN 1 END), ',', COUNT(CASE WHEN read_at IS NULL \
+         AND seen_at IS NULL AND dismissed_at IS NULL AND archived_at IS NULL AND created_at > ",
+    );
+    Mark::Seen(user_id).push(qb);
+    qb.push(
+        " THEN 1 END)) FROM (SELECT created_at, read_at, seen_at, dismissed_at, archived_at \
+         FROM notifications \
          WHERE user_id = ",
     )
     .push_bind(user_id)
     .push(" AND created_at > ");
-    mark.push(qb);
+    read.push(qb);
     if let Some(upto) = upto {
         qb.push(" AND created_at <= ").push_bind(upto);
     }
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(UNREAD_WINDOW))
-        .push(") AS recent WHERE read_at IS NULL AND dismissed_at IS NULL)");
+        .push(") AS recent)");
+}
+
+fn parse_counts(counts: &str) -> Result<InboxCounts> {
+    let bad = || {
+        corrupt(
+            "inbox counts",
+            herald_core::Error::internal(counts.to_owned()),
+        )
+    };
+    let (unread, unseen) = counts.split_once(',').ok_or_else(bad)?;
+    Ok(InboxCounts {
+        unread: unread.parse().map_err(|_| bad())?,
+        unseen: unseen.parse().map_err(|_| bad())?,
+    })
+}
+
+/// ` AND` the row is unread: not marked read, above the read watermark.
+fn push_unread<'a>(qb: &mut QueryBuilder<'a, MySql>, user_id: &'a str) {
+    qb.push(" AND read_at IS NULL AND created_at > ");
+    Mark::Read(user_id).push(qb);
+}
+
+/// ` AND` the row is unseen: neither marked seen nor read, above both watermarks.
+fn push_unseen<'a>(qb: &mut QueryBuilder<'a, MySql>, user_id: &'a str) {
+    push_unread(qb, user_id);
+    qb.push(" AND seen_at IS NULL AND created_at > ");
+    Mark::Seen(user_id).push(qb);
+}
+
+/// The `SET` of an action.
+fn push_set(qb: &mut QueryBuilder<'_, MySql>, action: InboxAction, at: i64) {
+    match action {
+        InboxAction::Seen => qb
+            .push("seen_at = COALESCE(seen_at, ")
+            .push_bind(at)
+            .push(")"),
+        InboxAction::Read => qb
+            .push("read_at = COALESCE(read_at, ")
+            .push_bind(at)
+            .push("), seen_at = COALESCE(seen_at, ")
+            .push_bind(at)
+            .push(")"),
+        InboxAction::Archive => qb
+            .push("archived_at = COALESCE(archived_at, ")
+            .push_bind(at)
+            .push(")"),
+        InboxAction::Unarchive => qb.push("archived_at = NULL"),
+    };
+}
+
+/// ` AND` the row is one of `keys` (by whole key).
+fn push_keys(qb: &mut QueryBuilder<'_, MySql>, keys: &[InboxKey]) {
+    qb.push(" AND (");
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            qb.push(" OR ");
+        }
+        qb.push("(created_at = ")
+            .push_bind(micros(k.created_at))
+            .push(" AND id = ")
+            .push_bind(k.id.as_bytes().to_vec())
+            .push(")");
+    }
+    qb.push(")");
 }
 
 impl MysqlInbox {
-    async fn count_unread(&self, user_id: &str) -> Result<u64> {
+    async fn read_counts(&self, user_id: &str) -> Result<InboxCounts> {
         let mut qb = QueryBuilder::<MySql>::new("SELECT ");
-        push_unread_count(&mut qb, user_id, Mark::Of(user_id), None);
-        let n: i64 = qb
+        push_counts(&mut qb, user_id, Mark::Read(user_id), None);
+        let counts: String = qb
             .build_query_scalar()
             .fetch_one(&self.pool)
             .await
             .map_err(db_error)?;
-        Ok(n as u64)
+        parse_counts(&counts)
     }
 }
 
-/// The keyset bound, the unread filter, the order and the limit of a page.
+/// The keyset bound, the filter, the order and the limit of a page.
 fn push_page_bounds<'a>(
     qb: &mut QueryBuilder<'a, MySql>,
     user_id: &'a str,
     before: Option<InboxKey>,
     limit: u32,
-    unread_only: bool,
+    filter: InboxFilter,
 ) {
     if let Some(before) = before {
         push_key_bound(qb, "<", before);
     }
-    if unread_only {
-        qb.push(" AND read_at IS NULL AND created_at > ");
-        Mark::Of(user_id).push(qb);
+    match filter.status {
+        StatusFilter::All => {}
+        StatusFilter::Unread => push_unread(qb, user_id),
+        StatusFilter::Unseen => push_unseen(qb, user_id),
     }
+    match filter.archived {
+        ArchivedFilter::Exclude => qb.push(" AND archived_at IS NULL"),
+        ArchivedFilter::Include => &mut *qb,
+        ArchivedFilter::Only => qb.push(" AND archived_at IS NOT NULL"),
+    };
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(limit));
 }
@@ -232,10 +340,10 @@ impl InboxStore for MysqlInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        unread_only: bool,
+        filter: InboxFilter,
     ) -> Result<Vec<Notification>> {
         let mut qb = select_rows(user_id, false);
-        push_page_bounds(&mut qb, user_id, before, limit, unread_only);
+        push_page_bounds(&mut qb, user_id, before, limit, filter);
         qb.build()
             .fetch_all(&self.pool)
             .await
@@ -245,27 +353,27 @@ impl InboxStore for MysqlInbox {
             .collect()
     }
 
-    async fn page_with_unread(
+    async fn page_with_counts(
         &self,
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        unread_only: bool,
-    ) -> Result<(Vec<Notification>, u64)> {
-        // One round trip: the page with the count beside its columns. An empty page brings no
-        // row, and so no count: then it is asked on its own.
+        filter: InboxFilter,
+    ) -> Result<(Vec<Notification>, InboxCounts)> {
+        // One round trip: the page with the counts beside its columns. An empty page brings
+        // no row, and so no counts: then they are asked on their own.
         let mut qb = select_rows(user_id, true);
-        push_page_bounds(&mut qb, user_id, before, limit, unread_only);
+        push_page_bounds(&mut qb, user_id, before, limit, filter);
         let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
-        let unread = match rows.first() {
-            Some(row) => row.try_get::<i64, _>("unread").map_err(db_error)? as u64,
-            None => self.count_unread(user_id).await?,
+        let counts = match rows.first() {
+            Some(row) => parse_counts(&text(row, "counts")?)?,
+            None => self.read_counts(user_id).await?,
         };
         let page = rows
             .iter()
             .map(notification_from_row)
             .collect::<Result<Vec<_>>>()?;
-        Ok((page, unread))
+        Ok((page, counts))
     }
 
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
@@ -313,21 +421,80 @@ impl InboxStore for MysqlInbox {
         }))
     }
 
-    async fn mark_read(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
-        // Rows matched, not changed (sqlx sets CLIENT_FOUND_ROWS): a row read already counts.
-        let n = sqlx::query(
-            "UPDATE notifications SET read_at = COALESCE(read_at, ?) \
-             WHERE user_id = ? AND created_at = ? AND id = ? AND dismissed_at IS NULL",
-        )
-        .bind(micros(at))
-        .bind(user_id)
-        .bind(micros(key.created_at))
-        .bind(key.id.as_bytes().as_slice())
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        Ok(n > 0)
+    async fn apply(
+        &self,
+        user_id: &str,
+        keys: &[InboxKey],
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<InboxKey>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        debug_assert!(keys.len() <= MAX_BULK);
+        // Which rows are there, then one UPDATE of those: every SET keeps an earlier time (or
+        // clears one), so the two need no transaction; a row dismissed in between stays so.
+        let mut qb =
+            QueryBuilder::<MySql>::new("SELECT created_at, id FROM notifications WHERE user_id = ");
+        qb.push_bind(user_id).push(" AND dismissed_at IS NULL");
+        push_keys(&mut qb, keys);
+        let rows: Vec<(i64, Vec<u8>)> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let found = rows
+            .into_iter()
+            .map(|(created_at, id)| {
+                Ok(InboxKey {
+                    created_at: from_micros(created_at),
+                    id: Uuid::from_slice(&id).map_err(|e| corrupt("notification id", e))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !found.is_empty() {
+            let mut qb = QueryBuilder::<MySql>::new("UPDATE notifications SET ");
+            push_set(&mut qb, action, micros(at));
+            qb.push(" WHERE user_id = ")
+                .push_bind(user_id)
+                .push(" AND dismissed_at IS NULL");
+            push_keys(&mut qb, &found);
+            qb.build().execute(&self.pool).await.map_err(db_error)?;
+        }
+        Ok(found)
+    }
+
+    async fn apply_before(
+        &self,
+        user_id: &str,
+        before: InboxKey,
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<u64> {
+        // Rows matched are rows changed: the WHERE holds only rows the action changes.
+        let mut qb = QueryBuilder::<MySql>::new("UPDATE notifications SET ");
+        push_set(&mut qb, action, micros(at));
+        qb.push(" WHERE user_id = ")
+            .push_bind(user_id)
+            .push(" AND dismissed_at IS NULL");
+        push_key_bound(&mut qb, "<", before);
+        match action {
+            InboxAction::Seen => push_unseen(&mut qb, user_id),
+            InboxAction::Read => push_unread(&mut qb, user_id),
+            InboxAction::Archive => {
+                qb.push(" AND archived_at IS NULL");
+            }
+            InboxAction::Unarchive => {
+                qb.push(" AND archived_at IS NOT NULL");
+            }
+        }
+        let n = qb
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        Ok(n)
     }
 
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
@@ -342,8 +509,9 @@ impl InboxStore for MysqlInbox {
             .await?;
             let mark = mark.unwrap_or(NO_MARK);
             let mut qb = QueryBuilder::<MySql>::new("SELECT ");
-            push_unread_count(&mut qb, user_id, Mark::Known(mark), Some(micros(at)));
-            let covered: i64 = qb.build_query_scalar().fetch_one(&mut *tx).await?;
+            push_counts(&mut qb, user_id, Mark::Known(mark), Some(micros(at)));
+            let counts: String = qb.build_query_scalar().fetch_one(&mut *tx).await?;
+            let covered = parse_counts(&counts).map_or(0, |c| c.unread);
             sqlx::query(
                 "INSERT INTO inbox_read_marks (user_id, read_through) VALUES (?, ?) \
                  ON DUPLICATE KEY UPDATE read_through = GREATEST(read_through, VALUES(read_through))",
@@ -353,7 +521,44 @@ impl InboxStore for MysqlInbox {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(covered as u64)
+            Ok(covered)
+        })
+        .await
+    }
+
+    async fn mark_all_seen(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
+        retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            // The row lock of the watermarks orders concurrent "seen all"s of one user.
+            let mark: Option<i64> = sqlx::query_scalar(
+                "SELECT read_through FROM inbox_read_marks WHERE user_id = ? FOR UPDATE",
+            )
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let mut qb = QueryBuilder::<MySql>::new("SELECT ");
+            push_counts(
+                &mut qb,
+                user_id,
+                Mark::Known(mark.unwrap_or(NO_MARK)),
+                Some(micros(at)),
+            );
+            let counts: String = qb.build_query_scalar().fetch_one(&mut *tx).await?;
+            let covered = parse_counts(&counts).map_or(0, |c| c.unseen);
+            // A user who never read everything gets a read watermark before every row.
+            sqlx::query(
+                "INSERT INTO inbox_read_marks (user_id, read_through, seen_through) \
+                 VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE \
+                 seen_through = GREATEST(COALESCE(seen_through, ?), VALUES(seen_through))",
+            )
+            .bind(user_id)
+            .bind(NO_MARK)
+            .bind(micros(at))
+            .bind(NO_MARK)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(covered)
         })
         .await
     }
@@ -374,8 +579,8 @@ impl InboxStore for MysqlInbox {
         Ok(n > 0)
     }
 
-    async fn unread_count(&self, user_id: &str) -> Result<u64> {
-        self.count_unread(user_id).await
+    async fn counts(&self, user_id: &str) -> Result<InboxCounts> {
+        self.read_counts(user_id).await
     }
 
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
@@ -389,7 +594,8 @@ impl InboxStore for MysqlInbox {
         // A watermark below the cut covers no row any more.
         super::delete_in_chunks(
             &self.pool,
-            "DELETE FROM inbox_read_marks WHERE read_through < ? LIMIT ?",
+            "DELETE FROM inbox_read_marks \
+             WHERE GREATEST(read_through, COALESCE(seen_through, -1)) < ? LIMIT ?",
             micros(before),
             PURGE_CHUNK,
         )

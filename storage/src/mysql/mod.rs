@@ -180,10 +180,13 @@ async fn apply(conn: &mut MySqlConnection, port: &str, migrations: &[Migration])
         for statement in m.statements() {
             match sqlx::Executor::execute(&mut *conn, statement.as_str()).await {
                 Ok(_) => {}
-                // A drop that finds nothing to drop, or an index added that is there, was
-                // applied by an earlier, interrupted run of this version (MySQL 8 has no
-                // `DROP INDEX IF EXISTS` nor `CREATE INDEX IF NOT EXISTS`).
-                Err(e) if is_already_dropped(&e) || is_already_indexed(&e) => {}
+                // A drop that finds nothing to drop, or an index or column added that is
+                // there, was applied by an earlier, interrupted run of this version (MySQL 8
+                // has no `DROP INDEX IF EXISTS`, `CREATE INDEX IF NOT EXISTS` nor `ADD COLUMN
+                // IF NOT EXISTS`).
+                Err(e)
+                    if is_already_dropped(&e) || is_already_indexed(&e) || is_already_added(&e) => {
+                }
                 Err(e) => {
                     return Err(Error::internal(format!(
                         "MySQL {port} migration {} failed",
@@ -219,6 +222,16 @@ fn is_already_dropped(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => d
             .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
             .is_some_and(|m| m.number() == 1091),
+        _ => false,
+    }
+}
+
+/// ER_DUP_FIELDNAME: a column of that name is there already.
+fn is_already_added(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| m.number() == 1060),
         _ => false,
     }
 }

@@ -299,7 +299,8 @@ fn per_user(event: LiveEvent) -> Vec<(Option<String>, LiveEvent)> {
         LiveEvent::BroadcastActivated { .. } => vec![(None, event)],
         LiveEvent::Read { ref user_id, .. }
         | LiveEvent::Dismiss { ref user_id, .. }
-        | LiveEvent::ReadAll { ref user_id } => vec![(Some(user_id.clone()), event)],
+        | LiveEvent::ReadAll { ref user_id }
+        | LiveEvent::Marked { ref user_id, .. } => vec![(Some(user_id.clone()), event)],
     }
 }
 
@@ -455,6 +456,8 @@ mod tests {
             data: serde_json::Value::Null,
             created_at: chrono::Utc::now(),
             read_at: None,
+            seen_at: None,
+            archived_at: None,
         };
         let users: Vec<String> = (0..100).map(|i| format!("user-{}", i % 50)).collect();
         let items = users.iter().map(|u| n(u)).collect();

@@ -9,7 +9,7 @@ use crate::BackendUrl;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use herald_core::model::BroadcastUserState;
+use herald_core::model::{BroadcastUserState, InboxAction};
 use herald_core::ports::BroadcastStates;
 use herald_core::{Error, Result};
 use scylla::client::session::Session;
@@ -30,6 +30,10 @@ pub mod cql {
         "SELECT broadcast_id, kind, at FROM broadcast_states_by_user WHERE user_id = ?";
     pub const READ: &str = "read";
     pub const DISMISSED: &str = "dismissed";
+    pub const SEEN: &str = "seen";
+    pub const ARCHIVED: &str = "archived";
+    /// An unarchive: the latest of `archived` and `unarchived` says the archive state.
+    pub const UNARCHIVED: &str = "unarchived";
 }
 
 /// Rows fetched per page of a user's marks.
@@ -64,23 +68,34 @@ impl ScyllaBroadcastStates {
     }
 }
 
-/// Folds a user's marks into one state per broadcast, keeping the earliest time of each kind
-/// (rows come in clustering order, but nothing here depends on it).
+/// Folds a user's marks into one state per broadcast, keeping the earliest time of read,
+/// seen and dismissed, and as the archive time the earliest `archived` after the latest
+/// `unarchived` (rows come in clustering order, but nothing here depends on it).
 pub(crate) fn fold(
     user_id: &str,
     marks: impl IntoIterator<Item = (Uuid, String, i64)>,
 ) -> Result<Vec<BroadcastUserState>> {
-    let mut states: BTreeMap<Uuid, BroadcastUserState> = BTreeMap::new();
+    // Per broadcast: its state, every archive time and the latest unarchive.
+    type Folding = (BroadcastUserState, Vec<i64>, Option<i64>);
+    let mut states: BTreeMap<Uuid, Folding> = BTreeMap::new();
     for (id, kind, at) in marks {
-        let state = states.entry(id).or_insert_with(|| BroadcastUserState {
-            broadcast_id: id,
-            user_id: user_id.to_owned(),
-            read_at: None,
-            dismissed_at: None,
-        });
+        let (state, archived, unarchived) = states
+            .entry(id)
+            .or_insert_with(|| (BroadcastUserState::new(id, user_id), Vec::new(), None));
         let slot = match kind.as_str() {
             cql::READ => &mut state.read_at,
             cql::DISMISSED => &mut state.dismissed_at,
+            cql::SEEN => &mut state.seen_at,
+            cql::ARCHIVED => {
+                archived.push(at);
+                continue;
+            }
+            cql::UNARCHIVED => {
+                if unarchived.is_none_or(|t| at > t) {
+                    *unarchived = Some(at);
+                }
+                continue;
+            }
             other => {
                 return Err(crate::corrupt(
                     "broadcast state",
@@ -93,7 +108,17 @@ pub(crate) fn fold(
             *slot = Some(at);
         }
     }
-    Ok(states.into_values().collect())
+    Ok(states
+        .into_values()
+        .map(|(mut state, archived, unarchived)| {
+            state.archived_at = archived
+                .into_iter()
+                .filter(|a| unarchived.is_none_or(|u| *a > u))
+                .min()
+                .map(from_micros);
+            state
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -117,8 +142,20 @@ impl BroadcastStates for ScyllaBroadcastStates {
         fold(user_id, marks)
     }
 
-    async fn mark_read(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<()> {
-        self.mark(user_id, id, cql::READ, at).await
+    async fn apply(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let kind = match action {
+            InboxAction::Seen => cql::SEEN,
+            InboxAction::Read => cql::READ,
+            InboxAction::Archive => cql::ARCHIVED,
+            InboxAction::Unarchive => cql::UNARCHIVED,
+        };
+        self.mark(user_id, id, kind, at).await
     }
 
     async fn dismiss(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<()> {
@@ -167,19 +204,41 @@ mod tests {
             states,
             vec![
                 BroadcastUserState {
-                    broadcast_id: a,
-                    user_id: "u".into(),
                     read_at: Some(from_micros(t(10))),
-                    dismissed_at: None,
+                    ..BroadcastUserState::new(a, "u")
                 },
                 BroadcastUserState {
-                    broadcast_id: b,
-                    user_id: "u".into(),
                     read_at: Some(from_micros(t(5))),
                     dismissed_at: Some(from_micros(t(20))),
+                    ..BroadcastUserState::new(b, "u")
                 },
             ]
         );
-        assert!(fold("u", [(a, "seen".to_owned(), 0)]).is_err());
+        assert!(fold("u", [(a, "opened".to_owned(), 0)]).is_err());
+    }
+
+    #[test]
+    fn the_latest_of_archive_and_unarchive_says_whether_a_broadcast_is_archived() {
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let m = |id, kind: &str, at: i64| (id, kind.to_owned(), at);
+        let states = fold(
+            "u",
+            [
+                m(a, "archived", 10),
+                m(a, "unarchived", 20),
+                m(b, "archived", 10),
+                m(b, "unarchived", 20),
+                m(b, "archived", 30),
+                m(c, "seen", 7),
+                m(c, "seen", 5),
+                m(c, "archived", 9),
+                m(c, "archived", 12),
+            ],
+        )
+        .unwrap();
+        assert_eq!(states[0].archived_at, None);
+        assert_eq!(states[1].archived_at, Some(from_micros(30)));
+        assert_eq!(states[2].archived_at, Some(from_micros(9)));
+        assert_eq!(states[2].seen_at, Some(from_micros(5)));
     }
 }

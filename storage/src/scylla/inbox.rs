@@ -10,7 +10,9 @@ use crate::BackendUrl;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use herald_core::model::{InboxKey, Notification};
+use herald_core::model::{
+    InboxAction, InboxCounts, InboxFilter, InboxKey, Notification, StatusFilter,
+};
 use herald_core::ports::InboxStore;
 use herald_core::{Error, Result};
 use scylla::client::session::Session;
@@ -21,7 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-const MIGRATIONS: &[Migration] = &[cql_migration!("inbox", "0001_init")];
+const MIGRATIONS: &[Migration] = &[
+    cql_migration!("inbox", "0001_init"),
+    cql_migration!("inbox", "0002_states"),
+];
 
 /// Partitions written at once by one `write_batch`: enough to keep every node of a small
 /// cluster busy, few enough that a 1,000-user batch does not queue thousands of requests on
@@ -40,7 +45,8 @@ pub mod cql {
     /// The columns a page reads, in the order `Row` decodes them.
     macro_rules! row_columns {
         () => {
-            "id, campaign_id, title, body, category, data, created_at, read_at, dismissed_at"
+            "id, campaign_id, title, body, category, data, created_at, read_at, dismissed_at, \
+             seen_at, archived_at"
         };
     }
 
@@ -75,24 +81,40 @@ pub mod cql {
         " FROM notifications_by_user WHERE user_id = ? AND created_at = ? AND id = ?"
     );
     /// One row's state by its whole key.
-    pub const ROW: &str = "SELECT title, read_at, dismissed_at FROM notifications_by_user \
-        WHERE user_id = ? AND created_at = ? AND id = ?";
+    pub const ROW: &str = "SELECT title, read_at, dismissed_at, seen_at, archived_at \
+        FROM notifications_by_user WHERE user_id = ? AND created_at = ? AND id = ?";
     pub const MARK_READ: &str = "UPDATE notifications_by_user USING TTL ? SET read_at = ? \
+        WHERE user_id = ? AND created_at = ? AND id = ?";
+    /// Read and seen at once (a row read before it was seen).
+    pub const MARK_READ_SEEN: &str = "UPDATE notifications_by_user USING TTL ? \
+        SET read_at = ?, seen_at = ? WHERE user_id = ? AND created_at = ? AND id = ?";
+    pub const MARK_SEEN: &str = "UPDATE notifications_by_user USING TTL ? SET seen_at = ? \
+        WHERE user_id = ? AND created_at = ? AND id = ?";
+    pub const ARCHIVE: &str = "UPDATE notifications_by_user USING TTL ? SET archived_at = ? \
+        WHERE user_id = ? AND created_at = ? AND id = ?";
+    /// Deletes the archive cell (nothing to expire: a deletion).
+    pub const UNARCHIVE: &str = "DELETE archived_at FROM notifications_by_user \
         WHERE user_id = ? AND created_at = ? AND id = ?";
     pub const DISMISS: &str = "UPDATE notifications_by_user USING TTL ? SET dismissed_at = ? \
         WHERE user_id = ? AND created_at = ? AND id = ?";
-    /// The unread window: the newest rows above the watermark (the limit is the port's
+    /// The count window: the newest rows above the read watermark (the limit is the port's
     /// constant `UNREAD_WINDOW`).
-    pub const WINDOW: &str = "SELECT title, read_at, dismissed_at FROM notifications_by_user \
-        WHERE user_id = ? AND created_at > ? LIMIT 1000";
-    /// The unread window of a "read all": above the old watermark, up to the new one.
-    pub const WINDOW_UPTO: &str = "SELECT title, read_at, dismissed_at FROM notifications_by_user \
-        WHERE user_id = ? AND created_at > ? AND created_at <= ? LIMIT 1000";
-    pub const GET_MARK: &str = "SELECT read_through FROM inbox_read_marks WHERE user_id = ?";
+    pub const WINDOW: &str = "SELECT created_at, title, read_at, dismissed_at, seen_at, \
+        archived_at FROM notifications_by_user WHERE user_id = ? AND created_at > ? LIMIT 1000";
+    /// The count window of a "read all" or "seen all": above the read watermark, up to the
+    /// new one.
+    pub const WINDOW_UPTO: &str = "SELECT created_at, title, read_at, dismissed_at, seen_at, \
+        archived_at FROM notifications_by_user WHERE user_id = ? AND created_at > ? \
+        AND created_at <= ? LIMIT 1000";
+    pub const GET_MARK: &str =
+        "SELECT read_through, seen_through FROM inbox_read_marks WHERE user_id = ?";
     /// The watermark, written with itself as the write time: the latest watermark wins in
     /// whatever order the writes arrive, so it never moves back, without a read or an LWT.
     pub const SET_MARK: &str = "UPDATE inbox_read_marks USING TIMESTAMP ? AND TTL ? \
         SET read_through = ? WHERE user_id = ?";
+    /// The seen watermark, written as the read one is.
+    pub const SET_SEEN_MARK: &str = "UPDATE inbox_read_marks USING TIMESTAMP ? AND TTL ? \
+        SET seen_through = ? WHERE user_id = ?";
 }
 
 /// A time before every row: the watermark of a user who never read everything.
@@ -106,11 +128,16 @@ struct Statements {
     get: PreparedStatement,
     row: PreparedStatement,
     mark_read: PreparedStatement,
+    mark_read_seen: PreparedStatement,
+    mark_seen: PreparedStatement,
+    archive: PreparedStatement,
+    unarchive: PreparedStatement,
     dismiss: PreparedStatement,
     window: PreparedStatement,
     window_upto: PreparedStatement,
     get_mark: PreparedStatement,
     set_mark: PreparedStatement,
+    set_seen_mark: PreparedStatement,
 }
 
 pub struct ScyllaInbox {
@@ -119,7 +146,8 @@ pub struct ScyllaInbox {
     retention: Duration,
 }
 
-/// `(id, campaign_id, title, body, category, data, created_at, read_at, dismissed_at)`.
+/// `(id, campaign_id, title, body, category, data, created_at, read_at, dismissed_at,
+/// seen_at, archived_at)`.
 type Row = (
     Uuid,
     Option<String>,
@@ -130,7 +158,52 @@ type Row = (
     i64,
     Option<i64>,
     Option<i64>,
+    Option<i64>,
+    Option<i64>,
 );
+
+/// A user's watermarks: read, and seen (its own column; a row under either is seen).
+#[derive(Clone, Copy)]
+struct Marks {
+    read: i64,
+    seen: i64,
+}
+
+impl Marks {
+    /// Everything at or below this is seen.
+    fn seen_through(&self) -> i64 {
+        self.read.max(self.seen)
+    }
+}
+
+/// The state cells of one row, as every state decision needs them.
+#[derive(Clone, Copy, Default)]
+struct Cells {
+    created_at: i64,
+    read_at: Option<i64>,
+    seen_at: Option<i64>,
+    archived_at: Option<i64>,
+}
+
+impl Cells {
+    fn read(&self, marks: Marks) -> bool {
+        self.read_at.is_some() || self.created_at <= marks.read
+    }
+
+    fn seen(&self, marks: Marks) -> bool {
+        self.seen_at.is_some() || self.read(marks) || self.created_at <= marks.seen_through()
+    }
+
+    /// Whether `action` changes this row.
+    fn changed_by(&self, action: InboxAction, marks: Marks) -> bool {
+        match action {
+            InboxAction::Seen => !self.seen(marks),
+            InboxAction::Read => !self.read(marks),
+            InboxAction::Archive => self.archived_at.is_none(),
+            InboxAction::Unarchive => self.archived_at.is_some(),
+        }
+    }
+}
 
 /// Where a scan starts and which way it goes.
 #[derive(Clone, Copy)]
@@ -141,9 +214,25 @@ enum Scan {
     Newer(InboxKey),
 }
 
-/// `(title, read_at, dismissed_at)` of one row: a row whose title is missing is not a row
-/// (only a state cell of one that expired or never was).
-type State = (Option<String>, Option<i64>, Option<i64>);
+/// `(title, read_at, dismissed_at, seen_at, archived_at)` of one row: a row whose title is
+/// missing is not a row (only a state cell of one that expired or never was).
+type State = (
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// `(created_at, title, read_at, dismissed_at, seen_at, archived_at)` of a count window.
+type WindowRow = (
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
 
 impl ScyllaInbox {
     /// Connects and prepares; rows are kept `retention` after their `created_at`.
@@ -158,11 +247,16 @@ impl ScyllaInbox {
             get: prepare(s, cql::GET).await?,
             row: prepare(s, cql::ROW).await?,
             mark_read: prepare(s, cql::MARK_READ).await?,
+            mark_read_seen: prepare(s, cql::MARK_READ_SEEN).await?,
+            mark_seen: prepare(s, cql::MARK_SEEN).await?,
+            archive: prepare(s, cql::ARCHIVE).await?,
+            unarchive: prepare(s, cql::UNARCHIVE).await?,
             dismiss: prepare(s, cql::DISMISS).await?,
             window: prepare(s, cql::WINDOW).await?,
             window_upto: prepare(s, cql::WINDOW_UPTO).await?,
             get_mark: prepare(s, cql::GET_MARK).await?,
             set_mark: prepare(s, cql::SET_MARK).await?,
+            set_seen_mark: prepare(s, cql::SET_SEEN_MARK).await?,
         };
         Ok(Self {
             session,
@@ -208,24 +302,36 @@ impl ScyllaInbox {
         Ok(rows)
     }
 
-    async fn mark(&self, user_id: &str) -> Result<i64> {
-        let marks: Vec<(Option<i64>,)> = self.rows(&self.st.get_mark, (user_id,)).await?;
-        Ok(marks.first().and_then(|(m,)| *m).unwrap_or(NO_MARK))
+    async fn marks(&self, user_id: &str) -> Result<Marks> {
+        let marks: Vec<(Option<i64>, Option<i64>)> =
+            self.rows(&self.st.get_mark, (user_id,)).await?;
+        let (read, seen) = marks.first().copied().unwrap_or((None, None));
+        Ok(Marks {
+            read: read.unwrap_or(NO_MARK),
+            seen: seen.unwrap_or(NO_MARK),
+        })
     }
 
-    /// The row's state, if it is a row.
-    async fn state(&self, user_id: &str, key: InboxKey) -> Result<Option<State>> {
+    /// The row's state cells, if it is a visible row (not dismissed).
+    async fn state(&self, user_id: &str, key: InboxKey) -> Result<Option<Cells>> {
+        let created_at = micros(key.created_at);
         let rows: Vec<State> = self
-            .rows(&self.st.row, (user_id, micros(key.created_at), key.id))
+            .rows(&self.st.row, (user_id, created_at, key.id))
             .await?;
-        Ok(rows
-            .into_iter()
-            .next()
-            .filter(|(title, _, _)| title.is_some()))
+        Ok(rows.into_iter().next().and_then(
+            |(title, read_at, dismissed_at, seen_at, archived_at)| {
+                (title.is_some() && dismissed_at.is_none()).then_some(Cells {
+                    created_at,
+                    read_at,
+                    seen_at,
+                    archived_at,
+                })
+            },
+        ))
     }
 
-    /// Sets one state cell of a row (`MARK_READ`, `DISMISS`) to `at`, with the TTL the row has
-    /// left; `false` if it has just run out.
+    /// Sets one state cell of a row (`DISMISS` and the like) to `at`, with the TTL the row
+    /// has left; `false` if it has just run out.
     async fn write_state(
         &self,
         st: &PreparedStatement,
@@ -244,19 +350,69 @@ impl ScyllaInbox {
         Ok(true)
     }
 
-    /// Up to `limit` visible rows from `from` on, reading `limit` (at least [`MIN_FETCH`]) at a
-    /// time until enough are visible or the partition ends. `unread_only` (newest first only)
-    /// skips rows read one by one and stops at the watermark.
+    /// Writes what `action` changes in a row whose cells are `cells` (nothing if it changes
+    /// nothing): one statement by the whole key.
+    async fn write_action(
+        &self,
+        user_id: &str,
+        key: InboxKey,
+        cells: Cells,
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let created_at = micros(key.created_at);
+        let st = match action {
+            InboxAction::Seen if cells.seen_at.is_none() && cells.read_at.is_none() => {
+                &self.st.mark_seen
+            }
+            InboxAction::Read if cells.read_at.is_none() => {
+                if cells.seen_at.is_none() {
+                    let Some(ttl) = self.ttl_of(created_at, Utc::now()) else {
+                        return Ok(false);
+                    };
+                    let at = micros(at);
+                    self.session
+                        .execute_unpaged(
+                            &self.st.mark_read_seen,
+                            (ttl, at, at, user_id, created_at, key.id),
+                        )
+                        .await
+                        .map_err(db_error)?;
+                    return Ok(true);
+                }
+                &self.st.mark_read
+            }
+            InboxAction::Archive if cells.archived_at.is_none() => &self.st.archive,
+            InboxAction::Unarchive if cells.archived_at.is_some() => {
+                self.session
+                    .execute_unpaged(&self.st.unarchive, (user_id, created_at, key.id))
+                    .await
+                    .map_err(db_error)?;
+                return Ok(true);
+            }
+            _ => return Ok(false),
+        };
+        self.write_state(st, user_id, key, at).await
+    }
+
+    /// Up to `limit` visible rows from `from` on that pass `filter`, reading `limit` (at
+    /// least [`MIN_FETCH`]) at a time until enough pass or the partition ends. Unread and
+    /// unseen reads (newest first only) stop at their watermark.
     async fn scan(
         &self,
         user_id: &str,
         mut from: Scan,
         limit: u32,
-        unread_only: bool,
-        mark: i64,
+        filter: InboxFilter,
+        marks: Marks,
     ) -> Result<Vec<Notification>> {
         let mut out = Vec::new();
         let fetch = limit.max(MIN_FETCH);
+        let stop_at = match filter.status {
+            StatusFilter::All => None,
+            StatusFilter::Unread => Some(marks.read),
+            StatusFilter::Unseen => Some(marks.seen_through()),
+        };
         while (out.len() as u32) < limit {
             let rows = match from {
                 Scan::Older(before) => self.older(user_id, before, fetch).await?,
@@ -273,20 +429,20 @@ impl ScyllaInbox {
                 };
             }
             for row in rows {
-                if unread_only {
-                    if row.6 <= mark {
-                        // Newest first: everything from here on is under the watermark.
-                        return Ok(out);
-                    }
-                    if row.7.is_some() {
-                        continue;
-                    }
+                if matches!(from, Scan::Older(_)) && stop_at.is_some_and(|m| row.6 <= m) {
+                    // Newest first: everything from here on is under the watermark.
+                    return Ok(out);
                 }
-                if let Some(n) = visible(user_id, row, mark)? {
-                    out.push(n);
-                    if out.len() as u32 == limit {
-                        return Ok(out);
-                    }
+                let Some(n) = visible(user_id, row, marks)? else {
+                    continue;
+                };
+                let read = n.read_at.is_some();
+                if !filter.admits(read, n.seen_at.is_some(), n.archived_at.is_some()) {
+                    continue;
+                }
+                out.push(n);
+                if out.len() as u32 == limit {
+                    return Ok(out);
                 }
             }
             if exhausted {
@@ -296,10 +452,10 @@ impl ScyllaInbox {
         Ok(out)
     }
 
-    /// The unread rows of the window above `mark`.
-    async fn count_unread(&self, user_id: &str, mark: i64) -> Result<u64> {
-        let window: Vec<State> = self.rows(&self.st.window, (user_id, mark)).await?;
-        Ok(unread_in(&window))
+    /// The counts of the window above the read watermark.
+    async fn count(&self, user_id: &str, marks: Marks) -> Result<InboxCounts> {
+        let window: Vec<WindowRow> = self.rows(&self.st.window, (user_id, marks.read)).await?;
+        Ok(counts_in(&window, marks))
     }
 
     /// One read of up to `n` rows older than `before` (newest when `None`).
@@ -315,19 +471,37 @@ impl ScyllaInbox {
     }
 }
 
-fn unread_in(window: &[State]) -> u64 {
-    window
-        .iter()
-        .filter(|(title, read_at, dismissed_at)| {
-            title.is_some() && read_at.is_none() && dismissed_at.is_none()
-        })
-        .count() as u64
+/// The unread and unseen visible, unarchived rows of a window above the read watermark.
+fn counts_in(window: &[WindowRow], marks: Marks) -> InboxCounts {
+    let mut counts = InboxCounts::default();
+    for &(created_at, ref title, read_at, dismissed_at, seen_at, archived_at) in window {
+        if title.is_none() || read_at.is_some() || dismissed_at.is_some() || archived_at.is_some() {
+            continue;
+        }
+        counts.unread += 1;
+        if seen_at.is_none() && created_at > marks.seen_through() {
+            counts.unseen += 1;
+        }
+    }
+    counts
 }
 
-/// A stored row as a notification, its read time being its own or the watermark's; `None`
-/// for what is not a visible row (dismissed, or a bare state cell).
-fn visible(user_id: &str, row: Row, mark: i64) -> Result<Option<Notification>> {
-    let (id, campaign_id, title, body, category, data, created_at, read_at, dismissed_at) = row;
+/// A stored row as a notification, its read and seen times being its own or a covering
+/// watermark's; `None` for what is not a visible row (dismissed, or a bare state cell).
+fn visible(user_id: &str, row: Row, marks: Marks) -> Result<Option<Notification>> {
+    let (
+        id,
+        campaign_id,
+        title,
+        body,
+        category,
+        data,
+        created_at,
+        read_at,
+        dismissed_at,
+        seen_at,
+        archived_at,
+    ) = row;
     let (Some(title), None) = (title, dismissed_at) else {
         return Ok(None);
     };
@@ -336,7 +510,13 @@ fn visible(user_id: &str, row: Row, mark: i64) -> Result<Option<Notification>> {
             .map_err(|e| Error::internal("corrupt notification data").with_source(e))?,
         None => serde_json::Value::Null,
     };
-    let read_at = read_at.or((created_at <= mark).then_some(mark));
+    let covered = |mark: i64| (created_at <= mark).then_some(mark);
+    let read_at = read_at.or(covered(marks.read));
+    // The earliest of its own seen time, its read time and the covering seen watermark.
+    let seen_at = [seen_at, read_at, covered(marks.seen)]
+        .into_iter()
+        .flatten()
+        .min();
     Ok(Some(Notification {
         id,
         user_id: user_id.to_owned(),
@@ -347,7 +527,19 @@ fn visible(user_id: &str, row: Row, mark: i64) -> Result<Option<Notification>> {
         data,
         created_at: from_micros(created_at),
         read_at: read_at.map(from_micros),
+        seen_at: seen_at.map(from_micros),
+        archived_at: archived_at.map(from_micros),
     }))
+}
+
+/// The cells of a scanned row.
+fn cells_of(row: &Row) -> Cells {
+    Cells {
+        created_at: row.6,
+        read_at: row.7,
+        seen_at: row.9,
+        archived_at: row.10,
+    }
 }
 
 /// The INSERT's values of one row (with its data as JSON and its TTL).
@@ -387,7 +579,7 @@ fn key_of(row: &Row) -> InboxKey {
 #[async_trait]
 impl InboxStore for ScyllaInbox {
     async fn ping(&self) -> Result<()> {
-        self.mark("herald-ping").await.map(|_| ())
+        self.marks("herald-ping").await.map(|_| ())
     }
 
     async fn write_batch(&self, rows: &[Notification]) -> Result<()> {
@@ -434,41 +626,45 @@ impl InboxStore for ScyllaInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        unread_only: bool,
+        filter: InboxFilter,
     ) -> Result<Vec<Notification>> {
-        let mark = self.mark(user_id).await?;
-        self.scan(user_id, Scan::Older(before), limit, unread_only, mark)
+        let marks = self.marks(user_id).await?;
+        self.scan(user_id, Scan::Older(before), limit, filter, marks)
             .await
     }
 
-    async fn page_with_unread(
+    async fn page_with_counts(
         &self,
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        unread_only: bool,
-    ) -> Result<(Vec<Notification>, u64)> {
-        // One watermark read for both, then the page and the unread window side by side.
-        let mark = self.mark(user_id).await?;
+        filter: InboxFilter,
+    ) -> Result<(Vec<Notification>, InboxCounts)> {
+        // One watermark read for both, then the page and the count window side by side.
+        let marks = self.marks(user_id).await?;
         tokio::try_join!(
-            self.scan(user_id, Scan::Older(before), limit, unread_only, mark),
-            self.count_unread(user_id, mark),
+            self.scan(user_id, Scan::Older(before), limit, filter, marks),
+            self.count(user_id, marks),
         )
     }
 
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
-        let mark = self.mark(user_id).await?;
-        self.scan(user_id, Scan::Newer(after), limit, false, mark)
+        let marks = self.marks(user_id).await?;
+        let every = InboxFilter {
+            archived: herald_core::model::ArchivedFilter::Include,
+            ..InboxFilter::default()
+        };
+        self.scan(user_id, Scan::Newer(after), limit, every, marks)
             .await
     }
 
     async fn get(&self, user_id: &str, key: InboxKey) -> Result<Option<Notification>> {
-        let (mark, rows) = tokio::try_join!(
-            self.mark(user_id),
+        let (marks, rows) = tokio::try_join!(
+            self.marks(user_id),
             self.rows::<Row>(&self.st.get, (user_id, micros(key.created_at), key.id)),
         )?;
         match rows.into_iter().next() {
-            Some(row) => visible(user_id, row, mark),
+            Some(row) => visible(user_id, row, marks),
             None => Ok(None),
         }
     }
@@ -478,57 +674,125 @@ impl InboxStore for ScyllaInbox {
         Ok(None)
     }
 
-    async fn mark_read(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
-        // One point read answers "is there such a visible row" (a 404 otherwise) and keeps an
-        // earlier read time; the write is one cell with the TTL the row has left.
-        let Some((_, read_at, dismissed_at)) = self.state(user_id, key).await? else {
-            return Ok(false);
-        };
-        if dismissed_at.is_some() {
-            return Ok(false);
+    async fn apply(
+        &self,
+        user_id: &str,
+        keys: &[InboxKey],
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<InboxKey>> {
+        // One point read per row answers "is there such a visible row" and what it holds;
+        // then at most one write by the whole key, with the TTL the row has left.
+        let marks = self.marks(user_id).await?;
+        let found: Vec<Option<InboxKey>> = futures::stream::iter(keys.iter().copied())
+            .map(|key| async move {
+                let Some(cells) = self.state(user_id, key).await? else {
+                    return Ok::<_, Error>(None);
+                };
+                if cells.changed_by(action, marks) {
+                    self.write_action(user_id, key, cells, action, at).await?;
+                }
+                Ok(Some(key))
+            })
+            .buffered(WRITES_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn apply_before(
+        &self,
+        user_id: &str,
+        before: InboxKey,
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<u64> {
+        // The partition from `before` down, a page at a time; each row the action changes is
+        // one write by its whole key.
+        let marks = self.marks(user_id).await?;
+        let fetch = 1000;
+        let mut from = Some(before);
+        let mut changed = 0u64;
+        loop {
+            let rows = self.older(user_id, from, fetch).await?;
+            let exhausted = (rows.len() as u32) < fetch;
+            from = rows.last().map(key_of).or(from);
+            let writes: Vec<(InboxKey, Cells)> = rows
+                .iter()
+                .filter(|r| r.2.is_some() && r.8.is_none())
+                .map(|r| (key_of(r), cells_of(r)))
+                .filter(|(_, c)| c.changed_by(action, marks))
+                .collect();
+            let n: Vec<bool> = futures::stream::iter(writes)
+                .map(|(key, cells)| self.write_action(user_id, key, cells, action, at))
+                .buffer_unordered(WRITES_IN_FLIGHT)
+                .try_collect()
+                .await?;
+            changed += n.into_iter().filter(|w| *w).count() as u64;
+            if exhausted {
+                return Ok(changed);
+            }
         }
-        if read_at.is_some() {
-            return Ok(true);
-        }
-        self.write_state(&self.st.mark_read, user_id, key, at).await
     }
 
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
-        let old = self.mark(user_id).await?;
+        let old = self.marks(user_id).await?;
         let at = micros(at);
-        let covered = if at > old {
-            let window: Vec<State> = self.rows(&self.st.window_upto, (user_id, old, at)).await?;
-            unread_in(&window)
+        let covered = if at > old.read {
+            let window: Vec<WindowRow> = self
+                .rows(&self.st.window_upto, (user_id, old.read, at))
+                .await?;
+            counts_in(&window, old).unread
         } else {
             0
         };
-        // Kept as long as a row it covers can be: a retention period.
-        let ttl = self.retention.as_secs().clamp(1, MAX_TTL as u64) as i32;
-        self.session
-            .execute_unpaged(&self.st.set_mark, (at, ttl, at, user_id))
-            .await
-            .map_err(db_error)?;
+        self.set_mark(&self.st.set_mark, user_id, at).await?;
+        Ok(covered)
+    }
+
+    async fn mark_all_seen(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
+        let old = self.marks(user_id).await?;
+        let at = micros(at);
+        let covered = if at > old.seen_through() {
+            let window: Vec<WindowRow> = self
+                .rows(&self.st.window_upto, (user_id, old.read, at))
+                .await?;
+            counts_in(&window, old).unseen
+        } else {
+            0
+        };
+        self.set_mark(&self.st.set_seen_mark, user_id, at).await?;
         Ok(covered)
     }
 
     async fn dismiss(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
-        let Some((_, _, dismissed_at)) = self.state(user_id, key).await? else {
-            return Ok(false);
-        };
-        if dismissed_at.is_some() {
+        if self.state(user_id, key).await?.is_none() {
             return Ok(false);
         }
         self.write_state(&self.st.dismiss, user_id, key, at).await
     }
 
-    async fn unread_count(&self, user_id: &str) -> Result<u64> {
-        let mark = self.mark(user_id).await?;
-        self.count_unread(user_id, mark).await
+    async fn counts(&self, user_id: &str) -> Result<InboxCounts> {
+        let marks = self.marks(user_id).await?;
+        self.count(user_id, marks).await
     }
 
     async fn purge_before(&self, _before: DateTime<Utc>) -> Result<u64> {
         // Rows and watermarks expire by their TTL.
         Ok(0)
+    }
+}
+
+impl ScyllaInbox {
+    /// Writes a watermark (`SET_MARK`, `SET_SEEN_MARK`) with itself as the write time, kept
+    /// as long as a row it covers can be: a retention period.
+    async fn set_mark(&self, st: &PreparedStatement, user_id: &str, at: i64) -> Result<()> {
+        let ttl = self.retention.as_secs().clamp(1, MAX_TTL as u64) as i32;
+        self.session
+            .execute_unpaged(st, (at, ttl, at, user_id))
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 }
 
@@ -551,11 +815,16 @@ mod tests {
             ("GET", cql::GET, 3),
             ("ROW", cql::ROW, 3),
             ("MARK_READ", cql::MARK_READ, 5),
+            ("MARK_READ_SEEN", cql::MARK_READ_SEEN, 6),
+            ("MARK_SEEN", cql::MARK_SEEN, 5),
+            ("ARCHIVE", cql::ARCHIVE, 5),
+            ("UNARCHIVE", cql::UNARCHIVE, 3),
             ("DISMISS", cql::DISMISS, 5),
             ("WINDOW", cql::WINDOW, 2),
             ("WINDOW_UPTO", cql::WINDOW_UPTO, 3),
             ("GET_MARK", cql::GET_MARK, 1),
             ("SET_MARK", cql::SET_MARK, 4),
+            ("SET_SEEN_MARK", cql::SET_SEEN_MARK, 4),
         ] {
             assert_eq!(markers(s), n, "{name}: {s}");
         }
@@ -569,7 +838,8 @@ mod tests {
              body, category, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
         );
         let cols =
-            "id, campaign_id, title, body, category, data, created_at, read_at, dismissed_at";
+            "id, campaign_id, title, body, category, data, created_at, read_at, dismissed_at, \
+             seen_at, archived_at";
         assert_eq!(
             cql::NEWEST,
             format!("SELECT {cols} FROM notifications_by_user WHERE user_id = ? LIMIT ?")
@@ -592,6 +862,16 @@ mod tests {
             cql::SET_MARK,
             "UPDATE inbox_read_marks USING TIMESTAMP ? AND TTL ? SET read_through = ? \
              WHERE user_id = ?"
+        );
+        assert_eq!(
+            cql::SET_SEEN_MARK,
+            "UPDATE inbox_read_marks USING TIMESTAMP ? AND TTL ? SET seen_through = ? \
+             WHERE user_id = ?"
+        );
+        assert_eq!(
+            cql::UNARCHIVE,
+            "DELETE archived_at FROM notifications_by_user \
+             WHERE user_id = ? AND created_at = ? AND id = ?"
         );
     }
 
@@ -618,13 +898,25 @@ mod tests {
                 "body",
                 "read_at",
                 "dismissed_at",
+                "seen_at",
+                "archived_at",
                 "campaign_id",
                 "read_through",
+                "seen_through",
             ] {
                 assert!(!filter.contains(col), "{col} restricted in {s}");
             }
         }
-        for s in [cql::INSERT, cql::MARK_READ, cql::DISMISS, cql::SET_MARK] {
+        for s in [
+            cql::INSERT,
+            cql::MARK_READ,
+            cql::MARK_READ_SEEN,
+            cql::MARK_SEEN,
+            cql::ARCHIVE,
+            cql::DISMISS,
+            cql::SET_MARK,
+            cql::SET_SEEN_MARK,
+        ] {
             let upper = s.to_ascii_uppercase();
             assert!(!upper.contains(" IF "), "no LWT: {s}");
             assert!(upper.contains("TTL ?"), "every write carries its TTL: {s}");
@@ -636,6 +928,96 @@ mod tests {
         let limit = format!("LIMIT {UNREAD_WINDOW}");
         assert!(cql::WINDOW.ends_with(&limit), "{}", cql::WINDOW);
         assert!(cql::WINDOW_UPTO.ends_with(&limit), "{}", cql::WINDOW_UPTO);
+    }
+
+    /// The state logic this engine does in the adapter (the SQL engines do it in their
+    /// statements), checked without a cluster.
+    #[test]
+    fn seen_and_counts_follow_the_cells_and_both_watermarks() {
+        use super::{counts_in, visible, Cells, Marks};
+        use herald_core::model::InboxAction;
+        let marks = Marks {
+            read: 100,
+            seen: 200,
+        };
+        let row = |created_at: i64, read_at, seen_at, archived_at| {
+            (
+                uuid::Uuid::from_u128(created_at as u128),
+                None,
+                Some("t".to_owned()),
+                None,
+                None,
+                None,
+                created_at,
+                read_at,
+                None,
+                seen_at,
+                archived_at,
+            )
+        };
+        // Under both marks: read at the read mark, seen at the earlier of the two.
+        let n = visible("u", row(50, None, None, None), marks)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n.read_at.map(|t| t.timestamp_micros()), Some(100));
+        assert_eq!(n.seen_at.map(|t| t.timestamp_micros()), Some(100));
+        // Under the seen mark only; read by itself later; unseen above both.
+        let n = visible("u", row(150, None, None, None), marks)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (n.read_at, n.seen_at.map(|t| t.timestamp_micros())),
+            (None, Some(200))
+        );
+        let n = visible("u", row(300, Some(400), None, None), marks)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n.seen_at.map(|t| t.timestamp_micros()), Some(400));
+        let n = visible("u", row(300, None, None, Some(5)), marks)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (n.seen_at, n.archived_at.map(|t| t.timestamp_micros())),
+            (None, Some(5))
+        );
+        // The window holds rows above the read mark: unread 4 (one archived, one read, one
+        // dismissed and one not a row left out), unseen 2 (one under the seen mark, one seen).
+        let window = [
+            (150, Some("t".to_owned()), None, None, None, None),
+            (250, Some("t".to_owned()), None, None, None, None),
+            (260, Some("t".to_owned()), None, None, Some(1), None),
+            (270, Some("t".to_owned()), None, None, None, Some(1)),
+            (280, Some("t".to_owned()), Some(1), None, None, None),
+            (290, Some("t".to_owned()), None, Some(1), None, None),
+            (300, None, None, None, None, None),
+            (310, Some("t".to_owned()), None, None, None, None),
+        ];
+        let c = counts_in(&window, marks);
+        assert_eq!((c.unread, c.unseen), (4, 2));
+        let cells = |created_at, read_at, seen_at, archived_at| Cells {
+            created_at,
+            read_at,
+            seen_at,
+            archived_at,
+        };
+        assert!(!cells(150, None, None, None).changed_by(InboxAction::Seen, marks));
+        assert!(cells(150, None, None, None).changed_by(InboxAction::Read, marks));
+        assert!(cells(250, None, None, None).changed_by(InboxAction::Seen, marks));
+        assert!(!cells(250, None, None, None).changed_by(InboxAction::Unarchive, marks));
+        assert!(cells(250, None, None, Some(1)).changed_by(InboxAction::Unarchive, marks));
+    }
+
+    #[test]
+    fn the_second_schema_file_only_adds_the_state_columns() {
+        let statements: Vec<String> = super::MIGRATIONS[1].statements().collect();
+        assert_eq!(
+            statements,
+            [
+                "ALTER TABLE notifications_by_user ADD seen_at bigint",
+                "ALTER TABLE notifications_by_user ADD archived_at bigint",
+                "ALTER TABLE inbox_read_marks ADD seen_through bigint",
+            ]
+        );
     }
 
     #[test]

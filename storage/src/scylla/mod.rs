@@ -308,10 +308,13 @@ async fn migrate(session: &Session, port: &str, migrations: &[Migration]) -> Res
             continue;
         }
         for statement in m.statements() {
-            session
-                .query_unpaged(statement, ())
-                .await
-                .map_err(db_error)?;
+            if let Err(e) = session.query_unpaged(statement.as_str(), ()).await {
+                // A file cut short (the process died between its statements) runs again
+                // from its first statement: a column it added then is there already.
+                if !(is_add_column(&statement) && added_already(&e.to_string())) {
+                    return Err(db_error(e));
+                }
+            }
         }
         let _ = session.await_schema_agreement().await;
         session
@@ -323,6 +326,19 @@ async fn migrate(session: &Session, port: &str, migrations: &[Migration]) -> Res
             .map_err(db_error)?;
     }
     Ok(())
+}
+
+fn is_add_column(statement: &str) -> bool {
+    let upper = statement.to_ascii_uppercase();
+    upper.starts_with("ALTER TABLE") && upper.contains(" ADD ")
+}
+
+/// Whether a server's error says the column an `ALTER TABLE … ADD` adds exists (Cassandra:
+/// "Invalid column name x because it conflicts with an existing column"; ScyllaDB: "Column
+/// x already exists").
+fn added_already(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("conflicts with an existing column") || m.contains("already exist")
 }
 
 /// Prepares `cql`, marked idempotent: every statement Herald sends to CQL sets or reads fixed

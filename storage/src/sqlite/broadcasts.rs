@@ -8,14 +8,17 @@ use crate::time::{micros, opt_from_micros};
 use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use herald_core::model::{Broadcast, BroadcastStatus, BroadcastUserState};
+use herald_core::model::{Broadcast, BroadcastStatus, BroadcastUserState, InboxAction};
 use herald_core::ports::{BroadcastStates, BroadcastStore};
 use herald_core::{Error, ErrorKind, Result};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
 
-const MIGRATIONS: &[Migration] = &[migration!("sqlite", "broadcasts", "0001_init")];
+const MIGRATIONS: &[Migration] = &[
+    migration!("sqlite", "broadcasts", "0001_init"),
+    migration!("sqlite", "broadcasts", "0002_states"),
+];
 
 pub struct SqliteBroadcasts {
     pool: SqlitePool,
@@ -130,8 +133,8 @@ impl BroadcastStates for SqliteBroadcasts {
 
     async fn user_states(&self, user_id: &str) -> Result<Vec<BroadcastUserState>> {
         let rows = sqlx::query(
-            "SELECT broadcast_id, read_at, dismissed_at FROM broadcast_user_state \
-             WHERE user_id = ?",
+            "SELECT broadcast_id, read_at, dismissed_at, seen_at, archived_at \
+             FROM broadcast_user_state WHERE user_id = ?",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -145,25 +148,49 @@ impl BroadcastStates for SqliteBroadcasts {
                     user_id: user_id.to_owned(),
                     read_at: opt_from_micros(row.get("read_at")),
                     dismissed_at: opt_from_micros(row.get("dismissed_at")),
+                    seen_at: opt_from_micros(row.get("seen_at")),
+                    archived_at: opt_from_micros(row.get("archived_at")),
                 })
             })
             .collect()
     }
 
-    async fn mark_read(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO broadcast_user_state (user_id, broadcast_id, read_at) VALUES (?, ?, ?) \
-             ON CONFLICT (user_id, broadcast_id) DO UPDATE SET \
-             read_at = CASE WHEN broadcast_user_state.read_at IS NULL \
-             OR excluded.read_at < broadcast_user_state.read_at THEN excluded.read_at \
-             ELSE broadcast_user_state.read_at END",
-        )
-        .bind(user_id)
-        .bind(id.as_bytes().to_vec())
-        .bind(micros(at))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
+    async fn apply(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        // The earliest time of each state is kept; an unarchive clears the archive time.
+        let sql = match action {
+            InboxAction::Seen => {
+                "INSERT INTO broadcast_user_state (user_id, broadcast_id, seen_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (user_id, broadcast_id) DO UPDATE SET \
+                 seen_at = MIN(COALESCE(seen_at, excluded.seen_at), excluded.seen_at)"
+            }
+            InboxAction::Read => {
+                "INSERT INTO broadcast_user_state (user_id, broadcast_id, read_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (user_id, broadcast_id) DO UPDATE SET \
+                 read_at = MIN(COALESCE(read_at, excluded.read_at), excluded.read_at)"
+            }
+            InboxAction::Archive => {
+                "INSERT INTO broadcast_user_state (user_id, broadcast_id, archived_at) \
+                 VALUES (?, ?, ?) ON CONFLICT (user_id, broadcast_id) DO UPDATE SET \
+                 archived_at = MIN(COALESCE(archived_at, excluded.archived_at), excluded.archived_at)"
+            }
+            InboxAction::Unarchive => {
+                "UPDATE broadcast_user_state SET archived_at = NULL \
+                 WHERE user_id = ? AND broadcast_id = ? AND ? IS NOT NULL"
+            }
+        };
+        sqlx::query(sql)
+            .bind(user_id)
+            .bind(id.as_bytes().to_vec())
+            .bind(micros(at))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 

@@ -10,8 +10,10 @@ use crate::time::{from_micros, micros, opt_from_micros};
 use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use herald_core::model::{InboxKey, Notification};
-use herald_core::ports::{InboxStore, UNREAD_WINDOW};
+use herald_core::model::{
+    ArchivedFilter, InboxAction, InboxCounts, InboxFilter, InboxKey, Notification, StatusFilter,
+};
+use herald_core::ports::{InboxStore, MAX_BULK, UNREAD_WINDOW};
 use herald_core::Result;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -20,6 +22,7 @@ use uuid::Uuid;
 const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "inbox", "0001_init"),
     migration!("sqlite", "inbox", "0002_read_marks"),
+    migration!("sqlite", "inbox", "0003_states"),
 ];
 /// Rows per multi-row INSERT (9 parameters each). Measured faster than one JSON parameter
 /// unpacked with `json_each`, which re-parses each row object once per column.
@@ -39,6 +42,8 @@ struct RowOut {
     data: serde_json::Value,
     created_at: i64,
     read_at: Option<i64>,
+    seen_at: Option<i64>,
+    archived_at: Option<i64>,
 }
 
 impl RowOut {
@@ -53,19 +58,21 @@ impl RowOut {
             data: self.data,
             created_at: from_micros(self.created_at),
             read_at: opt_from_micros(self.read_at),
+            seen_at: opt_from_micros(self.seen_at),
+            archived_at: opt_from_micros(self.archived_at),
         })
     }
 }
 
-/// Appends the page subquery: the user's visible rows older than `before`, newest first, as
-/// ONE JSON array value, so sqlx hands over one value instead of a row (and a thread hop) per
-/// notification.
+/// Appends the page subquery: the user's visible rows older than `before` that pass
+/// `filter`, newest first, as ONE JSON array value, so sqlx hands over one value instead of a
+/// row (and a thread hop) per notification.
 fn push_page_json(
     qb: &mut QueryBuilder<'_, Sqlite>,
     user_id: &str,
     before: Option<InboxKey>,
     limit: u32,
-    unread_only: bool,
+    filter: InboxFilter,
 ) {
     qb.push(
         "(SELECT json_group_array(json_object('id', hex(id), 'user_id', user_id, \
@@ -73,7 +80,9 @@ fn push_page_json(
          'data', json(data), 'created_at', created_at, 'read_at', ",
     );
     push_read_at(qb, user_id);
-    qb.push(")) FROM (SELECT * FROM notifications WHERE user_id = ");
+    qb.push(", 'seen_at', ");
+    push_seen_at(qb, user_id);
+    qb.push(", 'archived_at', archived_at)) FROM (SELECT * FROM notifications WHERE user_id = ");
     qb.push_bind(user_id.to_owned())
         .push(" AND dismissed_at IS NULL");
     if let Some(before) = before {
@@ -83,55 +92,173 @@ fn push_page_json(
             .push_bind(before.id.as_bytes().to_vec())
             .push(")");
     }
-    if unread_only {
-        qb.push(" AND read_at IS NULL AND created_at > ");
-        push_mark_or_none(qb, user_id);
+    match filter.status {
+        StatusFilter::All => {}
+        StatusFilter::Unread => push_unread(qb, user_id),
+        StatusFilter::Unseen => push_unseen(qb, user_id),
     }
+    push_archived(qb, filter.archived);
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(limit))
         .push("))");
 }
 
-/// The user's read watermark (NULL when they never read everything): a scalar subquery,
-/// evaluated once per statement.
-fn push_mark(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
-    qb.push("(SELECT read_through FROM inbox_read_marks WHERE user_id = ")
+/// ` AND` the archive state `filter` asks for.
+fn push_archived(qb: &mut QueryBuilder<'_, Sqlite>, filter: ArchivedFilter) {
+    match filter {
+        ArchivedFilter::Exclude => qb.push(" AND archived_at IS NULL"),
+        ArchivedFilter::Include => qb,
+        ArchivedFilter::Only => qb.push(" AND archived_at IS NOT NULL"),
+    };
+}
+
+/// ` AND` the row is unread: not marked read, above the read watermark.
+fn push_unread(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
+    qb.push(" AND read_at IS NULL AND created_at > ");
+    push_mark_or_none(qb, user_id, "read_through");
+}
+
+/// ` AND` the row is unseen: neither marked seen nor read, above both watermarks.
+fn push_unseen(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
+    push_unread(qb, user_id);
+    qb.push(" AND seen_at IS NULL AND created_at > ");
+    push_mark_or_none(qb, user_id, "seen_through");
+}
+
+/// One of the user's watermarks (`read_through`, `seen_through`; NULL when they never
+/// marked everything so): a scalar subquery, evaluated once per statement.
+fn push_mark(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, column: &'static str) {
+    qb.push("(SELECT ")
+        .push(column)
+        .push(" FROM inbox_read_marks WHERE user_id = ")
         .push_bind(user_id.to_owned())
         .push(")");
 }
 
 /// The watermark, or a time before every row.
-fn push_mark_or_none(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
+fn push_mark_or_none(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, column: &'static str) {
     qb.push("COALESCE(");
-    push_mark(qb, user_id);
+    push_mark(qb, user_id, column);
     qb.push(", -1)");
 }
 
 /// A row's read time: its own, else the watermark's if the watermark covers it.
 fn push_read_at(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
-    qb.push("COALESCE(read_at, CASE WHEN created_at <= ");
-    push_mark(qb, user_id);
-    qb.push(" THEN ");
-    push_mark(qb, user_id);
-    qb.push(" END)");
+    qb.push("COALESCE(read_at, ");
+    push_covered_by(qb, user_id, "read_through");
+    qb.push(")");
 }
 
-/// The unread count: unread visible rows among the newest [`UNREAD_WINDOW`] above the
-/// watermark (and at or below `upto`), one range of the primary key.
-fn push_unread_count(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, upto: Option<i64>) {
+/// A row's seen time: the earliest of its own seen and read times and the times of the
+/// watermarks that cover it (NULL if none).
+fn push_seen_at(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
+    const NEVER: &str = "9223372036854775807";
+    qb.push(format!(
+        "NULLIF(MIN(COALESCE(seen_at, {NEVER}), COALESCE(read_at, {NEVER}), COALESCE("
+    ));
+    push_covered_by(qb, user_id, "read_through");
+    qb.push(format!(", {NEVER}), COALESCE("));
+    push_covered_by(qb, user_id, "seen_through");
+    qb.push(format!(", {NEVER})), {NEVER})"));
+}
+
+/// The watermark's time if it covers the row, else NULL.
+fn push_covered_by(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, column: &'static str) {
+    qb.push("CASE WHEN created_at <= ");
+    push_mark(qb, user_id, column);
+    qb.push(" THEN ");
+    push_mark(qb, user_id, column);
+    qb.push(" END");
+}
+
+/// The two counts (unread, unseen) over the window `push_window` reads.
+fn push_counts(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
     qb.push(
-        "(SELECT COUNT(*) FROM (SELECT read_at, dismissed_at FROM notifications \
-         WHERE user_id = ",
+        "COUNT(CASE WHEN read_at IS NULL AND dismissed_at IS NULL AND archived_at IS NULL \
+         THEN 1 END), COUNT(CASE WHEN read_at IS NULL AND seen_at IS NULL \
+         AND dismissed_at IS NULL AND archived_at IS NULL AND created_at > ",
+    );
+    push_mark_or_none(qb, user_id, "seen_through");
+    qb.push(" THEN 1 END)");
+}
+
+/// ` FROM` the count window: the newest [`UNREAD_WINDOW`] rows above the read watermark (and
+/// at or below `upto`), one range of the primary key.
+fn push_window(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, upto: Option<i64>) {
+    qb.push(
+        " FROM (SELECT created_at, read_at, seen_at, archived_at, dismissed_at \
+         FROM notifications WHERE user_id = ",
     )
     .push_bind(user_id.to_owned())
     .push(" AND created_at > ");
-    push_mark_or_none(qb, user_id);
+    push_mark_or_none(qb, user_id, "read_through");
     if let Some(upto) = upto {
         qb.push(" AND created_at <= ").push_bind(upto);
     }
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(UNREAD_WINDOW))
-        .push(") WHERE read_at IS NULL AND dismissed_at IS NULL)");
+        .push(")");
+}
+
+/// `SELECT` the columns of a notification, its read and seen times as [`push_page_json`]
+/// gives them.
+fn push_columns(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
+    qb.push("SELECT id, user_id, campaign_id, title, body, category, data, created_at, ");
+    push_read_at(qb, user_id);
+    qb.push(" AS read_at, ");
+    push_seen_at(qb, user_id);
+    qb.push(" AS seen_at, archived_at");
+}
+
+/// The `SET` of an action (`?` bound to its time where it has one).
+fn push_set(qb: &mut QueryBuilder<'_, Sqlite>, action: InboxAction, at: i64) {
+    match action {
+        InboxAction::Seen => qb
+            .push("seen_at = COALESCE(seen_at, ")
+            .push_bind(at)
+            .push(")"),
+        InboxAction::Read => qb
+            .push("read_at = COALESCE(read_at, ")
+            .push_bind(at)
+            .push("), seen_at = COALESCE(seen_at, ")
+            .push_bind(at)
+            .push(")"),
+        InboxAction::Archive => qb
+            .push("archived_at = COALESCE(archived_at, ")
+            .push_bind(at)
+            .push(")"),
+        InboxAction::Unarchive => qb.push("archived_at = NULL"),
+    };
+}
+
+/// ` AND` the row is one the action changes.
+fn push_changes(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, action: InboxAction) {
+    match action {
+        InboxAction::Seen => push_unseen(qb, user_id),
+        InboxAction::Read => push_unread(qb, user_id),
+        InboxAction::Archive => {
+            qb.push(" AND archived_at IS NULL");
+        }
+        InboxAction::Unarchive => {
+            qb.push(" AND archived_at IS NOT NULL");
+        }
+    }
+}
+
+/// ` AND` the row is one of `keys` (by whole key; at most [`MAX_BULK`] of them).
+fn push_keys(qb: &mut QueryBuilder<'_, Sqlite>, keys: &[InboxKey]) {
+    qb.push(" AND (");
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            qb.push(" OR ");
+        }
+        qb.push("(created_at = ")
+            .push_bind(micros(k.created_at))
+            .push(" AND id = ")
+            .push_bind(k.id.as_bytes().to_vec())
+            .push(")");
+    }
+    qb.push(")");
 }
 
 fn parse_page(json: Option<String>) -> Result<Vec<Notification>> {
@@ -180,6 +307,8 @@ fn row_to_notification(row: &SqliteRow) -> Result<Notification> {
         data: serde_json::from_str(&data).map_err(|e| corrupt("notification data", e))?,
         created_at: from_micros(row.get("created_at")),
         read_at: opt_from_micros(row.get("read_at")),
+        seen_at: opt_from_micros(row.get("seen_at")),
+        archived_at: opt_from_micros(row.get("archived_at")),
     })
 }
 
@@ -226,10 +355,10 @@ impl InboxStore for SqliteInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        unread_only: bool,
+        filter: InboxFilter,
     ) -> Result<Vec<Notification>> {
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_page_json(&mut qb, user_id, before, limit, unread_only);
+        push_page_json(&mut qb, user_id, before, limit, filter);
         let (json,): (Option<String>,) = qb
             .build_query_as()
             .fetch_one(&self.pool)
@@ -238,32 +367,36 @@ impl InboxStore for SqliteInbox {
         parse_page(json)
     }
 
-    async fn page_with_unread(
+    async fn page_with_counts(
         &self,
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        unread_only: bool,
-    ) -> Result<(Vec<Notification>, u64)> {
-        // Both in one statement: one trip to sqlx's connection thread instead of two.
+        filter: InboxFilter,
+    ) -> Result<(Vec<Notification>, InboxCounts)> {
+        // Both in one statement: one trip to sqlx's connection thread instead of two. The
+        // page is an uncorrelated scalar subquery, evaluated once beside the window's counts.
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_page_json(&mut qb, user_id, before, limit, unread_only);
+        push_page_json(&mut qb, user_id, before, limit, filter);
         qb.push(", ");
-        push_unread_count(&mut qb, user_id, None);
-        let (json, unread): (Option<String>, i64) = qb
+        push_counts(&mut qb, user_id);
+        push_window(&mut qb, user_id, None);
+        let (json, unread, unseen): (Option<String>, i64, i64) = qb
             .build_query_as()
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.db_error(e))?;
-        Ok((parse_page(json)?, unread as u64))
+        let counts = InboxCounts {
+            unread: unread as u64,
+            unseen: unseen as u64,
+        };
+        Ok((parse_page(json)?, counts))
     }
 
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT id, user_id, campaign_id, title, body, category, data, created_at, ",
-        );
-        push_read_at(&mut qb, user_id);
-        qb.push(" AS read_at FROM notifications WHERE user_id = ")
+        let mut qb = QueryBuilder::<Sqlite>::new("");
+        push_columns(&mut qb, user_id);
+        qb.push(" FROM notifications WHERE user_id = ")
             .push_bind(user_id.to_owned())
             .push(" AND dismissed_at IS NULL AND (created_at, id) > (")
             .push_bind(micros(after.created_at))
@@ -280,11 +413,9 @@ impl InboxStore for SqliteInbox {
     }
 
     async fn get(&self, user_id: &str, key: InboxKey) -> Result<Option<Notification>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT id, user_id, campaign_id, title, body, category, data, created_at, ",
-        );
-        push_read_at(&mut qb, user_id);
-        qb.push(" AS read_at FROM notifications WHERE user_id = ")
+        let mut qb = QueryBuilder::<Sqlite>::new("");
+        push_columns(&mut qb, user_id);
+        qb.push(" FROM notifications WHERE user_id = ")
             .push_bind(user_id.to_owned())
             .push(" AND created_at = ")
             .push_bind(micros(key.created_at))
@@ -316,28 +447,87 @@ impl InboxStore for SqliteInbox {
         }))
     }
 
-    async fn mark_read(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
+    async fn apply(
+        &self,
+        user_id: &str,
+        keys: &[InboxKey],
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<InboxKey>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        debug_assert!(keys.len() <= MAX_BULK);
+        let (_gate, mut tx) = self.db.begin().await?;
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT created_at, id FROM notifications WHERE user_id = ",
+        );
+        qb.push_bind(user_id.to_owned())
+            .push(" AND dismissed_at IS NULL");
+        push_keys(&mut qb, keys);
+        let found: Vec<(i64, Vec<u8>)> = qb
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let found = found
+            .into_iter()
+            .map(|(created_at, id)| {
+                Ok(InboxKey {
+                    created_at: from_micros(created_at),
+                    id: Uuid::from_slice(&id).map_err(|e| corrupt("notification id", e))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !found.is_empty() {
+            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE notifications SET ");
+            push_set(&mut qb, action, micros(at));
+            qb.push(" WHERE user_id = ")
+                .push_bind(user_id.to_owned())
+                .push(" AND dismissed_at IS NULL");
+            push_keys(&mut qb, &found);
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(found)
+    }
+
+    async fn apply_before(
+        &self,
+        user_id: &str,
+        before: InboxKey,
+        action: InboxAction,
+        at: DateTime<Utc>,
+    ) -> Result<u64> {
         let _gate = self.db.gate().await;
-        let n = sqlx::query(
-            "UPDATE notifications SET read_at = COALESCE(read_at, ?) \
-             WHERE user_id = ? AND created_at = ? AND id = ? AND dismissed_at IS NULL",
-        )
-        .bind(micros(at))
-        .bind(user_id)
-        .bind(micros(key.created_at))
-        .bind(key.id.as_bytes().to_vec())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?
-        .rows_affected();
-        Ok(n > 0)
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE notifications SET ");
+        push_set(&mut qb, action, micros(at));
+        qb.push(" WHERE user_id = ")
+            .push_bind(user_id.to_owned())
+            .push(" AND (created_at, id) < (")
+            .push_bind(micros(before.created_at))
+            .push(", ")
+            .push_bind(before.id.as_bytes().to_vec())
+            .push(") AND dismissed_at IS NULL");
+        push_changes(&mut qb, user_id, action);
+        let n = qb
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?
+            .rows_affected();
+        Ok(n)
     }
 
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
         let (_gate, mut tx) = self.db.begin().await?;
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_unread_count(&mut qb, user_id, Some(micros(at)));
-        let (covered,): (i64,) = qb
+        push_counts(&mut qb, user_id);
+        push_window(&mut qb, user_id, Some(micros(at)));
+        let (covered, _): (i64, i64) = qb
             .build_query_as()
             .fetch_one(&mut *tx)
             .await
@@ -346,6 +536,31 @@ impl InboxStore for SqliteInbox {
             "INSERT INTO inbox_read_marks (user_id, read_through) VALUES (?, ?) \
              ON CONFLICT (user_id) DO UPDATE \
              SET read_through = MAX(read_through, excluded.read_through)",
+        )
+        .bind(user_id)
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(covered as u64)
+    }
+
+    async fn mark_all_seen(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
+        let (_gate, mut tx) = self.db.begin().await?;
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
+        push_counts(&mut qb, user_id);
+        push_window(&mut qb, user_id, Some(micros(at)));
+        let (_, covered): (i64, i64) = qb
+            .build_query_as()
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        // A user who never read everything gets a read watermark before every row.
+        sqlx::query(
+            "INSERT INTO inbox_read_marks (user_id, read_through, seen_through) \
+             VALUES (?, -1, ?) ON CONFLICT (user_id) DO UPDATE \
+             SET seen_through = MAX(COALESCE(seen_through, -1), excluded.seen_through)",
         )
         .bind(user_id)
         .bind(micros(at))
@@ -373,15 +588,19 @@ impl InboxStore for SqliteInbox {
         Ok(n > 0)
     }
 
-    async fn unread_count(&self, user_id: &str) -> Result<u64> {
+    async fn counts(&self, user_id: &str) -> Result<InboxCounts> {
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_unread_count(&mut qb, user_id, None);
-        let (n,): (i64,) = qb
+        push_counts(&mut qb, user_id);
+        push_window(&mut qb, user_id, None);
+        let (unread, unseen): (i64, i64) = qb
             .build_query_as()
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.db_error(e))?;
-        Ok(n as u64)
+        Ok(InboxCounts {
+            unread: unread as u64,
+            unseen: unseen as u64,
+        })
     }
 
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
@@ -401,11 +620,15 @@ impl InboxStore for SqliteInbox {
             total += n;
             if n < PURGE_CHUNK as u64 {
                 // A watermark below the cut covers no row any more.
-                sqlx::query("DELETE FROM inbox_read_marks WHERE read_through < ?")
-                    .bind(micros(before))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| self.db_error(e))?;
+                sqlx::query(
+                    "DELETE FROM inbox_read_marks \
+                     WHERE read_through < ? AND COALESCE(seen_through, -1) < ?",
+                )
+                .bind(micros(before))
+                .bind(micros(before))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?;
                 return Ok(total);
             }
         }

@@ -4,7 +4,7 @@
 
 use super::common::{run_id, utc};
 use chrono::Duration;
-use herald_core::model::BroadcastUserState;
+use herald_core::model::{BroadcastUserState, InboxAction};
 use herald_core::ports::BroadcastStates;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -25,16 +25,12 @@ pub async fn per_user_state_is_sparse_and_keeps_first_times(s: Arc<dyn Broadcast
         states,
         vec![
             BroadcastUserState {
-                broadcast_id: b1,
-                user_id: alice.clone(),
                 read_at: Some(t1),
-                dismissed_at: None,
+                ..BroadcastUserState::new(b1, &alice)
             },
             BroadcastUserState {
-                broadcast_id: b2,
-                user_id: alice.clone(),
-                read_at: None,
                 dismissed_at: Some(t2),
+                ..BroadcastUserState::new(b2, &alice)
             },
         ]
     );
@@ -59,10 +55,9 @@ pub async fn the_earliest_time_is_kept_whatever_order_the_marks_arrive_in(
     assert_eq!(
         s.user_states(&user).await.unwrap(),
         vec![BroadcastUserState {
-            broadcast_id: b,
-            user_id: user.clone(),
             read_at: Some(t0),
             dismissed_at: Some(t1),
+            ..BroadcastUserState::new(b, &user)
         }],
         "microseconds kept exactly, earliest of each"
     );
@@ -87,4 +82,61 @@ pub async fn every_state_of_a_user_with_many_comes_back(s: Arc<dyn BroadcastStat
     let mut want = ids.clone();
     want.sort();
     assert_eq!(got, want);
+}
+
+/// Seen and archived beside read and dismissed: the earliest seen time is kept, an unarchive
+/// clears the archive time and a later archive sets it again; one state never touches
+/// another, nor another user's.
+pub async fn seen_and_archived_are_kept_beside_read_and_dismissed(s: Arc<dyn BroadcastStates>) {
+    let p = run_id();
+    let (erin, frank) = (format!("{p}-erin"), format!("{p}-frank"));
+    let (b1, b2) = (Uuid::now_v7(), Uuid::now_v7());
+    let t1 = utc("2026-03-03T00:00:00.000001Z");
+    let (t0, t2, t3) = (
+        t1 - Duration::minutes(1),
+        t1 + Duration::minutes(1),
+        t1 + Duration::minutes(2),
+    );
+    s.apply(&erin, b1, InboxAction::Seen, t1).await.unwrap();
+    s.apply(&erin, b1, InboxAction::Seen, t2).await.unwrap();
+    s.apply(&erin, b1, InboxAction::Seen, t0).await.unwrap();
+    s.apply(&erin, b1, InboxAction::Archive, t1).await.unwrap();
+    s.apply(&erin, b1, InboxAction::Archive, t2).await.unwrap();
+    s.apply(&erin, b2, InboxAction::Read, t1).await.unwrap();
+    s.apply(&erin, b2, InboxAction::Archive, t1).await.unwrap();
+    s.apply(&erin, b2, InboxAction::Unarchive, t2)
+        .await
+        .unwrap();
+    // Unarchiving what was never archived (or is another user's) archives nothing.
+    s.apply(&frank, b1, InboxAction::Unarchive, t2)
+        .await
+        .unwrap();
+    let mut states = s.user_states(&erin).await.unwrap();
+    states.sort_by_key(|st| st.broadcast_id);
+    assert_eq!(
+        states,
+        vec![
+            BroadcastUserState {
+                seen_at: Some(t0),
+                archived_at: Some(t1),
+                ..BroadcastUserState::new(b1, &erin)
+            },
+            BroadcastUserState {
+                read_at: Some(t1),
+                ..BroadcastUserState::new(b2, &erin)
+            },
+        ]
+    );
+    assert!(s
+        .user_states(&frank)
+        .await
+        .unwrap()
+        .iter()
+        .all(|st| st.archived_at.is_none() && st.seen_at.is_none()));
+    // Archived again after the unarchive.
+    s.apply(&erin, b2, InboxAction::Archive, t3).await.unwrap();
+    let states = s.user_states(&erin).await.unwrap();
+    let b2_state = states.iter().find(|st| st.broadcast_id == b2).unwrap();
+    assert_eq!(b2_state.archived_at, Some(t3));
+    assert_eq!(b2_state.read_at, Some(t1));
 }
