@@ -15,6 +15,7 @@ mod mysql_support;
 
 mod cross_node;
 mod digests;
+mod inbox_states;
 mod outages;
 mod presence;
 

@@ -1,6 +1,7 @@
 /**
  * Herald's inbox client, for browsers and Node: one user's inbox through the inbox API (pages
- * with a cursor, the unread count, read / dismiss / read-all) and its live feed over a
+ * with a cursor and a state filter, the unread and unseen counts, read / dismiss / read-all,
+ * bulk seen / read / archive / unarchive) and its live feed over a
  * WebSocket, which reconnects with exponential backoff and jitter and resumes with `since`
  * (the cursor of the newest item it delivered), so nothing is missed and nothing is delivered
  * twice across a reconnect.
@@ -20,13 +21,34 @@ export interface InboxItem {
     data: Record<string, unknown>;
     created_at: string;
     read: boolean;
+    /** Read, or seen in a feed (`read` implies `seen`). */
+    seen: boolean;
+    /** Archived: out of the default view and the counts (`list({archived})` shows it). */
+    archived: boolean;
+    read_at: string | null;
+    seen_at: string | null;
+    archived_at: string | null;
 }
+/** What a bulk action does. `read` marks seen too. */
+export type InboxAction = "seen" | "read" | "archive" | "unarchive";
+/** Which items a bulk action covers: these ids (1 to 100), everything strictly older than a
+ *  cursor, or everything. */
+export type BulkScope = {
+    ids: string[];
+} | {
+    before: string;
+} | {
+    all: true;
+};
 /** One page of an inbox, newest first. */
 export interface InboxPage {
     items: InboxItem[];
     /** Pass as `cursor` for the next (older) page; `null` on the last page. */
     next_cursor: string | null;
+    /** Unread items, archived ones left out, over the whole inbox. */
     unread_count: number;
+    /** Unseen items (neither seen nor read), counted as `unread_count` is. */
+    unseen_count: number;
 }
 /** A 4xx or 5xx answer of the inbox API (its `{"error": {"code", "message"}}` body). */
 export declare class HeraldError extends Error {
@@ -91,6 +113,14 @@ export interface InboxEvents {
     };
     /** Everything was read on another device (or through this client). */
     read_all: Record<string, never>;
+    /** Items changed state on another device (or through this client): the items `ids`, or
+     *  everything older than the cursor `before`, or (`all`) everything. */
+    marked: {
+        action: InboxAction;
+        ids: string[];
+        before: string | null;
+        all: boolean;
+    };
     /** The feed is live (also after each reconnect). */
     open: {
         resumedFrom: string | null;
@@ -129,15 +159,33 @@ export declare class InboxClient {
     private emit;
     private token;
     private request;
-    /** A page of the inbox, newest first: `cursor` (a `next_cursor`) for older pages. */
+    /** A page of the inbox, newest first: `cursor` (a `next_cursor`) for older pages; `status`
+     *  (`all`, `unread`, `unseen`) and `archived` (`exclude`, `include`, `only`) filter it. */
     list(params?: {
         limit?: number;
         cursor?: string | null;
         unreadOnly?: boolean;
+        status?: "all" | "unread" | "unseen";
+        archived?: "exclude" | "include" | "only";
     }): Promise<InboxPage>;
     /** Every item, page after page (`pageSize` at a time). */
     all(pageSize?: number): AsyncGenerator<InboxItem>;
     unreadCount(): Promise<number>;
+    /** The badge counts: unread and unseen items, archived ones left out. */
+    counts(): Promise<{
+        unread_count: number;
+        unseen_count: number;
+    }>;
+    /** Applies `action` to the items of `scope` (the user's other devices are told); answers
+     *  how many items it found or changed, and the ids the user has no item for. */
+    bulk(action: InboxAction, scope: BulkScope): Promise<{
+        updated: number;
+        not_found: string[];
+    }>;
+    /** Marks everything seen (opening the feed, say); answers how many items were unseen. */
+    seenAll(): Promise<number>;
+    archive(ids: string[]): Promise<void>;
+    unarchive(ids: string[]): Promise<void>;
     /** Marks an item read (the user's other devices are told). */
     read(id: string): Promise<void>;
     /** Dismisses an item: gone from every page and count. */

@@ -1,6 +1,7 @@
 /**
  * Herald's inbox client, for browsers and Node: one user's inbox through the inbox API (pages
- * with a cursor, the unread count, read / dismiss / read-all) and its live feed over a
+ * with a cursor and a state filter, the unread and unseen counts, read / dismiss / read-all,
+ * bulk seen / read / archive / unarchive) and its live feed over a
  * WebSocket, which reconnects with exponential backoff and jitter and resumes with `since`
  * (the cursor of the newest item it delivered), so nothing is missed and nothing is delivered
  * twice across a reconnect.
@@ -73,10 +74,14 @@ export class InboxClient {
         const t = this.options.token;
         return typeof t === "function" ? await t() : t;
     }
-    async request(method, path) {
+    async request(method, path, body) {
+        const headers = { Authorization: `Bearer ${await this.token()}` };
+        if (body !== undefined)
+            headers["Content-Type"] = "application/json";
         const resp = await this.fetchFn(`${this.baseUrl}${path}`, {
             method,
-            headers: { Authorization: `Bearer ${await this.token()}` },
+            headers,
+            body: body === undefined ? undefined : JSON.stringify(body),
         });
         if (!resp.ok) {
             let code = "http_error";
@@ -93,7 +98,8 @@ export class InboxClient {
         }
         return resp.status === 204 ? null : (await resp.json());
     }
-    /** A page of the inbox, newest first: `cursor` (a `next_cursor`) for older pages. */
+    /** A page of the inbox, newest first: `cursor` (a `next_cursor`) for older pages; `status`
+     *  (`all`, `unread`, `unseen`) and `archived` (`exclude`, `include`, `only`) filter it. */
     async list(params = {}) {
         const q = new URLSearchParams();
         if (params.limit !== undefined)
@@ -101,7 +107,11 @@ export class InboxClient {
         if (params.cursor)
             q.set("cursor", params.cursor);
         if (params.unreadOnly)
-            q.set("unread_only", "true");
+            q.set("status", "unread");
+        if (params.status)
+            q.set("status", params.status);
+        if (params.archived)
+            q.set("archived", params.archived);
         const qs = q.toString();
         const page = (await this.request("GET", `/v1/inbox${qs ? `?${qs}` : ""}`));
         // The newest item known is where a live feed started later resumes.
@@ -120,7 +130,30 @@ export class InboxClient {
         } while (cursor);
     }
     async unreadCount() {
-        return (await this.request("GET", "/v1/inbox/unread_count")).unread_count;
+        return (await this.counts()).unread_count;
+    }
+    /** The badge counts: unread and unseen items, archived ones left out. */
+    async counts() {
+        return (await this.request("GET", "/v1/inbox/unread_count"));
+    }
+    /** Applies `action` to the items of `scope` (the user's other devices are told); answers
+     *  how many items it found or changed, and the ids the user has no item for. */
+    async bulk(action, scope) {
+        const r = (await this.request("POST", "/v1/inbox/bulk", {
+            action,
+            ...scope,
+        }));
+        return { updated: r.updated, not_found: r.not_found ?? [] };
+    }
+    /** Marks everything seen (opening the feed, say); answers how many items were unseen. */
+    async seenAll() {
+        return (await this.bulk("seen", { all: true })).updated;
+    }
+    async archive(ids) {
+        await this.bulk("archive", { ids });
+    }
+    async unarchive(ids) {
+        await this.bulk("unarchive", { ids });
     }
     /** Marks an item read (the user's other devices are told). */
     async read(id) {
@@ -249,6 +282,16 @@ export class InboxClient {
                 return;
             case "read_all":
                 this.emit("read_all", {});
+                return;
+            case "marked":
+                if (msg.action) {
+                    this.emit("marked", {
+                        action: msg.action,
+                        ids: msg.ids ?? [],
+                        before: msg.before ?? null,
+                        all: msg.all ?? false,
+                    });
+                }
                 return;
             default:
                 // A frame type of a later server: ignored.

@@ -1,6 +1,7 @@
 /**
  * Herald's inbox client, for browsers and Node: one user's inbox through the inbox API (pages
- * with a cursor, the unread count, read / dismiss / read-all) and its live feed over a
+ * with a cursor and a state filter, the unread and unseen counts, read / dismiss / read-all,
+ * bulk seen / read / archive / unarchive) and its live feed over a
  * WebSocket, which reconnects with exponential backoff and jitter and resumes with `since`
  * (the cursor of the newest item it delivered), so nothing is missed and nothing is delivered
  * twice across a reconnect.
@@ -21,14 +22,31 @@ export interface InboxItem {
   data: Record<string, unknown>;
   created_at: string;
   read: boolean;
+  /** Read, or seen in a feed (`read` implies `seen`). */
+  seen: boolean;
+  /** Archived: out of the default view and the counts (`list({archived})` shows it). */
+  archived: boolean;
+  read_at: string | null;
+  seen_at: string | null;
+  archived_at: string | null;
 }
+
+/** What a bulk action does. `read` marks seen too. */
+export type InboxAction = "seen" | "read" | "archive" | "unarchive";
+
+/** Which items a bulk action covers: these ids (1 to 100), everything strictly older than a
+ *  cursor, or everything. */
+export type BulkScope = { ids: string[] } | { before: string } | { all: true };
 
 /** One page of an inbox, newest first. */
 export interface InboxPage {
   items: InboxItem[];
   /** Pass as `cursor` for the next (older) page; `null` on the last page. */
   next_cursor: string | null;
+  /** Unread items, archived ones left out, over the whole inbox. */
   unread_count: number;
+  /** Unseen items (neither seen nor read), counted as `unread_count` is. */
+  unseen_count: number;
 }
 
 /** A 4xx or 5xx answer of the inbox API (its `{"error": {"code", "message"}}` body). */
@@ -101,6 +119,9 @@ export interface InboxEvents {
   dismiss: { id: string };
   /** Everything was read on another device (or through this client). */
   read_all: Record<string, never>;
+  /** Items changed state on another device (or through this client): the items `ids`, or
+   *  everything older than the cursor `before`, or (`all`) everything. */
+  marked: { action: InboxAction; ids: string[]; before: string | null; all: boolean };
   /** The feed is live (also after each reconnect). */
   open: { resumedFrom: string | null };
   /** The feed closed; unless `disconnect()` closed it, it reconnects after `retryInMs`. */
@@ -167,10 +188,13 @@ export class InboxClient {
     return typeof t === "function" ? await t() : t;
   }
 
-  private async request<T>(method: string, path: string): Promise<T | null> {
+  private async request<T>(method: string, path: string, body?: unknown): Promise<T | null> {
+    const headers: Record<string, string> = { Authorization: `Bearer ${await this.token()}` };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
     const resp = await this.fetchFn(`${this.baseUrl}${path}`, {
       method,
-      headers: { Authorization: `Bearer ${await this.token()}` },
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
     });
     if (!resp.ok) {
       let code = "http_error";
@@ -187,12 +211,23 @@ export class InboxClient {
     return resp.status === 204 ? null : ((await resp.json()) as T);
   }
 
-  /** A page of the inbox, newest first: `cursor` (a `next_cursor`) for older pages. */
-  async list(params: { limit?: number; cursor?: string | null; unreadOnly?: boolean } = {}): Promise<InboxPage> {
+  /** A page of the inbox, newest first: `cursor` (a `next_cursor`) for older pages; `status`
+   *  (`all`, `unread`, `unseen`) and `archived` (`exclude`, `include`, `only`) filter it. */
+  async list(
+    params: {
+      limit?: number;
+      cursor?: string | null;
+      unreadOnly?: boolean;
+      status?: "all" | "unread" | "unseen";
+      archived?: "exclude" | "include" | "only";
+    } = {},
+  ): Promise<InboxPage> {
     const q = new URLSearchParams();
     if (params.limit !== undefined) q.set("limit", String(params.limit));
     if (params.cursor) q.set("cursor", params.cursor);
-    if (params.unreadOnly) q.set("unread_only", "true");
+    if (params.unreadOnly) q.set("status", "unread");
+    if (params.status) q.set("status", params.status);
+    if (params.archived) q.set("archived", params.archived);
     const qs = q.toString();
     const page = (await this.request<InboxPage>("GET", `/v1/inbox${qs ? `?${qs}` : ""}`))!;
     // The newest item known is where a live feed started later resumes.
@@ -213,7 +248,35 @@ export class InboxClient {
   }
 
   async unreadCount(): Promise<number> {
-    return (await this.request<{ unread_count: number }>("GET", "/v1/inbox/unread_count"))!.unread_count;
+    return (await this.counts()).unread_count;
+  }
+
+  /** The badge counts: unread and unseen items, archived ones left out. */
+  async counts(): Promise<{ unread_count: number; unseen_count: number }> {
+    return (await this.request<{ unread_count: number; unseen_count: number }>("GET", "/v1/inbox/unread_count"))!;
+  }
+
+  /** Applies `action` to the items of `scope` (the user's other devices are told); answers
+   *  how many items it found or changed, and the ids the user has no item for. */
+  async bulk(action: InboxAction, scope: BulkScope): Promise<{ updated: number; not_found: string[] }> {
+    const r = (await this.request<{ updated: number; not_found?: string[] }>("POST", "/v1/inbox/bulk", {
+      action,
+      ...scope,
+    }))!;
+    return { updated: r.updated, not_found: r.not_found ?? [] };
+  }
+
+  /** Marks everything seen (opening the feed, say); answers how many items were unseen. */
+  async seenAll(): Promise<number> {
+    return (await this.bulk("seen", { all: true })).updated;
+  }
+
+  async archive(ids: string[]): Promise<void> {
+    await this.bulk("archive", { ids });
+  }
+
+  async unarchive(ids: string[]): Promise<void> {
+    await this.bulk("unarchive", { ids });
   }
 
   /** Marks an item read (the user's other devices are told). */
@@ -308,7 +371,15 @@ export class InboxClient {
   }
 
   private frame(data: unknown): void {
-    let msg: { type?: string; item?: InboxItem; id?: string };
+    let msg: {
+      type?: string;
+      item?: InboxItem;
+      id?: string;
+      action?: InboxAction;
+      ids?: string[];
+      before?: string;
+      all?: boolean;
+    };
     try {
       msg = JSON.parse(typeof data === "string" ? data : String(data));
     } catch (error) {
@@ -334,6 +405,16 @@ export class InboxClient {
         return;
       case "read_all":
         this.emit("read_all", {});
+        return;
+      case "marked":
+        if (msg.action) {
+          this.emit("marked", {
+            action: msg.action,
+            ids: msg.ids ?? [],
+            before: msg.before ?? null,
+            all: msg.all ?? false,
+          });
+        }
         return;
       default:
         // A frame type of a later server: ignored.

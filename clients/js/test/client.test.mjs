@@ -51,6 +51,48 @@ test("pages cover the inbox newest first with no item twice, and the counts foll
   assert.equal((await client.list({ unreadOnly: true })).items.length, 0);
 });
 
+test("seen, archived and bulk actions filter pages and counts, and reach the other device as marked events", async () => {
+  const token = await herald.user("js-states");
+  for (let i = 1; i <= 4; i++) await herald.send("js-states", `s ${i}`);
+  const phone = new InboxClient({ baseUrl: herald.base, token, WebSocket });
+  const laptop = new InboxClient({ baseUrl: herald.base, token });
+  const marked = [];
+  let opened = 0;
+  phone.on("marked", (m) => marked.push(m));
+  phone.on("open", () => opened++);
+  phone.connect();
+  await eventually(() => opened === 1, "the feed to open");
+
+  const page = await laptop.list();
+  assert.deepEqual([page.unread_count, page.unseen_count], [4, 4]);
+  assert.equal(page.items[0].seen, false);
+  const [s4, s3, s2, s1] = page.items;
+  assert.equal(await laptop.seenAll(), 4);
+  assert.deepEqual(await laptop.counts(), { unread_count: 4, unseen_count: 0 });
+  await laptop.archive([s1.id, s2.id]);
+  assert.deepEqual(
+    (await laptop.list()).items.map((i) => i.title),
+    ["s 4", "s 3"],
+  );
+  const archived = await laptop.list({ archived: "only" });
+  assert.deepEqual(archived.items.map((i) => i.title), ["s 2", "s 1"]);
+  assert.ok(archived.items.every((i) => i.archived && i.archived_at && i.seen));
+  await laptop.unarchive([s2.id]);
+  const r = await laptop.bulk("read", { before: s3.cursor });
+  assert.deepEqual(r, { updated: 2, not_found: [] });
+  assert.deepEqual(await laptop.counts(), { unread_count: 2, unseen_count: 0 });
+  const missing = await laptop.bulk("read", { ids: [s4.id, "00000000-0000-7000-8000-000000000000"] });
+  assert.deepEqual(missing, { updated: 1, not_found: ["00000000-0000-7000-8000-000000000000"] });
+  await assert.rejects(laptop.bulk("read", { ids: [] }), (e) => e.status === 422 && e.code === "invalid");
+  await eventually(() => marked.length === 5, "five marked events on the phone");
+  assert.deepEqual(marked[0], { action: "seen", ids: [], before: null, all: true });
+  assert.deepEqual(marked[1], { action: "archive", ids: [s1.id, s2.id], before: null, all: false });
+  assert.deepEqual(marked[3], { action: "read", ids: [], before: s3.cursor, all: false });
+  assert.deepEqual(marked[4].ids, [s4.id]);
+  assert.equal((await laptop.list({ status: "unread" })).items.length, 1);
+  phone.disconnect();
+});
+
 test("errors come back as HeraldError with the status and code of the error body", async () => {
   const token = await herald.user("js-errors");
   const client = new InboxClient({ baseUrl: herald.base, token });
