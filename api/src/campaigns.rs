@@ -179,6 +179,33 @@ pub async fn list(
     Ok(Json(json!({ "campaigns": items, "next_cursor": next })))
 }
 
+/// The body of `DELETE /v1/campaigns/{id}/notifications`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RetractionView {
+    pub campaign_id: String,
+    /// When it was retracted (the first time: asking again answers the same).
+    pub retracted_at: chrono::DateTime<chrono::Utc>,
+    /// The campaign's broadcast, when it was sent as one.
+    pub broadcast_id: Option<uuid::Uuid>,
+}
+
+/// `DELETE /v1/campaigns/{id}/notifications`: takes a sent campaign back from every recipient.
+#[utoipa::path(delete, path = "/v1/campaigns/{id}/notifications", tag = "campaigns", params(("id" = String, Path)),
+    responses((status = 200, description = "Retracted: the campaign's items leave every inbox (personal and broadcast) and open sockets get a `retracted` frame; its sends not yet made are cancelled (counted `cancelled`), a fan-out still running stops. Asked again, the same answer", body = RetractionView),
+              (status = 404, description = "No such campaign", body = herald_http::openapi::ErrorBody),
+              (status = 409, description = "The campaign has not started: nothing was sent (cancel it instead)", body = herald_http::openapi::ErrorBody)))]
+pub async fn retract(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<RetractionView>> {
+    let r = herald_usecases::retractions::retract(&ctx, &id).await?;
+    Ok(Json(RetractionView {
+        campaign_id: r.campaign_id,
+        retracted_at: r.retracted_at,
+        broadcast_id: r.broadcast_id,
+    }))
+}
+
 #[utoipa::path(post, path = "/v1/campaigns/{id}/cancel", tag = "campaigns", params(("id" = String, Path)), responses((status = 200, description = "Cancelled: remaining batches are not sent, a broadcast leaves every inbox", body = crate::openapi::CampaignView), (status = 404, description = "No such campaign", body = herald_http::openapi::ErrorBody), (status = 409, description = "Already completed, failed or cancelled", body = herald_http::openapi::ErrorBody)))]
 pub async fn cancel(
     State(ctx): State<Context>,

@@ -75,6 +75,10 @@ pub fn admin_router(ctx: Context) -> Router {
         .route("/v1/campaigns/{id}", get(campaigns::get))
         .route("/v1/campaigns/{id}/cancel", post(campaigns::cancel))
         .route(
+            "/v1/campaigns/{id}/notifications",
+            axum::routing::delete(campaigns::retract),
+        )
+        .route(
             "/v1/campaigns/{id}/recipients/{user_id}",
             get(campaigns::recipient),
         )

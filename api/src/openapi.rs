@@ -237,6 +237,7 @@ pub struct DeadLetterReplayed {
         crate::campaigns::list,
         crate::campaigns::get,
         crate::campaigns::cancel,
+        crate::campaigns::retract,
         crate::campaigns::recipient,
         crate::campaigns::failed_batches,
         crate::campaigns::replay_failed_batch,

@@ -224,6 +224,9 @@ pub struct DeliveryReport {
     /// was due ([`crate::topics::ChannelMessage::unless_read`]).
     #[serde(default)]
     pub suppressed_online: u64,
+    /// Sends not made because the campaign was retracted before the message was handled.
+    #[serde(default)]
+    pub cancelled: u64,
     /// What became of each recipient of the message (one per item).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<RecipientOutcome>,
@@ -244,6 +247,8 @@ pub enum RecipientStatus {
     DeadLettered,
     /// Not sent: the recipient read or dismissed the item first (presence-aware push).
     SuppressedOnline,
+    /// Not sent: the campaign was retracted first.
+    Cancelled,
 }
 
 impl RecipientStatus {
@@ -255,6 +260,7 @@ impl RecipientStatus {
             RecipientStatus::Retrying => "retrying",
             RecipientStatus::DeadLettered => "dead_lettered",
             RecipientStatus::SuppressedOnline => "suppressed_online",
+            RecipientStatus::Cancelled => "cancelled",
         }
     }
 }

@@ -798,6 +798,9 @@ pub struct DeliveryCounts {
     /// dismissed within `online_push_delay_s`.
     #[serde(default)]
     pub suppressed_online: u64,
+    /// Sends not made because the campaign was retracted first.
+    #[serde(default)]
+    pub cancelled: u64,
 }
 
 /// A campaign: one event sent to an audience over some channels.
@@ -1060,16 +1063,32 @@ pub enum ArchivedFilter {
 
 /// The filter of an inbox read; the default is every item not archived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct InboxFilter {
+pub struct InboxFilter<'a> {
     pub status: StatusFilter,
     pub archived: ArchivedFilter,
+    /// Rows of these campaigns are left out of pages and counts: the campaigns retracted
+    /// ([`CampaignRetraction`]) while their rows may still be stored.
+    pub hidden: &'a [String],
 }
 
-impl InboxFilter {
+impl InboxFilter<'static> {
     pub const UNREAD: Self = Self {
         status: StatusFilter::Unread,
         archived: ArchivedFilter::Exclude,
+        hidden: &[],
     };
+}
+
+impl<'a> InboxFilter<'a> {
+    /// This filter, leaving out the rows of `hidden` campaigns too.
+    pub fn hiding(self, hidden: &'a [String]) -> Self {
+        Self { hidden, ..self }
+    }
+
+    /// Whether a row of `campaign_id` is left out.
+    pub fn hides(&self, campaign_id: Option<&str>) -> bool {
+        campaign_id.is_some_and(|c| self.hidden.iter().any(|h| h == c))
+    }
 
     /// Whether an item in these states passes.
     pub fn admits(&self, read: bool, seen: bool, archived: bool) -> bool {
@@ -1102,6 +1121,20 @@ impl std::ops::Add for InboxCounts {
             unseen: self.unseen + o.unseen,
         }
     }
+}
+
+/// A campaign taken back from its recipients (`DELETE /v1/campaigns/{id}/notifications`):
+/// its inbox items leave every inbox (hidden at read time while the rows are kept, until
+/// retention), its sends not yet made are cancelled. Recorded once; final.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignRetraction {
+    pub campaign_id: String,
+    /// The time every recipient's inbox row of the campaign carries (its key with the id
+    /// derived from campaign and user), or a broadcast's `starts_at`.
+    pub row_time: DateTime<Utc>,
+    /// The campaign's broadcast, when it was sent as one.
+    pub broadcast_id: Option<uuid::Uuid>,
+    pub retracted_at: DateTime<Utc>,
 }
 
 /// Where an item sits in a user's inbox: newest first by `created_at`, ties broken by id.
@@ -1261,6 +1294,8 @@ pub enum LiveEvent {
     Dismiss { user_id: String, id: String },
     /// Everything was marked read on one of the user's devices.
     ReadAll { user_id: String },
+    /// A campaign was retracted: every node tells its sockets whose user has the item.
+    Retracted { retraction: CampaignRetraction },
     /// Items changed state on one of the user's devices (`POST /v1/inbox/bulk`): the items
     /// `ids`, or every item older than the cursor `before`, or (`all`) every item.
     Marked {

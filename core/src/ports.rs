@@ -133,6 +133,12 @@ pub trait CampaignStore: Send + Sync + 'static {
         to: CampaignStatus,
         at: DateTime<Utc>,
     ) -> Result<bool>;
+    /// Records the campaign's retraction; the first one recorded stays and is returned (a
+    /// retraction is final: asked again, it answers the same).
+    async fn retract(&self, retraction: &CampaignRetraction) -> Result<CampaignRetraction>;
+    /// The retractions whose rows may still be stored: `row_time` at or after `since` (the
+    /// inbox retention's cutoff). Few: read whole by every inbox and push gateway node.
+    async fn retractions_since(&self, since: DateTime<Utc>) -> Result<Vec<CampaignRetraction>>;
     /// Sets the audience size and the (estimated) number of batches it will be cut into.
     async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()>;
     /// Saves the dispatcher's position after publishing batches up to `checkpoint.next_batch`;
@@ -300,7 +306,7 @@ pub trait InboxStore: Send + Sync + 'static {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        filter: InboxFilter,
+        filter: InboxFilter<'_>,
     ) -> Result<Vec<Notification>>;
     /// [`InboxStore::page`] and [`InboxStore::counts`] together: what an inbox read needs,
     /// in one round trip where the engine can.
@@ -309,10 +315,10 @@ pub trait InboxStore: Send + Sync + 'static {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        filter: InboxFilter,
+        filter: InboxFilter<'_>,
     ) -> Result<(Vec<Notification>, InboxCounts)> {
         let page = self.page(user_id, before, limit, filter).await?;
-        Ok((page, self.counts(user_id).await?))
+        Ok((page, self.counts(user_id, filter.hidden).await?))
     }
     /// The user's visible rows strictly newer than `after` (oldest first): resume replay.
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>>;
@@ -369,7 +375,8 @@ pub trait InboxStore: Send + Sync + 'static {
     /// [`UNREAD_WINDOW`] rows above the read watermark: one bounded range read on every
     /// engine, exact while the user has fewer rows than that since they last read everything
     /// (an inbox badge shows "999+" long before).
-    async fn counts(&self, user_id: &str) -> Result<InboxCounts>;
+    /// Rows of the `hidden` campaigns count for nothing (see [`InboxFilter::hidden`]).
+    async fn counts(&self, user_id: &str, hidden: &[String]) -> Result<InboxCounts>;
     /// Deletes rows created before `before` (retention), and read watermarks that no longer
     /// cover any row. An engine with row TTLs (ScyllaDB: `USING TTL` from the retention it is
     /// opened with) expires rows by itself and returns 0. Returns how many rows it deleted.

@@ -711,7 +711,10 @@ async fn a_broadcast_to_everyone_writes_one_row_whatever_the_audience() {
             .await
             .unwrap();
         assert!(rows.is_empty(), "{user} has rows: {rows:?}");
-        assert_eq!(h.ctx.ports.inbox.counts(&user).await.unwrap().unread, 0);
+        assert_eq!(
+            h.ctx.ports.inbox.counts(&user, &[]).await.unwrap().unread,
+            0
+        );
     }
     assert_eq!(
         h.ctx

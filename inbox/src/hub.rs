@@ -33,7 +33,8 @@ use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use herald_core::model::{Broadcast, InboxAction, LiveEvent};
+use herald_core::ids::notification_id;
+use herald_core::model::{Broadcast, CampaignRetraction, InboxAction, InboxKey, LiveEvent};
 use herald_core::ports::LiveRoutes;
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::Result;
@@ -76,6 +77,10 @@ pub(crate) enum Wire<'a> {
         id: &'a str,
     },
     ReadAll,
+    /// The item was retracted by its sender: gone from every page and count.
+    Retracted {
+        id: &'a str,
+    },
     /// Items changed state on another device: `ids`, or everything older than `before`,
     /// or (`all`) everything.
     Marked {
@@ -418,7 +423,88 @@ impl Hub {
             LiveEvent::BroadcastActivated { broadcast } => {
                 self.broadcast_activated(Arc::new(*broadcast));
             }
+            LiveEvent::Retracted { retraction } => self.retracted(retraction),
         }
+    }
+
+    /// Tells each connected user who has the retracted campaign's item that it is gone: for
+    /// a personal row, the users whose inbox holds it (one read by the key the campaign and
+    /// the user give); for a broadcast, the users its segment matches. Off the routing loop,
+    /// a bounded number of users at a time.
+    fn retracted(self: &Arc<Self>, retraction: CampaignRetraction) {
+        if let Some(b) = retraction.broadcast_id {
+            self.recent.lock().retain(|(_, r)| r.id != b);
+        }
+        let users: Vec<(Arc<str>, Vec<Arc<Conn>>)> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .iter()
+                    .map(|(u, c)| (u.clone(), c.conns.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if users.is_empty() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let ctx = hub.svc.context();
+            let broadcast = match retraction.broadcast_id {
+                Some(id) => match ctx.ports.broadcasts.get(id).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading a retracted broadcast failed");
+                        return;
+                    }
+                },
+                None => None,
+            };
+            let now = ctx.clock.now();
+            futures::stream::iter(users)
+                .for_each_concurrent(MATCH_CONCURRENCY, |(user, conns)| {
+                    let (hub, retraction, broadcast) = (&hub, &retraction, &broadcast);
+                    async move {
+                        let has = match broadcast {
+                            Some(b) => hub
+                                .svc
+                                .filter_matches(&user, &b.filter, now)
+                                .await
+                                .map(|m| m.then_some(b.id)),
+                            None => {
+                                let id = notification_id(
+                                    &retraction.campaign_id,
+                                    &user,
+                                    retraction.row_time,
+                                );
+                                let key = InboxKey {
+                                    created_at: retraction.row_time,
+                                    id,
+                                };
+                                let ctx = hub.svc.context();
+                                ctx.ports.inbox.get(&user, key).await.map(|n| n.map(|_| id))
+                            }
+                        };
+                        match has {
+                            Ok(Some(id)) => {
+                                let id = id.to_string();
+                                let frame = Frame::other(Wire::Retracted { id: &id });
+                                for conn in &conns {
+                                    hub.deliver(conn, frame.clone());
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(
+                                error = %e, user = %user,
+                                "checking a live connection's retracted item failed"
+                            ),
+                        }
+                    }
+                })
+                .await;
+        });
     }
 
     fn broadcast_activated(self: &Arc<Self>, broadcast: Arc<Broadcast>) {

@@ -475,6 +475,11 @@ async fn replay(
         sent.insert(item.id);
         Frame::notification(item).text
     };
+    let now = f.svc.context().clock.now();
+    let retracted = f.svc.retracted(now).await.map_err(|e| {
+        tracing::warn!(error = %e, "reading the retractions for a live replay failed");
+        End::Failed
+    })?;
     let mut after = since;
     loop {
         let page = f
@@ -489,6 +494,13 @@ async fn replay(
                 End::Failed
             })?;
         for row in &page {
+            if row
+                .campaign_id
+                .as_deref()
+                .is_some_and(|c| retracted.contains(c))
+            {
+                continue;
+            }
             let item = InboxItem::personal(row);
             while let Some(b) = broadcasts.next_if(|b| b.key < item.key) {
                 let text = send_item(&b);

@@ -101,6 +101,7 @@ pub async fn list(
     let filter = InboxFilter {
         status,
         archived: q.archived.unwrap_or_default(),
+        hidden: &[],
     };
     let page = svc
         .page(

@@ -17,6 +17,7 @@ use herald_core::model::{
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::Context;
 use herald_core::Result;
+use herald_usecases::retractions::{Retracted, RetractionCache};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -140,7 +141,8 @@ pub struct PageRequest {
     /// Only items strictly older than this key.
     pub before: Option<InboxKey>,
     pub limit: u32,
-    pub filter: InboxFilter,
+    /// What the user asks for (the retracted campaigns are added by the service).
+    pub filter: InboxFilter<'static>,
 }
 
 /// Which items a bulk action covers.
@@ -218,6 +220,7 @@ pub struct InboxService {
 struct Inner {
     ctx: Context,
     broadcasts: Arc<BroadcastCache>,
+    retractions: Arc<RetractionCache>,
     users: UserCache,
     /// Stops the cache watcher when the last clone of the service is dropped.
     _watcher: Option<DropGuard>,
@@ -244,6 +247,11 @@ impl InboxService {
             refresh_every,
         ));
         let users = UserCache::new(ctx.ports.directory.clone(), USER_TTL, USER_CACHE_CAPACITY);
+        let retractions = Arc::new(RetractionCache::new(
+            ctx.ports.campaigns.clone(),
+            ctx.config.inbox.retention_days,
+            refresh_every,
+        ));
         let watcher = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let stop = CancellationToken::new();
             // A hub that subscribes at once (the in-process one) is followed from before the
@@ -256,6 +264,7 @@ impl InboxService {
             let task = ctx.workers.spawn(
                 ActivationWatcher {
                     cache: Arc::downgrade(&broadcasts),
+                    retractions: Arc::downgrade(&retractions),
                     subscription,
                 },
                 stop.clone(),
@@ -267,6 +276,7 @@ impl InboxService {
             inner: Arc::new(Inner {
                 ctx,
                 broadcasts,
+                retractions,
                 users,
                 _watcher: watcher,
             }),
@@ -293,12 +303,14 @@ impl InboxService {
         let ctx = &self.inner.ctx;
         let now = self.now();
         let fetch = req.limit.saturating_add(1);
+        let retracted = self.retracted(now).await?;
+        let filter = req.filter.hiding(&retracted.campaigns);
         // The page and the counts come in one round trip (one statement on SQLite), beside
         // the one broadcast-state lookup.
         let ((personal, personal_counts), visible) = tokio::try_join!(
             ctx.ports
                 .inbox
-                .page_with_counts(user_id, req.before, fetch, req.filter),
+                .page_with_counts(user_id, req.before, fetch, filter),
             self.visible_broadcasts(user_id, now),
         )?;
         let counts = visible.iter().fold(personal_counts, |c, v| c + v.counts());
@@ -324,11 +336,21 @@ impl InboxService {
     /// dismissed, archived ones left out.
     pub async fn counts(&self, user_id: &str) -> Result<InboxCounts> {
         let now = self.now();
+        let retracted = self.retracted(now).await?;
         let (personal, visible) = tokio::try_join!(
-            self.inner.ctx.ports.inbox.counts(user_id),
+            self.inner
+                .ctx
+                .ports
+                .inbox
+                .counts(user_id, &retracted.campaigns),
             self.visible_broadcasts(user_id, now),
         )?;
         Ok(visible.iter().fold(personal, |c, v| c + v.counts()))
+    }
+
+    /// The campaigns retracted within the retention (cached, see [`RetractionCache`]).
+    pub async fn retracted(&self, now: DateTime<Utc>) -> Result<Arc<Retracted>> {
+        self.inner.retractions.current(now).await
     }
 
     /// Unread personal rows plus live matching broadcasts neither read nor dismissed.
@@ -578,11 +600,21 @@ impl InboxService {
         if !broadcast.is_live_at(now) {
             return Ok(false);
         }
-        if broadcast.filter.is_match_all() {
+        self.filter_matches(user_id, &broadcast.filter, now).await
+    }
+
+    /// Whether the user's attributes (cached) match `filter` at `now`.
+    pub async fn filter_matches(
+        &self,
+        user_id: &str,
+        filter: &herald_core::filter::Filter,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        if filter.is_match_all() {
             return Ok(true);
         }
         let attrs = self.inner.users.attributes(user_id).await?;
-        Ok(broadcast.filter.matches(&attrs, now))
+        Ok(filter.matches(&attrs, now))
     }
 
     /// The live broadcasts the user sees at `now`, newest first, with their read state:
@@ -594,8 +626,12 @@ impl InboxService {
         user_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<VisibleBroadcast>> {
-        let open = self.inner.broadcasts.open().await?;
-        let live: Vec<&Arc<Broadcast>> = open.iter().filter(|b| b.is_live_at(now)).collect();
+        let (open, retracted) =
+            tokio::try_join!(self.inner.broadcasts.open(), self.retracted(now))?;
+        let live: Vec<&Arc<Broadcast>> = open
+            .iter()
+            .filter(|b| b.is_live_at(now) && !retracted.broadcasts.contains(&b.id))
+            .collect();
         if live.is_empty() {
             return Ok(Vec::new());
         }
@@ -704,6 +740,7 @@ fn merge(
 /// off before resubscribing (the periodic reload covers the gap meanwhile).
 struct ActivationWatcher {
     cache: Weak<BroadcastCache>,
+    retractions: Weak<RetractionCache>,
     subscription: Subscription,
 }
 
@@ -721,6 +758,12 @@ impl Worker for ActivationWatcher {
             Next::Event(LiveEvent::BroadcastActivated { broadcast }) => {
                 if let Some(cache) = self.cache.upgrade() {
                     cache.activated(*broadcast);
+                }
+                Ok(WorkerState::Busy)
+            }
+            Next::Event(LiveEvent::Retracted { retraction }) => {
+                if let Some(cache) = self.retractions.upgrade() {
+                    cache.retracted(retraction);
                 }
                 Ok(WorkerState::Busy)
             }

@@ -31,6 +31,7 @@ use herald_core::ports::{DeliveryClaim, Throttle};
 use herald_core::topics::{self, ChannelItem, ChannelMessage, ReadCheck};
 use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
 use herald_core::{Context, Error, Result};
+use herald_usecases::retractions::{RetractionCache, RETRACTIONS_REFRESH};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -195,6 +196,7 @@ pub struct Gateway {
     backoff: Backoff,
     max_attempts: u32,
     webhooks: WebhookCache,
+    retractions: RetractionCache,
 }
 
 /// How early a channel message may arrive before its `deliver_after` and still be sent at
@@ -215,6 +217,11 @@ impl Gateway {
             },
             max_attempts: cfg.max_attempts.max(1),
             webhooks: WebhookCache::default(),
+            retractions: RetractionCache::new(
+                ctx.ports.campaigns.clone(),
+                ctx.config.inbox.retention_days,
+                RETRACTIONS_REFRESH,
+            ),
             ctx,
         }
     }
@@ -396,8 +403,31 @@ impl Gateway {
                 .deliver_after
                 .or_else(|| msg.replay_of.as_ref().map(|_| now)),
             suppressed_online: 0,
+            cancelled: 0,
             recipients: Vec::new(),
         };
+        // A retracted campaign sends nothing more: every recipient's send is cancelled.
+        if self
+            .retractions
+            .current(now)
+            .await?
+            .contains(&msg.campaign_id)
+        {
+            report.cancelled = msg.items.len() as u64;
+            report.recipients = msg
+                .items
+                .iter()
+                .map(|item| RecipientOutcome {
+                    user_id: item.user_id.clone(),
+                    status: RecipientStatus::Cancelled,
+                    sent: 0,
+                    reason: Some("the campaign was retracted before the send".into()),
+                    dead_letter_id: None,
+                })
+                .collect();
+            count(channel, "cancelled", report.cancelled);
+            return Ok(report);
+        }
         if msg.expires_at.is_some_and(|e| e <= now) {
             for item in &msg.items {
                 fail(&mut report, failure(item, "-", "expired before delivery"));

@@ -102,12 +102,17 @@ impl ResultCounter {
             .deliveries
             .record_recipients(&records)
             .await?;
-        if report.sent > 0 || report.failed > 0 || report.suppressed_online > 0 {
+        if report.sent > 0
+            || report.failed > 0
+            || report.suppressed_online > 0
+            || report.cancelled > 0
+        {
             let delta = DeliveryCounts {
                 queued: 0,
                 sent: report.sent,
                 failed: report.failed,
                 suppressed_online: report.suppressed_online,
+                cancelled: report.cancelled,
             };
             self.ctx
                 .ports

@@ -188,7 +188,7 @@ impl MemoryRoutes {
                 items.retain(|n| users.contains(&n.user_id));
                 (!items.is_empty()).then_some(LiveEvent::Notifications { items })
             }
-            LiveEvent::BroadcastActivated { .. } => Some(event),
+            LiveEvent::BroadcastActivated { .. } | LiveEvent::Retracted { .. } => Some(event),
             LiveEvent::Read { ref user_id, .. }
             | LiveEvent::Dismiss { ref user_id, .. }
             | LiveEvent::ReadAll { ref user_id }

@@ -428,6 +428,7 @@ pub mod cache_cases {
                 .expect("stream open");
             let ours = match &got {
                 LiveEvent::BroadcastActivated { broadcast } => broadcast.title.starts_with(p),
+                LiveEvent::Retracted { retraction } => retraction.campaign_id.starts_with(p),
                 LiveEvent::Notifications { items } => {
                     items.iter().all(|n| n.user_id.starts_with(p))
                 }

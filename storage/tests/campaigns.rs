@@ -306,6 +306,7 @@ pub mod cases {
             sent: 7,
             failed: 3,
             suppressed_online: 1,
+            cancelled: 0,
         };
         assert!(s
             .record_deliveries(&c.id, "c/0/push/0", Channel::Push, &report)
@@ -329,6 +330,7 @@ pub mod cases {
                 sent: 14,
                 failed: 6,
                 suppressed_online: 2,
+                cancelled: 0,
             }
         );
     }
@@ -346,10 +348,17 @@ pub mod cases {
             failed: 2,
             ..Default::default()
         };
+        let cancelled = DeliveryCounts {
+            cancelled: 3,
+            ..Default::default()
+        };
         s.add_deliveries(&c.id, Channel::Push, &queued)
             .await
             .unwrap();
         s.add_deliveries(&c.id, Channel::Push, &sent).await.unwrap();
+        s.add_deliveries(&c.id, Channel::Push, &cancelled)
+            .await
+            .unwrap();
         s.add_deliveries(&c.id, Channel::Email, &queued)
             .await
             .unwrap();
@@ -361,6 +370,7 @@ pub mod cases {
                 sent: 8,
                 failed: 2,
                 suppressed_online: 0,
+                cancelled: 3,
             }
         );
         assert_eq!(got.deliveries[&Channel::Email].queued, 10);
@@ -907,6 +917,7 @@ pub mod cases {
                 sent: 1_440,
                 failed: 160,
                 suppressed_online: 0,
+                cancelled: 0,
             }
         );
         let sample = s.campaign_failures(&c.id).await.unwrap();
@@ -1089,6 +1100,59 @@ pub mod cases {
     }
 }
 
+pub mod retraction_cases {
+    use super::*;
+
+    pub async fn a_retraction_is_recorded_once_and_listed_while_its_rows_may_be_kept(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let first = CampaignRetraction {
+            campaign_id: format!("{p}-a"),
+            row_time: utc("2026-03-01T00:00:00.123Z"),
+            broadcast_id: None,
+            retracted_at: utc("2026-03-02T00:00:00.000001Z"),
+        };
+        assert_eq!(s.retract(&first).await.unwrap(), first);
+        // Asked again later: the first retraction stays and is the answer.
+        let again = CampaignRetraction {
+            retracted_at: utc("2026-03-05T00:00:00Z"),
+            ..first.clone()
+        };
+        assert_eq!(s.retract(&again).await.unwrap(), first);
+        let broadcast = CampaignRetraction {
+            campaign_id: format!("{p}-b"),
+            row_time: utc("2026-03-10T00:00:00Z"),
+            broadcast_id: Some(uuid::Uuid::from_u128(7)),
+            retracted_at: utc("2026-03-10T01:00:00Z"),
+        };
+        s.retract(&broadcast).await.unwrap();
+        let ours = |list: Vec<CampaignRetraction>| -> Vec<CampaignRetraction> {
+            list.into_iter()
+                .filter(|r| r.campaign_id.starts_with(&p))
+                .collect()
+        };
+        assert_eq!(
+            ours(
+                s.retractions_since(utc("2026-02-01T00:00:00Z"))
+                    .await
+                    .unwrap()
+            ),
+            [first.clone(), broadcast.clone()]
+        );
+        // Rows older than the cutoff are gone with retention: their retraction no longer
+        // needs hiding anything.
+        assert_eq!(
+            ours(
+                s.retractions_since(utc("2026-03-05T00:00:00Z"))
+                    .await
+                    .unwrap()
+            ),
+            [broadcast]
+        );
+    }
+}
+
 macro_rules! campaign_conformance {
     ($engine:ident, $make:expr) => {
         mod $engine {
@@ -1117,6 +1181,12 @@ macro_rules! campaign_conformance {
                 concurrent_first_events_open_one_digest_and_every_event_counts,
                 a_digest_keeps_its_first_events_counts_them_all_and_is_purged_once_sent,
             );
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_retraction_is_recorded_once_and_listed_while_its_rows_may_be_kept() {
+                if let Some(s) = $make.await {
+                    retraction_cases::a_retraction_is_recorded_once_and_listed_while_its_rows_may_be_kept(s).await;
+                }
+            }
         }
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -141,7 +141,7 @@ pub mod cases {
         );
         let first = page.iter().find(|n| n.id == written[0].id).unwrap();
         assert_eq!(first.read_at, Some(now));
-        assert_eq!(s.counts(&user).await.unwrap().unread, 1);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 1);
     }
 
     pub async fn read_state_and_unread_count_follow_mark_read_and_read_all(s: Arc<dyn InboxStore>) {
@@ -149,7 +149,7 @@ pub mod cases {
         let user = format!("{p}-u");
         let written = rows(&p, &user, 4, utc("2026-01-01T00:00:00Z"));
         s.write_batch(&written).await.unwrap();
-        assert_eq!(s.counts(&user).await.unwrap().unread, 4);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 4);
         let t1 = utc("2026-01-03T00:00:00Z");
         assert!(s.mark_read(&user, written[3].key(), t1).await.unwrap());
         // Reading again keeps the first read time.
@@ -161,12 +161,12 @@ pub mod cases {
             find(&s, &user, written[3].key()).await.unwrap().read_at,
             Some(t1)
         );
-        assert_eq!(s.counts(&user).await.unwrap().unread, 3);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 3);
         let unread = s.page(&user, None, 10, InboxFilter::UNREAD).await.unwrap();
         assert_eq!(unread.len(), 3);
         assert!(unread.iter().all(|n| n.read_at.is_none()));
         assert_eq!(s.mark_all_read(&user, t1).await.unwrap(), 3);
-        assert_eq!(s.counts(&user).await.unwrap().unread, 0);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 0);
         assert!(s
             .page(&user, None, 10, InboxFilter::UNREAD)
             .await
@@ -241,7 +241,7 @@ pub mod cases {
             .unwrap()
             .is_empty());
         assert_eq!(s.mark_all_read(&bob, now).await.unwrap(), 0);
-        assert_eq!(s.counts(&alice).await.unwrap().unread, 2);
+        assert_eq!(s.counts(&alice, &[]).await.unwrap().unread, 2);
     }
 
     pub async fn dismissed_rows_disappear_from_pages_counts_and_replays(s: Arc<dyn InboxStore>) {
@@ -254,7 +254,7 @@ pub mod cases {
         assert!(!s.dismiss(&user, written[1].key(), now).await.unwrap());
         assert!(!s.mark_read(&user, written[1].key(), now).await.unwrap());
         assert!(find(&s, &user, written[1].key()).await.is_none());
-        assert_eq!(s.counts(&user).await.unwrap().unread, 2);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 2);
         let replay = s.after(&user, written[0].key(), 10).await.unwrap();
         assert_eq!(replay, vec![written[2].clone()]);
     }
@@ -275,6 +275,7 @@ pub mod cases {
         let only = |archived| InboxFilter {
             status: StatusFilter::All,
             archived,
+            hidden: &[],
         };
         for (before, filter) in [
             (None, InboxFilter::default()),
@@ -285,6 +286,7 @@ pub mod cases {
                 InboxFilter {
                     status: StatusFilter::Unseen,
                     archived: ArchivedFilter::Include,
+                    hidden: &[],
                 },
             ),
             (None, only(ArchivedFilter::Only)),
@@ -324,7 +326,7 @@ pub mod cases {
             "rows 1 and 2"
         );
         assert_eq!(
-            s.counts(&user).await.unwrap().unread,
+            s.counts(&user, &[]).await.unwrap().unread,
             1,
             "row 3 is after the mark"
         );
@@ -347,10 +349,10 @@ pub mod cases {
         let unread = s.page(&user, None, 10, InboxFilter::UNREAD).await.unwrap();
         let keys: Vec<_> = unread.iter().map(Notification::key).collect();
         assert_eq!(keys, [written[3].key(), newer.key()]);
-        assert_eq!(s.counts(&user).await.unwrap().unread, 2);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 2);
         // The watermark never moves back.
         assert_eq!(s.mark_all_read(&user, start).await.unwrap(), 0);
-        assert_eq!(s.counts(&user).await.unwrap().unread, 2);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 2);
         let (_, counts) = s
             .page_with_counts(&user, None, 1, InboxFilter::default())
             .await
@@ -381,7 +383,7 @@ pub mod cases {
             .collect();
         s.write_batch(&written).await.unwrap();
         assert_eq!(
-            s.counts(&user).await.unwrap().unread,
+            s.counts(&user, &[]).await.unwrap().unread,
             u64::from(UNREAD_WINDOW)
         );
         // Reading the newest ten one by one: the window still holds the newest rows.
@@ -389,16 +391,16 @@ pub mod cases {
             assert!(s.mark_read(&user, r.key(), start).await.unwrap());
         }
         assert_eq!(
-            s.counts(&user).await.unwrap().unread,
+            s.counts(&user, &[]).await.unwrap().unread,
             u64::from(UNREAD_WINDOW) - 10
         );
         // After "read all" the window starts at the watermark again.
         let mark = start + Duration::seconds(n as i64);
         s.mark_all_read(&user, mark).await.unwrap();
-        assert_eq!(s.counts(&user).await.unwrap().unread, 0);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 0);
         let fresh = rows(&format!("{p}f"), &user, 3, mark + Duration::minutes(1));
         s.write_batch(&fresh).await.unwrap();
-        assert_eq!(s.counts(&user).await.unwrap().unread, 3);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 3);
     }
 
     pub async fn a_row_whose_id_carries_no_time_is_found_by_id(s: Arc<dyn InboxStore>) {
@@ -442,7 +444,7 @@ pub mod cases {
         s.write_batch(&batch).await.unwrap();
         for i in [0, 2_499, 4_999] {
             let user = format!("{p}-u{i}");
-            assert_eq!(s.counts(&user).await.unwrap().unread, 1, "{user}");
+            assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 1, "{user}");
         }
     }
 
@@ -467,11 +469,15 @@ pub mod cases {
 pub mod state_cases {
     use super::*;
 
-    fn filter(status: StatusFilter, archived: ArchivedFilter) -> InboxFilter {
-        InboxFilter { status, archived }
+    fn filter(status: StatusFilter, archived: ArchivedFilter) -> InboxFilter<'static> {
+        InboxFilter {
+            status,
+            archived,
+            hidden: &[],
+        }
     }
 
-    async fn titles(s: &Arc<dyn InboxStore>, user: &str, f: InboxFilter) -> Vec<String> {
+    async fn titles(s: &Arc<dyn InboxStore>, user: &str, f: InboxFilter<'_>) -> Vec<String> {
         s.page(user, None, 100, f)
             .await
             .unwrap()
@@ -496,7 +502,7 @@ pub mod state_cases {
         let user = format!("{p}-u");
         let w = rows(&p, &user, 6, utc("2026-01-01T00:00:00Z"));
         s.write_batch(&w).await.unwrap();
-        assert_eq!(s.counts(&user).await.unwrap(), counts(6, 6));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(6, 6));
         let t1 = utc("2026-01-02T00:00:00Z");
         let t2 = utc("2026-01-03T00:00:00Z");
         // Up to MAX_BULK keys at once: the user's own, someone else's, and made-up ones.
@@ -536,7 +542,7 @@ pub mod state_cases {
             (None, Some(t1), None)
         );
         // Archived rows leave the default view and the counts.
-        assert_eq!(s.counts(&user).await.unwrap(), counts(3, 2));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(3, 2));
         use ArchivedFilter::{Exclude, Include, Only};
         use StatusFilter::{All, Unread, Unseen};
         assert_eq!(
@@ -568,7 +574,7 @@ pub mod state_cases {
         assert_eq!(back.len(), 2);
         assert_eq!(find(&s, &user, w[4].key()).await.unwrap().archived_at, None);
         assert_eq!(titles(&s, &user, filter(All, Only)).await, ["c002"]);
-        assert_eq!(s.counts(&user).await.unwrap(), counts(4, 3));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(4, 3));
         // A dismissed row is not found; another user finds nothing of this one's.
         assert!(s.dismiss(&user, w[0].key(), t2).await.unwrap());
         assert!(s
@@ -582,7 +588,7 @@ pub mod state_cases {
             .await
             .unwrap()
             .is_empty());
-        assert_eq!(s.counts(&user).await.unwrap(), counts(3, 2));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(3, 2));
         // The single-row read of the port is a read action.
         assert!(s.mark_read(&user, w[1].key(), t2).await.unwrap());
         assert_eq!(find(&s, &user, w[1].key()).await.unwrap().seen_at, Some(t2));
@@ -612,21 +618,21 @@ pub mod state_cases {
             0,
             "nothing left to change"
         );
-        assert_eq!(s.counts(&user).await.unwrap(), counts(9, 4));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(9, 4));
         assert_eq!(
             s.apply_before(&user, w[4].key(), InboxAction::Read, t)
                 .await
                 .unwrap(),
             3
         );
-        assert_eq!(s.counts(&user).await.unwrap(), counts(6, 4));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(6, 4));
         assert_eq!(
             s.apply_before(&user, w[8].key(), InboxAction::Archive, t)
                 .await
                 .unwrap(),
             7
         );
-        assert_eq!(s.counts(&user).await.unwrap(), counts(2, 2));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(2, 2));
         let only = filter(StatusFilter::All, ArchivedFilter::Only);
         assert_eq!(titles(&s, &user, only).await.len(), 7);
         assert_eq!(
@@ -636,7 +642,7 @@ pub mod state_cases {
             2
         );
         assert_eq!(titles(&s, &user, only).await.len(), 5);
-        assert_eq!(s.counts(&user).await.unwrap(), counts(2, 2));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(2, 2));
         assert_eq!(find(&s, &user, w[0].key()).await, None, "still dismissed");
         // Before the oldest row: nothing.
         assert_eq!(
@@ -644,6 +650,52 @@ pub mod state_cases {
                 .await
                 .unwrap(),
             0
+        );
+    }
+
+    pub async fn rows_of_hidden_campaigns_leave_pages_and_counts(s: Arc<dyn InboxStore>) {
+        let p = run_id();
+        let user = format!("{p}-u");
+        // Rows c000..c004; c001 and c003 belong to retracted campaigns.
+        let w = rows(&p, &user, 5, utc("2026-01-01T00:00:00Z"));
+        s.write_batch(&w).await.unwrap();
+        let hidden = vec![
+            w[1].campaign_id.clone().unwrap(),
+            w[3].campaign_id.clone().unwrap(),
+            format!("{p}-never-sent-here"),
+        ];
+        let all = filter(StatusFilter::All, ArchivedFilter::Include);
+        assert_eq!(
+            titles(&s, &user, all.hiding(&hidden)).await,
+            ["c004", "c002", "c000"]
+        );
+        assert_eq!(
+            titles(&s, &user, all).await.len(),
+            5,
+            "hidden by the reader only"
+        );
+        assert_eq!(s.counts(&user, &hidden).await.unwrap(), counts(3, 3));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(5, 5));
+        let (page, c) = s
+            .page_with_counts(&user, None, 2, InboxFilter::UNREAD.hiding(&hidden))
+            .await
+            .unwrap();
+        let keys: Vec<_> = page.iter().map(Notification::key).collect();
+        assert_eq!(keys, [w[4].key(), w[2].key()]);
+        assert_eq!(c, counts(3, 3));
+        // Paging on past a hidden row.
+        let rest = s
+            .page(
+                &user,
+                Some(w[2].key()),
+                5,
+                InboxFilter::default().hiding(&hidden),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            rest.iter().map(Notification::key).collect::<Vec<_>>(),
+            [w[0].key()]
         );
     }
 
@@ -658,13 +710,13 @@ pub mod state_cases {
         // Everything up to row 1 seen: two rows covered.
         let mark = start + Duration::seconds(90);
         assert_eq!(s.mark_all_seen(&user, mark).await.unwrap(), 2);
-        assert_eq!(s.counts(&user).await.unwrap(), counts(4, 2));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(4, 2));
         // A row written later with an older time is covered too, as by "read all".
         let late = row(&format!("{p}-late"), &user, start + Duration::seconds(30));
         s.write_batch(std::slice::from_ref(&late)).await.unwrap();
         let late_row = find(&s, &user, late.key()).await.unwrap();
         assert_eq!((late_row.seen_at, late_row.read_at), (Some(mark), None));
-        assert_eq!(s.counts(&user).await.unwrap(), counts(5, 2));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(5, 2));
         let unseen = s
             .page(
                 &user,
@@ -678,10 +730,10 @@ pub mod state_cases {
         assert_eq!(keys, [w[3].key(), w[2].key()]);
         // Never back; a read watermark above it makes rows seen as well.
         assert_eq!(s.mark_all_seen(&user, start).await.unwrap(), 0);
-        assert_eq!(s.counts(&user).await.unwrap(), counts(5, 2));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(5, 2));
         let read_mark = start + Duration::seconds(150);
         assert_eq!(s.mark_all_read(&user, read_mark).await.unwrap(), 4);
-        assert_eq!(s.counts(&user).await.unwrap(), counts(1, 1));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(1, 1));
         let r2 = find(&s, &user, w[2].key()).await.unwrap();
         assert_eq!((r2.read_at, r2.seen_at), (Some(read_mark), Some(read_mark)));
         let r0 = find(&s, &user, w[0].key()).await.unwrap();
@@ -697,7 +749,7 @@ pub mod state_cases {
                 .unwrap(),
             1
         );
-        assert_eq!(s.counts(&user).await.unwrap(), counts(1, 0));
+        assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(1, 0));
     }
 }
 
@@ -725,7 +777,7 @@ mod ttl_cases {
             2
         );
         assert!(s.mark_read(&user, fresh[0].key(), now).await.unwrap());
-        assert_eq!(s.counts(&user).await.unwrap().unread, 1);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 1);
         tokio::time::sleep(std::time::Duration::from_secs(6)).await;
         // Gone with every cell: no row, no read state left behind as a row of its own.
         assert!(s
@@ -733,7 +785,7 @@ mod ttl_cases {
             .await
             .unwrap()
             .is_empty());
-        assert_eq!(s.counts(&user).await.unwrap().unread, 0);
+        assert_eq!(s.counts(&user, &[]).await.unwrap().unread, 0);
         assert!(!s
             .mark_read(&user, fresh[0].key(), Utc::now())
             .await
@@ -766,6 +818,7 @@ macro_rules! inbox_conformance {
                 seen_read_and_archived_rows_filter_pages_and_counts,
                 a_range_action_changes_every_older_row_and_counts_the_changes,
                 seen_all_moves_a_seen_watermark_that_a_read_watermark_also_moves,
+                rows_of_hidden_campaigns_leave_pages_and_counts,
             );
         }
     };

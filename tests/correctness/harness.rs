@@ -485,7 +485,7 @@ impl InboxStore for PanickyInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        filter: InboxFilter,
+        filter: InboxFilter<'_>,
     ) -> Result<Vec<Notification>> {
         self.inner.page(user_id, before, limit, filter).await
     }
@@ -525,8 +525,8 @@ impl InboxStore for PanickyInbox {
     async fn dismiss(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
         self.inner.dismiss(user_id, key, at).await
     }
-    async fn counts(&self, user_id: &str) -> Result<InboxCounts> {
-        self.inner.counts(user_id).await
+    async fn counts(&self, user_id: &str, hidden: &[String]) -> Result<InboxCounts> {
+        self.inner.counts(user_id, hidden).await
     }
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
         self.inner.purge_before(before).await

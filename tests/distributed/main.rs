@@ -18,5 +18,6 @@ mod digests;
 mod inbox_states;
 mod outages;
 mod presence;
+mod retractions;
 
 pub const ADMIN_KEY: &str = "distributed-admin-key-0123456789";

@@ -66,6 +66,8 @@ pub enum ChannelStatus {
     Retrying,
     DeadLettered,
     SuppressedOnline,
+    /// Not sent: the campaign was retracted before the send was made.
+    Cancelled,
     /// No outcome is recorded (not sent yet, or past the delivery log's retention).
     Unknown,
 }
@@ -240,6 +242,7 @@ fn recorded(r: &RecipientRecord) -> ChannelVerdict {
         RecipientStatus::Retrying => ChannelStatus::Retrying,
         RecipientStatus::DeadLettered => ChannelStatus::DeadLettered,
         RecipientStatus::SuppressedOnline => ChannelStatus::SuppressedOnline,
+        RecipientStatus::Cancelled => ChannelStatus::Cancelled,
     };
     ChannelVerdict {
         status,

@@ -15,3 +15,4 @@ pub mod events;
 pub mod explain;
 pub mod ops;
 pub mod preview;
+pub mod retractions;

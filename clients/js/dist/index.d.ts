@@ -113,6 +113,10 @@ export interface InboxEvents {
     };
     /** Everything was read on another device (or through this client). */
     read_all: Record<string, never>;
+    /** The sender took the item back (`DELETE /v1/campaigns/{id}/notifications`): remove it. */
+    retracted: {
+        id: string;
+    };
     /** Items changed state on another device (or through this client): the items `ids`, or
      *  everything older than the cursor `before`, or (`all`) everything. */
     marked: {

@@ -277,6 +277,7 @@ export class InboxClient {
             }
             case "read":
             case "dismiss":
+            case "retracted":
                 if (msg.id)
                     this.emit(msg.type, { id: msg.id });
                 return;

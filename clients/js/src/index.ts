@@ -119,6 +119,8 @@ export interface InboxEvents {
   dismiss: { id: string };
   /** Everything was read on another device (or through this client). */
   read_all: Record<string, never>;
+  /** The sender took the item back (`DELETE /v1/campaigns/{id}/notifications`): remove it. */
+  retracted: { id: string };
   /** Items changed state on another device (or through this client): the items `ids`, or
    *  everything older than the cursor `before`, or (`all`) everything. */
   marked: { action: InboxAction; ids: string[]; before: string | null; all: boolean };
@@ -401,6 +403,7 @@ export class InboxClient {
       }
       case "read":
       case "dismiss":
+      case "retracted":
         if (msg.id) this.emit(msg.type, { id: msg.id });
         return;
       case "read_all":

@@ -93,6 +93,29 @@ test("seen, archived and bulk actions filter pages and counts, and reach the oth
   phone.disconnect();
 });
 
+test("a retracted item is reported by the live feed and leaves the pages and counts", async () => {
+  const token = await herald.user("js-retract");
+  const client = new InboxClient({ baseUrl: herald.base, token, WebSocket });
+  const retracted = [];
+  const items = [];
+  let opened = 0;
+  client.on("retracted", (r) => retracted.push(r.id));
+  client.on("notification", (i) => items.push(i));
+  client.on("open", () => opened++);
+  client.connect();
+  await eventually(() => opened === 1, "the feed to open");
+  const campaign = await herald.send("js-retract", "oops");
+  await herald.send("js-retract", "fine");
+  await eventually(() => items.length === 2, "both items live");
+  await herald.admin("DELETE", `/v1/campaigns/${campaign}/notifications`);
+  await eventually(() => retracted.length === 1, "the retraction");
+  assert.equal(retracted[0], items[0].id);
+  const page = await client.list();
+  assert.deepEqual(page.items.map((i) => i.title), ["fine"]);
+  assert.equal(page.unread_count, 1);
+  client.disconnect();
+});
+
 test("errors come back as HeraldError with the status and code of the error body", async () => {
   const token = await herald.user("js-errors");
   const client = new InboxClient({ baseUrl: herald.base, token });

@@ -36,6 +36,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("mysql", "campaigns", "0002_created_index"),
     migration!("mysql", "campaigns", "0003_suppressed_online"),
     migration!("mysql", "campaigns", "0004_digests"),
+    migration!("mysql", "campaigns", "0005_retractions"),
 ];
 
 /// Counter rows per campaign (and per campaign and channel).
@@ -200,10 +201,11 @@ async fn add_channel_counts(
 ) -> std::result::Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO campaign_channel_counters \
-         (campaign_id, channel, shard, queued, sent, failed, suppressed_online) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE queued = queued + VALUES(queued), \
+         (campaign_id, channel, shard, queued, sent, failed, suppressed_online, cancelled) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE queued = queued + VALUES(queued), \
          sent = sent + VALUES(sent), failed = failed + VALUES(failed), \
-         suppressed_online = suppressed_online + VALUES(suppressed_online)",
+         suppressed_online = suppressed_online + VALUES(suppressed_online), \
+         cancelled = cancelled + VALUES(cancelled)",
     )
     .bind(id)
     .bind(channel.as_str())
@@ -212,6 +214,7 @@ async fn add_channel_counts(
     .bind(d.sent as i64)
     .bind(d.failed as i64)
     .bind(d.suppressed_online as i64)
+    .bind(d.cancelled as i64)
     .execute(conn)
     .await?;
     Ok(())
@@ -324,7 +327,8 @@ impl MysqlCampaigns {
             let mut qb = QueryBuilder::<MySql>::new(
                 "SELECT campaign_id, channel, CAST(SUM(queued) AS SIGNED) AS queued, \
                  CAST(SUM(sent) AS SIGNED) AS sent, CAST(SUM(failed) AS SIGNED) AS failed, \
-                 CAST(SUM(suppressed_online) AS SIGNED) AS suppressed_online \
+                 CAST(SUM(suppressed_online) AS SIGNED) AS suppressed_online, \
+                 CAST(SUM(cancelled) AS SIGNED) AS cancelled \
                  FROM campaign_channel_counters WHERE campaign_id IN (",
             );
             let mut sep = qb.separated(", ");
@@ -344,6 +348,7 @@ impl MysqlCampaigns {
                         sent: count(int(&row, "sent")?),
                         failed: count(int(&row, "failed")?),
                         suppressed_online: count(int(&row, "suppressed_online")?),
+                        cancelled: count(int(&row, "cancelled")?),
                     },
                 );
             }
@@ -516,6 +521,49 @@ impl CampaignStore for MysqlCampaigns {
             .map_err(db_error)?
             .rows_affected();
         Ok(n > 0)
+    }
+
+    async fn retract(&self, r: &CampaignRetraction) -> Result<CampaignRetraction> {
+        // The first retraction stays: inserted if none, then read back whichever it is.
+        sqlx::query(
+            "INSERT INTO campaign_retractions (campaign_id, row_time, broadcast_id, retracted_at) \
+             VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE campaign_id = campaign_id",
+        )
+        .bind(&r.campaign_id)
+        .bind(micros(r.row_time))
+        .bind(r.broadcast_id.map(|b| b.as_bytes().to_vec()))
+        .bind(micros(r.retracted_at))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT campaign_id, row_time, broadcast_id, retracted_at FROM campaign_retractions \
+             WHERE campaign_id = ?",
+        )
+        .bind(&r.campaign_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let stored = rows
+            .iter()
+            .map(retraction_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        stored
+            .into_iter()
+            .next()
+            .ok_or_else(|| herald_core::Error::internal("a retraction just written is not there"))
+    }
+
+    async fn retractions_since(&self, since: DateTime<Utc>) -> Result<Vec<CampaignRetraction>> {
+        let rows = sqlx::query(
+            "SELECT campaign_id, row_time, broadcast_id, retracted_at FROM campaign_retractions \
+             WHERE row_time >= ? ORDER BY row_time",
+        )
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(retraction_from_row).collect()
     }
 
     async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()> {
@@ -1282,4 +1330,16 @@ mod tests {
         assert_eq!(used.len() as u64, COUNTER_SHARDS);
         assert!(used.iter().all(|s| (0..COUNTER_SHARDS as i64).contains(s)));
     }
+}
+
+fn retraction_from_row(row: &sqlx::mysql::MySqlRow) -> Result<CampaignRetraction> {
+    let broadcast_id: Option<Vec<u8>> = row.try_get("broadcast_id").map_err(db_error)?;
+    Ok(CampaignRetraction {
+        campaign_id: text(row, "campaign_id")?,
+        row_time: from_micros(row.try_get("row_time").map_err(db_error)?),
+        broadcast_id: broadcast_id
+            .map(|b| uuid::Uuid::from_slice(&b).map_err(|e| corrupt("broadcast id", e)))
+            .transpose()?,
+        retracted_at: from_micros(row.try_get("retracted_at").map_err(db_error)?),
+    })
 }

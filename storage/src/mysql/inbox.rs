@@ -132,7 +132,7 @@ fn push_key_bound(qb: &mut QueryBuilder<'_, MySql>, op: &str, key: InboxKey) {
 /// uncorrelated scalar subquery, evaluated once per statement (not a derived table of the
 /// page: MariaDB materialises one holding TEXT columns as an on-disk temporary table, once
 /// per read).
-fn select_rows<'a>(user_id: &'a str, with_counts: bool) -> QueryBuilder<'a, MySql> {
+fn select_rows<'a>(user_id: &'a str, with_counts: Option<&[String]>) -> QueryBuilder<'a, MySql> {
     let (read, seen) = (Mark::Read(user_id), Mark::Seen(user_id));
     let mut qb = QueryBuilder::<MySql>::new(
         "SELECT id, user_id, campaign_id, title, body, category, data, created_at, \
@@ -149,9 +149,9 @@ fn select_rows<'a>(user_id: &'a str, with_counts: bool) -> QueryBuilder<'a, MySq
     qb.push(format!(", {NEVER}), COALESCE("));
     seen.push_covering(&mut qb);
     qb.push(format!(", {NEVER})), {NEVER}) AS seen_at, archived_at"));
-    if with_counts {
+    if let Some(hidden) = with_counts {
         qb.push(", ");
-        push_counts(&mut qb, user_id, read, None);
+        push_counts(&mut qb, user_id, read, None, hidden);
         qb.push(" AS counts");
     }
     qb.push(" FROM notifications WHERE user_id = ")
@@ -168,17 +168,23 @@ fn push_counts<'a>(
     user_id: &'a str,
     read: Mark<'a>,
     upto: Option<i64>,
+    hidden: &[String],
 ) {
     qb.push(
         "(SELECT CONCAT(COUNT(CASE WHEN read_at IS NULL AND dismissed_at IS NULL \
-         AND archived_at IS NULL THEN 1 END), ',', COUNT(CASE WHEN read_at IS NULL \
-         AND seen_at IS NULL AND dismissed_at IS NULL AND archived_at IS NULL AND created_at > ",
+         AND archived_at IS NULL",
     );
+    push_not_hidden(qb, hidden);
+    qb.push(
+        " THEN 1 END), ',', COUNT(CASE WHEN read_at IS NULL \
+         AND seen_at IS NULL AND dismissed_at IS NULL AND archived_at IS NULL",
+    );
+    push_not_hidden(qb, hidden);
+    qb.push(" AND created_at > ");
     Mark::Seen(user_id).push(qb);
     qb.push(
-        " THEN 1 END)) FROM (SELECT created_at, read_at, seen_at, dismissed_at, archived_at \
-         FROM notifications \
-         WHERE user_id = ",
+        " THEN 1 END)) FROM (SELECT created_at, campaign_id, read_at, seen_at, dismissed_at, \
+         archived_at FROM notifications WHERE user_id = ",
     )
     .push_bind(user_id)
     .push(" AND created_at > ");
@@ -189,6 +195,19 @@ fn push_counts<'a>(
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(UNREAD_WINDOW))
         .push(") AS recent)");
+}
+
+/// ` AND` the row is not of a `hidden` campaign (nothing when there is none).
+fn push_not_hidden(qb: &mut QueryBuilder<'_, MySql>, hidden: &[String]) {
+    if hidden.is_empty() {
+        return;
+    }
+    qb.push(" AND (campaign_id IS NULL OR campaign_id NOT IN (");
+    let mut list = qb.separated(", ");
+    for c in hidden {
+        list.push_bind(c.clone());
+    }
+    qb.push("))");
 }
 
 fn parse_counts(counts: &str) -> Result<InboxCounts> {
@@ -256,9 +275,9 @@ fn push_keys(qb: &mut QueryBuilder<'_, MySql>, keys: &[InboxKey]) {
 }
 
 impl MysqlInbox {
-    async fn read_counts(&self, user_id: &str) -> Result<InboxCounts> {
+    async fn read_counts(&self, user_id: &str, hidden: &[String]) -> Result<InboxCounts> {
         let mut qb = QueryBuilder::<MySql>::new("SELECT ");
-        push_counts(&mut qb, user_id, Mark::Read(user_id), None);
+        push_counts(&mut qb, user_id, Mark::Read(user_id), None, hidden);
         let counts: String = qb
             .build_query_scalar()
             .fetch_one(&self.pool)
@@ -274,7 +293,7 @@ fn push_page_bounds<'a>(
     user_id: &'a str,
     before: Option<InboxKey>,
     limit: u32,
-    filter: InboxFilter,
+    filter: InboxFilter<'_>,
 ) {
     if let Some(before) = before {
         push_key_bound(qb, "<", before);
@@ -289,6 +308,7 @@ fn push_page_bounds<'a>(
         ArchivedFilter::Include => &mut *qb,
         ArchivedFilter::Only => qb.push(" AND archived_at IS NOT NULL"),
     };
+    push_not_hidden(qb, filter.hidden);
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(limit));
 }
@@ -340,9 +360,9 @@ impl InboxStore for MysqlInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        filter: InboxFilter,
+        filter: InboxFilter<'_>,
     ) -> Result<Vec<Notification>> {
-        let mut qb = select_rows(user_id, false);
+        let mut qb = select_rows(user_id, None);
         push_page_bounds(&mut qb, user_id, before, limit, filter);
         qb.build()
             .fetch_all(&self.pool)
@@ -358,16 +378,16 @@ impl InboxStore for MysqlInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        filter: InboxFilter,
+        filter: InboxFilter<'_>,
     ) -> Result<(Vec<Notification>, InboxCounts)> {
         // One round trip: the page with the counts beside its columns. An empty page brings
         // no row, and so no counts: then they are asked on their own.
-        let mut qb = select_rows(user_id, true);
+        let mut qb = select_rows(user_id, Some(filter.hidden));
         push_page_bounds(&mut qb, user_id, before, limit, filter);
         let rows = qb.build().fetch_all(&self.pool).await.map_err(db_error)?;
         let counts = match rows.first() {
             Some(row) => parse_counts(&text(row, "counts")?)?,
-            None => self.read_counts(user_id).await?,
+            None => self.read_counts(user_id, filter.hidden).await?,
         };
         let page = rows
             .iter()
@@ -377,7 +397,7 @@ impl InboxStore for MysqlInbox {
     }
 
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
-        let mut qb = select_rows(user_id, false);
+        let mut qb = select_rows(user_id, None);
         push_key_bound(&mut qb, ">", after);
         qb.push(" ORDER BY created_at ASC, id ASC LIMIT ")
             .push_bind(i64::from(limit));
@@ -391,7 +411,7 @@ impl InboxStore for MysqlInbox {
     }
 
     async fn get(&self, user_id: &str, key: InboxKey) -> Result<Option<Notification>> {
-        let mut qb = select_rows(user_id, false);
+        let mut qb = select_rows(user_id, None);
         qb.push(" AND created_at = ")
             .push_bind(micros(key.created_at))
             .push(" AND id = ")
@@ -509,7 +529,7 @@ impl InboxStore for MysqlInbox {
             .await?;
             let mark = mark.unwrap_or(NO_MARK);
             let mut qb = QueryBuilder::<MySql>::new("SELECT ");
-            push_counts(&mut qb, user_id, Mark::Known(mark), Some(micros(at)));
+            push_counts(&mut qb, user_id, Mark::Known(mark), Some(micros(at)), &[]);
             let counts: String = qb.build_query_scalar().fetch_one(&mut *tx).await?;
             let covered = parse_counts(&counts).map_or(0, |c| c.unread);
             sqlx::query(
@@ -542,6 +562,7 @@ impl InboxStore for MysqlInbox {
                 user_id,
                 Mark::Known(mark.unwrap_or(NO_MARK)),
                 Some(micros(at)),
+                &[],
             );
             let counts: String = qb.build_query_scalar().fetch_one(&mut *tx).await?;
             let covered = parse_counts(&counts).map_or(0, |c| c.unseen);
@@ -579,8 +600,8 @@ impl InboxStore for MysqlInbox {
         Ok(n > 0)
     }
 
-    async fn counts(&self, user_id: &str) -> Result<InboxCounts> {
-        self.read_counts(user_id).await
+    async fn counts(&self, user_id: &str, hidden: &[String]) -> Result<InboxCounts> {
+        self.read_counts(user_id, hidden).await
     }
 
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {

@@ -99,13 +99,14 @@ pub mod cql {
         WHERE user_id = ? AND created_at = ? AND id = ?";
     /// The count window: the newest rows above the read watermark (the limit is the port's
     /// constant `UNREAD_WINDOW`).
-    pub const WINDOW: &str = "SELECT created_at, title, read_at, dismissed_at, seen_at, \
-        archived_at FROM notifications_by_user WHERE user_id = ? AND created_at > ? LIMIT 1000";
+    pub const WINDOW: &str = "SELECT created_at, campaign_id, title, read_at, dismissed_at, \
+        seen_at, archived_at FROM notifications_by_user WHERE user_id = ? AND created_at > ? \
+        LIMIT 1000";
     /// The count window of a "read all" or "seen all": above the read watermark, up to the
     /// new one.
-    pub const WINDOW_UPTO: &str = "SELECT created_at, title, read_at, dismissed_at, seen_at, \
-        archived_at FROM notifications_by_user WHERE user_id = ? AND created_at > ? \
-        AND created_at <= ? LIMIT 1000";
+    pub const WINDOW_UPTO: &str = "SELECT created_at, campaign_id, title, read_at, \
+        dismissed_at, seen_at, archived_at FROM notifications_by_user WHERE user_id = ? \
+        AND created_at > ? AND created_at <= ? LIMIT 1000";
     pub const GET_MARK: &str =
         "SELECT read_through, seen_through FROM inbox_read_marks WHERE user_id = ?";
     /// The watermark, written with itself as the write time: the latest watermark wins in
@@ -224,9 +225,11 @@ type State = (
     Option<i64>,
 );
 
-/// `(created_at, title, read_at, dismissed_at, seen_at, archived_at)` of a count window.
+/// `(created_at, campaign_id, title, read_at, dismissed_at, seen_at, archived_at)` of a
+/// count window.
 type WindowRow = (
     i64,
+    Option<String>,
     Option<String>,
     Option<i64>,
     Option<i64>,
@@ -403,7 +406,7 @@ impl ScyllaInbox {
         user_id: &str,
         mut from: Scan,
         limit: u32,
-        filter: InboxFilter,
+        filter: InboxFilter<'_>,
         marks: Marks,
     ) -> Result<Vec<Notification>> {
         let mut out = Vec::new();
@@ -433,6 +436,9 @@ impl ScyllaInbox {
                     // Newest first: everything from here on is under the watermark.
                     return Ok(out);
                 }
+                if filter.hides(row.1.as_deref()) {
+                    continue;
+                }
                 let Some(n) = visible(user_id, row, marks)? else {
                     continue;
                 };
@@ -453,9 +459,9 @@ impl ScyllaInbox {
     }
 
     /// The counts of the window above the read watermark.
-    async fn count(&self, user_id: &str, marks: Marks) -> Result<InboxCounts> {
+    async fn count(&self, user_id: &str, marks: Marks, hidden: &[String]) -> Result<InboxCounts> {
         let window: Vec<WindowRow> = self.rows(&self.st.window, (user_id, marks.read)).await?;
-        Ok(counts_in(&window, marks))
+        Ok(counts_in(&window, marks, hidden))
     }
 
     /// One read of up to `n` rows older than `before` (newest when `None`).
@@ -471,15 +477,19 @@ impl ScyllaInbox {
     }
 }
 
-/// The unread and unseen visible, unarchived rows of a window above the read watermark.
-fn counts_in(window: &[WindowRow], marks: Marks) -> InboxCounts {
+/// The unread and unseen visible, unarchived rows of a window above the read watermark, rows
+/// of `hidden` campaigns left out.
+fn counts_in(window: &[WindowRow], marks: Marks, hidden: &[String]) -> InboxCounts {
     let mut counts = InboxCounts::default();
-    for &(created_at, ref title, read_at, dismissed_at, seen_at, archived_at) in window {
+    for (created_at, campaign_id, title, read_at, dismissed_at, seen_at, archived_at) in window {
         if title.is_none() || read_at.is_some() || dismissed_at.is_some() || archived_at.is_some() {
             continue;
         }
+        if campaign_id.as_ref().is_some_and(|c| hidden.contains(c)) {
+            continue;
+        }
         counts.unread += 1;
-        if seen_at.is_none() && created_at > marks.seen_through() {
+        if seen_at.is_none() && *created_at > marks.seen_through() {
             counts.unseen += 1;
         }
     }
@@ -626,7 +636,7 @@ impl InboxStore for ScyllaInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        filter: InboxFilter,
+        filter: InboxFilter<'_>,
     ) -> Result<Vec<Notification>> {
         let marks = self.marks(user_id).await?;
         self.scan(user_id, Scan::Older(before), limit, filter, marks)
@@ -638,13 +648,13 @@ impl InboxStore for ScyllaInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        filter: InboxFilter,
+        filter: InboxFilter<'_>,
     ) -> Result<(Vec<Notification>, InboxCounts)> {
         // One watermark read for both, then the page and the count window side by side.
         let marks = self.marks(user_id).await?;
         tokio::try_join!(
             self.scan(user_id, Scan::Older(before), limit, filter, marks),
-            self.count(user_id, marks),
+            self.count(user_id, marks, filter.hidden),
         )
     }
 
@@ -742,7 +752,7 @@ impl InboxStore for ScyllaInbox {
             let window: Vec<WindowRow> = self
                 .rows(&self.st.window_upto, (user_id, old.read, at))
                 .await?;
-            counts_in(&window, old).unread
+            counts_in(&window, old, &[]).unread
         } else {
             0
         };
@@ -757,7 +767,7 @@ impl InboxStore for ScyllaInbox {
             let window: Vec<WindowRow> = self
                 .rows(&self.st.window_upto, (user_id, old.read, at))
                 .await?;
-            counts_in(&window, old).unseen
+            counts_in(&window, old, &[]).unseen
         } else {
             0
         };
@@ -772,9 +782,9 @@ impl InboxStore for ScyllaInbox {
         self.write_state(&self.st.dismiss, user_id, key, at).await
     }
 
-    async fn counts(&self, user_id: &str) -> Result<InboxCounts> {
+    async fn counts(&self, user_id: &str, hidden: &[String]) -> Result<InboxCounts> {
         let marks = self.marks(user_id).await?;
-        self.count(user_id, marks).await
+        self.count(user_id, marks, hidden).await
     }
 
     async fn purge_before(&self, _before: DateTime<Utc>) -> Result<u64> {
@@ -982,18 +992,22 @@ mod tests {
         );
         // The window holds rows above the read mark: unread 4 (one archived, one read, one
         // dismissed and one not a row left out), unseen 2 (one under the seen mark, one seen).
+        let c = |id: &str| Some(id.to_owned());
         let window = [
-            (150, Some("t".to_owned()), None, None, None, None),
-            (250, Some("t".to_owned()), None, None, None, None),
-            (260, Some("t".to_owned()), None, None, Some(1), None),
-            (270, Some("t".to_owned()), None, None, None, Some(1)),
-            (280, Some("t".to_owned()), Some(1), None, None, None),
-            (290, Some("t".to_owned()), None, Some(1), None, None),
-            (300, None, None, None, None, None),
-            (310, Some("t".to_owned()), None, None, None, None),
+            (150, c("a"), c("t"), None, None, None, None),
+            (250, c("a"), c("t"), None, None, None, None),
+            (260, c("a"), c("t"), None, None, Some(1), None),
+            (270, c("a"), c("t"), None, None, None, Some(1)),
+            (280, c("a"), c("t"), Some(1), None, None, None),
+            (290, c("a"), c("t"), None, Some(1), None, None),
+            (300, c("a"), None, None, None, None, None),
+            (310, c("a"), c("t"), None, None, None, None),
+            (320, c("retracted"), c("t"), None, None, None, None),
         ];
-        let c = counts_in(&window, marks);
-        assert_eq!((c.unread, c.unseen), (4, 2));
+        let counts = counts_in(&window, marks, &["retracted".to_owned()]);
+        assert_eq!((counts.unread, counts.unseen), (4, 2));
+        let counts = counts_in(&window, marks, &[]);
+        assert_eq!((counts.unread, counts.unseen), (5, 3));
         let cells = |created_at, read_at, seen_at, archived_at| Cells {
             created_at,
             read_at,

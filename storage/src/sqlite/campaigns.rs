@@ -25,6 +25,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "campaigns", "0007_created_index"),
     migration!("sqlite", "campaigns", "0008_suppressed_online"),
     migration!("sqlite", "campaigns", "0009_digests"),
+    migration!("sqlite", "campaigns", "0010_retractions"),
 ];
 
 /// Statuses in which a campaign may need a dispatcher (see `claimable_campaigns`).
@@ -126,11 +127,12 @@ fn add_counts<'q>(
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
     sqlx::query(
         "INSERT INTO campaign_deliveries \
-         (campaign_id, channel, queued, sent, failed, suppressed_online) \
-         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \
+         (campaign_id, channel, queued, sent, failed, suppressed_online, cancelled) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (campaign_id, channel) DO UPDATE SET \
          queued = queued + excluded.queued, sent = sent + excluded.sent, \
          failed = failed + excluded.failed, \
-         suppressed_online = suppressed_online + excluded.suppressed_online",
+         suppressed_online = suppressed_online + excluded.suppressed_online, \
+         cancelled = cancelled + excluded.cancelled",
     )
     .bind(id)
     .bind(channel.as_str())
@@ -138,6 +140,7 @@ fn add_counts<'q>(
     .bind(d.sent as i64)
     .bind(d.failed as i64)
     .bind(d.suppressed_online as i64)
+    .bind(d.cancelled as i64)
 }
 
 pub struct SqliteCampaigns {
@@ -228,7 +231,8 @@ impl SqliteCampaigns {
             return Ok(campaigns);
         }
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT campaign_id, channel, queued, sent, failed, suppressed_online FROM campaign_deliveries \
+            "SELECT campaign_id, channel, queued, sent, failed, suppressed_online, cancelled \
+             FROM campaign_deliveries \
              WHERE campaign_id IN (",
         );
         let mut sep = qb.separated(", ");
@@ -249,6 +253,7 @@ impl SqliteCampaigns {
                 sent: row.get::<i64, _>("sent") as u64,
                 failed: row.get::<i64, _>("failed") as u64,
                 suppressed_online: row.get::<i64, _>("suppressed_online") as u64,
+                cancelled: row.get::<i64, _>("cancelled") as u64,
             };
             if let Some(c) = campaigns.iter_mut().find(|c| c.id == id) {
                 c.deliveries.insert(channel, counts);
@@ -395,6 +400,50 @@ impl CampaignStore for SqliteCampaigns {
             .map_err(|e| self.db_error(e))?
             .rows_affected();
         Ok(n > 0)
+    }
+
+    async fn retract(&self, r: &CampaignRetraction) -> Result<CampaignRetraction> {
+        let _gate = self.db.gate().await;
+        // The first retraction stays: inserted if none, then read back whichever it is.
+        sqlx::query(
+            "INSERT INTO campaign_retractions (campaign_id, row_time, broadcast_id, retracted_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (campaign_id) DO NOTHING",
+        )
+        .bind(&r.campaign_id)
+        .bind(micros(r.row_time))
+        .bind(r.broadcast_id.map(|b| b.as_bytes().to_vec()))
+        .bind(micros(r.retracted_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        let rows = sqlx::query(
+            "SELECT campaign_id, row_time, broadcast_id, retracted_at FROM campaign_retractions \
+             WHERE campaign_id = ?",
+        )
+        .bind(&r.campaign_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        let stored = rows
+            .iter()
+            .map(retraction_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        stored
+            .into_iter()
+            .next()
+            .ok_or_else(|| herald_core::Error::internal("a retraction just written is not there"))
+    }
+
+    async fn retractions_since(&self, since: DateTime<Utc>) -> Result<Vec<CampaignRetraction>> {
+        let rows = sqlx::query(
+            "SELECT campaign_id, row_time, broadcast_id, retracted_at FROM campaign_retractions \
+             WHERE row_time >= ? ORDER BY row_time",
+        )
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        rows.iter().map(retraction_from_row).collect()
     }
 
     async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()> {
@@ -1094,4 +1143,16 @@ fn rule_from_row(row: &SqliteRow) -> Result<Rule> {
     // The first creation time survives replacements.
     rule.created_at = from_micros(row.get("created_at"));
     Ok(rule)
+}
+
+fn retraction_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CampaignRetraction> {
+    let broadcast_id: Option<Vec<u8>> = row.get("broadcast_id");
+    Ok(CampaignRetraction {
+        campaign_id: row.get("campaign_id"),
+        row_time: from_micros(row.get("row_time")),
+        broadcast_id: broadcast_id
+            .map(|b| uuid::Uuid::from_slice(&b).map_err(|e| corrupt("broadcast id", e)))
+            .transpose()?,
+        retracted_at: from_micros(row.get("retracted_at")),
+    })
 }

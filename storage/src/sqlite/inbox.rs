@@ -72,7 +72,7 @@ fn push_page_json(
     user_id: &str,
     before: Option<InboxKey>,
     limit: u32,
-    filter: InboxFilter,
+    filter: InboxFilter<'_>,
 ) {
     qb.push(
         "(SELECT json_group_array(json_object('id', hex(id), 'user_id', user_id, \
@@ -98,9 +98,23 @@ fn push_page_json(
         StatusFilter::Unseen => push_unseen(qb, user_id),
     }
     push_archived(qb, filter.archived);
+    push_not_hidden(qb, filter.hidden);
     qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(limit))
         .push("))");
+}
+
+/// ` AND` the row is not of a `hidden` campaign (nothing when there is none).
+fn push_not_hidden(qb: &mut QueryBuilder<'_, Sqlite>, hidden: &[String]) {
+    if hidden.is_empty() {
+        return;
+    }
+    qb.push(" AND (campaign_id IS NULL OR campaign_id NOT IN (");
+    let mut list = qb.separated(", ");
+    for c in hidden {
+        list.push_bind(c.clone());
+    }
+    qb.push("))");
 }
 
 /// ` AND` the archive state `filter` asks for.
@@ -171,13 +185,17 @@ fn push_covered_by(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, column: &'s
     qb.push(" END");
 }
 
-/// The two counts (unread, unseen) over the window `push_window` reads.
-fn push_counts(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
+/// The two counts (unread, unseen) over the window `push_window` reads, rows of `hidden`
+/// campaigns left out.
+fn push_counts(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, hidden: &[String]) {
+    qb.push("COUNT(CASE WHEN read_at IS NULL AND dismissed_at IS NULL AND archived_at IS NULL");
+    push_not_hidden(qb, hidden);
     qb.push(
-        "COUNT(CASE WHEN read_at IS NULL AND dismissed_at IS NULL AND archived_at IS NULL \
-         THEN 1 END), COUNT(CASE WHEN read_at IS NULL AND seen_at IS NULL \
-         AND dismissed_at IS NULL AND archived_at IS NULL AND created_at > ",
+        " THEN 1 END), COUNT(CASE WHEN read_at IS NULL AND seen_at IS NULL \
+         AND dismissed_at IS NULL AND archived_at IS NULL",
     );
+    push_not_hidden(qb, hidden);
+    qb.push(" AND created_at > ");
     push_mark_or_none(qb, user_id, "seen_through");
     qb.push(" THEN 1 END)");
 }
@@ -186,7 +204,7 @@ fn push_counts(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
 /// at or below `upto`), one range of the primary key.
 fn push_window(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, upto: Option<i64>) {
     qb.push(
-        " FROM (SELECT created_at, read_at, seen_at, archived_at, dismissed_at \
+        " FROM (SELECT created_at, campaign_id, read_at, seen_at, archived_at, dismissed_at \
          FROM notifications WHERE user_id = ",
     )
     .push_bind(user_id.to_owned())
@@ -355,7 +373,7 @@ impl InboxStore for SqliteInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        filter: InboxFilter,
+        filter: InboxFilter<'_>,
     ) -> Result<Vec<Notification>> {
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
         push_page_json(&mut qb, user_id, before, limit, filter);
@@ -372,14 +390,14 @@ impl InboxStore for SqliteInbox {
         user_id: &str,
         before: Option<InboxKey>,
         limit: u32,
-        filter: InboxFilter,
+        filter: InboxFilter<'_>,
     ) -> Result<(Vec<Notification>, InboxCounts)> {
         // Both in one statement: one trip to sqlx's connection thread instead of two. The
         // page is an uncorrelated scalar subquery, evaluated once beside the window's counts.
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
         push_page_json(&mut qb, user_id, before, limit, filter);
         qb.push(", ");
-        push_counts(&mut qb, user_id);
+        push_counts(&mut qb, user_id, filter.hidden);
         push_window(&mut qb, user_id, None);
         let (json, unread, unseen): (Option<String>, i64, i64) = qb
             .build_query_as()
@@ -525,7 +543,7 @@ impl InboxStore for SqliteInbox {
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
         let (_gate, mut tx) = self.db.begin().await?;
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_counts(&mut qb, user_id);
+        push_counts(&mut qb, user_id, &[]);
         push_window(&mut qb, user_id, Some(micros(at)));
         let (covered, _): (i64, i64) = qb
             .build_query_as()
@@ -549,7 +567,7 @@ impl InboxStore for SqliteInbox {
     async fn mark_all_seen(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
         let (_gate, mut tx) = self.db.begin().await?;
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_counts(&mut qb, user_id);
+        push_counts(&mut qb, user_id, &[]);
         push_window(&mut qb, user_id, Some(micros(at)));
         let (_, covered): (i64, i64) = qb
             .build_query_as()
@@ -588,9 +606,9 @@ impl InboxStore for SqliteInbox {
         Ok(n > 0)
     }
 
-    async fn counts(&self, user_id: &str) -> Result<InboxCounts> {
+    async fn counts(&self, user_id: &str, hidden: &[String]) -> Result<InboxCounts> {
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_counts(&mut qb, user_id);
+        push_counts(&mut qb, user_id, hidden);
         push_window(&mut qb, user_id, None);
         let (unread, unseen): (i64, i64) = qb
             .build_query_as()
