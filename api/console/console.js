@@ -272,8 +272,8 @@ async function campaignView(id) {
       h("h2", {}, "Deliveries"),
       deliveries.length
         ? h("table", { id: "deliveries" },
-          h("thead", {}, h("tr", {}, ["channel", "queued", "sent", "failed", "suppressed (online)"].map((t) => h("th", {}, t)))),
-          h("tbody", {}, deliveries.map(([ch, d]) => h("tr", { "data-channel": ch }, h("td", {}, ch), h("td", {}, d.queued), h("td", {}, d.sent), h("td", {}, d.failed), h("td", {}, d.suppressed_online ?? 0)))))
+          h("thead", {}, h("tr", {}, ["channel", "queued", "sent", "failed", "suppressed (online)", "cancelled"].map((t) => h("th", {}, t)))),
+          h("tbody", {}, deliveries.map(([ch, d]) => h("tr", { "data-channel": ch }, h("td", {}, ch), h("td", {}, d.queued), h("td", {}, d.sent), h("td", {}, d.failed), h("td", {}, d.suppressed_online ?? 0), h("td", {}, d.cancelled ?? 0)))))
         : h("p", { class: "muted" }, "No channel sends (in-app only, or none yet)."),
       (c.failures ?? []).length ? h("pre", {}, c.failures.map((f) => `${f.user_id ?? `batch ${f.batch_no}`}: ${f.reason}`).join("\n")) : null,
       FINAL.includes(c.status) ? null
@@ -282,6 +282,14 @@ async function campaignView(id) {
           toast("Cancelled");
           await refresh();
         }) }, "Cancel campaign"),
+      // Sent (or sending): take it back from every inbox, and cancel what has not gone out.
+      c.started_at
+        ? h("button", { class: "danger", id: "retract", onclick: () => attempt(async () => {
+          const r = await api("DELETE", `/v1/campaigns/${encodeURIComponent(id)}/notifications`);
+          toast(`Retracted ${when(r.retracted_at)}: gone from every inbox`);
+          await refresh();
+        }) }, "Retract from inboxes")
+        : null,
     );
     // Live while it runs; deliveries go on after the fan-out, so a little beyond.
     if (!FINAL.includes(c.status) || Object.values(c.deliveries).some((d) => d.sent + d.failed < d.queued)) {

@@ -50,6 +50,7 @@ pub const CATALOG: &[(Kind, &str, &str)] = &[
     (Histogram, "herald_http_request_duration_seconds", "HTTP request latency, by method, route template and status."),
     (Counter, "herald_http_requests_total", "HTTP requests, by method, route template and status."),
     (Counter, "herald_inbox_broadcast_cache_reloads_total", "Reloads of the inbox node's list of open broadcasts."),
+    (Counter, "herald_inbox_bulk_actions_total", "Bulk state changes (`POST /v1/inbox/bulk`) by action (seen, read, archive, unarchive)."),
     (Counter, "herald_inbox_reads_total", "Inbox pages read."),
     (Counter, "herald_inbox_rows_purged_total", "Inbox rows deleted past their retention."),
     (Gauge, "herald_live_connections", "Live-feed WebSockets open on this node."),

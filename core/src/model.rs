@@ -1129,8 +1129,9 @@ impl std::ops::Add for InboxCounts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CampaignRetraction {
     pub campaign_id: String,
-    /// The time every recipient's inbox row of the campaign carries (its key with the id
-    /// derived from campaign and user), or a broadcast's `starts_at`.
+    /// The time every recipient's inbox row of the campaign carries (its start, in whole
+    /// milliseconds: the row's key with the id derived from campaign and user); past the
+    /// retention from it, the rows are gone.
     pub row_time: DateTime<Utc>,
     /// The campaign's broadcast, when it was sent as one.
     pub broadcast_id: Option<uuid::Uuid>,

@@ -349,14 +349,15 @@ pub trait InboxStore: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<Vec<InboxKey>>;
     /// Applies `action` to every visible row of the user strictly older than `before`, row by
-    /// row (unlike the watermarks, a row written later with an older key is not covered).
-    /// Returns how many rows changed state.
+    /// row (unlike the watermarks, a row written later with an older key is not covered),
+    /// leaving the rows of `hidden` campaigns alone. Returns how many rows changed state.
     async fn apply_before(
         &self,
         user_id: &str,
         before: InboxKey,
         action: InboxAction,
         at: DateTime<Utc>,
+        hidden: &[String],
     ) -> Result<u64>;
     /// Marks everything up to `at` read by moving the user's read watermark to `at` (one
     /// write, whatever the inbox holds; a watermark never moves back). A row created at or

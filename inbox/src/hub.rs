@@ -389,7 +389,15 @@ impl Hub {
     pub(crate) fn route(self: &Arc<Self>, event: LiveEvent) {
         match event {
             LiveEvent::Notifications { items } => {
+                // A batch fanned out while its campaign was being retracted publishes rows
+                // nobody must see.
+                let retracted = self.svc.retracted_snapshot();
                 for n in &items {
+                    if let (Some(r), Some(c)) = (&retracted, n.campaign_id.as_deref()) {
+                        if r.contains(c) {
+                            continue;
+                        }
+                    }
                     self.deliver_to_user(&n.user_id, || {
                         Frame::notification(&InboxItem::personal(n))
                     });

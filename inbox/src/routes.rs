@@ -52,8 +52,8 @@ pub struct BulkRequest {
     /// Every item strictly older than this one: an item's `cursor` or a `next_cursor`.
     #[serde(default)]
     pub before: Option<String>,
-    /// Every item there is now (`true`). For `seen` and `read`, items that arrive later with
-    /// an earlier time are covered too.
+    /// Every item there is now (`true`). For `seen` and `read`, personal items that arrive
+    /// later with an earlier time are covered too (broadcasts: the ones showing now).
     #[serde(default)]
     pub all: Option<bool>,
 }

@@ -353,6 +353,11 @@ impl InboxService {
         self.inner.retractions.current(now).await
     }
 
+    /// The retracted campaigns as last loaded, without waiting for a reload.
+    pub fn retracted_snapshot(&self) -> Option<Arc<Retracted>> {
+        self.inner.retractions.snapshot()
+    }
+
     /// Unread personal rows plus live matching broadcasts neither read nor dismissed.
     pub async fn unread_count(&self, user_id: &str) -> Result<u64> {
         Ok(self.counts(user_id).await?.unread)
@@ -371,8 +376,15 @@ impl InboxService {
         let outcome = match &scope {
             BulkScope::Ids(ids) => self.bulk_ids(user_id, action, ids, now).await?,
             BulkScope::Before(before) => {
+                let retracted = self.retracted(now).await?;
                 let (personal, visible) = tokio::try_join!(
-                    ctx.ports.inbox.apply_before(user_id, *before, action, now),
+                    ctx.ports.inbox.apply_before(
+                        user_id,
+                        *before,
+                        action,
+                        now,
+                        &retracted.campaigns
+                    ),
                     self.visible_broadcasts(user_id, now),
                 )?;
                 let older = visible
@@ -396,9 +408,10 @@ impl InboxService {
                                     created_at: now,
                                     id: Uuid::max(),
                                 };
+                                let retracted = self.retracted(now).await?;
                                 ctx.ports
                                     .inbox
-                                    .apply_before(user_id, end, action, now)
+                                    .apply_before(user_id, end, action, now, &retracted.campaigns)
                                     .await
                             }
                         }
@@ -449,8 +462,9 @@ impl InboxService {
         now: DateTime<Utc>,
     ) -> Result<BulkOutcome> {
         let ctx = &self.inner.ctx;
+        let retracted = self.retracted(now).await?;
         let mut keys = Vec::with_capacity(ids.len());
-        for id in ids {
+        for id in ids.iter().filter(|id| !retracted.hides_item(user_id, **id)) {
             if let Some(key) = self.personal_key(user_id, *id).await? {
                 keys.push(key);
             }
@@ -516,6 +530,9 @@ impl InboxService {
     pub async fn mark_read(&self, user_id: &str, id: Uuid) -> Result<bool> {
         let ctx = &self.inner.ctx;
         let now = self.now();
+        if self.retracted(now).await?.hides_item(user_id, id) {
+            return Ok(false);
+        }
         let personal = match self.personal_key(user_id, id).await? {
             Some(key) => ctx.ports.inbox.mark_read(user_id, key, now).await?,
             None => false,
@@ -547,6 +564,9 @@ impl InboxService {
     pub async fn dismiss(&self, user_id: &str, id: Uuid) -> Result<bool> {
         let ctx = &self.inner.ctx;
         let now = self.now();
+        if self.retracted(now).await?.hides_item(user_id, id) {
+            return Ok(false);
+        }
         let personal = match self.personal_key(user_id, id).await? {
             Some(key) => ctx.ports.inbox.dismiss(user_id, key, now).await?,
             None => false,

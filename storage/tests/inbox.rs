@@ -608,11 +608,11 @@ pub mod state_cases {
             .unwrap();
         // Strictly older than the key: rows 2..5 (0 dismissed, 1 seen already).
         let seen = s
-            .apply_before(&user, w[6].key(), InboxAction::Seen, t)
+            .apply_before(&user, w[6].key(), InboxAction::Seen, t, &[])
             .await;
         assert_eq!(seen.unwrap(), 4);
         assert_eq!(
-            s.apply_before(&user, w[6].key(), InboxAction::Seen, t)
+            s.apply_before(&user, w[6].key(), InboxAction::Seen, t, &[])
                 .await
                 .unwrap(),
             0,
@@ -620,14 +620,14 @@ pub mod state_cases {
         );
         assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(9, 4));
         assert_eq!(
-            s.apply_before(&user, w[4].key(), InboxAction::Read, t)
+            s.apply_before(&user, w[4].key(), InboxAction::Read, t, &[])
                 .await
                 .unwrap(),
             3
         );
         assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(6, 4));
         assert_eq!(
-            s.apply_before(&user, w[8].key(), InboxAction::Archive, t)
+            s.apply_before(&user, w[8].key(), InboxAction::Archive, t, &[])
                 .await
                 .unwrap(),
             7
@@ -636,7 +636,7 @@ pub mod state_cases {
         let only = filter(StatusFilter::All, ArchivedFilter::Only);
         assert_eq!(titles(&s, &user, only).await.len(), 7);
         assert_eq!(
-            s.apply_before(&user, w[3].key(), InboxAction::Unarchive, t)
+            s.apply_before(&user, w[3].key(), InboxAction::Unarchive, t, &[])
                 .await
                 .unwrap(),
             2
@@ -646,7 +646,7 @@ pub mod state_cases {
         assert_eq!(find(&s, &user, w[0].key()).await, None, "still dismissed");
         // Before the oldest row: nothing.
         assert_eq!(
-            s.apply_before(&user, w[0].key(), InboxAction::Archive, t)
+            s.apply_before(&user, w[0].key(), InboxAction::Archive, t, &[])
                 .await
                 .unwrap(),
             0
@@ -734,6 +734,14 @@ pub mod state_cases {
         let read_mark = start + Duration::seconds(150);
         assert_eq!(s.mark_all_read(&user, read_mark).await.unwrap(), 4);
         assert_eq!(s.counts(&user, &[]).await.unwrap(), counts(1, 1));
+        let r2 = find(&s, &user, w[2].key()).await.unwrap();
+        assert_eq!((r2.read_at, r2.seen_at), (Some(read_mark), Some(read_mark)));
+        // Marked again by key later: read already (by the watermark), it keeps that time.
+        let later = start + Duration::hours(2);
+        for action in [InboxAction::Read, InboxAction::Seen] {
+            let found = s.apply(&user, &[w[2].key()], action, later).await.unwrap();
+            assert_eq!(found, [w[2].key()]);
+        }
         let r2 = find(&s, &user, w[2].key()).await.unwrap();
         assert_eq!((r2.read_at, r2.seen_at), (Some(read_mark), Some(read_mark)));
         let r0 = find(&s, &user, w[0].key()).await.unwrap();

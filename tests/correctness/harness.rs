@@ -513,8 +513,11 @@ impl InboxStore for PanickyInbox {
         before: InboxKey,
         action: InboxAction,
         at: DateTime<Utc>,
+        hidden: &[String],
     ) -> Result<u64> {
-        self.inner.apply_before(user_id, before, action, at).await
+        self.inner
+            .apply_before(user_id, before, action, at, hidden)
+            .await
     }
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
         self.inner.mark_all_read(user_id, at).await

@@ -105,6 +105,25 @@ async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
             );
         }
     }
+    // A client still showing it cannot act on it any more.
+    let id_of_oops = oops["id"].as_str().unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{b}/v1/inbox/{id_of_oops}/read"))
+        .bearer_auth(token("on"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = reqwest::Client::new()
+        .post(format!("{b}/v1/inbox/bulk"))
+        .bearer_auth(token("on"))
+        .json(&json!({"action": "archive", "ids": [id_of_oops]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"updated": 0, "not_found": [id_of_oops]}));
     // The waiting push is cancelled, not sent, and counted so.
     let push = counts(api, &id, |p| p["cancelled"] == 1).await;
     assert_eq!(push["sent"], 1, "{push}");

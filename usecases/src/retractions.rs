@@ -91,12 +91,15 @@ pub async fn retract(ctx: &Context, id: &str) -> Result<CampaignRetraction> {
 }
 
 /// The campaigns retracted within the inbox retention, as the readers need them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Retracted {
     /// Campaign ids whose personal rows are hidden (every retracted campaign).
     pub campaigns: Vec<String>,
     /// Broadcasts hidden.
     pub broadcasts: HashSet<Uuid>,
+    /// The personal campaigns with the time their rows carry: a user's item id of each is
+    /// known without a read (`notification_id(campaign, user, row_time)`).
+    personal: Vec<(String, DateTime<Utc>)>,
 }
 
 impl Retracted {
@@ -109,26 +112,51 @@ impl Retracted {
     }
 
     fn add(&mut self, x: CampaignRetraction) {
-        if let Some(b) = x.broadcast_id {
-            self.broadcasts.insert(b);
+        if self.campaigns.contains(&x.campaign_id) {
+            return;
         }
-        if !self.campaigns.contains(&x.campaign_id) {
-            self.campaigns.push(x.campaign_id);
+        match x.broadcast_id {
+            Some(b) => {
+                self.broadcasts.insert(b);
+            }
+            None => self.personal.push((x.campaign_id.clone(), x.row_time)),
         }
+        self.campaigns.push(x.campaign_id);
     }
 
     pub fn contains(&self, campaign_id: &str) -> bool {
         self.campaigns.iter().any(|c| c == campaign_id)
     }
+
+    /// Whether `id` is the user's item of a retracted campaign (personal or broadcast).
+    pub fn hides_item(&self, user_id: &str, id: Uuid) -> bool {
+        self.broadcasts.contains(&id)
+            || self
+                .personal
+                .iter()
+                .any(|(c, at)| herald_core::ids::notification_id(c, user_id, *at) == id)
+    }
 }
 
+/// How far past the inbox retention a retraction is still read: rows are deleted by the
+/// hourly purge (or expire by TTL), so rows a little older than the retention may still be
+/// there and must stay hidden.
+const RETENTION_MARGIN: chrono::TimeDelta = chrono::TimeDelta::days(1);
+/// How long a retraction announced on the live hub is kept beside the reloaded list: longer
+/// than a reload may take, so a reload that read the store before the retraction was written
+/// does not drop it.
+const ANNOUNCED_KEPT: Duration = Duration::from_secs(30);
+
 /// The retracted campaigns, reloaded from the campaign store when older than the refresh
-/// interval (one read of a few rows) and added to at once on a `Retracted` live event.
+/// interval (one read of a few rows) and added to at once on a `Retracted` live event. A
+/// reload that fails serves the last list (logged); only a first load can fail a read.
 pub struct RetractionCache {
     store: Arc<dyn CampaignStore>,
     retention: chrono::TimeDelta,
     refresh: Duration,
     state: Mutex<Option<(Instant, Arc<Retracted>)>>,
+    /// Retractions announced on the live hub lately, merged into every reload.
+    announced: Mutex<Vec<(Instant, CampaignRetraction)>>,
     /// Serialises reloads, so a burst of reads after expiry reloads once.
     reload: tokio::sync::Mutex<()>,
 }
@@ -141,6 +169,7 @@ impl RetractionCache {
             retention: chrono::TimeDelta::days(i64::from(retention_days)),
             refresh,
             state: Mutex::new(None),
+            announced: Mutex::new(Vec::new()),
             reload: tokio::sync::Mutex::new(()),
         }
     }
@@ -153,6 +182,12 @@ impl RetractionCache {
             .map(|(_, r)| r.clone())
     }
 
+    /// The list as last loaded, without a reload (`None` before the first load): for code
+    /// that cannot wait, such as the live hub's routing.
+    pub fn snapshot(&self) -> Option<Arc<Retracted>> {
+        self.state.lock().as_ref().map(|(_, r)| r.clone())
+    }
+
     /// The current list, reloaded first if it is older than the refresh interval.
     pub async fn current(&self, now: DateTime<Utc>) -> Result<Arc<Retracted>> {
         if let Some(r) = self.fresh() {
@@ -162,23 +197,94 @@ impl RetractionCache {
         if let Some(r) = self.fresh() {
             return Ok(r);
         }
-        let list = self.store.retractions_since(now - self.retention).await?;
-        let r = Arc::new(Retracted::of(list));
+        let list = match self
+            .store
+            .retractions_since(now - self.retention - RETENTION_MARGIN)
+            .await
+        {
+            Ok(list) => list,
+            Err(e) => match self.snapshot() {
+                Some(stale) => {
+                    tracing::warn!(error = %e, "reloading the retracted campaigns failed; serving the last list");
+                    return Ok(stale);
+                }
+                None => return Err(e),
+            },
+        };
+        let mut r = Retracted::of(list);
+        {
+            let mut announced = self.announced.lock();
+            announced.retain(|(at, _)| at.elapsed() < ANNOUNCED_KEPT);
+            for (_, x) in announced.iter() {
+                r.add(x.clone());
+            }
+        }
+        let r = Arc::new(r);
         *self.state.lock() = Some((Instant::now(), r.clone()));
         Ok(r)
     }
 
-    /// A retraction announced on the live hub: hidden at once, before the next reload.
+    /// A retraction announced on the live hub: hidden at once, before the next reload, and
+    /// kept through the reloads of the next few seconds.
     pub fn retracted(&self, x: CampaignRetraction) {
+        self.announced.lock().push((Instant::now(), x.clone()));
         let mut state = self.state.lock();
         if let Some((at, r)) = state.as_ref() {
-            let mut next = Retracted {
-                campaigns: r.campaigns.clone(),
-                broadcasts: r.broadcasts.clone(),
-            };
+            let mut next = (**r).clone();
             next.add(x);
             *state = Some((*at, Arc::new(next)));
         }
-        // With no list yet, the first read loads it from the store, where it is already.
+        // With no list yet, the first load merges it.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retraction(id: &str, at: DateTime<Utc>) -> CampaignRetraction {
+        CampaignRetraction {
+            campaign_id: id.into(),
+            row_time: at,
+            broadcast_id: None,
+            retracted_at: at,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cache_reloads_keeps_announced_retractions_and_reads_past_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = herald_storage::BackendUrl::parse(&format!(
+            "sqlite://{}",
+            dir.path().join("c.db").display()
+        ))
+        .unwrap();
+        let store = herald_storage::open_campaigns(&url).await.unwrap();
+        let now = row_time(Utc::now());
+        // Inside the retention, just past it (rows may wait for the hourly purge), long gone.
+        store.retract(&retraction("fresh", now)).await.unwrap();
+        let edge = now - chrono::TimeDelta::days(30) - chrono::TimeDelta::hours(2);
+        store.retract(&retraction("edge", edge)).await.unwrap();
+        let old = now - chrono::TimeDelta::days(40);
+        store.retract(&retraction("old", old)).await.unwrap();
+        let cache = RetractionCache::new(store.clone(), 30, Duration::from_millis(50));
+        assert!(cache.snapshot().is_none());
+        let r = cache.current(now).await.unwrap();
+        assert!(r.contains("fresh") && r.contains("edge") && !r.contains("old"));
+        let fresh_item = herald_core::ids::notification_id("fresh", "u1", now);
+        assert!(r.hides_item("u1", fresh_item));
+        assert!(!r.hides_item("u2", fresh_item), "another user's id");
+        assert!(!r.hides_item("u1", herald_core::ids::notification_id("kept", "u1", now)));
+        // Announced before the store has it (a reload that read the store earlier must not
+        // drop it): kept through the next reloads.
+        cache.retracted(retraction("announced", now));
+        assert!(cache.snapshot().unwrap().contains("announced"));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let r = cache.current(now).await.unwrap();
+        assert!(r.contains("announced") && r.contains("fresh"));
+        // Written since: the next reload finds it.
+        store.retract(&retraction("later", now)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.current(now).await.unwrap().contains("later"));
     }
 }

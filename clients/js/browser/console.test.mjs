@@ -122,6 +122,15 @@ test("the console creates a campaign that a demo inbox receives live, read on on
   await console.locator('#explain-channels tr[data-channel="push"]', { hasText: "suppressed_online" }).waitFor();
   await console.screenshot({ path: `${ARTIFACTS}console-explain-presence.png` });
 
+  // Retracted from the console: the open inbox drops the item, the counters show the push
+  // that was not sent (suppressed) and nothing cancelled (it had gone its way already).
+  await console.click("#retract");
+  await console.locator("#toast", { hasText: "gone from every inbox" }).waitFor();
+  await inbox.locator("#items li", { hasText: "While you are here" }).waitFor({ state: "detached", timeout: 15_000 });
+  await item(inbox).waitFor();
+  await console.locator("#campaign-status", { hasText: "completed" }).waitFor();
+  await inbox.screenshot({ path: `${ARTIFACTS}demo-inbox-after-retraction.png` });
+
   // The campaign list and the analytics page render.
   await console.click("nav >> text=Campaigns");
   await console.locator("#campaigns td", { hasText: "completed" }).first().waitFor();

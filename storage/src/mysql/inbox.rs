@@ -237,6 +237,20 @@ fn push_unseen<'a>(qb: &mut QueryBuilder<'a, MySql>, user_id: &'a str) {
     Mark::Seen(user_id).push(qb);
 }
 
+/// ` AND` the row is one `action` changes.
+fn push_changes<'a>(qb: &mut QueryBuilder<'a, MySql>, user_id: &'a str, action: InboxAction) {
+    match action {
+        InboxAction::Seen => push_unseen(qb, user_id),
+        InboxAction::Read => push_unread(qb, user_id),
+        InboxAction::Archive => {
+            qb.push(" AND archived_at IS NULL");
+        }
+        InboxAction::Unarchive => {
+            qb.push(" AND archived_at IS NOT NULL");
+        }
+    }
+}
+
 /// The `SET` of an action.
 fn push_set(qb: &mut QueryBuilder<'_, MySql>, action: InboxAction, at: i64) {
     match action {
@@ -479,6 +493,8 @@ impl InboxStore for MysqlInbox {
                 .push_bind(user_id)
                 .push(" AND dismissed_at IS NULL");
             push_keys(&mut qb, &found);
+            // A row in that state already keeps its time (also one read by the watermark).
+            push_changes(&mut qb, user_id, action);
             qb.build().execute(&self.pool).await.map_err(db_error)?;
         }
         Ok(found)
@@ -490,6 +506,7 @@ impl InboxStore for MysqlInbox {
         before: InboxKey,
         action: InboxAction,
         at: DateTime<Utc>,
+        hidden: &[String],
     ) -> Result<u64> {
         // Rows matched are rows changed: the WHERE holds only rows the action changes.
         let mut qb = QueryBuilder::<MySql>::new("UPDATE notifications SET ");
@@ -498,16 +515,8 @@ impl InboxStore for MysqlInbox {
             .push_bind(user_id)
             .push(" AND dismissed_at IS NULL");
         push_key_bound(&mut qb, "<", before);
-        match action {
-            InboxAction::Seen => push_unseen(&mut qb, user_id),
-            InboxAction::Read => push_unread(&mut qb, user_id),
-            InboxAction::Archive => {
-                qb.push(" AND archived_at IS NULL");
-            }
-            InboxAction::Unarchive => {
-                qb.push(" AND archived_at IS NOT NULL");
-            }
-        }
+        push_changes(&mut qb, user_id, action);
+        push_not_hidden(&mut qb, hidden);
         let n = qb
             .build()
             .execute(&self.pool)

@@ -716,6 +716,7 @@ impl InboxStore for ScyllaInbox {
         before: InboxKey,
         action: InboxAction,
         at: DateTime<Utc>,
+        hidden: &[String],
     ) -> Result<u64> {
         // The partition from `before` down, a page at a time; each row the action changes is
         // one write by its whole key.
@@ -730,6 +731,7 @@ impl InboxStore for ScyllaInbox {
             let writes: Vec<(InboxKey, Cells)> = rows
                 .iter()
                 .filter(|r| r.2.is_some() && r.8.is_none())
+                .filter(|r| !r.1.as_ref().is_some_and(|c| hidden.contains(c)))
                 .map(|r| (key_of(r), cells_of(r)))
                 .filter(|(_, c)| c.changed_by(action, marks))
                 .collect();

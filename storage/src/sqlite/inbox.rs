@@ -504,6 +504,8 @@ impl InboxStore for SqliteInbox {
                 .push_bind(user_id.to_owned())
                 .push(" AND dismissed_at IS NULL");
             push_keys(&mut qb, &found);
+            // A row in that state already keeps its time (also one read by the watermark).
+            push_changes(&mut qb, user_id, action);
             qb.build()
                 .execute(&mut *tx)
                 .await
@@ -519,6 +521,7 @@ impl InboxStore for SqliteInbox {
         before: InboxKey,
         action: InboxAction,
         at: DateTime<Utc>,
+        hidden: &[String],
     ) -> Result<u64> {
         let _gate = self.db.gate().await;
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE notifications SET ");
@@ -531,6 +534,7 @@ impl InboxStore for SqliteInbox {
             .push_bind(before.id.as_bytes().to_vec())
             .push(") AND dismissed_at IS NULL");
         push_changes(&mut qb, user_id, action);
+        push_not_hidden(&mut qb, hidden);
         let n = qb
             .build()
             .execute(&self.pool)
