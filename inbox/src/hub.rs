@@ -443,17 +443,7 @@ impl Hub {
         if let Some(b) = retraction.broadcast_id {
             self.recent.lock().retain(|(_, r)| r.id != b);
         }
-        let users: Vec<(Arc<str>, Vec<Arc<Conn>>)> = self
-            .shards
-            .iter()
-            .flat_map(|shard| {
-                shard
-                    .read()
-                    .iter()
-                    .map(|(u, c)| (u.clone(), c.conns.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let users = self.connected_users();
         if users.is_empty() {
             return;
         }
@@ -538,17 +528,7 @@ impl Hub {
         }
         // Matching needs each user's attributes (cached, else one directory read): done
         // off the routing loop, a bounded number of users at a time.
-        let users: Vec<(Arc<str>, Vec<Arc<Conn>>)> = self
-            .shards
-            .iter()
-            .flat_map(|shard| {
-                shard
-                    .read()
-                    .iter()
-                    .map(|(u, c)| (u.clone(), c.conns.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let users = self.connected_users();
         if users.is_empty() {
             return;
         }
@@ -576,6 +556,21 @@ impl Hub {
                 })
                 .await;
         });
+    }
+
+    /// Every user with a connection here, with their connections (a copy, for work done off
+    /// the routing loop).
+    fn connected_users(&self) -> Vec<(Arc<str>, Vec<Arc<Conn>>)> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .iter()
+                    .map(|(u, c)| (u.clone(), c.conns.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Closes every connection (the subscription was lost: they may have missed events).

@@ -220,6 +220,54 @@ async fn live_events_cross_inbox_nodes_per_user_and_activations_reach_every_node
     assert_eq!(metric(&b.base, "herald_live_users_followed").await, 2.0);
 }
 
+/// Creates a campaign through the admin API and waits for it to complete; returns its id.
+pub(crate) async fn create_completed(api: &Api, body: serde_json::Value) -> String {
+    let (s, created) = api
+        .call(reqwest::Method::POST, "/v1/campaigns", Some(body))
+        .await;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    completed(api, &id).await;
+    id
+}
+
+/// The next inbox item on a socket.
+pub(crate) async fn next_item(ws: &mut crate::live_client::Ws) -> serde_json::Value {
+    let f = crate::live_client::next_frame(ws).await;
+    assert_eq!(f["type"], "notification", "{f}");
+    f["item"].clone()
+}
+
+/// `GET /v1/inbox{query}` of `user` on `node`.
+pub(crate) async fn inbox_of(node: &str, user: &str, query: &str) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .get(format!("{node}/v1/inbox{query}"))
+        .bearer_auth(token(user))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+/// The campaign's push counters, once `done` holds for them.
+pub(crate) async fn push_counts(
+    api: &Api,
+    id: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + crate::live_client::WAIT;
+    loop {
+        let c = api.campaign(id).await;
+        let push = c["deliveries"]["push"].clone();
+        if done(&push) {
+            return push;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "push counters: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls a campaign until it completes; returns it.
 pub(crate) async fn completed(admin: &Api, id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -4,8 +4,11 @@
 //! `herald serve`, once with the roles apart on Redis (two inbox nodes), MySQL and JetStream
 //! when their variables are set.
 
-use crate::cross_node::{admin, completed, connect, eventually_metric, token, Deployment};
-use crate::live_client::{next_frame, Ws};
+use crate::cross_node::{
+    admin, connect, create_completed as create, eventually_metric, inbox_of, next_item as item,
+    token, Deployment,
+};
+use crate::live_client::next_frame;
 use crate::roles::Api;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -147,29 +150,8 @@ async fn scenario(api: &Api, a: &str, b: &str) {
     }
 }
 
-async fn create(api: &Api, body: Value) -> String {
-    let (s, created) = api.call(Method::POST, "/v1/campaigns", Some(body)).await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    completed(api, &id).await;
-    id
-}
-
-async fn item(ws: &mut Ws) -> Value {
-    let f = next_frame(ws).await;
-    assert_eq!(f["type"], "notification", "{f}");
-    f["item"].clone()
-}
-
 async fn inbox(node: &str, query: &str) -> Value {
-    let resp = reqwest::Client::new()
-        .get(format!("{node}/v1/inbox{query}"))
-        .bearer_auth(token("u"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    resp.json().await.unwrap()
+    inbox_of(node, "u", query).await
 }
 
 async fn bulk(node: &str, body: Value) -> (StatusCode, Value) {

@@ -4,11 +4,14 @@
 //! once with the roles apart on Redis (two inbox nodes, so presence must cross processes),
 //! MySQL and JetStream when their variables are set.
 
-use crate::cross_node::{admin, completed, connect, eventually_metric, token, Deployment};
-use crate::live_client::{next_frame, Ws, WAIT};
+use crate::cross_node::{
+    admin, connect, create_completed as create, eventually_metric, next_item as item, push_counts,
+    token, Deployment,
+};
+
 use crate::roles::Api;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 #[tokio::test]
@@ -117,34 +120,5 @@ async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
             .await;
         assert_eq!(s, StatusCode::OK, "{e}");
         assert_eq!(e["channels"]["push"]["status"], want, "{user}: {e}");
-    }
-}
-
-async fn create(api: &Api, body: Value) -> String {
-    let (s, created) = api.call(Method::POST, "/v1/campaigns", Some(body)).await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    completed(api, &id).await;
-    id
-}
-
-/// The next inbox item on a socket.
-async fn item(ws: &mut Ws) -> Value {
-    let f = next_frame(ws).await;
-    assert_eq!(f["type"], "notification", "{f}");
-    f["item"].clone()
-}
-
-/// The campaign's push counters, once `done` holds for them.
-async fn push_counts(api: &Api, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let c = api.campaign(id).await;
-        let push = c["deliveries"]["push"].clone();
-        if done(&push) {
-            return push;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "push counters: {c}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -5,12 +5,14 @@
 //! serve`, once with the roles apart on Redis (two inbox nodes), MySQL and JetStream when their
 //! variables are set.
 
-use crate::cross_node::{admin, completed, connect, eventually_metric, token, Deployment};
-use crate::live_client::{next_frame, Ws, WAIT};
+use crate::cross_node::{
+    admin, completed, connect, eventually_metric, inbox_of, next_item as item, push_counts, token,
+    Deployment,
+};
+use crate::live_client::next_frame;
 use crate::roles::Api;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::time::Duration;
 
 #[tokio::test]
 async fn a_retracted_campaign_leaves_inboxes_and_sockets_and_its_waiting_push_is_cancelled_on_herald_serve(
@@ -73,7 +75,7 @@ async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
     let oops = item(&mut on).await;
     assert_eq!(oops["title"], "oops");
     completed(api, &id).await;
-    let push = counts(api, &id, |p| p["sent"] == 1).await;
+    let push = push_counts(api, &id, |p| p["sent"] == 1).await;
     assert_eq!(d.fcm.requests_for("ok-off"), 1, "{push}");
     assert_eq!(unread(b, "on").await, 1);
 
@@ -94,7 +96,7 @@ async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
     );
     for node in [a, b] {
         for user in ["on", "off"] {
-            let page = inbox(node, user, "?archived=include").await;
+            let page = inbox_of(node, user, "?archived=include").await;
             assert!(
                 page["items"].as_array().unwrap().is_empty(),
                 "{node} {user}: {page}"
@@ -125,7 +127,7 @@ async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body, json!({"updated": 0, "not_found": [id_of_oops]}));
     // The waiting push is cancelled, not sent, and counted so.
-    let push = counts(api, &id, |p| p["cancelled"] == 1).await;
+    let push = push_counts(api, &id, |p| p["cancelled"] == 1).await;
     assert_eq!(push["sent"], 1, "{push}");
     assert_eq!(
         d.fcm.requests_for("ok-on"),
@@ -204,7 +206,7 @@ async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
     let bid = created["id"].as_str().unwrap().to_owned();
     let news = item(&mut on).await;
     assert_eq!(news["kind"], "broadcast");
-    assert_eq!(inbox(b, "off", "").await["items"][0]["title"], "news");
+    assert_eq!(inbox_of(b, "off", "").await["items"][0]["title"], "news");
     let (s, retracted) = api
         .call(
             Method::DELETE,
@@ -220,7 +222,7 @@ async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
     );
     for node in [a, b] {
         for user in ["on", "off"] {
-            let page = inbox(node, user, "").await;
+            let page = inbox_of(node, user, "").await;
             assert!(
                 page["items"].as_array().unwrap().is_empty(),
                 "{node} {user}: {page}"
@@ -230,39 +232,8 @@ async fn scenario(d: &Deployment, api: &Api, a: &str, b: &str) {
     assert_eq!(api.campaign(&bid).await["status"], "cancelled");
 }
 
-async fn item(ws: &mut Ws) -> Value {
-    let f = next_frame(ws).await;
-    assert_eq!(f["type"], "notification", "{f}");
-    f["item"].clone()
-}
-
-async fn inbox(node: &str, user: &str, query: &str) -> Value {
-    let resp = reqwest::Client::new()
-        .get(format!("{node}/v1/inbox{query}"))
-        .bearer_auth(token(user))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    resp.json().await.unwrap()
-}
-
 async fn unread(node: &str, user: &str) -> u64 {
-    inbox(node, user, "").await["unread_count"]
+    inbox_of(node, user, "").await["unread_count"]
         .as_u64()
         .unwrap()
-}
-
-/// The campaign's push counters, once `done` holds for them.
-async fn counts(api: &Api, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let c = api.campaign(id).await;
-        let push = c["deliveries"]["push"].clone();
-        if done(&push) {
-            return push;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "push counters: {c}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -289,6 +289,44 @@ fn push_keys(qb: &mut QueryBuilder<'_, MySql>, keys: &[InboxKey]) {
 }
 
 impl MysqlInbox {
+    /// Moves one of the user's watermarks to `at` with `upsert` (binds: user, time) in one
+    /// transaction with the counts of what it covers (the window up to `at`, before the move).
+    /// The row lock of the watermarks orders concurrent moves of one user.
+    async fn move_mark(
+        &self,
+        user_id: &str,
+        at: DateTime<Utc>,
+        upsert: &'static str,
+    ) -> Result<InboxCounts> {
+        retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            let mark: Option<i64> = sqlx::query_scalar(
+                "SELECT read_through FROM inbox_read_marks WHERE user_id = ? FOR UPDATE",
+            )
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let mut qb = QueryBuilder::<MySql>::new("SELECT ");
+            push_counts(
+                &mut qb,
+                user_id,
+                Mark::Known(mark.unwrap_or(NO_MARK)),
+                Some(micros(at)),
+                &[],
+            );
+            let counts: String = qb.build_query_scalar().fetch_one(&mut *tx).await?;
+            sqlx::query(upsert)
+                .bind(user_id)
+                .bind(micros(at))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(counts)
+        })
+        .await
+        .and_then(|counts| parse_counts(&counts))
+    }
+
     async fn read_counts(&self, user_id: &str, hidden: &[String]) -> Result<InboxCounts> {
         let mut qb = QueryBuilder::<MySql>::new("SELECT ");
         push_counts(&mut qb, user_id, Mark::Read(user_id), None, hidden);
@@ -527,70 +565,29 @@ impl InboxStore for MysqlInbox {
     }
 
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
-        retry_transient(|| async {
-            let mut tx = self.pool.begin().await?;
-            // The row lock of the watermark orders concurrent "read all"s of one user.
-            let mark: Option<i64> = sqlx::query_scalar(
-                "SELECT read_through FROM inbox_read_marks WHERE user_id = ? FOR UPDATE",
-            )
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let mark = mark.unwrap_or(NO_MARK);
-            let mut qb = QueryBuilder::<MySql>::new("SELECT ");
-            push_counts(&mut qb, user_id, Mark::Known(mark), Some(micros(at)), &[]);
-            let counts: String = qb.build_query_scalar().fetch_one(&mut *tx).await?;
-            let covered = parse_counts(&counts).map_or(0, |c| c.unread);
-            sqlx::query(
+        let covered = self
+            .move_mark(
+                user_id,
+                at,
                 "INSERT INTO inbox_read_marks (user_id, read_through) VALUES (?, ?) \
                  ON DUPLICATE KEY UPDATE read_through = GREATEST(read_through, VALUES(read_through))",
             )
-            .bind(user_id)
-            .bind(micros(at))
-            .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok(covered)
-        })
-        .await
+        Ok(covered.unread)
     }
 
     async fn mark_all_seen(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
-        retry_transient(|| async {
-            let mut tx = self.pool.begin().await?;
-            // The row lock of the watermarks orders concurrent "seen all"s of one user.
-            let mark: Option<i64> = sqlx::query_scalar(
-                "SELECT read_through FROM inbox_read_marks WHERE user_id = ? FOR UPDATE",
-            )
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let mut qb = QueryBuilder::<MySql>::new("SELECT ");
-            push_counts(
-                &mut qb,
+        // A user who never read everything gets a read watermark before every row.
+        let covered = self
+            .move_mark(
                 user_id,
-                Mark::Known(mark.unwrap_or(NO_MARK)),
-                Some(micros(at)),
-                &[],
-            );
-            let counts: String = qb.build_query_scalar().fetch_one(&mut *tx).await?;
-            let covered = parse_counts(&counts).map_or(0, |c| c.unseen);
-            // A user who never read everything gets a read watermark before every row.
-            sqlx::query(
+                at,
                 "INSERT INTO inbox_read_marks (user_id, read_through, seen_through) \
-                 VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE \
-                 seen_through = GREATEST(COALESCE(seen_through, ?), VALUES(seen_through))",
+                 VALUES (?, -1, ?) ON DUPLICATE KEY UPDATE \
+                 seen_through = GREATEST(COALESCE(seen_through, -1), VALUES(seen_through))",
             )
-            .bind(user_id)
-            .bind(NO_MARK)
-            .bind(micros(at))
-            .bind(NO_MARK)
-            .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok(covered)
-        })
-        .await
+        Ok(covered.unseen)
     }
 
     async fn dismiss(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {

@@ -303,6 +303,37 @@ impl SqliteFile for SqliteInbox {
 }
 
 impl SqliteInbox {
+    /// Moves one of the user's watermarks to `at` with `upsert` (binds: user, time) in one
+    /// transaction with the count of what it covers: the counts of the window up to `at`,
+    /// read before the move.
+    async fn move_mark(
+        &self,
+        user_id: &str,
+        at: DateTime<Utc>,
+        upsert: &'static str,
+    ) -> Result<InboxCounts> {
+        let (_gate, mut tx) = self.db.begin().await?;
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
+        push_counts(&mut qb, user_id, &[]);
+        push_window(&mut qb, user_id, Some(micros(at)));
+        let (unread, unseen): (i64, i64) = qb
+            .build_query_as()
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        sqlx::query(upsert)
+            .bind(user_id)
+            .bind(micros(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(InboxCounts {
+            unread: unread as u64,
+            unseen: unseen as u64,
+        })
+    }
+
     pub async fn open(url: &BackendUrl) -> Result<Self> {
         let db = Db::open(url, 8, MIGRATIONS).await?;
         Ok(Self {
@@ -545,52 +576,30 @@ impl InboxStore for SqliteInbox {
     }
 
     async fn mark_all_read(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
-        let (_gate, mut tx) = self.db.begin().await?;
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_counts(&mut qb, user_id, &[]);
-        push_window(&mut qb, user_id, Some(micros(at)));
-        let (covered, _): (i64, i64) = qb
-            .build_query_as()
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        sqlx::query(
-            "INSERT INTO inbox_read_marks (user_id, read_through) VALUES (?, ?) \
-             ON CONFLICT (user_id) DO UPDATE \
-             SET read_through = MAX(read_through, excluded.read_through)",
-        )
-        .bind(user_id)
-        .bind(micros(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        tx.commit().await.map_err(|e| self.db_error(e))?;
-        Ok(covered as u64)
+        let covered = self
+            .move_mark(
+                user_id,
+                at,
+                "INSERT INTO inbox_read_marks (user_id, read_through) VALUES (?, ?) \
+                 ON CONFLICT (user_id) DO UPDATE \
+                 SET read_through = MAX(read_through, excluded.read_through)",
+            )
+            .await?;
+        Ok(covered.unread)
     }
 
     async fn mark_all_seen(&self, user_id: &str, at: DateTime<Utc>) -> Result<u64> {
-        let (_gate, mut tx) = self.db.begin().await?;
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_counts(&mut qb, user_id, &[]);
-        push_window(&mut qb, user_id, Some(micros(at)));
-        let (_, covered): (i64, i64) = qb
-            .build_query_as()
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.db_error(e))?;
         // A user who never read everything gets a read watermark before every row.
-        sqlx::query(
-            "INSERT INTO inbox_read_marks (user_id, read_through, seen_through) \
-             VALUES (?, -1, ?) ON CONFLICT (user_id) DO UPDATE \
-             SET seen_through = MAX(COALESCE(seen_through, -1), excluded.seen_through)",
-        )
-        .bind(user_id)
-        .bind(micros(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        tx.commit().await.map_err(|e| self.db_error(e))?;
-        Ok(covered as u64)
+        let covered = self
+            .move_mark(
+                user_id,
+                at,
+                "INSERT INTO inbox_read_marks (user_id, read_through, seen_through) \
+                 VALUES (?, -1, ?) ON CONFLICT (user_id) DO UPDATE \
+                 SET seen_through = MAX(COALESCE(seen_through, -1), excluded.seen_through)",
+            )
+            .await?;
+        Ok(covered.unseen)
     }
 
     async fn dismiss(&self, user_id: &str, key: InboxKey, at: DateTime<Utc>) -> Result<bool> {
