@@ -1317,6 +1317,18 @@ fn rule_from_row(row: &MySqlRow) -> Result<Rule> {
     Ok(rule)
 }
 
+fn retraction_from_row(row: &sqlx::mysql::MySqlRow) -> Result<CampaignRetraction> {
+    let broadcast_id: Option<Vec<u8>> = row.try_get("broadcast_id").map_err(db_error)?;
+    Ok(CampaignRetraction {
+        campaign_id: text(row, "campaign_id")?,
+        row_time: from_micros(row.try_get("row_time").map_err(db_error)?),
+        broadcast_id: broadcast_id
+            .map(|b| uuid::Uuid::from_slice(&b).map_err(|e| corrupt("broadcast id", e)))
+            .transpose()?,
+        retracted_at: from_micros(row.try_get("retracted_at").map_err(db_error)?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1330,16 +1342,4 @@ mod tests {
         assert_eq!(used.len() as u64, COUNTER_SHARDS);
         assert!(used.iter().all(|s| (0..COUNTER_SHARDS as i64).contains(s)));
     }
-}
-
-fn retraction_from_row(row: &sqlx::mysql::MySqlRow) -> Result<CampaignRetraction> {
-    let broadcast_id: Option<Vec<u8>> = row.try_get("broadcast_id").map_err(db_error)?;
-    Ok(CampaignRetraction {
-        campaign_id: text(row, "campaign_id")?,
-        row_time: from_micros(row.try_get("row_time").map_err(db_error)?),
-        broadcast_id: broadcast_id
-            .map(|b| uuid::Uuid::from_slice(&b).map_err(|e| corrupt("broadcast id", e)))
-            .transpose()?,
-        retracted_at: from_micros(row.try_get("retracted_at").map_err(db_error)?),
-    })
 }
