@@ -358,11 +358,6 @@ impl InboxService {
         self.inner.retractions.snapshot()
     }
 
-    /// Unread personal rows plus live matching broadcasts neither read nor dismissed.
-    pub async fn unread_count(&self, user_id: &str) -> Result<u64> {
-        Ok(self.counts(user_id).await?.unread)
-    }
-
     /// Applies `action` to the items of `scope` (personal rows and broadcasts alike) and
     /// tells the user's other devices.
     pub async fn bulk(
