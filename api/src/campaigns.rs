@@ -2,7 +2,7 @@
 //! chosen, idempotent), read with progress, list, cancel. The fan-out itself runs in
 //! `herald-fanout`.
 
-use crate::http::{ApiError, ApiResult, BodyBytes, PathParams, QueryParams};
+use crate::http::{ApiError, ApiResult, BodyBytes, JsonBody, PathParams, QueryParams};
 use crate::pages::PageParams;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -202,6 +202,43 @@ pub async fn retract(
     Ok(Json(RetractionView {
         campaign_id: r.campaign_id,
         retracted_at: r.retracted_at,
+        broadcast_id: r.broadcast_id,
+    }))
+}
+
+/// The body of `PATCH /v1/campaigns/{id}/content`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RevisionView {
+    pub campaign_id: String,
+    /// 1 for the first change, one more for each change after it.
+    pub revision: u32,
+    pub revised_at: chrono::DateTime<chrono::Utc>,
+    /// The campaign's broadcast, when it is sent as one.
+    pub broadcast_id: Option<uuid::Uuid>,
+    /// Whether pushes already sent are being replaced (the campaign has the push channel and
+    /// has started): they go out a few seconds after the change, page by page.
+    pub replacing_pushes: bool,
+}
+
+/// `PATCH /v1/campaigns/{id}/content`: changes what every recipient of a campaign sees.
+#[utoipa::path(patch, path = "/v1/campaigns/{id}/content", tag = "campaigns", params(("id" = String, Path)),
+    request_body = herald_usecases::revisions::ContentPatch,
+    responses((status = 200, description = "Changed: every inbox shows the new text (personal rows and the broadcast) and open sockets get an `updated` frame; sends not yet made go out with it; pushes already sent are replaced (same collapse key: the campaign id)", body = RevisionView),
+              (status = 404, description = "No such campaign", body = herald_http::openapi::ErrorBody),
+              (status = 409, description = "The campaign is cancelled, failed or retracted, or another change got there first", body = herald_http::openapi::ErrorBody),
+              (status = 422, description = "No content, both `template` and `content`, a template without text for one of the campaign's channels, or text that does not compile or exceeds a limit", body = herald_http::openapi::ErrorBody)))]
+pub async fn revise(
+    State(ctx): State<Context>,
+    PathParams(id): PathParams<String>,
+    JsonBody(patch): JsonBody<herald_usecases::revisions::ContentPatch>,
+) -> ApiResult<Json<RevisionView>> {
+    let done = herald_usecases::revisions::revise(&ctx, &id, patch).await?;
+    let r = done.revision;
+    Ok(Json(RevisionView {
+        replacing_pushes: done.replacing_pushes,
+        campaign_id: r.campaign_id,
+        revision: r.revision,
+        revised_at: r.revised_at,
         broadcast_id: r.broadcast_id,
     }))
 }

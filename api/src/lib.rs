@@ -79,6 +79,10 @@ pub fn admin_router(ctx: Context) -> Router {
             axum::routing::delete(campaigns::retract),
         )
         .route(
+            "/v1/campaigns/{id}/content",
+            axum::routing::patch(campaigns::revise),
+        )
+        .route(
             "/v1/campaigns/{id}/recipients/{user_id}",
             get(campaigns::recipient),
         )

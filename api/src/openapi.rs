@@ -238,6 +238,7 @@ pub struct DeadLetterReplayed {
         crate::campaigns::get,
         crate::campaigns::cancel,
         crate::campaigns::retract,
+        crate::campaigns::revise,
         crate::campaigns::recipient,
         crate::campaigns::failed_batches,
         crate::campaigns::replay_failed_batch,

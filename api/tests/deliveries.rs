@@ -267,6 +267,8 @@ fn letter(id: &str) -> DeadLetter {
             attempt: 4,
             replay_of: None,
             unless_read: None,
+            revision: 0,
+            replaces: None,
             items: vec![ChannelItem {
                 user_id: "u1".into(),
                 notification_id: herald_core::ids::notification_id(

@@ -447,3 +447,244 @@ async fn a_broadcast_reaches_every_connected_user_on_every_node_once_and_each_in
     assert_eq!(app.inbox_page("carol").await["unread_count"], 0);
     assert_eq!(app.inbox_page("dave").await["unread_count"], 1);
 }
+
+/// A campaign's content changed after it was sent (`PATCH /v1/campaigns/{id}/content`): each
+/// inbox shows the new text rendered for its user, an open socket hears `updated`, and each
+/// device's push is replaced by one with the same collapse key (the campaign id), not
+/// counted as a second delivery. Bad changes answer a 4xx and change nothing.
+#[tokio::test]
+async fn a_changed_campaign_shows_its_new_text_everywhere_and_replaces_its_pushes() {
+    let app = spawn_deployment(|_| {}).await;
+    for (user, name) in [("alice", "Alice"), ("bob", "Bob")] {
+        app.user_with_devices(user, &[&format!("tok-{user}")]).await;
+        let (s, body) = app
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{user}"),
+                Some(json!({"attributes": {"name": name}})),
+            )
+            .await;
+        assert!(s.is_success(), "{body}");
+    }
+    let mut ws = connect_all(&[(&app.inbox_nodes[0], "alice")]).await;
+    let id = app
+        .campaign(json!({"audience": {"users": ["alice", "bob"]},
+                          "content": {"title": "Sale for {{ user.name }}", "body": "Monday"},
+                          "channels": ["in_app", "push"]}))
+        .await;
+    let first = next_frame(&mut ws[0]).await;
+    assert_eq!(first["item"]["title"], "Sale for Alice", "{first}");
+    app.campaign_until(&id, "sent", |c| {
+        c["status"] == "completed" && c["deliveries"]["push"]["sent"] == 2
+    })
+    .await;
+    let pushed = app.fcm().last_message("tok-alice").expect("a push");
+    assert_eq!(pushed["android"]["collapse_key"], id.as_str(), "{pushed}");
+    assert_eq!(
+        pushed["apns"]["headers"]["apns-collapse-id"],
+        id.as_str(),
+        "{pushed}"
+    );
+
+    let path = format!("/v1/campaigns/{id}/content");
+    let change = json!({"content": {"title": "Sale moved, {{ user.name }}", "body": "{{ data.when }}"},
+                        "data": {"when": "Friday"}});
+    let (s, revised) = app.call(Method::PATCH, &path, Some(change)).await;
+    assert_eq!(s, StatusCode::OK, "{revised}");
+    assert_eq!(revised["revision"], 1, "{revised}");
+    assert_eq!(revised["replacing_pushes"], true, "{revised}");
+
+    // The open socket hears the item as it is now; every inbox shows it on every node.
+    let updated = next_frame(&mut ws[0]).await;
+    assert_eq!(updated["type"], "updated", "{updated}");
+    assert_eq!(updated["item"]["id"], first["item"]["id"], "{updated}");
+    assert_eq!(updated["item"]["title"], "Sale moved, Alice", "{updated}");
+    assert_eq!(updated["item"]["body"], "Friday", "{updated}");
+    for (user, title) in [("alice", "Sale moved, Alice"), ("bob", "Sale moved, Bob")] {
+        for _ in 0..2 {
+            let page = app.inbox_page(user).await;
+            assert_eq!(titles(&page), [title], "{page}");
+            assert_eq!(
+                page["items"][0]["data"],
+                json!({"when": "Friday"}),
+                "{page}"
+            );
+            assert_eq!(page["unread_count"], 1, "{page}");
+        }
+    }
+    // Each device's push is replaced (a few seconds after the change), once.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app.fcm().requests_for("tok-alice") < 2 || app.fcm().requests_for("tok-bob") < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pushes not replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replaced = app.fcm().last_message("tok-bob").unwrap();
+    assert_eq!(
+        replaced["notification"]["title"], "Sale moved, Bob",
+        "{replaced}"
+    );
+    assert_eq!(replaced["android"]["collapse_key"], id.as_str());
+    assert_eq!(
+        replaced["data"]["notification_id"],
+        app.inbox_page("bob").await["items"][0]["id"]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.fcm().requests_for("tok-alice"), 2);
+    let c = app.campaign_until(&id, "counted", |_| true).await;
+    assert_eq!(
+        c["deliveries"]["push"]["sent"], 2,
+        "replacements are not deliveries: {c:#}"
+    );
+
+    // Bad changes: a 4xx, and the inbox still shows revision 1.
+    for (body, status) in [
+        (
+            json!({"content": {"title": "x", "body": "y"}, "template": "t"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"content": {"title": "{{ oops", "body": "y"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"content": {"title": "x", "body": "y"}, "data": [1]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"content": {"title": "x", "body": "y"}, "colour": "red"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"template": "nope"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let (s, err) = app.call(Method::PATCH, &path, Some(body.clone())).await;
+        assert_eq!(s, status, "{body} → {err}");
+        assert!(err["error"]["message"].is_string(), "{err}");
+    }
+    let (s, err) = app
+        .call(
+            Method::PATCH,
+            "/v1/campaigns/nope/content",
+            Some(json!({"content": {"title": "x", "body": "y"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{err}");
+    assert_eq!(titles(&app.inbox_page("bob").await), ["Sale moved, Bob"]);
+    assert_quiet(&mut ws[0]).await;
+
+    // Changed again: revision 2. Retracted: nothing left to change.
+    let (s, again) = app
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"content": {"title": "Sale is off", "body": "b"}})),
+        )
+        .await;
+    assert_eq!(
+        (s, again["revision"].clone()),
+        (StatusCode::OK, json!(2)),
+        "{again}"
+    );
+    let again = next_frame(&mut ws[0]).await;
+    assert_eq!(again["item"]["title"], "Sale is off", "{again}");
+    assert_eq!(
+        again["item"]["data"],
+        json!({"when": "Friday"}),
+        "data kept: {again}"
+    );
+    let (s, body) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/campaigns/{id}/notifications"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, err) = app
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"content": {"title": "x", "body": "y"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{err}");
+}
+
+/// A broadcast's change shows in every inbox; a campaign changed before it starts is sent
+/// with the new content; a cancelled campaign cannot be changed.
+#[tokio::test]
+async fn a_changed_broadcast_and_a_campaign_changed_before_its_start_show_the_new_text() {
+    let app = spawn_deployment(|_| {}).await;
+    for u in ["carol", "dave"] {
+        app.user_with_devices(u, &[]).await;
+    }
+    let mut ws = connect_all(&[(&app.inbox_nodes[0], "carol")]).await;
+    let id = app
+        .campaign(json!({"audience": {"all": true},
+                          "content": {"title": "Maintenance tonight", "body": "b"},
+                          "channels": ["in_app"]}))
+        .await;
+    let first = next_frame(&mut ws[0]).await;
+    assert_eq!(first["item"]["kind"], "broadcast", "{first}");
+    app.campaign_until(&id, "active", |c| c["status"] == "active")
+        .await;
+    let (s, revised) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/campaigns/{id}/content"),
+            Some(json!({"content": {"title": "Maintenance at {{ data.at }}", "body": "b"}, "data": {"at": "2am"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{revised}");
+    assert_eq!(revised["broadcast_id"], first["item"]["id"], "{revised}");
+    assert_eq!(revised["replacing_pushes"], false, "{revised}");
+    let updated = next_frame(&mut ws[0]).await;
+    assert_eq!(updated["type"], "updated", "{updated}");
+    assert_eq!(updated["item"]["title"], "Maintenance at 2am", "{updated}");
+    for u in ["carol", "dave"] {
+        assert_eq!(titles(&app.inbox_page(u).await), ["Maintenance at 2am"]);
+    }
+
+    // Changed before it starts: its rows are written with the new text.
+    let starts_at = chrono::Utc::now() + chrono::TimeDelta::seconds(2);
+    let later = app
+        .campaign(
+            json!({"audience": {"users": ["dave"]}, "starts_at": starts_at,
+                          "content": {"title": "Draft", "body": "b"}, "channels": ["in_app"]}),
+        )
+        .await;
+    let (s, revised) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/campaigns/{later}/content"),
+            Some(json!({"content": {"title": "Final", "body": "b"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{revised}");
+    app.campaign_until(&later, "completed", |c| c["status"] == "completed")
+        .await;
+    assert_eq!(
+        titles(&app.inbox_page("dave").await),
+        ["Final", "Maintenance at 2am"]
+    );
+
+    // Cancelled: a conflict, nothing changed.
+    let (s, body) = app
+        .call(Method::POST, &format!("/v1/campaigns/{id}/cancel"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, err) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/campaigns/{id}/content"),
+            Some(json!({"content": {"title": "x", "body": "y"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{err}");
+}

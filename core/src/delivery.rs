@@ -230,6 +230,11 @@ pub struct DeliveryReport {
     /// What became of each recipient of the message (one per item).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<RecipientOutcome>,
+    /// The report of pushes that replaced pushes already sent (a revision of the campaign's
+    /// content): logged with the channel's traffic, but neither a campaign counter nor a
+    /// recipient's record changes (the recipient was sent to already).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replacement: bool,
 }
 
 /// What became of one recipient on one channel message.

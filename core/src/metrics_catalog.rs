@@ -27,6 +27,7 @@ pub const CATALOG: &[(Kind, &str, &str)] = &[
     (Gauge, "herald_bus_lag", "Messages published on a topic and not yet committed by a consumer group."),
     (Counter, "herald_campaigns_cancelled_total", "Campaigns cancelled through the API."),
     (Counter, "herald_campaigns_retracted_total", "Campaigns retracted from their recipients (`DELETE /v1/campaigns/{id}/notifications`)."),
+    (Counter, "herald_campaigns_revised_total", "Changes of a campaign's content after it was created (`PATCH /v1/campaigns/{id}/content`)."),
     (Counter, "herald_campaigns_created_total", "Campaigns created, by strategy."),
     (Histogram, "herald_delay_lateness_seconds", "How long after it came due a delayed message (retry, quiet hours) was published."),
     (Gauge, "herald_delay_pending", "Messages waiting in the delay store."),

@@ -1138,6 +1138,29 @@ pub struct CampaignRetraction {
     pub retracted_at: DateTime<Utc>,
 }
 
+/// A change of a campaign's content (`PATCH /v1/campaigns/{id}/content`): what every
+/// recipient sees from now on, in the inbox (personal rows are rendered again at read time,
+/// a broadcast shows the new text), on open sockets (an `updated` frame), and on the other
+/// channels: sends not yet made go out with it, pushes already sent are replaced (the
+/// provider's collapse key is the campaign id). One row per campaign, the latest revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignRevision {
+    pub campaign_id: String,
+    /// 1 for the first change, one more for each change after it.
+    pub revision: u32,
+    /// The time the campaign's inbox rows carry (its start, see [`CampaignRetraction`]);
+    /// `None` when it had not started: its rows are written with the new content.
+    pub row_time: Option<DateTime<Utc>>,
+    /// The campaign's broadcast, when it is sent as one.
+    pub broadcast_id: Option<uuid::Uuid>,
+    /// The whole content, every channel and locale (a template's is copied: editing the
+    /// template later changes nothing here).
+    pub content: TemplateContent,
+    /// The data the templates see (and items carry) from now on.
+    pub data: Value,
+    pub revised_at: DateTime<Utc>,
+}
+
 /// Where an item sits in a user's inbox: newest first by `created_at`, ties broken by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct InboxKey {
@@ -1297,6 +1320,8 @@ pub enum LiveEvent {
     ReadAll { user_id: String },
     /// A campaign was retracted: every node tells its sockets whose user has the item.
     Retracted { retraction: CampaignRetraction },
+    /// A campaign's content changed: every node tells its sockets whose user has the item.
+    Revised { revision: Box<CampaignRevision> },
     /// Items changed state on one of the user's devices (`POST /v1/inbox/bulk`): the items
     /// `ids`, or every item older than the cursor `before`, or (`all`) every item.
     Marked {

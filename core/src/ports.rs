@@ -139,6 +139,16 @@ pub trait CampaignStore: Send + Sync + 'static {
     /// The retractions whose rows may still be stored: `row_time` at or after `since` (the
     /// inbox retention's cutoff). Few: read whole by every inbox and push gateway node.
     async fn retractions_since(&self, since: DateTime<Utc>) -> Result<Vec<CampaignRetraction>>;
+    /// Records a revision of a campaign's content: revision 1 if the campaign has none,
+    /// else only over revision `revision.revision - 1` (compare-and-set); `Conflict` if
+    /// another revision got there first.
+    async fn revise(&self, revision: &CampaignRevision) -> Result<()>;
+    /// The latest revision of a campaign's content, if it was ever changed.
+    async fn revision(&self, campaign_id: &str) -> Result<Option<CampaignRevision>>;
+    /// The latest revisions whose rows may still be stored: `row_time` (or, for a campaign
+    /// revised before it started, `revised_at`) at or after `since`. Few: read whole by
+    /// every inbox and push gateway node.
+    async fn revisions_since(&self, since: DateTime<Utc>) -> Result<Vec<CampaignRevision>>;
     /// Sets the audience size and the (estimated) number of batches it will be cut into.
     async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()>;
     /// Saves the dispatcher's position after publishing batches up to `checkpoint.next_batch`;
@@ -712,6 +722,15 @@ pub trait DeliveryStore: Send + Sync + 'static {
         campaign_id: &str,
         user_id: &str,
     ) -> Result<Vec<crate::delivery::RecipientRecord>>;
+    /// The recipients of a campaign whose record on `channel` says `sent`, by user id, after
+    /// `after`: whom a revision's replacement pushes go to.
+    async fn sent_recipients(
+        &self,
+        campaign_id: &str,
+        channel: Channel,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>>;
     /// Forgets the rollups, failures, report keys and recipient records older than `before`
     /// (the retention). Returns how many rollup rows.
     async fn purge_delivery_log(&self, before: DateTime<Utc>) -> Result<u64>;

@@ -11,7 +11,8 @@
 //! for those recipients only, with a reason naming the limit. Rendering is CPU work: callers on
 //! an async runtime run it on a blocking thread.
 
-use crate::model::User;
+use crate::model::{Channel, User};
+use crate::topics::ChannelItem;
 use crate::{Error, Result};
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
@@ -368,6 +369,106 @@ impl Compiled {
         }
         Ok(())
     }
+}
+
+fn missing(ch: Channel) -> Error {
+    Error::invalid(format!("the campaign's template has no {ch} content"))
+}
+
+/// A user's inbox title and body from `content` (the user's locale variant).
+pub fn render_in_app(
+    content: &Compiled,
+    render_ctx: &minijinja::Value,
+) -> Result<(String, String)> {
+    let tb = content
+        .content()
+        .in_app
+        .as_ref()
+        .ok_or_else(|| missing(Channel::InApp))?;
+    Ok((
+        content.render("in_app.title", &tb.title, render_ctx)?,
+        content.render("in_app.body", &tb.body, render_ctx)?,
+    ))
+}
+
+/// A broadcast's title and body: the same for everyone, so placeholders see the campaign
+/// data only; from its in-app content, else its push content, else its email content.
+pub fn broadcast_text(content: &Compiled, data: &Value) -> Result<(String, String)> {
+    let render_ctx = context_without_user(data);
+    let c = content.content();
+    let (title, body, title_field, body_field) = if let Some(tb) = &c.in_app {
+        (&tb.title, &tb.body, "in_app.title", "in_app.body")
+    } else if let Some(tb) = &c.push {
+        (&tb.title, &tb.body, "push.title", "push.body")
+    } else if let Some(e) = &c.email {
+        (&e.subject, &e.text, "email.subject", "email.text")
+    } else {
+        return Err(Error::invalid(
+            "a broadcast needs in_app, push or email content",
+        ));
+    };
+    Ok((
+        content.render(title_field, title, &render_ctx)?,
+        content.render(body_field, body, &render_ctx)?,
+    ))
+}
+
+/// One user's item on an outbound channel, rendered from `content` (the user's locale
+/// variant); `None` when the user has no address for it (no email, no phone) and for the
+/// inbox, which is not an outbound channel.
+pub fn render_item(
+    ch: Channel,
+    content: &Compiled,
+    user: &User,
+    nid: uuid::Uuid,
+    data: &Value,
+    render_ctx: &minijinja::Value,
+) -> Result<Option<ChannelItem>> {
+    let c = content.content();
+    let mut item = ChannelItem {
+        user_id: user.id.clone(),
+        notification_id: nid,
+        email: None,
+        phone: None,
+        title: None,
+        body: String::new(),
+        html: None,
+        data: data.clone(),
+        targets: None,
+    };
+    match ch {
+        Channel::Push => {
+            let tb = c.push.as_ref().ok_or_else(|| missing(ch))?;
+            item.title = Some(content.render("push.title", &tb.title, render_ctx)?);
+            item.body = content.render("push.body", &tb.body, render_ctx)?;
+        }
+        Channel::Email => {
+            let Some(email) = &user.email else {
+                return Ok(None);
+            };
+            let e = c.email.as_ref().ok_or_else(|| missing(ch))?;
+            item.email = Some(email.clone());
+            item.title = Some(content.render("email.subject", &e.subject, render_ctx)?);
+            item.body = content.render("email.text", &e.text, render_ctx)?;
+            if let Some(html) = &e.html {
+                item.html = Some(content.render("email.html", html, render_ctx)?);
+            }
+        }
+        Channel::Sms => {
+            let Some(phone) = &user.phone else {
+                return Ok(None);
+            };
+            let s = c.sms.as_ref().ok_or_else(|| missing(ch))?;
+            item.phone = Some(phone.clone());
+            item.body = content.render("sms.text", &s.text, render_ctx)?;
+        }
+        Channel::Webhook => {
+            let w = c.webhook.as_ref().ok_or_else(|| missing(ch))?;
+            item.body = content.render("webhook.body", &w.body, render_ctx)?;
+        }
+        Channel::InApp => return Ok(None),
+    }
+    Ok(Some(item))
 }
 
 #[cfg(test)]

@@ -166,7 +166,27 @@ pub struct ChannelMessage {
     /// dismissed meanwhile is not sent (counted `suppressed_online`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unless_read: Option<ReadCheck>,
+    /// The revision of the campaign's content its items were rendered from (0: the content
+    /// it was created with). A message older than the campaign's latest revision is
+    /// rendered again before it is sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u32,
+    /// Set on the messages that replace the pushes already sent with revision `revision`'s
+    /// content: with no items, it is a step through the recipients sent to (the gateway
+    /// renders the page after `after_user` and queues the next step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Replacement>,
     pub items: Vec<ChannelItem>,
+}
+
+/// Where a replacement of sent pushes is (see [`ChannelMessage::replaces`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replacement {
+    /// 0 for the first page of recipients.
+    pub page: u64,
+    /// The last recipient of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_user: Option<String>,
 }
 
 /// Where an [`ChannelMessage::unless_read`] message looks up whether an item was read.
@@ -193,10 +213,17 @@ impl ChannelMessage {
     /// The identity of this message's deliveries: a redelivered copy has the same key (and is
     /// recognised), a sibling part of the same batch, a retry or a replay has its own.
     pub fn delivery_key(&self) -> String {
-        let mut key = format!(
-            "{}/{}/{}/{}/{}",
-            self.campaign_id, self.batch_no, self.channel, self.part, self.attempt
-        );
+        let mut key = match &self.replaces {
+            // Pages of a revision's replacement pushes, apart from the fan-out's batches.
+            Some(r) => format!(
+                "{}/revision/{}/{}/{}/{}",
+                self.campaign_id, self.revision, r.page, self.channel, self.attempt
+            ),
+            None => format!(
+                "{}/{}/{}/{}/{}",
+                self.campaign_id, self.batch_no, self.channel, self.part, self.attempt
+            ),
+        };
         if let Some(replay) = &self.replay_of {
             key.push_str("/replay/");
             key.push_str(replay);

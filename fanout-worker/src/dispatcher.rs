@@ -415,25 +415,13 @@ async fn store_broadcast(ctx: &Context, campaign: &Campaign) -> Result<()> {
     };
     let content = crate::worker::compiled_content(ctx, campaign).await?;
     // A broadcast is the same for everyone: placeholders see the campaign data only.
-    let render_ctx = herald_core::template::context_without_user(&campaign.data);
-    let c = content.content();
-    let (title, body, title_field, body_field) = if let Some(tb) = &c.in_app {
-        (&tb.title, &tb.body, "in_app.title", "in_app.body")
-    } else if let Some(tb) = &c.push {
-        (&tb.title, &tb.body, "push.title", "push.body")
-    } else if let Some(e) = &c.email {
-        (&e.subject, &e.text, "email.subject", "email.text")
-    } else {
-        return Err(Error::invalid(
-            "a broadcast needs in_app, push or email content",
-        ));
-    };
+    let (title, body) = herald_core::template::broadcast_text(&content, &campaign.data)?;
     let starts_at = campaign.starts_at.unwrap_or(now);
     let broadcast = Broadcast {
         id: herald_core::ids::broadcast_id(&campaign.id),
         campaign_id: Some(campaign.id.clone()),
-        title: content.render(title_field, title, &render_ctx)?,
-        body: content.render(body_field, body, &render_ctx)?,
+        title,
+        body,
         category: campaign.category.clone(),
         data: campaign.data.clone(),
         segment,

@@ -26,8 +26,11 @@ pub struct CampaignCache(Arc<Mutex<HashMap<String, Cached>>>);
 
 #[derive(Clone)]
 struct Cached {
+    /// With the data of its latest revision, if its content was changed.
     campaign: Arc<Campaign>,
     content: Arc<Compiled>,
+    /// The revision `content` is (0: the content it was created with).
+    revision: u32,
     fetched: Instant,
 }
 
@@ -38,18 +41,39 @@ impl CampaignCache {
                 return Ok(Some(hit.clone()));
             }
         }
-        let Some(campaign) = ctx.ports.campaigns.get_campaign(id).await? else {
+        let campaigns = &ctx.ports.campaigns;
+        let (campaign, revised) =
+            tokio::try_join!(campaigns.get_campaign(id), campaigns.revision(id))?;
+        let Some(mut campaign) = campaign else {
             return Ok(None);
         };
-        // Reuse the compiled content: it never changes after creation.
-        let known = self.0.lock().get(id).map(|old| old.content.clone());
-        let content = match known {
-            Some(content) => content,
-            None => Arc::new(compiled_content(ctx, &campaign).await?),
+        let revision = revised.as_ref().map_or(0, |r| r.revision);
+        // Reuse the compiled content while its revision stays the same.
+        let known = self
+            .0
+            .lock()
+            .get(id)
+            .filter(|old| old.revision == revision)
+            .map(|old| old.content.clone());
+        let content = match (known, revised) {
+            (Some(content), revised) => {
+                if let Some(r) = revised {
+                    campaign.data = r.data;
+                }
+                content
+            }
+            // Batches rendered from here on carry the change (a change made while the
+            // campaign fans out reaches the rest of its audience this way).
+            (None, Some(r)) => {
+                campaign.data = r.data;
+                Arc::new(Compiled::new(r.content)?)
+            }
+            (None, None) => Arc::new(compiled_content(ctx, &campaign).await?),
         };
         let fresh = Cached {
             campaign: Arc::new(campaign),
             content,
+            revision,
             fetched: Instant::now(),
         };
         let mut map = self.0.lock();
@@ -357,6 +381,7 @@ async fn deliver(
     Vec<RecipientFailure>,
 )> {
     let campaign = &cached.campaign;
+    let revision = cached.revision;
     let ids = &batch.user_ids;
     let mut stage = Stages::start();
     let users: HashMap<String, User> = ctx
@@ -447,6 +472,8 @@ async fn deliver(
             attempt: 0,
             replay_of: None,
             unless_read: (part < 0).then_some(read_check),
+            revision,
+            replaces: None,
             items,
         };
         let payload = serde_json::to_vec(&msg)
@@ -682,17 +709,13 @@ fn render_for(
     render_ctx: &minijinja::Value,
 ) -> Result<Rendition> {
     if ch == Channel::InApp {
-        let tb = content
-            .content()
-            .in_app
-            .as_ref()
-            .ok_or_else(|| missing(ch))?;
+        let (title, body) = template::render_in_app(content, render_ctx)?;
         return Ok(Rendition::Row(Notification {
             id: nid,
             user_id: user.id.clone(),
             campaign_id: Some(campaign.id.clone()),
-            title: content.render("in_app.title", &tb.title, render_ctx)?,
-            body: content.render("in_app.body", &tb.body, render_ctx)?,
+            title,
+            body,
             category: campaign.category.clone(),
             data: campaign.data.clone(),
             created_at,
@@ -702,7 +725,7 @@ fn render_for(
         }));
     }
     Ok(
-        match render_item(ch, content, user, nid, &campaign.data, render_ctx)? {
+        match template::render_item(ch, content, user, nid, &campaign.data, render_ctx)? {
             Some(item) => Rendition::Item(ch, item),
             None => Rendition::NoAddress,
         },
@@ -723,66 +746,6 @@ impl Stages {
             .record((now - self.0).as_secs_f64());
         self.0 = now;
     }
-}
-
-fn missing(ch: Channel) -> Error {
-    Error::invalid(format!("the campaign's template has no {ch} content"))
-}
-
-/// One user's item on an outbound channel; `None` when the user has no address for it.
-fn render_item(
-    ch: Channel,
-    content: &Compiled,
-    user: &User,
-    nid: uuid::Uuid,
-    data: &serde_json::Value,
-    render_ctx: &minijinja::Value,
-) -> Result<Option<ChannelItem>> {
-    let c = content.content();
-    let mut item = ChannelItem {
-        user_id: user.id.clone(),
-        notification_id: nid,
-        email: None,
-        phone: None,
-        title: None,
-        body: String::new(),
-        html: None,
-        data: data.clone(),
-        targets: None,
-    };
-    match ch {
-        Channel::Push => {
-            let tb = c.push.as_ref().ok_or_else(|| missing(ch))?;
-            item.title = Some(content.render("push.title", &tb.title, render_ctx)?);
-            item.body = content.render("push.body", &tb.body, render_ctx)?;
-        }
-        Channel::Email => {
-            let Some(email) = &user.email else {
-                return Ok(None);
-            };
-            let e = c.email.as_ref().ok_or_else(|| missing(ch))?;
-            item.email = Some(email.clone());
-            item.title = Some(content.render("email.subject", &e.subject, render_ctx)?);
-            item.body = content.render("email.text", &e.text, render_ctx)?;
-            if let Some(html) = &e.html {
-                item.html = Some(content.render("email.html", html, render_ctx)?);
-            }
-        }
-        Channel::Sms => {
-            let Some(phone) = &user.phone else {
-                return Ok(None);
-            };
-            let s = c.sms.as_ref().ok_or_else(|| missing(ch))?;
-            item.phone = Some(phone.clone());
-            item.body = content.render("sms.text", &s.text, render_ctx)?;
-        }
-        Channel::Webhook => {
-            let w = c.webhook.as_ref().ok_or_else(|| missing(ch))?;
-            item.body = content.render("webhook.body", &w.body, render_ctx)?;
-        }
-        Channel::InApp => return Ok(None),
-    }
-    Ok(Some(item))
 }
 
 /// Preferences of every user of the batch, in order: one cache lookup for the whole batch,

@@ -13,7 +13,7 @@
 //! Both are per process: every inbox node keeps its own, and nothing is shared between nodes
 //! but the stores themselves.
 
-use herald_core::model::{Attributes, Broadcast, InboxKey};
+use herald_core::model::{Broadcast, InboxKey, User};
 use herald_core::ports::{BroadcastStore, Directory};
 use herald_core::Result;
 use parking_lot::{Mutex, RwLock};
@@ -160,12 +160,13 @@ fn sort_newest_first(list: &mut [Arc<Broadcast>]) {
     list.sort_unstable_by_key(|b| std::cmp::Reverse(broadcast_key(b)));
 }
 
-/// User attributes from the directory, cached for `ttl`, at most `capacity` users.
+/// Users (attributes, addresses) from the directory, cached for `ttl`, at most `capacity`
+/// users.
 pub struct UserCache {
     directory: Arc<dyn Directory>,
     ttl: Duration,
     capacity: usize,
-    entries: Mutex<HashMap<String, (Instant, Arc<Attributes>)>>,
+    entries: Mutex<HashMap<String, (Instant, Arc<User>)>>,
 }
 
 impl UserCache {
@@ -178,19 +179,18 @@ impl UserCache {
         }
     }
 
-    /// The user's attributes; empty for a user the directory does not know.
-    pub async fn attributes(&self, user_id: &str) -> Result<Arc<Attributes>> {
-        if let Some((at, attrs)) = self.entries.lock().get(user_id) {
+    /// The user; one with no attributes for a user the directory does not know.
+    pub async fn user(&self, user_id: &str) -> Result<Arc<User>> {
+        if let Some((at, user)) = self.entries.lock().get(user_id) {
             if at.elapsed() < self.ttl {
-                return Ok(attrs.clone());
+                return Ok(user.clone());
             }
         }
-        let attrs = Arc::new(
+        let user = Arc::new(
             self.directory
                 .get_user(user_id)
                 .await?
-                .map(|u| u.attributes)
-                .unwrap_or_default(),
+                .unwrap_or_else(|| herald_usecases::revisions::nameless(user_id)),
         );
         let mut entries = self.entries.lock();
         if entries.len() >= self.capacity && !entries.contains_key(user_id) {
@@ -202,8 +202,8 @@ impl UserCache {
                 entries.clear();
             }
         }
-        entries.insert(user_id.to_owned(), (Instant::now(), attrs.clone()));
-        Ok(attrs)
+        entries.insert(user_id.to_owned(), (Instant::now(), user.clone()));
+        Ok(user)
     }
 
     #[cfg(test)]
@@ -315,21 +315,24 @@ mod tests {
         };
         ports.directory.upsert_users(&[user("free")]).await.unwrap();
         let cache = UserCache::new(ports.directory.clone(), Duration::from_secs(3600), 3);
-        assert_eq!(cache.attributes("u1").await.unwrap()["tier"], "free");
+        assert_eq!(cache.user("u1").await.unwrap().attributes["tier"], "free");
         ports
             .directory
             .upsert_users(&[user("premium")])
             .await
             .unwrap();
         // Within the TTL the cached attributes stand.
-        assert_eq!(cache.attributes("u1").await.unwrap()["tier"], "free");
-        assert!(cache.attributes("nobody").await.unwrap().is_empty());
+        assert_eq!(cache.user("u1").await.unwrap().attributes["tier"], "free");
+        assert!(cache.user("nobody").await.unwrap().attributes.is_empty());
         for i in 0..10 {
-            cache.attributes(&format!("x{i}")).await.unwrap();
+            cache.user(&format!("x{i}")).await.unwrap();
             assert!(cache.len() <= 3);
         }
 
         let expiring = UserCache::new(ports.directory.clone(), Duration::ZERO, 10);
-        assert_eq!(expiring.attributes("u1").await.unwrap()["tier"], "premium");
+        assert_eq!(
+            expiring.user("u1").await.unwrap().attributes["tier"],
+            "premium"
+        );
     }
 }

@@ -34,7 +34,9 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use herald_core::ids::notification_id;
-use herald_core::model::{Broadcast, CampaignRetraction, InboxAction, InboxKey, LiveEvent};
+use herald_core::model::{
+    Broadcast, CampaignRetraction, CampaignRevision, InboxAction, InboxKey, LiveEvent,
+};
 use herald_core::ports::LiveRoutes;
 use herald_core::worker::{Worker, WorkerState};
 use herald_core::Result;
@@ -80,6 +82,10 @@ pub(crate) enum Wire<'a> {
     /// The item was retracted by its sender: gone from every page and count.
     Retracted {
         id: &'a str,
+    },
+    /// The item's content was changed by its sender: the item as it is now.
+    Updated {
+        item: &'a InboxItem,
     },
     /// Items changed state on another device: `ids`, or everything older than `before`,
     /// or (`all`) everything.
@@ -389,6 +395,15 @@ impl Hub {
     pub(crate) fn route(self: &Arc<Self>, event: LiveEvent) {
         match event {
             LiveEvent::Notifications { items } => {
+                // A batch rendered just before its campaign's content changed: rendered again
+                // (off the routing loop) for the users connected here.
+                if self
+                    .svc
+                    .revised_snapshot()
+                    .is_some_and(|r| r.touches(&items))
+                {
+                    return self.notify_revised(items);
+                }
                 // A batch fanned out while its campaign was being retracted publishes rows
                 // nobody must see.
                 let retracted = self.svc.retracted_snapshot();
@@ -432,7 +447,115 @@ impl Hub {
                 self.broadcast_activated(Arc::new(*broadcast));
             }
             LiveEvent::Retracted { retraction } => self.retracted(retraction),
+            LiveEvent::Revised { revision } => self.revised(*revision),
         }
+    }
+
+    /// New rows of a revised campaign, each rendered with the latest content for its user
+    /// if the user is connected here.
+    fn notify_revised(self: &Arc<Self>, items: Vec<herald_core::model::Notification>) {
+        let connected: Vec<_> = items
+            .into_iter()
+            .filter(|n| {
+                self.shard(&n.user_id)
+                    .read()
+                    .contains_key(n.user_id.as_str())
+            })
+            .collect();
+        if connected.is_empty() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let now = hub.svc.context().clock.now();
+            let (revised, retracted) = match tokio::try_join!(
+                hub.svc.revised(now),
+                hub.svc.retracted(now)
+            ) {
+                Ok(lists) => lists,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the campaign changes for live rows failed");
+                    return;
+                }
+            };
+            for mut n in connected {
+                if n.campaign_id
+                    .as_deref()
+                    .is_some_and(|c| retracted.contains(c))
+                {
+                    continue;
+                }
+                let user = n.user_id.clone();
+                if let Err(e) = hub
+                    .svc
+                    .revise_rows(&user, std::slice::from_mut(&mut n), &revised)
+                    .await
+                {
+                    tracing::warn!(error = %e, "rendering a revised live row failed");
+                }
+                hub.deliver_to_user(&user, || Frame::notification(&InboxItem::personal(&n)));
+            }
+        });
+    }
+
+    /// Tells each connected user who has the revised campaign's item what it says now: for
+    /// a personal row, the users whose inbox holds it (one read by key, then rendered for the
+    /// user); for a broadcast, the users who see it. Off the routing loop, a bounded number of
+    /// users at a time.
+    fn revised(self: &Arc<Self>, revision: CampaignRevision) {
+        let Some(row_time) = revision.row_time else {
+            // Not started when it changed: nobody has an item of it yet.
+            return;
+        };
+        let users = self.connected_users();
+        if users.is_empty() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let svc = &hub.svc;
+            let now = svc.context().clock.now();
+            // The lists with this revision in them (a node that heard it first from the hub
+            // has it announced; one that did not reads it).
+            let lists = tokio::try_join!(svc.revised(now), svc.retracted(now));
+            let (revised, retracted) = match lists {
+                Ok(lists) => lists,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the campaign changes failed");
+                    return;
+                }
+            };
+            if retracted.contains(&revision.campaign_id) {
+                return;
+            }
+            let (hub, revision, revised) = (&hub, &revision, &revised);
+            hub.tell_each(users, "revised", |user| async move {
+                let item = match revision.broadcast_id {
+                    Some(id) => hub
+                        .svc
+                        .visible_broadcast(&user, id, now)
+                        .await?
+                        .map(|v| v.item()),
+                    None => {
+                        let key = InboxKey {
+                            created_at: row_time,
+                            id: notification_id(&revision.campaign_id, &user, row_time),
+                        };
+                        match hub.svc.context().ports.inbox.get(&user, key).await? {
+                            Some(mut n) => {
+                                hub.svc
+                                    .revise_rows(&user, std::slice::from_mut(&mut n), revised)
+                                    .await?;
+                                Some(InboxItem::personal(&n))
+                            }
+                            None => None,
+                        }
+                    }
+                };
+                Ok(item.map(|item| Frame::other(Wire::Updated { item: &item })))
+            })
+            .await;
+        });
     }
 
     /// Tells each connected user who has the retracted campaign's item that it is gone: for
@@ -461,48 +584,65 @@ impl Hub {
                 None => None,
             };
             let now = ctx.clock.now();
-            futures::stream::iter(users)
-                .for_each_concurrent(MATCH_CONCURRENCY, |(user, conns)| {
-                    let (hub, retraction, broadcast) = (&hub, &retraction, &broadcast);
-                    async move {
-                        let has = match broadcast {
-                            Some(b) => hub
-                                .svc
-                                .filter_matches(&user, &b.filter, now)
-                                .await
-                                .map(|m| m.then_some(b.id)),
-                            None => {
-                                let id = notification_id(
-                                    &retraction.campaign_id,
-                                    &user,
-                                    retraction.row_time,
-                                );
-                                let key = InboxKey {
-                                    created_at: retraction.row_time,
-                                    id,
-                                };
-                                let ctx = hub.svc.context();
-                                ctx.ports.inbox.get(&user, key).await.map(|n| n.map(|_| id))
-                            }
+            let (hub, retraction, broadcast) = (&hub, &retraction, &broadcast);
+            hub.tell_each(users, "retracted", |user| async move {
+                let has = match broadcast {
+                    Some(b) => hub
+                        .svc
+                        .filter_matches(&user, &b.filter, now)
+                        .await?
+                        .then_some(b.id),
+                    None => {
+                        let id =
+                            notification_id(&retraction.campaign_id, &user, retraction.row_time);
+                        let key = InboxKey {
+                            created_at: retraction.row_time,
+                            id,
                         };
-                        match has {
-                            Ok(Some(id)) => {
-                                let id = id.to_string();
-                                let frame = Frame::other(Wire::Retracted { id: &id });
-                                for conn in &conns {
-                                    hub.deliver(conn, frame.clone());
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!(
-                                error = %e, user = %user,
-                                "checking a live connection's retracted item failed"
-                            ),
-                        }
+                        let ctx = hub.svc.context();
+                        ctx.ports.inbox.get(&user, key).await?.map(|_| id)
                     }
-                })
-                .await;
+                };
+                Ok(has.map(|id| {
+                    Frame::other(Wire::Retracted {
+                        id: &id.to_string(),
+                    })
+                }))
+            })
+            .await;
         });
+    }
+
+    /// Sends each of `users` (connected here) the frame `frame_for` makes for them, if any: a
+    /// bounded number of users at a time. A user whose check fails is logged and skipped.
+    async fn tell_each<F, Fut>(
+        &self,
+        users: Vec<(Arc<str>, Vec<Arc<Conn>>)>,
+        change: &'static str,
+        frame_for: F,
+    ) where
+        F: Fn(Arc<str>) -> Fut,
+        Fut: std::future::Future<Output = herald_core::Result<Option<Frame>>>,
+    {
+        futures::stream::iter(users)
+            .for_each_concurrent(MATCH_CONCURRENCY, |(user, conns)| {
+                let frame = frame_for(user.clone());
+                async move {
+                    match frame.await {
+                        Ok(Some(frame)) => {
+                            for conn in &conns {
+                                self.deliver(conn, frame.clone());
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(
+                            error = %e, user = %user, change,
+                            "checking a live connection's changed item failed"
+                        ),
+                    }
+                }
+            })
+            .await;
     }
 
     fn broadcast_activated(self: &Arc<Self>, broadcast: Arc<Broadcast>) {

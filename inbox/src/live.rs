@@ -476,13 +476,14 @@ async fn replay(
         Frame::notification(item).text
     };
     let now = f.svc.context().clock.now();
-    let retracted = f.svc.retracted(now).await.map_err(|e| {
-        tracing::warn!(error = %e, "reading the retractions for a live replay failed");
-        End::Failed
-    })?;
+    let (retracted, revised) =
+        tokio::try_join!(f.svc.retracted(now), f.svc.revised(now)).map_err(|e| {
+            tracing::warn!(error = %e, "reading the campaign changes for a live replay failed");
+            End::Failed
+        })?;
     let mut after = since;
     loop {
-        let page = f
+        let mut page = f
             .svc
             .context()
             .ports
@@ -491,6 +492,13 @@ async fn replay(
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "reading the inbox for a live replay failed");
+                End::Failed
+            })?;
+        f.svc
+            .revise_rows(user, &mut page, &revised)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "rendering revised rows for a live replay failed");
                 End::Failed
             })?;
         for row in &page {

@@ -18,6 +18,7 @@ use herald_core::worker::{Worker, WorkerState};
 use herald_core::Context;
 use herald_core::Result;
 use herald_usecases::retractions::{Retracted, RetractionCache};
+use herald_usecases::revisions::{Revised, RevisionCache};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -221,6 +222,7 @@ struct Inner {
     ctx: Context,
     broadcasts: Arc<BroadcastCache>,
     retractions: Arc<RetractionCache>,
+    revisions: Arc<RevisionCache>,
     users: UserCache,
     /// Stops the cache watcher when the last clone of the service is dropped.
     _watcher: Option<DropGuard>,
@@ -252,6 +254,11 @@ impl InboxService {
             ctx.config.inbox.retention_days,
             refresh_every,
         ));
+        let revisions = Arc::new(RevisionCache::new(
+            ctx.ports.campaigns.clone(),
+            ctx.config.inbox.retention_days,
+            refresh_every,
+        ));
         let watcher = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let stop = CancellationToken::new();
             // A hub that subscribes at once (the in-process one) is followed from before the
@@ -265,6 +272,7 @@ impl InboxService {
                 ActivationWatcher {
                     cache: Arc::downgrade(&broadcasts),
                     retractions: Arc::downgrade(&retractions),
+                    revisions: Arc::downgrade(&revisions),
                     subscription,
                 },
                 stop.clone(),
@@ -277,6 +285,7 @@ impl InboxService {
                 ctx,
                 broadcasts,
                 retractions,
+                revisions,
                 users,
                 _watcher: watcher,
             }),
@@ -303,16 +312,17 @@ impl InboxService {
         let ctx = &self.inner.ctx;
         let now = self.now();
         let fetch = req.limit.saturating_add(1);
-        let retracted = self.retracted(now).await?;
+        let (retracted, revised) = tokio::try_join!(self.retracted(now), self.revised(now))?;
         let filter = req.filter.hiding(&retracted.campaigns);
         // The page and the counts come in one round trip (one statement on SQLite), beside
         // the one broadcast-state lookup.
-        let ((personal, personal_counts), visible) = tokio::try_join!(
+        let ((mut personal, personal_counts), visible) = tokio::try_join!(
             ctx.ports
                 .inbox
                 .page_with_counts(user_id, req.before, fetch, filter),
             self.visible_broadcasts(user_id, now),
         )?;
+        self.revise_rows(user_id, &mut personal, &revised).await?;
         let counts = visible.iter().fold(personal_counts, |c, v| c + v.counts());
         let broadcasts: Vec<VisibleBroadcast> = visible
             .into_iter()
@@ -351,6 +361,41 @@ impl InboxService {
     /// The campaigns retracted within the retention (cached, see [`RetractionCache`]).
     pub async fn retracted(&self, now: DateTime<Utc>) -> Result<Arc<Retracted>> {
         self.inner.retractions.current(now).await
+    }
+
+    /// The campaigns whose content was changed within the retention (cached, see
+    /// [`RevisionCache`]).
+    pub async fn revised(&self, now: DateTime<Utc>) -> Result<Arc<Revised>> {
+        self.inner.revisions.current(now).await
+    }
+
+    /// The revised campaigns as last loaded, without waiting for a reload.
+    pub fn revised_snapshot(&self) -> Option<Arc<Revised>> {
+        self.inner.revisions.snapshot()
+    }
+
+    /// Renders the user's rows of revised campaigns again with their latest content (the
+    /// user's attributes read once, cached, and only when a row needs them).
+    pub async fn revise_rows(
+        &self,
+        user_id: &str,
+        rows: &mut [Notification],
+        revised: &Revised,
+    ) -> Result<()> {
+        if !revised.touches(rows) {
+            return Ok(());
+        }
+        let user = self.inner.users.user(user_id).await?;
+        for row in rows.iter_mut() {
+            if let Some(r) = row
+                .campaign_id
+                .as_deref()
+                .and_then(|c| revised.of_campaign(c))
+            {
+                r.render_row(row, &user);
+            }
+        }
+        Ok(())
     }
 
     /// The retracted campaigns as last loaded, without waiting for a reload.
@@ -628,8 +673,8 @@ impl InboxService {
         if filter.is_match_all() {
             return Ok(true);
         }
-        let attrs = self.inner.users.attributes(user_id).await?;
-        Ok(filter.matches(&attrs, now))
+        let user = self.inner.users.user(user_id).await?;
+        Ok(filter.matches(&user.attributes, now))
     }
 
     /// The live broadcasts the user sees at `now`, newest first, with their read state:
@@ -641,11 +686,15 @@ impl InboxService {
         user_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<VisibleBroadcast>> {
-        let (open, retracted) =
-            tokio::try_join!(self.inner.broadcasts.open(), self.retracted(now))?;
-        let live: Vec<&Arc<Broadcast>> = open
+        let (open, retracted, revised) = tokio::try_join!(
+            self.inner.broadcasts.open(),
+            self.retracted(now),
+            self.revised(now)
+        )?;
+        let live: Vec<Arc<Broadcast>> = open
             .iter()
             .filter(|b| b.is_live_at(now) && !retracted.broadcasts.contains(&b.id))
+            .map(|b| revised_broadcast(&revised, b))
             .collect();
         if live.is_empty() {
             return Ok(Vec::new());
@@ -655,7 +704,7 @@ impl InboxService {
         let (states, attrs) =
             tokio::try_join!(ports.broadcast_states.user_states(user_id), async {
                 if needs_attrs {
-                    self.inner.users.attributes(user_id).await.map(Some)
+                    self.inner.users.user(user_id).await.map(Some)
                 } else {
                     Ok(None)
                 }
@@ -665,7 +714,10 @@ impl InboxService {
         Ok(live
             .into_iter()
             .filter(|b| {
-                b.filter.is_match_all() || attrs.as_ref().is_some_and(|a| b.filter.matches(a, now))
+                b.filter.is_match_all()
+                    || attrs
+                        .as_ref()
+                        .is_some_and(|u| b.filter.matches(&u.attributes, now))
             })
             .filter_map(|b| {
                 let state = states.get(&b.id);
@@ -673,7 +725,7 @@ impl InboxService {
                     return None;
                 }
                 Some(VisibleBroadcast {
-                    broadcast: b.clone(),
+                    broadcast: b,
                     state: state.cloned(),
                 })
             })
@@ -681,7 +733,7 @@ impl InboxService {
     }
 
     /// The broadcast `id` if the user sees it now (live, matching, not dismissed).
-    async fn visible_broadcast(
+    pub async fn visible_broadcast(
         &self,
         user_id: &str,
         id: Uuid,
@@ -699,6 +751,7 @@ impl InboxService {
         if !self.broadcast_matches(user_id, &broadcast, now).await? {
             return Ok(None);
         }
+        let broadcast = revised_broadcast(&*self.revised(now).await?, &broadcast);
         let states = self
             .inner
             .ctx
@@ -718,6 +771,14 @@ impl InboxService {
         if let Err(e) = self.inner.ctx.ports.live.publish(event).await {
             tracing::warn!(error = %e, "publishing an inbox live event failed");
         }
+    }
+}
+
+/// `b` with the text of its campaign's latest revision, if it was changed.
+fn revised_broadcast(revised: &Revised, b: &Arc<Broadcast>) -> Arc<Broadcast> {
+    match revised.of_broadcast(b.id) {
+        Some(r) => Arc::new(r.broadcast(b)),
+        None => b.clone(),
     }
 }
 
@@ -756,6 +817,7 @@ fn merge(
 struct ActivationWatcher {
     cache: Weak<BroadcastCache>,
     retractions: Weak<RetractionCache>,
+    revisions: Weak<RevisionCache>,
     subscription: Subscription,
 }
 
@@ -778,7 +840,13 @@ impl Worker for ActivationWatcher {
             }
             Next::Event(LiveEvent::Retracted { retraction }) => {
                 if let Some(cache) = self.retractions.upgrade() {
-                    cache.retracted(retraction);
+                    cache.announced(retraction);
+                }
+                Ok(WorkerState::Busy)
+            }
+            Next::Event(LiveEvent::Revised { revision }) => {
+                if let Some(cache) = self.revisions.upgrade() {
+                    cache.announced(*revision);
                 }
                 Ok(WorkerState::Busy)
             }

@@ -31,7 +31,9 @@ use herald_core::ports::{DeliveryClaim, Throttle};
 use herald_core::topics::{self, ChannelItem, ChannelMessage, ReadCheck};
 use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
 use herald_core::{Context, Error, Result};
-use herald_usecases::retractions::{RetractionCache, RETRACTIONS_REFRESH};
+use herald_usecases::changes::CHANGES_REFRESH;
+use herald_usecases::retractions::RetractionCache;
+use herald_usecases::revisions::{self, Revision, RevisionCache, REPLACE_PAGE};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -197,6 +199,7 @@ pub struct Gateway {
     max_attempts: u32,
     webhooks: WebhookCache,
     retractions: RetractionCache,
+    revisions: RevisionCache,
 }
 
 /// How early a channel message may arrive before its `deliver_after` and still be sent at
@@ -220,7 +223,12 @@ impl Gateway {
             retractions: RetractionCache::new(
                 ctx.ports.campaigns.clone(),
                 ctx.config.inbox.retention_days,
-                RETRACTIONS_REFRESH,
+                CHANGES_REFRESH,
+            ),
+            revisions: RevisionCache::new(
+                ctx.ports.campaigns.clone(),
+                ctx.config.inbox.retention_days,
+                CHANGES_REFRESH,
             ),
             ctx,
         }
@@ -285,6 +293,15 @@ impl Gateway {
     /// The sends of a message whose delivery key this handling holds, their report, and the
     /// key marked processed.
     async fn send_claimed(&self, msg: &ChannelMessage, key: &str) -> Result<()> {
+        // A step of a revision's replacement: its page of recipients, rendered.
+        let page;
+        let msg = match &msg.replaces {
+            Some(step) if msg.items.is_empty() => {
+                page = self.replacement_page(msg, step).await?;
+                &page
+            }
+            _ => msg,
+        };
         let channel = msg.channel;
         let started = Instant::now();
         let report = self.deliver(msg, key.to_owned()).await?;
@@ -309,6 +326,118 @@ impl Gateway {
         metrics::histogram!("herald_push_message_seconds", "channel" => channel.as_str())
             .record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// The page of a replacement step: the recipients after `step.after_user` whose push was
+    /// sent, each with the revision's text; the next step is queued first when the page is
+    /// full (under its own delivery key: a step handled twice queues it once). A revision
+    /// superseded by a later one (which replaces the pushes itself), or a campaign retracted
+    /// meanwhile, ends the chain with an empty page.
+    async fn replacement_page(
+        &self,
+        msg: &ChannelMessage,
+        step: &topics::Replacement,
+    ) -> Result<ChannelMessage> {
+        let ports = &self.ctx.ports;
+        let now = self.ctx.clock.now();
+        let empty = ChannelMessage {
+            items: Vec::new(),
+            ..msg.clone()
+        };
+        if self
+            .retractions
+            .current(now)
+            .await?
+            .contains(&msg.campaign_id)
+        {
+            return Ok(empty);
+        }
+        let cached = self
+            .revisions
+            .current(now)
+            .await?
+            .of_campaign(&msg.campaign_id)
+            .cloned();
+        let revision = match cached {
+            Some(r) if r.record.revision >= msg.revision => r,
+            // Not seen by this node's cache yet: from the store.
+            _ => match ports.campaigns.revision(&msg.campaign_id).await? {
+                Some(record) => Arc::new(Revision::prepare(record)?),
+                None => return Ok(empty),
+            },
+        };
+        if revision.record.revision != msg.revision {
+            return Ok(empty);
+        }
+        let ids = ports
+            .deliveries
+            .sent_recipients(
+                &msg.campaign_id,
+                msg.channel,
+                step.after_user.as_deref(),
+                REPLACE_PAGE,
+            )
+            .await?;
+        if ids.len() == REPLACE_PAGE as usize {
+            let next = ChannelMessage {
+                deliver_after: None,
+                replaces: Some(topics::Replacement {
+                    page: step.page + 1,
+                    after_user: ids.last().cloned(),
+                }),
+                ..empty.clone()
+            };
+            revisions::queue_replacement(&self.ctx, &next, now).await?;
+        }
+        let users: HashMap<String, herald_core::model::User> = ports
+            .directory
+            .get_users(&ids)
+            .await?
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
+        let items = ids
+            .iter()
+            .filter_map(|id| {
+                let user = users
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| revisions::nameless(id));
+                revision.render_item(msg.channel, &user)
+            })
+            .collect();
+        Ok(ChannelMessage { items, ..empty })
+    }
+
+    /// A message rendered before the campaign's latest revision, rendered again from it (its
+    /// recipients' attributes read once for the message); `None` when it is current.
+    async fn rerendered(
+        &self,
+        msg: &ChannelMessage,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ChannelMessage>> {
+        let revised = self.revisions.current(now).await?;
+        let Some(revision) = revised
+            .of_campaign(&msg.campaign_id)
+            .filter(|r| r.record.revision > msg.revision)
+        else {
+            return Ok(None);
+        };
+        let ids: Vec<String> = msg.items.iter().map(|i| i.user_id.clone()).collect();
+        let users = self
+            .ctx
+            .ports
+            .directory
+            .get_users(&ids)
+            .await?
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
+        Ok(Some(ChannelMessage {
+            items: revision.rerender(msg.channel, &msg.items, &users),
+            revision: revision.record.revision,
+            ..msg.clone()
+        }))
     }
 
     /// Puts a channel message back in the delay store until `until`, under its delivery key
@@ -405,6 +534,7 @@ impl Gateway {
             suppressed_online: 0,
             cancelled: 0,
             recipients: Vec::new(),
+            replacement: msg.replaces.is_some(),
         };
         // A retracted campaign sends nothing more: every recipient's send is cancelled.
         if self
@@ -443,6 +573,15 @@ impl Gateway {
             count(channel, "failed", report.failed);
             return Ok(report);
         }
+        // Rendered before the campaign's content changed: sent with the new content.
+        let current;
+        let msg = match self.rerendered(msg, now).await? {
+            Some(m) => {
+                current = m;
+                &current
+            }
+            None => msg,
+        };
         // Pushes held back for recipients who were looking at the inbox: only those who have
         // not read or dismissed the item since are sent to.
         let unread;

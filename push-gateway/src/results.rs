@@ -72,6 +72,9 @@ impl ResultCounter {
                 return Ok(());
             }
         };
+        if report.replacement {
+            return self.log(&report).await;
+        }
         // Each recipient's latest outcome (a later attempt's record wins, so a redelivered
         // report changes nothing).
         // A replayed dead letter's report comes after every attempt of the original.
@@ -120,6 +123,11 @@ impl ResultCounter {
                 .record_deliveries(&report.campaign_id, &report.key, report.channel, &delta)
                 .await?;
         }
+        self.log(&report).await
+    }
+
+    /// Adds a report to the delivery log (the per-minute rollups and the failures kept).
+    async fn log(&mut self, report: &DeliveryReport) -> Result<()> {
         if report.sent == 0 && report.failed == 0 && report.retried == 0 {
             return Ok(());
         }

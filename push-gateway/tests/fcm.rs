@@ -626,8 +626,13 @@ async fn the_body_carries_priority_ttl_and_data_as_strings() {
 
     let m = by_token("ok-low");
     assert_eq!(m["notification"], json!({"body": "World"}));
-    assert_eq!(m["android"], json!({"priority": "NORMAL"}));
+    assert_eq!(
+        m["android"],
+        json!({"priority": "NORMAL", "collapse_key": "cmp-1"})
+    );
     assert_eq!(m["apns"]["headers"]["apns-priority"], "5");
+    // The campaign id collapses: a replacement push takes the old one's place.
+    assert_eq!(m["apns"]["headers"]["apns-collapse-id"], "cmp-1");
     assert_eq!(m["webpush"]["headers"]["Urgency"], "normal");
     assert_eq!(
         m["data"],

@@ -177,6 +177,8 @@ fn message(
         attempt: 0,
         replay_of: None,
         unless_read: None,
+        revision: 0,
+        replaces: None,
         items: vec![ChannelItem {
             user_id: user.into(),
             notification_id: herald_core::ids::notification_id(
@@ -405,6 +407,17 @@ impl DeliveryStore for FailingMarks {
         user_id: &str,
     ) -> herald_core::Result<Vec<herald_core::delivery::RecipientRecord>> {
         self.inner.recipient_records(campaign_id, user_id).await
+    }
+    async fn sent_recipients(
+        &self,
+        campaign_id: &str,
+        channel: Channel,
+        after: Option<&str>,
+        limit: u32,
+    ) -> herald_core::Result<Vec<String>> {
+        self.inner
+            .sent_recipients(campaign_id, channel, after, limit)
+            .await
     }
     async fn get_dead_letter(&self, id: &str) -> herald_core::Result<Option<DeadLetter>> {
         self.inner.get_dead_letter(id).await
@@ -648,4 +661,148 @@ async fn an_unless_read_push_goes_only_to_recipients_who_have_not_read_or_dismis
         ),
         "{metrics}"
     );
+}
+
+/// A revision of `campaign`'s content whose pushes say `New {{ user.id }}`.
+fn revision(campaign: &str, n: u32) -> herald_core::model::CampaignRevision {
+    use herald_core::model::{TemplateContent, TitleBody};
+    herald_core::model::CampaignRevision {
+        campaign_id: campaign.into(),
+        revision: n,
+        row_time: Some(herald_core::ids::row_time(chrono::Utc::now())),
+        broadcast_id: None,
+        content: TemplateContent {
+            push: Some(TitleBody {
+                title: format!("New{n} {{{{ user.id }}}}"),
+                body: "{{ data.when }}".into(),
+            }),
+            ..Default::default()
+        },
+        data: json!({"when": "Friday"}),
+        revised_at: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_rendered_before_its_campaigns_content_changed_is_sent_with_the_new_content() {
+    let app = spawn_gateway(|_| {}).await;
+    app.user_with_devices("u1", &["ok-rev"]).await;
+    let ports = &app.ctx.ports;
+    ports.campaigns.revise(&revision("c-rev", 1)).await.unwrap();
+    let msg = message("c-rev", "u1", None);
+    publish(ports.bus.as_ref(), &msg).await;
+    eventually_marked(&app, &msg, "the message handled").await;
+    let sent = app.fcm.last_message("ok-rev").expect("sent");
+    assert_eq!(sent["notification"]["title"], "New1 u1", "{sent}");
+    assert_eq!(sent["notification"]["body"], "Friday", "{sent}");
+    assert_eq!(sent["data"]["when"], "Friday", "{sent}");
+    assert_eq!(sent["android"]["collapse_key"], "c-rev", "{sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_sends_once_to_every_recipient_sent_to_page_by_page() {
+    use herald_core::delivery::{RecipientRecord, RecipientStatus};
+    let app = spawn_gateway(|_| {}).await;
+    let ports = &app.ctx.ports;
+    // One more recipient than a page holds, and one whose push failed (not replaced).
+    let n = herald_usecases::revisions::REPLACE_PAGE as usize + 1;
+    let users: Vec<String> = (0..n).map(|i| format!("r{i:04}")).collect();
+    let now = chrono::Utc::now();
+    let directory_users: Vec<herald_core::model::User> = users
+        .iter()
+        .chain(std::iter::once(&"failed".to_owned()))
+        .map(|u| herald_usecases::revisions::nameless(u))
+        .collect();
+    ports
+        .directory
+        .upsert_users(&directory_users)
+        .await
+        .unwrap();
+    let devices: Vec<Device> = directory_users
+        .iter()
+        .map(|u| Device {
+            user_id: u.id.clone(),
+            platform: Platform::Fcm,
+            token: format!("ok-{}", u.id),
+            created_at: now,
+            last_used_at: now,
+        })
+        .collect();
+    ports.directory.put_devices(&devices).await.unwrap();
+    let record = |user: &str, status| RecipientRecord {
+        campaign_id: "c-replace".into(),
+        user_id: user.into(),
+        channel: Channel::Push,
+        status,
+        sent: 1,
+        reason: None,
+        dead_letter_id: None,
+        attempt: 0,
+        at: now,
+    };
+    let mut records: Vec<RecipientRecord> = users
+        .iter()
+        .map(|u| record(u, RecipientStatus::Sent))
+        .collect();
+    records.push(record("failed", RecipientStatus::Failed));
+    ports.deliveries.record_recipients(&records).await.unwrap();
+    // Superseded by revision 2 before it ran: revision 1's chain sends nothing.
+    ports
+        .campaigns
+        .revise(&revision("c-replace", 1))
+        .await
+        .unwrap();
+    ports
+        .campaigns
+        .revise(&revision("c-replace", 2))
+        .await
+        .unwrap();
+    let step = |rev: u32| ChannelMessage {
+        revision: rev,
+        replaces: Some(topics::Replacement {
+            page: 0,
+            after_user: None,
+        }),
+        items: Vec::new(),
+        ..message("c-replace", "nobody", None)
+    };
+    let stale = step(1);
+    publish(ports.bus.as_ref(), &stale).await;
+    eventually_marked(&app, &stale, "the superseded step handled").await;
+    let first = step(2);
+    publish(ports.bus.as_ref(), &first).await;
+    // The next page is queued by the first, under its own key.
+    let second = ChannelMessage {
+        replaces: Some(topics::Replacement {
+            page: 1,
+            after_user: Some(users[n - 2].clone()),
+        }),
+        ..first.clone()
+    };
+    eventually_marked(&app, &first, "the first page sent").await;
+    eventually_marked(&app, &second, "the second page sent").await;
+    for u in &users {
+        assert_eq!(app.fcm.requests_for(&format!("ok-{u}")), 1, "{u}");
+    }
+    assert_eq!(app.fcm.requests_for("ok-failed"), 0);
+    let last = app
+        .fcm
+        .last_message(&format!("ok-{}", users[n - 1]))
+        .unwrap();
+    assert_eq!(
+        last["notification"]["title"],
+        format!("New2 {}", users[n - 1])
+    );
+    // The same step again (a redelivery) sends nothing more.
+    publish(ports.bus.as_ref(), &first).await;
+    eventually("the copy consumed", || async { lag(&app).await == 0 }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.fcm.requests_for(&format!("ok-{}", users[0])), 1);
+    // Replacements are not deliveries: no recipient record changes.
+    let kept = ports
+        .deliveries
+        .recipient_records("c-replace", &users[0])
+        .await
+        .unwrap();
+    assert_eq!(kept[0].sent, 1, "{kept:?}");
 }

@@ -188,7 +188,9 @@ impl MemoryRoutes {
                 items.retain(|n| users.contains(&n.user_id));
                 (!items.is_empty()).then_some(LiveEvent::Notifications { items })
             }
-            LiveEvent::BroadcastActivated { .. } | LiveEvent::Retracted { .. } => Some(event),
+            LiveEvent::BroadcastActivated { .. }
+            | LiveEvent::Retracted { .. }
+            | LiveEvent::Revised { .. } => Some(event),
             LiveEvent::Read { ref user_id, .. }
             | LiveEvent::Dismiss { ref user_id, .. }
             | LiveEvent::ReadAll { ref user_id }

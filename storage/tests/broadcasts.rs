@@ -415,6 +415,28 @@ pub mod cache_cases {
         for s in [&mut s1, &mut s2] {
             assert_eq!(next_of(&p, s).await, marked);
         }
+        // A campaign's change of content goes to every node, whoever it follows.
+        let revised = LiveEvent::Revised {
+            revision: Box::new(herald_core::model::CampaignRevision {
+                campaign_id: format!("{p}-c"),
+                revision: 2,
+                row_time: Some(chrono::Utc::now()),
+                broadcast_id: None,
+                content: herald_core::model::TemplateContent {
+                    in_app: Some(herald_core::model::TitleBody {
+                        title: "Hi {{ user.name }}".into(),
+                        body: "b".into(),
+                    }),
+                    ..Default::default()
+                },
+                data: serde_json::json!({"k": 1}),
+                revised_at: chrono::Utc::now(),
+            }),
+        };
+        h.publish(revised.clone()).await.unwrap();
+        for s in [&mut s1, &mut s2] {
+            assert_eq!(next_of(&p, s).await, revised);
+        }
     }
 
     /// The next event of this test (prefix `p`): other tests may publish activations on a
@@ -429,6 +451,7 @@ pub mod cache_cases {
             let ours = match &got {
                 LiveEvent::BroadcastActivated { broadcast } => broadcast.title.starts_with(p),
                 LiveEvent::Retracted { retraction } => retraction.campaign_id.starts_with(p),
+                LiveEvent::Revised { revision } => revision.campaign_id.starts_with(p),
                 LiveEvent::Notifications { items } => {
                     items.iter().all(|n| n.user_id.starts_with(p))
                 }

@@ -1153,6 +1153,99 @@ pub mod retraction_cases {
     }
 }
 
+pub mod revision_cases {
+    use super::*;
+
+    fn revision(id: &str, n: u32, row_time: Option<&str>, revised_at: &str) -> CampaignRevision {
+        CampaignRevision {
+            campaign_id: id.to_owned(),
+            revision: n,
+            row_time: row_time.map(utc),
+            broadcast_id: (n == 2).then(|| uuid::Uuid::from_u128(9)),
+            content: TemplateContent {
+                in_app: Some(TitleBody {
+                    title: format!("v{n} {{{{ user.name }}}}"),
+                    body: "b".into(),
+                }),
+                ..Default::default()
+            },
+            data: serde_json::json!({"n": n, "text": "é"}),
+            revised_at: utc(revised_at),
+        }
+    }
+
+    pub async fn revisions_are_compare_and_set_and_listed_while_their_rows_may_be_kept(
+        s: Arc<dyn CampaignStore>,
+    ) {
+        let p = run_id();
+        let a = format!("{p}-a");
+        assert!(s.revision(&a).await.unwrap().is_none());
+        let first = revision(
+            &a,
+            1,
+            Some("2026-03-01T00:00:00.123Z"),
+            "2026-03-02T00:00:00Z",
+        );
+        s.revise(&first).await.unwrap();
+        assert_eq!(s.revision(&a).await.unwrap(), Some(first.clone()));
+        // A second "first" (a request that read before the first was written) loses.
+        let racer = revision(
+            &a,
+            1,
+            Some("2026-03-01T00:00:00.123Z"),
+            "2026-03-02T00:00:01Z",
+        );
+        let e = s.revise(&racer).await.unwrap_err();
+        assert_eq!(e.kind, herald_core::ErrorKind::Conflict, "{e}");
+        // The next one replaces it; one skipping a revision does not.
+        let second = revision(
+            &a,
+            2,
+            Some("2026-03-01T00:00:00.123Z"),
+            "2026-03-03T00:00:00Z",
+        );
+        s.revise(&second).await.unwrap();
+        let skipping = revision(
+            &a,
+            4,
+            Some("2026-03-01T00:00:00.123Z"),
+            "2026-03-04T00:00:00Z",
+        );
+        assert_eq!(
+            s.revise(&skipping).await.unwrap_err().kind,
+            herald_core::ErrorKind::Conflict
+        );
+        assert_eq!(s.revision(&a).await.unwrap(), Some(second.clone()));
+        // Revised before it started: listed by the revision's time.
+        let b = format!("{p}-b");
+        let unstarted = revision(&b, 1, None, "2026-03-10T00:00:00Z");
+        s.revise(&unstarted).await.unwrap();
+        let ours = |list: Vec<CampaignRevision>| -> Vec<CampaignRevision> {
+            list.into_iter()
+                .filter(|r| r.campaign_id.starts_with(&p))
+                .collect()
+        };
+        assert_eq!(
+            ours(
+                s.revisions_since(utc("2026-02-01T00:00:00Z"))
+                    .await
+                    .unwrap()
+            ),
+            [second, unstarted.clone()]
+        );
+        // Rows older than the cutoff are gone with retention, and so is the need to show
+        // them revised.
+        assert_eq!(
+            ours(
+                s.revisions_since(utc("2026-03-05T00:00:00Z"))
+                    .await
+                    .unwrap()
+            ),
+            [unstarted]
+        );
+    }
+}
+
 macro_rules! campaign_conformance {
     ($engine:ident, $make:expr) => {
         mod $engine {
@@ -1185,6 +1278,12 @@ macro_rules! campaign_conformance {
             async fn a_retraction_is_recorded_once_and_listed_while_its_rows_may_be_kept() {
                 if let Some(s) = $make.await {
                     retraction_cases::a_retraction_is_recorded_once_and_listed_while_its_rows_may_be_kept(s).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn revisions_are_compare_and_set_and_listed_while_their_rows_may_be_kept() {
+                if let Some(s) = $make.await {
+                    revision_cases::revisions_are_compare_and_set_and_listed_while_their_rows_may_be_kept(s).await;
                 }
             }
         }

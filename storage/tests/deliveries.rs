@@ -45,6 +45,8 @@ fn letter(channel: Channel, campaign: &str) -> DeadLetter {
             attempt: 4,
             replay_of: None,
             unless_read: None,
+            revision: 0,
+            replaces: None,
             items: vec![ChannelItem {
                 user_id: "u1".into(),
                 notification_id: uuid::Uuid::now_v7(),
@@ -736,6 +738,81 @@ pub mod cases {
             .is_empty());
         assert_eq!(s.recipient_records(&c, "ola").await.unwrap().len(), 2);
     }
+
+    pub async fn the_recipients_sent_to_are_listed_by_user_in_pages(s: Arc<dyn DeliveryStore>) {
+        let p = run_id();
+        let c = format!("{p}-c");
+        let at = "2026-03-01T00:00:00Z";
+        let mut records: Vec<RecipientRecord> = (0..7)
+            .map(|i| {
+                record(
+                    &c,
+                    &format!("u{i}"),
+                    Channel::Push,
+                    RecipientStatus::Sent,
+                    0,
+                    at,
+                )
+            })
+            .collect();
+        // Not sent on push (failed, cancelled, another channel, another campaign): not listed.
+        records.push(record(
+            &c,
+            "f1",
+            Channel::Push,
+            RecipientStatus::Failed,
+            0,
+            at,
+        ));
+        records.push(record(
+            &c,
+            "x1",
+            Channel::Push,
+            RecipientStatus::Cancelled,
+            0,
+            at,
+        ));
+        records.push(record(
+            &c,
+            "e1",
+            Channel::Email,
+            RecipientStatus::Sent,
+            0,
+            at,
+        ));
+        records.push(record(
+            &format!("{p}-d"),
+            "u9",
+            Channel::Push,
+            RecipientStatus::Sent,
+            0,
+            at,
+        ));
+        s.record_recipients(&records).await.unwrap();
+        let first = s.sent_recipients(&c, Channel::Push, None, 3).await.unwrap();
+        assert_eq!(first, ["u0", "u1", "u2"]);
+        let second = s
+            .sent_recipients(&c, Channel::Push, Some("u2"), 3)
+            .await
+            .unwrap();
+        assert_eq!(second, ["u3", "u4", "u5"]);
+        let last = s
+            .sent_recipients(&c, Channel::Push, Some("u5"), 3)
+            .await
+            .unwrap();
+        assert_eq!(last, ["u6"]);
+        assert_eq!(
+            s.sent_recipients(&c, Channel::Email, None, 10)
+                .await
+                .unwrap(),
+            ["e1"]
+        );
+        assert!(s
+            .sent_recipients(&format!("{p}-none"), Channel::Push, None, 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
 }
 
 macro_rules! delivery_conformance {
@@ -756,6 +833,7 @@ macro_rules! delivery_conformance {
                 every_webhook_is_read_across_pages,
                 the_delivery_log_keeps_failures_newest_first_and_forgets_past_the_retention,
                 a_recipients_latest_attempt_is_kept_per_campaign_and_channel,
+                the_recipients_sent_to_are_listed_by_user_in_pages,
             );
         }
     };

@@ -87,44 +87,13 @@ pub(crate) async fn validate_and_size(
     }
 
     // Content: a stored template with text for every channel, or inline text.
-    match (&input.template, &input.content) {
-        (Some(_), Some(_)) => {
-            return Err(Error::invalid(
-                "give either `template` or `content`, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(Error::invalid(
-                "a campaign needs `template` (an id) or `content` ({\"title\", \"body\"})",
-            ))
-        }
-        (Some(id), None) => {
-            let template = ctx
-                .ports
-                .directory
-                .get_template(id)
-                .await?
-                .ok_or_else(|| Error::invalid(format!("template `{id}` does not exist")))?;
-            let has = template.content.channels();
-            if let Some(missing) = input.channels.iter().find(|c| !has.contains(c)) {
-                return Err(Error::invalid(format!(
-                    "template `{id}` has no {missing} content"
-                )));
-            }
-            template.content.validate()?;
-        }
-        (None, Some(content)) => {
-            herald_core::template::check("content.title", &content.title)?;
-            herald_core::template::check("content.body", &content.body)?;
-            herald_core::template::Compiled::inline(&content.title, &content.body)?
-                .check_limits()?;
-            if content.title.len() > 1024 || content.body.len() > 16 * 1024 {
-                return Err(Error::invalid(
-                    "content: title at most 1 KiB, body at most 16 KiB",
-                ));
-            }
-        }
-    }
+    resolve_content(
+        ctx,
+        input.template.as_deref(),
+        input.content.as_ref(),
+        &input.channels,
+    )
+    .await?;
 
     if input.strategy == RequestedStrategy::Broadcast
         && !matches!(input.audience, Audience::Segment(_) | Audience::All(_))
@@ -178,6 +147,53 @@ pub(crate) async fn validate_and_size(
         }
     };
     Ok(size)
+}
+
+/// The content a campaign (or a change of its content) names: a stored template with text for
+/// every one of `channels`, or inline text within its limits; compiled and checked, so what
+/// is returned renders.
+pub(crate) async fn resolve_content(
+    ctx: &Context,
+    template: Option<&str>,
+    content: Option<&TitleBody>,
+    channels: &[Channel],
+) -> Result<TemplateContent> {
+    match (template, content) {
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "give either `template` or `content`, not both",
+        )),
+        (None, None) => Err(Error::invalid(
+            "give `template` (an id) or `content` ({\"title\", \"body\"})",
+        )),
+        (Some(id), None) => {
+            let template = ctx
+                .ports
+                .directory
+                .get_template(id)
+                .await?
+                .ok_or_else(|| Error::invalid(format!("template `{id}` does not exist")))?;
+            let has = template.content.channels();
+            if let Some(missing) = channels.iter().find(|c| !has.contains(c)) {
+                return Err(Error::invalid(format!(
+                    "template `{id}` has no {missing} content"
+                )));
+            }
+            template.content.validate()?;
+            Ok(template.content)
+        }
+        (None, Some(content)) => {
+            herald_core::template::check("content.title", &content.title)?;
+            herald_core::template::check("content.body", &content.body)?;
+            if content.title.len() > 1024 || content.body.len() > 16 * 1024 {
+                return Err(Error::invalid(
+                    "content: title at most 1 KiB, body at most 16 KiB",
+                ));
+            }
+            let compiled = herald_core::template::Compiled::inline(&content.title, &content.body)?;
+            compiled.check_limits()?;
+            Ok(compiled.content().clone())
+        }
+    }
 }
 
 /// What the client is answered when a campaign is created: its id, strategy, audience size

@@ -8,6 +8,7 @@
 
 pub mod analytics;
 pub mod campaigns;
+pub mod changes;
 pub mod delays;
 pub mod digests;
 pub mod dry_run;
@@ -16,3 +17,4 @@ pub mod explain;
 pub mod ops;
 pub mod preview;
 pub mod retractions;
+pub mod revisions;

@@ -8,10 +8,11 @@
 //! within the retention (the store skips them in pages and counts: [`InboxFilter::hidden`]);
 //! the rows themselves go with retention. The push gateway checks the same list before
 //! sending. Both read it through a [`RetractionCache`], reloaded every half second and fed
-//! at once by the live hub's `Retracted` event.
+//! at once by the live hub's `Retracted` event (see [`crate::changes`]).
 //!
 //! [`InboxFilter::hidden`]: herald_core::model::InboxFilter
 
+use crate::changes::{ChangeCache, Changes};
 use chrono::{DateTime, Utc};
 use herald_core::ids::{broadcast_id, row_time};
 use herald_core::model::{
@@ -19,14 +20,10 @@ use herald_core::model::{
 };
 use herald_core::ports::CampaignStore;
 use herald_core::{Context, Error, Result};
-use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// How old the cached list of retractions may get before a read reloads it.
-pub const RETRACTIONS_REFRESH: Duration = Duration::from_millis(500);
+pub use crate::changes::CHANGES_REFRESH as RETRACTIONS_REFRESH;
 
 /// Retracts campaign `id`: records the retraction (the first one stays: asked again, the
 /// same answer), stops what is still going out (a campaign still fanning out is cancelled,
@@ -138,109 +135,30 @@ impl Retracted {
     }
 }
 
-/// How far past the inbox retention a retraction is still read: rows are deleted by the
-/// hourly purge (or expire by TTL), so rows a little older than the retention may still be
-/// there and must stay hidden.
-const RETENTION_MARGIN: chrono::TimeDelta = chrono::TimeDelta::days(1);
-/// How long a retraction announced on the live hub is kept beside the reloaded list: longer
-/// than a reload may take, so a reload that read the store before the retraction was written
-/// does not drop it.
-const ANNOUNCED_KEPT: Duration = Duration::from_secs(30);
+/// The retracted campaigns, as every inbox and push gateway node reads them.
+pub type RetractionCache = ChangeCache<Retracted>;
 
-/// The retracted campaigns, reloaded from the campaign store when older than the refresh
-/// interval (one read of a few rows) and added to at once on a `Retracted` live event. A
-/// reload that fails serves the last list (logged); only a first load can fail a read.
-pub struct RetractionCache {
-    store: Arc<dyn CampaignStore>,
-    retention: chrono::TimeDelta,
-    refresh: Duration,
-    state: Mutex<Option<(Instant, Arc<Retracted>)>>,
-    /// Retractions announced on the live hub lately, merged into every reload.
-    announced: Mutex<Vec<(Instant, CampaignRetraction)>>,
-    /// Serialises reloads, so a burst of reads after expiry reloads once.
-    reload: tokio::sync::Mutex<()>,
-}
+#[async_trait::async_trait]
+impl Changes for Retracted {
+    type Change = CampaignRetraction;
 
-impl RetractionCache {
-    /// Rows older than `retention_days` are gone, and so is any need to hide them.
-    pub fn new(store: Arc<dyn CampaignStore>, retention_days: u32, refresh: Duration) -> Self {
-        Self {
-            store,
-            retention: chrono::TimeDelta::days(i64::from(retention_days)),
-            refresh,
-            state: Mutex::new(None),
-            announced: Mutex::new(Vec::new()),
-            reload: tokio::sync::Mutex::new(()),
-        }
+    async fn load(store: &dyn CampaignStore, since: DateTime<Utc>) -> Result<Vec<Self::Change>> {
+        store.retractions_since(since).await
     }
 
-    fn fresh(&self) -> Option<Arc<Retracted>> {
-        let state = self.state.lock();
-        state
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < self.refresh)
-            .map(|(_, r)| r.clone())
+    fn rebuilt(_previous: Option<&Self>, list: Vec<Self::Change>) -> Self {
+        Self::of(list)
     }
 
-    /// The list as last loaded, without a reload (`None` before the first load): for code
-    /// that cannot wait, such as the live hub's routing.
-    pub fn snapshot(&self) -> Option<Arc<Retracted>> {
-        self.state.lock().as_ref().map(|(_, r)| r.clone())
-    }
-
-    /// The current list, reloaded first if it is older than the refresh interval.
-    pub async fn current(&self, now: DateTime<Utc>) -> Result<Arc<Retracted>> {
-        if let Some(r) = self.fresh() {
-            return Ok(r);
-        }
-        let _one = self.reload.lock().await;
-        if let Some(r) = self.fresh() {
-            return Ok(r);
-        }
-        let list = match self
-            .store
-            .retractions_since(now - self.retention - RETENTION_MARGIN)
-            .await
-        {
-            Ok(list) => list,
-            Err(e) => match self.snapshot() {
-                Some(stale) => {
-                    tracing::warn!(error = %e, "reloading the retracted campaigns failed; serving the last list");
-                    return Ok(stale);
-                }
-                None => return Err(e),
-            },
-        };
-        let mut r = Retracted::of(list);
-        {
-            let mut announced = self.announced.lock();
-            announced.retain(|(at, _)| at.elapsed() < ANNOUNCED_KEPT);
-            for (_, x) in announced.iter() {
-                r.add(x.clone());
-            }
-        }
-        let r = Arc::new(r);
-        *self.state.lock() = Some((Instant::now(), r.clone()));
-        Ok(r)
-    }
-
-    /// A retraction announced on the live hub: hidden at once, before the next reload, and
-    /// kept through the reloads of the next few seconds.
-    pub fn retracted(&self, x: CampaignRetraction) {
-        self.announced.lock().push((Instant::now(), x.clone()));
-        let mut state = self.state.lock();
-        if let Some((at, r)) = state.as_ref() {
-            let mut next = (**r).clone();
-            next.add(x);
-            *state = Some((*at, Arc::new(next)));
-        }
-        // With no list yet, the first load merges it.
+    fn add(&mut self, change: Self::Change) {
+        Retracted::add(self, change)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn retraction(id: &str, at: DateTime<Utc>) -> CampaignRetraction {
         CampaignRetraction {
@@ -277,7 +195,7 @@ mod tests {
         assert!(!r.hides_item("u1", herald_core::ids::notification_id("kept", "u1", now)));
         // Announced before the store has it (a reload that read the store earlier must not
         // drop it): kept through the next reloads.
-        cache.retracted(retraction("announced", now));
+        cache.announced(retraction("announced", now));
         assert!(cache.snapshot().unwrap().contains("announced"));
         tokio::time::sleep(Duration::from_millis(60)).await;
         let r = cache.current(now).await.unwrap();

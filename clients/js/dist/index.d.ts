@@ -117,6 +117,9 @@ export interface InboxEvents {
     retracted: {
         id: string;
     };
+    /** The sender changed the item's content (`PATCH /v1/campaigns/{id}/content`): the item as
+     *  it is now (same id and cursor; its read, seen and archived state are the user's). */
+    updated: InboxItem;
     /** Items changed state on another device (or through this client): the items `ids`, or
      *  everything older than the cursor `before`, or (`all`) everything. */
     marked: {

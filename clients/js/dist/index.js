@@ -275,6 +275,10 @@ export class InboxClient {
                 this.emit("notification", item);
                 return;
             }
+            case "updated":
+                if (msg.item)
+                    this.emit("updated", msg.item);
+                return;
             case "read":
             case "dismiss":
             case "retracted":

@@ -121,6 +121,9 @@ export interface InboxEvents {
   read_all: Record<string, never>;
   /** The sender took the item back (`DELETE /v1/campaigns/{id}/notifications`): remove it. */
   retracted: { id: string };
+  /** The sender changed the item's content (`PATCH /v1/campaigns/{id}/content`): the item as
+   *  it is now (same id and cursor; its read, seen and archived state are the user's). */
+  updated: InboxItem;
   /** Items changed state on another device (or through this client): the items `ids`, or
    *  everything older than the cursor `before`, or (`all`) everything. */
   marked: { action: InboxAction; ids: string[]; before: string | null; all: boolean };
@@ -401,6 +404,9 @@ export class InboxClient {
         this.emit("notification", item);
         return;
       }
+      case "updated":
+        if (msg.item) this.emit("updated", msg.item);
+        return;
       case "read":
       case "dismiss":
       case "retracted":

@@ -116,6 +116,29 @@ test("a retracted item is reported by the live feed and leaves the pages and cou
   client.disconnect();
 });
 
+test("a changed item is reported by the live feed with its new text and lists with it", async () => {
+  const token = await herald.user("js-update");
+  const client = new InboxClient({ baseUrl: herald.base, token, WebSocket });
+  const updated = [];
+  const items = [];
+  let opened = 0;
+  client.on("updated", (i) => updated.push(i));
+  client.on("notification", (i) => items.push(i));
+  client.on("open", () => opened++);
+  client.connect();
+  await eventually(() => opened === 1, "the feed to open");
+  const campaign = await herald.send("js-update", "draft");
+  await eventually(() => items.length === 1, "the item live");
+  await herald.admin("PATCH", `/v1/campaigns/${campaign}/content`, { content: { title: "final", body: "b" } });
+  await eventually(() => updated.length === 1, "the update");
+  assert.equal(updated[0].id, items[0].id);
+  assert.equal(updated[0].title, "final");
+  assert.equal(updated[0].read, false);
+  const page = await client.list();
+  assert.deepEqual(page.items.map((i) => i.title), ["final"]);
+  client.disconnect();
+});
+
 test("errors come back as HeraldError with the status and code of the error body", async () => {
   const token = await herald.user("js-errors");
   const client = new InboxClient({ baseUrl: herald.base, token });

@@ -60,6 +60,8 @@ struct Fcm {
     access_token: Mutex<Option<String>>,
     /// Sends per token, when recording (tests); off under load.
     per_token: Option<Mutex<HashMap<String, u32>>>,
+    /// The last message sent to each token, when recording.
+    last_message: Option<Mutex<HashMap<String, serde_json::Value>>>,
 }
 
 /// A running fake FCM; stops when dropped.
@@ -87,6 +89,7 @@ impl FakeFcm {
         let addr = listener.local_addr()?;
         let state = Arc::new(Fcm {
             per_token: record.then(Default::default),
+            last_message: record.then(Default::default),
             ..Default::default()
         });
         let app = Router::new()
@@ -134,6 +137,14 @@ impl FakeFcm {
     /// Puts every send into `storm`, or (with `None`) back to answering by token.
     pub fn set_storm(&self, storm: Option<Storm>) {
         *self.state.storm.lock() = storm;
+    }
+
+    /// The `message` of the last request for `token` (`None` when not recording).
+    pub fn last_message(&self, token: &str) -> Option<serde_json::Value> {
+        self.state
+            .last_message
+            .as_ref()
+            .and_then(|m| m.lock().get(token).cloned())
     }
 
     /// Requests for `token` so far (0 when not recording).
@@ -302,6 +313,11 @@ async fn send(
             return fcm_error(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", None);
         }
         None => {}
+    }
+    if let Some(last) = &s.last_message {
+        if let Ok(mut whole) = serde_json::from_slice::<serde_json::Value>(&body) {
+            last.lock().insert(token.clone(), whole["message"].take());
+        }
     }
     let nth = match &s.per_token {
         Some(m) => {

@@ -23,9 +23,6 @@ use tokio::sync::Semaphore;
 /// minutes, so it is renewed well inside that window.
 const TOKEN_REUSE: Duration = Duration::from_secs(50 * 60);
 
-/// APNs ignores `apns-collapse-id` values longer than this (in bytes).
-const MAX_COLLAPSE_ID_BYTES: usize = 64;
-
 /// APNs client.
 pub struct ApnsProvider {
     http: reqwest::Client,
@@ -211,7 +208,7 @@ impl ApnsRequest {
             priority: if high { "10" } else { "5" },
             // 0: deliver once or not at all; APNs does not store the notification.
             expiration: envelope.expires_at.map_or(0, |t| t.timestamp().max(0)),
-            collapse_id: truncate_utf8(&envelope.campaign_id, MAX_COLLAPSE_ID_BYTES).to_owned(),
+            collapse_id: super::collapse_id(&envelope.campaign_id).to_owned(),
             apns_id: dispatch.notification_id.hyphenated().to_string(),
             body: json!({
                 "aps": {"alert": alert, "sound": "default"},
@@ -224,17 +221,6 @@ impl ApnsRequest {
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// APNs' error body: `{"reason": "BadDeviceToken"}` (410 adds a `timestamp`).
 #[derive(Deserialize, Default)]
 struct ApnsError {
@@ -315,16 +301,6 @@ impl ProviderTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn collapse_ids_are_cut_on_a_character_boundary() {
-        let long = "é".repeat(40); // 80 bytes
-        let cut = truncate_utf8(&long, MAX_COLLAPSE_ID_BYTES);
-        assert_eq!(cut.len(), 64);
-        let odd = format!("x{long}");
-        assert_eq!(truncate_utf8(&odd, MAX_COLLAPSE_ID_BYTES).len(), 63);
-        assert_eq!(truncate_utf8("short", MAX_COLLAPSE_ID_BYTES), "short");
-    }
 
     #[test]
     fn answers_map_to_outcomes() {

@@ -242,13 +242,17 @@ fn message_body(dispatch: &Dispatch, token: &str) -> bytes::Bytes {
                 body: &dispatch.body,
             },
             data: DataStrings(dispatch),
+            // The campaign id collapses: a replacement push (a revision of the campaign's
+            // content) takes the old one's place on the device.
             android: Android {
                 priority: if high { "HIGH" } else { "NORMAL" },
                 ttl: ttl.as_deref(),
+                collapse_key: super::collapse_id(&envelope.campaign_id),
             },
             apns: Headers {
                 headers: ApnsHeaders {
                     apns_priority: if high { "10" } else { "5" },
+                    apns_collapse_id: super::collapse_id(&envelope.campaign_id),
                 },
             },
             webpush: Headers {
@@ -273,7 +277,7 @@ struct Message<'a> {
     notification: Notification<'a>,
     data: DataStrings<'a>,
     android: Android<'a>,
-    apns: Headers<ApnsHeaders>,
+    apns: Headers<ApnsHeaders<'a>>,
     webpush: Headers<WebpushHeaders>,
 }
 
@@ -289,6 +293,7 @@ struct Android<'a> {
     priority: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     ttl: Option<&'a str>,
+    collapse_key: &'a str,
 }
 
 #[derive(Serialize)]
@@ -297,9 +302,11 @@ struct Headers<H> {
 }
 
 #[derive(Serialize)]
-struct ApnsHeaders {
+struct ApnsHeaders<'a> {
     #[serde(rename = "apns-priority")]
     apns_priority: &'static str,
+    #[serde(rename = "apns-collapse-id")]
+    apns_collapse_id: &'a str,
 }
 
 #[derive(Serialize)]

@@ -37,6 +37,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("mysql", "campaigns", "0003_suppressed_online"),
     migration!("mysql", "campaigns", "0004_digests"),
     migration!("mysql", "campaigns", "0005_retractions"),
+    migration!("mysql", "campaigns", "0006_revisions"),
 ];
 
 /// Counter rows per campaign (and per campaign and channel).
@@ -564,6 +565,90 @@ impl CampaignStore for MysqlCampaigns {
         .await
         .map_err(db_error)?;
         rows.iter().map(retraction_from_row).collect()
+    }
+
+    async fn revise(&self, r: &CampaignRevision) -> Result<()> {
+        let content =
+            serde_json::to_string(&r.content).map_err(|e| corrupt("campaign revision", e))?;
+        let data = serde_json::to_string(&r.data).map_err(|e| corrupt("campaign revision", e))?;
+        let listed_at = micros(r.row_time.unwrap_or(r.revised_at));
+        let row_time = r.row_time.map(micros);
+        let broadcast_id = r.broadcast_id.map(|b| b.as_bytes().to_vec());
+        // The first revision is inserted; a later one replaces the one before it only.
+        let written = if r.revision <= 1 {
+            sqlx::query(
+                "INSERT INTO campaign_revisions (campaign_id, revision, row_time, broadcast_id, \
+                 content, data, revised_at, listed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&r.campaign_id)
+            .bind(i64::from(r.revision))
+            .bind(row_time)
+            .bind(broadcast_id)
+            .bind(content)
+            .bind(data)
+            .bind(micros(r.revised_at))
+            .bind(listed_at)
+            .execute(&self.pool)
+            .await
+            .map_or_else(
+                // Someone's first revision is there already.
+                |e| match db_error(e) {
+                    e if e.kind == herald_core::ErrorKind::Conflict => Ok(0),
+                    e => Err(e),
+                },
+                |done| Ok(done.rows_affected()),
+            )?
+        } else {
+            sqlx::query(
+                "UPDATE campaign_revisions SET revision = ?, row_time = ?, broadcast_id = ?, \
+                 content = ?, data = ?, revised_at = ?, listed_at = ? \
+                 WHERE campaign_id = ? AND revision = ?",
+            )
+            .bind(i64::from(r.revision))
+            .bind(row_time)
+            .bind(broadcast_id)
+            .bind(content)
+            .bind(data)
+            .bind(micros(r.revised_at))
+            .bind(listed_at)
+            .bind(&r.campaign_id)
+            .bind(i64::from(r.revision - 1))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected()
+        };
+        if written == 0 {
+            return Err(herald_core::Error::conflict(format!(
+                "campaign `{}` was changed meanwhile: read it again and retry",
+                r.campaign_id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn revision(&self, campaign_id: &str) -> Result<Option<CampaignRevision>> {
+        let rows = sqlx::query(
+            "SELECT campaign_id, revision, row_time, broadcast_id, content, data, revised_at \
+             FROM campaign_revisions WHERE campaign_id = ?",
+        )
+        .bind(campaign_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(revision_from_row).next().transpose()
+    }
+
+    async fn revisions_since(&self, since: DateTime<Utc>) -> Result<Vec<CampaignRevision>> {
+        let rows = sqlx::query(
+            "SELECT campaign_id, revision, row_time, broadcast_id, content, data, revised_at \
+             FROM campaign_revisions WHERE listed_at >= ? ORDER BY listed_at",
+        )
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(revision_from_row).collect()
     }
 
     async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()> {
@@ -1315,6 +1400,25 @@ fn rule_from_row(row: &MySqlRow) -> Result<Rule> {
     // The first creation time survives replacements.
     rule.created_at = from_micros(int(row, "created_at")?);
     Ok(rule)
+}
+
+fn revision_from_row(row: &sqlx::mysql::MySqlRow) -> Result<CampaignRevision> {
+    let broadcast_id: Option<Vec<u8>> = row.try_get("broadcast_id").map_err(db_error)?;
+    let row_time: Option<i64> = row.try_get("row_time").map_err(db_error)?;
+    let revision: i64 = row.try_get("revision").map_err(db_error)?;
+    Ok(CampaignRevision {
+        campaign_id: text(row, "campaign_id")?,
+        revision: revision as u32,
+        row_time: row_time.map(from_micros),
+        broadcast_id: broadcast_id
+            .map(|b| uuid::Uuid::from_slice(&b).map_err(|e| corrupt("broadcast id", e)))
+            .transpose()?,
+        content: serde_json::from_str(&text(row, "content")?)
+            .map_err(|e| corrupt("campaign revision", e))?,
+        data: serde_json::from_str(&text(row, "data")?)
+            .map_err(|e| corrupt("campaign revision", e))?,
+        revised_at: from_micros(row.try_get("revised_at").map_err(db_error)?),
+    })
 }
 
 fn retraction_from_row(row: &sqlx::mysql::MySqlRow) -> Result<CampaignRetraction> {

@@ -558,6 +558,28 @@ impl DeliveryStore for MysqlDeliveries {
             .collect()
     }
 
+    async fn sent_recipients(
+        &self,
+        campaign_id: &str,
+        channel: Channel,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        // Along the primary key (campaign, user, channel).
+        let rows = sqlx::query(
+            "SELECT user_id FROM recipient_outcomes WHERE campaign_id = ? AND user_id > ? \
+             AND channel = ? AND status = 'sent' ORDER BY user_id LIMIT ?",
+        )
+        .bind(campaign_id)
+        .bind(after.unwrap_or(""))
+        .bind(channel.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(|r| text(r, "user_id")).collect()
+    }
+
     async fn purge_delivery_log(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = micros(before);
         let rollups = super::delete_in_chunks(

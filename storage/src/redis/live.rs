@@ -296,7 +296,9 @@ fn per_user(event: LiveEvent) -> Vec<(Option<String>, LiveEvent)> {
                 .map(|(user, items)| (Some(user), LiveEvent::Notifications { items }))
                 .collect()
         }
-        LiveEvent::BroadcastActivated { .. } | LiveEvent::Retracted { .. } => vec![(None, event)],
+        LiveEvent::BroadcastActivated { .. }
+        | LiveEvent::Retracted { .. }
+        | LiveEvent::Revised { .. } => vec![(None, event)],
         LiveEvent::Read { ref user_id, .. }
         | LiveEvent::Dismiss { ref user_id, .. }
         | LiveEvent::ReadAll { ref user_id }

@@ -26,6 +26,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "campaigns", "0008_suppressed_online"),
     migration!("sqlite", "campaigns", "0009_digests"),
     migration!("sqlite", "campaigns", "0010_retractions"),
+    migration!("sqlite", "campaigns", "0011_revisions"),
 ];
 
 /// Statuses in which a campaign may need a dispatcher (see `claimable_campaigns`).
@@ -444,6 +445,86 @@ impl CampaignStore for SqliteCampaigns {
         .await
         .map_err(|e| self.db_error(e))?;
         rows.iter().map(retraction_from_row).collect()
+    }
+
+    async fn revise(&self, r: &CampaignRevision) -> Result<()> {
+        let content =
+            serde_json::to_string(&r.content).map_err(|e| corrupt("campaign revision", e))?;
+        let data = serde_json::to_string(&r.data).map_err(|e| corrupt("campaign revision", e))?;
+        let listed_at = micros(r.row_time.unwrap_or(r.revised_at));
+        let row_time = r.row_time.map(micros);
+        let broadcast_id = r.broadcast_id.map(|b| b.as_bytes().to_vec());
+        let _gate = self.db.gate().await;
+        // The first revision is inserted; a later one replaces the one before it only.
+        let written = if r.revision <= 1 {
+            sqlx::query(
+                "INSERT INTO campaign_revisions (campaign_id, revision, row_time, broadcast_id, \
+                 content, data, revised_at, listed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (campaign_id) DO NOTHING",
+            )
+            .bind(&r.campaign_id)
+            .bind(i64::from(r.revision))
+            .bind(row_time)
+            .bind(broadcast_id)
+            .bind(content)
+            .bind(data)
+            .bind(micros(r.revised_at))
+            .bind(listed_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?
+            .rows_affected()
+        } else {
+            sqlx::query(
+                "UPDATE campaign_revisions SET revision = ?, row_time = ?, broadcast_id = ?, \
+                 content = ?, data = ?, revised_at = ?, listed_at = ? \
+                 WHERE campaign_id = ? AND revision = ?",
+            )
+            .bind(i64::from(r.revision))
+            .bind(row_time)
+            .bind(broadcast_id)
+            .bind(content)
+            .bind(data)
+            .bind(micros(r.revised_at))
+            .bind(listed_at)
+            .bind(&r.campaign_id)
+            .bind(i64::from(r.revision - 1))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?
+            .rows_affected()
+        };
+        if written == 0 {
+            return Err(herald_core::Error::conflict(format!(
+                "campaign `{}` was changed meanwhile: read it again and retry",
+                r.campaign_id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn revision(&self, campaign_id: &str) -> Result<Option<CampaignRevision>> {
+        let rows = sqlx::query(
+            "SELECT campaign_id, revision, row_time, broadcast_id, content, data, revised_at \
+             FROM campaign_revisions WHERE campaign_id = ?",
+        )
+        .bind(campaign_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        rows.iter().map(revision_from_row).next().transpose()
+    }
+
+    async fn revisions_since(&self, since: DateTime<Utc>) -> Result<Vec<CampaignRevision>> {
+        let rows = sqlx::query(
+            "SELECT campaign_id, revision, row_time, broadcast_id, content, data, revised_at \
+             FROM campaign_revisions WHERE listed_at >= ? ORDER BY listed_at",
+        )
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        rows.iter().map(revision_from_row).collect()
     }
 
     async fn set_sizing(&self, id: &str, audience_size: u64, batches_total: u64) -> Result<()> {
@@ -1143,6 +1224,25 @@ fn rule_from_row(row: &SqliteRow) -> Result<Rule> {
     // The first creation time survives replacements.
     rule.created_at = from_micros(row.get("created_at"));
     Ok(rule)
+}
+
+fn revision_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CampaignRevision> {
+    let broadcast_id: Option<Vec<u8>> = row.get("broadcast_id");
+    let row_time: Option<i64> = row.get("row_time");
+    let revision: i64 = row.get("revision");
+    Ok(CampaignRevision {
+        campaign_id: row.get::<String, _>("campaign_id"),
+        revision: revision as u32,
+        row_time: row_time.map(from_micros),
+        broadcast_id: broadcast_id
+            .map(|b| uuid::Uuid::from_slice(&b).map_err(|e| corrupt("broadcast id", e)))
+            .transpose()?,
+        content: serde_json::from_str(&row.get::<String, _>("content"))
+            .map_err(|e| corrupt("campaign revision", e))?,
+        data: serde_json::from_str(&row.get::<String, _>("data"))
+            .map_err(|e| corrupt("campaign revision", e))?,
+        revised_at: from_micros(row.get("revised_at")),
+    })
 }
 
 fn retraction_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CampaignRetraction> {
