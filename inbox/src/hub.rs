@@ -507,6 +507,8 @@ impl Hub {
             // Not started when it changed: nobody has an item of it yet.
             return;
         };
+        // Rendered from this revision, not from a list loaded just before it was written.
+        self.svc.revision_announced(revision.clone());
         let users = self.connected_users();
         if users.is_empty() {
             return;
@@ -515,8 +517,6 @@ impl Hub {
         tokio::spawn(async move {
             let svc = &hub.svc;
             let now = svc.context().clock.now();
-            // The lists with this revision in them (a node that heard it first from the hub
-            // has it announced; one that did not reads it).
             let lists = tokio::try_join!(svc.revised(now), svc.retracted(now));
             let (revised, retracted) = match lists {
                 Ok(lists) => lists,

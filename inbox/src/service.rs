@@ -369,6 +369,13 @@ impl InboxService {
         self.inner.revisions.current(now).await
     }
 
+    /// A revision heard on the live hub: in the list at once. The hub calls this before it
+    /// renders the revised items, since the watcher that also announces it follows its own
+    /// subscription and may hear it later.
+    pub fn revision_announced(&self, revision: herald_core::model::CampaignRevision) {
+        self.inner.revisions.announced(revision);
+    }
+
     /// The revised campaigns as last loaded, without waiting for a reload.
     pub fn revised_snapshot(&self) -> Option<Arc<Revised>> {
         self.inner.revisions.snapshot()

@@ -126,17 +126,21 @@ test("a changed item is reported by the live feed with its new text and lists wi
   client.on("notification", (i) => items.push(i));
   client.on("open", () => opened++);
   client.connect();
-  await eventually(() => opened === 1, "the feed to open");
-  const campaign = await herald.send("js-update", "draft");
-  await eventually(() => items.length === 1, "the item live");
-  await herald.admin("PATCH", `/v1/campaigns/${campaign}/content`, { content: { title: "final", body: "b" } });
-  await eventually(() => updated.length === 1, "the update");
-  assert.equal(updated[0].id, items[0].id);
-  assert.equal(updated[0].title, "final");
-  assert.equal(updated[0].read, false);
-  const page = await client.list();
-  assert.deepEqual(page.items.map((i) => i.title), ["final"]);
-  client.disconnect();
+  try {
+    await eventually(() => opened === 1, "the feed to open");
+    const campaign = await herald.send("js-update", "draft");
+    await eventually(() => items.length === 1, "the item live");
+    await herald.admin("PATCH", `/v1/campaigns/${campaign}/content`, { content: { title: "final", body: "b" } });
+    await eventually(() => updated.length === 1, "the update");
+    assert.equal(updated[0].id, items[0].id);
+    assert.equal(updated[0].title, "final");
+    assert.equal(updated[0].read, false);
+    const page = await client.list();
+    assert.deepEqual(page.items.map((i) => i.title), ["final"]);
+  } finally {
+    // A failed assertion must not leave the socket holding the test run open.
+    client.disconnect();
+  }
 });
 
 test("errors come back as HeraldError with the status and code of the error body", async () => {
