@@ -4,8 +4,10 @@
 //! Scenarios: [`seed`] (bulk-import synthetic users), [`fanout`] (seed 004's sweep of
 //! campaign sizes), [`inbox`] (open-loop inbox reads), [`broadcast`] (visibility of a
 //! broadcast in sampled inboxes), [`live`] (N WebSockets, server RSS per socket, broadcast
-//! latency to all of them) and [`push`] / [`push_with_fcm`] (device sends per second through
-//! the push gateway to a fake FCM run by the harness).
+//! latency to all of them), [`push`] / [`push_with_fcm`] (device sends per second through
+//! the push gateway to a fake FCM run by the harness) and [`limits`] (the references the
+//! others are measured against in the same run: bare SQLite inserts of inbox rows, the
+//! server's trivial route, and the ratios of the others' figures to them).
 //!
 //! Each takes the base URL, the admin key and the scenario's options (the same structs the
 //! CLI parses, so `Default` gives the CLI's defaults), prints progress to stderr and returns
@@ -15,6 +17,7 @@
 mod broadcast;
 mod fanout;
 mod inbox;
+mod limits;
 mod live;
 pub mod plot;
 mod push;
@@ -25,6 +28,7 @@ pub mod stats;
 pub use broadcast::{broadcast, BroadcastOpts};
 pub use fanout::{fanout, seed_004_target, FanoutOpts};
 pub use inbox::{inbox, InboxOpts};
+pub use limits::{limits, LimitsOpts};
 pub use live::{live, live_worker, LiveOpts};
 pub use push::{push, push_with_fcm, write_fcm_credentials, PushFigures, PushOpts};
 pub use report::{save, Report, Saved, Table};
@@ -106,7 +110,8 @@ default_from_cli!(
     InboxOpts,
     BroadcastOpts,
     LiveOpts,
-    PushOpts
+    PushOpts,
+    LimitsOpts
 );
 
 #[cfg(test)]

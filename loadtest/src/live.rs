@@ -970,7 +970,7 @@ fn ephemeral_ports() -> u64 {
 }
 
 /// VmRSS of `/proc/<pid>/status` in KiB (`pid` may be `self`).
-fn vm_rss_kib(pid: &str) -> Option<u64> {
+pub(crate) fn vm_rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -4,7 +4,7 @@
 //!
 //! Each run prints its report as markdown on stdout (progress goes to stderr) and writes it to
 //! `<report-dir>/<scenario>-<YYYYMMDD-HHMMSS>.json` and `.md`; `--plot` adds SVG charts beside
-//! them. Scenarios: `seed`, `fanout`, `inbox`, `broadcast`, `live` and `push` (see the
+//! them. Scenarios: `seed`, `fanout`, `inbox`, `broadcast`, `live`, `push` and `limits` (see the
 //! library's modules and `--help`).
 
 use anyhow::Context;
@@ -15,7 +15,9 @@ use anyhow::Context;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use herald_loadtest::{BroadcastOpts, FanoutOpts, InboxOpts, LiveOpts, PushOpts, Report, SeedOpts};
+use herald_loadtest::{
+    BroadcastOpts, FanoutOpts, InboxOpts, LimitsOpts, LiveOpts, PushOpts, Report, SeedOpts,
+};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -74,6 +76,11 @@ enum Scenario {
         #[arg(long)]
         write_credentials: Option<PathBuf>,
     },
+    /// The references the other scenarios are measured against, in the same run: bare SQLite
+    /// inserting inbox rows into the server's schema, and the server's `GET /healthz` rate;
+    /// then a fan-out and inbox reads (when sized) and earlier reports (--compare), each as a
+    /// ratio to its reference beside the performance goals.
+    Limits(LimitsOpts),
 }
 
 #[tokio::main]
@@ -110,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Broadcast(o) => herald_loadtest::broadcast(url, &key, o).await?,
         Scenario::Live(o) => herald_loadtest::live(url, &key, o).await?,
         Scenario::Push { opts, .. } => herald_loadtest::push(url, &key, opts).await?,
+        Scenario::Limits(o) => herald_loadtest::limits(url, &key, o).await?,
         Scenario::LiveWorker => unreachable!("handled before the target is checked"),
     };
     print!("{}", report.to_markdown());

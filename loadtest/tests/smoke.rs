@@ -6,7 +6,9 @@
 use herald_core::config::{Config, Secret};
 use herald_core::context::Secrets;
 use herald_core::{Context, SystemClock};
-use herald_loadtest::{BroadcastOpts, FanoutOpts, InboxOpts, LiveOpts, PushOpts, Report, SeedOpts};
+use herald_loadtest::{
+    BroadcastOpts, FanoutOpts, InboxOpts, LimitsOpts, LiveOpts, PushOpts, Report, SeedOpts,
+};
 use herald_push::fakes::FakeFcm;
 use serde_json::Value;
 use std::sync::Arc;
@@ -21,7 +23,8 @@ struct Herald {
     url: String,
     fcm: FakeFcm,
     shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
+    /// Its data directory (`limits` reads the inbox schema there).
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Herald {
@@ -87,7 +90,7 @@ async fn start_herald() -> Herald {
         url: format!("http://{addr}"),
         fcm,
         shutdown,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -99,8 +102,9 @@ fn number(report: &Report, pointer: &str) -> f64 {
         .unwrap_or_else(|| panic!("no number at {pointer} in {}", report.figures))
 }
 
-/// Checks what every report has, and that it saves (with charts where there are some).
-fn check_and_save(report: &Report, scenario: &str, dir: &std::path::Path) {
+/// Checks what every report has, and that it saves (with charts where there are some);
+/// returns the JSON file.
+fn check_and_save(report: &Report, scenario: &str, dir: &std::path::Path) -> std::path::PathBuf {
     assert_eq!(report.scenario, scenario);
     assert!(report.duration_secs > 0.0, "{scenario}: no duration");
     assert!(report.machine.cores >= 1);
@@ -130,6 +134,7 @@ fn check_and_save(report: &Report, scenario: &str, dir: &std::path::Path) {
         let svg = std::fs::read_to_string(chart).expect("read the chart");
         assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"));
     }
+    saved.json
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +192,7 @@ async fn every_scenario_runs_at_tiny_sizes_against_a_whole_herald() {
             Some(herald_loadtest::seed_004_target(size))
         );
     }
-    check_and_save(&fanout, "fanout", dir);
+    let fanout_json = check_and_save(&fanout, "fanout", dir);
 
     let inbox = herald_loadtest::inbox(
         url,
@@ -211,7 +216,7 @@ async fn every_scenario_runs_at_tiny_sizes_against_a_whole_herald() {
         .as_array()
         .expect("spectrum")
         .is_empty());
-    check_and_save(&inbox, "inbox", dir);
+    let inbox_json = check_and_save(&inbox, "inbox", dir);
 
     let broadcast = herald_loadtest::broadcast(
         url,
@@ -292,11 +297,65 @@ async fn every_scenario_runs_at_tiny_sizes_against_a_whole_herald() {
     assert_eq!(number(&push, "/failed"), 0.0);
     assert_eq!(number(&push, "/fake_accepted"), 50.0);
     assert!(number(&push, "/sends_per_s") > 0.0);
-    check_and_save(&push, "push", dir);
+    let push_json = check_and_save(&push, "push", dir);
 
-    // Six runs, each a JSON and a markdown file, plus three charts.
+    // The references, a fan-out in the same run, and the reports above beside them.
+    let limits = herald_loadtest::limits(
+        url,
+        ADMIN_KEY,
+        &LimitsOpts {
+            data_dir: herald.dir.path().to_owned(),
+            rows: 3000,
+            rows_per_tx: 1000,
+            http_secs: 1,
+            connections: 4,
+            fanout_size: 10,
+            compare: vec![fanout_json, inbox_json, push_json],
+            server_pid: Some(std::process::id()),
+            ..LimitsOpts::default()
+        },
+    )
+    .await
+    .expect("limits");
+    assert!(
+        number(&limits, "/sqlite_rows_per_s") > 0.0,
+        "{}",
+        limits.figures
+    );
+    assert_eq!(number(&limits, "/sqlite_rows"), 3000.0);
+    assert!(number(&limits, "/healthz_per_s") > 0.0);
+    assert_eq!(number(&limits, "/healthz_errors"), 0.0);
+    assert!(number(&limits, "/server_rss_mib") > 0.0);
+    let compared = limits.figures["compared"].as_array().expect("compared");
+    // The in-run fan-out, the three sizes of the earlier one, the inbox reads, the push run,
+    // the server's RSS.
+    assert_eq!(compared.len(), 1 + 3 + 1 + 1 + 1, "{compared:?}");
+    assert!(
+        compared[0]["what"].as_str().unwrap().contains("10 users"),
+        "{}",
+        compared[0]
+    );
+    assert!(
+        compared[0]["ratio"].as_f64().unwrap() > 0.0,
+        "{}",
+        compared[0]
+    );
+    // The scratch file is gone; the server's inbox is untouched.
+    let beside: Vec<_> = std::fs::read_dir(herald.dir.path().parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&format!("herald-limits-{}.db", std::process::id()))
+        })
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+    check_and_save(&limits, "limits", dir);
+
+    // Seven runs, each a JSON and a markdown file, plus three charts (the in-run fan-out of
+    // `limits` is in its own report).
     let files = std::fs::read_dir(dir).expect("list the reports").count();
-    assert_eq!(files, 6 * 2 + 3);
+    assert_eq!(files, 7 * 2 + 3);
     assert!(
         began.elapsed() < Duration::from_secs(60),
         "the smoke run took {:?}",
