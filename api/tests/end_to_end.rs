@@ -651,7 +651,8 @@ async fn a_changed_broadcast_and_a_campaign_changed_before_its_start_show_the_ne
         assert_eq!(titles(&app.inbox_page(u).await), ["Maintenance at 2am"]);
     }
 
-    // Changed before it starts: its rows are written with the new text.
+    // Changed before they start: the rows are written, and the broadcast stored and
+    // announced, with the new text.
     let starts_at = chrono::Utc::now() + chrono::TimeDelta::seconds(2);
     let later = app
         .campaign(
@@ -659,19 +660,29 @@ async fn a_changed_broadcast_and_a_campaign_changed_before_its_start_show_the_ne
                           "content": {"title": "Draft", "body": "b"}, "channels": ["in_app"]}),
         )
         .await;
-    let (s, revised) = app
-        .call(
-            Method::PATCH,
-            &format!("/v1/campaigns/{later}/content"),
-            Some(json!({"content": {"title": "Final", "body": "b"}})),
-        )
+    let later_broadcast = app
+        .campaign(json!({"audience": {"all": true}, "starts_at": starts_at,
+                          "content": {"title": "Draft notice", "body": "b"}, "channels": ["in_app"]}))
         .await;
-    assert_eq!(s, StatusCode::OK, "{revised}");
+    for (id, title) in [(&later, "Final"), (&later_broadcast, "Final notice")] {
+        let (s, revised) = app
+            .call(
+                Method::PATCH,
+                &format!("/v1/campaigns/{id}/content"),
+                Some(json!({"content": {"title": title, "body": "b"}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{revised}");
+        assert_eq!(revised["replacing_pushes"], false, "{revised}");
+    }
+    let announced = next_frame(&mut ws[0]).await;
+    assert_eq!(announced["type"], "notification", "{announced}");
+    assert_eq!(announced["item"]["title"], "Final notice", "{announced}");
     app.campaign_until(&later, "completed", |c| c["status"] == "completed")
         .await;
     assert_eq!(
         titles(&app.inbox_page("dave").await),
-        ["Final", "Maintenance at 2am"]
+        ["Final", "Final notice", "Maintenance at 2am"]
     );
 
     // Cancelled: a conflict, nothing changed.

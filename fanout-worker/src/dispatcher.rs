@@ -413,9 +413,17 @@ async fn store_broadcast(ctx: &Context, campaign: &Campaign) -> Result<()> {
         ),
         _ => (Filter::match_all(), None),
     };
-    let content = crate::worker::compiled_content(ctx, campaign).await?;
+    // Its content as last changed (`PATCH /v1/campaigns/{id}/content` before it started),
+    // else as created.
+    let (content, data) = match ctx.ports.campaigns.revision(&campaign.id).await? {
+        Some(r) => (herald_core::template::Compiled::new(r.content)?, r.data),
+        None => (
+            crate::worker::compiled_content(ctx, campaign).await?,
+            campaign.data.clone(),
+        ),
+    };
     // A broadcast is the same for everyone: placeholders see the campaign data only.
-    let (title, body) = herald_core::template::broadcast_text(&content, &campaign.data)?;
+    let (title, body) = herald_core::template::broadcast_text(&content, &data)?;
     let starts_at = campaign.starts_at.unwrap_or(now);
     let broadcast = Broadcast {
         id: herald_core::ids::broadcast_id(&campaign.id),
@@ -423,7 +431,7 @@ async fn store_broadcast(ctx: &Context, campaign: &Campaign) -> Result<()> {
         title,
         body,
         category: campaign.category.clone(),
-        data: campaign.data.clone(),
+        data,
         segment,
         filter,
         channels: campaign.channels.clone(),
