@@ -4,7 +4,8 @@
 //! operator commands that call a running server are in `operator.rs`.
 
 /// mimalloc: glibc's allocator spends a quarter of the push path's CPU in malloc/free under
-/// many threads; mimalloc's per-thread heaps do not.
+/// many threads; mimalloc's per-thread heaps do not. Built without transparent huge pages
+/// (the workspace's `no_thp` feature), which kept freed memory resident.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -66,6 +66,7 @@ pub const CATALOG: &[(Kind, &str, &str)] = &[
     (Counter, "herald_push_held_copies_total", "Copies of a channel message held in the delay store while another copy holds its claim."),
     (Histogram, "herald_push_message_seconds", "Time to handle one channel message, by channel."),
     (Histogram, "herald_push_request_seconds", "Provider request latency, by provider and outcome."),
+    (Counter, "herald_push_sends_deferred_at_shutdown_total", "Sends not handed to the provider because the gateway was stopping, sent by the message's next attempt instead, by provider."),
     (Counter, "herald_push_stale_tokens_removed_total", "Device tokens removed for not being used for too long."),
     (Counter, "herald_push_throttle_fallbacks_total", "Provider rate limit reservations made in-process because the shared throttle did not answer, by provider."),
     (Counter, "herald_push_undecodable_messages_total", "Channel messages that could not be decoded (set aside)."),

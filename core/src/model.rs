@@ -183,6 +183,20 @@ pub struct User {
 }
 
 impl User {
+    /// A user the directory does not know: an id and nothing else (campaigns to named users
+    /// reach ids that were never imported; they get what needs no address).
+    pub fn nameless(id: &str) -> User {
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        User {
+            id: id.to_owned(),
+            email: None,
+            phone: None,
+            attributes: Default::default(),
+            created_at: epoch,
+            updated_at: epoch,
+        }
+    }
+
     /// The user's `locale` attribute (a language tag such as `pt-BR`), if set.
     pub fn locale(&self) -> Option<&str> {
         self.attributes.get("locale").and_then(Value::as_str)

@@ -614,14 +614,14 @@ fn render_batch(
     };
     for (id, prefs) in ids.iter().zip(prefs.iter()) {
         // Users named by id need not be in the directory: they get what needs no address.
-        let user = users.get(id).cloned().unwrap_or_else(|| User {
-            id: id.clone(),
-            email: None,
-            phone: None,
-            attributes: Default::default(),
-            created_at: now,
-            updated_at: now,
-        });
+        let unknown;
+        let user = match users.get(id) {
+            Some(user) => user,
+            None => {
+                unknown = User::nameless(id);
+                &unknown
+            }
+        };
         let allowed: Vec<Channel> = campaign
             .channels
             .iter()
@@ -645,12 +645,12 @@ fn render_batch(
         };
         // The template's variant for the user's `locale` attribute, if it has one.
         let content = content.for_locale(user.locale());
-        let render_ctx = template::context(&user, &data);
+        let render_ctx = template::context(user, &data);
         let nid = notification_id(&campaign.id, id, created_at);
         // Everything of this user first, so a render error skips the user whole.
         let rendered: Result<Vec<Rendition>> = allowed
             .iter()
-            .map(|&ch| render_for(ch, campaign, content, &user, nid, created_at, &render_ctx))
+            .map(|&ch| render_for(ch, campaign, content, user, nid, created_at, &render_ctx))
             .collect();
         let rendered = match rendered {
             Ok(r) => r,

@@ -190,7 +190,7 @@ impl UserCache {
             self.directory
                 .get_user(user_id)
                 .await?
-                .unwrap_or_else(|| herald_usecases::revisions::nameless(user_id)),
+                .unwrap_or_else(|| herald_core::model::User::nameless(user_id)),
         );
         let mut entries = self.entries.lock();
         if entries.len() >= self.capacity && !entries.contains_key(user_id) {

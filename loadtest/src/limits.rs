@@ -46,12 +46,17 @@ pub struct LimitsOpts {
     /// Also fan out to this many seeded users in the same run (0: no).
     #[arg(long, default_value_t = 0)]
     pub fanout_size: u64,
-    /// Also read inboxes at this rate (requests/s) in the same run (0: no).
-    #[arg(long, default_value_t = 0)]
-    pub inbox_rate: u32,
+    /// Also read inboxes at these rates (requests/s, comma-separated, each for
+    /// `--inbox-secs`) in the same run, so the highest rate held within the latency goal shows
+    /// (none: no inbox reads).
+    #[arg(long, value_delimiter = ',')]
+    pub inbox_rate: Vec<u32>,
     /// Seconds of those inbox reads.
     #[arg(long, default_value_t = 10)]
     pub inbox_secs: u64,
+    /// Users whose inboxes are read (one token each).
+    #[arg(long, default_value_t = 1000)]
+    pub inbox_users: u64,
     /// Seeded users the inbox reads spread over (ids `user-i`, i below this).
     #[arg(long, default_value_t = 1_000_000)]
     pub population: u64,
@@ -129,13 +134,14 @@ pub async fn limits(url: &str, key: &str, o: &LimitsOpts) -> anyhow::Result<Repo
         .await?;
         compared.push(f);
     }
-    if o.inbox_rate > 0 {
+    for &rate in o.inbox_rate.iter().filter(|r| **r > 0) {
         let i = crate::inbox(
             url,
             key,
             &crate::InboxOpts {
-                rate: o.inbox_rate,
+                rate,
                 duration_secs: o.inbox_secs,
+                users: o.inbox_users,
                 population: o.population,
                 ..Default::default()
             },
@@ -422,7 +428,7 @@ fn ratio_rows(r: &Report, sqlite_per_s: f64, healthz_per_s: f64) -> Vec<Ratio> {
             let errors = r.figures["errors"].as_u64().unwrap_or(u64::MAX);
             let held = p99 <= INBOX_P99_MS && errors == 0;
             vec![Ratio {
-                what: format!("inbox reads (p99 {p99:.2} ms, {errors} errors)"),
+                what: format!("inbox reads at {rate} req/s (p99 {p99:.2} ms, {errors} errors)"),
                 herald: if held { rate } else { 0.0 },
                 unit: "req/s",
                 reference: Some(healthz_per_s),

@@ -310,9 +310,12 @@ async fn every_scenario_runs_at_tiny_sizes_against_a_whole_herald() {
             http_secs: 1,
             connections: 4,
             fanout_size: 10,
+            inbox_rate: vec![20, 40],
+            inbox_secs: 1,
+            inbox_users: 10,
+            population: USERS,
             compare: vec![fanout_json, inbox_json, push_json],
             server_pid: Some(std::process::id()),
-            ..LimitsOpts::default()
         },
     )
     .await
@@ -327,9 +330,16 @@ async fn every_scenario_runs_at_tiny_sizes_against_a_whole_herald() {
     assert_eq!(number(&limits, "/healthz_errors"), 0.0);
     assert!(number(&limits, "/server_rss_mib") > 0.0);
     let compared = limits.figures["compared"].as_array().expect("compared");
-    // The in-run fan-out, the three sizes of the earlier one, the inbox reads, the push run,
-    // the server's RSS.
-    assert_eq!(compared.len(), 1 + 3 + 1 + 1 + 1, "{compared:?}");
+    // The in-run fan-out, the in-run inbox reads at each rate, the three sizes of the earlier
+    // fan-out, the earlier inbox reads, the push run, the server's RSS.
+    assert_eq!(compared.len(), 1 + 2 + 3 + 1 + 1 + 1, "{compared:?}");
+    for (i, rate) in [(1, "20"), (2, "40")] {
+        let what = compared[i]["what"].as_str().unwrap();
+        assert!(
+            what.starts_with("inbox reads at ") && what.contains(rate),
+            "{what}"
+        );
+    }
     assert!(
         compared[0]["what"].as_str().unwrap().contains("10 users"),
         "{}",

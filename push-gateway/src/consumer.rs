@@ -15,6 +15,9 @@
 //! repeated after a crash without losing a send; only a crash between sending and marking
 //! repeats sends (once the dead holder's claim runs out), which is the at-least-once promise
 //! providers and receivers are built for. Copies that are merely concurrent never both send.
+//! A stop is not a crash: the lanes hand nothing more to the providers once the gateway is
+//! stopping, so a message under way finishes within the shutdown grace, its unsent part as
+//! its next attempt (see [`crate::lanes`]).
 
 use crate::backoff::Backoff;
 use crate::lanes::Lane;
@@ -26,7 +29,7 @@ use herald_core::consume::{SharedConsumer, MAX_DELIVERIES};
 use herald_core::delivery::{
     DeadLetter, DeliveryReport, RecipientOutcome, RecipientStatus, SendFailure, Webhook,
 };
-use herald_core::model::{Channel, Device, InboxKey, OutMessage, Platform};
+use herald_core::model::{Channel, Device, InboxKey, OutMessage, Platform, User};
 use herald_core::ports::{DeliveryClaim, Throttle};
 use herald_core::topics::{self, ChannelItem, ChannelMessage, ReadCheck};
 use herald_core::worker::{AbortOnDrop, Worker, WorkerState};
@@ -119,11 +122,18 @@ fn route(d: &Destination) -> (usize, &'static str) {
 }
 
 impl Lanes {
-    fn start(p: &Providers, cfg: &PushConfig, throttle: &Arc<dyn Throttle>) -> Lanes {
+    fn start(
+        p: &Providers,
+        cfg: &PushConfig,
+        throttle: &Arc<dyn Throttle>,
+        stopping: &CancellationToken,
+    ) -> Lanes {
         let window = Duration::from_millis(cfg.fcm.batch_window_ms);
         let lane = |p: &Option<Arc<dyn Provider>>, size: usize, window: Duration, rate: u32| {
-            p.as_ref()
-                .map(|p| Lane::start(p.clone(), size, window, rate, throttle.clone()))
+            p.as_ref().map(|p| {
+                let throttle = throttle.clone();
+                Lane::start(p.clone(), size, window, rate, throttle, stopping.clone())
+            })
         };
         Lanes {
             fcm: lane(
@@ -209,11 +219,13 @@ pub struct Gateway {
 const EARLY_TOLERANCE: chrono::Duration = chrono::Duration::milliseconds(250);
 
 impl Gateway {
-    /// Starts the lanes of `providers`; must be called inside a tokio runtime.
-    pub fn new(ctx: Context, providers: &Providers) -> Gateway {
+    /// Starts the lanes of `providers`; must be called inside a tokio runtime. Once
+    /// `stopping` is cancelled, sends not yet with a provider go to their next attempt
+    /// instead (see [`crate::lanes`]).
+    pub fn new(ctx: Context, providers: &Providers, stopping: &CancellationToken) -> Gateway {
         let cfg = &ctx.config.push;
         Gateway {
-            lanes: Lanes::start(providers, cfg, &ctx.ports.throttle),
+            lanes: Lanes::start(providers, cfg, &ctx.ports.throttle, stopping),
             backoff: Backoff {
                 base: Duration::from_millis(cfg.backoff_base_ms),
                 max: Duration::from_millis(cfg.backoff_max_ms),
@@ -399,10 +411,7 @@ impl Gateway {
         let items = ids
             .iter()
             .filter_map(|id| {
-                let user = users
-                    .get(id)
-                    .cloned()
-                    .unwrap_or_else(|| revisions::nameless(id));
+                let user = users.get(id).cloned().unwrap_or_else(|| User::nameless(id));
                 revision.render_item(msg.channel, &user)
             })
             .collect();

@@ -7,6 +7,13 @@
 //! node's alone; on Redis every gateway node's sends count against the one rate. While the
 //! throttle cannot be reached, the lane paces itself with a local limiter at the whole rate
 //! (as a single node would), so sending neither stops nor runs unlimited.
+//!
+//! Once the gateway is stopping, a group not yet handed to the provider is not sent: each of
+//! its sends is answered as a transient failure, so the message it came from finishes at
+//! once (what was sent is reported and the message marked processed; the rest goes out as
+//! the message's next attempt, from the delay store). Groups already with the provider finish.
+//! Without this, a message whose sends outlast the shutdown grace was dropped mid-way, and
+//! the next gateway sent all of it again, its sent part twice.
 
 use crate::provider::{Dispatch, Outcome, Provider};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -16,12 +23,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How long a reservation may take before the lane paces itself instead.
 const THROTTLE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Groups handed to a provider at once; each is bounded by the provider's own concurrency.
 const GROUPS_IN_FLIGHT: usize = 8;
+
+/// Why a send not handed to the provider before the gateway stopped goes to the next attempt.
+pub const STOPPING: &str = "the gateway was stopping before this send went out";
 
 type Job = (Dispatch, oneshot::Sender<Outcome>);
 
@@ -33,13 +44,15 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// Starts the lane's grouping task. `rate_per_s` of 0 means no rate limit.
+    /// Starts the lane's grouping task. `rate_per_s` of 0 means no rate limit. Once
+    /// `stopping` is cancelled, groups not yet handed to the provider are not sent.
     pub fn start(
         provider: Arc<dyn Provider>,
         size: usize,
         window: Duration,
         rate_per_s: u32,
         throttle: Arc<dyn Throttle>,
+        stopping: CancellationToken,
     ) -> Lane {
         let size = size.max(1);
         let (tx, rx) = mpsc::channel(size * 4);
@@ -60,7 +73,14 @@ impl Lane {
             }
         });
         let name = provider.name();
-        tokio::spawn(group_loop(provider, rx, size, window, pacing.map(Arc::new)));
+        tokio::spawn(group_loop(
+            provider,
+            rx,
+            size,
+            window,
+            pacing.map(Arc::new),
+            stopping,
+        ));
         Lane { name, tx }
     }
 
@@ -139,6 +159,7 @@ async fn group_loop(
     size: usize,
     window: Duration,
     pacing: Option<Arc<Pacing>>,
+    stopping: CancellationToken,
 ) {
     let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
@@ -162,12 +183,27 @@ async fn group_loop(
                 Ok(None) | Err(_) => break,
             }
         }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => Some(permit),
+                Err(_) => return,
+            },
+            _ = stopping.cancelled() => None,
         };
-        if let Some(pacing) = &pacing {
-            pacing.ready(provider.name(), group.len() as u32).await;
+        if let (Some(pacing), false) = (&pacing, stopping.is_cancelled()) {
+            tokio::select! {
+                _ = pacing.ready(provider.name(), group.len() as u32) => {}
+                _ = stopping.cancelled() => {}
+            }
         }
+        let Some(permit) = permit.filter(|_| !stopping.is_cancelled()) else {
+            metrics::counter!("herald_push_sends_deferred_at_shutdown_total", "provider" => provider.name())
+                .increment(group.len() as u64);
+            for (_, done) in group {
+                let _ = done.send(Outcome::retry(STOPPING, None));
+            }
+            continue;
+        };
         let provider = provider.clone();
         tokio::spawn(async move {
             let (dispatches, senders): (Vec<Dispatch>, Vec<oneshot::Sender<Outcome>>) =
@@ -247,7 +283,14 @@ mod tests {
     #[tokio::test]
     async fn sends_are_cut_into_groups_of_at_most_the_size_and_outcomes_keep_order() {
         let rec = Arc::new(Recorder::default());
-        let lane = Lane::start(rec.clone(), 500, Duration::from_millis(100), 0, throttle());
+        let lane = Lane::start(
+            rec.clone(),
+            500,
+            Duration::from_millis(100),
+            0,
+            throttle(),
+            CancellationToken::new(),
+        );
         let tokens: Vec<String> = (0..1200)
             .map(|i| {
                 if i % 7 == 0 {
@@ -271,7 +314,14 @@ mod tests {
     #[tokio::test]
     async fn small_sends_arriving_within_the_window_share_a_group() {
         let rec = Arc::new(Recorder::default());
-        let lane = Lane::start(rec.clone(), 500, Duration::from_millis(200), 0, throttle());
+        let lane = Lane::start(
+            rec.clone(),
+            500,
+            Duration::from_millis(200),
+            0,
+            throttle(),
+            CancellationToken::new(),
+        );
         let mut tasks = Vec::new();
         for i in 0..5 {
             let lane = lane.clone();
@@ -287,10 +337,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn groups_not_yet_with_the_provider_when_the_gateway_stops_are_answered_retry_unsent() {
+        let rec = Arc::new(Recorder::default());
+        let stopping = CancellationToken::new();
+        // 100 sends/s with a burst of 50 (one group): the first group goes at once, the next
+        // ones wait for the rate.
+        let lane = Lane::start(
+            rec.clone(),
+            50,
+            Duration::ZERO,
+            100,
+            throttle(),
+            stopping.clone(),
+        );
+        let sending = tokio::spawn({
+            let lane = lane.clone();
+            async move {
+                lane.send((0..500).map(|i| dispatch(&format!("ok-{i}"))).collect())
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        stopping.cancel();
+        let outcomes = tokio::time::timeout(Duration::from_secs(2), sending)
+            .await
+            .expect("the sends end as soon as the gateway stops")
+            .unwrap();
+        let sent = rec.0.lock().iter().sum::<usize>();
+        assert!((50..500).contains(&sent), "sent {sent}");
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == Outcome::Sent).count(),
+            sent,
+            "exactly the sends the provider got are answered sent"
+        );
+        assert!(outcomes
+            .iter()
+            .filter(|o| **o != Outcome::Sent)
+            .all(|o| *o == Outcome::retry(STOPPING, None)));
+        // Stopped, the lane sends nothing more.
+        let late = lane.send(vec![dispatch("ok-late")]).await;
+        assert_eq!(late, vec![Outcome::retry(STOPPING, None)]);
+        assert_eq!(rec.0.lock().iter().sum::<usize>(), sent);
+    }
+
+    #[tokio::test]
     async fn the_rate_limit_spaces_groups_out() {
         let rec = Arc::new(Recorder::default());
         // 1,000 sends/s with a burst of 100: 1,050 sends need about 0.95 s.
-        let lane = Lane::start(rec.clone(), 50, Duration::ZERO, 1000, throttle());
+        let lane = Lane::start(
+            rec.clone(),
+            50,
+            Duration::ZERO,
+            1000,
+            throttle(),
+            CancellationToken::new(),
+        );
         let started = Instant::now();
         lane.send((0..1050).map(|i| dispatch(&format!("ok-{i}"))).collect())
             .await;
@@ -316,7 +417,14 @@ mod tests {
             let throttle = herald_storage::open_throttle(Some(&url))
                 .await
                 .expect("HERALD_TEST_REDIS_URL is set but Redis is unusable");
-            nodes.push(Lane::start(rec.clone(), 50, Duration::ZERO, 1000, throttle));
+            nodes.push(Lane::start(
+                rec.clone(),
+                50,
+                Duration::ZERO,
+                1000,
+                throttle,
+                CancellationToken::new(),
+            ));
         }
         // 1,000 sends/s with a burst of 100 for both together: 1,050 sends need about 0.95 s
         // (each node alone would be done with its 525 in about 0.43 s).
@@ -343,7 +451,14 @@ mod tests {
     #[tokio::test]
     async fn a_throttle_that_does_not_answer_does_not_stall_the_lane() {
         let rec = Arc::new(Recorder::default());
-        let lane = Lane::start(rec.clone(), 50, Duration::ZERO, 1000, Arc::new(Silent));
+        let lane = Lane::start(
+            rec.clone(),
+            50,
+            Duration::ZERO,
+            1000,
+            Arc::new(Silent),
+            CancellationToken::new(),
+        );
         let outcomes = tokio::time::timeout(
             Duration::from_secs(10),
             lane.send((0..100).map(|i| dispatch(&format!("ok-{i}"))).collect()),

@@ -36,7 +36,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
 
 /// Runs the gateway with the given providers (tests hand in clients of fake servers).
 pub async fn run_with(ctx: Context, providers: Providers, shutdown: CancellationToken) {
-    let gateway = Arc::new(Gateway::new(ctx.clone(), &providers));
+    let gateway = Arc::new(Gateway::new(ctx.clone(), &providers, &shutdown));
     let consumers = ctx.config.push.consumers_per_channel.max(1);
     let registry = ctx.workers.clone();
     let mut tasks = Vec::new();

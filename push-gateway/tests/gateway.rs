@@ -711,7 +711,7 @@ async fn a_replacement_sends_once_to_every_recipient_sent_to_page_by_page() {
     let directory_users: Vec<herald_core::model::User> = users
         .iter()
         .chain(std::iter::once(&"failed".to_owned()))
-        .map(|u| herald_usecases::revisions::nameless(u))
+        .map(|u| herald_core::model::User::nameless(u))
         .collect();
     ports
         .directory

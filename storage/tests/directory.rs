@@ -168,6 +168,57 @@ pub mod cases {
         assert!(full.iter().all(|u| u.attributes["tier"] == "premium"));
     }
 
+    pub async fn a_selective_or_dense_audience_pages_in_id_order_and_counts_alike(
+        d: Arc<dyn Directory>,
+    ) {
+        let p = run_id();
+        // Ranks run against the ids, so an index on rank does not list users in id order.
+        let users: Vec<User> = (0..300)
+            .map(|i| user(&format!("{p}-{i:04}"), json!({"run": p, "rank": 299 - i})))
+            .collect();
+        d.upsert_users(&users).await.unwrap();
+        let now = Utc::now();
+        // A segment comparing both attributes (on SQLite: both get an index).
+        d.put_segment(&Segment {
+            name: format!("{p}-top"),
+            filter: filter(json!({"all": [{"attr": "run", "eq": p}, {"attr": "rank", "lt": 20}]})),
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
+        // Few matches (read from an index and sorted), many (the id walk), one, none.
+        for (bound, page_size) in [(20, 7), (250, 7), (1, 5), (0, 5), (20, 1000)] {
+            let f =
+                filter(json!({"all": [{"attr": "rank", "lt": bound}, {"attr": "run", "eq": p}]}));
+            let expected: Vec<String> = users
+                .iter()
+                .filter(|u| u.attributes["rank"].as_i64().unwrap() < bound)
+                .map(|u| u.id.clone())
+                .collect();
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = d
+                    .page_user_ids(&f, after.as_deref(), page_size, now)
+                    .await
+                    .unwrap();
+                assert!(page.len() <= page_size as usize);
+                if page.is_empty() {
+                    break;
+                }
+                after = page.last().cloned();
+                seen.extend(page);
+            }
+            assert_eq!(seen, expected, "rank < {bound}, pages of {page_size}");
+            assert_eq!(d.count_users(&f, now).await.unwrap(), expected.len() as u64);
+            let users_page = d.page_users(&f, None, page_size, now).await.unwrap();
+            let ids: Vec<String> = users_page.iter().map(|u| u.id.clone()).collect();
+            let first: Vec<String> = expected.iter().take(page_size as usize).cloned().collect();
+            assert_eq!(ids, first, "page_users, rank < {bound}");
+        }
+    }
+
     pub async fn relative_time_filters_select_recently_active_users(d: Arc<dyn Directory>) {
         let p = run_id();
         let now = utc("2026-03-01T12:00:00Z");
@@ -460,6 +511,7 @@ macro_rules! directory_conformance {
                 a_bulk_upsert_larger_than_one_statement_writes_every_user,
                 deleting_a_user_removes_their_preferences_and_devices,
                 paging_by_id_visits_every_matching_user_once_in_order,
+                a_selective_or_dense_audience_pages_in_id_order_and_counts_alike,
                 relative_time_filters_select_recently_active_users,
                 segments_are_upserted_listed_by_name_and_deleted,
                 preferences_round_trip_and_unknown_users_are_refused,
@@ -484,6 +536,157 @@ macro_rules! directory_conformance {
 
 directory_conformance!(sqlite, common::sqlite_directory());
 directory_conformance!(mysql, common::mysql_directory());
+
+/// SQLite indexes the attributes its segments compare, on the very expression the filter's SQL
+/// compares, so that a selective segment reads an index instead of every user's JSON.
+mod sqlite_attribute_indexes {
+    use super::*;
+    use herald_core::filter::{sqlite_typed_value, AttrIndex, AttrType, SqlDialect, SqlParam};
+    use herald_storage::sqlite::SqliteDirectory;
+    use herald_storage::BackendUrl;
+    use std::collections::HashSet;
+
+    fn slugs(set: &HashSet<AttrIndex>) -> Vec<String> {
+        let mut v: Vec<String> = set.iter().map(AttrIndex::slug).collect();
+        v.sort();
+        v
+    }
+
+    fn segment(name: &str, f: serde_json::Value) -> Segment {
+        let now = Utc::now();
+        Segment {
+            name: name.into(),
+            filter: filter(f),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    async fn open(path: &std::path::Path) -> SqliteDirectory {
+        let url = BackendUrl::parse(&format!("sqlite://{}", path.display())).unwrap();
+        SqliteDirectory::open(&url).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_segment_indexes_the_attributes_it_compares_until_no_segment_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.db");
+        let d = open(&path).await;
+        assert!(d.attr_indexes().await.unwrap().is_empty());
+        d.put_segment(&segment(
+            "a",
+            json!({"all": [
+                {"attr": "tier", "eq": "gold"},
+                {"attr": "score", "gte": 10},
+                {"not": {"attr": "x", "eq": 1}},
+                {"any": [{"attr": "y", "eq": 1}]},
+            ]}),
+        ))
+        .await
+        .unwrap();
+        d.put_segment(&segment("b", json!({"attr": "tier", "in": ["a", "b"]})))
+            .await
+            .unwrap();
+        assert_eq!(
+            slugs(&d.attr_indexes().await.unwrap()),
+            ["number_score", "text_tier"]
+        );
+        // Changing a segment's filter moves its indexes.
+        d.put_segment(&segment("a", json!({"attr": "vip", "eq": true})))
+            .await
+            .unwrap();
+        assert_eq!(
+            slugs(&d.attr_indexes().await.unwrap()),
+            ["bool_vip", "text_tier"]
+        );
+        assert!(d.delete_segment("a").await.unwrap());
+        assert_eq!(slugs(&d.attr_indexes().await.unwrap()), ["text_tier"]);
+        assert!(d.delete_segment("b").await.unwrap());
+        assert!(d.attr_indexes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn segments_written_without_their_indexes_get_them_on_open_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.db");
+        drop(open(&path).await);
+        {
+            // Segments as an earlier version wrote them: no index.
+            use sqlx::ConnectOptions;
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .connect()
+                .await
+                .unwrap();
+            for i in 0..40 {
+                let f = json!({"attr": format!("a{i:02}"), "eq": i});
+                sqlx::query("INSERT INTO segments VALUES (?, ?, ?, 0)")
+                    .bind(format!("s{i:02}"))
+                    .bind(f.to_string())
+                    .bind(i64::from(i))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+        let d = open(&path).await;
+        let built = slugs(&d.attr_indexes().await.unwrap());
+        let oldest: Vec<String> = (0..herald_storage::sqlite::MAX_ATTR_INDEXES)
+            .map(|i| format!("number_a{i:02}"))
+            .collect();
+        assert_eq!(built, oldest);
+    }
+
+    #[tokio::test]
+    async fn the_selective_form_of_a_filter_is_read_through_its_attribute_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.db");
+        let d = open(&path).await;
+        d.put_segment(&segment("s", json!({"attr": "n", "lt": 1})))
+            .await
+            .unwrap();
+        let f = filter(json!({"all": [{"attr": "n", "lt": 1}, {"attr": "x", "exists": false}]}));
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .unwrap();
+        for (selective, uses_index) in [(true, true), (false, false)] {
+            let frag = if selective {
+                f.to_sql_selective(SqlDialect::Sqlite, "attributes", Utc::now())
+            } else {
+                f.to_sql(SqlDialect::Sqlite, "attributes", Utc::now())
+            };
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT id FROM users WHERE id > '' AND ({}) ORDER BY id LIMIT 10",
+                frag.sql
+            );
+            let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql);
+            for param in frag.params {
+                q = match param {
+                    SqlParam::Text(t) => q.bind(t),
+                    SqlParam::Int(i) => q.bind(i),
+                    SqlParam::Float(x) => q.bind(x),
+                };
+            }
+            let rows = q.fetch_all(&mut conn).await.unwrap();
+            let text: String = rows.iter().map(|r| r.3.clone() + "\n").collect();
+            assert_eq!(
+                text.contains("USING INDEX users_attr_number_n"),
+                uses_index,
+                "selective: {selective}\n{text}"
+            );
+        }
+        // The index is built on the expression the filter compares.
+        let (index_sql,): (String,) =
+            sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = 'users_attr_number_n'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert!(index_sql.contains(&sqlite_typed_value("attributes", "n", AttrType::Number)));
+    }
+}
 
 /// SQLite keeps the number of users in a row of its own (triggers), so `all` is sized without a
 /// scan: it must follow every write path exactly, and start right on a file written before it.

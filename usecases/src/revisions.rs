@@ -278,7 +278,7 @@ impl Revision {
                 let user = users
                     .get(&old.user_id)
                     .cloned()
-                    .unwrap_or_else(|| nameless(&old.user_id));
+                    .unwrap_or_else(|| User::nameless(&old.user_id));
                 match self.render_item(channel, &user) {
                     Some(new) => ChannelItem {
                         notification_id: old.notification_id,
@@ -291,19 +291,6 @@ impl Revision {
                 }
             })
             .collect()
-    }
-}
-
-/// A user the directory does not know: an id and nothing else.
-pub fn nameless(id: &str) -> User {
-    let epoch = DateTime::<Utc>::UNIX_EPOCH;
-    User {
-        id: id.to_owned(),
-        email: None,
-        phone: None,
-        attributes: Default::default(),
-        created_at: epoch,
-        updated_at: epoch,
     }
 }
 
@@ -461,7 +448,7 @@ mod tests {
         ];
         assert!(r.touches(&rows));
         assert!(!r.touches(&rows[1..3]));
-        let mut user = nameless("u1");
+        let mut user = User::nameless("u1");
         user.attributes
             .insert("name".into(), Value::String("Ola".into()));
         let revision = r.of_campaign("c").unwrap();

@@ -1,4 +1,14 @@
 //! The directory on SQLite: users, preferences, devices, segments and templates.
+//!
+//! Segments are evaluated over the users' JSON attributes. Each attribute a segment compares
+//! in its top-level conjunction gets an index on its typed value
+//! ([`herald_core::filter::sqlite_typed_value`], the very expression the filter's SQL
+//! compares), created when the segment is written (and on open, for segments written before)
+//! and dropped when no segment compares it any more: up to [`MAX_ATTR_INDEXES`], since each
+//! one costs every import a little. Such an index serves any filter comparing that attribute,
+//! a campaign's inline audience too. Counting reads it; paging a selective audience reads it
+//! and sorts the few matches by user id, a dense one walks the primary key as before (see
+//! [`SqliteDirectory::page_ids`]).
 
 use super::SqliteFile;
 use super::{open_pool, MAX_PARAMS};
@@ -7,13 +17,14 @@ use crate::time::{from_micros, micros};
 use crate::{corrupt, BackendUrl};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use herald_core::filter::{Filter, SqlDialect, SqlParam};
+use herald_core::filter::{sqlite_typed_value, AttrIndex, Filter, SqlDialect, SqlParam};
 use herald_core::model::*;
 use herald_core::ports::Directory;
 use herald_core::Result;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "directory", "0001_init"),
@@ -34,8 +45,21 @@ const DEVICE_UPSERT: &str = " ON CONFLICT (token) DO UPDATE SET \
      user_id = excluded.user_id, platform = excluded.platform, \
      last_used_at = excluded.last_used_at";
 
+/// Attribute indexes kept at most (the attributes of the oldest segments first).
+pub const MAX_ATTR_INDEXES: usize = 16;
+/// Name prefix of the attribute indexes; the rest is [`AttrIndex::slug`].
+const ATTR_INDEX_PREFIX: &str = "users_attr_";
+/// A page of a filter that an attribute index serves is read from the index when at most
+/// this many pages' worth of users past the page's start match (then sorted by id);
+/// otherwise the primary key is walked in order.
+const SELECTIVE_PAGES: usize = 16;
+/// How long a filter found dense is paged along the primary key without probing again.
+const DENSE_TTL: Duration = Duration::from_secs(60);
+
 pub struct SqliteDirectory {
     pool: SqlitePool,
+    /// Filters (canonical JSON) found to match too many users for their index, and when.
+    dense: parking_lot::Mutex<HashMap<String, Instant>>,
 }
 
 impl SqliteFile for SqliteDirectory {
@@ -46,9 +70,155 @@ impl SqliteFile for SqliteDirectory {
 
 impl SqliteDirectory {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
-        Ok(Self {
+        let directory = Self {
             pool: open_pool(url, 8, MIGRATIONS).await?,
-        })
+            dense: Default::default(),
+        };
+        directory.sync_attr_indexes().await;
+        Ok(directory)
+    }
+
+    /// The attribute indexes that exist now (read from the schema each time: another process
+    /// on the same file may have changed them).
+    pub async fn attr_indexes(&self) -> Result<HashSet<AttrIndex>> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'users' \
+             AND substr(name, 1, length(?1)) = ?1",
+        )
+        .bind(ATTR_INDEX_PREFIX)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        Ok(names
+            .iter()
+            .filter_map(|n| AttrIndex::from_slug(n.strip_prefix(ATTR_INDEX_PREFIX)?))
+            .collect())
+    }
+
+    /// Makes the attribute indexes those the segments want: the attributes compared in their
+    /// top-level conjunctions, oldest segments first, at most [`MAX_ATTR_INDEXES`]. Building
+    /// one reads every user once (about a second per million) and holds the file's writer.
+    ///
+    /// Best effort: an index only speeds filters up, so a failure (another process holding
+    /// the writer past the busy timeout while it builds the same index, a full disk) is
+    /// logged and left to the next segment write or the next start, never failing the segment
+    /// write that asked for it (already committed) or the open.
+    async fn sync_attr_indexes(&self) {
+        if let Err(e) = self.try_sync_attr_indexes().await {
+            tracing::warn!(error = %e, "attribute indexes not brought up to date; filters scan until they are");
+        }
+    }
+
+    async fn try_sync_attr_indexes(&self) -> Result<()> {
+        let filters: Vec<String> =
+            sqlx::query_scalar("SELECT filter FROM segments ORDER BY created_at, name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        let mut wanted: Vec<AttrIndex> = Vec::new();
+        for text in &filters {
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| corrupt("segment filter", e))?;
+            let filter = Filter::parse(&value).map_err(|e| corrupt("segment filter", e))?;
+            for index in filter.indexable() {
+                if wanted.len() < MAX_ATTR_INDEXES && !wanted.contains(&index) {
+                    wanted.push(index);
+                }
+            }
+        }
+        let existing = self.attr_indexes().await?;
+        for old in existing.iter().filter(|i| !wanted.contains(i)) {
+            let sql = format!("DROP INDEX IF EXISTS {ATTR_INDEX_PREFIX}{}", old.slug());
+            sqlx::query(&sql)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?;
+            tracing::info!(attr = %old.attr, kind = old.kind.as_str(), "attribute index dropped: no segment compares it");
+        }
+        for new in wanted.iter().filter(|i| !existing.contains(i)) {
+            let started = Instant::now();
+            let sql = format!(
+                "CREATE INDEX IF NOT EXISTS {ATTR_INDEX_PREFIX}{} ON users ({})",
+                new.slug(),
+                sqlite_typed_value("attributes", &new.attr, new.kind)
+            );
+            sqlx::query(&sql)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?;
+            tracing::info!(attr = %new.attr, kind = new.kind.as_str(), seconds = started.elapsed().as_secs_f64(), "attribute index built for the segments");
+        }
+        Ok(())
+    }
+
+    /// Whether an attribute index serves `filter`.
+    async fn indexed(&self, filter: &Filter) -> Result<bool> {
+        let wanted = filter.indexable();
+        if wanted.is_empty() {
+            return Ok(false);
+        }
+        let existing = self.attr_indexes().await?;
+        Ok(wanted.iter().any(|i| existing.contains(i)))
+    }
+
+    /// Ids of the users matching `filter` past `after`, in id order, at most `limit`.
+    ///
+    /// The primary key walk reads users in id order until `limit` match: cheap when many
+    /// match, a whole scan of the JSON attributes when few do. So when an attribute index
+    /// serves the filter, the index is read first, for up to [`SELECTIVE_PAGES`] pages'
+    /// worth of matches: if that is all of them, they are sorted here and the page is cut
+    /// from them; if not, the filter is dense, and the walk runs (and later pages of the same
+    /// filter walk at once, for [`DENSE_TTL`]).
+    async fn page_ids(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let after = after.unwrap_or("");
+        let key = filter.to_json().to_string();
+        let known_dense = {
+            let mut dense = self.dense.lock();
+            dense.retain(|_, at| at.elapsed() < DENSE_TTL);
+            dense.contains_key(&key)
+        };
+        if !known_dense && self.indexed(filter).await? {
+            let probe = (limit as usize).saturating_mul(SELECTIVE_PAGES);
+            let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM users WHERE id > ");
+            qb.push_bind(after.to_owned());
+            push_fragment(
+                &mut qb,
+                filter.to_sql_selective(SqlDialect::Sqlite, "attributes", now),
+            );
+            qb.push(" LIMIT ").push_bind((probe + 1) as i64);
+            let rows = qb
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?;
+            if rows.len() <= probe {
+                let mut ids: Vec<String> = rows.iter().map(|r| r.get("id")).collect();
+                ids.sort_unstable();
+                ids.truncate(limit as usize);
+                return Ok(ids);
+            }
+            let mut dense = self.dense.lock();
+            if dense.len() >= 1024 {
+                dense.clear();
+            }
+            dense.insert(key, Instant::now());
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM users WHERE id > ");
+        qb.push_bind(after.to_owned());
+        push_filter(&mut qb, filter, now);
+        qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        Ok(rows.iter().map(|r| r.get("id")).collect())
     }
 }
 
@@ -130,7 +300,11 @@ fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &Filter, now: DateTime
     if filter.is_match_all() {
         return;
     }
-    let frag = filter.to_sql(SqlDialect::Sqlite, "attributes", now);
+    push_fragment(qb, filter.to_sql(SqlDialect::Sqlite, "attributes", now));
+}
+
+/// Appends ` AND (<frag>)` with its parameters.
+fn push_fragment(qb: &mut QueryBuilder<'_, Sqlite>, frag: herald_core::filter::SqlFragment) {
     qb.push(" AND (");
     // The fragment uses `?` placeholders in order; QueryBuilder binds in push order too.
     let mut params = frag.params.into_iter();
@@ -286,17 +460,10 @@ impl Directory for SqliteDirectory {
         limit: u32,
         now: DateTime<Utc>,
     ) -> Result<Vec<User>> {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {USER_COLUMNS} FROM users WHERE id > "));
-        qb.push_bind(after.unwrap_or("").to_owned());
-        push_filter(&mut qb, filter, now);
-        qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        rows.iter().map(user_from_row).collect()
+        let ids = self.page_ids(filter, after, limit, now).await?;
+        let mut users = self.get_users(&ids).await?;
+        users.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        Ok(users)
     }
 
     async fn page_user_ids(
@@ -306,16 +473,7 @@ impl Directory for SqliteDirectory {
         limit: u32,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM users WHERE id > ");
-        qb.push_bind(after.unwrap_or("").to_owned());
-        push_filter(&mut qb, filter, now);
-        qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        Ok(rows.iter().map(|r| r.get("id")).collect())
+        self.page_ids(filter, after, limit, now).await
     }
 
     async fn count_users(&self, filter: &Filter, now: DateTime<Utc>) -> Result<u64> {
@@ -329,7 +487,15 @@ impl Directory for SqliteDirectory {
             return Ok(n.max(0) as u64);
         }
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) AS n FROM users WHERE 1 = 1");
-        push_filter(&mut qb, filter, now);
+        if self.indexed(filter).await? {
+            // Counted along the index, however many match.
+            push_fragment(
+                &mut qb,
+                filter.to_sql_selective(SqlDialect::Sqlite, "attributes", now),
+            );
+        } else {
+            push_filter(&mut qb, filter, now);
+        }
         let row = qb
             .build()
             .fetch_one(&self.pool)
@@ -350,6 +516,7 @@ impl Directory for SqliteDirectory {
         .execute(&self.pool)
         .await
         .map_err(|e| self.db_error(e))?;
+        self.sync_attr_indexes().await;
         Ok(())
     }
 
@@ -383,6 +550,9 @@ impl Directory for SqliteDirectory {
             .await
             .map_err(|e| self.db_error(e))?
             .rows_affected();
+        if n > 0 {
+            self.sync_attr_indexes().await;
+        }
         Ok(n > 0)
     }
 

@@ -17,7 +17,7 @@ pub use bus::SqliteBus;
 pub use campaigns::SqliteCampaigns;
 pub use delays::SqliteDelays;
 pub use deliveries::SqliteDeliveries;
-pub use directory::SqliteDirectory;
+pub use directory::{SqliteDirectory, MAX_ATTR_INDEXES};
 pub use inbox::SqliteInbox;
 
 use crate::{db_error, migrations::Migration, BackendUrl};
