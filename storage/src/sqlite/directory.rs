@@ -185,20 +185,11 @@ impl SqliteDirectory {
         };
         if !known_dense && self.indexed(filter).await? {
             let probe = (limit as usize).saturating_mul(SELECTIVE_PAGES);
-            let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM users WHERE id > ");
-            qb.push_bind(after.to_owned());
-            push_fragment(
-                &mut qb,
-                filter.to_sql_selective(SqlDialect::Sqlite, "attributes", now),
-            );
-            qb.push(" LIMIT ").push_bind((probe + 1) as i64);
-            let rows = qb
-                .build()
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.db_error(e))?;
-            if rows.len() <= probe {
-                let mut ids: Vec<String> = rows.iter().map(|r| r.get("id")).collect();
+            let selective = filter.to_sql_selective(SqlDialect::Sqlite, "attributes", now);
+            let mut ids = self
+                .ids_after(after, Some(selective), "", probe + 1)
+                .await?;
+            if ids.len() <= probe {
                 ids.sort_unstable();
                 ids.truncate(limit as usize);
                 return Ok(ids);
@@ -209,10 +200,26 @@ impl SqliteDirectory {
             }
             dense.insert(key, Instant::now());
         }
+        let walk =
+            (!filter.is_match_all()).then(|| filter.to_sql(SqlDialect::Sqlite, "attributes", now));
+        self.ids_after(after, walk, " ORDER BY id", limit as usize)
+            .await
+    }
+
+    /// `SELECT id FROM users WHERE id > after AND (<frag>)<order> LIMIT limit`.
+    async fn ids_after(
+        &self,
+        after: &str,
+        frag: Option<herald_core::filter::SqlFragment>,
+        order: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM users WHERE id > ");
         qb.push_bind(after.to_owned());
-        push_filter(&mut qb, filter, now);
-        qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+        if let Some(frag) = frag {
+            push_fragment(&mut qb, frag);
+        }
+        qb.push(order).push(" LIMIT ").push_bind(limit as i64);
         let rows = qb
             .build()
             .fetch_all(&self.pool)
