@@ -79,6 +79,16 @@ async fn the_metrics_page_passes_promtool_with_help_text_for_every_metric() {
             "{name} has help text:\n{page}"
         );
     }
+    // Read at the scrape: what SQLite holds in this process (page caches, statements).
+    let sqlite_bytes: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_storage_sqlite_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the SQLite memory gauge has a value:\n{page}"));
+    assert!(
+        sqlite_bytes > 0.0,
+        "SQLite holds some memory: {sqlite_bytes}"
+    );
     let mut lint = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -73,6 +73,7 @@ pub const CATALOG: &[(Kind, &str, &str)] = &[
     (Counter, "herald_storage_connections_closed_in_transaction_total", "Pooled connections closed because they came back inside a transaction."),
     (Counter, "herald_storage_mysql_retries_total", "MySQL transactions run again after a deadlock or lock wait timeout."),
     (Counter, "herald_storage_read_only_connections_closed_total", "Pooled SQLite connections closed because they could no longer write."),
+    (Gauge, "herald_storage_sqlite_memory_bytes", "Bytes SQLite holds in this process (page caches, prepared statements, sorters), read at each scrape."),
     (Counter, "herald_users_imported_total", "Users written by bulk import."),
     (Counter, "herald_worker_errors_total", "Errors of background workers, by worker."),
     (Gauge, "herald_worker_failing", "1 while a background worker keeps failing, by worker."),
@@ -90,6 +91,29 @@ pub fn describe() {
             }
             Histogram => metrics::describe_histogram!(name, help),
         }
+    }
+}
+
+/// Gauges read from their source when `/metrics` is scraped rather than kept up to date (a
+/// store's memory): each hook sets its own gauges.
+static SCRAPE_HOOKS: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `hook` before every scrape of this process's metrics (register it once).
+pub fn on_scrape(hook: fn()) {
+    SCRAPE_HOOKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(hook);
+}
+
+/// Runs the hooks of [`on_scrape`]; the metrics endpoint calls it before it renders.
+pub fn before_scrape() {
+    let hooks = SCRAPE_HOOKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for hook in hooks {
+        hook();
     }
 }
 

@@ -340,6 +340,7 @@ pub fn ops_router(ctx: Context) -> Router {
     responses((status = 200, description = "Prometheus text exposition format",
                content_type = "text/plain", body = String)))]
 async fn metrics() -> impl IntoResponse {
+    herald_core::metrics_catalog::before_scrape();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics_handle().render(),

@@ -710,3 +710,37 @@ async fn the_sqlite_log_purges_committed_messages_only() {
         "only the uncommitted are left to replay"
     );
 }
+
+/// A member waiting on the SQLite bus hears what another process (here a second bus opened on
+/// the same file, which shares no in-process wake-up with the first) publishes, from the watch
+/// of the file, well before its fallback look a second later; and a member that found nothing
+/// still takes what is published afterwards.
+#[tokio::test]
+async fn a_waiting_sqlite_member_is_woken_by_another_process_publishing() {
+    let url = common::fresh_sqlite_url("bus");
+    let here = herald_storage::sqlite::SqliteBus::open(&url).await.unwrap();
+    let there = herald_storage::sqlite::SqliteBus::open(&url).await.unwrap();
+    let (t, g) = (cases::topic(), cases::name("g"));
+    here.subscribe(&t, &g).await.unwrap();
+    let member = here.consumer(&t, &g).await.unwrap();
+    assert!(
+        member
+            .poll(1, std::time::Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing yet"
+    );
+    let waiting = tokio::spawn({
+        let member = member.clone();
+        async move { member.poll(1, std::time::Duration::from_millis(900)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    there.publish(&t, &cases::numbered("m", 1)).await.unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "woken by the other process's publish within 900 ms"
+    );
+}

@@ -21,6 +21,23 @@ const MAX_IDLE: Duration = Duration::from_millis(200);
 /// How often the gauge of kept messages (`herald_delay_pending`) is refreshed.
 const GAUGE_EVERY: Duration = Duration::from_secs(10);
 
+/// How long to wait before the next look, or `None` when a message is due now.
+fn pause_until(
+    next_due: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
+    match next_due {
+        Some(due) if due <= now => None,
+        Some(due) => Some(
+            (due - now)
+                .to_std()
+                .unwrap_or(MAX_IDLE)
+                .clamp(Duration::from_millis(5), MAX_IDLE),
+        ),
+        None => Some(MAX_IDLE),
+    }
+}
+
 /// Publishes due messages of the delay store on the bus, then removes them.
 pub struct DelayPublisher {
     ctx: Context,
@@ -49,18 +66,19 @@ impl Worker for DelayPublisher {
             metrics::gauge!("herald_delay_pending").set(ports.delays.pending().await? as f64);
         }
         let now = self.ctx.clock.now();
+        // A read first: claiming is a write, and an idle server would otherwise take the
+        // store's write lock several times a second for nothing.
+        let next_due = ports.delays.next_due().await?;
+        if let Some(pause) = pause_until(next_due, now) {
+            return Ok(WorkerState::Idle(pause));
+        }
         let claim = ports
             .delays
             .claim_due(now, CLAIM_LIMIT, CLAIM_LEASE)
             .await?;
         if claim.messages.is_empty() {
-            let pause = match ports.delays.next_due().await? {
-                Some(due) if due > now => (due - now).to_std().unwrap_or(MAX_IDLE).min(MAX_IDLE),
-                // Due but claimed by another publisher: look again after a while.
-                Some(_) => MAX_IDLE,
-                None => MAX_IDLE,
-            };
-            return Ok(WorkerState::Idle(pause.max(Duration::from_millis(5))));
+            // Due but claimed by another publisher meanwhile: look again after a while.
+            return Ok(WorkerState::Idle(MAX_IDLE));
         }
         // One publish per topic, in due order within it.
         let mut by_topic: BTreeMap<&str, Vec<herald_core::model::OutMessage>> = BTreeMap::new();

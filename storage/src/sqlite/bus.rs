@@ -43,7 +43,8 @@
 //! anyway, and its busy handler retries by sleeping (up to 100 ms per retry), which turns a
 //! contended write lock into idle time and unfairness. The gate hands the lock over in FIFO
 //! order instead. Waiting members poll with a read-only probe (readers never block in WAL
-//! mode) and only take the write lock when something is ready. The payload is written once
+//! mode) and only take the write lock when something is ready; an idle bus is not polled by
+//! each member but watched once (see [`WATCH`]), so an idle server costs almost no CPU. The payload is written once
 //! whatever the number of groups, and leasing rewrites only the small pending row.
 
 use super::SqliteFile;
@@ -71,9 +72,14 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "bus", "0002_log"),
 ];
 
-/// How often a waiting poll looks again for messages that no in-process publish announced
-/// (publishes of other processes, leases running out).
-const POLL: Duration = Duration::from_millis(50);
+/// How often the file's write-ahead log is looked at (its size and modification time, no
+/// SQL) for commits of other processes; one that changed wakes every waiting member.
+const WATCH: Duration = Duration::from_millis(50);
+/// The longest a waiting member sleeps without a wake-up: for leases that ran out (a member
+/// that died) and for a commit the watch missed (two commits within one tick of the file
+/// system's clock leave the same modification time). In-process publishes and releases wake
+/// members at once.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How long a polled message stays with its member without a renewal. Members renew every
 /// third of it, so this is how long the messages of a crashed process wait.
 pub const LEASE: Duration = Duration::from_secs(30);
@@ -124,19 +130,45 @@ impl SqliteFile for Shared {
 
 impl SqliteBus {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
-        Ok(Self {
-            shared: Arc::new(Shared {
-                pool: open_pool(url, 8, MIGRATIONS).await?,
-                write_gate: tokio::sync::Mutex::new(()),
-                wakers: Mutex::new(HashMap::new()),
-                last_purge: Mutex::new(None),
-            }),
-        })
+        let pool = open_pool(url, 8, MIGRATIONS).await?;
+        let mut wal = pool.connect_options().get_filename().as_os_str().to_owned();
+        wal.push("-wal");
+        let shared = Arc::new(Shared {
+            pool,
+            write_gate: tokio::sync::Mutex::new(()),
+            wakers: Mutex::new(HashMap::new()),
+            last_purge: Mutex::new(None),
+        });
+        tokio::spawn(watch(Arc::downgrade(&shared), wal.into()));
+        Ok(Self { shared })
     }
 
     /// Deletes log rows published before `before` that no group still has pending.
     pub async fn purge_before(&self, before: chrono::DateTime<Utc>) -> Result<u64> {
         self.shared.purge_before(before).await
+    }
+}
+
+/// Wakes every waiting member of this process when the write-ahead log of the bus file changes
+/// (another process committed), until the bus is dropped. An in-memory database has no such
+/// file: nothing changes it but this process, whose writes wake members themselves.
+async fn watch(shared: std::sync::Weak<Shared>, wal: std::path::PathBuf) {
+    let stamp = || {
+        std::fs::metadata(&wal)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut last = stamp();
+    loop {
+        tokio::time::sleep(WATCH).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = stamp();
+        if now != last {
+            last = now;
+            shared.wake_all();
+        }
     }
 }
 
@@ -189,6 +221,13 @@ impl Shared {
             .entry(sub.to_owned())
             .or_insert_with(|| Arc::new(Notify::new()))
             .clone()
+    }
+
+    fn wake_all(&self) {
+        let wakers: Vec<Arc<Notify>> = self.wakers.lock().values().cloned().collect();
+        for n in wakers {
+            n.notify_waiters();
+        }
     }
 
     fn wake(&self, sub: &str) {
@@ -423,6 +462,8 @@ struct SqliteConsumer {
     group: String,
     /// What this member holds: sequence → attempt (its lease).
     held: Arc<Mutex<HashMap<i64, u32>>>,
+    /// Its last poll found nothing: the next one probes (a read) before it leases (a write).
+    idle: std::sync::atomic::AtomicBool,
     _renewal: AbortOnDrop<()>,
 }
 
@@ -440,6 +481,7 @@ impl SqliteConsumer {
             sub: sub.to_owned(),
             group: group.to_owned(),
             held,
+            idle: Default::default(),
             _renewal: renewal,
         }
     }
@@ -516,8 +558,8 @@ impl Consumer for SqliteConsumer {
         let deadline = Instant::now() + wait.min(Duration::from_secs(365 * 24 * 3600));
         let waker = shared.waker(sub);
         // The first try goes straight to the lease: on a busy queue something is ready and a
-        // probe would only add a round trip.
-        let mut probe_first = false;
+        // probe would only add a round trip. After an empty poll, it probes first.
+        let mut probe_first = self.idle.load(std::sync::atomic::Ordering::Relaxed);
         loop {
             // Register for wake-ups *before* looking, so a publish that commits between the
             // look and the sleep still wakes us.
@@ -533,6 +575,7 @@ impl Consumer for SqliteConsumer {
                         let (seq, attempt) = parse_receipt(&d.receipt)?;
                         held.insert(seq, attempt);
                     }
+                    self.idle.store(false, std::sync::atomic::Ordering::Relaxed);
                     return Ok(got);
                 }
             }
@@ -540,12 +583,13 @@ impl Consumer for SqliteConsumer {
 
             let now = Instant::now();
             if now >= deadline {
+                self.idle.store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(Vec::new());
             }
             // Never busy-spin: sleep until woken, the next poll or the deadline.
             tokio::select! {
                 _ = &mut notified => {}
-                _ = tokio::time::sleep_until((now + POLL).min(deadline)) => {}
+                _ = tokio::time::sleep_until((now + IDLE_POLL).min(deadline)) => {}
             }
         }
     }

@@ -11,6 +11,7 @@ mod delays;
 mod deliveries;
 mod directory;
 mod inbox;
+mod memory;
 
 pub use broadcasts::SqliteBroadcasts;
 pub use bus::SqliteBus;
@@ -127,6 +128,7 @@ pub(crate) async fn open_pool(
     max_connections: u32,
     migrations: &[Migration],
 ) -> Result<SqlitePool> {
+    memory::setup();
     let opts = SqliteConnectOptions::from_str(&url.raw)
         .map_err(|e| Error::invalid(format!("bad SQLite URL {url}")).with_source(e))?
         .create_if_missing(true)
@@ -141,8 +143,9 @@ pub(crate) async fn open_pool(
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(30))
-        .before_acquire(|conn, _meta| Box::pin(writable(conn)))
-        .after_release(|conn, _meta| Box::pin(crate::release_outside_transaction(conn)));
+        .after_connect(|conn, _meta| Box::pin(count_if_read_only(conn)))
+        .before_acquire(|conn, _meta| Box::pin(usable(conn)))
+        .after_release(|conn, _meta| Box::pin(released_outside_transaction(conn)));
     // Roles started side by side on one data directory open (and create) the same files at the
     // same moment. Turning a new file to WAL needs its exclusive lock, and SQLite answers
     // SQLITE_BUSY at once, without its busy handler, to the connection that would otherwise
@@ -176,11 +179,76 @@ fn is_busy(e: &sqlx::Error) -> bool {
         if d.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff) == Some(5))
 }
 
-/// The pools' `before_acquire` check: a connection that cannot write is closed.
+/// The pools' `after_release` check, without a round trip to the connection's thread: a
+/// connection that is inside a transaction is closed (see
+/// [`crate::release_outside_transaction`] for how that happens). A command that a dropped
+/// future sent may still be queued here; sqlx's own release then pings the connection's thread
+/// (every queued command has run once it answers) and [`usable`] checks again at the next
+/// acquire. The ping of the shared check would be a second round trip on every release of
+/// every statement.
+async fn released_outside_transaction(
+    conn: &mut sqlx::SqliteConnection,
+) -> std::result::Result<bool, sqlx::Error> {
+    Ok(outside_transaction(conn))
+}
+
+fn outside_transaction(conn: &sqlx::SqliteConnection) -> bool {
+    use sqlx::Connection;
+    if conn.is_in_transaction() {
+        tracing::warn!("a connection came back inside a transaction; closing it");
+        metrics::counter!("herald_storage_connections_closed_in_transaction_total").increment(1);
+        return false;
+    }
+    true
+}
+
+/// Connections opened read-only by this process (see [`writable`]) and not yet found and
+/// closed by [`usable`]. A connection closed otherwise (idle, too old) is never taken off,
+/// which only keeps the check of every acquire on.
+static READ_ONLY_OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The pools' `after_connect` step: a connection opened read-only is counted, so that
+/// [`usable`] looks for it. Asking SQLite for the flag is a round trip to the connection's
+/// thread; once per connection here instead of on every acquire.
+async fn count_if_read_only(
+    conn: &mut sqlx::SqliteConnection,
+) -> std::result::Result<(), sqlx::Error> {
+    if read_only(conn).await? {
+        READ_ONLY_OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+async fn read_only(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is a live connection, locked for the duration of the call, and the
+    // schema name is a NUL-terminated string.
+    let flag = unsafe {
+        libsqlite3_sys::sqlite3_db_readonly(handle.as_raw_handle().as_ptr(), c"main".as_ptr())
+    };
+    Ok(flag == 1)
+}
+
+/// The pools' `before_acquire` check: a connection inside a transaction (after sqlx's release
+/// ping, see [`released_outside_transaction`]) or that cannot write is closed. The write check
+/// costs round trips to the connection's thread, so it runs only while this process has
+/// opened a read-only connection or seen a "readonly" error lately; otherwise taking a
+/// connection costs nothing beyond the pool.
+async fn usable(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
+    if !outside_transaction(conn) {
+        return Ok(false);
+    }
+    if READ_ONLY_OPENED.load(std::sync::atomic::Ordering::Relaxed) == 0 && !readonly_seen_lately() {
+        return Ok(true);
+    }
+    writable(conn).await
+}
+
+/// Whether a connection can write; one that cannot is to be closed.
 ///
 /// SQLite falls back to read-only when it cannot open a file for writing (made read-only or
 /// immutable for a while), and the connection stays so for its whole life: either the whole
-/// connection (`sqlite3_db_readonly`, a flag, checked on every acquire) or only its WAL file,
+/// connection (`sqlite3_db_readonly`, a flag set when it opens) or only its WAL file,
 /// when the database file's descriptor was reused from a connection closed earlier in this
 /// process (SQLite keeps such descriptors so as not to drop other connections' locks) while the
 /// WAL could not be opened for writing. No flag tells the second case, so for a while after any
@@ -190,15 +258,17 @@ fn is_busy(e: &sqlx::Error) -> bool {
 /// failing writes ("attempt to write a readonly database") on the connections opened while it
 /// held.
 async fn writable(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
-    let read_only = {
-        let mut handle = conn.lock_handle().await?;
-        // SAFETY: the handle is a live connection, locked for the duration of the call, and
-        // the schema name is a NUL-terminated string.
-        unsafe {
-            libsqlite3_sys::sqlite3_db_readonly(handle.as_raw_handle().as_ptr(), c"main".as_ptr())
-        }
-    };
-    if read_only == 1 || (readonly_seen_lately() && !probe_write(conn).await?) {
+    if read_only(conn).await? {
+        let _ = READ_ONLY_OPENED.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| n.checked_sub(1),
+        );
+        tracing::warn!("a pooled SQLite connection cannot write; closing it");
+        metrics::counter!("herald_storage_read_only_connections_closed_total").increment(1);
+        return Ok(false);
+    }
+    if readonly_seen_lately() && !probe_write(conn).await? {
         tracing::warn!("a pooled SQLite connection cannot write; closing it");
         metrics::counter!("herald_storage_read_only_connections_closed_total").increment(1);
         return Ok(false);
