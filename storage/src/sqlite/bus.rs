@@ -72,14 +72,15 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "bus", "0002_log"),
 ];
 
-/// How often the file's write-ahead log is looked at (its size and modification time, no
-/// SQL) for commits of other processes; one that changed wakes every waiting member.
+/// How often the header of the file's WAL index (`-shm`) is read (48 bytes, no SQL) for
+/// commits of other processes; one that changed wakes every waiting member.
 const WATCH: Duration = Duration::from_millis(50);
 /// The longest a waiting member sleeps without a wake-up: for leases that ran out (a member
-/// that died) and for a commit the watch missed (two commits within one tick of the file
-/// system's clock leave the same modification time). In-process publishes and releases wake
-/// members at once.
+/// that died). In-process publishes and releases wake members at once.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// The WAL-index header: every commit writes it (the last frame, the page count, checksums,
+/// and a new salt when the log starts over), so any commit changes these bytes.
+const WAL_INDEX_HEADER: usize = 48;
 /// How long a polled message stays with its member without a renewal. Members renew every
 /// third of it, so this is how long the messages of a crashed process wait.
 pub const LEASE: Duration = Duration::from_secs(30);
@@ -131,15 +132,15 @@ impl SqliteFile for Shared {
 impl SqliteBus {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
         let pool = open_pool(url, 8, MIGRATIONS).await?;
-        let mut wal = pool.connect_options().get_filename().as_os_str().to_owned();
-        wal.push("-wal");
+        let mut shm = pool.connect_options().get_filename().as_os_str().to_owned();
+        shm.push("-shm");
         let shared = Arc::new(Shared {
             pool,
             write_gate: tokio::sync::Mutex::new(()),
             wakers: Mutex::new(HashMap::new()),
             last_purge: Mutex::new(None),
         });
-        tokio::spawn(watch(Arc::downgrade(&shared), wal.into()));
+        tokio::spawn(watch(Arc::downgrade(&shared), shm.into()));
         Ok(Self { shared })
     }
 
@@ -149,14 +150,30 @@ impl SqliteBus {
     }
 }
 
-/// Wakes every waiting member of this process when the write-ahead log of the bus file changes
-/// (another process committed), until the bus is dropped. An in-memory database has no such
-/// file: nothing changes it but this process, whose writes wake members themselves.
-async fn watch(shared: std::sync::Weak<Shared>, wal: std::path::PathBuf) {
-    let stamp = || {
-        std::fs::metadata(&wal)
-            .ok()
-            .map(|m| (m.len(), m.modified().ok()))
+/// Wakes every waiting member of this process when the WAL-index header of the bus file
+/// changes (a commit, of this process or another), until the bus is dropped. The `-shm` file is
+/// the memory SQLite's connections share, so a plain read sees what other processes wrote. An
+/// in-memory database has no such file: nothing changes it but this process, whose writes wake
+/// members themselves.
+async fn watch(shared: std::sync::Weak<Shared>, shm: std::path::PathBuf) {
+    let mut file: Option<std::fs::File> = None;
+    let mut stamp = move || -> Option<[u8; WAL_INDEX_HEADER]> {
+        use std::io::{Read, Seek};
+        if file.is_none() {
+            file = std::fs::File::open(&shm).ok();
+        }
+        let f = file.as_mut()?;
+        let mut header = [0u8; WAL_INDEX_HEADER];
+        match f
+            .seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| f.read_exact(&mut header))
+        {
+            Ok(()) => Some(header),
+            Err(_) => {
+                file = None;
+                None
+            }
+        }
     };
     let mut last = stamp();
     loop {

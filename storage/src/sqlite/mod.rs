@@ -179,21 +179,25 @@ fn is_busy(e: &sqlx::Error) -> bool {
         if d.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff) == Some(5))
 }
 
-/// The pools' `after_release` check, without a round trip to the connection's thread: a
-/// connection that is inside a transaction is closed (see
-/// [`crate::release_outside_transaction`] for how that happens). A command that a dropped
-/// future sent may still be queued here; sqlx's own release then pings the connection's thread
-/// (every queued command has run once it answers) and [`usable`] checks again at the next
-/// acquire. The ping of the shared check would be a second round trip on every release of
-/// every statement.
+/// The pools' `after_release` check: a connection that is inside a transaction is closed (see
+/// [`crate::release_outside_transaction`] for how that happens). Only a connection that looks
+/// inside one is pinged first: a transaction dropped without commit has its `ROLLBACK` queued,
+/// and the ping waits for it. A command that a dropped future sent may still be queued behind a
+/// depth of 0; sqlx's own release then pings the connection's thread (every queued command has
+/// run once it answers) and [`usable`] checks again at the next acquire. Pinging every
+/// connection here would be a second round trip on every release of every statement.
 async fn released_outside_transaction(
     conn: &mut sqlx::SqliteConnection,
 ) -> std::result::Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    if conn.is_in_transaction() {
+        conn.ping().await?;
+    }
     Ok(outside_transaction(conn))
 }
 
 fn outside_transaction(conn: &sqlx::SqliteConnection) -> bool {
-    use sqlx::Connection;
+    use sqlx::Connection as _;
     if conn.is_in_transaction() {
         tracing::warn!("a connection came back inside a transaction; closing it");
         metrics::counter!("herald_storage_connections_closed_in_transaction_total").increment(1);
