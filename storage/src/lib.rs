@@ -410,12 +410,19 @@ pub(crate) async fn release_outside_transaction<C: sqlx::Connection>(
     conn: &mut C,
 ) -> std::result::Result<bool, sqlx::Error> {
     conn.ping().await?;
+    Ok(outside_transaction(conn))
+}
+
+/// Whether `conn` is outside a transaction (as far as the commands it has run say); one inside
+/// is to be closed, and this warns and counts it.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn outside_transaction<C: sqlx::Connection>(conn: &C) -> bool {
     if conn.is_in_transaction() {
         tracing::warn!("a connection came back inside a transaction; closing it");
         metrics::counter!("herald_storage_connections_closed_in_transaction_total").increment(1);
-        return Ok(false);
+        return false;
     }
-    Ok(true)
+    true
 }
 
 /// Maps an engine error onto a core error: unique violations are conflicts, everything else

@@ -193,17 +193,7 @@ async fn released_outside_transaction(
     if conn.is_in_transaction() {
         conn.ping().await?;
     }
-    Ok(outside_transaction(conn))
-}
-
-fn outside_transaction(conn: &sqlx::SqliteConnection) -> bool {
-    use sqlx::Connection as _;
-    if conn.is_in_transaction() {
-        tracing::warn!("a connection came back inside a transaction; closing it");
-        metrics::counter!("herald_storage_connections_closed_in_transaction_total").increment(1);
-        return false;
-    }
-    true
+    Ok(crate::outside_transaction(conn))
 }
 
 /// Connections opened read-only by this process (see [`writable`]) and not yet found and
@@ -239,7 +229,7 @@ async fn read_only(conn: &mut sqlx::SqliteConnection) -> std::result::Result<boo
 /// opened a read-only connection or seen a "readonly" error lately; otherwise taking a
 /// connection costs nothing beyond the pool.
 async fn usable(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
-    if !outside_transaction(conn) {
+    if !crate::outside_transaction(conn) {
         return Ok(false);
     }
     if READ_ONLY_OPENED.load(std::sync::atomic::Ordering::Relaxed) == 0 && !readonly_seen_lately() {
@@ -262,17 +252,17 @@ async fn usable(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, 
 /// failing writes ("attempt to write a readonly database") on the connections opened while it
 /// held.
 async fn writable(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
-    if read_only(conn).await? {
+    let cannot = if read_only(conn).await? {
         let _ = READ_ONLY_OPENED.fetch_update(
             std::sync::atomic::Ordering::Relaxed,
             std::sync::atomic::Ordering::Relaxed,
             |n| n.checked_sub(1),
         );
-        tracing::warn!("a pooled SQLite connection cannot write; closing it");
-        metrics::counter!("herald_storage_read_only_connections_closed_total").increment(1);
-        return Ok(false);
-    }
-    if readonly_seen_lately() && !probe_write(conn).await? {
+        true
+    } else {
+        readonly_seen_lately() && !probe_write(conn).await?
+    };
+    if cannot {
         tracing::warn!("a pooled SQLite connection cannot write; closing it");
         metrics::counter!("herald_storage_read_only_connections_closed_total").increment(1);
         return Ok(false);
