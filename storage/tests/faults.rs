@@ -75,22 +75,14 @@ async fn a_write_that_fills_the_disk_fails_whole_and_every_connection_writes_aga
     );
 }
 
-/// A damaged page is answered with an error that names the file (so the operator knows which
-/// store to restore), not a bare "database unavailable". Needs no root: the file is a copy.
-#[tokio::test]
-async fn a_corrupt_page_is_reported_naming_the_database_file() {
+/// A standalone copy (no WAL) of the SQLite file `source`, named `copy`, whose pages of
+/// `table` are overwritten with garbage.
+async fn damaged_copy(dir: &std::path::Path, source: &str, copy: &str, table: &str) {
     use sqlx::{ConnectOptions, Connection};
     use std::io::{Seek, SeekFrom, Write};
-    let tmp = tempfile::tempdir().unwrap();
-    let url = |name: &str| {
-        BackendUrl::parse(&format!("sqlite://{}", tmp.path().join(name).display())).unwrap()
-    };
-    let dir = SqliteDirectory::open(&url("directory.db")).await.unwrap();
-    dir.upsert_users(&users("u", 2_000)).await.unwrap();
-    // A standalone copy (no WAL), whose `users` pages are then overwritten with garbage.
-    let copy = tmp.path().join("damaged.db");
+    let copy = dir.join(copy);
     let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(tmp.path().join("directory.db"))
+        .filename(dir.join(source))
         .connect()
         .await
         .unwrap();
@@ -105,12 +97,12 @@ async fn a_corrupt_page_is_reported_naming_the_database_file() {
         .connect()
         .await
         .unwrap();
-    let roots: Vec<(i64,)> = sqlx::query_as(
-        "SELECT rootpage FROM sqlite_master WHERE tbl_name = 'users' AND rootpage > 1",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
+    let roots: Vec<(i64,)> =
+        sqlx::query_as("SELECT rootpage FROM sqlite_master WHERE tbl_name = ? AND rootpage > 1")
+            .bind(table)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
     let (page_size,): (i64,) = sqlx::query_as("PRAGMA page_size")
         .fetch_one(&mut conn)
         .await
@@ -123,19 +115,89 @@ async fn a_corrupt_page_is_reported_naming_the_database_file() {
             .unwrap();
         file.write_all(&vec![0xA5; page_size as usize]).unwrap();
     }
-    drop(file);
+}
 
-    let damaged = SqliteDirectory::open(&url("damaged.db")).await.unwrap();
+/// The error must say the file is corrupt and name it.
+fn assert_names_corrupt_file(err: herald_core::Error, file: &str) {
+    assert_eq!(err.kind, herald_core::ErrorKind::Unavailable);
+    assert!(
+        err.message.contains(file) && err.message.contains("corrupt"),
+        "{}",
+        err.message
+    );
+}
+
+fn sqlite_url(dir: &std::path::Path, name: &str) -> BackendUrl {
+    BackendUrl::parse(&format!("sqlite://{}", dir.join(name).display())).unwrap()
+}
+
+/// A damaged page is answered with an error that names the file (so the operator knows which
+/// store to restore), not a bare "database unavailable". Needs no root: the file is a copy.
+#[tokio::test]
+async fn a_corrupt_page_is_reported_naming_the_database_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = SqliteDirectory::open(&sqlite_url(tmp.path(), "directory.db"))
+        .await
+        .unwrap();
+    dir.upsert_users(&users("u", 2_000)).await.unwrap();
+    damaged_copy(tmp.path(), "directory.db", "damaged.db", "users").await;
+
+    let damaged = SqliteDirectory::open(&sqlite_url(tmp.path(), "damaged.db"))
+        .await
+        .unwrap();
     let err = damaged
         .get_users(&["u-000001".to_owned()])
         .await
         .expect_err("the page is damaged");
-    assert_eq!(err.kind, herald_core::ErrorKind::Unavailable);
-    assert!(
-        err.message.contains("damaged.db") && err.message.contains("corrupt"),
-        "{}",
-        err.message
-    );
+    assert_names_corrupt_file(err, "damaged.db");
+}
+
+/// The inbox's reads run on reader connections of their own (not the pool's): a damaged page
+/// is reported the same way there, and the next read (a new reader connection) still meets
+/// the damage rather than a reader left broken.
+#[tokio::test]
+async fn a_corrupt_inbox_page_is_reported_naming_the_database_file_by_its_readers() {
+    use herald_core::model::{InboxFilter, Notification};
+    use herald_core::ports::InboxStore;
+    use herald_storage::sqlite::SqliteInbox;
+    let tmp = tempfile::tempdir().unwrap();
+    let inbox = SqliteInbox::open(&sqlite_url(tmp.path(), "inbox.db"))
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let rows: Vec<Notification> = (0..2_000)
+        .map(|i| Notification {
+            id: uuid::Uuid::new_v4(),
+            user_id: "u".to_owned(),
+            campaign_id: None,
+            title: format!("t{i}"),
+            body: "x".repeat(200),
+            category: None,
+            data: serde_json::json!({}),
+            created_at: now + chrono::Duration::microseconds(i),
+            read_at: None,
+            seen_at: None,
+            archived_at: None,
+        })
+        .collect();
+    inbox.write_batch(&rows).await.unwrap();
+    let (page, _) = inbox
+        .page_with_counts("u", None, 20, InboxFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 20);
+    damaged_copy(tmp.path(), "inbox.db", "damaged-inbox.db", "notifications").await;
+
+    let damaged = SqliteInbox::open(&sqlite_url(tmp.path(), "damaged-inbox.db"))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let err = damaged
+            .page_with_counts("u", None, 20, InboxFilter::default())
+            .await
+            .expect_err("the page is damaged");
+        assert_names_corrupt_file(err, "damaged-inbox.db");
+    }
 }
 
 /// Connections the pool opens while the file cannot be written (made immutable: `chattr +i`,

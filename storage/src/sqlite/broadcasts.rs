@@ -2,6 +2,8 @@
 //! state exists only for users who read or dismissed it.
 
 use super::open_pool;
+use super::readers::Readers;
+use super::statement::Sql;
 use super::SqliteFile;
 use crate::migrations::{migration, Migration};
 use crate::time::{micros, opt_from_micros};
@@ -22,6 +24,8 @@ const MIGRATIONS: &[Migration] = &[
 
 pub struct SqliteBroadcasts {
     pool: SqlitePool,
+    /// The per-user state read of every inbox page while a broadcast is live runs here.
+    readers: Readers,
 }
 
 impl SqliteFile for SqliteBroadcasts {
@@ -32,8 +36,10 @@ impl SqliteFile for SqliteBroadcasts {
 
 impl SqliteBroadcasts {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
+        let pool = open_pool(url, 4, MIGRATIONS).await?;
         Ok(Self {
-            pool: open_pool(url, 4, MIGRATIONS).await?,
+            readers: Readers::new(&pool, 2),
+            pool,
         })
     }
 }
@@ -132,24 +138,27 @@ impl BroadcastStates for SqliteBroadcasts {
     }
 
     async fn user_states(&self, user_id: &str) -> Result<Vec<BroadcastUserState>> {
-        let rows = sqlx::query(
+        let mut sql = Sql::new(
             "SELECT broadcast_id, read_at, dismissed_at, seen_at, archived_at \
-             FROM broadcast_user_state WHERE user_id = ?",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        rows.iter()
-            .map(|row| {
-                let id: Vec<u8> = row.get("broadcast_id");
+             FROM broadcast_user_state WHERE user_id = ",
+        );
+        sql.bind(user_id);
+        type Raw = (Vec<u8>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+        let rows: Vec<Raw> = self
+            .readers
+            .all(sql, |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, read_at, dismissed_at, seen_at, archived_at)| {
                 Ok(BroadcastUserState {
                     broadcast_id: Uuid::from_slice(&id).map_err(|e| corrupt("broadcast id", e))?,
                     user_id: user_id.to_owned(),
-                    read_at: opt_from_micros(row.get("read_at")),
-                    dismissed_at: opt_from_micros(row.get("dismissed_at")),
-                    seen_at: opt_from_micros(row.get("seen_at")),
-                    archived_at: opt_from_micros(row.get("archived_at")),
+                    read_at: opt_from_micros(read_at),
+                    dismissed_at: opt_from_micros(dismissed_at),
+                    seen_at: opt_from_micros(seen_at),
+                    archived_at: opt_from_micros(archived_at),
                 })
             })
             .collect()

@@ -10,6 +10,8 @@
 //! and sorts the few matches by user id, a dense one walks the primary key as before (see
 //! [`SqliteDirectory::page_ids`]).
 
+use super::readers::Readers;
+use super::statement::Sql;
 use super::SqliteFile;
 use super::{open_pool, MAX_PARAMS};
 use crate::migrations::{migration, Migration};
@@ -58,6 +60,8 @@ const DENSE_TTL: Duration = Duration::from_secs(60);
 
 pub struct SqliteDirectory {
     pool: SqlitePool,
+    /// The fan-out's batch reads (users, preferences) run here.
+    readers: Readers,
     /// Filters (canonical JSON) found to match too many users for their index, and when.
     dense: parking_lot::Mutex<HashMap<String, Instant>>,
 }
@@ -70,8 +74,10 @@ impl SqliteFile for SqliteDirectory {
 
 impl SqliteDirectory {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
+        let pool = open_pool(url, 8, MIGRATIONS).await?;
         let directory = Self {
-            pool: open_pool(url, 8, MIGRATIONS).await?,
+            readers: Readers::new(&pool, 4),
+            pool,
             dense: Default::default(),
         };
         directory.sync_attr_indexes().await;
@@ -229,30 +235,6 @@ impl SqliteDirectory {
     }
 }
 
-/// A user as `get_users` reads it back from SQLite's JSON.
-#[derive(serde::Deserialize)]
-struct UserOut {
-    id: String,
-    email: Option<String>,
-    phone: Option<String>,
-    attributes: herald_core::model::Attributes,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl UserOut {
-    fn into_user(self) -> User {
-        User {
-            id: self.id,
-            email: self.email,
-            phone: self.phone,
-            attributes: self.attributes,
-            created_at: from_micros(self.created_at),
-            updated_at: from_micros(self.updated_at),
-        }
-    }
-}
-
 const USER_COLUMNS: &str = "id, email, phone, attributes, created_at, updated_at";
 
 fn user_from_row(row: &SqliteRow) -> Result<User> {
@@ -330,9 +312,20 @@ fn push_fragment(qb: &mut QueryBuilder<'_, Sqlite>, frag: herald_core::filter::S
     qb.push(")");
 }
 
-/// Rows whose `column` is one of `ids`, in one statement: the ids travel as a single JSON
-/// array parameter (`json_each`), so neither the statement text nor the bind count depends on
-/// how many there are, and the prepared statement is reused.
+/// `select` of the rows whose `column` is one of `ids`: the ids travel as a single JSON array
+/// parameter (`json_each`), so the statement text does not depend on how many there are.
+fn in_list(select: &str, column: &str, ids: &[String]) -> Result<Sql> {
+    let list = serde_json::to_string(ids).map_err(|e| corrupt("id list", e))?;
+    let mut sql = Sql::new(select);
+    sql.push(" WHERE ")
+        .push(column)
+        .push(" IN (SELECT value FROM json_each(")
+        .bind(list)
+        .push("))");
+    Ok(sql)
+}
+
+/// Rows whose `column` is one of `ids`, in one statement (see [`in_list`]), on the pool.
 async fn fetch_in<T>(
     pool: &SqlitePool,
     select: &str,
@@ -343,10 +336,9 @@ async fn fetch_in<T>(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let list = serde_json::to_string(ids).map_err(|e| corrupt("id list", e))?;
-    let sql = format!("{select} WHERE {column} IN (SELECT value FROM json_each(?))");
-    let rows = sqlx::query(&sql)
-        .bind(list)
+    let sql = in_list(select, column, ids)?;
+    let rows = sql
+        .query()
         .fetch_all(pool)
         .await
         .map_err(|e| super::file_error(pool, e))?;
@@ -417,21 +409,33 @@ impl Directory for SqliteDirectory {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // The fan-out's hot read: the users come back as ONE row holding a JSON array, so
-        // sqlx hands over one value instead of a thousand rows across its thread boundary.
-        let list = serde_json::to_string(ids).map_err(|e| corrupt("id list", e))?;
-        let (json,): (Option<String>,) = sqlx::query_as(
-            "SELECT json_group_array(json_object('id', id, 'email', email, 'phone', phone, \
-             'attributes', json(attributes), 'created_at', created_at, 'updated_at', updated_at)) \
-             FROM users WHERE id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(list)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        let rows: Vec<UserOut> = serde_json::from_str(json.as_deref().unwrap_or("[]"))
-            .map_err(|e| corrupt("users", e))?;
-        Ok(rows.into_iter().map(UserOut::into_user).collect())
+        // The fan-out's hot read: a reader connection on a blocking thread walks the rows
+        // and decodes each user there (no thread hop per row, no JSON envelope).
+        let sql = in_list(&format!("SELECT {USER_COLUMNS} FROM users"), "id", ids)?;
+        self.readers
+            .batch(sql, |row| {
+                let attributes: String = row.get(3)?;
+                let (id, email, phone, created_at, updated_at) = (
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                );
+                Ok(serde_json::from_str(&attributes)
+                    .map_err(|e| corrupt("user attributes", e))
+                    .map(|attributes| User {
+                        id,
+                        email,
+                        phone,
+                        attributes,
+                        created_at: from_micros(created_at),
+                        updated_at: from_micros(updated_at),
+                    }))
+            })
+            .await?
+            .into_iter()
+            .collect()
     }
 
     async fn delete_user(&self, id: &str) -> Result<bool> {
@@ -590,20 +594,25 @@ impl Directory for SqliteDirectory {
     }
 
     async fn get_preferences(&self, user_ids: &[String]) -> Result<HashMap<String, Preferences>> {
-        let rows = fetch_in(
-            &self.pool,
+        if user_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // Beside `get_users` in every fan-out batch: read the same way.
+        let sql = in_list(
             "SELECT user_id, prefs FROM preferences",
             "user_id",
             user_ids,
-            |row| {
-                let prefs: String = row.get("prefs");
-                let prefs: Preferences =
-                    serde_json::from_str(&prefs).map_err(|e| corrupt("preferences", e))?;
-                Ok((row.get::<String, _>("user_id"), prefs))
-            },
-        )
-        .await?;
-        Ok(rows.into_iter().collect())
+        )?;
+        self.readers
+            .batch(sql, |row| {
+                let (user_id, prefs): (String, String) = (row.get(0)?, row.get(1)?);
+                Ok(serde_json::from_str::<Preferences>(&prefs)
+                    .map_err(|e| corrupt("preferences", e))
+                    .map(|prefs| (user_id, prefs)))
+            })
+            .await?
+            .into_iter()
+            .collect()
     }
 
     async fn put_device(&self, device: &Device) -> Result<bool> {

@@ -3,8 +3,11 @@
 //! watermark per user who ever marked everything read (`inbox_read_marks`). Every statement
 //! addresses rows by their whole key or by a range of one user's keys.
 
+use super::readers::Readers;
+use super::statement::Sql;
+use super::writer::Writer;
+use super::Db;
 use super::SqliteFile;
-use super::{Db, MAX_PARAMS};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
 use crate::{corrupt, BackendUrl};
@@ -15,8 +18,8 @@ use herald_core::model::{
 };
 use herald_core::ports::{InboxStore, MAX_BULK, UNREAD_WINDOW};
 use herald_core::Result;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::SqlitePool;
+use std::fmt::Write as _;
 use uuid::Uuid;
 
 const MIGRATIONS: &[Migration] = &[
@@ -24,9 +27,8 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "inbox", "0002_read_marks"),
     migration!("sqlite", "inbox", "0003_states"),
 ];
-/// Rows per multi-row INSERT (9 parameters each). Measured faster than one JSON parameter
-/// unpacked with `json_each`, which re-parses each row object once per column.
-const ROW_CHUNK: usize = MAX_PARAMS / 9;
+/// Reader connections (at most this many reads at once).
+const READERS: usize = 4;
 /// Rows deleted per statement when purging, so a purge never holds the writer for long.
 const PURGE_CHUNK: i64 = 10_000;
 
@@ -65,218 +67,216 @@ impl RowOut {
 }
 
 /// Appends the page subquery: the user's visible rows older than `before` that pass
-/// `filter`, newest first, as ONE JSON array value, so sqlx hands over one value instead of a
-/// row (and a thread hop) per notification.
+/// `filter`, newest first, as ONE JSON array value: one value to hand back instead of a row
+/// per notification.
 fn push_page_json(
-    qb: &mut QueryBuilder<'_, Sqlite>,
+    sql: &mut Sql,
     user_id: &str,
     before: Option<InboxKey>,
     limit: u32,
     filter: InboxFilter<'_>,
 ) {
-    qb.push(
+    sql.push(
         "(SELECT json_group_array(json_object('id', hex(id), 'user_id', user_id, \
          'campaign_id', campaign_id, 'title', title, 'body', body, 'category', category, \
          'data', json(data), 'created_at', created_at, 'read_at', ",
     );
-    push_read_at(qb, user_id);
-    qb.push(", 'seen_at', ");
-    push_seen_at(qb, user_id);
-    qb.push(", 'archived_at', archived_at)) FROM (SELECT * FROM notifications WHERE user_id = ");
-    qb.push_bind(user_id.to_owned())
-        .push(" AND dismissed_at IS NULL");
+    push_read_at(sql, user_id);
+    sql.push(", 'seen_at', ");
+    push_seen_at(sql, user_id);
+    sql.push(", 'archived_at', archived_at)) FROM (SELECT * FROM notifications WHERE user_id = ");
+    sql.bind(user_id).push(" AND dismissed_at IS NULL");
     if let Some(before) = before {
-        qb.push(" AND (created_at, id) < (")
-            .push_bind(micros(before.created_at))
+        sql.push(" AND (created_at, id) < (")
+            .bind(micros(before.created_at))
             .push(", ")
-            .push_bind(before.id.as_bytes().to_vec())
+            .bind(before.id.as_bytes().to_vec())
             .push(")");
     }
     match filter.status {
         StatusFilter::All => {}
-        StatusFilter::Unread => push_unread(qb, user_id),
-        StatusFilter::Unseen => push_unseen(qb, user_id),
+        StatusFilter::Unread => push_unread(sql, user_id),
+        StatusFilter::Unseen => push_unseen(sql, user_id),
     }
-    push_archived(qb, filter.archived);
-    push_not_hidden(qb, filter.hidden);
-    qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-        .push_bind(i64::from(limit))
+    push_archived(sql, filter.archived);
+    push_not_hidden(sql, filter.hidden);
+    sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .bind(i64::from(limit))
         .push("))");
 }
 
 /// ` AND` the row is not of a `hidden` campaign (nothing when there is none).
-fn push_not_hidden(qb: &mut QueryBuilder<'_, Sqlite>, hidden: &[String]) {
+fn push_not_hidden(sql: &mut Sql, hidden: &[String]) {
     if hidden.is_empty() {
         return;
     }
-    qb.push(" AND (campaign_id IS NULL OR campaign_id NOT IN (");
-    let mut list = qb.separated(", ");
-    for c in hidden {
-        list.push_bind(c.clone());
+    sql.push(" AND (campaign_id IS NULL OR campaign_id NOT IN (");
+    for (i, c) in hidden.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(c.as_str());
     }
-    qb.push("))");
+    sql.push("))");
 }
 
 /// ` AND` the archive state `filter` asks for.
-fn push_archived(qb: &mut QueryBuilder<'_, Sqlite>, filter: ArchivedFilter) {
+fn push_archived(sql: &mut Sql, filter: ArchivedFilter) {
     match filter {
-        ArchivedFilter::Exclude => qb.push(" AND archived_at IS NULL"),
-        ArchivedFilter::Include => qb,
-        ArchivedFilter::Only => qb.push(" AND archived_at IS NOT NULL"),
+        ArchivedFilter::Exclude => sql.push(" AND archived_at IS NULL"),
+        ArchivedFilter::Include => sql,
+        ArchivedFilter::Only => sql.push(" AND archived_at IS NOT NULL"),
     };
 }
 
 /// ` AND` the row is unread: not marked read, above the read watermark.
-fn push_unread(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
-    qb.push(" AND read_at IS NULL AND created_at > ");
-    push_mark_or_none(qb, user_id, "read_through");
+fn push_unread(sql: &mut Sql, user_id: &str) {
+    sql.push(" AND read_at IS NULL AND created_at > ");
+    push_mark_or_none(sql, user_id, "read_through");
 }
 
 /// ` AND` the row is unseen: neither marked seen nor read, above both watermarks.
-fn push_unseen(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
-    push_unread(qb, user_id);
-    qb.push(" AND seen_at IS NULL AND created_at > ");
-    push_mark_or_none(qb, user_id, "seen_through");
+fn push_unseen(sql: &mut Sql, user_id: &str) {
+    push_unread(sql, user_id);
+    sql.push(" AND seen_at IS NULL AND created_at > ");
+    push_mark_or_none(sql, user_id, "seen_through");
 }
 
 /// One of the user's watermarks (`read_through`, `seen_through`; NULL when they never
 /// marked everything so): a scalar subquery, evaluated once per statement.
-fn push_mark(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, column: &'static str) {
-    qb.push("(SELECT ")
+fn push_mark(sql: &mut Sql, user_id: &str, column: &'static str) {
+    sql.push("(SELECT ")
         .push(column)
         .push(" FROM inbox_read_marks WHERE user_id = ")
-        .push_bind(user_id.to_owned())
+        .bind(user_id)
         .push(")");
 }
 
 /// The watermark, or a time before every row.
-fn push_mark_or_none(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, column: &'static str) {
-    qb.push("COALESCE(");
-    push_mark(qb, user_id, column);
-    qb.push(", -1)");
+fn push_mark_or_none(sql: &mut Sql, user_id: &str, column: &'static str) {
+    sql.push("COALESCE(");
+    push_mark(sql, user_id, column);
+    sql.push(", -1)");
 }
 
 /// A row's read time: its own, else the watermark's if the watermark covers it.
-fn push_read_at(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
-    qb.push("COALESCE(read_at, ");
-    push_covered_by(qb, user_id, "read_through");
-    qb.push(")");
+fn push_read_at(sql: &mut Sql, user_id: &str) {
+    sql.push("COALESCE(read_at, ");
+    push_covered_by(sql, user_id, "read_through");
+    sql.push(")");
 }
 
 /// A row's seen time: the earliest of its own seen and read times and the times of the
 /// watermarks that cover it (NULL if none).
-fn push_seen_at(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
+fn push_seen_at(sql: &mut Sql, user_id: &str) {
     const NEVER: &str = "9223372036854775807";
-    qb.push(format!(
+    sql.push(&format!(
         "NULLIF(MIN(COALESCE(seen_at, {NEVER}), COALESCE(read_at, {NEVER}), COALESCE("
     ));
-    push_covered_by(qb, user_id, "read_through");
-    qb.push(format!(", {NEVER}), COALESCE("));
-    push_covered_by(qb, user_id, "seen_through");
-    qb.push(format!(", {NEVER})), {NEVER})"));
+    push_covered_by(sql, user_id, "read_through");
+    sql.push(&format!(", {NEVER}), COALESCE("));
+    push_covered_by(sql, user_id, "seen_through");
+    sql.push(&format!(", {NEVER})), {NEVER})"));
 }
 
 /// The watermark's time if it covers the row, else NULL.
-fn push_covered_by(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, column: &'static str) {
-    qb.push("CASE WHEN created_at <= ");
-    push_mark(qb, user_id, column);
-    qb.push(" THEN ");
-    push_mark(qb, user_id, column);
-    qb.push(" END");
+fn push_covered_by(sql: &mut Sql, user_id: &str, column: &'static str) {
+    sql.push("CASE WHEN created_at <= ");
+    push_mark(sql, user_id, column);
+    sql.push(" THEN ");
+    push_mark(sql, user_id, column);
+    sql.push(" END");
 }
 
 /// The two counts (unread, unseen) over the window `push_window` reads, rows of `hidden`
 /// campaigns left out.
-fn push_counts(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, hidden: &[String]) {
-    qb.push("COUNT(CASE WHEN read_at IS NULL AND dismissed_at IS NULL AND archived_at IS NULL");
-    push_not_hidden(qb, hidden);
-    qb.push(
+fn push_counts(sql: &mut Sql, user_id: &str, hidden: &[String]) {
+    sql.push("COUNT(CASE WHEN read_at IS NULL AND dismissed_at IS NULL AND archived_at IS NULL");
+    push_not_hidden(sql, hidden);
+    sql.push(
         " THEN 1 END), COUNT(CASE WHEN read_at IS NULL AND seen_at IS NULL \
          AND dismissed_at IS NULL AND archived_at IS NULL",
     );
-    push_not_hidden(qb, hidden);
-    qb.push(" AND created_at > ");
-    push_mark_or_none(qb, user_id, "seen_through");
-    qb.push(" THEN 1 END)");
+    push_not_hidden(sql, hidden);
+    sql.push(" AND created_at > ");
+    push_mark_or_none(sql, user_id, "seen_through");
+    sql.push(" THEN 1 END)");
 }
 
 /// ` FROM` the count window: the newest [`UNREAD_WINDOW`] rows above the read watermark (and
 /// at or below `upto`), one range of the primary key.
-fn push_window(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, upto: Option<i64>) {
-    qb.push(
+fn push_window(sql: &mut Sql, user_id: &str, upto: Option<i64>) {
+    sql.push(
         " FROM (SELECT created_at, campaign_id, read_at, seen_at, archived_at, dismissed_at \
          FROM notifications WHERE user_id = ",
     )
-    .push_bind(user_id.to_owned())
+    .bind(user_id)
     .push(" AND created_at > ");
-    push_mark_or_none(qb, user_id, "read_through");
+    push_mark_or_none(sql, user_id, "read_through");
     if let Some(upto) = upto {
-        qb.push(" AND created_at <= ").push_bind(upto);
+        sql.push(" AND created_at <= ").bind(upto);
     }
-    qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-        .push_bind(i64::from(UNREAD_WINDOW))
+    sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .bind(i64::from(UNREAD_WINDOW))
         .push(")");
 }
 
 /// `SELECT` the columns of a notification, its read and seen times as [`push_page_json`]
 /// gives them.
-fn push_columns(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str) {
-    qb.push("SELECT id, user_id, campaign_id, title, body, category, data, created_at, ");
-    push_read_at(qb, user_id);
-    qb.push(" AS read_at, ");
-    push_seen_at(qb, user_id);
-    qb.push(" AS seen_at, archived_at");
+fn push_columns(sql: &mut Sql, user_id: &str) {
+    sql.push("SELECT id, user_id, campaign_id, title, body, category, data, created_at, ");
+    push_read_at(sql, user_id);
+    sql.push(" AS read_at, ");
+    push_seen_at(sql, user_id);
+    sql.push(" AS seen_at, archived_at");
 }
 
 /// The `SET` of an action (`?` bound to its time where it has one).
-fn push_set(qb: &mut QueryBuilder<'_, Sqlite>, action: InboxAction, at: i64) {
+fn push_set(sql: &mut Sql, action: InboxAction, at: i64) {
     match action {
-        InboxAction::Seen => qb
-            .push("seen_at = COALESCE(seen_at, ")
-            .push_bind(at)
-            .push(")"),
-        InboxAction::Read => qb
+        InboxAction::Seen => sql.push("seen_at = COALESCE(seen_at, ").bind(at).push(")"),
+        InboxAction::Read => sql
             .push("read_at = COALESCE(read_at, ")
-            .push_bind(at)
+            .bind(at)
             .push("), seen_at = COALESCE(seen_at, ")
-            .push_bind(at)
+            .bind(at)
             .push(")"),
-        InboxAction::Archive => qb
+        InboxAction::Archive => sql
             .push("archived_at = COALESCE(archived_at, ")
-            .push_bind(at)
+            .bind(at)
             .push(")"),
-        InboxAction::Unarchive => qb.push("archived_at = NULL"),
+        InboxAction::Unarchive => sql.push("archived_at = NULL"),
     };
 }
 
 /// ` AND` the row is one the action changes.
-fn push_changes(qb: &mut QueryBuilder<'_, Sqlite>, user_id: &str, action: InboxAction) {
+fn push_changes(sql: &mut Sql, user_id: &str, action: InboxAction) {
     match action {
-        InboxAction::Seen => push_unseen(qb, user_id),
-        InboxAction::Read => push_unread(qb, user_id),
+        InboxAction::Seen => push_unseen(sql, user_id),
+        InboxAction::Read => push_unread(sql, user_id),
         InboxAction::Archive => {
-            qb.push(" AND archived_at IS NULL");
+            sql.push(" AND archived_at IS NULL");
         }
         InboxAction::Unarchive => {
-            qb.push(" AND archived_at IS NOT NULL");
+            sql.push(" AND archived_at IS NOT NULL");
         }
     }
 }
 
 /// ` AND` the row is one of `keys` (by whole key; at most [`MAX_BULK`] of them).
-fn push_keys(qb: &mut QueryBuilder<'_, Sqlite>, keys: &[InboxKey]) {
-    qb.push(" AND (");
+fn push_keys(sql: &mut Sql, keys: &[InboxKey]) {
+    sql.push(" AND (");
     for (i, k) in keys.iter().enumerate() {
         if i > 0 {
-            qb.push(" OR ");
+            sql.push(" OR ");
         }
-        qb.push("(created_at = ")
-            .push_bind(micros(k.created_at))
+        sql.push("(created_at = ")
+            .bind(micros(k.created_at))
             .push(" AND id = ")
-            .push_bind(k.id.as_bytes().to_vec())
+            .bind(k.id.as_bytes().to_vec())
             .push(")");
     }
-    qb.push(")");
+    sql.push(")");
 }
 
 fn parse_page(json: Option<String>) -> Result<Vec<Notification>> {
@@ -294,6 +294,10 @@ fn parse_page(json: Option<String>) -> Result<Vec<Notification>> {
 pub struct SqliteInbox {
     db: Db,
     pool: SqlitePool,
+    /// The reads (pages, counts, single rows) run here; the fan-out's batch writes on the
+    /// writer, the users' actions on the pool.
+    readers: Readers,
+    writer: Writer,
 }
 
 impl SqliteFile for SqliteInbox {
@@ -313,11 +317,11 @@ impl SqliteInbox {
         upsert: &'static str,
     ) -> Result<InboxCounts> {
         let (_gate, mut tx) = self.db.begin().await?;
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_counts(&mut qb, user_id, &[]);
-        push_window(&mut qb, user_id, Some(micros(at)));
-        let (unread, unseen): (i64, i64) = qb
-            .build_query_as()
+        let mut sql = Sql::new("SELECT ");
+        push_counts(&mut sql, user_id, &[]);
+        push_window(&mut sql, user_id, Some(micros(at)));
+        let (unread, unseen): (i64, i64) = sql
+            .query_as()
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| self.db_error(e))?;
@@ -337,28 +341,51 @@ impl SqliteInbox {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
         let db = Db::open(url, 8, MIGRATIONS).await?;
         Ok(Self {
+            readers: Readers::new(&db.pool, READERS),
+            writer: Writer::new(&db.pool),
             pool: db.pool.clone(),
             db,
         })
     }
+
+    /// The page (as `push_page_json` gives it) and the counts of one statement.
+    async fn page_and_counts(&self, sql: Sql) -> Result<(Option<String>, i64, i64)> {
+        let row = self
+            .readers
+            .one(sql, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .await?;
+        row.ok_or_else(|| herald_core::Error::internal("an aggregate returned no row"))
+    }
 }
 
-fn row_to_notification(row: &SqliteRow) -> Result<Notification> {
-    let id: Vec<u8> = row.get("id");
-    let data: String = row.get("data");
-    Ok(Notification {
-        id: Uuid::from_slice(&id).map_err(|e| corrupt("notification id", e))?,
-        user_id: row.get("user_id"),
-        campaign_id: row.get("campaign_id"),
-        title: row.get("title"),
-        body: row.get("body"),
-        category: row.get("category"),
-        data: serde_json::from_str(&data).map_err(|e| corrupt("notification data", e))?,
-        created_at: from_micros(row.get("created_at")),
-        read_at: opt_from_micros(row.get("read_at")),
-        seen_at: opt_from_micros(row.get("seen_at")),
-        archived_at: opt_from_micros(row.get("archived_at")),
-    })
+/// A row of [`push_columns`], decoded.
+fn row_to_notification(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Notification>> {
+    let id: Vec<u8> = row.get(0)?;
+    let data: String = row.get(6)?;
+    let (user_id, campaign_id, title, body, category) = (
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    );
+    let (created_at, read_at, seen_at, archived_at) =
+        (row.get(7)?, row.get(8)?, row.get(9)?, row.get(10)?);
+    Ok((|| {
+        Ok(Notification {
+            id: Uuid::from_slice(&id).map_err(|e| corrupt("notification id", e))?,
+            user_id,
+            campaign_id,
+            title,
+            body,
+            category,
+            data: serde_json::from_str(&data).map_err(|e| corrupt("notification data", e))?,
+            created_at: from_micros(created_at),
+            read_at: opt_from_micros(read_at),
+            seen_at: opt_from_micros(seen_at),
+            archived_at: opt_from_micros(archived_at),
+        })
+    })())
 }
 
 #[async_trait]
@@ -371,32 +398,35 @@ impl InboxStore for SqliteInbox {
         if rows.is_empty() {
             return Ok(());
         }
-        let (_gate, mut tx) = self.db.begin().await?;
-        for chunk in rows.chunks(ROW_CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
+        let _gate = self.db.gate().await;
+        self.writer.write(|tx| {
+            let mut insert = tx.prepare_cached(
                 "INSERT INTO notifications \
-                 (id, user_id, campaign_id, title, body, category, data, created_at, read_at) ",
-            );
-            qb.push_values(chunk, |mut b, n| {
-                b.push_bind(n.id.as_bytes().to_vec())
-                    .push_bind(&n.user_id)
-                    .push_bind(&n.campaign_id)
-                    .push_bind(&n.title)
-                    .push_bind(&n.body)
-                    .push_bind(&n.category)
-                    .push_bind(n.data.to_string())
-                    .push_bind(micros(n.created_at))
-                    .push_bind(n.read_at.map(micros));
-            });
-            // A replayed batch must not reset what the user did with the rows since.
-            qb.push(" ON CONFLICT DO NOTHING");
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.db_error(e))?;
-        }
-        tx.commit().await.map_err(|e| self.db_error(e))?;
-        Ok(())
+                 (id, user_id, campaign_id, title, body, category, data, created_at, read_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT DO NOTHING",
+            )?;
+            // A replayed batch must not reset what the user did with the rows since (the
+            // conflict clause); each row's data is written into one reused buffer.
+            let mut data = String::new();
+            for n in rows {
+                data.clear();
+                // Writing into a String cannot fail.
+                let _ = write!(data, "{}", n.data);
+                insert.execute(rusqlite::params![
+                    n.id.as_bytes().as_slice(),
+                    n.user_id,
+                    n.campaign_id,
+                    n.title,
+                    n.body,
+                    n.category,
+                    data,
+                    micros(n.created_at),
+                    n.read_at.map(micros),
+                ])?;
+            }
+            Ok(())
+        })
     }
 
     async fn page(
@@ -406,13 +436,9 @@ impl InboxStore for SqliteInbox {
         limit: u32,
         filter: InboxFilter<'_>,
     ) -> Result<Vec<Notification>> {
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_page_json(&mut qb, user_id, before, limit, filter);
-        let (json,): (Option<String>,) = qb
-            .build_query_as()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
+        let mut sql = Sql::new("SELECT ");
+        push_page_json(&mut sql, user_id, before, limit, filter);
+        let json = self.readers.one(sql, |r| r.get(0)).await?.flatten();
         parse_page(json)
     }
 
@@ -423,18 +449,14 @@ impl InboxStore for SqliteInbox {
         limit: u32,
         filter: InboxFilter<'_>,
     ) -> Result<(Vec<Notification>, InboxCounts)> {
-        // Both in one statement: one trip to sqlx's connection thread instead of two. The
-        // page is an uncorrelated scalar subquery, evaluated once beside the window's counts.
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_page_json(&mut qb, user_id, before, limit, filter);
-        qb.push(", ");
-        push_counts(&mut qb, user_id, filter.hidden);
-        push_window(&mut qb, user_id, None);
-        let (json, unread, unseen): (Option<String>, i64, i64) = qb
-            .build_query_as()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
+        // Both in one statement, one hand-off to a reader. The page is an uncorrelated scalar
+        // subquery, evaluated once beside the window's counts.
+        let mut sql = Sql::new("SELECT ");
+        push_page_json(&mut sql, user_id, before, limit, filter);
+        sql.push(", ");
+        push_counts(&mut sql, user_id, filter.hidden);
+        push_window(&mut sql, user_id, None);
+        let (json, unread, unseen) = self.page_and_counts(sql).await?;
         let counts = InboxCounts {
             unread: unread as u64,
             unseen: unseen as u64,
@@ -443,53 +465,47 @@ impl InboxStore for SqliteInbox {
     }
 
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {
-        let mut qb = QueryBuilder::<Sqlite>::new("");
-        push_columns(&mut qb, user_id);
-        qb.push(" FROM notifications WHERE user_id = ")
-            .push_bind(user_id.to_owned())
+        let mut sql = Sql::default();
+        push_columns(&mut sql, user_id);
+        sql.push(" FROM notifications WHERE user_id = ")
+            .bind(user_id)
             .push(" AND dismissed_at IS NULL AND (created_at, id) > (")
-            .push_bind(micros(after.created_at))
+            .bind(micros(after.created_at))
             .push(", ")
-            .push_bind(after.id.as_bytes().to_vec())
+            .bind(after.id.as_bytes().to_vec())
             .push(") ORDER BY created_at ASC, id ASC LIMIT ")
-            .push_bind(i64::from(limit));
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        rows.iter().map(row_to_notification).collect()
+            .bind(i64::from(limit));
+        self.readers
+            .all(sql, row_to_notification)
+            .await?
+            .into_iter()
+            .collect()
     }
 
     async fn get(&self, user_id: &str, key: InboxKey) -> Result<Option<Notification>> {
-        let mut qb = QueryBuilder::<Sqlite>::new("");
-        push_columns(&mut qb, user_id);
-        qb.push(" FROM notifications WHERE user_id = ")
-            .push_bind(user_id.to_owned())
+        let mut sql = Sql::default();
+        push_columns(&mut sql, user_id);
+        sql.push(" FROM notifications WHERE user_id = ")
+            .bind(user_id)
             .push(" AND created_at = ")
-            .push_bind(micros(key.created_at))
+            .bind(micros(key.created_at))
             .push(" AND id = ")
-            .push_bind(key.id.as_bytes().to_vec())
+            .bind(key.id.as_bytes().to_vec())
             .push(" AND dismissed_at IS NULL");
-        let row = qb
-            .build()
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        row.as_ref().map(row_to_notification).transpose()
+        self.readers
+            .one(sql, row_to_notification)
+            .await?
+            .transpose()
     }
 
     async fn locate(&self, user_id: &str, id: Uuid) -> Result<Option<InboxKey>> {
         // A scan of the user's range (no index on id): only for ids that carry no time.
-        let at: Option<i64> = sqlx::query_scalar(
-            "SELECT created_at FROM notifications WHERE user_id = ? AND id = ? \
-             AND dismissed_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(id.as_bytes().to_vec())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
+        let mut sql = Sql::new("SELECT created_at FROM notifications WHERE user_id = ");
+        sql.bind(user_id)
+            .push(" AND id = ")
+            .bind(id.as_bytes().to_vec())
+            .push(" AND dismissed_at IS NULL");
+        let at: Option<i64> = self.readers.one(sql, |r| r.get(0)).await?;
         Ok(at.map(|at| InboxKey {
             created_at: from_micros(at),
             id,
@@ -508,14 +524,11 @@ impl InboxStore for SqliteInbox {
         }
         debug_assert!(keys.len() <= MAX_BULK);
         let (_gate, mut tx) = self.db.begin().await?;
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT created_at, id FROM notifications WHERE user_id = ",
-        );
-        qb.push_bind(user_id.to_owned())
-            .push(" AND dismissed_at IS NULL");
-        push_keys(&mut qb, keys);
-        let found: Vec<(i64, Vec<u8>)> = qb
-            .build_query_as()
+        let mut sql = Sql::new("SELECT created_at, id FROM notifications WHERE user_id = ");
+        sql.bind(user_id).push(" AND dismissed_at IS NULL");
+        push_keys(&mut sql, keys);
+        let found: Vec<(i64, Vec<u8>)> = sql
+            .query_as()
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.db_error(e))?;
@@ -529,15 +542,15 @@ impl InboxStore for SqliteInbox {
             })
             .collect::<Result<Vec<_>>>()?;
         if !found.is_empty() {
-            let mut qb = QueryBuilder::<Sqlite>::new("UPDATE notifications SET ");
-            push_set(&mut qb, action, micros(at));
-            qb.push(" WHERE user_id = ")
-                .push_bind(user_id.to_owned())
+            let mut sql = Sql::new("UPDATE notifications SET ");
+            push_set(&mut sql, action, micros(at));
+            sql.push(" WHERE user_id = ")
+                .bind(user_id)
                 .push(" AND dismissed_at IS NULL");
-            push_keys(&mut qb, &found);
+            push_keys(&mut sql, &found);
             // A row in that state already keeps its time (also one read by the watermark).
-            push_changes(&mut qb, user_id, action);
-            qb.build()
+            push_changes(&mut sql, user_id, action);
+            sql.query()
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.db_error(e))?;
@@ -555,19 +568,19 @@ impl InboxStore for SqliteInbox {
         hidden: &[String],
     ) -> Result<u64> {
         let _gate = self.db.gate().await;
-        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE notifications SET ");
-        push_set(&mut qb, action, micros(at));
-        qb.push(" WHERE user_id = ")
-            .push_bind(user_id.to_owned())
+        let mut sql = Sql::new("UPDATE notifications SET ");
+        push_set(&mut sql, action, micros(at));
+        sql.push(" WHERE user_id = ")
+            .bind(user_id)
             .push(" AND (created_at, id) < (")
-            .push_bind(micros(before.created_at))
+            .bind(micros(before.created_at))
             .push(", ")
-            .push_bind(before.id.as_bytes().to_vec())
+            .bind(before.id.as_bytes().to_vec())
             .push(") AND dismissed_at IS NULL");
-        push_changes(&mut qb, user_id, action);
-        push_not_hidden(&mut qb, hidden);
-        let n = qb
-            .build()
+        push_changes(&mut sql, user_id, action);
+        push_not_hidden(&mut sql, hidden);
+        let n = sql
+            .query()
             .execute(&self.pool)
             .await
             .map_err(|e| self.db_error(e))?
@@ -620,14 +633,14 @@ impl InboxStore for SqliteInbox {
     }
 
     async fn counts(&self, user_id: &str, hidden: &[String]) -> Result<InboxCounts> {
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
-        push_counts(&mut qb, user_id, hidden);
-        push_window(&mut qb, user_id, None);
-        let (unread, unseen): (i64, i64) = qb
-            .build_query_as()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
+        let mut sql = Sql::new("SELECT ");
+        push_counts(&mut sql, user_id, hidden);
+        push_window(&mut sql, user_id, None);
+        let (unread, unseen): (i64, i64) = self
+            .readers
+            .one(sql, |r| Ok((r.get(0)?, r.get(1)?)))
+            .await?
+            .ok_or_else(|| herald_core::Error::internal("an aggregate returned no row"))?;
         Ok(InboxCounts {
             unread: unread as u64,
             unseen: unseen as u64,

@@ -2,7 +2,9 @@
 //! database file (so their writers never wait on each other), in WAL mode with
 //! `synchronous=NORMAL`, prepared statements cached per connection by sqlx, and batched writes
 //! in one `BEGIN IMMEDIATE` transaction (immediate, so two writers queue on the busy timeout
-//! instead of failing on a read-to-write upgrade).
+//! instead of failing on a read-to-write upgrade). The hot reads run on reader connections
+//! outside sqlx ([`readers`]); statements built at run time use one builder for both paths
+//! ([`statement`]).
 
 mod broadcasts;
 mod bus;
@@ -12,6 +14,9 @@ mod deliveries;
 mod directory;
 mod inbox;
 mod memory;
+mod readers;
+mod statement;
+mod writer;
 
 pub use broadcasts::SqliteBroadcasts;
 pub use bus::SqliteBus;
@@ -94,27 +99,41 @@ impl SqliteFile for Db {
     }
 }
 
-/// A driver error as Herald's. When the file itself is at fault (corrupt, not a database, an
-/// I/O error, read-only, on a full disk, not openable) the message names the file (its name
-/// only: clients see it; the log has the full path), so an operator knows which of the
-/// stores to look at; other errors map as [`db_error`] does.
+/// A driver error as Herald's. When the file itself is at fault (see [`file_fault`]) the
+/// message names the file; other errors map as [`db_error`] does.
 pub(crate) fn file_error(pool: &SqlitePool, e: sqlx::Error) -> Error {
     note_error(&e);
     let code = match &e {
         sqlx::Error::Database(d) => d.code().and_then(|c| c.parse::<i32>().ok()),
         _ => None,
     };
+    match code.and_then(file_fault) {
+        Some(what) => fault_error(pool.connect_options().get_filename(), what, e),
+        None => db_error(e),
+    }
+}
+
+/// What is wrong with the file itself, by SQLite result code (corrupt, not a database, an I/O
+/// error, read-only, on a full disk, not openable); `None` when the file is not at fault.
+pub(crate) fn file_fault(code: i32) -> Option<&'static str> {
     // Primary result codes (the low byte of the extended code SQLite reports).
-    let what = match code.map(|c| c & 0xff) {
-        Some(11) | Some(26) => "is corrupt: restore it from a backup",
-        Some(10) => "failed a disk operation",
-        Some(8) => "is read-only",
-        Some(13) => "is on a full disk",
-        Some(14) => "cannot be opened",
-        _ => return db_error(e),
-    };
-    let options = pool.connect_options();
-    let path = options.get_filename();
+    Some(match code & 0xff {
+        11 | 26 => "is corrupt: restore it from a backup",
+        10 => "failed a disk operation",
+        8 => "is read-only",
+        13 => "is on a full disk",
+        14 => "cannot be opened",
+        _ => return None,
+    })
+}
+
+/// The error of a file at fault: the message names the file (its name only: clients see it;
+/// the log has the full path), so an operator knows which of the stores to look at.
+pub(crate) fn fault_error(
+    path: &std::path::Path,
+    what: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -284,16 +303,19 @@ fn readonly_seen_lately() -> bool {
 /// probe window of [`writable`].
 pub(crate) fn note_error(e: &sqlx::Error) {
     if let sqlx::Error::Database(d) = e {
-        if d.code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .map(|c| c & 0xff)
-            == Some(8)
-        {
-            READONLY_SEEN_AT.store(
-                chrono::Utc::now().timestamp(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+        if let Some(code) = d.code().and_then(|c| c.parse::<i32>().ok()) {
+            note_code(code);
         }
+    }
+}
+
+/// [`note_error`] by SQLite result code.
+pub(crate) fn note_code(code: i32) {
+    if code & 0xff == 8 {
+        READONLY_SEEN_AT.store(
+            chrono::Utc::now().timestamp(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
