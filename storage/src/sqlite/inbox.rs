@@ -505,7 +505,7 @@ impl InboxStore for SqliteInbox {
             .push(" AND id = ")
             .bind(id.as_bytes().to_vec())
             .push(" AND dismissed_at IS NULL");
-        let at: Option<i64> = self.readers.one(sql, |r| r.get(0)).await?;
+        let at: Option<i64> = self.readers.scan_one(sql, |r| r.get(0)).await?;
         Ok(at.map(|at| InboxKey {
             created_at: from_micros(at),
             id,

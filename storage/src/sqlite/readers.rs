@@ -9,7 +9,12 @@
 //! response around it (a page from cached pages is tens of microseconds; a read that has to
 //! go to the disk holds that thread for as long); when every reader is busy, the read waits
 //! for one (asynchronously) and runs on a blocking thread, so a burst queues instead of
-//! stalling the runtime. Writes stay on sqlx (the pool's write checks, the writer gate, the
+//! taking more of the runtime's threads. The price: while the readers of a store all run
+//! slow reads at once they hold up to that many runtime threads, so only reads bounded by
+//! one user's key range run so (`one`, `all`); a scan (`locate`) or a batch (`batch`) always
+//! runs on a blocking thread. Measured on 2 cores: a budget of one inline read at a time
+//! (the rest on blocking threads, or in `block_in_place`) lost the inbox's read goal
+//! (loadtest/README.md). Writes stay on sqlx (the pool's write checks, the writer gate, the
 //! fault handling of `super`) or on the file's writer connection ([`super::writer`]): a reader
 //! connection is opened `query_only` and cannot write.
 //!
@@ -85,6 +90,8 @@ impl File {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.pragma_update(None, "temp_store", "memory")?;
+        // As the pools: in WAL mode a commit is durable once the log is synced at a checkpoint.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         if query_only {
             // A reader never writes; SQLite holds it to that.
             conn.pragma_update(None, "query_only", true)?;
@@ -137,7 +144,7 @@ impl Readers {
     }
 
     /// Runs `read` on a reader connection on a blocking thread: for reads too long to hold
-    /// the calling task's thread (a batch of a thousand users).
+    /// the calling task's thread (a batch of a thousand users, a scan).
     pub async fn read_apart<T, F>(&self, read: F) -> Result<T>
     where
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -165,13 +172,17 @@ impl Readers {
         F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.read(move |conn| {
-            use rusqlite::OptionalExtension;
-            conn.prepare_cached(&sql.text)?
-                .query_row(rusqlite::params_from_iter(&sql.binds), map)
-                .optional()
-        })
-        .await
+        self.read(move |conn| first(conn, &sql, map)).await
+    }
+
+    /// [`Self::one`] on a blocking thread, for a statement that may scan (see
+    /// [`Self::read_apart`]).
+    pub async fn scan_one<T, F>(&self, sql: Sql, map: F) -> Result<Option<T>>
+    where
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.read_apart(move |conn| first(conn, &sql, map)).await
     }
 
     /// Every row of `sql`, mapped by `map`.
@@ -195,6 +206,17 @@ impl Readers {
     fn error(&self, e: rusqlite::Error) -> Error {
         self.shared.file.error(e)
     }
+}
+
+fn first<T>(
+    conn: &Connection,
+    sql: &Sql,
+    map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached(&sql.text)?
+        .query_row(rusqlite::params_from_iter(&sql.binds), map)
+        .optional()
 }
 
 fn collect<T>(

@@ -10,13 +10,13 @@
 //! runtime's other tasks to another thread meanwhile), so a dropped future cannot leave the
 //! transaction open. A write that fails rolls back; the connection is closed instead of kept
 //! when the file was at fault (full disk, read-only, I/O, corrupt) or the transaction could not
-//! be ended, and a connection that SQLite opened read-only (the file could not be written when
-//! it was opened) is replaced before it is used.
+//! be ended. So a connection SQLite opened read-only (the file could not be written when it was
+//! opened) fails its first write and is closed; the next write opens another.
 
 use super::readers::{at_fault, File};
 use herald_core::Result;
 use parking_lot::Mutex;
-use rusqlite::{Connection, DatabaseName, Transaction, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 pub(crate) struct Writer {
     file: File,
@@ -51,8 +51,8 @@ impl Writer {
     ) -> rusqlite::Result<T> {
         let mut slot = self.conn.lock();
         let mut conn = match slot.take() {
-            Some(conn) if !conn.is_readonly(DatabaseName::Main)? => conn,
-            _ => self.file.open(false)?,
+            Some(conn) => conn,
+            None => self.file.open(false)?,
         };
         let out = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
