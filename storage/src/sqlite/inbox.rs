@@ -348,13 +348,16 @@ impl SqliteInbox {
         })
     }
 
-    /// The page (as `push_page_json` gives it) and the counts of one statement.
-    async fn page_and_counts(&self, sql: Sql) -> Result<(Option<String>, i64, i64)> {
-        let row = self
-            .readers
-            .one(sql, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .await?;
-        row.ok_or_else(|| herald_core::Error::internal("an aggregate returned no row"))
+    /// The one row of an aggregate statement (counts, and the page beside them).
+    async fn aggregate<T, F>(&self, sql: Sql, map: F) -> Result<T>
+    where
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.readers
+            .one(sql, map)
+            .await?
+            .ok_or_else(|| herald_core::Error::internal("an aggregate returned no row"))
     }
 }
 
@@ -456,7 +459,9 @@ impl InboxStore for SqliteInbox {
         sql.push(", ");
         push_counts(&mut sql, user_id, filter.hidden);
         push_window(&mut sql, user_id, None);
-        let (json, unread, unseen) = self.page_and_counts(sql).await?;
+        let (json, unread, unseen): (Option<String>, i64, i64) = self
+            .aggregate(sql, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .await?;
         let counts = InboxCounts {
             unread: unread as u64,
             unseen: unseen as u64,
@@ -636,11 +641,8 @@ impl InboxStore for SqliteInbox {
         let mut sql = Sql::new("SELECT ");
         push_counts(&mut sql, user_id, hidden);
         push_window(&mut sql, user_id, None);
-        let (unread, unseen): (i64, i64) = self
-            .readers
-            .one(sql, |r| Ok((r.get(0)?, r.get(1)?)))
-            .await?
-            .ok_or_else(|| herald_core::Error::internal("an aggregate returned no row"))?;
+        let (unread, unseen): (i64, i64) =
+            self.aggregate(sql, |r| Ok((r.get(0)?, r.get(1)?))).await?;
         Ok(InboxCounts {
             unread: unread as u64,
             unseen: unseen as u64,

@@ -3,8 +3,8 @@
 //! `synchronous=NORMAL`, prepared statements cached per connection by sqlx, and batched writes
 //! in one `BEGIN IMMEDIATE` transaction (immediate, so two writers queue on the busy timeout
 //! instead of failing on a read-to-write upgrade). The hot reads run on reader connections
-//! outside sqlx ([`readers`]); statements built at run time use one builder for both paths
-//! ([`statement`]).
+//! outside sqlx ([`readers`]), the fan-out's inbox batches on a writer connection ([`writer`]);
+//! statements built at run time use one builder for both paths ([`statement`]).
 
 mod broadcasts;
 mod bus;

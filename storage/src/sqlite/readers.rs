@@ -103,6 +103,9 @@ impl File {
     /// An error of a connection to this file as Herald's, as [`super::file_error`] maps the
     /// pool's.
     pub fn error(&self, e: rusqlite::Error) -> Error {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            note_code(f.extended_code);
+        }
         if let Some(what) = at_fault(&e) {
             return fault_error(&self.path, what, e);
         }
@@ -234,10 +237,7 @@ fn collect<T>(
 /// What is wrong with the file, if `e` says the file is at fault.
 pub(crate) fn at_fault(e: &rusqlite::Error) -> Option<&'static str> {
     match e {
-        rusqlite::Error::SqliteFailure(f, _) => {
-            note_code(f.extended_code);
-            file_fault(f.extended_code)
-        }
+        rusqlite::Error::SqliteFailure(f, _) => file_fault(f.extended_code),
         _ => None,
     }
 }
