@@ -14,9 +14,10 @@
 use crate::model::{Channel, User};
 use crate::topics::ChannelItem;
 use crate::{Error, Result};
+use minijinja::value::{Enumerator, Object};
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Instructions one render of one field may execute.
 pub const FUEL: u64 = 100_000;
@@ -126,29 +127,78 @@ pub fn data_value(data: &Value) -> minijinja::Value {
 }
 
 /// The rendering context of one user: `user` (id, email, phone, attributes by name) and
-/// `data` (from [`data_value`]). Built straight as a template value, so a render does not
-/// serialise the context again.
-pub fn context(user: &User, data: &minijinja::Value) -> minijinja::Value {
-    let mut u: std::collections::BTreeMap<&str, minijinja::Value> = user
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.as_str(), minijinja::Value::from_serialize(v)))
-        .collect();
-    u.insert("id", minijinja::Value::from(user.id.as_str()));
-    if let Some(email) = &user.email {
-        u.insert("email", minijinja::Value::from(email.as_str()));
+/// `data` (from [`data_value`]). An object that looks a value up when a template asks for it:
+/// the fan-out renders a million users' contexts, and converting every attribute of every
+/// user into a template value (a map per user, a value per attribute) was most of a render's
+/// cost, while a template reads one or two of them.
+pub fn context(user: &Arc<User>, data: &minijinja::Value) -> minijinja::Value {
+    minijinja::Value::from_object(RenderContext {
+        user: minijinja::Value::from_object(UserView(user.clone())),
+        data: data.clone(),
+    })
+}
+
+/// The top of a user's rendering context. A digest's notification (see `DigestRule`) carries
+/// its events and their count in its data; its template also sees them at the top:
+/// `{{ count }}`, `{% for e in events %}`.
+#[derive(Debug)]
+struct RenderContext {
+    user: minijinja::Value,
+    data: minijinja::Value,
+}
+
+impl Object for RenderContext {
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        match key.as_str()? {
+            "user" => Some(self.user.clone()),
+            "data" => Some(self.data.clone()),
+            top @ ("events" | "count") => self.data.get_attr(top).ok(),
+            _ => None,
+        }
     }
-    if let Some(phone) = &user.phone {
-        u.insert("phone", minijinja::Value::from(phone.as_str()));
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(&["count", "data", "events", "user"])
     }
-    // A digest's notification (see `DigestRule`) carries its events and their count in its
-    // data; its template also sees them at the top: `{{ count }}`, `{% for e in events %}`.
-    let top = |name: &str| data.get_attr(name).unwrap_or(minijinja::Value::UNDEFINED);
-    minijinja::context! {
-        user => minijinja::Value::from_iter(u),
-        data => data.clone(),
-        events => top("events"),
-        count => top("count"),
+}
+
+/// `user` in a template: `id`, `email` and `phone` (when set; else an attribute of that name),
+/// and the attributes by name, each converted when it is read.
+#[derive(Debug)]
+struct UserView(Arc<User>);
+
+impl Object for UserView {
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        let user = &self.0;
+        let key = key.as_str()?;
+        let own = match key {
+            "id" => Some(user.id.as_str()),
+            "email" => user.email.as_deref(),
+            "phone" => user.phone.as_deref(),
+            _ => None,
+        };
+        match own {
+            Some(v) => Some(minijinja::Value::from(v)),
+            None => user
+                .attributes
+                .get(key)
+                .map(minijinja::Value::from_serialize),
+        }
+    }
+
+    /// Its names in order, as the map it used to be built as (`{% for k, v in user|items %}`).
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let user = &self.0;
+        let mut keys: std::collections::BTreeSet<&str> =
+            user.attributes.keys().map(String::as_str).collect();
+        keys.insert("id");
+        if user.email.is_some() {
+            keys.insert("email");
+        }
+        if user.phone.is_some() {
+            keys.insert("phone");
+        }
+        Enumerator::Values(keys.into_iter().map(minijinja::Value::from).collect())
     }
 }
 
@@ -184,7 +234,10 @@ mod tests {
             updated_at: Utc::now(),
         };
         user.attributes.insert("tier".into(), "premium".into());
-        let ctx = context(&user, &data_value(&serde_json::json!({"order_id": 42})));
+        let ctx = context(
+            &Arc::new(user),
+            &data_value(&serde_json::json!({"order_id": 42})),
+        );
         let out = render(
             "t",
             "{{ user.id }} {{ user.tier }} {{ user.email }} #{{ data.order_id }}{{ user.missing }}",
@@ -204,6 +257,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };
+        let user = Arc::new(user);
         let data = serde_json::json!({"events": [{"t": "a"}, {"t": "b"}], "count": 3});
         let ctx = context(&user, &data_value(&data));
         let out = render(
@@ -216,6 +270,44 @@ mod tests {
         // Without them (any other campaign) the names are simply undefined.
         let ctx = context(&user, &data_value(&serde_json::json!({})));
         assert_eq!(render("t", "[{{ count }}]", &ctx).unwrap(), "[]");
+    }
+
+    #[test]
+    fn a_users_names_are_its_attributes_with_id_email_and_phone_over_them() {
+        let mut user = User {
+            id: "u1".into(),
+            email: None,
+            phone: Some("+15550100".into()),
+            attributes: Default::default(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        for (k, v) in [
+            ("email", "attr@example.com"),
+            ("id", "shadowed"),
+            ("tier", "gold"),
+        ] {
+            user.attributes.insert(k.into(), v.into());
+        }
+        user.attributes.insert("n".into(), serde_json::json!(7));
+        let ctx = context(&Arc::new(user), &data_value(&serde_json::json!({})));
+        let out = render(
+            "t",
+            "{{ user.email }} {{ user.id }} {{ user.phone }} {{ user.tier }} {{ user.n + 1 }}",
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(out, "attr@example.com u1 +15550100 gold 8");
+        let items = "{% for k, v in user|items %}{{ k }}={{ v }};{% endfor %}";
+        assert_eq!(
+            render("t", items, &ctx).unwrap(),
+            "email=attr@example.com;id=u1;n=7;phone=+15550100;tier=gold;"
+        );
+        assert_eq!(render("t", "{{ user|length }}", &ctx).unwrap(), "5");
+        assert_eq!(
+            render("t", "[{{ nothing }}{{ user.nothing }}]", &ctx).unwrap(),
+            "[]"
+        );
     }
 
     #[test]

@@ -384,13 +384,13 @@ async fn deliver(
     let revision = cached.revision;
     let ids = &batch.user_ids;
     let mut stage = Stages::start();
-    let users: HashMap<String, User> = ctx
+    let users: HashMap<String, Arc<User>> = ctx
         .ports
         .directory
         .get_users(ids)
         .await?
         .into_iter()
-        .map(|u| (u.id.clone(), u))
+        .map(|u| (u.id.clone(), Arc::new(u)))
         .collect();
     stage.done("load_users");
     let prefs = load_preferences(ctx, ids).await?;
@@ -596,7 +596,7 @@ fn render_batch(
     content: &Compiled,
     batch_no: u64,
     ids: &[String],
-    users: HashMap<String, User>,
+    users: HashMap<String, Arc<User>>,
     prefs: Vec<Preferences>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Rendered {
@@ -618,7 +618,7 @@ fn render_batch(
         let user = match users.get(id) {
             Some(user) => user,
             None => {
-                unknown = User::nameless(id);
+                unknown = Arc::new(User::nameless(id));
                 &unknown
             }
         };

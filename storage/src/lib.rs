@@ -316,7 +316,12 @@ pub async fn open_preference_cache(
     url: Option<&Secret>,
     ttl: std::time::Duration,
 ) -> Result<Arc<dyn PreferenceCache>> {
-    let memory = || Arc::new(memory::MemoryPreferenceCache::new(1_000_000, ttl));
+    // Swept every TTL: a large fan-out's expired entries do not stay resident.
+    let memory = || {
+        let cache = Arc::new(memory::MemoryPreferenceCache::new(1_000_000, ttl));
+        memory::MemoryPreferenceCache::sweep_every_ttl(&cache);
+        cache
+    };
     let url = match url {
         None => return Ok(memory()),
         Some(u) => BackendUrl::parse(u.expose())?,

@@ -20,12 +20,22 @@ use tokio_stream::wrappers::BroadcastStream;
 ///
 /// Its invalidation reaches only its own process, so every entry also expires after `ttl`:
 /// with roles run apart, a preference written through another process's API is seen within
-/// that time.
+/// that time. Expired entries are also dropped ([`Self::sweep`], run every `ttl` by
+/// [`Self::sweep_every_ttl`]): a fan-out to a million users fills the cache with a million
+/// entries (about 120 MB) that no later batch will read once they have expired, and a server
+/// that keeps them holds that memory until its next fan-out.
 #[derive(Debug)]
 pub struct MemoryPreferenceCache {
-    entries: Mutex<HashMap<String, (Arc<Preferences>, Instant)>>,
+    entries: Mutex<Entries>,
     capacity: usize,
     ttl: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<String, (Arc<Preferences>, Instant)>,
+    /// When the newest entry went in: once it has expired too, a sweep drops the map whole.
+    newest: Option<Instant>,
 }
 
 impl Default for MemoryPreferenceCache {
@@ -37,10 +47,69 @@ impl Default for MemoryPreferenceCache {
 impl MemoryPreferenceCache {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
             capacity: capacity.max(1),
             ttl,
         }
+    }
+
+    /// How many entries the cache holds, expired ones included.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map.len()
+    }
+
+    /// Whether the cache holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the expired entries and gives their memory back. When every entry has expired
+    /// the map is taken out whole and freed outside the lock (a million entries take a few
+    /// milliseconds to free); otherwise the expired ones are removed in place.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let dropped = {
+            let mut entries = self.entries.lock();
+            if entries.map.is_empty() {
+                return;
+            }
+            if entries
+                .newest
+                .is_none_or(|at| now.duration_since(at) >= self.ttl)
+            {
+                entries.newest = None;
+                std::mem::take(&mut entries.map)
+            } else {
+                let before = entries.map.len();
+                let ttl = self.ttl;
+                entries
+                    .map
+                    .retain(|_, (_, at)| now.duration_since(*at) < ttl);
+                if entries.map.len() < before {
+                    entries.map.shrink_to_fit();
+                }
+                return;
+            }
+        };
+        drop(dropped);
+    }
+
+    /// Sweeps `cache` every `ttl` (at least every second) until it is dropped. Needs a Tokio
+    /// runtime.
+    pub fn sweep_every_ttl(cache: &Arc<Self>) {
+        let period = cache.ttl.max(Duration::from_secs(1));
+        let weak = Arc::downgrade(cache);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(cache) = weak.upgrade() else { return };
+                // Freeing a million entries takes milliseconds: not on a runtime thread.
+                let _ = tokio::task::spawn_blocking(move || cache.sweep()).await;
+            }
+        });
     }
 }
 
@@ -51,7 +120,7 @@ impl PreferenceCache for MemoryPreferenceCache {
         let now = Instant::now();
         Ok(user_ids
             .iter()
-            .map(|id| match entries.get(id) {
+            .map(|id| match entries.map.get(id) {
                 Some((p, at)) if now.duration_since(*at) < self.ttl => Some(Preferences::clone(p)),
                 _ => None,
             })
@@ -63,22 +132,23 @@ impl PreferenceCache for MemoryPreferenceCache {
         let default = Arc::new(Preferences::default());
         let now = Instant::now();
         let mut entries = self.entries.lock();
-        if entries.len() + new.len() > self.capacity {
-            entries.clear();
+        if entries.map.len() + new.len() > self.capacity {
+            entries.map.clear();
         }
+        entries.newest = Some(now);
         for (id, prefs) in new.iter().take(self.capacity) {
             let value = if *prefs == *default {
                 default.clone()
             } else {
                 Arc::new(prefs.clone())
             };
-            entries.insert(id.clone(), (value, now));
+            entries.map.insert(id.clone(), (value, now));
         }
         Ok(())
     }
 
     async fn invalidate(&self, user_id: &str) -> Result<()> {
-        self.entries.lock().remove(user_id);
+        self.entries.lock().map.remove(user_id);
         Ok(())
     }
 }

@@ -714,6 +714,56 @@ mod memory {
             "expired: the next batch reads the directory"
         );
     }
+
+    #[tokio::test]
+    async fn a_sweep_drops_expired_preference_entries_and_keeps_fresh_ones() {
+        let ttl = std::time::Duration::from_millis(100);
+        let c = MemoryPreferenceCache::new(10, ttl);
+        c.put_many(&[("old".into(), Preferences::default())])
+            .await
+            .unwrap();
+        tokio::time::sleep(ttl + std::time::Duration::from_millis(20)).await;
+        c.put_many(&[("new".into(), Preferences::default())])
+            .await
+            .unwrap();
+        c.sweep();
+        assert_eq!(c.len(), 1, "the expired entry is gone, the fresh one kept");
+        assert!(c.get_many(&["new".into()]).await.unwrap()[0].is_some());
+        tokio::time::sleep(ttl + std::time::Duration::from_millis(20)).await;
+        c.sweep();
+        assert!(
+            c.is_empty(),
+            "every entry expired: the map is dropped whole"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_in_process_preference_cache_sweeps_itself_until_it_is_dropped() {
+        let c = std::sync::Arc::new(MemoryPreferenceCache::new(
+            10,
+            std::time::Duration::from_millis(50),
+        ));
+        MemoryPreferenceCache::sweep_every_ttl(&c);
+        c.put_many(&[("u1".into(), Preferences::default())])
+            .await
+            .unwrap();
+        assert_eq!(c.len(), 1);
+        // Swept at least every second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !c.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the expired entry was never swept"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let weak = std::sync::Arc::downgrade(&c);
+        drop(c);
+        assert!(
+            weak.upgrade().is_none(),
+            "the sweeper holds no strong reference"
+        );
+    }
 }
 
 /// The Redis preference cache and live hub, each under a key prefix of its own on the server

@@ -67,13 +67,13 @@ pub async fn render(ctx: &Context, input: PreviewInput) -> Result<Preview> {
     };
     let user = match &input.user_id {
         None => None,
-        Some(id) => Some(
+        Some(id) => Some(std::sync::Arc::new(
             ctx.ports
                 .directory
                 .get_user(id)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("user `{id}` not found")))?,
-        ),
+        )),
     };
     let compiled = Compiled::new(content)?;
     compiled.check_limits()?;

@@ -224,7 +224,7 @@ impl Revision {
     /// text does not render for this user (an error their attributes cause) keeps its text.
     pub fn render_row(&self, row: &mut Notification, user: &User) {
         let content = self.content.for_locale(user.locale());
-        let ctx = template::context(user, &self.data);
+        let ctx = template::context(&Arc::new(user.clone()), &self.data);
         match template::render_in_app(content, &ctx) {
             Ok((title, body)) => {
                 row.title = title;
@@ -252,7 +252,7 @@ impl Revision {
         // The time the campaign's rows carry, in the whole milliseconds their ids hold.
         let created_at = row_time(self.record.row_time?);
         let content = self.content.for_locale(user.locale());
-        let ctx = template::context(user, &self.data);
+        let ctx = template::context(&Arc::new(user.clone()), &self.data);
         let nid = notification_id(&self.record.campaign_id, &user.id, created_at);
         match template::render_item(channel, content, user, nid, &self.record.data, &ctx) {
             Ok(item) => item,
