@@ -274,14 +274,8 @@ mod tests {
 
     #[test]
     fn a_users_names_are_its_attributes_with_id_email_and_phone_over_them() {
-        let mut user = User {
-            id: "u1".into(),
-            email: None,
-            phone: Some("+15550100".into()),
-            attributes: Default::default(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        };
+        let mut user = User::nameless("u1");
+        user.phone = Some("+15550100".into());
         for (k, v) in [
             ("email", "attr@example.com"),
             ("id", "shadowed"),

@@ -401,17 +401,20 @@ impl Gateway {
             };
             revisions::queue_replacement(&self.ctx, &next, now).await?;
         }
-        let users: HashMap<String, herald_core::model::User> = ports
+        let users: HashMap<String, Arc<User>> = ports
             .directory
             .get_users(&ids)
             .await?
             .into_iter()
-            .map(|u| (u.id.clone(), u))
+            .map(|u| (u.id.clone(), Arc::new(u)))
             .collect();
         let items = ids
             .iter()
             .filter_map(|id| {
-                let user = users.get(id).cloned().unwrap_or_else(|| User::nameless(id));
+                let user = users
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(User::nameless(id)));
                 revision.render_item(msg.channel, &user)
             })
             .collect();
@@ -440,7 +443,7 @@ impl Gateway {
             .get_users(&ids)
             .await?
             .into_iter()
-            .map(|u| (u.id.clone(), u))
+            .map(|u| (u.id.clone(), Arc::new(u)))
             .collect();
         Ok(Some(ChannelMessage {
             items: revision.rerender(msg.channel, &msg.items, &users),

@@ -63,35 +63,29 @@ impl MemoryPreferenceCache {
         self.len() == 0
     }
 
-    /// Drops the expired entries and gives their memory back. When every entry has expired
-    /// the map is taken out whole and freed outside the lock (a million entries take a few
-    /// milliseconds to free); otherwise the expired ones are removed in place.
+    /// Whether an entry put in at `at` is still to be trusted at `now`.
+    fn fresh(&self, at: Instant, now: Instant) -> bool {
+        now.duration_since(at) < self.ttl
+    }
+
+    /// Drops the expired entries and gives their memory back. When the newest entry has
+    /// expired too, the map is taken out whole and freed outside the lock (a million entries
+    /// take milliseconds to free); otherwise the expired ones are removed in place.
     pub fn sweep(&self) {
         let now = Instant::now();
-        let dropped = {
-            let mut entries = self.entries.lock();
-            if entries.map.is_empty() {
-                return;
+        let mut entries = self.entries.lock();
+        if entries.newest.is_some_and(|at| self.fresh(at, now)) {
+            let before = entries.map.len();
+            entries.map.retain(|_, (_, at)| self.fresh(*at, now));
+            if entries.map.len() < before {
+                entries.map.shrink_to_fit();
             }
-            if entries
-                .newest
-                .is_none_or(|at| now.duration_since(at) >= self.ttl)
-            {
-                entries.newest = None;
-                std::mem::take(&mut entries.map)
-            } else {
-                let before = entries.map.len();
-                let ttl = self.ttl;
-                entries
-                    .map
-                    .retain(|_, (_, at)| now.duration_since(*at) < ttl);
-                if entries.map.len() < before {
-                    entries.map.shrink_to_fit();
-                }
-                return;
-            }
-        };
-        drop(dropped);
+        } else {
+            entries.newest = None;
+            let expired = std::mem::take(&mut entries.map);
+            drop(entries);
+            drop(expired);
+        }
     }
 
     /// Sweeps `cache` every `ttl` (at least every second) until it is dropped. Needs a Tokio
@@ -121,7 +115,7 @@ impl PreferenceCache for MemoryPreferenceCache {
         Ok(user_ids
             .iter()
             .map(|id| match entries.map.get(id) {
-                Some((p, at)) if now.duration_since(*at) < self.ttl => Some(Preferences::clone(p)),
+                Some((p, at)) if self.fresh(*at, now) => Some(Preferences::clone(p)),
                 _ => None,
             })
             .collect())

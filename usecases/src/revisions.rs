@@ -222,9 +222,9 @@ impl Revision {
 
     /// A user's inbox row of the campaign with the revision's text and data. A row whose new
     /// text does not render for this user (an error their attributes cause) keeps its text.
-    pub fn render_row(&self, row: &mut Notification, user: &User) {
+    pub fn render_row(&self, row: &mut Notification, user: &Arc<User>) {
         let content = self.content.for_locale(user.locale());
-        let ctx = template::context(&Arc::new(user.clone()), &self.data);
+        let ctx = template::context(user, &self.data);
         match template::render_in_app(content, &ctx) {
             Ok((title, body)) => {
                 row.title = title;
@@ -248,11 +248,11 @@ impl Revision {
 
     /// One recipient's item on `channel` rendered from the revision (for `user`; `None` when
     /// the user has no address for it any more, or the text does not render for them).
-    pub fn render_item(&self, channel: Channel, user: &User) -> Option<ChannelItem> {
+    pub fn render_item(&self, channel: Channel, user: &Arc<User>) -> Option<ChannelItem> {
         // The time the campaign's rows carry, in the whole milliseconds their ids hold.
         let created_at = row_time(self.record.row_time?);
         let content = self.content.for_locale(user.locale());
-        let ctx = template::context(&Arc::new(user.clone()), &self.data);
+        let ctx = template::context(user, &self.data);
         let nid = notification_id(&self.record.campaign_id, &user.id, created_at);
         match template::render_item(channel, content, user, nid, &self.record.data, &ctx) {
             Ok(item) => item,
@@ -270,7 +270,7 @@ impl Revision {
         &self,
         channel: Channel,
         items: &[ChannelItem],
-        users: &HashMap<String, User>,
+        users: &HashMap<String, Arc<User>>,
     ) -> Vec<ChannelItem> {
         items
             .iter()
@@ -278,7 +278,7 @@ impl Revision {
                 let user = users
                     .get(&old.user_id)
                     .cloned()
-                    .unwrap_or_else(|| User::nameless(&old.user_id));
+                    .unwrap_or_else(|| Arc::new(User::nameless(&old.user_id)));
                 match self.render_item(channel, &user) {
                     Some(new) => ChannelItem {
                         notification_id: old.notification_id,
@@ -451,6 +451,7 @@ mod tests {
         let mut user = User::nameless("u1");
         user.attributes
             .insert("name".into(), Value::String("Ola".into()));
+        let user = Arc::new(user);
         let revision = r.of_campaign("c").unwrap();
         revision.render_row(&mut rows[0], &user);
         assert_eq!(
