@@ -198,7 +198,7 @@ impl Default for InboxConfig {
 pub struct FanoutConfig {
     /// Users per fan-out batch.
     pub batch_size: u32,
-    /// Batch workers per process; unset means the number of cores.
+    /// Batch workers per process; unset means twice the number of cores.
     pub workers: Option<usize>,
     /// How long an in-process preference cache (`memory://`) trusts an entry. A preference
     /// written through this process's API invalidates its entry at once; one written through

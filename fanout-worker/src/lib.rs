@@ -28,12 +28,15 @@ use tokio_util::sync::CancellationToken;
 pub const DISPATCH_LEASE: Duration = Duration::from_secs(15);
 
 /// Runs the fan-out role until `shutdown`: the scheduler, two dispatchers and the batch
-/// workers (`fanout.workers`, default the number of cores), each under the worker runner of
+/// workers (`fanout.workers`, default twice the number of cores), each under the worker runner of
 /// `herald_core::worker` (restarted after a panic, backed off after errors, reported in
 /// `/readyz`).
 pub async fn run(ctx: Context, shutdown: CancellationToken) {
+    // Twice the cores: a worker spends much of a batch waiting (for the file's writer, for a
+    // reader connection, for a blocking thread), so one per core left a core idle about a
+    // quarter of a 1M fan-out; two per core were 10 % faster (loadtest/README.md).
     let workers = ctx.config.fanout.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
+        2 * std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
     });

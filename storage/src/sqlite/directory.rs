@@ -60,7 +60,8 @@ const DENSE_TTL: Duration = Duration::from_secs(60);
 
 pub struct SqliteDirectory {
     pool: SqlitePool,
-    /// The fan-out's batch reads (users, preferences) run here.
+    /// The fan-out's batch reads (users, preferences) and the segments' reads (page walks,
+    /// counts, which attribute indexes exist) run here.
     readers: Readers,
     /// Filters (canonical JSON) found to match too many users for their index, and when.
     dense: parking_lot::Mutex<HashMap<String, Instant>>,
@@ -87,14 +88,14 @@ impl SqliteDirectory {
     /// The attribute indexes that exist now (read from the schema each time: another process
     /// on the same file may have changed them).
     pub async fn attr_indexes(&self) -> Result<HashSet<AttrIndex>> {
-        let names: Vec<String> = sqlx::query_scalar(
+        let mut sql = Sql::new(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'users' \
-             AND substr(name, 1, length(?1)) = ?1",
-        )
-        .bind(ATTR_INDEX_PREFIX)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
+             AND substr(name, 1, ",
+        );
+        sql.bind(ATTR_INDEX_PREFIX.len() as i64)
+            .push(") = ")
+            .bind(ATTR_INDEX_PREFIX);
+        let names: Vec<String> = self.readers.all(sql, |row| row.get(0)).await?;
         Ok(names
             .iter()
             .filter_map(|n| AttrIndex::from_slug(n.strip_prefix(ATTR_INDEX_PREFIX)?))
@@ -212,7 +213,10 @@ impl SqliteDirectory {
             .await
     }
 
-    /// `SELECT id FROM users WHERE id > after AND (<frag>)<order> LIMIT limit`.
+    /// `SELECT id FROM users WHERE id > after AND (<frag>)<order> LIMIT limit`, on a reader
+    /// connection on a blocking thread: a page is a thousand ids, which sqlx would hand over
+    /// one row at a time from its connection thread (the dispatcher's page walk showed up in
+    /// the fan-out's profile as those hand-offs and the thread wake-ups around them).
     async fn ids_after(
         &self,
         after: &str,
@@ -220,18 +224,13 @@ impl SqliteDirectory {
         order: &str,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM users WHERE id > ");
-        qb.push_bind(after.to_owned());
+        let mut sql = Sql::new("SELECT id FROM users WHERE id > ");
+        sql.bind(after);
         if let Some(frag) = frag {
-            push_fragment(&mut qb, frag);
+            push_fragment(&mut sql, frag);
         }
-        qb.push(order).push(" LIMIT ").push_bind(limit as i64);
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        Ok(rows.iter().map(|r| r.get("id")).collect())
+        sql.push(order).push(" LIMIT ").bind(limit as i64);
+        self.readers.batch(sql, |row| row.get(0)).await
     }
 }
 
@@ -284,32 +283,24 @@ fn device_from_row(row: &SqliteRow) -> Result<Device> {
     })
 }
 
-/// Appends ` AND (<filter>)` with its parameters, or nothing for a match-all filter.
-fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &Filter, now: DateTime<Utc>) {
-    if filter.is_match_all() {
-        return;
-    }
-    push_fragment(qb, filter.to_sql(SqlDialect::Sqlite, "attributes", now));
-}
-
 /// Appends ` AND (<frag>)` with its parameters.
-fn push_fragment(qb: &mut QueryBuilder<'_, Sqlite>, frag: herald_core::filter::SqlFragment) {
-    qb.push(" AND (");
-    // The fragment uses `?` placeholders in order; QueryBuilder binds in push order too.
+fn push_fragment(sql: &mut Sql, frag: herald_core::filter::SqlFragment) {
+    sql.push(" AND (");
+    // The fragment uses `?` placeholders in order, bound here in the same order.
     let mut params = frag.params.into_iter();
     let mut pieces = frag.sql.split('?').peekable();
     while let Some(piece) = pieces.next() {
-        qb.push(piece);
+        sql.push(piece);
         if pieces.peek().is_some() {
             match params.next() {
-                Some(SqlParam::Text(s)) => qb.push_bind(s),
-                Some(SqlParam::Int(i)) => qb.push_bind(i),
-                Some(SqlParam::Float(f)) => qb.push_bind(f),
-                None => qb.push("NULL"),
+                Some(SqlParam::Text(s)) => sql.bind(s),
+                Some(SqlParam::Int(i)) => sql.bind(i),
+                Some(SqlParam::Float(f)) => sql.bind(f),
+                None => sql.push("NULL"),
             };
         }
     }
-    qb.push(")");
+    sql.push(")");
 }
 
 /// `select` of the rows whose `column` is one of `ids`: the ids travel as a single JSON array
@@ -497,22 +488,17 @@ impl Directory for SqliteDirectory {
                     .map_err(|e| self.db_error(e))?;
             return Ok(n.max(0) as u64);
         }
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) AS n FROM users WHERE 1 = 1");
-        if self.indexed(filter).await? {
+        // A scan (or a walk of an attribute index): on a reader, on a blocking thread.
+        let mut sql = Sql::new("SELECT COUNT(*) FROM users WHERE 1 = 1");
+        let frag = if self.indexed(filter).await? {
             // Counted along the index, however many match.
-            push_fragment(
-                &mut qb,
-                filter.to_sql_selective(SqlDialect::Sqlite, "attributes", now),
-            );
+            filter.to_sql_selective(SqlDialect::Sqlite, "attributes", now)
         } else {
-            push_filter(&mut qb, filter, now);
-        }
-        let row = qb
-            .build()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        Ok(row.get::<i64, _>("n") as u64)
+            filter.to_sql(SqlDialect::Sqlite, "attributes", now)
+        };
+        push_fragment(&mut sql, frag);
+        let n: Option<i64> = self.readers.scan_one(sql, |row| row.get(0)).await?;
+        Ok(n.unwrap_or(0).max(0) as u64)
     }
 
     async fn put_segment(&self, segment: &Segment) -> Result<()> {

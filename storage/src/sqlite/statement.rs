@@ -9,6 +9,7 @@ use sqlx::Arguments;
 #[derive(Debug, Clone)]
 pub(crate) enum Bound {
     Int(i64),
+    Float(f64),
     Text(String),
     Blob(Vec<u8>),
 }
@@ -16,6 +17,12 @@ pub(crate) enum Bound {
 impl From<i64> for Bound {
     fn from(v: i64) -> Self {
         Bound::Int(v)
+    }
+}
+
+impl From<f64> for Bound {
+    fn from(v: f64) -> Self {
+        Bound::Float(v)
     }
 }
 
@@ -42,6 +49,7 @@ impl rusqlite::ToSql for Bound {
         use rusqlite::types::ToSqlOutput;
         Ok(match self {
             Bound::Int(v) => ToSqlOutput::from(*v),
+            Bound::Float(v) => ToSqlOutput::from(*v),
             Bound::Text(v) => ToSqlOutput::from(v.as_str()),
             Bound::Blob(v) => ToSqlOutput::from(v.as_slice()),
         })
@@ -81,9 +89,10 @@ impl Sql {
         let mut args = SqliteArguments::default();
         for b in &self.binds {
             // Adding a value SQLite can take cannot fail: the error is for types whose
-            // encoding fails, and these three encode by reference.
+            // encoding fails, and these encode by value or by reference.
             let added = match b {
                 Bound::Int(v) => args.add(*v),
+                Bound::Float(v) => args.add(*v),
                 Bound::Text(v) => args.add(v.as_str()),
                 Bound::Blob(v) => args.add(v.as_slice()),
             };
@@ -115,13 +124,16 @@ mod tests {
         let mut sql = Sql::new("SELECT ");
         sql.bind(1_i64)
             .push(", ")
+            .bind(0.5_f64)
+            .push(", ")
             .bind("a")
             .push(", ")
             .bind(vec![1u8]);
-        assert_eq!(sql.text, "SELECT ?, ?, ?");
+        assert_eq!(sql.text, "SELECT ?, ?, ?, ?");
         assert!(matches!(
             sql.binds.as_slice(),
-            [Bound::Int(1), Bound::Text(t), Bound::Blob(b)] if t == "a" && b == &[1]
+            [Bound::Int(1), Bound::Float(f), Bound::Text(t), Bound::Blob(b)]
+                if *f == 0.5 && t == "a" && b == &[1]
         ));
     }
 }
