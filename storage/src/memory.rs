@@ -151,8 +151,13 @@ impl PreferenceCache for MemoryPreferenceCache {
 /// `capacity` events behind would miss events; instead its stream ends, which its consumer
 /// treats as a lost subscription: it resubscribes, and the live feed closes its sockets so the
 /// clients resume from the inbox store with `since` (nothing is silently lost).
+///
+/// Events travel shared: a fan-out batch's event holds a thousand rows, and each subscription
+/// copies out only the rows of the users it follows (the channel would otherwise clone the
+/// whole event for every subscriber, which a 1M fan-out's profile showed at 5 % of its CPU,
+/// for a subscription that followed nobody).
 pub struct MemoryLiveHub {
-    tx: broadcast::Sender<LiveEvent>,
+    tx: broadcast::Sender<Arc<LiveEvent>>,
     /// How many subscriptions follow each user (presence).
     followers: Followers,
 }
@@ -180,7 +185,7 @@ impl MemoryLiveHub {
 impl LiveHub for MemoryLiveHub {
     async fn publish(&self, event: LiveEvent) -> Result<()> {
         // No subscriber is not an error: nobody is connected.
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(Arc::new(event));
         Ok(())
     }
 
@@ -198,7 +203,7 @@ impl LiveHub for MemoryLiveHub {
                 futures::future::ready(item.is_ok())
             })
             .filter_map(move |item| {
-                futures::future::ready(item.ok().and_then(|e| followed.keep(e)))
+                futures::future::ready(item.ok().and_then(|e| followed.keep(&e)))
             });
         Ok(LiveSubscription {
             events: stream.boxed(),
@@ -245,20 +250,24 @@ impl Drop for MemoryRoutes {
 
 impl MemoryRoutes {
     /// The part of `event` for this subscription, if any.
-    fn keep(&self, event: LiveEvent) -> Option<LiveEvent> {
+    fn keep(&self, event: &LiveEvent) -> Option<LiveEvent> {
         let users = self.users.read();
         match event {
-            LiveEvent::Notifications { mut items } => {
-                items.retain(|n| users.contains(&n.user_id));
+            LiveEvent::Notifications { items } => {
+                let items: Vec<_> = items
+                    .iter()
+                    .filter(|n| users.contains(&n.user_id))
+                    .cloned()
+                    .collect();
                 (!items.is_empty()).then_some(LiveEvent::Notifications { items })
             }
             LiveEvent::BroadcastActivated { .. }
             | LiveEvent::Retracted { .. }
-            | LiveEvent::Revised { .. } => Some(event),
-            LiveEvent::Read { ref user_id, .. }
-            | LiveEvent::Dismiss { ref user_id, .. }
-            | LiveEvent::ReadAll { ref user_id }
-            | LiveEvent::Marked { ref user_id, .. } => users.contains(user_id).then_some(event),
+            | LiveEvent::Revised { .. } => Some(event.clone()),
+            LiveEvent::Read { user_id, .. }
+            | LiveEvent::Dismiss { user_id, .. }
+            | LiveEvent::ReadAll { user_id }
+            | LiveEvent::Marked { user_id, .. } => users.contains(user_id).then(|| event.clone()),
         }
     }
 }
