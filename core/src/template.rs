@@ -321,6 +321,38 @@ pub struct Compiled {
     /// The locale variants, each with the content it falls back to filled in, by tag in
     /// lower case.
     locales: Vec<(String, Compiled)>,
+    /// The fields whose output is the same for every recipient (see [`same_for_everyone`]).
+    shared: Vec<&'static str>,
+}
+
+/// Fields rendered once for a whole batch of recipients: a field whose template reads no
+/// `user` (`Weekly digest {{ data.week }}`) renders the same for everyone of a campaign, so
+/// [`render_in_app`] and [`render_item`] keep its first rendering here and copy it for the
+/// next users instead of rendering it again. Keep one for the users of one campaign's data.
+#[derive(Default)]
+pub struct Memo<'c> {
+    done: Vec<(
+        &'c Compiled,
+        &'static str,
+        std::result::Result<String, String>,
+    )>,
+}
+
+/// Whether a field renders the same for every recipient of one campaign: its template reads
+/// nothing but the campaign's data (`data`, a digest's `events` and `count`) and the pure
+/// built-in functions. Conservative: a template that includes or imports another field (which
+/// may read `user`) or calls `debug` (which prints the whole context) is rendered per user.
+fn same_for_everyone(tmpl: &minijinja::Template<'_, '_>, text: &str) -> bool {
+    const REACHES_FURTHER: [&str; 4] = ["include", "import", "extends", "debug"];
+    if REACHES_FURTHER.iter().any(|w| text.contains(w)) {
+        return false;
+    }
+    tmpl.undeclared_variables(false).iter().all(|name| {
+        matches!(
+            name.as_str(),
+            "data" | "events" | "count" | "range" | "dict" | "namespace" | "cycler" | "joiner"
+        )
+    })
 }
 
 impl Compiled {
@@ -375,6 +407,7 @@ impl Compiled {
     fn compile(content: crate::model::TemplateContent) -> Result<Self> {
         let mut env = limited_env();
         env.set_auto_escape_callback(auto_escape);
+        let mut shared = Vec::new();
         for (name, text) in content.fields() {
             if text.contains("{{") || text.contains("{%") {
                 env.add_template_owned(name.to_owned(), text.to_owned())
@@ -383,10 +416,18 @@ impl Compiled {
                     })?;
             }
         }
+        for (name, text) in content.fields() {
+            if let Ok(t) = env.get_template(name) {
+                if same_for_everyone(&t, text) {
+                    shared.push(name);
+                }
+            }
+        }
         Ok(Self {
             env,
             content,
             locales: Vec::new(),
+            shared,
         })
     }
 
@@ -428,6 +469,34 @@ impl Compiled {
         }
     }
 
+    /// Like [`Compiled::render`], but a field that renders the same for every recipient is
+    /// rendered once per `memo` and copied after that (an error too: it fails every user alike).
+    pub fn render_shared<'c>(
+        &'c self,
+        name: &'static str,
+        text: &str,
+        ctx: &minijinja::Value,
+        memo: &mut Memo<'c>,
+    ) -> Result<String> {
+        if !self.shared.contains(&name) {
+            return self.render(name, text, ctx);
+        }
+        let kept = memo
+            .done
+            .iter()
+            .find(|(c, n, _)| std::ptr::eq(*c, self) && *n == name);
+        if let Some((_, _, out)) = kept {
+            return out.clone().map_err(Error::invalid);
+        }
+        let out = self.render(name, text, ctx);
+        let keep = match &out {
+            Ok(text) => Ok(text.clone()),
+            Err(e) => Err(e.message.clone()),
+        };
+        memo.done.push((self, name, keep));
+        out
+    }
+
     /// Refuses content that exceeds a limit whatever the data: every field is rendered once
     /// for a user with no attributes and empty data, and a limit hit there is an error. Other
     /// render errors are left to the real data (they may depend on it).
@@ -462,9 +531,10 @@ fn missing(ch: Channel) -> Error {
 }
 
 /// A user's inbox title and body from `content` (the user's locale variant).
-pub fn render_in_app(
-    content: &Compiled,
+pub fn render_in_app<'c>(
+    content: &'c Compiled,
     render_ctx: &minijinja::Value,
+    memo: &mut Memo<'c>,
 ) -> Result<(String, String)> {
     let tb = content
         .content()
@@ -472,8 +542,8 @@ pub fn render_in_app(
         .as_ref()
         .ok_or_else(|| missing(Channel::InApp))?;
     Ok((
-        content.render("in_app.title", &tb.title, render_ctx)?,
-        content.render("in_app.body", &tb.body, render_ctx)?,
+        content.render_shared("in_app.title", &tb.title, render_ctx, memo)?,
+        content.render_shared("in_app.body", &tb.body, render_ctx, memo)?,
     ))
 }
 
@@ -502,13 +572,14 @@ pub fn broadcast_text(content: &Compiled, data: &Value) -> Result<(String, Strin
 /// One user's item on an outbound channel, rendered from `content` (the user's locale
 /// variant); `None` when the user has no address for it (no email, no phone) and for the
 /// inbox, which is not an outbound channel.
-pub fn render_item(
+pub fn render_item<'c>(
     ch: Channel,
-    content: &Compiled,
+    content: &'c Compiled,
     user: &User,
     nid: uuid::Uuid,
     data: &Value,
     render_ctx: &minijinja::Value,
+    memo: &mut Memo<'c>,
 ) -> Result<Option<ChannelItem>> {
     let c = content.content();
     let mut item = ChannelItem {
@@ -525,8 +596,8 @@ pub fn render_item(
     match ch {
         Channel::Push => {
             let tb = c.push.as_ref().ok_or_else(|| missing(ch))?;
-            item.title = Some(content.render("push.title", &tb.title, render_ctx)?);
-            item.body = content.render("push.body", &tb.body, render_ctx)?;
+            item.title = Some(content.render_shared("push.title", &tb.title, render_ctx, memo)?);
+            item.body = content.render_shared("push.body", &tb.body, render_ctx, memo)?;
         }
         Channel::Email => {
             let Some(email) = &user.email else {
@@ -534,10 +605,11 @@ pub fn render_item(
             };
             let e = c.email.as_ref().ok_or_else(|| missing(ch))?;
             item.email = Some(email.clone());
-            item.title = Some(content.render("email.subject", &e.subject, render_ctx)?);
-            item.body = content.render("email.text", &e.text, render_ctx)?;
+            item.title =
+                Some(content.render_shared("email.subject", &e.subject, render_ctx, memo)?);
+            item.body = content.render_shared("email.text", &e.text, render_ctx, memo)?;
             if let Some(html) = &e.html {
-                item.html = Some(content.render("email.html", html, render_ctx)?);
+                item.html = Some(content.render_shared("email.html", html, render_ctx, memo)?);
             }
         }
         Channel::Sms => {
@@ -546,11 +618,11 @@ pub fn render_item(
             };
             let s = c.sms.as_ref().ok_or_else(|| missing(ch))?;
             item.phone = Some(phone.clone());
-            item.body = content.render("sms.text", &s.text, render_ctx)?;
+            item.body = content.render_shared("sms.text", &s.text, render_ctx, memo)?;
         }
         Channel::Webhook => {
             let w = c.webhook.as_ref().ok_or_else(|| missing(ch))?;
-            item.body = content.render("webhook.body", &w.body, render_ctx)?;
+            item.body = content.render_shared("webhook.body", &w.body, render_ctx, memo)?;
         }
         Channel::InApp => return Ok(None),
     }
@@ -561,6 +633,7 @@ pub fn render_item(
 mod compiled_tests {
     use super::*;
     use crate::model::*;
+    use chrono::Utc;
 
     #[test]
     fn a_locale_picks_its_variant_per_channel_along_the_tag_then_the_default() {
@@ -638,6 +711,66 @@ mod compiled_tests {
             "Hi u7, order 3"
         );
         assert!(Compiled::inline("{{ broken", "b").is_err());
+    }
+
+    fn user_ctx(id: &str, data: &minijinja::Value) -> minijinja::Value {
+        let user = Arc::new(User {
+            id: id.into(),
+            email: None,
+            phone: None,
+            attributes: Default::default(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        });
+        context(&user, data)
+    }
+
+    #[test]
+    fn a_field_that_reads_no_user_renders_once_per_memo_and_the_others_per_user() {
+        let c = Compiled::new(TemplateContent {
+            in_app: Some(TitleBody {
+                title: "Run {{ data.run }}{% for i in range(2) %}.{% endfor %}".into(),
+                body: "Hello {{ user.id }}".into(),
+            }),
+            // Reads the body (and so the user) through an include: rendered per user.
+            push: Some(TitleBody {
+                title: "{% include 'in_app.body' %}".into(),
+                body: "{{ data.run|upper }}".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.shared, ["in_app.title", "push.body"]);
+        let data = data_value(&serde_json::json!({"run": "r1"}));
+        let mut memo = Memo::default();
+        let nid = uuid::Uuid::nil();
+        for id in ["ana", "bo"] {
+            let ctx = user_ctx(id, &data);
+            let (title, body) = render_in_app(&c, &ctx, &mut memo).unwrap();
+            assert_eq!(
+                (title.as_str(), body.as_str()),
+                ("Run r1..", &*format!("Hello {id}"))
+            );
+            let user = User::nameless(id);
+            let item = render_item(Channel::Push, &c, &user, nid, &Value::Null, &ctx, &mut memo)
+                .unwrap()
+                .unwrap();
+            assert_eq!(item.title.as_deref(), Some(&*format!("Hello {id}")));
+            assert_eq!(item.body, "R1");
+        }
+        // The shared fields were rendered once each and kept.
+        assert_eq!(memo.done.len(), 2);
+    }
+
+    #[test]
+    fn a_shared_field_that_fails_fails_every_user_of_the_memo() {
+        let c = Compiled::inline("{{ data.s * 100000000 }}", "Hi {{ user.id }}").unwrap();
+        let data = data_value(&serde_json::json!({"s": "xx"}));
+        let mut memo = Memo::default();
+        for id in ["ana", "bo"] {
+            let err = render_in_app(&c, &user_ctx(id, &data), &mut memo).unwrap_err();
+            assert!(err.message.contains("in_app.title"), "{}", err.message);
+        }
     }
 
     fn push(body: &str) -> Compiled {

@@ -393,7 +393,14 @@ async fn deliver(
         .map(|u| (u.id.clone(), Arc::new(u)))
         .collect();
     stage.done("load_users");
-    let prefs = load_preferences(ctx, ids).await?;
+    let prefs = if through_cache(campaign, batch, ctx.config.fanout.batch_size) {
+        load_preferences(ctx, ids).await?
+    } else {
+        let mut loaded = ctx.ports.directory.get_preferences(ids).await?;
+        ids.iter()
+            .map(|id| loaded.remove(id).unwrap_or_default())
+            .collect()
+    };
     stage.done("load_preferences");
 
     // Rendering is CPU work bounded per field (see herald_core::template): it runs on a
@@ -606,6 +613,8 @@ fn render_batch(
     let created_at = herald_core::ids::row_time(campaign.started_at.unwrap_or(campaign.created_at));
     let data = template::data_value(&campaign.data);
     let broadcast = campaign.strategy == Strategy::Broadcast;
+    // Fields that read no `user` render once for the batch.
+    let mut memo = template::Memo::default();
     let mut out = Rendered {
         progress: Progress::default(),
         rows: Vec::new(),
@@ -650,7 +659,10 @@ fn render_batch(
         // Everything of this user first, so a render error skips the user whole.
         let rendered: Result<Vec<Rendition>> = allowed
             .iter()
-            .map(|&ch| render_for(ch, campaign, content, user, nid, created_at, &render_ctx))
+            .map(|&ch| {
+                let at = created_at;
+                render_for(ch, campaign, content, user, nid, at, &render_ctx, &mut memo)
+            })
             .collect();
         let rendered = match rendered {
             Ok(r) => r,
@@ -699,17 +711,19 @@ enum Rendition {
     NoAddress,
 }
 
-fn render_for(
+#[allow(clippy::too_many_arguments)]
+fn render_for<'c>(
     ch: Channel,
     campaign: &Campaign,
-    content: &Compiled,
+    content: &'c Compiled,
     user: &User,
     nid: uuid::Uuid,
     created_at: chrono::DateTime<chrono::Utc>,
     render_ctx: &minijinja::Value,
+    memo: &mut template::Memo<'c>,
 ) -> Result<Rendition> {
     if ch == Channel::InApp {
-        let (title, body) = template::render_in_app(content, render_ctx)?;
+        let (title, body) = template::render_in_app(content, render_ctx, memo)?;
         return Ok(Rendition::Row(Notification {
             id: nid,
             user_id: user.id.clone(),
@@ -725,7 +739,7 @@ fn render_for(
         }));
     }
     Ok(
-        match template::render_item(ch, content, user, nid, &campaign.data, render_ctx)? {
+        match template::render_item(ch, content, user, nid, &campaign.data, render_ctx, memo)? {
             Some(item) => Rendition::Item(ch, item),
             None => Rendition::NoAddress,
         },
@@ -746,6 +760,15 @@ impl Stages {
             .record((now - self.0).as_secs_f64());
         self.0 = now;
     }
+}
+
+/// Whether a batch's preferences go through the preference cache. The cache is for users who
+/// get notification after notification (triggered events, small campaigns): a campaign of more
+/// than one batch reaches each of its users once, and filling the cache with them would only
+/// take memory (a million users' entries are about 120 MB, until they expire) and push out the
+/// entries the cache is for; its batches read the directory alone.
+fn through_cache(campaign: &Campaign, batch: &FanoutBatch, batch_size: u32) -> bool {
+    batch.batch_no == 0 && campaign.audience_size <= u64::from(batch_size)
 }
 
 /// Preferences of every user of the batch, in order: one cache lookup for the whole batch,

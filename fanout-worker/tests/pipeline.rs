@@ -502,6 +502,52 @@ async fn a_user_with_push_switched_off_gets_the_inbox_row_but_no_push_item() {
 }
 
 #[tokio::test]
+async fn a_campaign_of_several_batches_reads_preferences_past_the_cache_and_a_small_one_fills_it() {
+    let h = harness_with(MORNING, |c| c.fanout.batch_size = 2).await;
+    let ctx = &h.ctx;
+    let ids: Vec<String> = ["alice", "bob", "carol"].map(String::from).to_vec();
+    let users: Vec<User> = ids
+        .iter()
+        .map(|id| user(id, json!({}), None, None))
+        .collect();
+    add_users(ctx, &users).await;
+    set_prefs(ctx, "bob", json!({"channels": {"push": false}})).await;
+    let channels = [Channel::InApp, Channel::Push];
+
+    // Three users in batches of two: each is reached once, the cache is left alone.
+    let mut big = campaign(
+        ctx,
+        "c-big",
+        users_audience(&["alice", "bob", "carol"]),
+        &channels,
+    );
+    big.audience_size = 3;
+    insert(ctx, &big).await;
+    run_campaign(ctx, &big.id).await;
+    let push = items_by_user(&take_channel(ctx, Channel::Push).await);
+    assert_eq!(
+        user_ids(&push),
+        ["alice", "carol"],
+        "bob's opt-out still applies"
+    );
+    let cached = ctx.ports.preference_cache.get_many(&ids).await.unwrap();
+    assert!(cached.iter().all(Option::is_none), "{cached:?}");
+
+    // A campaign of one batch goes through the cache and fills it.
+    let mut small = campaign(ctx, "c-small", users_audience(&["bob"]), &channels);
+    small.audience_size = 1;
+    insert(ctx, &small).await;
+    run_campaign(ctx, &small.id).await;
+    assert!(take_channel(ctx, Channel::Push).await.is_empty());
+    assert_eq!(rows(ctx, "bob", &small.id).await.len(), 1);
+    let cached = ctx.ports.preference_cache.get_many(&ids).await.unwrap();
+    assert!(cached[0].is_none() && cached[2].is_none(), "{cached:?}");
+    let bob = cached[1].as_ref().expect("bob's preferences were cached");
+    assert!(!bob.allows(Channel::Push, None));
+    assert!(bob.allows(Channel::InApp, None));
+}
+
+#[tokio::test]
 async fn a_category_opt_out_applies_only_to_campaigns_of_that_category() {
     let h = harness(MORNING).await;
     let ctx = &h.ctx;

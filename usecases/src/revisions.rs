@@ -225,7 +225,7 @@ impl Revision {
     pub fn render_row(&self, row: &mut Notification, user: &Arc<User>) {
         let content = self.content.for_locale(user.locale());
         let ctx = template::context(user, &self.data);
-        match template::render_in_app(content, &ctx) {
+        match template::render_in_app(content, &ctx, &mut template::Memo::default()) {
             Ok((title, body)) => {
                 row.title = title;
                 row.body = body;
@@ -254,7 +254,8 @@ impl Revision {
         let content = self.content.for_locale(user.locale());
         let ctx = template::context(user, &self.data);
         let nid = notification_id(&self.record.campaign_id, &user.id, created_at);
-        match template::render_item(channel, content, user, nid, &self.record.data, &ctx) {
+        let memo = &mut template::Memo::default();
+        match template::render_item(channel, content, user, nid, &self.record.data, &ctx, memo) {
             Ok(item) => item,
             Err(e) => {
                 tracing::debug!(error = %e.message, "a revised item did not render");
