@@ -21,9 +21,9 @@ use tokio_stream::wrappers::BroadcastStream;
 /// Its invalidation reaches only its own process, so every entry also expires after `ttl`:
 /// with roles run apart, a preference written through another process's API is seen within
 /// that time. Expired entries are also dropped ([`Self::sweep`], run every `ttl` by
-/// [`Self::sweep_every_ttl`]): a fan-out to a million users fills the cache with a million
-/// entries (about 120 MB) that no later batch will read once they have expired, and a server
-/// that keeps them holds that memory until its next fan-out.
+/// [`Self::sweep_every_ttl`]): the batches of one-batch campaigns fill it (a campaign of more
+/// batches reads the directory alone), and a burst of them to a million different users would
+/// leave about 120 MB of entries that nothing reads once they have expired.
 #[derive(Debug)]
 pub struct MemoryPreferenceCache {
     entries: Mutex<Entries>,
