@@ -340,11 +340,14 @@ pub struct Memo<'c> {
 
 /// Whether a field renders the same for every recipient of one campaign: its template reads
 /// nothing but the campaign's data (`data`, a digest's `events` and `count`) and the pure
-/// built-in functions. Conservative: a template that includes or imports another field (which
-/// may read `user`) or calls `debug` (which prints the whole context) is rendered per user.
+/// built-in functions. Conservative: a template that names `user` anywhere is rendered per
+/// user (minijinja's analysis of the names a template reads misses some reads: the right-hand
+/// side of a `set` or `with` that assigns the same name, a filter block's arguments, a macro
+/// argument's default), and so is one that includes or imports another field (which may read
+/// `user`) or calls `debug` (which prints the whole context).
 fn same_for_everyone(tmpl: &minijinja::Template<'_, '_>, text: &str) -> bool {
-    const REACHES_FURTHER: [&str; 4] = ["include", "import", "extends", "debug"];
-    if REACHES_FURTHER.iter().any(|w| text.contains(w)) {
+    const PERSONAL_OR_FURTHER: [&str; 5] = ["user", "include", "import", "extends", "debug"];
+    if PERSONAL_OR_FURTHER.iter().any(|w| text.contains(w)) {
         return false;
     }
     tmpl.undeclared_variables(false).iter().all(|name| {
@@ -760,6 +763,26 @@ mod compiled_tests {
         }
         // The shared fields were rendered once each and kept.
         assert_eq!(memo.done.len(), 2);
+    }
+
+    #[test]
+    fn a_field_that_reads_user_where_the_name_analysis_does_not_look_renders_per_user() {
+        let data = data_value(&serde_json::json!({}));
+        for text in [
+            "{% set user = user.id %}Hi {{ user }}",
+            "{% with user = user.id %}Hi {{ user }}{% endwith %}",
+            "{% filter replace('NAME', user.id) %}Hi NAME{% endfilter %}",
+            "{% set x | replace('a', user.id) %}a{% endset %}Hi {{ x }}",
+            "{% macro m(u=user) %}{{ u.id }}{% endmacro %}Hi {{ m() }}",
+        ] {
+            let c = Compiled::inline(text, "b").unwrap();
+            assert!(c.shared.is_empty(), "{text}");
+            let mut memo = Memo::default();
+            for id in ["ana", "bo"] {
+                let (title, _) = render_in_app(&c, &user_ctx(id, &data), &mut memo).unwrap();
+                assert_eq!(title, format!("Hi {id}"), "{text}");
+            }
+        }
     }
 
     #[test]

@@ -533,18 +533,18 @@ async fn a_campaign_of_several_batches_reads_preferences_past_the_cache_and_a_sm
     let cached = ctx.ports.preference_cache.get_many(&ids).await.unwrap();
     assert!(cached.iter().all(Option::is_none), "{cached:?}");
 
-    // A campaign of one batch goes through the cache and fills it.
-    let mut small = campaign(ctx, "c-small", users_audience(&["bob"]), &channels);
+    // A campaign of one batch goes through the cache and fills it. (Not with bob: a
+    // preference write leaves a tombstone in a shared cache, which keeps a put from racing it.)
+    let mut small = campaign(ctx, "c-small", users_audience(&["alice"]), &channels);
     small.audience_size = 1;
     insert(ctx, &small).await;
     run_campaign(ctx, &small.id).await;
-    assert!(take_channel(ctx, Channel::Push).await.is_empty());
-    assert_eq!(rows(ctx, "bob", &small.id).await.len(), 1);
+    let push = items_by_user(&take_channel(ctx, Channel::Push).await);
+    assert_eq!(user_ids(&push), ["alice"]);
     let cached = ctx.ports.preference_cache.get_many(&ids).await.unwrap();
-    assert!(cached[0].is_none() && cached[2].is_none(), "{cached:?}");
-    let bob = cached[1].as_ref().expect("bob's preferences were cached");
-    assert!(!bob.allows(Channel::Push, None));
-    assert!(bob.allows(Channel::InApp, None));
+    assert!(cached[1].is_none() && cached[2].is_none(), "{cached:?}");
+    let alice = cached[0].as_ref().expect("alice's preferences were cached");
+    assert!(alice.allows(Channel::Push, None));
 }
 
 #[tokio::test]
