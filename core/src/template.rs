@@ -417,11 +417,10 @@ impl Compiled {
                     .map_err(|e| {
                         Error::invalid(format!("{name}: template does not compile: {e}"))
                     })?;
-            }
-        }
-        for (name, text) in content.fields() {
-            if let Ok(t) = env.get_template(name) {
-                if same_for_everyone(&t, text) {
+                if env
+                    .get_template(name)
+                    .is_ok_and(|t| same_for_everyone(&t, text))
+                {
                     shared.push(name);
                 }
             }

@@ -393,14 +393,8 @@ async fn deliver(
         .map(|u| (u.id.clone(), Arc::new(u)))
         .collect();
     stage.done("load_users");
-    let prefs = if through_cache(campaign, batch, ctx.config.fanout.batch_size) {
-        load_preferences(ctx, ids).await?
-    } else {
-        let mut loaded = ctx.ports.directory.get_preferences(ids).await?;
-        ids.iter()
-            .map(|id| loaded.remove(id).unwrap_or_default())
-            .collect()
-    };
+    let cache = through_cache(campaign, batch, ctx.config.fanout.batch_size);
+    let prefs = load_preferences(ctx, ids, cache).await?;
     stage.done("load_preferences");
 
     // Rendering is CPU work bounded per field (see herald_core::template): it runs on a
@@ -771,9 +765,21 @@ fn through_cache(campaign: &Campaign, batch: &FanoutBatch, batch_size: u32) -> b
     batch.batch_no == 0 && campaign.audience_size <= u64::from(batch_size)
 }
 
-/// Preferences of every user of the batch, in order: one cache lookup for the whole batch,
+/// Preferences of every user of the batch, in order. Past the cache (see [`through_cache`]):
+/// one directory read. Through it: one cache lookup for the whole batch,
 /// one directory read for the misses, which then go into the cache.
-async fn load_preferences(ctx: &Context, ids: &[String]) -> Result<Vec<Preferences>> {
+async fn load_preferences(
+    ctx: &Context,
+    ids: &[String],
+    use_cache: bool,
+) -> Result<Vec<Preferences>> {
+    if !use_cache {
+        let mut loaded = ctx.ports.directory.get_preferences(ids).await?;
+        return Ok(ids
+            .iter()
+            .map(|id| loaded.remove(id).unwrap_or_default())
+            .collect());
+    }
     let cached = ctx.ports.preference_cache.get_many(ids).await?;
     let misses: Vec<String> = ids
         .iter()
