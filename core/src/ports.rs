@@ -39,7 +39,12 @@ pub trait Directory: Send + Sync + 'static {
     async fn upsert_users(&self, users: &[User]) -> Result<u64>;
     async fn get_user(&self, id: &str) -> Result<Option<User>>;
     /// The users among `ids` that exist, in no particular order.
-    async fn get_users(&self, ids: &[String]) -> Result<Vec<User>>;
+    async fn get_users(&self, ids: &[String]) -> Result<Vec<User>> {
+        self.get_users_keeping(ids, &AttributeKeys::All).await
+    }
+    /// Like [`Directory::get_users`], each user with only the attributes `keys` keeps (the
+    /// others are skipped unread): what the fan-out reads for its templates.
+    async fn get_users_keeping(&self, ids: &[String], keys: &AttributeKeys) -> Result<Vec<User>>;
     /// Deletes the user with their preferences and devices. `false` if there was none.
     async fn delete_user(&self, id: &str) -> Result<bool>;
     /// Users matching `filter` with id greater than `after`, by id, at most `limit`.

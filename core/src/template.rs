@@ -323,6 +323,8 @@ pub struct Compiled {
     locales: Vec<(String, Compiled)>,
     /// The fields whose output is the same for every recipient (see [`same_for_everyone`]).
     shared: Vec<&'static str>,
+    /// The user attributes its fields and its locale variants read (see [`user_keys_read`]).
+    user_keys: crate::model::AttributeKeys,
 }
 
 /// Fields rendered once for a whole batch of recipients: a field whose template reads no
@@ -358,6 +360,47 @@ fn same_for_everyone(tmpl: &minijinja::Template<'_, '_>, text: &str) -> bool {
     })
 }
 
+/// The attributes of `user` a template reads: the names after `user.` (`{{ user.name }}`,
+/// `{% if user.tier == "gold" %}`), or all of them when it names `user` any other way
+/// (`user|items`, `user[key]`, `{% set u = user %}`, `{{ user }}`) or includes, imports or
+/// extends another field or calls `debug`. A scan of the text rather than of minijinja's name
+/// analysis, which misses some reads (see [`same_for_everyone`]): a name that only looks like a
+/// read (`data.user.x`, text in a comment) keeps one attribute more, never one fewer.
+fn user_keys_read(text: &str) -> crate::model::AttributeKeys {
+    use crate::model::AttributeKeys;
+    const FURTHER: [&str; 4] = ["include", "import", "extends", "debug"];
+    if FURTHER.iter().any(|w| text.contains(w)) {
+        return AttributeKeys::All;
+    }
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = text.as_bytes();
+    let mut names = std::collections::BTreeSet::new();
+    let mut from = 0;
+    while let Some(at) = text[from..].find("user") {
+        let (start, end) = (from + at, from + at + 4);
+        from = end;
+        // Part of a longer name (`superuser`, `users`, `user_id`): not `user`.
+        if (start > 0 && ident(bytes[start - 1])) || bytes.get(end).is_some_and(|&b| ident(b)) {
+            continue;
+        }
+        let Some(rest) = text[end..].trim_start().strip_prefix('.') else {
+            return AttributeKeys::All;
+        };
+        let rest = rest.trim_start();
+        let len = rest.bytes().take_while(|&b| ident(b)).count();
+        // An attribute name is an ASCII identifier here; anything else (a digit first, a
+        // letter outside ASCII) is read as a read of every attribute.
+        if len == 0
+            || rest.as_bytes()[0].is_ascii_digit()
+            || rest.as_bytes().get(len).is_some_and(|b| !b.is_ascii())
+        {
+            return AttributeKeys::All;
+        }
+        names.insert(rest[..len].to_owned());
+    }
+    AttributeKeys::Only(names)
+}
+
 impl Compiled {
     /// Compiles every field of `content` and of its locale variants (each variant completed
     /// along its fallback chain: `pt-BR` over `pt` over the content itself); errors name the
@@ -384,6 +427,10 @@ impl Compiled {
             locales.push((tag, compiled));
         }
         let mut compiled = Self::compile(content)?;
+        for (_, variant) in &locales {
+            compiled.user_keys =
+                std::mem::take(&mut compiled.user_keys).union(variant.user_keys.clone());
+        }
         compiled.locales = locales;
         Ok(compiled)
     }
@@ -411,8 +458,10 @@ impl Compiled {
         let mut env = limited_env();
         env.set_auto_escape_callback(auto_escape);
         let mut shared = Vec::new();
+        let mut user_keys = crate::model::AttributeKeys::none();
         for (name, text) in content.fields() {
             if text.contains("{{") || text.contains("{%") {
+                user_keys = user_keys.union(user_keys_read(text));
                 env.add_template_owned(name.to_owned(), text.to_owned())
                     .map_err(|e| {
                         Error::invalid(format!("{name}: template does not compile: {e}"))
@@ -430,6 +479,7 @@ impl Compiled {
             content,
             locales: Vec::new(),
             shared,
+            user_keys,
         })
     }
 
@@ -460,6 +510,12 @@ impl Compiled {
 
     pub fn content(&self) -> &crate::model::TemplateContent {
         &self.content
+    }
+
+    /// The user attributes its templates read, in any locale variant: a user read with these
+    /// alone renders the same as with all of them.
+    pub fn user_keys(&self) -> &crate::model::AttributeKeys {
+        &self.user_keys
     }
 
     /// Renders field `name` (e.g. `push.title`) whose source is `text`, for one user's
@@ -965,5 +1021,96 @@ mod compiled_tests {
             c.render("email.text", &email.text, &ctx).unwrap(),
             "Hi <script>alert(1)</script>"
         );
+    }
+
+    #[test]
+    fn a_template_reads_the_attributes_named_after_user_dot_and_all_of_them_otherwise() {
+        let only = |names: &[&str]| AttributeKeys::none().with(names);
+        for (text, keys) in [
+            (
+                "Hi {{ user.name }} ({{ user . tier|upper }})",
+                only(&["name", "tier"]),
+            ),
+            (
+                "{% if user.vip %}{{ user.id }}{% endif %}{{ superuser }}{{ users }}",
+                only(&["vip", "id"]),
+            ),
+            ("{{ data.user.x }} {{ data.run }}", only(&["x"])),
+            ("{{ data.run }}", only(&[])),
+            ("{{ user }}", AttributeKeys::All),
+            ("{{ user['tier'] }}", AttributeKeys::All),
+            (
+                "{% for k, v in user|items %}{{ k }}{% endfor %}",
+                AttributeKeys::All,
+            ),
+            ("{% set u = user %}{{ u.tier }}", AttributeKeys::All),
+            (
+                "{% macro m(u=user) %}{{ u.tier }}{% endmacro %}{{ m() }}",
+                AttributeKeys::All,
+            ),
+            ("{{ user.0 }}", AttributeKeys::All),
+            ("{{ user.n\u{e4}me }}", AttributeKeys::All),
+            ("{% include 'in_app.body' %}", AttributeKeys::All),
+            ("{{ debug() }}", AttributeKeys::All),
+            ("{# about the user #}{{ data.x }}", AttributeKeys::All),
+        ] {
+            assert_eq!(user_keys_read(text), keys, "{text}");
+        }
+        // The content reads what any of its fields and locale variants reads.
+        let c = Compiled::new(TemplateContent {
+            in_app: Some(TitleBody {
+                title: "{{ user.name }}".into(),
+                body: "plain".into(),
+            }),
+            locales: [(
+                "pt".to_owned(),
+                TemplateContent {
+                    push: Some(TitleBody {
+                        title: "{{ user.apelido }}".into(),
+                        body: "{{ data.x }}".into(),
+                    }),
+                    ..Default::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.user_keys(), &only(&["apelido", "name"]));
+        assert_eq!(Compiled::inline("a", "b").unwrap().user_keys(), &only(&[]));
+    }
+
+    #[test]
+    fn a_user_decoded_with_the_attributes_its_template_reads_renders_as_with_all_of_them() {
+        let stored =
+            r#"{"name":"Ola","tier":"gold","vip":true,"locale":"pt","score":3.5,"tags":["a","b"]}"#;
+        let data = data_value(&serde_json::json!({"run": "r1"}));
+        let user_with = |keys: &AttributeKeys| {
+            Arc::new(User {
+                id: "u1".into(),
+                email: Some("u1@example.com".into()),
+                phone: None,
+                attributes: keys.decode(stored).unwrap(),
+                created_at: Utc::now(),
+                updated_at: Utc::now(),
+            })
+        };
+        for text in [
+            "Hi {{ user.name }}, {{ user.tier|upper }} {{ user.email }} {{ user.phone }}",
+            "{% if user.vip %}VIP{% endif %} {{ user.tags|join(',') }} {{ user.missing }}",
+            "{% for k, v in user|items %}{{ k }}={{ v }};{% endfor %}",
+            "{{ user|length }} {{ user['score'] }} {{ user }}",
+            "{% set u = user %}{{ u|length }} {{ u.tier }} {{ u.score }}",
+            "{{ data.run }} only",
+        ] {
+            let c = Compiled::inline(text, "b").unwrap();
+            let keys = c.user_keys().clone();
+            let all = user_with(&AttributeKeys::All);
+            let some = user_with(&keys);
+            let full = render_in_app(&c, &context(&all, &data), &mut Memo::default()).unwrap();
+            let partial = render_in_app(&c, &context(&some, &data), &mut Memo::default()).unwrap();
+            assert_eq!(partial, full, "{text} read with {keys:?}");
+        }
     }
 }

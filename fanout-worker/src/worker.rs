@@ -384,10 +384,17 @@ async fn deliver(
     let revision = cached.revision;
     let ids = &batch.user_ids;
     let mut stage = Stages::start();
+    // Only the attributes the content renders and the ones the fan-out itself reads (the
+    // locale picks the content's variant, the time zone places quiet hours).
+    let keys = cached
+        .content
+        .user_keys()
+        .clone()
+        .with(&["locale", "timezone"]);
     let users: HashMap<String, Arc<User>> = ctx
         .ports
         .directory
-        .get_users(ids)
+        .get_users_keeping(ids, &keys)
         .await?
         .into_iter()
         .map(|u| (u.id.clone(), Arc::new(u)))

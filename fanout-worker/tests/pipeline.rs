@@ -1021,6 +1021,53 @@ fn welcome_campaign(ctx: &Context) -> Campaign {
 }
 
 #[tokio::test]
+async fn a_batch_reads_the_attributes_its_template_names_and_every_one_for_a_template_that_reads_the_whole_user(
+) {
+    let h = harness(MORNING).await;
+    let ctx = &h.ctx;
+    let attrs = json!({"name": "Ana", "tier": "gold", "locale": "pt", "score": 3});
+    add_users(ctx, &[user("ana", attrs, None, None)]).await;
+    let inline = |id: &str, title: &str, body: &str| {
+        let mut c = campaign(ctx, id, users_audience(&["ana"]), &[Channel::InApp]);
+        c.content = CampaignContent::Inline(TitleBody {
+            title: title.into(),
+            body: body.into(),
+        });
+        c
+    };
+    for (c, title, body) in [
+        (
+            inline(
+                "c-named",
+                "{{ user.name }} ({{ user.tier }})",
+                "{{ user.score }}{{ user.missing }}",
+            ),
+            "Ana (gold)",
+            "3",
+        ),
+        (
+            inline(
+                "c-whole",
+                "{{ user|length }}",
+                "{% for k, v in user|items %}{{ k }}={{ v }};{% endfor %}",
+            ),
+            "5",
+            "id=ana;locale=pt;name=Ana;score=3;tier=gold;",
+        ),
+    ] {
+        insert(ctx, &c).await;
+        run_campaign(ctx, &c.id).await;
+        let got = rows(ctx, "ana", &c.id).await;
+        assert_eq!(
+            (got[0].title.as_str(), got[0].body.as_str()),
+            (title, body),
+            "{}",
+            c.id
+        );
+    }
+}
+
+#[tokio::test]
 async fn templates_render_per_user_from_attributes_contact_fields_and_campaign_data() {
     let h = harness(MORNING).await;
     let ctx = &h.ctx;

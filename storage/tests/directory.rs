@@ -85,6 +85,35 @@ pub mod cases {
         assert_eq!(got, ids[..3].to_vec());
     }
 
+    pub async fn users_read_for_some_attributes_hold_those_alone(d: Arc<dyn Directory>) {
+        let p = run_id();
+        let a = user(
+            &format!("{p}-a"),
+            json!({"name": "Ana", "tier": "gold", "nested": {"x": [1, {"y": null}]}, "locale": "pt"}),
+        );
+        let mut b = user(&format!("{p}-b"), json!({"tier": "free"}));
+        b.phone = Some("+33123".into());
+        d.upsert_users(&[a.clone(), b.clone()]).await.unwrap();
+        let ids = vec![a.id.clone(), b.id.clone(), format!("{p}-nobody")];
+        let keys = AttributeKeys::none().with(&["name", "locale", "absent"]);
+        let mut got = d.get_users_keeping(&ids, &keys).await.unwrap();
+        got.sort_by(|x, y| x.id.cmp(&y.id));
+        let (mut want_a, mut want_b) = (a.clone(), b.clone());
+        keys.retain(&mut want_a.attributes);
+        keys.retain(&mut want_b.attributes);
+        assert_eq!(
+            got,
+            vec![want_a, want_b],
+            "ids, addresses and times kept whole"
+        );
+        let mut all = d
+            .get_users_keeping(&ids, &AttributeKeys::All)
+            .await
+            .unwrap();
+        all.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(all, vec![a, b]);
+    }
+
     pub async fn a_bulk_upsert_larger_than_one_statement_writes_every_user(d: Arc<dyn Directory>) {
         let p = run_id();
         let users: Vec<User> = (0..12_345)
@@ -508,6 +537,7 @@ macro_rules! directory_conformance {
                 upserted_users_read_back_with_their_attributes,
                 upserting_again_replaces_fields_and_keeps_created_at,
                 get_users_returns_only_the_ones_that_exist,
+                users_read_for_some_attributes_hold_those_alone,
                 a_bulk_upsert_larger_than_one_statement_writes_every_user,
                 deleting_a_user_removes_their_preferences_and_devices,
                 paging_by_id_visits_every_matching_user_once_in_order,

@@ -63,11 +63,17 @@ const USER_COLUMNS: &str = "id, email, phone, attributes, created_at, updated_at
 const DEVICE_COLUMNS: &str = "token, user_id, platform, created_at, last_used_at";
 
 fn user_from_row(row: &MySqlRow) -> Result<User> {
+    user_keeping(row, &AttributeKeys::All)
+}
+
+/// A user with the attributes `keys` keeps.
+fn user_keeping(row: &MySqlRow, keys: &AttributeKeys) -> Result<User> {
     Ok(User {
         id: text(row, "id")?,
         email: opt_text(row, "email")?,
         phone: opt_text(row, "phone")?,
-        attributes: serde_json::from_str(&text(row, "attributes")?)
+        attributes: keys
+            .decode(&text(row, "attributes")?)
             .map_err(|e| corrupt("user attributes", e))?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
@@ -137,7 +143,7 @@ async fn fetch_in<T>(
     select: &str,
     column: &str,
     ids: &[String],
-    map: fn(&MySqlRow) -> Result<T>,
+    map: impl Fn(&MySqlRow) -> Result<T>,
 ) -> Result<Vec<T>> {
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(IN_CHUNK) {
@@ -248,9 +254,12 @@ impl Directory for MysqlDirectory {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    async fn get_users(&self, ids: &[String]) -> Result<Vec<User>> {
+    async fn get_users_keeping(&self, ids: &[String], keys: &AttributeKeys) -> Result<Vec<User>> {
         let select = format!("SELECT {USER_COLUMNS} FROM users");
-        fetch_in(&self.pool, &select, "id", ids, user_from_row).await
+        fetch_in(&self.pool, &select, "id", ids, |row| {
+            user_keeping(row, keys)
+        })
+        .await
     }
 
     async fn delete_user(&self, id: &str) -> Result<bool> {

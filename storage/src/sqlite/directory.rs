@@ -392,16 +392,24 @@ impl Directory for SqliteDirectory {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    async fn get_users(&self, ids: &[String]) -> Result<Vec<User>> {
+    async fn get_users_keeping(&self, ids: &[String], keys: &AttributeKeys) -> Result<Vec<User>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         // The fan-out's hot read: a reader connection on a blocking thread walks the rows
         // and decodes each user there (no thread hop per row, no JSON envelope).
         let sql = in_list(&format!("SELECT {USER_COLUMNS} FROM users"), "id", ids)?;
+        let keys = keys.clone();
         self.readers
-            .batch(sql, |row| {
-                let attributes: String = row.get(3)?;
+            .batch(sql, move |row| {
+                // Decoded from SQLite's own copy of the text, not from one made first.
+                let attributes = row.get_ref(3)?.as_str().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        3,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?;
                 let (id, email, phone, created_at, updated_at) = (
                     row.get(0)?,
                     row.get(1)?,
@@ -409,7 +417,8 @@ impl Directory for SqliteDirectory {
                     row.get(4)?,
                     row.get(5)?,
                 );
-                Ok(serde_json::from_str(&attributes)
+                Ok(keys
+                    .decode(attributes)
                     .map_err(|e| corrupt("user attributes", e))
                     .map(|attributes| User {
                         id,
