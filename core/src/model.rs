@@ -73,9 +73,7 @@ impl AttributeKeys {
 
     /// `attributes` without the ones not kept.
     pub fn retain(&self, attributes: &mut Attributes) {
-        if let AttributeKeys::Only(names) = self {
-            attributes.retain(|k, _| names.contains(k.as_str()));
-        }
+        attributes.retain(|k, _| self.keeps(k));
     }
 }
 

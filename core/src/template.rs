@@ -348,8 +348,7 @@ pub struct Memo<'c> {
 /// argument's default), and so is one that includes or imports another field (which may read
 /// `user`) or calls `debug` (which prints the whole context).
 fn same_for_everyone(tmpl: &minijinja::Template<'_, '_>, text: &str) -> bool {
-    const PERSONAL_OR_FURTHER: [&str; 5] = ["user", "include", "import", "extends", "debug"];
-    if PERSONAL_OR_FURTHER.iter().any(|w| text.contains(w)) {
+    if text.contains("user") || reaches_further(text) {
         return false;
     }
     tmpl.undeclared_variables(false).iter().all(|name| {
@@ -360,6 +359,14 @@ fn same_for_everyone(tmpl: &minijinja::Template<'_, '_>, text: &str) -> bool {
     })
 }
 
+/// Whether a template may read more than its own text shows: it includes, imports or extends
+/// another field, or calls `debug` (which prints the whole context).
+fn reaches_further(text: &str) -> bool {
+    ["include", "import", "extends", "debug"]
+        .iter()
+        .any(|w| text.contains(w))
+}
+
 /// The attributes of `user` a template reads: the names after `user.` (`{{ user.name }}`,
 /// `{% if user.tier == "gold" %}`), or all of them when it names `user` any other way
 /// (`user|items`, `user[key]`, `{% set u = user %}`, `{{ user }}`) or includes, imports or
@@ -368,8 +375,7 @@ fn same_for_everyone(tmpl: &minijinja::Template<'_, '_>, text: &str) -> bool {
 /// read (`data.user.x`, text in a comment) keeps one attribute more, never one fewer.
 fn user_keys_read(text: &str) -> crate::model::AttributeKeys {
     use crate::model::AttributeKeys;
-    const FURTHER: [&str; 4] = ["include", "import", "extends", "debug"];
-    if FURTHER.iter().any(|w| text.contains(w)) {
+    if reaches_further(text) {
         return AttributeKeys::All;
     }
     let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
