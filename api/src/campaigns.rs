@@ -334,6 +334,7 @@ pub async fn replay_failed_batch(
         user_ids: batch.user_ids.clone(),
         replay: true,
         failed_attempts: 0,
+        message_users: ctx.config.fanout.message_users,
     };
     let payload = serde_json::to_vec(&message)
         .map_err(|e| Error::internal("batch encoding").with_source(e))?;

@@ -983,7 +983,12 @@ async fn inbox(app: &TestApp, user: &str) -> Vec<herald_core::model::Notificatio
 
 #[tokio::test]
 async fn a_campaign_to_a_2500_user_segment_is_fanned_out_to_completion() {
-    let app = spawn_app_with_fanout(|c| c.fanout.workers = Some(2)).await;
+    // Batches of 1,000 (the size on Kafka or NATS): the campaign is cut in three.
+    let app = spawn_app_with_fanout(|c| {
+        c.fanout.workers = Some(2);
+        c.fanout.batch_size = Some(1000);
+    })
+    .await;
     app.import_users("e2e", 0..2_500).await;
     app.segment("e2e", "e2e").await;
     let (s, created) = app
@@ -1027,7 +1032,11 @@ async fn a_campaign_to_a_2500_user_segment_is_fanned_out_to_completion() {
 
 #[tokio::test]
 async fn opted_out_users_are_left_out_per_channel_and_per_category() {
-    let app = spawn_app_with_fanout(|c| c.fanout.workers = Some(2)).await;
+    let app = spawn_app_with_fanout(|c| {
+        c.fanout.workers = Some(2);
+        c.fanout.batch_size = Some(1000);
+    })
+    .await;
     app.import_users("opt", 0..2_500).await;
     app.segment("opt", "opt").await;
     let no_push = "opt-00007";
@@ -1132,7 +1141,7 @@ async fn cancelling_a_campaign_mid_fan_out_stops_its_remaining_batches() {
     // 3,000 users in batches of 100 at 200 users/s: about 14 s of batching.
     let app = spawn_app_with_fanout(|c| {
         c.fanout.workers = Some(2);
-        c.fanout.batch_size = 100;
+        c.fanout.batch_size = Some(100);
         c.throttle.users_per_s = 200;
     })
     .await;

@@ -260,6 +260,7 @@ fn letter(id: &str) -> DeadLetter {
             batch_no: 2,
             channel: Channel::Sms,
             part: 0,
+            piece: 0,
             category: None,
             priority: Priority::Normal,
             deliver_after: None,

@@ -227,9 +227,15 @@ async fn a_campaign_reaches_each_users_inbox_live_sockets_and_devices_once() {
 
 /// Users and their devices imported in bulk (NDJSON) are who a segment campaign's pushes go
 /// to: every imported device gets one send, the device of a user who does not exist none.
+/// The batch's pushes travel in pieces of 64 users (`fanout.message_users`), each claimed and
+/// sent by the gateway on its own.
 #[tokio::test]
-async fn devices_imported_in_bulk_each_get_one_push_of_a_segment_campaign() {
-    let app = spawn_deployment(|_| {}).await;
+async fn devices_imported_in_bulk_each_get_one_push_of_a_segment_campaign_sent_in_pieces() {
+    let app = spawn_deployment(|c| {
+        c.fanout.batch_size = Some(1000);
+        c.fanout.message_users = 64;
+    })
+    .await;
     let users: String = (0..300)
         .map(|i| format!("{{\"id\":\"bulk-{i:03}\",\"attributes\":{{\"cohort\":\"bulk\"}}}}\n"))
         .collect();
@@ -349,7 +355,7 @@ async fn each_user_reads_the_template_variant_of_their_locale_with_its_fallbacks
 
 #[tokio::test]
 async fn a_push_opt_out_made_through_the_api_reaches_the_next_campaign_on_every_node() {
-    let app = spawn_deployment(|c| c.fanout.batch_size = 1).await;
+    let app = spawn_deployment(|c| c.fanout.batch_size = Some(1)).await;
     let users: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
     for u in &users {
         app.user_with_devices(u, &[&format!("tok-{u}")]).await;

@@ -133,6 +133,12 @@ pub struct FanoutBatch {
     /// through the delay store as a new message carrying the count).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failed_attempts: u32,
+    /// Recipients per channel message (`fanout.message_users` where the batch was cut): fixed
+    /// in the batch, so every processing of it cuts its channel messages into the same pieces
+    /// (see [`ChannelMessage::piece`]) even if the setting changed meanwhile. 0 (a batch
+    /// published before pieces existed): the whole batch is one piece.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub message_users: u32,
 }
 
 /// Body of a channel queue message: one campaign batch's deliveries on one channel.
@@ -147,6 +153,13 @@ pub struct ChannelMessage {
     /// same batch processed again yields the same parts; retries and replays keep it.
     #[serde(default)]
     pub part: i64,
+    /// Which piece of its part: a batch of more than [`FanoutBatch::message_users`] users
+    /// publishes each part in pieces, piece `n` holding the items of the batch's users at
+    /// positions `n * message_users ..` onwards (by position in the batch, so the same batch
+    /// processed again puts each user in the same piece). 0 for a batch of one piece; retries
+    /// and replays keep it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub piece: u32,
     pub category: Option<String>,
     pub priority: Priority,
     /// Not to be delivered before this instant (the end of the recipients' quiet hours).
@@ -224,6 +237,11 @@ impl ChannelMessage {
                 self.campaign_id, self.batch_no, self.channel, self.part, self.attempt
             ),
         };
+        // Piece 0 keeps the key a batch of one piece always had.
+        if self.piece > 0 {
+            key.push_str("/piece/");
+            key.push_str(&self.piece.to_string());
+        }
         if let Some(replay) = &self.replay_of {
             key.push_str("/replay/");
             key.push_str(replay);
@@ -253,4 +271,48 @@ pub struct ChannelItem {
     /// and dead letters so what was delivered is not delivered again. `None` means all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(part: i64, piece: u32, attempt: u32) -> ChannelMessage {
+        ChannelMessage {
+            campaign_id: "c1".into(),
+            batch_no: 7,
+            channel: Channel::Push,
+            part,
+            piece,
+            category: None,
+            priority: Priority::Normal,
+            deliver_after: None,
+            expires_at: None,
+            attempt,
+            replay_of: None,
+            unless_read: None,
+            revision: 0,
+            replaces: None,
+            items: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn each_piece_of_a_part_has_a_delivery_key_of_its_own_and_piece_0_keeps_the_unpieced_one() {
+        assert_eq!(message(0, 0, 0).delivery_key(), "c1/7/push/0/0");
+        assert_eq!(message(0, 1, 0).delivery_key(), "c1/7/push/0/0/piece/1");
+        // A retry of piece 1 is not a retry of piece 2, nor piece 1 itself.
+        assert_eq!(message(0, 1, 2).delivery_key(), "c1/7/push/0/2/piece/1");
+        assert_ne!(
+            message(0, 2, 2).delivery_key(),
+            message(0, 1, 2).delivery_key()
+        );
+        // Piece 0 is left out of the message as it was before pieces.
+        let json = serde_json::to_value(message(0, 0, 0)).unwrap();
+        assert!(json.get("piece").is_none(), "{json}");
+        let back: ChannelMessage = serde_json::from_value(json).unwrap();
+        assert_eq!(back.piece, 0);
+        let json = serde_json::to_value(message(0, 3, 0)).unwrap();
+        assert_eq!(json["piece"], 3);
+    }
 }

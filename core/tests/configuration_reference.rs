@@ -250,7 +250,7 @@ fn every_key_of_the_reference_is_read_from_its_environment_variable() {
         jail.set_env("HERALD_INBOX__RETENTION_DAYS", "5");
         let c = Config::load(None).expect("loads");
         assert_eq!(c.push.fcm.limits.rate_per_s, 7);
-        assert_eq!(c.fanout.batch_size, 123);
+        assert_eq!(c.fanout.batch_size, Some(123));
         assert_eq!(c.inbox.retention_days, 5);
         Ok(())
     });

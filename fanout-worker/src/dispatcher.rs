@@ -285,7 +285,7 @@ async fn cut_batches(
             }
             Err(e) => return Err(e),
         };
-        let batch_size = ctx.config.fanout.batch_size;
+        let batch_size = ctx.config.fanout_batch_size();
         let pace = strategy::pace(
             campaign.strategy,
             campaign.audience_size,
@@ -354,6 +354,7 @@ async fn cut_batches(
                 user_ids: ids,
                 replay: false,
                 failed_attempts: 0,
+                message_users: ctx.config.fanout.message_users,
             };
             let payload = serde_json::to_vec(&batch)
                 .map_err(|e| Error::internal("batch encoding").with_source(e))?;

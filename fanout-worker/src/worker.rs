@@ -400,7 +400,7 @@ async fn deliver(
         .map(|u| (u.id.clone(), Arc::new(u)))
         .collect();
     stage.done("load_users");
-    let cache = through_cache(campaign, batch, ctx.config.fanout.batch_size);
+    let cache = through_cache(campaign, batch, ctx.config.fanout_batch_size());
     let prefs = load_preferences(ctx, ids, cache).await?;
     stage.done("load_preferences");
 
@@ -466,40 +466,44 @@ async fn deliver(
     } else {
         ReadCheck::Inbox
     };
+    let mut pieces = Pieces::new(&batch.user_ids, batch.message_users);
     for ((channel, part), (deliver_after, items)) in outbound {
         counts.entry(channel).or_default().queued += items.len() as u64;
-        let msg = ChannelMessage {
-            campaign_id: campaign.id.clone(),
-            batch_no: batch.batch_no,
-            channel,
-            part,
-            category: campaign.category.clone(),
-            priority: campaign.priority,
-            deliver_after,
-            expires_at: campaign.expires_at,
-            attempt: 0,
-            replay_of: None,
-            unless_read: (part < 0).then_some(read_check),
-            revision,
-            replaces: None,
-            items,
-        };
-        let payload = serde_json::to_vec(&msg)
-            .map_err(|e| Error::internal("channel message").with_source(e))?;
-        // Recipients in quiet hours: the message waits in the delay store until they end.
-        let topic = topics::channel_topic(channel);
-        ctx.ports
-            .publish_at(
-                topic,
-                OutMessage {
-                    key: Some(campaign.id.clone()),
-                    payload,
-                },
+        for (piece, items) in pieces.split(items) {
+            let msg = ChannelMessage {
+                campaign_id: campaign.id.clone(),
+                batch_no: batch.batch_no,
+                channel,
+                part,
+                piece,
+                category: campaign.category.clone(),
+                priority: campaign.priority,
                 deliver_after,
-                now,
-                || format!("{topic}/{}", msg.delivery_key()),
-            )
-            .await?;
+                expires_at: campaign.expires_at,
+                attempt: 0,
+                replay_of: None,
+                unless_read: (part < 0).then_some(read_check),
+                revision,
+                replaces: None,
+                items,
+            };
+            let payload = serde_json::to_vec(&msg)
+                .map_err(|e| Error::internal("channel message").with_source(e))?;
+            // Recipients in quiet hours: the message waits in the delay store until they end.
+            let topic = topics::channel_topic(channel);
+            ctx.ports
+                .publish_at(
+                    topic,
+                    OutMessage {
+                        key: Some(campaign.id.clone()),
+                        payload,
+                    },
+                    deliver_after,
+                    now,
+                    || format!("{topic}/{}", msg.delivery_key()),
+                )
+                .await?;
+        }
     }
     stage.done("publish_channels");
     if !rows.is_empty() {
@@ -515,6 +519,51 @@ async fn deliver(
     }
     stage.done("publish_live");
     Ok((progress, counts.into_iter().collect(), failures))
+}
+
+/// Cuts a batch's items on one channel into its pieces (see [`ChannelMessage::piece`]): by
+/// each user's position in the batch, so a batch processed again puts every user in the
+/// piece, and so the message under the delivery key, it was in the first time.
+struct Pieces<'a> {
+    ids: &'a [String],
+    users_per_piece: usize,
+    /// Each user's piece, built the first time a batch of several pieces needs it.
+    piece_of: Option<HashMap<&'a str, u32>>,
+}
+
+impl<'a> Pieces<'a> {
+    /// `message_users` as the batch carries it: 0 makes the whole batch one piece.
+    fn new(ids: &'a [String], message_users: u32) -> Self {
+        Self {
+            ids,
+            users_per_piece: match message_users {
+                0 => usize::MAX,
+                n => n as usize,
+            },
+            piece_of: None,
+        }
+    }
+
+    /// The items by piece, in piece order; a batch of one piece is one message, piece 0.
+    fn split(&mut self, items: Vec<ChannelItem>) -> Vec<(u32, Vec<ChannelItem>)> {
+        if self.ids.len() <= self.users_per_piece {
+            return vec![(0, items)];
+        }
+        let (ids, per) = (self.ids, self.users_per_piece);
+        let piece_of = self.piece_of.get_or_insert_with(|| {
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), (i / per) as u32))
+                .collect()
+        });
+        let mut out: BTreeMap<u32, Vec<ChannelItem>> = BTreeMap::new();
+        for item in items {
+            // Every item is of one of the batch's users.
+            let piece = piece_of.get(item.user_id.as_str()).copied().unwrap_or(0);
+            out.entry(piece).or_default().push(item);
+        }
+        out.into_iter().collect()
+    }
 }
 
 /// Presence-aware push (`push_when: offline`): takes the pushes of recipients with a live

@@ -503,7 +503,7 @@ async fn a_user_with_push_switched_off_gets_the_inbox_row_but_no_push_item() {
 
 #[tokio::test]
 async fn a_campaign_of_several_batches_reads_preferences_past_the_cache_and_a_small_one_fills_it() {
-    let h = harness_with(MORNING, |c| c.fanout.batch_size = 2).await;
+    let h = harness_with(MORNING, |c| c.fanout.batch_size = Some(2)).await;
     let ctx = &h.ctx;
     let ids: Vec<String> = ["alice", "bob", "carol"].map(String::from).to_vec();
     let users: Vec<User> = ids
@@ -1143,6 +1143,74 @@ async fn email_items_need_an_email_and_sms_items_a_phone() {
 // ---------------------------------------------------------------------------------------------
 // 4. Exactly-once effect
 
+/// A batch of more users than `fanout.message_users` publishes each channel's items in
+/// pieces cut by the users' positions in the batch (not by the items: a user without a push
+/// leaves a gap), each a message of its own; processed again, even by a process whose
+/// setting differs, it publishes the same pieces under the same keys, so the gateway
+/// recognises every one.
+#[tokio::test]
+async fn a_batch_larger_than_a_message_publishes_its_pushes_in_pieces_by_position_and_again_alike()
+{
+    let h = harness_with(MORNING, |c| {
+        c.fanout.batch_size = Some(10);
+        c.fanout.message_users = 4;
+    })
+    .await;
+    let ctx = &h.ctx;
+    let users = ten_users(ctx).await;
+    set_prefs(ctx, "u05", json!({"channels": {"push": false}})).await;
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let c = campaign(
+        ctx,
+        "c-pieces",
+        users_audience(&refs),
+        &[Channel::InApp, Channel::Push],
+    );
+    insert(ctx, &c).await;
+    let batches = run_campaign(ctx, &c.id).await;
+    assert_eq!(batches.len(), 1);
+
+    let pieces = |messages: &[ChannelMessage]| -> Vec<(u32, String, Vec<String>)> {
+        messages
+            .iter()
+            .map(|m| {
+                let users = m.items.iter().map(|i| i.user_id.clone()).collect();
+                (m.piece, m.delivery_key(), users)
+            })
+            .collect()
+    };
+    let first = pieces(&take_channel(ctx, Channel::Push).await);
+    let want: Vec<(u32, Vec<String>)> = vec![
+        (0, ids(&["u00", "u01", "u02", "u03"])),
+        (1, ids(&["u04", "u06", "u07"])),
+        (2, ids(&["u08", "u09"])),
+    ];
+    let got: Vec<(u32, Vec<String>)> = first.iter().map(|(p, _, u)| (*p, u.clone())).collect();
+    assert_eq!(got, want);
+    let keys: BTreeSet<&String> = first.iter().map(|(_, k, _)| k).collect();
+    assert_eq!(keys.len(), 3, "a key per piece: {first:?}");
+    assert_eq!(
+        first[0].1, "c-pieces/0/push/0/0",
+        "piece 0 keeps the unpieced key"
+    );
+
+    // A redelivery of the batch (its ack was lost).
+    process(ctx, &batches).await;
+    assert_eq!(pieces(&take_channel(ctx, Channel::Push).await), first);
+    // The batch carries its piece size: a process configured otherwise since cuts it alike.
+    assert_eq!(batches[0].message_users, 4);
+    let mut changed = ctx.clone();
+    let mut config = (*ctx.config).clone();
+    config.fanout.message_users = 3;
+    changed.config = Arc::new(config);
+    process(&changed, &batches).await;
+    assert_eq!(pieces(&take_channel(ctx, Channel::Push).await), first);
+    let done = get(ctx, &c.id).await;
+    assert_eq!(done.status, CampaignStatus::Completed);
+    assert_eq!(queued(&done, Channel::Push), 9);
+    assert_eq!(done.progress.notifications_written, 10);
+}
+
 #[tokio::test]
 async fn processing_the_same_batch_twice_leaves_one_row_per_user_and_counts_once() {
     let h = harness(MORNING).await;
@@ -1177,7 +1245,7 @@ async fn processing_the_same_batch_twice_leaves_one_row_per_user_and_counts_once
 
 #[tokio::test]
 async fn a_redelivered_dispatch_after_a_crash_resumes_from_the_checkpoint_and_completes_once() {
-    let h = harness_with(MORNING, |c| c.fanout.batch_size = 2).await;
+    let h = harness_with(MORNING, |c| c.fanout.batch_size = Some(2)).await;
     let ctx = &h.ctx;
     let users = ten_users(ctx).await;
     let c = campaign(
@@ -1254,7 +1322,7 @@ async fn a_redelivered_dispatch_after_a_crash_resumes_from_the_checkpoint_and_co
 #[tokio::test]
 async fn after_a_cancel_mid_way_dispatch_publishes_nothing_more_and_remaining_batches_write_nothing(
 ) {
-    let h = harness_with(MORNING, |c| c.fanout.batch_size = 2).await;
+    let h = harness_with(MORNING, |c| c.fanout.batch_size = Some(2)).await;
     let ctx = &h.ctx;
     ten_users(ctx).await;
     let c = campaign(
@@ -1323,7 +1391,7 @@ async fn after_a_cancel_mid_way_dispatch_publishes_nothing_more_and_remaining_ba
 
 #[tokio::test]
 async fn a_cancel_between_two_batches_stops_the_dispatcher_before_the_next_one() {
-    let h = harness_with(MORNING, |c| c.fanout.batch_size = 1).await;
+    let h = harness_with(MORNING, |c| c.fanout.batch_size = Some(1)).await;
     let ctx = &h.ctx;
     ten_users(ctx).await;
     let c = campaign(
@@ -1436,7 +1504,7 @@ async fn a_scheduled_campaign_is_released_after_a_restart_on_the_same_data_dir()
 
 #[tokio::test]
 async fn batches_processed_after_expiry_write_nothing_but_still_complete_the_campaign() {
-    let h = harness_with(MORNING, |c| c.fanout.batch_size = 2).await;
+    let h = harness_with(MORNING, |c| c.fanout.batch_size = Some(2)).await;
     let ctx = &h.ctx;
     let expires_at = at(MORNING) + Duration::hours(1);
     let mut c = campaign(
@@ -1479,7 +1547,7 @@ async fn batches_processed_after_expiry_write_nothing_but_still_complete_the_cam
 
 #[tokio::test]
 async fn a_segment_of_2345_users_is_cut_into_batches_of_1000_1000_and_345_in_id_order() {
-    let h = harness_with(MORNING, |c| c.fanout.batch_size = 1000).await;
+    let h = harness_with(MORNING, |c| c.fanout.batch_size = Some(1000)).await;
     let ctx = &h.ctx;
     // Ids like u1, u10, u100: their key order is not their numeric order. Users 0..2345
     // are "pro" (the segment), 600 more are "free", and the directory receives them in a
@@ -1538,7 +1606,7 @@ async fn a_segment_of_2345_users_is_cut_into_batches_of_1000_1000_and_345_in_id_
 
 #[tokio::test]
 async fn an_inline_user_list_with_duplicates_is_deduplicated() {
-    let h = harness_with(MORNING, |c| c.fanout.batch_size = 2).await;
+    let h = harness_with(MORNING, |c| c.fanout.batch_size = Some(2)).await;
     let ctx = &h.ctx;
     let c = campaign(
         ctx,

@@ -170,6 +170,7 @@ fn message(
         batch_no: 0,
         channel: Channel::Push,
         part: 0,
+        piece: 0,
         category: None,
         priority: Priority::Normal,
         deliver_after,

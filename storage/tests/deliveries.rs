@@ -38,6 +38,7 @@ fn letter(channel: Channel, campaign: &str) -> DeadLetter {
             batch_no: 3,
             channel,
             part: 0,
+            piece: 0,
             category: Some("orders".into()),
             priority: Priority::High,
             deliver_after: None,

@@ -60,7 +60,7 @@ async fn setup() -> App {
     let app = spawn(Options {
         fanout: false,
         configure: Box::new(|c| {
-            c.fanout.batch_size = BATCH as u32;
+            c.fanout.batch_size = Some(BATCH as u32);
             // About five seconds of batching, so a node can die mid-way.
             c.throttle.users_per_s = 20_000;
             c.throttle.large_users_per_s = 20_000;

@@ -12,7 +12,7 @@ use std::time::Duration;
 async fn a_batch_worker_that_panics_is_restarted_reported_not_ready_and_its_batches_still_land_once(
 ) {
     let (app, inbox) = spawn_faulty_inbox(|c| {
-        c.fanout.batch_size = 1;
+        c.fanout.batch_size = Some(1);
         c.fanout.workers = Some(1);
     })
     .await;

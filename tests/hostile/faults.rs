@@ -275,7 +275,7 @@ async fn on_small_disk(throttle: u32) -> Option<(App, SmallDisk)> {
     let app = spawn(Options {
         configure: Box::new(move |c| {
             c.data_dir = data;
-            c.fanout.batch_size = 500;
+            c.fanout.batch_size = Some(500);
             c.throttle.users_per_s = throttle;
             c.throttle.large_users_per_s = throttle;
         }),
@@ -408,7 +408,7 @@ async fn an_import_that_fills_the_disk_says_what_it_wrote_and_the_same_file_impo
 async fn an_inbox_store_that_refuses_writes_mid_fanout_turns_readyz_red_and_the_campaign_completes_once_it_takes_them(
 ) {
     let (app, inbox) = spawn_faulty_inbox(|c| {
-        c.fanout.batch_size = 500;
+        c.fanout.batch_size = Some(500);
         c.throttle.users_per_s = 5_000;
         c.throttle.large_users_per_s = 5_000;
         c.fanout.max_batch_attempts = 1_000;
@@ -459,7 +459,7 @@ async fn an_inbox_file_made_read_only_mid_fanout_turns_readyz_red_and_the_campai
     }
     let app = spawn(Options {
         configure: Box::new(|c| {
-            c.fanout.batch_size = 500;
+            c.fanout.batch_size = Some(500);
             c.throttle.users_per_s = 5_000;
             c.throttle.large_users_per_s = 5_000;
             c.fanout.max_batch_attempts = 1_000;

@@ -112,7 +112,7 @@ async fn a_recipient_whose_data_breaks_the_template_is_skipped_and_counted_and_t
 async fn a_batch_that_keeps_failing_is_given_up_after_its_attempts_and_the_campaign_ends_with_the_counts(
 ) {
     let (app, inbox) = spawn_faulty_inbox(|c| {
-        c.fanout.batch_size = 1;
+        c.fanout.batch_size = Some(1);
         c.fanout.max_batch_attempts = 2;
     })
     .await;

@@ -344,7 +344,7 @@ fn build(
 ) -> Campaign {
     let strategy = strategy::choose(size, &input.audience, input.strategy, &ctx.config.strategy);
     let scheduled = input.starts_at.is_some_and(|s| s > now);
-    let batch = u64::from(ctx.config.fanout.batch_size);
+    let batch = u64::from(ctx.config.fanout_batch_size());
     Campaign {
         id,
         audience: input.audience,

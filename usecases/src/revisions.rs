@@ -138,6 +138,7 @@ pub async fn revise(ctx: &Context, id: &str, patch: ContentPatch) -> Result<Revi
             batch_no: 0,
             channel: Channel::Push,
             part: 0,
+            piece: 0,
             category: campaign.category.clone(),
             priority: campaign.priority,
             deliver_after: Some(revision.revised_at + REPLACE_AFTER),
