@@ -59,6 +59,7 @@ pub const CATALOG: &[(Kind, &str, &str)] = &[
     (Counter, "herald_live_frames_sent_total", "Frames written to live-feed sockets."),
     (Counter, "herald_live_slow_consumers_closed_total", "Live-feed sockets closed for falling too far behind."),
     (Gauge, "herald_live_users_followed", "Users this node follows on the live hub (users with a socket here)."),
+    (Counter, "herald_push_after_send_retries_total", "Writes following a channel message's sends (next attempt, dead letter, report, processed mark) retried while their engine was unavailable."),
     (Counter, "herald_push_claims_lost_total", "Channel messages whose delivery claim ran out while they were being sent."),
     (Counter, "herald_push_deliveries_total", "Sends by channel and result (sent, failed, retried, dead_lettered, invalid_token, suppressed_online, cancelled, ...)."),
     (Counter, "herald_push_duplicate_messages_total", "Channel messages skipped as already delivered."),

@@ -11,7 +11,9 @@
 //! subscriber; send through the providers' lanes; then act on each outcome (delete dead
 //! tokens, republish the transient failures as the next attempt, dead-letter what is out of
 //! attempts), publish the delivery report, mark the key processed and ack (a handling that
-//! fails before the mark gives its claim back, so the retry need not wait out the lease). Every step can be
+//! fails before the sends gives its claim back, so the retry need not wait out the lease;
+//! after the sends, an engine outage is waited out, the claim kept, rather than failing the
+//! message into a redelivery that would send again). Every step can be
 //! repeated after a crash without losing a send; only a crash between sending and marking
 //! repeats sends (once the dead holder's claim runs out), which is the at-least-once promise
 //! providers and receivers are built for. Copies that are merely concurrent never both send.
@@ -319,22 +321,21 @@ impl Gateway {
         let report = self.deliver(msg, key.to_owned()).await?;
         let payload = serde_json::to_vec(&report)
             .map_err(|e| Error::internal("delivery report").with_source(e))?;
-        self.ctx
-            .ports
-            .bus
-            .publish(
-                topics::RESULTS,
-                &[OutMessage {
-                    key: Some(msg.campaign_id.clone()),
-                    payload,
-                }],
-            )
-            .await?;
-        self.ctx
-            .ports
-            .deliveries
-            .mark_processed(key, self.ctx.clock.now())
-            .await?;
+        let report = [OutMessage {
+            key: Some(msg.campaign_id.clone()),
+            payload,
+        }];
+        after_sends("the delivery report", || {
+            self.ctx.ports.bus.publish(topics::RESULTS, &report)
+        })
+        .await?;
+        after_sends("the processed mark", || {
+            self.ctx
+                .ports
+                .deliveries
+                .mark_processed(key, self.ctx.clock.now())
+        })
+        .await?;
         metrics::histogram!("herald_push_message_seconds", "channel" => channel.as_str())
             .record(started.elapsed().as_secs_f64());
         Ok(())
@@ -719,13 +720,25 @@ impl Gateway {
             }
         }
 
+        // From here on the sends are made: nothing may fail the message, whose redelivery
+        // would make them again. The token upkeep is best effort (a rejected token is rejected
+        // again next time, and removed then); the writes that keep sends for later wait out an
+        // engine outage (`after_sends`).
         let directory = &self.ctx.ports.directory;
         if !invalid_tokens.is_empty() {
-            let n = directory.delete_tokens(&invalid_tokens).await?;
-            tracing::info!(deleted = n, %channel, "removed device tokens the provider rejected");
+            match directory.delete_tokens(&invalid_tokens).await {
+                Ok(n) => {
+                    tracing::info!(deleted = n, %channel, "removed device tokens the provider rejected")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %channel, "rejected device tokens not removed")
+                }
+            }
         }
         if !touch.is_empty() {
-            directory.touch_tokens(&touch, now).await?;
+            if let Err(e) = directory.touch_tokens(&touch, now).await {
+                tracing::warn!(error = %e, %channel, "device tokens' last use not recorded");
+            }
         }
         if !retry.is_empty() {
             let delay = self.backoff.delay(msg.attempt, retry_after);
@@ -739,19 +752,19 @@ impl Gateway {
                 .map_err(|e| Error::internal("channel message").with_source(e))?;
             // The next attempt waits out its backoff in the delay store.
             let topic = topics::channel_topic(channel);
-            self.ctx
-                .ports
-                .publish_at(
+            after_sends("the next attempt", || {
+                self.ctx.ports.publish_at(
                     topic,
                     OutMessage {
                         key: Some(msg.campaign_id.clone()),
-                        payload,
+                        payload: payload.clone(),
                     },
                     next.deliver_after,
                     now,
                     || format!("{topic}/{}", next.delivery_key()),
                 )
-                .await?;
+            })
+            .await?;
         }
         let mut letter_id = None;
         if !dead.is_empty() {
@@ -770,11 +783,10 @@ impl Gateway {
                 created_at: now,
                 replayed_at: None,
             };
-            self.ctx
-                .ports
-                .deliveries
-                .insert_dead_letter(&letter)
-                .await?;
+            after_sends("a dead letter", || {
+                self.ctx.ports.deliveries.insert_dead_letter(&letter)
+            })
+            .await?;
             tracing::warn!(
                 dead_letter = %letter.id,
                 campaign = %letter.campaign_id,
@@ -921,6 +933,37 @@ impl Gateway {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::retry("no outcome", None)))
             .collect()
+    }
+}
+
+/// How long a write that follows a message's sends is retried through an engine outage.
+const AFTER_SENDS_PATIENCE: Duration = Duration::from_secs(300);
+
+/// A write that follows a message's sends (the next attempt, a dead letter, the report, the
+/// processed mark): retried while its engine is unavailable, for up to
+/// [`AFTER_SENDS_PATIENCE`], instead of failing the message, whose redelivery would send again
+/// once the claim (still renewed meanwhile) runs out. Other errors fail at once, as before.
+async fn after_sends<T, F, Fut>(what: &'static str, mut write: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if e.kind == herald_core::ErrorKind::Unavailable
+                    && started.elapsed() < AFTER_SENDS_PATIENCE =>
+            {
+                metrics::counter!("herald_push_after_send_retries_total").increment(1);
+                tracing::warn!(error = %e, "{what} not written after the sends; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

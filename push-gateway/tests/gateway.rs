@@ -10,7 +10,7 @@ use herald_core::ports::{Bus, DeliveryClaim, DeliveryStore};
 use herald_core::topics::{self, ChannelItem, ChannelMessage};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -331,11 +331,12 @@ async fn a_copy_claimed_by_a_consumer_that_died_is_sent_once_its_claim_runs_out(
     assert_eq!(app.fcm.requests_for("after-claim"), 1);
 }
 
-/// A delivery store whose `mark_processed` fails while `failing` is set (a store that went
-/// away between the sends and the mark).
+/// A delivery store whose `mark_processed` fails its first `failures` calls: unavailable (a
+/// store that went away between the sends and the mark) or with a bug.
 struct FailingMarks {
     inner: Arc<dyn DeliveryStore>,
-    failing: AtomicBool,
+    failures: AtomicU32,
+    unavailable: bool,
 }
 
 #[async_trait::async_trait]
@@ -379,11 +380,17 @@ impl DeliveryStore for FailingMarks {
         key: &str,
         at: chrono::DateTime<chrono::Utc>,
     ) -> herald_core::Result<()> {
-        if self.failing.swap(false, Ordering::SeqCst) {
-            return Err(herald_core::Error::unavailable(
-                "deliveries store",
-                std::io::Error::other("store away"),
-            ));
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(if self.unavailable {
+                herald_core::Error::unavailable(
+                    "deliveries store",
+                    std::io::Error::other("store away"),
+                )
+            } else {
+                herald_core::Error::internal("a broken processed mark")
+            });
         }
         self.inner.mark_processed(key, at).await
     }
@@ -477,7 +484,8 @@ async fn a_handling_that_fails_after_claiming_gives_the_claim_back_for_the_retry
         |mut ports| {
             ports.deliveries = Arc::new(FailingMarks {
                 inner: ports.deliveries,
-                failing: AtomicBool::new(true),
+                failures: 1.into(),
+                unavailable: false,
             });
             ports
         },
@@ -486,12 +494,37 @@ async fn a_handling_that_fails_after_claiming_gives_the_claim_back_for_the_retry
     app.user_with_devices("u1", &["mark-fails"]).await;
     let msg = message("c-mark-fails", "u1", None);
     publish(app.ctx.ports.bus.as_ref(), &msg).await;
-    // Sent, then the mark failed: the message goes back to the bus and is handled again (a
-    // repeated send is the at-least-once promise). The retry finds the key free rather than
-    // held for the 30 s lease by the failed handling (`eventually` gives up after 15 s), so
-    // it is not parked in the delay store.
+    // Sent, then the mark failed for good (not an outage to wait out): the message goes back
+    // to the bus and is handled again (a repeated send is the at-least-once promise). The
+    // retry finds the key free rather than held for the 30 s lease by the failed handling
+    // (`eventually` gives up after 15 s), so it is not parked in the delay store.
     eventually_marked(&app, &msg, "the delivery key marked by the retry").await;
     assert_eq!(app.fcm.requests_for("mark-fails"), 2);
+    assert_eq!(app.ctx.ports.delays.pending().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_away_between_the_sends_and_the_mark_is_waited_out_and_nothing_is_sent_twice() {
+    let app = spawn_gateway_wrapped(
+        |_| {},
+        |mut ports| {
+            ports.deliveries = Arc::new(FailingMarks {
+                inner: ports.deliveries,
+                failures: 4.into(),
+                unavailable: true,
+            });
+            ports
+        },
+    )
+    .await;
+    app.user_with_devices("u1", &["store-away"]).await;
+    let msg = message("c-store-away", "u1", None);
+    publish(app.ctx.ports.bus.as_ref(), &msg).await;
+    // The sends are made; the mark fails four times as the store is away, and is written
+    // once it is back, by the same handling: the message is not handed back to the bus.
+    eventually_marked(&app, &msg, "the delivery key marked after the outage").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.fcm.requests_for("store-away"), 1);
     assert_eq!(app.ctx.ports.delays.pending().await.unwrap(), 0);
 }
 
