@@ -380,9 +380,11 @@ impl DeliveryStore for FailingMarks {
         key: &str,
         at: chrono::DateTime<chrono::Utc>,
     ) -> herald_core::Result<()> {
-        let left = self.failures.load(Ordering::SeqCst);
-        if left > 0 {
-            self.failures.store(left - 1, Ordering::SeqCst);
+        let failing = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
             return Err(if self.unavailable {
                 herald_core::Error::unavailable(
                     "deliveries store",
@@ -477,20 +479,25 @@ impl DeliveryStore for FailingMarks {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handling_that_fails_after_claiming_gives_the_claim_back_for_the_retry() {
-    let app = spawn_gateway_wrapped(
+/// A gateway whose processed marks fail `failures` times (see [`FailingMarks`]).
+async fn spawn_with_failing_marks(failures: u32, unavailable: bool) -> TestGateway {
+    spawn_gateway_wrapped(
         |_| {},
         |mut ports| {
             ports.deliveries = Arc::new(FailingMarks {
                 inner: ports.deliveries,
-                failures: 1.into(),
-                unavailable: false,
+                failures: failures.into(),
+                unavailable,
             });
             ports
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handling_that_fails_after_claiming_gives_the_claim_back_for_the_retry() {
+    let app = spawn_with_failing_marks(1, false).await;
     app.user_with_devices("u1", &["mark-fails"]).await;
     let msg = message("c-mark-fails", "u1", None);
     publish(app.ctx.ports.bus.as_ref(), &msg).await;
@@ -505,18 +512,7 @@ async fn a_handling_that_fails_after_claiming_gives_the_claim_back_for_the_retry
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_away_between_the_sends_and_the_mark_is_waited_out_and_nothing_is_sent_twice() {
-    let app = spawn_gateway_wrapped(
-        |_| {},
-        |mut ports| {
-            ports.deliveries = Arc::new(FailingMarks {
-                inner: ports.deliveries,
-                failures: 4.into(),
-                unavailable: true,
-            });
-            ports
-        },
-    )
-    .await;
+    let app = spawn_with_failing_marks(4, true).await;
     app.user_with_devices("u1", &["store-away"]).await;
     let msg = message("c-store-away", "u1", None);
     publish(app.ctx.ports.bus.as_ref(), &msg).await;
