@@ -172,8 +172,18 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(cli.command, config))
+    let outcome = runtime.block_on(run(cli.command, config));
+    // Tasks still running stop here; a blocking call that never returns does not hold the exit.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    if !herald_storage::wait_for_bus_closes(SHUTDOWN_GRACE) {
+        tracing::warn!("bus consumers still leaving their groups at exit: their partitions move once their sessions time out");
+    }
+    outcome
 }
+
+/// How long the way out waits for what is still running after the roles stopped (blocking
+/// tasks, then bus members leaving their groups), each.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {

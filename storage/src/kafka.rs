@@ -21,6 +21,9 @@
 //!   forgets them (later commits of their receipts are ignored: the receipt carries the
 //!   assignment's generation); their unfinished messages go to the new owner from the
 //!   committed offset. At least once, duplicates bounded by what was in flight.
+//! - **Leaving**: a dropped member closes (leaves its group, committing its finished prefix) on
+//!   a thread of its own, never on a runtime thread nor in the way of a runtime's shutdown;
+//!   [`wait_for_closes`] gives a stopping process's closes a bounded time.
 //! - **Lag** is the high watermark minus the committed offset, summed over partitions.
 //!   **Replay** commits the target offsets for the group (the earliest kept, the offsets of a
 //!   time, or an offset) while it has no member connected (Kafka refuses otherwise: stop the
@@ -626,26 +629,111 @@ impl KafkaMember {
 
 impl Drop for KafkaMember {
     fn drop(&mut self) {
-        // Closing a consumer blocks (it leaves the group, committing the finished prefix of
-        // its partitions on the way out), so it happens off the async threads. A member that
-        // has not finished joining first finishes: a member leaving in the middle of the
-        // group's formation leaves some brokers' group stuck (tansu, in the conformance suite's
-        // `a_member_that_leaves_while_the_group_forms_does_not_stall_the_next`), and a join
-        // takes a few seconds at most.
-        let (consumer, state) = (self.consumer.clone(), self.state.clone());
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-            while state.lock().generation == 0 && tokio::time::Instant::now() < deadline {
-                // Messages received meanwhile are not handed out: uncommitted, they go to the
-                // next owner.
-                let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
-            }
-            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
-        });
+        close_in_background(self.consumer.clone(), self.state.clone());
     }
+}
+
+/// Closes a member's consumer on a thread of its own. Closing blocks (the member leaves the
+/// group, committing the finished prefix of its partitions on the way out) and librdkafka
+/// bounds none of it: on a runtime thread it would stall every task there, and on the
+/// runtime's blocking pool it would hold up the runtime's shutdown, which waits for that pool
+/// without end. A test process once hung 53 minutes in a closing member's drop on tansu. A
+/// thread of its own keeps both free; [`wait_for_closes`] lets a process that is shutting down
+/// give its closes a bounded time to finish.
+///
+/// A member that has not finished joining first finishes: a member leaving in the middle of
+/// the group's formation leaves some brokers' group stuck (tansu, in the conformance suite's
+/// `a_member_that_leaves_while_the_group_forms_does_not_stall_the_next`), and a join takes a
+/// few seconds at most.
+fn close_in_background(
+    consumer: Arc<StreamConsumer<MemberContext>>,
+    state: Arc<Mutex<MemberState>>,
+) {
+    CLOSING.started();
+    let spawned = std::thread::Builder::new()
+        .name("herald-kafka-close".into())
+        .spawn(move || {
+            let _done = ClosingDone;
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                rt.block_on(async {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+                    while state.lock().generation == 0 && tokio::time::Instant::now() < deadline {
+                        // Messages received meanwhile are not handed out: uncommitted, they go
+                        // to the next owner.
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+                    }
+                });
+            }
+            // The close runs where the last handle goes: wait for the member's own (dropped
+            // right after its `drop`) and for commits in flight, so that it is this thread.
+            let mut consumer = consumer;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match Arc::try_unwrap(consumer) {
+                    Ok(last) => return drop(last),
+                    Err(shared) if std::time::Instant::now() < deadline => {
+                        consumer = shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    if spawned.is_err() {
+        // No thread to be had: the consumer closes where its last handle drops.
+        CLOSING.finished();
+    }
+}
+
+/// Consumers of this process being closed in the background.
+struct Closing {
+    count: std::sync::Mutex<usize>,
+    none_left: std::sync::Condvar,
+}
+
+static CLOSING: Closing = Closing {
+    count: std::sync::Mutex::new(0),
+    none_left: std::sync::Condvar::new(),
+};
+
+impl Closing {
+    fn started(&self) {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
+    fn finished(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.none_left.notify_all();
+        }
+    }
+}
+
+/// Counts a background close finished when its thread ends, however it ends.
+struct ClosingDone;
+
+impl Drop for ClosingDone {
+    fn drop(&mut self) {
+        CLOSING.finished();
+    }
+}
+
+/// Waits up to `timeout` for the consumers this process is closing (see
+/// [`close_in_background`]) to have left their groups; true if none is left. A process calls
+/// it on its way out, after its runtime is gone: a member that leaves its group hands its
+/// partitions over at once, where one that vanishes holds them until its session times out.
+pub fn wait_for_closes(timeout: Duration) -> bool {
+    let n = CLOSING.count.lock().unwrap_or_else(|e| e.into_inner());
+    let (n, _) = CLOSING
+        .none_left
+        .wait_timeout_while(n, timeout, |n| *n > 0)
+        .unwrap_or_else(|e| e.into_inner());
+    *n == 0
 }
 
 #[async_trait]

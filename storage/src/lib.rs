@@ -41,6 +41,19 @@ fn url_for(configured: &Option<Secret>, data_dir: &Path, embedded: &str) -> Resu
     }
 }
 
+/// Waits up to `timeout` for the bus members this process is still leaving their groups with
+/// (Kafka closes them off the runtime, see `kafka::wait_for_closes`); true if all are done.
+/// Called on the way out, after the runtime has stopped.
+pub fn wait_for_bus_closes(timeout: std::time::Duration) -> bool {
+    #[cfg(feature = "kafka")]
+    return kafka::wait_for_closes(timeout);
+    #[cfg(not(feature = "kafka"))]
+    {
+        let _ = timeout;
+        true
+    }
+}
+
 /// Opens every port from the configuration and applies the schemas (idempotent), as
 /// `herald serve` and `herald migrate` do on start.
 pub async fn open_ports(config: &Config) -> Result<Ports> {

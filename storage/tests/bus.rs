@@ -685,6 +685,52 @@ mod reopen {
     }
 }
 
+/// A process stopping with a Kafka member still held by one of its tasks stops at once: the
+/// member leaves its group on a thread of its own. (Closing a consumer blocks and librdkafka
+/// bounds none of it: run where the last handle dropped, inside the runtime's shutdown, one
+/// once held a test process 53 minutes.) The group is not left stuck by the member that went
+/// away in the middle of joining: the next member gets what is published.
+#[test]
+fn a_runtime_stopping_with_a_kafka_member_held_does_not_wait_for_it_to_leave_its_group() {
+    let Some(url) = common::env_url("HERALD_TEST_KAFKA_URL") else {
+        return;
+    };
+    let (t, g) = (cases::topic(), cases::name("g"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bus = herald_storage::open_bus(&url).await.unwrap();
+        bus.subscribe(&t, &g).await.unwrap();
+        let member = bus.consumer(&t, &g).await.unwrap();
+        // A role's task, polling when the process stops.
+        tokio::spawn(async move {
+            loop {
+                let _ = member.poll(10, Duration::from_millis(200)).await;
+            }
+        });
+        tokio::task::yield_now().await;
+    });
+    drop(rt);
+    // Joining alone takes round trips to the broker (and the broker's initial rebalance
+    // delay, 3 s on Kafka and tansu), so the member dropped a moment ago is still leaving.
+    assert!(
+        !herald_storage::wait_for_bus_closes(Duration::ZERO),
+        "the runtime waited for the member to leave its group"
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bus = herald_storage::open_bus(&url).await.unwrap();
+        bus.publish(&t, &cases::numbered("after", 3)).await.unwrap();
+        let next = bus.consumer(&t, &g).await.unwrap();
+        let mut got = cases::texts(&cases::drain(&*next, 3).await);
+        got.sort();
+        assert_eq!(got, ["after0", "after1", "after2"]);
+    });
+}
+
 /// The SQLite log keeps committed messages for replays, and purges them after retention.
 #[tokio::test]
 async fn the_sqlite_log_purges_committed_messages_only() {
