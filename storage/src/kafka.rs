@@ -649,11 +649,13 @@ fn close_in_background(
     consumer: Arc<StreamConsumer<MemberContext>>,
     state: Arc<Mutex<MemberState>>,
 ) {
-    CLOSING.started();
-    let spawned = std::thread::Builder::new()
+    // Counted until the thread ends, however it ends; with no thread to be had, at once (the
+    // consumer then closes where its last handle drops).
+    let closing = CLOSING.started();
+    let _ = std::thread::Builder::new()
         .name("herald-kafka-close".into())
         .spawn(move || {
-            let _done = ClosingDone;
+            let _closing = closing;
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
@@ -683,10 +685,6 @@ fn close_in_background(
                 }
             }
         });
-    if spawned.is_err() {
-        // No thread to be had: the consumer closes where its last handle drops.
-        CLOSING.finished();
-    }
 }
 
 /// Consumers of this process being closed in the background.
@@ -701,8 +699,10 @@ static CLOSING: Closing = Closing {
 };
 
 impl Closing {
-    fn started(&self) {
+    /// One more close under way, until the returned mark drops.
+    fn started(&'static self) -> ClosingMark {
         *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        ClosingMark(self)
     }
 
     fn finished(&self) {
@@ -714,12 +714,12 @@ impl Closing {
     }
 }
 
-/// Counts a background close finished when its thread ends, however it ends.
-struct ClosingDone;
+/// A close under way, counted finished when dropped.
+struct ClosingMark(&'static Closing);
 
-impl Drop for ClosingDone {
+impl Drop for ClosingMark {
     fn drop(&mut self) {
-        CLOSING.finished();
+        self.0.finished();
     }
 }
 
