@@ -114,6 +114,64 @@ pub mod cases {
         assert_eq!(all, vec![a, b]);
     }
 
+    pub async fn a_batch_of_users_reads_each_one_asked_for_neighbours_or_scattered_once(
+        d: Arc<dyn Directory>,
+    ) {
+        let p = run_id();
+        let users: Vec<User> = (0..1_000)
+            .map(|i| user(&format!("{p}-{i:04}"), json!({"n": i, "tier": "gold"})))
+            .collect();
+        d.upsert_users(&users).await.unwrap();
+        let keys = AttributeKeys::none().with(&["n"]);
+        let id = |i: usize| format!("{p}-{i:04}");
+        let batches: Vec<(&str, Vec<String>)> = vec![
+            ("neighbours", (100..400).map(id).collect()),
+            ("scattered", (0..1_000).step_by(9).map(id).collect()),
+            (
+                "neighbours then scattered",
+                (300..600).chain((600..1_000).step_by(13)).map(id).collect(),
+            ),
+            (
+                "scattered then neighbours",
+                (0..300).step_by(11).chain(700..900).map(id).collect(),
+            ),
+            ("a few", vec![id(5), id(900)]),
+        ];
+        for (what, asked) in batches {
+            // Shuffled, with ids that are nobody's (between users, before and after them) and
+            // one asked twice.
+            let mut ids: Vec<String> = asked.iter().rev().cloned().collect();
+            ids.extend([
+                format!("{p}-0150-gone"),
+                format!("{p}-"),
+                format!("{p}-9999"),
+                asked[asked.len() / 2].clone(),
+            ]);
+            let got = d.get_users_keeping(&ids, &keys).await.unwrap();
+            let mut got_ids: Vec<String> = got.iter().map(|u| u.id.clone()).collect();
+            got_ids.sort();
+            let mut want = asked.clone();
+            want.sort();
+            assert_eq!(
+                got_ids, want,
+                "{what}: each existing user once, nobody else"
+            );
+            for u in &got {
+                let n: usize = u.id[p.len() + 1..].parse().unwrap();
+                assert_eq!(
+                    serde_json::Value::Object(u.attributes.clone()),
+                    json!({"n": n}),
+                    "{what}: {} with the attributes kept",
+                    u.id
+                );
+                assert_eq!(
+                    u.email.as_deref(),
+                    Some(format!("{}@example.com", u.id).as_str())
+                );
+            }
+        }
+    }
+
     pub async fn a_bulk_upsert_larger_than_one_statement_writes_every_user(d: Arc<dyn Directory>) {
         let p = run_id();
         let users: Vec<User> = (0..12_345)
@@ -538,6 +596,7 @@ macro_rules! directory_conformance {
                 upserting_again_replaces_fields_and_keeps_created_at,
                 get_users_returns_only_the_ones_that_exist,
                 users_read_for_some_attributes_hold_those_alone,
+                a_batch_of_users_reads_each_one_asked_for_neighbours_or_scattered_once,
                 a_bulk_upsert_larger_than_one_statement_writes_every_user,
                 deleting_a_user_removes_their_preferences_and_devices,
                 paging_by_id_visits_every_matching_user_once_in_order,
