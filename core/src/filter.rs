@@ -716,6 +716,25 @@ impl Filter {
         collect_indexable(&self.root, &mut out);
         out
     }
+
+    /// The attributes the filter reads: all [`Filter::matches`] looks at, so that a store
+    /// evaluating it in memory decodes those alone.
+    pub fn attributes(&self) -> std::collections::BTreeSet<String> {
+        fn collect(node: &Node, out: &mut std::collections::BTreeSet<String>) {
+            match node {
+                Node::All(children) | Node::Any(children) => {
+                    children.iter().for_each(|c| collect(c, out))
+                }
+                Node::Not(child) => collect(child, out),
+                Node::Compare { attr, .. } | Node::In { attr, .. } | Node::Exists { attr, .. } => {
+                    out.insert(attr.clone());
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        collect(&self.root, &mut out);
+        out
+    }
 }
 
 /// The JSON type an attribute is compared as, in SQL and in attribute indexes.
@@ -2107,6 +2126,43 @@ mod tests {
             prop_assert_eq!(&filter.to_json(), &json);
             let again = Filter::parse(&filter.to_json()).map_err(|e| TestCaseError::fail(e.message))?;
             prop_assert_eq!(again, filter);
+        }
+
+        #[test]
+        fn a_filter_decides_alike_on_the_attributes_it_names_alone(
+            json in arb_filter_json(),
+            values in prop::collection::vec(arb_scalar(true), 8),
+            others in prop::collection::vec(arb_scalar(true), 3),
+        ) {
+            let filter = Filter::parse(&json).map_err(|e| TestCaseError::fail(e.message))?;
+            let names = filter.attributes();
+            // The user has some of the named attributes (by position), and others besides.
+            let mut user = Map::new();
+            for (name, value) in names.iter().zip(values.iter()).step_by(2) {
+                user.insert(name.clone(), value.clone());
+            }
+            for (i, value) in others.into_iter().enumerate() {
+                user.insert(format!("unnamed_{i}"), value);
+            }
+            let mut alone = user.clone();
+            alone.retain(|k, _| names.contains(k));
+            prop_assert_eq!(filter.matches(&alone, now()), filter.matches(&user, now()));
+            // Exactly the attributes the filter's clauses name.
+            fn named(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+                match v {
+                    Value::Object(o) => {
+                        if let Some(Value::String(a)) = o.get("attr") {
+                            out.insert(a.clone());
+                        }
+                        o.values().for_each(|v| named(v, out));
+                    }
+                    Value::Array(a) => a.iter().for_each(|v| named(v, out)),
+                    _ => {}
+                }
+            }
+            let mut in_json = std::collections::BTreeSet::new();
+            named(&json, &mut in_json);
+            prop_assert_eq!(names, in_json);
         }
 
         #[test]

@@ -7,7 +7,8 @@
 //! and dropped when no segment compares it any more: up to [`MAX_ATTR_INDEXES`], since each
 //! one costs every import a little. Such an index serves any filter comparing that attribute,
 //! a campaign's inline audience too. Counting reads it; paging a selective audience reads it
-//! and sorts the few matches by user id, a dense one walks the primary key as before (see
+//! and sorts the few matches by user id, a dense one walks the primary key, the filter
+//! evaluated on each user's stored attributes as it passes (see
 //! [`SqliteDirectory::page_ids`]).
 
 use super::readers::Readers;
@@ -203,9 +204,52 @@ impl SqliteDirectory {
             }
             dense.insert(key, Instant::now());
         }
-        let walk =
-            (!filter.is_match_all()).then(|| filter.to_sql(SqlDialect::Sqlite, "attributes", now));
-        self.ids_after(after, walk, " ORDER BY id", limit as usize)
+        if filter.is_match_all() {
+            return self
+                .ids_after(after, None, " ORDER BY id", limit as usize)
+                .await;
+        }
+        self.walk_matching(filter, after, limit as usize, now).await
+    }
+
+    /// The dense walk: users past `after` in id order, `filter` evaluated here on each one's
+    /// stored attributes ([`Filter::matches`], which selects exactly what the filter's SQL
+    /// does: `filter_sql.rs` holds the two to it), until `limit` match.
+    ///
+    /// In SQL the filter parsed every user's whole JSON text into SQLite's binary form before
+    /// looking its attributes up: a tenth of a 1M fan-out's CPU (`perf`, loadtest/README.md).
+    /// Here only the attributes the filter names are decoded; the others are skipped unread.
+    async fn walk_matching(
+        &self,
+        filter: &Filter,
+        after: &str,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let keys = AttributeKeys::Only(filter.attributes());
+        let (filter, after) = (filter.clone(), after.to_owned());
+        self.readers
+            .read_apart(move |conn| {
+                let mut statement = conn
+                    .prepare_cached("SELECT id, attributes FROM users WHERE id > ?1 ORDER BY id")?;
+                let mut rows = statement.query([&after])?;
+                let mut ids = Vec::with_capacity(limit.min(100_000));
+                while ids.len() < limit {
+                    let Some(row) = rows.next()? else { break };
+                    let text = row.get_ref(1)?.as_str().map_err(|e| text_error(1, e))?;
+                    let attributes = keys.decode(text).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            1,
+                            rusqlite::types::Type::Text,
+                            e.into(),
+                        )
+                    })?;
+                    if filter.matches(&attributes, now) {
+                        ids.push(row.get(0)?);
+                    }
+                }
+                Ok(ids)
+            })
             .await
     }
 
