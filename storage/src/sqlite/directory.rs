@@ -396,19 +396,6 @@ fn template_from_row(row: &SqliteRow) -> Result<Template> {
     })
 }
 
-fn device_from_row(row: &SqliteRow) -> Result<Device> {
-    let platform: String = row.get("platform");
-    Ok(Device {
-        user_id: row.get("user_id"),
-        platform: platform
-            .parse()
-            .map_err(|e| corrupt("device platform", e))?,
-        token: row.get("token"),
-        created_at: from_micros(row.get("created_at")),
-        last_used_at: from_micros(row.get("last_used_at")),
-    })
-}
-
 /// Appends ` AND (<frag>)` with its parameters.
 fn push_fragment(sql: &mut Sql, frag: herald_core::filter::SqlFragment) {
     sql.push(" AND (");
@@ -440,26 +427,6 @@ fn in_list(select: &str, column: &str, ids: &[String]) -> Result<Sql> {
         .bind(list)
         .push("))");
     Ok(sql)
-}
-
-/// Rows whose `column` is one of `ids`, in one statement (see [`in_list`]), on the pool.
-async fn fetch_in<T>(
-    pool: &SqlitePool,
-    select: &str,
-    column: &str,
-    ids: &[String],
-    map: fn(&SqliteRow) -> Result<T>,
-) -> Result<Vec<T>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = in_list(select, column, ids)?;
-    let rows = sql
-        .query()
-        .fetch_all(pool)
-        .await
-        .map_err(|e| super::file_error(pool, e))?;
-    rows.iter().map(map).collect()
 }
 
 async fn user_exists(
@@ -805,14 +772,37 @@ impl Directory for SqliteDirectory {
     }
 
     async fn list_devices(&self, user_ids: &[String]) -> Result<Vec<Device>> {
-        fetch_in(
-            &self.pool,
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The push gateway's read for every message of a thousand users: on a reader
+        // connection on a blocking thread, as the fan-out's users. Through sqlx each device
+        // row crossed to the caller from the connection's thread: 22 ms per message of
+        // 1,000 users during a 100,000-device push, against 1.6 ms for the statement itself.
+        let sql = in_list(
             "SELECT token, user_id, platform, created_at, last_used_at FROM devices",
             "user_id",
             user_ids,
-            device_from_row,
-        )
-        .await
+        )?;
+        self.readers
+            .batch(sql, |row| {
+                let platform = row.get_ref(2)?.as_str().map_err(|e| text_error(2, e))?;
+                let (token, user_id, created_at, last_used_at) =
+                    (row.get(0)?, row.get(1)?, row.get(3)?, row.get(4)?);
+                Ok(platform
+                    .parse()
+                    .map_err(|e| corrupt("device platform", e))
+                    .map(|platform| Device {
+                        user_id,
+                        platform,
+                        token,
+                        created_at: from_micros(created_at),
+                        last_used_at: from_micros(last_used_at),
+                    }))
+            })
+            .await?
+            .into_iter()
+            .collect()
     }
 
     async fn delete_tokens(&self, tokens: &[String]) -> Result<u64> {
