@@ -32,59 +32,17 @@ const READERS: usize = 4;
 /// Rows deleted per statement when purging, so a purge never holds the writer for long.
 const PURGE_CHUNK: i64 = 10_000;
 
-/// A notification as `page` reads it back from SQLite's JSON.
-#[derive(serde::Deserialize)]
-struct RowOut {
-    id: String,
-    user_id: String,
-    campaign_id: Option<String>,
-    title: String,
-    body: String,
-    category: Option<String>,
-    data: serde_json::Value,
-    created_at: i64,
-    read_at: Option<i64>,
-    seen_at: Option<i64>,
-    archived_at: Option<i64>,
-}
-
-impl RowOut {
-    fn into_notification(self) -> Result<Notification> {
-        Ok(Notification {
-            id: Uuid::parse_str(&self.id).map_err(|e| corrupt("notification id", e))?,
-            user_id: self.user_id,
-            campaign_id: self.campaign_id,
-            title: self.title,
-            body: self.body,
-            category: self.category,
-            data: self.data,
-            created_at: from_micros(self.created_at),
-            read_at: opt_from_micros(self.read_at),
-            seen_at: opt_from_micros(self.seen_at),
-            archived_at: opt_from_micros(self.archived_at),
-        })
-    }
-}
-
-/// Appends the page subquery: the user's visible rows older than `before` that pass
-/// `filter`, newest first, as ONE JSON array value: one value to hand back instead of a row
-/// per notification.
-fn push_page_json(
+/// A page: the user's visible rows older than `before` that pass `filter`, newest first, as
+/// [`push_columns`] gives them ([`row_to_notification`] decodes them).
+fn push_page(
     sql: &mut Sql,
     user_id: &str,
     before: Option<InboxKey>,
     limit: u32,
     filter: InboxFilter<'_>,
 ) {
-    sql.push(
-        "(SELECT json_group_array(json_object('id', hex(id), 'user_id', user_id, \
-         'campaign_id', campaign_id, 'title', title, 'body', body, 'category', category, \
-         'data', json(data), 'created_at', created_at, 'read_at', ",
-    );
-    push_read_at(sql, user_id);
-    sql.push(", 'seen_at', ");
-    push_seen_at(sql, user_id);
-    sql.push(", 'archived_at', archived_at)) FROM (SELECT * FROM notifications WHERE user_id = ");
+    push_columns(sql, user_id);
+    sql.push(" FROM notifications WHERE user_id = ");
     sql.bind(user_id).push(" AND dismissed_at IS NULL");
     if let Some(before) = before {
         sql.push(" AND (created_at, id) < (")
@@ -101,8 +59,7 @@ fn push_page_json(
     push_archived(sql, filter.archived);
     push_not_hidden(sql, filter.hidden);
     sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-        .bind(i64::from(limit))
-        .push("))");
+        .bind(i64::from(limit));
 }
 
 /// ` AND` the row is not of a `hidden` campaign (nothing when there is none).
@@ -221,8 +178,8 @@ fn push_window(sql: &mut Sql, user_id: &str, upto: Option<i64>) {
         .push(")");
 }
 
-/// `SELECT` the columns of a notification, its read and seen times as [`push_page_json`]
-/// gives them.
+/// `SELECT` the columns of a notification with its read and seen times (its own, or its
+/// watermarks' when they cover it).
 fn push_columns(sql: &mut Sql, user_id: &str) {
     sql.push("SELECT id, user_id, campaign_id, title, body, category, data, created_at, ");
     push_read_at(sql, user_id);
@@ -277,18 +234,6 @@ fn push_keys(sql: &mut Sql, keys: &[InboxKey]) {
             .push(")");
     }
     sql.push(")");
-}
-
-fn parse_page(json: Option<String>) -> Result<Vec<Notification>> {
-    let rows: Vec<RowOut> = serde_json::from_str(json.as_deref().unwrap_or("[]"))
-        .map_err(|e| corrupt("notifications", e))?;
-    let mut page = rows
-        .into_iter()
-        .map(RowOut::into_notification)
-        .collect::<Result<Vec<_>>>()?;
-    // The aggregate's order follows the subquery in practice; sorting makes it a guarantee.
-    page.sort_by_key(|n| std::cmp::Reverse(n.key()));
-    Ok(page)
 }
 
 pub struct SqliteInbox {
@@ -439,10 +384,13 @@ impl InboxStore for SqliteInbox {
         limit: u32,
         filter: InboxFilter<'_>,
     ) -> Result<Vec<Notification>> {
-        let mut sql = Sql::new("SELECT ");
-        push_page_json(&mut sql, user_id, before, limit, filter);
-        let json = self.readers.one(sql, |r| r.get(0)).await?.flatten();
-        parse_page(json)
+        let mut sql = Sql::default();
+        push_page(&mut sql, user_id, before, limit, filter);
+        self.readers
+            .all(sql, row_to_notification)
+            .await?
+            .into_iter()
+            .collect()
     }
 
     async fn page_with_counts(
@@ -452,21 +400,36 @@ impl InboxStore for SqliteInbox {
         limit: u32,
         filter: InboxFilter<'_>,
     ) -> Result<(Vec<Notification>, InboxCounts)> {
-        // Both in one statement, one hand-off to a reader. The page is an uncorrelated scalar
-        // subquery, evaluated once beside the window's counts.
-        let mut sql = Sql::new("SELECT ");
-        push_page_json(&mut sql, user_id, before, limit, filter);
-        sql.push(", ");
-        push_counts(&mut sql, user_id, filter.hidden);
-        push_window(&mut sql, user_id, None);
-        let (json, unread, unseen): (Option<String>, i64, i64) = self
-            .aggregate(sql, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        // Both in one read transaction (one snapshot), one hand-off to a reader. The rows are
+        // read as columns: the page built as one JSON value in SQLite and parsed back here
+        // cost more than the rows themselves (an inbox read's profile, loadtest/README.md).
+        let mut page = Sql::default();
+        push_page(&mut page, user_id, before, limit, filter);
+        let mut counts = Sql::new("SELECT ");
+        push_counts(&mut counts, user_id, filter.hidden);
+        push_window(&mut counts, user_id, None);
+        let (rows, (unread, unseen)) = self
+            .readers
+            .read(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                let rows: Vec<Result<Notification>> = tx
+                    .prepare_cached(&page.text)?
+                    .query_map(rusqlite::params_from_iter(&page.binds), row_to_notification)?
+                    .collect::<rusqlite::Result<_>>()?;
+                let counts: (i64, i64) = tx
+                    .prepare_cached(&counts.text)?
+                    .query_row(rusqlite::params_from_iter(&counts.binds), |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
+                tx.commit()?;
+                Ok((rows, counts))
+            })
             .await?;
         let counts = InboxCounts {
             unread: unread as u64,
             unseen: unseen as u64,
         };
-        Ok((parse_page(json)?, counts))
+        Ok((rows.into_iter().collect::<Result<_>>()?, counts))
     }
 
     async fn after(&self, user_id: &str, after: InboxKey, limit: u32) -> Result<Vec<Notification>> {

@@ -250,7 +250,9 @@ impl Shared {
             None => self.file.open(true)?,
         };
         let out = read(&conn);
-        if !matches!(&out, Err(e) if at_fault(e).is_some()) {
+        // A read that opened a transaction and could not end it would hold its snapshot
+        // (and every checkpoint) for as long as the connection lived: such a one is closed.
+        if !matches!(&out, Err(e) if at_fault(e).is_some()) && conn.is_autocommit() {
             self.idle.lock().push(conn);
         }
         out
