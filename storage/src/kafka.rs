@@ -16,7 +16,9 @@
 //!   handed out and not finished; `commit` marks one finished and commits the contiguous
 //!   prefix (the lowest unfinished offset, or one past the highest handed out), so completions
 //!   may come in any order and nothing unfinished is ever committed past. `release` hands the
-//!   message out again from this member (Kafka has no per-message redelivery).
+//!   message out again from this member (Kafka has no per-message redelivery). A commit the
+//!   group coordinator does not answer within 10 s fails (`Unavailable`) instead of holding its
+//!   caller, and its position is sent again with the partition's next commit.
 //! - **Rebalances**: before partitions are revoked the member commits their finished prefix and
 //!   forgets them (later commits of their receipts are ignored: the receipt carries the
 //!   assignment's generation); their unfinished messages go to the new owner from the
@@ -135,6 +137,23 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::internal("kafka client task").with_source(e))?
+}
+
+/// `call` (a round trip to the cluster), or `Unavailable` once `limit` has passed without an
+/// answer. The blocking thread of a call that never returns stays with librdkafka; the caller
+/// goes on.
+async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::unavailable(
+            format!("kafka: {what}: no answer within {limit:?}"),
+            std::io::Error::from(std::io::ErrorKind::TimedOut),
+        )),
+    }
 }
 
 /// The Kafka subscription of a Herald topic: the topic, or a regular expression for a family
@@ -458,6 +477,20 @@ struct MemberState {
     again: VecDeque<Delivery>,
 }
 
+impl MemberState {
+    /// A commit of `tpl` that failed or timed out: its positions count as not committed.
+    fn forget_commits(&mut self, tpl: &TopicPartitionList) {
+        for e in tpl.elements() {
+            let key = (e.topic().to_owned(), e.partition());
+            if let (Some(track), Offset::Offset(o)) = (self.partitions.get_mut(&key), e.offset()) {
+                if track.committed == Some(o) {
+                    track.committed = None;
+                }
+            }
+        }
+    }
+}
+
 /// One assigned partition.
 struct Track {
     generation: u64,
@@ -775,7 +808,8 @@ impl Consumer for KafkaMember {
             return Ok(());
         }
         let consumer = self.consumer.clone();
-        blocking(move || match consumer.commit(&tpl, CommitMode::Sync) {
+        let sent = tpl.clone();
+        let commit = blocking(move || match consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => Ok(()),
             // The group rebalanced meanwhile: the partitions' new owner resumes from the last
             // commit that went through (at least once).
@@ -785,8 +819,15 @@ impl Consumer for KafkaMember {
                 | RDKafkaErrorCode::UnknownMemberId,
             )) => Ok(()),
             Err(e) => Err(kafka_error("committing", e)),
-        })
-        .await
+        });
+        // librdkafka's synchronous commit has no deadline of its own: a group coordinator that
+        // stops answering would hold the caller (a worker's step, so its worker) for good.
+        let outcome = within(TIMEOUT, "committing", commit).await;
+        if outcome.is_err() {
+            // Not known to have landed: the partitions' next commit sends their position again.
+            self.state.lock().forget_commits(&sent);
+        }
+        outcome
     }
 
     async fn release(&self, receipts: &[String]) -> Result<()> {
@@ -797,6 +838,51 @@ impl Consumer for KafkaMember {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_round_trip_without_an_answer_is_unavailable_once_its_limit_has_passed() {
+        let started = std::time::Instant::now();
+        let stuck = blocking(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            Ok(())
+        });
+        let err = within(Duration::from_millis(100), "committing", stuck)
+            .await
+            .expect_err("no answer within the limit");
+        assert_eq!(err.kind, herald_core::ErrorKind::Unavailable);
+        assert!(err.to_string().contains("committing"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let answered = within(Duration::from_secs(5), "committing", async { Ok(7) }).await;
+        assert_eq!(answered.unwrap(), 7);
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_its_position_to_be_committed_again() {
+        let mut state = MemberState::default();
+        let mut track = Track::new(0);
+        track.next = Some(6);
+        track.committed = Some(6);
+        state.partitions.insert(("t".to_owned(), 1), track);
+        let mut other = Track::new(0);
+        other.committed = Some(9);
+        state.partitions.insert(("t".to_owned(), 2), other);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 1, Offset::Offset(6)).unwrap();
+        // A later commit of partition 2 went through; the failed one is of an older position.
+        tpl.add_partition_offset("t", 2, Offset::Offset(8)).unwrap();
+        state.forget_commits(&tpl);
+        assert_eq!(state.partitions[&("t".to_owned(), 1)].committed, None);
+        assert_eq!(state.partitions[&("t".to_owned(), 2)].committed, Some(9));
+        // The next commit of partition 1 carries its position again.
+        let track = &state.partitions[&("t".to_owned(), 1)];
+        assert!(track
+            .committed
+            .is_none_or(|c| track.position().unwrap() > c));
+    }
 
     #[test]
     fn family_patterns_become_regular_expressions() {

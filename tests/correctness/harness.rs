@@ -102,6 +102,14 @@ pub async fn open_ctx(config: Config, clock: Arc<dyn Clock>) -> Context {
 }
 
 pub async fn spawn(opts: Options) -> App {
+    // `HERALD_TEST_LOG=herald=debug` (an env filter) prints the roles' logs beside the test's
+    // output: what a case that failed in CI was doing.
+    if let Ok(filter) = std::env::var("HERALD_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let fcm = FakeFcm::start().await.expect("fake FCM");
     let mut config = base_config(dir.path(), &fcm);

@@ -50,10 +50,20 @@ async fn a_batch_worker_that_panics_is_restarted_reported_not_ready_and_its_batc
     // The fault goes away: the worker recovers, the process is ready again, and the batches
     // that panicked come back once their leases end: every user gets the row, once.
     inbox.panic_on_write.store(false, Ordering::SeqCst);
-    eventually("readyz green again", Duration::from_secs(30), || async {
-        ready().await.0 == StatusCode::OK
-    })
-    .await;
+    // What /readyz says goes in the failure message (a case that failed in CI said no more than
+    // that it timed out).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = ready().await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz not green 30 s after the fault went: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let done = app.wait_completed(&id, Duration::from_secs(60)).await;
     assert_eq!(done["progress"]["notifications_written"], 8, "{done}");
     assert_eq!(inbox_rows(&app, &id).await, (8, 8));
