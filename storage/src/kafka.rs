@@ -49,7 +49,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -170,7 +170,8 @@ fn kafka_subscription(topic: &str) -> String {
 pub struct KafkaBus {
     params: Params,
     producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
+    /// Creates topics and answers `ping` (asking for one topic, which it never auto-creates).
+    admin: Arc<AdminClient<DefaultClientContext>>,
     /// Topics known to exist (created or found by this process).
     created: Mutex<HashSet<String>>,
     /// One metadata client per group, for lag and replay.
@@ -191,7 +192,9 @@ impl KafkaBus {
             .map_err(|e| kafka_error("creating the producer", e))?;
         let admin = params
             .client()
+            .set("allow.auto.create.topics", "false")
             .create()
+            .map(Arc::new)
             .map_err(|e| kafka_error("creating the admin client", e))?;
         let bus = KafkaBus {
             params,
@@ -293,11 +296,15 @@ impl KafkaBus {
 #[async_trait]
 impl Bus for KafkaBus {
     async fn ping(&self) -> Result<()> {
-        let producer = self.producer.clone();
+        // One topic's metadata, not the cluster's: a readiness probe must not cost more with
+        // every topic of every deployment sharing the cluster (on tansu the whole list took
+        // 20 ms at 2,600 topics and 115 ms at 6,000). The topic need not exist yet.
+        let admin = self.admin.clone();
+        let topic = self.params.name(herald_core::topics::BATCHES);
         blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, TIMEOUT)
+            admin
+                .inner()
+                .fetch_metadata(Some(&topic), TIMEOUT)
                 .map(|_| ())
                 .map_err(|e| kafka_error("cannot reach the cluster", e))
         })

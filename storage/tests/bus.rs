@@ -795,3 +795,30 @@ async fn a_waiting_sqlite_member_is_woken_by_another_process_publishing() {
         "woken by the watch, not the fallback look after 1 s: {after:?}"
     );
 }
+
+/// `ping` (what `/readyz` asks of the bus) on Kafka asks the cluster for one topic, so a
+/// deployment whose topics do not exist yet is ready too; with no broker answering it fails
+/// as `Unavailable` within its bound instead of hanging.
+#[tokio::test]
+async fn a_kafka_ping_answers_for_a_deployment_without_topics_and_fails_with_no_broker() {
+    if let Ok(raw) = std::env::var("HERALD_TEST_KAFKA_URL") {
+        let sep = if raw.contains('?') { '&' } else { '?' };
+        let url = format!("{raw}{sep}prefix={}", cases::name("ping"));
+        let bus = herald_storage::open_bus(&herald_storage::BackendUrl::parse(&url).unwrap())
+            .await
+            .expect("a bus on a prefix without topics opens");
+        bus.ping().await.expect("and answers its ping");
+    }
+    let started = std::time::Instant::now();
+    let url = herald_storage::BackendUrl::parse("kafka://127.0.0.1:1").unwrap();
+    let err = match herald_storage::open_bus(&url).await {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind, herald_core::ErrorKind::Unavailable, "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
