@@ -1,7 +1,9 @@
 //! Template rendering: `{{ user.tier }}` and `{{ data.order_id }}` placeholders, rendered with
 //! minijinja in a sandbox that cannot read files or call out. Undefined variables render as
 //! empty strings (a missing attribute must not fail a whole batch), but syntax errors are caught
-//! when a template is stored or a campaign is created.
+//! when a template is stored or a campaign is created. A field made of text and plain lookups
+//! alone (`Hello {{ user.name }}`) is rendered without the VM, to the same output
+//! ([`Substitutions`]).
 //!
 //! Template work is bounded, since templates and the values they insert come from users: each
 //! render of a field gets [`FUEL`] instructions, at most [`RECURSION_LIMIT`] levels of nesting,
@@ -207,6 +209,122 @@ pub fn context_without_user(data: &Value) -> minijinja::Value {
     minijinja::context! { user => minijinja::Value::from(()), data => data_value(data) }
 }
 
+/// The most parts a field rendered by [`Substitutions`] may have. The template VM spends a few
+/// instructions per placeholder; under this many parts a render stays far inside [`FUEL`], so
+/// the direct path never renders what the VM would refuse for running out of it.
+const MAX_SUBSTITUTION_PARTS: usize = 1_000;
+
+/// A field that is literal text and placeholders naming a value alone (`Hello {{ user.name }},
+/// order {{ data.order.id }}`), as most notification text is: rendered by copying the text and
+/// writing each value, without the template VM (whose per-render setup was most of a plain
+/// field's cost in a fan-out). The output is the VM's own: each value is looked up with
+/// minijinja's attribute lookup from the same context and written with its `Display`, which is
+/// what the VM's output step does without auto-escaping. Anything else (filters, statements,
+/// comments, whitespace control, escaped fields, a lookup the VM would fail or a value it would
+/// refuse, output over [`MAX_FIELD_OUTPUT`]) goes to the VM, which renders it or says why not.
+#[derive(Debug, Clone, PartialEq)]
+struct Substitutions(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    /// `user` or `data`, then one attribute name per step.
+    Lookup(Vec<String>),
+}
+
+impl Substitutions {
+    /// The field's parts, if it is made of text and plain lookups alone.
+    fn parse(text: &str) -> Option<Self> {
+        // What the VM's lexer does first (minijinja's `keep_trailing_newline` is off).
+        let mut source = text;
+        if let Some(s) = source.strip_suffix('\n') {
+            source = s;
+        }
+        if let Some(s) = source.strip_suffix('\r') {
+            source = s;
+        }
+        if source.contains("{%") || source.contains("{#") {
+            return None;
+        }
+        let mut parts = Vec::new();
+        let mut rest = source;
+        while let Some(open) = rest.find("{{") {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let inside = &rest[open + 2..];
+            let close = inside.find("}}")?;
+            parts.push(Part::Lookup(plain_lookup(&inside[..close])?));
+            rest = &inside[close + 2..];
+            if parts.len() > MAX_SUBSTITUTION_PARTS {
+                return None;
+            }
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Some(Self(parts))
+    }
+
+    /// The field rendered for `ctx`, or `None` where the VM must render it.
+    fn render(&self, ctx: &minijinja::Value) -> Option<String> {
+        use minijinja::value::ValueKind;
+        use std::fmt::Write as _;
+        let room = self.0.iter().map(|p| match p {
+            Part::Text(text) => text.len(),
+            Part::Lookup(_) => 16,
+        });
+        let mut out = String::with_capacity(room.sum());
+        for part in &self.0 {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Lookup(path) => {
+                    let mut value = ctx.clone();
+                    for name in path {
+                        // An undefined value's attribute is an error in the VM (lenient mode):
+                        // `get_attr` fails there too, and the VM then says so itself.
+                        value = value.get_attr(name).ok()?;
+                        if value.kind() == ValueKind::Invalid {
+                            return None;
+                        }
+                    }
+                    write!(out, "{value}").ok()?;
+                }
+            }
+            if out.len() > MAX_FIELD_OUTPUT {
+                return None;
+            }
+        }
+        Some(out)
+    }
+}
+
+/// `user.x` or `data.x.y` between `{{` and `}}` (spaces around it, none inside), as names: an
+/// ASCII identifier per step, none of them a word the template language reserves.
+fn plain_lookup(inside: &str) -> Option<Vec<String>> {
+    const RESERVED: &[&str] = &[
+        "and", "or", "not", "in", "is", "if", "else", "true", "false", "none", "True", "False",
+        "None", "loop", "self", "super", "caller", "varargs", "kwargs",
+    ];
+    let path: Vec<String> = inside
+        .trim_matches(|c: char| c.is_ascii_whitespace())
+        .split('.')
+        .map(str::to_owned)
+        .collect();
+    let identifier = |name: &str| {
+        let mut bytes = name.bytes();
+        bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !RESERVED.contains(&name)
+    };
+    (path.len() >= 2
+        && matches!(path[0].as_str(), "user" | "data")
+        && path.iter().all(|name| identifier(name)))
+    .then_some(path)
+}
+
 /// Renders `text` against a context made by [`context`], within the limits.
 pub fn render(field: &str, text: &str, ctx: &minijinja::Value) -> Result<String> {
     if !text.contains("{{") && !text.contains("{%") {
@@ -325,6 +443,8 @@ pub struct Compiled {
     shared: Vec<&'static str>,
     /// The user attributes its fields and its locale variants read (see [`user_keys_read`]).
     user_keys: crate::model::AttributeKeys,
+    /// The fields rendered without the template VM (see [`Substitutions`]).
+    substitutions: Vec<(&'static str, Substitutions)>,
 }
 
 /// Fields rendered once for a whole batch of recipients: a field whose template reads no
@@ -464,6 +584,7 @@ impl Compiled {
         let mut env = limited_env();
         env.set_auto_escape_callback(auto_escape);
         let mut shared = Vec::new();
+        let mut substitutions = Vec::new();
         let mut user_keys = crate::model::AttributeKeys::none();
         for (name, text) in content.fields() {
             if text.contains("{{") || text.contains("{%") {
@@ -472,6 +593,11 @@ impl Compiled {
                     .map_err(|e| {
                         Error::invalid(format!("{name}: template does not compile: {e}"))
                     })?;
+                if auto_escape(name) == minijinja::AutoEscape::None {
+                    if let Some(s) = Substitutions::parse(text) {
+                        substitutions.push((name, s));
+                    }
+                }
                 if env
                     .get_template(name)
                     .is_ok_and(|t| same_for_everyone(&t, text))
@@ -486,6 +612,7 @@ impl Compiled {
             locales: Vec::new(),
             shared,
             user_keys,
+            substitutions,
         })
     }
 
@@ -527,6 +654,14 @@ impl Compiled {
     /// Renders field `name` (e.g. `push.title`) whose source is `text`, for one user's
     /// context, within the limits.
     pub fn render(&self, name: &str, text: &str, ctx: &minijinja::Value) -> Result<String> {
+        let direct = self
+            .substitutions
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, s)| s.render(ctx));
+        if let Some(out) = direct {
+            return Ok(out);
+        }
         match self.env.get_template(name) {
             Ok(t) => render_bounded(name, &t, ctx),
             Err(_) => Ok(text.to_owned()),
@@ -691,6 +826,244 @@ pub fn render_item<'c>(
         Channel::InApp => return Ok(None),
     }
     Ok(Some(item))
+}
+
+#[cfg(test)]
+mod substitution_tests {
+    use super::*;
+    use crate::model::{TemplateContent, TitleBody};
+    use proptest::prelude::*;
+
+    fn users() -> Vec<Arc<User>> {
+        let mut full = User::nameless("u-1");
+        full.email = Some("a@example.com".into());
+        for (k, v) in [
+            ("tier", serde_json::json!("gold")),
+            ("n", serde_json::json!(7)),
+            ("big", serde_json::json!(u64::MAX)),
+            ("f", serde_json::json!(2.0)),
+            ("yes", serde_json::json!(true)),
+            ("nothing", serde_json::Value::Null),
+            ("list", serde_json::json!([1, "a", null])),
+            ("obj", serde_json::json!({"a": 1, "b": "c"})),
+            ("id", serde_json::json!("shadowed")),
+            ("html", serde_json::json!("<b>&'\"")),
+        ] {
+            full.attributes.insert(k.into(), v);
+        }
+        vec![Arc::new(full), Arc::new(User::nameless("bare"))]
+    }
+
+    fn data() -> Vec<serde_json::Value> {
+        vec![
+            serde_json::json!({"order": {"id": 42, "total": 1.5, "lines": [{"sku": "a"}]},
+                "flag": false, "none": null, "s": "x<y", "user": {"id": "data-user"}}),
+            serde_json::json!({}),
+            serde_json::json!({"order": "not a map"}),
+        ]
+    }
+
+    /// The field rendered by the template VM alone.
+    fn through_vm(c: &Compiled, name: &str, ctx: &minijinja::Value) -> Result<String> {
+        render_bounded(name, &c.env.get_template(name).unwrap(), ctx)
+    }
+
+    const PIECES: &[&str] = &[
+        "Hello ",
+        " ",
+        "{",
+        "}",
+        "}}",
+        "{ ",
+        "\n",
+        "\r\n",
+        "\t",
+        "é ✓",
+        "-",
+        ".",
+        "{{ user.id }}",
+        "{{user.tier}}",
+        "{{ user.n }}",
+        "{{ user.big }}",
+        "{{ user.f }}",
+        "{{ user.yes }}",
+        "{{ user.nothing }}",
+        "{{ user.list }}",
+        "{{ user.obj }}",
+        "{{ user.obj.a }}",
+        "{{ user.obj.zz }}",
+        "{{ user.tier.x }}",
+        "{{ user.missing }}",
+        "{{ user.missing.deeper }}",
+        "{{ user.email }}",
+        "{{ user.phone }}",
+        "{{ user.html }}",
+        "{{\tdata.order.id\n}}",
+        "{{ data.order }}",
+        "{{ data.order.total }}",
+        "{{ data.order.lines }}",
+        "{{ data.flag }}",
+        "{{ data.none }}",
+        "{{ data.none.x }}",
+        "{{ data.s }}",
+        "{{ data.user.id }}",
+        "{{ data.missing }}",
+        "{{ data.missing.x }}",
+        "{{ data.order.id.x }}",
+        "{{- user.id }}",
+        "{{ user.id -}}",
+        "{{ user . id }}",
+        "{{ user.if }}",
+        "{{ user }}",
+        "{{ data }}",
+        "{{ count }}",
+        "{{ user.n + 1 }}",
+        "{{ user.tier|upper }}",
+        "{{ user['tier'] }}",
+        "{{ data.order.lines.0 }}",
+        "{% if user.yes %}y{% endif %}",
+        "{# note #}",
+        "{{ \"}}\" }}",
+        "{{{ user.id }}}",
+    ];
+
+    /// Compares the direct path with the VM on `text` for every user and data; how many
+    /// renders the direct path made.
+    fn compare(text: &str) -> std::result::Result<usize, TestCaseError> {
+        let content = TemplateContent {
+            in_app: Some(TitleBody {
+                title: text.to_owned(),
+                body: "b".into(),
+            }),
+            ..Default::default()
+        };
+        let Ok(compiled) = Compiled::new(content) else {
+            return Ok(0);
+        };
+        let Some((_, direct)) = compiled.substitutions.first() else {
+            return Ok(0);
+        };
+        let mut compared = 0;
+        for user in users() {
+            for data in data() {
+                let ctx = context(&user, &data_value(&data));
+                if let Some(out) = direct.render(&ctx) {
+                    prop_assert_eq!(
+                        Ok(out),
+                        through_vm(&compiled, "in_app.title", &ctx).map_err(|e| e.message),
+                        "{:?}",
+                        text
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        Ok(compared)
+    }
+
+    #[test]
+    fn every_pair_of_pieces_renders_without_the_vm_as_with_it() {
+        let mut compared = 0;
+        for a in PIECES {
+            for b in PIECES {
+                compared += compare(&format!("{a}{b}")).unwrap();
+            }
+        }
+        // Most pairs are plain text and lookups: the comparison is not vacuous.
+        assert!(compared > 5_000, "{compared}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whatever the text, a field the direct path renders comes out as the VM renders it,
+        /// for users and data of every kind of value.
+        #[test]
+        fn a_field_rendered_without_the_vm_is_what_the_vm_renders(
+            pieces in proptest::collection::vec(proptest::sample::select(PIECES), 1..8)
+        ) {
+            compare(&pieces.concat())?;
+        }
+    }
+
+    #[test]
+    fn plain_placeholders_render_without_the_vm_and_the_rest_through_it() {
+        let direct = |text: &str| Substitutions::parse(text).is_some();
+        assert!(direct("Hello {{ user.id }}"));
+        assert!(direct(
+            "{{user.name}}, order {{ data.order.id }} is on its way\n"
+        ));
+        assert!(direct("no placeholder { } }} at all"));
+        for text in [
+            "{{ user.name|upper }}",
+            "{% if user.vip %}VIP{% endif %}",
+            "{# a comment #}{{ user.id }}",
+            "{{- user.id }}",
+            "{{ user }}",
+            "{{ count }}",
+            "{{ user['name'] }}",
+            "{{ data.lines.0 }}",
+            "{{ user.id",
+        ] {
+            assert!(!direct(text), "{text}");
+        }
+
+        let user = &users()[0];
+        let data = serde_json::json!({"order": {"id": 42}});
+        let ctx = context(user, &data_value(&data));
+        let sub = Substitutions::parse(
+            "{{ user.id }}/{{ user.tier }}/{{ data.order.id }}/{{ user.missing }}.",
+        )
+        .unwrap();
+        assert_eq!(sub.render(&ctx).as_deref(), Some("u-1/gold/42/."));
+        // A lookup the VM fails (an attribute of an undefined value) is left to it.
+        let sub = Substitutions::parse("{{ data.missing.x }}").unwrap();
+        assert_eq!(sub.render(&ctx), None);
+        // So is output over the limit: the VM names it.
+        let mut huge = User::nameless("h");
+        huge.attributes
+            .insert("s".into(), "x".repeat(MAX_FIELD_OUTPUT + 1).into());
+        let ctx = context(&Arc::new(huge), &data_value(&data));
+        assert_eq!(
+            Substitutions::parse("{{ user.s }}").unwrap().render(&ctx),
+            None
+        );
+        let c = Compiled::new(TemplateContent {
+            in_app: Some(TitleBody {
+                title: "{{ user.s }}".into(),
+                body: "b".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let err = c.render("in_app.title", "{{ user.s }}", &ctx).unwrap_err();
+        assert!(err.message.contains("renders more than"), "{}", err.message);
+    }
+
+    #[test]
+    fn an_html_field_is_escaped_by_the_vm_not_copied() {
+        let c = Compiled::new(TemplateContent {
+            email: Some(crate::model::EmailContent {
+                subject: "{{ user.html }}".into(),
+                text: "{{ user.html }}".into(),
+                html: Some("<p>{{ user.html }}</p>".into()),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let names: Vec<&str> = c.substitutions.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["email.subject", "email.text"]);
+        let ctx = context(&users()[0], &data_value(&serde_json::json!({})));
+        assert_eq!(
+            c.render("email.html", "<p>{{ user.html }}</p>", &ctx)
+                .unwrap(),
+            "<p>&lt;b&gt;&amp;&#x27;&quot;</p>"
+        );
+        assert_eq!(
+            c.render("email.text", "{{ user.html }}", &ctx).unwrap(),
+            "<b>&'\""
+        );
+    }
 }
 
 #[cfg(test)]
