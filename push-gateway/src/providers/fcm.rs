@@ -32,7 +32,7 @@ const RESERVED_DATA_KEYS: [&str; 3] = ["from", "notification", "message_type"];
 enum Transport {
     H2 {
         pool: super::h2::H2Pool,
-        uri: hyper::Uri,
+        uri: http::Uri,
     },
     Http1 {
         client: reqwest::Client,
@@ -94,10 +94,10 @@ impl FcmProvider {
         let bad_endpoint =
             |why: String| Error::invalid(format!("push.fcm.endpoint `{}`: {why}", cfg.endpoint));
         let transport = if send_url.scheme() == "https" || cfg.h2c {
-            let uri: hyper::Uri = send_url
+            let uri: http::Uri = send_url
                 .as_str()
                 .parse()
-                .map_err(|e: hyper::http::uri::InvalidUri| bad_endpoint(e.to_string()))?;
+                .map_err(|e: http::uri::InvalidUri| bad_endpoint(e.to_string()))?;
             let extra_roots = match &cfg.ca_file {
                 Some(path) => super::h2::read_certificates(path)
                     .map_err(|why| Error::invalid(format!("push.fcm.ca_file: {why}")))?,

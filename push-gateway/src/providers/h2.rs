@@ -2,24 +2,35 @@
 //! one origin, taken in turn, each re-established when it breaks; TLS with ALPN `h2` for
 //! `https://`, prior knowledge (h2c) for `http://`.
 //!
-//! Why not reqwest here: at tens of thousands of sends a second, reqwest's per-request layers
-//! (URL conversions, redirect and retry policies, per-request timers, extension maps) cost about
-//! as much as HTTP/2 itself; driving `hyper`'s HTTP/2 connections directly measured 1.3–2× the
-//! requests per second of the same client CPU. Everything else (HTTP/1.1 endpoints) stays on
-//! reqwest.
+//! Why the `h2` crate directly: at tens of thousands of sends a second, the layers above
+//! HTTP/2 cost about as much as HTTP/2 itself. reqwest's (URL conversions, redirect and retry
+//! policies, per-request timers) measured 1.3–2× the client CPU of `hyper`'s connections, and
+//! `hyper`'s connections in turn pass every request through a channel to the connection's
+//! task, spawn a task per request to stream its body, and hand the answer back through another
+//! channel. Here the sender opens the stream, queues its one body frame and reads the answer
+//! in its own task; only the socket's reads and writes run in the connection's task.
+//! Everything else (HTTP/1.1 endpoints) stays on reqwest.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{HeaderMap, Request, StatusCode, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+/// The largest answer read; a provider's answers are a few hundred bytes.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// How often a connection is pinged, and how long the pong may take before the connection is
+/// taken for dead (a peer gone without a FIN would otherwise hold every send until its
+/// timeout).
+const PING_EVERY: Duration = Duration::from_secs(30);
+const PONG_WITHIN: Duration = Duration::from_secs(20);
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +42,16 @@ pub enum H2Error {
     #[error("transport: {0}")]
     Transport(String),
 }
+
+/// How one attempt failed: a stream the server refused unprocessed (sent again), or anything
+/// else.
+enum Failure {
+    Refused(String),
+    Other(H2Error),
+}
+
+/// Times one request is sent again after its stream was refused.
+const MAX_REFUSED: u32 = 5;
 
 /// An answer: status, headers, body.
 pub struct H2Response {
@@ -51,6 +72,20 @@ pub fn read_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'s
     Ok(certs)
 }
 
+/// One established connection: the handle that opens streams on it, and whether its task is
+/// still running (cleared when the connection ends, fails or stops answering pings).
+#[derive(Clone)]
+struct Live {
+    sender: SendRequest<Bytes>,
+    alive: Arc<AtomicBool>,
+}
+
+impl Live {
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+}
+
 /// Connections to one origin.
 pub struct H2Pool {
     host: String,
@@ -59,7 +94,11 @@ pub struct H2Pool {
         tokio_rustls::TlsConnector,
         rustls_pki_types::ServerName<'static>,
     )>,
-    slots: Vec<tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>>,
+    /// Each slot's connection; a plain lock, never held across an await.
+    slots: Vec<parking_lot::Mutex<Option<Live>>>,
+    /// Held while a slot connects, so the senders that find it empty wait for one handshake
+    /// instead of each making their own.
+    connecting: Vec<tokio::sync::Mutex<()>>,
     next: AtomicUsize,
     timeout: Duration,
 }
@@ -101,12 +140,16 @@ impl H2Pool {
         } else {
             None
         };
+        let connections = connections.max(1);
         Ok(H2Pool {
             host,
             port,
             tls,
-            slots: (0..connections.max(1))
-                .map(|_| tokio::sync::Mutex::new(None))
+            slots: (0..connections)
+                .map(|_| parking_lot::Mutex::new(None))
+                .collect(),
+            connecting: (0..connections)
+                .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             next: AtomicUsize::new(0),
             timeout,
@@ -114,6 +157,7 @@ impl H2Pool {
     }
 
     /// POSTs a JSON body with a bearer token; the whole exchange bounded by the timeout.
+    /// Dropping the future (or the timeout) resets the request's stream.
     pub async fn post_json(
         &self,
         uri: &Uri,
@@ -126,35 +170,92 @@ impl H2Pool {
         }
     }
 
+    /// One request, sent again when the server refused its stream: a refused stream was not
+    /// processed at all (RFC 9113 §8.7), and a new connection's first burst can outrun the
+    /// server's `SETTINGS_MAX_CONCURRENT_STREAMS`, which the client learns only once the
+    /// server's settings arrive.
     async fn exchange(
         &self,
         uri: &Uri,
         bearer: &HeaderValue,
         body: Bytes,
     ) -> Result<H2Response, H2Error> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut sender = self.sender(slot).await?;
-        let request = Request::post(uri.clone())
-            .header(AUTHORIZATION, bearer.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(Full::new(body))
-            .map_err(|e| H2Error::Transport(e.to_string()))?;
-        let response = match sender.send_request(request).await {
-            Ok(r) => r,
-            Err(e) => {
-                // A broken connection is replaced on the next request through this slot.
-                if sender.is_closed() {
-                    *self.slots[slot].lock().await = None;
+        let mut refused = 0;
+        loop {
+            match self.attempt(uri, bearer, body.clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(Failure::Refused(why)) if refused < MAX_REFUSED => {
+                    refused += 1;
+                    tracing::debug!(%why, refused, "HTTP/2 stream refused; sending again");
+                    tokio::time::sleep(Duration::from_millis(10 << refused)).await;
                 }
-                return Err(H2Error::Transport(e.to_string()));
+                Err(Failure::Refused(why)) => return Err(H2Error::Transport(why)),
+                Err(Failure::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        uri: &Uri,
+        bearer: &HeaderValue,
+        body: Bytes,
+    ) -> Result<H2Response, Failure> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let live = self.sender(slot).await.map_err(Failure::Other)?;
+        let mut request = Request::new(());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri.clone();
+        *request.version_mut() = Version::HTTP_2;
+        let headers = request.headers_mut();
+        headers.insert(AUTHORIZATION, bearer.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        // A broken connection is replaced on the next request through this slot.
+        let broken = |e: h2::Error| {
+            if e.is_io() || e.is_go_away() {
+                live.alive.store(false, Ordering::Release);
+            }
+            if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                Failure::Refused(e.to_string())
+            } else {
+                Failure::Other(H2Error::Transport(e.to_string()))
             }
         };
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| H2Error::Transport(e.to_string()))?
-            .to_bytes();
+        // Each sender opens streams through its own handle: `ready` then only waits when the
+        // connection itself cannot open more (the provider's permits bound what is in flight).
+        let mut sender = live.sender.clone().ready().await.map_err(broken)?;
+        let (answer, mut stream) = sender.send_request(request, false).map_err(broken)?;
+        // Queued whole: h2 writes it as the peer's window allows.
+        stream.send_data(body, true).map_err(broken)?;
+        let answer = answer.await.map_err(broken)?;
+        let (parts, mut recv) = answer.into_parts();
+        let mut first: Option<Bytes> = None;
+        let mut rest = BytesMut::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.map_err(broken)?;
+            // Reading the answer gives its bytes back to the connection's receive window.
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            let read = first.as_ref().map_or(0, Bytes::len) + rest.len() + chunk.len();
+            if read > MAX_ANSWER_BYTES {
+                return Err(Failure::Other(H2Error::Transport(format!(
+                    "answer larger than {MAX_ANSWER_BYTES} bytes"
+                ))));
+            }
+            match &first {
+                None => first = Some(chunk),
+                Some(_) => rest.extend_from_slice(&chunk),
+            }
+        }
+        let body = match first {
+            None => Bytes::new(),
+            Some(only) if rest.is_empty() => only,
+            Some(head) => {
+                let mut whole = BytesMut::with_capacity(head.len() + rest.len());
+                whole.extend_from_slice(&head);
+                whole.extend_from_slice(&rest);
+                whole.freeze()
+            }
+        };
         Ok(H2Response {
             status: parts.status,
             headers: parts.headers,
@@ -162,40 +263,28 @@ impl H2Pool {
         })
     }
 
-    /// The slot's connection, established (once, under the slot's lock) if it has none or its
-    /// connection closed.
-    async fn sender(&self, slot: usize) -> Result<SendRequest<Full<Bytes>>, H2Error> {
-        let mut guard = self.slots[slot].lock().await;
-        if let Some(s) = guard.as_ref() {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
+    /// The slot's connection, established (once, while holding the slot's connect lock) if it
+    /// has none or its connection ended.
+    async fn sender(&self, slot: usize) -> Result<Live, H2Error> {
+        if let Some(live) = self.slots[slot].lock().as_ref().filter(|l| l.is_alive()) {
+            return Ok(live.clone());
         }
-        let sender = self.connect().await?;
-        *guard = Some(sender.clone());
-        Ok(sender)
+        let _connecting = self.connecting[slot].lock().await;
+        if let Some(live) = self.slots[slot].lock().as_ref().filter(|l| l.is_alive()) {
+            return Ok(live.clone());
+        }
+        let live = self.connect().await?;
+        *self.slots[slot].lock() = Some(live.clone());
+        Ok(live)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, H2Error> {
+    async fn connect(&self) -> Result<Live, H2Error> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| H2Error::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .adaptive_window(true)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(false);
         match &self.tls {
-            None => {
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| H2Error::Connect(e.to_string()))?;
-                tokio::spawn(conn);
-                Ok(sender)
-            }
+            None => handshake(tcp).await,
             Some((connector, name)) => {
                 let tls = connector
                     .connect(name.clone(), tcp)
@@ -204,15 +293,59 @@ impl H2Pool {
                 if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
                     return Err(H2Error::Connect("the server does not offer HTTP/2".into()));
                 }
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| H2Error::Connect(e.to_string()))?;
-                tokio::spawn(conn);
-                Ok(sender)
+                handshake(tls).await
             }
         }
     }
+}
+
+/// The HTTP/2 handshake on an open transport; the connection then runs in a task of its own,
+/// pinged every [`PING_EVERY`], and the returned handle reads dead once that task ends.
+async fn handshake<T>(io: T) -> Result<Live, H2Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, mut connection) = h2::client::Builder::new()
+        // Answers are small and read at once: windows wide enough that thousands of them in
+        // flight never wait on a WINDOW_UPDATE.
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| H2Error::Connect(e.to_string()))?;
+    let alive = Arc::new(AtomicBool::new(true));
+    let ping = connection.ping_pong();
+    let driver = tokio::spawn({
+        let alive = alive.clone();
+        async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP/2 connection ended");
+            }
+            alive.store(false, Ordering::Release);
+        }
+    });
+    if let Some(mut ping) = ping {
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PING_EVERY).await;
+                if !alive.load(Ordering::Acquire) {
+                    return;
+                }
+                let pong = tokio::time::timeout(PONG_WITHIN, ping.ping(h2::Ping::opaque())).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    // Dropping the connection fails its streams at once, and the slot
+                    // reconnects on its next request.
+                    tracing::warn!("an HTTP/2 connection did not answer a ping; reconnecting");
+                    alive.store(false, Ordering::Release);
+                    driver.abort();
+                    return;
+                }
+            }
+        });
+    }
+    Ok(Live { sender, alive })
 }
 
 #[cfg(test)]
@@ -249,5 +382,130 @@ mod tests {
         assert!(H2Pool::new(&"/relative".parse().unwrap(), 1, t, &[]).is_err());
         assert!(H2Pool::new(&"https://fcm.googleapis.com/v1".parse().unwrap(), 1, t, &[]).is_ok());
         assert!(H2Pool::new(&"http://127.0.0.1:9/v1".parse().unwrap(), 1, t, &[]).is_ok());
+    }
+    /// An h2c server on a free port that allows `max_streams` streams per connection and
+    /// answers each request by its body: `slow` after 5 s, `big` with 2 MiB, anything else
+    /// echoed after 10 ms. Counts the connections it accepted.
+    async fn h2c_server(max_streams: u32) -> (Uri, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut conn = h2::server::Builder::new()
+                        .max_concurrent_streams(max_streams)
+                        .handshake::<_, Bytes>(socket)
+                        .await
+                        .unwrap();
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        tokio::spawn(async move {
+                            let mut body = request.into_body();
+                            let mut read = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                read.extend_from_slice(&chunk);
+                            }
+                            let answer = match read.as_slice() {
+                                b"slow" => {
+                                    tokio::time::sleep(Duration::from_secs(5)).await;
+                                    Bytes::from_static(b"late")
+                                }
+                                b"big" => Bytes::from(vec![b'x'; 2 << 20]),
+                                _ => {
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                    Bytes::from(read)
+                                }
+                            };
+                            let Ok(mut send) =
+                                respond.send_response(http::Response::new(()), false)
+                            else {
+                                return;
+                            };
+                            let _ = send.send_data(answer, true);
+                        });
+                    }
+                });
+            }
+        });
+        let uri = format!("http://127.0.0.1:{port}/v1/send").parse().unwrap();
+        (uri, connections)
+    }
+
+    fn bearer() -> HeaderValue {
+        HeaderValue::from_static("Bearer t")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_requests_than_the_peer_allows_at_once_wait_for_a_free_stream() {
+        let (uri, connections) = h2c_server(4).await;
+        let pool = Arc::new(H2Pool::new(&uri, 1, Duration::from_secs(10), &[]).unwrap());
+        let sends = (0..100).map(|i| {
+            let (pool, uri) = (pool.clone(), uri.clone());
+            tokio::spawn(async move {
+                let body = Bytes::from(format!("send-{i}"));
+                let answer = pool.post_json(&uri, &bearer(), body.clone()).await.unwrap();
+                assert_eq!(answer.status, StatusCode::OK);
+                assert_eq!(answer.body, body);
+            })
+        });
+        for send in futures::future::join_all(sends).await {
+            send.unwrap();
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_past_its_timeout_is_given_up_and_the_connection_keeps_serving() {
+        let (uri, connections) = h2c_server(100).await;
+        let pool = H2Pool::new(&uri, 1, Duration::from_millis(300), &[]).unwrap();
+        let slow = pool
+            .post_json(&uri, &bearer(), Bytes::from_static(b"slow"))
+            .await;
+        assert!(matches!(slow, Err(H2Error::Timeout)), "{:?}", slow.err());
+        let next = pool
+            .post_json(&uri, &bearer(), Bytes::from_static(b"next"))
+            .await
+            .unwrap();
+        assert_eq!(next.body, Bytes::from_static(b"next"));
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_over_a_megabyte_is_refused_rather_than_read() {
+        let (uri, _) = h2c_server(100).await;
+        let pool = H2Pool::new(&uri, 1, Duration::from_secs(10), &[]).unwrap();
+        match pool
+            .post_json(&uri, &bearer(), Bytes::from_static(b"big"))
+            .await
+        {
+            Err(H2Error::Transport(why)) => assert!(why.contains("larger than"), "{why}"),
+            Err(other) => panic!("expected a transport error, got {other}"),
+            Ok(r) => panic!(
+                "expected an error, got {} with {} bytes",
+                r.status,
+                r.body.len()
+            ),
+        }
+        // The connection still serves the next request.
+        let next = pool
+            .post_json(&uri, &bearer(), Bytes::from_static(b"ok"))
+            .await
+            .unwrap();
+        assert_eq!(next.body, Bytes::from_static(b"ok"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_are_spread_over_the_pools_connections() {
+        let (uri, connections) = h2c_server(100).await;
+        let pool = H2Pool::new(&uri, 3, Duration::from_secs(10), &[]).unwrap();
+        for i in 0..9 {
+            let body = Bytes::from(format!("r{i}"));
+            let answer = pool.post_json(&uri, &bearer(), body.clone()).await.unwrap();
+            assert_eq!(answer.body, body);
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 }
