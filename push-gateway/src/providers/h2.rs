@@ -32,6 +32,9 @@ const MAX_ANSWER_BYTES: usize = 1 << 20;
 const PING_EVERY: Duration = Duration::from_secs(30);
 const PONG_WITHIN: Duration = Duration::from_secs(20);
 
+/// Times one request is sent again after its stream was refused.
+const MAX_REFUSED: u32 = 5;
+
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum H2Error {
@@ -49,9 +52,6 @@ enum Failure {
     Refused(String),
     Other(H2Error),
 }
-
-/// Times one request is sent again after its stream was refused.
-const MAX_REFUSED: u32 = 5;
 
 /// An answer: status, headers, body.
 pub struct H2Response {
@@ -202,7 +202,7 @@ impl H2Pool {
         body: Bytes,
     ) -> Result<H2Response, Failure> {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let live = self.sender(slot).await.map_err(Failure::Other)?;
+        let Live { sender, alive } = self.sender(slot).await.map_err(Failure::Other)?;
         let mut request = Request::new(());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri.clone();
@@ -213,7 +213,7 @@ impl H2Pool {
         // A broken connection is replaced on the next request through this slot.
         let broken = |e: h2::Error| {
             if e.is_io() || e.is_go_away() {
-                live.alive.store(false, Ordering::Release);
+                alive.store(false, Ordering::Release);
             }
             if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
                 Failure::Refused(e.to_string())
@@ -223,39 +223,34 @@ impl H2Pool {
         };
         // Each sender opens streams through its own handle: `ready` then only waits when the
         // connection itself cannot open more (the provider's permits bound what is in flight).
-        let mut sender = live.sender.clone().ready().await.map_err(broken)?;
+        let mut sender = sender.ready().await.map_err(broken)?;
         let (answer, mut stream) = sender.send_request(request, false).map_err(broken)?;
         // Queued whole: h2 writes it as the peer's window allows.
         stream.send_data(body, true).map_err(broken)?;
         let answer = answer.await.map_err(broken)?;
         let (parts, mut recv) = answer.into_parts();
-        let mut first: Option<Bytes> = None;
-        let mut rest = BytesMut::new();
+        // An answer in one DATA frame (the usual case) is kept as that frame; a longer one is
+        // joined as its frames arrive.
+        let mut only: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
         while let Some(chunk) = recv.data().await {
             let chunk = chunk.map_err(broken)?;
             // Reading the answer gives its bytes back to the connection's receive window.
             let _ = recv.flow_control().release_capacity(chunk.len());
-            let read = first.as_ref().map_or(0, Bytes::len) + rest.len() + chunk.len();
-            if read > MAX_ANSWER_BYTES {
+            if only.as_ref().map_or(0, Bytes::len) + joined.len() + chunk.len() > MAX_ANSWER_BYTES {
                 return Err(Failure::Other(H2Error::Transport(format!(
                     "answer larger than {MAX_ANSWER_BYTES} bytes"
                 ))));
             }
-            match &first {
-                None => first = Some(chunk),
-                Some(_) => rest.extend_from_slice(&chunk),
+            match only.take() {
+                None if joined.is_empty() => only = Some(chunk),
+                first => {
+                    joined.extend_from_slice(first.as_deref().unwrap_or_default());
+                    joined.extend_from_slice(&chunk);
+                }
             }
         }
-        let body = match first {
-            None => Bytes::new(),
-            Some(only) if rest.is_empty() => only,
-            Some(head) => {
-                let mut whole = BytesMut::with_capacity(head.len() + rest.len());
-                whole.extend_from_slice(&head);
-                whole.extend_from_slice(&rest);
-                whole.freeze()
-            }
-        };
+        let body = only.unwrap_or_else(|| joined.freeze());
         Ok(H2Response {
             status: parts.status,
             headers: parts.headers,
@@ -266,16 +261,25 @@ impl H2Pool {
     /// The slot's connection, established (once, while holding the slot's connect lock) if it
     /// has none or its connection ended.
     async fn sender(&self, slot: usize) -> Result<Live, H2Error> {
-        if let Some(live) = self.slots[slot].lock().as_ref().filter(|l| l.is_alive()) {
-            return Ok(live.clone());
+        if let Some(live) = self.live(slot) {
+            return Ok(live);
         }
         let _connecting = self.connecting[slot].lock().await;
-        if let Some(live) = self.slots[slot].lock().as_ref().filter(|l| l.is_alive()) {
-            return Ok(live.clone());
+        if let Some(live) = self.live(slot) {
+            return Ok(live);
         }
         let live = self.connect().await?;
         *self.slots[slot].lock() = Some(live.clone());
         Ok(live)
+    }
+
+    /// The slot's connection, if it has one still running.
+    fn live(&self, slot: usize) -> Option<Live> {
+        self.slots[slot]
+            .lock()
+            .as_ref()
+            .filter(|l| l.is_alive())
+            .cloned()
     }
 
     async fn connect(&self) -> Result<Live, H2Error> {
@@ -384,7 +388,8 @@ mod tests {
         assert!(H2Pool::new(&"http://127.0.0.1:9/v1".parse().unwrap(), 1, t, &[]).is_ok());
     }
     /// An h2c server on a free port that allows `max_streams` streams per connection and
-    /// answers each request by its body: `slow` after 5 s, `big` with 2 MiB, anything else
+    /// answers each request by its body: `slow` after 5 s, `big` with 2 MiB, `medium` with
+    /// 100,000 numbered bytes (several DATA frames), anything else
     /// echoed after 10 ms. Counts the connections it accepted.
     async fn h2c_server(max_streams: u32) -> (Uri, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -414,6 +419,7 @@ mod tests {
                                     Bytes::from_static(b"late")
                                 }
                                 b"big" => Bytes::from(vec![b'x'; 2 << 20]),
+                                b"medium" => (0..100_000u32).map(|i| (i % 251) as u8).collect(),
                                 _ => {
                                     tokio::time::sleep(Duration::from_millis(10)).await;
                                     Bytes::from(read)
@@ -495,6 +501,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next.body, Bytes::from_static(b"ok"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_of_several_frames_is_read_whole_and_in_order() {
+        let (uri, _) = h2c_server(100).await;
+        let pool = H2Pool::new(&uri, 1, Duration::from_secs(10), &[]).unwrap();
+        let answer = pool
+            .post_json(&uri, &bearer(), Bytes::from_static(b"medium"))
+            .await
+            .unwrap();
+        let expected: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(answer.body.len(), expected.len());
+        assert!(
+            answer.body == expected,
+            "the frames were joined out of order"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
