@@ -288,11 +288,33 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Another recorder may already be installed (e.g. by an embedding program); then this
         // handle renders an empty page rather than failing the process.
-        let _ = metrics::set_global_recorder(recorder);
+        if metrics::set_global_recorder(recorder).is_ok() {
+            spawn_metrics_upkeep(handle.clone(), METRICS_UPKEEP_EVERY);
+        }
         // `# HELP` and `# TYPE` for every metric, whether or not it has been recorded yet.
         herald_core::metrics_catalog::describe();
         handle
     })
+}
+
+/// How often recorded histogram samples are folded into their buckets.
+pub const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds the recorder's histogram samples into their buckets every `every`, on a thread of its
+/// own. The recorder keeps every sample it is given (a value and its time, 16 bytes) until
+/// then, and otherwise only a scrape of `/metrics` drains them: a server that nobody scrapes
+/// would hold one sample per HTTP request, provider send and fan-out stage for ever (a gigabyte
+/// an hour of inbox reads at the loadtest's rates).
+pub fn spawn_metrics_upkeep(handle: PrometheusHandle, every: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics upkeep thread not started: histogram samples are drained only by scrapes of /metrics");
+    }
 }
 
 /// Middleware: request count and latency per route template (never per raw path, so ids do
