@@ -317,17 +317,19 @@ pub async fn replay_dead_letter(
         replay_of: Some(letter.id.clone()),
         ..letter.message.clone()
     };
-    let published = match serde_json::to_vec(&message) {
-        Ok(payload) => {
+    // Cut to the bus's bound as the fan-out's messages are (see `ChannelMessage::encoded`).
+    let published = match message.encoded() {
+        Ok(messages) => {
+            let out: Vec<OutMessage> = messages
+                .into_iter()
+                .map(|(_, payload)| OutMessage {
+                    key: Some(letter.campaign_id.clone()),
+                    payload,
+                })
+                .collect();
             ctx.ports
                 .bus
-                .publish(
-                    topics::channel_topic(letter.channel),
-                    &[OutMessage {
-                        key: Some(letter.campaign_id.clone()),
-                        payload,
-                    }],
-                )
+                .publish(topics::channel_topic(letter.channel), &out)
                 .await
         }
         Err(e) => Err(Error::internal("channel message").with_source(e)),

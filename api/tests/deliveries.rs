@@ -261,6 +261,7 @@ fn letter(id: &str) -> DeadLetter {
             channel: Channel::Sms,
             part: 0,
             piece: 0,
+            span: None,
             category: None,
             priority: Priority::Normal,
             deliver_after: None,

@@ -160,6 +160,12 @@ pub struct ChannelMessage {
     /// and replays keep it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub piece: u32,
+    /// Set on a message cut from a larger one because as one message it would pass
+    /// [`MAX_CHANNEL_MESSAGE_BYTES`] (see [`ChannelMessage::encoded`]): the positions of its
+    /// first and last item among the items of the piece (or of the retry) it was cut from.
+    /// Retries and replays keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<[u32; 2]>,
     pub category: Option<String>,
     pub priority: Priority,
     /// Not to be delivered before this instant (the end of the recipients' quiet hours).
@@ -222,7 +228,44 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// The largest channel message the fan-out publishes, in bytes of JSON. Brokers refuse larger
+/// messages by default (Kafka's `message.max.bytes` and NATS's `max_payload` are about 1 MiB);
+/// the rest of that MiB leaves room for what a retry adds (its attempt and due time).
+pub const MAX_CHANNEL_MESSAGE_BYTES: usize = 768 * 1024;
+
 impl ChannelMessage {
+    /// This message as the bus carries it: one payload, or, when its JSON would pass
+    /// [`MAX_CHANNEL_MESSAGE_BYTES`] (a thousand recipients of a large HTML email), its items
+    /// cut in halves, and halves of those, until each message fits, each with its
+    /// [`span`](Self::span). The same items always make the same messages. A single item
+    /// larger than the bound goes alone (an item is bounded by the template limits).
+    pub fn encoded(self) -> serde_json::Result<Vec<(ChannelMessage, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    fn encode_into(mut self, out: &mut Vec<(ChannelMessage, Vec<u8>)>) -> serde_json::Result<()> {
+        let payload = serde_json::to_vec(&self)?;
+        let n = self.items.len();
+        if payload.len() <= MAX_CHANNEL_MESSAGE_BYTES || n < 2 {
+            out.push((self, payload));
+            return Ok(());
+        }
+        drop(payload);
+        let first = self.span.map_or(0, |[first, _]| first);
+        let mid = n / 2;
+        let mut right_items = std::mem::take(&mut self.items);
+        let left_items: Vec<ChannelItem> = right_items.drain(..mid).collect();
+        let mut right = self.clone();
+        right.items = right_items;
+        right.span = Some([first + mid as u32, first + n as u32 - 1]);
+        self.items = left_items;
+        self.span = Some([first, first + mid as u32 - 1]);
+        self.encode_into(out)?;
+        right.encode_into(out)
+    }
+
     /// The identity of this message's deliveries: a redelivered copy has the same key (and is
     /// recognised), a sibling part of the same batch, a retry or a replay has its own.
     pub fn delivery_key(&self) -> String {
@@ -241,6 +284,11 @@ impl ChannelMessage {
         if self.piece > 0 {
             key.push_str("/piece/");
             key.push_str(&self.piece.to_string());
+        }
+        // Both ends: a piece replayed after its items changed size may be cut elsewhere, and
+        // a message must never be taken for one that held fewer of its items.
+        if let Some([first, last]) = self.span {
+            key.push_str(&format!("/items/{first}-{last}"));
         }
         if let Some(replay) = &self.replay_of {
             key.push_str("/replay/");
@@ -284,6 +332,7 @@ mod tests {
             channel: Channel::Push,
             part,
             piece,
+            span: None,
             category: None,
             priority: Priority::Normal,
             deliver_after: None,
@@ -314,5 +363,85 @@ mod tests {
         assert_eq!(back.piece, 0);
         let json = serde_json::to_value(message(0, 3, 0)).unwrap();
         assert_eq!(json["piece"], 3);
+    }
+
+    fn item(user: usize, body_bytes: usize) -> ChannelItem {
+        ChannelItem {
+            user_id: format!("u{user:04}"),
+            notification_id: uuid::Uuid::from_u128(user as u128),
+            title: Some("t".into()),
+            body: "x".repeat(body_bytes),
+            html: None,
+            email: None,
+            phone: None,
+            data: serde_json::Value::Null,
+            targets: None,
+        }
+    }
+
+    #[test]
+    fn a_message_within_the_bound_is_one_payload_under_its_own_key() {
+        let mut msg = message(0, 2, 0);
+        msg.items = (0..1000).map(|u| item(u, 100)).collect();
+        let key = msg.delivery_key();
+        let parts = msg.clone().encoded().unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].0, msg);
+        assert_eq!(parts[0].0.delivery_key(), key);
+        assert_eq!(parts[0].1, serde_json::to_vec(&msg).unwrap());
+    }
+
+    #[test]
+    fn a_message_over_the_bound_is_cut_into_messages_that_fit_hold_every_item_once_and_have_keys_of_their_own(
+    ) {
+        let mut msg = message(0, 1, 0);
+        // 1,000 recipients of a 5 KB body: about 5 MB as one message.
+        msg.items = (0..1000).map(|u| item(u, 5_000)).collect();
+        let parts = msg.clone().encoded().unwrap();
+        assert!(parts.len() >= 7, "{} messages", parts.len());
+        let mut keys = std::collections::HashSet::new();
+        let mut next = 0u32;
+        for (part, payload) in &parts {
+            assert!(
+                payload.len() <= MAX_CHANNEL_MESSAGE_BYTES,
+                "{}",
+                payload.len()
+            );
+            assert_eq!(
+                &serde_json::from_slice::<ChannelMessage>(payload).unwrap(),
+                part
+            );
+            let [first, last] = part.span.expect("a cut message says which items it holds");
+            assert_eq!(first, next, "in order, none left out");
+            assert_eq!(last as usize, first as usize + part.items.len() - 1);
+            assert_eq!(part.items, msg.items[first as usize..=last as usize]);
+            next = last + 1;
+            assert!(keys.insert(part.delivery_key()), "{}", part.delivery_key());
+            assert!(part
+                .delivery_key()
+                .starts_with("c1/7/push/0/0/piece/1/items/"));
+        }
+        assert_eq!(next, 1000);
+        // The same items make the same messages (a replayed batch is recognised).
+        assert_eq!(msg.clone().encoded().unwrap(), parts);
+        // A retry of a cut message stays apart from its siblings and from itself.
+        let retry = ChannelMessage {
+            attempt: 1,
+            ..parts[0].0.clone()
+        };
+        assert!(!keys.contains(&retry.delivery_key()));
+    }
+
+    #[test]
+    fn an_item_larger_than_the_bound_goes_alone() {
+        let mut msg = message(0, 0, 0);
+        msg.items = vec![
+            item(0, 10),
+            item(1, MAX_CHANNEL_MESSAGE_BYTES + 1),
+            item(2, 10),
+        ];
+        let parts = msg.encoded().unwrap();
+        let spans: Vec<_> = parts.iter().map(|(m, _)| m.span).collect();
+        assert_eq!(spans, [Some([0, 0]), Some([1, 1]), Some([2, 2])]);
     }
 }

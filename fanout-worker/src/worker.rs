@@ -476,6 +476,7 @@ async fn deliver(
                 channel,
                 part,
                 piece,
+                span: None,
                 category: campaign.category.clone(),
                 priority: campaign.priority,
                 deliver_after,
@@ -487,22 +488,26 @@ async fn deliver(
                 replaces: None,
                 items,
             };
-            let payload = serde_json::to_vec(&msg)
+            // A piece too large for one broker message (large bodies) goes as several.
+            let messages = msg
+                .encoded()
                 .map_err(|e| Error::internal("channel message").with_source(e))?;
             // Recipients in quiet hours: the message waits in the delay store until they end.
             let topic = topics::channel_topic(channel);
-            ctx.ports
-                .publish_at(
-                    topic,
-                    OutMessage {
-                        key: Some(campaign.id.clone()),
-                        payload,
-                    },
-                    deliver_after,
-                    now,
-                    || format!("{topic}/{}", msg.delivery_key()),
-                )
-                .await?;
+            for (msg, payload) in messages {
+                ctx.ports
+                    .publish_at(
+                        topic,
+                        OutMessage {
+                            key: Some(campaign.id.clone()),
+                            payload,
+                        },
+                        deliver_after,
+                        now,
+                        || format!("{topic}/{}", msg.delivery_key()),
+                    )
+                    .await?;
+            }
         }
     }
     stage.done("publish_channels");

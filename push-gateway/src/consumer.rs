@@ -748,23 +748,28 @@ impl Gateway {
                 items: narrowed(msg, &retry),
                 ..msg.clone()
             };
-            let payload = serde_json::to_vec(&next)
+            // The devices listed per item can make a retry larger than its message was: it
+            // is cut to the bus's bound as the fan-out's messages are.
+            let messages = next
+                .encoded()
                 .map_err(|e| Error::internal("channel message").with_source(e))?;
             // The next attempt waits out its backoff in the delay store.
             let topic = topics::channel_topic(channel);
-            after_sends("the next attempt", || {
-                self.ctx.ports.publish_at(
-                    topic,
-                    OutMessage {
-                        key: Some(msg.campaign_id.clone()),
-                        payload: payload.clone(),
-                    },
-                    next.deliver_after,
-                    now,
-                    || format!("{topic}/{}", next.delivery_key()),
-                )
-            })
-            .await?;
+            for (next, payload) in messages {
+                after_sends("the next attempt", || {
+                    self.ctx.ports.publish_at(
+                        topic,
+                        OutMessage {
+                            key: Some(msg.campaign_id.clone()),
+                            payload: payload.clone(),
+                        },
+                        next.deliver_after,
+                        now,
+                        || format!("{topic}/{}", next.delivery_key()),
+                    )
+                })
+                .await?;
+            }
         }
         let mut letter_id = None;
         if !dead.is_empty() {

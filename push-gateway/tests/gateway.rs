@@ -71,6 +71,46 @@ async fn a_transient_failure_is_retried_until_it_goes_through() {
     assert_eq!(app.fcm.requests_for("ok-b"), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_listing_more_devices_than_one_bus_message_holds_goes_as_several_and_each_device_is_sent_once(
+) {
+    const USERS: usize = 150;
+    const DEVICES: usize = 6;
+    let app = spawn_gateway(|c| {
+        c.push.max_attempts = 3;
+        c.push.backoff_base_ms = 100;
+    })
+    .await;
+    // Every device fails once. The retry lists each item's 6 tokens of 1,600 characters:
+    // about 1.5 MB as one message, over the 1 MiB JetStream and Kafka take, while the
+    // message it retries (no targets listed) is small.
+    let mut users = Vec::new();
+    for u in 0..USERS {
+        let tokens: Vec<String> = (0..DEVICES)
+            .map(|d| format!("flaky1-u{u:03}-d{d}-{}", "t".repeat(1_600)))
+            .collect();
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let id = format!("wide{u:03}");
+        app.user_with_devices(&id, &refs).await;
+        users.push((id, tokens));
+    }
+    let ids: Vec<&str> = users.iter().map(|(id, _)| id.as_str()).collect();
+    let id = app.campaign(push_to(&ids)).await;
+
+    app.wait_for_deliveries(&id, "push", ((USERS * DEVICES) as u64, 0))
+        .await;
+    for (user, tokens) in &users {
+        for t in tokens {
+            assert_eq!(
+                app.fcm.requests_for(t),
+                2,
+                "{user}: a failure, then the retry"
+            );
+        }
+    }
+    assert!(app.dead_letters("").await.is_empty());
+}
+
 /// Asks for a replay of the dead letter `letter_id`: the status and body.
 async fn replay(app: &TestGateway, letter_id: &str) -> (StatusCode, Value) {
     let path = format!("/v1/dead-letters/{letter_id}/replay");
@@ -171,6 +211,7 @@ fn message(
         channel: Channel::Push,
         part: 0,
         piece: 0,
+        span: None,
         category: None,
         priority: Priority::Normal,
         deliver_after,

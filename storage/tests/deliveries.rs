@@ -39,6 +39,7 @@ fn letter(channel: Channel, campaign: &str) -> DeadLetter {
             channel,
             part: 0,
             piece: 0,
+            span: None,
             category: Some("orders".into()),
             priority: Priority::High,
             deliver_after: None,

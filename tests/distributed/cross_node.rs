@@ -490,3 +490,61 @@ async fn two_push_nodes_share_one_provider_rate_instead_of_doubling_it() {
     }
     assert_eq!(d.fcm.sent(), DEVICES, "each device once");
 }
+
+#[tokio::test]
+async fn pushes_too_large_for_one_bus_message_go_as_several_and_every_device_gets_one_send() {
+    const USERS: u64 = 200;
+    // The batch's 200 recipients of a 12 KB body are about 2.4 MB as one channel message: over
+    // the 1 MiB that JetStream and Kafka take by default.
+    let Some(d) = Deployment::new(&[]).await else {
+        return;
+    };
+    let api = d.start("api").await;
+    let _fanout = d.start("fanout").await;
+    let _push = d.start("push").await;
+    let admin = admin(&api);
+    let users: Vec<String> = (0..USERS).map(|i| format!("big{i:03}")).collect();
+    for u in &users {
+        admin.user_with_device(u, &format!("tok-{u}")).await;
+    }
+    let body = "x".repeat(12_000);
+    let (s, created) = admin
+        .call(
+            Method::POST,
+            "/v1/campaigns",
+            Some(json!({"audience": {"users": users},
+                        "content": {"title": "t", "body": body}, "channels": ["push"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    // The campaign's state without its 12 KB body, should it not get there.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let push = loop {
+        let c = admin.campaign(&id).await;
+        let push = c["deliveries"]["push"].clone();
+        if push["sent"].as_u64().unwrap_or(0) + push["failed"].as_u64().unwrap_or(0) >= USERS {
+            break push;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} {} {}",
+            c["status"],
+            c["progress"],
+            c["deliveries"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(push["sent"], USERS, "{push}");
+    // Nothing more arrives: no piece was sent twice.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(d.fcm.sent(), USERS);
+    for u in &users {
+        assert_eq!(d.fcm.requests_for(&format!("tok-{u}")), 1, "{u}");
+    }
+    let last = d.fcm.last_message("tok-big000").expect("sent");
+    assert_eq!(
+        last["notification"]["body"].as_str().map(str::len),
+        Some(12_000)
+    );
+}

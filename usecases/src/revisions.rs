@@ -139,6 +139,7 @@ pub async fn revise(ctx: &Context, id: &str, patch: ContentPatch) -> Result<Revi
             channel: Channel::Push,
             part: 0,
             piece: 0,
+            span: None,
             category: campaign.category.clone(),
             priority: campaign.priority,
             deliver_after: Some(revision.revised_at + REPLACE_AFTER),
