@@ -1,12 +1,6 @@
 //! The push gateway's store on SQLite: webhook subscriptions, dead letters (JSON rows keyed by
 //! a time-ordered id), processed-message marks and delivery claims.
-//!
-//! The recipients' outcomes (a thousand rows per channel message, written for every message
-//! the gateway sends) go through the file's writer connection outside sqlx ([`Writer`]): one
-//! prepared single-row upsert run per row with the values borrowed, instead of multi-row
-//! statements of owned copies sent across sqlx's connection thread.
 
-use super::writer::Writer;
 use super::Db;
 use super::SqliteFile;
 use crate::delivery_log::{self, count};
@@ -28,10 +22,11 @@ const MIGRATIONS: &[Migration] = &[
     migration!("sqlite", "deliveries", "0003_delivery_log"),
     migration!("sqlite", "deliveries", "0004_recipients"),
 ];
+/// Recipient records per multi-row upsert (9 parameters each).
+const RECIPIENT_CHUNK: usize = super::MAX_PARAMS / 9;
+
 pub struct SqliteDeliveries {
     db: Db,
-    /// The recipients' outcomes, under the file's gate like the pool's writes.
-    writer: Writer,
 }
 
 impl SqliteFile for SqliteDeliveries {
@@ -42,10 +37,8 @@ impl SqliteFile for SqliteDeliveries {
 
 impl SqliteDeliveries {
     pub async fn open(url: &BackendUrl) -> Result<Self> {
-        let db = Db::open(url, 4, MIGRATIONS).await?;
         Ok(Self {
-            writer: Writer::new(&db.pool),
-            db,
+            db: Db::open(url, 4, MIGRATIONS).await?,
         })
     }
 }
@@ -456,16 +449,27 @@ impl DeliveryStore for SqliteDeliveries {
         if records.is_empty() {
             return Ok(());
         }
-        let _gate = self.db.gate().await;
-        self.writer.write(|tx| {
-            // A later attempt's record wins, except that a recipient sent to stays sent (a
-            // retry holds only the devices that failed); the sends of attempts add up. Rows
-            // are upserted one after another, so a record repeated within the call meets the
-            // one before it as a multi-row statement's rows would.
-            let mut upsert = tx.prepare_cached(
+        let (_gate, mut tx) = self.db.begin().await?;
+        for chunk in records.chunks(RECIPIENT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO recipient_outcomes (campaign_id, user_id, channel, status, sent, \
-                 reason, dead_letter_id, attempt, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (campaign_id, user_id, channel) DO UPDATE SET \
+                 reason, dead_letter_id, attempt, at) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.campaign_id)
+                    .push_bind(&r.user_id)
+                    .push_bind(r.channel.as_str())
+                    .push_bind(r.status.as_str())
+                    .push_bind(i64::from(r.sent))
+                    .push_bind(&r.reason)
+                    .push_bind(&r.dead_letter_id)
+                    .push_bind(i64::from(r.attempt))
+                    .push_bind(micros(r.at));
+            });
+            // A later attempt's record wins, except that a recipient sent to stays sent (a
+            // retry holds only the devices that failed); the sends of attempts add up.
+            qb.push(
+                " ON CONFLICT (campaign_id, user_id, channel) DO UPDATE SET \
                  status = CASE WHEN recipient_outcomes.status = 'sent' THEN 'sent' \
                  ELSE excluded.status END, \
                  sent = CASE WHEN excluded.attempt > recipient_outcomes.attempt \
@@ -475,22 +479,14 @@ impl DeliveryStore for SqliteDeliveries {
                  dead_letter_id = COALESCE(excluded.dead_letter_id, recipient_outcomes.dead_letter_id), \
                  attempt = excluded.attempt, at = excluded.at \
                  WHERE excluded.attempt >= recipient_outcomes.attempt",
-            )?;
-            for r in records {
-                upsert.execute(rusqlite::params![
-                    r.campaign_id,
-                    r.user_id,
-                    r.channel.as_str(),
-                    r.status.as_str(),
-                    i64::from(r.sent),
-                    r.reason,
-                    r.dead_letter_id,
-                    i64::from(r.attempt),
-                    micros(r.at),
-                ])?;
-            }
-            Ok(())
-        })
+            );
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(())
     }
 
     async fn recipient_records(
