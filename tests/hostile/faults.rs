@@ -105,7 +105,11 @@ async fn a_provider_storm_of_503s_429s_and_timeouts_ends_with_every_push_sent_on
 // ---------------------------------------------------------------------------------------------
 // Processes: the real binary, roles run apart on one data directory (tests/support/roles.rs).
 
-#[tokio::test]
+// Two worker threads: `Role::stop` waits for the process on the test's thread, and the fake
+// FCM must keep answering meanwhile. On one thread it could not, so a send in flight at the
+// stop stayed unanswered past the gateway's shutdown grace and was sent again after the
+// restart (501 requests for 500 devices): the fake's doing, not the gateway's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_killed_then_stopped_and_push_stopped_mid_work_lose_and_double_nothing() {
     let fcm = herald_push::fakes::FakeFcm::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
