@@ -332,7 +332,7 @@ pub async fn replay_dead_letter(
                 .publish(topics::channel_topic(letter.channel), &out)
                 .await
         }
-        Err(e) => Err(Error::internal("channel message").with_source(e)),
+        Err(e) => Err(e),
     };
     if let Err(e) = published {
         // Let the admin try again.

@@ -561,6 +561,22 @@ impl Compiled {
         Ok(compiled)
     }
 
+    /// Whether the content has variants per locale: without them every user gets this content,
+    /// and a user's `locale` attribute need not be read at all.
+    pub fn has_locales(&self) -> bool {
+        !self.locales.is_empty()
+    }
+
+    /// The content for `user`: [`Compiled::for_locale`] of the user's `locale` attribute,
+    /// looked up only when the content has variants (a fan-out does this once per recipient).
+    pub fn for_user(&self, user: &crate::model::User) -> &Compiled {
+        if self.has_locales() {
+            self.for_locale(user.locale())
+        } else {
+            self
+        }
+    }
+
     /// The content for a user whose locale is `locale`: the variant of the longest declared
     /// tag it starts with (`pt-BR-x` → `pt-BR` → `pt`, without case, `_` read as `-`), or this
     /// content.

@@ -239,9 +239,10 @@ impl ChannelMessage {
     /// cut in halves, and halves of those, until each message fits, each with its
     /// [`span`](Self::span). The same items always make the same messages. A single item
     /// larger than the bound goes alone (an item is bounded by the template limits).
-    pub fn encoded(self) -> serde_json::Result<Vec<(ChannelMessage, Vec<u8>)>> {
+    pub fn encoded(self) -> crate::Result<Vec<(ChannelMessage, Vec<u8>)>> {
         let mut out = Vec::new();
-        self.encode_into(&mut out)?;
+        self.encode_into(&mut out)
+            .map_err(|e| crate::Error::internal("channel message").with_source(e))?;
         Ok(out)
     }
 

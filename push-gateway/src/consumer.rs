@@ -750,9 +750,7 @@ impl Gateway {
             };
             // The devices listed per item can make a retry larger than its message was: it
             // is cut to the bus's bound as the fan-out's messages are.
-            let messages = next
-                .encoded()
-                .map_err(|e| Error::internal("channel message").with_source(e))?;
+            let messages = next.encoded()?;
             // The next attempt waits out its backoff in the delay store.
             let topic = topics::channel_topic(channel);
             for (next, payload) in messages {

@@ -225,7 +225,7 @@ impl Revision {
     /// A user's inbox row of the campaign with the revision's text and data. A row whose new
     /// text does not render for this user (an error their attributes cause) keeps its text.
     pub fn render_row(&self, row: &mut Notification, user: &Arc<User>) {
-        let content = self.content.for_locale(user.locale());
+        let content = self.content.for_user(user);
         let ctx = template::context(user, &self.data);
         match template::render_in_app(content, &ctx, &mut template::Memo::default()) {
             Ok((title, body)) => {
@@ -253,7 +253,7 @@ impl Revision {
     pub fn render_item(&self, channel: Channel, user: &Arc<User>) -> Option<ChannelItem> {
         // The time the campaign's rows carry, in the whole milliseconds their ids hold.
         let created_at = row_time(self.record.row_time?);
-        let content = self.content.for_locale(user.locale());
+        let content = self.content.for_user(user);
         let ctx = template::context(user, &self.data);
         let nid = notification_id(&self.record.campaign_id, &user.id, created_at);
         let memo = &mut template::Memo::default();
