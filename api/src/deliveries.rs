@@ -318,23 +318,21 @@ pub async fn replay_dead_letter(
         ..letter.message.clone()
     };
     // Cut to the bus's bound as the fan-out's messages are (see `ChannelMessage::encoded`).
-    let published = match message.encoded() {
-        Ok(messages) => {
-            let out: Vec<OutMessage> = messages
-                .into_iter()
-                .map(|(_, payload)| OutMessage {
-                    key: Some(letter.campaign_id.clone()),
-                    payload,
-                })
-                .collect();
-            ctx.ports
-                .bus
-                .publish(topics::channel_topic(letter.channel), &out)
-                .await
-        }
-        Err(e) => Err(e),
+    let publish = async {
+        let out: Vec<OutMessage> = message
+            .encoded()?
+            .into_iter()
+            .map(|(_, payload)| OutMessage {
+                key: Some(letter.campaign_id.clone()),
+                payload,
+            })
+            .collect();
+        ctx.ports
+            .bus
+            .publish(topics::channel_topic(letter.channel), &out)
+            .await
     };
-    if let Err(e) = published {
+    if let Err(e) = publish.await {
         // Let the admin try again.
         deliveries.unmark_replayed(&id).await?;
         return Err(e.into());

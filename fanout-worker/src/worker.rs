@@ -642,10 +642,6 @@ async fn hold_back_online(
     suppressed
 }
 
-/// Decides and renders every user's notification of a batch: preferences, quiet hours,
-/// content. A user whose content does not render (a template limit, or an error their data
-/// causes) is skipped whole and counted in `failed_render`, the first reasons kept; the others
-/// go on.
 /// A batch's users as the directory gave them, sorted by id and found by binary search: no
 /// copy of each id as a map key, no hashing (a thousand of each per batch, then freed).
 struct Users(Vec<Arc<User>>);
@@ -668,6 +664,10 @@ impl Users {
     }
 }
 
+/// Decides and renders every user's notification of a batch: preferences, quiet hours,
+/// content. A user whose content does not render (a template limit, or an error their data
+/// causes) is skipped whole and counted in `failed_render`, the first reasons kept; the others
+/// go on.
 fn render_batch(
     campaign: &Campaign,
     content: &Compiled,
