@@ -522,7 +522,11 @@ fn user_keys_read(text: &str) -> crate::model::AttributeKeys {
         {
             return AttributeKeys::All;
         }
-        names.insert(rest[..len].to_owned());
+        // `user.id` is the user's own id, never an attribute (`UserView`); `email` and
+        // `phone` fall back to an attribute of that name when unset, so they are kept.
+        if &rest[..len] != "id" {
+            names.insert(rest[..len].to_owned());
+        }
     }
     AttributeKeys::Only(names)
 }
@@ -1428,7 +1432,12 @@ mod compiled_tests {
             ),
             (
                 "{% if user.vip %}{{ user.id }}{% endif %}{{ superuser }}{{ users }}",
-                only(&["vip", "id"]),
+                only(&["vip"]),
+            ),
+            ("Hello {{ user.id }}", only(&[])),
+            (
+                "{{ user.email }} {{ user.phone }}",
+                only(&["email", "phone"]),
             ),
             ("{{ data.user.x }} {{ data.run }}", only(&["x"])),
             ("{{ data.run }}", only(&[])),
@@ -1478,8 +1487,7 @@ mod compiled_tests {
 
     #[test]
     fn a_user_decoded_with_the_attributes_its_template_reads_renders_as_with_all_of_them() {
-        let stored =
-            r#"{"name":"Ola","tier":"gold","vip":true,"locale":"pt","score":3.5,"tags":["a","b"]}"#;
+        let stored = r#"{"name":"Ola","tier":"gold","vip":true,"locale":"pt","score":3.5,"tags":["a","b"],"id":"shadow","phone":"+15550001111"}"#;
         let data = data_value(&serde_json::json!({"run": "r1"}));
         let user_with = |keys: &AttributeKeys| {
             Arc::new(User {
@@ -1498,6 +1506,9 @@ mod compiled_tests {
             "{{ user|length }} {{ user['score'] }} {{ user }}",
             "{% set u = user %}{{ u|length }} {{ u.tier }} {{ u.score }}",
             "{{ data.run }} only",
+            // The id is the user's own whatever the attributes hold; an unset phone falls
+            // back to the attribute.
+            "Hello {{ user.id }} {{ user.phone }}",
         ] {
             let c = Compiled::inline(text, "b").unwrap();
             let keys = c.user_keys().clone();

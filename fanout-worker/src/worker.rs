@@ -384,15 +384,17 @@ async fn deliver(
     let revision = cached.revision;
     let ids = &batch.user_ids;
     let mut stage = Stages::start();
-    // Only the attributes the content renders and the ones the fan-out itself reads (the
+    // Only the attributes the content renders and the ones the fan-out itself reads: the
     // locale picks the content's variant, when it has variants; the time zone places quiet
-    // hours).
-    let own: &[&str] = if cached.content.has_locales() {
-        &["locale", "timezone"]
-    } else {
-        &["timezone"]
-    };
-    let keys = cached.content.user_keys().clone().with(own);
+    // hours, when they can hold a send back.
+    let mut own: Vec<&str> = Vec::with_capacity(2);
+    if cached.content.has_locales() {
+        own.push("locale");
+    }
+    if quiet_hours_apply(campaign) {
+        own.push("timezone");
+    }
+    let keys = cached.content.user_keys().clone().with(&own);
     let users = Users::new(ctx.ports.directory.get_users_keeping(ids, &keys).await?);
     stage.done("load_users");
     let cache = through_cache(campaign, batch, ctx.config.fanout_batch_size());
@@ -715,7 +717,7 @@ fn render_batch(
         }
         // Quiet hours hold back what interrupts (push, email, SMS) for low and normal
         // priority; the inbox row and webhooks are not interruptions.
-        let quiet_until = if campaign.priority.bypasses_quiet_hours() {
+        let quiet_until = if !quiet_hours_apply(campaign) {
             None
         } else {
             prefs
@@ -771,6 +773,17 @@ fn render_batch(
         }
     }
     out
+}
+
+/// Whether quiet hours can hold any of the campaign's sends back: they hold back what
+/// interrupts (push, email, SMS) at low and normal priority, never the inbox row or a
+/// webhook. When they cannot, the users' time zones are not read.
+fn quiet_hours_apply(campaign: &Campaign) -> bool {
+    !campaign.priority.bypasses_quiet_hours()
+        && campaign.channels.iter().any(|ch| match ch {
+            Channel::Push | Channel::Email | Channel::Sms => true,
+            Channel::InApp | Channel::Webhook => false,
+        })
 }
 
 /// One user's content on one channel.
