@@ -1536,7 +1536,8 @@ mod tests {
         only.retain(&mut retained);
         assert_eq!(retained, only.decode(json).unwrap());
         assert!(AttributeKeys::none().decode(json).unwrap().is_empty());
-        // What the full decoding refuses, the partial one refuses too.
+        // What the full decoding refuses, the partial one refuses too (keeping none reads
+        // nothing, so it refuses nothing).
         for bad in [
             r#"{"tier":"gold""#,
             r#"{"tier":"gold"} x"#,

@@ -685,6 +685,7 @@ fn render_batch(
     let created_at = herald_core::ids::row_time(campaign.started_at.unwrap_or(campaign.created_at));
     let data = template::data_value(&campaign.data);
     let broadcast = campaign.strategy == Strategy::Broadcast;
+    let quiet = quiet_hours_apply(campaign);
     // Fields that read no `user` render once for the batch.
     let mut memo = template::Memo::default();
     let mut out = Rendered {
@@ -717,7 +718,7 @@ fn render_batch(
         }
         // Quiet hours hold back what interrupts (push, email, SMS) for low and normal
         // priority; the inbox row and webhooks are not interruptions.
-        let quiet_until = if !quiet_hours_apply(campaign) {
+        let quiet_until = if !quiet {
             None
         } else {
             prefs

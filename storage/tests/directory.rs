@@ -106,6 +106,17 @@ pub mod cases {
             vec![want_a, want_b],
             "ids, addresses and times kept whole"
         );
+        // Keeping no attribute (an in-app fan-out whose templates read none) still reads
+        // the users whole otherwise.
+        let mut bare = d
+            .get_users_keeping(&ids, &AttributeKeys::none())
+            .await
+            .unwrap();
+        bare.sort_by(|x, y| x.id.cmp(&y.id));
+        let (mut bare_a, mut bare_b) = (a.clone(), b.clone());
+        bare_a.attributes.clear();
+        bare_b.attributes.clear();
+        assert_eq!(bare, vec![bare_a, bare_b]);
         let mut all = d
             .get_users_keeping(&ids, &AttributeKeys::All)
             .await

@@ -880,3 +880,34 @@ async fn scylla_rows_and_their_read_state_expire_when_their_retention_ends() {
         ttl_cases::rows_and_their_read_state_expire_when_their_retention_ends(url).await;
     }
 }
+
+/// Readiness probes and the fan-out's batch writes at once on a current-thread runtime (the
+/// correctness harness runs whole roles on one): neither may wait on the other. The probe once
+/// held SQLite's write lock outside the file's writer gate while the inbox's synchronous writer
+/// busy-waited for it on the only thread, which stopped the probe, and every other task and
+/// timer, for SQLite's 30 s busy timeout.
+#[tokio::test(flavor = "current_thread")]
+async fn sqlite_readiness_probes_and_batch_writes_at_once_never_stall_each_other() {
+    let s = common::sqlite_inbox().await.unwrap();
+    let p = run_id();
+    let start = herald_core::ids::row_time(Utc::now());
+    let writes = async {
+        for i in 0..100 {
+            let batch = rows(&p, &format!("{p}-u{i}"), 5, start);
+            s.write_batch(&batch).await.unwrap();
+            // Let a probe get as far as holding the lock, waiting on its connection's thread.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    };
+    let probes = async {
+        for _ in 0..100 {
+            s.ping()
+                .await
+                .expect("the probe got the write lock in time");
+        }
+    };
+    let both = async { tokio::join!(writes, probes) };
+    tokio::time::timeout(std::time::Duration::from_secs(20), both)
+        .await
+        .expect("100 batch writes and 100 probes within 20 s");
+}

@@ -267,7 +267,7 @@ impl SqliteCampaigns {
 #[async_trait]
 impl CampaignStore for SqliteCampaigns {
     async fn ping(&self) -> Result<()> {
-        super::ping_writable(&self.pool).await
+        self.db.ping_writable().await
     }
 
     async fn insert_campaign(&self, c: &Campaign) -> Result<()> {

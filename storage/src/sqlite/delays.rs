@@ -38,7 +38,7 @@ impl SqliteDelays {
 #[async_trait]
 impl DelayStore for SqliteDelays {
     async fn ping(&self) -> Result<()> {
-        super::ping_writable(&self.db.pool).await
+        self.db.ping_writable().await
     }
 
     async fn schedule(&self, messages: &[DelayedMessage]) -> Result<()> {

@@ -58,7 +58,7 @@ fn letter_from(spec: &str, replayed_at: Option<i64>) -> Result<DeadLetter> {
 #[async_trait]
 impl DeliveryStore for SqliteDeliveries {
     async fn ping(&self) -> Result<()> {
-        super::ping_writable(&self.db.pool).await
+        self.db.ping_writable().await
     }
 
     async fn put_webhook(&self, w: &Webhook) -> Result<()> {

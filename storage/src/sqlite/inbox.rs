@@ -339,7 +339,7 @@ fn row_to_notification(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Notif
 #[async_trait]
 impl InboxStore for SqliteInbox {
     async fn ping(&self) -> Result<()> {
-        super::ping_writable(&self.pool).await
+        self.db.ping_writable().await
     }
 
     async fn write_batch(&self, rows: &[Notification]) -> Result<()> {

@@ -346,10 +346,36 @@ const PING_WRITE_WAIT: Duration = Duration::from_secs(2);
 /// The readiness probe of a SQLite store: the file must answer and take its write lock
 /// (`BEGIN IMMEDIATE`, rolled back: nothing is written) within [`PING_WRITE_WAIT`]. A file
 /// that is locked for writing (a transaction left open somewhere), read-only or broken makes
-/// `/readyz` red, naming the file.
+/// `/readyz` red, naming the file. A store with a writer gate probes through
+/// [`Db::ping_writable`].
 pub(crate) async fn ping_writable(pool: &SqlitePool) -> Result<()> {
+    probe_writable(pool, None).await
+}
+
+impl Db {
+    /// [`ping_writable`] in this process's turn to write, as every writer of the file takes
+    /// it. Outside the turn, the probe could hold SQLite's write lock while the inbox's
+    /// rusqlite writer waited for it synchronously (SQLite's busy wait, up to
+    /// [`BUSY_TIMEOUT`]): on a current-thread runtime that wait stopped the very task that
+    /// would release the lock, and every request and timer of the process with it, for the
+    /// whole 30 s (a `/readyz` answered after 30 s, red, in a CI run).
+    pub async fn ping_writable(&self) -> Result<()> {
+        probe_writable(&self.pool, Some(&self.gate)).await
+    }
+}
+
+async fn probe_writable(
+    pool: &SqlitePool,
+    gate: Option<&std::sync::Arc<tokio::sync::Mutex<()>>>,
+) -> Result<()> {
     let file = pool.connect_options().get_filename().display().to_string();
     let probe = async {
+        // Waiting for the turn counts toward the probe's bound: a turn never given back is a
+        // file locked for writing all the same.
+        let _turn = match gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("SELECT 1").execute(&mut *tx).await?;
         tx.rollback().await
