@@ -80,14 +80,17 @@ impl Role {
         }
     }
 
-    /// SIGTERM, then waits for a clean exit.
+    /// SIGTERM, then waits for a clean exit: within the 10 s the requests under way are given
+    /// (docs/operations.md) and 10 s more for the workers to stop. A process still running
+    /// then fails the case with the end of its log (the log file itself goes with the test's
+    /// temporary directory, so a CI run would otherwise say no more than that it timed out).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(c.id().to_string())
                 .status();
-            for _ in 0..200 {
+            for _ in 0..400 {
                 if let Ok(Some(status)) = c.try_wait() {
                     assert!(status.success(), "a clean exit on SIGTERM: {status}");
                     return;
@@ -96,9 +99,12 @@ impl Role {
             }
             let _ = c.kill();
             let _ = c.wait();
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
             panic!(
-                "did not stop within 10 s of SIGTERM; log: {}",
-                self.log.display()
+                "did not stop within 20 s of SIGTERM; the end of {}:\n{}",
+                self.log.display(),
+                lines[lines.len().saturating_sub(60)..].join("\n")
             );
         }
     }
