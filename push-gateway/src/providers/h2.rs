@@ -226,7 +226,16 @@ impl H2Pool {
         let mut sender = sender.ready().await.map_err(broken)?;
         let (answer, mut stream) = sender.send_request(request, false).map_err(broken)?;
         // Queued whole: h2 writes it as the peer's window allows.
-        stream.send_data(body, true).map_err(broken)?;
+        if let Err(queueing) = stream.send_data(body, true) {
+            // The stream closed between its opening and this: the peer reset it (most often
+            // refused, when a new connection's first burst outruns its stream limit) or the
+            // connection ended. h2 says only "inactive stream" here; the answer holds the
+            // reason, and a refusal is sent again rather than failed.
+            return Err(match answer.await {
+                Err(why) => broken(why),
+                Ok(_) => broken(queueing),
+            });
+        }
         let answer = answer.await.map_err(broken)?;
         let (parts, mut recv) = answer.into_parts();
         // An answer in one DATA frame (the usual case) is kept as that frame; a longer one is
@@ -461,6 +470,31 @@ mod tests {
             send.unwrap();
         }
         assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_refused_in_a_new_connections_first_burst_are_all_sent_again() {
+        // Before the server's settings arrive the client opens as many streams as it is asked
+        // to; the server refuses those past its limit, and a refusal can land between a
+        // stream's opening and the queueing of its body. Every round's connection is new, so
+        // every round has such a burst.
+        let (uri, connections) = h2c_server(2).await;
+        for round in 0..8 {
+            let pool = Arc::new(H2Pool::new(&uri, 1, Duration::from_secs(10), &[]).unwrap());
+            let sends = (0..40).map(|i| {
+                let (pool, uri) = (pool.clone(), uri.clone());
+                tokio::spawn(async move {
+                    let body = Bytes::from(format!("round-{round}-send-{i}"));
+                    let answer = pool.post_json(&uri, &bearer(), body.clone()).await;
+                    let answer = answer.unwrap_or_else(|e| panic!("{body:?}: {e}"));
+                    assert_eq!(answer.body, body);
+                })
+            });
+            for send in futures::future::join_all(sends).await {
+                send.unwrap();
+            }
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 8);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
