@@ -709,8 +709,9 @@ pub mod cases {
             .await
             .unwrap()
             .is_empty());
-        // Many at once, and purged with the delivery log.
-        let old: Vec<RecipientRecord> = (0..1500)
+        // Many at once, and purged with the delivery log: more than one purge statement's
+        // worth (a chunk is 5,000 rows in the SQL adapters).
+        let old: Vec<RecipientRecord> = (0..12_000)
             .map(|i| {
                 record(
                     &format!("{p}-old"),
@@ -724,7 +725,7 @@ pub mod cases {
             .collect();
         s.record_recipients(&old).await.unwrap();
         assert_eq!(
-            s.recipient_records(&format!("{p}-old"), "u1499")
+            s.recipient_records(&format!("{p}-old"), "u11999")
                 .await
                 .unwrap()
                 .len(),
@@ -733,11 +734,15 @@ pub mod cases {
         s.purge_delivery_log(utc("2020-06-01T00:00:00Z"))
             .await
             .unwrap();
-        assert!(s
-            .recipient_records(&format!("{p}-old"), "u1499")
-            .await
-            .unwrap()
-            .is_empty());
+        for user in ["u0", "u5000", "u11999"] {
+            assert!(
+                s.recipient_records(&format!("{p}-old"), user)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{user}'s outcome outlived the purge"
+            );
+        }
         assert_eq!(s.recipient_records(&c, "ola").await.unwrap().len(), 2);
     }
 

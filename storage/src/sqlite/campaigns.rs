@@ -1,7 +1,7 @@
 //! The campaign store on SQLite: campaigns, counters, recorded batches, idempotency keys.
 
-use super::Db;
 use super::SqliteFile;
+use super::{Db, PURGE_CHUNK};
 use crate::migrations::{migration, Migration};
 use crate::time::{from_micros, micros, opt_from_micros};
 use crate::{corrupt, parse_enum, BackendUrl};
@@ -980,13 +980,10 @@ impl CampaignStore for SqliteCampaigns {
     }
 
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
-        let n = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= ?")
-            .bind(micros(now))
-            .execute(&self.pool)
+        // Expired at or before `now`: below the next microsecond.
+        self.db
+            .delete_in_chunks("idempotency_keys", &["key"], "expires_at", micros(now) + 1)
             .await
-            .map_err(|e| self.db_error(e))?
-            .rows_affected();
-        Ok(n)
     }
 
     async fn add_to_digest(
@@ -1149,28 +1146,41 @@ impl CampaignStore for SqliteCampaigns {
     }
 
     async fn purge_digests(&self, before: DateTime<Utc>) -> Result<u64> {
-        let (_gate, mut tx) = self.db.begin().await?;
         let err = |e| self.db_error(e);
-        sqlx::query(
-            "DELETE FROM digest_events WHERE digest_id IN \
-             (SELECT id FROM digests WHERE closed_at IS NOT NULL AND window_end < ?)",
-        )
-        .bind(micros(before))
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-        let n = sqlx::query("DELETE FROM digests WHERE closed_at IS NOT NULL AND window_end < ?")
+        // A chunk of closed digests at a time, with their events, each chunk in its own
+        // transaction and turn to write (see `Db::delete_in_chunks`). Both statements pick
+        // the same chunk: the same ordered query inside one transaction.
+        const CHUNK: &str = "SELECT id FROM digests WHERE closed_at IS NOT NULL \
+                             AND window_end < ? ORDER BY window_end, id LIMIT ?";
+        let mut total = 0;
+        loop {
+            let (_gate, mut tx) = self.db.begin().await?;
+            sqlx::query(&format!(
+                "DELETE FROM digest_events WHERE digest_id IN ({CHUNK})"
+            ))
             .bind(micros(before))
+            .bind(PURGE_CHUNK)
             .execute(&mut *tx)
             .await
-            .map_err(err)?
-            .rows_affected();
-        tx.commit().await.map_err(err)?;
-        Ok(n)
+            .map_err(err)?;
+            let n = sqlx::query(&format!("DELETE FROM digests WHERE id IN ({CHUNK})"))
+                .bind(micros(before))
+                .bind(PURGE_CHUNK)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?
+                .rows_affected();
+            tx.commit().await.map_err(err)?;
+            total += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn put_rule(&self, rule: &Rule) -> Result<()> {
         let spec = serde_json::to_string(rule).map_err(|e| corrupt("rule", e))?;
+        let _gate = self.db.gate().await;
         sqlx::query(
             "INSERT INTO rules (event_type, spec, created_at, updated_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (event_type) DO UPDATE SET spec = excluded.spec, \
@@ -1208,6 +1218,7 @@ impl CampaignStore for SqliteCampaigns {
     }
 
     async fn delete_rule(&self, event_type: &str) -> Result<bool> {
+        let _gate = self.db.gate().await;
         let n = sqlx::query("DELETE FROM rules WHERE event_type = ?")
             .bind(event_type)
             .execute(&self.pool)

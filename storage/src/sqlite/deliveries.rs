@@ -199,19 +199,13 @@ impl DeliveryStore for SqliteDeliveries {
     }
 
     async fn purge_processed(&self, before: DateTime<Utc>) -> Result<u64> {
-        let _gate = self.db.gate().await;
-        sqlx::query("DELETE FROM delivery_claims WHERE held_until < ?")
-            .bind(micros(before))
-            .execute(&self.db.pool)
+        let before = micros(before);
+        self.db
+            .delete_in_chunks("delivery_claims", &["key"], "held_until", before)
+            .await?;
+        self.db
+            .delete_in_chunks("processed_messages", &["key"], "at", before)
             .await
-            .map_err(|e| self.db_error(e))?;
-        let n = sqlx::query("DELETE FROM processed_messages WHERE at < ?")
-            .bind(micros(before))
-            .execute(&self.db.pool)
-            .await
-            .map_err(|e| self.db_error(e))?
-            .rows_affected();
-        Ok(n)
     }
 
     async fn insert_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
@@ -544,21 +538,23 @@ impl DeliveryStore for SqliteDeliveries {
 
     async fn purge_delivery_log(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = micros(before);
-        let _gate = self.db.gate().await;
         let mut rollups = 0;
-        for (table, column) in [
-            ("delivery_rollups", "minute"),
-            ("delivery_latency", "minute"),
-            ("delivery_failures", "at"),
-            ("delivery_log_keys", "at"),
-            ("recipient_outcomes", "at"),
+        for (table, key, column) in [
+            ("delivery_rollups", &["minute", "channel"][..], "minute"),
+            (
+                "delivery_latency",
+                &["minute", "channel", "bucket"],
+                "minute",
+            ),
+            ("delivery_failures", &["channel", "at", "id"], "at"),
+            ("delivery_log_keys", &["key"], "at"),
+            (
+                "recipient_outcomes",
+                &["campaign_id", "user_id", "channel"],
+                "at",
+            ),
         ] {
-            let n = sqlx::query(&format!("DELETE FROM {table} WHERE {column} < ?"))
-                .bind(before)
-                .execute(&self.db.pool)
-                .await
-                .map_err(|e| self.db_error(e))?
-                .rows_affected();
+            let n = self.db.delete_in_chunks(table, key, column, before).await?;
             if table == "delivery_rollups" {
                 rollups = n;
             }

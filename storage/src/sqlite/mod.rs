@@ -30,6 +30,7 @@ use crate::{db_error, migrations::Migration, BackendUrl};
 use herald_core::{Error, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -45,7 +46,9 @@ pub(crate) const MAX_PARAMS: usize = 30_000;
 /// with backoff (up to 100 ms a try) and so turns contention into idle time. Writers of this
 /// process therefore queue on an async FIFO gate first and reach SQLite one after the other;
 /// writers of other processes still meet the busy timeout. Nothing waits for the gate while
-/// holding a pooled connection, so the gate and the pool cannot deadlock.
+/// holding a pooled connection, so the gate and the pool cannot deadlock. The gate belongs to
+/// the file, not to the store: two stores of one process opened on one file (two contexts on
+/// one data directory) queue on the same gate ([`gate_of`]).
 #[derive(Clone)]
 pub(crate) struct Db {
     pub pool: SqlitePool,
@@ -60,10 +63,9 @@ impl Db {
         max_connections: u32,
         migrations: &[Migration],
     ) -> Result<Db> {
-        Ok(Db {
-            pool: open_pool(url, max_connections, migrations).await?,
-            gate: Default::default(),
-        })
+        let pool = open_pool(url, max_connections, migrations).await?;
+        let gate = gate_of(&pool);
+        Ok(Db { pool, gate })
     }
 
     /// This process's turn to write; hold it for the whole write.
@@ -80,6 +82,72 @@ impl Db {
             .await
             .map_err(|e| file_error(&self.pool, e))?;
         Ok((gate, tx))
+    }
+}
+
+/// The writer gate of the pool's file, shared by every [`Db`] of this process open on that
+/// file (the registry keeps it only while one is). A file without a path of its own (an
+/// in-memory database) gets a gate of its own.
+fn gate_of(pool: &SqlitePool) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    use std::sync::{Arc, LazyLock, Weak};
+    type Registry = parking_lot::Mutex<HashMap<std::path::PathBuf, Weak<tokio::sync::Mutex<()>>>>;
+    static GATES: LazyLock<Registry> = LazyLock::new(Default::default);
+    let Ok(path) = std::fs::canonicalize(pool.connect_options().get_filename()) else {
+        return Arc::default();
+    };
+    let mut gates = GATES.lock();
+    if let Some(gate) = gates.get(&path).and_then(Weak::upgrade) {
+        return gate;
+    }
+    gates.retain(|_, gate| gate.strong_count() > 0);
+    let gate = Arc::default();
+    gates.insert(path, Arc::downgrade(&gate));
+    gate
+}
+
+/// Rows deleted per statement by [`Db::delete_in_chunks`].
+pub(crate) const PURGE_CHUNK: i64 = 5_000;
+
+impl Db {
+    /// Deletes the rows of `table` whose `column` is below `before`, [`PURGE_CHUNK`] rows a
+    /// statement, each statement in its own turn to write: a purge of millions of rows (a
+    /// large campaign's outcomes, a day of processed marks) holds the file's other writers,
+    /// and its readiness probe, for one chunk at a time rather than for the whole purge.
+    /// `key` is the table's primary key (the tables are `WITHOUT ROWID`); `column` must be
+    /// indexed. Returns the rows deleted.
+    pub async fn delete_in_chunks(
+        &self,
+        table: &str,
+        key: &[&str],
+        column: &str,
+        before: i64,
+    ) -> Result<u64> {
+        let columns = key.join(", ");
+        // A key of several columns is compared as a row value.
+        let left = if key.len() == 1 {
+            columns.clone()
+        } else {
+            format!("({columns})")
+        };
+        let sql = format!(
+            "DELETE FROM {table} WHERE {left} IN \
+             (SELECT {columns} FROM {table} WHERE {column} < ? LIMIT ?)"
+        );
+        let mut total = 0;
+        loop {
+            let _turn = self.gate().await;
+            let n = sqlx::query(&sql)
+                .bind(before)
+                .bind(PURGE_CHUNK)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?
+                .rows_affected();
+            total += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
     }
 }
 
@@ -360,29 +428,35 @@ impl Db {
     /// would release the lock, and every request and timer of the process with it, for the
     /// whole 30 s (a `/readyz` answered after 30 s, red, in a CI run).
     pub async fn ping_writable(&self) -> Result<()> {
-        probe_writable(&self.pool, Some(&self.gate)).await
+        probe_writable(&self.pool, Some(self)).await
     }
 }
 
-async fn probe_writable(
-    pool: &SqlitePool,
-    gate: Option<&std::sync::Arc<tokio::sync::Mutex<()>>>,
-) -> Result<()> {
+async fn probe_writable(pool: &SqlitePool, db: Option<&Db>) -> Result<()> {
     let file = pool.connect_options().get_filename().display().to_string();
-    let probe = async {
+    let (pool, db) = (pool.clone(), db.cloned());
+    // The probe runs to its end in a task of its own, and only the wait for it is bounded: a
+    // probe dropped at its bound just after SQLite granted `BEGIN IMMEDIATE` would give the
+    // turn back while its connection still held the write lock (released later, by the
+    // pool), and a writer taking the turn would meet that lock.
+    let probe = tokio::spawn(async move {
         // Waiting for the turn counts toward the probe's bound: a turn never given back is a
         // file locked for writing all the same.
-        let _turn = match gate {
-            Some(gate) => Some(gate.clone().lock_owned().await),
+        let _turn = match &db {
+            Some(db) => Some(db.gate().await),
             None => None,
         };
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("SELECT 1").execute(&mut *tx).await?;
         tx.rollback().await
-    };
+    });
     match tokio::time::timeout(PING_WRITE_WAIT, probe).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Err(panicked)) => Err(Error::unavailable(
+            format!("SQLite database {file}: the write probe failed"),
+            panicked,
+        )),
+        Ok(Ok(Err(e))) => {
             note_error(&e);
             Err(Error::unavailable(
                 format!("SQLite database {file} takes no writes: {e}"),
@@ -447,4 +521,32 @@ async fn migrate(pool: &SqlitePool, migrations: &[Migration]) -> Result<()> {
         tracing::info!(version = m.version, "applied SQLite migration");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn two_stores_on_one_file_queue_on_one_gate_and_another_file_does_not_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = |name: &str| {
+            BackendUrl::parse(&format!("sqlite://{}", dir.path().join(name).display())).unwrap()
+        };
+        let first = Db::open(&url("one.db"), 1, &[]).await.unwrap();
+        let second = Db::open(&url("one.db"), 1, &[]).await.unwrap();
+        let other = Db::open(&url("other.db"), 1, &[]).await.unwrap();
+        let turn = first.gate().await;
+        let wait = Duration::from_millis(200);
+        assert!(
+            tokio::time::timeout(wait, second.gate()).await.is_err(),
+            "a second store on the same file wrote during the first one's turn"
+        );
+        assert!(
+            tokio::time::timeout(wait, other.gate()).await.is_ok(),
+            "another file waited for this one's turn"
+        );
+        drop(turn);
+        assert!(tokio::time::timeout(wait, second.gate()).await.is_ok());
+    }
 }
