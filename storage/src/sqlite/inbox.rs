@@ -29,8 +29,6 @@ const MIGRATIONS: &[Migration] = &[
 ];
 /// Reader connections (at most this many reads at once).
 const READERS: usize = 4;
-/// Rows deleted per statement when purging, so a purge never holds the writer for long.
-const PURGE_CHUNK: i64 = 10_000;
 
 /// A page: the user's visible rows older than `before` that pass `filter`, newest first, as
 /// [`push_columns`] gives them ([`row_to_notification`] decodes them).
@@ -613,33 +611,26 @@ impl InboxStore for SqliteInbox {
     }
 
     async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let _gate = self.db.gate().await;
-            let n = sqlx::query(
-                "DELETE FROM notifications WHERE (user_id, created_at, id) IN \
-                 (SELECT user_id, created_at, id FROM notifications WHERE created_at < ? LIMIT ?)",
+        let total = self
+            .db
+            .delete_in_chunks(
+                "notifications",
+                &["user_id", "created_at", "id"],
+                "created_at",
+                micros(before),
             )
-            .bind(micros(before))
-            .bind(PURGE_CHUNK)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?
-            .rows_affected();
-            total += n;
-            if n < PURGE_CHUNK as u64 {
-                // A watermark below the cut covers no row any more.
-                sqlx::query(
-                    "DELETE FROM inbox_read_marks \
-                     WHERE read_through < ? AND COALESCE(seen_through, -1) < ?",
-                )
-                .bind(micros(before))
-                .bind(micros(before))
-                .execute(&self.pool)
-                .await
-                .map_err(|e| self.db_error(e))?;
-                return Ok(total);
-            }
-        }
+            .await?;
+        // A watermark below the cut covers no row any more.
+        let _gate = self.db.gate().await;
+        sqlx::query(
+            "DELETE FROM inbox_read_marks \
+             WHERE read_through < ? AND COALESCE(seen_through, -1) < ?",
+        )
+        .bind(micros(before))
+        .bind(micros(before))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        Ok(total)
     }
 }
