@@ -225,17 +225,13 @@ impl H2Pool {
         // connection itself cannot open more (the provider's permits bound what is in flight).
         let mut sender = sender.ready().await.map_err(broken)?;
         let (answer, mut stream) = sender.send_request(request, false).map_err(broken)?;
-        // Queued whole: h2 writes it as the peer's window allows.
-        if let Err(queueing) = stream.send_data(body, true) {
-            // The stream closed between its opening and this: the peer reset it (most often
-            // refused, when a new connection's first burst outruns its stream limit) or the
-            // connection ended. h2 says only "inactive stream" here; the answer holds the
-            // reason, and a refusal is sent again rather than failed.
-            return Err(match answer.await {
-                Err(why) => broken(why),
-                Ok(_) => broken(queueing),
-            });
-        }
+        // Queued whole: h2 writes it as the peer's window allows. If the stream closed between
+        // its opening and this, h2 says only "inactive stream"; the answer says why. The peer
+        // reset it (most often refused, when a new connection's first burst outruns its
+        // stream limit: sent again rather than failed), the connection ended, or the peer
+        // answered whole before reading the body and reset the stream with NO_ERROR to say it
+        // needs no more of it: that answer stands (RFC 9113 §8.1).
+        let _ = stream.send_data(body, true);
         let answer = answer.await.map_err(broken)?;
         let (parts, mut recv) = answer.into_parts();
         // An answer in one DATA frame (the usual case) is kept as that frame; a longer one is
@@ -243,7 +239,12 @@ impl H2Pool {
         let mut only: Option<Bytes> = None;
         let mut joined = BytesMut::new();
         while let Some(chunk) = recv.data().await {
-            let chunk = chunk.map_err(broken)?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                // Sent only after a complete answer (RFC 9113 §8.1): what was read is all.
+                Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => break,
+                Err(e) => return Err(broken(e)),
+            };
             // Reading the answer gives its bytes back to the connection's receive window.
             let _ = recv.flow_control().release_capacity(chunk.len());
             if only.as_ref().map_or(0, Bytes::len) + joined.len() + chunk.len() > MAX_ANSWER_BYTES {
@@ -399,7 +400,8 @@ mod tests {
     /// An h2c server on a free port that allows `max_streams` streams per connection and
     /// answers each request by its body: `slow` after 5 s, `big` with 2 MiB, `medium` with
     /// 100,000 numbered bytes (several DATA frames), anything else
-    /// echoed after 10 ms. Counts the connections it accepted.
+    /// echoed after 10 ms; a request to `/v1/early` is answered `early` at once, its body
+    /// unread. Counts the connections it accepted.
     async fn h2c_server(max_streams: u32) -> (Uri, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -416,6 +418,16 @@ mod tests {
                         .unwrap();
                     while let Some(Ok((request, mut respond))) = conn.accept().await {
                         tokio::spawn(async move {
+                            if request.uri().path() == "/v1/early" {
+                                // Answered whole before the body is read; dropping the body
+                                // then resets the stream with NO_ERROR (RFC 9113 §8.1).
+                                if let Ok(mut send) =
+                                    respond.send_response(http::Response::new(()), false)
+                                {
+                                    let _ = send.send_data(Bytes::from_static(b"early"), true);
+                                }
+                                return;
+                            }
                             let mut body = request.into_body();
                             let mut read = Vec::new();
                             while let Some(Ok(chunk)) = body.data().await {
@@ -479,22 +491,44 @@ mod tests {
         // stream's opening and the queueing of its body. Every round's connection is new, so
         // every round has such a burst.
         let (uri, connections) = h2c_server(2).await;
+        bursts_over_fresh_connections(&uri, |sent| sent.clone()).await;
+        assert_eq!(connections.load(Ordering::SeqCst), 8);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_sent_before_the_request_body_was_read_is_taken() {
+        // A server may answer before it has read the whole request and then reset the stream
+        // with NO_ERROR to say it needs no more of it; the client must keep the answer (RFC
+        // 9113 §8.1). The reset can land before the body is queued or while the answer is
+        // read; fresh connections make the first case likely.
+        let (uri, _) = h2c_server(100).await;
+        let early: Uri = uri
+            .to_string()
+            .replace("/v1/send", "/v1/early")
+            .parse()
+            .unwrap();
+        bursts_over_fresh_connections(&early, |_| Bytes::from_static(b"early")).await;
+    }
+
+    /// Eight rounds, each a new pool (so a new connection) sending a burst of 40 requests at
+    /// once; every request must be answered 200 with the body `expected` makes of what it sent.
+    async fn bursts_over_fresh_connections(uri: &Uri, expected: fn(&Bytes) -> Bytes) {
         for round in 0..8 {
-            let pool = Arc::new(H2Pool::new(&uri, 1, Duration::from_secs(10), &[]).unwrap());
+            let pool = Arc::new(H2Pool::new(uri, 1, Duration::from_secs(10), &[]).unwrap());
             let sends = (0..40).map(|i| {
                 let (pool, uri) = (pool.clone(), uri.clone());
                 tokio::spawn(async move {
                     let body = Bytes::from(format!("round-{round}-send-{i}"));
                     let answer = pool.post_json(&uri, &bearer(), body.clone()).await;
                     let answer = answer.unwrap_or_else(|e| panic!("{body:?}: {e}"));
-                    assert_eq!(answer.body, body);
+                    assert_eq!(answer.status, StatusCode::OK);
+                    assert_eq!(answer.body, expected(&body));
                 })
             });
             for send in futures::future::join_all(sends).await {
                 send.unwrap();
             }
         }
-        assert_eq!(connections.load(Ordering::SeqCst), 8);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
