@@ -32,8 +32,9 @@ const MAX_ANSWER_BYTES: usize = 1 << 20;
 const PING_EVERY: Duration = Duration::from_secs(30);
 const PONG_WITHIN: Duration = Duration::from_secs(20);
 
-/// Times one request is sent again after its stream was refused.
-const MAX_REFUSED: u32 = 5;
+/// Times one request is sent again after it went unprocessed (its stream refused or above a
+/// GOAWAY's last, or its connection going away before the stream opened).
+const MAX_UNPROCESSED: u32 = 5;
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +47,11 @@ pub enum H2Error {
     Transport(String),
 }
 
-/// How one attempt failed: a stream the server refused unprocessed (sent again), or anything
-/// else.
+/// How one attempt failed: unprocessed for sure (sent again), or anything else.
 enum Failure {
-    Refused(String),
+    /// The server cannot have acted on the request: it refused the stream, its GOAWAY left the
+    /// stream out, or the stream never opened because the connection was going away or broken.
+    Unprocessed(String),
     Other(H2Error),
 }
 
@@ -170,26 +172,28 @@ impl H2Pool {
         }
     }
 
-    /// One request, sent again when the server refused its stream: a refused stream was not
-    /// processed at all (RFC 9113 §8.7), and a new connection's first burst can outrun the
-    /// server's `SETTINGS_MAX_CONCURRENT_STREAMS`, which the client learns only once the
-    /// server's settings arrive.
+    /// One request, sent again when it went unprocessed: a refused stream was not processed
+    /// at all (RFC 9113 §8.7), and a new connection's first burst can outrun the server's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`, which the client learns only once the server's
+    /// settings arrive; a request whose stream never opened, because the server had begun to
+    /// close the connection (GOAWAY, as servers do to rotate long-lived connections) or the
+    /// connection had broken, never left this process and goes out on a new connection.
     async fn exchange(
         &self,
         uri: &Uri,
         bearer: &HeaderValue,
         body: Bytes,
     ) -> Result<H2Response, H2Error> {
-        let mut refused = 0;
+        let mut unprocessed = 0;
         loop {
             match self.attempt(uri, bearer, body.clone()).await {
                 Ok(answer) => return Ok(answer),
-                Err(Failure::Refused(why)) if refused < MAX_REFUSED => {
-                    refused += 1;
-                    tracing::debug!(%why, refused, "HTTP/2 stream refused; sending again");
-                    tokio::time::sleep(Duration::from_millis(10 << refused)).await;
+                Err(Failure::Unprocessed(why)) if unprocessed < MAX_UNPROCESSED => {
+                    unprocessed += 1;
+                    tracing::debug!(%why, unprocessed, "HTTP/2 request unprocessed; sending again");
+                    tokio::time::sleep(Duration::from_millis(10 << unprocessed)).await;
                 }
-                Err(Failure::Refused(why)) => return Err(H2Error::Transport(why)),
+                Err(Failure::Unprocessed(why)) => return Err(H2Error::Transport(why)),
                 Err(Failure::Other(e)) => return Err(e),
             }
         }
@@ -215,16 +219,25 @@ impl H2Pool {
             if e.is_io() || e.is_go_away() {
                 alive.store(false, Ordering::Release);
             }
-            if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                Failure::Refused(e.to_string())
+            // A refused stream was not processed; nor was one the peer's GOAWAY fails: h2
+            // fails with it only the streams above the last one the GOAWAY says the server
+            // processed (RFC 9113 §6.8), the others finish or fail with the connection.
+            if e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote()) {
+                Failure::Unprocessed(e.to_string())
             } else {
                 Failure::Other(H2Error::Transport(e.to_string()))
             }
         };
         // Each sender opens streams through its own handle: `ready` then only waits when the
         // connection itself cannot open more (the provider's permits bound what is in flight).
-        let mut sender = sender.ready().await.map_err(broken)?;
-        let (answer, mut stream) = sender.send_request(request, false).map_err(broken)?;
+        // Until `send_request` succeeds no frame of this request is queued: a failure here
+        // (the connection going away or broken) leaves it unsent, to go out on a new one.
+        let unsent = |e: h2::Error| match broken(e) {
+            Failure::Other(H2Error::Transport(why)) => Failure::Unprocessed(why),
+            other => other,
+        };
+        let mut sender = sender.ready().await.map_err(unsent)?;
+        let (answer, mut stream) = sender.send_request(request, false).map_err(unsent)?;
         // Queued whole: h2 writes it as the peer's window allows. If the stream closed between
         // its opening and this, h2 says only "inactive stream"; the answer says why. The peer
         // reset it (most often refused, when a new connection's first burst outruns its
@@ -398,10 +411,11 @@ mod tests {
         assert!(H2Pool::new(&"http://127.0.0.1:9/v1".parse().unwrap(), 1, t, &[]).is_ok());
     }
     /// An h2c server on a free port that allows `max_streams` streams per connection and
-    /// answers each request by its body: `slow` after 5 s, `big` with 2 MiB, `medium` with
-    /// 100,000 numbered bytes (several DATA frames), anything else
+    /// answers each request by its body: `slow` after 5 s, `pause` after 1 s, `big` with
+    /// 2 MiB, `medium` with 100,000 numbered bytes (several DATA frames), anything else
     /// echoed after 10 ms; a request to `/v1/early` is answered `early` at once, its body
-    /// unread. Counts the connections it accepted.
+    /// unread; one to `/v1/goaway` is answered `bye` and its connection then closed
+    /// gracefully (GOAWAY). Counts the connections it accepted.
     async fn h2c_server(max_streams: u32) -> (Uri, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -417,6 +431,17 @@ mod tests {
                         .await
                         .unwrap();
                     while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        if request.uri().path() == "/v1/goaway" {
+                            // Answered, then the connection begins to close (GOAWAY): the
+                            // streams already open finish, no new one is accepted.
+                            if let Ok(mut send) =
+                                respond.send_response(http::Response::new(()), false)
+                            {
+                                let _ = send.send_data(Bytes::from_static(b"bye"), true);
+                            }
+                            conn.graceful_shutdown();
+                            continue;
+                        }
                         tokio::spawn(async move {
                             if request.uri().path() == "/v1/early" {
                                 // Answered whole before the body is read; dropping the body
@@ -438,6 +463,10 @@ mod tests {
                                 b"slow" => {
                                     tokio::time::sleep(Duration::from_secs(5)).await;
                                     Bytes::from_static(b"late")
+                                }
+                                b"pause" => {
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                    Bytes::from_static(b"paused")
                                 }
                                 b"big" => Bytes::from(vec![b'x'; 2 << 20]),
                                 b"medium" => (0..100_000u32).map(|i| (i % 251) as u8).collect(),
@@ -508,6 +537,116 @@ mod tests {
             .parse()
             .unwrap();
         bursts_over_fresh_connections(&early, |_| Bytes::from_static(b"early")).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_made_while_the_connection_goes_away_is_sent_on_a_new_one() {
+        let (uri, connections) = h2c_server(100).await;
+        let at = |path: &str| -> Uri { uri.to_string().replace("/v1/send", path).parse().unwrap() };
+        let pool = Arc::new(H2Pool::new(&uri, 1, Duration::from_secs(10), &[]).unwrap());
+        // A stream in flight keeps the connection open while it goes away.
+        let paused = tokio::spawn({
+            let (pool, uri) = (pool.clone(), uri.clone());
+            async move {
+                pool.post_json(&uri, &bearer(), Bytes::from_static(b"pause"))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let bye = pool
+            .post_json(&at("/v1/goaway"), &bearer(), Bytes::from_static(b"-"))
+            .await
+            .unwrap();
+        assert_eq!(bye.body, Bytes::from_static(b"bye"));
+        // The GOAWAY has (most likely) arrived; the connection still serves its paused stream,
+        // so it looks alive, but opens no new stream: the next request must go out on a new
+        // connection. (Had it not arrived, the request's stream is above the GOAWAY's last
+        // one, failed unprocessed, and goes out on a new connection all the same.)
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let next = pool
+            .post_json(&uri, &bearer(), Bytes::from_static(b"next"))
+            .await
+            .unwrap_or_else(|e| panic!("a request made during a GOAWAY failed: {e}"));
+        assert_eq!(next.body, Bytes::from_static(b"next"));
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        // The stream the GOAWAY let finish was answered on the old connection.
+        let paused = paused.await.unwrap().unwrap();
+        assert_eq!(paused.body, Bytes::from_static(b"paused"));
+    }
+
+    /// A server speaking raw HTTP/2 frames that answers the first stream of each connection
+    /// (`one`) and meets any later stream with a GOAWAY whose last stream is the first, as a
+    /// server does when it starts closing just as a stream arrives. Counts connections.
+    async fn first_stream_then_goaway_server() -> (Uri, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+            let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+            f.extend([kind, flags]);
+            f.extend(stream.to_be_bytes());
+            f.extend(payload);
+            f
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut preface = [0u8; 24];
+                    socket.read_exact(&mut preface).await?;
+                    socket.write_all(&frame(4, 0, 0, &[])).await?; // SETTINGS
+                    let mut first = None;
+                    loop {
+                        let mut head = [0u8; 9];
+                        socket.read_exact(&mut head).await?;
+                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                        let (kind, flags) = (head[3], head[4]);
+                        let stream =
+                            u32::from_be_bytes(head[5..9].try_into().unwrap()) & !(1 << 31);
+                        let mut payload = vec![0u8; len];
+                        socket.read_exact(&mut payload).await?;
+                        match kind {
+                            4 if flags & 1 == 0 => socket.write_all(&frame(4, 1, 0, &[])).await?,
+                            1 if first.is_none() => {
+                                first = Some(stream);
+                                // `:status: 200` (HPACK static index 8), then the body.
+                                socket.write_all(&frame(1, 4, stream, &[0x88])).await?;
+                                socket.write_all(&frame(0, 1, stream, b"one")).await?;
+                            }
+                            1 => {
+                                let mut away = first.unwrap().to_be_bytes().to_vec();
+                                away.extend(0u32.to_be_bytes()); // NO_ERROR
+                                socket.write_all(&frame(7, 0, 0, &away)).await?;
+                            }
+                            _ => {}
+                        }
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), std::io::Error>(())
+                });
+            }
+        });
+        let uri = format!("http://127.0.0.1:{port}/v1/send").parse().unwrap();
+        (uri, connections)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_a_goaway_leaves_out_is_sent_again_on_a_new_connection() {
+        let (uri, connections) = first_stream_then_goaway_server().await;
+        let pool = H2Pool::new(&uri, 1, Duration::from_secs(10), &[]).unwrap();
+        for i in 0..3 {
+            let answer = pool
+                .post_json(&uri, &bearer(), Bytes::from_static(b"{}"))
+                .await
+                .unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_eq!(answer.body, Bytes::from_static(b"one"));
+        }
+        // Each request after the first was left out by a GOAWAY and went out again, once, on
+        // a connection of its own.
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 
     /// Eight rounds, each a new pool (so a new connection) sending a burst of 40 requests at
