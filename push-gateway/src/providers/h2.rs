@@ -231,10 +231,11 @@ impl H2Pool {
         // Each sender opens streams through its own handle: `ready` then only waits when the
         // connection itself cannot open more (the provider's permits bound what is in flight).
         // Until `send_request` succeeds no frame of this request is queued: a failure here
-        // (the connection going away or broken) leaves it unsent, to go out on a new one.
-        let unsent = |e: h2::Error| match broken(e) {
-            Failure::Other(H2Error::Transport(why)) => Failure::Unprocessed(why),
-            other => other,
+        // (the connection going away or broken, or out of stream ids) leaves it unsent, to go
+        // out on a new connection; this one opens no more streams for the slot.
+        let unsent = |e: h2::Error| {
+            alive.store(false, Ordering::Release);
+            Failure::Unprocessed(e.to_string())
         };
         let mut sender = sender.ready().await.map_err(unsent)?;
         let (answer, mut stream) = sender.send_request(request, false).map_err(unsent)?;
@@ -243,7 +244,8 @@ impl H2Pool {
         // reset it (most often refused, when a new connection's first burst outruns its
         // stream limit: sent again rather than failed), the connection ended, or the peer
         // answered whole before reading the body and reset the stream with NO_ERROR to say it
-        // needs no more of it: that answer stands (RFC 9113 §8.1).
+        // needs no more of it: that answer stands (RFC 9113 §8.1), and h2 ends its body
+        // cleanly, the reset having come after the answer's end.
         let _ = stream.send_data(body, true);
         let answer = answer.await.map_err(broken)?;
         let (parts, mut recv) = answer.into_parts();
@@ -252,12 +254,7 @@ impl H2Pool {
         let mut only: Option<Bytes> = None;
         let mut joined = BytesMut::new();
         while let Some(chunk) = recv.data().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                // Sent only after a complete answer (RFC 9113 §8.1): what was read is all.
-                Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => break,
-                Err(e) => return Err(broken(e)),
-            };
+            let chunk = chunk.map_err(broken)?;
             // Reading the answer gives its bytes back to the connection's receive window.
             let _ = recv.flow_control().release_capacity(chunk.len());
             if only.as_ref().map_or(0, Bytes::len) + joined.len() + chunk.len() > MAX_ANSWER_BYTES {
@@ -528,8 +525,8 @@ mod tests {
     async fn an_answer_sent_before_the_request_body_was_read_is_taken() {
         // A server may answer before it has read the whole request and then reset the stream
         // with NO_ERROR to say it needs no more of it; the client must keep the answer (RFC
-        // 9113 §8.1). The reset can land before the body is queued or while the answer is
-        // read; fresh connections make the first case likely.
+        // 9113 §8.1). The answer and the reset can land before the body is queued (h2 then
+        // refuses the body); fresh connections' bursts make that likely.
         let (uri, _) = h2c_server(100).await;
         let early: Uri = uri
             .to_string()
@@ -560,15 +557,15 @@ mod tests {
         assert_eq!(bye.body, Bytes::from_static(b"bye"));
         // The GOAWAY has (most likely) arrived; the connection still serves its paused stream,
         // so it looks alive, but opens no new stream: the next request must go out on a new
-        // connection. (Had it not arrived, the request's stream is above the GOAWAY's last
-        // one, failed unprocessed, and goes out on a new connection all the same.)
+        // connection. (Should it reach the server before the client has read the GOAWAY, the
+        // server takes it on the old connection: answered all the same.)
         tokio::time::sleep(Duration::from_millis(200)).await;
         let next = pool
             .post_json(&uri, &bearer(), Bytes::from_static(b"next"))
             .await
             .unwrap_or_else(|e| panic!("a request made during a GOAWAY failed: {e}"));
         assert_eq!(next.body, Bytes::from_static(b"next"));
-        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        assert!((1..=2).contains(&connections.load(Ordering::SeqCst)));
         // The stream the GOAWAY let finish was answered on the old connection.
         let paused = paused.await.unwrap().unwrap();
         assert_eq!(paused.body, Bytes::from_static(b"paused"));
