@@ -427,15 +427,11 @@ mod tests {
                         .handshake::<_, Bytes>(socket)
                         .await
                         .unwrap();
-                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    while let Some(Ok((request, respond))) = conn.accept().await {
                         if request.uri().path() == "/v1/goaway" {
                             // Answered, then the connection begins to close (GOAWAY): the
                             // streams already open finish, no new one is accepted.
-                            if let Ok(mut send) =
-                                respond.send_response(http::Response::new(()), false)
-                            {
-                                let _ = send.send_data(Bytes::from_static(b"bye"), true);
-                            }
+                            answer(respond, Bytes::from_static(b"bye"));
                             conn.graceful_shutdown();
                             continue;
                         }
@@ -443,11 +439,7 @@ mod tests {
                             if request.uri().path() == "/v1/early" {
                                 // Answered whole before the body is read; dropping the body
                                 // then resets the stream with NO_ERROR (RFC 9113 §8.1).
-                                if let Ok(mut send) =
-                                    respond.send_response(http::Response::new(()), false)
-                                {
-                                    let _ = send.send_data(Bytes::from_static(b"early"), true);
-                                }
+                                answer(respond, Bytes::from_static(b"early"));
                                 return;
                             }
                             let mut body = request.into_body();
@@ -456,7 +448,7 @@ mod tests {
                                 let _ = body.flow_control().release_capacity(chunk.len());
                                 read.extend_from_slice(&chunk);
                             }
-                            let answer = match read.as_slice() {
+                            let body_of_answer = match read.as_slice() {
                                 b"slow" => {
                                     tokio::time::sleep(Duration::from_secs(5)).await;
                                     Bytes::from_static(b"late")
@@ -472,12 +464,7 @@ mod tests {
                                     Bytes::from(read)
                                 }
                             };
-                            let Ok(mut send) =
-                                respond.send_response(http::Response::new(()), false)
-                            else {
-                                return;
-                            };
-                            let _ = send.send_data(answer, true);
+                            answer(respond, body_of_answer);
                         });
                     }
                 });
@@ -485,6 +472,18 @@ mod tests {
         });
         let uri = format!("http://127.0.0.1:{port}/v1/send").parse().unwrap();
         (uri, connections)
+    }
+
+    /// Answers a stream 200 with `body`, whole.
+    fn answer(mut respond: h2::server::SendResponse<Bytes>, body: Bytes) {
+        if let Ok(mut send) = respond.send_response(http::Response::new(()), false) {
+            let _ = send.send_data(body, true);
+        }
+    }
+
+    /// `uri` with its path replaced (the test servers' routes).
+    fn at(uri: &Uri, path: &str) -> Uri {
+        uri.to_string().replace("/v1/send", path).parse().unwrap()
     }
 
     fn bearer() -> HeaderValue {
@@ -528,18 +527,13 @@ mod tests {
         // 9113 §8.1). The answer and the reset can land before the body is queued (h2 then
         // refuses the body); fresh connections' bursts make that likely.
         let (uri, _) = h2c_server(100).await;
-        let early: Uri = uri
-            .to_string()
-            .replace("/v1/send", "/v1/early")
-            .parse()
-            .unwrap();
-        bursts_over_fresh_connections(&early, |_| Bytes::from_static(b"early")).await;
+        bursts_over_fresh_connections(&at(&uri, "/v1/early"), |_| Bytes::from_static(b"early"))
+            .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_made_while_the_connection_goes_away_is_sent_on_a_new_one() {
         let (uri, connections) = h2c_server(100).await;
-        let at = |path: &str| -> Uri { uri.to_string().replace("/v1/send", path).parse().unwrap() };
         let pool = Arc::new(H2Pool::new(&uri, 1, Duration::from_secs(10), &[]).unwrap());
         // A stream in flight keeps the connection open while it goes away.
         let paused = tokio::spawn({
@@ -551,7 +545,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let bye = pool
-            .post_json(&at("/v1/goaway"), &bearer(), Bytes::from_static(b"-"))
+            .post_json(&at(&uri, "/v1/goaway"), &bearer(), Bytes::from_static(b"-"))
             .await
             .unwrap();
         assert_eq!(bye.body, Bytes::from_static(b"bye"));
@@ -575,6 +569,22 @@ mod tests {
     /// (`one`) and meets any later stream with a GOAWAY whose last stream is the first, as a
     /// server does when it starts closing just as a stream arrives. Counts connections.
     async fn first_stream_then_goaway_server() -> (Uri, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(first_stream_then_goaway(socket));
+            }
+        });
+        let uri = format!("http://127.0.0.1:{port}/v1/send").parse().unwrap();
+        (uri, connections)
+    }
+
+    /// One connection of [`first_stream_then_goaway_server`], until the client goes.
+    async fn first_stream_then_goaway(mut socket: TcpStream) -> std::io::Result<()> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
             let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
@@ -583,50 +593,34 @@ mod tests {
             f.extend(payload);
             f
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let accepted = connections.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut preface = [0u8; 24];
-                    socket.read_exact(&mut preface).await?;
-                    socket.write_all(&frame(4, 0, 0, &[])).await?; // SETTINGS
-                    let mut first = None;
-                    loop {
-                        let mut head = [0u8; 9];
-                        socket.read_exact(&mut head).await?;
-                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-                        let (kind, flags) = (head[3], head[4]);
-                        let stream =
-                            u32::from_be_bytes(head[5..9].try_into().unwrap()) & !(1 << 31);
-                        let mut payload = vec![0u8; len];
-                        socket.read_exact(&mut payload).await?;
-                        match kind {
-                            4 if flags & 1 == 0 => socket.write_all(&frame(4, 1, 0, &[])).await?,
-                            1 if first.is_none() => {
-                                first = Some(stream);
-                                // `:status: 200` (HPACK static index 8), then the body.
-                                socket.write_all(&frame(1, 4, stream, &[0x88])).await?;
-                                socket.write_all(&frame(0, 1, stream, b"one")).await?;
-                            }
-                            1 => {
-                                let mut away = first.unwrap().to_be_bytes().to_vec();
-                                away.extend(0u32.to_be_bytes()); // NO_ERROR
-                                socket.write_all(&frame(7, 0, 0, &away)).await?;
-                            }
-                            _ => {}
-                        }
-                    }
-                    #[allow(unreachable_code)]
-                    Ok::<(), std::io::Error>(())
-                });
+        let mut preface = [0u8; 24];
+        socket.read_exact(&mut preface).await?;
+        socket.write_all(&frame(4, 0, 0, &[])).await?; // SETTINGS
+        let mut first = None;
+        loop {
+            let mut head = [0u8; 9];
+            socket.read_exact(&mut head).await?;
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & !(1 << 31);
+            let mut payload = vec![0u8; len];
+            socket.read_exact(&mut payload).await?;
+            match kind {
+                4 if flags & 1 == 0 => socket.write_all(&frame(4, 1, 0, &[])).await?,
+                1 if first.is_none() => {
+                    first = Some(stream);
+                    // `:status: 200` (HPACK static index 8), then the body.
+                    socket.write_all(&frame(1, 4, stream, &[0x88])).await?;
+                    socket.write_all(&frame(0, 1, stream, b"one")).await?;
+                }
+                1 => {
+                    let mut away = first.unwrap().to_be_bytes().to_vec();
+                    away.extend(0u32.to_be_bytes()); // NO_ERROR
+                    socket.write_all(&frame(7, 0, 0, &away)).await?;
+                }
+                _ => {}
             }
-        });
-        let uri = format!("http://127.0.0.1:{port}/v1/send").parse().unwrap();
-        (uri, connections)
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
